@@ -1,0 +1,549 @@
+//! A typed client of the EhrAccess contract over alloy: one signer, one contract, every
+//! operation as a method that returns our types and our errors.
+
+use std::path::Path;
+
+use alloy::network::EthereumWallet;
+use alloy::primitives::{Address, B256, U256};
+use alloy::providers::{DynProvider, Provider, ProviderBuilder};
+use alloy::rpc::types::{Filter, TransactionReceipt};
+use alloy::signers::local::PrivateKeySigner;
+use serde::{Deserialize, Serialize};
+
+use super::bindings::EhrAccess;
+use super::errors::ChainError;
+use super::events::{self, AuditEvent, AuditKind};
+use super::types::{DenyReason, GrantInfo, PatientAddr, PendingRequest, ProviderStatus, RecordAnchor, RecordId};
+
+/// Where a deployed contract lives; written by `ehr deploy`, read by the other commands.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Deployment {
+    /// Chain id it was deployed on.
+    pub chain_id: u64,
+    /// Contract address.
+    pub address: Address,
+    /// Block of the deployment (event queries start here).
+    pub block: u64,
+}
+
+impl Deployment {
+    /// Reads a deployment file.
+    ///
+    /// # Errors
+    /// When the file is missing or malformed.
+    pub fn load(path: &Path) -> std::io::Result<Self> {
+        let text = std::fs::read_to_string(path)?;
+        serde_json::from_str(&text).map_err(std::io::Error::other)
+    }
+
+    /// Writes the deployment file atomically (temp file + rename).
+    ///
+    /// # Errors
+    /// When the file cannot be written.
+    pub fn save(&self, path: &Path) -> std::io::Result<()> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let tmp = path.with_extension("json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?)?;
+        std::fs::rename(tmp, path)
+    }
+}
+
+/// What a mined transaction cost and where it landed.
+#[derive(Debug, Clone, Serialize)]
+pub struct TxOutcome {
+    /// Transaction hash.
+    pub tx_hash: B256,
+    /// Block number.
+    pub block: u64,
+    /// Gas used.
+    pub gas_used: u64,
+}
+
+impl TxOutcome {
+    fn from_receipt(r: &TransactionReceipt) -> Self {
+        Self {
+            tx_hash: r.transaction_hash,
+            block: r.block_number.unwrap_or_default(),
+            gas_used: r.gas_used,
+        }
+    }
+}
+
+/// The result of an access transaction: which records were allowed, which denied and why.
+#[derive(Debug, Clone, Serialize)]
+pub struct AccessOutcome {
+    /// The transaction.
+    pub tx: TxOutcome,
+    /// Allowed records.
+    pub allowed: Vec<RecordId>,
+    /// Denied records with the reason.
+    pub denied: Vec<(RecordId, DenyReason)>,
+}
+
+type Contract = EhrAccess::EhrAccessInstance<DynProvider>;
+
+/// A client of one deployed EhrAccess contract, signing as one account (or read-only).
+#[derive(Debug, Clone)]
+pub struct EhrChain {
+    provider: DynProvider,
+    contract: Contract,
+    from: Address,
+    deploy_block: u64,
+}
+
+fn connect(rpc_url: &str, signer: Option<PrivateKeySigner>) -> Result<DynProvider, ChainError> {
+    let url = rpc_url.parse().map_err(|e| ChainError::Rpc(format!("bad RPC URL {rpc_url}: {e}")))?;
+    Ok(match signer {
+        Some(s) => ProviderBuilder::new().wallet(EthereumWallet::from(s)).connect_http(url).erased(),
+        None => ProviderBuilder::new().connect_http(url).erased(),
+    })
+}
+
+impl EhrChain {
+    /// Deploys a new contract with `manager` as the records office, signed by `signer`.
+    ///
+    /// # Errors
+    /// When the node is unreachable or the deployment reverts.
+    pub async fn deploy(rpc_url: &str, signer: PrivateKeySigner, manager: Address) -> Result<(Self, Deployment), ChainError> {
+        let from = signer.address();
+        let provider = connect(rpc_url, Some(signer))?;
+        let chain_id = provider.get_chain_id().await?;
+        let builder = EhrAccess::deploy_builder(provider.clone(), manager);
+        let receipt = builder
+            .send()
+            .await
+            .map_err(ChainError::from_contract)?
+            .get_receipt()
+            .await?;
+        let address = receipt
+            .contract_address
+            .ok_or_else(|| ChainError::Reverted("deployment produced no contract".into()))?;
+        let block = receipt.block_number.unwrap_or_default();
+        let deployment = Deployment { chain_id, address, block };
+        let contract = EhrAccess::new(address, provider.clone());
+        Ok((
+            Self {
+                provider,
+                contract,
+                from,
+                deploy_block: block,
+            },
+            deployment,
+        ))
+    }
+
+    /// Connects to a deployed contract; with `signer` the client can send transactions.
+    ///
+    /// # Errors
+    /// When the node is unreachable or there is no contract code at the address.
+    pub async fn connect(
+        rpc_url: &str,
+        signer: Option<PrivateKeySigner>,
+        deployment: &Deployment,
+    ) -> Result<Self, ChainError> {
+        let from = signer.as_ref().map_or(Address::ZERO, PrivateKeySigner::address);
+        let provider = connect(rpc_url, signer)?;
+        let code = provider.get_code_at(deployment.address).await?;
+        if code.is_empty() {
+            return Err(ChainError::NoContract(deployment.address));
+        }
+        let contract = EhrAccess::new(deployment.address, provider.clone());
+        Ok(Self {
+            provider,
+            contract,
+            from,
+            deploy_block: deployment.block,
+        })
+    }
+
+    /// The same contract, signing as another account (shares the HTTP connection pool only
+    /// through the RPC URL; cheap to create).
+    ///
+    /// # Errors
+    /// When the RPC URL is invalid.
+    pub fn with_signer(&self, rpc_url: &str, signer: PrivateKeySigner) -> Result<Self, ChainError> {
+        let from = signer.address();
+        let provider = connect(rpc_url, Some(signer))?;
+        Ok(Self {
+            contract: EhrAccess::new(*self.contract.address(), provider.clone()),
+            provider,
+            from,
+            deploy_block: self.deploy_block,
+        })
+    }
+
+    /// The contract address.
+    pub fn address(&self) -> Address {
+        *self.contract.address()
+    }
+
+    /// The signing account (zero when read-only).
+    pub fn from(&self) -> Address {
+        self.from
+    }
+
+    /// The underlying provider, for chain-level queries.
+    pub fn provider(&self) -> &DynProvider {
+        &self.provider
+    }
+
+    /// The deployment block.
+    pub fn deploy_block(&self) -> u64 {
+        self.deploy_block
+    }
+
+    // ------------------------------------------------------------ transactions
+
+    /// Registers the signer as the patient at `addr`.
+    ///
+    /// # Errors
+    /// Contract rejections (address taken, account has a role) and transport errors.
+    pub async fn register_patient(&self, addr: PatientAddr) -> Result<TxOutcome, ChainError> {
+        self.send(self.contract.registerPatient(addr.aid(), addr.pid())).await
+    }
+
+    /// Registers the signer as a provider (pending verification).
+    ///
+    /// # Errors
+    /// Contract rejections and transport errors.
+    pub async fn register_provider(&self) -> Result<TxOutcome, ChainError> {
+        self.send(self.contract.registerProvider()).await
+    }
+
+    /// Records office: verifies a provider.
+    ///
+    /// # Errors
+    /// Contract rejections and transport errors.
+    pub async fn verify_provider(&self, provider: Address) -> Result<TxOutcome, ChainError> {
+        self.send(self.contract.verifyProvider(provider)).await
+    }
+
+    /// Records office: suspends a provider.
+    ///
+    /// # Errors
+    /// Contract rejections and transport errors.
+    pub async fn suspend_provider(&self, provider: Address) -> Result<TxOutcome, ChainError> {
+        self.send(self.contract.suspendProvider(provider)).await
+    }
+
+    /// Records office: nominates a successor (two-step transfer).
+    ///
+    /// # Errors
+    /// Contract rejections and transport errors.
+    pub async fn transfer_manager(&self, nominee: Address) -> Result<TxOutcome, ChainError> {
+        self.send(self.contract.transferManager(nominee)).await
+    }
+
+    /// The nominee accepts the records office role.
+    ///
+    /// # Errors
+    /// Contract rejections and transport errors.
+    pub async fn accept_manager(&self) -> Result<TxOutcome, ChainError> {
+        self.send(self.contract.acceptManager()).await
+    }
+
+    /// Patient: grants `provider` until `expires_at` (unix seconds; `None` = open-ended).
+    ///
+    /// # Errors
+    /// Contract rejections and transport errors.
+    pub async fn grant(&self, provider: Address, expires_at: Option<u64>) -> Result<TxOutcome, ChainError> {
+        self.send(self.contract.grant(provider, expires_at.unwrap_or(0))).await
+    }
+
+    /// Patient: revokes `provider`.
+    ///
+    /// # Errors
+    /// Contract rejections and transport errors.
+    pub async fn revoke(&self, provider: Address) -> Result<TxOutcome, ChainError> {
+        self.send(self.contract.revoke(provider)).await
+    }
+
+    /// Provider: asks the patient at `addr` for access.
+    ///
+    /// # Errors
+    /// Contract rejections and transport errors.
+    pub async fn request_access(&self, addr: PatientAddr) -> Result<TxOutcome, ChainError> {
+        self.send(self.contract.requestAccess(addr.aid(), addr.pid())).await
+    }
+
+    /// Patient: approves a pending request as a grant.
+    ///
+    /// # Errors
+    /// Contract rejections and transport errors.
+    pub async fn approve_request(&self, provider: Address, expires_at: Option<u64>) -> Result<TxOutcome, ChainError> {
+        self.send(self.contract.approveRequest(provider, expires_at.unwrap_or(0))).await
+    }
+
+    /// Patient: declines a pending request.
+    ///
+    /// # Errors
+    /// Contract rejections and transport errors.
+    pub async fn decline_request(&self, provider: Address) -> Result<TxOutcome, ChainError> {
+        self.send(self.contract.declineRequest(provider)).await
+    }
+
+    /// Anchors a record's digest for the patient at `addr`.
+    ///
+    /// # Errors
+    /// Contract rejections and transport errors.
+    pub async fn anchor_record(&self, id: RecordId, addr: PatientAddr, digest: B256) -> Result<TxOutcome, ChainError> {
+        self.send(self.contract.anchorRecord(id.0, addr.aid(), addr.pid(), digest)).await
+    }
+
+    /// Provider: the access transaction before reading `ids`. Denials do not fail the call:
+    /// they are returned (and logged on chain).
+    ///
+    /// # Errors
+    /// Contract rejections (empty or oversized batch) and transport errors.
+    pub async fn access(&self, ids: &[RecordId]) -> Result<AccessOutcome, ChainError> {
+        let call = self.contract.access(ids.iter().map(|r| r.0).collect());
+        let receipt = self.send_receipt(call).await?;
+        let mut allowed = Vec::new();
+        let mut denied = Vec::new();
+        for log in receipt.inner.logs() {
+            match events::decode(log).map(|e| e.kind) {
+                Some(AuditKind::AccessAllowed { record, .. }) => allowed.push(record),
+                Some(AuditKind::AccessDenied { record, reason, .. }) => denied.push((record, reason)),
+                _ => {}
+            }
+        }
+        Ok(AccessOutcome {
+            tx: TxOutcome::from_receipt(&receipt),
+            allowed,
+            denied,
+        })
+    }
+
+    /// Provider: opens emergency access to the patient at `addr`.
+    ///
+    /// # Errors
+    /// Contract rejections and transport errors.
+    pub async fn break_glass(&self, addr: PatientAddr, reason_code: u16) -> Result<TxOutcome, ChainError> {
+        self.send(self.contract.breakGlass(addr.aid(), addr.pid(), reason_code)).await
+    }
+
+    // ------------------------------------------------------------ queries
+
+    /// The records office.
+    ///
+    /// # Errors
+    /// Transport errors.
+    pub async fn manager(&self) -> Result<Address, ChainError> {
+        self.contract.manager().call().await.map_err(ChainError::from_contract)
+    }
+
+    /// The patient address registered to `account`, if any.
+    ///
+    /// # Errors
+    /// Transport errors.
+    pub async fn patient_of(&self, account: Address) -> Result<Option<PatientAddr>, ChainError> {
+        let key = self.contract.patientOf(account).call().await.map_err(ChainError::from_contract)?;
+        Ok(PatientAddr::from_key(key))
+    }
+
+    /// The account registered at `addr`, if any.
+    ///
+    /// # Errors
+    /// Transport errors.
+    pub async fn patient_account(&self, addr: PatientAddr) -> Result<Option<Address>, ChainError> {
+        let a = self.contract.patientAccount(addr.key()).call().await.map_err(ChainError::from_contract)?;
+        Ok((a != Address::ZERO).then_some(a))
+    }
+
+    /// A provider's status and denied-attempt counter.
+    ///
+    /// # Errors
+    /// Transport errors.
+    pub async fn provider_status(&self, provider: Address) -> Result<(ProviderStatus, u32), ChainError> {
+        let p = self.contract.providers(provider).call().await.map_err(ChainError::from_contract)?;
+        Ok((ProviderStatus::from(p.status), p.deniedCount))
+    }
+
+    /// Whether `provider` may read the patient's records now, and why not.
+    ///
+    /// # Errors
+    /// Transport errors.
+    pub async fn check_access(&self, addr: PatientAddr, provider: Address) -> Result<(DenyReason, bool), ChainError> {
+        let r = self
+            .contract
+            .checkAccess(addr.key(), provider)
+            .call()
+            .await
+            .map_err(ChainError::from_contract)?;
+        Ok((DenyReason::from(r.reason), r.emergency))
+    }
+
+    /// What share nodes ask: may `requester` read record `id` right now?
+    ///
+    /// # Errors
+    /// Transport errors.
+    pub async fn can_read(&self, requester: Address, id: RecordId) -> Result<bool, ChainError> {
+        self.contract.canRead(requester, id.0).call().await.map_err(ChainError::from_contract)
+    }
+
+    /// All grants the patient ever gave, each judged now; paged.
+    ///
+    /// # Errors
+    /// Transport errors; a page over 200 is rejected.
+    pub async fn grants(&self, addr: PatientAddr, offset: u64, limit: u64) -> Result<Vec<GrantInfo>, ChainError> {
+        let now = self.chain_time().await?;
+        let page = self
+            .contract
+            .grantsPage(addr.key(), U256::from(offset), U256::from(limit))
+            .call()
+            .await
+            .map_err(ChainError::from_contract)?;
+        Ok(page
+            .who
+            .into_iter()
+            .zip(page.what)
+            .map(|(p, g)| GrantInfo::from_parts(p, g.grantedAt, g.expiresAt, g.revokedAt, now))
+            .collect())
+    }
+
+    /// Requests still pending for the patient; paged over all requests ever made.
+    ///
+    /// # Errors
+    /// Transport errors.
+    pub async fn pending_requests(&self, addr: PatientAddr, offset: u64, limit: u64) -> Result<Vec<PendingRequest>, ChainError> {
+        let page = self
+            .contract
+            .requestsPage(addr.key(), U256::from(offset), U256::from(limit))
+            .call()
+            .await
+            .map_err(ChainError::from_contract)?;
+        let mut seen = std::collections::HashSet::new();
+        Ok(page
+            .who
+            .into_iter()
+            .zip(page.at)
+            .filter(|(p, at)| *at != 0 && seen.insert(*p))
+            .map(|(provider, requested_at)| PendingRequest { provider, requested_at })
+            .collect())
+    }
+
+    /// Record ids of the patient, oldest first; paged.
+    ///
+    /// # Errors
+    /// Transport errors.
+    pub async fn record_ids(&self, addr: PatientAddr, offset: u64, limit: u64) -> Result<Vec<RecordId>, ChainError> {
+        let ids = self
+            .contract
+            .recordsPage(addr.key(), U256::from(offset), U256::from(limit))
+            .call()
+            .await
+            .map_err(ChainError::from_contract)?;
+        Ok(ids.into_iter().map(RecordId).collect())
+    }
+
+    /// A record's anchor, if anchored.
+    ///
+    /// # Errors
+    /// Transport errors.
+    pub async fn record(&self, id: RecordId) -> Result<Option<RecordAnchor>, ChainError> {
+        let r = self.contract.records(id.0).call().await.map_err(ChainError::from_contract)?;
+        if r.anchoredAt == 0 {
+            return Ok(None);
+        }
+        let patient = PatientAddr::from_key(r.patient).ok_or_else(|| ChainError::Decode("record without patient".into()))?;
+        Ok(Some(RecordAnchor {
+            id,
+            patient,
+            digest: r.digest,
+            author: r.author,
+            anchored_at: r.anchoredAt,
+        }))
+    }
+
+    /// The patient's audit trail (every event about them), newest first; paged.
+    ///
+    /// # Errors
+    /// Transport errors.
+    pub async fn audit_for_patient(&self, addr: PatientAddr, offset: usize, limit: usize) -> Result<Vec<AuditEvent>, ChainError> {
+        let key = B256::from(U256::from(addr.key()));
+        self.audit(self.filter().topic1(key), offset, limit).await
+    }
+
+    /// Events naming `provider` as the actor (requests, grants, reads, denials), newest first.
+    ///
+    /// # Errors
+    /// Transport errors.
+    pub async fn audit_for_provider(&self, provider: Address, offset: usize, limit: usize) -> Result<Vec<AuditEvent>, ChainError> {
+        self.audit(self.filter().topic2(provider.into_word()), offset, limit).await
+    }
+
+    /// Every event of the contract, newest first (the records office's monitoring view).
+    ///
+    /// # Errors
+    /// Transport errors.
+    pub async fn audit_all(&self, offset: usize, limit: usize) -> Result<Vec<AuditEvent>, ChainError> {
+        self.audit(self.filter(), offset, limit).await
+    }
+
+    /// The latest block's timestamp: the clock grants are judged by.
+    ///
+    /// # Errors
+    /// Transport errors.
+    pub async fn chain_time(&self) -> Result<u64, ChainError> {
+        let block = self
+            .provider
+            .get_block_by_number(alloy::eips::BlockNumberOrTag::Latest)
+            .await?
+            .ok_or_else(|| ChainError::Decode("no latest block".into()))?;
+        Ok(block.header.timestamp)
+    }
+
+    fn filter(&self) -> Filter {
+        Filter::new().address(self.address()).from_block(self.deploy_block)
+    }
+
+    async fn audit(&self, filter: Filter, offset: usize, limit: usize) -> Result<Vec<AuditEvent>, ChainError> {
+        let logs = self.provider.get_logs(&filter).await?;
+        let mut out: Vec<AuditEvent> = logs.iter().rev().filter_map(events::decode).skip(offset).take(limit).collect();
+        // Fill in block times the node did not include in the logs (one call per block).
+        let mut cache = std::collections::HashMap::new();
+        for e in &mut out {
+            if e.timestamp.is_none() {
+                if let Some(t) = cache.get(&e.block) {
+                    e.timestamp = Some(*t);
+                } else if let Some(b) = self.provider.get_block_by_number(e.block.into()).await? {
+                    cache.insert(e.block, b.header.timestamp);
+                    e.timestamp = Some(b.header.timestamp);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn send<C>(&self, call: C) -> Result<TxOutcome, ChainError>
+    where
+        C: Sendable,
+    {
+        let r = self.send_receipt(call).await?;
+        Ok(TxOutcome::from_receipt(&r))
+    }
+
+    async fn send_receipt<C>(&self, call: C) -> Result<TransactionReceipt, ChainError>
+    where
+        C: Sendable,
+    {
+        let receipt = call.send_it().await?.get_receipt().await?;
+        if !receipt.status() {
+            return Err(ChainError::Reverted(format!("transaction {} reverted", receipt.transaction_hash)));
+        }
+        Ok(receipt)
+    }
+}
+
+/// A prepared contract call that can be sent: lets `send` take any generated call builder.
+trait Sendable {
+    async fn send_it(self) -> Result<alloy::providers::PendingTransactionBuilder<alloy::network::Ethereum>, ChainError>;
+}
+
+impl<D: alloy::contract::CallDecoder + Send> Sendable for alloy::contract::CallBuilder<&DynProvider, D> {
+    async fn send_it(self) -> Result<alloy::providers::PendingTransactionBuilder<alloy::network::Ethereum>, ChainError> {
+        self.send().await.map_err(ChainError::from_contract)
+    }
+}

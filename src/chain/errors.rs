@@ -1,0 +1,91 @@
+//! The chain layer's errors: contract reverts decoded into words, not hex blobs.
+
+use alloy::primitives::Address;
+
+use super::bindings::EhrAccess::EhrAccessErrors as E;
+use super::types::PatientAddr;
+
+/// Errors of the chain client.
+#[derive(Debug, thiserror::Error)]
+pub enum ChainError {
+    /// The node could not be reached or answered with a transport error.
+    #[error("chain RPC failed: {0}")]
+    Rpc(String),
+    /// The contract rejected the call with one of its custom errors.
+    #[error("{0}")]
+    Rejected(String),
+    /// The transaction reverted without a decodable reason.
+    #[error("transaction reverted: {0}")]
+    Reverted(String),
+    /// No contract code at the configured address.
+    #[error("no EhrAccess contract at {0} on this chain (run `ehr deploy` or set EHR_CONTRACT)")]
+    NoContract(Address),
+    /// A value read from chain did not parse.
+    #[error("unexpected data from chain: {0}")]
+    Decode(String),
+}
+
+impl ChainError {
+    /// Turns an alloy contract error into words, decoding the contract's custom errors.
+    pub(crate) fn from_contract(err: alloy::contract::Error) -> Self {
+        if let Some(decoded) = err.as_decoded_interface_error::<E>() {
+            return Self::Rejected(describe(&decoded));
+        }
+        match err {
+            alloy::contract::Error::TransportError(e) if e.as_error_resp().is_none() => Self::Rpc(e.to_string()),
+            other => Self::Reverted(other.to_string()),
+        }
+    }
+
+    /// Whether this is the given kind of contract rejection (for tests and callers that branch).
+    pub fn is_rejection(&self) -> bool {
+        matches!(self, Self::Rejected(_))
+    }
+}
+
+impl From<alloy::transports::TransportError> for ChainError {
+    fn from(e: alloy::transports::TransportError) -> Self {
+        Self::Rpc(e.to_string())
+    }
+}
+
+impl From<alloy::providers::PendingTransactionError> for ChainError {
+    fn from(e: alloy::providers::PendingTransactionError) -> Self {
+        Self::Rpc(e.to_string())
+    }
+}
+
+fn patient(key: u128) -> String {
+    PatientAddr::from_key(key).map_or_else(|| format!("#{key}"), |a| a.to_string())
+}
+
+fn describe(e: &E) -> String {
+    match e {
+        E::NotManager(x) => format!("{} is not the records office (manager)", x.caller),
+        E::NotPendingManager(x) => format!("{} is not the nominated records office", x.caller),
+        E::ZeroAddress(_) => "the zero address is not allowed here".into(),
+        E::InvalidPatientAddr(x) => format!("patient address {}-{} is invalid: both parts must be non-zero", x.aid, x.pid),
+        E::PatientAddrTaken(x) => format!("patient address {}-{} is already registered", x.aid, x.pid),
+        E::AccountHasRole(x) => format!("account {} is already registered as a patient or provider", x.account),
+        E::NotPatient(x) => format!("account {} is not a registered patient", x.caller),
+        E::UnknownPatient(x) => format!("no patient is registered at {}-{}", x.aid, x.pid),
+        E::UnknownProvider(x) => format!("provider {} is not registered", x.provider),
+        E::ProviderNotVerified(x) => format!("provider {} is not verified", x.provider),
+        E::ProviderAlreadyVerified(x) => format!("provider {} is already verified", x.provider),
+        E::ProviderNotActive(x) => format!("provider {} is not pending or verified", x.provider),
+        E::ExpiryInPast(x) => format!("expiry {} is not in the future", x.expiresAt),
+        E::NoActiveGrant(x) => format!("patient {} has no active grant for provider {}", patient(x.patient), x.provider),
+        E::RequestAlreadyPending(x) => {
+            format!("provider {} already has a pending request to patient {}", x.provider, patient(x.patient))
+        }
+        E::NoPendingRequest(x) => format!("no pending request from provider {} to patient {}", x.provider, patient(x.patient)),
+        E::RecordExists(x) => format!("record {} is already anchored", x.recordId),
+        E::ZeroDigest(_) => "record digest must not be zero".into(),
+        E::NotAllowedToAnchor(x) => {
+            format!("{} may not add records for patient {}: not the patient and no active grant", x.caller, patient(x.patient))
+        }
+        E::EmptyBatch(_) => "an access transaction needs at least one record".into(),
+        E::BatchTooLarge(x) => format!("{} records in one access transaction; at most {}", x.size, x.max),
+        E::PageTooLarge(x) => format!("page size {} too large; at most {}", x.limit, x.max),
+    }
+}

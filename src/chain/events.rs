@@ -1,0 +1,211 @@
+//! The contract's events as an audit trail: decoded, ordered, with their transaction hashes.
+
+use alloy::primitives::{Address, B256};
+use alloy::rpc::types::Log;
+use alloy::sol_types::SolEventInterface;
+use serde::Serialize;
+
+use super::bindings::EhrAccess::EhrAccessEvents as Ev;
+use super::types::{DenyReason, PatientAddr, RecordId};
+
+/// One event of the audit trail.
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditEvent {
+    /// Block number.
+    pub block: u64,
+    /// Block time, unix seconds, when the node reported it.
+    pub timestamp: Option<u64>,
+    /// Transaction hash.
+    pub tx_hash: Option<B256>,
+    /// Position in the block.
+    pub log_index: u64,
+    /// What happened.
+    #[serde(flatten)]
+    pub kind: AuditKind,
+}
+
+/// What an audit event says.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum AuditKind {
+    /// The records office role moved.
+    ManagerTransferred {
+        /// New records office.
+        manager: Address,
+    },
+    /// A patient registered.
+    PatientRegistered {
+        /// Patient.
+        patient: Option<PatientAddr>,
+        /// Their account.
+        account: Address,
+    },
+    /// A provider registered.
+    ProviderRegistered {
+        /// Provider.
+        provider: Address,
+    },
+    /// The records office verified a provider.
+    ProviderVerified {
+        /// Provider.
+        provider: Address,
+    },
+    /// The records office suspended a provider.
+    ProviderSuspended {
+        /// Provider.
+        provider: Address,
+    },
+    /// A provider asked for access.
+    AccessRequested {
+        /// Patient.
+        patient: Option<PatientAddr>,
+        /// Provider.
+        provider: Address,
+    },
+    /// The patient declined a request.
+    RequestDeclined {
+        /// Patient.
+        patient: Option<PatientAddr>,
+        /// Provider.
+        provider: Address,
+    },
+    /// The patient granted access.
+    GrantIssued {
+        /// Patient.
+        patient: Option<PatientAddr>,
+        /// Provider.
+        provider: Address,
+        /// Expiry; `None` when open-ended.
+        expires_at: Option<u64>,
+    },
+    /// The patient revoked access.
+    GrantRevoked {
+        /// Patient.
+        patient: Option<PatientAddr>,
+        /// Provider.
+        provider: Address,
+    },
+    /// A record was anchored.
+    RecordAnchored {
+        /// Patient.
+        patient: Option<PatientAddr>,
+        /// Record.
+        record: RecordId,
+        /// Who anchored it.
+        author: Address,
+    },
+    /// A read was allowed.
+    AccessAllowed {
+        /// Patient.
+        patient: Option<PatientAddr>,
+        /// Provider.
+        provider: Address,
+        /// Record.
+        record: RecordId,
+        /// Through break-glass.
+        emergency: bool,
+    },
+    /// A read was denied.
+    AccessDenied {
+        /// Patient (absent for unknown records).
+        patient: Option<PatientAddr>,
+        /// Who tried.
+        provider: Address,
+        /// Record.
+        record: RecordId,
+        /// Why.
+        reason: DenyReason,
+        /// The provider's denied attempts so far.
+        denied_count: u32,
+    },
+    /// Emergency access was opened.
+    BreakGlassOpened {
+        /// Patient.
+        patient: Option<PatientAddr>,
+        /// Provider.
+        provider: Address,
+        /// Reason code.
+        reason_code: u16,
+        /// Until, unix seconds.
+        until: u64,
+    },
+    /// Any other event of the contract.
+    Other {
+        /// Its name.
+        name: String,
+    },
+}
+
+impl AuditKind {
+    /// Whether this is a denial (highlighted on the dashboard).
+    pub fn is_denial(&self) -> bool {
+        matches!(self, Self::AccessDenied { .. })
+    }
+}
+
+/// Decodes a log of the contract; `None` for logs of other contracts.
+pub(crate) fn decode(log: &Log) -> Option<AuditEvent> {
+    let ev = Ev::decode_raw_log(log.topics(), &log.data().data).ok()?;
+    let p = PatientAddr::from_key;
+    let kind = match ev {
+        Ev::ManagerTransferred(e) => AuditKind::ManagerTransferred { manager: e.current },
+        Ev::ManagerTransferStarted(_) => AuditKind::Other {
+            name: "ManagerTransferStarted".into(),
+        },
+        Ev::PatientRegistered(e) => AuditKind::PatientRegistered {
+            patient: p(e.patient),
+            account: e.account,
+        },
+        Ev::ProviderRegistered(e) => AuditKind::ProviderRegistered { provider: e.provider },
+        Ev::ProviderVerified(e) => AuditKind::ProviderVerified { provider: e.provider },
+        Ev::ProviderSuspended(e) => AuditKind::ProviderSuspended { provider: e.provider },
+        Ev::AccessRequested(e) => AuditKind::AccessRequested {
+            patient: p(e.patient),
+            provider: e.provider,
+        },
+        Ev::RequestDeclined(e) => AuditKind::RequestDeclined {
+            patient: p(e.patient),
+            provider: e.provider,
+        },
+        Ev::GrantIssued(e) => AuditKind::GrantIssued {
+            patient: p(e.patient),
+            provider: e.provider,
+            expires_at: (e.expiresAt != u64::MAX).then_some(e.expiresAt),
+        },
+        Ev::GrantRevoked(e) => AuditKind::GrantRevoked {
+            patient: p(e.patient),
+            provider: e.provider,
+        },
+        Ev::RecordAnchored(e) => AuditKind::RecordAnchored {
+            patient: p(e.patient),
+            record: RecordId(e.recordId),
+            author: e.author,
+        },
+        Ev::AccessAllowed(e) => AuditKind::AccessAllowed {
+            patient: p(e.patient),
+            provider: e.provider,
+            record: RecordId(e.recordId),
+            emergency: e.emergency,
+        },
+        Ev::AccessDenied(e) => AuditKind::AccessDenied {
+            patient: p(e.patient),
+            provider: e.provider,
+            record: RecordId(e.recordId),
+            reason: DenyReason::from(e.reason),
+            denied_count: e.deniedCount,
+        },
+        Ev::BreakGlassOpened(e) => AuditKind::BreakGlassOpened {
+            patient: p(e.patient),
+            provider: e.provider,
+            reason_code: e.reasonCode,
+            until: e.until,
+        },
+    };
+    Some(AuditEvent {
+        block: log.block_number.unwrap_or_default(),
+        timestamp: log.block_timestamp,
+        tx_hash: log.transaction_hash,
+        log_index: log.log_index.unwrap_or_default(),
+        kind,
+    })
+}

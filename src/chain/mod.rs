@@ -1,0 +1,14 @@
+//! The access-control contract on chain: bindings (one place), domain types, a typed client
+//! over alloy, and audit-event reading.
+
+mod bindings;
+mod client;
+mod errors;
+mod events;
+mod types;
+
+pub use bindings::EhrAccess;
+pub use client::{AccessOutcome, Deployment, EhrChain, TxOutcome};
+pub use errors::ChainError;
+pub use events::{AuditEvent, AuditKind};
+pub use types::{DenyReason, InvalidPatientAddr, GrantInfo, GrantState, PatientAddr, PendingRequest, ProviderStatus, RecordAnchor, RecordId};

@@ -1,0 +1,330 @@
+//! Contract subcommands: deploy, and one subcommand per operation of each role.
+
+use alloy::primitives::Address;
+use anyhow::Context;
+use clap::{Args, Subcommand};
+
+use super::ChainArgs;
+use super::keys::KeyArgs;
+use crate::chain::{Deployment, EhrChain, PatientAddr, RecordId, TxOutcome};
+
+/// `ehr deploy`.
+#[derive(Debug, Args)]
+pub struct DeployArgs {
+    #[command(flatten)]
+    chain: ChainArgs,
+    #[command(flatten)]
+    key: KeyArgs,
+    /// The records office account. Default: the deployer.
+    #[arg(long, env = "EHR_MANAGER")]
+    manager: Option<Address>,
+}
+
+/// Keys and chain, shared by every operation.
+#[derive(Debug, Args)]
+pub struct Common {
+    #[command(flatten)]
+    chain: ChainArgs,
+    #[command(flatten)]
+    key: KeyArgs,
+}
+
+/// Paging of list commands.
+#[derive(Debug, Args)]
+pub struct PageArgs {
+    /// Skip this many entries.
+    #[arg(long, default_value_t = 0)]
+    offset: u64,
+    /// At most this many entries (max 200).
+    #[arg(long, default_value_t = 50)]
+    limit: u64,
+}
+
+/// Patient subcommands.
+#[derive(Debug, Subcommand)]
+pub enum PatientCmd {
+    /// Register the signer as the patient at ADDR (AID-PID).
+    Register {
+        /// Patient address.
+        addr: PatientAddr,
+        #[command(flatten)]
+        c: Common,
+    },
+    /// Grant a provider access, until a unix time or open-ended.
+    Grant {
+        /// Provider account.
+        provider: Address,
+        /// Expiry in unix seconds.
+        #[arg(long, conflicts_with = "for_secs")]
+        until: Option<u64>,
+        /// Expiry as seconds from now (chain time).
+        #[arg(long)]
+        for_secs: Option<u64>,
+        #[command(flatten)]
+        c: Common,
+    },
+    /// Revoke a provider's access.
+    Revoke {
+        /// Provider account.
+        provider: Address,
+        #[command(flatten)]
+        c: Common,
+    },
+    /// Approve a pending request (grants access).
+    Approve {
+        /// Provider account.
+        provider: Address,
+        /// Expiry in unix seconds; open-ended when absent.
+        #[arg(long)]
+        until: Option<u64>,
+        #[command(flatten)]
+        c: Common,
+    },
+    /// Decline a pending request.
+    Decline {
+        /// Provider account.
+        provider: Address,
+        #[command(flatten)]
+        c: Common,
+    },
+    /// List grants of the patient at ADDR.
+    Grants {
+        /// Patient address.
+        addr: PatientAddr,
+        #[command(flatten)]
+        chain: ChainArgs,
+        #[command(flatten)]
+        page: PageArgs,
+    },
+    /// List pending requests to the patient at ADDR.
+    Requests {
+        /// Patient address.
+        addr: PatientAddr,
+        #[command(flatten)]
+        chain: ChainArgs,
+        #[command(flatten)]
+        page: PageArgs,
+    },
+    /// The audit trail of the patient at ADDR, newest first.
+    Audit {
+        /// Patient address.
+        addr: PatientAddr,
+        #[command(flatten)]
+        chain: ChainArgs,
+        #[command(flatten)]
+        page: PageArgs,
+    },
+}
+
+/// Provider subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ProviderCmd {
+    /// Register the signer as a provider (then wait for the records office).
+    Register {
+        #[command(flatten)]
+        c: Common,
+    },
+    /// Ask the patient at ADDR for access.
+    Request {
+        /// Patient address.
+        addr: PatientAddr,
+        #[command(flatten)]
+        c: Common,
+    },
+    /// The access transaction for records (denials are reported, and logged on chain).
+    Access {
+        /// Record ids.
+        #[arg(required = true)]
+        records: Vec<RecordId>,
+        #[command(flatten)]
+        c: Common,
+    },
+    /// Open emergency access to the patient at ADDR.
+    BreakGlass {
+        /// Patient address.
+        addr: PatientAddr,
+        /// Reason code (your institution's list).
+        #[arg(long)]
+        reason: u16,
+        #[command(flatten)]
+        c: Common,
+    },
+    /// Status and denied-attempt count of a provider.
+    Status {
+        /// Provider account.
+        provider: Address,
+        #[command(flatten)]
+        chain: ChainArgs,
+    },
+}
+
+/// Records office subcommands.
+#[derive(Debug, Subcommand)]
+pub enum OfficeCmd {
+    /// Verify a provider.
+    Verify {
+        /// Provider account.
+        provider: Address,
+        #[command(flatten)]
+        c: Common,
+    },
+    /// Suspend a provider.
+    Suspend {
+        /// Provider account.
+        provider: Address,
+        #[command(flatten)]
+        c: Common,
+    },
+    /// Nominate a new records office account.
+    Transfer {
+        /// The nominee.
+        nominee: Address,
+        #[command(flatten)]
+        c: Common,
+    },
+    /// Accept the records office role (as the nominee).
+    Accept {
+        #[command(flatten)]
+        c: Common,
+    },
+    /// Every contract event, newest first.
+    Audit {
+        #[command(flatten)]
+        chain: ChainArgs,
+        #[command(flatten)]
+        page: PageArgs,
+    },
+}
+
+fn deployment(chain: &ChainArgs) -> anyhow::Result<Deployment> {
+    if let Some(address) = chain.contract {
+        return Ok(Deployment {
+            chain_id: 0,
+            address,
+            block: 0,
+        });
+    }
+    Deployment::load(&chain.deployment).with_context(|| {
+        format!(
+            "no deployment at {} (run `ehr deploy`, or set --contract/EHR_CONTRACT)",
+            chain.deployment.display()
+        )
+    })
+}
+
+async fn signing(c: &Common) -> anyhow::Result<EhrChain> {
+    let signer = c.key.signer()?;
+    Ok(EhrChain::connect(&c.chain.rpc_url, Some(signer), &deployment(&c.chain)?).await?)
+}
+
+async fn reading(chain: &ChainArgs) -> anyhow::Result<EhrChain> {
+    Ok(EhrChain::connect(&chain.rpc_url, None, &deployment(chain)?).await?)
+}
+
+fn print_tx(what: &str, o: &TxOutcome) {
+    println!("{what}: tx {} (block {}, gas {})", o.tx_hash, o.block, o.gas_used);
+}
+
+fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+/// `ehr deploy`.
+///
+/// # Errors
+/// When the key, chain or deployment fails.
+pub async fn deploy(a: DeployArgs) -> anyhow::Result<()> {
+    let signer = a.key.signer()?;
+    let manager = a.manager.unwrap_or(signer.address());
+    let (_, d) = EhrChain::deploy(&a.chain.rpc_url, signer, manager).await?;
+    d.save(&a.chain.deployment)
+        .with_context(|| format!("writing {}", a.chain.deployment.display()))?;
+    println!(
+        "deployed EhrAccess at {} on chain {} (block {}); records office {manager}; wrote {}",
+        d.address,
+        d.chain_id,
+        d.block,
+        a.chain.deployment.display()
+    );
+    Ok(())
+}
+
+/// `ehr patient ...`.
+///
+/// # Errors
+/// Contract rejections in words, transport and key errors.
+pub async fn patient(cmd: PatientCmd) -> anyhow::Result<()> {
+    match cmd {
+        PatientCmd::Register { addr, c } => print_tx(&format!("registered patient {addr}"), &signing(&c).await?.register_patient(addr).await?),
+        PatientCmd::Grant { provider, until, for_secs, c } => {
+            let chain = signing(&c).await?;
+            let until = match for_secs {
+                Some(s) => Some(chain.chain_time().await? + s),
+                None => until,
+            };
+            print_tx(&format!("granted {provider}"), &chain.grant(provider, until).await?);
+        }
+        PatientCmd::Revoke { provider, c } => print_tx(&format!("revoked {provider}"), &signing(&c).await?.revoke(provider).await?),
+        PatientCmd::Approve { provider, until, c } => {
+            print_tx(&format!("approved {provider}"), &signing(&c).await?.approve_request(provider, until).await?)
+        }
+        PatientCmd::Decline { provider, c } => print_tx(&format!("declined {provider}"), &signing(&c).await?.decline_request(provider).await?),
+        PatientCmd::Grants { addr, chain, page } => print_json(&reading(&chain).await?.grants(addr, page.offset, page.limit).await?)?,
+        PatientCmd::Requests { addr, chain, page } => {
+            print_json(&reading(&chain).await?.pending_requests(addr, page.offset, page.limit).await?)?
+        }
+        PatientCmd::Audit { addr, chain, page } => print_json(
+            &reading(&chain)
+                .await?
+                .audit_for_patient(addr, page.offset as usize, page.limit as usize)
+                .await?,
+        )?,
+    }
+    Ok(())
+}
+
+/// `ehr provider ...`.
+///
+/// # Errors
+/// Contract rejections in words, transport and key errors.
+pub async fn provider(cmd: ProviderCmd) -> anyhow::Result<()> {
+    match cmd {
+        ProviderCmd::Register { c } => print_tx("registered as provider (pending verification)", &signing(&c).await?.register_provider().await?),
+        ProviderCmd::Request { addr, c } => print_tx(&format!("requested access to {addr}"), &signing(&c).await?.request_access(addr).await?),
+        ProviderCmd::Access { records, c } => {
+            let o = signing(&c).await?.access(&records).await?;
+            print_tx("access transaction", &o.tx);
+            for r in &o.allowed {
+                println!("  allowed {r}");
+            }
+            for (r, why) in &o.denied {
+                println!("  DENIED  {r}: {why}");
+            }
+        }
+        ProviderCmd::BreakGlass { addr, reason, c } => print_tx(
+            &format!("BREAK-GLASS opened on {addr} (reason {reason}); the patient will see it"),
+            &signing(&c).await?.break_glass(addr, reason).await?,
+        ),
+        ProviderCmd::Status { provider, chain } => {
+            let (status, denied) = reading(&chain).await?.provider_status(provider).await?;
+            print_json(&serde_json::json!({"provider": provider, "status": status, "denied_count": denied}))?;
+        }
+    }
+    Ok(())
+}
+
+/// `ehr office ...`.
+///
+/// # Errors
+/// Contract rejections in words, transport and key errors.
+pub async fn office(cmd: OfficeCmd) -> anyhow::Result<()> {
+    match cmd {
+        OfficeCmd::Verify { provider, c } => print_tx(&format!("verified {provider}"), &signing(&c).await?.verify_provider(provider).await?),
+        OfficeCmd::Suspend { provider, c } => print_tx(&format!("suspended {provider}"), &signing(&c).await?.suspend_provider(provider).await?),
+        OfficeCmd::Transfer { nominee, c } => print_tx(&format!("nominated {nominee}"), &signing(&c).await?.transfer_manager(nominee).await?),
+        OfficeCmd::Accept { c } => print_tx("accepted the records office role", &signing(&c).await?.accept_manager().await?),
+        OfficeCmd::Audit { chain, page } => print_json(&reading(&chain).await?.audit_all(page.offset as usize, page.limit as usize).await?)?,
+    }
+    Ok(())
+}

@@ -1,0 +1,203 @@
+//! `ehr dev`: anvil + Kubo + the contract with demo data + the gateway, up until Ctrl-C.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use alloy::signers::local::PrivateKeySigner;
+use anyhow::Context;
+use clap::Args;
+
+use crate::chain::{Deployment, EhrChain, PatientAddr};
+use crate::config::{AnvilSettings, Tools};
+use crate::gateway::{AppState, Keyring};
+use crate::ipfs::KuboClient;
+use crate::stack::{KuboOptions, start_anvil, start_kubo};
+
+/// `ehr dev` flags.
+#[derive(Debug, Args)]
+pub struct DevArgs {
+    /// Anvil settings. Default: anvil.toml.
+    #[arg(long, env = "EHR_ANVIL_CONFIG", default_value = "anvil.toml")]
+    anvil_config: PathBuf,
+    /// Folder for the Kubo repo and deployment file. Default: .ehr.
+    #[arg(long, env = "EHR_STATE_DIR", default_value = ".ehr")]
+    state_dir: PathBuf,
+    /// Project folder holding the tools from scripts/setup. Default: current folder.
+    #[arg(long, env = "EHR_PROJECT_DIR", default_value = ".")]
+    project_dir: PathBuf,
+    /// Gateway port on 127.0.0.1. Default: 8080.
+    #[arg(long, env = "EHR_GATEWAY_PORT", default_value_t = 8080)]
+    gateway_port: u16,
+    /// Kubo RPC API port. Default: 5001.
+    #[arg(long, env = "EHR_KUBO_API_PORT", default_value_t = 5001)]
+    kubo_api_port: u16,
+    /// Kubo HTTP gateway port. Default: 8081.
+    #[arg(long, env = "EHR_KUBO_GATEWAY_PORT", default_value_t = 8081)]
+    kubo_gateway_port: u16,
+    /// Anvil port; overrides anvil.toml.
+    #[arg(long, env = "EHR_ANVIL_PORT")]
+    anvil_port: Option<u16>,
+}
+
+/// The demo cast, as indices into anvil's mnemonic accounts.
+const OFFICE: u32 = 0;
+const DOCTORS: [u32; 3] = [1, 2, 6];
+const PATIENTS: [(u32, u64, u64); 3] = [(3, 1, 1001), (4, 1, 1002), (5, 2, 2001)];
+
+/// Account `index` of the dev mnemonic.
+///
+/// # Errors
+/// When the mnemonic is invalid.
+pub fn demo_signer(settings: &AnvilSettings, index: u32) -> anyhow::Result<PrivateKeySigner> {
+    super::keys::dev_signer(&settings.mnemonic, index)
+}
+
+/// Runs the stack until Ctrl-C / SIGTERM or until a child crashes.
+///
+/// # Errors
+/// When a service fails to start, or a child crashes (with its last log lines).
+pub async fn run(a: DevArgs) -> anyhow::Result<()> {
+    let tools = Tools::in_project(&a.project_dir);
+    let mut settings = AnvilSettings::load(&a.anvil_config).context("set --anvil-config/EHR_ANVIL_CONFIG")?;
+    if let Some(p) = a.anvil_port {
+        settings.port = p;
+    }
+    println!("[dev] starting anvil {} (chain id {})", settings.rpc_url(), settings.chain_id);
+    let mut anvil = start_anvil(&tools.anvil, &settings, true).await?;
+    println!("[dev] starting Kubo (offline, loopback) with repo {}", a.state_dir.join("kubo").display());
+    let mut kubo = start_kubo(
+        &KuboOptions {
+            bin: tools.ipfs.clone(),
+            repo: a.state_dir.join("kubo"),
+            api_port: a.kubo_api_port,
+            gateway_port: a.kubo_gateway_port,
+        },
+        true,
+    )
+    .await?;
+    let ipfs = KuboClient::new(&kubo.api_url);
+    let ipfs_version = ipfs.version().await?;
+
+    let deployment_file = a.state_dir.join("deployment.json");
+    let chain = deploy_or_reuse(&settings, &deployment_file).await?;
+    let keyring = seed_demo(&settings, &chain).await?;
+
+    let state = AppState::new(&settings.rpc_url(), Some(chain.clone()), ipfs, keyring).map_err(anyhow::Error::msg)?;
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", a.gateway_port))
+        .await
+        .with_context(|| format!("gateway port {} busy (set --gateway-port/EHR_GATEWAY_PORT)", a.gateway_port))?;
+    let gw = format!("http://127.0.0.1:{}", a.gateway_port);
+    println!();
+    println!("  chain    {}  (chain id {}, contract {})", settings.rpc_url(), settings.chain_id, chain.address());
+    println!("  ipfs     {}  (Kubo {})", kubo.api_url, ipfs_version.version);
+    println!("  gateway  {gw}  (health: {gw}/health, API: {gw}/openapi.json)");
+    println!("  deployment file {}", deployment_file.display());
+    println!();
+    println!("ehr dev is up; Ctrl-C stops everything.");
+
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(crate::gateway::serve(listener, state, async move {
+        let _ = stop_rx.await;
+    }));
+    let outcome = tokio::select! {
+        _ = shutdown_signal() => { println!("\n[dev] stopping"); Ok(()) }
+        exit = anvil.child.wait_exit() => Err(anyhow::anyhow!("{exit}")),
+        exit = kubo.child.wait_exit() => Err(anyhow::anyhow!("{exit}")),
+    };
+    let _ = stop_tx.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+    kubo.child.stop(Duration::from_secs(10)).await;
+    anvil.child.stop(Duration::from_secs(10)).await;
+    println!("[dev] stopped anvil and Kubo");
+    outcome
+}
+
+async fn deploy_or_reuse(settings: &AnvilSettings, file: &std::path::Path) -> anyhow::Result<EhrChain> {
+    let office = demo_signer(settings, OFFICE)?;
+    let rpc = settings.rpc_url();
+    if let Ok(d) = Deployment::load(file) {
+        if d.chain_id == settings.chain_id {
+            if let Ok(chain) = EhrChain::connect(&rpc, Some(office.clone()), &d).await {
+                println!("[dev] reusing contract {} from {}", d.address, file.display());
+                return Ok(chain);
+            }
+        }
+    }
+    let (chain, d) = EhrChain::deploy(&rpc, office.clone(), office.address()).await?;
+    d.save(file).with_context(|| format!("writing {}", file.display()))?;
+    println!("[dev] deployed EhrAccess at {} (block {})", d.address, d.block);
+    Ok(chain)
+}
+
+/// Demo data: a records office, three doctors (two verified, one waiting), three patients with
+/// grants in different states. Idempotent: skipped when the first patient is registered.
+async fn seed_demo(settings: &AnvilSettings, chain: &EhrChain) -> anyhow::Result<Keyring> {
+    let rpc = settings.rpc_url();
+    let mut keyring = Keyring::default();
+    let office = demo_signer(settings, OFFICE)?;
+    keyring.insert("demo-office", office.clone());
+    let doctors: Vec<_> = DOCTORS.iter().map(|i| demo_signer(settings, *i)).collect::<Result<_, _>>()?;
+    let patients: Vec<_> = PATIENTS
+        .iter()
+        .map(|(i, aid, pid)| Ok((demo_signer(settings, *i)?, PatientAddr::new(*aid, *pid)?)))
+        .collect::<anyhow::Result<_>>()?;
+    for (n, d) in doctors.iter().enumerate() {
+        keyring.insert(&format!("demo-doctor{}", n + 1), d.clone());
+    }
+    for (n, (p, _)) in patients.iter().enumerate() {
+        keyring.insert(&format!("demo-patient{}", n + 1), p.clone());
+    }
+    let as_ = |s: &PrivateKeySigner| chain.with_signer(&rpc, s.clone());
+    if chain.patient_of(patients[0].0.address()).await?.is_none() {
+        println!("[dev] seeding demo accounts");
+        for d in &doctors {
+            as_(d)?.register_provider().await?;
+        }
+        let office_chain = as_(&office)?;
+        office_chain.verify_provider(doctors[0].address()).await?;
+        office_chain.verify_provider(doctors[1].address()).await?;
+        for (p, addr) in &patients {
+            as_(p)?.register_patient(*addr).await?;
+        }
+        let now = chain.chain_time().await?;
+        // Patient 1: doctor 1 open-ended; doctor 2 for a week.
+        as_(&patients[0].0)?.grant(doctors[0].address(), None).await?;
+        as_(&patients[0].0)?.grant(doctors[1].address(), Some(now + 7 * 86_400)).await?;
+        // Patient 2: doctor 1 granted then revoked; doctor 2 asks and waits.
+        as_(&patients[1].0)?.grant(doctors[0].address(), None).await?;
+        as_(&patients[1].0)?.revoke(doctors[0].address()).await?;
+        as_(&doctors[1])?.request_access(patients[1].1).await?;
+        // Patient 3: doctor 2 for one hour.
+        as_(&patients[2].0)?.grant(doctors[1].address(), Some(now + 3600)).await?;
+    }
+    println!("[dev] demo accounts (API token -> account):");
+    println!("  demo-office    records office  {}", office.address());
+    for (n, d) in doctors.iter().enumerate() {
+        let note = if n < 2 { "verified" } else { "awaiting verification" };
+        println!("  demo-doctor{}   doctor ({note}) {}", n + 1, d.address());
+    }
+    for (n, (p, addr)) in patients.iter().enumerate() {
+        println!("  demo-patient{}  patient {addr}  {}", n + 1, p.address());
+    }
+    Ok(keyring)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(t) => t,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,100 @@
+//! Shared state of the gateway: the chain client, the IPFS client and the keyring of accounts
+//! the gateway signs for.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use alloy::primitives::Address;
+use alloy::providers::{DynProvider, Provider, ProviderBuilder};
+use alloy::signers::local::PrivateKeySigner;
+use sha2::{Digest, Sha256};
+
+use crate::chain::EhrChain;
+use crate::ipfs::KuboClient;
+
+/// Accounts whose keys the gateway holds, each reachable by an API token (`Authorization:
+/// Bearer <token>`). Only token digests are kept, so a memory dump of the map does not reveal
+/// the tokens.
+#[derive(Clone, Default)]
+pub struct Keyring {
+    by_token: HashMap<[u8; 32], PrivateKeySigner>,
+}
+
+impl std::fmt::Debug for Keyring {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Keyring").field("accounts", &self.by_token.len()).finish()
+    }
+}
+
+impl Keyring {
+    /// Adds `signer`, reachable with `token`.
+    pub fn insert(&mut self, token: &str, signer: PrivateKeySigner) {
+        self.by_token.insert(Sha256::digest(token.as_bytes()).into(), signer);
+    }
+
+    /// The signer for `token`, if any.
+    pub fn signer(&self, token: &str) -> Option<&PrivateKeySigner> {
+        self.by_token.get(&<[u8; 32]>::from(Sha256::digest(token.as_bytes())))
+    }
+}
+
+struct Inner {
+    rpc_url: String,
+    provider: DynProvider,
+    chain: Option<EhrChain>,
+    ipfs: KuboClient,
+    keyring: Keyring,
+}
+
+/// Cheap-to-clone state handed to every handler.
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+impl AppState {
+    /// State for a gateway on `rpc_url` and the Kubo API at `ipfs`; `chain` is the deployed
+    /// contract (absent before `ehr deploy`, then only `/health` is useful).
+    ///
+    /// # Errors
+    /// When `rpc_url` is not a URL.
+    pub fn new(rpc_url: &str, chain: Option<EhrChain>, ipfs: KuboClient, keyring: Keyring) -> Result<Self, String> {
+        let url = rpc_url.parse().map_err(|e| format!("bad RPC URL {rpc_url}: {e}"))?;
+        let provider = ProviderBuilder::new().connect_http(url).erased();
+        Ok(Self(Arc::new(Inner {
+            rpc_url: rpc_url.to_owned(),
+            provider,
+            chain,
+            ipfs,
+            keyring,
+        })))
+    }
+
+    /// The chain's RPC URL.
+    pub fn rpc_url(&self) -> &str {
+        &self.0.rpc_url
+    }
+
+    /// A read-only provider.
+    pub fn provider(&self) -> &DynProvider {
+        &self.0.provider
+    }
+
+    /// The read-only contract client, when deployed.
+    pub fn chain(&self) -> Option<&EhrChain> {
+        self.0.chain.as_ref()
+    }
+
+    /// The IPFS client.
+    pub fn ipfs(&self) -> &KuboClient {
+        &self.0.ipfs
+    }
+
+    /// The keyring.
+    pub fn keyring(&self) -> &Keyring {
+        &self.0.keyring
+    }
+
+    /// The address of the account behind `token`.
+    pub fn account(&self, token: &str) -> Option<Address> {
+        self.0.keyring.signer(token).map(PrivateKeySigner::address)
+    }
+}

@@ -1,0 +1,227 @@
+//! Kubo HTTP RPC client: version, add (streamed, pinned), cat (streamed), unpin.
+//!
+//! Only ciphertext ever goes through here: IPFS content is public to anyone who knows the CID.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::{Stream, StreamExt, TryStreamExt};
+use serde::Deserialize;
+
+/// Errors talking to Kubo.
+#[derive(Debug, thiserror::Error)]
+pub enum IpfsError {
+    /// The node could not be reached.
+    #[error("IPFS node at {url} unreachable: {source}")]
+    Unreachable {
+        /// The API base URL.
+        url: String,
+        /// Transport error.
+        source: reqwest::Error,
+    },
+    /// Kubo answered with an error message.
+    #[error("IPFS {call} failed: {message}")]
+    Api {
+        /// The RPC call.
+        call: &'static str,
+        /// Kubo's message.
+        message: String,
+    },
+    /// The content is not on the node (offline nodes cannot fetch it elsewhere).
+    #[error("content {cid} not found on the IPFS node")]
+    NotFound {
+        /// The CID asked for.
+        cid: String,
+    },
+    /// Kubo's answer did not parse.
+    #[error("unexpected answer from IPFS {call}: {detail}")]
+    Protocol {
+        /// The RPC call.
+        call: &'static str,
+        /// What was wrong.
+        detail: String,
+    },
+}
+
+/// Kubo's `/api/v0/version` answer.
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+pub struct KuboVersion {
+    /// Kubo release, e.g. `0.42.0`.
+    #[serde(rename = "Version")]
+    pub version: String,
+    /// Git commit of the build.
+    #[serde(rename = "Commit", default)]
+    pub commit: String,
+    /// Go version it was built with.
+    #[serde(rename = "Golang", default)]
+    pub golang: String,
+}
+
+#[derive(Deserialize)]
+struct AddResponse {
+    #[serde(rename = "Hash")]
+    hash: String,
+}
+
+#[derive(Deserialize)]
+struct ErrorBody {
+    #[serde(rename = "Message")]
+    message: String,
+}
+
+/// A client of one Kubo node's RPC API.
+#[derive(Debug, Clone)]
+pub struct KuboClient {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl KuboClient {
+    /// A client for the RPC API at `base` (e.g. `http://127.0.0.1:5001`).
+    pub fn new(base: impl Into<String>) -> Self {
+        Self {
+            base: base.into().trim_end_matches('/').to_owned(),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// The API base URL.
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    /// The node's version.
+    ///
+    /// # Errors
+    /// When the node is unreachable or answers with an error.
+    pub async fn version(&self) -> Result<KuboVersion, IpfsError> {
+        let resp = self.post("version", &[]).timeout(Duration::from_secs(5)).send().await;
+        let resp = self.check("version", resp).await?;
+        resp.json().await.map_err(|e| IpfsError::Protocol {
+            call: "version",
+            detail: e.to_string(),
+        })
+    }
+
+    /// Adds and pins content streamed from `body`; returns its CID (v1, raw leaves).
+    ///
+    /// # Errors
+    /// When the node is unreachable, rejects the upload, or the body stream fails.
+    pub async fn add_stream<S>(&self, body: S) -> Result<String, IpfsError>
+    where
+        S: Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
+    {
+        let part = reqwest::multipart::Part::stream(reqwest::Body::wrap_stream(body))
+            .file_name("record.bin")
+            .mime_str("application/octet-stream")
+            .map_err(|e| IpfsError::Protocol {
+                call: "add",
+                detail: e.to_string(),
+            })?;
+        let form = reqwest::multipart::Form::new().part("file", part);
+        let resp = self
+            .post(
+                "add",
+                &[("pin", "true"), ("cid-version", "1"), ("quieter", "true"), ("progress", "false")],
+            )
+            .multipart(form)
+            .send()
+            .await;
+        let resp = self.check("add", resp).await?;
+        let text = resp.text().await.map_err(|e| IpfsError::Protocol {
+            call: "add",
+            detail: e.to_string(),
+        })?;
+        // One JSON object per line; with `quieter` the last one is the file itself.
+        let last = text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
+        let parsed: AddResponse = serde_json::from_str(last).map_err(|e| IpfsError::Protocol {
+            call: "add",
+            detail: format!("{e}: {last}"),
+        })?;
+        Ok(parsed.hash)
+    }
+
+    /// Adds and pins `data`.
+    ///
+    /// # Errors
+    /// As [`KuboClient::add_stream`].
+    pub async fn add_bytes(&self, data: Bytes) -> Result<String, IpfsError> {
+        self.add_stream(futures::stream::once(async move { Ok(data) })).await
+    }
+
+    /// Streams the content of `cid`; only local content is found (the node is offline).
+    ///
+    /// # Errors
+    /// [`IpfsError::NotFound`] when the node does not hold it.
+    pub async fn cat_stream(
+        &self,
+        cid: &str,
+    ) -> Result<impl Stream<Item = Result<Bytes, IpfsError>> + use<>, IpfsError> {
+        // `offline=true`: never wait for the network for content we do not have.
+        let resp = self.post("cat", &[("arg", cid), ("offline", "true")]).send().await;
+        let resp = match self.check("cat", resp).await {
+            Err(IpfsError::Api { message, .. }) if is_not_found(&message) => {
+                return Err(IpfsError::NotFound { cid: cid.to_owned() });
+            }
+            other => other?,
+        };
+        Ok(resp.bytes_stream().map_err(|e| IpfsError::Protocol {
+            call: "cat",
+            detail: e.to_string(),
+        }))
+    }
+
+    /// Reads the whole content of `cid` into memory.
+    ///
+    /// # Errors
+    /// As [`KuboClient::cat_stream`].
+    pub async fn cat(&self, cid: &str) -> Result<Vec<u8>, IpfsError> {
+        let mut stream = Box::pin(self.cat_stream(cid).await?);
+        let mut out = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            out.extend_from_slice(&chunk?);
+        }
+        Ok(out)
+    }
+
+    /// Unpins `cid` (used to clean up after a failed upload); unknown pins are not an error.
+    ///
+    /// # Errors
+    /// When the node is unreachable or fails otherwise.
+    pub async fn unpin(&self, cid: &str) -> Result<(), IpfsError> {
+        let resp = self.post("pin/rm", &[("arg", cid)]).send().await;
+        match self.check("pin/rm", resp).await {
+            Ok(_) => Ok(()),
+            Err(IpfsError::Api { message, .. }) if message.contains("not pinned") => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn post(&self, call: &str, query: &[(&str, &str)]) -> reqwest::RequestBuilder {
+        self.http.post(format!("{}/api/v0/{call}", self.base)).query(query)
+    }
+
+    async fn check(
+        &self,
+        call: &'static str,
+        resp: Result<reqwest::Response, reqwest::Error>,
+    ) -> Result<reqwest::Response, IpfsError> {
+        let resp = resp.map_err(|source| IpfsError::Unreachable {
+            url: self.base.clone(),
+            source,
+        })?;
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        let status = resp.status();
+        let body = resp.text().await.unwrap_or_default();
+        let message = serde_json::from_str::<ErrorBody>(&body)
+            .map(|b| b.message)
+            .unwrap_or_else(|_| format!("HTTP {status}: {body}"));
+        Err(IpfsError::Api { call, message })
+    }
+}
+
+fn is_not_found(message: &str) -> bool {
+    message.contains("not found") || message.contains("block was not found locally")
+}

@@ -1,0 +1,16 @@
+//! ehr-share: patients, doctors and a records office share electronic health records.
+//!
+//! Architecture (dependencies run one way, top to bottom):
+//! - [`crypto`], [`shamir`]: pure maths, no I/O, nothing of ours imported.
+//! - [`chain`]: the access-control contract's client (the source of truth for who may see what).
+//! - [`ipfs`]: the Kubo RPC client (ciphertext only).
+//! - [`stack`]: starts anvil and Kubo as child processes for development and tests.
+//! - [`gateway`]: the HTTP service composing the above.
+//! - [`cli`]: the `ehr` command line.
+
+pub mod chain;
+pub mod cli;
+pub mod config;
+pub mod gateway;
+pub mod ipfs;
+pub mod stack;

@@ -1,0 +1,81 @@
+//! Starts anvil (Foundry's local EVM node) with the settings of `anvil.toml`.
+
+use std::path::Path;
+use std::time::Duration;
+
+use tokio::process::Command;
+
+use super::{ManagedChild, StackError};
+use crate::config::AnvilSettings;
+
+/// A running anvil node.
+#[derive(Debug)]
+pub struct AnvilNode {
+    /// The supervised process.
+    pub child: ManagedChild,
+    /// Its HTTP JSON-RPC endpoint.
+    pub rpc_url: String,
+    /// The settings it was started with.
+    pub settings: AnvilSettings,
+}
+
+/// Starts anvil from `bin` and waits until it answers `eth_chainId` with the configured id.
+///
+/// # Errors
+/// When anvil cannot be spawned, exits, or does not answer within 30 s.
+pub async fn start_anvil(bin: &Path, settings: &AnvilSettings, echo: bool) -> Result<AnvilNode, StackError> {
+    let mut cmd = Command::new(bin);
+    cmd.arg("--host")
+        .arg(&settings.host)
+        .arg("--port")
+        .arg(settings.port.to_string())
+        .arg("--chain-id")
+        .arg(settings.chain_id.to_string())
+        .arg("--mnemonic")
+        .arg(&settings.mnemonic)
+        .arg("--accounts")
+        .arg(settings.accounts.to_string())
+        .arg("--balance")
+        .arg(settings.balance_eth.to_string());
+    if settings.block_time_secs > 0 {
+        cmd.arg("--block-time").arg(settings.block_time_secs.to_string());
+    }
+    if !settings.state_file.is_empty() {
+        // --state loads the file if present and dumps to it on exit (SIGTERM), so the chain
+        // survives a restart of `ehr dev`.
+        cmd.arg("--state").arg(&settings.state_file);
+    }
+    let mut child = ManagedChild::spawn("anvil", cmd, echo)?;
+    let rpc_url = settings.rpc_url();
+    let http = reqwest::Client::new();
+    let expected = settings.chain_id;
+    child
+        .wait_healthy(Duration::from_secs(30), || {
+            let http = http.clone();
+            let url = rpc_url.clone();
+            async move { chain_id(&http, &url).await == Some(expected) }
+        })
+        .await?;
+    Ok(AnvilNode {
+        child,
+        rpc_url,
+        settings: settings.clone(),
+    })
+}
+
+/// `eth_chainId` over plain JSON-RPC, so the health check does not depend on the chain client.
+async fn chain_id(http: &reqwest::Client, url: &str) -> Option<u64> {
+    let body = serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "eth_chainId", "params": []});
+    let resp: serde_json::Value = http
+        .post(url)
+        .json(&body)
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    let hex = resp.get("result")?.as_str()?.trim_start_matches("0x");
+    u64::from_str_radix(hex, 16).ok()
+}
