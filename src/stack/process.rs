@@ -38,21 +38,59 @@ pub struct ManagedChild {
     name: String,
     child: Child,
     log: Arc<Mutex<VecDeque<String>>>,
+    /// Write end of the child's stdin; when our process dies, however it dies, the pipe closes
+    /// and the tether script stops the service, so no orphan anvil or Kubo outlives us.
+    _tether: Option<tokio::process::ChildStdin>,
 }
+
+/// Runs the program in the background, forwards SIGTERM/SIGINT to it, kills it when stdin
+/// reaches end-of-file (our process is gone), and exits with its status.
+/// (Background jobs of a non-interactive sh read /dev/null, hence stdin is kept as fd 3.)
+const TETHER: &str = r#"exec 3<&0
+"$@" </dev/null 3<&- & c=$!
+trap 'kill -TERM $c 2>/dev/null' TERM INT
+(while read -r _ <&3; do :; done; kill -TERM $c 2>/dev/null) & r=$!
+s=0
+while kill -0 $c 2>/dev/null; do wait $c; s=$?; done
+kill $r 2>/dev/null
+exit $s"#;
 
 impl ManagedChild {
     /// Spawns `cmd` with piped output; `echo` also forwards its lines to our tracing log.
     ///
     /// # Errors
     /// [`StackError::Spawn`] when the program cannot be started.
-    pub fn spawn(name: &str, mut cmd: Command, echo: bool) -> Result<Self, StackError> {
-        let program = format!("{:?}", cmd.as_std().get_program());
-        cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).stdin(Stdio::null()).kill_on_drop(true);
-        let mut child = cmd.spawn().map_err(|source| StackError::Spawn {
+    pub fn spawn(name: &str, cmd: Command, echo: bool) -> Result<Self, StackError> {
+        let std_cmd = cmd.as_std();
+        let program = std_cmd.get_program().to_owned();
+        // Spawn errors must name the real program, and a missing one must fail here, not in sh.
+        // A path must exist now; a bare name is looked up on PATH by the shell.
+        let is_path = program.to_string_lossy().contains('/');
+        if let (true, Err(source)) = (is_path, std::fs::metadata(&program)) {
+            return Err(StackError::Spawn {
+                name: name.into(),
+                path: program.to_string_lossy().into_owned(),
+                source,
+            });
+        }
+        let mut tethered = Command::new("sh");
+        tethered.arg("-c").arg(TETHER).arg("tether").arg(&program).args(std_cmd.get_args());
+        for (k, v) in std_cmd.get_envs() {
+            match v {
+                Some(v) => tethered.env(k, v),
+                None => tethered.env_remove(k),
+            };
+        }
+        if let Some(dir) = std_cmd.get_current_dir() {
+            tethered.current_dir(dir);
+        }
+        tethered.stdout(Stdio::piped()).stderr(Stdio::piped()).stdin(Stdio::piped()).kill_on_drop(true);
+        let mut child = tethered.spawn().map_err(|source| StackError::Spawn {
             name: name.into(),
-            path: program,
+            path: program.to_string_lossy().into_owned(),
             source,
         })?;
+        let tether = child.stdin.take();
         let log = Arc::new(Mutex::new(VecDeque::with_capacity(LOG_LINES)));
         if let Some(out) = child.stdout.take() {
             pump(name.to_owned(), out, log.clone(), echo);
@@ -60,7 +98,12 @@ impl ManagedChild {
         if let Some(err) = child.stderr.take() {
             pump(name.to_owned(), err, log.clone(), echo);
         }
-        Ok(Self { name: name.into(), child, log })
+        Ok(Self {
+            name: name.into(),
+            child,
+            log,
+            _tether: tether,
+        })
     }
 
     /// The service name.

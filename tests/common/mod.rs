@@ -1,0 +1,131 @@
+//! Fixtures for end-to-end tests: one real anvil and one real Kubo per test binary, started
+//! through the product's own `stack` code, plus helpers for fresh funded accounts.
+//!
+//! The services live on a runtime of their own (a static one), so they outlive each test's
+//! runtime; they are tethered to this process and stop when the test binary exits.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::path::{Path, PathBuf};
+use std::sync::{LazyLock, OnceLock};
+
+use alloy::primitives::U256;
+use alloy::providers::ext::AnvilApi;
+use alloy::providers::{Provider, ProviderBuilder};
+use alloy::signers::local::PrivateKeySigner;
+use ehr_share::chain::{Deployment, EhrChain, PatientAddr};
+use ehr_share::config::{AnvilSettings, Tools};
+use ehr_share::ipfs::KuboClient;
+use ehr_share::stack::{AnvilNode, KuboNode, KuboOptions, free_port, start_anvil, start_kubo};
+
+/// The project folder.
+pub fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+static RT: LazyLock<tokio::runtime::Runtime> = LazyLock::new(|| {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("fixture runtime")
+});
+
+/// The services shared by the tests of one binary.
+pub struct Stack {
+    pub anvil: AnvilNode,
+    pub kubo: KuboNode,
+    _repo: tempfile::TempDir,
+}
+
+static STACK: OnceLock<Stack> = OnceLock::new();
+static CONTRACT: OnceLock<Deployment> = OnceLock::new();
+
+/// Starts (once) anvil on a free port with anvil.toml's other settings, and Kubo with a
+/// throw-away repo; waits for both to be healthy.
+pub fn stack() -> &'static Stack {
+    STACK.get_or_init(|| {
+        std::thread::spawn(|| RT.block_on(start()))
+            .join()
+            .expect("fixture thread")
+    })
+}
+
+async fn start() -> Stack {
+    let tools = Tools::in_project(root());
+    let mut settings = AnvilSettings::load(&root().join("anvil.toml")).expect("anvil.toml");
+    settings.port = free_port().unwrap();
+    settings.state_file.clear();
+    let anvil = start_anvil(&tools.anvil, &settings, false)
+        .await
+        .unwrap_or_else(|e| panic!("anvil did not start (run scripts/setup): {e}"));
+    let repo = tempfile::tempdir().unwrap();
+    let kubo = start_kubo(
+        &KuboOptions {
+            bin: tools.ipfs.clone(),
+            repo: repo.path().join("kubo"),
+            api_port: free_port().unwrap(),
+            gateway_port: free_port().unwrap(),
+        },
+        false,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("Kubo did not start (run scripts/setup): {e}"));
+    let ipfs = KuboClient::new(&kubo.api_url);
+    let v = ipfs.version().await.unwrap();
+    let http = ProviderBuilder::new().connect_http(anvil.rpc_url.parse().unwrap());
+    let client = http.get_client_version().await.unwrap();
+    eprintln!("[fixture] anvil {client} at {} (chain id {})", anvil.rpc_url, settings.chain_id);
+    eprintln!("[fixture] Kubo {} (commit {}) at {}", v.version, v.commit, kubo.api_url);
+    Stack {
+        anvil,
+        kubo,
+        _repo: repo,
+    }
+}
+
+/// The RPC URL of the shared anvil.
+pub fn rpc() -> String {
+    stack().anvil.rpc_url.clone()
+}
+
+/// A fresh random account funded with 100 ether through `anvil_setBalance`.
+pub async fn funded() -> PrivateKeySigner {
+    let signer = PrivateKeySigner::random();
+    let p = ProviderBuilder::new().connect_http(rpc().parse().unwrap());
+    p.anvil_set_balance(signer.address(), U256::from(100u128 * 10u128.pow(18)))
+        .await
+        .unwrap();
+    signer
+}
+
+/// A patient address no other test uses.
+pub fn unique_patient() -> PatientAddr {
+    let pid = u64::from_le_bytes(PrivateKeySigner::random().address().0[..8].try_into().unwrap()) | 1;
+    PatientAddr::new(7, pid).unwrap()
+}
+
+/// The contract deployed once per test binary; the records office is returned as a client.
+pub async fn office() -> EhrChain {
+    let settings = AnvilSettings::load(&root().join("anvil.toml")).unwrap();
+    let office = ehr_share::cli::demo_signer(&settings, 0).unwrap();
+    if let Some(d) = CONTRACT.get() {
+        return EhrChain::connect(&rpc(), Some(office), d).await.unwrap();
+    }
+    let (chain, d) = EhrChain::deploy(&rpc(), office.clone(), office.address()).await.unwrap();
+    match CONTRACT.set(d) {
+        Ok(()) => chain,
+        // Another test deployed first: use theirs.
+        Err(_) => EhrChain::connect(&rpc(), Some(office), CONTRACT.get().unwrap()).await.unwrap(),
+    }
+}
+
+/// The same contract as `office`, signing as `signer`.
+pub fn as_(office: &EhrChain, signer: &PrivateKeySigner) -> EhrChain {
+    office.with_signer(&rpc(), signer.clone()).unwrap()
+}
+
+/// The `ehr` binary built by cargo for this test run.
+pub fn ehr_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_ehr"))
+}
