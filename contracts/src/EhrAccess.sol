@@ -34,6 +34,13 @@ contract EhrAccess {
         uint64 grantedAt;
         uint64 expiresAt; // type(uint64).max when open-ended
         uint64 revokedAt; // 0 while not revoked
+        uint64 grantedBlock; // orders grants against access transactions within one second
+    }
+
+    /// The latest granted access transaction of a provider to a record; one storage slot.
+    struct Access {
+        uint64 at;
+        uint64 blockNumber;
     }
 
     /// One provider; one storage slot.
@@ -81,7 +88,7 @@ contract EhrAccess {
     mapping(uint128 => mapping(address => uint64)) public emergencyUntil;
     mapping(bytes32 => Record) public records;
     mapping(uint128 => bytes32[]) private recordIds;
-    mapping(bytes32 => mapping(address => uint64)) public lastAccessAt;
+    mapping(bytes32 => mapping(address => Access)) public lastAccess;
 
     // ---------------------------------------------------------------- events
 
@@ -272,7 +279,7 @@ contract EhrAccess {
             if (key == 0) reason = DenyReason.UnknownRecord;
             else (reason, emergency) = _check(key, msg.sender);
             if (reason == DenyReason.None) {
-                lastAccessAt[id][msg.sender] = uint64(block.timestamp);
+                lastAccess[id][msg.sender] = Access(uint64(block.timestamp), uint64(block.number));
                 emit AccessAllowed(key, msg.sender, id, emergency);
             } else {
                 unchecked {
@@ -312,10 +319,11 @@ contract EhrAccess {
         if (patientAccount[r.patient] == requester) return true;
         (DenyReason reason, bool emergency) = _check(r.patient, requester);
         if (reason != DenyReason.None) return false;
-        uint64 at = lastAccessAt[recordId][requester];
-        if (at == 0 || uint64(block.timestamp) > at + ACCESS_WINDOW) return false;
-        // The access must belong to the current grant (or emergency), not to a revoked earlier one.
-        if (!emergency && at < grants[r.patient][requester].grantedAt) return false;
+        Access memory a = lastAccess[recordId][requester];
+        if (a.at == 0 || uint64(block.timestamp) > a.at + ACCESS_WINDOW) return false;
+        // The access must belong to the current grant (or emergency), not to a revoked earlier
+        // one; blocks, not seconds, because several blocks can share a timestamp.
+        if (!emergency && a.blockNumber < grants[r.patient][requester].grantedBlock) return false;
         return true;
     }
 
@@ -376,7 +384,7 @@ contract EhrAccess {
         if (expiry <= block.timestamp) revert ExpiryInPast(expiresAt);
         Grant storage g = grants[key][provider];
         if (g.grantedAt == 0) grantees[key].push(provider);
-        grants[key][provider] = Grant(uint64(block.timestamp), expiry, 0);
+        grants[key][provider] = Grant(uint64(block.timestamp), expiry, 0, uint64(block.number));
         if (requestedAt[key][provider] != 0) delete requestedAt[key][provider];
         emit GrantIssued(key, provider, expiry);
     }

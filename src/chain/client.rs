@@ -96,7 +96,17 @@ pub struct EhrChain {
 fn connect(rpc_url: &str, signer: Option<PrivateKeySigner>) -> Result<DynProvider, ChainError> {
     let url = rpc_url.parse().map_err(|e| ChainError::Rpc(format!("bad RPC URL {rpc_url}: {e}")))?;
     Ok(match signer {
-        Some(s) => ProviderBuilder::new().wallet(EthereumWallet::from(s)).connect_http(url).erased(),
+        // Simple nonce management asks the node for the pending nonce on every transaction:
+        // several clients (CLI, gateway requests, tests) may sign for one account at once, and a
+        // per-client nonce cache would hand out nonces with gaps that never mine.
+        Some(s) => ProviderBuilder::new()
+            .disable_recommended_fillers()
+            .with_gas_estimation()
+            .with_simple_nonce_management()
+            .fetch_chain_id()
+            .wallet(EthereumWallet::from(s))
+            .connect_http(url)
+            .erased(),
         None => ProviderBuilder::new().connect_http(url).erased(),
     })
 }
