@@ -129,8 +129,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("anvil.toml");
         std::fs::write(&p, "port = 1\nchain_id = 2\nmnemonic = \"m\"\nbogus = 1\n").unwrap();
-        assert!(matches!(AnvilSettings::load(&p), Err(ConfigError::Parse { .. })));
-        std::fs::write(&p, "port = 1\nchain_id = 2\nmnemonic = \"m\"\nstate_file = \"s.json\"\n").unwrap();
+        assert!(matches!(
+            AnvilSettings::load(&p),
+            Err(ConfigError::Parse { .. })
+        ));
+        std::fs::write(
+            &p,
+            "port = 1\nchain_id = 2\nmnemonic = \"m\"\nstate_file = \"s.json\"\n",
+        )
+        .unwrap();
         let s = AnvilSettings::load(&p).unwrap();
         assert_eq!(Path::new(&s.state_file), dir.path().join("s.json"));
     }

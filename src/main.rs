@@ -6,7 +6,8 @@ use clap::Parser;
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("EHR_LOG").unwrap_or_else(|_| "info,ehr::child=warn".into()),
+            tracing_subscriber::EnvFilter::try_from_env("EHR_LOG")
+                .unwrap_or_else(|_| "info,ehr::child=warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();

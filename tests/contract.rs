@@ -5,7 +5,9 @@
 mod common;
 
 use alloy::primitives::{Address, B256};
-use ehr_share::chain::{AuditKind, DenyReason, EhrChain, GrantState, PatientAddr, ProviderStatus, RecordId};
+use ehr_share::chain::{
+    AuditKind, DenyReason, EhrChain, GrantState, PatientAddr, ProviderStatus, RecordId,
+};
 
 use common::{as_, funded, office, unique_patient};
 
@@ -35,7 +37,10 @@ async fn world() -> World {
 
 async fn anchored(w: &World) -> RecordId {
     let id = RecordId::random();
-    w.patient.anchor_record(id, w.addr, B256::repeat_byte(0xab)).await.unwrap();
+    w.patient
+        .anchor_record(id, w.addr, B256::repeat_byte(0xab))
+        .await
+        .unwrap();
     id
 }
 
@@ -65,16 +70,28 @@ async fn patients_register_once_per_address_and_account() {
     p.register_patient(addr).await.unwrap();
     assert_eq!(office.patient_of(p.from()).await.unwrap(), Some(addr));
     assert_eq!(office.patient_account(addr).await.unwrap(), Some(p.from()));
-    rejected(p.register_patient(unique_patient()).await.unwrap_err(), "already registered as a patient or provider");
+    rejected(
+        p.register_patient(unique_patient()).await.unwrap_err(),
+        "already registered as a patient or provider",
+    );
     let q = as_(&office, &funded().await);
-    rejected(q.register_patient(addr).await.unwrap_err(), &format!("patient address {addr} is already registered"));
+    rejected(
+        q.register_patient(addr).await.unwrap_err(),
+        &format!("patient address {addr} is already registered"),
+    );
     // Zero parts are rejected by the contract too (our type refuses to build them, so call raw).
     let raw = ehr_share::chain::EhrAccess::new(office.address(), q.provider().clone());
     let e = raw.registerPatient(0, 5).send().await.unwrap_err();
     let decoded = e.as_decoded_interface_error::<ehr_share::chain::EhrAccess::EhrAccessErrors>();
-    assert!(matches!(decoded, Some(ehr_share::chain::EhrAccess::EhrAccessErrors::InvalidPatientAddr(_))));
+    assert!(matches!(
+        decoded,
+        Some(ehr_share::chain::EhrAccess::EhrAccessErrors::InvalidPatientAddr(_))
+    ));
     // A patient cannot also be a provider.
-    rejected(p.register_provider().await.unwrap_err(), "already registered");
+    rejected(
+        p.register_provider().await.unwrap_err(),
+        "already registered",
+    );
 }
 
 #[tokio::test]
@@ -82,22 +99,58 @@ async fn providers_wait_for_verification_and_can_be_suspended() {
     let office = office().await;
     let d = as_(&office, &funded().await);
     d.register_provider().await.unwrap();
-    assert_eq!(office.provider_status(d.from()).await.unwrap().0, ProviderStatus::Pending);
+    assert_eq!(
+        office.provider_status(d.from()).await.unwrap().0,
+        ProviderStatus::Pending
+    );
     let patient_addr = unique_patient();
-    as_(&office, &funded().await).register_patient(patient_addr).await.unwrap();
-    rejected(d.request_access(patient_addr).await.unwrap_err(), &format!("provider {} is not verified", d.from()));
-    rejected(d.break_glass(patient_addr, 1).await.unwrap_err(), "is not verified");
+    as_(&office, &funded().await)
+        .register_patient(patient_addr)
+        .await
+        .unwrap();
+    rejected(
+        d.request_access(patient_addr).await.unwrap_err(),
+        &format!("provider {} is not verified", d.from()),
+    );
+    rejected(
+        d.break_glass(patient_addr, 1).await.unwrap_err(),
+        "is not verified",
+    );
     // Only the records office verifies.
-    rejected(d.verify_provider(d.from()).await.unwrap_err(), "is not the records office");
+    rejected(
+        d.verify_provider(d.from()).await.unwrap_err(),
+        "is not the records office",
+    );
     office.verify_provider(d.from()).await.unwrap();
-    rejected(office.verify_provider(d.from()).await.unwrap_err(), "already verified");
-    rejected(office.verify_provider(Address::repeat_byte(9)).await.unwrap_err(), "is not registered");
+    rejected(
+        office.verify_provider(d.from()).await.unwrap_err(),
+        "already verified",
+    );
+    rejected(
+        office
+            .verify_provider(Address::repeat_byte(9))
+            .await
+            .unwrap_err(),
+        "is not registered",
+    );
     d.request_access(patient_addr).await.unwrap();
-    rejected(d.request_access(patient_addr).await.unwrap_err(), "already has a pending request");
+    rejected(
+        d.request_access(patient_addr).await.unwrap_err(),
+        "already has a pending request",
+    );
     office.suspend_provider(d.from()).await.unwrap();
-    assert_eq!(office.provider_status(d.from()).await.unwrap().0, ProviderStatus::Suspended);
-    rejected(office.suspend_provider(d.from()).await.unwrap_err(), "is not pending or verified");
-    rejected(d.register_provider().await.unwrap_err(), "already registered");
+    assert_eq!(
+        office.provider_status(d.from()).await.unwrap().0,
+        ProviderStatus::Suspended
+    );
+    rejected(
+        office.suspend_provider(d.from()).await.unwrap_err(),
+        "is not pending or verified",
+    );
+    rejected(
+        d.register_provider().await.unwrap_err(),
+        "already registered",
+    );
 }
 
 #[tokio::test]
@@ -115,22 +168,41 @@ async fn grant_read_revoke_and_every_denial_is_an_event() {
     let o = w.doctor.access(&[id]).await.unwrap();
     assert_eq!(o.allowed, vec![id]);
     assert!(w.office.can_read(w.doctor.from(), id).await.unwrap());
-    assert!(w.office.can_read(w.patient.from(), id).await.unwrap(), "the patient can always read");
+    assert!(
+        w.office.can_read(w.patient.from(), id).await.unwrap(),
+        "the patient can always read"
+    );
     let g = w.office.grants(w.addr, 0, 10).await.unwrap();
-    assert_eq!((g.len(), g[0].state, g[0].expires_at), (1, GrantState::Active, None));
+    assert_eq!(
+        (g.len(), g[0].state, g[0].expires_at),
+        (1, GrantState::Active, None)
+    );
 
     // Revoked: denied from the next block, and the old access no longer opens shares.
     w.patient.revoke(w.doctor.from()).await.unwrap();
     assert!(!w.office.can_read(w.doctor.from(), id).await.unwrap());
     let o = w.doctor.access(&[id]).await.unwrap();
     assert_eq!(o.denied, vec![(id, DenyReason::Revoked)]);
-    rejected(w.patient.revoke(w.doctor.from()).await.unwrap_err(), "has no active grant");
-    assert_eq!(w.office.grants(w.addr, 0, 10).await.unwrap()[0].state, GrantState::Revoked);
-    assert_eq!(w.office.provider_status(w.doctor.from()).await.unwrap().1, 2, "two denied attempts counted");
+    rejected(
+        w.patient.revoke(w.doctor.from()).await.unwrap_err(),
+        "has no active grant",
+    );
+    assert_eq!(
+        w.office.grants(w.addr, 0, 10).await.unwrap()[0].state,
+        GrantState::Revoked
+    );
+    assert_eq!(
+        w.office.provider_status(w.doctor.from()).await.unwrap().1,
+        2,
+        "two denied attempts counted"
+    );
 
     // Re-granting replaces the revoked grant; an access from before the revocation does not count.
     w.patient.grant(w.doctor.from(), None).await.unwrap();
-    assert!(!w.office.can_read(w.doctor.from(), id).await.unwrap(), "needs a fresh access transaction");
+    assert!(
+        !w.office.can_read(w.doctor.from(), id).await.unwrap(),
+        "needs a fresh access transaction"
+    );
 
     // The patient's audit trail shows it all, newest first, with transaction hashes.
     let trail = w.office.audit_for_patient(w.addr, 0, 50).await.unwrap();
@@ -138,13 +210,19 @@ async fn grant_read_revoke_and_every_denial_is_an_event() {
     let denials: Vec<_> = kinds
         .iter()
         .filter_map(|k| match k {
-            AuditKind::AccessDenied { reason, provider, .. } if *provider == w.doctor.from() => Some(*reason),
+            AuditKind::AccessDenied {
+                reason, provider, ..
+            } if *provider == w.doctor.from() => Some(*reason),
             _ => None,
         })
         .collect();
     assert_eq!(denials, vec![DenyReason::Revoked, DenyReason::NoGrant]);
     assert!(matches!(kinds[0], AuditKind::GrantIssued { .. }));
-    assert!(trail.iter().all(|e| e.tx_hash.is_some() && e.timestamp.is_some()));
+    assert!(
+        trail
+            .iter()
+            .all(|e| e.tx_hash.is_some() && e.timestamp.is_some())
+    );
     assert!(trail.windows(2).all(|p| p[0].block >= p[1].block));
 }
 
@@ -158,15 +236,33 @@ async fn unverified_suspended_and_strangers_are_denied_with_their_reason() {
     w.patient.grant(pending.from(), None).await.unwrap();
     w.patient.grant(w.doctor.from(), None).await.unwrap();
     w.office.suspend_provider(w.doctor.from()).await.unwrap();
-    assert_eq!(stranger.access(&[id]).await.unwrap().denied, vec![(id, DenyReason::NotProvider)]);
-    assert_eq!(pending.access(&[id]).await.unwrap().denied, vec![(id, DenyReason::UnverifiedProvider)]);
-    assert_eq!(w.doctor.access(&[id]).await.unwrap().denied, vec![(id, DenyReason::SuspendedProvider)]);
+    assert_eq!(
+        stranger.access(&[id]).await.unwrap().denied,
+        vec![(id, DenyReason::NotProvider)]
+    );
+    assert_eq!(
+        pending.access(&[id]).await.unwrap().denied,
+        vec![(id, DenyReason::UnverifiedProvider)]
+    );
+    assert_eq!(
+        w.doctor.access(&[id]).await.unwrap().denied,
+        vec![(id, DenyReason::SuspendedProvider)]
+    );
     let unknown = RecordId::random();
-    assert_eq!(stranger.access(&[unknown]).await.unwrap().denied, vec![(unknown, DenyReason::UnknownRecord)]);
+    assert_eq!(
+        stranger.access(&[unknown]).await.unwrap().denied,
+        vec![(unknown, DenyReason::UnknownRecord)]
+    );
     // Batches are bounded.
-    rejected(stranger.access(&[]).await.unwrap_err(), "at least one record");
+    rejected(
+        stranger.access(&[]).await.unwrap_err(),
+        "at least one record",
+    );
     let many: Vec<_> = (0..33).map(|_| RecordId::random()).collect();
-    rejected(stranger.access(&many).await.unwrap_err(), "33 records in one access transaction; at most 32");
+    rejected(
+        stranger.access(&many).await.unwrap_err(),
+        "33 records in one access transaction; at most 32",
+    );
 }
 
 #[tokio::test]
@@ -178,37 +274,104 @@ async fn requests_are_approved_or_declined_by_the_patient() {
     w.doctor.request_access(w.addr).await.unwrap();
     d2.request_access(w.addr).await.unwrap();
     let pending = w.office.pending_requests(w.addr, 0, 10).await.unwrap();
-    assert_eq!(pending.iter().map(|r| r.provider).collect::<Vec<_>>(), vec![w.doctor.from(), d2.from()]);
+    assert_eq!(
+        pending.iter().map(|r| r.provider).collect::<Vec<_>>(),
+        vec![w.doctor.from(), d2.from()]
+    );
     let until = w.office.chain_time().await.unwrap() + 10 * 365 * 86_400;
-    w.patient.approve_request(w.doctor.from(), Some(until)).await.unwrap();
+    w.patient
+        .approve_request(w.doctor.from(), Some(until))
+        .await
+        .unwrap();
     w.patient.decline_request(d2.from()).await.unwrap();
-    assert!(w.office.pending_requests(w.addr, 0, 10).await.unwrap().is_empty());
-    rejected(w.patient.decline_request(d2.from()).await.unwrap_err(), "no pending request");
-    assert_eq!(w.office.check_access(w.addr, w.doctor.from()).await.unwrap().0, DenyReason::None);
-    assert_eq!(w.office.check_access(w.addr, d2.from()).await.unwrap().0, DenyReason::NoGrant);
+    assert!(
+        w.office
+            .pending_requests(w.addr, 0, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    rejected(
+        w.patient.decline_request(d2.from()).await.unwrap_err(),
+        "no pending request",
+    );
+    assert_eq!(
+        w.office
+            .check_access(w.addr, w.doctor.from())
+            .await
+            .unwrap()
+            .0,
+        DenyReason::None
+    );
+    assert_eq!(
+        w.office.check_access(w.addr, d2.from()).await.unwrap().0,
+        DenyReason::NoGrant
+    );
     let g = w.office.grants(w.addr, 0, 10).await.unwrap();
     assert_eq!(g[0].expires_at, Some(until));
-    rejected(w.doctor.request_access(unique_patient()).await.unwrap_err(), "no patient is registered at");
+    rejected(
+        w.doctor.request_access(unique_patient()).await.unwrap_err(),
+        "no patient is registered at",
+    );
     // Only patients grant; grants need a registered provider and a future expiry.
-    rejected(w.doctor.grant(d2.from(), None).await.unwrap_err(), "is not a registered patient");
-    rejected(w.patient.grant(Address::repeat_byte(3), None).await.unwrap_err(), "is not registered");
-    rejected(w.patient.grant(d2.from(), Some(1)).await.unwrap_err(), "is not in the future");
+    rejected(
+        w.doctor.grant(d2.from(), None).await.unwrap_err(),
+        "is not a registered patient",
+    );
+    rejected(
+        w.patient
+            .grant(Address::repeat_byte(3), None)
+            .await
+            .unwrap_err(),
+        "is not registered",
+    );
+    rejected(
+        w.patient.grant(d2.from(), Some(1)).await.unwrap_err(),
+        "is not in the future",
+    );
 }
 
 #[tokio::test]
 async fn records_are_anchored_by_the_patient_or_a_granted_provider_only() {
     let w = world().await;
     let id = RecordId::random();
-    rejected(w.doctor.anchor_record(id, w.addr, B256::repeat_byte(1)).await.unwrap_err(), "may not add records for patient");
+    rejected(
+        w.doctor
+            .anchor_record(id, w.addr, B256::repeat_byte(1))
+            .await
+            .unwrap_err(),
+        "may not add records for patient",
+    );
     w.patient.grant(w.doctor.from(), None).await.unwrap();
-    w.doctor.anchor_record(id, w.addr, B256::repeat_byte(1)).await.unwrap();
-    rejected(w.patient.anchor_record(id, w.addr, B256::repeat_byte(2)).await.unwrap_err(), "is already anchored");
-    rejected(w.patient.anchor_record(RecordId::random(), w.addr, B256::ZERO).await.unwrap_err(), "digest must not be zero");
+    w.doctor
+        .anchor_record(id, w.addr, B256::repeat_byte(1))
+        .await
+        .unwrap();
+    rejected(
+        w.patient
+            .anchor_record(id, w.addr, B256::repeat_byte(2))
+            .await
+            .unwrap_err(),
+        "is already anchored",
+    );
+    rejected(
+        w.patient
+            .anchor_record(RecordId::random(), w.addr, B256::ZERO)
+            .await
+            .unwrap_err(),
+        "digest must not be zero",
+    );
     let r = w.office.record(id).await.unwrap().unwrap();
-    assert_eq!((r.patient, r.author, r.digest), (w.addr, w.doctor.from(), B256::repeat_byte(1)));
+    assert_eq!(
+        (r.patient, r.author, r.digest),
+        (w.addr, w.doctor.from(), B256::repeat_byte(1))
+    );
     assert_eq!(w.office.record_ids(w.addr, 0, 10).await.unwrap(), vec![id]);
     assert!(w.office.record(RecordId::random()).await.unwrap().is_none());
-    rejected(w.office.record_ids(w.addr, 0, 201).await.unwrap_err(), "page size 201 too large");
+    rejected(
+        w.office.record_ids(w.addr, 0, 201).await.unwrap_err(),
+        "page size 201 too large",
+    );
 }
 
 #[tokio::test]
@@ -216,15 +379,35 @@ async fn the_records_office_role_moves_in_two_steps() {
     // A deployment of its own, so the shared records office stays put for the other tests.
     let boss = funded().await;
     let heir = funded().await;
-    let e = EhrChain::deploy(&common::rpc(), boss.clone(), Address::ZERO).await.unwrap_err();
+    let e = EhrChain::deploy(&common::rpc(), boss.clone(), Address::ZERO)
+        .await
+        .unwrap_err();
     assert!(e.is_rejection(), "{e}");
-    let (mine, _) = EhrChain::deploy(&common::rpc(), boss.clone(), boss.address()).await.unwrap();
+    let (mine, _) = EhrChain::deploy(&common::rpc(), boss.clone(), boss.address())
+        .await
+        .unwrap();
     let heir_chain = as_(&mine, &heir);
-    rejected(heir_chain.accept_manager().await.unwrap_err(), "is not the nominated records office");
-    rejected(heir_chain.transfer_manager(heir.address()).await.unwrap_err(), "is not the records office");
+    rejected(
+        heir_chain.accept_manager().await.unwrap_err(),
+        "is not the nominated records office",
+    );
+    rejected(
+        heir_chain
+            .transfer_manager(heir.address())
+            .await
+            .unwrap_err(),
+        "is not the records office",
+    );
     mine.transfer_manager(heir.address()).await.unwrap();
-    assert_eq!(mine.manager().await.unwrap(), boss.address(), "nothing moves before acceptance");
+    assert_eq!(
+        mine.manager().await.unwrap(),
+        boss.address(),
+        "nothing moves before acceptance"
+    );
     heir_chain.accept_manager().await.unwrap();
     assert_eq!(mine.manager().await.unwrap(), heir.address());
-    rejected(mine.verify_provider(boss.address()).await.unwrap_err(), "is not the records office");
+    rejected(
+        mine.verify_provider(boss.address()).await.unwrap_err(),
+        "is not the records office",
+    );
 }

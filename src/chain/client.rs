@@ -13,7 +13,9 @@ use serde::{Deserialize, Serialize};
 use super::bindings::EhrAccess;
 use super::errors::ChainError;
 use super::events::{self, AuditEvent, AuditKind};
-use super::types::{DenyReason, GrantInfo, PatientAddr, PendingRequest, ProviderStatus, RecordAnchor, RecordId};
+use super::types::{
+    DenyReason, GrantInfo, PatientAddr, PendingRequest, ProviderStatus, RecordAnchor, RecordId,
+};
 
 /// Where a deployed contract lives; written by `ehr deploy`, read by the other commands.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -45,7 +47,10 @@ impl Deployment {
             std::fs::create_dir_all(dir)?;
         }
         let tmp = path.with_extension("json.tmp");
-        std::fs::write(&tmp, serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?)?;
+        std::fs::write(
+            &tmp,
+            serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?,
+        )?;
         std::fs::rename(tmp, path)
     }
 }
@@ -94,7 +99,9 @@ pub struct EhrChain {
 }
 
 fn connect(rpc_url: &str, signer: Option<PrivateKeySigner>) -> Result<DynProvider, ChainError> {
-    let url = rpc_url.parse().map_err(|e| ChainError::Rpc(format!("bad RPC URL {rpc_url}: {e}")))?;
+    let url = rpc_url
+        .parse()
+        .map_err(|e| ChainError::Rpc(format!("bad RPC URL {rpc_url}: {e}")))?;
     Ok(match signer {
         // Simple nonce management asks the node for the pending nonce on every transaction:
         // several clients (CLI, gateway requests, tests) may sign for one account at once, and a
@@ -116,7 +123,11 @@ impl EhrChain {
     ///
     /// # Errors
     /// When the node is unreachable or the deployment reverts.
-    pub async fn deploy(rpc_url: &str, signer: PrivateKeySigner, manager: Address) -> Result<(Self, Deployment), ChainError> {
+    pub async fn deploy(
+        rpc_url: &str,
+        signer: PrivateKeySigner,
+        manager: Address,
+    ) -> Result<(Self, Deployment), ChainError> {
         let from = signer.address();
         let provider = connect(rpc_url, Some(signer))?;
         let chain_id = provider.get_chain_id().await?;
@@ -131,7 +142,11 @@ impl EhrChain {
             .contract_address
             .ok_or_else(|| ChainError::Reverted("deployment produced no contract".into()))?;
         let block = receipt.block_number.unwrap_or_default();
-        let deployment = Deployment { chain_id, address, block };
+        let deployment = Deployment {
+            chain_id,
+            address,
+            block,
+        };
         let contract = EhrAccess::new(address, provider.clone());
         Ok((
             Self {
@@ -153,7 +168,9 @@ impl EhrChain {
         signer: Option<PrivateKeySigner>,
         deployment: &Deployment,
     ) -> Result<Self, ChainError> {
-        let from = signer.as_ref().map_or(Address::ZERO, PrivateKeySigner::address);
+        let from = signer
+            .as_ref()
+            .map_or(Address::ZERO, PrivateKeySigner::address);
         let provider = connect(rpc_url, signer)?;
         let code = provider.get_code_at(deployment.address).await?;
         if code.is_empty() {
@@ -211,7 +228,8 @@ impl EhrChain {
     /// # Errors
     /// Contract rejections (address taken, account has a role) and transport errors.
     pub async fn register_patient(&self, addr: PatientAddr) -> Result<TxOutcome, ChainError> {
-        self.send(self.contract.registerPatient(addr.aid(), addr.pid())).await
+        self.send(self.contract.registerPatient(addr.aid(), addr.pid()))
+            .await
     }
 
     /// Registers the signer as a provider (pending verification).
@@ -258,8 +276,13 @@ impl EhrChain {
     ///
     /// # Errors
     /// Contract rejections and transport errors.
-    pub async fn grant(&self, provider: Address, expires_at: Option<u64>) -> Result<TxOutcome, ChainError> {
-        self.send(self.contract.grant(provider, expires_at.unwrap_or(0))).await
+    pub async fn grant(
+        &self,
+        provider: Address,
+        expires_at: Option<u64>,
+    ) -> Result<TxOutcome, ChainError> {
+        self.send(self.contract.grant(provider, expires_at.unwrap_or(0)))
+            .await
     }
 
     /// Patient: revokes `provider`.
@@ -275,15 +298,24 @@ impl EhrChain {
     /// # Errors
     /// Contract rejections and transport errors.
     pub async fn request_access(&self, addr: PatientAddr) -> Result<TxOutcome, ChainError> {
-        self.send(self.contract.requestAccess(addr.aid(), addr.pid())).await
+        self.send(self.contract.requestAccess(addr.aid(), addr.pid()))
+            .await
     }
 
     /// Patient: approves a pending request as a grant.
     ///
     /// # Errors
     /// Contract rejections and transport errors.
-    pub async fn approve_request(&self, provider: Address, expires_at: Option<u64>) -> Result<TxOutcome, ChainError> {
-        self.send(self.contract.approveRequest(provider, expires_at.unwrap_or(0))).await
+    pub async fn approve_request(
+        &self,
+        provider: Address,
+        expires_at: Option<u64>,
+    ) -> Result<TxOutcome, ChainError> {
+        self.send(
+            self.contract
+                .approveRequest(provider, expires_at.unwrap_or(0)),
+        )
+        .await
     }
 
     /// Patient: declines a pending request.
@@ -298,8 +330,17 @@ impl EhrChain {
     ///
     /// # Errors
     /// Contract rejections and transport errors.
-    pub async fn anchor_record(&self, id: RecordId, addr: PatientAddr, digest: B256) -> Result<TxOutcome, ChainError> {
-        self.send(self.contract.anchorRecord(id.0, addr.aid(), addr.pid(), digest)).await
+    pub async fn anchor_record(
+        &self,
+        id: RecordId,
+        addr: PatientAddr,
+        digest: B256,
+    ) -> Result<TxOutcome, ChainError> {
+        self.send(
+            self.contract
+                .anchorRecord(id.0, addr.aid(), addr.pid(), digest),
+        )
+        .await
     }
 
     /// Provider: the access transaction before reading `ids`. Denials do not fail the call:
@@ -315,7 +356,9 @@ impl EhrChain {
         for log in receipt.inner.logs() {
             match events::decode(log).map(|e| e.kind) {
                 Some(AuditKind::AccessAllowed { record, .. }) => allowed.push(record),
-                Some(AuditKind::AccessDenied { record, reason, .. }) => denied.push((record, reason)),
+                Some(AuditKind::AccessDenied { record, reason, .. }) => {
+                    denied.push((record, reason))
+                }
                 _ => {}
             }
         }
@@ -330,8 +373,16 @@ impl EhrChain {
     ///
     /// # Errors
     /// Contract rejections and transport errors.
-    pub async fn break_glass(&self, addr: PatientAddr, reason_code: u16) -> Result<TxOutcome, ChainError> {
-        self.send(self.contract.breakGlass(addr.aid(), addr.pid(), reason_code)).await
+    pub async fn break_glass(
+        &self,
+        addr: PatientAddr,
+        reason_code: u16,
+    ) -> Result<TxOutcome, ChainError> {
+        self.send(
+            self.contract
+                .breakGlass(addr.aid(), addr.pid(), reason_code),
+        )
+        .await
     }
 
     // ------------------------------------------------------------ queries
@@ -341,7 +392,11 @@ impl EhrChain {
     /// # Errors
     /// Transport errors.
     pub async fn manager(&self) -> Result<Address, ChainError> {
-        self.contract.manager().call().await.map_err(ChainError::from_contract)
+        self.contract
+            .manager()
+            .call()
+            .await
+            .map_err(ChainError::from_contract)
     }
 
     /// The patient address registered to `account`, if any.
@@ -349,7 +404,12 @@ impl EhrChain {
     /// # Errors
     /// Transport errors.
     pub async fn patient_of(&self, account: Address) -> Result<Option<PatientAddr>, ChainError> {
-        let key = self.contract.patientOf(account).call().await.map_err(ChainError::from_contract)?;
+        let key = self
+            .contract
+            .patientOf(account)
+            .call()
+            .await
+            .map_err(ChainError::from_contract)?;
         Ok(PatientAddr::from_key(key))
     }
 
@@ -358,7 +418,12 @@ impl EhrChain {
     /// # Errors
     /// Transport errors.
     pub async fn patient_account(&self, addr: PatientAddr) -> Result<Option<Address>, ChainError> {
-        let a = self.contract.patientAccount(addr.key()).call().await.map_err(ChainError::from_contract)?;
+        let a = self
+            .contract
+            .patientAccount(addr.key())
+            .call()
+            .await
+            .map_err(ChainError::from_contract)?;
         Ok((a != Address::ZERO).then_some(a))
     }
 
@@ -366,8 +431,16 @@ impl EhrChain {
     ///
     /// # Errors
     /// Transport errors.
-    pub async fn provider_status(&self, provider: Address) -> Result<(ProviderStatus, u32), ChainError> {
-        let p = self.contract.providers(provider).call().await.map_err(ChainError::from_contract)?;
+    pub async fn provider_status(
+        &self,
+        provider: Address,
+    ) -> Result<(ProviderStatus, u32), ChainError> {
+        let p = self
+            .contract
+            .providers(provider)
+            .call()
+            .await
+            .map_err(ChainError::from_contract)?;
         Ok((ProviderStatus::from(p.status), p.deniedCount))
     }
 
@@ -375,7 +448,11 @@ impl EhrChain {
     ///
     /// # Errors
     /// Transport errors.
-    pub async fn check_access(&self, addr: PatientAddr, provider: Address) -> Result<(DenyReason, bool), ChainError> {
+    pub async fn check_access(
+        &self,
+        addr: PatientAddr,
+        provider: Address,
+    ) -> Result<(DenyReason, bool), ChainError> {
         let r = self
             .contract
             .checkAccess(addr.key(), provider)
@@ -390,14 +467,23 @@ impl EhrChain {
     /// # Errors
     /// Transport errors.
     pub async fn can_read(&self, requester: Address, id: RecordId) -> Result<bool, ChainError> {
-        self.contract.canRead(requester, id.0).call().await.map_err(ChainError::from_contract)
+        self.contract
+            .canRead(requester, id.0)
+            .call()
+            .await
+            .map_err(ChainError::from_contract)
     }
 
     /// All grants the patient ever gave, each judged now; paged.
     ///
     /// # Errors
     /// Transport errors; a page over 200 is rejected.
-    pub async fn grants(&self, addr: PatientAddr, offset: u64, limit: u64) -> Result<Vec<GrantInfo>, ChainError> {
+    pub async fn grants(
+        &self,
+        addr: PatientAddr,
+        offset: u64,
+        limit: u64,
+    ) -> Result<Vec<GrantInfo>, ChainError> {
         let now = self.chain_time().await?;
         let page = self
             .contract
@@ -417,7 +503,12 @@ impl EhrChain {
     ///
     /// # Errors
     /// Transport errors.
-    pub async fn pending_requests(&self, addr: PatientAddr, offset: u64, limit: u64) -> Result<Vec<PendingRequest>, ChainError> {
+    pub async fn pending_requests(
+        &self,
+        addr: PatientAddr,
+        offset: u64,
+        limit: u64,
+    ) -> Result<Vec<PendingRequest>, ChainError> {
         let page = self
             .contract
             .requestsPage(addr.key(), U256::from(offset), U256::from(limit))
@@ -430,7 +521,10 @@ impl EhrChain {
             .into_iter()
             .zip(page.at)
             .filter(|(p, at)| *at != 0 && seen.insert(*p))
-            .map(|(provider, requested_at)| PendingRequest { provider, requested_at })
+            .map(|(provider, requested_at)| PendingRequest {
+                provider,
+                requested_at,
+            })
             .collect())
     }
 
@@ -438,7 +532,12 @@ impl EhrChain {
     ///
     /// # Errors
     /// Transport errors.
-    pub async fn record_ids(&self, addr: PatientAddr, offset: u64, limit: u64) -> Result<Vec<RecordId>, ChainError> {
+    pub async fn record_ids(
+        &self,
+        addr: PatientAddr,
+        offset: u64,
+        limit: u64,
+    ) -> Result<Vec<RecordId>, ChainError> {
         let ids = self
             .contract
             .recordsPage(addr.key(), U256::from(offset), U256::from(limit))
@@ -453,11 +552,17 @@ impl EhrChain {
     /// # Errors
     /// Transport errors.
     pub async fn record(&self, id: RecordId) -> Result<Option<RecordAnchor>, ChainError> {
-        let r = self.contract.records(id.0).call().await.map_err(ChainError::from_contract)?;
+        let r = self
+            .contract
+            .records(id.0)
+            .call()
+            .await
+            .map_err(ChainError::from_contract)?;
         if r.anchoredAt == 0 {
             return Ok(None);
         }
-        let patient = PatientAddr::from_key(r.patient).ok_or_else(|| ChainError::Decode("record without patient".into()))?;
+        let patient = PatientAddr::from_key(r.patient)
+            .ok_or_else(|| ChainError::Decode("record without patient".into()))?;
         Ok(Some(RecordAnchor {
             id,
             patient,
@@ -471,7 +576,12 @@ impl EhrChain {
     ///
     /// # Errors
     /// Transport errors.
-    pub async fn audit_for_patient(&self, addr: PatientAddr, offset: usize, limit: usize) -> Result<Vec<AuditEvent>, ChainError> {
+    pub async fn audit_for_patient(
+        &self,
+        addr: PatientAddr,
+        offset: usize,
+        limit: usize,
+    ) -> Result<Vec<AuditEvent>, ChainError> {
         let key = B256::from(U256::from(addr.key()));
         self.audit(self.filter().topic1(key), offset, limit).await
     }
@@ -480,15 +590,25 @@ impl EhrChain {
     ///
     /// # Errors
     /// Transport errors.
-    pub async fn audit_for_provider(&self, provider: Address, offset: usize, limit: usize) -> Result<Vec<AuditEvent>, ChainError> {
-        self.audit(self.filter().topic2(provider.into_word()), offset, limit).await
+    pub async fn audit_for_provider(
+        &self,
+        provider: Address,
+        offset: usize,
+        limit: usize,
+    ) -> Result<Vec<AuditEvent>, ChainError> {
+        self.audit(self.filter().topic2(provider.into_word()), offset, limit)
+            .await
     }
 
     /// Every event of the contract, newest first (the records office's monitoring view).
     ///
     /// # Errors
     /// Transport errors.
-    pub async fn audit_all(&self, offset: usize, limit: usize) -> Result<Vec<AuditEvent>, ChainError> {
+    pub async fn audit_all(
+        &self,
+        offset: usize,
+        limit: usize,
+    ) -> Result<Vec<AuditEvent>, ChainError> {
         self.audit(self.filter(), offset, limit).await
     }
 
@@ -506,12 +626,25 @@ impl EhrChain {
     }
 
     fn filter(&self) -> Filter {
-        Filter::new().address(self.address()).from_block(self.deploy_block)
+        Filter::new()
+            .address(self.address())
+            .from_block(self.deploy_block)
     }
 
-    async fn audit(&self, filter: Filter, offset: usize, limit: usize) -> Result<Vec<AuditEvent>, ChainError> {
+    async fn audit(
+        &self,
+        filter: Filter,
+        offset: usize,
+        limit: usize,
+    ) -> Result<Vec<AuditEvent>, ChainError> {
         let logs = self.provider.get_logs(&filter).await?;
-        let mut out: Vec<AuditEvent> = logs.iter().rev().filter_map(events::decode).skip(offset).take(limit).collect();
+        let mut out: Vec<AuditEvent> = logs
+            .iter()
+            .rev()
+            .filter_map(events::decode)
+            .skip(offset)
+            .take(limit)
+            .collect();
         // Fill in block times the node did not include in the logs (one call per block).
         let mut cache = std::collections::HashMap::new();
         for e in &mut out {
@@ -541,7 +674,10 @@ impl EhrChain {
     {
         let receipt = call.send_it().await?.get_receipt().await?;
         if !receipt.status() {
-            return Err(ChainError::Reverted(format!("transaction {} reverted", receipt.transaction_hash)));
+            return Err(ChainError::Reverted(format!(
+                "transaction {} reverted",
+                receipt.transaction_hash
+            )));
         }
         Ok(receipt)
     }
@@ -549,11 +685,18 @@ impl EhrChain {
 
 /// A prepared contract call that can be sent: lets `send` take any generated call builder.
 trait Sendable {
-    async fn send_it(self) -> Result<alloy::providers::PendingTransactionBuilder<alloy::network::Ethereum>, ChainError>;
+    async fn send_it(
+        self,
+    ) -> Result<alloy::providers::PendingTransactionBuilder<alloy::network::Ethereum>, ChainError>;
 }
 
-impl<D: alloy::contract::CallDecoder + Send> Sendable for alloy::contract::CallBuilder<&DynProvider, D> {
-    async fn send_it(self) -> Result<alloy::providers::PendingTransactionBuilder<alloy::network::Ethereum>, ChainError> {
+impl<D: alloy::contract::CallDecoder + Send> Sendable
+    for alloy::contract::CallBuilder<&DynProvider, D>
+{
+    async fn send_it(
+        self,
+    ) -> Result<alloy::providers::PendingTransactionBuilder<alloy::network::Ethereum>, ChainError>
+    {
         self.send().await.map_err(ChainError::from_contract)
     }
 }

@@ -32,7 +32,9 @@ impl ChainError {
             return Self::Rejected(describe(&decoded));
         }
         match err {
-            alloy::contract::Error::TransportError(e) if e.as_error_resp().is_none() => Self::Rpc(e.to_string()),
+            alloy::contract::Error::TransportError(e) if e.as_error_resp().is_none() => {
+                Self::Rpc(e.to_string())
+            }
             other => Self::Reverted(other.to_string()),
         }
     }
@@ -64,9 +66,17 @@ fn describe(e: &E) -> String {
         E::NotManager(x) => format!("{} is not the records office (manager)", x.caller),
         E::NotPendingManager(x) => format!("{} is not the nominated records office", x.caller),
         E::ZeroAddress(_) => "the zero address is not allowed here".into(),
-        E::InvalidPatientAddr(x) => format!("patient address {}-{} is invalid: both parts must be non-zero", x.aid, x.pid),
-        E::PatientAddrTaken(x) => format!("patient address {}-{} is already registered", x.aid, x.pid),
-        E::AccountHasRole(x) => format!("account {} is already registered as a patient or provider", x.account),
+        E::InvalidPatientAddr(x) => format!(
+            "patient address {}-{} is invalid: both parts must be non-zero",
+            x.aid, x.pid
+        ),
+        E::PatientAddrTaken(x) => {
+            format!("patient address {}-{} is already registered", x.aid, x.pid)
+        }
+        E::AccountHasRole(x) => format!(
+            "account {} is already registered as a patient or provider",
+            x.account
+        ),
         E::NotPatient(x) => format!("account {} is not a registered patient", x.caller),
         E::UnknownPatient(x) => format!("no patient is registered at {}-{}", x.aid, x.pid),
         E::UnknownProvider(x) => format!("provider {} is not registered", x.provider),
@@ -74,18 +84,37 @@ fn describe(e: &E) -> String {
         E::ProviderAlreadyVerified(x) => format!("provider {} is already verified", x.provider),
         E::ProviderNotActive(x) => format!("provider {} is not pending or verified", x.provider),
         E::ExpiryInPast(x) => format!("expiry {} is not in the future", x.expiresAt),
-        E::NoActiveGrant(x) => format!("patient {} has no active grant for provider {}", patient(x.patient), x.provider),
+        E::NoActiveGrant(x) => format!(
+            "patient {} has no active grant for provider {}",
+            patient(x.patient),
+            x.provider
+        ),
         E::RequestAlreadyPending(x) => {
-            format!("provider {} already has a pending request to patient {}", x.provider, patient(x.patient))
+            format!(
+                "provider {} already has a pending request to patient {}",
+                x.provider,
+                patient(x.patient)
+            )
         }
-        E::NoPendingRequest(x) => format!("no pending request from provider {} to patient {}", x.provider, patient(x.patient)),
+        E::NoPendingRequest(x) => format!(
+            "no pending request from provider {} to patient {}",
+            x.provider,
+            patient(x.patient)
+        ),
         E::RecordExists(x) => format!("record {} is already anchored", x.recordId),
         E::ZeroDigest(_) => "record digest must not be zero".into(),
         E::NotAllowedToAnchor(x) => {
-            format!("{} may not add records for patient {}: not the patient and no active grant", x.caller, patient(x.patient))
+            format!(
+                "{} may not add records for patient {}: not the patient and no active grant",
+                x.caller,
+                patient(x.patient)
+            )
         }
         E::EmptyBatch(_) => "an access transaction needs at least one record".into(),
-        E::BatchTooLarge(x) => format!("{} records in one access transaction; at most {}", x.size, x.max),
+        E::BatchTooLarge(x) => format!(
+            "{} records in one access transaction; at most {}",
+            x.size, x.max
+        ),
         E::PageTooLarge(x) => format!("page size {} too large; at most {}", x.limit, x.max),
     }
 }

@@ -156,9 +156,15 @@ pub(crate) fn decode(log: &Log) -> Option<AuditEvent> {
             patient: p(e.patient),
             account: e.account,
         },
-        Ev::ProviderRegistered(e) => AuditKind::ProviderRegistered { provider: e.provider },
-        Ev::ProviderVerified(e) => AuditKind::ProviderVerified { provider: e.provider },
-        Ev::ProviderSuspended(e) => AuditKind::ProviderSuspended { provider: e.provider },
+        Ev::ProviderRegistered(e) => AuditKind::ProviderRegistered {
+            provider: e.provider,
+        },
+        Ev::ProviderVerified(e) => AuditKind::ProviderVerified {
+            provider: e.provider,
+        },
+        Ev::ProviderSuspended(e) => AuditKind::ProviderSuspended {
+            provider: e.provider,
+        },
         Ev::AccessRequested(e) => AuditKind::AccessRequested {
             patient: p(e.patient),
             provider: e.provider,

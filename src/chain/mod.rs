@@ -11,4 +11,7 @@ pub use bindings::EhrAccess;
 pub use client::{AccessOutcome, Deployment, EhrChain, TxOutcome};
 pub use errors::ChainError;
 pub use events::{AuditEvent, AuditKind};
-pub use types::{DenyReason, InvalidPatientAddr, GrantInfo, GrantState, PatientAddr, PendingRequest, ProviderStatus, RecordAnchor, RecordId};
+pub use types::{
+    DenyReason, GrantInfo, GrantState, InvalidPatientAddr, PatientAddr, PendingRequest,
+    ProviderStatus, RecordAnchor, RecordId,
+};

@@ -215,7 +215,13 @@ pub struct GrantInfo {
 
 impl GrantInfo {
     /// Builds the info from the stored fields, judged at chain time `now`.
-    pub fn from_parts(provider: Address, granted_at: u64, expires_at: u64, revoked_at: u64, now: u64) -> Self {
+    pub fn from_parts(
+        provider: Address,
+        granted_at: u64,
+        expires_at: u64,
+        revoked_at: u64,
+        now: u64,
+    ) -> Self {
         let state = if revoked_at != 0 {
             GrantState::Revoked
         } else if now >= expires_at {
@@ -277,9 +283,21 @@ mod tests {
     #[test]
     fn grant_state_is_judged_at_chain_time() {
         let p = Address::ZERO;
-        assert_eq!(GrantInfo::from_parts(p, 1, u64::MAX, 0, 100).state, GrantState::Active);
-        assert_eq!(GrantInfo::from_parts(p, 1, 100, 0, 100).state, GrantState::Expired);
-        assert_eq!(GrantInfo::from_parts(p, 1, 200, 50, 100).state, GrantState::Revoked);
-        assert_eq!(GrantInfo::from_parts(p, 1, u64::MAX, 0, 100).expires_at, None);
+        assert_eq!(
+            GrantInfo::from_parts(p, 1, u64::MAX, 0, 100).state,
+            GrantState::Active
+        );
+        assert_eq!(
+            GrantInfo::from_parts(p, 1, 100, 0, 100).state,
+            GrantState::Expired
+        );
+        assert_eq!(
+            GrantInfo::from_parts(p, 1, 200, 50, 100).state,
+            GrantState::Revoked
+        );
+        assert_eq!(
+            GrantInfo::from_parts(p, 1, u64::MAX, 0, 100).expires_at,
+            None
+        );
     }
 }

@@ -11,8 +11,10 @@ use crate::chain::{Deployment, EhrChain, PatientAddr, RecordId, TxOutcome};
 /// `ehr deploy`.
 #[derive(Debug, Args)]
 pub struct DeployArgs {
+    /// ChainArgs flags.
     #[command(flatten)]
     chain: ChainArgs,
+    /// KeyArgs flags.
     #[command(flatten)]
     key: KeyArgs,
     /// The records office account. Default: the deployer.
@@ -23,8 +25,10 @@ pub struct DeployArgs {
 /// Keys and chain, shared by every operation.
 #[derive(Debug, Args)]
 pub struct Common {
+    /// ChainArgs flags.
     #[command(flatten)]
     chain: ChainArgs,
+    /// KeyArgs flags.
     #[command(flatten)]
     key: KeyArgs,
 }
@@ -47,6 +51,7 @@ pub enum PatientCmd {
     Register {
         /// Patient address.
         addr: PatientAddr,
+        /// Common flags.
         #[command(flatten)]
         c: Common,
     },
@@ -60,6 +65,7 @@ pub enum PatientCmd {
         /// Expiry as seconds from now (chain time).
         #[arg(long)]
         for_secs: Option<u64>,
+        /// Common flags.
         #[command(flatten)]
         c: Common,
     },
@@ -67,6 +73,7 @@ pub enum PatientCmd {
     Revoke {
         /// Provider account.
         provider: Address,
+        /// Common flags.
         #[command(flatten)]
         c: Common,
     },
@@ -77,6 +84,7 @@ pub enum PatientCmd {
         /// Expiry in unix seconds; open-ended when absent.
         #[arg(long)]
         until: Option<u64>,
+        /// Common flags.
         #[command(flatten)]
         c: Common,
     },
@@ -84,6 +92,7 @@ pub enum PatientCmd {
     Decline {
         /// Provider account.
         provider: Address,
+        /// Common flags.
         #[command(flatten)]
         c: Common,
     },
@@ -91,8 +100,10 @@ pub enum PatientCmd {
     Grants {
         /// Patient address.
         addr: PatientAddr,
+        /// ChainArgs flags.
         #[command(flatten)]
         chain: ChainArgs,
+        /// PageArgs flags.
         #[command(flatten)]
         page: PageArgs,
     },
@@ -100,8 +111,10 @@ pub enum PatientCmd {
     Requests {
         /// Patient address.
         addr: PatientAddr,
+        /// ChainArgs flags.
         #[command(flatten)]
         chain: ChainArgs,
+        /// PageArgs flags.
         #[command(flatten)]
         page: PageArgs,
     },
@@ -109,8 +122,10 @@ pub enum PatientCmd {
     Audit {
         /// Patient address.
         addr: PatientAddr,
+        /// ChainArgs flags.
         #[command(flatten)]
         chain: ChainArgs,
+        /// PageArgs flags.
         #[command(flatten)]
         page: PageArgs,
     },
@@ -121,6 +136,7 @@ pub enum PatientCmd {
 pub enum ProviderCmd {
     /// Register the signer as a provider (then wait for the records office).
     Register {
+        /// Common flags.
         #[command(flatten)]
         c: Common,
     },
@@ -128,6 +144,7 @@ pub enum ProviderCmd {
     Request {
         /// Patient address.
         addr: PatientAddr,
+        /// Common flags.
         #[command(flatten)]
         c: Common,
     },
@@ -136,6 +153,7 @@ pub enum ProviderCmd {
         /// Record ids.
         #[arg(required = true)]
         records: Vec<RecordId>,
+        /// Common flags.
         #[command(flatten)]
         c: Common,
     },
@@ -146,6 +164,7 @@ pub enum ProviderCmd {
         /// Reason code (your institution's list).
         #[arg(long)]
         reason: u16,
+        /// Common flags.
         #[command(flatten)]
         c: Common,
     },
@@ -153,6 +172,7 @@ pub enum ProviderCmd {
     Status {
         /// Provider account.
         provider: Address,
+        /// ChainArgs flags.
         #[command(flatten)]
         chain: ChainArgs,
     },
@@ -165,6 +185,7 @@ pub enum OfficeCmd {
     Verify {
         /// Provider account.
         provider: Address,
+        /// Common flags.
         #[command(flatten)]
         c: Common,
     },
@@ -172,6 +193,7 @@ pub enum OfficeCmd {
     Suspend {
         /// Provider account.
         provider: Address,
+        /// Common flags.
         #[command(flatten)]
         c: Common,
     },
@@ -179,18 +201,22 @@ pub enum OfficeCmd {
     Transfer {
         /// The nominee.
         nominee: Address,
+        /// Common flags.
         #[command(flatten)]
         c: Common,
     },
     /// Accept the records office role (as the nominee).
     Accept {
+        /// Common flags.
         #[command(flatten)]
         c: Common,
     },
     /// Every contract event, newest first.
     Audit {
+        /// ChainArgs flags.
         #[command(flatten)]
         chain: ChainArgs,
+        /// PageArgs flags.
         #[command(flatten)]
         page: PageArgs,
     },
@@ -222,7 +248,10 @@ async fn reading(chain: &ChainArgs) -> anyhow::Result<EhrChain> {
 }
 
 fn print_tx(what: &str, o: &TxOutcome) {
-    println!("{what}: tx {} (block {}, gas {})", o.tx_hash, o.block, o.gas_used);
+    println!(
+        "{what}: tx {} (block {}, gas {})",
+        o.tx_hash, o.block, o.gas_used
+    );
 }
 
 fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
@@ -256,24 +285,50 @@ pub async fn deploy(a: DeployArgs) -> anyhow::Result<()> {
 /// Contract rejections in words, transport and key errors.
 pub async fn patient(cmd: PatientCmd) -> anyhow::Result<()> {
     match cmd {
-        PatientCmd::Register { addr, c } => print_tx(&format!("registered patient {addr}"), &signing(&c).await?.register_patient(addr).await?),
-        PatientCmd::Grant { provider, until, for_secs, c } => {
+        PatientCmd::Register { addr, c } => print_tx(
+            &format!("registered patient {addr}"),
+            &signing(&c).await?.register_patient(addr).await?,
+        ),
+        PatientCmd::Grant {
+            provider,
+            until,
+            for_secs,
+            c,
+        } => {
             let chain = signing(&c).await?;
             let until = match for_secs {
                 Some(s) => Some(chain.chain_time().await? + s),
                 None => until,
             };
-            print_tx(&format!("granted {provider}"), &chain.grant(provider, until).await?);
+            print_tx(
+                &format!("granted {provider}"),
+                &chain.grant(provider, until).await?,
+            );
         }
-        PatientCmd::Revoke { provider, c } => print_tx(&format!("revoked {provider}"), &signing(&c).await?.revoke(provider).await?),
-        PatientCmd::Approve { provider, until, c } => {
-            print_tx(&format!("approved {provider}"), &signing(&c).await?.approve_request(provider, until).await?)
-        }
-        PatientCmd::Decline { provider, c } => print_tx(&format!("declined {provider}"), &signing(&c).await?.decline_request(provider).await?),
-        PatientCmd::Grants { addr, chain, page } => print_json(&reading(&chain).await?.grants(addr, page.offset, page.limit).await?)?,
-        PatientCmd::Requests { addr, chain, page } => {
-            print_json(&reading(&chain).await?.pending_requests(addr, page.offset, page.limit).await?)?
-        }
+        PatientCmd::Revoke { provider, c } => print_tx(
+            &format!("revoked {provider}"),
+            &signing(&c).await?.revoke(provider).await?,
+        ),
+        PatientCmd::Approve { provider, until, c } => print_tx(
+            &format!("approved {provider}"),
+            &signing(&c).await?.approve_request(provider, until).await?,
+        ),
+        PatientCmd::Decline { provider, c } => print_tx(
+            &format!("declined {provider}"),
+            &signing(&c).await?.decline_request(provider).await?,
+        ),
+        PatientCmd::Grants { addr, chain, page } => print_json(
+            &reading(&chain)
+                .await?
+                .grants(addr, page.offset, page.limit)
+                .await?,
+        )?,
+        PatientCmd::Requests { addr, chain, page } => print_json(
+            &reading(&chain)
+                .await?
+                .pending_requests(addr, page.offset, page.limit)
+                .await?,
+        )?,
         PatientCmd::Audit { addr, chain, page } => print_json(
             &reading(&chain)
                 .await?
@@ -290,8 +345,14 @@ pub async fn patient(cmd: PatientCmd) -> anyhow::Result<()> {
 /// Contract rejections in words, transport and key errors.
 pub async fn provider(cmd: ProviderCmd) -> anyhow::Result<()> {
     match cmd {
-        ProviderCmd::Register { c } => print_tx("registered as provider (pending verification)", &signing(&c).await?.register_provider().await?),
-        ProviderCmd::Request { addr, c } => print_tx(&format!("requested access to {addr}"), &signing(&c).await?.request_access(addr).await?),
+        ProviderCmd::Register { c } => print_tx(
+            "registered as provider (pending verification)",
+            &signing(&c).await?.register_provider().await?,
+        ),
+        ProviderCmd::Request { addr, c } => print_tx(
+            &format!("requested access to {addr}"),
+            &signing(&c).await?.request_access(addr).await?,
+        ),
         ProviderCmd::Access { records, c } => {
             let o = signing(&c).await?.access(&records).await?;
             print_tx("access transaction", &o.tx);
@@ -308,7 +369,9 @@ pub async fn provider(cmd: ProviderCmd) -> anyhow::Result<()> {
         ),
         ProviderCmd::Status { provider, chain } => {
             let (status, denied) = reading(&chain).await?.provider_status(provider).await?;
-            print_json(&serde_json::json!({"provider": provider, "status": status, "denied_count": denied}))?;
+            print_json(
+                &serde_json::json!({"provider": provider, "status": status, "denied_count": denied}),
+            )?;
         }
     }
     Ok(())
@@ -320,11 +383,28 @@ pub async fn provider(cmd: ProviderCmd) -> anyhow::Result<()> {
 /// Contract rejections in words, transport and key errors.
 pub async fn office(cmd: OfficeCmd) -> anyhow::Result<()> {
     match cmd {
-        OfficeCmd::Verify { provider, c } => print_tx(&format!("verified {provider}"), &signing(&c).await?.verify_provider(provider).await?),
-        OfficeCmd::Suspend { provider, c } => print_tx(&format!("suspended {provider}"), &signing(&c).await?.suspend_provider(provider).await?),
-        OfficeCmd::Transfer { nominee, c } => print_tx(&format!("nominated {nominee}"), &signing(&c).await?.transfer_manager(nominee).await?),
-        OfficeCmd::Accept { c } => print_tx("accepted the records office role", &signing(&c).await?.accept_manager().await?),
-        OfficeCmd::Audit { chain, page } => print_json(&reading(&chain).await?.audit_all(page.offset as usize, page.limit as usize).await?)?,
+        OfficeCmd::Verify { provider, c } => print_tx(
+            &format!("verified {provider}"),
+            &signing(&c).await?.verify_provider(provider).await?,
+        ),
+        OfficeCmd::Suspend { provider, c } => print_tx(
+            &format!("suspended {provider}"),
+            &signing(&c).await?.suspend_provider(provider).await?,
+        ),
+        OfficeCmd::Transfer { nominee, c } => print_tx(
+            &format!("nominated {nominee}"),
+            &signing(&c).await?.transfer_manager(nominee).await?,
+        ),
+        OfficeCmd::Accept { c } => print_tx(
+            "accepted the records office role",
+            &signing(&c).await?.accept_manager().await?,
+        ),
+        OfficeCmd::Audit { chain, page } => print_json(
+            &reading(&chain)
+                .await?
+                .audit_all(page.offset as usize, page.limit as usize)
+                .await?,
+        )?,
     }
     Ok(())
 }

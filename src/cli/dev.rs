@@ -58,13 +58,21 @@ pub fn demo_signer(settings: &AnvilSettings, index: u32) -> anyhow::Result<Priva
 /// When a service fails to start, or a child crashes (with its last log lines).
 pub async fn run(a: DevArgs) -> anyhow::Result<()> {
     let tools = Tools::in_project(&a.project_dir);
-    let mut settings = AnvilSettings::load(&a.anvil_config).context("set --anvil-config/EHR_ANVIL_CONFIG")?;
+    let mut settings =
+        AnvilSettings::load(&a.anvil_config).context("set --anvil-config/EHR_ANVIL_CONFIG")?;
     if let Some(p) = a.anvil_port {
         settings.port = p;
     }
-    println!("[dev] starting anvil {} (chain id {})", settings.rpc_url(), settings.chain_id);
+    println!(
+        "[dev] starting anvil {} (chain id {})",
+        settings.rpc_url(),
+        settings.chain_id
+    );
     let mut anvil = start_anvil(&tools.anvil, &settings, true).await?;
-    println!("[dev] starting Kubo (offline, loopback) with repo {}", a.state_dir.join("kubo").display());
+    println!(
+        "[dev] starting Kubo (offline, loopback) with repo {}",
+        a.state_dir.join("kubo").display()
+    );
     let mut kubo = start_kubo(
         &KuboOptions {
             bin: tools.ipfs.clone(),
@@ -82,14 +90,28 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
     let chain = deploy_or_reuse(&settings, &deployment_file).await?;
     let keyring = seed_demo(&settings, &chain).await?;
 
-    let state = AppState::new(&settings.rpc_url(), Some(chain.clone()), ipfs, keyring).map_err(anyhow::Error::msg)?;
+    let state = AppState::new(&settings.rpc_url(), Some(chain.clone()), ipfs, keyring)
+        .map_err(anyhow::Error::msg)?;
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", a.gateway_port))
         .await
-        .with_context(|| format!("gateway port {} busy (set --gateway-port/EHR_GATEWAY_PORT)", a.gateway_port))?;
+        .with_context(|| {
+            format!(
+                "gateway port {} busy (set --gateway-port/EHR_GATEWAY_PORT)",
+                a.gateway_port
+            )
+        })?;
     let gw = format!("http://127.0.0.1:{}", a.gateway_port);
     println!();
-    println!("  chain    {}  (chain id {}, contract {})", settings.rpc_url(), settings.chain_id, chain.address());
-    println!("  ipfs     {}  (Kubo {})", kubo.api_url, ipfs_version.version);
+    println!(
+        "  chain    {}  (chain id {}, contract {})",
+        settings.rpc_url(),
+        settings.chain_id,
+        chain.address()
+    );
+    println!(
+        "  ipfs     {}  (Kubo {})",
+        kubo.api_url, ipfs_version.version
+    );
     println!("  gateway  {gw}  (health: {gw}/health, API: {gw}/openapi.json)");
     println!("  deployment file {}", deployment_file.display());
     println!();
@@ -112,20 +134,26 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
     outcome
 }
 
-async fn deploy_or_reuse(settings: &AnvilSettings, file: &std::path::Path) -> anyhow::Result<EhrChain> {
+async fn deploy_or_reuse(
+    settings: &AnvilSettings,
+    file: &std::path::Path,
+) -> anyhow::Result<EhrChain> {
     let office = demo_signer(settings, OFFICE)?;
     let rpc = settings.rpc_url();
-    if let Ok(d) = Deployment::load(file) {
-        if d.chain_id == settings.chain_id {
-            if let Ok(chain) = EhrChain::connect(&rpc, Some(office.clone()), &d).await {
-                println!("[dev] reusing contract {} from {}", d.address, file.display());
-                return Ok(chain);
-            }
-        }
+    if let Ok(d) = Deployment::load(file)
+        && d.chain_id == settings.chain_id
+        && let Ok(chain) = EhrChain::connect(&rpc, Some(office.clone()), &d).await
+    {
+        println!("[dev] reusing contract {} from {}", d.address, file.display());
+        return Ok(chain);
     }
     let (chain, d) = EhrChain::deploy(&rpc, office.clone(), office.address()).await?;
-    d.save(file).with_context(|| format!("writing {}", file.display()))?;
-    println!("[dev] deployed EhrAccess at {} (block {})", d.address, d.block);
+    d.save(file)
+        .with_context(|| format!("writing {}", file.display()))?;
+    println!(
+        "[dev] deployed EhrAccess at {} (block {})",
+        d.address, d.block
+    );
     Ok(chain)
 }
 
@@ -136,7 +164,10 @@ async fn seed_demo(settings: &AnvilSettings, chain: &EhrChain) -> anyhow::Result
     let mut keyring = Keyring::default();
     let office = demo_signer(settings, OFFICE)?;
     keyring.insert("demo-office", office.clone());
-    let doctors: Vec<_> = DOCTORS.iter().map(|i| demo_signer(settings, *i)).collect::<Result<_, _>>()?;
+    let doctors: Vec<_> = DOCTORS
+        .iter()
+        .map(|i| demo_signer(settings, *i))
+        .collect::<Result<_, _>>()?;
     let patients: Vec<_> = PATIENTS
         .iter()
         .map(|(i, aid, pid)| Ok((demo_signer(settings, *i)?, PatientAddr::new(*aid, *pid)?)))
@@ -161,19 +192,31 @@ async fn seed_demo(settings: &AnvilSettings, chain: &EhrChain) -> anyhow::Result
         }
         let now = chain.chain_time().await?;
         // Patient 1: doctor 1 open-ended; doctor 2 for a week.
-        as_(&patients[0].0)?.grant(doctors[0].address(), None).await?;
-        as_(&patients[0].0)?.grant(doctors[1].address(), Some(now + 7 * 86_400)).await?;
+        as_(&patients[0].0)?
+            .grant(doctors[0].address(), None)
+            .await?;
+        as_(&patients[0].0)?
+            .grant(doctors[1].address(), Some(now + 7 * 86_400))
+            .await?;
         // Patient 2: doctor 1 granted then revoked; doctor 2 asks and waits.
-        as_(&patients[1].0)?.grant(doctors[0].address(), None).await?;
+        as_(&patients[1].0)?
+            .grant(doctors[0].address(), None)
+            .await?;
         as_(&patients[1].0)?.revoke(doctors[0].address()).await?;
         as_(&doctors[1])?.request_access(patients[1].1).await?;
         // Patient 3: doctor 2 for one hour.
-        as_(&patients[2].0)?.grant(doctors[1].address(), Some(now + 3600)).await?;
+        as_(&patients[2].0)?
+            .grant(doctors[1].address(), Some(now + 3600))
+            .await?;
     }
     println!("[dev] demo accounts (API token -> account):");
     println!("  demo-office    records office  {}", office.address());
     for (n, d) in doctors.iter().enumerate() {
-        let note = if n < 2 { "verified" } else { "awaiting verification" };
+        let note = if n < 2 {
+            "verified"
+        } else {
+            "awaiting verification"
+        };
         println!("  demo-doctor{}   doctor ({note}) {}", n + 1, d.address());
     }
     for (n, (p, addr)) in patients.iter().enumerate() {
@@ -186,13 +229,14 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(t) => t,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(t) => t,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {},
             _ = term.recv() => {},

@@ -35,26 +35,42 @@ impl KeyArgs {
     /// # Errors
     /// When none or several sources are given, or the key cannot be read.
     pub fn signer(&self) -> anyhow::Result<PrivateKeySigner> {
-        let given = [self.private_key.is_some(), self.keystore.is_some(), self.dev_account.is_some()];
+        let given = [
+            self.private_key.is_some(),
+            self.keystore.is_some(),
+            self.dev_account.is_some(),
+        ];
         match given.iter().filter(|g| **g).count() {
-            0 => bail!("no signing key: set --private-key/EHR_PRIVATE_KEY, --keystore/EHR_KEYSTORE or --dev-account/EHR_DEV_ACCOUNT"),
+            0 => bail!(
+                "no signing key: set --private-key/EHR_PRIVATE_KEY, --keystore/EHR_KEYSTORE or --dev-account/EHR_DEV_ACCOUNT"
+            ),
             1 => {}
             _ => bail!("give only one of --private-key, --keystore and --dev-account"),
         }
         if let Some(k) = &self.private_key {
-            return k.trim().parse().context("--private-key/EHR_PRIVATE_KEY is not a 32-byte hex key");
+            return k
+                .trim()
+                .parse()
+                .context("--private-key/EHR_PRIVATE_KEY is not a 32-byte hex key");
         }
         if let Some(path) = &self.keystore {
             let pw_file = self
                 .password_file
                 .as_ref()
                 .context("--keystore needs --password-file/EHR_KEYSTORE_PASSWORD_FILE")?;
-            let pw = std::fs::read_to_string(pw_file).with_context(|| format!("reading {}", pw_file.display()))?;
+            let pw = std::fs::read_to_string(pw_file)
+                .with_context(|| format!("reading {}", pw_file.display()))?;
             return LocalSigner::decrypt_keystore(path, pw.trim_end_matches(['\n', '\r']))
-                .with_context(|| format!("cannot unlock keystore {} (wrong password?)", path.display()));
+                .with_context(|| {
+                    format!(
+                        "cannot unlock keystore {} (wrong password?)",
+                        path.display()
+                    )
+                });
         }
         let index = self.dev_account.unwrap_or_default();
-        let settings = AnvilSettings::load(&self.anvil_config).context("--dev-account needs anvil.toml (--anvil-config)")?;
+        let settings = AnvilSettings::load(&self.anvil_config)
+            .context("--dev-account needs anvil.toml (--anvil-config)")?;
         dev_signer(&settings.mnemonic, index)
     }
 }

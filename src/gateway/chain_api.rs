@@ -17,15 +17,20 @@ pub(super) struct Actor(pub(super) EhrChain);
 impl FromRequestParts<AppState> for Actor {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         let header = parts
             .headers
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .ok_or_else(|| ApiError::Unauthorized("missing Authorization: Bearer <api token>".into()))?;
-        let token = header
-            .strip_prefix("Bearer ")
-            .ok_or_else(|| ApiError::Unauthorized("Authorization must be `Bearer <api token>`".into()))?;
+            .ok_or_else(|| {
+                ApiError::Unauthorized("missing Authorization: Bearer <api token>".into())
+            })?;
+        let token = header.strip_prefix("Bearer ").ok_or_else(|| {
+            ApiError::Unauthorized("Authorization must be `Bearer <api token>`".into())
+        })?;
         let signer = state
             .keyring()
             .signer(token.trim())
@@ -43,11 +48,16 @@ fn deployed(state: &AppState) -> Result<&EhrChain, ApiError> {
 }
 
 fn patient(s: &str) -> Result<PatientAddr, ApiError> {
-    s.parse().map_err(|e: crate::chain::InvalidPatientAddr| ApiError::BadRequest(e.to_string()))
+    s.parse()
+        .map_err(|e: crate::chain::InvalidPatientAddr| ApiError::BadRequest(e.to_string()))
 }
 
 fn address(s: &str) -> Result<Address, ApiError> {
-    s.parse().map_err(|_| ApiError::BadRequest(format!("{s:?} is not an Ethereum address (0x + 40 hex digits)")))
+    s.parse().map_err(|_| {
+        ApiError::BadRequest(format!(
+            "{s:?} is not an Ethereum address (0x + 40 hex digits)"
+        ))
+    })
 }
 
 fn tx(o: TxOutcome) -> Json<Value> {
@@ -70,39 +80,65 @@ fn default_limit() -> u64 {
 impl Page {
     fn checked(&self) -> Result<(u64, u64), ApiError> {
         if self.limit == 0 || self.limit > 200 {
-            return Err(ApiError::BadRequest("limit must be between 1 and 200".into()));
+            return Err(ApiError::BadRequest(
+                "limit must be between 1 and 200".into(),
+            ));
         }
         Ok((self.offset, self.limit))
     }
 }
 
-pub(super) async fn me(State(state): State<AppState>, Actor(chain): Actor) -> Result<Json<Value>, ApiError> {
+pub(super) async fn me(
+    State(state): State<AppState>,
+    Actor(chain): Actor,
+) -> Result<Json<Value>, ApiError> {
     let me = chain.from();
     let patient = deployed(&state)?.patient_of(me).await?;
     let (status, denied) = chain.provider_status(me).await?;
     let manager = chain.manager().await? == me;
-    Ok(Json(json!({"account": me, "patient": patient, "provider_status": status, "denied_count": denied, "records_office": manager})))
+    Ok(Json(
+        json!({"account": me, "patient": patient, "provider_status": status, "denied_count": denied, "records_office": manager}),
+    ))
 }
 
-pub(super) async fn provider_status(State(state): State<AppState>, Path(a): Path<String>) -> Result<Json<Value>, ApiError> {
+pub(super) async fn provider_status(
+    State(state): State<AppState>,
+    Path(a): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     let a = address(&a)?;
     let (status, denied) = deployed(&state)?.provider_status(a).await?;
-    Ok(Json(json!({"provider": a, "status": status, "denied_count": denied})))
+    Ok(Json(
+        json!({"provider": a, "status": status, "denied_count": denied}),
+    ))
 }
 
-pub(super) async fn grants(State(state): State<AppState>, Path(p): Path<String>, Query(page): Query<Page>) -> Result<Json<Value>, ApiError> {
+pub(super) async fn grants(
+    State(state): State<AppState>,
+    Path(p): Path<String>,
+    Query(page): Query<Page>,
+) -> Result<Json<Value>, ApiError> {
     let (o, l) = page.checked()?;
     let g = deployed(&state)?.grants(patient(&p)?, o, l).await?;
     Ok(Json(json!({ "grants": g })))
 }
 
-pub(super) async fn requests(State(state): State<AppState>, Path(p): Path<String>, Query(page): Query<Page>) -> Result<Json<Value>, ApiError> {
+pub(super) async fn requests(
+    State(state): State<AppState>,
+    Path(p): Path<String>,
+    Query(page): Query<Page>,
+) -> Result<Json<Value>, ApiError> {
     let (o, l) = page.checked()?;
-    let r = deployed(&state)?.pending_requests(patient(&p)?, o, l).await?;
+    let r = deployed(&state)?
+        .pending_requests(patient(&p)?, o, l)
+        .await?;
     Ok(Json(json!({ "requests": r })))
 }
 
-pub(super) async fn records(State(state): State<AppState>, Path(p): Path<String>, Query(page): Query<Page>) -> Result<Json<Value>, ApiError> {
+pub(super) async fn records(
+    State(state): State<AppState>,
+    Path(p): Path<String>,
+    Query(page): Query<Page>,
+) -> Result<Json<Value>, ApiError> {
     let (o, l) = page.checked()?;
     let chain = deployed(&state)?;
     let mut out = Vec::new();
@@ -118,11 +154,16 @@ pub(super) async fn patient_audit(
     Query(page): Query<Page>,
 ) -> Result<Json<Value>, ApiError> {
     let (o, l) = page.checked()?;
-    let e = deployed(&state)?.audit_for_patient(patient(&p)?, o as usize, l as usize).await?;
+    let e = deployed(&state)?
+        .audit_for_patient(patient(&p)?, o as usize, l as usize)
+        .await?;
     Ok(Json(json!({ "events": e })))
 }
 
-pub(super) async fn all_audit(State(state): State<AppState>, Query(page): Query<Page>) -> Result<Json<Value>, ApiError> {
+pub(super) async fn all_audit(
+    State(state): State<AppState>,
+    Query(page): Query<Page>,
+) -> Result<Json<Value>, ApiError> {
     let (o, l) = page.checked()?;
     let e = deployed(&state)?.audit_all(o as usize, l as usize).await?;
     Ok(Json(json!({ "events": e })))
@@ -134,7 +175,10 @@ pub(super) struct RegisterPatient {
     addr: String,
 }
 
-pub(super) async fn register_patient(Actor(c): Actor, Json(b): Json<RegisterPatient>) -> Result<Json<Value>, ApiError> {
+pub(super) async fn register_patient(
+    Actor(c): Actor,
+    Json(b): Json<RegisterPatient>,
+) -> Result<Json<Value>, ApiError> {
     Ok(tx(c.register_patient(patient(&b.addr)?).await?))
 }
 
@@ -142,11 +186,17 @@ pub(super) async fn register_provider(Actor(c): Actor) -> Result<Json<Value>, Ap
     Ok(tx(c.register_provider().await?))
 }
 
-pub(super) async fn verify_provider(Actor(c): Actor, Path(a): Path<String>) -> Result<Json<Value>, ApiError> {
+pub(super) async fn verify_provider(
+    Actor(c): Actor,
+    Path(a): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     Ok(tx(c.verify_provider(address(&a)?).await?))
 }
 
-pub(super) async fn suspend_provider(Actor(c): Actor, Path(a): Path<String>) -> Result<Json<Value>, ApiError> {
+pub(super) async fn suspend_provider(
+    Actor(c): Actor,
+    Path(a): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     Ok(tx(c.suspend_provider(address(&a)?).await?))
 }
 
@@ -160,25 +210,44 @@ pub(super) struct GrantBody {
     expires_at: Option<u64>,
 }
 
-pub(super) async fn grant(Actor(c): Actor, Json(b): Json<GrantBody>) -> Result<Json<Value>, ApiError> {
-    let p = b.provider.as_deref().ok_or_else(|| ApiError::BadRequest("`provider` is required".into()))?;
+pub(super) async fn grant(
+    Actor(c): Actor,
+    Json(b): Json<GrantBody>,
+) -> Result<Json<Value>, ApiError> {
+    let p = b
+        .provider
+        .as_deref()
+        .ok_or_else(|| ApiError::BadRequest("`provider` is required".into()))?;
     Ok(tx(c.grant(address(p)?, b.expires_at).await?))
 }
 
-pub(super) async fn revoke(Actor(c): Actor, Path(p): Path<String>) -> Result<Json<Value>, ApiError> {
+pub(super) async fn revoke(
+    Actor(c): Actor,
+    Path(p): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     Ok(tx(c.revoke(address(&p)?).await?))
 }
 
-pub(super) async fn request_access(Actor(c): Actor, Json(b): Json<RegisterPatient>) -> Result<Json<Value>, ApiError> {
+pub(super) async fn request_access(
+    Actor(c): Actor,
+    Json(b): Json<RegisterPatient>,
+) -> Result<Json<Value>, ApiError> {
     Ok(tx(c.request_access(patient(&b.addr)?).await?))
 }
 
-pub(super) async fn approve(Actor(c): Actor, Path(p): Path<String>, body: Option<Json<GrantBody>>) -> Result<Json<Value>, ApiError> {
+pub(super) async fn approve(
+    Actor(c): Actor,
+    Path(p): Path<String>,
+    body: Option<Json<GrantBody>>,
+) -> Result<Json<Value>, ApiError> {
     let expires = body.and_then(|Json(b)| b.expires_at);
     Ok(tx(c.approve_request(address(&p)?, expires).await?))
 }
 
-pub(super) async fn decline(Actor(c): Actor, Path(p): Path<String>) -> Result<Json<Value>, ApiError> {
+pub(super) async fn decline(
+    Actor(c): Actor,
+    Path(p): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     Ok(tx(c.decline_request(address(&p)?).await?))
 }
 
@@ -188,11 +257,18 @@ pub(super) struct AccessBody {
     records: Vec<String>,
 }
 
-pub(super) async fn access(Actor(c): Actor, Json(b): Json<AccessBody>) -> Result<Json<Value>, ApiError> {
+pub(super) async fn access(
+    Actor(c): Actor,
+    Json(b): Json<AccessBody>,
+) -> Result<Json<Value>, ApiError> {
     let ids = b
         .records
         .iter()
-        .map(|s| s.parse::<RecordId>().map_err(|_| ApiError::BadRequest(format!("{s:?} is not a record id (0x + 64 hex digits)"))))
+        .map(|s| {
+            s.parse::<RecordId>().map_err(|_| {
+                ApiError::BadRequest(format!("{s:?} is not a record id (0x + 64 hex digits)"))
+            })
+        })
         .collect::<Result<Vec<_>, _>>()?;
     let o = c.access(&ids).await?;
     Ok(Json(json!({
@@ -209,6 +285,9 @@ pub(super) struct BreakGlassBody {
     reason_code: u16,
 }
 
-pub(super) async fn break_glass(Actor(c): Actor, Json(b): Json<BreakGlassBody>) -> Result<Json<Value>, ApiError> {
+pub(super) async fn break_glass(
+    Actor(c): Actor,
+    Json(b): Json<BreakGlassBody>,
+) -> Result<Json<Value>, ApiError> {
     Ok(tx(c.break_glass(patient(&b.addr)?, b.reason_code).await?))
 }

@@ -74,7 +74,10 @@ impl IntoResponse for ApiError {
             }
             Self::Internal(m) => {
                 tracing::error!("internal error: {m}");
-                (StatusCode::INTERNAL_SERVER_ERROR, "internal error".to_owned())
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal error".to_owned(),
+                )
             }
         };
         (status, Json(json!({ "error": message }))).into_response()

@@ -33,8 +33,14 @@ pub fn router(state: AppState) -> Router {
         .route("/api/me", get(chain_api::me))
         .route("/api/patients", post(chain_api::register_patient))
         .route("/api/providers", post(chain_api::register_provider))
-        .route("/api/providers/{address}/verify", post(chain_api::verify_provider))
-        .route("/api/providers/{address}/suspend", post(chain_api::suspend_provider))
+        .route(
+            "/api/providers/{address}/verify",
+            post(chain_api::verify_provider),
+        )
+        .route(
+            "/api/providers/{address}/suspend",
+            post(chain_api::suspend_provider),
+        )
         .route("/api/grants", post(chain_api::grant))
         .route("/api/grants/{provider}/revoke", post(chain_api::revoke))
         .route("/api/requests", post(chain_api::request_access))
@@ -55,5 +61,7 @@ pub async fn serve(
     state: AppState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
 }

@@ -22,14 +22,17 @@ fn op(summary: &str, auth: bool, params: &[&str], body: Option<Value>) -> Value 
         .map(|p| json!({"name": p, "in": "path", "required": true, "schema": {"type": "string"}}))
         .collect();
     if !auth && summary.starts_with("List") {
-        ps.push(json!({"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0}}));
+        ps.push(
+            json!({"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0}}),
+        );
         ps.push(json!({"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 200}}));
     }
     if !ps.is_empty() {
         o["parameters"] = Value::Array(ps);
     }
     if let Some(b) = body {
-        o["requestBody"] = json!({"required": true, "content": {"application/json": {"schema": b}}});
+        o["requestBody"] =
+            json!({"required": true, "content": {"application/json": {"schema": b}}});
     }
     o
 }

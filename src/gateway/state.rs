@@ -22,19 +22,23 @@ pub struct Keyring {
 
 impl std::fmt::Debug for Keyring {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Keyring").field("accounts", &self.by_token.len()).finish()
+        f.debug_struct("Keyring")
+            .field("accounts", &self.by_token.len())
+            .finish()
     }
 }
 
 impl Keyring {
     /// Adds `signer`, reachable with `token`.
     pub fn insert(&mut self, token: &str, signer: PrivateKeySigner) {
-        self.by_token.insert(Sha256::digest(token.as_bytes()).into(), signer);
+        self.by_token
+            .insert(Sha256::digest(token.as_bytes()).into(), signer);
     }
 
     /// The signer for `token`, if any.
     pub fn signer(&self, token: &str) -> Option<&PrivateKeySigner> {
-        self.by_token.get(&<[u8; 32]>::from(Sha256::digest(token.as_bytes())))
+        self.by_token
+            .get(&<[u8; 32]>::from(Sha256::digest(token.as_bytes())))
     }
 }
 
@@ -56,8 +60,15 @@ impl AppState {
     ///
     /// # Errors
     /// When `rpc_url` is not a URL.
-    pub fn new(rpc_url: &str, chain: Option<EhrChain>, ipfs: KuboClient, keyring: Keyring) -> Result<Self, String> {
-        let url = rpc_url.parse().map_err(|e| format!("bad RPC URL {rpc_url}: {e}"))?;
+    pub fn new(
+        rpc_url: &str,
+        chain: Option<EhrChain>,
+        ipfs: KuboClient,
+        keyring: Keyring,
+    ) -> Result<Self, String> {
+        let url = rpc_url
+            .parse()
+            .map_err(|e| format!("bad RPC URL {rpc_url}: {e}"))?;
         let provider = ProviderBuilder::new().connect_http(url).erased();
         Ok(Self(Arc::new(Inner {
             rpc_url: rpc_url.to_owned(),

@@ -95,7 +95,11 @@ impl KuboClient {
     /// # Errors
     /// When the node is unreachable or answers with an error.
     pub async fn version(&self) -> Result<KuboVersion, IpfsError> {
-        let resp = self.post("version", &[]).timeout(Duration::from_secs(5)).send().await;
+        let resp = self
+            .post("version", &[])
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await;
         let resp = self.check("version", resp).await?;
         resp.json().await.map_err(|e| IpfsError::Protocol {
             call: "version",
@@ -122,7 +126,12 @@ impl KuboClient {
         let resp = self
             .post(
                 "add",
-                &[("pin", "true"), ("cid-version", "1"), ("quieter", "true"), ("progress", "false")],
+                &[
+                    ("pin", "true"),
+                    ("cid-version", "1"),
+                    ("quieter", "true"),
+                    ("progress", "false"),
+                ],
             )
             .multipart(form)
             .send()
@@ -133,7 +142,11 @@ impl KuboClient {
             detail: e.to_string(),
         })?;
         // One JSON object per line; with `quieter` the last one is the file itself.
-        let last = text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
+        let last = text
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("");
         let parsed: AddResponse = serde_json::from_str(last).map_err(|e| IpfsError::Protocol {
             call: "add",
             detail: format!("{e}: {last}"),
@@ -146,7 +159,8 @@ impl KuboClient {
     /// # Errors
     /// As [`KuboClient::add_stream`].
     pub async fn add_bytes(&self, data: Bytes) -> Result<String, IpfsError> {
-        self.add_stream(futures::stream::once(async move { Ok(data) })).await
+        self.add_stream(futures::stream::once(async move { Ok(data) }))
+            .await
     }
 
     /// Streams the content of `cid`; only local content is found (the node is offline).
@@ -158,10 +172,15 @@ impl KuboClient {
         cid: &str,
     ) -> Result<impl Stream<Item = Result<Bytes, IpfsError>> + use<>, IpfsError> {
         // `offline=true`: never wait for the network for content we do not have.
-        let resp = self.post("cat", &[("arg", cid), ("offline", "true")]).send().await;
+        let resp = self
+            .post("cat", &[("arg", cid), ("offline", "true")])
+            .send()
+            .await;
         let resp = match self.check("cat", resp).await {
             Err(IpfsError::Api { message, .. }) if is_not_found(&message) => {
-                return Err(IpfsError::NotFound { cid: cid.to_owned() });
+                return Err(IpfsError::NotFound {
+                    cid: cid.to_owned(),
+                });
             }
             other => other?,
         };
@@ -198,7 +217,9 @@ impl KuboClient {
     }
 
     fn post(&self, call: &str, query: &[(&str, &str)]) -> reqwest::RequestBuilder {
-        self.http.post(format!("{}/api/v0/{call}", self.base)).query(query)
+        self.http
+            .post(format!("{}/api/v0/{call}", self.base))
+            .query(query)
     }
 
     async fn check(

@@ -23,7 +23,11 @@ pub struct AnvilNode {
 ///
 /// # Errors
 /// When anvil cannot be spawned, exits, or does not answer within 30 s.
-pub async fn start_anvil(bin: &Path, settings: &AnvilSettings, echo: bool) -> Result<AnvilNode, StackError> {
+pub async fn start_anvil(
+    bin: &Path,
+    settings: &AnvilSettings,
+    echo: bool,
+) -> Result<AnvilNode, StackError> {
     let mut cmd = Command::new(bin);
     cmd.arg("--host")
         .arg(&settings.host)
@@ -38,7 +42,8 @@ pub async fn start_anvil(bin: &Path, settings: &AnvilSettings, echo: bool) -> Re
         .arg("--balance")
         .arg(settings.balance_eth.to_string());
     if settings.block_time_secs > 0 {
-        cmd.arg("--block-time").arg(settings.block_time_secs.to_string());
+        cmd.arg("--block-time")
+            .arg(settings.block_time_secs.to_string());
     }
     if !settings.state_file.is_empty() {
         // --state loads the file if present and dumps to it on exit (SIGTERM), so the chain
@@ -65,7 +70,8 @@ pub async fn start_anvil(bin: &Path, settings: &AnvilSettings, echo: bool) -> Re
 
 /// `eth_chainId` over plain JSON-RPC, so the health check does not depend on the chain client.
 async fn chain_id(http: &reqwest::Client, url: &str) -> Option<u64> {
-    let body = serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "eth_chainId", "params": []});
+    let body =
+        serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "eth_chainId", "params": []});
     let resp: serde_json::Value = http
         .post(url)
         .json(&body)

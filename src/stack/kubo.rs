@@ -67,7 +67,8 @@ pub async fn start_kubo(opts: &KuboOptions, echo: bool) -> Result<KuboNode, Stac
         run(opts, &args).await?;
     }
     let mut cmd = Command::new(&opts.bin);
-    cmd.env("IPFS_PATH", &opts.repo).args(["daemon", "--offline"]);
+    cmd.env("IPFS_PATH", &opts.repo)
+        .args(["daemon", "--offline"]);
     let mut child = ManagedChild::spawn("kubo", cmd, echo)?;
     let api_url = format!("http://127.0.0.1:{}", opts.api_port);
     let http = reqwest::Client::new();
@@ -106,7 +107,10 @@ async fn run(opts: &KuboOptions, args: &[&str]) -> Result<(), StackError> {
     let detail = String::from_utf8_lossy(&out.stderr).trim().to_owned();
     // Keys that an older Kubo does not know are harmless to skip; everything else is fatal.
     if args.first() == Some(&"config") && detail.contains("key has no attribute") {
-        tracing::debug!("kubo config {:?} not supported by this version: {detail}", args);
+        tracing::debug!(
+            "kubo config {:?} not supported by this version: {detail}",
+            args
+        );
         return Ok(());
     }
     Err(StackError::Setup {

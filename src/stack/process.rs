@@ -28,7 +28,11 @@ pub struct ChildExit {
 
 impl std::fmt::Display for ChildExit {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} exited ({}); last log lines:\n{}", self.name, self.status, self.log)
+        write!(
+            f,
+            "{} exited ({}); last log lines:\n{}",
+            self.name, self.status, self.log
+        )
     }
 }
 
@@ -74,7 +78,12 @@ impl ManagedChild {
             });
         }
         let mut tethered = Command::new("sh");
-        tethered.arg("-c").arg(TETHER).arg("tether").arg(&program).args(std_cmd.get_args());
+        tethered
+            .arg("-c")
+            .arg(TETHER)
+            .arg("tether")
+            .arg(&program)
+            .args(std_cmd.get_args());
         for (k, v) in std_cmd.get_envs() {
             match v {
                 Some(v) => tethered.env(k, v),
@@ -84,7 +93,11 @@ impl ManagedChild {
         if let Some(dir) = std_cmd.get_current_dir() {
             tethered.current_dir(dir);
         }
-        tethered.stdout(Stdio::piped()).stderr(Stdio::piped()).stdin(Stdio::piped()).kill_on_drop(true);
+        tethered
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .stdin(Stdio::piped())
+            .kill_on_drop(true);
         let mut child = tethered.spawn().map_err(|source| StackError::Spawn {
             name: name.into(),
             path: program.to_string_lossy().into_owned(),
@@ -147,7 +160,11 @@ impl ManagedChild {
     ///
     /// # Errors
     /// [`StackError::Crashed`] or [`StackError::Unhealthy`], both with the last log lines.
-    pub async fn wait_healthy<F, Fut>(&mut self, timeout: Duration, mut healthy: F) -> Result<(), StackError>
+    pub async fn wait_healthy<F, Fut>(
+        &mut self,
+        timeout: Duration,
+        mut healthy: F,
+    ) -> Result<(), StackError>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = bool>,
@@ -181,7 +198,10 @@ impl ManagedChild {
             if let Ok(pid) = i32::try_from(pid) {
                 let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
             }
-            if tokio::time::timeout(grace, self.child.wait()).await.is_err() {
+            if tokio::time::timeout(grace, self.child.wait())
+                .await
+                .is_err()
+            {
                 tracing::warn!(service = %self.name, "did not stop on SIGTERM within {grace:?}; killing");
                 let _ = self.child.kill().await;
             }

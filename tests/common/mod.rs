@@ -75,8 +75,14 @@ async fn start() -> Stack {
     let v = ipfs.version().await.unwrap();
     let http = ProviderBuilder::new().connect_http(anvil.rpc_url.parse().unwrap());
     let client = http.get_client_version().await.unwrap();
-    eprintln!("[fixture] anvil {client} at {} (chain id {})", anvil.rpc_url, settings.chain_id);
-    eprintln!("[fixture] Kubo {} (commit {}) at {}", v.version, v.commit, kubo.api_url);
+    eprintln!(
+        "[fixture] anvil {client} at {} (chain id {})",
+        anvil.rpc_url, settings.chain_id
+    );
+    eprintln!(
+        "[fixture] Kubo {} (commit {}) at {}",
+        v.version, v.commit, kubo.api_url
+    );
     Stack {
         anvil,
         kubo,
@@ -101,7 +107,11 @@ pub async fn funded() -> PrivateKeySigner {
 
 /// A patient address no other test uses.
 pub fn unique_patient() -> PatientAddr {
-    let pid = u64::from_le_bytes(PrivateKeySigner::random().address().0[..8].try_into().unwrap()) | 1;
+    let pid = u64::from_le_bytes(
+        PrivateKeySigner::random().address().0[..8]
+            .try_into()
+            .unwrap(),
+    ) | 1;
     PatientAddr::new(7, pid).unwrap()
 }
 
@@ -112,11 +122,15 @@ pub async fn office() -> EhrChain {
     if let Some(d) = CONTRACT.get() {
         return EhrChain::connect(&rpc(), Some(office), d).await.unwrap();
     }
-    let (chain, d) = EhrChain::deploy(&rpc(), office.clone(), office.address()).await.unwrap();
+    let (chain, d) = EhrChain::deploy(&rpc(), office.clone(), office.address())
+        .await
+        .unwrap();
     match CONTRACT.set(d) {
         Ok(()) => chain,
         // Another test deployed first: use theirs.
-        Err(_) => EhrChain::connect(&rpc(), Some(office), CONTRACT.get().unwrap()).await.unwrap(),
+        Err(_) => EhrChain::connect(&rpc(), Some(office), CONTRACT.get().unwrap())
+            .await
+            .unwrap(),
     }
 }
 
