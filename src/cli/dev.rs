@@ -144,7 +144,11 @@ async fn deploy_or_reuse(
         && d.chain_id == settings.chain_id
         && let Ok(chain) = EhrChain::connect(&rpc, Some(office.clone()), &d).await
     {
-        println!("[dev] reusing contract {} from {}", d.address, file.display());
+        println!(
+            "[dev] reusing contract {} from {}",
+            d.address,
+            file.display()
+        );
         return Ok(chain);
     }
     let (chain, d) = EhrChain::deploy(&rpc, office.clone(), office.address()).await?;

@@ -1,0 +1,225 @@
+//! The gateway's REST API on a real port, against real anvil and Kubo: health, the chain
+//! operations, and clear 4xx errors for bad input.
+
+mod common;
+
+use ehr_share::chain::Deployment;
+use ehr_share::gateway::{AppState, Keyring};
+use ehr_share::ipfs::KuboClient;
+use serde_json::{Value, json};
+
+async fn gateway(keyring: Keyring) -> String {
+    let office = common::office().await;
+    let d = Deployment {
+        chain_id: 31337,
+        address: office.address(),
+        block: office.deploy_block(),
+    };
+    let chain = ehr_share::chain::EhrChain::connect(&common::rpc(), None, &d)
+        .await
+        .unwrap();
+    let state = AppState::new(
+        &common::rpc(),
+        Some(chain),
+        KuboClient::new(&common::stack().kubo.api_url),
+        keyring,
+    )
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(ehr_share::gateway::serve(
+        listener,
+        state,
+        std::future::pending(),
+    ));
+    url
+}
+
+#[tokio::test]
+async fn health_names_the_chain_and_the_ipfs_node() {
+    let url = gateway(Keyring::default()).await;
+    let h: Value = reqwest::get(format!("{url}/health"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(h["status"], "ok", "{h}");
+    assert_eq!(h["chain"]["chain_id"], 31337);
+    assert!(h["chain"]["client"].as_str().unwrap().starts_with("anvil/"));
+    assert!(!h["ipfs"]["version"].as_str().unwrap().is_empty());
+    let spec: Value = reqwest::get(format!("{url}/openapi.json"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(spec["openapi"], "3.1.0");
+    assert!(spec["paths"]["/api/grants"]["post"].is_object());
+}
+
+#[tokio::test]
+async fn a_patient_grants_and_revokes_through_the_api() {
+    let patient = common::funded().await;
+    let doctor = common::funded().await;
+    let office = common::office().await;
+    common::as_(&office, &doctor)
+        .register_provider()
+        .await
+        .unwrap();
+    office.verify_provider(doctor.address()).await.unwrap();
+    let mut keyring = Keyring::default();
+    keyring.insert("tok-patient", patient.clone());
+    let url = gateway(keyring).await;
+    let http = reqwest::Client::new();
+    let addr = common::unique_patient();
+    let post = |path: &str, body: Value| {
+        http.post(format!("{url}{path}"))
+            .bearer_auth("tok-patient")
+            .json(&body)
+            .send()
+    };
+    let r = post("/api/patients", json!({"addr": addr.to_string()}))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let r = post("/api/grants", json!({"provider": doctor.address()}))
+        .await
+        .unwrap();
+    let body: Value = r.json().await.unwrap();
+    assert!(body["gas_used"].as_u64().unwrap() > 21_000);
+    let g: Value = http
+        .get(format!("{url}/api/patients/{addr}/grants"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(g["grants"][0]["state"], "active");
+    let r = post(
+        &format!("/api/grants/{}/revoke", doctor.address()),
+        json!({}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    // Revoking twice conflicts with chain state: 409 with the contract's reason in words.
+    let r = post(
+        &format!("/api/grants/{}/revoke", doctor.address()),
+        json!({}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 409);
+    let e: Value = r.json().await.unwrap();
+    assert!(
+        e["error"].as_str().unwrap().contains("has no active grant"),
+        "{e}"
+    );
+    let trail: Value = http
+        .get(format!("{url}/api/patients/{addr}/audit"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(trail["events"][0]["event"], "grant_revoked");
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_clear_4xx() {
+    let mut keyring = Keyring::default();
+    keyring.insert("tok", common::funded().await);
+    let url = gateway(keyring).await;
+    let http = reqwest::Client::new();
+    let status = |r: reqwest::Response| r.status().as_u16();
+    assert_eq!(
+        status(
+            http.get(format!("{url}/api/patients/0-5/grants"))
+                .send()
+                .await
+                .unwrap()
+        ),
+        400
+    );
+    assert_eq!(
+        status(
+            http.get(format!("{url}/api/providers/0xnothex"))
+                .send()
+                .await
+                .unwrap()
+        ),
+        400
+    );
+    assert_eq!(
+        status(
+            http.get(format!("{url}/api/audit?limit=0"))
+                .send()
+                .await
+                .unwrap()
+        ),
+        400
+    );
+    assert_eq!(
+        status(
+            http.post(format!("{url}/api/providers"))
+                .send()
+                .await
+                .unwrap()
+        ),
+        401
+    );
+    assert_eq!(
+        status(
+            http.post(format!("{url}/api/providers"))
+                .bearer_auth("wrong")
+                .send()
+                .await
+                .unwrap()
+        ),
+        401
+    );
+    let r = http
+        .post(format!("{url}/api/grants"))
+        .bearer_auth("tok")
+        .body("{not json")
+        .header("content-type", "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(status(r), 400);
+    let big = "x".repeat(100_000);
+    let r = http
+        .post(format!("{url}/api/access"))
+        .bearer_auth("tok")
+        .json(&json!({"records": [big]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(status(r), 413);
+    let r = http
+        .post(format!("{url}/api/access"))
+        .bearer_auth("tok")
+        .json(&json!({"records": ["0x12"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(status(r), 400);
+    // Not a patient: the contract's rejection, in words.
+    let r = http
+        .post(format!("{url}/api/grants"))
+        .bearer_auth("tok")
+        .json(&json!({"provider": "0x976EA74026E726554dB657fA54763abd0C3a0aa9"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 409);
+    assert!(
+        r.text()
+            .await
+            .unwrap()
+            .contains("is not a registered patient")
+    );
+}
