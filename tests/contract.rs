@@ -411,3 +411,51 @@ async fn the_records_office_role_moves_in_two_steps() {
         "is not the records office",
     );
 }
+
+#[tokio::test]
+async fn every_state_change_emits_its_event() {
+    let w = world().await;
+    let d2 = as_(&w.office, &funded().await);
+    d2.register_provider().await.unwrap();
+    w.office.suspend_provider(d2.from()).await.unwrap();
+    w.doctor.request_access(w.addr).await.unwrap();
+    w.patient.decline_request(w.doctor.from()).await.unwrap();
+    let id = anchored(&w).await;
+    let mine = |e: &ehr_share::chain::AuditEvent| match &e.kind {
+        AuditKind::PatientRegistered { account, .. } => *account == w.patient.from(),
+        AuditKind::ProviderRegistered { provider } => {
+            *provider == d2.from() || *provider == w.doctor.from()
+        }
+        AuditKind::ProviderVerified { provider } => *provider == w.doctor.from(),
+        AuditKind::ProviderSuspended { provider } => *provider == d2.from(),
+        AuditKind::AccessRequested { patient, .. } | AuditKind::RequestDeclined { patient, .. } => {
+            *patient == Some(w.addr)
+        }
+        AuditKind::RecordAnchored { record, .. } => *record == id,
+        _ => false,
+    };
+    let names: std::collections::BTreeSet<String> = w
+        .office
+        .audit_all(0, 10_000)
+        .await
+        .unwrap()
+        .iter()
+        .filter(|e| mine(e))
+        .map(|e| {
+            serde_json::to_value(e).unwrap()["event"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    let want = [
+        "access_requested",
+        "patient_registered",
+        "provider_registered",
+        "provider_suspended",
+        "provider_verified",
+        "record_anchored",
+        "request_declined",
+    ];
+    assert_eq!(names.iter().map(String::as_str).collect::<Vec<_>>(), want);
+}
