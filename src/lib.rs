@@ -11,6 +11,8 @@
 pub mod chain;
 pub mod cli;
 pub mod config;
+pub mod crypto;
 pub mod gateway;
 pub mod ipfs;
+pub mod shamir;
 pub mod stack;

@@ -1,0 +1,228 @@
+//! The record envelope.
+//!
+//! Layout of the plaintext before encryption: `len (u64 LE) || payload || zero padding`, padded
+//! to [`padded_len`] so the ciphertext size reveals only a size bucket. That is cut into
+//! [`SEGMENT`]-byte segments, each sealed with ChaCha20-Poly1305 under the record key with nonce
+//! `flag (1 byte: 1 on the last segment) || 0 0 0 || counter (u64 BE)`: segments cannot be
+//! reordered, dropped or truncated without failing authentication (the STREAM construction),
+//! and sealing and opening can run segment by segment for large files.
+
+use chacha20poly1305::aead::{Aead, KeyInit};
+use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
+use rand_core::{OsRng, RngCore};
+use zeroize::{Zeroize, ZeroizeOnDrop};
+
+/// Plaintext bytes per sealed segment.
+pub const SEGMENT: usize = 64 * 1024;
+const TAG: usize = 16;
+
+/// Errors of the envelope.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CryptoError {
+    /// Authentication failed: wrong key, or the ciphertext was changed.
+    #[error("record ciphertext failed authentication in segment {segment} (wrong key or tampered)")]
+    Tampered {
+        /// The failing segment.
+        segment: usize,
+    },
+    /// The ciphertext length is not a whole number of segments.
+    #[error("record ciphertext has a malformed length {0}")]
+    BadLength(usize),
+    /// A key of the wrong length.
+    #[error("a record key must be 32 bytes, got {0}")]
+    BadKey(usize),
+}
+
+/// A 256-bit AEAD key; zeroized on drop, never printed.
+#[derive(Clone, Zeroize, ZeroizeOnDrop, PartialEq, Eq)]
+pub struct AeadKey([u8; 32]);
+
+impl AeadKey {
+    /// A fresh random key.
+    pub fn random() -> Self {
+        let mut k = [0u8; 32];
+        OsRng.fill_bytes(&mut k);
+        Self(k)
+    }
+
+    /// A key from its bytes.
+    ///
+    /// # Errors
+    /// [`CryptoError::BadKey`] unless exactly 32 bytes.
+    pub fn from_slice(b: &[u8]) -> Result<Self, CryptoError> {
+        Ok(Self(
+            b.try_into().map_err(|_| CryptoError::BadKey(b.len()))?,
+        ))
+    }
+
+    /// The key bytes (to place in the Shamir-shared block).
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for AeadKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AeadKey(..)")
+    }
+}
+
+/// The padded plaintext length for a payload of `len` bytes (8-byte length prefix included):
+/// the next power of two from 1 KiB up to 1 MiB, then the next multiple of 1 MiB.
+pub fn padded_len(len: usize) -> usize {
+    let framed = len + 8;
+    if framed <= 1 << 20 {
+        framed.next_power_of_two().max(1024)
+    } else {
+        framed.div_ceil(1 << 20) << 20
+    }
+}
+
+fn nonce(counter: u64, last: bool) -> Nonce {
+    let mut n = [0u8; 12];
+    n[0] = u8::from(last);
+    n[4..].copy_from_slice(&counter.to_be_bytes());
+    Nonce::from(n)
+}
+
+/// Seals `payload` segment by segment; `emit` receives each sealed segment in order, so a
+/// caller can stream them to IPFS without holding the whole ciphertext.
+pub fn seal_segments(key: &AeadKey, payload: &[u8], mut emit: impl FnMut(Vec<u8>)) {
+    let cipher = ChaCha20Poly1305::new(Key::from_slice(&key.0));
+    let total = padded_len(payload.len());
+    let seg_len = SEGMENT.min(total);
+    let segments = total.div_ceil(seg_len);
+    let mut buf = Vec::with_capacity(seg_len);
+    let mut pos = 0usize; // position in the framed plaintext
+    let prefix = (payload.len() as u64).to_le_bytes();
+    for i in 0..segments {
+        buf.clear();
+        let end = (pos + seg_len).min(total);
+        for p in pos..end {
+            let b = if p < 8 {
+                prefix[p]
+            } else if p - 8 < payload.len() {
+                payload[p - 8]
+            } else {
+                0
+            };
+            buf.push(b);
+        }
+        pos = end;
+        // Encryption with a valid key and nonce cannot fail for in-memory buffers of this size.
+        let ct = cipher
+            .encrypt(&nonce(i as u64, i + 1 == segments), buf.as_slice())
+            .unwrap_or_default();
+        emit(ct);
+    }
+}
+
+/// Seals `payload` into one buffer.
+pub fn seal(key: &AeadKey, payload: &[u8]) -> Vec<u8> {
+    let mut out =
+        Vec::with_capacity(padded_len(payload.len()) + 16 * (payload.len() / SEGMENT + 1));
+    seal_segments(key, payload, |s| out.extend_from_slice(&s));
+    out
+}
+
+/// Opens a sealed envelope and returns the payload without its padding.
+///
+/// # Errors
+/// [`CryptoError::Tampered`] on any change, [`CryptoError::BadLength`] on a malformed size.
+pub fn open(key: &AeadKey, sealed: &[u8]) -> Result<Vec<u8>, CryptoError> {
+    let cipher = ChaCha20Poly1305::new(Key::from_slice(&key.0));
+    if sealed.len() < 1024 + TAG {
+        return Err(CryptoError::BadLength(sealed.len()));
+    }
+    let chunk = SEGMENT + TAG;
+    let segments = sealed.len().div_ceil(chunk);
+    let mut plain = Vec::with_capacity(sealed.len());
+    for (i, ct) in sealed.chunks(chunk).enumerate() {
+        let pt = cipher
+            .decrypt(&nonce(i as u64, i + 1 == segments), ct)
+            .map_err(|_| CryptoError::Tampered { segment: i })?;
+        plain.extend_from_slice(&pt);
+    }
+    let mut len = [0u8; 8];
+    len.copy_from_slice(&plain[..8]);
+    let len = usize::try_from(u64::from_le_bytes(len))
+        .map_err(|_| CryptoError::BadLength(sealed.len()))?;
+    if len + 8 > plain.len() || padded_len(len) != plain.len() {
+        return Err(CryptoError::BadLength(sealed.len()));
+    }
+    plain.truncate(len + 8);
+    plain.drain(..8);
+    Ok(plain)
+}
+
+#[cfg(test)]
+mod tests {
+    use chacha20poly1305::aead::Payload;
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// RFC 8439 section 2.8.2 (AEAD_CHACHA20_POLY1305 test vector); see tests/data/README.md.
+    #[test]
+    fn rfc8439_known_answer() {
+        let v: serde_json::Value =
+            serde_json::from_str(include_str!("../../tests/data/rfc8439_aead.json")).unwrap();
+        let h = |k: &str| hex::decode(v[k].as_str().unwrap()).unwrap();
+        let cipher = ChaCha20Poly1305::new(Key::from_slice(&h("key")));
+        let nonce = h("nonce");
+        let pt = v["plaintext"].as_str().unwrap().as_bytes();
+        let out = cipher
+            .encrypt(
+                Nonce::from_slice(&nonce),
+                Payload {
+                    msg: pt,
+                    aad: &h("aad"),
+                },
+            )
+            .unwrap();
+        assert_eq!(&out[..16], &h("ciphertext_prefix")[..]);
+        assert_eq!(&out[out.len() - 16..], &h("tag")[..]);
+    }
+
+    #[test]
+    fn sizes_are_bucketed() {
+        assert_eq!(padded_len(0), 1024);
+        assert_eq!(padded_len(1000), 1024);
+        assert_eq!(padded_len(1017), 2048);
+        assert_eq!(padded_len(700_000), 1 << 20);
+        assert_eq!(padded_len(20 << 20), 21 << 20);
+        let k = AeadKey::random();
+        assert_eq!(seal(&k, &[1; 10]).len(), seal(&k, &[1; 900]).len());
+    }
+
+    #[test]
+    fn debug_hides_the_key() {
+        assert_eq!(format!("{:?}", AeadKey::random()), "AeadKey(..)");
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+        #[test]
+        fn round_trips(payload in proptest::collection::vec(any::<u8>(), 0..200_000)) {
+            let k = AeadKey::random();
+            prop_assert_eq!(open(&k, &seal(&k, &payload)).unwrap(), payload);
+        }
+
+        #[test]
+        fn any_flipped_bit_is_caught(payload in proptest::collection::vec(any::<u8>(), 0..140_000), at in any::<usize>(), bit in 0u8..8) {
+            let k = AeadKey::random();
+            let mut s = seal(&k, &payload);
+            let i = at % s.len();
+            s[i] ^= 1 << bit;
+            prop_assert!(open(&k, &s).is_err());
+        }
+
+        #[test]
+        fn truncation_and_wrong_keys_fail(payload in proptest::collection::vec(any::<u8>(), 70_000..140_000)) {
+            let k = AeadKey::random();
+            let s = seal(&k, &payload);
+            prop_assert!(open(&k, &s[..SEGMENT + 16]).is_err(), "dropping the last segment must fail");
+            prop_assert!(open(&AeadKey::random(), &s).is_err());
+        }
+    }
+}
