@@ -14,5 +14,7 @@ pub mod config;
 pub mod crypto;
 pub mod gateway;
 pub mod ipfs;
+pub mod records;
 pub mod shamir;
+pub mod share_node;
 pub mod stack;

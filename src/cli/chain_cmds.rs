@@ -222,7 +222,7 @@ pub enum OfficeCmd {
     },
 }
 
-fn deployment(chain: &ChainArgs) -> anyhow::Result<Deployment> {
+pub(crate) fn deployment(chain: &ChainArgs) -> anyhow::Result<Deployment> {
     if let Some(address) = chain.contract {
         return Ok(Deployment {
             chain_id: 0,

@@ -229,7 +229,8 @@ async fn seed_demo(settings: &AnvilSettings, chain: &EhrChain) -> anyhow::Result
     Ok(keyring)
 }
 
-async fn shutdown_signal() {
+/// Resolves on Ctrl-C or SIGTERM.
+pub(crate) async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
@@ -248,4 +249,28 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
+}
+
+/// The share node's identity key, created on first start in `dir/node.key` (mode 0600).
+///
+/// # Errors
+/// When the file cannot be read or written.
+pub(crate) fn node_identity(dir: &std::path::Path) -> anyhow::Result<PrivateKeySigner> {
+    let path = dir.join("node.key");
+    if let Ok(hex) = std::fs::read_to_string(&path) {
+        return hex
+            .trim()
+            .parse()
+            .with_context(|| format!("{} is not a private key", path.display()));
+    }
+    let signer = PrivateKeySigner::random();
+    let tmp = dir.join("node.key.tmp");
+    std::fs::write(&tmp, hex::encode(signer.to_bytes()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
+    }
+    std::fs::rename(&tmp, &path)?;
+    Ok(signer)
 }

@@ -3,6 +3,7 @@
 pub mod chain_cmds;
 pub mod dev;
 pub mod keys;
+pub mod records_cmds;
 
 use std::path::PathBuf;
 
@@ -35,6 +36,11 @@ pub enum Command {
     /// Records office operations (verify, suspend, transfer, audit).
     #[command(subcommand)]
     Office(chain_cmds::OfficeCmd),
+    /// Run a share node.
+    ShareNode(records_cmds::ShareNodeArgs),
+    /// Put and get records client-side (encryption and share handling happen here).
+    #[command(subcommand)]
+    Record(records_cmds::RecordCmd),
 }
 
 /// Where the chain and the deployed contract are.
@@ -62,5 +68,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Patient(c) => chain_cmds::patient(c).await,
         Command::Provider(c) => chain_cmds::provider(c).await,
         Command::Office(c) => chain_cmds::office(c).await,
+        Command::ShareNode(a) => records_cmds::share_node(a).await,
+        Command::Record(c) => records_cmds::record(c).await,
     }
 }

@@ -1,0 +1,206 @@
+//! `ehr share-node` and `ehr record put|get`: the share server, and records handled client-side
+//! (the CLI talks to Kubo and the share nodes itself; no server sees the plaintext).
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+
+use super::ChainArgs;
+use super::keys::KeyArgs;
+use crate::chain::{EhrChain, PatientAddr, RecordId};
+use crate::ipfs::KuboClient;
+use crate::records::{RecordsClient, ShareNodeRef};
+use crate::share_node::{NodeConfig, ShareStore};
+
+/// `ehr share-node` flags.
+#[derive(Debug, Args)]
+pub struct ShareNodeArgs {
+    /// Port on 127.0.0.1. Default: 7001.
+    #[arg(long, env = "EHR_SHARE_NODE_PORT", default_value_t = 7001)]
+    port: u16,
+    /// Folder for the node's key and store. Default: .ehr/share-node.
+    #[arg(long, env = "EHR_SHARE_NODE_DIR", default_value = ".ehr/share-node")]
+    data_dir: PathBuf,
+    /// Chain and contract flags.
+    #[command(flatten)]
+    chain: ChainArgs,
+    /// Testing only: release corrupted shares, to exercise verification. Never in production.
+    #[arg(long, hide = true)]
+    danger_corrupt_shares: bool,
+}
+
+/// Where records go.
+#[derive(Debug, Args)]
+pub struct RecordTargets {
+    /// Share node URLs, comma-separated. Default: the five of `ehr dev`.
+    #[arg(
+        long,
+        env = "EHR_SHARE_NODES",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:7001,http://127.0.0.1:7002,http://127.0.0.1:7003,http://127.0.0.1:7004,http://127.0.0.1:7005"
+    )]
+    share_nodes: Vec<String>,
+    /// Shares needed to read (k). Default: 3.
+    #[arg(long, env = "EHR_THRESHOLD", default_value_t = 3)]
+    threshold: u8,
+    /// Kubo RPC API. Default: http://127.0.0.1:5001.
+    #[arg(long, env = "EHR_IPFS_API", default_value = "http://127.0.0.1:5001")]
+    ipfs_api: String,
+    /// Chain and contract flags.
+    #[command(flatten)]
+    chain: ChainArgs,
+    /// Signing key flags.
+    #[command(flatten)]
+    key: KeyArgs,
+}
+
+/// `ehr record ...`.
+#[derive(Debug, Subcommand)]
+pub enum RecordCmd {
+    /// Encrypt and store a record for a patient (FHIR JSON is validated).
+    Put {
+        /// The patient (AID-PID).
+        #[arg(long)]
+        patient: PatientAddr,
+        /// The file to upload.
+        file: PathBuf,
+        /// Media type. Default: application/fhir+json for .json files, else application/octet-stream.
+        #[arg(long)]
+        media_type: Option<String>,
+        /// Targets and key.
+        #[command(flatten)]
+        t: RecordTargets,
+    },
+    /// Fetch, verify and decrypt a record.
+    Get {
+        /// Record id.
+        id: RecordId,
+        /// Write the content here (default: stdout).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Targets and key.
+        #[command(flatten)]
+        t: RecordTargets,
+    },
+}
+
+/// Runs a share node until Ctrl-C / SIGTERM.
+///
+/// # Errors
+/// When the store, key or chain cannot be opened.
+pub async fn share_node(a: ShareNodeArgs) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&a.data_dir)
+        .with_context(|| format!("creating {}", a.data_dir.display()))?;
+    let identity = super::dev::node_identity(&a.data_dir)?;
+    let deployment = super::chain_cmds::deployment(&a.chain)?;
+    let chain = EhrChain::connect(&a.chain.rpc_url, None, &deployment).await?;
+    let chain_id = alloy::providers::Provider::get_chain_id(chain.provider()).await?;
+    let store = ShareStore::open(&a.data_dir.join("shares.redb"))?;
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", a.port))
+        .await
+        .with_context(|| format!("port {} busy (set --port/EHR_SHARE_NODE_PORT)", a.port))?;
+    if a.danger_corrupt_shares {
+        tracing::warn!("DANGER: this share node releases corrupted shares (testing only)");
+    }
+    println!(
+        "share node {} listening on http://127.0.0.1:{}",
+        identity.address(),
+        a.port
+    );
+    let cfg = NodeConfig {
+        identity,
+        chain,
+        chain_id,
+        store,
+        danger_corrupt_shares: a.danger_corrupt_shares,
+    };
+    crate::share_node::serve(listener, cfg, super::dev::shutdown_signal()).await?;
+    Ok(())
+}
+
+async fn client(t: &RecordTargets) -> anyhow::Result<RecordsClient> {
+    let signer = t.key.signer()?;
+    let deployment = super::chain_cmds::deployment(&t.chain)?;
+    let chain = EhrChain::connect(&t.chain.rpc_url, Some(signer.clone()), &deployment).await?;
+    let chain_id = alloy::providers::Provider::get_chain_id(chain.provider()).await?;
+    let mut nodes = Vec::new();
+    for url in &t.share_nodes {
+        match ShareNodeRef::discover(url).await {
+            Ok(n) => nodes.push(n),
+            // An unreachable node still counts as one of n: its share is simply missing.
+            Err(e) => {
+                tracing::warn!("{e}");
+                nodes.push(ShareNodeRef {
+                    url: url.clone(),
+                    address: alloy::primitives::Address::ZERO,
+                });
+            }
+        }
+    }
+    Ok(RecordsClient::new(
+        chain,
+        signer,
+        chain_id,
+        KuboClient::new(&t.ipfs_api),
+        nodes,
+        t.threshold,
+    )?)
+}
+
+/// `ehr record ...`.
+///
+/// # Errors
+/// Record errors in words.
+pub async fn record(cmd: RecordCmd) -> anyhow::Result<()> {
+    match cmd {
+        RecordCmd::Put {
+            patient,
+            file,
+            media_type,
+            t,
+        } => {
+            let data = tokio::fs::read(&file)
+                .await
+                .with_context(|| format!("reading {}", file.display()))?;
+            let media = media_type.unwrap_or_else(|| {
+                if file.extension().is_some_and(|e| e == "json") {
+                    crate::records::FHIR_JSON.into()
+                } else {
+                    "application/octet-stream".into()
+                }
+            });
+            let name = file.file_name().map(|n| n.to_string_lossy().into_owned());
+            let id = client(&t)
+                .await?
+                .put(patient, data.into(), &media, name)
+                .await?;
+            println!("{id}");
+        }
+        RecordCmd::Get { id, out, t } => {
+            let r = client(&t).await?.get(id).await?;
+            for f in &r.failures {
+                eprintln!("warning: share node {f}");
+            }
+            let (block, data) = (r.block, r.data);
+            match out {
+                Some(p) => {
+                    tokio::fs::write(&p, &data)
+                        .await
+                        .with_context(|| format!("writing {}", p.display()))?;
+                    eprintln!(
+                        "wrote {} ({} bytes, {})",
+                        p.display(),
+                        data.len(),
+                        block.media_type
+                    );
+                }
+                None => {
+                    use std::io::Write;
+                    std::io::stdout().write_all(&data)?;
+                }
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,548 @@
+//! The records client: put and get, talking to Kubo and the share nodes itself (so when the CLI
+//! uses it, no server ever sees the plaintext).
+
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use alloy::primitives::{Address, B256, U256};
+use alloy::signers::local::PrivateKeySigner;
+use alloy::sol_types::Eip712Domain;
+use bytes::Bytes;
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use rand_core::RngCore;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use super::block::RecordBlock;
+use super::fhir::{FHIR_JSON, validate_fhir};
+use crate::chain::{ChainError, DenyReason, EhrChain, PatientAddr, RecordId};
+use crate::crypto::{AeadKey, open, seal_segments};
+use crate::ipfs::{IpfsError, KuboClient};
+use crate::shamir::{Commitments, Secret, Share, Threshold, combine, split};
+use crate::share_node::{
+    DepositBody, ReleaseBody, ReleasedShare, ShareDeposit, ShareRelease, domain, sign_deposit,
+    sign_release,
+};
+
+/// A share node: where it listens and who it is.
+#[derive(Debug, Clone, Serialize)]
+pub struct ShareNodeRef {
+    /// Base URL.
+    pub url: String,
+    /// Its identity address (requests are addressed to it).
+    pub address: Address,
+}
+
+impl ShareNodeRef {
+    /// Asks the node at `url` for its identity.
+    ///
+    /// # Errors
+    /// When it does not answer.
+    pub async fn discover(url: &str) -> Result<Self, RecordError> {
+        let v: serde_json::Value = reqwest::get(format!("{}/health", url.trim_end_matches('/')))
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .map_err(|e| RecordError::NodeUnreachable(url.to_owned(), e.to_string()))?
+            .json()
+            .await
+            .map_err(|e| RecordError::NodeUnreachable(url.to_owned(), e.to_string()))?;
+        let address = v["node"]
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| {
+                RecordError::NodeUnreachable(url.to_owned(), "no node address in /health".into())
+            })?;
+        Ok(Self {
+            url: url.trim_end_matches('/').to_owned(),
+            address,
+        })
+    }
+}
+
+/// Why one share node did not contribute a valid share.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct NodeFailure {
+    /// The node's URL.
+    pub node: String,
+    /// Why.
+    pub reason: String,
+}
+
+impl std::fmt::Display for NodeFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.node, self.reason)
+    }
+}
+
+fn list(f: &[NodeFailure]) -> String {
+    f.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Errors of record operations, one per way it can fail.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    /// No record with this id is anchored.
+    #[error("record {0} not found on chain")]
+    NotFound(RecordId),
+    /// The contract denied access (the denial is on the audit trail).
+    #[error("access to record {0} denied: {1}")]
+    Denied(RecordId, DenyReason),
+    /// Fewer than k valid shares.
+    #[error(
+        "not enough valid shares for record {record}: {valid} valid, {needed} needed; {}",
+        list(failures)
+    )]
+    NotEnoughShares {
+        /// The record.
+        record: RecordId,
+        /// Valid shares gathered.
+        valid: usize,
+        /// Threshold.
+        needed: usize,
+        /// Each node that failed, and why.
+        failures: Vec<NodeFailure>,
+    },
+    /// Fewer than k nodes stored their share; nothing was anchored and the ciphertext was unpinned.
+    #[error(
+        "only {stored} share nodes stored their share, {needed} needed; the upload was rolled back; {}",
+        list(failures)
+    )]
+    NotEnoughAcks {
+        /// Acknowledged.
+        stored: usize,
+        /// Threshold.
+        needed: usize,
+        /// Each node that failed, and why.
+        failures: Vec<NodeFailure>,
+    },
+    /// The ciphertext is not on the IPFS node.
+    #[error("ciphertext {cid} of record {record} missing from IPFS")]
+    CiphertextMissing {
+        /// The record.
+        record: RecordId,
+        /// Its CID.
+        cid: String,
+    },
+    /// The decrypted content does not match the on-chain anchor.
+    #[error("record {0}: content digest does not match the on-chain anchor")]
+    DigestMismatch(RecordId),
+    /// The payload is not what its media type claims.
+    #[error("invalid FHIR resource: {0}")]
+    InvalidFhir(String),
+    /// A share node could not be reached.
+    #[error("share node {0} unreachable: {1}")]
+    NodeUnreachable(String, String),
+    /// Configuration problem (threshold vs node count).
+    #[error("{0}")]
+    Config(String),
+    /// Decryption failed with the reconstructed key.
+    #[error("record {0}: decryption failed: {1}")]
+    Decrypt(RecordId, String),
+    /// Chain errors.
+    #[error(transparent)]
+    Chain(#[from] ChainError),
+    /// IPFS errors.
+    #[error(transparent)]
+    Ipfs(#[from] IpfsError),
+}
+
+/// Put and get records as one account.
+#[derive(Debug, Clone)]
+pub struct RecordsClient {
+    chain: EhrChain,
+    signer: PrivateKeySigner,
+    ipfs: KuboClient,
+    nodes: Vec<ShareNodeRef>,
+    threshold: Threshold,
+    domain: Eip712Domain,
+    http: reqwest::Client,
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn nonce() -> U256 {
+    let mut b = [0u8; 32];
+    rand_core::OsRng.fill_bytes(&mut b);
+    U256::from_be_bytes(b)
+}
+
+impl RecordsClient {
+    /// A client signing as `signer` (the same account as `chain`'s).
+    ///
+    /// # Errors
+    /// [`RecordError::Config`] when k exceeds the number of nodes.
+    pub fn new(
+        chain: EhrChain,
+        signer: PrivateKeySigner,
+        chain_id: u64,
+        ipfs: KuboClient,
+        nodes: Vec<ShareNodeRef>,
+        k: u8,
+    ) -> Result<Self, RecordError> {
+        let n = u8::try_from(nodes.len())
+            .map_err(|_| RecordError::Config("at most 255 share nodes".into()))?;
+        let threshold = Threshold::new(k, n)
+            .map_err(|e| RecordError::Config(format!("{e} (share nodes configured: {n})")))?;
+        let domain = domain(chain_id, chain.address());
+        Ok(Self {
+            chain,
+            signer,
+            ipfs,
+            nodes,
+            threshold,
+            domain,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(20))
+                .build()
+                .map_err(|e| RecordError::Config(e.to_string()))?,
+        })
+    }
+
+    /// Encrypts, stores and anchors a record for `patient`; returns its id.
+    ///
+    /// # Errors
+    /// Invalid FHIR, IPFS failures, fewer than k share nodes storing, chain rejections.
+    pub async fn put(
+        &self,
+        patient: PatientAddr,
+        payload: Bytes,
+        media_type: &str,
+        file_name: Option<String>,
+    ) -> Result<RecordId, RecordError> {
+        if media_type == FHIR_JSON {
+            validate_fhir(&payload).map_err(RecordError::InvalidFhir)?;
+        }
+        let id = RecordId::random();
+        let digest = B256::from(<[u8; 32]>::from(Sha256::digest(&payload)));
+        let key = AeadKey::random();
+
+        // Encrypt on a blocking thread, streaming sealed segments into the IPFS upload.
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(8);
+        let enc_key = key.clone();
+        let body = payload.clone();
+        let encrypt = tokio::task::spawn_blocking(move || {
+            seal_segments(&enc_key, &body, |seg| {
+                let _ = tx.blocking_send(Ok(Bytes::from(seg)));
+            });
+        });
+        let cid = self.ipfs.add_stream(tokio_stream_from(rx)).await?;
+        let _ = encrypt.await;
+
+        let result = self
+            .share_and_anchor(
+                id, patient, &cid, key, digest, &payload, media_type, file_name,
+            )
+            .await;
+        if result.is_err() {
+            // No half record: without the anchor nobody can read it; drop the ciphertext too.
+            if let Err(e) = self.ipfs.unpin(&cid).await {
+                tracing::warn!("could not unpin {cid} after a failed upload: {e}");
+            }
+        }
+        result.map(|()| id)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn share_and_anchor(
+        &self,
+        id: RecordId,
+        patient: PatientAddr,
+        cid: &str,
+        key: AeadKey,
+        digest: B256,
+        payload: &[u8],
+        media_type: &str,
+        file_name: Option<String>,
+    ) -> Result<(), RecordError> {
+        let block = RecordBlock {
+            record_id: id,
+            patient,
+            cid: cid.to_owned(),
+            key: hex::encode(key.as_bytes()),
+            scheme: "chacha20poly1305-stream64k-v1".into(),
+            digest,
+            size: payload.len() as u64,
+            media_type: media_type.to_owned(),
+            file_name,
+            author: self.signer.address(),
+            created_at: now(),
+        };
+        let secret = Secret::random();
+        let sealed = hex::encode(block.seal(&secret));
+        let (shares, commitments) = split(&secret, self.threshold);
+        let commitments = hex::encode(commitments.to_bytes());
+        let mut pending = FuturesUnordered::new();
+        for (node, share) in self.nodes.iter().zip(shares) {
+            let body_share = hex::encode(share.to_bytes());
+            let deposit = ShareDeposit {
+                recordId: id.0,
+                patient: patient.key(),
+                uploader: self.signer.address(),
+                shareNode: node.address,
+                contentHash: DepositBody::content_hash(&body_share, &commitments, &sealed),
+                nonce: nonce(),
+                deadline: now() + 120,
+            };
+            let signature = sign_deposit(&self.signer, &deposit, &self.domain)
+                .map_err(|e| RecordError::Config(e.to_string()))?;
+            let body = DepositBody {
+                deposit,
+                signature,
+                share: body_share,
+                commitments: commitments.clone(),
+                sealed_block: sealed.clone(),
+            };
+            let http = self.http.clone();
+            let url = format!("{}/shares/{id}", node.url);
+            let name = node.url.clone();
+            pending.push(async move {
+                let r = http.put(url).json(&body).send().await;
+                (name, answer(r).await.map(|_: serde_json::Value| ()))
+            });
+        }
+        let mut stored = 0;
+        let mut failures = Vec::new();
+        while let Some((node, r)) = pending.next().await {
+            match r {
+                Ok(()) => stored += 1,
+                Err(reason) => failures.push(NodeFailure { node, reason }),
+            }
+        }
+        let needed = usize::from(self.threshold.k());
+        if stored < needed {
+            return Err(RecordError::NotEnoughAcks {
+                stored,
+                needed,
+                failures,
+            });
+        }
+        for f in &failures {
+            tracing::warn!(
+                "share node {} did not store its share of {id}: {}",
+                f.node,
+                f.reason
+            );
+        }
+        self.chain.anchor_record(id, patient, digest).await?;
+        Ok(())
+    }
+
+    /// Reads a record: access transaction (for providers), shares from the nodes in parallel
+    /// (stopping at k valid ones), recombination, IPFS, decryption, digest check.
+    ///
+    /// # Errors
+    /// One variant per failure: not found, denied, not enough valid shares (naming the nodes),
+    /// ciphertext missing, digest mismatch.
+    pub async fn get(&self, id: RecordId) -> Result<Retrieved, RecordError> {
+        let anchor = self
+            .chain
+            .record(id)
+            .await?
+            .ok_or(RecordError::NotFound(id))?;
+        let me = self.signer.address();
+        if self.chain.patient_account(anchor.patient).await? != Some(me) {
+            let o = self.chain.access(&[id]).await?;
+            if let Some((_, why)) = o.denied.first() {
+                return Err(RecordError::Denied(id, *why));
+            }
+        }
+        let (secret, sealed, failures) = self.gather(id).await?;
+        let block = RecordBlock::open(&sealed, &secret)
+            .map_err(|e| RecordError::Decrypt(id, e.to_string()))?;
+        if block.record_id != id || block.digest != anchor.digest {
+            return Err(RecordError::DigestMismatch(id));
+        }
+        let ct = match self.ipfs.cat(&block.cid).await {
+            Ok(ct) => ct,
+            Err(IpfsError::NotFound { cid }) => {
+                return Err(RecordError::CiphertextMissing { record: id, cid });
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let key = block
+            .payload_key()
+            .map_err(|e| RecordError::Decrypt(id, e.to_string()))?;
+        let plain = tokio::task::spawn_blocking(move || open(&key, &ct))
+            .await
+            .map_err(|e| RecordError::Decrypt(id, e.to_string()))?
+            .map_err(|e| RecordError::Decrypt(id, e.to_string()))?;
+        if B256::from(<[u8; 32]>::from(Sha256::digest(&plain))) != anchor.digest {
+            return Err(RecordError::DigestMismatch(id));
+        }
+        Ok(Retrieved {
+            block,
+            data: plain,
+            failures,
+        })
+    }
+
+    async fn gather(
+        &self,
+        id: RecordId,
+    ) -> Result<(Secret, Vec<u8>, Vec<NodeFailure>), RecordError> {
+        let mut pending = FuturesUnordered::new();
+        for node in &self.nodes {
+            let request = ShareRelease {
+                recordId: id.0,
+                requester: self.signer.address(),
+                shareNode: node.address,
+                nonce: nonce(),
+                deadline: now() + 120,
+            };
+            let signature = sign_release(&self.signer, &request, &self.domain)
+                .map_err(|e| RecordError::Config(e.to_string()))?;
+            let http = self.http.clone();
+            let url = format!("{}/shares/{id}/release", node.url);
+            let name = node.url.clone();
+            pending.push(async move {
+                let r = http
+                    .post(url)
+                    .json(&ReleaseBody { request, signature })
+                    .send()
+                    .await;
+                (name, answer::<ReleasedShare>(r).await)
+            });
+        }
+        let needed = usize::from(self.threshold.k());
+        let mut failures = Vec::new();
+        // Answers grouped by (commitments, sealed block): honest nodes agree on both.
+        let mut groups: Groups = HashMap::new();
+        while let Some((node, r)) = pending.next().await {
+            let released = match r {
+                Ok(x) => x,
+                Err(reason) => {
+                    failures.push(NodeFailure { node, reason });
+                    continue;
+                }
+            };
+            let parsed = hex::decode(&released.commitments)
+                .ok()
+                .and_then(|b| Commitments::from_bytes(&b).ok())
+                .zip(
+                    hex::decode(&released.share)
+                        .ok()
+                        .and_then(|b| Share::from_bytes(&b).ok()),
+                );
+            let Some((commitments, share)) = parsed else {
+                failures.push(NodeFailure {
+                    node,
+                    reason: "malformed share or commitments".into(),
+                });
+                continue;
+            };
+            if !commitments.verify(&share) {
+                tracing::error!(record = %id, node = %node, "share failed verification against the commitments");
+                failures.push(NodeFailure {
+                    node,
+                    reason: format!("share {} failed verification", share.index),
+                });
+                continue;
+            }
+            let key = (released.commitments, released.sealed_block);
+            let entry = groups
+                .entry(key.clone())
+                .or_insert_with(|| (commitments, Vec::new()));
+            entry.1.push((node, share));
+            if entry.1.len() >= needed && entry.0.k() == needed {
+                let shares: Vec<Share> = entry.1.iter().map(|(_, s)| s.clone()).collect();
+                let secret = combine(&shares, needed)
+                    .map_err(|e| RecordError::Decrypt(id, e.to_string()))?;
+                let sealed =
+                    hex::decode(&key.1).map_err(|e| RecordError::Decrypt(id, e.to_string()))?;
+                // Nodes in other groups disagree with k verified shares: name them.
+                for (k2, (_, members)) in &groups {
+                    if *k2 != key {
+                        for (n, _) in members {
+                            tracing::error!(record = %id, node = %n, "share node returned commitments that disagree with the majority");
+                            failures.push(NodeFailure {
+                                node: n.clone(),
+                                reason: "commitments disagree with the majority".into(),
+                            });
+                        }
+                    }
+                }
+                // Give the remaining nodes a moment, so a bad node is named even when it is slow.
+                let grace = tokio::time::sleep(Duration::from_millis(250));
+                tokio::pin!(grace);
+                loop {
+                    tokio::select! {
+                        _ = &mut grace => break,
+                        next = pending.next() => match next {
+                            None => break,
+                            Some((node, Err(reason))) => failures.push(NodeFailure { node, reason }),
+                            Some((node, Ok(r))) => {
+                                let ok = hex::decode(&r.share).ok().and_then(|b| Share::from_bytes(&b).ok())
+                                    .is_some_and(|sh| entry_verifies(&groups, &key, &sh) && r.commitments == key.0);
+                                if !ok {
+                                    tracing::error!(record = %id, node = %node, "share failed verification against the commitments");
+                                    failures.push(NodeFailure { node, reason: "share failed verification".into() });
+                                }
+                            }
+                        }
+                    }
+                }
+                return Ok((secret, sealed, failures));
+            }
+        }
+        let valid = groups.values().map(|(_, m)| m.len()).max().unwrap_or(0);
+        Err(RecordError::NotEnoughShares {
+            record: id,
+            valid,
+            needed,
+            failures,
+        })
+    }
+}
+
+/// Answers grouped by (commitments hex, sealed block hex): the commitments and each node's share.
+type Groups = HashMap<(String, String), (Commitments, Vec<(String, Share)>)>;
+
+fn entry_verifies(groups: &Groups, key: &(String, String), share: &Share) -> bool {
+    groups.get(key).is_some_and(|(c, _)| c.verify(share))
+}
+
+/// A record read back, with the share nodes that failed along the way.
+#[derive(Debug)]
+pub struct Retrieved {
+    /// The record's block (metadata).
+    pub block: RecordBlock,
+    /// The plaintext.
+    pub data: Vec<u8>,
+    /// Nodes that were unreachable, refused, or returned a bad share.
+    pub failures: Vec<NodeFailure>,
+}
+
+async fn answer<T: serde::de::DeserializeOwned>(
+    r: Result<reqwest::Response, reqwest::Error>,
+) -> Result<T, String> {
+    let r = r.map_err(|e| {
+        if e.is_connect() {
+            "unreachable (connection refused)".to_owned()
+        } else if e.is_timeout() {
+            "timed out".to_owned()
+        } else {
+            e.to_string()
+        }
+    })?;
+    let status = r.status();
+    if !status.is_success() {
+        let body: serde_json::Value = r.json().await.unwrap_or_default();
+        let msg = body["error"].as_str().unwrap_or("no message").to_owned();
+        return Err(format!("HTTP {}: {msg}", status.as_u16()));
+    }
+    r.json().await.map_err(|e| format!("bad answer: {e}"))
+}
+
+fn tokio_stream_from(
+    mut rx: tokio::sync::mpsc::Receiver<Result<Bytes, std::io::Error>>,
+) -> impl futures::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}

@@ -1,0 +1,72 @@
+//! EIP-712 typed requests to share nodes: what is signed, and by whom. The domain binds chain id
+//! and contract, the message binds record, requester, the one share node it is for, a nonce and
+//! a deadline, so a request cannot be replayed, redirected or reused on another deployment.
+
+use alloy::primitives::{Address, B256, Signature, U256};
+use alloy::signers::SignerSync;
+use alloy::signers::local::PrivateKeySigner;
+use alloy::sol_types::{Eip712Domain, SolStruct};
+
+alloy::sol! {
+    /// Ask one share node for its share of one record.
+    #[derive(Debug, serde::Serialize, serde::Deserialize)]
+    struct ShareRelease {
+        bytes32 recordId;
+        address requester;
+        address shareNode;
+        uint256 nonce;
+        uint64 deadline;
+    }
+
+    /// Deposit a share of a new record on one share node.
+    #[derive(Debug, serde::Serialize, serde::Deserialize)]
+    struct ShareDeposit {
+        bytes32 recordId;
+        uint128 patient;
+        address uploader;
+        address shareNode;
+        bytes32 contentHash;
+        uint256 nonce;
+        uint64 deadline;
+    }
+}
+
+/// The EIP-712 domain of a deployment.
+pub fn domain(chain_id: u64, contract: Address) -> Eip712Domain {
+    Eip712Domain::new(
+        Some("ehr-share".into()),
+        Some("1".into()),
+        Some(U256::from(chain_id)),
+        Some(contract),
+        None,
+    )
+}
+
+/// Signs a release request.
+///
+/// # Errors
+/// When signing fails.
+pub fn sign_release(
+    signer: &PrivateKeySigner,
+    msg: &ShareRelease,
+    domain: &Eip712Domain,
+) -> Result<Signature, alloy::signers::Error> {
+    signer.sign_hash_sync(&msg.eip712_signing_hash(domain))
+}
+
+/// Signs a deposit.
+///
+/// # Errors
+/// When signing fails.
+pub fn sign_deposit(
+    signer: &PrivateKeySigner,
+    msg: &ShareDeposit,
+    domain: &Eip712Domain,
+) -> Result<Signature, alloy::signers::Error> {
+    signer.sign_hash_sync(&msg.eip712_signing_hash(domain))
+}
+
+/// The address that signed `hash`, if the signature is valid.
+pub(crate) fn signer_of(sig: &Signature, hash: B256) -> Option<Address> {
+    sig.recover_address_from_prehash(&hash).ok()
+}

@@ -1,0 +1,10 @@
+//! A share node: keeps one Shamir share per record in its own crash-safe store, and releases it
+//! only to a requester who signs an EIP-712 request and whom the contract allows right now.
+
+mod auth;
+mod server;
+mod store;
+
+pub use auth::{ShareDeposit, ShareRelease, domain, sign_deposit, sign_release};
+pub use server::{DepositBody, NodeConfig, ReleaseBody, ReleasedShare, router, serve};
+pub use store::{ShareStore, StoreError, StoredShare};

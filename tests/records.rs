@@ -1,0 +1,400 @@
+//! Records end to end on real anvil, real Kubo and five real `ehr share-node` processes.
+
+mod common;
+
+use std::time::Duration;
+
+use alloy::primitives::U256;
+use alloy::signers::local::PrivateKeySigner;
+use bytes::Bytes;
+use ehr_share::chain::{DenyReason, EhrChain, RecordId};
+use ehr_share::ipfs::KuboClient;
+use ehr_share::records::{RecordError, RecordsClient, ShareNodeRef};
+use ehr_share::share_node::{ReleaseBody, ShareRelease, domain, sign_release};
+use ehr_share::stack::{ManagedChild, free_port};
+use rand_core::RngCore;
+
+const MARKER: &str = "PLAINTEXT-MARKER-5c1e7a";
+
+struct Node {
+    port: u16,
+    dir: tempfile::TempDir,
+    child: Option<ManagedChild>,
+}
+
+async fn start_node(
+    port: u16,
+    dir: &std::path::Path,
+    contract: &str,
+    corrupt: bool,
+) -> ManagedChild {
+    let mut cmd = tokio::process::Command::new(common::ehr_bin());
+    cmd.args([
+        "share-node",
+        "--port",
+        &port.to_string(),
+        "--rpc-url",
+        &common::rpc(),
+        "--contract",
+        contract,
+    ])
+    .arg("--data-dir")
+    .arg(dir);
+    if corrupt {
+        cmd.arg("--danger-corrupt-shares");
+    }
+    let mut child = ManagedChild::spawn("share-node", cmd, false).unwrap();
+    let url = format!("http://127.0.0.1:{port}/health");
+    child
+        .wait_healthy(Duration::from_secs(20), || {
+            let url = url.clone();
+            async move { matches!(reqwest::get(url).await, Ok(r) if r.status().is_success()) }
+        })
+        .await
+        .unwrap();
+    child
+}
+
+async fn client(office: &EhrChain, signer: &PrivateKeySigner, nodes: &[Node]) -> RecordsClient {
+    let chain = common::as_(office, signer);
+    let mut refs = Vec::new();
+    for n in nodes {
+        let url = format!("http://127.0.0.1:{}", n.port);
+        refs.push(ShareNodeRef::discover(&url).await.unwrap_or(ShareNodeRef {
+            url,
+            address: alloy::primitives::Address::ZERO,
+        }));
+    }
+    RecordsClient::new(
+        chain,
+        signer.clone(),
+        31337,
+        KuboClient::new(&common::stack().kubo.api_url),
+        refs,
+        3,
+    )
+    .unwrap()
+}
+
+/// Asks every node directly for `id` as `who`; returns the HTTP statuses.
+async fn ask_every_node(
+    office: &EhrChain,
+    who: &PrivateKeySigner,
+    id: RecordId,
+    nodes: &[ShareNodeRef],
+) -> Vec<u16> {
+    let dom = domain(31337, office.address());
+    let mut out = Vec::new();
+    for n in nodes {
+        let request = ShareRelease {
+            recordId: id.0,
+            requester: who.address(),
+            shareNode: n.address,
+            nonce: U256::from(rand_core::OsRng.next_u64()),
+            deadline: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs()
+                + 60,
+        };
+        let signature = sign_release(who, &request, &dom).unwrap();
+        let r = reqwest::Client::new()
+            .post(format!("{}/shares/{id}/release", n.url))
+            .json(&ReleaseBody { request, signature })
+            .send()
+            .await
+            .unwrap();
+        out.push(r.status().as_u16());
+    }
+    out
+}
+
+#[tokio::test]
+async fn records_end_to_end() {
+    let office = common::office().await;
+    let contract = office.address().to_string();
+    let mut nodes = Vec::new();
+    for _ in 0..5 {
+        let port = free_port().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let child = start_node(port, dir.path(), &contract, false).await;
+        nodes.push(Node {
+            port,
+            dir,
+            child: Some(child),
+        });
+    }
+
+    // Cast: a patient, a granted doctor, a never-granted one, a revoked one, an expiring one.
+    let patient = common::funded().await;
+    let addr = common::unique_patient();
+    common::as_(&office, &patient)
+        .register_patient(addr)
+        .await
+        .unwrap();
+    let mut doctors = Vec::new();
+    for _ in 0..4 {
+        let d = common::funded().await;
+        common::as_(&office, &d).register_provider().await.unwrap();
+        office.verify_provider(d.address()).await.unwrap();
+        doctors.push(d);
+    }
+    let (granted, never, revoked, expiring) = (&doctors[0], &doctors[1], &doctors[2], &doctors[3]);
+    let p = common::as_(&office, &patient);
+    p.grant(granted.address(), None).await.unwrap();
+    p.grant(revoked.address(), None).await.unwrap();
+    p.revoke(revoked.address()).await.unwrap();
+    let now = office.chain_time().await.unwrap();
+    p.grant(expiring.address(), Some(now + 2)).await.unwrap();
+
+    // Upload a FHIR Bundle and a 20 MiB file.
+    let pc = client(&office, &patient, &nodes).await;
+    let bundle = format!(
+        r#"{{"resourceType":"Bundle","type":"collection","entry":[{{"resource":{{"resourceType":"Observation","status":"final","note":[{{"text":"{MARKER}"}}]}}}}]}}"#
+    );
+    let fhir_id = pc
+        .put(
+            addr,
+            Bytes::from(bundle.clone()),
+            "application/fhir+json",
+            None,
+        )
+        .await
+        .unwrap();
+    let mut big = vec![0u8; 20 << 20];
+    rand_core::OsRng.fill_bytes(&mut big);
+    big[1000..1000 + MARKER.len()].copy_from_slice(MARKER.as_bytes());
+    let file_id = pc
+        .put(
+            addr,
+            Bytes::from(big.clone()),
+            "application/octet-stream",
+            Some("scan.bin".into()),
+        )
+        .await
+        .unwrap();
+    let invalid = pc
+        .put(
+            addr,
+            Bytes::from_static(br#"{"resourceType":"Nope"}"#),
+            "application/fhir+json",
+            None,
+        )
+        .await;
+    assert!(matches!(invalid, Err(RecordError::InvalidFhir(_))));
+
+    // The granted doctor reads both, byte-identical.
+    let gc = client(&office, granted, &nodes).await;
+    let r = gc.get(fhir_id).await.unwrap();
+    assert_eq!(r.data, bundle.as_bytes());
+    let r = gc.get(file_id).await.unwrap();
+    assert!(r.data == big, "20 MiB file differs");
+    assert_eq!(r.block.file_name.as_deref(), Some("scan.bin"));
+    let cid = r.block.cid.clone();
+
+    // The raw ciphertext on Kubo, read by the real daemon's CLI, has no plaintext in it.
+    let raw = std::process::Command::new(common::root().join(".tools/bin/ipfs"))
+        .env("IPFS_PATH", &common::stack().kubo.repo)
+        .args(["cat", &cid])
+        .output()
+        .unwrap();
+    assert!(
+        raw.status.success(),
+        "{}",
+        String::from_utf8_lossy(&raw.stderr)
+    );
+    assert!(raw.stdout.len() >= 20 << 20);
+    assert!(
+        !raw.stdout
+            .windows(MARKER.len())
+            .any(|w| w == MARKER.as_bytes()),
+        "plaintext marker found in IPFS content"
+    );
+
+    // Not granted, revoked, expired: denied by the contract, and by every share node directly.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let refs: Vec<ShareNodeRef> = {
+        let mut v = Vec::new();
+        for n in &nodes {
+            v.push(
+                ShareNodeRef::discover(&format!("http://127.0.0.1:{}", n.port))
+                    .await
+                    .unwrap(),
+            );
+        }
+        v
+    };
+    for (who, why) in [
+        (never, DenyReason::NoGrant),
+        (revoked, DenyReason::Revoked),
+        (expiring, DenyReason::Expired),
+    ] {
+        let c = client(&office, who, &nodes).await;
+        match c.get(fhir_id).await {
+            Err(RecordError::Denied(id, reason)) => assert_eq!((id, reason), (fhir_id, why)),
+            other => panic!("expected denial {why:?}, got {other:?}"),
+        }
+        assert_eq!(
+            ask_every_node(&office, who, fhir_id, &refs).await,
+            vec![403; 5],
+            "{why:?}"
+        );
+    }
+    // Forged (signed by someone else) and mis-addressed requests are refused too.
+    let stranger = PrivateKeySigner::random();
+    let dom = domain(31337, office.address());
+    let mut req = ShareRelease {
+        recordId: fhir_id.0,
+        requester: granted.address(),
+        shareNode: refs[0].address,
+        nonce: U256::from(1),
+        deadline: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            + 60,
+    };
+    let forged = sign_release(&stranger, &req, &dom).unwrap();
+    let http = reqwest::Client::new();
+    let send = |body: ReleaseBody, url: String| http.post(url).json(&body).send();
+    let r = send(
+        ReleaseBody {
+            request: req.clone(),
+            signature: forged,
+        },
+        format!("{}/shares/{fhir_id}/release", refs[0].url),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 403);
+    let sig = sign_release(granted, &req, &dom).unwrap();
+    let r = send(
+        ReleaseBody {
+            request: req.clone(),
+            signature: sig,
+        },
+        format!("{}/shares/{fhir_id}/release", refs[1].url),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 403, "a request for node 0 must not open node 1");
+    // A fresh access transaction, then a valid request works once and its replay is refused.
+    gc.get(fhir_id).await.unwrap();
+    req.nonce = U256::from(2);
+    let sig = sign_release(granted, &req, &dom).unwrap();
+    let url = format!("{}/shares/{fhir_id}/release", refs[0].url);
+    assert_eq!(
+        send(
+            ReleaseBody {
+                request: req.clone(),
+                signature: sig
+            },
+            url.clone()
+        )
+        .await
+        .unwrap()
+        .status(),
+        200
+    );
+    assert_eq!(
+        send(
+            ReleaseBody {
+                request: req.clone(),
+                signature: sig
+            },
+            url.clone()
+        )
+        .await
+        .unwrap()
+        .status(),
+        403
+    );
+
+    // Two of five nodes down: reads still succeed.
+    for n in &mut nodes[3..] {
+        n.child.as_mut().unwrap().stop(Duration::from_secs(5)).await;
+    }
+    let r = gc.get(fhir_id).await.unwrap();
+    assert_eq!(r.data, bundle.as_bytes());
+    assert_eq!(r.failures.len(), 2, "{:?}", r.failures);
+
+    // Back up, with node 1 releasing corrupted shares: reads succeed and name node 1.
+    nodes[0]
+        .child
+        .as_mut()
+        .unwrap()
+        .stop(Duration::from_secs(5))
+        .await;
+    nodes[0].child = Some(start_node(nodes[0].port, nodes[0].dir.path(), &contract, true).await);
+    for i in 3..5 {
+        nodes[i].child =
+            Some(start_node(nodes[i].port, nodes[i].dir.path(), &contract, false).await);
+    }
+    let r = gc.get(fhir_id).await.unwrap();
+    assert_eq!(r.data, bundle.as_bytes());
+    let bad = format!("http://127.0.0.1:{}", nodes[0].port);
+    assert!(
+        r.failures
+            .iter()
+            .any(|f| f.node == bad && f.reason.contains("failed verification")),
+        "{:?}",
+        r.failures
+    );
+
+    // Three of five down: a clear error naming the missing nodes.
+    for n in &mut nodes[2..] {
+        n.child.as_mut().unwrap().stop(Duration::from_secs(5)).await;
+    }
+    nodes[0]
+        .child
+        .as_mut()
+        .unwrap()
+        .stop(Duration::from_secs(5))
+        .await;
+    nodes[0].child = Some(start_node(nodes[0].port, nodes[0].dir.path(), &contract, false).await);
+    match gc.get(fhir_id).await {
+        Err(RecordError::NotEnoughShares {
+            valid,
+            needed,
+            failures,
+            ..
+        }) => {
+            assert_eq!((valid, needed), (2, 3));
+            let named: Vec<_> = failures.iter().map(|f| f.node.clone()).collect();
+            for n in &nodes[2..] {
+                assert!(
+                    named.contains(&format!("http://127.0.0.1:{}", n.port)),
+                    "{failures:?}"
+                );
+            }
+            let msg = RecordError::NotEnoughShares {
+                record: fhir_id,
+                valid,
+                needed,
+                failures,
+            }
+            .to_string();
+            assert!(msg.contains("unreachable"), "{msg}");
+        }
+        other => panic!("expected NotEnoughShares, got {other:?}"),
+    }
+
+    // With fewer than k nodes to store on, an upload is rolled back and nothing is anchored.
+    let before = office.record_ids(addr, 0, 200).await.unwrap().len();
+    let e = pc
+        .put(addr, Bytes::from_static(b"x"), "text/plain", None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            RecordError::NotEnoughAcks {
+                stored: 2,
+                needed: 3,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert_eq!(office.record_ids(addr, 0, 200).await.unwrap().len(), before);
+}
