@@ -326,9 +326,8 @@ async fn records_end_to_end() {
         .stop(Duration::from_secs(5))
         .await;
     nodes[0].child = Some(start_node(nodes[0].port, nodes[0].dir.path(), &contract, true).await);
-    for i in 3..5 {
-        nodes[i].child =
-            Some(start_node(nodes[i].port, nodes[i].dir.path(), &contract, false).await);
+    for n in &mut nodes[3..] {
+        n.child = Some(start_node(n.port, n.dir.path(), &contract, false).await);
     }
     let r = gc.get(fhir_id).await.unwrap();
     assert_eq!(r.data, bundle.as_bytes());
