@@ -223,3 +223,44 @@ async fn bad_input_gets_a_clear_4xx() {
             .contains("is not a registered patient")
     );
 }
+
+#[tokio::test]
+async fn record_uploads_are_bounded_and_need_share_nodes() {
+    let mut keyring = Keyring::default();
+    keyring.insert("tok", common::funded().await);
+    let url = gateway(keyring).await;
+    let http = reqwest::Client::new();
+    let big = vec![0u8; 33 * 1024 * 1024];
+    let r = http
+        .post(format!("{url}/records?patient=1-2"))
+        .bearer_auth("tok")
+        .body(big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    let r = http
+        .post(format!("{url}/records?patient=1-2"))
+        .bearer_auth("tok")
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503, "no share nodes configured");
+    let r = http
+        .get(format!("{url}/records/0x12"))
+        .bearer_auth("tok")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let r = http
+        .get(format!(
+            "{url}/records/{}",
+            ehr_share::chain::RecordId::random()
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+}

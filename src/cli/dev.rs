@@ -9,8 +9,10 @@ use clap::Args;
 
 use crate::chain::{Deployment, EhrChain, PatientAddr};
 use crate::config::{AnvilSettings, Tools};
-use crate::gateway::{AppState, Keyring};
+use crate::gateway::{AppState, Keyring, RecordsConfig};
 use crate::ipfs::KuboClient;
+use crate::records::ShareNodeRef;
+use crate::share_node::{NodeConfig, ShareStore};
 use crate::stack::{KuboOptions, start_anvil, start_kubo};
 
 /// `ehr dev` flags.
@@ -34,6 +36,12 @@ pub struct DevArgs {
     /// Kubo HTTP gateway port. Default: 8081.
     #[arg(long, env = "EHR_KUBO_GATEWAY_PORT", default_value_t = 8081)]
     kubo_gateway_port: u16,
+    /// First of five consecutive share-node ports. Default: 7001.
+    #[arg(long, env = "EHR_SHARE_NODE_BASE_PORT", default_value_t = 7001)]
+    share_node_base_port: u16,
+    /// Shares needed to read a record (of 5). Default: 3.
+    #[arg(long, env = "EHR_THRESHOLD", default_value_t = 3)]
+    threshold: u8,
     /// Anvil port; overrides anvil.toml.
     #[arg(long, env = "EHR_ANVIL_PORT")]
     anvil_port: Option<u16>,
@@ -90,8 +98,14 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
     let chain = deploy_or_reuse(&settings, &deployment_file).await?;
     let keyring = seed_demo(&settings, &chain).await?;
 
+    let (node_stop, node_refs) = start_share_nodes(&a, &settings, &chain).await?;
     let state = AppState::new(&settings.rpc_url(), Some(chain.clone()), ipfs, keyring)
-        .map_err(anyhow::Error::msg)?;
+        .map_err(anyhow::Error::msg)?
+        .with_records(RecordsConfig {
+            nodes: node_refs.clone(),
+            threshold: a.threshold,
+            chain_id: settings.chain_id,
+        });
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", a.gateway_port))
         .await
         .with_context(|| {
@@ -113,6 +127,14 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
         kubo.api_url, ipfs_version.version
     );
     println!("  gateway  {gw}  (health: {gw}/health, API: {gw}/openapi.json)");
+    for n in &node_refs {
+        println!("  share    {}  (node {})", n.url, n.address);
+    }
+    println!(
+        "  records  {}-of-{} shares needed",
+        a.threshold,
+        node_refs.len()
+    );
     println!("  deployment file {}", deployment_file.display());
     println!();
     println!("ehr dev is up; Ctrl-C stops everything.");
@@ -127,11 +149,62 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
         exit = kubo.child.wait_exit() => Err(anyhow::anyhow!("{exit}")),
     };
     let _ = stop_tx.send(());
+    let _ = node_stop.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
     kubo.child.stop(Duration::from_secs(10)).await;
     anvil.child.stop(Duration::from_secs(10)).await;
     println!("[dev] stopped anvil and Kubo");
     outcome
+}
+
+/// Five share nodes in this process, each with its own key and store under the state folder.
+async fn start_share_nodes(
+    a: &DevArgs,
+    settings: &AnvilSettings,
+    chain: &EhrChain,
+) -> anyhow::Result<(tokio::sync::watch::Sender<bool>, Vec<ShareNodeRef>)> {
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let mut refs = Vec::new();
+    for i in 0..5u16 {
+        let dir = a.state_dir.join(format!("share-node-{}", i + 1));
+        std::fs::create_dir_all(&dir)?;
+        let identity = node_identity(&dir)?;
+        let port = a.share_node_base_port + i;
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .with_context(|| format!("share node port {port} busy (set --share-node-base-port)"))?;
+        let read_only = EhrChain::connect(
+            &settings.rpc_url(),
+            None,
+            &Deployment {
+                chain_id: settings.chain_id,
+                address: chain.address(),
+                block: chain.deploy_block(),
+            },
+        )
+        .await?;
+        refs.push(ShareNodeRef {
+            url: format!("http://127.0.0.1:{port}"),
+            address: identity.address(),
+        });
+        let cfg = NodeConfig {
+            identity,
+            chain: read_only,
+            chain_id: settings.chain_id,
+            store: ShareStore::open(&dir.join("shares.redb"))?,
+            danger_corrupt_shares: false,
+        };
+        let mut rx = rx.clone();
+        tokio::spawn(async move {
+            let stopped = async move {
+                let _ = rx.wait_for(|s| *s).await;
+            };
+            if let Err(e) = crate::share_node::serve(listener, cfg, stopped).await {
+                tracing::error!("share node on port {port} failed: {e}");
+            }
+        });
+    }
+    Ok((stop, refs))
 }
 
 async fn deploy_or_reuse(

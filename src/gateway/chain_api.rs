@@ -14,6 +14,46 @@ use crate::chain::{EhrChain, PatientAddr, RecordId, TxOutcome};
 /// The contract client signing as the caller (from `Authorization: Bearer <token>`).
 pub(super) struct Actor(pub(super) EhrChain);
 
+/// The caller's signer, for operations beyond the contract (records).
+pub(super) struct ActorKey(
+    pub(super) alloy::signers::local::PrivateKeySigner,
+    pub(super) EhrChain,
+);
+
+impl FromRequestParts<AppState> for ActorKey {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let signer = signer_for(parts, state)?;
+        let chain = deployed(state)?.with_signer(state.rpc_url(), signer.clone())?;
+        Ok(Self(signer, chain))
+    }
+}
+
+fn signer_for(
+    parts: &Parts,
+    state: &AppState,
+) -> Result<alloy::signers::local::PrivateKeySigner, ApiError> {
+    let header = parts
+        .headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| {
+            ApiError::Unauthorized("missing Authorization: Bearer <api token>".into())
+        })?;
+    let token = header.strip_prefix("Bearer ").ok_or_else(|| {
+        ApiError::Unauthorized("Authorization must be `Bearer <api token>`".into())
+    })?;
+    state
+        .keyring()
+        .signer(token.trim())
+        .cloned()
+        .ok_or_else(|| ApiError::Unauthorized("unknown API token".into()))
+}
+
 impl FromRequestParts<AppState> for Actor {
     type Rejection = ApiError;
 
@@ -41,13 +81,13 @@ impl FromRequestParts<AppState> for Actor {
     }
 }
 
-fn deployed(state: &AppState) -> Result<&EhrChain, ApiError> {
+pub(super) fn deployed(state: &AppState) -> Result<&EhrChain, ApiError> {
     state
         .chain()
         .ok_or_else(|| ApiError::Unavailable("no contract deployed yet (run `ehr deploy`)".into()))
 }
 
-fn patient(s: &str) -> Result<PatientAddr, ApiError> {
+pub(super) fn patient(s: &str) -> Result<PatientAddr, ApiError> {
     s.parse()
         .map_err(|e: crate::chain::InvalidPatientAddr| ApiError::BadRequest(e.to_string()))
 }

@@ -6,10 +6,11 @@ mod chain_api;
 mod error;
 mod health;
 mod openapi;
+mod records_api;
 mod state;
 
 pub use error::ApiError;
-pub use state::{AppState, Keyring};
+pub use state::{AppState, Keyring, RecordsConfig};
 
 use axum::Router;
 use axum::routing::{get, post};
@@ -49,7 +50,14 @@ pub fn router(state: AppState) -> Router {
         .route("/api/access", post(chain_api::access))
         .route("/api/break-glass", post(chain_api::break_glass))
         .layer(RequestBodyLimitLayer::new(JSON_BODY_LIMIT));
-    api.layer(TraceLayer::new_for_http()).with_state(state)
+    let records = Router::new()
+        .route("/records", post(records_api::upload))
+        .route("/records/{id}", get(records_api::download))
+        .layer(axum::extract::DefaultBodyLimit::disable())
+        .layer(RequestBodyLimitLayer::new(records_api::UPLOAD_LIMIT));
+    api.merge(records)
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
 }
 
 /// Serves the gateway on `listener` until `shutdown` resolves.

@@ -75,6 +75,22 @@ pub(super) async fn spec() -> Json<Value> {
             "/api/access": {"post": op("Provider: access transaction for records (denials are logged, not errors)", true, &[],
                 Some(json!({"type": "object", "required": ["records"], "properties": {"records": {"type": "array", "maxItems": 32,
                     "items": {"type": "string", "pattern": "^0x[0-9a-fA-F]{64}$"}}}})))},
+            "/records": {"post": {
+                "summary": "Store a record for a patient (body = content, Content-Type = media type; FHIR JSON is validated; max 32 MiB)",
+                "security": [{"bearer": []}],
+                "parameters": [{"name": "patient", "in": "query", "required": true, "schema": addr},
+                               {"name": "file_name", "in": "query", "schema": {"type": "string"}}],
+                "requestBody": {"required": true, "content": {"*/*": {}}},
+                "responses": {"200": {"description": "stored and anchored"}, "400": {"$ref": "#/components/responses/Error"},
+                              "401": {"$ref": "#/components/responses/Error"}, "409": {"$ref": "#/components/responses/Error"},
+                              "413": {"$ref": "#/components/responses/Error"}, "503": {"$ref": "#/components/responses/Error"}}}},
+            "/records/{id}": {"get": {
+                "summary": "Read a record: access transaction, share gathering, decryption, digest check",
+                "security": [{"bearer": []}],
+                "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "string", "pattern": "^0x[0-9a-fA-F]{64}$"}}],
+                "responses": {"200": {"description": "the content, with its media type"}, "400": {"$ref": "#/components/responses/Error"},
+                              "401": {"$ref": "#/components/responses/Error"}, "403": {"$ref": "#/components/responses/Error"},
+                              "404": {"$ref": "#/components/responses/Error"}, "503": {"$ref": "#/components/responses/Error"}}}},
             "/api/break-glass": {"post": op("Provider: open emergency access", true, &[],
                 Some(json!({"type": "object", "required": ["addr", "reason_code"], "properties": {"addr": addr,
                     "reason_code": {"type": "integer", "minimum": 0, "maximum": 65535}}})))}

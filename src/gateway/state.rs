@@ -42,7 +42,19 @@ impl Keyring {
     }
 }
 
+/// Where records go: the share nodes, the threshold and the chain id for signed requests.
+#[derive(Debug, Clone)]
+pub struct RecordsConfig {
+    /// The share nodes.
+    pub nodes: Vec<crate::records::ShareNodeRef>,
+    /// Shares needed to read.
+    pub threshold: u8,
+    /// Chain id of the deployment.
+    pub chain_id: u64,
+}
+
 struct Inner {
+    records: Option<RecordsConfig>,
     rpc_url: String,
     provider: DynProvider,
     chain: Option<EhrChain>,
@@ -71,12 +83,32 @@ impl AppState {
             .map_err(|e| format!("bad RPC URL {rpc_url}: {e}"))?;
         let provider = ProviderBuilder::new().connect_http(url).erased();
         Ok(Self(Arc::new(Inner {
+            records: None,
             rpc_url: rpc_url.to_owned(),
             provider,
             chain,
             ipfs,
             keyring,
         })))
+    }
+
+    /// The same state with record storage configured (`POST /records`, `GET /records/{id}`).
+    pub fn with_records(self, cfg: RecordsConfig) -> Self {
+        match Arc::try_unwrap(self.0) {
+            Ok(mut inner) => {
+                inner.records = Some(cfg);
+                Self(Arc::new(inner))
+            }
+            Err(shared) => {
+                tracing::warn!("records config ignored: state already shared");
+                Self(shared)
+            }
+        }
+    }
+
+    /// The records configuration, when set.
+    pub fn records(&self) -> Option<&RecordsConfig> {
+        self.0.records.as_ref()
     }
 
     /// The chain's RPC URL.

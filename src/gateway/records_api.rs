@@ -1,0 +1,117 @@
+//! `POST /records` and `GET /records/{id}`: records for web users. The gateway does the
+//! encryption and share handling for them (the CLI's `ehr record` does it client-side instead).
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::chain_api::{ActorKey, patient};
+use super::{ApiError, AppState};
+use crate::chain::RecordId;
+use crate::records::{RecordError, RecordsClient};
+
+/// Largest record accepted through the gateway.
+pub(super) const UPLOAD_LIMIT: usize = 32 * 1024 * 1024;
+
+impl From<RecordError> for ApiError {
+    fn from(e: RecordError) -> Self {
+        match e {
+            RecordError::NotFound(_) => Self::NotFound(e.to_string()),
+            RecordError::Denied(..) => Self::Forbidden(e.to_string()),
+            RecordError::InvalidFhir(_) => Self::BadRequest(e.to_string()),
+            RecordError::NotEnoughShares { .. }
+            | RecordError::NotEnoughAcks { .. }
+            | RecordError::NodeUnreachable(..) => Self::Unavailable(e.to_string()),
+            RecordError::CiphertextMissing { .. } => Self::Unavailable(e.to_string()),
+            RecordError::Chain(c) => c.into(),
+            RecordError::Ipfs(i) => i.into(),
+            RecordError::Config(m) => Self::Unavailable(m),
+            other => Self::Internal(other.to_string()),
+        }
+    }
+}
+
+fn client(state: &AppState, key: ActorKey) -> Result<RecordsClient, ApiError> {
+    let cfg = state
+        .records()
+        .ok_or_else(|| ApiError::Unavailable("no share nodes configured on this gateway".into()))?;
+    Ok(RecordsClient::new(
+        key.1,
+        key.0,
+        cfg.chain_id,
+        state.ipfs().clone(),
+        cfg.nodes.clone(),
+        cfg.threshold,
+    )?)
+}
+
+/// Query of `POST /records`.
+#[derive(Deserialize)]
+pub(super) struct UploadQuery {
+    patient: String,
+    #[serde(default)]
+    file_name: Option<String>,
+}
+
+/// Stores the body as a record of `patient`; the media type is the request's Content-Type.
+pub(super) async fn upload(
+    State(state): State<AppState>,
+    key: ActorKey,
+    Query(q): Query<UploadQuery>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let addr = patient(&q.patient)?;
+    if body.is_empty() {
+        return Err(ApiError::BadRequest("empty record".into()));
+    }
+    let media = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/octet-stream")
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
+    let size = body.len();
+    let id = client(&state, key)?
+        .put(addr, body, &media, q.file_name)
+        .await?;
+    Ok(Json(
+        json!({ "record": id, "patient": addr, "size": size, "media_type": media }),
+    ))
+}
+
+/// Reads a record (access transaction, shares, decryption) and returns its content.
+pub(super) async fn download(
+    State(state): State<AppState>,
+    key: ActorKey,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id: RecordId = id.parse().map_err(|_| {
+        ApiError::BadRequest(format!("{id:?} is not a record id (0x + 64 hex digits)"))
+    })?;
+    let r = client(&state, key)?.get(id).await?;
+    for f in &r.failures {
+        tracing::error!(record = %id, "share node {f}");
+    }
+    let mut resp = r.data.into_response();
+    let media = HeaderValue::from_str(&r.block.media_type)
+        .unwrap_or(HeaderValue::from_static("application/octet-stream"));
+    resp.headers_mut().insert(header::CONTENT_TYPE, media);
+    if let Some(name) = r
+        .block
+        .file_name
+        .filter(|n| n.chars().all(|c| c.is_ascii_graphic() && c != '"'))
+    {
+        if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{name}\"")) {
+            resp.headers_mut().insert(header::CONTENT_DISPOSITION, v);
+        }
+    }
+    Ok(resp)
+}
