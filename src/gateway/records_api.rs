@@ -104,14 +104,14 @@ pub(super) async fn download(
     let media = HeaderValue::from_str(&r.block.media_type)
         .unwrap_or(HeaderValue::from_static("application/octet-stream"));
     resp.headers_mut().insert(header::CONTENT_TYPE, media);
-    if let Some(name) = r
+    let name = r
         .block
         .file_name
-        .filter(|n| n.chars().all(|c| c.is_ascii_graphic() && c != '"'))
+        .filter(|n| n.chars().all(|c| c.is_ascii_graphic() && c != '"'));
+    if let Some(v) =
+        name.and_then(|n| HeaderValue::from_str(&format!("attachment; filename=\"{n}\"")).ok())
     {
-        if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{name}\"")) {
-            resp.headers_mut().insert(header::CONTENT_DISPOSITION, v);
-        }
+        resp.headers_mut().insert(header::CONTENT_DISPOSITION, v);
     }
     Ok(resp)
 }
