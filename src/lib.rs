@@ -18,3 +18,4 @@ pub mod records;
 pub mod shamir;
 pub mod share_node;
 pub mod stack;
+pub mod web;

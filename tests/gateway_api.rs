@@ -3,6 +3,7 @@
 
 mod common;
 
+use alloy::signers::local::PrivateKeySigner;
 use ehr_share::chain::Deployment;
 use ehr_share::gateway::{AppState, Keyring};
 use ehr_share::ipfs::KuboClient;
@@ -207,7 +208,7 @@ async fn bad_input_gets_a_clear_4xx() {
         .await
         .unwrap();
     assert_eq!(status(r), 400);
-    // Not a patient: the contract's rejection, in words.
+    // Not a patient: forbidden, with the contract's reason in words.
     let r = http
         .post(format!("{url}/api/grants"))
         .bearer_auth("tok")
@@ -215,7 +216,7 @@ async fn bad_input_gets_a_clear_4xx() {
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 409);
+    assert_eq!(r.status(), 403);
     assert!(
         r.text()
             .await
@@ -263,4 +264,85 @@ async fn record_uploads_are_bounded_and_need_share_nodes() {
         .await
         .unwrap();
     assert_eq!(r.status(), 401);
+}
+
+#[tokio::test]
+async fn one_role_cannot_use_another_roles_api() {
+    let patient = common::funded().await;
+    let doctor = common::funded().await;
+    let office = common::office().await;
+    common::as_(&office, &doctor)
+        .register_provider()
+        .await
+        .unwrap();
+    office.verify_provider(doctor.address()).await.unwrap();
+    let addr = common::unique_patient();
+    common::as_(&office, &patient)
+        .register_patient(addr)
+        .await
+        .unwrap();
+    let mut keyring = Keyring::default();
+    keyring.insert("tok-patient", patient.clone());
+    keyring.insert("tok-doctor", doctor.clone());
+    let url = gateway(keyring).await;
+    let http = reqwest::Client::new();
+    let call = |token: &'static str, path: String, body: Value| {
+        http.post(format!("{url}{path}"))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+    };
+    let stranger = PrivateKeySigner::random().address();
+    // The patient is not the records office.
+    let r = call(
+        "tok-patient",
+        format!("/api/providers/{stranger}/verify"),
+        json!({}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 403);
+    assert!(
+        r.text()
+            .await
+            .unwrap()
+            .contains("is not the records office")
+    );
+    // The patient cannot act as a provider.
+    let r = call(
+        "tok-patient",
+        "/api/requests".into(),
+        json!({"addr": addr.to_string()}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 403);
+    let r = call(
+        "tok-patient",
+        "/api/break-glass".into(),
+        json!({"addr": addr.to_string(), "reason_code": 1}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 403);
+    // The doctor cannot grant (a patient's act) nor suspend (the office's).
+    let r = call(
+        "tok-doctor",
+        "/api/grants".into(),
+        json!({"provider": doctor.address()}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 403);
+    let r = call(
+        "tok-doctor",
+        format!("/api/providers/{}/suspend", doctor.address()),
+        json!({}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 403);
+    // Nothing changed on chain.
+    let (status, _) = office.provider_status(doctor.address()).await.unwrap();
+    assert_eq!(status, ehr_share::chain::ProviderStatus::Verified);
 }

@@ -132,12 +132,11 @@ impl EhrChain {
         let provider = connect(rpc_url, Some(signer))?;
         let chain_id = provider.get_chain_id().await?;
         let builder = EhrAccess::deploy_builder(provider.clone(), manager);
-        let receipt = builder
-            .send()
-            .await
-            .map_err(ChainError::from_contract)?
-            .get_receipt()
-            .await?;
+        let pending = {
+            let _turn = super::send_lock::lock(from).await;
+            builder.send().await.map_err(ChainError::from_contract)?
+        };
+        let receipt = pending.get_receipt().await?;
         let address = receipt
             .contract_address
             .ok_or_else(|| ChainError::Reverted("deployment produced no contract".into()))?;
@@ -222,6 +221,29 @@ impl EhrChain {
     }
 
     // ------------------------------------------------------------ transactions
+
+    /// Sends `wei` to `to` (development faucets; goes through the same per-account send lock as
+    /// contract calls).
+    ///
+    /// # Errors
+    /// Transport errors and a failed transfer.
+    pub async fn send_value(&self, to: Address, wei: U256) -> Result<TxOutcome, ChainError> {
+        let tx = alloy::rpc::types::TransactionRequest::default()
+            .to(to)
+            .value(wei);
+        let pending = {
+            let _turn = super::send_lock::lock(self.from).await;
+            self.provider.send_transaction(tx).await?
+        };
+        let receipt = pending.get_receipt().await?;
+        if !receipt.status() {
+            return Err(ChainError::Reverted(format!(
+                "transfer {} failed",
+                receipt.transaction_hash
+            )));
+        }
+        Ok(TxOutcome::from_receipt(&receipt))
+    }
 
     /// Registers the signer as the patient at `addr`.
     ///
@@ -528,6 +550,20 @@ impl EhrChain {
             .collect())
     }
 
+    /// How many records the patient has.
+    ///
+    /// # Errors
+    /// Transport errors.
+    pub async fn record_count(&self, addr: PatientAddr) -> Result<u64, ChainError> {
+        let n = self
+            .contract
+            .recordCount(addr.key())
+            .call()
+            .await
+            .map_err(ChainError::from_contract)?;
+        Ok(n.saturating_to())
+    }
+
     /// Record ids of the patient, oldest first; paged.
     ///
     /// # Errors
@@ -612,6 +648,31 @@ impl EhrChain {
         self.audit(self.filter(), offset, limit).await
     }
 
+    /// Every account that ever registered as a provider, in registration order (from the
+    /// `ProviderRegistered` events, whatever else happened since).
+    ///
+    /// # Errors
+    /// Transport errors.
+    pub async fn registered_providers(&self) -> Result<Vec<Address>, ChainError> {
+        use alloy::sol_types::SolEvent as _;
+        let filter = self
+            .filter()
+            .event_signature(EhrAccess::ProviderRegistered::SIGNATURE_HASH);
+        let mut seen = std::collections::HashSet::new();
+        Ok(self
+            .provider
+            .get_logs(&filter)
+            .await?
+            .iter()
+            .filter_map(events::decode)
+            .filter_map(|e| match e.kind {
+                AuditKind::ProviderRegistered { provider } => Some(provider),
+                _ => None,
+            })
+            .filter(|p| seen.insert(*p))
+            .collect())
+    }
+
     /// The latest block's timestamp: the clock grants are judged by.
     ///
     /// # Errors
@@ -672,7 +733,11 @@ impl EhrChain {
     where
         C: Sendable,
     {
-        let receipt = call.send_it().await?.get_receipt().await?;
+        let pending = {
+            let _turn = super::send_lock::lock(self.from).await;
+            call.send_it().await?
+        };
+        let receipt = pending.get_receipt().await?;
         if !receipt.status() {
             return Err(ChainError::Reverted(format!(
                 "transaction {} reverted",

@@ -14,6 +14,10 @@ pub enum ChainError {
     /// The contract rejected the call with one of its custom errors.
     #[error("{0}")]
     Rejected(String),
+    /// The contract rejected the call because the caller lacks the role it needs (not the
+    /// records office, not a patient, not a verified provider, not allowed to anchor).
+    #[error("{0}")]
+    NotPermitted(String),
     /// The transaction reverted without a decodable reason.
     #[error("transaction reverted: {0}")]
     Reverted(String),
@@ -29,7 +33,15 @@ impl ChainError {
     /// Turns an alloy contract error into words, decoding the contract's custom errors.
     pub(crate) fn from_contract(err: alloy::contract::Error) -> Self {
         if let Some(decoded) = err.as_decoded_interface_error::<E>() {
-            return Self::Rejected(describe(&decoded));
+            let words = describe(&decoded);
+            return match decoded {
+                E::NotManager(_)
+                | E::NotPendingManager(_)
+                | E::NotPatient(_)
+                | E::ProviderNotVerified(_)
+                | E::NotAllowedToAnchor(_) => Self::NotPermitted(words),
+                _ => Self::Rejected(words),
+            };
         }
         match err {
             alloy::contract::Error::TransportError(e) if e.as_error_resp().is_none() => {
@@ -41,7 +53,7 @@ impl ChainError {
 
     /// Whether this is the given kind of contract rejection (for tests and callers that branch).
     pub fn is_rejection(&self) -> bool {
-        matches!(self, Self::Rejected(_))
+        matches!(self, Self::Rejected(_) | Self::NotPermitted(_))
     }
 }
 

@@ -5,6 +5,7 @@ mod bindings;
 mod client;
 mod errors;
 mod events;
+mod send_lock;
 mod types;
 
 pub use bindings::EhrAccess;

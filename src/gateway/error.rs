@@ -42,6 +42,7 @@ impl From<ChainError> for ApiError {
     fn from(e: ChainError) -> Self {
         match e {
             ChainError::Rejected(m) => Self::Rejected(m),
+            ChainError::NotPermitted(m) => Self::Forbidden(m),
             ChainError::Rpc(m) => Self::Unavailable(format!("chain node unavailable: {m}")),
             ChainError::NoContract(_) => Self::Unavailable(e.to_string()),
             other => Self::Internal(other.to_string()),

@@ -335,6 +335,28 @@ impl RecordsClient {
         Ok(())
     }
 
+    /// The patient's view of one of their own records: the metadata block (size, media type,
+    /// file name, author) gathered from the share nodes and checked against the on-chain anchor,
+    /// without fetching the ciphertext. Share nodes release to the patient without an access
+    /// transaction, so listing one's own records leaves no audit noise.
+    ///
+    /// # Errors
+    /// [`RecordError::NotFound`] for an unknown id; share-gathering and decryption failures.
+    pub async fn metadata(&self, id: RecordId) -> Result<RecordBlock, RecordError> {
+        let anchor = self
+            .chain
+            .record(id)
+            .await?
+            .ok_or(RecordError::NotFound(id))?;
+        let (secret, sealed, _) = self.gather(id).await?;
+        let block = RecordBlock::open(&sealed, &secret)
+            .map_err(|e| RecordError::Decrypt(id, e.to_string()))?;
+        if block.record_id != id || block.digest != anchor.digest {
+            return Err(RecordError::DigestMismatch(id));
+        }
+        Ok(block)
+    }
+
     /// Reads a record: access transaction (for providers), shares from the nodes in parallel
     /// (stopping at k valid ones), recombination, IPFS, decryption, digest check.
     ///

@@ -1,0 +1,277 @@
+//! Web accounts: each user's Ethereum key lives in a standard Web3 secret-storage keystore
+//! (scrypt), unlocked only by the user's password at login. Passwords are never stored or logged.
+
+use std::path::{Path, PathBuf};
+
+use alloy::signers::local::PrivateKeySigner;
+use serde::{Deserialize, Serialize};
+
+use crate::chain::PatientAddr;
+
+/// A user's role in the web application.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// A patient.
+    Patient,
+    /// A doctor or other provider.
+    Provider,
+    /// The records office.
+    Office,
+}
+
+/// What is stored about a user (no password, no plaintext key).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Account {
+    /// Login name.
+    pub username: String,
+    /// Role.
+    pub role: Role,
+    /// Ethereum account.
+    pub address: alloy::primitives::Address,
+    /// For patients: their `Addr`.
+    pub patient: Option<PatientAddr>,
+    /// File name of the encrypted key under `keystores/`.
+    pub keystore: String,
+}
+
+/// Errors of the account store.
+#[derive(Debug, thiserror::Error)]
+pub enum AccountError {
+    /// Bad username or password (one message for both, so names cannot be probed).
+    #[error("unknown user or wrong password")]
+    BadLogin,
+    /// The username is taken.
+    #[error("username {0:?} is taken")]
+    Taken(String),
+    /// Input rules.
+    #[error("{0}")]
+    Invalid(String),
+    /// Storage failure.
+    #[error("account storage failed: {0}")]
+    Io(String),
+}
+
+/// Accounts on disk: `users/<name>.json` (role, address, keystore name) and `keystores/`.
+#[derive(Debug, Clone)]
+pub struct AccountStore {
+    dir: PathBuf,
+}
+
+fn valid_name(name: &str) -> bool {
+    (3..=32).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+impl AccountStore {
+    /// A store under `dir` (created when missing).
+    ///
+    /// # Errors
+    /// When the folders cannot be created.
+    pub fn open(dir: &Path) -> Result<Self, AccountError> {
+        for sub in ["users", "keystores"] {
+            std::fs::create_dir_all(dir.join(sub)).map_err(|e| AccountError::Io(e.to_string()))?;
+        }
+        Ok(Self {
+            dir: dir.to_owned(),
+        })
+    }
+
+    /// Creates a user with `key` (a fresh one when `None`), encrypted under `password`.
+    ///
+    /// # Errors
+    /// Invalid name or password, a taken name, storage failures.
+    pub fn create(
+        &self,
+        username: &str,
+        password: &str,
+        role: Role,
+        patient: Option<PatientAddr>,
+        key: Option<PrivateKeySigner>,
+    ) -> Result<(Account, PrivateKeySigner), AccountError> {
+        if !valid_name(username) {
+            return Err(AccountError::Invalid(
+                "username: 3 to 32 letters, digits, - or _".into(),
+            ));
+        }
+        if password.chars().count() < 10 {
+            return Err(AccountError::Invalid(
+                "password: at least 10 characters".into(),
+            ));
+        }
+        let user_file = self.user_file(username);
+        if user_file.exists() {
+            return Err(AccountError::Taken(username.into()));
+        }
+        let key = key.unwrap_or_else(PrivateKeySigner::random);
+        // The keystore gets a unique file name; the user file names it and is linked into place
+        // with a no-clobber hard link, so two sign-ups racing for one name cannot both win and
+        // a crash leaves at worst an orphan keystore, never a user without a key.
+        let keystore = format!("{username}-{}", hex::encode(key.address()));
+        let io = |e: &dyn std::fmt::Display| AccountError::Io(e.to_string());
+        let (signer, _) = PrivateKeySigner::encrypt_keystore(
+            self.dir.join("keystores"),
+            &mut rand_core::OsRng,
+            key.to_bytes(),
+            password,
+            Some(&keystore),
+        )
+        .map_err(|e| io(&e))?;
+        let account = Account {
+            username: username.into(),
+            role,
+            address: signer.address(),
+            patient,
+            keystore,
+        };
+        let tmp = self
+            .dir
+            .join("users")
+            .join(format!(".{username}.{}.tmp", hex::encode(key.address())));
+        let json = serde_json::to_vec_pretty(&account).map_err(|e| io(&e))?;
+        std::fs::write(&tmp, json).map_err(|e| io(&e))?;
+        let linked = std::fs::hard_link(&tmp, &user_file);
+        let _ = std::fs::remove_file(&tmp);
+        match linked {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                let _ = std::fs::remove_file(self.dir.join("keystores").join(&account.keystore));
+                return Err(AccountError::Taken(username.into()));
+            }
+            Err(e) => return Err(io(&e)),
+        }
+        Ok((account, signer))
+    }
+
+    /// Unlocks the user's key with `password`.
+    ///
+    /// # Errors
+    /// [`AccountError::BadLogin`] for an unknown user or a wrong password.
+    pub fn login(
+        &self,
+        username: &str,
+        password: &str,
+    ) -> Result<(Account, PrivateKeySigner), AccountError> {
+        if !valid_name(username) {
+            return Err(AccountError::BadLogin);
+        }
+        let text = std::fs::read(self.user_file(username)).map_err(|_| AccountError::BadLogin)?;
+        let account: Account =
+            serde_json::from_slice(&text).map_err(|e| AccountError::Io(e.to_string()))?;
+        let signer = PrivateKeySigner::decrypt_keystore(
+            self.dir.join("keystores").join(&account.keystore),
+            password,
+        )
+        .map_err(|_| AccountError::BadLogin)?;
+        if signer.address() != account.address {
+            return Err(AccountError::Io(format!(
+                "keystore of {username} holds another key"
+            )));
+        }
+        Ok((account, signer))
+    }
+
+    /// Removes a user and their keystore (used to roll back a sign-up whose chain registration
+    /// failed).
+    ///
+    /// # Errors
+    /// When the files cannot be removed.
+    pub fn remove(&self, username: &str) -> Result<(), AccountError> {
+        if !valid_name(username) {
+            return Err(AccountError::Invalid(format!("bad username {username:?}")));
+        }
+        let file = self.user_file(username);
+        let text = std::fs::read(&file).map_err(|e| AccountError::Io(e.to_string()))?;
+        let account: Account =
+            serde_json::from_slice(&text).map_err(|e| AccountError::Io(e.to_string()))?;
+        std::fs::remove_file(&file).map_err(|e| AccountError::Io(e.to_string()))?;
+        let _ = std::fs::remove_file(self.dir.join("keystores").join(&account.keystore));
+        Ok(())
+    }
+
+    /// Whether `username` exists.
+    pub fn exists(&self, username: &str) -> bool {
+        valid_name(username) && self.user_file(username).exists()
+    }
+
+    fn user_file(&self, username: &str) -> PathBuf {
+        self.dir.join("users").join(format!("{username}.json"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_unlock_only_with_the_password_and_are_stored_encrypted() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = AccountStore::open(dir.path()).unwrap();
+        let (a, k) = s
+            .create(
+                "alice",
+                "correct horse battery",
+                Role::Patient,
+                PatientAddr::new(1, 2).ok(),
+                None,
+            )
+            .unwrap();
+        assert!(matches!(
+            s.create("alice", "another long pw", Role::Patient, None, None),
+            Err(AccountError::Taken(_))
+        ));
+        assert!(matches!(
+            s.create("bob", "short", Role::Provider, None, None),
+            Err(AccountError::Invalid(_))
+        ));
+        assert!(matches!(
+            s.create("../x", "long enough pw", Role::Provider, None, None),
+            Err(AccountError::Invalid(_))
+        ));
+        assert!(matches!(
+            s.login("alice", "wrong password!"),
+            Err(AccountError::BadLogin)
+        ));
+        assert!(matches!(
+            s.login("nobody", "correct horse battery"),
+            Err(AccountError::BadLogin)
+        ));
+        let (b, k2) = s.login("alice", "correct horse battery").unwrap();
+        assert_eq!((a.address, k.address()), (b.address, k2.address()));
+        let ks = std::fs::read_to_string(dir.path().join("keystores").join(&a.keystore)).unwrap();
+        assert!(ks.contains("\"kdf\":\"scrypt\""), "{ks}");
+        assert!(!ks.contains(&hex::encode(k.to_bytes())));
+    }
+
+    #[test]
+    fn racing_sign_ups_for_one_name_leave_one_user_and_one_keystore() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = AccountStore::open(dir.path()).unwrap();
+        let results: Vec<_> = std::thread::scope(|sc| {
+            let hs: Vec<_> = (0..4)
+                .map(|_| {
+                    sc.spawn(|| {
+                        s.create("carol", "long enough password", Role::Provider, None, None)
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let won: Vec<_> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
+        assert_eq!(won.len(), 1, "exactly one sign-up wins");
+        assert!(
+            results
+                .iter()
+                .filter(|r| r.is_err())
+                .all(|r| matches!(r, Err(AccountError::Taken(_))))
+        );
+        let keystores = std::fs::read_dir(dir.path().join("keystores"))
+            .unwrap()
+            .count();
+        assert_eq!(keystores, 1, "losers remove their keystores");
+        let (a, _) = s.login("carol", "long enough password").unwrap();
+        assert_eq!(a.address, won[0].0.address);
+    }
+}

@@ -1,0 +1,88 @@
+//! The web application: server-rendered pages for patients, doctors and the records office,
+//! on top of the gateway's state (chain client, IPFS, records configuration).
+//!
+//! Every page checks the session's role on the server; every form carries the session's CSRF
+//! token; errors are shown in words.
+
+mod accounts;
+mod html;
+mod pages;
+mod session;
+
+pub use accounts::{Account, AccountError, AccountStore, Role};
+pub use session::Sessions;
+
+use alloy::signers::local::PrivateKeySigner;
+use axum::Router;
+use axum::routing::{get, post};
+
+use crate::gateway::AppState;
+
+/// What the web pages need besides the gateway's state.
+#[derive(Clone)]
+pub struct WebState {
+    app: AppState,
+    accounts: AccountStore,
+    sessions: Sessions,
+    danger_dev_faucet: Option<PrivateKeySigner>,
+    secure_cookies: bool,
+    listing: pages::ListingCache,
+}
+
+impl WebState {
+    /// The web application over the gateway's `app` state, with users in `accounts`.
+    pub fn new(app: AppState, accounts: AccountStore) -> Self {
+        Self {
+            app,
+            accounts,
+            sessions: Sessions::default(),
+            danger_dev_faucet: None,
+            secure_cookies: false,
+            listing: pages::ListingCache::default(),
+        }
+    }
+
+    /// Development only: an account that pays each new sign-up 1 ether of gas money. Never in
+    /// production, where users bring funded accounts.
+    #[must_use]
+    pub fn with_danger_dev_faucet(mut self, faucet: PrivateKeySigner) -> Self {
+        self.danger_dev_faucet = Some(faucet);
+        self
+    }
+
+    /// Marks the session cookie `Secure` (serve behind HTTPS).
+    #[must_use]
+    pub fn with_secure_cookies(mut self, on: bool) -> Self {
+        self.secure_cookies = on;
+        self
+    }
+}
+
+/// The web routes.
+pub fn router(state: WebState) -> Router {
+    Router::new()
+        .route("/", get(pages::home))
+        .route("/login", post(pages::login))
+        .route("/signup", get(pages::signup_form).post(pages::signup))
+        .route("/logout", post(pages::logout))
+        .route("/patient", get(pages::patient))
+        .route("/patient/upload", post(pages::patient_upload))
+        .route("/patient/grant", post(pages::patient_grant))
+        .route("/patient/revoke", post(pages::patient_revoke))
+        .route("/patient/request", post(pages::patient_request))
+        .route("/patient/records/{id}", get(pages::patient_record))
+        .route(
+            "/patient/records/{id}/download",
+            get(pages::patient_download),
+        )
+        .route("/doctor", get(pages::doctor))
+        .route("/doctor/patient", get(pages::doctor_patient))
+        .route("/doctor/request", post(pages::doctor_request))
+        .route("/doctor/break-glass", post(pages::doctor_break_glass))
+        .route("/doctor/records/{id}", get(pages::doctor_record))
+        .route("/doctor/records/{id}/download", get(pages::doctor_download))
+        .route("/office", get(pages::office))
+        .route("/office/provider", post(pages::office_provider))
+        .layer(axum::extract::DefaultBodyLimit::max(33 * 1024 * 1024))
+        .with_state(state)
+}

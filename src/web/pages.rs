@@ -1,0 +1,1274 @@
+//! Page handlers, one per screen or form.
+
+use std::fmt::Write as _;
+
+use alloy::primitives::{Address, U256};
+use axum::Form;
+use axum::extract::{FromRequestParts, Multipart, Path, Query, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use serde::Deserialize;
+
+use super::WebState;
+use super::accounts::{AccountError, Role};
+use super::html::{esc, msg, page, short, time};
+use super::session::{COOKIE, Session, clear_cookie, set_cookie};
+use crate::chain::{
+    AuditEvent, AuditKind, EhrChain, GrantState, PatientAddr, ProviderStatus, RecordId,
+};
+use crate::records::{FHIR_JSON, RecordError, RecordsClient};
+
+/// An error page: client mistakes in words with their status, internal ones as a plain message.
+pub(super) struct WebError(StatusCode, String);
+
+impl IntoResponse for WebError {
+    fn into_response(self) -> Response {
+        if self.0.is_server_error() {
+            tracing::error!("web error: {}", self.1);
+        }
+        let body = format!("{}<p><a href=\"/\">Back</a></p>", msg(false, &self.1));
+        (self.0, Html(page("Error", None, &body))).into_response()
+    }
+}
+
+impl From<crate::chain::ChainError> for WebError {
+    fn from(e: crate::chain::ChainError) -> Self {
+        match e {
+            crate::chain::ChainError::Rejected(m) => Self(StatusCode::CONFLICT, m),
+            crate::chain::ChainError::NotPermitted(m) => Self(StatusCode::FORBIDDEN, m),
+            other => Self(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("the chain is not available: {other}"),
+            ),
+        }
+    }
+}
+
+impl From<RecordError> for WebError {
+    fn from(e: RecordError) -> Self {
+        let status = match &e {
+            RecordError::NotFound(_) => StatusCode::NOT_FOUND,
+            RecordError::Denied(..) => StatusCode::FORBIDDEN,
+            RecordError::InvalidFhir(_) => StatusCode::BAD_REQUEST,
+            _ => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        Self(status, e.to_string())
+    }
+}
+
+type Result<T> = std::result::Result<T, WebError>;
+
+fn bad(m: impl Into<String>) -> WebError {
+    WebError(StatusCode::BAD_REQUEST, m.into())
+}
+
+/// The logged-in user (from the session cookie); others are sent to the login page.
+pub(super) struct Auth(Session, String);
+
+impl FromRequestParts<WebState> for Auth {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &WebState,
+    ) -> std::result::Result<Self, Self::Rejection> {
+        let token = parts
+            .headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|kv| kv.trim().split_once('='))
+            .find(|(k, _)| *k == COOKIE)
+            .map(|(_, v)| v.to_owned());
+        match token.and_then(|t| state.sessions.get(&t).map(|s| (s, t))) {
+            Some((s, t)) => Ok(Self(s, t)),
+            None => Err(Redirect::to("/").into_response()),
+        }
+    }
+}
+
+fn need(s: &Session, role: Role) -> Result<()> {
+    if s.account.role == role {
+        Ok(())
+    } else {
+        Err(WebError(
+            StatusCode::FORBIDDEN,
+            "this page is for another role".into(),
+        ))
+    }
+}
+
+fn csrf(s: &Session, given: &str) -> Result<()> {
+    if given.len() == s.csrf.len()
+        && given
+            .bytes()
+            .zip(s.csrf.bytes())
+            .fold(0u8, |a, (x, y)| a | (x ^ y))
+            == 0
+    {
+        Ok(())
+    } else {
+        Err(WebError(
+            StatusCode::FORBIDDEN,
+            "the form expired or did not come from this site; reload the page".into(),
+        ))
+    }
+}
+
+fn chain(state: &WebState, s: &Session) -> Result<EhrChain> {
+    let c = state.app.chain().ok_or_else(|| {
+        WebError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no contract deployed".into(),
+        )
+    })?;
+    Ok(c.with_signer(state.app.rpc_url(), s.signer.clone())?)
+}
+
+fn user_page(s: &Session, title: &str, body: &str) -> Html<String> {
+    let who = format!(
+        "{} ({})",
+        s.account.username,
+        short(&s.account.address.to_string())
+    );
+    Html(page(title, Some((&who, &s.csrf)), body))
+}
+
+fn hidden(s: &Session) -> String {
+    format!(
+        r#"<input type="hidden" name="csrf" value="{}">"#,
+        esc(&s.csrf)
+    )
+}
+
+fn home_for(role: Role) -> &'static str {
+    match role {
+        Role::Patient => "/patient",
+        Role::Provider => "/doctor",
+        Role::Office => "/office",
+    }
+}
+
+/// Notice shown after a redirect.
+#[derive(Deserialize, Default)]
+pub(super) struct Notice {
+    #[serde(default)]
+    ok: Option<String>,
+    #[serde(default)]
+    err: Option<String>,
+}
+
+impl Notice {
+    fn html(&self) -> String {
+        self.ok
+            .as_deref()
+            .map(|m| msg(true, m))
+            .or_else(|| self.err.as_deref().map(|m| msg(false, m)))
+            .unwrap_or_default()
+    }
+}
+
+fn back(to: &str, ok: bool, text: &str) -> Redirect {
+    let q: String = url_encode(text);
+    Redirect::to(&format!(
+        "{to}{}{}={q}",
+        if to.contains('?') { "&" } else { "?" },
+        if ok { "ok" } else { "err" }
+    ))
+}
+
+fn url_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+// ------------------------------------------------------------------ login / sign-up
+
+pub(super) async fn home(Query(n): Query<Notice>) -> Html<String> {
+    let body = format!(
+        r#"{}<section><h2>Log in</h2><form method="post" action="/login" class="row">
+<label>User<br><input name="username" autocomplete="username" required></label>
+<label>Password<br><input name="password" type="password" autocomplete="current-password" required></label>
+<button>Log in</button></form><p>New here? <a href="/signup">Sign up</a> as a patient or a provider.</p></section>"#,
+        n.html()
+    );
+    Html(page("Welcome", None, &body))
+}
+
+/// Login form.
+#[derive(Deserialize)]
+pub(super) struct LoginForm {
+    username: String,
+    password: String,
+}
+
+pub(super) async fn login(State(state): State<WebState>, Form(f): Form<LoginForm>) -> Response {
+    let store = state.accounts.clone();
+    let (u, p) = (f.username, f.password);
+    let r = tokio::task::spawn_blocking(move || store.login(&u, &p)).await;
+    match r {
+        Ok(Ok((account, signer))) => {
+            let to = home_for(account.role);
+            let token = state.sessions.start(account, signer);
+            let mut resp = Redirect::to(to).into_response();
+            if let Ok(v) = HeaderValue::from_str(&set_cookie(&token, state.secure_cookies)) {
+                resp.headers_mut().insert(header::SET_COOKIE, v);
+            }
+            resp
+        }
+        Ok(Err(e)) => (StatusCode::UNAUTHORIZED, back("/", false, &e.to_string())).into_response(),
+        Err(e) => WebError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+pub(super) async fn logout(
+    State(state): State<WebState>,
+    Auth(s, token): Auth,
+    Form(f): Form<CsrfOnly>,
+) -> Result<Response> {
+    csrf(&s, &f.csrf)?;
+    state.sessions.end(&token);
+    let mut resp = back("/", true, "logged out").into_response();
+    if let Ok(v) = HeaderValue::from_str(&clear_cookie()) {
+        resp.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    Ok(resp)
+}
+
+/// A form with nothing but its CSRF token.
+#[derive(Deserialize)]
+pub(super) struct CsrfOnly {
+    csrf: String,
+}
+
+pub(super) async fn signup_form(Query(n): Query<Notice>) -> Html<String> {
+    let body = format!(
+        r#"{}<section><h2>Sign up</h2><form method="post" action="/signup" data-busy>
+<p><label>User name<br><input name="username" required minlength="3" maxlength="32" pattern="[A-Za-z0-9_-]+"></label></p>
+<p><label>Password (at least 10 characters; it unlocks your key, we never store it)<br><input name="password" type="password" minlength="10" required autocomplete="new-password"></label></p>
+<p><label>I am a<br><select name="role"><option value="patient">patient</option><option value="provider">doctor / provider</option></select></label></p>
+<p class="row"><label>Patient address: area id<br><input name="aid" inputmode="numeric"></label><label>patient id<br><input name="pid" inputmode="numeric"></label></p>
+<p><small>Patients: the codes the records office gave you (no names, no social security numbers). Providers: leave empty; the records office verifies you.</small></p>
+<button>Create account</button> <span class="busy">Creating your account on the chain…</span></form></section>"#,
+        n.html()
+    );
+    Html(page("Sign up", None, &body))
+}
+
+/// Sign-up form.
+#[derive(Deserialize)]
+pub(super) struct SignupForm {
+    username: String,
+    password: String,
+    role: String,
+    #[serde(default)]
+    aid: String,
+    #[serde(default)]
+    pid: String,
+}
+
+pub(super) async fn signup(State(state): State<WebState>, Form(f): Form<SignupForm>) -> Response {
+    match do_signup(&state, f).await {
+        Ok(r) => r,
+        Err(WebError(status, m)) if status.is_client_error() => {
+            (status, back("/signup", false, &m)).into_response()
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn do_signup(state: &WebState, f: SignupForm) -> Result<Response> {
+    let role = match f.role.as_str() {
+        "patient" => Role::Patient,
+        "provider" => Role::Provider,
+        _ => return Err(bad("role must be patient or provider")),
+    };
+    let patient = if role == Role::Patient {
+        let a = format!("{}-{}", f.aid.trim(), f.pid.trim());
+        Some(a.parse::<PatientAddr>().map_err(|e| bad(e.to_string()))?)
+    } else {
+        None
+    };
+    let base = state.app.chain().ok_or_else(|| {
+        WebError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no contract deployed".into(),
+        )
+    })?;
+    if let Some(addr) = patient
+        && base.patient_account(addr).await?.is_some()
+    {
+        return Err(WebError(
+            StatusCode::CONFLICT,
+            format!("patient address {addr} is already registered"),
+        ));
+    }
+    if state.accounts.exists(&f.username) {
+        return Err(WebError(
+            StatusCode::CONFLICT,
+            format!("username {:?} is taken", f.username),
+        ));
+    }
+    let store = state.accounts.clone();
+    let (u, p) = (f.username.clone(), f.password);
+    let (account, signer) =
+        tokio::task::spawn_blocking(move || store.create(&u, &p, role, patient, None))
+            .await
+            .map_err(|e| WebError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+            .map_err(|e| match e {
+                AccountError::Taken(_) => WebError(StatusCode::CONFLICT, e.to_string()),
+                AccountError::Invalid(_) => bad(e.to_string()),
+                other => WebError(StatusCode::INTERNAL_SERVER_ERROR, other.to_string()),
+            })?;
+    // The account exists on disk only if its chain registration landed: a failure here removes
+    // it again, so no half-made user is left behind.
+    let registered = async {
+        if let Some(faucet) = &state.danger_dev_faucet {
+            base.with_signer(state.app.rpc_url(), faucet.clone())?
+                .send_value(signer.address(), U256::from(10u128.pow(18)))
+                .await?;
+        }
+        let mine = base.with_signer(state.app.rpc_url(), signer.clone())?;
+        match patient {
+            Some(addr) => mine.register_patient(addr).await,
+            None => mine.register_provider().await,
+        }
+    }
+    .await;
+    if let Err(e) = registered {
+        if let Err(rm) = state.accounts.remove(&account.username) {
+            tracing::error!("could not roll back account {}: {rm}", account.username);
+        }
+        return Err(e.into());
+    }
+    let to = home_for(account.role);
+    let token = state.sessions.start(account, signer);
+    let mut resp = Redirect::to(to).into_response();
+    if let Ok(v) = HeaderValue::from_str(&set_cookie(&token, state.secure_cookies)) {
+        resp.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    Ok(resp)
+}
+
+// ------------------------------------------------------------------ shared views
+
+fn audit_table(events: &[AuditEvent]) -> String {
+    let mut t = String::from(
+        "<table><tr><th>When</th><th>Event</th><th>Who</th><th>Details</th><th>Tx</th></tr>",
+    );
+    for e in events {
+        let (name, who, details) = describe(&e.kind);
+        let cls = if e.kind.is_denial() {
+            r#" class="denied""#
+        } else {
+            ""
+        };
+        let _ = write!(
+            t,
+            "<tr{cls}><td>{}</td><td>{}</td><td><code>{}</code></td><td>{}</td><td><code title=\"{tx}\">{}</code></td></tr>",
+            e.timestamp.map(time).unwrap_or_default(),
+            esc(name),
+            esc(&who),
+            esc(&details),
+            esc(&short(
+                &e.tx_hash.map(|h| h.to_string()).unwrap_or_default()
+            )),
+            tx = e.tx_hash.map(|h| h.to_string()).unwrap_or_default(),
+        );
+    }
+    t.push_str("</table>");
+    if events.is_empty() {
+        t.push_str("<p>No events yet.</p>");
+    }
+    t
+}
+
+fn describe(k: &AuditKind) -> (&'static str, String, String) {
+    let p = |p: &Option<PatientAddr>| p.map(|a| a.to_string()).unwrap_or_default();
+    match k {
+        AuditKind::ManagerTransferred { manager } => {
+            ("Records office set", manager.to_string(), String::new())
+        }
+        AuditKind::PatientRegistered { patient, account } => {
+            ("Patient registered", account.to_string(), p(patient))
+        }
+        AuditKind::ProviderRegistered { provider } => {
+            ("Provider registered", provider.to_string(), String::new())
+        }
+        AuditKind::ProviderVerified { provider } => {
+            ("Provider verified", provider.to_string(), String::new())
+        }
+        AuditKind::ProviderSuspended { provider } => {
+            ("Provider suspended", provider.to_string(), String::new())
+        }
+        AuditKind::AccessRequested { patient, provider } => {
+            ("Access requested", provider.to_string(), p(patient))
+        }
+        AuditKind::RequestDeclined { patient, provider } => {
+            ("Request declined", provider.to_string(), p(patient))
+        }
+        AuditKind::GrantIssued {
+            patient,
+            provider,
+            expires_at,
+        } => (
+            "Access granted",
+            provider.to_string(),
+            format!(
+                "{} until {}",
+                p(patient),
+                expires_at.map_or("revoked".replace("revoked", "open-ended"), time)
+            ),
+        ),
+        AuditKind::GrantRevoked { patient, provider } => {
+            ("Access revoked", provider.to_string(), p(patient))
+        }
+        AuditKind::RecordAnchored {
+            patient,
+            record,
+            author,
+        } => (
+            "Record added",
+            author.to_string(),
+            format!("{} record {}", p(patient), short(&record.to_string())),
+        ),
+        AuditKind::AccessAllowed {
+            patient,
+            provider,
+            record,
+            emergency,
+        } => (
+            if *emergency {
+                "Read (BREAK-GLASS)"
+            } else {
+                "Read"
+            },
+            provider.to_string(),
+            format!("{} record {}", p(patient), short(&record.to_string())),
+        ),
+        AuditKind::AccessDenied {
+            patient,
+            provider,
+            record,
+            reason,
+            denied_count,
+        } => (
+            "ACCESS DENIED",
+            provider.to_string(),
+            format!(
+                "{} record {}: {reason} (attempt {denied_count})",
+                p(patient),
+                short(&record.to_string())
+            ),
+        ),
+        AuditKind::BreakGlassOpened {
+            patient,
+            provider,
+            reason_code,
+            until,
+        } => (
+            "BREAK-GLASS opened",
+            provider.to_string(),
+            format!("{} reason {reason_code} until {}", p(patient), time(*until)),
+        ),
+        AuditKind::Other { name } => ("Other", String::new(), name.clone()),
+    }
+}
+
+/// What the patient's record list shows besides the chain's anchor: from the record's metadata
+/// block, which only the patient's own share-node requests may open. Immutable per record, so
+/// cached; holds no key, CID or content.
+#[derive(Debug, Clone)]
+pub(super) struct Listing {
+    name: String,
+    size: u64,
+    media_type: String,
+}
+
+/// Listings by record id, shared by all sessions (a listing is only shown to its patient).
+#[derive(Debug, Clone, Default)]
+pub(super) struct ListingCache(
+    std::sync::Arc<std::sync::Mutex<std::collections::HashMap<RecordId, Listing>>>,
+);
+
+impl ListingCache {
+    fn get(&self, id: RecordId) -> Option<Listing> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&id)
+            .cloned()
+    }
+
+    fn put(&self, id: RecordId, l: Listing) {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(id, l);
+    }
+}
+
+/// The newest records the pages list.
+const LIST_LIMIT: u64 = 50;
+
+fn human_size(n: u64) -> String {
+    match n {
+        n if n >= 1 << 20 => format!("{:.1} MiB", n as f64 / f64::from(1u32 << 20)),
+        n if n >= 1 << 10 => format!("{:.1} KiB", n as f64 / 1024.0),
+        n => format!("{n} B"),
+    }
+}
+
+async fn records_table(
+    c: &EhrChain,
+    addr: PatientAddr,
+    open_prefix: &str,
+    listing: Option<(&RecordsClient, &ListingCache)>,
+) -> Result<String> {
+    let count = c.record_count(addr).await?;
+    let offset = count.saturating_sub(LIST_LIMIT);
+    let ids = c.record_ids(addr, offset, LIST_LIMIT).await?;
+    // The patient's listing: metadata of the uncached records, gathered concurrently.
+    if let Some((rc, cache)) = listing {
+        let missing: Vec<RecordId> = ids
+            .iter()
+            .copied()
+            .filter(|id| cache.get(*id).is_none())
+            .collect();
+        let found = futures::future::join_all(missing.iter().map(|id| rc.metadata(*id))).await;
+        for (id, m) in missing.into_iter().zip(found) {
+            match m {
+                Ok(b) => cache.put(
+                    id,
+                    Listing {
+                        name: b.file_name.unwrap_or_else(|| "record".into()),
+                        size: b.size,
+                        media_type: b.media_type,
+                    },
+                ),
+                Err(e) => tracing::warn!("listing of record {id} unavailable: {e}"),
+            }
+        }
+    }
+    let mut t = String::from(
+        "<table><tr><th>Record</th><th>File</th><th>Size</th><th>Added</th><th>Author</th><th></th></tr>",
+    );
+    for id in ids.iter().rev() {
+        let Some(r) = c.record(*id).await? else {
+            continue;
+        };
+        let (name, size) = match listing.and_then(|(_, cache)| cache.get(*id)) {
+            Some(l) => (
+                format!("{} <small>({})</small>", esc(&l.name), esc(&l.media_type)),
+                human_size(l.size),
+            ),
+            None if listing.is_some() => ("<em>unavailable</em>".to_owned(), String::new()),
+            None => ("<em>encrypted</em>".to_owned(), String::new()),
+        };
+        let _ = write!(
+            t,
+            r#"<tr><td><code title="{id}">{}</code></td><td>{name}</td><td>{size}</td><td>{}</td><td><code title="{author}">{}</code></td><td><a href="{open_prefix}/{id}" data-open>Open</a></td></tr>"#,
+            esc(&short(&id.to_string())),
+            time(r.anchored_at),
+            esc(&short(&r.author.to_string())),
+            author = r.author,
+        );
+    }
+    t.push_str("</table>");
+    if ids.is_empty() {
+        t.push_str("<p>No records yet.</p>");
+    } else if count > LIST_LIMIT {
+        let _ = write!(t, "<p>The newest {LIST_LIMIT} of {count} records.</p>");
+    }
+    t.push_str(OPENING_JS);
+    Ok(t)
+}
+
+/// Progress feedback on "Open": a read runs an access transaction and gathers shares.
+const OPENING_JS: &str = "<script>document.querySelectorAll('a[data-open]').forEach(a=>a.addEventListener('click',()=>{a.textContent='Opening… (access check, gathering shares)'}))</script>";
+
+fn records_client(state: &WebState, s: &Session) -> Result<RecordsClient> {
+    let cfg = state.app.records().ok_or_else(|| {
+        WebError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no share nodes configured".into(),
+        )
+    })?;
+    Ok(RecordsClient::new(
+        chain(state, s)?,
+        s.signer.clone(),
+        cfg.chain_id,
+        state.app.ipfs().clone(),
+        cfg.nodes.clone(),
+        cfg.threshold,
+    )?)
+}
+
+// ------------------------------------------------------------------ patient
+
+pub(super) async fn patient(
+    State(state): State<WebState>,
+    Auth(s, _): Auth,
+    Query(n): Query<Notice>,
+) -> Result<Html<String>> {
+    need(&s, Role::Patient)?;
+    let addr = s
+        .account
+        .patient
+        .ok_or_else(|| bad("account has no patient address"))?;
+    let c = chain(&state, &s)?;
+    let h = hidden(&s);
+    let mut grants =
+        String::from("<table><tr><th>Provider</th><th>State</th><th>Expires</th><th></th></tr>");
+    for g in c.grants(addr, 0, 200).await? {
+        let revoke = if g.state == GrantState::Active {
+            format!(
+                r#"<form class="inline" method="post" action="/patient/revoke">{h}<input type="hidden" name="provider" value="{p}"><button class="danger" aria-label="Revoke {p}">Revoke</button></form>"#,
+                p = g.provider
+            )
+        } else {
+            String::new()
+        };
+        let _ = write!(
+            grants,
+            "<tr><td><code>{}</code></td><td>{:?}</td><td>{}</td><td>{revoke}</td></tr>",
+            g.provider,
+            g.state,
+            g.expires_at.map_or("open-ended".into(), time)
+        );
+    }
+    grants.push_str("</table>");
+    let mut requests = String::new();
+    for r in c.pending_requests(addr, 0, 200).await? {
+        let _ = write!(
+            requests,
+            r#"<tr><td><code>{p}</code></td><td>{}</td><td><form class="inline" method="post" action="/patient/request">{h}<input type="hidden" name="provider" value="{p}"><button name="decision" value="approve">Approve</button> <button class="secondary" name="decision" value="decline">Decline</button></form></td></tr>"#,
+            time(r.requested_at),
+            p = r.provider
+        );
+    }
+    let requests = if requests.is_empty() {
+        "<p>No pending requests.</p>".to_owned()
+    } else {
+        format!("<table><tr><th>Provider</th><th>Asked</th><th></th></tr>{requests}</table>")
+    };
+    let audit = c.audit_for_patient(addr, 0, 100).await?;
+    let body = format!(
+        r#"{notice}<section><h2>My records (patient {addr})</h2>
+<form method="post" action="/patient/upload" enctype="multipart/form-data" data-busy class="row">{h}
+<label>File (FHIR JSON or any document)<br><input type="file" name="file" required></label>
+<button>Upload</button> <span class="busy">Encrypting and storing…</span></form>{records}</section>
+<section><h2>Who may see my records</h2>
+<form method="post" action="/patient/grant" class="row">{h}<label>Provider account<br><input name="provider" placeholder="0x…" required size="44"></label>
+<label>For days (empty = until I revoke)<br><input name="days" inputmode="numeric" size="6"></label><button>Grant access</button></form>{grants}</section>
+<section><h2>Pending requests</h2>{requests}</section>
+<section><h2>My audit trail</h2>{trail}</section>"#,
+        notice = n.html(),
+        records = {
+            let rc = records_client(&state, &s).ok();
+            let listing = rc.as_ref().map(|rc| (rc, &state.listing));
+            records_table(&c, addr, "/patient/records", listing).await?
+        },
+        trail = audit_table(&audit),
+    );
+    Ok(user_page(&s, "Patient", &body))
+}
+
+pub(super) async fn patient_upload(
+    State(state): State<WebState>,
+    Auth(s, _): Auth,
+    mut mp: Multipart,
+) -> Result<Redirect> {
+    need(&s, Role::Patient)?;
+    let addr = s
+        .account
+        .patient
+        .ok_or_else(|| bad("account has no patient address"))?;
+    let mut csrf_field = String::new();
+    let mut file: Option<(String, String, bytes::Bytes)> = None;
+    while let Some(field) = mp
+        .next_field()
+        .await
+        .map_err(|e| bad(format!("upload failed: {e}")))?
+    {
+        match field.name() {
+            Some("csrf") => csrf_field = field.text().await.map_err(|e| bad(e.to_string()))?,
+            Some("file") => {
+                let name = field.file_name().unwrap_or("record").to_owned();
+                let ct = field
+                    .content_type()
+                    .unwrap_or("application/octet-stream")
+                    .to_owned();
+                let data = field
+                    .bytes()
+                    .await
+                    .map_err(|e| bad(format!("upload failed: {e}")))?;
+                file = Some((name, ct, data));
+            }
+            _ => {}
+        }
+    }
+    csrf(&s, &csrf_field)?;
+    let (name, ct, data) = file.ok_or_else(|| bad("choose a file"))?;
+    if data.is_empty() {
+        return Ok(back("/patient", false, "the file is empty"));
+    }
+    let media = if name.ends_with(".json") || ct.contains("json") {
+        FHIR_JSON.to_owned()
+    } else {
+        ct
+    };
+    match records_client(&state, &s)?
+        .put(addr, data, &media, Some(name.clone()))
+        .await
+    {
+        Ok(id) => Ok(back(
+            "/patient",
+            true,
+            &format!("stored {name} as record {id}"),
+        )),
+        Err(e @ RecordError::InvalidFhir(_)) => Ok(back("/patient", false, &e.to_string())),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Grant form.
+#[derive(Deserialize)]
+pub(super) struct GrantForm {
+    csrf: String,
+    provider: String,
+    #[serde(default)]
+    days: String,
+}
+
+fn provider_addr(s: &str) -> Result<Address> {
+    s.trim().parse().map_err(|_| {
+        bad(format!(
+            "{s:?} is not an account address (0x + 40 hex digits)"
+        ))
+    })
+}
+
+pub(super) async fn patient_grant(
+    State(state): State<WebState>,
+    Auth(s, _): Auth,
+    Form(f): Form<GrantForm>,
+) -> Result<Redirect> {
+    need(&s, Role::Patient)?;
+    csrf(&s, &f.csrf)?;
+    let p = match provider_addr(&f.provider) {
+        Ok(p) => p,
+        Err(WebError(_, m)) => return Ok(back("/patient", false, &m)),
+    };
+    let c = chain(&state, &s)?;
+    let until = match f.days.trim() {
+        "" => None,
+        d => match d.parse::<u64>() {
+            Ok(d) if d > 0 => Some(c.chain_time().await? + d * 86_400),
+            _ => {
+                return Ok(back(
+                    "/patient",
+                    false,
+                    "days must be a positive whole number",
+                ));
+            }
+        },
+    };
+    Ok(match c.grant(p, until).await {
+        Ok(_) => back("/patient", true, &format!("granted {p}")),
+        Err(e) => back("/patient", false, &e.to_string()),
+    })
+}
+
+/// A form naming a provider.
+#[derive(Deserialize)]
+pub(super) struct ProviderForm {
+    csrf: String,
+    provider: String,
+    #[serde(default)]
+    decision: String,
+}
+
+pub(super) async fn patient_revoke(
+    State(state): State<WebState>,
+    Auth(s, _): Auth,
+    Form(f): Form<ProviderForm>,
+) -> Result<Redirect> {
+    need(&s, Role::Patient)?;
+    csrf(&s, &f.csrf)?;
+    let p = provider_addr(&f.provider)?;
+    Ok(match chain(&state, &s)?.revoke(p).await {
+        Ok(_) => back("/patient", true, &format!("revoked {p}")),
+        Err(e) => back("/patient", false, &e.to_string()),
+    })
+}
+
+pub(super) async fn patient_request(
+    State(state): State<WebState>,
+    Auth(s, _): Auth,
+    Form(f): Form<ProviderForm>,
+) -> Result<Redirect> {
+    need(&s, Role::Patient)?;
+    csrf(&s, &f.csrf)?;
+    let p = provider_addr(&f.provider)?;
+    let c = chain(&state, &s)?;
+    let r = if f.decision == "approve" {
+        c.approve_request(p, None).await
+    } else {
+        c.decline_request(p).await
+    };
+    Ok(match r {
+        Ok(_) => back(
+            "/patient",
+            true,
+            &format!("{}d the request of {p}", f.decision),
+        ),
+        Err(e) => back("/patient", false, &e.to_string()),
+    })
+}
+
+// ------------------------------------------------------------------ doctor
+
+pub(super) async fn doctor(
+    State(state): State<WebState>,
+    Auth(s, _): Auth,
+    Query(n): Query<Notice>,
+) -> Result<Html<String>> {
+    need(&s, Role::Provider)?;
+    let c = chain(&state, &s)?;
+    let (status, denied) = c.provider_status(s.account.address).await?;
+    let status_note = match status {
+        ProviderStatus::Verified => format!("Verified provider. Denied attempts on record: {denied}."),
+        ProviderStatus::Pending => "Waiting for the records office to verify you; until then you cannot request or open records.".into(),
+        ProviderStatus::Suspended => "Your account is suspended by the records office.".into(),
+        ProviderStatus::None => "Not registered as a provider.".into(),
+    };
+    let mut patients = std::collections::BTreeMap::new();
+    for e in c
+        .audit_for_provider(s.account.address, 0, 200)
+        .await?
+        .into_iter()
+        .rev()
+    {
+        if let AuditKind::GrantIssued {
+            patient: Some(p),
+            expires_at,
+            ..
+        } = e.kind
+        {
+            patients.insert(p.to_string(), (p, expires_at));
+        }
+    }
+    let mut mine =
+        String::from("<table><tr><th>Patient</th><th>Access</th><th>Until</th><th></th></tr>");
+    for (p, exp) in patients.values() {
+        let (reason, _) = c.check_access(*p, s.account.address).await?;
+        let _ = write!(
+            mine,
+            r#"<tr><td>{p}</td><td>{reason}</td><td>{}</td><td><a href="/doctor/patient?addr={p}">Records</a></td></tr>"#,
+            exp.map_or("open-ended".into(), time)
+        );
+    }
+    mine.push_str("</table>");
+    let body = format!(
+        r#"{}<section><p>{}</p><h2>Find a patient</h2><form method="get" action="/doctor/patient" class="row">
+<label>Patient address (AID-PID)<br><input name="addr" placeholder="1-1001" required></label><button>Find</button></form></section>
+<section><h2>My patients</h2>{mine}</section>"#,
+        n.html(),
+        esc(&status_note)
+    );
+    Ok(user_page(&s, "Doctor", &body))
+}
+
+/// `?addr=`.
+#[derive(Deserialize)]
+pub(super) struct AddrQuery {
+    addr: String,
+    #[serde(default)]
+    ok: Option<String>,
+    #[serde(default)]
+    err: Option<String>,
+}
+
+pub(super) async fn doctor_patient(
+    State(state): State<WebState>,
+    Auth(s, _): Auth,
+    Query(q): Query<AddrQuery>,
+) -> Result<Html<String>> {
+    need(&s, Role::Provider)?;
+    let addr: PatientAddr = q
+        .addr
+        .parse()
+        .map_err(|e: crate::chain::InvalidPatientAddr| bad(e.to_string()))?;
+    let c = chain(&state, &s)?;
+    if c.patient_account(addr).await?.is_none() {
+        return Err(WebError(
+            StatusCode::NOT_FOUND,
+            format!("no patient is registered at {addr}"),
+        ));
+    }
+    let (reason, emergency) = c.check_access(addr, s.account.address).await?;
+    let access = if emergency {
+        "BREAK-GLASS access is open (logged for the patient).".to_owned()
+    } else {
+        format!("Your access: {reason}.")
+    };
+    let h = hidden(&s);
+    let notice = Notice {
+        ok: q.ok,
+        err: q.err,
+    }
+    .html();
+    let body = format!(
+        r#"{notice}<section><h2>Patient {addr}</h2><p>{access}</p>
+<form method="post" action="/doctor/request" class="inline">{h}<input type="hidden" name="addr" value="{addr}"><button>Request access</button></form></section>
+<section><h2>Records</h2>{records}</section>
+<section><h2>Emergency access</h2><form method="post" action="/doctor/break-glass" class="row">{h}<input type="hidden" name="addr" value="{addr}">
+<label>Reason code<br><select name="reason"><option value="1">1 · unconscious patient</option><option value="2">2 · life-threatening emergency</option><option value="3">3 · other urgent care</option></select></label>
+<button class="danger">Break the glass (1 hour, audited)</button></form></section>"#,
+        records = records_table(&c, addr, "/doctor/records", None).await?,
+    );
+    Ok(user_page(&s, "Doctor", &body))
+}
+
+/// A form naming a patient.
+#[derive(Deserialize)]
+pub(super) struct PatientForm {
+    csrf: String,
+    addr: String,
+    #[serde(default)]
+    reason: u16,
+}
+
+pub(super) async fn doctor_request(
+    State(state): State<WebState>,
+    Auth(s, _): Auth,
+    Form(f): Form<PatientForm>,
+) -> Result<Redirect> {
+    need(&s, Role::Provider)?;
+    csrf(&s, &f.csrf)?;
+    let addr: PatientAddr = f
+        .addr
+        .parse()
+        .map_err(|e: crate::chain::InvalidPatientAddr| bad(e.to_string()))?;
+    let to = format!("/doctor/patient?addr={addr}");
+    Ok(match chain(&state, &s)?.request_access(addr).await {
+        Ok(_) => back(&to, true, "request sent; the patient will see it"),
+        Err(e) => back(&to, false, &e.to_string()),
+    })
+}
+
+pub(super) async fn doctor_break_glass(
+    State(state): State<WebState>,
+    Auth(s, _): Auth,
+    Form(f): Form<PatientForm>,
+) -> Result<Redirect> {
+    need(&s, Role::Provider)?;
+    csrf(&s, &f.csrf)?;
+    let addr: PatientAddr = f
+        .addr
+        .parse()
+        .map_err(|e: crate::chain::InvalidPatientAddr| bad(e.to_string()))?;
+    let to = format!("/doctor/patient?addr={addr}");
+    Ok(match chain(&state, &s)?.break_glass(addr, f.reason).await {
+        Ok(_) => back(
+            &to,
+            true,
+            "emergency access open for one hour; this is logged for the patient",
+        ),
+        Err(e) => back(&to, false, &e.to_string()),
+    })
+}
+
+async fn read(state: &WebState, s: &Session, id: &str) -> Result<crate::records::Retrieved> {
+    let id: RecordId = id
+        .parse()
+        .map_err(|_| bad(format!("{id:?} is not a record id")))?;
+    Ok(records_client(state, s)?.get(id).await?)
+}
+
+pub(super) async fn doctor_record(
+    State(state): State<WebState>,
+    Auth(s, _): Auth,
+    Path(id): Path<String>,
+) -> Result<Response> {
+    need(&s, Role::Provider)?;
+    record_page(&state, &s, &id, "/doctor").await
+}
+
+pub(super) async fn patient_record(
+    State(state): State<WebState>,
+    Auth(s, _): Auth,
+    Path(id): Path<String>,
+) -> Result<Response> {
+    need(&s, Role::Patient)?;
+    record_page(&state, &s, &id, "/patient").await
+}
+
+/// One record, read behind one click: for a provider the access transaction, then the shares,
+/// the ciphertext and the check against the anchor. FHIR is shown readable, other files
+/// download.
+async fn record_page(state: &WebState, s: &Session, id: &str, base: &str) -> Result<Response> {
+    let r = match read(state, s, id).await {
+        Ok(r) => r,
+        Err(WebError(StatusCode::FORBIDDEN, m)) => {
+            let body = format!(
+                "{}<p>The attempt is recorded on chain and the patient sees it in their audit trail.</p><p><a href=\"{base}\">Back</a></p>",
+                msg(false, &m)
+            );
+            return Ok(
+                (StatusCode::FORBIDDEN, user_page(s, "Access denied", &body)).into_response(),
+            );
+        }
+        Err(e) => return Err(e),
+    };
+    let b = &r.block;
+    let content = if b.media_type == FHIR_JSON {
+        fhir_view(&r.data)
+    } else {
+        format!(
+            r#"<p><a href="{base}/records/{id}/download">Download {}</a></p>"#,
+            esc(b.file_name.as_deref().unwrap_or("file"))
+        )
+    };
+    let back_to = if base == "/doctor" {
+        format!("/doctor/patient?addr={}", b.patient)
+    } else {
+        base.to_owned()
+    };
+    let body = format!(
+        r#"<section><h2>Record {}</h2><p>Patient {} · added {} · {} · {}</p>{content}</section><p><a href="{back_to}">Back</a></p>"#,
+        esc(&short(id)),
+        b.patient,
+        time(b.created_at),
+        human_size(b.size),
+        esc(&b.media_type),
+    );
+    Ok(user_page(s, "Record", &body).into_response())
+}
+
+fn fhir_view(data: &[u8]) -> String {
+    let v: serde_json::Value = serde_json::from_slice(data).unwrap_or_default();
+    let mut out = String::new();
+    let mut one = |r: &serde_json::Value| {
+        let rt = r["resourceType"].as_str().unwrap_or("?");
+        let mut facts = Vec::new();
+        for key in [
+            "status",
+            "id",
+            "birthDate",
+            "gender",
+            "effectiveDateTime",
+            "onsetDateTime",
+        ] {
+            if let Some(x) = r[key].as_str() {
+                facts.push(format!("{key}: {x}"));
+            }
+        }
+        if let Some(t) = r["code"]["text"]
+            .as_str()
+            .or_else(|| r["code"]["coding"][0]["display"].as_str())
+        {
+            facts.push(format!("code: {t}"));
+        }
+        if let Some(q) = r["valueQuantity"].as_object() {
+            facts.push(format!(
+                "value: {} {}",
+                q.get("value").map(ToString::to_string).unwrap_or_default(),
+                q.get("unit").and_then(|u| u.as_str()).unwrap_or("")
+            ));
+        }
+        if let Some(n) = r["name"][0]["family"].as_str() {
+            facts.push(format!(
+                "name: {} {}",
+                r["name"][0]["given"][0].as_str().unwrap_or(""),
+                n
+            ));
+        }
+        if let Some(notes) = r["note"].as_array() {
+            for n in notes {
+                if let Some(t) = n["text"].as_str() {
+                    facts.push(format!("note: {t}"));
+                }
+            }
+        }
+        let _ = write!(
+            out,
+            "<h3>{}</h3><ul>{}</ul>",
+            esc(rt),
+            facts
+                .iter()
+                .map(|f| format!("<li>{}</li>", esc(f)))
+                .collect::<String>()
+        );
+    };
+    if v["resourceType"] == "Bundle" {
+        for e in v["entry"].as_array().into_iter().flatten() {
+            one(&e["resource"]);
+        }
+    } else {
+        one(&v);
+    }
+    let pretty = serde_json::to_string_pretty(&v).unwrap_or_default();
+    format!(
+        "{out}<details><summary>FHIR JSON</summary><pre>{}</pre></details>",
+        esc(&pretty)
+    )
+}
+
+pub(super) async fn doctor_download(
+    State(state): State<WebState>,
+    Auth(s, _): Auth,
+    Path(id): Path<String>,
+) -> Result<Response> {
+    need(&s, Role::Provider)?;
+    download(&state, &s, &id).await
+}
+
+pub(super) async fn patient_download(
+    State(state): State<WebState>,
+    Auth(s, _): Auth,
+    Path(id): Path<String>,
+) -> Result<Response> {
+    need(&s, Role::Patient)?;
+    download(&state, &s, &id).await
+}
+
+async fn download(state: &WebState, s: &Session, id: &str) -> Result<Response> {
+    let r = read(state, s, id).await?;
+    let name = r
+        .block
+        .file_name
+        .as_deref()
+        .unwrap_or("record")
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+        .collect::<String>();
+    let mut resp = r.data.into_response();
+    let ct = HeaderValue::from_str(&r.block.media_type)
+        .unwrap_or(HeaderValue::from_static("application/octet-stream"));
+    resp.headers_mut().insert(header::CONTENT_TYPE, ct);
+    // Never rendered inline: an uploaded HTML file must not run in the gateway's origin.
+    let disposition = HeaderValue::from_str(&format!("attachment; filename=\"{name}\""))
+        .unwrap_or(HeaderValue::from_static("attachment"));
+    resp.headers_mut()
+        .insert(header::CONTENT_DISPOSITION, disposition);
+    resp.headers_mut().insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    Ok(resp)
+}
+
+// ------------------------------------------------------------------ records office
+
+pub(super) async fn office(
+    State(state): State<WebState>,
+    Auth(s, _): Auth,
+    Query(n): Query<Notice>,
+) -> Result<Html<String>> {
+    need(&s, Role::Office)?;
+    let c = chain(&state, &s)?;
+    let events = c.audit_all(0, 100).await?;
+    let h = hidden(&s);
+    let mut providers =
+        String::from("<table><tr><th>Provider</th><th>Status</th><th>Denied</th><th></th></tr>");
+    // Waiting providers first: they are what the office acts on.
+    let mut rows = Vec::new();
+    for provider in c.registered_providers().await? {
+        let (st, denied) = c.provider_status(provider).await?;
+        rows.push((st != ProviderStatus::Pending, provider, st, denied));
+    }
+    rows.sort_by_key(|r| r.0);
+    for (_, provider, st, denied) in rows {
+        let mut actions = String::new();
+        if st == ProviderStatus::Pending || st == ProviderStatus::Suspended {
+            let _ = write!(
+                actions,
+                r#"<form class="inline" method="post" action="/office/provider">{h}<input type="hidden" name="provider" value="{provider}"><button name="decision" value="verify">Verify</button></form> "#
+            );
+        }
+        if st == ProviderStatus::Pending || st == ProviderStatus::Verified {
+            let _ = write!(
+                actions,
+                r#"<form class="inline" method="post" action="/office/provider">{h}<input type="hidden" name="provider" value="{provider}"><button class="danger" name="decision" value="suspend">Suspend</button></form>"#
+            );
+        }
+        let _ = write!(
+            providers,
+            "<tr><td><code>{provider}</code></td><td>{st:?}</td><td>{denied}</td><td>{actions}</td></tr>"
+        );
+    }
+    providers.push_str("</table>");
+    let ipfs = match state.app.ipfs().version().await {
+        Ok(v) => format!("Kubo {} · ok", esc(&v.version)),
+        Err(e) => format!("unavailable: {}", esc(&e.to_string())),
+    };
+    let mut nodes = String::new();
+    if let Some(cfg) = state.app.records() {
+        // All nodes at once, each with a short timeout: one dead node must not stall the page.
+        let http = reqwest::Client::new();
+        let checks = cfg.nodes.iter().map(|node| {
+            http.get(format!("{}/health", node.url))
+                .timeout(std::time::Duration::from_secs(2))
+                .send()
+        });
+        let results = futures::future::join_all(checks).await;
+        for (node, r) in cfg.nodes.iter().zip(results) {
+            let ok = matches!(r, Ok(r) if r.status().is_success());
+            let _ = write!(
+                nodes,
+                "<tr><td>{}</td><td><code>{}</code></td><td>{}</td></tr>",
+                esc(&node.url),
+                node.address,
+                if ok { "ok" } else { "<strong>DOWN</strong>" }
+            );
+        }
+    }
+    let denied = events.iter().filter(|e| e.kind.is_denial()).count();
+    let body = format!(
+        r#"{}<section><h2>Providers</h2>{providers}</section>
+<section><h2>Health</h2><p>IPFS: {ipfs}</p><table><tr><th>Share node</th><th>Identity</th><th>Health</th></tr>{nodes}</table></section>
+<section><h2>Monitoring: recent transactions ({denied} denied attempts highlighted)</h2>{}</section>"#,
+        n.html(),
+        audit_table(&events)
+    );
+    Ok(user_page(&s, "Records office", &body))
+}
+
+pub(super) async fn office_provider(
+    State(state): State<WebState>,
+    Auth(s, _): Auth,
+    Form(f): Form<ProviderForm>,
+) -> Result<Redirect> {
+    need(&s, Role::Office)?;
+    csrf(&s, &f.csrf)?;
+    let p = provider_addr(&f.provider)?;
+    let c = chain(&state, &s)?;
+    let r = if f.decision == "verify" {
+        c.verify_provider(p).await
+    } else {
+        c.suspend_provider(p).await
+    };
+    Ok(match r {
+        Ok(_) => back(
+            "/office",
+            true,
+            &format!(
+                "{p}: {}",
+                if f.decision == "verify" {
+                    "verified"
+                } else {
+                    "suspended"
+                }
+            ),
+        ),
+        Err(e) => back("/office", false, &e.to_string()),
+    })
+}
