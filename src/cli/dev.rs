@@ -11,9 +11,10 @@ use crate::chain::{Deployment, EhrChain, PatientAddr};
 use crate::config::{AnvilSettings, Tools};
 use crate::gateway::{AppState, Keyring, RecordsConfig};
 use crate::ipfs::KuboClient;
-use crate::records::ShareNodeRef;
+use crate::records::{FHIR_JSON, RecordsClient, ShareNodeRef};
 use crate::share_node::{NodeConfig, ShareStore};
 use crate::stack::{KuboOptions, start_anvil, start_kubo};
+use crate::web::{AccountStore, Role, WebState};
 
 /// `ehr dev` flags.
 #[derive(Debug, Args)]
@@ -51,6 +52,14 @@ pub struct DevArgs {
 const OFFICE: u32 = 0;
 const DOCTORS: [u32; 3] = [1, 2, 6];
 const PATIENTS: [(u32, u64, u64); 3] = [(3, 1, 1001), (4, 1, 1002), (5, 2, 2001)];
+
+/// The demo record stored for the first patient on a fresh chain (synthetic, see demo/).
+const DEMO_RECORD: &[u8] = include_bytes!("../../demo/patient-1-1001-visit.fhir.json");
+
+/// The password of a demo web user: printed by `ehr dev`, development only.
+fn demo_password(user: &str) -> String {
+    format!("{user}-password")
+}
 
 /// Account `index` of the dev mnemonic.
 ///
@@ -99,13 +108,19 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
     let keyring = seed_demo(&settings, &chain).await?;
 
     let (node_stop, node_refs) = start_share_nodes(&a, &settings, &chain).await?;
+    let records = RecordsConfig {
+        nodes: node_refs.clone(),
+        threshold: a.threshold,
+        chain_id: settings.chain_id,
+    };
+    seed_demo_record(&settings, &chain, &ipfs, &records).await?;
     let state = AppState::new(&settings.rpc_url(), Some(chain.clone()), ipfs, keyring)
         .map_err(anyhow::Error::msg)?
-        .with_records(RecordsConfig {
-            nodes: node_refs.clone(),
-            threshold: a.threshold,
-            chain_id: settings.chain_id,
-        });
+        .with_records(records);
+    let accounts = seed_web_users(&settings, &a.state_dir.join("web"))?;
+    let web = WebState::new(state.clone(), accounts)
+        .with_danger_dev_faucet(demo_signer(&settings, OFFICE)?);
+    let app = crate::gateway::router(state).merge(crate::web::router(web));
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", a.gateway_port))
         .await
         .with_context(|| {
@@ -126,6 +141,7 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
         "  ipfs     {}  (Kubo {})",
         kubo.api_url, ipfs_version.version
     );
+    println!("  web      {gw}/  (log in as a demo user above, or sign up)");
     println!("  gateway  {gw}  (health: {gw}/health, API: {gw}/openapi.json)");
     for n in &node_refs {
         println!("  share    {}  (node {})", n.url, n.address);
@@ -140,9 +156,13 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
     println!("ehr dev is up; Ctrl-C stops everything.");
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(crate::gateway::serve(listener, state, async move {
-        let _ = stop_rx.await;
-    }));
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stop_rx.await;
+            })
+            .await
+    });
     let outcome = tokio::select! {
         _ = shutdown_signal() => { println!("\n[dev] stopping"); Ok(()) }
         exit = anvil.child.wait_exit() => Err(anyhow::anyhow!("{exit}")),
@@ -300,6 +320,67 @@ async fn seed_demo(settings: &AnvilSettings, chain: &EhrChain) -> anyhow::Result
         println!("  demo-patient{}  patient {addr}  {}", n + 1, p.address());
     }
     Ok(keyring)
+}
+
+/// The demo web users (the same keys as the API tokens), created once under `dir` with
+/// printed passwords. Development only: the passwords are public.
+fn seed_web_users(settings: &AnvilSettings, dir: &std::path::Path) -> anyhow::Result<AccountStore> {
+    let store = AccountStore::open(dir)?;
+    let mut users = vec![("office".to_owned(), OFFICE, Role::Office, None)];
+    for (n, i) in DOCTORS.iter().enumerate() {
+        users.push((format!("doctor{}", n + 1), *i, Role::Provider, None));
+    }
+    for (n, (i, aid, pid)) in PATIENTS.iter().enumerate() {
+        let addr = PatientAddr::new(*aid, *pid)?;
+        users.push((format!("patient{}", n + 1), *i, Role::Patient, Some(addr)));
+    }
+    println!("[dev] demo web users (user / password):");
+    for (name, index, role, patient) in users {
+        if !store.exists(&name) {
+            let key = demo_signer(settings, index)?;
+            store.create(&name, &demo_password(&name), role, patient, Some(key))?;
+        }
+        let what = patient.map_or_else(
+            || format!("{role:?}").to_lowercase(),
+            |p| format!("patient {p}"),
+        );
+        println!("  {name:<9} {:<18} {what}", demo_password(&name));
+    }
+    Ok(store)
+}
+
+/// Stores the demo FHIR bundle for the first patient once (client-side encryption, shares,
+/// anchor: the same path as every upload).
+async fn seed_demo_record(
+    settings: &AnvilSettings,
+    chain: &EhrChain,
+    ipfs: &KuboClient,
+    records: &RecordsConfig,
+) -> anyhow::Result<()> {
+    let (index, aid, pid) = PATIENTS[0];
+    let addr = PatientAddr::new(aid, pid)?;
+    if chain.record_count(addr).await? > 0 {
+        return Ok(());
+    }
+    let patient = demo_signer(settings, index)?;
+    let client = RecordsClient::new(
+        chain.with_signer(&settings.rpc_url(), patient.clone())?,
+        patient,
+        records.chain_id,
+        ipfs.clone(),
+        records.nodes.clone(),
+        records.threshold,
+    )?;
+    let id = client
+        .put(
+            addr,
+            bytes::Bytes::from_static(DEMO_RECORD),
+            FHIR_JSON,
+            Some("visit-2026-11-20.fhir.json".into()),
+        )
+        .await?;
+    println!("[dev] stored the demo record {id} for patient {addr}");
+    Ok(())
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

@@ -420,11 +420,10 @@ fn describe(k: &AuditKind) -> (&'static str, String, String) {
         } => (
             "Access granted",
             provider.to_string(),
-            format!(
-                "{} until {}",
-                p(patient),
-                expires_at.map_or("revoked".replace("revoked", "open-ended"), time)
-            ),
+            match expires_at {
+                Some(t) => format!("{} until {}", p(patient), time(*t)),
+                None => format!("{}, open-ended", p(patient)),
+            },
         ),
         AuditKind::GrantRevoked { patient, provider } => {
             ("Access revoked", provider.to_string(), p(patient))
