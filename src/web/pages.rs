@@ -191,12 +191,16 @@ fn url_encode(s: &str) -> String {
 // ------------------------------------------------------------------ login / sign-up
 
 pub(super) async fn home(Query(n): Query<Notice>) -> Html<String> {
+    login_page(&n.html(), "")
+}
+
+fn login_page(notice: &str, username: &str) -> Html<String> {
     let body = format!(
-        r#"{}<section><h2>Log in</h2><form method="post" action="/login" class="row">
-<label>User<br><input name="username" autocomplete="username" required></label>
+        r#"{notice}<section><h2>Log in</h2><form method="post" action="/login" class="row">
+<label>User<br><input name="username" autocomplete="username" required value="{}"></label>
 <label>Password<br><input name="password" type="password" autocomplete="current-password" required></label>
 <button>Log in</button></form><p>New here? <a href="/signup">Sign up</a> as a patient or a provider.</p></section>"#,
-        n.html()
+        esc(username)
     );
     Html(page("Welcome", None, &body))
 }
@@ -210,6 +214,7 @@ pub(super) struct LoginForm {
 
 pub(super) async fn login(State(state): State<WebState>, Form(f): Form<LoginForm>) -> Response {
     let store = state.accounts.clone();
+    let username = f.username.clone();
     let (u, p) = (f.username, f.password);
     let r = tokio::task::spawn_blocking(move || store.login(&u, &p)).await;
     match r {
@@ -222,7 +227,12 @@ pub(super) async fn login(State(state): State<WebState>, Form(f): Form<LoginForm
             }
             resp
         }
-        Ok(Err(e)) => (StatusCode::UNAUTHORIZED, back("/", false, &e.to_string())).into_response(),
+        // The form again with the message, the name kept (a redirect cannot carry a 401).
+        Ok(Err(e)) => (
+            StatusCode::UNAUTHORIZED,
+            login_page(&msg(false, &e.to_string()), &username),
+        )
+            .into_response(),
         Err(e) => WebError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
     }
 }
@@ -248,21 +258,31 @@ pub(super) struct CsrfOnly {
 }
 
 pub(super) async fn signup_form(Query(n): Query<Notice>) -> Html<String> {
+    signup_page(&n.html(), &SignupForm::default())
+}
+
+/// The sign-up form; after an error it is shown again with what was typed (but the password).
+fn signup_page(notice: &str, f: &SignupForm) -> Html<String> {
+    let selected = |r: &str| if f.role == r { " selected" } else { "" };
     let body = format!(
-        r#"{}<section><h2>Sign up</h2><form method="post" action="/signup" data-busy>
-<p><label>User name<br><input name="username" required minlength="3" maxlength="32" pattern="[A-Za-z0-9_-]+"></label></p>
+        r#"{notice}<section><h2>Sign up</h2><form method="post" action="/signup" data-busy>
+<p><label>User name<br><input name="username" required minlength="3" maxlength="32" pattern="[A-Za-z0-9_-]+" value="{user}"></label></p>
 <p><label>Password (at least 10 characters; it unlocks your key, we never store it)<br><input name="password" type="password" minlength="10" required autocomplete="new-password"></label></p>
-<p><label>I am a<br><select name="role"><option value="patient">patient</option><option value="provider">doctor / provider</option></select></label></p>
-<p class="row"><label>Patient address: area id<br><input name="aid" inputmode="numeric"></label><label>patient id<br><input name="pid" inputmode="numeric"></label></p>
+<p><label>I am a<br><select name="role"><option value="patient"{p}>patient</option><option value="provider"{d}>doctor / provider</option></select></label></p>
+<p class="row"><label>Patient address: area id<br><input name="aid" inputmode="numeric" value="{aid}"></label><label>patient id<br><input name="pid" inputmode="numeric" value="{pid}"></label></p>
 <p><small>Patients: the codes the records office gave you (no names, no social security numbers). Providers: leave empty; the records office verifies you.</small></p>
 <button>Create account</button> <span class="busy">Creating your account on the chain…</span></form></section>"#,
-        n.html()
+        user = esc(&f.username),
+        p = selected("patient"),
+        d = selected("provider"),
+        aid = esc(&f.aid),
+        pid = esc(&f.pid),
     );
     Html(page("Sign up", None, &body))
 }
 
 /// Sign-up form.
-#[derive(Deserialize)]
+#[derive(Deserialize, Default, Clone)]
 pub(super) struct SignupForm {
     username: String,
     password: String,
@@ -274,12 +294,18 @@ pub(super) struct SignupForm {
 }
 
 pub(super) async fn signup(State(state): State<WebState>, Form(f): Form<SignupForm>) -> Response {
+    let typed = SignupForm {
+        password: String::new(),
+        ..f.clone()
+    };
     match do_signup(&state, f).await {
         Ok(r) => r,
-        Err(WebError(status, m)) if status.is_client_error() => {
-            (status, back("/signup", false, &m)).into_response()
+        Err(WebError(status, m)) => {
+            if status.is_server_error() {
+                tracing::error!("sign-up failed: {m}");
+            }
+            (status, signup_page(&msg(false, &m), &typed)).into_response()
         }
-        Err(e) => e.into_response(),
     }
 }
 

@@ -1,0 +1,354 @@
+// End-to-end browser test of the web application in headless Chromium (Debian's package), against
+// the real stack: `ehr dev` (anvil, Kubo, five share nodes, gateway) started on free ports with a
+// throw-away state folder.
+//
+//   node tests/browser/flow.mjs            # uses target/debug/ehr (EHR_BIN overrides)
+//
+// The story: a patient signs up, uploads a FHIR record and grants doctor1; doctor1 opens the
+// record and reads it; the patient revokes; doctor1 is denied and the denial shows on the
+// patient's audit trail and the records office's dashboard. Around it: a provider signs up and is
+// verified by the office, roles cannot reach each other's pages or forms, CSRF and logout work,
+// and no page overflows a phone screen. Screenshots of every main page at desktop and phone width
+// go to artifacts/screenshots/.
+
+import { spawn } from 'node:child_process';
+import { createRequire } from 'node:module';
+import fs from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import assert from 'node:assert/strict';
+
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
+const require = createRequire(path.join(root, 'tools/node/package.json'));
+const { chromium } = require('playwright-core');
+
+const ehrBin = process.env.EHR_BIN ?? path.join(root, 'target/debug/ehr');
+const shotsDir = path.join(root, 'artifacts/screenshots');
+const DESKTOP = { width: 1280, height: 900 };
+const PHONE = { width: 390, height: 844 };
+// Demo users of `ehr dev` (development passwords, printed by `ehr dev`).
+const DOCTOR1 = { user: 'doctor1', password: 'doctor1-password', address: '0x70997970C51812dc3A010C7d01b50e0d17dc79C8' };
+const OFFICE = { user: 'office', password: 'office-password' };
+
+const log = (m) => console.log(`[browser] ${m}`);
+
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const s = net.createServer();
+    s.once('error', reject);
+    s.listen(0, '127.0.0.1', () => {
+      const { port } = s.address();
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+/** A base port with `n` consecutive free ports (the share nodes). */
+async function freeRange(n) {
+  for (let attempt = 0; attempt < 50; attempt++) {
+    const base = 20000 + Math.floor(Math.random() * 30000);
+    const ok = await Promise.all(
+      Array.from({ length: n }, (_, i) => new Promise((resolve) => {
+        const s = net.createServer();
+        s.once('error', () => resolve(false));
+        s.listen(base + i, '127.0.0.1', () => s.close(() => resolve(true)));
+      })),
+    );
+    if (ok.every(Boolean)) return base;
+  }
+  throw new Error('no free port range');
+}
+
+/** Starts `ehr dev` and resolves when it prints that it is up. */
+async function startStack() {
+  const state = fs.mkdtempSync(path.join(os.tmpdir(), 'ehr-browser-'));
+  const env = {
+    ...process.env,
+    EHR_STATE_DIR: state,
+    EHR_PROJECT_DIR: root,
+    EHR_ANVIL_CONFIG: path.join(root, 'anvil.toml'),
+    EHR_ANVIL_PORT: String(await freePort()),
+    EHR_KUBO_API_PORT: String(await freePort()),
+    EHR_KUBO_GATEWAY_PORT: String(await freePort()),
+    EHR_SHARE_NODE_BASE_PORT: String(await freeRange(5)),
+    EHR_GATEWAY_PORT: String(await freePort()),
+    RUST_LOG: process.env.RUST_LOG ?? 'warn',
+  };
+  const child = spawn(ehrBin, ['dev'], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+  let output = '';
+  const up = new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`ehr dev not up in 120 s:\n${output}`)), 120_000);
+    const onData = (d) => {
+      output += d;
+      if (output.includes('ehr dev is up')) {
+        clearTimeout(timer);
+        resolve();
+      }
+    };
+    child.stdout.on('data', onData);
+    child.stderr.on('data', onData);
+    child.once('exit', (code) => {
+      clearTimeout(timer);
+      reject(new Error(`ehr dev exited with ${code}:\n${output}`));
+    });
+  });
+  await up;
+  const base = `http://127.0.0.1:${env.EHR_GATEWAY_PORT}`;
+  return {
+    base,
+    output: () => output,
+    async stop() {
+      if (child.exitCode === null) {
+        child.kill('SIGTERM');
+        await new Promise((r) => child.once('exit', r));
+      }
+      fs.rmSync(state, { recursive: true, force: true });
+    },
+  };
+}
+
+/** Screenshots of the current page at desktop and phone width, and no sideways scrolling on the phone. */
+async function shoot(page, name) {
+  for (const [label, size] of [['desktop', DESKTOP], ['phone', PHONE]]) {
+    await page.setViewportSize(size);
+    await page.screenshot({ path: path.join(shotsDir, `${name}-${label}.png`), fullPage: true });
+    if (label === 'phone') {
+      const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+      assert.ok(overflow <= 1, `${name}: the page is ${overflow}px wider than a phone screen`);
+    }
+  }
+  await page.setViewportSize(DESKTOP);
+}
+
+async function login(browser, base, who) {
+  const ctx = await browser.newContext({ viewport: DESKTOP });
+  const page = await ctx.newPage();
+  await page.goto(`${base}/`);
+  await page.fill('input[name=username]', who.user);
+  await page.fill('input[name=password]', who.password);
+  await Promise.all([page.waitForNavigation(), page.click('button:has-text("Log in")')]);
+  return { ctx, page };
+}
+
+/** The status of a GET in this browser context (cookies included, redirects not followed). */
+async function statusOf(page, url) {
+  const r = await page.request.get(url, { maxRedirects: 0 });
+  return r.status();
+}
+
+async function notice(page) {
+  return (await page.locator('.msg').first().textContent()).trim();
+}
+
+async function main() {
+  fs.mkdirSync(shotsDir, { recursive: true });
+  log(`starting ${ehrBin} dev`);
+  const t0 = Date.now();
+  const stack = await startStack();
+  log(`stack up at ${stack.base} in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
+  const browser = await chromium.launch({
+    executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
+    args: ['--no-sandbox', '--disable-gpu', '--disable-dev-shm-usage', '--disable-background-networking'],
+  });
+  try {
+    await flow(browser, stack.base);
+    log(`passed in ${((Date.now() - t0) / 1000).toFixed(1)} s; screenshots in ${path.relative(root, shotsDir)}/`);
+  } catch (e) {
+    console.error(`[browser] FAILED: ${e.stack ?? e}`);
+    console.error(`[browser] last output of ehr dev:\n${stack.output().split('\n').slice(-40).join('\n')}`);
+    process.exitCode = 1;
+  } finally {
+    await browser.close();
+    await stack.stop();
+  }
+}
+
+async function flow(browser, base) {
+  const suffix = Math.floor(Math.random() * 1e9);
+  const patient = { user: `pat-${suffix}`, password: 'a long patient password', aid: '9', pid: String(suffix + 1) };
+  const addr = `${patient.aid}-${patient.pid}`;
+
+  // ---------------------------------------------------------------- sign-up page, unauthenticated
+  const anon = await browser.newContext({ viewport: DESKTOP });
+  const anonPage = await anon.newPage();
+  await anonPage.goto(`${base}/`);
+  await shoot(anonPage, 'login');
+  assert.equal(await statusOf(anonPage, `${base}/patient`), 303, 'pages need a login');
+  await anonPage.fill('input[name=username]', DOCTOR1.user);
+  await anonPage.fill('input[name=password]', 'not the password');
+  await Promise.all([anonPage.waitForNavigation(), anonPage.click('button:has-text("Log in")')]);
+  assert.match(await notice(anonPage), /unknown user or wrong password/);
+
+  // ---------------------------------------------------------------- patient signs up
+  log(`patient ${patient.user} signs up as ${addr}`);
+  const pctx = await browser.newContext({ viewport: DESKTOP });
+  const p = await pctx.newPage();
+  await p.goto(`${base}/signup`);
+  await shoot(p, 'signup');
+  await p.fill('input[name=username]', patient.user);
+  await p.fill('input[name=password]', patient.password);
+  await p.selectOption('select[name=role]', 'patient');
+  await p.fill('input[name=aid]', patient.aid);
+  await p.fill('input[name=pid]', patient.pid);
+  await Promise.all([p.waitForURL(`${base}/patient`), p.click('button:has-text("Create account")')]);
+  assert.match(await p.locator('h2').first().textContent(), new RegExp(`patient ${addr}`));
+  const cookie = (await pctx.cookies()).find((c) => c.name === 'ehr_session');
+  assert.ok(cookie.httpOnly, 'session cookie is HttpOnly');
+  assert.equal(cookie.sameSite, 'Strict');
+
+  // The same Addr cannot be taken twice.
+  const dup = await browser.newContext();
+  const dp = await dup.newPage();
+  await dp.goto(`${base}/signup`);
+  await dp.fill('input[name=username]', `dup-${suffix}`);
+  await dp.fill('input[name=password]', patient.password);
+  await dp.fill('input[name=aid]', patient.aid);
+  await dp.fill('input[name=pid]', patient.pid);
+  await Promise.all([dp.waitForNavigation(), dp.click('button:has-text("Create account")')]);
+  assert.match(await notice(dp), new RegExp(`patient address ${addr} is already registered`));
+  await dup.close();
+
+  // ---------------------------------------------------------------- upload a FHIR record
+  const fhir = {
+    resourceType: 'Observation',
+    id: `glucose-${suffix}`,
+    status: 'final',
+    code: { text: 'Fasting glucose' },
+    effectiveDateTime: '2026-11-24T08:00:00Z',
+    valueQuantity: { value: 5.4, unit: 'mmol/L' },
+  };
+  const upload = async (name, mimeType, buffer) => {
+    await p.setInputFiles('input[type=file]', { name, mimeType, buffer });
+    await Promise.all([p.waitForNavigation(), p.click('button:has-text("Upload")')]);
+    return notice(p);
+  };
+  // Invalid FHIR is refused in words and stores nothing.
+  const refused = await upload('broken.json', 'application/json', Buffer.from('{"resourceType":"Nope"}'));
+  assert.match(refused, /unknown FHIR R4 resourceType/);
+  assert.match(await p.locator('section').first().textContent(), /No records yet/);
+  const stored = await upload('glucose.json', 'application/json', Buffer.from(JSON.stringify(fhir)));
+  assert.match(stored, /stored glucose\.json as record 0x[0-9a-f]{64}/);
+  const recordId = stored.match(/0x[0-9a-f]{64}/)[0];
+  const row = p.locator('tr', { hasText: 'glucose.json' });
+  assert.match(await row.textContent(), /application\/fhir\+json/);
+  assert.match(await row.textContent(), /\d+(\.\d)? (B|KiB)/, 'the list shows the size');
+  log(`stored record ${recordId}`);
+
+  // The patient opens their own record.
+  await Promise.all([p.waitForNavigation(), row.locator('a:has-text("Open")').click()]);
+  assert.match(await p.textContent('main'), /Fasting glucose/);
+  await p.goto(`${base}/patient`);
+
+  // ---------------------------------------------------------------- grant doctor1
+  await p.fill('input[name=provider]', DOCTOR1.address);
+  await p.fill('input[name=days]', '30');
+  await Promise.all([p.waitForNavigation(), p.click('button:has-text("Grant access")')]);
+  assert.match(await notice(p), /granted/);
+  const grantRow = () => p.locator('section', { hasText: 'Who may see my records' }).locator('tr', { hasText: DOCTOR1.address });
+  assert.match(await grantRow().textContent(), /Active/);
+  await shoot(p, 'patient');
+
+  // ---------------------------------------------------------------- doctor1 reads it
+  log('doctor1 logs in and opens the record');
+  const { ctx: dctx, page: d } = await login(browser, base, DOCTOR1);
+  assert.equal(new URL(d.url()).pathname, '/doctor');
+  assert.match(await d.textContent('main'), new RegExp(addr), 'my patients lists the new grant');
+  await shoot(d, 'doctor');
+  await d.fill('input[name=addr]', addr);
+  await Promise.all([d.waitForNavigation(), d.click('button:has-text("Find")')]);
+  assert.match(await d.textContent('main'), /Your access: allowed/);
+  await shoot(d, 'doctor-patient');
+  const t = Date.now();
+  await Promise.all([d.waitForNavigation(), d.locator(`a[href="/doctor/records/${recordId}"]`).click()]);
+  log(`record opened in ${Date.now() - t} ms (access transaction + shares + IPFS + decrypt)`);
+  const content = await d.textContent('main');
+  assert.match(content, /Observation/);
+  assert.match(content, /Fasting glucose/);
+  assert.match(content, /5\.4 mmol\/L/);
+  await shoot(d, 'doctor-record');
+
+  // ---------------------------------------------------------------- role separation
+  for (const url of ['/patient', '/office']) {
+    assert.equal(await statusOf(d, `${base}${url}`), 403, `a doctor cannot open ${url}`);
+  }
+  assert.equal(await statusOf(p, `${base}/doctor`), 403, 'a patient cannot open /doctor');
+  assert.equal(await statusOf(p, `${base}/office`), 403, 'a patient cannot open /office');
+  assert.equal(await statusOf(p, `${base}/doctor/records/${recordId}`), 403, 'a patient cannot use the doctor read');
+  const patientCsrf = await p.locator('input[name=csrf]').first().inputValue();
+  const forged = await p.request.post(`${base}/office/provider`, {
+    form: { csrf: patientCsrf, provider: DOCTOR1.address, decision: 'suspend' },
+    maxRedirects: 0,
+  });
+  assert.equal(forged.status(), 403, 'a patient cannot post an office form');
+  const noCsrf = await p.request.post(`${base}/patient/revoke`, {
+    form: { csrf: 'wrong', provider: DOCTOR1.address },
+    maxRedirects: 0,
+  });
+  assert.equal(noCsrf.status(), 403, 'a form without the session CSRF token is refused');
+
+  // ---------------------------------------------------------------- patient revokes; doctor denied
+  log('patient revokes; doctor1 tries again');
+  await p.goto(`${base}/patient`);
+  await Promise.all([p.waitForNavigation(), p.click(`button[aria-label="Revoke ${DOCTOR1.address}"]`)]);
+  assert.match(await notice(p), /revoked/);
+  assert.match(await grantRow().textContent(), /Revoked/);
+  const denied = await d.goto(`${base}/doctor/records/${recordId}`);
+  assert.equal(denied.status(), 403);
+  const deniedText = await d.textContent('main');
+  assert.match(deniedText, /access to record 0x[0-9a-f]{64} denied: grant revoked/);
+  assert.match(deniedText, /recorded on chain/);
+  assert.doesNotMatch(deniedText, /Fasting glucose/);
+  await shoot(d, 'doctor-denied');
+
+  // The denial is on the patient's audit trail, newest first, with its transaction hash.
+  await p.goto(`${base}/patient`);
+  const trail = p.locator('section', { hasText: 'My audit trail' }).locator('tr').nth(1);
+  const trailText = await trail.textContent();
+  assert.match(trailText, /ACCESS DENIED/);
+  assert.match(trailText, /grant revoked/);
+  assert.match(trailText, new RegExp(DOCTOR1.address));
+  assert.match(await trail.locator('code[title^="0x"]').last().getAttribute('title'), /^0x[0-9a-f]{64}$/);
+  assert.equal(await trail.getAttribute('class'), 'denied', 'denials are highlighted');
+  await shoot(p, 'patient-audit');
+
+  // ---------------------------------------------------------------- a provider signs up, the office verifies
+  const newDoc = { user: `doc-${suffix}`, password: 'a long doctor password' };
+  const nctx = await browser.newContext({ viewport: DESKTOP });
+  const n = await nctx.newPage();
+  await n.goto(`${base}/signup`);
+  await n.fill('input[name=username]', newDoc.user);
+  await n.fill('input[name=password]', newDoc.password);
+  await n.selectOption('select[name=role]', 'provider');
+  await Promise.all([n.waitForURL(`${base}/doctor`), n.click('button:has-text("Create account")')]);
+  assert.match(await n.textContent('main'), /Waiting for the records office to verify you/);
+  const newDocAddress = (await n.locator('header span').textContent()).match(/0x[0-9a-fA-F]{6}/)[0];
+
+  log('the records office checks the dashboard and verifies the new provider');
+  const { page: o } = await login(browser, base, OFFICE);
+  assert.equal(new URL(o.url()).pathname, '/office');
+  const deniedRow = o.locator('tr.denied', { hasText: DOCTOR1.address }).first();
+  assert.match(await deniedRow.textContent(), /ACCESS DENIED/);
+  assert.match(await deniedRow.textContent(), new RegExp(`${addr} record`));
+  assert.match(await o.textContent('main'), /IPFS: Kubo [0-9.]+ · ok/);
+  assert.equal(await o.locator('section', { hasText: 'Share node' }).locator('td:text-is("ok")').count(), 5);
+  const pendingRow = o.locator('tr', { hasText: 'Pending' }).filter({ hasText: newDocAddress.slice(2) });
+  await shoot(o, 'office');
+  await Promise.all([o.waitForNavigation(), pendingRow.locator('button:has-text("Verify")').click()]);
+  assert.match(await notice(o), /verified/);
+  await n.reload();
+  assert.match(await n.textContent('main'), /Verified provider/);
+  assert.equal(await statusOf(o, `${base}/patient`), 403, 'the office cannot open patient pages');
+
+  // ---------------------------------------------------------------- logout ends the session
+  await Promise.all([d.waitForNavigation(), d.click('button:has-text("Log out")')]);
+  assert.match(await notice(d), /logged out/);
+  assert.equal(await statusOf(d, `${base}/doctor`), 303, 'after logout the doctor page needs a login again');
+  await dctx.close();
+  await pctx.close();
+  await nctx.close();
+  await anon.close();
+}
+
+await main();
