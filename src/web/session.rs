@@ -42,10 +42,27 @@ fn token() -> String {
 }
 
 /// All sessions.
-#[derive(Debug, Clone, Default)]
-pub struct Sessions(Arc<Mutex<HashMap<String, Session>>>);
+#[derive(Debug, Clone)]
+pub struct Sessions {
+    map: Arc<Mutex<HashMap<String, Session>>>,
+    idle: Duration,
+}
+
+impl Default for Sessions {
+    fn default() -> Self {
+        Self::with_idle(IDLE)
+    }
+}
 
 impl Sessions {
+    /// Sessions that end after `idle` without a request.
+    pub fn with_idle(idle: Duration) -> Self {
+        Self {
+            map: Arc::default(),
+            idle,
+        }
+    }
+
     /// Starts a session; returns its token.
     pub fn start(&self, account: Account, signer: PrivateKeySigner) -> String {
         let t = token();
@@ -61,10 +78,16 @@ impl Sessions {
 
     /// The live session for `token`, refreshing its idle timer; expired ones are removed.
     pub fn get(&self, token: &str) -> Option<Session> {
+        self.get_at(token, Instant::now())
+    }
+
+    /// `get` as seen at `now` (tests move the clock instead of sleeping).
+    fn get_at(&self, token: &str, now: Instant) -> Option<Session> {
         let mut map = self.lock();
-        map.retain(|_, s| s.last_seen.elapsed() < IDLE);
+        let idle = self.idle;
+        map.retain(|_, s| now.saturating_duration_since(s.last_seen) < idle);
         let s = map.get_mut(token)?;
-        s.last_seen = Instant::now();
+        s.last_seen = now;
         Some(s.clone())
     }
 
@@ -75,7 +98,7 @@ impl Sessions {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Session>> {
         // A poisoned map only means a panic elsewhere mid-insert; the data is still consistent.
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
+        self.map.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -91,4 +114,60 @@ pub(super) fn set_cookie(token: &str, secure: bool) -> String {
 /// The `Set-Cookie` value that clears the session cookie.
 pub(super) fn clear_cookie() -> String {
     format!("{COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::web::Role;
+
+    fn account() -> Account {
+        Account {
+            username: "u".into(),
+            role: Role::Provider,
+            address: alloy::primitives::Address::ZERO,
+            patient: None,
+            keystore: String::new(),
+        }
+    }
+
+    #[test]
+    fn sessions_refresh_on_use_end_when_idle_and_on_logout() {
+        let s = Sessions::with_idle(Duration::from_secs(60));
+        let t0 = Instant::now();
+        let a = s.start(account(), PrivateKeySigner::random());
+        let b = s.start(account(), PrivateKeySigner::random());
+        assert_ne!(a, b);
+        assert_ne!(
+            s.get_at(&a, t0).unwrap().csrf,
+            s.get_at(&b, t0).unwrap().csrf
+        );
+        assert!(s.get("not-a-token").is_none());
+        // Used every 40 s, `a` stays alive past the 60 s idle time; `b`, unused, ends.
+        for step in 1..=3 {
+            assert!(s.get_at(&a, t0 + Duration::from_secs(40 * step)).is_some());
+        }
+        assert!(
+            s.get_at(&b, t0 + Duration::from_secs(121)).is_none(),
+            "idle session must end"
+        );
+        s.end(&a);
+        assert!(s.get(&a).is_none(), "logout ends the session");
+    }
+
+    #[test]
+    fn the_cookie_is_http_only_strict_and_expiring() {
+        let c = set_cookie("t", true);
+        for part in [
+            "ehr_session=t",
+            "HttpOnly",
+            "SameSite=Strict",
+            "Max-Age=1800",
+            "Secure",
+        ] {
+            assert!(c.contains(part), "{c}");
+        }
+        assert!(!set_cookie("t", false).contains("Secure"));
+        assert!(clear_cookie().contains("Max-Age=0"));
+    }
 }

@@ -341,6 +341,31 @@ async function flow(browser, base) {
   assert.match(await n.textContent('main'), /Verified provider/);
   assert.equal(await statusOf(o, `${base}/patient`), 403, 'the office cannot open patient pages');
 
+  // ---------------------------------------------------------------- request, decline, break-glass
+  log('the new provider asks for access, is declined, then breaks the glass');
+  await n.goto(`${base}/doctor/patient?addr=${addr}`);
+  assert.match(await n.textContent('main'), /Your access: no grant from the patient/);
+  await Promise.all([n.waitForNavigation(), n.click('button:has-text("Request access")')]);
+  assert.match(await notice(n), /request sent/);
+  await p.goto(`${base}/patient`);
+  const request = p.locator('section', { hasText: 'Pending requests' }).locator('tr', { hasText: newDocAddress.slice(2) });
+  await Promise.all([p.waitForNavigation(), request.locator('button:has-text("Decline")').click()]);
+  assert.match(await notice(p), /declined the request/);
+  assert.match(await p.locator('section', { hasText: 'Pending requests' }).textContent(), /No pending requests/);
+  await n.goto(`${base}/doctor/patient?addr=${addr}`);
+  await n.selectOption('select[name=reason]', '2');
+  await Promise.all([n.waitForNavigation(), n.click('button:has-text("Break the glass")')]);
+  assert.match(await notice(n), /emergency access open for one hour/);
+  assert.match(await n.textContent('main'), /BREAK-GLASS access is open/);
+  await Promise.all([n.waitForNavigation(), n.locator(`a[href="/doctor/records/${recordId}"]`).click()]);
+  assert.match(await n.textContent('main'), /Fasting glucose/);
+  await p.goto(`${base}/patient`);
+  const trailNow = await p.locator('section', { hasText: 'My audit trail' }).textContent();
+  assert.match(trailNow, /Read \(BREAK-GLASS\)/);
+  assert.match(trailNow, /BREAK-GLASS opened/);
+  assert.match(trailNow, /reason 2/);
+  assert.match(trailNow, /Request declined/);
+
   // ---------------------------------------------------------------- logout ends the session
   await Promise.all([d.waitForNavigation(), d.click('button:has-text("Log out")')]);
   assert.match(await notice(d), /logged out/);
