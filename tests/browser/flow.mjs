@@ -236,6 +236,12 @@ async function flow(browser, base) {
   assert.match(await row.textContent(), /\d+(\.\d)? (B|KiB)/, 'the list shows the size');
   log(`stored record ${recordId}`);
 
+  // Any other file is stored as an attachment with its media type.
+  const pdf = Buffer.concat([Buffer.from('%PDF-1.4\n% synthetic scan '), Buffer.from(Array.from({ length: 70_000 }, (_, i) => i % 251))]);
+  const storedPdf = await upload('scan.pdf', 'application/pdf', pdf);
+  const pdfId = storedPdf.match(/0x[0-9a-f]{64}/)[0];
+  assert.match(await p.locator('tr', { hasText: 'scan.pdf' }).textContent(), /application\/pdf.*68\.\d KiB/s);
+
   // The patient opens their own record.
   await Promise.all([p.waitForNavigation(), row.locator('a:has-text("Open")').click()]);
   assert.match(await p.textContent('main'), /Fasting glucose/);
@@ -268,6 +274,14 @@ async function flow(browser, base) {
   assert.match(content, /Fasting glucose/);
   assert.match(content, /5\.4 mmol\/L/);
   await shoot(d, 'doctor-record');
+  // A non-FHIR record downloads, byte-identical, never rendered inline.
+  await d.goto(`${base}/doctor/records/${pdfId}`);
+  const link = d.locator('a:has-text("Download scan.pdf")');
+  const dl = await d.request.get(`${base}${await link.getAttribute('href')}`);
+  assert.equal(dl.status(), 200);
+  assert.equal(dl.headers()['content-type'], 'application/pdf');
+  assert.match(dl.headers()['content-disposition'], /^attachment; filename="scan\.pdf"$/);
+  assert.ok(Buffer.compare(await dl.body(), pdf) === 0, 'the download is byte-identical');
 
   // ---------------------------------------------------------------- role separation
   for (const url of ['/patient', '/office']) {
