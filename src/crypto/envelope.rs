@@ -155,6 +155,120 @@ pub fn open(key: &AeadKey, sealed: &[u8]) -> Result<Vec<u8>, CryptoError> {
     Ok(plain)
 }
 
+/// Opens an envelope as its ciphertext streams in, one segment at a time, for a payload whose
+/// length is known beforehand (the record block carries it). Memory stays at the payload plus
+/// one segment, instead of ciphertext + padded plaintext + copies when opening in one piece.
+pub struct Opener {
+    cipher: ChaCha20Poly1305,
+    payload_len: usize,
+    padded: usize,
+    seg_len: usize,
+    segments: usize,
+    next: usize,
+    pending: Vec<u8>,
+    plain: Vec<u8>,
+}
+
+impl std::fmt::Debug for Opener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Opener")
+            .field("payload_len", &self.payload_len)
+            .field("next", &self.next)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Opener {
+    /// An opener for the envelope of a `payload_len`-byte payload under `key`.
+    pub fn new(key: &AeadKey, payload_len: usize) -> Self {
+        let padded = padded_len(payload_len);
+        let seg_len = SEGMENT.min(padded);
+        Self {
+            cipher: ChaCha20Poly1305::new(Key::from_slice(&key.0)),
+            payload_len,
+            padded,
+            seg_len,
+            segments: padded.div_ceil(seg_len),
+            next: 0,
+            pending: Vec::with_capacity(seg_len + TAG),
+            // Capacity up front for the usual case; bounded, as the length is the uploader's word.
+            plain: Vec::with_capacity(payload_len.min(64 << 20)),
+        }
+    }
+
+    /// The ciphertext length this opener expects.
+    pub fn sealed_len(&self) -> usize {
+        self.padded + self.segments * TAG
+    }
+
+    fn segment_ct_len(&self, i: usize) -> usize {
+        self.seg_len.min(self.padded - i * self.seg_len) + TAG
+    }
+
+    /// Feeds the next ciphertext bytes; whole segments are authenticated and decrypted at once.
+    ///
+    /// # Errors
+    /// [`CryptoError::Tampered`] for a segment that fails authentication,
+    /// [`CryptoError::BadLength`] for more ciphertext than the payload's envelope has.
+    pub fn push(&mut self, mut data: &[u8]) -> Result<(), CryptoError> {
+        while !data.is_empty() {
+            if self.next == self.segments {
+                return Err(CryptoError::BadLength(self.sealed_len() + data.len()));
+            }
+            let want = self.segment_ct_len(self.next) - self.pending.len();
+            let take = want.min(data.len());
+            self.pending.extend_from_slice(&data[..take]);
+            data = &data[take..];
+            if take == want {
+                self.open_pending()?;
+            }
+        }
+        Ok(())
+    }
+
+    fn open_pending(&mut self) -> Result<(), CryptoError> {
+        let i = self.next;
+        let mut pt = self
+            .cipher
+            .decrypt(
+                &nonce(i as u64, i + 1 == self.segments),
+                self.pending.as_slice(),
+            )
+            .map_err(|_| CryptoError::Tampered { segment: i })?;
+        self.pending.clear();
+        let start = i * self.seg_len; // offset of this segment in the framed plaintext
+        if i == 0 {
+            let mut len = [0u8; 8];
+            len.copy_from_slice(&pt[..8]);
+            if u64::from_le_bytes(len) != self.payload_len as u64 {
+                return Err(CryptoError::BadLength(self.sealed_len()));
+            }
+        }
+        // Keep only payload bytes: skip the length prefix, drop the padding.
+        let from = 8usize.saturating_sub(start).min(pt.len());
+        let to = (8 + self.payload_len).saturating_sub(start).min(pt.len());
+        if from < to {
+            self.plain.extend_from_slice(&pt[from..to]);
+        }
+        pt.zeroize();
+        self.next += 1;
+        Ok(())
+    }
+
+    /// The payload, once every segment arrived and opened.
+    ///
+    /// # Errors
+    /// [`CryptoError::BadLength`] when the ciphertext ended early.
+    pub fn finish(self) -> Result<Vec<u8>, CryptoError> {
+        if self.next != self.segments || !self.pending.is_empty() {
+            return Err(CryptoError::BadLength(
+                self.next * (self.seg_len + TAG) + self.pending.len(),
+            ));
+        }
+        Ok(self.plain)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use chacha20poly1305::aead::Payload;
@@ -193,6 +307,55 @@ mod tests {
         assert_eq!(padded_len(20 << 20), 21 << 20);
         let k = AeadKey::random();
         assert_eq!(seal(&k, &[1; 10]).len(), seal(&k, &[1; 900]).len());
+    }
+
+    #[test]
+    fn streamed_opening_agrees_with_opening_whole() {
+        let k = AeadKey::random();
+        for len in [
+            0,
+            1,
+            1016,
+            1017,
+            SEGMENT - 8,
+            SEGMENT,
+            3 * SEGMENT + 5,
+            (1 << 20) + 1,
+        ] {
+            let payload: Vec<u8> = (0..len).map(|i| (i % 253) as u8).collect();
+            let sealed = seal(&k, &payload);
+            let mut o = Opener::new(&k, len);
+            assert_eq!(o.sealed_len(), sealed.len(), "len {len}");
+            // Odd-sized pieces, crossing segment borders.
+            for piece in sealed.chunks(7_919) {
+                o.push(piece).unwrap();
+            }
+            assert_eq!(o.finish().unwrap(), payload, "len {len}");
+        }
+    }
+
+    #[test]
+    fn streamed_opening_refuses_short_long_wrong_and_changed() {
+        let k = AeadKey::random();
+        let payload = vec![7u8; 2 * SEGMENT];
+        let sealed = seal(&k, &payload);
+        let mut short = Opener::new(&k, payload.len());
+        short.push(&sealed[..sealed.len() - 1]).unwrap();
+        assert!(matches!(short.finish(), Err(CryptoError::BadLength(_))));
+        let mut long = Opener::new(&k, payload.len());
+        let mut more = sealed.clone();
+        more.push(0);
+        assert!(matches!(long.push(&more), Err(CryptoError::BadLength(_))));
+        // A block claiming another size: a different envelope length or a prefix mismatch.
+        let mut wrong = Opener::new(&k, payload.len() - 1);
+        let r = wrong.push(&sealed).and_then(|()| wrong.finish().map(drop));
+        assert!(r.is_err());
+        let mut changed = sealed.clone();
+        changed[SEGMENT + 40] ^= 1;
+        let mut o = Opener::new(&k, payload.len());
+        assert_eq!(o.push(&changed), Err(CryptoError::Tampered { segment: 1 }));
+        let mut o = Opener::new(&AeadKey::random(), payload.len());
+        assert_eq!(o.push(&sealed), Err(CryptoError::Tampered { segment: 0 }));
     }
 
     #[test]

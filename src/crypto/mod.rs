@@ -3,4 +3,4 @@
 
 mod envelope;
 
-pub use envelope::{AeadKey, CryptoError, SEGMENT, open, padded_len, seal, seal_segments};
+pub use envelope::{AeadKey, CryptoError, Opener, SEGMENT, open, padded_len, seal, seal_segments};

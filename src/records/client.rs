@@ -17,7 +17,7 @@ use sha2::{Digest, Sha256};
 use super::block::RecordBlock;
 use super::fhir::{FHIR_JSON, validate_fhir};
 use crate::chain::{ChainError, DenyReason, EhrChain, PatientAddr, RecordId};
-use crate::crypto::{AeadKey, open, seal_segments};
+use crate::crypto::{AeadKey, Opener, seal_segments};
 use crate::ipfs::{IpfsError, KuboClient};
 use crate::shamir::{Commitments, Secret, Share, Threshold, combine, split};
 use crate::share_node::{
@@ -382,19 +382,27 @@ impl RecordsClient {
         if block.record_id != id || block.digest != anchor.digest {
             return Err(RecordError::DigestMismatch(id));
         }
-        let ct = match self.ipfs.cat(&block.cid).await {
-            Ok(ct) => ct,
+        let key = block
+            .payload_key()
+            .map_err(|e| RecordError::Decrypt(id, e.to_string()))?;
+        let size = usize::try_from(block.size)
+            .map_err(|_| RecordError::Decrypt(id, format!("size {} too large", block.size)))?;
+        // Decrypt as the ciphertext streams from Kubo: memory stays near the payload's size.
+        let mut opener = Opener::new(&key, size);
+        let mut stream = match self.ipfs.cat_stream(&block.cid).await {
+            Ok(s) => Box::pin(s),
             Err(IpfsError::NotFound { cid }) => {
                 return Err(RecordError::CiphertextMissing { record: id, cid });
             }
             Err(e) => return Err(e.into()),
         };
-        let key = block
-            .payload_key()
-            .map_err(|e| RecordError::Decrypt(id, e.to_string()))?;
-        let plain = tokio::task::spawn_blocking(move || open(&key, &ct))
-            .await
-            .map_err(|e| RecordError::Decrypt(id, e.to_string()))?
+        while let Some(chunk) = stream.next().await {
+            opener
+                .push(&chunk?)
+                .map_err(|e| RecordError::Decrypt(id, e.to_string()))?;
+        }
+        let plain = opener
+            .finish()
             .map_err(|e| RecordError::Decrypt(id, e.to_string()))?;
         if B256::from(<[u8; 32]>::from(Sha256::digest(&plain))) != anchor.digest {
             return Err(RecordError::DigestMismatch(id));
