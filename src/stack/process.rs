@@ -50,11 +50,13 @@ pub struct ManagedChild {
 /// Runs the program in the background, forwards SIGTERM/SIGINT to it, kills it when stdin
 /// reaches end-of-file (our process is gone), and exits with its status.
 /// (Background jobs of a non-interactive sh read /dev/null, hence stdin is kept as fd 3.)
+/// The first `wait` is unconditional: a program that exits at once must still report its own
+/// status; the loop then waits again when a forwarded signal interrupted `wait`.
 const TETHER: &str = r#"exec 3<&0
 "$@" </dev/null 3<&- & c=$!
 trap 'kill -TERM $c 2>/dev/null' TERM INT
 (while read -r _ <&3; do :; done; kill -TERM $c 2>/dev/null) & r=$!
-s=0
+wait $c; s=$?
 while kill -0 $c 2>/dev/null; do wait $c; s=$?; done
 kill $r 2>/dev/null
 exit $s"#;

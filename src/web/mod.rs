@@ -83,6 +83,9 @@ pub fn router(state: WebState) -> Router {
         .route("/doctor/records/{id}/download", get(pages::doctor_download))
         .route("/office", get(pages::office))
         .route("/office/provider", post(pages::office_provider))
-        .layer(axum::extract::DefaultBodyLimit::max(33 * 1024 * 1024))
+        // The upload limit plus room for the multipart framing and the CSRF field.
+        .layer(axum::extract::DefaultBodyLimit::max(
+            pages::UPLOAD_LIMIT + 64 * 1024,
+        ))
         .with_state(state)
 }

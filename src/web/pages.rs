@@ -705,6 +705,27 @@ pub(super) async fn patient(
     Ok(user_page(&s, "Patient", &body))
 }
 
+/// Largest file the web upload takes (the form around it gets a little more; see `web::router`).
+pub(super) const UPLOAD_LIMIT: usize = 32 * 1024 * 1024;
+
+fn upload_error_too_large() -> WebError {
+    WebError(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!(
+            "the file is larger than the {} MiB limit; nothing was stored",
+            UPLOAD_LIMIT >> 20
+        ),
+    )
+}
+
+fn upload_error(e: axum::extract::multipart::MultipartError) -> WebError {
+    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        upload_error_too_large()
+    } else {
+        WebError(e.status(), format!("upload failed: {}", e.body_text()))
+    }
+}
+
 pub(super) async fn patient_upload(
     State(state): State<WebState>,
     Auth(s, _): Auth,
@@ -717,11 +738,7 @@ pub(super) async fn patient_upload(
         .ok_or_else(|| bad("account has no patient address"))?;
     let mut csrf_field = String::new();
     let mut file: Option<(String, String, bytes::Bytes)> = None;
-    while let Some(field) = mp
-        .next_field()
-        .await
-        .map_err(|e| bad(format!("upload failed: {e}")))?
-    {
+    while let Some(field) = mp.next_field().await.map_err(upload_error)? {
         match field.name() {
             Some("csrf") => csrf_field = field.text().await.map_err(|e| bad(e.to_string()))?,
             Some("file") => {
@@ -730,10 +747,7 @@ pub(super) async fn patient_upload(
                     .content_type()
                     .unwrap_or("application/octet-stream")
                     .to_owned();
-                let data = field
-                    .bytes()
-                    .await
-                    .map_err(|e| bad(format!("upload failed: {e}")))?;
+                let data = field.bytes().await.map_err(upload_error)?;
                 file = Some((name, ct, data));
             }
             _ => {}
@@ -743,6 +757,9 @@ pub(super) async fn patient_upload(
     let (name, ct, data) = file.ok_or_else(|| bad("choose a file"))?;
     if data.is_empty() {
         return Ok(back("/patient", false, "the file is empty"));
+    }
+    if data.len() > UPLOAD_LIMIT {
+        return Err(upload_error_too_large());
     }
     let media = if name.ends_with(".json") || ct.contains("json") {
         FHIR_JSON.to_owned()

@@ -242,6 +242,19 @@ async function flow(browser, base) {
   const pdfId = storedPdf.match(/0x[0-9a-f]{64}/)[0];
   assert.match(await p.locator('tr', { hasText: 'scan.pdf' }).textContent(), /application\/pdf.*68\.\d KiB/s);
 
+  // An oversized upload is refused with 413 in words, and nothing is stored.
+  const big = await p.request.post(`${base}/patient/upload`, {
+    multipart: {
+      csrf: await p.locator('input[name=csrf]').first().inputValue(),
+      file: { name: 'big.bin', mimeType: 'application/octet-stream', buffer: Buffer.alloc((32 << 20) + 1) },
+    },
+    maxRedirects: 0,
+  });
+  assert.equal(big.status(), 413);
+  assert.match(await big.text(), /larger than the 32 MiB limit; nothing was stored/);
+  await p.reload();
+  assert.equal(await p.locator('section', { hasText: 'My records' }).locator('a:has-text("Open")').count(), 2);
+
   // The patient opens their own record.
   await Promise.all([p.waitForNavigation(), row.locator('a:has-text("Open")').click()]);
   assert.match(await p.textContent('main'), /Fasting glucose/);
