@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 
 use super::block::RecordBlock;
 use super::fhir::{FHIR_JSON, validate_fhir};
-use crate::chain::{ChainError, DenyReason, EhrChain, PatientAddr, RecordId};
+use crate::chain::{ChainError, DenyReason, EhrChain, PatientAddr, RecordAnchor, RecordId};
 use crate::crypto::{AeadKey, Opener, seal_segments};
 use crate::ipfs::{IpfsError, KuboClient};
 use crate::shamir::{Commitments, Secret, Share, Threshold, combine, split};
@@ -348,13 +348,24 @@ impl RecordsClient {
             .record(id)
             .await?
             .ok_or(RecordError::NotFound(id))?;
-        let (secret, sealed, _) = self.gather(id).await?;
+        let (block, _) = self.open_block(id, &anchor).await?;
+        Ok(block)
+    }
+
+    /// Gathers the record's shares, recombines the secret, opens the block and checks it
+    /// belongs to `anchor`; returns the block and the nodes that failed on the way.
+    async fn open_block(
+        &self,
+        id: RecordId,
+        anchor: &RecordAnchor,
+    ) -> Result<(RecordBlock, Vec<NodeFailure>), RecordError> {
+        let (secret, sealed, failures) = self.gather(id).await?;
         let block = RecordBlock::open(&sealed, &secret)
             .map_err(|e| RecordError::Decrypt(id, e.to_string()))?;
         if block.record_id != id || block.digest != anchor.digest {
             return Err(RecordError::DigestMismatch(id));
         }
-        Ok(block)
+        Ok((block, failures))
     }
 
     /// Reads a record: access transaction (for providers), shares from the nodes in parallel
@@ -376,12 +387,7 @@ impl RecordsClient {
                 return Err(RecordError::Denied(id, *why));
             }
         }
-        let (secret, sealed, failures) = self.gather(id).await?;
-        let block = RecordBlock::open(&sealed, &secret)
-            .map_err(|e| RecordError::Decrypt(id, e.to_string()))?;
-        if block.record_id != id || block.digest != anchor.digest {
-            return Err(RecordError::DigestMismatch(id));
-        }
+        let (block, failures) = self.open_block(id, &anchor).await?;
         let key = block
             .payload_key()
             .map_err(|e| RecordError::Decrypt(id, e.to_string()))?;

@@ -27,6 +27,8 @@ pub struct WebState {
     danger_dev_faucet: Option<PrivateKeySigner>,
     secure_cookies: bool,
     listing: pages::ListingCache,
+    /// One connection pool for the office page's share-node health checks.
+    http: reqwest::Client,
 }
 
 impl WebState {
@@ -39,6 +41,7 @@ impl WebState {
             danger_dev_faucet: None,
             secure_cookies: false,
             listing: pages::ListingCache::default(),
+            http: reqwest::Client::new(),
         }
     }
 

@@ -3,6 +3,7 @@
 use std::fmt::Write as _;
 
 use alloy::primitives::{Address, U256};
+use alloy::signers::local::PrivateKeySigner;
 use axum::Form;
 use axum::extract::{FromRequestParts, Multipart, Path, Query, State};
 use axum::http::request::Parts;
@@ -11,7 +12,7 @@ use axum::response::{Html, IntoResponse, Redirect, Response};
 use serde::Deserialize;
 
 use super::WebState;
-use super::accounts::{AccountError, Role};
+use super::accounts::{Account, AccountError, Role};
 use super::html::{esc, msg, page, short, time};
 use super::session::{COOKIE, Session, clear_cookie, set_cookie};
 use crate::chain::{
@@ -218,15 +219,7 @@ pub(super) async fn login(State(state): State<WebState>, Form(f): Form<LoginForm
     let (u, p) = (f.username, f.password);
     let r = tokio::task::spawn_blocking(move || store.login(&u, &p)).await;
     match r {
-        Ok(Ok((account, signer))) => {
-            let to = home_for(account.role);
-            let token = state.sessions.start(account, signer);
-            let mut resp = Redirect::to(to).into_response();
-            if let Ok(v) = HeaderValue::from_str(&set_cookie(&token, state.secure_cookies)) {
-                resp.headers_mut().insert(header::SET_COOKIE, v);
-            }
-            resp
-        }
+        Ok(Ok((account, signer))) => start_session(&state, account, signer),
         // The form again with the message, the name kept (a redirect cannot carry a 401).
         Ok(Err(e)) => (
             StatusCode::UNAUTHORIZED,
@@ -373,13 +366,24 @@ async fn do_signup(state: &WebState, f: SignupForm) -> Result<Response> {
         }
         return Err(e.into());
     }
+    Ok(start_session(state, account, signer))
+}
+
+/// Starts a session for a user who just logged in or signed up: the cookie and a redirect to
+/// their role's home page.
+fn start_session(state: &WebState, account: Account, signer: PrivateKeySigner) -> Response {
     let to = home_for(account.role);
     let token = state.sessions.start(account, signer);
     let mut resp = Redirect::to(to).into_response();
     if let Ok(v) = HeaderValue::from_str(&set_cookie(&token, state.secure_cookies)) {
         resp.headers_mut().insert(header::SET_COOKIE, v);
     }
-    Ok(resp)
+    resp
+}
+
+fn patient_addr(s: &str) -> Result<PatientAddr> {
+    s.parse()
+        .map_err(|e: crate::chain::InvalidPatientAddr| bad(e.to_string()))
 }
 
 // ------------------------------------------------------------------ shared views
@@ -944,10 +948,7 @@ pub(super) async fn doctor_patient(
     Query(q): Query<AddrQuery>,
 ) -> Result<Html<String>> {
     need(&s, Role::Provider)?;
-    let addr: PatientAddr = q
-        .addr
-        .parse()
-        .map_err(|e: crate::chain::InvalidPatientAddr| bad(e.to_string()))?;
+    let addr = patient_addr(&q.addr)?;
     let c = chain(&state, &s)?;
     if c.patient_account(addr).await?.is_none() {
         return Err(WebError(
@@ -995,10 +996,7 @@ pub(super) async fn doctor_request(
 ) -> Result<Redirect> {
     need(&s, Role::Provider)?;
     csrf(&s, &f.csrf)?;
-    let addr: PatientAddr = f
-        .addr
-        .parse()
-        .map_err(|e: crate::chain::InvalidPatientAddr| bad(e.to_string()))?;
+    let addr = patient_addr(&f.addr)?;
     let to = format!("/doctor/patient?addr={addr}");
     Ok(match chain(&state, &s)?.request_access(addr).await {
         Ok(_) => back(&to, true, "request sent; the patient will see it"),
@@ -1013,10 +1011,7 @@ pub(super) async fn doctor_break_glass(
 ) -> Result<Redirect> {
     need(&s, Role::Provider)?;
     csrf(&s, &f.csrf)?;
-    let addr: PatientAddr = f
-        .addr
-        .parse()
-        .map_err(|e: crate::chain::InvalidPatientAddr| bad(e.to_string()))?;
+    let addr = patient_addr(&f.addr)?;
     let to = format!("/doctor/patient?addr={addr}");
     Ok(match chain(&state, &s)?.break_glass(addr, f.reason).await {
         Ok(_) => back(
@@ -1255,9 +1250,10 @@ pub(super) async fn office(
     let mut nodes = String::new();
     if let Some(cfg) = state.app.records() {
         // All nodes at once, each with a short timeout: one dead node must not stall the page.
-        let http = reqwest::Client::new();
         let checks = cfg.nodes.iter().map(|node| {
-            http.get(format!("{}/health", node.url))
+            state
+                .http
+                .get(format!("{}/health", node.url))
                 .timeout(std::time::Duration::from_secs(2))
                 .send()
         });
