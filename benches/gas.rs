@@ -9,7 +9,7 @@ use alloy::primitives::{B256, U256};
 use alloy::providers::ext::AnvilApi;
 use alloy::providers::{Provider, ProviderBuilder};
 use alloy::signers::local::PrivateKeySigner;
-use ehr_share::chain::{EhrChain, PatientAddr, RecordId, TxOutcome};
+use ehr_share::chain::{EhrChain, EmergencyReason, PatientAddr, RecordId, TxOutcome};
 use ehr_share::config::{AnvilSettings, Tools};
 use ehr_share::stack::{free_port, start_anvil};
 
@@ -82,11 +82,12 @@ async fn main() -> anyhow::Result<()> {
         v
     };
 
+    let office_c = c.with_signer(&rpc, office.clone())?;
     rows.push((
-        "registerPatient",
-        patient.register_patient(addr).await?,
+        "issuePatient",
+        office_c.issue_patient(addr, patient.from()).await?,
         Floor {
-            calldata: call(vec![word_u64(3), word_u64(77)]),
+            calldata: call(vec![word_u64(3), word_u64(77), addr_word(patient.from())]),
             new_slots: 2,
             updated_slots: 0,
             logs: vec![(3, 64)],
@@ -102,7 +103,6 @@ async fn main() -> anyhow::Result<()> {
             logs: vec![(2, 0)],
         },
     ));
-    let office_c = c.with_signer(&rpc, office.clone())?;
     rows.push((
         "verifyProvider",
         office_c.verify_provider(doctor.from()).await?,
@@ -136,7 +136,7 @@ async fn main() -> anyhow::Result<()> {
     let digest = B256::repeat_byte(0x5a);
     rows.push((
         "anchorRecord",
-        patient.anchor_record(id, addr, digest).await?,
+        patient.anchor_record(id.0, addr, digest).await?.1,
         Floor {
             calldata: call(vec![
                 id.0.to_vec(),
@@ -205,9 +205,9 @@ async fn main() -> anyhow::Result<()> {
     ));
     rows.push((
         "breakGlass",
-        doctor.break_glass(addr, 7).await?,
+        doctor.break_glass(addr, EmergencyReason::Etreat).await?,
         Floor {
-            calldata: call(vec![word_u64(3), word_u64(77), word_u64(7)]),
+            calldata: call(vec![word_u64(3), word_u64(77), word_u64(1)]),
             new_slots: 1,
             updated_slots: 0,
             logs: vec![(3, 64)],

@@ -17,7 +17,7 @@ use ehr_share::chain::{EhrChain, PatientAddr};
 use ehr_share::config::{AnvilSettings, Tools};
 use ehr_share::ipfs::KuboClient;
 use ehr_share::records::{RecordsClient, ShareNodeRef};
-use ehr_share::share_node::{NodeConfig, ShareStore};
+use ehr_share::share_node::{NodeConfig, NodeLimits, open_store};
 use ehr_share::stack::{KuboOptions, free_port, start_anvil, start_kubo};
 use rand_core::RngCore;
 
@@ -79,7 +79,7 @@ async fn main() -> anyhow::Result<()> {
     let addr = PatientAddr::new(4, 4242)?;
     let patient = office.with_signer(&rpc, patient_key.clone())?;
     let doctor = office.with_signer(&rpc, doctor_key.clone())?;
-    patient.register_patient(addr).await?;
+    office.issue_patient(addr, patient_key.address()).await?;
     doctor.register_provider().await?;
     office.verify_provider(doctor_key.address()).await?;
     patient.grant(doctor_key.address(), None).await?;
@@ -95,11 +95,13 @@ async fn main() -> anyhow::Result<()> {
             url,
             address: identity.address(),
         });
+        let chain = EhrChain::connect(&rpc, None, &d).await?;
+        let store = open_store(&dir.path().join(format!("node-{i}")), &identity, &chain)?;
         let cfg = NodeConfig {
             identity,
-            chain: EhrChain::connect(&rpc, None, &d).await?,
-            chain_id: settings.chain_id,
-            store: ShareStore::open(&dir.path().join(format!("node-{i}.redb")))?,
+            store,
+            chain,
+            limits: NodeLimits::default(),
             danger_corrupt_shares: false,
         };
         let mut rx = rx.clone();
@@ -109,14 +111,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let ipfs = KuboClient::new(&kubo.api_url);
     let client = |chain: EhrChain, key: PrivateKeySigner| {
-        RecordsClient::new(
-            chain,
-            key,
-            settings.chain_id,
-            ipfs.clone(),
-            nodes.clone(),
-            3,
-        )
+        RecordsClient::new(chain, key, ipfs.clone(), nodes.clone(), 3)
     };
     let up = client(patient, patient_key)?;
     let down = client(doctor, doctor_key)?;

@@ -4,6 +4,7 @@
 //! - [`crypto`], [`shamir`]: pure maths, no I/O, nothing of ours imported.
 //! - [`chain`]: the access-control contract's client (the source of truth for who may see what).
 //! - [`ipfs`]: the Kubo RPC client (ciphertext only).
+//! - [`fsutil`]: private (0600/0700) files and folders; [`limits`]: keyed rate limits.
 //! - [`stack`]: starts anvil and Kubo as child processes for development and tests.
 //! - [`gateway`]: the HTTP service composing the above.
 //! - [`cli`]: the `ehr` command line.
@@ -12,8 +13,10 @@ pub mod chain;
 pub mod cli;
 pub mod config;
 pub mod crypto;
+pub mod fsutil;
 pub mod gateway;
 pub mod ipfs;
+pub mod limits;
 pub mod records;
 pub mod shamir;
 pub mod share_node;

@@ -6,7 +6,8 @@ mod common;
 
 use alloy::primitives::{Address, B256};
 use ehr_share::chain::{
-    AuditKind, DenyReason, EhrChain, GrantState, PatientAddr, ProviderStatus, RecordId,
+    AuditKind, DenyReason, EhrChain, EmergencyReason, GrantState, PatientAddr, ProviderStatus,
+    RecordId, random_b256, sign_voucher,
 };
 
 use common::{as_, funded, office, unique_patient};
@@ -23,7 +24,7 @@ async fn world() -> World {
     let office = office().await;
     let patient = as_(&office, &funded().await);
     let addr = unique_patient();
-    patient.register_patient(addr).await.unwrap();
+    office.issue_patient(addr, patient.from()).await.unwrap();
     let doctor = as_(&office, &funded().await);
     doctor.register_provider().await.unwrap();
     office.verify_provider(doctor.from()).await.unwrap();
@@ -36,12 +37,11 @@ async fn world() -> World {
 }
 
 async fn anchored(w: &World) -> RecordId {
-    let id = RecordId::random();
     w.patient
-        .anchor_record(id, w.addr, B256::repeat_byte(0xab))
+        .anchor_record(random_b256(), w.addr, B256::repeat_byte(0xab))
         .await
-        .unwrap();
-    id
+        .unwrap()
+        .0
 }
 
 fn rejected(e: ehr_share::chain::ChainError, words: &str) {
@@ -67,21 +67,24 @@ async fn patients_register_once_per_address_and_account() {
     let office = office().await;
     let p = as_(&office, &funded().await);
     let addr = unique_patient();
-    p.register_patient(addr).await.unwrap();
+    office.issue_patient(addr, p.from()).await.unwrap();
     assert_eq!(office.patient_of(p.from()).await.unwrap(), Some(addr));
     assert_eq!(office.patient_account(addr).await.unwrap(), Some(p.from()));
     rejected(
-        p.register_patient(unique_patient()).await.unwrap_err(),
+        office
+            .issue_patient(unique_patient(), p.from())
+            .await
+            .unwrap_err(),
         "already registered as a patient or provider",
     );
     let q = as_(&office, &funded().await);
     rejected(
-        q.register_patient(addr).await.unwrap_err(),
+        office.issue_patient(addr, q.from()).await.unwrap_err(),
         &format!("patient address {addr} is already registered"),
     );
     // Zero parts are rejected by the contract too (our type refuses to build them, so call raw).
-    let raw = ehr_share::chain::EhrAccess::new(office.address(), q.provider().clone());
-    let e = raw.registerPatient(0, 5).send().await.unwrap_err();
+    let raw = ehr_share::chain::EhrAccess::new(office.address(), office.provider().clone());
+    let e = raw.issuePatient(0, 5, q.from()).send().await.unwrap_err();
     let decoded = e.as_decoded_interface_error::<ehr_share::chain::EhrAccess::EhrAccessErrors>();
     assert!(matches!(
         decoded,
@@ -94,6 +97,119 @@ async fn patients_register_once_per_address_and_account() {
     );
 }
 
+/// Security #7: an `Addr` is issued by the records office (a transaction, or a voucher it signed
+/// for exactly one account); claiming one yourself, with a voucher you signed, with someone
+/// else's voucher or with an expired one, fails and changes nothing.
+#[tokio::test]
+async fn patient_addresses_are_issued_not_squatted() {
+    let office = office().await;
+    let office_key = common::office_key();
+    let (chain_id, contract) = (office.chain_id(), office.address());
+    let squatter_key = funded().await;
+    let squatter = as_(&office, &squatter_key);
+    let addr = unique_patient();
+    let deadline = office.chain_time().await.unwrap() + 3600;
+    // 1. A voucher the squatter signed for themself.
+    let own = sign_voucher(
+        &squatter_key,
+        chain_id,
+        contract,
+        addr,
+        squatter.from(),
+        deadline,
+    )
+    .unwrap();
+    not_permitted(
+        squatter
+            .register_patient(addr, deadline, own)
+            .await
+            .unwrap_err(),
+        "not signed by the records office",
+    );
+    // 2. The office's genuine voucher for the real patient, copied (e.g. from the mempool).
+    let patient_key = funded().await;
+    let patient = as_(&office, &patient_key);
+    let genuine = sign_voucher(
+        &office_key,
+        chain_id,
+        contract,
+        addr,
+        patient.from(),
+        deadline,
+    )
+    .unwrap();
+    not_permitted(
+        squatter
+            .register_patient(addr, deadline, genuine.clone())
+            .await
+            .unwrap_err(),
+        "not signed by the records office",
+    );
+    // 3. A voucher for another address than the one claimed.
+    not_permitted(
+        patient
+            .register_patient(unique_patient(), deadline, genuine.clone())
+            .await
+            .unwrap_err(),
+        "not signed by the records office",
+    );
+    // 4. An expired voucher.
+    let now = office.chain_time().await.unwrap();
+    let old = sign_voucher(
+        &office_key,
+        chain_id,
+        contract,
+        addr,
+        patient.from(),
+        now - 1,
+    )
+    .unwrap();
+    not_permitted(
+        patient
+            .register_patient(addr, now - 1, old)
+            .await
+            .unwrap_err(),
+        "expired",
+    );
+    // 5. Issuing is the office's alone.
+    not_permitted(
+        squatter
+            .issue_patient(addr, squatter.from())
+            .await
+            .unwrap_err(),
+        "is not the records office",
+    );
+    assert_eq!(
+        office.patient_account(addr).await.unwrap(),
+        None,
+        "nothing was claimed"
+    );
+    // The genuine voucher works for its account, once.
+    patient
+        .register_patient(addr, deadline, genuine.clone())
+        .await
+        .unwrap();
+    assert_eq!(
+        office.patient_account(addr).await.unwrap(),
+        Some(patient.from())
+    );
+    rejected(
+        patient
+            .register_patient(addr, deadline, genuine)
+            .await
+            .unwrap_err(),
+        "already registered",
+    );
+}
+
+fn not_permitted(e: ehr_share::chain::ChainError, words: &str) {
+    assert!(
+        matches!(e, ehr_share::chain::ChainError::NotPermitted(_)),
+        "expected a role refusal, got {e:?}"
+    );
+    assert!(e.to_string().contains(words), "{e:?} should say {words:?}");
+}
+
 #[tokio::test]
 async fn providers_wait_for_verification_and_can_be_suspended() {
     let office = office().await;
@@ -104,8 +220,8 @@ async fn providers_wait_for_verification_and_can_be_suspended() {
         ProviderStatus::Pending
     );
     let patient_addr = unique_patient();
-    as_(&office, &funded().await)
-        .register_patient(patient_addr)
+    office
+        .issue_patient(patient_addr, funded().await.address())
         .await
         .unwrap();
     rejected(
@@ -113,7 +229,9 @@ async fn providers_wait_for_verification_and_can_be_suspended() {
         &format!("provider {} is not verified", d.from()),
     );
     rejected(
-        d.break_glass(patient_addr, 1).await.unwrap_err(),
+        d.break_glass(patient_addr, EmergencyReason::Etreat)
+            .await
+            .unwrap_err(),
         "is not verified",
     );
     // Only the records office verifies.
@@ -236,21 +354,36 @@ async fn unverified_suspended_and_strangers_are_denied_with_their_reason() {
     w.patient.grant(pending.from(), None).await.unwrap();
     w.patient.grant(w.doctor.from(), None).await.unwrap();
     w.office.suspend_provider(w.doctor.from()).await.unwrap();
+    // Accounts the office never verified cannot write under the patient's topic at all
+    // (security #4: no audit flooding by strangers); their attempt reverts.
+    let before = w
+        .office
+        .audit_for_patient(w.addr, 0, 1000)
+        .await
+        .unwrap()
+        .len();
+    for who in [&stranger, &pending] {
+        assert!(matches!(
+            who.access(&[id]).await.unwrap_err(),
+            ehr_share::chain::ChainError::NotPermitted(_)
+        ));
+    }
     assert_eq!(
-        stranger.access(&[id]).await.unwrap().denied,
-        vec![(id, DenyReason::NotProvider)]
+        w.office
+            .audit_for_patient(w.addr, 0, 1000)
+            .await
+            .unwrap()
+            .len(),
+        before
     );
-    assert_eq!(
-        pending.access(&[id]).await.unwrap().denied,
-        vec![(id, DenyReason::UnverifiedProvider)]
-    );
+    // A provider the office verified and then suspended is still logged.
     assert_eq!(
         w.doctor.access(&[id]).await.unwrap().denied,
         vec![(id, DenyReason::SuspendedProvider)]
     );
     let unknown = RecordId::random();
     assert_eq!(
-        stranger.access(&[unknown]).await.unwrap().denied,
+        w.doctor.access(&[unknown]).await.unwrap().denied,
         vec![(unknown, DenyReason::UnknownRecord)]
     );
     // Batches are bounded.
@@ -334,29 +467,38 @@ async fn requests_are_approved_or_declined_by_the_patient() {
 #[tokio::test]
 async fn records_are_anchored_by_the_patient_or_a_granted_provider_only() {
     let w = world().await;
-    let id = RecordId::random();
+    let salt = random_b256();
     rejected(
         w.doctor
-            .anchor_record(id, w.addr, B256::repeat_byte(1))
+            .anchor_record(salt, w.addr, B256::repeat_byte(1))
             .await
             .unwrap_err(),
         "may not add records for patient",
     );
     w.patient.grant(w.doctor.from(), None).await.unwrap();
-    w.doctor
-        .anchor_record(id, w.addr, B256::repeat_byte(1))
+    let (id, _) = w
+        .doctor
+        .anchor_record(salt, w.addr, B256::repeat_byte(1))
         .await
         .unwrap();
+    assert_eq!(id, RecordId::derive(w.doctor.from(), w.addr, salt));
     rejected(
-        w.patient
-            .anchor_record(id, w.addr, B256::repeat_byte(2))
+        w.doctor
+            .anchor_record(salt, w.addr, B256::repeat_byte(2))
             .await
             .unwrap_err(),
         "is already anchored",
     );
+    // The same salt from another account is another record: ids are bound to their author.
+    let (other, _) = w
+        .patient
+        .anchor_record(salt, w.addr, B256::repeat_byte(2))
+        .await
+        .unwrap();
+    assert_ne!(other, id);
     rejected(
         w.patient
-            .anchor_record(RecordId::random(), w.addr, B256::ZERO)
+            .anchor_record(random_b256(), w.addr, B256::ZERO)
             .await
             .unwrap_err(),
         "digest must not be zero",
@@ -366,7 +508,10 @@ async fn records_are_anchored_by_the_patient_or_a_granted_provider_only() {
         (r.patient, r.author, r.digest),
         (w.addr, w.doctor.from(), B256::repeat_byte(1))
     );
-    assert_eq!(w.office.record_ids(w.addr, 0, 10).await.unwrap(), vec![id]);
+    assert_eq!(
+        w.office.record_ids(w.addr, 0, 10).await.unwrap(),
+        vec![id, other]
+    );
     assert!(w.office.record(RecordId::random()).await.unwrap().is_none());
     rejected(
         w.office.record_ids(w.addr, 0, 201).await.unwrap_err(),

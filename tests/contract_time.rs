@@ -5,7 +5,9 @@ mod common;
 use alloy::primitives::B256;
 use alloy::providers::ext::AnvilApi;
 use alloy::providers::{Provider, ProviderBuilder};
-use ehr_share::chain::{AuditKind, DenyReason, GrantState, RecordId};
+use ehr_share::chain::{
+    AuditFilter, AuditKind, DenyReason, EmergencyReason, GrantState, random_b256,
+};
 
 use common::{as_, funded, office, unique_patient};
 
@@ -22,16 +24,15 @@ async fn expiry_and_break_glass_lapse_by_themselves() {
     let office = office().await;
     let patient = as_(&office, &funded().await);
     let addr = unique_patient();
-    patient.register_patient(addr).await.unwrap();
+    office.issue_patient(addr, patient.from()).await.unwrap();
     let doctor = as_(&office, &funded().await);
     let medic = as_(&office, &funded().await);
     for d in [&doctor, &medic] {
         d.register_provider().await.unwrap();
         office.verify_provider(d.from()).await.unwrap();
     }
-    let id = RecordId::random();
-    patient
-        .anchor_record(id, addr, B256::repeat_byte(7))
+    let (id, _) = patient
+        .anchor_record(random_b256(), addr, B256::repeat_byte(7))
         .await
         .unwrap();
 
@@ -45,7 +46,10 @@ async fn expiry_and_break_glass_lapse_by_themselves() {
     assert!(office.can_read(doctor.from(), id).await.unwrap());
 
     // Break-glass by a doctor without any grant: allowed, flagged as emergency, loud in the trail.
-    medic.break_glass(addr, 42).await.unwrap();
+    medic
+        .break_glass(addr, EmergencyReason::Etreat)
+        .await
+        .unwrap();
     let o = medic.access(&[id]).await.unwrap();
     assert_eq!(o.allowed, vec![id]);
     assert_eq!(
@@ -55,7 +59,7 @@ async fn expiry_and_break_glass_lapse_by_themselves() {
     let trail = office.audit_for_patient(addr, 0, 50).await.unwrap();
     assert!(
         trail.iter().any(|e| matches!(e.kind,
-        AuditKind::BreakGlassOpened { provider, reason_code: 42, .. } if provider == medic.from()))
+        AuditKind::BreakGlassOpened { provider, reason: Some(EmergencyReason::Etreat), overrides_revoke: false, .. } if provider == medic.from()))
     );
     assert!(trail.iter().any(|e| matches!(e.kind,
         AuditKind::AccessAllowed { provider, emergency: true, .. } if provider == medic.from())));
@@ -89,4 +93,71 @@ async fn expiry_and_break_glass_lapse_by_themselves() {
         .filter(|e| e.kind.is_denial())
         .collect();
     assert_eq!(denied.len(), 1);
+
+    // Security #6. The patient ends an emergency early.
+    medic.break_glass(addr, EmergencyReason::Btg).await.unwrap();
+    assert!(office.check_access(addr, medic.from()).await.unwrap().1);
+    assert!(
+        office
+            .emergency_until(addr, medic.from())
+            .await
+            .unwrap()
+            .is_some()
+    );
+    patient.end_emergency(medic.from()).await.unwrap();
+    assert_eq!(
+        office.check_access(addr, medic.from()).await.unwrap(),
+        (DenyReason::NoGrant, false)
+    );
+    let e = patient.end_emergency(medic.from()).await.unwrap_err();
+    assert!(e.to_string().contains("no open emergency"), "{e}");
+    // At most three openings per patient per 24 hours (this is the third, then refused).
+    medic
+        .break_glass(addr, EmergencyReason::Ertreat)
+        .await
+        .unwrap();
+    let e = medic
+        .break_glass(addr, EmergencyReason::Etreat)
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("used every emergency opening"),
+        "{e}"
+    );
+    advance(24 * 3600).await;
+    medic
+        .break_glass(addr, EmergencyReason::Threat)
+        .await
+        .unwrap();
+    // Reasons come from the fixed coded list only.
+    let raw = ehr_share::chain::EhrAccess::new(office.address(), medic.provider().clone());
+    for bad in [0u8, 6, 200] {
+        let e = raw
+            .breakGlass(addr.aid(), addr.pid(), bad)
+            .from(medic.from())
+            .call()
+            .await
+            .unwrap_err();
+        assert!(matches!(
+            e.as_decoded_interface_error::<ehr_share::chain::EhrAccess::EhrAccessErrors>(),
+            Some(ehr_share::chain::EhrAccess::EhrAccessErrors::UnknownEmergencyReason(_))
+        ));
+    }
+    // Breaking the glass after an explicit revoke is possible (emergency care) but flagged.
+    patient.grant(doctor.from(), None).await.unwrap();
+    patient.revoke(doctor.from()).await.unwrap();
+    doctor
+        .break_glass(addr, EmergencyReason::Etreat)
+        .await
+        .unwrap();
+    let flagged = office
+        .audit_page_for_patient(addr, AuditFilter::Emergency, 0, 10)
+        .await
+        .unwrap();
+    assert!(matches!(
+        flagged.events[0].kind,
+        AuditKind::BreakGlassOpened { provider, overrides_revoke: true, .. } if provider == doctor.from()
+    ));
+    assert!(flagged.events.iter().any(|e| matches!(e.kind,
+        AuditKind::BreakGlassEnded { provider, .. } if provider == medic.from())));
 }

@@ -4,18 +4,13 @@
 mod common;
 
 use alloy::signers::local::PrivateKeySigner;
-use ehr_share::chain::Deployment;
 use ehr_share::gateway::{AppState, Keyring};
 use ehr_share::ipfs::KuboClient;
 use serde_json::{Value, json};
 
 async fn gateway(keyring: Keyring) -> String {
     let office = common::office().await;
-    let d = Deployment {
-        chain_id: 31337,
-        address: office.address(),
-        block: office.deploy_block(),
-    };
+    let d = office.deployment();
     let chain = ehr_share::chain::EhrChain::connect(&common::rpc(), None, &d)
         .await
         .unwrap();
@@ -80,9 +75,39 @@ async fn a_patient_grants_and_revokes_through_the_api() {
             .json(&body)
             .send()
     };
-    let r = post("/api/patients", json!({"addr": addr.to_string()}))
-        .await
-        .unwrap();
+    // Claiming an address needs the records office's voucher for this account.
+    let deadline = office.chain_time().await.unwrap() + 600;
+    let own = ehr_share::chain::sign_voucher(
+        &patient,
+        office.chain_id(),
+        office.address(),
+        addr,
+        patient.address(),
+        deadline,
+    )
+    .unwrap();
+    let r = post(
+        "/api/patients",
+        json!({"addr": addr.to_string(), "deadline": deadline, "voucher": own}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 403, "a self-signed voucher is refused");
+    let voucher = ehr_share::chain::sign_voucher(
+        &common::office_key(),
+        office.chain_id(),
+        office.address(),
+        addr,
+        patient.address(),
+        deadline,
+    )
+    .unwrap();
+    let r = post(
+        "/api/patients",
+        json!({"addr": addr.to_string(), "deadline": deadline, "voucher": voucher}),
+    )
+    .await
+    .unwrap();
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
     let r = post("/api/grants", json!({"provider": doctor.address()}))
         .await
@@ -277,10 +302,7 @@ async fn one_role_cannot_use_another_roles_api() {
         .unwrap();
     office.verify_provider(doctor.address()).await.unwrap();
     let addr = common::unique_patient();
-    common::as_(&office, &patient)
-        .register_patient(addr)
-        .await
-        .unwrap();
+    office.issue_patient(addr, patient.address()).await.unwrap();
     let mut keyring = Keyring::default();
     keyring.insert("tok-patient", patient.clone());
     keyring.insert("tok-doctor", doctor.clone());
@@ -320,7 +342,7 @@ async fn one_role_cannot_use_another_roles_api() {
     let r = call(
         "tok-patient",
         "/api/break-glass".into(),
-        json!({"addr": addr.to_string(), "reason_code": 1}),
+        json!({"addr": addr.to_string(), "reason": "ETREAT"}),
     )
     .await
     .unwrap();

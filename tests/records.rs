@@ -68,7 +68,6 @@ async fn client(office: &EhrChain, signer: &PrivateKeySigner, nodes: &[Node]) ->
     RecordsClient::new(
         chain,
         signer.clone(),
-        31337,
         KuboClient::new(&common::stack().kubo.api_url),
         refs,
         3,
@@ -83,7 +82,7 @@ async fn ask_every_node(
     id: RecordId,
     nodes: &[ShareNodeRef],
 ) -> Vec<u16> {
-    let dom = domain(31337, office.address());
+    let dom = domain(31337, office.address(), office.deployment_id());
     let mut out = Vec::new();
     for n in nodes {
         let request = ShareRelease {
@@ -128,10 +127,7 @@ async fn records_end_to_end() {
     // Cast: a patient, a granted doctor, a never-granted one, a revoked one, an expiring one.
     let patient = common::funded().await;
     let addr = common::unique_patient();
-    common::as_(&office, &patient)
-        .register_patient(addr)
-        .await
-        .unwrap();
+    office.issue_patient(addr, patient.address()).await.unwrap();
     let mut doctors = Vec::new();
     for _ in 0..4 {
         let d = common::funded().await;
@@ -242,7 +238,7 @@ async fn records_end_to_end() {
     }
     // Forged (signed by someone else) and mis-addressed requests are refused too.
     let stranger = PrivateKeySigner::random();
-    let dom = domain(31337, office.address());
+    let dom = domain(31337, office.address(), office.deployment_id());
     let mut req = ShareRelease {
         recordId: fhir_id.0,
         requester: granted.address(),

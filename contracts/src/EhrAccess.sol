@@ -43,6 +43,13 @@ contract EhrAccess {
         uint64 blockNumber;
     }
 
+    /// A provider's emergency access to one patient; one storage slot.
+    struct Emergency {
+        uint64 until; // end of the open emergency (0 or past when none is open)
+        uint64 windowStart; // start of the current 24 h counting window
+        uint8 count; // openings inside that window
+    }
+
     /// One provider; one storage slot.
     struct Provider {
         ProviderStatus status;
@@ -60,8 +67,19 @@ contract EhrAccess {
 
     // ---------------------------------------------------------------- constants
 
+    /// The contract's interface version; `ehr deploy` records it, share nodes and the gateway
+    /// refuse a deployment of another version.
+    uint16 public constant VERSION = 2;
     /// How long a break-glass emergency access lasts.
     uint64 public constant BREAK_GLASS_DURATION = 1 hours;
+    /// Emergency openings a provider may make per patient per 24 hours.
+    uint8 public constant MAX_EMERGENCIES_PER_DAY = 3;
+    /// Highest emergency reason code (HL7 v3 PurposeOfUse): 1 ETREAT emergency treatment,
+    /// 2 BTG break the glass, 3 ERTREAT emergency room treatment, 4 DISASTER, 5 THREAT.
+    uint8 public constant MAX_EMERGENCY_REASON = 5;
+    /// EIP-712 type of the records office's voucher that lets one account claim one `Addr`.
+    bytes32 public constant PATIENT_VOUCHER_TYPEHASH =
+        keccak256("PatientVoucher(uint64 aid,uint64 pid,address account,uint64 deadline)");
     /// How long after a granted access transaction a share node may release shares.
     uint64 public constant ACCESS_WINDOW = 30 minutes;
     /// Upper bound on records per access transaction (keeps the loop bounded).
@@ -72,6 +90,13 @@ contract EhrAccess {
     uint64 private constant OPEN_ENDED = type(uint64).max;
 
     // ---------------------------------------------------------------- storage
+
+    /// Unique per deployment (chain, address, block, time, parent hash): a contract redeployed at
+    /// the same address on a reset chain has another id, so shares and signatures bound to the
+    /// old deployment are useless there.
+    bytes32 public immutable deploymentId;
+    /// EIP-712 domain separator of this deployment (vouchers).
+    bytes32 public immutable domainSeparator;
 
     /// The records office ("EHR manager").
     address public manager;
@@ -85,7 +110,7 @@ contract EhrAccess {
     mapping(uint128 => address[]) private grantees;
     mapping(uint128 => mapping(address => uint64)) public requestedAt;
     mapping(uint128 => address[]) private requesters;
-    mapping(uint128 => mapping(address => uint64)) public emergencyUntil;
+    mapping(uint128 => mapping(address => Emergency)) public emergencies;
     mapping(bytes32 => Record) public records;
     mapping(uint128 => bytes32[]) private recordIds;
     mapping(bytes32 => mapping(address => Access)) public lastAccess;
@@ -107,7 +132,10 @@ contract EhrAccess {
     event AccessDenied(
         uint128 indexed patient, address indexed provider, bytes32 indexed recordId, DenyReason reason, uint32 deniedCount
     );
-    event BreakGlassOpened(uint128 indexed patient, address indexed provider, uint16 reasonCode, uint64 until);
+    event BreakGlassOpened(
+        uint128 indexed patient, address indexed provider, uint8 reason, uint64 until, bool overridesRevoke
+    );
+    event BreakGlassEnded(uint128 indexed patient, address indexed provider, address indexed by);
 
     // ---------------------------------------------------------------- errors
 
@@ -133,6 +161,11 @@ contract EhrAccess {
     error EmptyBatch();
     error BatchTooLarge(uint256 size, uint256 max);
     error PageTooLarge(uint256 limit, uint256 max);
+    error InvalidVoucher();
+    error VoucherExpired(uint64 deadline);
+    error UnknownEmergencyReason(uint8 reason);
+    error EmergencyLimitReached(uint128 patient, address provider, uint64 nextAt);
+    error NoOpenEmergency(uint128 patient, address provider);
 
     // ---------------------------------------------------------------- modifiers
 
@@ -149,6 +182,18 @@ contract EhrAccess {
     constructor(address manager_) {
         if (manager_ == address(0)) revert ZeroAddress();
         manager = manager_;
+        deploymentId = keccak256(
+            abi.encode(block.chainid, address(this), block.number, block.timestamp, blockhash(block.number - 1))
+        );
+        domainSeparator = keccak256(
+            abi.encode(
+                keccak256("EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)"),
+                keccak256("EhrAccess"),
+                keccak256("2"),
+                block.chainid,
+                address(this)
+            )
+        );
         emit ManagerTransferred(address(0), manager_);
     }
 
@@ -188,16 +233,24 @@ contract EhrAccess {
 
     // ---------------------------------------------------------------- registration
 
-    function registerPatient(uint64 aid, uint64 pid) external {
-        if (aid == 0 || pid == 0) revert InvalidPatientAddr(aid, pid);
-        uint128 key = patientKey(aid, pid);
-        if (patientAccount[key] != address(0)) revert PatientAddrTaken(aid, pid);
-        if (patientOf[msg.sender] != 0 || providers[msg.sender].status != ProviderStatus.None) {
-            revert AccountHasRole(msg.sender);
-        }
-        patientAccount[key] = msg.sender;
-        patientOf[msg.sender] = key;
-        emit PatientRegistered(key, msg.sender, aid, pid);
+    /// Records office: issues `Addr {aid, pid}` to `account` (the patient was identified in person).
+    function issuePatient(uint64 aid, uint64 pid, address account) external onlyManager {
+        _registerPatient(aid, pid, account);
+    }
+
+    /// The patient claims `Addr {aid, pid}` with a voucher the records office signed for exactly
+    /// this account (EIP-712 `PatientVoucher`), so nobody can squat an address they were not issued.
+    function registerPatient(uint64 aid, uint64 pid, uint64 deadline, bytes calldata officeSignature) external {
+        if (block.timestamp > deadline) revert VoucherExpired(deadline);
+        bytes32 digest = keccak256(
+            abi.encodePacked(
+                "\x19\x01",
+                domainSeparator,
+                keccak256(abi.encode(PATIENT_VOUCHER_TYPEHASH, aid, pid, msg.sender, deadline))
+            )
+        );
+        if (_recover(digest, officeSignature) != manager) revert InvalidVoucher();
+        _registerPatient(aid, pid, msg.sender);
     }
 
     function registerProvider() external {
@@ -248,10 +301,18 @@ contract EhrAccess {
 
     // ---------------------------------------------------------------- records and access
 
-    /// Anchors a record's digest. Only the patient, or a verified provider with access right now.
-    function anchorRecord(bytes32 recordId, uint64 aid, uint64 pid, bytes32 digest) external {
+    /// The id of the record `author` creates for `patient` with `salt`: bound to its uploader, so a
+    /// copied anchoring transaction (from the mempool, or an old chain) yields another id.
+    function recordIdOf(address author, uint128 patient, bytes32 salt) public pure returns (bytes32) {
+        return keccak256(abi.encode(author, patient, salt));
+    }
+
+    /// Anchors a record's (keyed) digest under the id `recordIdOf(msg.sender, patient, salt)`.
+    /// Only the patient, or a verified provider with access right now.
+    function anchorRecord(bytes32 salt, uint64 aid, uint64 pid, bytes32 digest) external returns (bytes32 recordId) {
         uint128 key = _knownPatient(aid, pid);
         if (digest == bytes32(0)) revert ZeroDigest();
+        recordId = recordIdOf(msg.sender, key, salt);
         if (records[recordId].anchoredAt != 0) revert RecordExists(recordId);
         if (patientOf[msg.sender] != key) {
             (DenyReason reason,) = _check(key, msg.sender);
@@ -262,14 +323,19 @@ contract EhrAccess {
         emit RecordAnchored(key, recordId, msg.sender, digest);
     }
 
-    /// The access transaction that precedes reading records. Denials are logged, not reverted,
-    /// so that every unauthorized attempt stays on the audit trail.
+    /// The access transaction that precedes reading records. A verified (or suspended) provider's
+    /// denials are logged, not reverted, so that every refused attempt stays on the audit trail.
+    /// Accounts the records office never verified revert instead: anyone can create them, and
+    /// their events would let a stranger flood a patient's audit trail.
     function access(bytes32[] calldata ids) external {
         uint256 n = ids.length;
         if (n == 0) revert EmptyBatch();
         if (n > MAX_ACCESS_BATCH) revert BatchTooLarge(n, MAX_ACCESS_BATCH);
-        uint32 denied;
         Provider storage p = providers[msg.sender];
+        if (p.status != ProviderStatus.Verified && p.status != ProviderStatus.Suspended) {
+            revert ProviderNotVerified(msg.sender);
+        }
+        uint32 denied;
         uint32 base = p.deniedCount;
         for (uint256 i; i < n; ++i) {
             bytes32 id = ids[i];
@@ -288,19 +354,46 @@ contract EhrAccess {
                 emit AccessDenied(key, msg.sender, id, reason, base + denied);
             }
         }
-        // One write for the whole batch; only providers have a counter to bump.
-        if (denied != 0 && p.status != ProviderStatus.None) p.deniedCount = base + denied;
+        // One write for the whole batch.
+        if (denied != 0) p.deniedCount = base + denied;
     }
 
-    /// Opens emergency access to a patient for `BREAK_GLASS_DURATION`, logged for the patient.
-    function breakGlass(uint64 aid, uint64 pid, uint16 reasonCode) external onlyVerifiedProvider {
+    /// Opens emergency access to a patient for `BREAK_GLASS_DURATION` with a coded reason (HL7 v3
+    /// PurposeOfUse, see `MAX_EMERGENCY_REASON`), at most `MAX_EMERGENCIES_PER_DAY` times per
+    /// patient per 24 h. Policy: an explicit revoke does not forbid emergency access (HIPAA
+    /// requires it to stay possible), but the opening is flagged `overridesRevoke` so that the
+    /// patient and the records office see it, and the patient can end it at once.
+    function breakGlass(uint64 aid, uint64 pid, uint8 reason) external onlyVerifiedProvider {
+        if (reason == 0 || reason > MAX_EMERGENCY_REASON) revert UnknownEmergencyReason(reason);
         uint128 key = _knownPatient(aid, pid);
-        uint64 until = uint64(block.timestamp) + BREAK_GLASS_DURATION;
-        emergencyUntil[key][msg.sender] = until;
-        emit BreakGlassOpened(key, msg.sender, reasonCode, until);
+        Emergency storage e = emergencies[key][msg.sender];
+        uint64 t = uint64(block.timestamp);
+        if (t >= e.windowStart + 1 days) {
+            e.windowStart = t;
+            e.count = 0;
+        }
+        if (e.count >= MAX_EMERGENCIES_PER_DAY) revert EmergencyLimitReached(key, msg.sender, e.windowStart + 1 days);
+        e.count += 1;
+        uint64 until = t + BREAK_GLASS_DURATION;
+        e.until = until;
+        emit BreakGlassOpened(key, msg.sender, reason, until, grants[key][msg.sender].revokedAt != 0);
+    }
+
+    /// The patient ends a provider's open emergency access now.
+    function endEmergency(address provider) external {
+        uint128 key = _callerPatient();
+        Emergency storage e = emergencies[key][provider];
+        if (e.until <= block.timestamp) revert NoOpenEmergency(key, provider);
+        e.until = uint64(block.timestamp);
+        emit BreakGlassEnded(key, provider, msg.sender);
     }
 
     // ---------------------------------------------------------------- views
+
+    /// When `provider`'s emergency access to `patient` ends (0 or past when none is open).
+    function emergencyUntil(uint128 patient, address provider) external view returns (uint64) {
+        return emergencies[patient][provider].until;
+    }
 
     function patientKey(uint64 aid, uint64 pid) public pure returns (uint128) {
         return (uint128(aid) << 64) | uint128(pid);
@@ -396,7 +489,7 @@ contract EhrAccess {
         if (s == ProviderStatus.Suspended) return (DenyReason.SuspendedProvider, false);
         Grant storage g = grants[key][provider];
         if (_active(g)) return (DenyReason.None, false);
-        if (emergencyUntil[key][provider] > block.timestamp) return (DenyReason.None, true);
+        if (emergencies[key][provider].until > block.timestamp) return (DenyReason.None, true);
         if (g.grantedAt == 0) return (DenyReason.NoGrant, false);
         if (g.revokedAt != 0) return (DenyReason.Revoked, false);
         return (DenyReason.Expired, false);
@@ -404,6 +497,30 @@ contract EhrAccess {
 
     function _active(Grant storage g) private view returns (bool) {
         return g.grantedAt != 0 && g.revokedAt == 0 && block.timestamp < g.expiresAt;
+    }
+
+    function _registerPatient(uint64 aid, uint64 pid, address account) private {
+        if (account == address(0)) revert ZeroAddress();
+        if (aid == 0 || pid == 0) revert InvalidPatientAddr(aid, pid);
+        uint128 key = patientKey(aid, pid);
+        if (patientAccount[key] != address(0)) revert PatientAddrTaken(aid, pid);
+        if (patientOf[account] != 0 || providers[account].status != ProviderStatus.None) {
+            revert AccountHasRole(account);
+        }
+        patientAccount[key] = account;
+        patientOf[account] = key;
+        emit PatientRegistered(key, account, aid, pid);
+    }
+
+    /// The signer of an EIP-712 digest; zero for a malformed or malleable (high-s) signature.
+    function _recover(bytes32 digest, bytes calldata sig) private pure returns (address) {
+        if (sig.length != 65) return address(0);
+        bytes32 r = bytes32(sig[0:32]);
+        bytes32 s = bytes32(sig[32:64]);
+        uint8 v = uint8(sig[64]);
+        if (v < 27) v += 27;
+        if (uint256(s) > 0x7FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF5D576E7357A4501DDFE92F46681B20A0) return address(0);
+        return ecrecover(digest, v, r, s);
     }
 
     function _callerPatient() private view returns (uint128 key) {

@@ -12,9 +12,10 @@ use serde::{Deserialize, Serialize};
 
 use super::bindings::EhrAccess;
 use super::errors::ChainError;
-use super::events::{self, AuditEvent, AuditKind};
+use super::events::{self, AuditEvent, AuditFilter, AuditKind, AuditPage};
 use super::types::{
-    DenyReason, GrantInfo, PatientAddr, PendingRequest, ProviderStatus, RecordAnchor, RecordId,
+    DenyReason, EmergencyReason, GrantInfo, PatientAddr, PendingRequest, ProviderStatus,
+    RecordAnchor, RecordId,
 };
 
 /// Where a deployed contract lives; written by `ehr deploy`, read by the other commands.
@@ -26,6 +27,13 @@ pub struct Deployment {
     pub address: Address,
     /// Block of the deployment (event queries start here).
     pub block: u64,
+    /// The contract's `deploymentId` (zero in files written before it existed: then read from
+    /// the chain and not checked).
+    #[serde(default)]
+    pub deployment_id: B256,
+    /// The contract's interface `VERSION`.
+    #[serde(default)]
+    pub version: u16,
 }
 
 impl Deployment {
@@ -89,6 +97,9 @@ pub struct AccessOutcome {
 
 type Contract = EhrAccess::EhrAccessInstance<DynProvider>;
 
+/// The contract interface version this build speaks (`EhrAccess.VERSION`).
+pub const CONTRACT_VERSION: u16 = 2;
+
 /// A client of one deployed EhrAccess contract, signing as one account (or read-only).
 #[derive(Debug, Clone)]
 pub struct EhrChain {
@@ -96,6 +107,8 @@ pub struct EhrChain {
     contract: Contract,
     from: Address,
     deploy_block: u64,
+    deployment_id: B256,
+    chain_id: u64,
 }
 
 fn connect(rpc_url: &str, signer: Option<PrivateKeySigner>) -> Result<DynProvider, ChainError> {
@@ -141,27 +154,38 @@ impl EhrChain {
             .contract_address
             .ok_or_else(|| ChainError::Reverted("deployment produced no contract".into()))?;
         let block = receipt.block_number.unwrap_or_default();
+        let contract = EhrAccess::new(address, provider.clone());
+        let deployment_id = contract
+            .deploymentId()
+            .call()
+            .await
+            .map_err(ChainError::from_contract)?;
         let deployment = Deployment {
             chain_id,
             address,
             block,
+            deployment_id,
+            version: CONTRACT_VERSION,
         };
-        let contract = EhrAccess::new(address, provider.clone());
         Ok((
             Self {
                 provider,
                 contract,
                 from,
                 deploy_block: block,
+                deployment_id,
+                chain_id,
             },
             deployment,
         ))
     }
 
-    /// Connects to a deployed contract; with `signer` the client can send transactions.
+    /// Connects to a deployed contract; with `signer` the client can send transactions. Checks
+    /// the chain id, the contract's version and (when the file records it) its deployment id.
     ///
     /// # Errors
-    /// When the node is unreachable or there is no contract code at the address.
+    /// When the node is unreachable, there is no contract code at the address, or it is another
+    /// version or deployment ([`ChainError::WrongDeployment`]).
     pub async fn connect(
         rpc_url: &str,
         signer: Option<PrivateKeySigner>,
@@ -175,12 +199,39 @@ impl EhrChain {
         if code.is_empty() {
             return Err(ChainError::NoContract(deployment.address));
         }
+        let chain_id = provider.get_chain_id().await?;
+        if deployment.chain_id != 0 && chain_id != deployment.chain_id {
+            return Err(ChainError::WrongDeployment(format!(
+                "the chain at {rpc_url} has chain id {chain_id}, the deployment is on {}",
+                deployment.chain_id
+            )));
+        }
         let contract = EhrAccess::new(deployment.address, provider.clone());
+        let version = contract.VERSION().call().await.unwrap_or(0);
+        if version != CONTRACT_VERSION {
+            return Err(ChainError::WrongDeployment(format!(
+                "the contract at {} is EhrAccess version {version}, this build needs version {CONTRACT_VERSION} (deploy it with `ehr deploy`)",
+                deployment.address
+            )));
+        }
+        let deployment_id = contract
+            .deploymentId()
+            .call()
+            .await
+            .map_err(ChainError::from_contract)?;
+        if !deployment.deployment_id.is_zero() && deployment.deployment_id != deployment_id {
+            return Err(ChainError::WrongDeployment(format!(
+                "the contract at {} is another deployment (id {deployment_id}) than the one recorded ({}): was the chain reset?",
+                deployment.address, deployment.deployment_id
+            )));
+        }
         Ok(Self {
             provider,
             contract,
             from,
             deploy_block: deployment.block,
+            deployment_id,
+            chain_id,
         })
     }
 
@@ -197,6 +248,8 @@ impl EhrChain {
             provider,
             from,
             deploy_block: self.deploy_block,
+            deployment_id: self.deployment_id,
+            chain_id: self.chain_id,
         })
     }
 
@@ -218,6 +271,40 @@ impl EhrChain {
     /// The deployment block.
     pub fn deploy_block(&self) -> u64 {
         self.deploy_block
+    }
+
+    /// The contract's unique deployment id (read once at connect).
+    pub fn deployment_id(&self) -> B256 {
+        self.deployment_id
+    }
+
+    /// The contract's deployment id as the chain says now (differs from
+    /// [`Self::deployment_id`] when the chain was reset and the contract redeployed).
+    ///
+    /// # Errors
+    /// Transport errors, or no contract at the address any more.
+    pub async fn current_deployment_id(&self) -> Result<B256, ChainError> {
+        self.contract
+            .deploymentId()
+            .call()
+            .await
+            .map_err(ChainError::from_contract)
+    }
+
+    /// The chain id (read once at connect).
+    pub fn chain_id(&self) -> u64 {
+        self.chain_id
+    }
+
+    /// This deployment as a deployment file records it.
+    pub fn deployment(&self) -> Deployment {
+        Deployment {
+            chain_id: self.chain_id,
+            address: self.address(),
+            block: self.deploy_block,
+            deployment_id: self.deployment_id,
+            version: CONTRACT_VERSION,
+        }
     }
 
     // ------------------------------------------------------------ transactions
@@ -245,13 +332,36 @@ impl EhrChain {
         Ok(TxOutcome::from_receipt(&receipt))
     }
 
-    /// Registers the signer as the patient at `addr`.
+    /// Records office: issues `addr` to `account`.
     ///
     /// # Errors
-    /// Contract rejections (address taken, account has a role) and transport errors.
-    pub async fn register_patient(&self, addr: PatientAddr) -> Result<TxOutcome, ChainError> {
-        self.send(self.contract.registerPatient(addr.aid(), addr.pid()))
+    /// Contract rejections (not the office, address taken, account has a role) and transport errors.
+    pub async fn issue_patient(
+        &self,
+        addr: PatientAddr,
+        account: Address,
+    ) -> Result<TxOutcome, ChainError> {
+        self.send(self.contract.issuePatient(addr.aid(), addr.pid(), account))
             .await
+    }
+
+    /// Registers the signer as the patient at `addr` with the records office's voucher
+    /// (see [`super::sign_voucher`]).
+    ///
+    /// # Errors
+    /// Contract rejections (bad or expired voucher, address taken, account has a role) and
+    /// transport errors.
+    pub async fn register_patient(
+        &self,
+        addr: PatientAddr,
+        deadline: u64,
+        office_signature: alloy::primitives::Bytes,
+    ) -> Result<TxOutcome, ChainError> {
+        self.send(
+            self.contract
+                .registerPatient(addr.aid(), addr.pid(), deadline, office_signature),
+        )
+        .await
     }
 
     /// Registers the signer as a provider (pending verification).
@@ -348,21 +458,24 @@ impl EhrChain {
         self.send(self.contract.declineRequest(provider)).await
     }
 
-    /// Anchors a record's digest for the patient at `addr`.
+    /// Anchors a record's digest for the patient at `addr` under the id
+    /// [`RecordId::derive`]`(signer, addr, salt)`; returns that id.
     ///
     /// # Errors
     /// Contract rejections and transport errors.
     pub async fn anchor_record(
         &self,
-        id: RecordId,
+        salt: B256,
         addr: PatientAddr,
         digest: B256,
-    ) -> Result<TxOutcome, ChainError> {
-        self.send(
-            self.contract
-                .anchorRecord(id.0, addr.aid(), addr.pid(), digest),
-        )
-        .await
+    ) -> Result<(RecordId, TxOutcome), ChainError> {
+        let tx = self
+            .send(
+                self.contract
+                    .anchorRecord(salt, addr.aid(), addr.pid(), digest),
+            )
+            .await?;
+        Ok((RecordId::derive(self.from, addr, salt), tx))
     }
 
     /// Provider: the access transaction before reading `ids`. Denials do not fail the call:
@@ -398,13 +511,39 @@ impl EhrChain {
     pub async fn break_glass(
         &self,
         addr: PatientAddr,
-        reason_code: u16,
+        reason: EmergencyReason,
     ) -> Result<TxOutcome, ChainError> {
         self.send(
             self.contract
-                .breakGlass(addr.aid(), addr.pid(), reason_code),
+                .breakGlass(addr.aid(), addr.pid(), reason.code()),
         )
         .await
+    }
+
+    /// Patient: ends `provider`'s open emergency access now.
+    ///
+    /// # Errors
+    /// Contract rejections (no open emergency) and transport errors.
+    pub async fn end_emergency(&self, provider: Address) -> Result<TxOutcome, ChainError> {
+        self.send(self.contract.endEmergency(provider)).await
+    }
+
+    /// When `provider`'s emergency access to the patient at `addr` ends, if one is open now.
+    ///
+    /// # Errors
+    /// Transport errors.
+    pub async fn emergency_until(
+        &self,
+        addr: PatientAddr,
+        provider: Address,
+    ) -> Result<Option<u64>, ChainError> {
+        let until = self
+            .contract
+            .emergencyUntil(addr.key(), provider)
+            .call()
+            .await
+            .map_err(ChainError::from_contract)?;
+        Ok((until > self.chain_time().await?).then_some(until))
     }
 
     // ------------------------------------------------------------ queries
@@ -622,6 +761,59 @@ impl EhrChain {
         self.audit(self.filter().topic1(key), offset, limit).await
     }
 
+    /// One page of the patient's audit trail, newest first, keeping only `filter`'s events.
+    ///
+    /// # Errors
+    /// Transport errors.
+    pub async fn audit_page_for_patient(
+        &self,
+        addr: PatientAddr,
+        filter: AuditFilter,
+        offset: usize,
+        limit: usize,
+    ) -> Result<AuditPage, ChainError> {
+        let key = B256::from(U256::from(addr.key()));
+        self.audit_page(self.filter().topic1(key), filter, offset, limit)
+            .await
+    }
+
+    /// One page of every event of the contract, newest first, keeping only `filter`'s events.
+    ///
+    /// # Errors
+    /// Transport errors.
+    pub async fn audit_page_all(
+        &self,
+        filter: AuditFilter,
+        offset: usize,
+        limit: usize,
+    ) -> Result<AuditPage, ChainError> {
+        self.audit_page(self.filter(), filter, offset, limit).await
+    }
+
+    async fn audit_page(
+        &self,
+        base: Filter,
+        kind: AuditFilter,
+        offset: usize,
+        limit: usize,
+    ) -> Result<AuditPage, ChainError> {
+        let sigs = kind.signatures();
+        let f = if sigs.is_empty() {
+            base
+        } else {
+            base.event_signature(sigs)
+        };
+        let logs = self.provider.get_logs(&f).await?;
+        let all: Vec<AuditEvent> = logs.iter().rev().filter_map(events::decode).collect();
+        let total = all.len();
+        let mut page: Vec<AuditEvent> = all.into_iter().skip(offset).take(limit).collect();
+        self.fill_times(&mut page).await?;
+        Ok(AuditPage {
+            events: page,
+            total,
+        })
+    }
+
     /// Events naming `provider` as the actor (requests, grants, reads, denials), newest first.
     ///
     /// # Errors
@@ -706,9 +898,14 @@ impl EhrChain {
             .skip(offset)
             .take(limit)
             .collect();
+        self.fill_times(&mut out).await?;
+        Ok(out)
+    }
+
+    async fn fill_times(&self, out: &mut [AuditEvent]) -> Result<(), ChainError> {
         // Fill in block times the node did not include in the logs (one call per block).
         let mut cache = std::collections::HashMap::new();
-        for e in &mut out {
+        for e in out.iter_mut() {
             if e.timestamp.is_none() {
                 if let Some(t) = cache.get(&e.block) {
                     e.timestamp = Some(*t);
@@ -718,7 +915,7 @@ impl EhrChain {
                 }
             }
         }
-        Ok(out)
+        Ok(())
     }
 
     async fn send<C>(&self, call: C) -> Result<TxOutcome, ChainError>

@@ -24,6 +24,10 @@ pub enum ChainError {
     /// No contract code at the configured address.
     #[error("no EhrAccess contract at {0} on this chain (run `ehr deploy` or set EHR_CONTRACT)")]
     NoContract(Address),
+    /// The contract at the address is not the version this build speaks, or not the deployment
+    /// the deployment file names (a reset chain with a redeployed contract at the same address).
+    #[error("{0}")]
+    WrongDeployment(String),
     /// A value read from chain did not parse.
     #[error("unexpected data from chain: {0}")]
     Decode(String),
@@ -39,7 +43,9 @@ impl ChainError {
                 | E::NotPendingManager(_)
                 | E::NotPatient(_)
                 | E::ProviderNotVerified(_)
-                | E::NotAllowedToAnchor(_) => Self::NotPermitted(words),
+                | E::NotAllowedToAnchor(_)
+                | E::InvalidVoucher(_)
+                | E::VoucherExpired(_) => Self::NotPermitted(words),
                 _ => Self::Rejected(words),
             };
         }
@@ -128,5 +134,24 @@ fn describe(e: &E) -> String {
             x.size, x.max
         ),
         E::PageTooLarge(x) => format!("page size {} too large; at most {}", x.limit, x.max),
+        E::InvalidVoucher(_) => {
+            "the voucher was not signed by the records office for this account and address".into()
+        }
+        E::VoucherExpired(x) => format!("the voucher expired at {}", x.deadline),
+        E::UnknownEmergencyReason(x) => format!(
+            "emergency reason code {} is not one of ETREAT(1), BTG(2), ERTREAT(3), DISASTER(4), THREAT(5)",
+            x.reason
+        ),
+        E::EmergencyLimitReached(x) => format!(
+            "provider {} has used every emergency opening for patient {} in the last 24 hours; next at {}",
+            x.provider,
+            patient(x.patient),
+            x.nextAt
+        ),
+        E::NoOpenEmergency(x) => format!(
+            "provider {} has no open emergency access to patient {}",
+            x.provider,
+            patient(x.patient)
+        ),
     }
 }

@@ -6,7 +6,7 @@ use alloy::sol_types::SolEventInterface;
 use serde::Serialize;
 
 use super::bindings::EhrAccess::EhrAccessEvents as Ev;
-use super::types::{DenyReason, PatientAddr, RecordId};
+use super::types::{DenyReason, EmergencyReason, PatientAddr, RecordId};
 
 /// One event of the audit trail.
 #[derive(Debug, Clone, Serialize)]
@@ -124,10 +124,19 @@ pub enum AuditKind {
         patient: Option<PatientAddr>,
         /// Provider.
         provider: Address,
-        /// Reason code.
-        reason_code: u16,
+        /// Reason (`None` for a code this version does not know).
+        reason: Option<EmergencyReason>,
         /// Until, unix seconds.
         until: u64,
+        /// Opened although the patient had revoked this provider.
+        overrides_revoke: bool,
+    },
+    /// The patient ended a provider's emergency access early.
+    BreakGlassEnded {
+        /// Patient.
+        patient: Option<PatientAddr>,
+        /// Provider.
+        provider: Address,
     },
     /// Any other event of the contract.
     Other {
@@ -203,8 +212,13 @@ pub(crate) fn decode(log: &Log) -> Option<AuditEvent> {
         Ev::BreakGlassOpened(e) => AuditKind::BreakGlassOpened {
             patient: p(e.patient),
             provider: e.provider,
-            reason_code: e.reasonCode,
+            reason: EmergencyReason::try_from(e.reason).ok(),
             until: e.until,
+            overrides_revoke: e.overridesRevoke,
+        },
+        Ev::BreakGlassEnded(e) => AuditKind::BreakGlassEnded {
+            patient: p(e.patient),
+            provider: e.provider,
         },
     };
     Some(AuditEvent {
@@ -214,4 +228,108 @@ pub(crate) fn decode(log: &Log) -> Option<AuditEvent> {
         log_index: log.log_index.unwrap_or_default(),
         kind,
     })
+}
+
+/// Which events an audit view shows: every event, or one kind, so that grants, revokes and
+/// break-glass entries are never crowded out by a flood of access attempts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuditFilter {
+    /// Everything.
+    #[default]
+    All,
+    /// Reads allowed and denied.
+    Access,
+    /// Denied attempts only.
+    Denials,
+    /// Grants, revokes, requests and declines.
+    Grants,
+    /// Break-glass openings and early ends.
+    Emergency,
+    /// Records added.
+    Records,
+}
+
+impl AuditFilter {
+    /// Every filter, in the order views list them.
+    pub const ALL: [Self; 6] = [
+        Self::All,
+        Self::Grants,
+        Self::Emergency,
+        Self::Access,
+        Self::Denials,
+        Self::Records,
+    ];
+
+    /// The event signatures (topic 0) it keeps; empty for all.
+    pub fn signatures(self) -> Vec<B256> {
+        use super::bindings::EhrAccess as C;
+        use alloy::sol_types::SolEvent;
+        match self {
+            Self::All => Vec::new(),
+            Self::Access => vec![
+                C::AccessAllowed::SIGNATURE_HASH,
+                C::AccessDenied::SIGNATURE_HASH,
+            ],
+            Self::Denials => vec![C::AccessDenied::SIGNATURE_HASH],
+            Self::Grants => vec![
+                C::GrantIssued::SIGNATURE_HASH,
+                C::GrantRevoked::SIGNATURE_HASH,
+                C::AccessRequested::SIGNATURE_HASH,
+                C::RequestDeclined::SIGNATURE_HASH,
+            ],
+            Self::Emergency => vec![
+                C::BreakGlassOpened::SIGNATURE_HASH,
+                C::BreakGlassEnded::SIGNATURE_HASH,
+            ],
+            Self::Records => vec![C::RecordAnchored::SIGNATURE_HASH],
+        }
+    }
+
+    /// Its name in URLs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::All => "all",
+            Self::Access => "access",
+            Self::Denials => "denials",
+            Self::Grants => "grants",
+            Self::Emergency => "emergency",
+            Self::Records => "records",
+        }
+    }
+
+    /// Words for people.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::All => "Everything",
+            Self::Access => "Reads",
+            Self::Denials => "Denied attempts",
+            Self::Grants => "Grants and requests",
+            Self::Emergency => "Break-glass",
+            Self::Records => "Records added",
+        }
+    }
+}
+
+impl std::str::FromStr for AuditFilter {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|f| f.as_str() == s)
+            .ok_or_else(|| {
+                format!(
+                    "unknown audit filter {s:?}: all, grants, emergency, access, denials or records"
+                )
+            })
+    }
+}
+
+/// One page of an audit view, newest first, with the total to page through.
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditPage {
+    /// The events of this page.
+    pub events: Vec<AuditEvent>,
+    /// How many events the view has in all.
+    pub total: usize,
 }

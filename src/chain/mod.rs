@@ -7,12 +7,14 @@ mod errors;
 mod events;
 mod send_lock;
 mod types;
+mod voucher;
 
 pub use bindings::EhrAccess;
-pub use client::{AccessOutcome, Deployment, EhrChain, TxOutcome};
+pub use client::{AccessOutcome, CONTRACT_VERSION, Deployment, EhrChain, TxOutcome};
 pub use errors::ChainError;
-pub use events::{AuditEvent, AuditKind};
+pub use events::{AuditEvent, AuditFilter, AuditKind, AuditPage};
 pub use types::{
-    DenyReason, GrantInfo, GrantState, InvalidPatientAddr, PatientAddr, PendingRequest,
-    ProviderStatus, RecordAnchor, RecordId,
+    DenyReason, EmergencyReason, GrantInfo, GrantState, InvalidPatientAddr, PatientAddr,
+    PendingRequest, ProviderStatus, RecordAnchor, RecordId, UnknownEmergencyReason, random_b256,
 };
+pub use voucher::{PatientVoucher, sign_voucher};

@@ -87,12 +87,115 @@ impl From<PatientAddr> for String {
 pub struct RecordId(pub B256);
 
 impl RecordId {
-    /// A fresh random record id.
+    /// A fresh random record id (for ids that need not exist on chain, e.g. in tests).
     pub fn random() -> Self {
-        use rand_core::RngCore;
-        let mut b = [0u8; 32];
-        rand_core::OsRng.fill_bytes(&mut b);
-        Self(B256::from(b))
+        Self(random_b256())
+    }
+
+    /// The id the contract gives the record `author` creates for `patient` with `salt`
+    /// (`recordIdOf`: keccak256 of the ABI-encoded triple). Binding the id to its uploader is
+    /// what stops anyone else from anchoring it first.
+    pub fn derive(author: Address, patient: PatientAddr, salt: B256) -> Self {
+        use alloy::sol_types::SolValue;
+        let encoded = (author, patient.key(), salt).abi_encode();
+        Self(alloy::primitives::keccak256(encoded))
+    }
+}
+
+/// 32 random bytes from the OS.
+pub fn random_b256() -> B256 {
+    use rand_core::RngCore;
+    let mut b = [0u8; 32];
+    rand_core::OsRng.fill_bytes(&mut b);
+    B256::from(b)
+}
+
+/// Why a provider breaks the glass: the contract's fixed list, HL7 v3 PurposeOfUse codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum EmergencyReason {
+    /// ETREAT: emergency treatment.
+    Etreat = 1,
+    /// BTG: break the glass.
+    Btg = 2,
+    /// ERTREAT: emergency room treatment.
+    Ertreat = 3,
+    /// DISASTER: disaster response.
+    Disaster = 4,
+    /// THREAT: a threat to the patient or others.
+    Threat = 5,
+}
+
+/// Why a value is not an emergency reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown emergency reason {0:?}: one of ETREAT, BTG, ERTREAT, DISASTER, THREAT")]
+pub struct UnknownEmergencyReason(pub String);
+
+impl EmergencyReason {
+    /// Every reason, in code order.
+    pub const ALL: [Self; 5] = [
+        Self::Etreat,
+        Self::Btg,
+        Self::Ertreat,
+        Self::Disaster,
+        Self::Threat,
+    ];
+
+    /// The code on chain.
+    pub fn code(self) -> u8 {
+        self as u8
+    }
+
+    /// The HL7 code, e.g. `ETREAT`.
+    pub fn hl7(self) -> &'static str {
+        match self {
+            Self::Etreat => "ETREAT",
+            Self::Btg => "BTG",
+            Self::Ertreat => "ERTREAT",
+            Self::Disaster => "DISASTER",
+            Self::Threat => "THREAT",
+        }
+    }
+
+    /// Words for people.
+    pub fn description(self) -> &'static str {
+        match self {
+            Self::Etreat => "emergency treatment",
+            Self::Btg => "break the glass",
+            Self::Ertreat => "emergency room treatment",
+            Self::Disaster => "disaster response",
+            Self::Threat => "threat to the patient or others",
+        }
+    }
+}
+
+impl TryFrom<u8> for EmergencyReason {
+    type Error = UnknownEmergencyReason;
+    fn try_from(v: u8) -> Result<Self, Self::Error> {
+        Self::ALL
+            .into_iter()
+            .find(|r| r.code() == v)
+            .ok_or_else(|| UnknownEmergencyReason(v.to_string()))
+    }
+}
+
+impl FromStr for EmergencyReason {
+    type Err = UnknownEmergencyReason;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let t = s.trim();
+        if let Ok(n) = t.parse::<u8>() {
+            return Self::try_from(n);
+        }
+        Self::ALL
+            .into_iter()
+            .find(|r| r.hl7().eq_ignore_ascii_case(t))
+            .ok_or_else(|| UnknownEmergencyReason(s.to_owned()))
+    }
+}
+
+impl fmt::Display for EmergencyReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({})", self.hl7(), self.description())
     }
 }
 

@@ -6,7 +6,7 @@ use clap::{Args, Subcommand};
 
 use super::ChainArgs;
 use super::keys::KeyArgs;
-use crate::chain::{Deployment, EhrChain, PatientAddr, RecordId, TxOutcome};
+use crate::chain::{Deployment, EhrChain, EmergencyReason, PatientAddr, RecordId, TxOutcome};
 
 /// `ehr deploy`.
 #[derive(Debug, Args)]
@@ -47,10 +47,25 @@ pub struct PageArgs {
 /// Patient subcommands.
 #[derive(Debug, Subcommand)]
 pub enum PatientCmd {
-    /// Register the signer as the patient at ADDR (AID-PID).
+    /// Register the signer as the patient at ADDR (AID-PID), with the voucher the records office
+    /// signed for this account (`ehr office voucher`).
     Register {
         /// Patient address.
         addr: PatientAddr,
+        /// The voucher's deadline (unix seconds), as `ehr office voucher` printed it.
+        #[arg(long)]
+        deadline: u64,
+        /// The voucher's signature (0x hex), as `ehr office voucher` printed it.
+        #[arg(long)]
+        voucher: alloy::primitives::Bytes,
+        /// Common flags.
+        #[command(flatten)]
+        c: Common,
+    },
+    /// End a provider's open break-glass access now.
+    EndEmergency {
+        /// Provider account.
+        provider: Address,
         /// Common flags.
         #[command(flatten)]
         c: Common,
@@ -161,9 +176,9 @@ pub enum ProviderCmd {
     BreakGlass {
         /// Patient address.
         addr: PatientAddr,
-        /// Reason code (your institution's list).
+        /// Reason (HL7 v3 PurposeOfUse): ETREAT, BTG, ERTREAT, DISASTER or THREAT.
         #[arg(long)]
-        reason: u16,
+        reason: EmergencyReason,
         /// Common flags.
         #[command(flatten)]
         c: Common,
@@ -181,6 +196,30 @@ pub enum ProviderCmd {
 /// Records office subcommands.
 #[derive(Debug, Subcommand)]
 pub enum OfficeCmd {
+    /// Issue a patient address to an account (an office transaction).
+    IssuePatient {
+        /// Patient address (AID-PID).
+        addr: PatientAddr,
+        /// The patient's account.
+        account: Address,
+        /// Common flags.
+        #[command(flatten)]
+        c: Common,
+    },
+    /// Sign a voucher (no transaction) with which ACCOUNT can claim ADDR itself
+    /// (`ehr patient register --deadline .. --voucher ..`).
+    Voucher {
+        /// Patient address (AID-PID).
+        addr: PatientAddr,
+        /// The patient's account.
+        account: Address,
+        /// How long the voucher stays valid, in seconds. Default: 7 days.
+        #[arg(long, default_value_t = 7 * 86_400)]
+        valid_secs: u64,
+        /// Common flags.
+        #[command(flatten)]
+        c: Common,
+    },
     /// Verify a provider.
     Verify {
         /// Provider account.
@@ -228,6 +267,8 @@ pub(crate) fn deployment(chain: &ChainArgs) -> anyhow::Result<Deployment> {
             chain_id: 0,
             address,
             block: 0,
+            deployment_id: alloy::primitives::B256::ZERO,
+            version: 0,
         });
     }
     Deployment::load(&chain.deployment).with_context(|| {
@@ -285,9 +326,21 @@ pub async fn deploy(a: DeployArgs) -> anyhow::Result<()> {
 /// Contract rejections in words, transport and key errors.
 pub async fn patient(cmd: PatientCmd) -> anyhow::Result<()> {
     match cmd {
-        PatientCmd::Register { addr, c } => print_tx(
+        PatientCmd::Register {
+            addr,
+            deadline,
+            voucher,
+            c,
+        } => print_tx(
             &format!("registered patient {addr}"),
-            &signing(&c).await?.register_patient(addr).await?,
+            &signing(&c)
+                .await?
+                .register_patient(addr, deadline, voucher)
+                .await?,
+        ),
+        PatientCmd::EndEmergency { provider, c } => print_tx(
+            &format!("ended the emergency access of {provider}"),
+            &signing(&c).await?.end_emergency(provider).await?,
         ),
         PatientCmd::Grant {
             provider,
@@ -383,6 +436,30 @@ pub async fn provider(cmd: ProviderCmd) -> anyhow::Result<()> {
 /// Contract rejections in words, transport and key errors.
 pub async fn office(cmd: OfficeCmd) -> anyhow::Result<()> {
     match cmd {
+        OfficeCmd::IssuePatient { addr, account, c } => print_tx(
+            &format!("issued patient {addr} to {account}"),
+            &signing(&c).await?.issue_patient(addr, account).await?,
+        ),
+        OfficeCmd::Voucher {
+            addr,
+            account,
+            valid_secs,
+            c,
+        } => {
+            let chain = signing(&c).await?;
+            let deadline = chain.chain_time().await? + valid_secs;
+            let sig = crate::chain::sign_voucher(
+                &c.key.signer()?,
+                chain.chain_id(),
+                chain.address(),
+                addr,
+                account,
+                deadline,
+            )?;
+            print_json(&serde_json::json!({
+                "addr": addr, "account": account, "deadline": deadline, "voucher": sig,
+            }))?;
+        }
         OfficeCmd::Verify { provider, c } => print_tx(
             &format!("verified {provider}"),
             &signing(&c).await?.verify_provider(provider).await?,

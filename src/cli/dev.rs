@@ -12,7 +12,7 @@ use crate::config::{AnvilSettings, Tools};
 use crate::gateway::{AppState, Keyring, RecordsConfig};
 use crate::ipfs::KuboClient;
 use crate::records::{FHIR_JSON, RecordsClient, ShareNodeRef};
-use crate::share_node::{NodeConfig, ShareStore};
+use crate::share_node::{NodeConfig, NodeLimits, open_store};
 use crate::stack::{KuboOptions, start_anvil, start_kubo};
 use crate::web::{AccountStore, Role, WebState};
 
@@ -187,22 +187,19 @@ async fn start_share_nodes(
     let mut refs = Vec::new();
     for i in 0..5u16 {
         let dir = a.state_dir.join(format!("share-node-{}", i + 1));
-        std::fs::create_dir_all(&dir)?;
+        crate::fsutil::private_dir(&dir)?;
         let identity = node_identity(&dir)?;
         let port = a.share_node_base_port + i;
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
             .await
             .with_context(|| format!("share node port {port} busy (set --share-node-base-port)"))?;
-        let read_only = EhrChain::connect(
-            &settings.rpc_url(),
-            None,
-            &Deployment {
-                chain_id: settings.chain_id,
-                address: chain.address(),
-                block: chain.deploy_block(),
-            },
-        )
-        .await?;
+        let read_only = EhrChain::connect(&settings.rpc_url(), None, &chain.deployment()).await?;
+        let store = open_store(&dir, &identity, &read_only).with_context(|| {
+            format!(
+                "opening the share store in {} (its chain was reset? `ehr dev --reset` starts over)",
+                dir.display()
+            )
+        })?;
         refs.push(ShareNodeRef {
             url: format!("http://127.0.0.1:{port}"),
             address: identity.address(),
@@ -210,8 +207,8 @@ async fn start_share_nodes(
         let cfg = NodeConfig {
             identity,
             chain: read_only,
-            chain_id: settings.chain_id,
-            store: ShareStore::open(&dir.join("shares.redb"))?,
+            store,
+            limits: NodeLimits::default(),
             danger_corrupt_shares: false,
         };
         let mut rx = rx.clone();
@@ -245,6 +242,25 @@ async fn deploy_or_reuse(
         return Ok(chain);
     }
     let (chain, d) = EhrChain::deploy(&rpc, office.clone(), office.address()).await?;
+    // Share stores are bound to one deployment and refuse another: a fresh contract (the dev
+    // chain was reset) gets fresh stores; the old ones are kept aside, not deleted.
+    if let Some(state_dir) = file.parent() {
+        for i in 1..=5 {
+            let dir = state_dir.join(format!("share-node-{i}"));
+            if dir.join("shares.redb").exists() {
+                let aside = state_dir.join(format!(
+                    "share-node-{i}.replaced-by-{}",
+                    &d.deployment_id.to_string()[..18]
+                ));
+                std::fs::rename(&dir, &aside)
+                    .with_context(|| format!("moving {} aside", dir.display()))?;
+                println!(
+                    "[dev] the chain was reset: the old share store moved to {}",
+                    aside.display()
+                );
+            }
+        }
+    }
     d.save(file)
         .with_context(|| format!("writing {}", file.display()))?;
     println!(
@@ -285,7 +301,7 @@ async fn seed_demo(settings: &AnvilSettings, chain: &EhrChain) -> anyhow::Result
         office_chain.verify_provider(doctors[0].address()).await?;
         office_chain.verify_provider(doctors[1].address()).await?;
         for (p, addr) in &patients {
-            as_(p)?.register_patient(*addr).await?;
+            office_chain.issue_patient(*addr, p.address()).await?;
         }
         let now = chain.chain_time().await?;
         // Patient 1: doctor 1 open-ended; doctor 2 for a week.
@@ -366,7 +382,6 @@ async fn seed_demo_record(
     let client = RecordsClient::new(
         chain.with_signer(&settings.rpc_url(), patient.clone())?,
         patient,
-        records.chain_id,
         ipfs.clone(),
         records.nodes.clone(),
         records.threshold,
@@ -418,13 +433,6 @@ pub(crate) fn node_identity(dir: &std::path::Path) -> anyhow::Result<PrivateKeyS
             .with_context(|| format!("{} is not a private key", path.display()));
     }
     let signer = PrivateKeySigner::random();
-    let tmp = dir.join("node.key.tmp");
-    std::fs::write(&tmp, hex::encode(signer.to_bytes()))?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
-    }
-    std::fs::rename(&tmp, &path)?;
+    crate::fsutil::write_private(&path, hex::encode(signer.to_bytes()).as_bytes())?;
     Ok(signer)
 }

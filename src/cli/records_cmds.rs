@@ -11,7 +11,7 @@ use super::keys::KeyArgs;
 use crate::chain::{EhrChain, PatientAddr, RecordId};
 use crate::ipfs::KuboClient;
 use crate::records::{RecordsClient, ShareNodeRef};
-use crate::share_node::{NodeConfig, ShareStore};
+use crate::share_node::{NodeConfig, NodeLimits, open_store};
 
 /// `ehr share-node` flags.
 #[derive(Debug, Args)]
@@ -25,9 +25,36 @@ pub struct ShareNodeArgs {
     /// Chain and contract flags.
     #[command(flatten)]
     chain: ChainArgs,
+    /// Requests one requester may make at once. Default: 120.
+    #[arg(long, env = "EHR_SHARE_NODE_BURST", default_value_t = 120)]
+    burst: u32,
+    /// Sustained requests per minute per requester. Default: 1200.
+    #[arg(long, env = "EHR_SHARE_NODE_PER_MINUTE", default_value_t = 1200)]
+    per_minute: u32,
+    /// Deposits an uploader may have waiting for their anchor. Default: 1000.
+    #[arg(long, env = "EHR_SHARE_NODE_DEPOSIT_QUOTA", default_value_t = 1000)]
+    deposit_quota: u64,
+    /// Seconds a deposit may wait for its anchor before it is deleted. Default: 3600.
+    #[arg(long, env = "EHR_SHARE_NODE_UNANCHORED_TTL", default_value_t = 3600)]
+    unanchored_ttl_secs: u64,
+    /// Seconds between collector runs. Default: 60.
+    #[arg(long, env = "EHR_SHARE_NODE_SWEEP_SECS", default_value_t = 60)]
+    sweep_secs: u64,
     /// Testing only: release corrupted shares, to exercise verification. Never in production.
     #[arg(long, hide = true)]
     danger_corrupt_shares: bool,
+}
+
+impl ShareNodeArgs {
+    fn limits(&self) -> NodeLimits {
+        NodeLimits {
+            burst: self.burst,
+            per_minute: self.per_minute,
+            deposit_quota: self.deposit_quota,
+            unanchored_ttl: std::time::Duration::from_secs(self.unanchored_ttl_secs),
+            sweep_every: std::time::Duration::from_secs(self.sweep_secs.max(1)),
+        }
+    }
 }
 
 /// Where records go.
@@ -90,13 +117,17 @@ pub enum RecordCmd {
 /// # Errors
 /// When the store, key or chain cannot be opened.
 pub async fn share_node(a: ShareNodeArgs) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&a.data_dir)
+    crate::fsutil::private_dir(&a.data_dir)
         .with_context(|| format!("creating {}", a.data_dir.display()))?;
     let identity = super::dev::node_identity(&a.data_dir)?;
     let deployment = super::chain_cmds::deployment(&a.chain)?;
     let chain = EhrChain::connect(&a.chain.rpc_url, None, &deployment).await?;
-    let chain_id = alloy::providers::Provider::get_chain_id(chain.provider()).await?;
-    let store = ShareStore::open(&a.data_dir.join("shares.redb"))?;
+    let store = open_store(&a.data_dir, &identity, &chain).with_context(|| {
+        format!(
+            "opening the share store in {} (set --data-dir/EHR_SHARE_NODE_DIR)",
+            a.data_dir.display()
+        )
+    })?;
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", a.port))
         .await
         .with_context(|| format!("port {} busy (set --port/EHR_SHARE_NODE_PORT)", a.port))?;
@@ -111,8 +142,8 @@ pub async fn share_node(a: ShareNodeArgs) -> anyhow::Result<()> {
     let cfg = NodeConfig {
         identity,
         chain,
-        chain_id,
         store,
+        limits: a.limits(),
         danger_corrupt_shares: a.danger_corrupt_shares,
     };
     crate::share_node::serve(listener, cfg, super::dev::shutdown_signal()).await?;
@@ -123,7 +154,6 @@ async fn client(t: &RecordTargets) -> anyhow::Result<RecordsClient> {
     let signer = t.key.signer()?;
     let deployment = super::chain_cmds::deployment(&t.chain)?;
     let chain = EhrChain::connect(&t.chain.rpc_url, Some(signer.clone()), &deployment).await?;
-    let chain_id = alloy::providers::Provider::get_chain_id(chain.provider()).await?;
     let mut nodes = Vec::new();
     for url in &t.share_nodes {
         match ShareNodeRef::discover(url).await {
@@ -141,7 +171,6 @@ async fn client(t: &RecordTargets) -> anyhow::Result<RecordsClient> {
     Ok(RecordsClient::new(
         chain,
         signer,
-        chain_id,
         KuboClient::new(&t.ipfs_api),
         nodes,
         t.threshold,

@@ -1,6 +1,9 @@
 //! Record encryption: a padded, segmented ChaCha20-Poly1305 envelope under a fresh key per
-//! record, and keys as zeroizing newtypes. Imports nothing of ours.
+//! record, encryption at rest under a long-lived derived key, and keys as zeroizing newtypes.
+//! Imports nothing of ours.
 
+mod at_rest;
 mod envelope;
 
+pub use at_rest::{derive_key, open_at_rest, seal_at_rest};
 pub use envelope::{AeadKey, CryptoError, Opener, SEGMENT, open, padded_len, seal, seal_segments};

@@ -9,7 +9,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{ApiError, AppState};
-use crate::chain::{EhrChain, PatientAddr, RecordId, TxOutcome};
+use crate::chain::{EhrChain, EmergencyReason, PatientAddr, RecordId, TxOutcome};
 
 /// The contract client signing as the caller (from `Authorization: Bearer <token>`).
 pub(super) struct Actor(pub(super) EhrChain);
@@ -209,17 +209,35 @@ pub(super) async fn all_audit(
     Ok(Json(json!({ "events": e })))
 }
 
-/// Body of `POST /api/patients`.
+/// Body of `POST /api/patients`: the caller claims `addr` with the office's voucher.
 #[derive(Deserialize)]
 pub(super) struct RegisterPatient {
     addr: String,
+    deadline: u64,
+    voucher: alloy::primitives::Bytes,
 }
 
 pub(super) async fn register_patient(
     Actor(c): Actor,
     Json(b): Json<RegisterPatient>,
 ) -> Result<Json<Value>, ApiError> {
-    Ok(tx(c.register_patient(patient(&b.addr)?).await?))
+    Ok(tx(c
+        .register_patient(patient(&b.addr)?, b.deadline, b.voucher)
+        .await?))
+}
+
+/// Body of `POST /api/office/patients`: the records office issues `addr` to `account`.
+#[derive(Deserialize)]
+pub(super) struct IssuePatient {
+    addr: String,
+    account: Address,
+}
+
+pub(super) async fn issue_patient(
+    Actor(c): Actor,
+    Json(b): Json<IssuePatient>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(tx(c.issue_patient(patient(&b.addr)?, b.account).await?))
 }
 
 pub(super) async fn register_provider(Actor(c): Actor) -> Result<Json<Value>, ApiError> {
@@ -268,9 +286,15 @@ pub(super) async fn revoke(
     Ok(tx(c.revoke(address(&p)?).await?))
 }
 
+/// A body naming a patient.
+#[derive(Deserialize)]
+pub(super) struct AddrBody {
+    addr: String,
+}
+
 pub(super) async fn request_access(
     Actor(c): Actor,
-    Json(b): Json<RegisterPatient>,
+    Json(b): Json<AddrBody>,
 ) -> Result<Json<Value>, ApiError> {
     Ok(tx(c.request_access(patient(&b.addr)?).await?))
 }
@@ -322,12 +346,17 @@ pub(super) async fn access(
 #[derive(Deserialize)]
 pub(super) struct BreakGlassBody {
     addr: String,
-    reason_code: u16,
+    /// HL7 v3 PurposeOfUse code (ETREAT, BTG, ERTREAT, DISASTER, THREAT) or its number.
+    reason: String,
 }
 
 pub(super) async fn break_glass(
     Actor(c): Actor,
     Json(b): Json<BreakGlassBody>,
 ) -> Result<Json<Value>, ApiError> {
-    Ok(tx(c.break_glass(patient(&b.addr)?, b.reason_code).await?))
+    let reason: EmergencyReason = b
+        .reason
+        .parse()
+        .map_err(|e: crate::chain::UnknownEmergencyReason| ApiError::BadRequest(e.to_string()))?;
+    Ok(tx(c.break_glass(patient(&b.addr)?, reason).await?))
 }

@@ -44,7 +44,9 @@ impl From<ChainError> for ApiError {
             ChainError::Rejected(m) => Self::Rejected(m),
             ChainError::NotPermitted(m) => Self::Forbidden(m),
             ChainError::Rpc(m) => Self::Unavailable(format!("chain node unavailable: {m}")),
-            ChainError::NoContract(_) => Self::Unavailable(e.to_string()),
+            ChainError::NoContract(_) | ChainError::WrongDeployment(_) => {
+                Self::Unavailable(e.to_string())
+            }
             other => Self::Internal(other.to_string()),
         }
     }

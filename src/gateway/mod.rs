@@ -33,6 +33,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/audit", get(chain_api::all_audit))
         .route("/api/me", get(chain_api::me))
         .route("/api/patients", post(chain_api::register_patient))
+        .route("/api/office/patients", post(chain_api::issue_patient))
         .route("/api/providers", post(chain_api::register_provider))
         .route(
             "/api/providers/{address}/verify",

@@ -60,8 +60,9 @@ pub(super) async fn spec() -> Json<Value> {
             "/api/providers/{address}": {"get": op("A provider's status", false, &["address"], None)},
             "/api/providers/{address}/verify": {"post": op("Records office: verify a provider", true, &["address"], None)},
             "/api/providers/{address}/suspend": {"post": op("Records office: suspend a provider", true, &["address"], None)},
-            "/api/patients": {"post": op("Register the caller as a patient", true, &[],
-                Some(json!({"type": "object", "required": ["addr"], "properties": {"addr": addr}})))},
+            "/api/patients": {"post": op("Register the caller as a patient with the records office's voucher", true, &[],
+                Some(json!({"type": "object", "required": ["addr", "deadline", "voucher"], "properties": {"addr": addr,
+                    "deadline": {"type": "integer"}, "voucher": {"type": "string", "pattern": "^0x[0-9a-fA-F]{130}$"}}})))},
             "/api/patients/{addr}/grants": {"get": op("List a patient's grants", false, &["addr"], None)},
             "/api/patients/{addr}/requests": {"get": op("List a patient's pending requests", false, &["addr"], None)},
             "/api/patients/{addr}/records": {"get": op("List a patient's record anchors", false, &["addr"], None)},
@@ -92,8 +93,12 @@ pub(super) async fn spec() -> Json<Value> {
                               "401": {"$ref": "#/components/responses/Error"}, "403": {"$ref": "#/components/responses/Error"},
                               "404": {"$ref": "#/components/responses/Error"}, "503": {"$ref": "#/components/responses/Error"}}}},
             "/api/break-glass": {"post": op("Provider: open emergency access", true, &[],
-                Some(json!({"type": "object", "required": ["addr", "reason_code"], "properties": {"addr": addr,
-                    "reason_code": {"type": "integer", "minimum": 0, "maximum": 65535}}})))}
+                Some(json!({"type": "object", "required": ["addr", "reason"], "properties": {"addr": addr,
+                    "reason": {"type": "string", "enum": ["ETREAT", "BTG", "ERTREAT", "DISASTER", "THREAT"],
+                               "description": "HL7 v3 PurposeOfUse; at most 3 openings per patient per 24 h"}}})))},
+            "/api/office/patients": {"post": op("Records office: issue a patient address to an account", true, &[],
+                Some(json!({"type": "object", "required": ["addr", "account"], "properties": {"addr": addr,
+                    "account": {"type": "string", "pattern": "^0x[0-9a-fA-F]{40}$"}}})))}
         }
     }))
 }

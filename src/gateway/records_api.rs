@@ -42,7 +42,6 @@ fn client(state: &AppState, key: ActorKey) -> Result<RecordsClient, ApiError> {
     Ok(RecordsClient::new(
         key.1,
         key.0,
-        cfg.chain_id,
         state.ipfs().clone(),
         cfg.nodes.clone(),
         cfg.threshold,

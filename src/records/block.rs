@@ -23,8 +23,11 @@ pub struct RecordBlock {
     pub key: String,
     /// Envelope scheme (nonces are derived per segment; see `crypto`).
     pub scheme: String,
-    /// sha256 of the plaintext payload (also anchored on chain).
+    /// Keyed digest of the plaintext payload (anchored on chain): see [`keyed_digest`].
     pub digest: B256,
+    /// The random key of that digest, hex; secret like `key`, so the public anchor confirms
+    /// no guess about the content.
+    pub digest_key: String,
     /// Payload size in bytes.
     pub size: u64,
     /// Media type.
@@ -56,7 +59,31 @@ fn block_key(secret: &Secret) -> AeadKey {
     AeadKey::from_slice(&h.finalize()).unwrap_or_else(|_| AeadKey::random())
 }
 
+/// HMAC-SHA256 of the payload under a per-record random key. A plain sha256 would let anyone
+/// confirm a guessed low-entropy record (a FHIR value) against the public anchor.
+pub fn keyed_digest(key: &[u8; 32], payload: &[u8]) -> B256 {
+    use hmac::Mac;
+    // HMAC takes keys of any length.
+    let mut mac = <hmac::Hmac<Sha256> as Mac>::new_from_slice(key)
+        .unwrap_or_else(|_| unreachable!("HMAC accepts any key length"));
+    mac.update(b"ehr-share/record-digest/v1");
+    mac.update(payload);
+    B256::from(<[u8; 32]>::from(mac.finalize().into_bytes()))
+}
+
 impl RecordBlock {
+    /// The payload's digest under this block's digest key.
+    ///
+    /// # Errors
+    /// When the stored digest key is malformed.
+    pub fn digest_of(&self, payload: &[u8]) -> Result<B256, CryptoError> {
+        let k: [u8; 32] = hex::decode(&self.digest_key)
+            .ok()
+            .and_then(|v| v.try_into().ok())
+            .ok_or(CryptoError::BadKey(0))?;
+        Ok(keyed_digest(&k, payload))
+    }
+
     /// Seals the block under the key derived from `secret`.
     pub fn seal(&self, secret: &Secret) -> Vec<u8> {
         // Serializing plain data to JSON cannot fail.

@@ -4,6 +4,18 @@
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use super::block::{RecordBlock, keyed_digest};
+use super::fhir::{FHIR_JSON, validate_fhir};
+use crate::chain::{
+    ChainError, DenyReason, EhrChain, PatientAddr, RecordAnchor, RecordId, random_b256,
+};
+use crate::crypto::{AeadKey, Opener, seal_segments};
+use crate::ipfs::{IpfsError, KuboClient};
+use crate::shamir::{Commitments, Secret, Share, Threshold, combine, split};
+use crate::share_node::{
+    DepositBody, ReleaseBody, ReleasedShare, ShareDeposit, ShareRelease, domain, sign_deposit,
+    sign_release,
+};
 use alloy::primitives::{Address, B256, U256};
 use alloy::signers::local::PrivateKeySigner;
 use alloy::sol_types::Eip712Domain;
@@ -12,18 +24,6 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use rand_core::RngCore;
 use serde::Serialize;
-use sha2::{Digest, Sha256};
-
-use super::block::RecordBlock;
-use super::fhir::{FHIR_JSON, validate_fhir};
-use crate::chain::{ChainError, DenyReason, EhrChain, PatientAddr, RecordAnchor, RecordId};
-use crate::crypto::{AeadKey, Opener, seal_segments};
-use crate::ipfs::{IpfsError, KuboClient};
-use crate::shamir::{Commitments, Secret, Share, Threshold, combine, split};
-use crate::share_node::{
-    DepositBody, ReleaseBody, ReleasedShare, ShareDeposit, ShareRelease, domain, sign_deposit,
-    sign_release,
-};
 
 /// A share node: where it listens and who it is.
 #[derive(Debug, Clone, Serialize)]
@@ -182,7 +182,6 @@ impl RecordsClient {
     pub fn new(
         chain: EhrChain,
         signer: PrivateKeySigner,
-        chain_id: u64,
         ipfs: KuboClient,
         nodes: Vec<ShareNodeRef>,
         k: u8,
@@ -191,7 +190,7 @@ impl RecordsClient {
             .map_err(|_| RecordError::Config("at most 255 share nodes".into()))?;
         let threshold = Threshold::new(k, n)
             .map_err(|e| RecordError::Config(format!("{e} (share nodes configured: {n})")))?;
-        let domain = domain(chain_id, chain.address());
+        let domain = domain(chain.chain_id(), chain.address(), chain.deployment_id());
         Ok(Self {
             chain,
             signer,
@@ -220,8 +219,12 @@ impl RecordsClient {
         if media_type == FHIR_JSON {
             validate_fhir(&payload).map_err(RecordError::InvalidFhir)?;
         }
-        let id = RecordId::random();
-        let digest = B256::from(<[u8; 32]>::from(Sha256::digest(&payload)));
+        // The id is bound to this uploader and patient (the contract derives it the same way
+        // from msg.sender), so a copied anchoring transaction can never claim it.
+        let salt = random_b256();
+        let id = RecordId::derive(self.signer.address(), patient, salt);
+        let digest_key = random_b256();
+        let digest = keyed_digest(&digest_key.0, &payload);
         let key = AeadKey::random();
 
         // Encrypt on a blocking thread, streaming sealed segments into the IPFS upload.
@@ -236,11 +239,21 @@ impl RecordsClient {
         let cid = self.ipfs.add_stream(tokio_stream_from(rx)).await?;
         let _ = encrypt.await;
 
-        let result = self
-            .share_and_anchor(
-                id, patient, &cid, key, digest, &payload, media_type, file_name,
-            )
-            .await;
+        let block = RecordBlock {
+            record_id: id,
+            patient,
+            cid: cid.clone(),
+            key: hex::encode(key.as_bytes()),
+            scheme: "chacha20poly1305-stream64k-v1".into(),
+            digest,
+            digest_key: hex::encode(digest_key),
+            size: payload.len() as u64,
+            media_type: media_type.to_owned(),
+            file_name,
+            author: self.signer.address(),
+            created_at: now(),
+        };
+        let result = self.share_and_anchor(&block, salt).await;
         if result.is_err() {
             // No half record: without the anchor nobody can read it; drop the ciphertext too.
             if let Err(e) = self.ipfs.unpin(&cid).await {
@@ -250,31 +263,9 @@ impl RecordsClient {
         result.map(|()| id)
     }
 
-    #[allow(clippy::too_many_arguments)]
-    async fn share_and_anchor(
-        &self,
-        id: RecordId,
-        patient: PatientAddr,
-        cid: &str,
-        key: AeadKey,
-        digest: B256,
-        payload: &[u8],
-        media_type: &str,
-        file_name: Option<String>,
-    ) -> Result<(), RecordError> {
-        let block = RecordBlock {
-            record_id: id,
-            patient,
-            cid: cid.to_owned(),
-            key: hex::encode(key.as_bytes()),
-            scheme: "chacha20poly1305-stream64k-v1".into(),
-            digest,
-            size: payload.len() as u64,
-            media_type: media_type.to_owned(),
-            file_name,
-            author: self.signer.address(),
-            created_at: now(),
-        };
+    async fn share_and_anchor(&self, block: &RecordBlock, salt: B256) -> Result<(), RecordError> {
+        let id = block.record_id;
+        let patient = block.patient;
         let secret = Secret::random();
         let sealed = hex::encode(block.seal(&secret));
         let (shares, commitments) = split(&secret, self.threshold);
@@ -286,6 +277,7 @@ impl RecordsClient {
                 recordId: id.0,
                 patient: patient.key(),
                 uploader: self.signer.address(),
+                salt,
                 shareNode: node.address,
                 contentHash: DepositBody::content_hash(&body_share, &commitments, &sealed),
                 nonce: nonce(),
@@ -331,7 +323,16 @@ impl RecordsClient {
                 f.reason
             );
         }
-        self.chain.anchor_record(id, patient, digest).await?;
+        let (anchored, _) = self
+            .chain
+            .anchor_record(salt, patient, block.digest)
+            .await?;
+        if anchored != id {
+            // Only possible if the contract derives ids differently from this build.
+            return Err(RecordError::Config(format!(
+                "the contract anchored {anchored}, expected {id}"
+            )));
+        }
         Ok(())
     }
 
@@ -362,7 +363,8 @@ impl RecordsClient {
         let (secret, sealed, failures) = self.gather(id).await?;
         let block = RecordBlock::open(&sealed, &secret)
             .map_err(|e| RecordError::Decrypt(id, e.to_string()))?;
-        if block.record_id != id || block.digest != anchor.digest {
+        if block.record_id != id || block.digest != anchor.digest || block.patient != anchor.patient
+        {
             return Err(RecordError::DigestMismatch(id));
         }
         Ok((block, failures))
@@ -410,7 +412,10 @@ impl RecordsClient {
         let plain = opener
             .finish()
             .map_err(|e| RecordError::Decrypt(id, e.to_string()))?;
-        if B256::from(<[u8; 32]>::from(Sha256::digest(&plain))) != anchor.digest {
+        let digest = block
+            .digest_of(&plain)
+            .map_err(|e| RecordError::Decrypt(id, e.to_string()))?;
+        if digest != anchor.digest {
             return Err(RecordError::DigestMismatch(id));
         }
         Ok(Retrieved {

@@ -11,6 +11,6 @@ mod block;
 mod client;
 mod fhir;
 
-pub use block::RecordBlock;
+pub use block::{RecordBlock, keyed_digest};
 pub use client::{NodeFailure, RecordError, RecordsClient, Retrieved, ShareNodeRef};
 pub use fhir::{FHIR_JSON, validate_fhir};

@@ -1,6 +1,7 @@
-//! EIP-712 typed requests to share nodes: what is signed, and by whom. The domain binds chain id
-//! and contract, the message binds record, requester, the one share node it is for, a nonce and
-//! a deadline, so a request cannot be replayed, redirected or reused on another deployment.
+//! EIP-712 typed requests to share nodes: what is signed, and by whom. The domain binds chain id,
+//! contract and the contract's deployment id (as the domain salt), the message binds record,
+//! requester, the one share node it is for, a nonce and a deadline, so a request cannot be
+//! replayed, redirected or reused on another deployment (even one at the same address).
 
 use alloy::primitives::{Address, B256, Signature, U256};
 use alloy::signers::SignerSync;
@@ -24,6 +25,7 @@ alloy::sol! {
         bytes32 recordId;
         uint128 patient;
         address uploader;
+        bytes32 salt;
         address shareNode;
         bytes32 contentHash;
         uint256 nonce;
@@ -32,13 +34,13 @@ alloy::sol! {
 }
 
 /// The EIP-712 domain of a deployment.
-pub fn domain(chain_id: u64, contract: Address) -> Eip712Domain {
+pub fn domain(chain_id: u64, contract: Address, deployment_id: B256) -> Eip712Domain {
     Eip712Domain::new(
         Some("ehr-share".into()),
-        Some("1".into()),
+        Some("2".into()),
         Some(U256::from(chain_id)),
         Some(contract),
-        None,
+        Some(deployment_id),
     )
 }
 

@@ -6,5 +6,7 @@ mod server;
 mod store;
 
 pub use auth::{ShareDeposit, ShareRelease, domain, sign_deposit, sign_release};
-pub use server::{DepositBody, NodeConfig, ReleaseBody, ReleasedShare, router, serve};
-pub use store::{ShareStore, StoreError, StoredShare};
+pub use server::{
+    DepositBody, NodeConfig, NodeLimits, ReleaseBody, ReleasedShare, open_store, router, serve,
+};
+pub use store::{Binding, ShareStore, StoreError, StoredShare};

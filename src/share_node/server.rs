@@ -6,7 +6,8 @@
 //!   contract's `canRead(requester, record)` is true at the latest block.
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use alloy::primitives::{Address, B256, Signature};
 use alloy::signers::local::PrivateKeySigner;
@@ -21,31 +22,84 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use super::auth::{ShareDeposit, ShareRelease, domain, signer_of};
-use super::store::{ShareStore, StoreError, StoredShare};
-use crate::chain::{DenyReason, EhrChain, PatientAddr, RecordId};
+use super::store::{Binding, ShareStore, StoreError, StoredShare};
+use crate::chain::{DenyReason, EhrChain, PatientAddr, RecordAnchor, RecordId};
+use crate::limits::{RateLimiter, retry_after_secs};
 
 /// Longest validity of a signed request, so captured requests expire quickly.
 const MAX_DEADLINE_SECS: u64 = 600;
 /// Largest deposit body (a share, commitments for k <= 255 and a sealed block of a few KiB).
 const BODY_LIMIT: usize = 64 * 1024;
 
+/// Limits a share node enforces on whoever knocks.
+#[derive(Debug, Clone, Copy)]
+pub struct NodeLimits {
+    /// Requests one requester (or uploader) may make at once.
+    pub burst: u32,
+    /// Sustained requests per minute per requester.
+    pub per_minute: u32,
+    /// Deposits an uploader may have waiting for their anchor.
+    pub deposit_quota: u64,
+    /// How long a deposit may wait for its anchor before it is collected.
+    pub unanchored_ttl: Duration,
+    /// How often the collector runs (unanchored deposits, spent nonces, deployment check).
+    pub sweep_every: Duration,
+}
+
+impl Default for NodeLimits {
+    fn default() -> Self {
+        Self {
+            burst: 120,
+            per_minute: 1200,
+            deposit_quota: 1000,
+            unanchored_ttl: Duration::from_secs(3600),
+            sweep_every: Duration::from_secs(60),
+        }
+    }
+}
+
 /// What a share node needs to run.
 pub struct NodeConfig {
     /// The node's identity key (its address is what requests are addressed to).
     pub identity: PrivateKeySigner,
-    /// Read-only client of the deployed contract.
+    /// Read-only client of the deployed contract (chain id and deployment id read at connect).
     pub chain: EhrChain,
-    /// Chain id of the deployment.
-    pub chain_id: u64,
-    /// The durable store.
+    /// The durable store, opened for this deployment ([`open_store`]).
     pub store: ShareStore,
+    /// Rate limits, quota and collection.
+    pub limits: NodeLimits,
     /// Testing only: flip a byte of every released share, to exercise share verification.
     pub danger_corrupt_shares: bool,
+}
+
+/// Opens the node's store under `dir/shares.redb`, bound to `chain`'s deployment and encrypted
+/// under a key derived from the node's identity key.
+///
+/// # Errors
+/// [`StoreError::BoundElsewhere`] when the folder belongs to another deployment; I/O errors.
+pub fn open_store(
+    dir: &std::path::Path,
+    identity: &PrivateKeySigner,
+    chain: &EhrChain,
+) -> Result<ShareStore, StoreError> {
+    let key = crate::crypto::derive_key(identity.to_bytes().as_slice(), "share-store");
+    ShareStore::open(&dir.join("shares.redb"), key, &binding(chain))
+}
+
+fn binding(chain: &EhrChain) -> Binding {
+    Binding {
+        chain_id: chain.chain_id(),
+        contract: chain.address(),
+        deployment_id: chain.deployment_id(),
+    }
 }
 
 struct Node {
     cfg: NodeConfig,
     domain: Eip712Domain,
+    limiter: RateLimiter<Address>,
+    /// Set when the contract at our address turned out to be another deployment.
+    halted: AtomicBool,
 }
 
 /// Deposit request body.
@@ -95,8 +149,9 @@ pub struct ReleasedShare {
     pub sealed_block: String,
 }
 
-/// A refusal: logged with its reason, answered with a status and a message.
-struct Refusal(StatusCode, String);
+/// A refusal: logged with its reason, answered with a status and a message (and a
+/// `Retry-After` for 429 and 503).
+struct Refusal(StatusCode, String, Option<u64>);
 
 impl IntoResponse for Refusal {
     fn into_response(self) -> Response {
@@ -105,18 +160,38 @@ impl IntoResponse for Refusal {
         } else {
             tracing::warn!(status = %self.0, "share node refused: {}", self.1);
         }
-        (self.0, Json(json!({ "error": self.1 }))).into_response()
+        let mut r = (self.0, Json(json!({ "error": self.1 }))).into_response();
+        if let Some(secs) = self.2 {
+            r.headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, secs.into());
+        }
+        r
     }
 }
 
+fn too_many(m: impl Into<String>, wait: Duration) -> Refusal {
+    Refusal(
+        StatusCode::TOO_MANY_REQUESTS,
+        m.into(),
+        Some(retry_after_secs(wait)),
+    )
+}
+
+/// The one answer to a requester who may not read a record, whether it exists or not.
+fn not_allowed(requester: Address, id: RecordId) -> Refusal {
+    denied(format!(
+        "{requester} may not read record {id} now: not the patient, or no granted access transaction under an active grant (or no such record)"
+    ))
+}
+
 fn bad(m: impl Into<String>) -> Refusal {
-    Refusal(StatusCode::BAD_REQUEST, m.into())
+    Refusal(StatusCode::BAD_REQUEST, m.into(), None)
 }
 fn denied(m: impl Into<String>) -> Refusal {
-    Refusal(StatusCode::FORBIDDEN, m.into())
+    Refusal(StatusCode::FORBIDDEN, m.into(), None)
 }
 fn internal(e: impl std::fmt::Display) -> Refusal {
-    Refusal(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+    Refusal(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), None)
 }
 
 fn now() -> u64 {
@@ -125,10 +200,27 @@ fn now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// The node's routes.
+/// The node's routes (without the background collector; see [`serve`]).
 pub fn router(cfg: NodeConfig) -> Router {
-    let domain = domain(cfg.chain_id, cfg.chain.address());
-    let node = Arc::new(Node { cfg, domain });
+    routes(node(cfg))
+}
+
+fn node(cfg: NodeConfig) -> Arc<Node> {
+    let domain = domain(
+        cfg.chain.chain_id(),
+        cfg.chain.address(),
+        cfg.chain.deployment_id(),
+    );
+    let limiter = RateLimiter::new(cfg.limits.burst, cfg.limits.per_minute);
+    Arc::new(Node {
+        cfg,
+        domain,
+        limiter,
+        halted: AtomicBool::new(false),
+    })
+}
+
+fn routes(node: Arc<Node>) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/shares/{record}", put(deposit))
@@ -137,7 +229,7 @@ pub fn router(cfg: NodeConfig) -> Router {
         .with_state(node)
 }
 
-/// Serves the node until `shutdown` resolves.
+/// Serves the node until `shutdown` resolves, with the collector running beside it.
 ///
 /// # Errors
 /// When the server fails.
@@ -146,20 +238,114 @@ pub async fn serve(
     cfg: NodeConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(cfg))
+    let node = node(cfg);
+    let collector = tokio::spawn(collect(node.clone()));
+    let r = axum::serve(listener, routes(node))
         .with_graceful_shutdown(shutdown)
-        .await
+        .await;
+    collector.abort();
+    r
+}
+
+/// Every `sweep_every`: forget spent nonces, delete deposits never anchored within
+/// `unanchored_ttl` (or whose anchor does not match them), and check that the contract at our
+/// address is still our deployment.
+async fn collect(n: Arc<Node>) {
+    let mut tick = tokio::time::interval(n.cfg.limits.sweep_every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(e) = sweep(&n).await {
+            tracing::warn!("share node collector: {e}");
+        }
+    }
+}
+
+async fn sweep(n: &Node) -> Result<(), String> {
+    let store = &n.cfg.store;
+    let t = now();
+    let pruned = store.prune_nonces(t).map_err(|e| e.to_string())?;
+    match n.cfg.chain.current_deployment_id().await {
+        Ok(id) if id != n.cfg.chain.deployment_id() => {
+            if !n.halted.swap(true, Ordering::SeqCst) {
+                tracing::error!(
+                    "the contract at {} is now deployment {id}, not {}: this node stops serving (the chain was reset or replaced)",
+                    n.cfg.chain.address(),
+                    n.cfg.chain.deployment_id()
+                );
+            }
+            return Ok(());
+        }
+        Ok(_) => {}
+        Err(e) => return Err(format!("chain unreachable: {e}")),
+    }
+    let cutoff = t.saturating_sub(n.cfg.limits.unanchored_ttl.as_secs());
+    let mut kept = 0;
+    let mut collected = 0;
+    for record in store
+        .pending_before(cutoff, 512)
+        .map_err(|e| e.to_string())?
+    {
+        let id = RecordId(B256::from(record));
+        let anchor = n.cfg.chain.record(id).await.map_err(|e| e.to_string())?;
+        let stored = store.get(&record).map_err(|e| e.to_string())?;
+        let matches = matches!((&anchor, &stored), (Some(a), Some(s)) if deposit_matches(a, s));
+        if matches {
+            store.mark_anchored(&record).map_err(|e| e.to_string())?;
+            kept += 1;
+        } else {
+            store
+                .remove_unanchored(&record)
+                .map_err(|e| e.to_string())?;
+            collected += 1;
+        }
+    }
+    if pruned + collected + kept > 0 {
+        tracing::info!(
+            pruned_nonces = pruned,
+            collected_deposits = collected,
+            anchored = kept,
+            "share node collector"
+        );
+    }
+    Ok(())
+}
+
+/// The anchor on chain is the record this deposit was made for: same patient, same author.
+fn deposit_matches(anchor: &RecordAnchor, stored: &StoredShare) -> bool {
+    anchor.patient.key() == stored.patient && anchor.author == stored.uploader
+}
+
+fn halted(n: &Node) -> Result<(), Refusal> {
+    if n.halted.load(Ordering::SeqCst) {
+        return Err(Refusal(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the contract is not the deployment this node was set up for; it serves nothing".into(),
+            None,
+        ));
+    }
+    Ok(())
+}
+
+fn limit(n: &Node, who: Address) -> Result<(), Refusal> {
+    n.limiter
+        .check(&who)
+        .map_err(|wait| too_many(format!("too many requests from {who}; slow down"), wait))
 }
 
 async fn health(State(n): State<Arc<Node>>) -> Json<serde_json::Value> {
     let chain_ok = n.cfg.chain.chain_time().await.is_ok();
+    let halted = n.halted.load(Ordering::SeqCst);
     Json(json!({
-        "status": if chain_ok { "ok" } else { "degraded" },
+        "status": if chain_ok && !halted { "ok" } else { "degraded" },
         "node": n.cfg.identity.address(),
         "contract": n.cfg.chain.address(),
-        "chain_id": n.cfg.chain_id,
+        "chain_id": n.cfg.chain.chain_id(),
+        "deployment_id": n.cfg.chain.deployment_id(),
         "chain_ok": chain_ok,
+        "serving": !halted,
         "shares": n.cfg.store.count().ok(),
+        "unanchored": n.cfg.store.pending_count().ok(),
     }))
 }
 
@@ -186,6 +372,7 @@ async fn deposit(
     Path(record): Path<String>,
     Json(b): Json<DepositBody>,
 ) -> Result<Json<serde_json::Value>, Refusal> {
+    halted(&n)?;
     let id = record_id(&record)?;
     let d = &b.deposit;
     if d.recordId != id.0 {
@@ -202,8 +389,12 @@ async fn deposit(
     check_deadline(d.deadline)?;
     let signer = signer_of(&b.signature, d.eip712_signing_hash(&n.domain));
     if signer != Some(d.uploader) {
-        return Err(denied(format!("deposit signature is not {}'s", d.uploader)));
+        return Err(denied(format!(
+            "deposit signature is not {}'s (forged, or for another deployment)",
+            d.uploader
+        )));
     }
+    limit(&n, d.uploader)?;
     if DepositBody::content_hash(&b.share, &b.commitments, &b.sealed_block) != d.contentHash {
         return Err(bad("content does not match the signed content hash"));
     }
@@ -213,8 +404,16 @@ async fn deposit(
         &hex::decode(&b.commitments).map_err(|_| bad("commitments are not hex"))?,
     )
     .map_err(|e| bad(e.to_string()))?;
+    hex::decode(&b.sealed_block).map_err(|_| bad("sealed block is not hex"))?;
     let patient =
         PatientAddr::from_key(d.patient).ok_or_else(|| bad("patient key 0 is not a patient"))?;
+    // The id must be the one the contract will give this uploader's record: then nobody else
+    // can ever anchor it, and the release check below ties the share to that anchor.
+    if RecordId::derive(d.uploader, patient, d.salt) != id {
+        return Err(bad(
+            "record id is not recordIdOf(uploader, patient, salt): it must be derived from its uploader",
+        ));
+    }
     let chain = &n.cfg.chain;
     let account = chain.patient_account(patient).await.map_err(internal)?;
     if account != Some(d.uploader) {
@@ -233,6 +432,7 @@ async fn deposit(
         return Err(Refusal(
             StatusCode::CONFLICT,
             format!("record {id} is already anchored"),
+            None,
         ));
     }
     if !n
@@ -246,19 +446,28 @@ async fn deposit(
     let stored = StoredShare {
         patient: d.patient,
         uploader: d.uploader,
+        salt: d.salt,
         share: b.share,
         commitments: b.commitments,
         sealed_block: b.sealed_block,
         stored_at: now(),
     };
-    match n.cfg.store.put(&id.0.0, &stored) {
+    match n
+        .cfg
+        .store
+        .put(&id.0.0, &stored, n.cfg.limits.deposit_quota)
+    {
         Ok(()) => Ok(Json(
             json!({ "stored": id, "node": n.cfg.identity.address() }),
         )),
         Err(StoreError::Conflict(m)) => Err(Refusal(
             StatusCode::CONFLICT,
             format!("a different share is stored for {m}"),
+            None,
         )),
+        Err(e @ StoreError::QuotaExceeded { .. }) => {
+            Err(too_many(e.to_string(), n.cfg.limits.unanchored_ttl))
+        }
         Err(e) => Err(internal(e)),
     }
 }
@@ -268,6 +477,7 @@ async fn release(
     Path(record): Path<String>,
     Json(b): Json<ReleaseBody>,
 ) -> Result<Json<ReleasedShare>, Refusal> {
+    halted(&n)?;
     let id = record_id(&record)?;
     let r = &b.request;
     if r.recordId != id.0 {
@@ -285,16 +495,11 @@ async fn release(
     let signer: Option<Address> = signer_of(&b.signature, r.eip712_signing_hash(&n.domain));
     if signer != Some(r.requester) {
         return Err(denied(format!(
-            "request signature is not {}'s (forged, or for another chain/contract)",
+            "request signature is not {}'s (forged, or for another chain/contract/deployment)",
             r.requester
         )));
     }
-    let Some(stored) = n.cfg.store.get(&id.0.0).map_err(internal)? else {
-        return Err(Refusal(
-            StatusCode::NOT_FOUND,
-            format!("no share stored for record {id}"),
-        ));
-    };
+    limit(&n, r.requester)?;
     if !n
         .cfg
         .store
@@ -303,6 +508,8 @@ async fn release(
     {
         return Err(denied("request nonce already used (replay)"));
     }
+    // The chain decides first, so a requester who may not read learns nothing, not even
+    // whether this node holds a share of that id.
     if !n
         .cfg
         .chain
@@ -310,10 +517,31 @@ async fn release(
         .await
         .map_err(internal)?
     {
-        return Err(denied(format!(
-            "{} may not read record {id} now: not the patient, or no granted access transaction under an active grant",
-            r.requester
-        )));
+        return Err(not_allowed(r.requester, id));
+    }
+    let Some(anchor) = n.cfg.chain.record(id).await.map_err(internal)? else {
+        return Err(not_allowed(r.requester, id));
+    };
+    let Some(stored) = n.cfg.store.get(&id.0.0).map_err(internal)? else {
+        return Err(Refusal(
+            StatusCode::NOT_FOUND,
+            format!("no share stored for record {id}"),
+            None,
+        ));
+    };
+    if !deposit_matches(&anchor, &stored) {
+        tracing::error!(record = %id, author = %anchor.author, uploader = %stored.uploader,
+            "the anchor on chain is not the record deposited here; refusing");
+        return Err(Refusal(
+            StatusCode::CONFLICT,
+            format!(
+                "record {id} on chain was not anchored by the account that deposited this share"
+            ),
+            None,
+        ));
+    }
+    if n.cfg.store.is_pending(&id.0.0).map_err(internal)? {
+        n.cfg.store.mark_anchored(&id.0.0).map_err(internal)?;
     }
     let mut share = stored.share;
     if n.cfg.danger_corrupt_shares {

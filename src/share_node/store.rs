@@ -1,12 +1,29 @@
 //! The share node's durable store (redb: copy-on-write B-trees, a commit is fsynced and a crash
-//! leaves the last committed state). Shares, and the nonces already used by requesters.
+//! leaves the last committed state).
+//!
+//! - Bound to one deployment: the first open records chain id, contract and deployment id; an
+//!   open for another deployment fails, so a node never serves old shares to a reset chain.
+//! - Encrypted at rest: the share, the commitments and the sealed block are sealed under a key
+//!   derived from the node's identity key (kept in another file), bound to the record id; a
+//!   copied store file decrypts nothing without that key.
+//! - Unanchored deposits are tracked per uploader (a quota) and collected after a deadline;
+//!   request nonces are pruned once their deadline has passed.
 
 use std::path::Path;
 
+use alloy::primitives::{Address, B256};
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
 
+use crate::crypto::{AeadKey, open_at_rest, seal_at_rest};
+
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const SHARES: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("shares");
+/// Deposits not yet seen anchored: record -> uploader (20 bytes) || stored_at (u64 BE).
+const PENDING: TableDefinition<&[u8; 32], &[u8; 28]> = TableDefinition::new("pending");
+/// Unanchored deposits per uploader.
+const PENDING_BY_UPLOADER: TableDefinition<&[u8; 20], u64> =
+    TableDefinition::new("pending_by_uploader");
 const NONCES: TableDefinition<&[u8; 52], u64> = TableDefinition::new("nonces");
 
 /// Errors of the store.
@@ -18,10 +35,56 @@ pub enum StoreError {
     /// A different share is already stored for the record.
     #[error("a different share is already stored for record {0}")]
     Conflict(String),
+    /// The uploader has too many deposits that were never anchored.
+    #[error(
+        "{uploader} has {pending} deposits that are not anchored yet (quota {quota}); anchor or wait for them to expire"
+    )]
+    QuotaExceeded {
+        /// The uploader.
+        uploader: Address,
+        /// Their unanchored deposits.
+        pending: u64,
+        /// The quota.
+        quota: u64,
+    },
+    /// The store belongs to another deployment.
+    #[error(
+        "this share store belongs to {stored}, not to {wanted}: a share node serves one deployment (use a new data folder for a new deployment)"
+    )]
+    BoundElsewhere {
+        /// What the store was created for.
+        stored: Box<Binding>,
+        /// What it was opened for.
+        wanted: Box<Binding>,
+    },
+    /// A stored value did not decrypt: the store was changed or the key is not this node's.
+    #[error("share of record {0} does not decrypt with this node's key (store copied or changed)")]
+    Undecryptable(String),
 }
 
 fn db<E: std::fmt::Display>(e: E) -> StoreError {
     StoreError::Db(e.to_string())
+}
+
+/// The deployment a store belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Binding {
+    /// Chain id.
+    pub chain_id: u64,
+    /// Contract address.
+    pub contract: Address,
+    /// The contract's `deploymentId`.
+    pub deployment_id: B256,
+}
+
+impl std::fmt::Display for Binding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "chain {} contract {} deployment {}",
+            self.chain_id, self.contract, self.deployment_id
+        )
+    }
 }
 
 /// What a node keeps for one record. `share` is secret; the rest is public.
@@ -29,8 +92,10 @@ fn db<E: std::fmt::Display>(e: E) -> StoreError {
 pub struct StoredShare {
     /// Patient key on chain.
     pub patient: u128,
-    /// Who deposited it.
-    pub uploader: alloy::primitives::Address,
+    /// Who deposited it (the record's author on chain must be the same account).
+    pub uploader: Address,
+    /// The salt the record id is derived from.
+    pub salt: B256,
     /// The share (index + value), hex.
     pub share: String,
     /// Feldman commitments, hex.
@@ -41,61 +106,240 @@ pub struct StoredShare {
     pub stored_at: u64,
 }
 
+/// The public part kept in clear (needed to judge a request before decrypting anything).
+#[derive(Serialize, Deserialize)]
+struct Row {
+    patient: u128,
+    uploader: Address,
+    salt: B256,
+    stored_at: u64,
+    /// `share || commitments || sealed block` as JSON, sealed at rest.
+    #[serde(with = "hex::serde")]
+    sealed: Vec<u8>,
+}
+
+#[derive(Serialize, Deserialize, PartialEq, Eq)]
+struct Secret {
+    share: String,
+    commitments: String,
+    sealed_block: String,
+}
+
 /// The store.
-#[derive(Debug)]
 pub struct ShareStore {
     db: Database,
+    key: AeadKey,
+}
+
+impl std::fmt::Debug for ShareStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShareStore").finish_non_exhaustive()
+    }
 }
 
 impl ShareStore {
-    /// Opens or creates the store at `path`.
+    /// Opens or creates the store at `path` for `binding`, encrypting under `key`. The file is
+    /// created mode 0600.
     ///
     /// # Errors
-    /// When the file cannot be opened.
-    pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let database = Database::create(path).map_err(db)?;
+    /// When the file cannot be opened, or [`StoreError::BoundElsewhere`].
+    pub fn open(path: &Path, key: AeadKey, binding: &Binding) -> Result<Self, StoreError> {
+        crate::fsutil::touch_private(path).map_err(db)?;
+        let database = Database::builder()
+            .set_cache_size(16 << 20)
+            .create(path)
+            .map_err(db)?;
         let tx = database.begin_write().map_err(db)?;
-        tx.open_table(SHARES).map_err(db)?;
-        tx.open_table(NONCES).map_err(db)?;
+        {
+            let mut meta = tx.open_table(META).map_err(db)?;
+            let stored = meta
+                .get("binding")
+                .map_err(db)?
+                .map(|v| serde_json::from_slice::<Binding>(v.value()));
+            match stored {
+                Some(Ok(b)) if b == *binding => {}
+                Some(Ok(b)) => {
+                    return Err(StoreError::BoundElsewhere {
+                        stored: Box::new(b),
+                        wanted: Box::new(*binding),
+                    });
+                }
+                Some(Err(e)) => return Err(db(e)),
+                None => {
+                    let v = serde_json::to_vec(binding).map_err(db)?;
+                    meta.insert("binding", v.as_slice()).map_err(db)?;
+                }
+            }
+            tx.open_table(SHARES).map_err(db)?;
+            tx.open_table(PENDING).map_err(db)?;
+            tx.open_table(PENDING_BY_UPLOADER).map_err(db)?;
+            tx.open_table(NONCES).map_err(db)?;
+        }
         tx.commit().map_err(db)?;
-        Ok(Self { db: database })
+        Ok(Self { db: database, key })
     }
 
-    /// Stores a share; the same share again is a no-op, a different one a conflict.
+    /// Stores a share as an unanchored deposit of its uploader; the same share again is a
+    /// no-op, a different one a conflict. Refused when the uploader already has `quota`
+    /// unanchored deposits.
     ///
     /// # Errors
-    /// [`StoreError::Conflict`] or database errors.
-    pub fn put(&self, record: &[u8; 32], s: &StoredShare) -> Result<(), StoreError> {
-        let bytes = serde_json::to_vec(s).map_err(db)?;
+    /// [`StoreError::Conflict`], [`StoreError::QuotaExceeded`] or database errors.
+    pub fn put(&self, record: &[u8; 32], s: &StoredShare, quota: u64) -> Result<(), StoreError> {
+        let secret = Secret {
+            share: s.share.clone(),
+            commitments: s.commitments.clone(),
+            sealed_block: s.sealed_block.clone(),
+        };
+        let plain = serde_json::to_vec(&secret).map_err(db)?;
+        let row = Row {
+            patient: s.patient,
+            uploader: s.uploader,
+            salt: s.salt,
+            stored_at: s.stored_at,
+            sealed: seal_at_rest(&self.key, record, &plain),
+        };
+        let bytes = serde_json::to_vec(&row).map_err(db)?;
         let tx = self.db.begin_write().map_err(db)?;
         {
             let mut t = tx.open_table(SHARES).map_err(db)?;
             if let Some(old) = t.get(record).map_err(db)? {
-                let old: StoredShare = serde_json::from_slice(old.value()).map_err(db)?;
+                let old = self.decode(record, old.value())?;
                 if old.share != s.share
                     || old.commitments != s.commitments
                     || old.sealed_block != s.sealed_block
+                    || old.patient != s.patient
+                    || old.uploader != s.uploader
                 {
                     return Err(StoreError::Conflict(hex::encode(record)));
                 }
                 return Ok(());
             }
+            let mut counts = tx.open_table(PENDING_BY_UPLOADER).map_err(db)?;
+            let pending = counts
+                .get(&s.uploader.0.0)
+                .map_err(db)?
+                .map_or(0, |v| v.value());
+            if pending >= quota {
+                return Err(StoreError::QuotaExceeded {
+                    uploader: s.uploader,
+                    pending,
+                    quota,
+                });
+            }
+            counts.insert(&s.uploader.0.0, pending + 1).map_err(db)?;
+            let mut p = tx.open_table(PENDING).map_err(db)?;
+            let mut v = [0u8; 28];
+            v[..20].copy_from_slice(s.uploader.as_slice());
+            v[20..].copy_from_slice(&s.stored_at.to_be_bytes());
+            p.insert(record, &v).map_err(db)?;
             t.insert(record, bytes.as_slice()).map_err(db)?;
         }
         tx.commit().map_err(db)
     }
 
+    fn decode(&self, record: &[u8; 32], bytes: &[u8]) -> Result<StoredShare, StoreError> {
+        let row: Row = serde_json::from_slice(bytes).map_err(db)?;
+        let plain = open_at_rest(&self.key, record, &row.sealed)
+            .map_err(|_| StoreError::Undecryptable(hex::encode(record)))?;
+        let secret: Secret = serde_json::from_slice(&plain).map_err(db)?;
+        Ok(StoredShare {
+            patient: row.patient,
+            uploader: row.uploader,
+            salt: row.salt,
+            share: secret.share,
+            commitments: secret.commitments,
+            sealed_block: secret.sealed_block,
+            stored_at: row.stored_at,
+        })
+    }
+
     /// The share for `record`, if stored.
     ///
     /// # Errors
-    /// Database errors.
+    /// Database errors; [`StoreError::Undecryptable`] when the value does not open.
     pub fn get(&self, record: &[u8; 32]) -> Result<Option<StoredShare>, StoreError> {
         let tx = self.db.begin_read().map_err(db)?;
         let t = tx.open_table(SHARES).map_err(db)?;
         match t.get(record).map_err(db)? {
-            Some(v) => Ok(Some(serde_json::from_slice(v.value()).map_err(db)?)),
+            Some(v) => Ok(Some(self.decode(record, v.value())?)),
             None => Ok(None),
         }
+    }
+
+    /// Whether `record`'s deposit is still waiting for its anchor.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub fn is_pending(&self, record: &[u8; 32]) -> Result<bool, StoreError> {
+        let tx = self.db.begin_read().map_err(db)?;
+        let t = tx.open_table(PENDING).map_err(db)?;
+        Ok(t.get(record).map_err(db)?.is_some())
+    }
+
+    /// The record was seen anchored (matching its deposit): it leaves the uploader's quota and
+    /// is never collected.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub fn mark_anchored(&self, record: &[u8; 32]) -> Result<(), StoreError> {
+        self.drop_pending(record, false)
+    }
+
+    /// Deletes a deposit that was never anchored (or whose anchor does not match it).
+    ///
+    /// # Errors
+    /// Database errors.
+    pub fn remove_unanchored(&self, record: &[u8; 32]) -> Result<(), StoreError> {
+        self.drop_pending(record, true)
+    }
+
+    fn drop_pending(&self, record: &[u8; 32], delete_share: bool) -> Result<(), StoreError> {
+        let tx = self.db.begin_write().map_err(db)?;
+        {
+            let mut p = tx.open_table(PENDING).map_err(db)?;
+            let removed = p.remove(record).map_err(db)?.map(|v| *v.value());
+            if let Some(v) = removed {
+                let mut uploader = [0u8; 20];
+                uploader.copy_from_slice(&v[..20]);
+                let mut counts = tx.open_table(PENDING_BY_UPLOADER).map_err(db)?;
+                let n = counts.get(&uploader).map_err(db)?.map_or(0, |c| c.value());
+                if n <= 1 {
+                    counts.remove(&uploader).map_err(db)?;
+                } else {
+                    counts.insert(&uploader, n - 1).map_err(db)?;
+                }
+                if delete_share {
+                    tx.open_table(SHARES)
+                        .map_err(db)?
+                        .remove(record)
+                        .map_err(db)?;
+                }
+            }
+        }
+        tx.commit().map_err(db)
+    }
+
+    /// Unanchored deposits stored before `cutoff` (unix seconds), at most `limit`.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub fn pending_before(&self, cutoff: u64, limit: usize) -> Result<Vec<[u8; 32]>, StoreError> {
+        let tx = self.db.begin_read().map_err(db)?;
+        let t = tx.open_table(PENDING).map_err(db)?;
+        let mut out = Vec::new();
+        for item in t.iter().map_err(db)? {
+            let (k, v) = item.map_err(db)?;
+            let mut at = [0u8; 8];
+            at.copy_from_slice(&v.value()[20..]);
+            if u64::from_be_bytes(at) < cutoff {
+                out.push(*k.value());
+                if out.len() >= limit {
+                    break;
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Number of stored shares (public: reveals no secret).
@@ -107,9 +351,27 @@ impl ShareStore {
         tx.open_table(SHARES).map_err(db)?.len().map_err(db)
     }
 
-    /// Marks `(requester, nonce)` used; false when it was used before (a replay). Entries whose
-    /// deadline passed more than a day ago are not needed any more but kept simple: the key
-    /// space is per requester, and deadlines bound how long a signed request is valid anyway.
+    /// Number of deposits waiting for their anchor.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub fn pending_count(&self) -> Result<u64, StoreError> {
+        let tx = self.db.begin_read().map_err(db)?;
+        tx.open_table(PENDING).map_err(db)?.len().map_err(db)
+    }
+
+    /// Number of remembered request nonces.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub fn nonce_count(&self) -> Result<u64, StoreError> {
+        let tx = self.db.begin_read().map_err(db)?;
+        tx.open_table(NONCES).map_err(db)?.len().map_err(db)
+    }
+
+    /// Marks `(requester, nonce)` used; false when it was used before (a replay). The entry is
+    /// kept until its deadline has passed ([`Self::prune_nonces`]): after that the signed
+    /// request is refused for its deadline anyway.
     ///
     /// # Errors
     /// Database errors.
@@ -133,16 +395,34 @@ impl ShareStore {
         tx.commit().map_err(db)?;
         Ok(true)
     }
+
+    /// Forgets nonces whose deadline is before `now`; returns how many.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub fn prune_nonces(&self, now: u64) -> Result<u64, StoreError> {
+        let tx = self.db.begin_write().map_err(db)?;
+        let n = {
+            let mut t = tx.open_table(NONCES).map_err(db)?;
+            let before = t.len().map_err(db)?;
+            t.retain(|_, deadline| deadline >= now).map_err(db)?;
+            before - t.len().map_err(db)?
+        };
+        tx.commit().map_err(db)?;
+        Ok(n)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::crypto::derive_key;
 
     fn share(v: &str) -> StoredShare {
         StoredShare {
             patient: 1,
-            uploader: alloy::primitives::Address::ZERO,
+            uploader: Address::repeat_byte(7),
+            salt: B256::repeat_byte(1),
             share: v.into(),
             commitments: "c".into(),
             sealed_block: "b".into(),
@@ -150,21 +430,33 @@ mod tests {
         }
     }
 
+    fn binding(id: u8) -> Binding {
+        Binding {
+            chain_id: 31337,
+            contract: Address::repeat_byte(9),
+            deployment_id: B256::repeat_byte(id),
+        }
+    }
+
+    fn key() -> AeadKey {
+        derive_key(b"node", "share-store")
+    }
+
     #[test]
     fn survives_reopen_and_refuses_a_different_share() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("s.redb");
         {
-            let s = ShareStore::open(&p).unwrap();
-            s.put(&[1; 32], &share("a")).unwrap();
-            s.put(&[1; 32], &share("a")).unwrap();
+            let s = ShareStore::open(&p, key(), &binding(1)).unwrap();
+            s.put(&[1; 32], &share("a"), 10).unwrap();
+            s.put(&[1; 32], &share("a"), 10).unwrap();
             assert!(matches!(
-                s.put(&[1; 32], &share("b")),
+                s.put(&[1; 32], &share("b"), 10),
                 Err(StoreError::Conflict(_))
             ));
             assert!(s.use_nonce(&[2; 20], &[3; 32], 9).unwrap());
         }
-        let s = ShareStore::open(&p).unwrap();
+        let s = ShareStore::open(&p, key(), &binding(1)).unwrap();
         assert_eq!(s.get(&[1; 32]).unwrap(), Some(share("a")));
         assert_eq!(s.get(&[9; 32]).unwrap(), None);
         assert!(
@@ -172,5 +464,58 @@ mod tests {
             "a nonce is used once, across restarts"
         );
         assert_eq!(s.count().unwrap(), 1);
+        assert_eq!(s.prune_nonces(10).unwrap(), 1);
+        assert_eq!(s.nonce_count().unwrap(), 0);
+    }
+
+    #[test]
+    fn bound_to_one_deployment_and_encrypted_under_the_node_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("s.redb");
+        {
+            let s = ShareStore::open(&p, key(), &binding(1)).unwrap();
+            s.put(&[1; 32], &share("SECRET-SHARE-MARKER"), 10).unwrap();
+        }
+        assert!(matches!(
+            ShareStore::open(&p, key(), &binding(2)),
+            Err(StoreError::BoundElsewhere { .. })
+        ));
+        let raw = std::fs::read(&p).unwrap();
+        assert!(
+            !raw.windows(19).any(|w| w == b"SECRET-SHARE-MARKER"),
+            "the share is not in the file in clear"
+        );
+        let thief = ShareStore::open(&p, derive_key(b"other", "share-store"), &binding(1)).unwrap();
+        assert!(matches!(
+            thief.get(&[1; 32]),
+            Err(StoreError::Undecryptable(_))
+        ));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600);
+        }
+    }
+
+    #[test]
+    fn quota_and_collection_of_unanchored_deposits() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = ShareStore::open(&dir.path().join("s.redb"), key(), &binding(1)).unwrap();
+        s.put(&[1; 32], &share("a"), 2).unwrap();
+        s.put(&[2; 32], &share("a"), 2).unwrap();
+        assert!(matches!(
+            s.put(&[3; 32], &share("a"), 2),
+            Err(StoreError::QuotaExceeded { pending: 2, .. })
+        ));
+        s.mark_anchored(&[1; 32]).unwrap();
+        s.put(&[3; 32], &share("a"), 2).unwrap();
+        assert_eq!(s.pending_before(2, 10).unwrap().len(), 2);
+        for r in s.pending_before(2, 10).unwrap() {
+            s.remove_unanchored(&r).unwrap();
+        }
+        assert_eq!(s.count().unwrap(), 1, "the anchored share stays");
+        assert_eq!(s.pending_count().unwrap(), 0);
+        assert!(s.get(&[1; 32]).unwrap().is_some());
     }
 }

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use alloy::signers::local::PrivateKeySigner;
 use serde::{Deserialize, Serialize};
 
+use super::keystore::{SCRYPT_LOG_N, write_keystore};
 use crate::chain::PatientAddr;
 
 /// A user's role in the web application.
@@ -71,12 +72,65 @@ impl AccountStore {
     /// # Errors
     /// When the folders cannot be created.
     pub fn open(dir: &Path) -> Result<Self, AccountError> {
+        let io = |e: std::io::Error| AccountError::Io(e.to_string());
+        crate::fsutil::private_dir(dir).map_err(io)?;
         for sub in ["users", "keystores"] {
-            std::fs::create_dir_all(dir.join(sub)).map_err(|e| AccountError::Io(e.to_string()))?;
+            crate::fsutil::private_dir(&dir.join(sub)).map_err(io)?;
         }
-        Ok(Self {
+        let store = Self {
             dir: dir.to_owned(),
-        })
+        };
+        // A keystore nobody can open, unlocked on logins of unknown users, so that they take
+        // as long as a wrong password (no user-name oracle from timing).
+        let decoy = store.decoy();
+        if !decoy.exists() {
+            let mut pw = [0u8; 32];
+            rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut pw);
+            write_keystore(
+                &decoy,
+                &PrivateKeySigner::random().to_bytes().0,
+                &hex::encode(pw),
+                SCRYPT_LOG_N,
+            )
+            .map_err(AccountError::Io)?;
+        }
+        Ok(store)
+    }
+
+    fn decoy(&self) -> PathBuf {
+        self.dir.join("decoy.keystore")
+    }
+
+    /// Every account, sorted by name.
+    ///
+    /// # Errors
+    /// When the folder cannot be read.
+    pub fn list(&self) -> Result<Vec<Account>, AccountError> {
+        let mut out = Vec::new();
+        let rd = std::fs::read_dir(self.dir.join("users"))
+            .map_err(|e| AccountError::Io(e.to_string()))?;
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') || !name.ends_with(".json") {
+                continue;
+            }
+            if let Ok(text) = std::fs::read(e.path())
+                && let Ok(a) = serde_json::from_slice::<Account>(&text)
+            {
+                out.push(a);
+            }
+        }
+        out.sort_by(|a, b| a.username.cmp(&b.username));
+        Ok(out)
+    }
+
+    /// The account named `username`, if any.
+    pub fn account(&self, username: &str) -> Option<Account> {
+        if !valid_name(username) {
+            return None;
+        }
+        let text = std::fs::read(self.user_file(username)).ok()?;
+        serde_json::from_slice(&text).ok()
     }
 
     /// Creates a user with `key` (a fresh one when `None`), encrypted under `password`.
@@ -111,14 +165,14 @@ impl AccountStore {
         // a crash leaves at worst an orphan keystore, never a user without a key.
         let keystore = format!("{username}-{}", hex::encode(key.address()));
         let io = |e: &dyn std::fmt::Display| AccountError::Io(e.to_string());
-        let (signer, _) = PrivateKeySigner::encrypt_keystore(
-            self.dir.join("keystores"),
-            &mut rand_core::OsRng,
-            key.to_bytes(),
+        write_keystore(
+            &self.dir.join("keystores").join(&keystore),
+            &key.to_bytes().0,
             password,
-            Some(&keystore),
+            SCRYPT_LOG_N,
         )
         .map_err(|e| io(&e))?;
+        let signer = key.clone();
         let account = Account {
             username: username.into(),
             role,
@@ -131,7 +185,7 @@ impl AccountStore {
             .join("users")
             .join(format!(".{username}.{}.tmp", hex::encode(key.address())));
         let json = serde_json::to_vec_pretty(&account).map_err(|e| io(&e))?;
-        std::fs::write(&tmp, json).map_err(|e| io(&e))?;
+        crate::fsutil::write_private(&tmp, &json).map_err(|e| io(&e))?;
         let linked = std::fs::hard_link(&tmp, &user_file);
         let _ = std::fs::remove_file(&tmp);
         match linked {
@@ -154,10 +208,15 @@ impl AccountStore {
         username: &str,
         password: &str,
     ) -> Result<(Account, PrivateKeySigner), AccountError> {
-        if !valid_name(username) {
+        let text = if valid_name(username) {
+            std::fs::read(self.user_file(username)).ok()
+        } else {
+            None
+        };
+        let Some(text) = text else {
+            let _ = PrivateKeySigner::decrypt_keystore(self.decoy(), password);
             return Err(AccountError::BadLogin);
-        }
-        let text = std::fs::read(self.user_file(username)).map_err(|_| AccountError::BadLogin)?;
+        };
         let account: Account =
             serde_json::from_slice(&text).map_err(|e| AccountError::Io(e.to_string()))?;
         let signer = PrivateKeySigner::decrypt_keystore(

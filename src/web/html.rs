@@ -27,7 +27,7 @@ td,th{padding:.35rem .5rem;border-bottom:1px solid #e3e7eb;text-align:left;verti
 input,select,button{font:inherit;padding:.45rem .6rem;margin:.2rem 0;max-width:100%}button{cursor:pointer;border-radius:6px;border:1px solid #0b5cad;background:#0b5cad;color:#fff}
 button.secondary{background:#fff;color:#0b5cad}button.danger{background:#b3261e;border-color:#b3261e}
 form.inline{display:inline}.row{display:flex;flex-wrap:wrap;gap:.5rem;align-items:end}
-.denied td{background:#fde8e7}.msg{padding:.6rem .8rem;border-radius:6px;margin-bottom:1rem;overflow-wrap:anywhere}.err{background:#fde8e7;color:#8a1c14}.ok{background:#e6f4ea;color:#14532d}
+.emergency{border:3px solid #b3261e;background:#fde8e7}.denied td{background:#fde8e7}.msg{padding:.6rem .8rem;border-radius:6px;margin-bottom:1rem;overflow-wrap:anywhere}.err{background:#fde8e7;color:#8a1c14}.ok{background:#e6f4ea;color:#14532d}
 code{font-size:.8rem;word-break:break-all}pre{white-space:pre-wrap;word-break:break-word;background:#f0f3f6;padding:.6rem;border-radius:6px}
 .busy{display:none;color:#0b5cad}form.working .busy{display:inline}
 @media (max-width:600px){td,th{font-size:.8rem;padding:.3rem}header h1{font-size:1rem}.row>label{flex:1 1 100%}input:not([type=file]),select{width:100%}}

@@ -6,6 +6,7 @@
 
 mod accounts;
 mod html;
+mod keystore;
 mod pages;
 mod session;
 
@@ -73,6 +74,7 @@ pub fn router(state: WebState) -> Router {
         .route("/patient/grant", post(pages::patient_grant))
         .route("/patient/revoke", post(pages::patient_revoke))
         .route("/patient/request", post(pages::patient_request))
+        .route("/patient/end-emergency", post(pages::patient_end_emergency))
         .route("/patient/records/{id}", get(pages::patient_record))
         .route(
             "/patient/records/{id}/download",
@@ -86,6 +88,7 @@ pub fn router(state: WebState) -> Router {
         .route("/doctor/records/{id}/download", get(pages::doctor_download))
         .route("/office", get(pages::office))
         .route("/office/provider", post(pages::office_provider))
+        .route("/office/patient", post(pages::office_patient))
         // The upload limit plus room for the multipart framing and the CSRF field.
         .layer(axum::extract::DefaultBodyLimit::max(
             pages::UPLOAD_LIMIT + 64 * 1024,

@@ -16,7 +16,8 @@ use super::accounts::{Account, AccountError, Role};
 use super::html::{esc, msg, page, short, time};
 use super::session::{COOKIE, Session, clear_cookie, set_cookie};
 use crate::chain::{
-    AuditEvent, AuditKind, EhrChain, GrantState, PatientAddr, ProviderStatus, RecordId,
+    AuditEvent, AuditFilter, AuditKind, EhrChain, EmergencyReason, GrantState, PatientAddr,
+    ProviderStatus, RecordId,
 };
 use crate::records::{FHIR_JSON, RecordError, RecordsClient};
 
@@ -159,6 +160,12 @@ pub(super) struct Notice {
     ok: Option<String>,
     #[serde(default)]
     err: Option<String>,
+    /// Audit view: which events.
+    #[serde(default)]
+    kind: Option<String>,
+    /// Audit view: page number from 0.
+    #[serde(default)]
+    page: Option<usize>,
 }
 
 impl Notice {
@@ -353,11 +360,14 @@ async fn do_signup(state: &WebState, f: SignupForm) -> Result<Response> {
                 .send_value(signer.address(), U256::from(10u128.pow(18)))
                 .await?;
         }
-        let mine = base.with_signer(state.app.rpc_url(), signer.clone())?;
-        match patient {
-            Some(addr) => mine.register_patient(addr).await,
-            None => mine.register_provider().await,
+        // A patient's address is issued by the records office (it lists waiting patients);
+        // a provider registers and waits for verification.
+        if patient.is_none() {
+            base.with_signer(state.app.rpc_url(), signer.clone())?
+                .register_provider()
+                .await?;
         }
+        Ok::<(), crate::chain::ChainError>(())
     }
     .await;
     if let Err(e) = registered {
@@ -499,12 +509,27 @@ fn describe(k: &AuditKind) -> (&'static str, String, String) {
         AuditKind::BreakGlassOpened {
             patient,
             provider,
-            reason_code,
+            reason,
             until,
+            overrides_revoke,
         } => (
-            "BREAK-GLASS opened",
+            if *overrides_revoke {
+                "BREAK-GLASS opened (overrides your revoke)"
+            } else {
+                "BREAK-GLASS opened"
+            },
             provider.to_string(),
-            format!("{} reason {reason_code} until {}", p(patient), time(*until)),
+            format!(
+                "{} reason {} until {}",
+                p(patient),
+                reason.map_or_else(|| "unknown".to_owned(), |r| r.to_string()),
+                time(*until)
+            ),
+        ),
+        AuditKind::BreakGlassEnded { patient, provider } => (
+            "Emergency access ended by the patient",
+            provider.to_string(),
+            p(patient),
         ),
         AuditKind::Other { name } => ("Other", String::new(), name.clone()),
     }
@@ -632,7 +657,6 @@ fn records_client(state: &WebState, s: &Session) -> Result<RecordsClient> {
     Ok(RecordsClient::new(
         chain(state, s)?,
         s.signer.clone(),
-        cfg.chain_id,
         state.app.ipfs().clone(),
         cfg.nodes.clone(),
         cfg.threshold,
@@ -652,7 +676,15 @@ pub(super) async fn patient(
         .patient
         .ok_or_else(|| bad("account has no patient address"))?;
     let c = chain(&state, &s)?;
+    if c.patient_account(addr).await? != Some(s.account.address) {
+        let body = format!(
+            r#"{notice}<section><h2>Waiting for the records office</h2><p>Your patient address <strong>{addr}</strong> is not issued to this account yet. The records office confirms it (they may ask you to show who you are); then this page shows your records.</p></section>"#,
+            notice = n.html()
+        );
+        return Ok(user_page(&s, "Patient", &body));
+    }
     let h = hidden(&s);
+    let emergencies = open_emergencies(&c, addr, &h).await?;
     let mut grants =
         String::from("<table><tr><th>Provider</th><th>State</th><th>Expires</th><th></th></tr>");
     for g in c.grants(addr, 0, 200).await? {
@@ -687,9 +719,18 @@ pub(super) async fn patient(
     } else {
         format!("<table><tr><th>Provider</th><th>Asked</th><th></th></tr>{requests}</table>")
     };
-    let audit = c.audit_for_patient(addr, 0, 100).await?;
+    let (filter, page_no) = audit_view(&n)?;
+    let audit = c
+        .audit_page_for_patient(addr, filter, page_no * AUDIT_PAGE, AUDIT_PAGE)
+        .await?;
+    let trail = format!(
+        "{}{}{}",
+        audit_filters("/patient", filter),
+        audit_table(&audit.events),
+        pager("/patient", filter, page_no, audit.total)
+    );
     let body = format!(
-        r#"{notice}<section><h2>My records (patient {addr})</h2>
+        r#"{emergencies}{notice}<section><h2>My records (patient {addr})</h2>
 <form method="post" action="/patient/upload" enctype="multipart/form-data" data-busy class="row">{h}
 <label>File (FHIR JSON or any document)<br><input type="file" name="file" required></label>
 <button>Upload</button> <span class="busy">Encrypting and storing…</span></form>{records}</section>
@@ -697,16 +738,124 @@ pub(super) async fn patient(
 <form method="post" action="/patient/grant" class="row">{h}<label>Provider account<br><input name="provider" placeholder="0x…" required size="44"></label>
 <label>For days (empty = until I revoke)<br><input name="days" inputmode="numeric" size="6"></label><button>Grant access</button></form>{grants}</section>
 <section><h2>Pending requests</h2>{requests}</section>
-<section><h2>My audit trail</h2>{trail}</section>"#,
+<section id="audit"><h2>My audit trail</h2>{trail}</section>"#,
         notice = n.html(),
         records = {
             let rc = records_client(&state, &s).ok();
             let listing = rc.as_ref().map(|rc| (rc, &state.listing));
             records_table(&c, addr, "/patient/records", listing).await?
         },
-        trail = audit_table(&audit),
     );
     Ok(user_page(&s, "Patient", &body))
+}
+
+/// Audit rows per page.
+const AUDIT_PAGE: usize = 50;
+
+fn audit_view(n: &Notice) -> Result<(AuditFilter, usize)> {
+    let filter = match n.kind.as_deref() {
+        None | Some("") => AuditFilter::All,
+        Some(k) => k.parse().map_err(bad)?,
+    };
+    Ok((filter, n.page.unwrap_or(0).min(1_000_000)))
+}
+
+/// Links to each kind of event, the current one marked.
+fn audit_filters(base: &str, current: AuditFilter) -> String {
+    let mut out = String::from(r#"<p class="row">"#);
+    for f in AuditFilter::ALL {
+        if f == current {
+            let _ = write!(out, "<strong>{}</strong> ", esc(f.label()));
+        } else {
+            let _ = write!(
+                out,
+                r#"<a href="{base}?kind={}#audit">{}</a> "#,
+                f.as_str(),
+                esc(f.label())
+            );
+        }
+    }
+    out.push_str("</p>");
+    out
+}
+
+/// Older / newer links through the whole history.
+fn pager(base: &str, filter: AuditFilter, page_no: usize, total: usize) -> String {
+    let pages = total.div_ceil(AUDIT_PAGE).max(1);
+    let mut out = format!(
+        r#"<p class="row">Page {} of {pages} ({total} events) "#,
+        page_no + 1
+    );
+    if page_no > 0 {
+        let _ = write!(
+            out,
+            r#"<a href="{base}?kind={}&amp;page={}#audit">Newer</a> "#,
+            filter.as_str(),
+            page_no - 1
+        );
+    }
+    if page_no + 1 < pages {
+        let _ = write!(
+            out,
+            r#"<a href="{base}?kind={}&amp;page={}#audit">Older</a>"#,
+            filter.as_str(),
+            page_no + 1
+        );
+    }
+    out.push_str("</p>");
+    out
+}
+
+/// A banner for every emergency access open on the patient now, each with a button that ends it.
+async fn open_emergencies(c: &EhrChain, addr: PatientAddr, h: &str) -> Result<String> {
+    let opened = c
+        .audit_page_for_patient(addr, AuditFilter::Emergency, 0, 200)
+        .await?;
+    let mut seen = std::collections::HashSet::new();
+    let mut out = String::new();
+    for e in &opened.events {
+        let AuditKind::BreakGlassOpened {
+            provider,
+            reason,
+            overrides_revoke,
+            ..
+        } = &e.kind
+        else {
+            continue;
+        };
+        if !seen.insert(*provider) {
+            continue;
+        }
+        if let Some(until) = c.emergency_until(addr, *provider).await? {
+            let _ = write!(
+                out,
+                r#"<section class="emergency" role="alert"><h2>Emergency access is open</h2><p>Provider <code>{provider}</code> broke the glass ({}) and can read your records until {}.{}</p>
+<form method="post" action="/patient/end-emergency" class="inline">{h}<input type="hidden" name="provider" value="{provider}"><button class="danger">End this emergency access now</button></form></section>"#,
+                esc(&reason.map_or_else(|| "unknown reason".to_owned(), |r| r.to_string())),
+                time(until),
+                if *overrides_revoke {
+                    " <strong>You had revoked this provider.</strong>"
+                } else {
+                    ""
+                }
+            );
+        }
+    }
+    Ok(out)
+}
+
+pub(super) async fn patient_end_emergency(
+    State(state): State<WebState>,
+    Auth(s, _): Auth,
+    Form(f): Form<ProviderForm>,
+) -> Result<Redirect> {
+    need(&s, Role::Patient)?;
+    csrf(&s, &f.csrf)?;
+    let p = provider_addr(&f.provider)?;
+    Ok(match chain(&state, &s)?.end_emergency(p).await {
+        Ok(_) => back("/patient", true, &format!("emergency access of {p} ended")),
+        Err(e) => back("/patient", false, &e.to_string()),
+    })
 }
 
 /// Largest file the web upload takes (the form around it gets a little more; see `web::router`).
@@ -966,6 +1115,7 @@ pub(super) async fn doctor_patient(
     let notice = Notice {
         ok: q.ok,
         err: q.err,
+        ..Notice::default()
     }
     .html();
     let body = format!(
@@ -973,9 +1123,17 @@ pub(super) async fn doctor_patient(
 <form method="post" action="/doctor/request" class="inline">{h}<input type="hidden" name="addr" value="{addr}"><button>Request access</button></form></section>
 <section><h2>Records</h2>{records}</section>
 <section><h2>Emergency access</h2><form method="post" action="/doctor/break-glass" class="row">{h}<input type="hidden" name="addr" value="{addr}">
-<label>Reason code<br><select name="reason"><option value="1">1 · unconscious patient</option><option value="2">2 · life-threatening emergency</option><option value="3">3 · other urgent care</option></select></label>
+<label>Reason (HL7 PurposeOfUse)<br><select name="reason">{reasons}</select></label>
 <button class="danger">Break the glass (1 hour, audited)</button></form></section>"#,
         records = records_table(&c, addr, "/doctor/records", None).await?,
+        reasons = EmergencyReason::ALL
+            .iter()
+            .map(|r| format!(
+                r#"<option value="{}">{}</option>"#,
+                r.hl7(),
+                esc(&r.to_string())
+            ))
+            .collect::<String>(),
     );
     Ok(user_page(&s, "Doctor", &body))
 }
@@ -986,7 +1144,7 @@ pub(super) struct PatientForm {
     csrf: String,
     addr: String,
     #[serde(default)]
-    reason: u16,
+    reason: String,
 }
 
 pub(super) async fn doctor_request(
@@ -1013,7 +1171,11 @@ pub(super) async fn doctor_break_glass(
     csrf(&s, &f.csrf)?;
     let addr = patient_addr(&f.addr)?;
     let to = format!("/doctor/patient?addr={addr}");
-    Ok(match chain(&state, &s)?.break_glass(addr, f.reason).await {
+    let reason: EmergencyReason = f
+        .reason
+        .parse()
+        .map_err(|e: crate::chain::UnknownEmergencyReason| bad(e.to_string()))?;
+    Ok(match chain(&state, &s)?.break_glass(addr, reason).await {
         Ok(_) => back(
             &to,
             true,
@@ -1212,8 +1374,16 @@ pub(super) async fn office(
 ) -> Result<Html<String>> {
     need(&s, Role::Office)?;
     let c = chain(&state, &s)?;
-    let events = c.audit_all(0, 100).await?;
+    let (filter, page_no) = audit_view(&n)?;
+    let monitoring = c
+        .audit_page_all(filter, page_no * AUDIT_PAGE, AUDIT_PAGE)
+        .await?;
+    let events = &monitoring.events;
     let h = hidden(&s);
+    let waiting = waiting_patients(&state, &c, &h).await?;
+    let emergencies = c
+        .audit_page_all(AuditFilter::Emergency, 0, AUDIT_PAGE)
+        .await?;
     let mut providers =
         String::from("<table><tr><th>Provider</th><th>Status</th><th>Denied</th><th></th></tr>");
     // Waiting providers first: they are what the office acts on.
@@ -1271,13 +1441,91 @@ pub(super) async fn office(
     }
     let denied = events.iter().filter(|e| e.kind.is_denial()).count();
     let body = format!(
-        r#"{}<section><h2>Providers</h2>{providers}</section>
+        r#"{}<section><h2>Patients waiting for their address</h2>{waiting}</section>
+<section><h2>Providers</h2>{providers}</section>
+<section><h2>Break-glass review ({} openings, newest first)</h2>{}</section>
 <section><h2>Health</h2><p>IPFS: {ipfs}</p><table><tr><th>Share node</th><th>Identity</th><th>Health</th></tr>{nodes}</table></section>
-<section><h2>Monitoring: recent transactions ({denied} denied attempts highlighted)</h2>{}</section>"#,
+<section id="audit"><h2>Monitoring: transactions ({denied} denied attempts on this page highlighted)</h2>{}{}{}</section>"#,
         n.html(),
-        audit_table(&events)
+        emergencies.total,
+        audit_table(&emergencies.events),
+        audit_filters("/office", filter),
+        audit_table(events),
+        pager("/office", filter, page_no, monitoring.total),
     );
     Ok(user_page(&s, "Records office", &body))
+}
+
+/// Web patients whose address the office has not issued yet, each with an Issue button.
+async fn waiting_patients(state: &WebState, c: &EhrChain, h: &str) -> Result<String> {
+    let accounts = state
+        .accounts
+        .list()
+        .map_err(|e| WebError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let mut rows = String::new();
+    for a in accounts.into_iter().filter(|a| a.role == Role::Patient) {
+        let Some(addr) = a.patient else { continue };
+        if c.patient_of(a.address).await?.is_some() {
+            continue;
+        }
+        let taken = c.patient_account(addr).await?.is_some();
+        let action = if taken {
+            "address already issued to another account".to_owned()
+        } else {
+            format!(
+                r#"<form class="inline" method="post" action="/office/patient">{h}<input type="hidden" name="username" value="{}"><button>Issue {addr}</button></form>"#,
+                esc(&a.username)
+            )
+        };
+        let _ = write!(
+            rows,
+            "<tr><td>{}</td><td>{addr}</td><td><code>{}</code></td><td>{action}</td></tr>",
+            esc(&a.username),
+            a.address
+        );
+    }
+    Ok(if rows.is_empty() {
+        "<p>No patient is waiting.</p>".to_owned()
+    } else {
+        format!(
+            "<table><tr><th>User</th><th>Address asked for</th><th>Account</th><th></th></tr>{rows}</table>"
+        )
+    })
+}
+
+/// The office issues a waiting web patient's address.
+#[derive(Deserialize)]
+pub(super) struct IssueForm {
+    csrf: String,
+    username: String,
+}
+
+pub(super) async fn office_patient(
+    State(state): State<WebState>,
+    Auth(s, _): Auth,
+    Form(f): Form<IssueForm>,
+) -> Result<Redirect> {
+    need(&s, Role::Office)?;
+    csrf(&s, &f.csrf)?;
+    let a = state
+        .accounts
+        .account(&f.username)
+        .filter(|a| a.role == Role::Patient)
+        .ok_or_else(|| {
+            WebError(
+                StatusCode::NOT_FOUND,
+                format!("no patient user {:?}", f.username),
+            )
+        })?;
+    let addr = a
+        .patient
+        .ok_or_else(|| bad("that user asked for no patient address"))?;
+    Ok(
+        match chain(&state, &s)?.issue_patient(addr, a.address).await {
+            Ok(_) => back("/office", true, &format!("issued {addr} to {}", a.username)),
+            Err(e) => back("/office", false, &e.to_string()),
+        },
+    )
 }
 
 pub(super) async fn office_provider(

@@ -193,6 +193,16 @@ async function flow(browser, base) {
   await p.fill('input[name=aid]', patient.aid);
   await p.fill('input[name=pid]', patient.pid);
   await Promise.all([p.waitForURL(`${base}/patient`), p.click('button:has-text("Create account")')]);
+  // Addresses are issued by the records office, never self-claimed: the patient waits.
+  assert.match(await p.textContent('main'), new RegExp(`Your patient address ${addr} is not issued`));
+  await shoot(p, 'patient-waiting');
+  log('the records office issues the address');
+  const { ctx: octx, page: early } = await login(browser, base, OFFICE);
+  const waitingRow = early.locator('section', { hasText: 'Patients waiting' }).locator('tr', { hasText: patient.user });
+  await Promise.all([early.waitForNavigation(), waitingRow.locator(`button:has-text("Issue ${addr}")`).click()]);
+  assert.match(await notice(early), new RegExp(`issued ${addr} to ${patient.user}`));
+  await octx.close();
+  await p.reload();
   assert.match(await p.locator('h2').first().textContent(), new RegExp(`patient ${addr}`));
   const cookie = (await pctx.cookies()).find((c) => c.name === 'ehr_session');
   assert.ok(cookie.httpOnly, 'session cookie is HttpOnly');
@@ -380,7 +390,7 @@ async function flow(browser, base) {
   assert.match(await notice(p), /declined the request/);
   assert.match(await p.locator('section', { hasText: 'Pending requests' }).textContent(), /No pending requests/);
   await n.goto(`${base}/doctor/patient?addr=${addr}`);
-  await n.selectOption('select[name=reason]', '2');
+  await n.selectOption('select[name=reason]', 'BTG');
   await Promise.all([n.waitForNavigation(), n.click('button:has-text("Break the glass")')]);
   assert.match(await notice(n), /emergency access open for one hour/);
   assert.match(await n.textContent('main'), /BREAK-GLASS access is open/);
@@ -390,8 +400,26 @@ async function flow(browser, base) {
   const trailNow = await p.locator('section', { hasText: 'My audit trail' }).textContent();
   assert.match(trailNow, /Read \(BREAK-GLASS\)/);
   assert.match(trailNow, /BREAK-GLASS opened/);
-  assert.match(trailNow, /reason 2/);
+  assert.match(trailNow, /reason BTG \(break the glass\)/);
   assert.match(trailNow, /Request declined/);
+  // The open emergency is shown prominently, and the patient ends it early.
+  const banner = p.locator('section.emergency');
+  assert.match(await banner.textContent(), /Emergency access is open/);
+  await shoot(p, 'patient-emergency');
+  await Promise.all([p.waitForNavigation(), banner.locator('button:has-text("End this emergency access now")').click()]);
+  assert.match(await notice(p), /emergency access of 0x[0-9a-fA-F]{40} ended/);
+  assert.equal(await p.locator('section.emergency').count(), 0);
+  await n.goto(`${base}/doctor/patient?addr=${addr}`);
+  assert.match(await n.textContent('main'), /Your access: no grant from the patient/);
+  // The audit trail filters to break-glass entries only.
+  await p.goto(`${base}/patient?kind=emergency#audit`);
+  const onlyEmergency = await p.locator('section', { hasText: 'My audit trail' }).textContent();
+  assert.match(onlyEmergency, /BREAK-GLASS opened/);
+  assert.match(onlyEmergency, /Emergency access ended by the patient/);
+  assert.doesNotMatch(onlyEmergency, /Request declined/);
+  // The records office reviews every break-glass.
+  await o.reload();
+  assert.match(await o.locator('section', { hasText: 'Break-glass review' }).textContent(), /BREAK-GLASS opened/);
 
   // ---------------------------------------------------------------- logout ends the session
   await Promise.all([d.waitForNavigation(), d.click('button:has-text("Log out")')]);

@@ -143,3 +143,17 @@ pub fn as_(office: &EhrChain, signer: &PrivateKeySigner) -> EhrChain {
 pub fn ehr_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_ehr"))
 }
+
+/// The records office's key (account 0 of the dev mnemonic).
+pub fn office_key() -> PrivateKeySigner {
+    let settings = AnvilSettings::load(&root().join("anvil.toml")).unwrap();
+    ehr_share::cli::demo_signer(&settings, 0).unwrap()
+}
+
+/// A fresh funded account registered as the patient at a fresh address (issued by the office).
+pub async fn new_patient(office: &EhrChain) -> (PrivateKeySigner, PatientAddr) {
+    let key = funded().await;
+    let addr = unique_patient();
+    office.issue_patient(addr, key.address()).await.unwrap();
+    (key, addr)
+}
