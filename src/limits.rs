@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 /// How many keys a limiter remembers at most before it forgets idle ones.
 const MAX_KEYS: usize = 100_000;
 
-/// A token bucket per key: `burst` requests at once, refilled at `per_minute`.
+/// A token bucket per key: `burst` requests at once, then one more every `every`.
 #[derive(Debug)]
 pub struct RateLimiter<K> {
     burst: f64,
@@ -22,9 +22,17 @@ pub struct RateLimiter<K> {
 impl<K: Eq + Hash + Clone> RateLimiter<K> {
     /// A limiter allowing `burst` at once and `per_minute` sustained, per key.
     pub fn new(burst: u32, per_minute: u32) -> Self {
+        Self::with_interval(
+            burst,
+            Duration::from_secs_f64(60.0 / f64::from(per_minute.max(1))),
+        )
+    }
+
+    /// A limiter allowing `burst` at once and one more every `every`, per key.
+    pub fn with_interval(burst: u32, every: Duration) -> Self {
         Self {
             burst: f64::from(burst.max(1)),
-            per_sec: f64::from(per_minute.max(1)) / 60.0,
+            per_sec: 1.0 / every.as_secs_f64().max(1e-6),
             buckets: Mutex::new(HashMap::new()),
         }
     }

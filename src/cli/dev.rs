@@ -43,6 +43,10 @@ pub struct DevArgs {
     /// Shares needed to read a record (of 5). Default: 3.
     #[arg(long, env = "EHR_THRESHOLD", default_value_t = 3)]
     threshold: u8,
+    /// Mark cookies `Secure` (when a TLS proxy is in front). Requests that arrive with
+    /// `X-Forwarded-Proto: https` get `Secure` cookies anyway. Default: off.
+    #[arg(long, env = "EHR_SECURE_COOKIES")]
+    secure_cookies: bool,
     /// Anvil port; overrides anvil.toml.
     #[arg(long, env = "EHR_ANVIL_PORT")]
     anvil_port: Option<u16>,
@@ -119,7 +123,8 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
         .with_records(records);
     let accounts = seed_web_users(&settings, &a.state_dir.join("web"))?;
     let web = WebState::new(state.clone(), accounts)
-        .with_danger_dev_faucet(demo_signer(&settings, OFFICE)?);
+        .with_danger_dev_faucet(demo_signer(&settings, OFFICE)?)
+        .with_secure_cookies(a.secure_cookies);
     let app = crate::gateway::router(state).merge(crate::web::router(web));
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", a.gateway_port))
         .await
@@ -157,11 +162,14 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = stop_rx.await;
-            })
-            .await
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            let _ = stop_rx.await;
+        })
+        .await
     });
     let outcome = tokio::select! {
         _ = shutdown_signal() => { println!("\n[dev] stopping"); Ok(()) }

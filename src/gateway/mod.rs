@@ -8,9 +8,11 @@ mod health;
 mod openapi;
 mod records_api;
 mod state;
+mod uploads;
 
 pub use error::ApiError;
 pub use state::{AppState, Keyring, RecordsConfig};
+pub use uploads::{MAX_UPLOADS, UploadSlots, gate_html, gate_json};
 
 use axum::Router;
 use axum::routing::{get, post};
@@ -51,11 +53,18 @@ pub fn router(state: AppState) -> Router {
         .route("/api/access", post(chain_api::access))
         .route("/api/break-glass", post(chain_api::break_glass))
         .layer(RequestBodyLimitLayer::new(JSON_BODY_LIMIT));
-    let records = Router::new()
+    let upload = Router::new()
         .route("/records", post(records_api::upload))
-        .route("/records/{id}", get(records_api::download))
         .layer(axum::extract::DefaultBodyLimit::disable())
-        .layer(RequestBodyLimitLayer::new(records_api::UPLOAD_LIMIT));
+        .layer(RequestBodyLimitLayer::new(records_api::UPLOAD_LIMIT))
+        .layer(axum::middleware::from_fn_with_state(
+            state.upload_slots().clone(),
+            uploads::gate_json,
+        ));
+    let records = Router::new()
+        .route("/records/{id}", get(records_api::download))
+        .layer(RequestBodyLimitLayer::new(JSON_BODY_LIMIT))
+        .merge(upload);
     api.merge(records)
         .layer(TraceLayer::new_for_http())
         .with_state(state)
@@ -70,7 +79,10 @@ pub async fn serve(
     state: AppState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    axum::serve(
+        listener,
+        router(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
 }

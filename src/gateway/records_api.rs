@@ -100,17 +100,30 @@ pub(super) async fn download(
         tracing::error!(record = %id, "share node {f}");
     }
     let mut resp = r.data.into_response();
+    let fhir = r.block.media_type == crate::records::FHIR_JSON;
     let media = HeaderValue::from_str(&r.block.media_type)
         .unwrap_or(HeaderValue::from_static("application/octet-stream"));
-    resp.headers_mut().insert(header::CONTENT_TYPE, media);
-    let name = r
-        .block
-        .file_name
-        .filter(|n| n.chars().all(|c| c.is_ascii_graphic() && c != '"'));
-    if let Some(v) =
-        name.and_then(|n| HeaderValue::from_str(&format!("attachment; filename=\"{n}\"")).ok())
-    {
-        resp.headers_mut().insert(header::CONTENT_DISPOSITION, v);
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, media);
+    // Whatever the uploader claimed the content is, a browser must never render it in the
+    // gateway's origin: no sniffing, a sandbox, and anything but FHIR JSON as a download.
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("sandbox; default-src 'none'"),
+    );
+    if !fhir {
+        let name = r.block.file_name.filter(|n| {
+            n.chars()
+                .all(|c| c.is_ascii_graphic() && c != '"' && c != '\\')
+        });
+        let v = name
+            .and_then(|n| HeaderValue::from_str(&format!("attachment; filename=\"{n}\"")).ok())
+            .unwrap_or(HeaderValue::from_static("attachment"));
+        h.insert(header::CONTENT_DISPOSITION, v);
     }
     Ok(resp)
 }

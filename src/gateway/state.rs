@@ -60,6 +60,7 @@ struct Inner {
     chain: Option<EhrChain>,
     ipfs: KuboClient,
     keyring: Keyring,
+    uploads: super::UploadSlots,
 }
 
 /// Cheap-to-clone state handed to every handler.
@@ -89,6 +90,7 @@ impl AppState {
             chain,
             ipfs,
             keyring,
+            uploads: super::UploadSlots::default(),
         })))
     }
 
@@ -129,6 +131,11 @@ impl AppState {
     /// The IPFS client.
     pub fn ipfs(&self) -> &KuboClient {
         &self.0.ipfs
+    }
+
+    /// The slots for uploads in flight (shared by the REST API and the web pages).
+    pub fn upload_slots(&self) -> &super::UploadSlots {
+        &self.0.uploads
     }
 
     /// The keyring.

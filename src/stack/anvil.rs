@@ -40,7 +40,10 @@ pub async fn start_anvil(
         .arg("--accounts")
         .arg(settings.accounts.to_string())
         .arg("--balance")
-        .arg(settings.balance_eth.to_string());
+        .arg(settings.balance_eth.to_string())
+        // No CORS: a web page the developer visits must not be able to call the node's admin
+        // RPC (anvil_setBalance, anvil_setCode, ...) from the browser.
+        .arg("--no-cors");
     if settings.block_time_secs > 0 {
         cmd.arg("--block-time")
             .arg(settings.block_time_secs.to_string());

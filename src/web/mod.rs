@@ -5,6 +5,7 @@
 //! token; errors are shown in words.
 
 mod accounts;
+mod guard;
 mod html;
 mod keystore;
 mod pages;
@@ -27,6 +28,7 @@ pub struct WebState {
     sessions: Sessions,
     danger_dev_faucet: Option<PrivateKeySigner>,
     secure_cookies: bool,
+    guard: guard::Guard,
     listing: pages::ListingCache,
     /// One connection pool for the office page's share-node health checks.
     http: reqwest::Client,
@@ -41,6 +43,7 @@ impl WebState {
             sessions: Sessions::default(),
             danger_dev_faucet: None,
             secure_cookies: false,
+            guard: guard::Guard::default(),
             listing: pages::ListingCache::default(),
             http: reqwest::Client::new(),
         }
@@ -62,15 +65,25 @@ impl WebState {
     }
 }
 
-/// The web routes.
+/// The web routes. Forms get a body limit that fits a form (16 KiB), the upload form the
+/// upload limit behind the shared upload slots.
 pub fn router(state: WebState) -> Router {
+    let upload = Router::new()
+        .route("/patient/upload", post(pages::patient_upload))
+        // The upload limit plus room for the multipart framing and the CSRF field.
+        .layer(axum::extract::DefaultBodyLimit::max(
+            pages::UPLOAD_LIMIT + 64 * 1024,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.app.upload_slots().clone(),
+            crate::gateway::gate_html,
+        ));
     Router::new()
         .route("/", get(pages::home))
         .route("/login", post(pages::login))
         .route("/signup", get(pages::signup_form).post(pages::signup))
         .route("/logout", post(pages::logout))
         .route("/patient", get(pages::patient))
-        .route("/patient/upload", post(pages::patient_upload))
         .route("/patient/grant", post(pages::patient_grant))
         .route("/patient/revoke", post(pages::patient_revoke))
         .route("/patient/request", post(pages::patient_request))
@@ -89,9 +102,10 @@ pub fn router(state: WebState) -> Router {
         .route("/office", get(pages::office))
         .route("/office/provider", post(pages::office_provider))
         .route("/office/patient", post(pages::office_patient))
-        // The upload limit plus room for the multipart framing and the CSRF field.
-        .layer(axum::extract::DefaultBodyLimit::max(
-            pages::UPLOAD_LIMIT + 64 * 1024,
-        ))
+        .layer(axum::extract::DefaultBodyLimit::max(FORM_LIMIT))
+        .merge(upload)
         .with_state(state)
 }
+
+/// Largest form body outside uploads.
+const FORM_LIMIT: usize = 16 * 1024;

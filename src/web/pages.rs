@@ -7,12 +7,13 @@ use alloy::signers::local::PrivateKeySigner;
 use axum::Form;
 use axum::extract::{FromRequestParts, Multipart, Path, Query, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use serde::Deserialize;
 
 use super::WebState;
 use super::accounts::{Account, AccountError, Role};
+use super::guard::{ClientAddr, Refused, form_token, form_token_ok, over_https};
 use super::html::{esc, msg, page, short, time};
 use super::session::{COOKIE, Session, clear_cookie, set_cookie};
 use crate::chain::{
@@ -198,13 +199,33 @@ fn url_encode(s: &str) -> String {
 
 // ------------------------------------------------------------------ login / sign-up
 
-pub(super) async fn home(Query(n): Query<Notice>) -> Html<String> {
-    login_page(&n.html(), "")
+pub(super) async fn home(
+    State(state): State<WebState>,
+    headers: HeaderMap,
+    Query(n): Query<Notice>,
+) -> Response {
+    let (token, set) = form_token(&headers, secure(&state, &headers));
+    with_form_cookie(login_page(&n.html(), "", &token), set)
 }
 
-fn login_page(notice: &str, username: &str) -> Html<String> {
+/// Adds the pre-session form cookie to a response when it was just made.
+fn with_form_cookie(page: impl IntoResponse, set: Option<String>) -> Response {
+    let mut resp = page.into_response();
+    if let Some(v) = set.and_then(|v| HeaderValue::from_str(&v).ok()) {
+        resp.headers_mut().append(header::SET_COOKIE, v);
+    }
+    resp
+}
+
+/// Whether cookies must be `Secure`: configured, or the request came over HTTPS.
+fn secure(state: &WebState, headers: &HeaderMap) -> bool {
+    state.secure_cookies || over_https(headers)
+}
+
+fn login_page(notice: &str, username: &str, form_token: &str) -> Html<String> {
     let body = format!(
         r#"{notice}<section><h2>Log in</h2><form method="post" action="/login" class="row">
+<input type="hidden" name="form_token" value="{form_token}">
 <label>User<br><input name="username" autocomplete="username" required value="{}"></label>
 <label>Password<br><input name="password" type="password" autocomplete="current-password" required></label>
 <button>Log in</button></form><p>New here? <a href="/signup">Sign up</a> as a patient or a provider.</p></section>"#,
@@ -216,23 +237,83 @@ fn login_page(notice: &str, username: &str) -> Html<String> {
 /// Login form.
 #[derive(Deserialize)]
 pub(super) struct LoginForm {
+    #[serde(default)]
+    form_token: String,
     username: String,
     password: String,
 }
 
-pub(super) async fn login(State(state): State<WebState>, Form(f): Form<LoginForm>) -> Response {
+/// The refusal of a guarded form: 429 with `Retry-After`, or 503 when the KDF is saturated.
+fn refused(r: Refused) -> (StatusCode, Option<u64>, String) {
+    match r {
+        Refused::TooMany(wait) => {
+            let secs = crate::limits::retry_after_secs(wait);
+            (
+                StatusCode::TOO_MANY_REQUESTS,
+                Some(secs),
+                format!("too many attempts; try again in {secs} s"),
+            )
+        }
+        Refused::Busy => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Some(5),
+            "the server is busy; try again in a few seconds".into(),
+        ),
+    }
+}
+
+fn with_retry_after(mut resp: Response, secs: Option<u64>) -> Response {
+    if let Some(secs) = secs {
+        resp.headers_mut().insert(header::RETRY_AFTER, secs.into());
+    }
+    resp
+}
+
+pub(super) async fn login(
+    State(state): State<WebState>,
+    ClientAddr(client): ClientAddr,
+    headers: HeaderMap,
+    Form(f): Form<LoginForm>,
+) -> Response {
+    let (token, set) = form_token(&headers, secure(&state, &headers));
+    let again = |status: StatusCode, m: &str, retry: Option<u64>| {
+        with_retry_after(
+            with_form_cookie(
+                (status, login_page(&msg(false, m), &f.username, &token)),
+                set.clone(),
+            ),
+            retry,
+        )
+    };
+    if !form_token_ok(&headers, &f.form_token) {
+        return again(
+            StatusCode::FORBIDDEN,
+            "the form expired or did not come from this site; try again",
+            None,
+        );
+    }
+    if let Err(r) = state.guard.login(&f.username, client) {
+        let (status, retry, m) = refused(r);
+        tracing::warn!(user = %f.username.chars().take(64).collect::<String>(), ?client, "login refused: {m}");
+        return again(status, &m, retry);
+    }
+    let _slot = match state.guard.kdf().await {
+        Ok(p) => p,
+        Err(r) => {
+            let (status, retry, m) = refused(r);
+            return again(status, &m, retry);
+        }
+    };
     let store = state.accounts.clone();
-    let username = f.username.clone();
-    let (u, p) = (f.username, f.password);
+    let (u, p) = (f.username.clone(), f.password.clone());
     let r = tokio::task::spawn_blocking(move || store.login(&u, &p)).await;
     match r {
-        Ok(Ok((account, signer))) => start_session(&state, account, signer),
+        Ok(Ok((account, signer))) => {
+            state.guard.login_ok(&f.username);
+            start_session(&state, &headers, account, signer)
+        }
         // The form again with the message, the name kept (a redirect cannot carry a 401).
-        Ok(Err(e)) => (
-            StatusCode::UNAUTHORIZED,
-            login_page(&msg(false, &e.to_string()), &username),
-        )
-            .into_response(),
+        Ok(Err(e)) => again(StatusCode::UNAUTHORIZED, &e.to_string(), None),
         Err(e) => WebError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
     }
 }
@@ -257,8 +338,17 @@ pub(super) struct CsrfOnly {
     csrf: String,
 }
 
-pub(super) async fn signup_form(Query(n): Query<Notice>) -> Html<String> {
-    signup_page(&n.html(), &SignupForm::default())
+pub(super) async fn signup_form(
+    State(state): State<WebState>,
+    headers: HeaderMap,
+    Query(n): Query<Notice>,
+) -> Response {
+    let (token, set) = form_token(&headers, secure(&state, &headers));
+    let f = SignupForm {
+        form_token: token,
+        ..SignupForm::default()
+    };
+    with_form_cookie(signup_page(&n.html(), &f), set)
 }
 
 /// The sign-up form; after an error it is shown again with what was typed (but the password).
@@ -266,6 +356,7 @@ fn signup_page(notice: &str, f: &SignupForm) -> Html<String> {
     let selected = |r: &str| if f.role == r { " selected" } else { "" };
     let body = format!(
         r#"{notice}<section><h2>Sign up</h2><form method="post" action="/signup" data-busy>
+<input type="hidden" name="form_token" value="{token}">
 <p><label>User name<br><input name="username" required minlength="3" maxlength="32" pattern="[A-Za-z0-9_-]+" value="{user}"></label></p>
 <p><label>Password (at least 10 characters; it unlocks your key, we never store it)<br><input name="password" type="password" minlength="10" required autocomplete="new-password"></label></p>
 <p><label>I am a<br><select name="role"><option value="patient"{p}>patient</option><option value="provider"{d}>doctor / provider</option></select></label></p>
@@ -277,6 +368,7 @@ fn signup_page(notice: &str, f: &SignupForm) -> Html<String> {
         d = selected("provider"),
         aid = esc(&f.aid),
         pid = esc(&f.pid),
+        token = esc(&f.form_token),
     );
     Html(page("Sign up", None, &body))
 }
@@ -284,6 +376,8 @@ fn signup_page(notice: &str, f: &SignupForm) -> Html<String> {
 /// Sign-up form.
 #[derive(Deserialize, Default, Clone)]
 pub(super) struct SignupForm {
+    #[serde(default)]
+    form_token: String,
     username: String,
     password: String,
     role: String,
@@ -293,23 +387,54 @@ pub(super) struct SignupForm {
     pid: String,
 }
 
-pub(super) async fn signup(State(state): State<WebState>, Form(f): Form<SignupForm>) -> Response {
+pub(super) async fn signup(
+    State(state): State<WebState>,
+    ClientAddr(client): ClientAddr,
+    headers: HeaderMap,
+    Form(f): Form<SignupForm>,
+) -> Response {
+    let (token, set) = form_token(&headers, secure(&state, &headers));
     let typed = SignupForm {
         password: String::new(),
+        form_token: token,
         ..f.clone()
     };
-    match do_signup(&state, f).await {
+    let again = |status: StatusCode, m: &str, retry: Option<u64>| {
+        with_retry_after(
+            with_form_cookie((status, signup_page(&msg(false, m), &typed)), set.clone()),
+            retry,
+        )
+    };
+    if !form_token_ok(&headers, &f.form_token) {
+        return again(
+            StatusCode::FORBIDDEN,
+            "the form expired or did not come from this site; try again",
+            None,
+        );
+    }
+    if let Err(r) = state.guard.signup(client) {
+        let (status, retry, m) = refused(r);
+        return again(status, &m, retry);
+    }
+    let _slot = match state.guard.kdf().await {
+        Ok(p) => p,
+        Err(r) => {
+            let (status, retry, m) = refused(r);
+            return again(status, &m, retry);
+        }
+    };
+    match do_signup(&state, &headers, f).await {
         Ok(r) => r,
         Err(WebError(status, m)) => {
             if status.is_server_error() {
                 tracing::error!("sign-up failed: {m}");
             }
-            (status, signup_page(&msg(false, &m), &typed)).into_response()
+            again(status, &m, None)
         }
     }
 }
 
-async fn do_signup(state: &WebState, f: SignupForm) -> Result<Response> {
+async fn do_signup(state: &WebState, headers: &HeaderMap, f: SignupForm) -> Result<Response> {
     let role = match f.role.as_str() {
         "patient" => Role::Patient,
         "provider" => Role::Provider,
@@ -376,16 +501,21 @@ async fn do_signup(state: &WebState, f: SignupForm) -> Result<Response> {
         }
         return Err(e.into());
     }
-    Ok(start_session(state, account, signer))
+    Ok(start_session(state, headers, account, signer))
 }
 
 /// Starts a session for a user who just logged in or signed up: the cookie and a redirect to
 /// their role's home page.
-fn start_session(state: &WebState, account: Account, signer: PrivateKeySigner) -> Response {
+fn start_session(
+    state: &WebState,
+    headers: &HeaderMap,
+    account: Account,
+    signer: PrivateKeySigner,
+) -> Response {
     let to = home_for(account.role);
     let token = state.sessions.start(account, signer);
     let mut resp = Redirect::to(to).into_response();
-    if let Ok(v) = HeaderValue::from_str(&set_cookie(&token, state.secure_cookies)) {
+    if let Ok(v) = HeaderValue::from_str(&set_cookie(&token, secure(state, headers))) {
         resp.headers_mut().insert(header::SET_COOKIE, v);
     }
     resp
