@@ -96,7 +96,7 @@ async fn main() -> anyhow::Result<()> {
             address: identity.address(),
         });
         let chain = EhrChain::connect(&rpc, None, &d).await?;
-        let store = open_store(&dir.path().join(format!("node-{i}")), &identity, &chain)?;
+        let store = open_store(&dir.path().join(format!("node-{i}")), &identity, &chain).await?;
         let cfg = NodeConfig {
             identity,
             store,

@@ -6,8 +6,8 @@ mod common;
 
 use alloy::primitives::{Address, B256};
 use ehr_share::chain::{
-    AuditKind, DenyReason, EhrChain, EmergencyReason, GrantState, PatientAddr, ProviderStatus,
-    RecordId, random_b256, sign_voucher,
+    AuditFilter, AuditKind, DenyReason, EhrChain, EmergencyReason, GrantState, PatientAddr,
+    ProviderStatus, RecordId, random_b256, sign_voucher,
 };
 
 use common::{as_, funded, office, unique_patient};
@@ -104,21 +104,12 @@ async fn patients_register_once_per_address_and_account() {
 async fn patient_addresses_are_issued_not_squatted() {
     let office = office().await;
     let office_key = common::office_key();
-    let (chain_id, contract) = (office.chain_id(), office.address());
     let squatter_key = funded().await;
     let squatter = as_(&office, &squatter_key);
     let addr = unique_patient();
     let deadline = office.chain_time().await.unwrap() + 3600;
     // 1. A voucher the squatter signed for themself.
-    let own = sign_voucher(
-        &squatter_key,
-        chain_id,
-        contract,
-        addr,
-        squatter.from(),
-        deadline,
-    )
-    .unwrap();
+    let own = sign_voucher(&squatter_key, &office, addr, squatter.from(), deadline).unwrap();
     not_permitted(
         squatter
             .register_patient(addr, deadline, own)
@@ -129,15 +120,7 @@ async fn patient_addresses_are_issued_not_squatted() {
     // 2. The office's genuine voucher for the real patient, copied (e.g. from the mempool).
     let patient_key = funded().await;
     let patient = as_(&office, &patient_key);
-    let genuine = sign_voucher(
-        &office_key,
-        chain_id,
-        contract,
-        addr,
-        patient.from(),
-        deadline,
-    )
-    .unwrap();
+    let genuine = sign_voucher(&office_key, &office, addr, patient.from(), deadline).unwrap();
     not_permitted(
         squatter
             .register_patient(addr, deadline, genuine.clone())
@@ -155,15 +138,7 @@ async fn patient_addresses_are_issued_not_squatted() {
     );
     // 4. An expired voucher.
     let now = office.chain_time().await.unwrap();
-    let old = sign_voucher(
-        &office_key,
-        chain_id,
-        contract,
-        addr,
-        patient.from(),
-        now - 1,
-    )
-    .unwrap();
+    let old = sign_voucher(&office_key, &office, addr, patient.from(), now - 1).unwrap();
     not_permitted(
         patient
             .register_patient(addr, now - 1, old)
@@ -376,14 +351,22 @@ async fn unverified_suspended_and_strangers_are_denied_with_their_reason() {
             .len(),
         before
     );
-    // A provider the office verified and then suspended is still logged.
+    // A suspended provider reverts too: suspension stops a provider who floods trails.
+    assert!(matches!(
+        w.doctor.access(&[id]).await.unwrap_err(),
+        ehr_share::chain::ChainError::NotPermitted(_)
+    ));
+    // A verified provider's attempts are logged, unknown records included.
+    let d2 = as_(&w.office, &funded().await);
+    d2.register_provider().await.unwrap();
+    w.office.verify_provider(d2.from()).await.unwrap();
     assert_eq!(
-        w.doctor.access(&[id]).await.unwrap().denied,
-        vec![(id, DenyReason::SuspendedProvider)]
+        d2.access(&[id]).await.unwrap().denied,
+        vec![(id, DenyReason::NoGrant)]
     );
     let unknown = RecordId::random();
     assert_eq!(
-        w.doctor.access(&[unknown]).await.unwrap().denied,
+        d2.access(&[unknown]).await.unwrap().denied,
         vec![(unknown, DenyReason::UnknownRecord)]
     );
     // Batches are bounded.
@@ -603,4 +586,65 @@ async fn every_state_change_emits_its_event() {
         "request_declined",
     ];
     assert_eq!(names.iter().map(String::as_str).collect::<Vec<_>>(), want);
+}
+
+/// Security #4: strangers cannot write under a patient's topic at all (see
+/// `unverified_suspended_and_strangers_are_denied_with_their_reason`), and a verified provider who
+/// floods it cannot hide a break-glass or a grant: the views filter by kind and page through the
+/// whole history.
+#[tokio::test]
+async fn a_flood_of_denials_hides_no_grant_and_no_break_glass() {
+    let w = world().await;
+    let id = anchored(&w).await;
+    w.patient.grant(w.doctor.from(), None).await.unwrap();
+    let medic = as_(&w.office, &funded().await);
+    medic.register_provider().await.unwrap();
+    w.office.verify_provider(medic.from()).await.unwrap();
+    medic
+        .break_glass(w.addr, EmergencyReason::Ertreat)
+        .await
+        .unwrap();
+    let flooder = as_(&w.office, &funded().await);
+    flooder.register_provider().await.unwrap();
+    w.office.verify_provider(flooder.from()).await.unwrap();
+    for _ in 0..4 {
+        let o = flooder.access(&[id; 32]).await.unwrap();
+        assert_eq!(o.denied.len(), 32);
+    }
+    let all = w
+        .office
+        .audit_page_for_patient(w.addr, AuditFilter::All, 0, 50)
+        .await
+        .unwrap();
+    assert!(all.total >= 128 + 4, "{}", all.total);
+    assert!(
+        all.events.iter().all(|e| e.kind.is_denial()),
+        "the newest page is all flood"
+    );
+    // The filters keep what matters in view.
+    let emergency = w
+        .office
+        .audit_page_for_patient(w.addr, AuditFilter::Emergency, 0, 50)
+        .await
+        .unwrap();
+    assert!(matches!(emergency.events[..], [ref e] if matches!(e.kind,
+        AuditKind::BreakGlassOpened { provider, .. } if provider == medic.from())));
+    let grants = w
+        .office
+        .audit_page_for_patient(w.addr, AuditFilter::Grants, 0, 50)
+        .await
+        .unwrap();
+    assert!(grants.events.iter().any(|e| matches!(e.kind,
+        AuditKind::GrantIssued { provider, .. } if provider == w.doctor.from())));
+    // Paging reaches the oldest event: the patient's registration.
+    let last_page = (all.total - 1) / 50;
+    let oldest = w
+        .office
+        .audit_page_for_patient(w.addr, AuditFilter::All, last_page * 50, 50)
+        .await
+        .unwrap();
+    assert!(matches!(
+        oldest.events.last().unwrap().kind,
+        AuditKind::PatientRegistered { .. }
+    ));
 }

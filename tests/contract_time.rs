@@ -143,13 +143,22 @@ async fn expiry_and_break_glass_lapse_by_themselves() {
             Some(ehr_share::chain::EhrAccess::EhrAccessErrors::UnknownEmergencyReason(_))
         ));
     }
-    // Breaking the glass after an explicit revoke is possible (emergency care) but flagged.
+    // Breaking the glass after an explicit revoke is possible (emergency care) but flagged, and
+    // an access transaction made under the revoked grant does not count for the emergency.
     patient.grant(doctor.from(), None).await.unwrap();
+    assert_eq!(doctor.access(&[id]).await.unwrap().allowed, vec![id]);
     patient.revoke(doctor.from()).await.unwrap();
     doctor
         .break_glass(addr, EmergencyReason::Etreat)
         .await
         .unwrap();
+    assert!(
+        !office.can_read(doctor.from(), id).await.unwrap(),
+        "the access before the emergency does not open shares"
+    );
+    let o = doctor.access(&[id]).await.unwrap();
+    assert_eq!(o.allowed, vec![id]);
+    assert!(office.can_read(doctor.from(), id).await.unwrap());
     let flagged = office
         .audit_page_for_patient(addr, AuditFilter::Emergency, 0, 10)
         .await
@@ -160,4 +169,25 @@ async fn expiry_and_break_glass_lapse_by_themselves() {
     ));
     assert!(flagged.events.iter().any(|e| matches!(e.kind,
         AuditKind::BreakGlassEnded { provider, .. } if provider == medic.from())));
+    // Re-opening right after the patient ended it is flagged the same way.
+    assert!(flagged.events.iter().any(|e| matches!(e.kind,
+        AuditKind::BreakGlassOpened { provider, reason: Some(EmergencyReason::Ertreat), overrides_revoke: true, .. } if provider == medic.from())));
+    // A revoke ends an open emergency of that provider.
+    patient.grant(medic.from(), None).await.unwrap();
+    assert!(
+        office
+            .emergency_until(addr, medic.from())
+            .await
+            .unwrap()
+            .is_some()
+    );
+    patient.revoke(medic.from()).await.unwrap();
+    assert_eq!(
+        office.emergency_until(addr, medic.from()).await.unwrap(),
+        None
+    );
+    assert_eq!(
+        office.check_access(addr, medic.from()).await.unwrap(),
+        (DenyReason::Revoked, false)
+    );
 }

@@ -77,15 +77,8 @@ async fn a_patient_grants_and_revokes_through_the_api() {
     };
     // Claiming an address needs the records office's voucher for this account.
     let deadline = office.chain_time().await.unwrap() + 600;
-    let own = ehr_share::chain::sign_voucher(
-        &patient,
-        office.chain_id(),
-        office.address(),
-        addr,
-        patient.address(),
-        deadline,
-    )
-    .unwrap();
+    let own = ehr_share::chain::sign_voucher(&patient, &office, addr, patient.address(), deadline)
+        .unwrap();
     let r = post(
         "/api/patients",
         json!({"addr": addr.to_string(), "deadline": deadline, "voucher": own}),
@@ -95,8 +88,7 @@ async fn a_patient_grants_and_revokes_through_the_api() {
     assert_eq!(r.status(), 403, "a self-signed voucher is refused");
     let voucher = ehr_share::chain::sign_voucher(
         &common::office_key(),
-        office.chain_id(),
-        office.address(),
+        &office,
         addr,
         patient.address(),
         deadline,

@@ -45,9 +45,11 @@ contract EhrAccess {
 
     /// A provider's emergency access to one patient; one storage slot.
     struct Emergency {
-        uint64 until; // end of the open emergency (0 or past when none is open)
-        uint64 windowStart; // start of the current 24 h counting window
-        uint8 count; // openings inside that window
+        uint48 until; // end of the open emergency; ENDED_BY_PATIENT after an early end or revoke
+        uint48 opened0; // the last three opening times (a sliding 24 h window)
+        uint48 opened1;
+        uint48 opened2;
+        uint64 openedBlock; // block of the latest opening: reads must come after it
     }
 
     /// One provider; one storage slot.
@@ -88,6 +90,8 @@ contract EhrAccess {
     uint256 public constant MAX_PAGE = 200;
 
     uint64 private constant OPEN_ENDED = type(uint64).max;
+    /// `Emergency.until` after the patient ended the emergency or revoked the provider.
+    uint48 private constant ENDED_BY_PATIENT = 1;
 
     // ---------------------------------------------------------------- storage
 
@@ -185,13 +189,18 @@ contract EhrAccess {
         deploymentId = keccak256(
             abi.encode(block.chainid, address(this), block.number, block.timestamp, blockhash(block.number - 1))
         );
+        // The deployment id is the domain's salt: a voucher for one deployment is void on a
+        // redeployment at the same address.
         domainSeparator = keccak256(
             abi.encode(
-                keccak256("EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)"),
+                keccak256(
+                    "EIP712Domain(string name,string version,uint256 chainId,address verifyingContract,bytes32 salt)"
+                ),
                 keccak256("EhrAccess"),
                 keccak256("2"),
                 block.chainid,
-                address(this)
+                address(this),
+                deploymentId
             )
         );
         emit ManagerTransferred(address(0), manager_);
@@ -276,6 +285,12 @@ contract EhrAccess {
         if (!_active(g)) revert NoActiveGrant(key, provider);
         g.revokedAt = uint64(block.timestamp);
         emit GrantRevoked(key, provider);
+        // A revoke also ends an emergency access that is open now.
+        Emergency storage e = emergencies[key][provider];
+        if (e.until > block.timestamp) {
+            e.until = ENDED_BY_PATIENT;
+            emit BreakGlassEnded(key, provider, msg.sender);
+        }
     }
 
     function requestAccess(uint64 aid, uint64 pid) external onlyVerifiedProvider {
@@ -332,9 +347,9 @@ contract EhrAccess {
         if (n == 0) revert EmptyBatch();
         if (n > MAX_ACCESS_BATCH) revert BatchTooLarge(n, MAX_ACCESS_BATCH);
         Provider storage p = providers[msg.sender];
-        if (p.status != ProviderStatus.Verified && p.status != ProviderStatus.Suspended) {
-            revert ProviderNotVerified(msg.sender);
-        }
+        // Suspended providers revert too: suspension is the office's lever against a provider
+        // who floods patients' trails with denied attempts.
+        if (p.status != ProviderStatus.Verified) revert ProviderNotVerified(msg.sender);
         uint32 denied;
         uint32 base = p.deniedCount;
         for (uint256 i; i < n; ++i) {
@@ -359,24 +374,31 @@ contract EhrAccess {
     }
 
     /// Opens emergency access to a patient for `BREAK_GLASS_DURATION` with a coded reason (HL7 v3
-    /// PurposeOfUse, see `MAX_EMERGENCY_REASON`), at most `MAX_EMERGENCIES_PER_DAY` times per
-    /// patient per 24 h. Policy: an explicit revoke does not forbid emergency access (HIPAA
-    /// requires it to stay possible), but the opening is flagged `overridesRevoke` so that the
-    /// patient and the records office see it, and the patient can end it at once.
+    /// PurposeOfUse, see `MAX_EMERGENCY_REASON`), at most `MAX_EMERGENCIES_PER_DAY` times in any
+    /// 24 hours per patient (a sliding window over the last three openings). Policy: neither an
+    /// explicit revoke nor the patient ending the last emergency forbids emergency access (HIPAA
+    /// requires it to stay possible), but such an opening is flagged `overridesRevoke` so that
+    /// the patient and the records office see it, and the patient can end it at once.
     function breakGlass(uint64 aid, uint64 pid, uint8 reason) external onlyVerifiedProvider {
         if (reason == 0 || reason > MAX_EMERGENCY_REASON) revert UnknownEmergencyReason(reason);
         uint128 key = _knownPatient(aid, pid);
         Emergency storage e = emergencies[key][msg.sender];
-        uint64 t = uint64(block.timestamp);
-        if (t >= e.windowStart + 1 days) {
-            e.windowStart = t;
-            e.count = 0;
+        uint48 t = uint48(block.timestamp);
+        uint48[3] memory opened = [e.opened0, e.opened1, e.opened2];
+        uint256 recent;
+        uint256 oldest;
+        for (uint256 i; i < 3; ++i) {
+            if (opened[i] != 0 && opened[i] + 1 days > t) ++recent;
+            if (opened[i] < opened[oldest]) oldest = i;
         }
-        if (e.count >= MAX_EMERGENCIES_PER_DAY) revert EmergencyLimitReached(key, msg.sender, e.windowStart + 1 days);
-        e.count += 1;
-        uint64 until = t + BREAK_GLASS_DURATION;
-        e.until = until;
-        emit BreakGlassOpened(key, msg.sender, reason, until, grants[key][msg.sender].revokedAt != 0);
+        if (recent >= MAX_EMERGENCIES_PER_DAY) {
+            revert EmergencyLimitReached(key, msg.sender, uint64(opened[oldest]) + 1 days);
+        }
+        opened[oldest] = t;
+        bool overrides = grants[key][msg.sender].revokedAt != 0 || e.until == ENDED_BY_PATIENT;
+        uint48 until = t + uint48(BREAK_GLASS_DURATION);
+        emergencies[key][msg.sender] = Emergency(until, opened[0], opened[1], opened[2], uint64(block.number));
+        emit BreakGlassOpened(key, msg.sender, reason, until, overrides);
     }
 
     /// The patient ends a provider's open emergency access now.
@@ -384,15 +406,16 @@ contract EhrAccess {
         uint128 key = _callerPatient();
         Emergency storage e = emergencies[key][provider];
         if (e.until <= block.timestamp) revert NoOpenEmergency(key, provider);
-        e.until = uint64(block.timestamp);
+        e.until = ENDED_BY_PATIENT;
         emit BreakGlassEnded(key, provider, msg.sender);
     }
 
     // ---------------------------------------------------------------- views
 
-    /// When `provider`'s emergency access to `patient` ends (0 or past when none is open).
+    /// When `provider`'s emergency access to `patient` ends; 0 when none is open.
     function emergencyUntil(uint128 patient, address provider) external view returns (uint64) {
-        return emergencies[patient][provider].until;
+        uint48 until = emergencies[patient][provider].until;
+        return until > block.timestamp ? until : 0;
     }
 
     function patientKey(uint64 aid, uint64 pid) public pure returns (uint128) {
@@ -414,9 +437,11 @@ contract EhrAccess {
         if (reason != DenyReason.None) return false;
         Access memory a = lastAccess[recordId][requester];
         if (a.at == 0 || uint64(block.timestamp) > a.at + ACCESS_WINDOW) return false;
-        // The access must belong to the current grant (or emergency), not to a revoked earlier
+        // The access must belong to the current grant or emergency, not to a revoked earlier
         // one; blocks, not seconds, because several blocks can share a timestamp.
-        if (!emergency && a.blockNumber < grants[r.patient][requester].grantedBlock) return false;
+        uint64 since =
+            emergency ? emergencies[r.patient][requester].openedBlock : grants[r.patient][requester].grantedBlock;
+        if (a.blockNumber < since) return false;
         return true;
     }
 

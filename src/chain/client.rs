@@ -291,6 +291,19 @@ impl EhrChain {
             .map_err(ChainError::from_contract)
     }
 
+    /// keccak256 of the contract's runtime code now (zero when there is no code any more).
+    ///
+    /// # Errors
+    /// Transport errors.
+    pub async fn code_hash(&self) -> Result<B256, ChainError> {
+        let code = self.provider.get_code_at(self.address()).await?;
+        Ok(if code.is_empty() {
+            B256::ZERO
+        } else {
+            alloy::primitives::keccak256(&code)
+        })
+    }
+
     /// The chain id (read once at connect).
     pub fn chain_id(&self) -> u64 {
         self.chain_id

@@ -2,11 +2,12 @@
 //! claim exactly one `Addr` before a deadline (the contract's `registerPatient`). The office
 //! signs it offline after identifying the patient; the patient pays the gas.
 
-use alloy::primitives::{Address, Bytes, U256};
+use alloy::primitives::{Address, B256, Bytes, U256};
 use alloy::signers::SignerSync;
 use alloy::signers::local::PrivateKeySigner;
 use alloy::sol_types::{Eip712Domain, SolStruct};
 
+use super::EhrChain;
 use super::types::PatientAddr;
 
 alloy::sol! {
@@ -20,25 +21,26 @@ alloy::sol! {
     }
 }
 
-/// The contract's own EIP-712 domain (name "EhrAccess", version "2").
-fn domain(chain_id: u64, contract: Address) -> Eip712Domain {
+/// The contract's own EIP-712 domain (name "EhrAccess", version "2", salt = the deployment id,
+/// so a voucher is void on a redeployment at the same address).
+fn domain(chain_id: u64, contract: Address, deployment_id: B256) -> Eip712Domain {
     Eip712Domain::new(
         Some("EhrAccess".into()),
         Some("2".into()),
         Some(U256::from(chain_id)),
         Some(contract),
-        None,
+        Some(deployment_id),
     )
 }
 
-/// The office signs a voucher for `account` to claim `addr` until `deadline` (unix seconds).
+/// The office signs a voucher for `account` to claim `addr` until `deadline` (unix seconds), for
+/// the deployment `chain` is connected to.
 ///
 /// # Errors
 /// When signing fails.
 pub fn sign_voucher(
     office: &PrivateKeySigner,
-    chain_id: u64,
-    contract: Address,
+    chain: &EhrChain,
     addr: PatientAddr,
     account: Address,
     deadline: u64,
@@ -49,6 +51,7 @@ pub fn sign_voucher(
         account,
         deadline,
     };
-    let sig = office.sign_hash_sync(&v.eip712_signing_hash(&domain(chain_id, contract)))?;
+    let d = domain(chain.chain_id(), chain.address(), chain.deployment_id());
+    let sig = office.sign_hash_sync(&v.eip712_signing_hash(&d))?;
     Ok(Bytes::from(sig.as_bytes().to_vec()))
 }

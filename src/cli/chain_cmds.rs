@@ -448,14 +448,8 @@ pub async fn office(cmd: OfficeCmd) -> anyhow::Result<()> {
         } => {
             let chain = signing(&c).await?;
             let deadline = chain.chain_time().await? + valid_secs;
-            let sig = crate::chain::sign_voucher(
-                &c.key.signer()?,
-                chain.chain_id(),
-                chain.address(),
-                addr,
-                account,
-                deadline,
-            )?;
+            let sig =
+                crate::chain::sign_voucher(&c.key.signer()?, &chain, addr, account, deadline)?;
             print_json(&serde_json::json!({
                 "addr": addr, "account": account, "deadline": deadline, "voucher": sig,
             }))?;

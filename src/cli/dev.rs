@@ -202,7 +202,7 @@ async fn start_share_nodes(
             .await
             .with_context(|| format!("share node port {port} busy (set --share-node-base-port)"))?;
         let read_only = EhrChain::connect(&settings.rpc_url(), None, &chain.deployment()).await?;
-        let store = open_store(&dir, &identity, &read_only).with_context(|| {
+        let store = open_store(&dir, &identity, &read_only).await.with_context(|| {
             format!(
                 "opening the share store in {} (its chain was reset? `ehr dev --reset` starts over)",
                 dir.display()
@@ -433,7 +433,18 @@ pub(crate) async fn shutdown_signal() {
 /// # Errors
 /// When the file cannot be read or written.
 pub(crate) fn node_identity(dir: &std::path::Path) -> anyhow::Result<PrivateKeySigner> {
-    let path = dir.join("node.key");
+    node_identity_at(&dir.join("node.key"))
+}
+
+/// The share node's identity key in `path`, created (mode 0600) when missing.
+///
+/// # Errors
+/// When the file cannot be read or written.
+pub(crate) fn node_identity_at(path: &std::path::Path) -> anyhow::Result<PrivateKeySigner> {
+    let path = path.to_owned();
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        crate::fsutil::private_dir(parent)?;
+    }
     if let Ok(hex) = std::fs::read_to_string(&path) {
         return hex
             .trim()

@@ -22,6 +22,11 @@ pub struct ShareNodeArgs {
     /// Folder for the node's key and store. Default: .ehr/share-node.
     #[arg(long, env = "EHR_SHARE_NODE_DIR", default_value = ".ehr/share-node")]
     data_dir: PathBuf,
+    /// The node's identity key file (hex). Its secret also keys the store's encryption at rest,
+    /// so keep it apart from the data folder (and its backups) where you can. Default:
+    /// <data-dir>/node.key, created on first start.
+    #[arg(long, env = "EHR_SHARE_NODE_KEY_FILE")]
+    key_file: Option<PathBuf>,
     /// Chain and contract flags.
     #[command(flatten)]
     chain: ChainArgs,
@@ -37,8 +42,9 @@ pub struct ShareNodeArgs {
     /// Seconds a deposit may wait for its anchor before it is deleted. Default: 3600.
     #[arg(long, env = "EHR_SHARE_NODE_UNANCHORED_TTL", default_value_t = 3600)]
     unanchored_ttl_secs: u64,
-    /// Seconds between collector runs. Default: 60.
-    #[arg(long, env = "EHR_SHARE_NODE_SWEEP_SECS", default_value_t = 60)]
+    /// Seconds between collector runs (also how soon a replaced contract halts the node).
+    /// Default: 10.
+    #[arg(long, env = "EHR_SHARE_NODE_SWEEP_SECS", default_value_t = 10)]
     sweep_secs: u64,
     /// Testing only: release corrupted shares, to exercise verification. Never in production.
     #[arg(long, hide = true)]
@@ -53,6 +59,7 @@ impl ShareNodeArgs {
             deposit_quota: self.deposit_quota,
             unanchored_ttl: std::time::Duration::from_secs(self.unanchored_ttl_secs),
             sweep_every: std::time::Duration::from_secs(self.sweep_secs.max(1)),
+            ..NodeLimits::default()
         }
     }
 }
@@ -119,15 +126,21 @@ pub enum RecordCmd {
 pub async fn share_node(a: ShareNodeArgs) -> anyhow::Result<()> {
     crate::fsutil::private_dir(&a.data_dir)
         .with_context(|| format!("creating {}", a.data_dir.display()))?;
-    let identity = super::dev::node_identity(&a.data_dir)?;
+    let key_file = a
+        .key_file
+        .clone()
+        .unwrap_or_else(|| a.data_dir.join("node.key"));
+    let identity = super::dev::node_identity_at(&key_file)?;
     let deployment = super::chain_cmds::deployment(&a.chain)?;
     let chain = EhrChain::connect(&a.chain.rpc_url, None, &deployment).await?;
-    let store = open_store(&a.data_dir, &identity, &chain).with_context(|| {
-        format!(
-            "opening the share store in {} (set --data-dir/EHR_SHARE_NODE_DIR)",
-            a.data_dir.display()
-        )
-    })?;
+    let store = open_store(&a.data_dir, &identity, &chain)
+        .await
+        .with_context(|| {
+            format!(
+                "opening the share store in {} (set --data-dir/EHR_SHARE_NODE_DIR)",
+                a.data_dir.display()
+            )
+        })?;
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", a.port))
         .await
         .with_context(|| format!("port {} busy (set --port/EHR_SHARE_NODE_PORT)", a.port))?;

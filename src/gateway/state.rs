@@ -108,6 +108,20 @@ impl AppState {
         }
     }
 
+    /// The same state with `n` upload slots instead of [`super::MAX_UPLOADS`].
+    pub fn with_upload_slots(self, n: usize) -> Self {
+        match Arc::try_unwrap(self.0) {
+            Ok(mut inner) => {
+                inner.uploads = super::UploadSlots::new(n);
+                Self(Arc::new(inner))
+            }
+            Err(shared) => {
+                tracing::warn!("upload slots ignored: state already shared");
+                Self(shared)
+            }
+        }
+    }
+
     /// The records configuration, when set.
     pub fn records(&self) -> Option<&RecordsConfig> {
         self.0.records.as_ref()

@@ -25,6 +25,7 @@ use super::auth::{ShareDeposit, ShareRelease, domain, signer_of};
 use super::store::{Binding, ShareStore, StoreError, StoredShare};
 use crate::chain::{DenyReason, EhrChain, PatientAddr, RecordAnchor, RecordId};
 use crate::limits::{RateLimiter, retry_after_secs};
+use axum::extract::ConnectInfo;
 
 /// Longest validity of a signed request, so captured requests expire quickly.
 const MAX_DEADLINE_SECS: u64 = 600;
@@ -44,6 +45,10 @@ pub struct NodeLimits {
     pub unanchored_ttl: Duration,
     /// How often the collector runs (unanchored deposits, spent nonces, deployment check).
     pub sweep_every: Duration,
+    /// Requests one client address may make at once (a gateway speaks for many users).
+    pub client_burst: u32,
+    /// Sustained requests per minute per client address.
+    pub client_per_minute: u32,
 }
 
 impl Default for NodeLimits {
@@ -53,7 +58,9 @@ impl Default for NodeLimits {
             per_minute: 1200,
             deposit_quota: 1000,
             unanchored_ttl: Duration::from_secs(3600),
-            sweep_every: Duration::from_secs(60),
+            sweep_every: Duration::from_secs(10),
+            client_burst: 2000,
+            client_per_minute: 60_000,
         }
     }
 }
@@ -77,27 +84,31 @@ pub struct NodeConfig {
 ///
 /// # Errors
 /// [`StoreError::BoundElsewhere`] when the folder belongs to another deployment; I/O errors.
-pub fn open_store(
+pub async fn open_store(
     dir: &std::path::Path,
     identity: &PrivateKeySigner,
     chain: &EhrChain,
 ) -> Result<ShareStore, StoreError> {
     let key = crate::crypto::derive_key(identity.to_bytes().as_slice(), "share-store");
-    ShareStore::open(&dir.join("shares.redb"), key, &binding(chain))
-}
-
-fn binding(chain: &EhrChain) -> Binding {
-    Binding {
+    let code_hash = chain
+        .code_hash()
+        .await
+        .map_err(|e| StoreError::Db(format!("reading the contract's code: {e}")))?;
+    let binding = Binding {
         chain_id: chain.chain_id(),
         contract: chain.address(),
         deployment_id: chain.deployment_id(),
-    }
+        code_hash,
+    };
+    ShareStore::open(&dir.join("shares.redb"), key, &binding)
 }
 
 struct Node {
     cfg: NodeConfig,
     domain: Eip712Domain,
     limiter: RateLimiter<Address>,
+    per_client: RateLimiter<std::net::IpAddr>,
+
     /// Set when the contract at our address turned out to be another deployment.
     halted: AtomicBool,
 }
@@ -212,10 +223,13 @@ fn node(cfg: NodeConfig) -> Arc<Node> {
         cfg.chain.deployment_id(),
     );
     let limiter = RateLimiter::new(cfg.limits.burst, cfg.limits.per_minute);
+    let per_client = RateLimiter::new(cfg.limits.client_burst, cfg.limits.client_per_minute);
     Arc::new(Node {
         cfg,
         domain,
         limiter,
+        per_client,
+
         halted: AtomicBool::new(false),
     })
 }
@@ -240,9 +254,12 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let node = node(cfg);
     let collector = tokio::spawn(collect(node.clone()));
-    let r = axum::serve(listener, routes(node))
-        .with_graceful_shutdown(shutdown)
-        .await;
+    let r = axum::serve(
+        listener,
+        routes(node).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await;
     collector.abort();
     r
 }
@@ -265,18 +282,21 @@ async fn sweep(n: &Node) -> Result<(), String> {
     let store = &n.cfg.store;
     let t = now();
     let pruned = store.prune_nonces(t).map_err(|e| e.to_string())?;
-    match n.cfg.chain.current_deployment_id().await {
-        Ok(id) if id != n.cfg.chain.deployment_id() => {
-            if !n.halted.swap(true, Ordering::SeqCst) {
-                tracing::error!(
-                    "the contract at {} is now deployment {id}, not {}: this node stops serving (the chain was reset or replaced)",
-                    n.cfg.chain.address(),
-                    n.cfg.chain.deployment_id()
-                );
+    // The contract must still be the one the store was opened for: same code (immutables,
+    // so the deployment id, included). No code, or other code, halts the node for good.
+    match n.cfg.chain.code_hash().await {
+        Ok(now_hash) => {
+            let first = n.cfg.store.binding().code_hash;
+            if now_hash != first {
+                if !n.halted.swap(true, Ordering::SeqCst) {
+                    tracing::error!(
+                        "the contract at {} changed (code {now_hash}, was {first}; the chain was reset or replaced): this node stops serving",
+                        n.cfg.chain.address()
+                    );
+                }
+                return Ok(());
             }
-            return Ok(());
         }
-        Ok(_) => {}
         Err(e) => return Err(format!("chain unreachable: {e}")),
     }
     let cutoff = t.saturating_sub(n.cfg.limits.unanchored_ttl.as_secs());
@@ -333,6 +353,20 @@ fn limit(n: &Node, who: Address) -> Result<(), Refusal> {
         .map_err(|wait| too_many(format!("too many requests from {who}; slow down"), wait))
 }
 
+/// Per client address, before any signature is checked: fresh keys cost nothing, addresses do.
+fn limit_client(
+    n: &Node,
+    client: Option<&ConnectInfo<std::net::SocketAddr>>,
+) -> Result<(), Refusal> {
+    let Some(ConnectInfo(addr)) = client else {
+        return Ok(());
+    };
+    let ip = addr.ip();
+    n.per_client
+        .check(&ip)
+        .map_err(|wait| too_many(format!("too many requests from {ip}; slow down"), wait))
+}
+
 async fn health(State(n): State<Arc<Node>>) -> Json<serde_json::Value> {
     let chain_ok = n.cfg.chain.chain_time().await.is_ok();
     let halted = n.halted.load(Ordering::SeqCst);
@@ -346,6 +380,7 @@ async fn health(State(n): State<Arc<Node>>) -> Json<serde_json::Value> {
         "serving": !halted,
         "shares": n.cfg.store.count().ok(),
         "unanchored": n.cfg.store.pending_count().ok(),
+        "nonces": n.cfg.store.nonce_count().ok(),
     }))
 }
 
@@ -369,10 +404,12 @@ fn check_deadline(deadline: u64) -> Result<(), Refusal> {
 
 async fn deposit(
     State(n): State<Arc<Node>>,
+    client: Option<axum::Extension<ConnectInfo<std::net::SocketAddr>>>,
     Path(record): Path<String>,
     Json(b): Json<DepositBody>,
 ) -> Result<Json<serde_json::Value>, Refusal> {
     halted(&n)?;
+    limit_client(&n, client.as_deref())?;
     let id = record_id(&record)?;
     let d = &b.deposit;
     if d.recordId != id.0 {
@@ -474,10 +511,12 @@ async fn deposit(
 
 async fn release(
     State(n): State<Arc<Node>>,
+    client: Option<axum::Extension<ConnectInfo<std::net::SocketAddr>>>,
     Path(record): Path<String>,
     Json(b): Json<ReleaseBody>,
 ) -> Result<Json<ReleasedShare>, Refusal> {
     halted(&n)?;
+    limit_client(&n, client.as_deref())?;
     let id = record_id(&record)?;
     let r = &b.request;
     if r.recordId != id.0 {
@@ -500,16 +539,8 @@ async fn release(
         )));
     }
     limit(&n, r.requester)?;
-    if !n
-        .cfg
-        .store
-        .use_nonce(&r.requester.0.0, &r.nonce.to_be_bytes(), r.deadline)
-        .map_err(internal)?
-    {
-        return Err(denied("request nonce already used (replay)"));
-    }
     // The chain decides first, so a requester who may not read learns nothing, not even
-    // whether this node holds a share of that id.
+    // whether this node holds a share of that id, and costs no write.
     if !n
         .cfg
         .chain
@@ -518,6 +549,14 @@ async fn release(
         .map_err(internal)?
     {
         return Err(not_allowed(r.requester, id));
+    }
+    if !n
+        .cfg
+        .store
+        .use_nonce(&r.requester.0.0, &r.nonce.to_be_bytes(), r.deadline)
+        .map_err(internal)?
+    {
+        return Err(denied("request nonce already used (replay)"));
     }
     let Some(anchor) = n.cfg.chain.record(id).await.map_err(internal)? else {
         return Err(not_allowed(r.requester, id));

@@ -62,6 +62,16 @@ pub enum StoreError {
     Undecryptable(String),
 }
 
+/// What a sealed value is bound to: its record, patient and uploader (all kept in clear beside
+/// it), so none of them can be swapped in the file without the value failing to open.
+fn aad(record: &[u8; 32], patient: u128, uploader: Address) -> Vec<u8> {
+    let mut a = Vec::with_capacity(68);
+    a.extend_from_slice(record);
+    a.extend_from_slice(&patient.to_be_bytes());
+    a.extend_from_slice(uploader.as_slice());
+    a
+}
+
 fn db<E: std::fmt::Display>(e: E) -> StoreError {
     StoreError::Db(e.to_string())
 }
@@ -75,14 +85,17 @@ pub struct Binding {
     pub contract: Address,
     /// The contract's `deploymentId`.
     pub deployment_id: B256,
+    /// keccak256 of the contract's runtime code (immutables included): another contract at the
+    /// same address, even one that reports the same deployment id, has other code.
+    pub code_hash: B256,
 }
 
 impl std::fmt::Display for Binding {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "chain {} contract {} deployment {}",
-            self.chain_id, self.contract, self.deployment_id
+            "chain {} contract {} deployment {} (code {})",
+            self.chain_id, self.contract, self.deployment_id, self.code_hash
         )
     }
 }
@@ -129,6 +142,7 @@ struct Secret {
 pub struct ShareStore {
     db: Database,
     key: AeadKey,
+    binding: Binding,
 }
 
 impl std::fmt::Debug for ShareStore {
@@ -165,6 +179,11 @@ impl ShareStore {
                     });
                 }
                 Some(Err(e)) => return Err(db(e)),
+                None if tx.open_table(SHARES).map_err(db)?.len().map_err(db)? > 0 => {
+                    return Err(StoreError::Db(
+                        "this share store was written by an older version (no deployment binding, shares in clear); it cannot be served: start the node with a new data folder".into(),
+                    ));
+                }
                 None => {
                     let v = serde_json::to_vec(binding).map_err(db)?;
                     meta.insert("binding", v.as_slice()).map_err(db)?;
@@ -176,7 +195,16 @@ impl ShareStore {
             tx.open_table(NONCES).map_err(db)?;
         }
         tx.commit().map_err(db)?;
-        Ok(Self { db: database, key })
+        Ok(Self {
+            db: database,
+            key,
+            binding: *binding,
+        })
+    }
+
+    /// The deployment this store belongs to.
+    pub fn binding(&self) -> &Binding {
+        &self.binding
     }
 
     /// Stores a share as an unanchored deposit of its uploader; the same share again is a
@@ -197,7 +225,7 @@ impl ShareStore {
             uploader: s.uploader,
             salt: s.salt,
             stored_at: s.stored_at,
-            sealed: seal_at_rest(&self.key, record, &plain),
+            sealed: seal_at_rest(&self.key, &aad(record, s.patient, s.uploader), &plain),
         };
         let bytes = serde_json::to_vec(&row).map_err(db)?;
         let tx = self.db.begin_write().map_err(db)?;
@@ -240,8 +268,12 @@ impl ShareStore {
 
     fn decode(&self, record: &[u8; 32], bytes: &[u8]) -> Result<StoredShare, StoreError> {
         let row: Row = serde_json::from_slice(bytes).map_err(db)?;
-        let plain = open_at_rest(&self.key, record, &row.sealed)
-            .map_err(|_| StoreError::Undecryptable(hex::encode(record)))?;
+        let plain = open_at_rest(
+            &self.key,
+            &aad(record, row.patient, row.uploader),
+            &row.sealed,
+        )
+        .map_err(|_| StoreError::Undecryptable(hex::encode(record)))?;
         let secret: Secret = serde_json::from_slice(&plain).map_err(db)?;
         Ok(StoredShare {
             patient: row.patient,
@@ -435,6 +467,7 @@ mod tests {
             chain_id: 31337,
             contract: Address::repeat_byte(9),
             deployment_id: B256::repeat_byte(id),
+            code_hash: B256::repeat_byte(3),
         }
     }
 

@@ -57,6 +57,7 @@ pub enum AccountError {
 #[derive(Debug, Clone)]
 pub struct AccountStore {
     dir: PathBuf,
+    kdf_runs: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 fn valid_name(name: &str) -> bool {
@@ -79,6 +80,7 @@ impl AccountStore {
         }
         let store = Self {
             dir: dir.to_owned(),
+            kdf_runs: std::sync::Arc::default(),
         };
         // A keystore nobody can open, unlocked on logins of unknown users, so that they take
         // as long as a wrong password (no user-name oracle from timing).
@@ -99,6 +101,12 @@ impl AccountStore {
 
     fn decoy(&self) -> PathBuf {
         self.dir.join("decoy.keystore")
+    }
+
+    /// How many logins ran the password KDF (each one does, known user or not: logins of
+    /// unknown users unlock a decoy keystore, so their timing tells nothing).
+    pub fn kdf_runs(&self) -> u64 {
+        self.kdf_runs.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Every account, sorted by name.
@@ -213,6 +221,8 @@ impl AccountStore {
         } else {
             None
         };
+        self.kdf_runs
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let Some(text) = text else {
             let _ = PrivateKeySigner::decrypt_keystore(self.decoy(), password);
             return Err(AccountError::BadLogin);
@@ -229,7 +239,26 @@ impl AccountStore {
                 "keystore of {username} holds another key"
             )));
         }
+        self.upgrade_kdf(&account, &signer, password);
         Ok((account, signer))
+    }
+
+    /// Re-encrypts a keystore written with a cheaper KDF than today's (N < 2^17) now that the
+    /// password is at hand, so old accounts do not stay 16 times cheaper to guess.
+    fn upgrade_kdf(&self, account: &Account, signer: &PrivateKeySigner, password: &str) {
+        let path = self.dir.join("keystores").join(&account.keystore);
+        let n = std::fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|v| v["crypto"]["kdfparams"]["n"].as_u64());
+        if n.is_some_and(|n| n < 1 << SCRYPT_LOG_N) {
+            match write_keystore(&path, &signer.to_bytes().0, password, SCRYPT_LOG_N) {
+                Ok(()) => {
+                    tracing::info!(user = %account.username, "keystore upgraded to scrypt N=2^{SCRYPT_LOG_N}")
+                }
+                Err(e) => tracing::warn!(user = %account.username, "keystore upgrade failed: {e}"),
+            }
+        }
     }
 
     /// Removes a user and their keystore (used to roll back a sign-up whose chain registration
