@@ -6,6 +6,8 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod nodes;
+
 use std::path::{Path, PathBuf};
 use std::sync::{LazyLock, OnceLock};
 

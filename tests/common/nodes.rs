@@ -1,0 +1,180 @@
+//! Share nodes as real `ehr share-node` processes, records clients over them, and raw signed
+//! requests, for the end-to-end tests.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use alloy::primitives::{Address, U256};
+use alloy::signers::local::PrivateKeySigner;
+use ehr_share::chain::{EhrChain, RecordId};
+use ehr_share::ipfs::KuboClient;
+use ehr_share::records::{RecordsClient, ShareNodeRef};
+use ehr_share::share_node::{ReleaseBody, ShareRelease, domain, sign_release};
+use ehr_share::stack::{ManagedChild, free_port};
+use rand_core::RngCore;
+
+/// A running share-node process with its own folder.
+pub struct NodeProc {
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+    /// Its data folder.
+    pub dir: PathBuf,
+    /// The process.
+    pub child: ManagedChild,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+impl NodeProc {
+    /// Its base URL.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+/// The `ehr share-node` command for `dir` and `contract`, plus `extra` flags.
+pub fn command(dir: &Path, contract: Address, port: u16, extra: &[&str]) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(super::ehr_bin());
+    cmd.args([
+        "share-node",
+        "--port",
+        &port.to_string(),
+        "--rpc-url",
+        &super::rpc(),
+        "--contract",
+        &contract.to_string(),
+    ])
+    .arg("--data-dir")
+    .arg(dir)
+    .args(extra);
+    cmd
+}
+
+/// Starts a node on `dir` and waits until it answers `/health`.
+pub async fn start_in(dir: &Path, contract: Address, extra: &[&str]) -> (ManagedChild, u16) {
+    let port = free_port().unwrap();
+    let mut child =
+        ManagedChild::spawn("share-node", command(dir, contract, port, extra), false).unwrap();
+    let url = format!("http://127.0.0.1:{port}/health");
+    child
+        .wait_healthy(Duration::from_secs(30), || {
+            let url = url.clone();
+            async move { matches!(reqwest::get(url).await, Ok(r) if r.status().is_success()) }
+        })
+        .await
+        .unwrap_or_else(|e| panic!("share node did not start: {e}"));
+    (child, port)
+}
+
+/// A node in a fresh folder.
+pub async fn start(contract: Address, extra: &[&str]) -> NodeProc {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("node");
+    let (child, port) = start_in(&dir, contract, extra).await;
+    NodeProc {
+        port,
+        dir,
+        child,
+        _tmp: Some(tmp),
+    }
+}
+
+/// `n` nodes in fresh folders.
+pub async fn start_many(contract: Address, n: usize, extra: &[&str]) -> Vec<NodeProc> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        out.push(start(contract, extra).await);
+    }
+    out
+}
+
+/// The nodes as a records client sees them (identity from `/health`).
+pub async fn refs(nodes: &[NodeProc]) -> Vec<ShareNodeRef> {
+    let mut out = Vec::new();
+    for n in nodes {
+        out.push(ShareNodeRef::discover(&n.url()).await.unwrap());
+    }
+    out
+}
+
+/// A records client signing as `signer`, 3 of `refs.len()`.
+pub fn client(office: &EhrChain, signer: &PrivateKeySigner, refs: &[ShareNodeRef]) -> RecordsClient {
+    RecordsClient::new(
+        super::as_(office, signer),
+        signer.clone(),
+        KuboClient::new(&super::stack().kubo.api_url),
+        refs.to_vec(),
+        3.min(refs.len() as u8),
+    )
+    .unwrap()
+}
+
+/// Unix seconds now.
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// A release request for `id` signed by `who` for `node`, valid for `valid_secs`.
+pub fn release_body(
+    chain: &EhrChain,
+    node: &ShareNodeRef,
+    who: &PrivateKeySigner,
+    id: RecordId,
+    valid_secs: u64,
+) -> ReleaseBody {
+    let request = ShareRelease {
+        recordId: id.0,
+        requester: who.address(),
+        shareNode: node.address,
+        nonce: U256::from(rand_core::OsRng.next_u64()),
+        deadline: now() + valid_secs,
+    };
+    let dom = domain(chain.chain_id(), chain.address(), chain.deployment_id());
+    let signature = sign_release(who, &request, &dom).unwrap();
+    ReleaseBody { request, signature }
+}
+
+/// Sends a release request; returns the response.
+pub async fn release(
+    chain: &EhrChain,
+    node: &ShareNodeRef,
+    who: &PrivateKeySigner,
+    id: RecordId,
+) -> reqwest::Response {
+    reqwest::Client::new()
+        .post(format!("{}/shares/{id}/release", node.url))
+        .json(&release_body(chain, node, who, id, 60))
+        .send()
+        .await
+        .unwrap()
+}
+
+/// A node's `/health` document.
+pub async fn health(url: &str) -> serde_json::Value {
+    reqwest::get(format!("{url}/health"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// Polls `check` every 50 ms until it holds or `timeout` passes; returns whether it held.
+pub async fn wait_until<F, Fut>(timeout: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let end = std::time::Instant::now() + timeout;
+    loop {
+        if check().await {
+            return true;
+        }
+        if std::time::Instant::now() > end {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

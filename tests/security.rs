@@ -1,0 +1,662 @@
+//! Security properties attacked the way an outsider would, on real anvil, Kubo and `ehr
+//! share-node` processes (issue #8). Each test names the property it covers; the record theft
+//! through a copied mempool transaction lives in `security_mempool.rs` (it stops automining).
+
+mod common;
+
+use std::time::Duration;
+
+use alloy::primitives::{B256, U256};
+use alloy::providers::ext::AnvilApi;
+use alloy::providers::{Provider, ProviderBuilder};
+use alloy::signers::local::PrivateKeySigner;
+use bytes::Bytes;
+use common::nodes::{self, NodeProc};
+use ehr_share::chain::{EhrChain, PatientAddr, RecordId, random_b256};
+use ehr_share::gateway::{AppState, Keyring, RecordsConfig};
+use ehr_share::ipfs::KuboClient;
+use ehr_share::records::{FHIR_JSON, ShareNodeRef};
+use ehr_share::shamir::{Secret, Threshold, split};
+use ehr_share::share_node::{DepositBody, ShareDeposit, domain, sign_deposit};
+use rand_core::RngCore;
+use sha2::{Digest, Sha256};
+
+const MARKER: &str = "AT-REST-MARKER-8d2f41";
+
+fn mode(p: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// A deposit of a fresh (never anchored) record for `addr`, signed by `uploader`, valid for
+/// `valid_secs`; returns the record id and the body.
+fn deposit(
+    chain: &EhrChain,
+    node: &ShareNodeRef,
+    uploader: &PrivateKeySigner,
+    addr: PatientAddr,
+    valid_secs: u64,
+) -> (RecordId, DepositBody) {
+    let salt = random_b256();
+    let id = RecordId::derive(uploader.address(), addr, salt);
+    let (shares, commitments) = split(&Secret::random(), Threshold::new(1, 1).unwrap());
+    let share = hex::encode(shares[0].to_bytes());
+    let commitments = hex::encode(commitments.to_bytes());
+    let sealed = hex::encode([7u8; 64]);
+    let d = ShareDeposit {
+        recordId: id.0,
+        patient: addr.key(),
+        uploader: uploader.address(),
+        salt,
+        shareNode: node.address,
+        contentHash: DepositBody::content_hash(&share, &commitments, &sealed),
+        nonce: U256::from(rand_core::OsRng.next_u64()),
+        deadline: nodes::now() + valid_secs,
+    };
+    let dom = domain(chain.chain_id(), chain.address(), chain.deployment_id());
+    let signature = sign_deposit(uploader, &d, &dom).unwrap();
+    (
+        id,
+        DepositBody {
+            deposit: d,
+            signature,
+            share,
+            commitments,
+            sealed_block: sealed,
+        },
+    )
+}
+
+async fn put(node: &ShareNodeRef, id: RecordId, body: &DepositBody) -> reqwest::Response {
+    reqwest::Client::new()
+        .put(format!("{}/shares/{id}", node.url))
+        .json(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// #3: what a share node keeps on disk is private (0600 in 0700) and encrypted under the node's
+/// key: the store file holds no share, no sealed block, and a copy of it served by a node with
+/// another key releases nothing.
+#[tokio::test]
+async fn shares_on_disk_decrypt_nothing_without_the_node_key() {
+    let office = common::office().await;
+    let procs = nodes::start_many(office.address(), 3, &[]).await;
+    let refs = nodes::refs(&procs).await;
+    let (patient, addr) = common::new_patient(&office).await;
+    let body = format!(r#"{{"resourceType":"Observation","status":"final","code":{{"text":"{MARKER}"}}}}"#);
+    let id = nodes::client(&office, &patient, &refs)
+        .put(addr, Bytes::from(body), FHIR_JSON, None)
+        .await
+        .unwrap();
+    let n0: &NodeProc = &procs[0];
+    assert_eq!(mode(&n0.dir), 0o700);
+    assert_eq!(mode(&n0.dir.join("node.key")), 0o600);
+    let store = n0.dir.join("shares.redb");
+    assert_eq!(mode(&store), 0o600);
+
+    // What the node releases to the patient is nowhere in its file.
+    let r = nodes::release(&office, &refs[0], &patient, id).await;
+    assert_eq!(r.status(), 200);
+    let released: serde_json::Value = r.json().await.unwrap();
+    let share_hex = released["share"].as_str().unwrap().to_owned();
+    let sealed_hex = released["sealed_block"].as_str().unwrap().to_owned();
+    let raw = std::fs::read(&store).unwrap();
+    assert!(!contains(&raw, share_hex.as_bytes()), "share in clear (hex)");
+    assert!(
+        !contains(&raw, &hex::decode(&share_hex).unwrap()[1..]),
+        "share in clear (bytes)"
+    );
+    assert!(!contains(&raw, &sealed_hex.as_bytes()[..64]), "sealed block in clear");
+    assert!(!contains(&raw, MARKER.as_bytes()));
+
+    // A thief copies the store file and serves it with a key of their own: nothing comes out.
+    let thief = tempfile::tempdir().unwrap();
+    let thief_dir = thief.path().join("node");
+    std::fs::create_dir_all(&thief_dir).unwrap();
+    std::fs::copy(&store, thief_dir.join("shares.redb")).unwrap();
+    let (mut child, port) = nodes::start_in(&thief_dir, office.address(), &[]).await;
+    let thief_ref = ShareNodeRef::discover(&format!("http://127.0.0.1:{port}"))
+        .await
+        .unwrap();
+    assert_ne!(thief_ref.address, refs[0].address, "another node key");
+    let r = nodes::release(&office, &thief_ref, &patient, id).await;
+    let status = r.status();
+    let text = r.text().await.unwrap();
+    assert_eq!(status, 500, "{text}");
+    assert!(!text.contains(&share_hex));
+    child.stop(Duration::from_secs(5)).await;
+}
+
+/// #5: to a requester who may not read, "no such record" and "not allowed" are one answer, and
+/// their requests write nothing (no nonce is remembered for them).
+#[tokio::test]
+async fn a_requester_who_may_not_read_learns_nothing_and_writes_nothing() {
+    let office = common::office().await;
+    let procs = nodes::start_many(office.address(), 3, &[]).await;
+    let refs = nodes::refs(&procs).await;
+    let (patient, addr) = common::new_patient(&office).await;
+    let id = nodes::client(&office, &patient, &refs)
+        .put(addr, Bytes::from_static(b"lab report"), "text/plain", None)
+        .await
+        .unwrap();
+    let nonces_before = nodes::health(&refs[0].url).await["nonces"].as_u64().unwrap();
+    let stranger = PrivateKeySigner::random();
+    let unknown = RecordId::random();
+    let a = nodes::release(&office, &refs[0], &stranger, id).await;
+    let b = nodes::release(&office, &refs[0], &stranger, unknown).await;
+    assert_eq!((a.status(), b.status()), (403.try_into().unwrap(), 403.try_into().unwrap()));
+    let a = a.text().await.unwrap().replace(&id.to_string(), "ID");
+    let b = b.text().await.unwrap().replace(&unknown.to_string(), "ID");
+    assert_eq!(a, b, "the same answer for a real and an unknown record");
+    assert_eq!(
+        nodes::health(&refs[0].url).await["nonces"].as_u64().unwrap(),
+        nonces_before,
+        "refused requests leave no trace in the store"
+    );
+}
+
+/// #5: per-requester rate limits (429 + Retry-After), a quota of unanchored deposits per
+/// uploader, deposits never anchored are collected, and spent nonces are pruned.
+#[tokio::test]
+async fn share_nodes_limit_requests_and_collect_what_is_never_anchored() {
+    let office = common::office().await;
+    let node = nodes::start(
+        office.address(),
+        &[
+            "--burst",
+            "3",
+            "--per-minute",
+            "6",
+            "--deposit-quota",
+            "2",
+            "--unanchored-ttl-secs",
+            "1",
+            "--sweep-secs",
+            "1",
+        ],
+    )
+    .await;
+    let r = nodes::refs(std::slice::from_ref(&node)).await.remove(0);
+    // A burst of requests from one requester: three answered, then 429 with Retry-After.
+    let flooder = PrivateKeySigner::random();
+    let mut statuses = Vec::new();
+    let mut retry_after = None;
+    for _ in 0..6 {
+        let resp = nodes::release(&office, &r, &flooder, RecordId::random()).await;
+        if resp.status() == 429 {
+            retry_after = resp.headers().get("retry-after").cloned();
+        }
+        statuses.push(resp.status().as_u16());
+    }
+    // Three answered (refused: the flooder may read nothing), then throttled.
+    assert_eq!(statuses[..3], [403, 403, 403], "{statuses:?}");
+    assert!(statuses[3..].iter().all(|s| *s == 429), "{statuses:?}");
+    let secs: u64 = retry_after.unwrap().to_str().unwrap().parse().unwrap();
+    assert!((1..=10).contains(&secs), "{secs}");
+
+    // Two unanchored deposits per uploader, then 429 naming the quota.
+    let (patient, addr) = common::new_patient(&office).await;
+    for expected in [200u16, 200, 429] {
+        let (id, body) = deposit(&office, &r, &patient, addr, 2);
+        let resp = put(&r, id, &body).await;
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        assert_eq!(status, expected, "{text}");
+        if expected == 429 {
+            assert!(text.contains("quota 2"), "{text}");
+        }
+    }
+    // Never anchored: collected after the deadline; the nonces go once their deadline passed.
+    let h = nodes::health(&r.url).await;
+    assert_eq!((h["shares"].as_u64(), h["unanchored"].as_u64()), (Some(2), Some(2)));
+    let url = r.url.clone();
+    let collected = nodes::wait_until(Duration::from_secs(30), || {
+        let url = url.clone();
+        async move {
+            let h = nodes::health(&url).await;
+            h["shares"] == 0 && h["unanchored"] == 0 && h["nonces"] == 0
+        }
+    })
+    .await;
+    assert!(collected, "{}", nodes::health(&r.url).await);
+}
+
+/// #8: the chain confirms no guesses: the anchored digest of a low-entropy FHIR value matches
+/// no candidate's sha256 (it is keyed by a secret inside the sealed block), while the reader
+/// still checks the content against it.
+#[tokio::test]
+async fn the_anchor_confirms_no_guesses() {
+    let office = common::office().await;
+    let procs = nodes::start_many(office.address(), 3, &[]).await;
+    let refs = nodes::refs(&procs).await;
+    let (patient, addr) = common::new_patient(&office).await;
+    let doc = |v: u32| {
+        format!(r#"{{"resourceType":"Observation","status":"final","code":{{"text":"HbA1c"}},"valueQuantity":{{"value":{v},"unit":"mmol/mol"}}}}"#)
+    };
+    let c = nodes::client(&office, &patient, &refs);
+    let id = c
+        .put(addr, Bytes::from(doc(57)), FHIR_JSON, None)
+        .await
+        .unwrap();
+    let anchor = office.record(id).await.unwrap().unwrap();
+    let guesses: Vec<u32> = (0..=300)
+        .filter(|v| B256::from(<[u8; 32]>::from(Sha256::digest(doc(*v).as_bytes()))) == anchor.digest)
+        .collect();
+    assert!(guesses.is_empty(), "the anchor confirms {guesses:?}");
+    let got = c.get(id).await.unwrap();
+    assert_eq!(got.data, doc(57).as_bytes());
+    assert_eq!(got.block.digest_of(&got.data).unwrap(), anchor.digest);
+}
+
+/// #2: a share node serves one deployment: its folder refuses another contract, requests signed
+/// for another deployment are refused, and when the contract at its address is replaced (a
+/// reset chain with a redeployment at the same address) it stops serving at once and refuses
+/// to start again on that folder.
+#[tokio::test]
+async fn share_nodes_serve_one_deployment() {
+    let office = common::office().await;
+    // A deployment of this test's own, so its code can be replaced without touching the others.
+    let deployer = common::funded().await;
+    let (b, _) = EhrChain::deploy(&common::rpc(), deployer.clone(), deployer.address())
+        .await
+        .unwrap();
+    let node = nodes::start(b.address(), &["--sweep-secs", "1"]).await;
+    let r = nodes::refs(std::slice::from_ref(&node)).await.remove(0);
+    let patient = common::funded().await;
+    let addr = common::unique_patient();
+    b.issue_patient(addr, patient.address()).await.unwrap();
+    let (id, body) = deposit(&b, &r, &patient, addr, 60);
+    assert_eq!(put(&r, id, &body).await.status(), 200);
+    let as_patient = b.with_signer(&common::rpc(), patient.clone()).unwrap();
+    let salt = body.deposit.salt;
+    let (anchored, _) = as_patient
+        .anchor_record(salt, addr, B256::repeat_byte(9))
+        .await
+        .unwrap();
+    assert_eq!(anchored, id);
+    assert_eq!(nodes::release(&b, &r, &patient, id).await.status(), 200);
+
+    // Signed for the shared deployment (another contract): refused.
+    let wrong = nodes::release_body(&office, &r, &patient, id, 60);
+    let resp = reqwest::Client::new()
+        .post(format!("{}/shares/{id}/release", r.url))
+        .json(&wrong)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 403);
+
+    // The contract at the address is replaced by another deployment's code (same storage, so
+    // the patient and the anchor are still "there"): the node stops serving.
+    let other_deployer = common::funded().await;
+    let (c, _) = EhrChain::deploy(
+        &common::rpc(),
+        other_deployer.clone(),
+        other_deployer.address(),
+    )
+    .await
+    .unwrap();
+    let p = ProviderBuilder::new().connect_http(common::rpc().parse().unwrap());
+    let code = p.get_code_at(c.address()).await.unwrap();
+    p.anvil_set_code(b.address(), code).await.unwrap();
+    let url = r.url.clone();
+    let halted = nodes::wait_until(Duration::from_secs(20), || {
+        let url = url.clone();
+        async move { nodes::health(&url).await["serving"] == false }
+    })
+    .await;
+    assert!(halted);
+    assert_eq!(nodes::release(&b, &r, &patient, id).await.status(), 503);
+
+    // Restarted on its folder, it refuses: the folder belongs to the old deployment.
+    let dir = node.dir.clone();
+    let mut node = node;
+    node.child.stop(Duration::from_secs(5)).await;
+    let port = ehr_share::stack::free_port().unwrap();
+    let out = tokio::time::timeout(
+        Duration::from_secs(30),
+        nodes::command(&dir, b.address(), port, &[]).output(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("belongs to") || err.contains("another deployment"),
+        "{err}"
+    );
+    // And a folder of one deployment never serves another contract.
+    let shared = nodes::start(office.address(), &[]).await;
+    let shared_dir = shared.dir.clone();
+    let mut shared = shared;
+    shared.child.stop(Duration::from_secs(5)).await;
+    let out = tokio::time::timeout(
+        Duration::from_secs(30),
+        nodes::command(&shared_dir, c.address(), port, &[]).output(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("belongs to"));
+}
+
+async fn gateway_with_records(
+    office: &EhrChain,
+    keyring: Keyring,
+    refs: Vec<ShareNodeRef>,
+) -> String {
+    let state = AppState::new(
+        &common::rpc(),
+        Some(
+            EhrChain::connect(&common::rpc(), None, &office.deployment())
+                .await
+                .unwrap(),
+        ),
+        KuboClient::new(&common::stack().kubo.api_url),
+        keyring,
+    )
+    .unwrap()
+    .with_records(RecordsConfig {
+        nodes: refs,
+        threshold: 3,
+        chain_id: office.chain_id(),
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(ehr_share::gateway::serve(listener, state, std::future::pending()));
+    url
+}
+
+/// #9: whatever an uploader claims a record is, the REST API never lets a browser render it in
+/// the gateway's origin; FHIR stays inline JSON, everything else is a download.
+#[tokio::test]
+async fn downloads_never_render_in_the_gateway_origin() {
+    let office = common::office().await;
+    let procs = nodes::start_many(office.address(), 3, &[]).await;
+    let refs = nodes::refs(&procs).await;
+    let (patient, addr) = common::new_patient(&office).await;
+    let mut keyring = Keyring::default();
+    keyring.insert("tok-p", patient.clone());
+    let url = gateway_with_records(&office, keyring, refs).await;
+    let http = reqwest::Client::new();
+    for (media, body, attachment) in [
+        ("text/html", "<script>alert(document.cookie)</script>", true),
+        (
+            FHIR_JSON,
+            r#"{"resourceType":"Observation","status":"final","code":{"text":"x"}}"#,
+            false,
+        ),
+    ] {
+        let r: serde_json::Value = http
+            .post(format!("{url}/records?patient={addr}"))
+            .bearer_auth("tok-p")
+            .header("content-type", media)
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let id = r["record"].as_str().unwrap();
+        let resp = http
+            .get(format!("{url}/records/{id}"))
+            .bearer_auth("tok-p")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let h = resp.headers();
+        assert_eq!(h["x-content-type-options"], "nosniff");
+        assert!(h["content-security-policy"].to_str().unwrap().contains("sandbox"));
+        assert_eq!(
+            h.get("content-disposition")
+                .is_some_and(|v| v.to_str().unwrap().starts_with("attachment")),
+            attachment,
+            "{media}"
+        );
+    }
+}
+
+/// #9: the dev chain answers no cross-origin browser calls (a page the developer visits cannot
+/// use anvil's admin RPC).
+#[tokio::test]
+async fn the_dev_chain_refuses_cross_origin_calls() {
+    let http = reqwest::Client::new();
+    let rpc = common::rpc();
+    let r = http
+        .post(&rpc)
+        .header("origin", "http://evil.example")
+        .json(&serde_json::json!({"jsonrpc":"2.0","id":1,"method":"eth_chainId","params":[]}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.headers().get("access-control-allow-origin").is_none());
+    let r = http
+        .request(reqwest::Method::OPTIONS, &rpc)
+        .header("origin", "http://evil.example")
+        .header("access-control-request-method", "POST")
+        .header("access-control-request-headers", "content-type")
+        .send()
+        .await
+        .unwrap();
+    assert!(r.headers().get("access-control-allow-origin").is_none());
+}
+
+// ------------------------------------------------------------------ web limits (#5)
+
+struct Web {
+    url: String,
+    accounts: ehr_share::web::AccountStore,
+    _dir: tempfile::TempDir,
+}
+
+async fn web(upload_slots: usize) -> Web {
+    let office = common::office().await;
+    let dir = tempfile::tempdir().unwrap();
+    let accounts = ehr_share::web::AccountStore::open(&dir.path().join("web")).unwrap();
+    let app = AppState::new(
+        &common::rpc(),
+        Some(
+            EhrChain::connect(&common::rpc(), None, &office.deployment())
+                .await
+                .unwrap(),
+        ),
+        KuboClient::new(&common::stack().kubo.api_url),
+        {
+            let mut k = Keyring::default();
+            k.insert("tok-uploader", PrivateKeySigner::random());
+            k
+        },
+    )
+    .unwrap()
+    .with_upload_slots(upload_slots);
+    let web = ehr_share::web::WebState::new(app.clone(), accounts.clone());
+    let router = ehr_share::gateway::router(app).merge(ehr_share::web::router(web));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .await
+    });
+    Web {
+        url,
+        accounts,
+        _dir: dir,
+    }
+}
+
+/// A browser-like client: keeps cookies, does not follow redirects.
+fn browser() -> reqwest::Client {
+    reqwest::Client::builder()
+        .cookie_store(true)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+/// The form token of the login page (and the cookie that goes with it, kept by `c`).
+async fn form_token(c: &reqwest::Client, url: &str, page: &str) -> String {
+    let html = c.get(format!("{url}{page}")).send().await.unwrap().text().await.unwrap();
+    let marker = r#"name="form_token" value=""#;
+    let at = html.find(marker).unwrap() + marker.len();
+    html[at..at + 64].to_owned()
+}
+
+async fn login(c: &reqwest::Client, url: &str, token: &str, user: &str, pw: &str) -> reqwest::Response {
+    c.post(format!("{url}/login"))
+        .form(&[("form_token", token), ("username", user), ("password", pw)])
+        .send()
+        .await
+        .unwrap()
+}
+
+/// #5: logins need the form's token, back off per account (a lockout even for the right
+/// password) and per client address, and cost an unknown name as much as a known one.
+#[tokio::test]
+async fn logins_are_guarded() {
+    let w = web(4).await;
+    w.accounts
+        .create("alice", "alice's long password", ehr_share::web::Role::Provider, None, None)
+        .unwrap();
+    let c = browser();
+    // No token, or a token of another browser: refused before any password check.
+    let other = browser();
+    let foreign = form_token(&other, &w.url, "/").await;
+    let r = login(&c, &w.url, &foreign, "alice", "alice's long password").await;
+    assert_eq!(r.status(), 403);
+    let token = form_token(&c, &w.url, "/").await;
+    // An unknown name runs the password KDF like a known one (no user-name oracle).
+    let runs = w.accounts.kdf_runs();
+    let r = login(&c, &w.url, &token, "nobody-here", "whatever password").await;
+    assert_eq!(r.status(), 401);
+    let unknown_text = r.text().await.unwrap();
+    assert_eq!(w.accounts.kdf_runs(), runs + 1);
+    let r = login(&c, &w.url, &token, "alice", "wrong password!").await;
+    assert_eq!(r.status(), 401);
+    assert_eq!(w.accounts.kdf_runs(), runs + 2);
+    assert!(unknown_text.contains("unknown user or wrong password"));
+    assert!(r.text().await.unwrap().contains("unknown user or wrong password"));
+    // Four more wrong tries exhaust the account's five; then even the right password waits.
+    for _ in 0..4 {
+        assert_eq!(login(&c, &w.url, &token, "alice", "wrong again!!").await.status(), 401);
+    }
+    let r = login(&c, &w.url, &token, "alice", "alice's long password").await;
+    assert_eq!(r.status(), 429);
+    assert!(r.headers().get("retry-after").is_some());
+    assert!(r.text().await.unwrap().contains("too many attempts"));
+    // From one client address, names rotate but the address runs out (30 at once).
+    let mut last = 0;
+    for i in 0..40 {
+        last = login(&c, &w.url, &token, &format!("user{i}"), "some password").await.status().as_u16();
+        if last == 429 {
+            break;
+        }
+    }
+    assert_eq!(last, 429, "the client address is limited");
+}
+
+/// #5: sign-ups are limited per client address, form bodies are capped to what a form needs,
+/// and cookies are `Secure` behind HTTPS.
+#[tokio::test]
+async fn sign_ups_and_forms_are_bounded() {
+    let w = web(4).await;
+    let c = browser();
+    let token = form_token(&c, &w.url, "/signup").await;
+    let mut statuses = Vec::new();
+    for i in 0..6 {
+        let pid = (rand_core::OsRng.next_u64() >> 2).to_string();
+        let r = c
+            .post(format!("{}/signup", w.url))
+            .header("x-forwarded-proto", "https")
+            .form(&[
+                ("form_token", token.as_str()),
+                ("username", &format!("sign{i}-{}", &pid[..6])),
+                ("password", "a long enough password"),
+                ("role", "patient"),
+                ("aid", "77"),
+                ("pid", &pid),
+            ])
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 303 {
+            let cookie = r.headers()["set-cookie"].to_str().unwrap().to_owned();
+            assert!(cookie.contains("Secure"), "{cookie}");
+        }
+        statuses.push(r.status().as_u16());
+    }
+    assert_eq!(statuses, vec![303, 303, 303, 303, 303, 429]);
+    // A login form of 100 KiB is refused before anything reads it.
+    let big = "x".repeat(100 * 1024);
+    let r = c
+        .post(format!("{}/login", w.url))
+        .form(&[("form_token", token.as_str()), ("username", "a"), ("password", &big)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+}
+
+/// #5: uploads in flight are capped; one more gets 503 with Retry-After instead of more memory.
+#[tokio::test]
+async fn uploads_in_flight_are_capped() {
+    let w = web(1).await;
+    // An upload that holds its slot: the body never finishes until we say so.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(4);
+    let stream = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
+    tx.send(Ok(vec![b'x'; 1024])).await.unwrap();
+    let url = w.url.clone();
+    let slow = tokio::spawn(async move {
+        reqwest::Client::new()
+            .post(format!("{url}/records?patient=1-1"))
+            .bearer_auth("tok-uploader")
+            .header("content-length", "2048")
+            .body(reqwest::Body::wrap_stream(stream))
+            .send()
+            .await
+    });
+    let http = reqwest::Client::new();
+    let refused = nodes::wait_until(Duration::from_secs(10), || {
+        let http = http.clone();
+        let url = w.url.clone();
+        async move {
+            let r = http
+                .post(format!("{url}/records?patient=1-1"))
+                .body("tiny")
+                .send()
+                .await
+                .unwrap();
+            r.status() == 503
+                && r.headers().get("retry-after").is_some()
+                && r.text().await.unwrap().contains("too many uploads")
+        }
+    })
+    .await;
+    assert!(refused, "a second upload is refused while the first holds the only slot");
+    // The web form shares the same slots.
+    let r = http
+        .post(format!("{}/patient/upload", w.url))
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    tx.send(Ok(vec![b'x'; 1024])).await.unwrap();
+    drop(tx);
+    let first = slow.await.unwrap().unwrap();
+    // It went on to the handler (this gateway has no share nodes, so that is its answer).
+    let text = first.text().await.unwrap();
+    assert!(text.contains("no share nodes configured"), "{text}");
+}
