@@ -13,7 +13,7 @@ use alloy::signers::local::PrivateKeySigner;
 use bytes::Bytes;
 use common::nodes::{self, NodeProc};
 use ehr_share::chain::{EhrChain, PatientAddr, RecordId, random_b256};
-use ehr_share::gateway::{AppState, Keyring, RecordsConfig};
+use ehr_share::gateway::{AppState, Keyring};
 use ehr_share::ipfs::KuboClient;
 use ehr_share::records::{FHIR_JSON, ShareNodeRef};
 use ehr_share::shamir::{Secret, Threshold, split};
@@ -89,7 +89,9 @@ async fn shares_on_disk_decrypt_nothing_without_the_node_key() {
     let procs = nodes::start_many(office.address(), 3, &[]).await;
     let refs = nodes::refs(&procs).await;
     let (patient, addr) = common::new_patient(&office).await;
-    let body = format!(r#"{{"resourceType":"Observation","status":"final","code":{{"text":"{MARKER}"}}}}"#);
+    let body = format!(
+        r#"{{"resourceType":"Observation","status":"final","code":{{"text":"{MARKER}"}}}}"#
+    );
     let id = nodes::client(&office, &patient, &refs)
         .put(addr, Bytes::from(body), FHIR_JSON, None)
         .await
@@ -107,12 +109,18 @@ async fn shares_on_disk_decrypt_nothing_without_the_node_key() {
     let share_hex = released["share"].as_str().unwrap().to_owned();
     let sealed_hex = released["sealed_block"].as_str().unwrap().to_owned();
     let raw = std::fs::read(&store).unwrap();
-    assert!(!contains(&raw, share_hex.as_bytes()), "share in clear (hex)");
+    assert!(
+        !contains(&raw, share_hex.as_bytes()),
+        "share in clear (hex)"
+    );
     assert!(
         !contains(&raw, &hex::decode(&share_hex).unwrap()[1..]),
         "share in clear (bytes)"
     );
-    assert!(!contains(&raw, &sealed_hex.as_bytes()[..64]), "sealed block in clear");
+    assert!(
+        !contains(&raw, &sealed_hex.as_bytes()[..64]),
+        "sealed block in clear"
+    );
     assert!(!contains(&raw, MARKER.as_bytes()));
 
     // A thief copies the store file and serves it with a key of their own: nothing comes out.
@@ -145,17 +153,24 @@ async fn a_requester_who_may_not_read_learns_nothing_and_writes_nothing() {
         .put(addr, Bytes::from_static(b"lab report"), "text/plain", None)
         .await
         .unwrap();
-    let nonces_before = nodes::health(&refs[0].url).await["nonces"].as_u64().unwrap();
+    let nonces_before = nodes::health(&refs[0].url).await["nonces"]
+        .as_u64()
+        .unwrap();
     let stranger = PrivateKeySigner::random();
     let unknown = RecordId::random();
     let a = nodes::release(&office, &refs[0], &stranger, id).await;
     let b = nodes::release(&office, &refs[0], &stranger, unknown).await;
-    assert_eq!((a.status(), b.status()), (403.try_into().unwrap(), 403.try_into().unwrap()));
+    assert_eq!(
+        (a.status(), b.status()),
+        (403.try_into().unwrap(), 403.try_into().unwrap())
+    );
     let a = a.text().await.unwrap().replace(&id.to_string(), "ID");
     let b = b.text().await.unwrap().replace(&unknown.to_string(), "ID");
     assert_eq!(a, b, "the same answer for a real and an unknown record");
     assert_eq!(
-        nodes::health(&refs[0].url).await["nonces"].as_u64().unwrap(),
+        nodes::health(&refs[0].url).await["nonces"]
+            .as_u64()
+            .unwrap(),
         nonces_before,
         "refused requests leave no trace in the store"
     );
@@ -214,7 +229,10 @@ async fn share_nodes_limit_requests_and_collect_what_is_never_anchored() {
     }
     // Never anchored: collected after the deadline; the nonces go once their deadline passed.
     let h = nodes::health(&r.url).await;
-    assert_eq!((h["shares"].as_u64(), h["unanchored"].as_u64()), (Some(2), Some(2)));
+    assert_eq!(
+        (h["shares"].as_u64(), h["unanchored"].as_u64()),
+        (Some(2), Some(2))
+    );
     let url = r.url.clone();
     let collected = nodes::wait_until(Duration::from_secs(30), || {
         let url = url.clone();
@@ -237,7 +255,9 @@ async fn the_anchor_confirms_no_guesses() {
     let refs = nodes::refs(&procs).await;
     let (patient, addr) = common::new_patient(&office).await;
     let doc = |v: u32| {
-        format!(r#"{{"resourceType":"Observation","status":"final","code":{{"text":"HbA1c"}},"valueQuantity":{{"value":{v},"unit":"mmol/mol"}}}}"#)
+        format!(
+            r#"{{"resourceType":"Observation","status":"final","code":{{"text":"HbA1c"}},"valueQuantity":{{"value":{v},"unit":"mmol/mol"}}}}"#
+        )
     };
     let c = nodes::client(&office, &patient, &refs);
     let id = c
@@ -246,7 +266,9 @@ async fn the_anchor_confirms_no_guesses() {
         .unwrap();
     let anchor = office.record(id).await.unwrap().unwrap();
     let guesses: Vec<u32> = (0..=300)
-        .filter(|v| B256::from(<[u8; 32]>::from(Sha256::digest(doc(*v).as_bytes()))) == anchor.digest)
+        .filter(|v| {
+            B256::from(<[u8; 32]>::from(Sha256::digest(doc(*v).as_bytes()))) == anchor.digest
+        })
         .collect();
     assert!(guesses.is_empty(), "the anchor confirms {guesses:?}");
     let got = c.get(id).await.unwrap();
@@ -318,61 +340,15 @@ async fn share_nodes_serve_one_deployment() {
     let dir = node.dir.clone();
     let mut node = node;
     node.child.stop(Duration::from_secs(5)).await;
-    let port = ehr_share::stack::free_port().unwrap();
-    let out = tokio::time::timeout(
-        Duration::from_secs(30),
-        nodes::command(&dir, b.address(), port, &[]).output(),
-    )
-    .await
-    .unwrap()
-    .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("belongs to") || err.contains("another deployment"),
-        "{err}"
-    );
+    let err = nodes::refusal_to_start(&dir, b.address()).await;
+    assert!(err.contains("belongs to"), "{err}");
     // And a folder of one deployment never serves another contract.
     let shared = nodes::start(office.address(), &[]).await;
     let shared_dir = shared.dir.clone();
     let mut shared = shared;
     shared.child.stop(Duration::from_secs(5)).await;
-    let out = tokio::time::timeout(
-        Duration::from_secs(30),
-        nodes::command(&shared_dir, c.address(), port, &[]).output(),
-    )
-    .await
-    .unwrap()
-    .unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("belongs to"));
-}
-
-async fn gateway_with_records(
-    office: &EhrChain,
-    keyring: Keyring,
-    refs: Vec<ShareNodeRef>,
-) -> String {
-    let state = AppState::new(
-        &common::rpc(),
-        Some(
-            EhrChain::connect(&common::rpc(), None, &office.deployment())
-                .await
-                .unwrap(),
-        ),
-        KuboClient::new(&common::stack().kubo.api_url),
-        keyring,
-    )
-    .unwrap()
-    .with_records(RecordsConfig {
-        nodes: refs,
-        threshold: 3,
-        chain_id: office.chain_id(),
-    });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(ehr_share::gateway::serve(listener, state, std::future::pending()));
-    url
+    let err = nodes::refusal_to_start(&shared_dir, c.address()).await;
+    assert!(err.contains("belongs to"), "{err}");
 }
 
 /// #9: whatever an uploader claims a record is, the REST API never lets a browser render it in
@@ -385,7 +361,7 @@ async fn downloads_never_render_in_the_gateway_origin() {
     let (patient, addr) = common::new_patient(&office).await;
     let mut keyring = Keyring::default();
     keyring.insert("tok-p", patient.clone());
-    let url = gateway_with_records(&office, keyring, refs).await;
+    let url = nodes::gateway_with_records(&office, keyring, refs).await;
     let http = reqwest::Client::new();
     for (media, body, attachment) in [
         ("text/html", "<script>alert(document.cookie)</script>", true),
@@ -416,7 +392,12 @@ async fn downloads_never_render_in_the_gateway_origin() {
         assert_eq!(resp.status(), 200);
         let h = resp.headers();
         assert_eq!(h["x-content-type-options"], "nosniff");
-        assert!(h["content-security-policy"].to_str().unwrap().contains("sandbox"));
+        assert!(
+            h["content-security-policy"]
+                .to_str()
+                .unwrap()
+                .contains("sandbox")
+        );
         assert_eq!(
             h.get("content-disposition")
                 .is_some_and(|v| v.to_str().unwrap().starts_with("attachment")),
@@ -508,13 +489,26 @@ fn browser() -> reqwest::Client {
 
 /// The form token of the login page (and the cookie that goes with it, kept by `c`).
 async fn form_token(c: &reqwest::Client, url: &str, page: &str) -> String {
-    let html = c.get(format!("{url}{page}")).send().await.unwrap().text().await.unwrap();
+    let html = c
+        .get(format!("{url}{page}"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     let marker = r#"name="form_token" value=""#;
     let at = html.find(marker).unwrap() + marker.len();
     html[at..at + 64].to_owned()
 }
 
-async fn login(c: &reqwest::Client, url: &str, token: &str, user: &str, pw: &str) -> reqwest::Response {
+async fn login(
+    c: &reqwest::Client,
+    url: &str,
+    token: &str,
+    user: &str,
+    pw: &str,
+) -> reqwest::Response {
     c.post(format!("{url}/login"))
         .form(&[("form_token", token), ("username", user), ("password", pw)])
         .send()
@@ -527,9 +521,31 @@ async fn login(c: &reqwest::Client, url: &str, token: &str, user: &str, pw: &str
 #[tokio::test]
 async fn logins_are_guarded() {
     let w = web(4).await;
-    w.accounts
-        .create("alice", "alice's long password", ehr_share::web::Role::Provider, None, None)
+    let (alice, _) = w
+        .accounts
+        .create(
+            "alice",
+            "alice's long password",
+            ehr_share::web::Role::Provider,
+            None,
+            None,
+        )
         .unwrap();
+    // #3: the web app's keys are private files under a strong password KDF.
+    let root = w._dir.path().join("web");
+    let keystore = root.join("keystores").join(&alice.keystore);
+    assert_eq!(
+        (
+            mode(&root),
+            mode(&root.join("keystores")),
+            mode(&root.join("users"))
+        ),
+        (0o700, 0o700, 0o700)
+    );
+    assert_eq!(mode(&keystore), 0o600);
+    assert_eq!(mode(&root.join("users").join("alice.json")), 0o600);
+    let ks: serde_json::Value = serde_json::from_slice(&std::fs::read(&keystore).unwrap()).unwrap();
+    assert_eq!(ks["crypto"]["kdfparams"]["n"], 1 << 17);
     let c = browser();
     // No token, or a token of another browser: refused before any password check.
     let other = browser();
@@ -547,10 +563,20 @@ async fn logins_are_guarded() {
     assert_eq!(r.status(), 401);
     assert_eq!(w.accounts.kdf_runs(), runs + 2);
     assert!(unknown_text.contains("unknown user or wrong password"));
-    assert!(r.text().await.unwrap().contains("unknown user or wrong password"));
+    assert!(
+        r.text()
+            .await
+            .unwrap()
+            .contains("unknown user or wrong password")
+    );
     // Four more wrong tries exhaust the account's five; then even the right password waits.
     for _ in 0..4 {
-        assert_eq!(login(&c, &w.url, &token, "alice", "wrong again!!").await.status(), 401);
+        assert_eq!(
+            login(&c, &w.url, &token, "alice", "wrong again!!")
+                .await
+                .status(),
+            401
+        );
     }
     let r = login(&c, &w.url, &token, "alice", "alice's long password").await;
     assert_eq!(r.status(), 429);
@@ -559,7 +585,10 @@ async fn logins_are_guarded() {
     // From one client address, names rotate but the address runs out (30 at once).
     let mut last = 0;
     for i in 0..40 {
-        last = login(&c, &w.url, &token, &format!("user{i}"), "some password").await.status().as_u16();
+        last = login(&c, &w.url, &token, &format!("user{i}"), "some password")
+            .await
+            .status()
+            .as_u16();
         if last == 429 {
             break;
         }
@@ -602,7 +631,11 @@ async fn sign_ups_and_forms_are_bounded() {
     let big = "x".repeat(100 * 1024);
     let r = c
         .post(format!("{}/login", w.url))
-        .form(&[("form_token", token.as_str()), ("username", "a"), ("password", &big)])
+        .form(&[
+            ("form_token", token.as_str()),
+            ("username", "a"),
+            ("password", &big),
+        ])
         .send()
         .await
         .unwrap();
@@ -644,7 +677,10 @@ async fn uploads_in_flight_are_capped() {
         }
     })
     .await;
-    assert!(refused, "a second upload is refused while the first holds the only slot");
+    assert!(
+        refused,
+        "a second upload is refused while the first holds the only slot"
+    );
     // The web form shares the same slots.
     let r = http
         .post(format!("{}/patient/upload", w.url))

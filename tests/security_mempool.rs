@@ -16,8 +16,7 @@ use alloy::sol_types::SolCall;
 use bytes::Bytes;
 use common::nodes;
 use ehr_share::chain::{EhrAccess, RecordId};
-use ehr_share::gateway::{AppState, Keyring, RecordsConfig};
-use ehr_share::ipfs::KuboClient;
+use ehr_share::gateway::Keyring;
 
 const SECRET: &str = "VICTIM-PLAINTEXT-3b91";
 
@@ -25,10 +24,7 @@ const SECRET: &str = "VICTIM-PLAINTEXT-3b91";
 async fn pending_input(p: &impl Provider, from: Address, to: Address) -> AlloyBytes {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let pool: serde_json::Value = p
-            .raw_request("txpool_content".into(), ())
-            .await
-            .unwrap();
+        let pool: serde_json::Value = p.raw_request("txpool_content".into(), ()).await.unwrap();
         let txs = pool["pending"]
             .as_object()
             .into_iter()
@@ -107,9 +103,17 @@ async fn a_copied_anchoring_transaction_steals_nothing() {
 
     // The copy as it is reverted (the attacker may not add records for the victim); the
     // re-targeted copy anchored a record of the attacker's own, under another id.
-    let copied = anvil.get_transaction_receipt(sent[0]).await.unwrap().unwrap();
+    let copied = anvil
+        .get_transaction_receipt(sent[0])
+        .await
+        .unwrap()
+        .unwrap();
     assert!(!copied.status(), "the verbatim copy must revert");
-    let own = anvil.get_transaction_receipt(sent[1]).await.unwrap().unwrap();
+    let own = anvil
+        .get_transaction_receipt(sent[1])
+        .await
+        .unwrap()
+        .unwrap();
     assert!(own.status());
     let victim_id = RecordId::derive(victim.address(), victim_addr, call.salt);
     let attacker_id = RecordId::derive(attacker.address(), attacker_addr, call.salt);
@@ -127,7 +131,10 @@ async fn a_copied_anchoring_transaction_steals_nothing() {
         .expect("the victim's upload succeeds");
     assert_eq!(id, victim_id);
     let anchor = office.record(id).await.unwrap().unwrap();
-    assert_eq!((anchor.author, anchor.patient), (victim.address(), victim_addr));
+    assert_eq!(
+        (anchor.author, anchor.patient),
+        (victim.address(), victim_addr)
+    );
 
     // The attacker gets nothing: not from any node directly, for either id ...
     for target in [victim_id, attacker_id] {
@@ -144,29 +151,7 @@ async fn a_copied_anchoring_transaction_steals_nothing() {
     // ... nor through the REST API.
     let mut keyring = Keyring::default();
     keyring.insert("tok-attacker", attacker.clone());
-    let state = AppState::new(
-        &rpc,
-        Some(
-            ehr_share::chain::EhrChain::connect(&rpc, None, &office.deployment())
-                .await
-                .unwrap(),
-        ),
-        KuboClient::new(&common::stack().kubo.api_url),
-        keyring,
-    )
-    .unwrap()
-    .with_records(RecordsConfig {
-        nodes: refs.clone(),
-        threshold: 3,
-        chain_id: office.chain_id(),
-    });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(ehr_share::gateway::serve(
-        listener,
-        state,
-        std::future::pending(),
-    ));
+    let url = nodes::gateway_with_records(&office, keyring, refs.clone()).await;
     for target in [victim_id, attacker_id] {
         let r = reqwest::Client::new()
             .get(format!("{url}/records/{target}"))
@@ -176,7 +161,10 @@ async fn a_copied_anchoring_transaction_steals_nothing() {
             .unwrap();
         let status = r.status();
         let text = r.text().await.unwrap();
-        assert!(!status.is_success(), "REST gave the attacker {target}: {text}");
+        assert!(
+            !status.is_success(),
+            "REST gave the attacker {target}: {text}"
+        );
         assert!(!text.contains(SECRET));
     }
     // The victim reads the record back, byte-identical.

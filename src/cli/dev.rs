@@ -79,6 +79,8 @@ pub fn demo_signer(settings: &AnvilSettings, index: u32) -> anyhow::Result<Priva
 /// When a service fails to start, or a child crashes (with its last log lines).
 pub async fn run(a: DevArgs) -> anyhow::Result<()> {
     let tools = Tools::in_project(&a.project_dir);
+    crate::fsutil::private_dir(&a.state_dir)
+        .with_context(|| format!("creating {}", a.state_dir.display()))?;
     let mut settings =
         AnvilSettings::load(&a.anvil_config).context("set --anvil-config/EHR_ANVIL_CONFIG")?;
     if let Some(p) = a.anvil_port {

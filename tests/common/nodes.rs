@@ -32,7 +32,12 @@ impl NodeProc {
 }
 
 /// The `ehr share-node` command for `dir` and `contract`, plus `extra` flags.
-pub fn command(dir: &Path, contract: Address, port: u16, extra: &[&str]) -> tokio::process::Command {
+pub fn command(
+    dir: &Path,
+    contract: Address,
+    port: u16,
+    extra: &[&str],
+) -> tokio::process::Command {
     let mut cmd = tokio::process::Command::new(super::ehr_bin());
     cmd.args([
         "share-node",
@@ -97,7 +102,11 @@ pub async fn refs(nodes: &[NodeProc]) -> Vec<ShareNodeRef> {
 }
 
 /// A records client signing as `signer`, 3 of `refs.len()`.
-pub fn client(office: &EhrChain, signer: &PrivateKeySigner, refs: &[ShareNodeRef]) -> RecordsClient {
+pub fn client(
+    office: &EhrChain,
+    signer: &PrivateKeySigner,
+    refs: &[ShareNodeRef],
+) -> RecordsClient {
     RecordsClient::new(
         super::as_(office, signer),
         signer.clone(),
@@ -177,4 +186,52 @@ where
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// A gateway (REST API) for the shared contract with `keyring`'s tokens and records on `refs`
+/// (3 of them needed), serving on a free port; returns its URL.
+pub async fn gateway_with_records(
+    office: &EhrChain,
+    keyring: ehr_share::gateway::Keyring,
+    refs: Vec<ShareNodeRef>,
+) -> String {
+    let state = ehr_share::gateway::AppState::new(
+        &super::rpc(),
+        Some(
+            EhrChain::connect(&super::rpc(), None, &office.deployment())
+                .await
+                .unwrap(),
+        ),
+        KuboClient::new(&super::stack().kubo.api_url),
+        keyring,
+    )
+    .unwrap()
+    .with_records(ehr_share::gateway::RecordsConfig {
+        nodes: refs,
+        threshold: 3,
+        chain_id: office.chain_id(),
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(ehr_share::gateway::serve(
+        listener,
+        state,
+        std::future::pending(),
+    ));
+    url
+}
+
+/// Runs `ehr share-node` on `dir` for `contract`, expecting it to refuse to start; returns what
+/// it printed on stderr.
+pub async fn refusal_to_start(dir: &Path, contract: Address) -> String {
+    let port = free_port().unwrap();
+    let out = tokio::time::timeout(
+        Duration::from_secs(30),
+        command(dir, contract, port, &[]).output(),
+    )
+    .await
+    .expect("the node exits by itself")
+    .unwrap();
+    assert!(!out.status.success(), "the node started");
+    String::from_utf8_lossy(&out.stderr).into_owned()
 }
