@@ -95,7 +95,7 @@ contract EhrAccess {
 
     // ---------------------------------------------------------------- storage
 
-    /// Unique per deployment (chain, address, block, time, parent hash): a contract redeployed at
+    /// Unique per deployment (chain, address, block, time, parent hash, prevrandao): a contract redeployed at
     /// the same address on a reset chain has another id, so shares and signatures bound to the
     /// old deployment are useless there.
     bytes32 public immutable deploymentId;
@@ -187,7 +187,14 @@ contract EhrAccess {
         if (manager_ == address(0)) revert ZeroAddress();
         manager = manager_;
         deploymentId = keccak256(
-            abi.encode(block.chainid, address(this), block.number, block.timestamp, blockhash(block.number - 1))
+            abi.encode(
+                block.chainid,
+                address(this),
+                block.number,
+                block.timestamp,
+                blockhash(block.number - 1),
+                block.prevrandao
+            )
         );
         // The deployment id is the domain's salt: a voucher for one deployment is void on a
         // redeployment at the same address.
