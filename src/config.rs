@@ -50,9 +50,18 @@ pub struct AnvilSettings {
     /// Seconds between blocks; 0 = a block per transaction.
     #[serde(default)]
     pub block_time_secs: u64,
-    /// Where the chain state is kept across restarts; empty = fresh chain.
+    /// Where the chain state is kept across restarts; empty = fresh chain (`ehr dev` then keeps
+    /// it in its state folder).
     #[serde(default)]
     pub state_file: String,
+    /// Seconds between state dumps while running (so a kill -9 loses at most this much);
+    /// 0 = only on exit.
+    #[serde(default = "default_state_interval")]
+    pub state_interval_secs: u64,
+}
+
+fn default_state_interval() -> u64 {
+    1
 }
 
 fn default_host() -> String {

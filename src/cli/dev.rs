@@ -12,8 +12,7 @@ use crate::config::{AnvilSettings, Tools};
 use crate::gateway::{AppState, Keyring, RecordsConfig};
 use crate::ipfs::KuboClient;
 use crate::records::{FHIR_JSON, RecordsClient, ShareNodeRef};
-use crate::share_node::{NodeConfig, NodeLimits, open_store};
-use crate::stack::{KuboOptions, start_anvil, start_kubo};
+use crate::stack::{KuboOptions, ManagedChild, Supervisor, start_anvil, start_kubo};
 use crate::web::{AccountStore, Role, WebState};
 
 /// `ehr dev` flags.
@@ -47,6 +46,11 @@ pub struct DevArgs {
     /// `X-Forwarded-Proto: https` get `Secure` cookies anyway. Default: off.
     #[arg(long, env = "EHR_SECURE_COOKIES")]
     secure_cookies: bool,
+    /// Start over: move the chain state, deployment file, share stores and web users of the
+    /// state folder aside (into `<state-dir>/reset-<time>/`) and deploy a fresh contract.
+    /// Without it, `ehr dev` refuses to deploy over data that belongs to a lost chain.
+    #[arg(long)]
+    reset: bool,
     /// Anvil port; overrides anvil.toml.
     #[arg(long, env = "EHR_ANVIL_PORT")]
     anvil_port: Option<u16>,
@@ -86,34 +90,50 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
     if let Some(p) = a.anvil_port {
         settings.port = p;
     }
+    if settings.state_file.is_empty() {
+        settings.state_file = a.state_dir.join("anvil-state.json").display().to_string();
+    }
+    if a.reset {
+        reset(&a.state_dir)?;
+    }
+    let mut supervisor = Supervisor::default();
     println!(
-        "[dev] starting anvil {} (chain id {})",
+        "[dev] starting anvil {} (chain id {}, state {} saved every {} s and on exit)",
         settings.rpc_url(),
-        settings.chain_id
+        settings.chain_id,
+        settings.state_file,
+        settings.state_interval_secs
     );
-    let mut anvil = start_anvil(&tools.anvil, &settings, true).await?;
+    let anvil = start_anvil(&tools.anvil, &settings, true).await?;
+    let (bin, s2) = (tools.anvil.clone(), settings.clone());
+    supervisor.keep("anvil", anvil.child, move || {
+        let (bin, s2) = (bin.clone(), s2.clone());
+        async move { start_anvil(&bin, &s2, true).await.map(|n| n.child) }
+    });
     println!(
         "[dev] starting Kubo (offline, loopback) with repo {}",
         a.state_dir.join("kubo").display()
     );
-    let mut kubo = start_kubo(
-        &KuboOptions {
-            bin: tools.ipfs.clone(),
-            repo: a.state_dir.join("kubo"),
-            api_port: a.kubo_api_port,
-            gateway_port: a.kubo_gateway_port,
-        },
-        true,
-    )
-    .await?;
-    let ipfs = KuboClient::new(&kubo.api_url);
+    let kubo_opts = KuboOptions {
+        bin: tools.ipfs.clone(),
+        repo: a.state_dir.join("kubo"),
+        api_port: a.kubo_api_port,
+        gateway_port: a.kubo_gateway_port,
+    };
+    let kubo = start_kubo(&kubo_opts, true).await?;
+    let kubo_api = kubo.api_url.clone();
+    supervisor.keep("kubo", kubo.child, move || {
+        let o = kubo_opts.clone();
+        async move { start_kubo(&o, true).await.map(|n| n.child) }
+    });
+    let ipfs = KuboClient::new(&kubo_api);
     let ipfs_version = ipfs.version().await?;
 
     let deployment_file = a.state_dir.join("deployment.json");
     let chain = deploy_or_reuse(&settings, &deployment_file).await?;
     let keyring = seed_demo(&settings, &chain).await?;
 
-    let (node_stop, node_refs) = start_share_nodes(&a, &settings, &chain).await?;
+    let node_refs = start_share_nodes(&a, &settings, &chain, &mut supervisor).await?;
     let records = RecordsConfig {
         nodes: node_refs.clone(),
         threshold: a.threshold,
@@ -144,10 +164,7 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
         settings.chain_id,
         chain.address()
     );
-    println!(
-        "  ipfs     {}  (Kubo {})",
-        kubo.api_url, ipfs_version.version
-    );
+    println!("  ipfs     {kubo_api}  (Kubo {})", ipfs_version.version);
     println!("  web      {gw}/  (log in as a demo user above, or sign up)");
     println!("  gateway  {gw}  (health: {gw}/health, API: {gw}/openapi.json)");
     for n in &node_refs {
@@ -173,65 +190,106 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
         })
         .await
     });
-    let outcome = tokio::select! {
-        _ = shutdown_signal() => { println!("\n[dev] stopping"); Ok(()) }
-        exit = anvil.child.wait_exit() => Err(anyhow::anyhow!("{exit}")),
-        exit = kubo.child.wait_exit() => Err(anyhow::anyhow!("{exit}")),
-    };
+    // Crashed children are restarted by the supervisor; only Ctrl-C / SIGTERM ends the stack.
+    shutdown_signal().await;
+    println!("\n[dev] stopping");
     let _ = stop_tx.send(());
-    let _ = node_stop.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
-    kubo.child.stop(Duration::from_secs(10)).await;
-    anvil.child.stop(Duration::from_secs(10)).await;
-    println!("[dev] stopped anvil and Kubo");
-    outcome
+    supervisor.stop().await;
+    println!("[dev] stopped the share nodes, Kubo and anvil (chain state saved)");
+    Ok(())
 }
 
-/// Five share nodes in this process, each with its own key and store under the state folder.
+/// Moves what belongs to the current chain out of the way, keeping it.
+fn reset(state_dir: &std::path::Path) -> anyhow::Result<()> {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let aside = state_dir.join(format!("reset-{secs}"));
+    let mut moved = Vec::new();
+    for name in std::fs::read_dir(state_dir)?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+    {
+        let ours = name == "deployment.json"
+            || name == "web"
+            || name.starts_with("anvil-state.json")
+            || name.starts_with("share-node-");
+        if ours {
+            crate::fsutil::private_dir(&aside)?;
+            std::fs::rename(state_dir.join(&name), aside.join(&name))
+                .with_context(|| format!("moving {name} into {}", aside.display()))?;
+            moved.push(name);
+        }
+    }
+    if moved.is_empty() {
+        println!("[dev] --reset: nothing to move aside");
+    } else {
+        println!(
+            "[dev] --reset: moved {} into {} (delete it when you no longer need it)",
+            moved.join(", "),
+            aside.display()
+        );
+    }
+    Ok(())
+}
+
+/// Five share nodes, each its own `ehr share-node` process with its own key and store under
+/// the state folder, kept running by the supervisor.
 async fn start_share_nodes(
     a: &DevArgs,
     settings: &AnvilSettings,
     chain: &EhrChain,
-) -> anyhow::Result<(tokio::sync::watch::Sender<bool>, Vec<ShareNodeRef>)> {
-    let (stop, rx) = tokio::sync::watch::channel(false);
+    supervisor: &mut Supervisor,
+) -> anyhow::Result<Vec<ShareNodeRef>> {
+    let exe = std::env::current_exe().context("finding the ehr binary")?;
     let mut refs = Vec::new();
     for i in 0..5u16 {
         let dir = a.state_dir.join(format!("share-node-{}", i + 1));
         crate::fsutil::private_dir(&dir)?;
         let identity = node_identity(&dir)?;
         let port = a.share_node_base_port + i;
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
-            .await
-            .with_context(|| format!("share node port {port} busy (set --share-node-base-port)"))?;
-        let read_only = EhrChain::connect(&settings.rpc_url(), None, &chain.deployment()).await?;
-        let store = open_store(&dir, &identity, &read_only).await.with_context(|| {
+        let spawn = {
+            let (exe, dir, rpc) = (exe.clone(), dir.clone(), settings.rpc_url());
+            let contract = chain.address().to_string();
+            move || {
+                let mut cmd = tokio::process::Command::new(&exe);
+                cmd.args(["share-node", "--port", &port.to_string(), "--rpc-url", &rpc])
+                    .args(["--contract", &contract])
+                    .arg("--data-dir")
+                    .arg(&dir);
+                let name = format!("share-node-{}", i + 1);
+                async move {
+                    let mut child = ManagedChild::spawn(&name, cmd, true)?;
+                    let url = format!("http://127.0.0.1:{port}/health");
+                    let http = reqwest::Client::new();
+                    child
+                        .wait_healthy(Duration::from_secs(30), || {
+                            let (http, url) = (http.clone(), url.clone());
+                            async move {
+                                matches!(http.get(url).send().await, Ok(r) if r.status().is_success())
+                            }
+                        })
+                        .await?;
+                    Ok(child)
+                }
+            }
+        };
+        let start = spawn.clone();
+        let first = start().await.with_context(|| {
             format!(
-                "opening the share store in {} (its chain was reset? `ehr dev --reset` starts over)",
+                "share node {} on port {port} (its folder {} may belong to a lost chain: `ehr dev --reset` starts over)",
+                i + 1,
                 dir.display()
             )
         })?;
+        supervisor.keep(&format!("share-node-{}", i + 1), first, spawn);
         refs.push(ShareNodeRef {
             url: format!("http://127.0.0.1:{port}"),
             address: identity.address(),
         });
-        let cfg = NodeConfig {
-            identity,
-            chain: read_only,
-            store,
-            limits: NodeLimits::default(),
-            danger_corrupt_shares: false,
-        };
-        let mut rx = rx.clone();
-        tokio::spawn(async move {
-            let stopped = async move {
-                let _ = rx.wait_for(|s| *s).await;
-            };
-            if let Err(e) = crate::share_node::serve(listener, cfg, stopped).await {
-                tracing::error!("share node on port {port} failed: {e}");
-            }
-        });
     }
-    Ok((stop, refs))
+    Ok(refs)
 }
 
 async fn deploy_or_reuse(
@@ -240,37 +298,28 @@ async fn deploy_or_reuse(
 ) -> anyhow::Result<EhrChain> {
     let office = demo_signer(settings, OFFICE)?;
     let rpc = settings.rpc_url();
-    if let Ok(d) = Deployment::load(file)
-        && d.chain_id == settings.chain_id
-        && let Ok(chain) = EhrChain::connect(&rpc, Some(office.clone()), &d).await
-    {
-        println!(
-            "[dev] reusing contract {} from {}",
-            d.address,
-            file.display()
-        );
-        return Ok(chain);
+    if let Ok(d) = Deployment::load(file) {
+        return match EhrChain::connect(&rpc, Some(office.clone()), &d).await {
+            Ok(chain) => {
+                println!(
+                    "[dev] reusing contract {} from {}",
+                    d.address,
+                    file.display()
+                );
+                Ok(chain)
+            }
+            Err(e) => Err(anyhow::anyhow!(
+                "{} names contract {} (deployment {}), but the chain at {rpc} does not have it: {e}. \
+                 The chain state it lived in is gone, so its records cannot be read any more; refusing \
+                 to deploy over that data. `ehr dev --reset` (or `scripts/dev --reset`) moves it aside \
+                 and starts a fresh chain.",
+                file.display(),
+                d.address,
+                d.deployment_id
+            )),
+        };
     }
     let (chain, d) = EhrChain::deploy(&rpc, office.clone(), office.address()).await?;
-    // Share stores are bound to one deployment and refuse another: a fresh contract (the dev
-    // chain was reset) gets fresh stores; the old ones are kept aside, not deleted.
-    if let Some(state_dir) = file.parent() {
-        for i in 1..=5 {
-            let dir = state_dir.join(format!("share-node-{i}"));
-            if dir.join("shares.redb").exists() {
-                let aside = state_dir.join(format!(
-                    "share-node-{i}.replaced-by-{}",
-                    &d.deployment_id.to_string()[..18]
-                ));
-                std::fs::rename(&dir, &aside)
-                    .with_context(|| format!("moving {} aside", dir.display()))?;
-                println!(
-                    "[dev] the chain was reset: the old share store moved to {}",
-                    aside.display()
-                );
-            }
-        }
-    }
     d.save(file)
         .with_context(|| format!("writing {}", file.display()))?;
     println!(

@@ -49,9 +49,14 @@ pub async fn start_anvil(
             .arg(settings.block_time_secs.to_string());
     }
     if !settings.state_file.is_empty() {
-        // --state loads the file if present and dumps to it on exit (SIGTERM), so the chain
-        // survives a restart of `ehr dev`.
+        // --state loads the file if present and dumps to it on exit (SIGTERM); the interval
+        // dumps it while running too, so even a kill -9 loses at most that many seconds.
+        keep_state_loadable(Path::new(&settings.state_file))?;
         cmd.arg("--state").arg(&settings.state_file);
+        if settings.state_interval_secs > 0 {
+            cmd.arg("--state-interval")
+                .arg(settings.state_interval_secs.to_string());
+        }
     }
     let mut child = ManagedChild::spawn("anvil", cmd, echo)?;
     let rpc_url = settings.rpc_url();
@@ -69,6 +74,32 @@ pub async fn start_anvil(
         rpc_url,
         settings: settings.clone(),
     })
+}
+
+/// Before anvil loads its state file: a file that parses is copied to `<file>.good`; one that
+/// does not (anvil was killed while writing it) is replaced by the last good copy, so a crash
+/// at the wrong moment costs seconds of chain, not the chain.
+fn keep_state_loadable(file: &Path) -> Result<(), StackError> {
+    let io = |context: String| move |source| StackError::Io { context, source };
+    let good = file.with_extension("json.good");
+    if !file.exists() {
+        return Ok(());
+    }
+    let parses = std::fs::File::open(file)
+        .map(std::io::BufReader::new)
+        .ok()
+        .and_then(|r| serde_json::from_reader::<_, serde::de::IgnoredAny>(r).ok())
+        .is_some();
+    if parses {
+        std::fs::copy(file, &good).map_err(io(format!("backing up {}", file.display())))?;
+    } else if good.exists() {
+        tracing::warn!(
+            "anvil state {} is damaged (killed while writing?); restoring the last good copy",
+            file.display()
+        );
+        std::fs::copy(&good, file).map_err(io(format!("restoring {}", good.display())))?;
+    }
+    Ok(())
 }
 
 /// `eth_chainId` over plain JSON-RPC, so the health check does not depend on the chain client.

@@ -4,10 +4,12 @@
 mod anvil;
 mod kubo;
 mod process;
+mod supervise;
 
 pub use anvil::{AnvilNode, start_anvil};
 pub use kubo::{KuboNode, KuboOptions, start_kubo};
 pub use process::{ChildExit, ManagedChild};
+pub use supervise::Supervisor;
 
 use std::time::Duration;
 

@@ -1,0 +1,280 @@
+//! The local stack survives crashes (issue #9): records are uploaded to `ehr dev`; then anvil, a
+//! share node, Kubo and finally `ehr dev` itself are killed with SIGKILL; the supervisor restarts
+//! each child, and `ehr dev` started again on the same folder serves every record byte-identical,
+//! the complete audit trail, and the same contract.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use common::nodes::wait_until;
+use ehr_share::stack::{ManagedChild, free_port};
+use serde_json::Value;
+
+struct Ports {
+    gateway: u16,
+    anvil: u16,
+    kubo_api: u16,
+    kubo_gateway: u16,
+    share_base: u16,
+}
+
+/// Five consecutive free ports for the share nodes.
+fn five_free() -> u16 {
+    loop {
+        let base = free_port().unwrap();
+        if base < 60_000
+            && (1..5).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok())
+        {
+            return base;
+        }
+    }
+}
+
+async fn start_dev(state: &Path, p: &Ports) -> ManagedChild {
+    let mut cmd = tokio::process::Command::new(common::ehr_bin());
+    cmd.arg("dev")
+        .env("EHR_STATE_DIR", state)
+        .env("EHR_PROJECT_DIR", common::root())
+        .env("EHR_ANVIL_CONFIG", common::root().join("anvil.toml"))
+        .env("EHR_ANVIL_PORT", p.anvil.to_string())
+        .env("EHR_GATEWAY_PORT", p.gateway.to_string())
+        .env("EHR_KUBO_API_PORT", p.kubo_api.to_string())
+        .env("EHR_KUBO_GATEWAY_PORT", p.kubo_gateway.to_string())
+        .env("EHR_SHARE_NODE_BASE_PORT", p.share_base.to_string());
+    let mut child = ManagedChild::spawn("ehr dev", cmd, false).unwrap();
+    let url = format!("http://127.0.0.1:{}/health", p.gateway);
+    child
+        .wait_healthy(Duration::from_secs(180), || {
+            let url = url.clone();
+            async move { matches!(reqwest::get(url).await, Ok(r) if r.status().is_success()) }
+        })
+        .await
+        .unwrap_or_else(|e| panic!("ehr dev did not start: {e}"));
+    child
+}
+
+/// Every process below `root`, with its command line.
+fn descendants(root: u32) -> Vec<(u32, String)> {
+    let mut all = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // The parent pid is the second field after the parenthesised command name.
+        let Some(ppid) = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline"))
+            .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+            .unwrap_or_default();
+        all.push((pid, ppid, cmd));
+    }
+    let mut out = Vec::new();
+    let mut frontier = vec![root];
+    while let Some(p) = frontier.pop() {
+        for (pid, ppid, cmd) in &all {
+            if *ppid == p {
+                out.push((*pid, cmd.clone()));
+                frontier.push(*pid);
+            }
+        }
+    }
+    out
+}
+
+/// The pid of the one process below `root` whose command line has every one of `words`
+/// (wrapper shells excluded).
+fn pid_of(root: u32, words: &[&str]) -> Option<u32> {
+    descendants(root)
+        .into_iter()
+        .find(|(_, cmd)| {
+            !cmd.starts_with("bash")
+                && !cmd.starts_with("sh ")
+                && words.iter().all(|w| cmd.contains(w))
+        })
+        .map(|(pid, _)| pid)
+}
+
+fn kill9(pid: u32) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap()),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+}
+
+/// Waits until the process matching `words` has been replaced by a new one and `healthy` holds.
+async fn restarted(root: u32, words: &[&str], old: u32, what: &str, healthy: impl Fn() -> bool) {
+    let ok = wait_until(Duration::from_secs(60), || {
+        let now = pid_of(root, words);
+        let h = healthy();
+        async move { now.is_some_and(|p| p != old) && h }
+    })
+    .await;
+    assert!(ok, "{what} was not restarted");
+}
+
+async fn health(gw: &str) -> Value {
+    match reqwest::get(format!("{gw}/health")).await {
+        Ok(r) => r.json().await.unwrap_or_default(),
+        Err(_) => Value::Null,
+    }
+}
+
+async fn upload(gw: &str, body: Vec<u8>) -> String {
+    let r: Value = reqwest::Client::new()
+        .post(format!("{gw}/records?patient=1-1001"))
+        .bearer_auth("demo-patient1")
+        .header("content-type", "application/octet-stream")
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    r["record"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{r}"))
+        .to_owned()
+}
+
+async fn read(gw: &str, id: &str) -> Vec<u8> {
+    let r = reqwest::Client::new()
+        .get(format!("{gw}/records/{id}"))
+        .bearer_auth("demo-patient1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "record {id}");
+    r.bytes().await.unwrap().to_vec()
+}
+
+/// Waits until anvil has written its state after `since` (it does so every second).
+async fn state_saved(state: &Path, since: SystemTime) {
+    let file: PathBuf = state.join("anvil-state.json");
+    let ok = wait_until(Duration::from_secs(20), || {
+        let m = std::fs::metadata(&file).and_then(|m| m.modified()).ok();
+        async move { m.is_some_and(|m| m > since + Duration::from_millis(1100)) }
+    })
+    .await;
+    assert!(ok, "anvil never saved its state");
+}
+
+fn payload(i: u8, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|j| (j as u8).wrapping_mul(31).wrapping_add(i))
+        .collect()
+}
+
+#[tokio::test]
+async fn every_record_survives_kill_9_of_each_part_and_of_ehr_dev() {
+    let tmp = tempfile::tempdir().unwrap();
+    let state = tmp.path().join("state");
+    let p = Ports {
+        gateway: free_port().unwrap(),
+        anvil: free_port().unwrap(),
+        kubo_api: free_port().unwrap(),
+        kubo_gateway: free_port().unwrap(),
+        share_base: five_free(),
+    };
+    let gw = format!("http://127.0.0.1:{}", p.gateway);
+    let mut dev = start_dev(&state, &p).await;
+    let root = dev.pid().unwrap();
+    let contract = health(&gw).await["chain"]["contract"].clone();
+    assert!(contract.is_string());
+
+    let mut records = Vec::new();
+    for i in 0..3u8 {
+        let data = payload(i, 1000 + 100_000 * usize::from(i));
+        records.push((upload(&gw, data.clone()).await, data));
+    }
+    state_saved(&state, SystemTime::now()).await;
+
+    // anvil: SIGKILL, restarted from its saved state; the records are still there.
+    let anvil_port = format!("--port {}", p.anvil);
+    let words = ["anvil", anvil_port.as_str()];
+    let anvil = pid_of(root, &words).expect("anvil runs under ehr dev");
+    kill9(anvil);
+    let gw2 = gw.clone();
+    restarted(root, &words, anvil, "anvil", || true).await;
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            let gw = gw2.clone();
+            async move { health(&gw).await["chain"]["ok"] == true }
+        })
+        .await
+    );
+    assert_eq!(read(&gw, &records[0].0).await, records[0].1);
+
+    // One share node and Kubo.
+    let node_port = format!("--port {}", p.share_base + 1);
+    let words = ["share-node", node_port.as_str()];
+    let node = pid_of(root, &words).expect("share node 2 runs under ehr dev");
+    kill9(node);
+    restarted(root, &words, node, "share node 2", || true).await;
+    let words = ["ipfs", "daemon"];
+    let kubo = pid_of(root, &words).expect("Kubo runs under ehr dev");
+    kill9(kubo);
+    restarted(root, &words, kubo, "Kubo", || true).await;
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            let gw = gw.clone();
+            async move { health(&gw).await["ipfs"]["ok"] == true }
+        })
+        .await
+    );
+    assert_eq!(read(&gw, &records[1].0).await, records[1].1);
+
+    // An upload after the restarts, then SIGKILL of ehr dev itself.
+    let data = payload(9, 4242);
+    records.push((upload(&gw, data.clone()).await, data));
+    state_saved(&state, SystemTime::now()).await;
+    let ehr = pid_of(root, &["ehr", " dev"]).expect("ehr dev under its tether");
+    kill9(ehr);
+    let _ = tokio::time::timeout(Duration::from_secs(30), dev.wait_exit()).await;
+    let anvil_addr = format!("127.0.0.1:{}", p.anvil);
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            let a = anvil_addr.clone();
+            async move { std::net::TcpStream::connect(&a).is_err() }
+        })
+        .await,
+        "the children died with ehr dev"
+    );
+
+    // Started again on the same folder: same contract, every record, the whole trail.
+    let _dev = start_dev(&state, &p).await;
+    assert_eq!(health(&gw).await["chain"]["contract"], contract);
+    for (id, data) in &records {
+        assert_eq!(&read(&gw, id).await, data, "record {id}");
+    }
+    let audit: Value = reqwest::get(format!("{gw}/api/patients/1-1001/audit?limit=200"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let anchored: Vec<&str> = audit["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["event"] == "record_anchored")
+        .filter_map(|e| e["record"].as_str())
+        .collect();
+    for (id, _) in &records {
+        assert!(
+            anchored.contains(&id.as_str()),
+            "{id} missing from the audit trail"
+        );
+    }
+}
