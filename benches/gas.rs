@@ -134,12 +134,14 @@ async fn main() -> anyhow::Result<()> {
         },
     ));
     let digest = B256::repeat_byte(0x5a);
+    let salt = id.0;
+    let (id, anchored) = patient.anchor_record(salt, addr, digest).await?;
     rows.push((
         "anchorRecord",
-        patient.anchor_record(id.0, addr, digest).await?.1,
+        anchored,
         Floor {
             calldata: call(vec![
-                id.0.to_vec(),
+                salt.to_vec(),
                 word_u64(3),
                 word_u64(77),
                 digest.to_vec(),
@@ -150,6 +152,7 @@ async fn main() -> anyhow::Result<()> {
         },
     ));
     let o = doctor.access(&[id]).await?;
+    assert_eq!(o.allowed, vec![id], "the bench's access must be allowed");
     rows.push((
         "access (1 record, allowed)",
         o.tx,

@@ -18,6 +18,7 @@ pub mod gateway;
 pub mod ipfs;
 pub mod limits;
 pub mod records;
+pub mod serve_config;
 pub mod shamir;
 pub mod share_node;
 pub mod stack;

@@ -4,6 +4,7 @@ pub mod chain_cmds;
 pub mod dev;
 pub mod keys;
 pub mod records_cmds;
+pub mod serve;
 
 use std::path::PathBuf;
 
@@ -25,6 +26,8 @@ pub struct Cli {
 pub enum Command {
     /// Run the whole stack locally: anvil, Kubo, the contract with demo data, and the gateway.
     Dev(dev::DevArgs),
+    /// Serve the gateway and web application for a deployment (configuration file, no demo keys).
+    Serve(serve::ServeArgs),
     /// Deploy the access-control contract and write the deployment file.
     Deploy(chain_cmds::DeployArgs),
     /// Patient operations (register, grant, revoke, requests, audit).
@@ -64,6 +67,7 @@ pub struct ChainArgs {
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Dev(a) => dev::run(a).await,
+        Command::Serve(a) => serve::run(a).await,
         Command::Deploy(a) => chain_cmds::deploy(a).await,
         Command::Patient(c) => chain_cmds::patient(c).await,
         Command::Provider(c) => chain_cmds::provider(c).await,

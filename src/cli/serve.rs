@@ -1,0 +1,248 @@
+//! `ehr serve`: the gateway and web application for a real deployment, from a configuration
+//! file (`ehr.example.toml`), with no demo tokens, no development keys and no faucet.
+//! `ehr serve --check` validates the file and reports what it can reach.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Args;
+
+use crate::chain::{Deployment, EhrChain};
+use crate::gateway::{AppState, Keyring, RecordsConfig};
+use crate::ipfs::KuboClient;
+use crate::records::ShareNodeRef;
+use crate::serve_config::{ServeConfig, ServeConfigError};
+use crate::web::{AccountStore, WebState};
+
+/// `ehr serve` flags; each overrides the file's value.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// The configuration file (see ehr.example.toml). Default: ehr.toml.
+    #[arg(long, env = "EHR_CONFIG", default_value = "ehr.toml")]
+    config: PathBuf,
+    /// Validate the configuration, report what is reachable, and exit (0: all reachable,
+    /// 1: invalid configuration, 2: something unreachable or not what the file says).
+    #[arg(long)]
+    check: bool,
+    /// Overrides `listen`.
+    #[arg(long, env = "EHR_LISTEN")]
+    listen: Option<String>,
+    /// Overrides `chain.rpc_url`.
+    #[arg(long, env = "EHR_RPC_URL")]
+    rpc_url: Option<String>,
+    /// Overrides `ipfs.api_url`.
+    #[arg(long, env = "EHR_IPFS_API")]
+    ipfs_api: Option<String>,
+    /// Overrides `web.data_dir`.
+    #[arg(long, env = "EHR_WEB_DIR")]
+    web_dir: Option<PathBuf>,
+}
+
+impl ServeArgs {
+    fn load(&self) -> Result<ServeConfig, ServeConfigError> {
+        let mut c = ServeConfig::load(&self.config)?;
+        if let Some(v) = &self.listen {
+            c.listen.clone_from(v);
+        }
+        if let Some(v) = &self.rpc_url {
+            c.chain.rpc_url.clone_from(v);
+        }
+        if let Some(v) = &self.ipfs_api {
+            c.ipfs.api_url.clone_from(v);
+        }
+        if let Some(v) = &self.web_dir {
+            c.web.data_dir.clone_from(v);
+        }
+        c.check()?;
+        Ok(c)
+    }
+}
+
+/// What `ehr serve` found at start.
+struct Reach {
+    chain: Option<EhrChain>,
+    ipfs_ok: bool,
+    nodes_ok: bool,
+}
+
+async fn reach(c: &ServeConfig) -> anyhow::Result<Reach> {
+    let deployment = match (&c.chain.deployment, c.chain.contract) {
+        (Some(file), _) => Deployment::load(file).with_context(|| {
+            format!(
+                "`chain.deployment`: cannot read {} (the file `ehr deploy` wrote)",
+                file.display()
+            )
+        })?,
+        (None, Some(address)) => Deployment {
+            chain_id: 0,
+            address,
+            block: 0,
+            deployment_id: alloy::primitives::B256::ZERO,
+            version: 0,
+        },
+        (None, None) => anyhow::bail!("`chain.deployment` or `chain.contract` must be set"),
+    };
+    let chain = match EhrChain::connect(&c.chain.rpc_url, None, &deployment).await {
+        Ok(chain) => {
+            println!(
+                "chain   ok      {} chain id {}, EhrAccess v{} at {}, deployment {}",
+                c.chain.rpc_url,
+                chain.chain_id(),
+                crate::chain::CONTRACT_VERSION,
+                chain.address(),
+                chain.deployment_id()
+            );
+            Some(chain)
+        }
+        Err(e) => {
+            println!("chain   FAILED  {}: {e}", c.chain.rpc_url);
+            None
+        }
+    };
+    let ipfs_ok = match KuboClient::new(&c.ipfs.api_url).version().await {
+        Ok(v) => {
+            println!("ipfs    ok      {} Kubo {}", c.ipfs.api_url, v.version);
+            true
+        }
+        Err(e) => {
+            println!("ipfs    FAILED  {}: {e}", c.ipfs.api_url);
+            false
+        }
+    };
+    let mut nodes_ok = true;
+    for n in &c.records.share_nodes {
+        match ShareNodeRef::discover(&n.url).await {
+            Ok(found) if found.address == n.address => {
+                println!("share   ok      {} node {}", n.url, n.address);
+            }
+            Ok(found) => {
+                nodes_ok = false;
+                println!(
+                    "share   WRONG   {} answers as node {}, the config says {} (`records.share_nodes.address`)",
+                    n.url, found.address, n.address
+                );
+            }
+            Err(e) => {
+                nodes_ok = false;
+                println!("share   FAILED  {}: {e}", n.url);
+            }
+        }
+    }
+    Ok(Reach {
+        chain,
+        ipfs_ok,
+        nodes_ok,
+    })
+}
+
+async fn tls_config(
+    c: &ServeConfig,
+) -> anyhow::Result<Option<axum_server::tls_rustls::RustlsConfig>> {
+    let Some(t) = &c.tls else { return Ok(None) };
+    // Several crypto providers are linked in (through dependencies); pick one for rustls.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let cfg = axum_server::tls_rustls::RustlsConfig::from_pem_file(&t.cert, &t.key)
+        .await
+        .with_context(|| {
+            format!(
+                "`tls.cert` / `tls.key`: cannot load {} and {} as PEM certificate and key",
+                t.cert.display(),
+                t.key.display()
+            )
+        })?;
+    println!("tls     ok      {} / {}", t.cert.display(), t.key.display());
+    Ok(Some(cfg))
+}
+
+/// Runs `ehr serve`.
+///
+/// # Errors
+/// An invalid configuration (naming the key and the fix), a wrong share-node identity, a busy
+/// port.
+pub async fn run(a: ServeArgs) -> anyhow::Result<()> {
+    let c = a
+        .load()
+        .with_context(|| format!("configuration {}", a.config.display()))?;
+    println!("config  ok      {}", a.config.display());
+    let tls = tls_config(&c).await?;
+    let r = reach(&c).await?;
+    if a.check {
+        if r.chain.is_some() && r.ipfs_ok && r.nodes_ok {
+            println!("everything is reachable");
+            return Ok(());
+        }
+        println!("some parts are not reachable or not what the configuration says");
+        std::process::exit(2);
+    }
+    if !r.nodes_ok {
+        // An unreachable node may come up later; one that answers as another node is either a
+        // mistake or an impersonation, and shares must never go to it.
+        for n in &c.records.share_nodes {
+            if let Ok(found) = ShareNodeRef::discover(&n.url).await {
+                anyhow::ensure!(
+                    found.address == n.address,
+                    "share node {} answers as {}, not {}: fix `records.share_nodes.address`",
+                    n.url,
+                    found.address,
+                    n.address
+                );
+            }
+        }
+    }
+    let records = RecordsConfig {
+        nodes: c
+            .records
+            .share_nodes
+            .iter()
+            .map(|n| ShareNodeRef {
+                url: n.url.trim_end_matches('/').to_owned(),
+                address: n.address,
+            })
+            .collect(),
+        threshold: c.records.threshold,
+        chain_id: r.chain.as_ref().map_or(0, EhrChain::chain_id),
+    };
+    let state = AppState::new(
+        &c.chain.rpc_url,
+        r.chain,
+        KuboClient::new(&c.ipfs.api_url),
+        Keyring::default(),
+    )
+    .map_err(anyhow::Error::msg)?
+    .with_records(records);
+    let accounts = AccountStore::open(&c.web.data_dir)
+        .with_context(|| format!("`web.data_dir`: cannot use {}", c.web.data_dir.display()))?;
+    let web = WebState::new(state.clone(), accounts)
+        .with_secure_cookies(c.web.secure_cookies || tls.is_some());
+    let app = crate::gateway::router(state)
+        .merge(crate::web::router(web))
+        .into_make_service_with_connect_info::<SocketAddr>();
+    let addr: SocketAddr = c.listen.parse().context("`listen` must be address:port")?;
+    match tls {
+        Some(tls) => {
+            let handle = axum_server::Handle::new();
+            let h = handle.clone();
+            tokio::spawn(async move {
+                super::dev::shutdown_signal().await;
+                h.graceful_shutdown(Some(std::time::Duration::from_secs(10)));
+            });
+            println!("ehr serve listening on https://{addr}");
+            axum_server::bind_rustls(addr, tls)
+                .handle(handle)
+                .serve(app)
+                .await
+                .with_context(|| format!("serving on {addr} (`listen`)"))?;
+        }
+        None => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} (`listen`)"))?;
+            println!("ehr serve listening on http://{addr} (put a TLS proxy in front)");
+            axum::serve(listener, app)
+                .with_graceful_shutdown(super::dev::shutdown_signal())
+                .await?;
+        }
+    }
+    Ok(())
+}
