@@ -16,9 +16,13 @@ use crate::share_node::{NodeConfig, NodeLimits, open_store};
 /// `ehr share-node` flags.
 #[derive(Debug, Args)]
 pub struct ShareNodeArgs {
-    /// Port on 127.0.0.1. Default: 7001.
+    /// Port. Default: 7001.
     #[arg(long, env = "EHR_SHARE_NODE_PORT", default_value_t = 7001)]
     port: u16,
+    /// Interface to listen on. Default: 127.0.0.1 (put a TLS proxy in front to serve other
+    /// hosts, or listen on a private network).
+    #[arg(long, env = "EHR_SHARE_NODE_HOST", default_value = "127.0.0.1")]
+    host: std::net::IpAddr,
     /// Folder for the node's key and store. Default: .ehr/share-node.
     #[arg(long, env = "EHR_SHARE_NODE_DIR", default_value = ".ehr/share-node")]
     data_dir: PathBuf,
@@ -141,15 +145,16 @@ pub async fn share_node(a: ShareNodeArgs) -> anyhow::Result<()> {
                 a.data_dir.display()
             )
         })?;
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", a.port))
+    let listener = tokio::net::TcpListener::bind((a.host, a.port))
         .await
         .with_context(|| format!("port {} busy (set --port/EHR_SHARE_NODE_PORT)", a.port))?;
     if a.danger_corrupt_shares {
         tracing::warn!("DANGER: this share node releases corrupted shares (testing only)");
     }
     println!(
-        "share node {} listening on http://127.0.0.1:{}",
+        "share node {} listening on http://{}:{}",
         identity.address(),
+        a.host,
         a.port
     );
     let cfg = NodeConfig {
