@@ -444,6 +444,8 @@ async fn web(upload_slots: usize) -> Web {
     let office = common::office().await;
     let dir = tempfile::tempdir().unwrap();
     let accounts = ehr_share::web::AccountStore::open(&dir.path().join("web")).unwrap();
+    let tokens =
+        ehr_share::web::TokenStore::open(&dir.path().join("web/tokens"), accounts.clone()).unwrap();
     let app = AppState::new(
         &common::rpc(),
         Some(
@@ -459,8 +461,9 @@ async fn web(upload_slots: usize) -> Web {
         },
     )
     .unwrap()
-    .with_upload_slots(upload_slots);
-    let web = ehr_share::web::WebState::new(app.clone(), accounts.clone());
+    .with_upload_slots(upload_slots)
+    .with_tokens(std::sync::Arc::new(tokens.clone()));
+    let web = ehr_share::web::WebState::new(app.clone(), accounts.clone()).with_tokens(tokens);
     let router = ehr_share::gateway::router(app).merge(ehr_share::web::router(web));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
@@ -695,4 +698,93 @@ async fn uploads_in_flight_are_capped() {
     // It went on to the handler (this gateway has no share nodes, so that is its answer).
     let text = first.text().await.unwrap();
     assert!(text.contains("no share nodes configured"), "{text}");
+}
+
+/// #9: personal API tokens: created in the web app (shown once), accepted by the REST API as
+/// the user, refused once revoked.
+#[tokio::test]
+async fn personal_api_tokens_work_until_revoked() {
+    let w = web(4).await;
+    let (tina, _) = w
+        .accounts
+        .create(
+            "tina",
+            "tina's long password",
+            ehr_share::web::Role::Provider,
+            None,
+            None,
+        )
+        .unwrap();
+    let c = browser();
+    let token = form_token(&c, &w.url, "/").await;
+    assert_eq!(
+        login(&c, &w.url, &token, "tina", "tina's long password")
+            .await
+            .status(),
+        303
+    );
+    let page = c
+        .get(format!("{}/tokens", w.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let marker = r#"name="csrf" value=""#;
+    let at = page.find(marker).unwrap() + marker.len();
+    let csrf = page[at..at + 64].to_owned();
+    let page = c
+        .post(format!("{}/tokens", w.url))
+        .form(&[
+            ("csrf", csrf.as_str()),
+            ("name", "nightly export"),
+            ("days", "7"),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let at = page.find(r#"<code id="new-token">"#).unwrap() + 21;
+    let api_token = page[at..].split('<').next().unwrap().to_owned();
+    assert!(api_token.starts_with("ehr_"), "{api_token}");
+    let me = |t: String| {
+        let url = w.url.clone();
+        async move {
+            reqwest::Client::new()
+                .get(format!("{url}/api/me"))
+                .bearer_auth(t)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let r = me(api_token.clone()).await;
+    assert_eq!(r.status(), 200);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(
+        v["account"].as_str().unwrap().to_lowercase(),
+        tina.address.to_string().to_lowercase()
+    );
+    // Shown once: the list shows only its id.
+    let list = c
+        .get(format!("{}/tokens", w.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(list.contains("nightly export") && !list.contains(&api_token));
+    let id = &api_token[4..12];
+    let r = c
+        .post(format!("{}/tokens/revoke", w.url))
+        .form(&[("csrf", csrf.as_str()), ("id", id)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    assert_eq!(me(api_token).await.status(), 401);
 }

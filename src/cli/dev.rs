@@ -140,11 +140,14 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
         chain_id: settings.chain_id,
     };
     seed_demo_record(&settings, &chain, &ipfs, &records).await?;
+    let accounts = seed_web_users(&settings, &a.state_dir.join("web"))?;
+    let tokens = crate::web::TokenStore::open(&a.state_dir.join("web/tokens"), accounts.clone())?;
     let state = AppState::new(&settings.rpc_url(), Some(chain.clone()), ipfs, keyring)
         .map_err(anyhow::Error::msg)?
-        .with_records(records);
-    let accounts = seed_web_users(&settings, &a.state_dir.join("web"))?;
+        .with_records(records)
+        .with_tokens(std::sync::Arc::new(tokens.clone()));
     let web = WebState::new(state.clone(), accounts)
+        .with_tokens(tokens)
         .with_danger_dev_faucet(demo_signer(&settings, OFFICE)?)
         .with_secure_cookies(a.secure_cookies);
     let app = crate::gateway::router(state).merge(crate::web::router(web));

@@ -13,7 +13,7 @@ use crate::gateway::{AppState, Keyring, RecordsConfig};
 use crate::ipfs::KuboClient;
 use crate::records::ShareNodeRef;
 use crate::serve_config::{ServeConfig, ServeConfigError};
-use crate::web::{AccountStore, WebState};
+use crate::web::{AccountStore, TokenStore, WebState};
 
 /// `ehr serve` flags; each overrides the file's value.
 #[derive(Debug, Args)]
@@ -203,6 +203,9 @@ pub async fn run(a: ServeArgs) -> anyhow::Result<()> {
         threshold: c.records.threshold,
         chain_id: r.chain.as_ref().map_or(0, EhrChain::chain_id),
     };
+    let accounts = AccountStore::open(&c.web.data_dir)
+        .with_context(|| format!("`web.data_dir`: cannot use {}", c.web.data_dir.display()))?;
+    let tokens = TokenStore::open(&c.web.data_dir.join("tokens"), accounts.clone())?;
     let state = AppState::new(
         &c.chain.rpc_url,
         r.chain,
@@ -210,10 +213,10 @@ pub async fn run(a: ServeArgs) -> anyhow::Result<()> {
         Keyring::default(),
     )
     .map_err(anyhow::Error::msg)?
-    .with_records(records);
-    let accounts = AccountStore::open(&c.web.data_dir)
-        .with_context(|| format!("`web.data_dir`: cannot use {}", c.web.data_dir.display()))?;
+    .with_records(records)
+    .with_tokens(std::sync::Arc::new(tokens.clone()));
     let web = WebState::new(state.clone(), accounts)
+        .with_tokens(tokens)
         .with_secure_cookies(c.web.secure_cookies || tls.is_some());
     let app = crate::gateway::router(state)
         .merge(crate::web::router(web))

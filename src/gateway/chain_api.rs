@@ -48,10 +48,8 @@ fn signer_for(
         ApiError::Unauthorized("Authorization must be `Bearer <api token>`".into())
     })?;
     state
-        .keyring()
-        .signer(token.trim())
-        .cloned()
-        .ok_or_else(|| ApiError::Unauthorized("unknown API token".into()))
+        .signer_for_token(token.trim())
+        .ok_or_else(|| ApiError::Unauthorized("unknown, expired or revoked API token".into()))
 }
 
 impl FromRequestParts<AppState> for Actor {
@@ -61,23 +59,8 @@ impl FromRequestParts<AppState> for Actor {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let header = parts
-            .headers
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .ok_or_else(|| {
-                ApiError::Unauthorized("missing Authorization: Bearer <api token>".into())
-            })?;
-        let token = header.strip_prefix("Bearer ").ok_or_else(|| {
-            ApiError::Unauthorized("Authorization must be `Bearer <api token>`".into())
-        })?;
-        let signer = state
-            .keyring()
-            .signer(token.trim())
-            .cloned()
-            .ok_or_else(|| ApiError::Unauthorized("unknown API token".into()))?;
-        let chain = deployed(state)?;
-        Ok(Self(chain.with_signer(state.rpc_url(), signer)?))
+        let signer = signer_for(parts, state)?;
+        Ok(Self(deployed(state)?.with_signer(state.rpc_url(), signer)?))
     }
 }
 

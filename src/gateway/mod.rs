@@ -11,7 +11,7 @@ mod state;
 mod uploads;
 
 pub use error::ApiError;
-pub use state::{AppState, Keyring, RecordsConfig};
+pub use state::{AppState, Keyring, RecordsConfig, TokenResolver};
 pub use uploads::{MAX_UPLOADS, UploadSlots, gate_html, gate_json};
 
 use axum::Router;

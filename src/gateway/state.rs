@@ -42,6 +42,13 @@ impl Keyring {
     }
 }
 
+/// Resolves personal API tokens (issued by the web application) to the account's key, so the
+/// gateway does not depend on how the web app stores them.
+pub trait TokenResolver: Send + Sync + std::fmt::Debug {
+    /// The key behind `token`, if the token is valid now.
+    fn resolve(&self, token: &str) -> Option<PrivateKeySigner>;
+}
+
 /// Where records go: the share nodes, the threshold and the chain id for signed requests.
 #[derive(Debug, Clone)]
 pub struct RecordsConfig {
@@ -60,6 +67,7 @@ struct Inner {
     chain: Option<EhrChain>,
     ipfs: KuboClient,
     keyring: Keyring,
+    tokens: Option<Arc<dyn TokenResolver>>,
     uploads: super::UploadSlots,
 }
 
@@ -90,6 +98,7 @@ impl AppState {
             chain,
             ipfs,
             keyring,
+            tokens: None,
             uploads: super::UploadSlots::default(),
         })))
     }
@@ -120,6 +129,30 @@ impl AppState {
                 Self(shared)
             }
         }
+    }
+
+    /// The same state accepting the personal API tokens `tokens` resolves.
+    pub fn with_tokens(self, tokens: Arc<dyn TokenResolver>) -> Self {
+        match Arc::try_unwrap(self.0) {
+            Ok(mut inner) => {
+                inner.tokens = Some(tokens);
+                Self(Arc::new(inner))
+            }
+            Err(shared) => {
+                tracing::warn!("API tokens ignored: state already shared");
+                Self(shared)
+            }
+        }
+    }
+
+    /// The key behind a bearer token: a keyring token (`ehr dev`'s demo tokens) or a personal
+    /// API token.
+    pub fn signer_for_token(&self, token: &str) -> Option<PrivateKeySigner> {
+        self.0
+            .keyring
+            .signer(token)
+            .cloned()
+            .or_else(|| self.0.tokens.as_ref().and_then(|t| t.resolve(token)))
     }
 
     /// The records configuration, when set.

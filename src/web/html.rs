@@ -37,7 +37,7 @@ code{font-size:.8rem;word-break:break-all}pre{white-space:pre-wrap;word-break:br
 pub(super) fn page(title: &str, user: Option<(&str, &str)>, body: &str) -> String {
     let nav = match user {
         Some((name, csrf)) => format!(
-            r#"<span>{}</span><form class="inline" method="post" action="/logout"><input type="hidden" name="csrf" value="{}"><button class="secondary">Log out</button></form>"#,
+            r#"<span>{}</span> <a href="/tokens">Tokens</a> <form class="inline" method="post" action="/logout"><input type="hidden" name="csrf" value="{}"><button class="secondary">Log out</button></form>"#,
             esc(name),
             esc(csrf)
         ),

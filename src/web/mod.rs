@@ -10,9 +10,11 @@ mod html;
 mod keystore;
 mod pages;
 mod session;
+mod tokens;
 
 pub use accounts::{Account, AccountError, AccountStore, Role};
 pub use session::Sessions;
+pub use tokens::{MAX_DAYS, MAX_TOKENS, TokenEntry, TokenStore};
 
 use alloy::signers::local::PrivateKeySigner;
 use axum::Router;
@@ -29,6 +31,7 @@ pub struct WebState {
     danger_dev_faucet: Option<PrivateKeySigner>,
     secure_cookies: bool,
     guard: guard::Guard,
+    tokens: Option<TokenStore>,
     listing: pages::ListingCache,
     /// One connection pool for the office page's share-node health checks.
     http: reqwest::Client,
@@ -44,6 +47,7 @@ impl WebState {
             danger_dev_faucet: None,
             secure_cookies: false,
             guard: guard::Guard::default(),
+            tokens: None,
             listing: pages::ListingCache::default(),
             http: reqwest::Client::new(),
         }
@@ -54,6 +58,14 @@ impl WebState {
     #[must_use]
     pub fn with_danger_dev_faucet(mut self, faucet: PrivateKeySigner) -> Self {
         self.danger_dev_faucet = Some(faucet);
+        self
+    }
+
+    /// Lets users create personal API tokens kept in `tokens` (give the same store to the
+    /// gateway's [`AppState::with_tokens`] so the REST API accepts them).
+    #[must_use]
+    pub fn with_tokens(mut self, tokens: TokenStore) -> Self {
+        self.tokens = Some(tokens);
         self
     }
 
@@ -102,6 +114,8 @@ pub fn router(state: WebState) -> Router {
         .route("/office", get(pages::office))
         .route("/office/provider", post(pages::office_provider))
         .route("/office/patient", post(pages::office_patient))
+        .route("/tokens", get(pages::tokens).post(pages::token_create))
+        .route("/tokens/revoke", post(pages::token_revoke))
         .layer(axum::extract::DefaultBodyLimit::max(FORM_LIMIT))
         .merge(upload)
         .with_state(state)

@@ -1688,3 +1688,128 @@ pub(super) async fn office_provider(
         Err(e) => back("/office", false, &e.to_string()),
     })
 }
+
+// ------------------------------------------------------------------ personal API tokens
+
+fn tokens_of(state: &WebState) -> Result<&crate::web::TokenStore> {
+    state.tokens.as_ref().ok_or_else(|| {
+        WebError(
+            StatusCode::NOT_FOUND,
+            "API tokens are not enabled on this server".into(),
+        )
+    })
+}
+
+fn tokens_page(
+    state: &WebState,
+    s: &Session,
+    notice: &str,
+    fresh: Option<&str>,
+) -> Result<Html<String>> {
+    let store = tokens_of(state)?;
+    let h = hidden(s);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut rows = String::new();
+    for t in store
+        .list(&s.account.username)
+        .map_err(|e| WebError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+    {
+        let state = if t.expires_at <= now {
+            "expired"
+        } else {
+            "active"
+        };
+        let _ = write!(
+            rows,
+            r#"<tr><td>{}</td><td><code>ehr_{}_…</code></td><td>{}</td><td>{}</td><td>{state}</td><td><form class="inline" method="post" action="/tokens/revoke">{h}<input type="hidden" name="id" value="{}"><button class="danger">Revoke</button></form></td></tr>"#,
+            esc(&t.name),
+            esc(&t.id),
+            time(t.created_at),
+            time(t.expires_at),
+            esc(&t.id),
+        );
+    }
+    let list = if rows.is_empty() {
+        "<p>No tokens.</p>".to_owned()
+    } else {
+        format!(
+            "<table><tr><th>Name</th><th>Token</th><th>Created</th><th>Expires</th><th></th><th></th></tr>{rows}</table>"
+        )
+    };
+    let fresh = fresh.map_or_else(String::new, |t| {
+        format!(
+            r#"<section class="emergency"><h2>Your new token</h2><p>Copy it now: it is shown only once.</p><p><code id="new-token">{}</code></p></section>"#,
+            esc(t)
+        )
+    });
+    let body = format!(
+        r#"{fresh}{notice}<section><h2>Personal API tokens</h2><p>A token lets a script use the REST API as you (<code>Authorization: Bearer …</code>), with your role, until it expires or you revoke it.</p>
+<form method="post" action="/tokens" class="row">{h}<label>Name<br><input name="name" required maxlength="64"></label>
+<label>Valid for days (1 to {max})<br><input name="days" inputmode="numeric" value="90" size="5"></label><button>Create token</button></form>{list}</section>"#,
+        max = crate::web::MAX_DAYS,
+    );
+    Ok(user_page(s, "API tokens", &body))
+}
+
+pub(super) async fn tokens(
+    State(state): State<WebState>,
+    Auth(s, _): Auth,
+    Query(n): Query<Notice>,
+) -> Result<Html<String>> {
+    tokens_page(&state, &s, &n.html(), None)
+}
+
+/// Create-token form.
+#[derive(Deserialize)]
+pub(super) struct TokenForm {
+    csrf: String,
+    name: String,
+    #[serde(default)]
+    days: String,
+}
+
+pub(super) async fn token_create(
+    State(state): State<WebState>,
+    Auth(s, _): Auth,
+    Form(f): Form<TokenForm>,
+) -> Result<Response> {
+    csrf(&s, &f.csrf)?;
+    let days: u64 = f
+        .days
+        .trim()
+        .parse()
+        .map_err(|_| bad(format!("valid for 1 to {} days", crate::web::MAX_DAYS)))?;
+    match tokens_of(&state)?.create(&s.account, &s.signer, &f.name, days) {
+        Ok(token) => Ok(tokens_page(&state, &s, "", Some(&token))?.into_response()),
+        Err(e) => Ok((
+            StatusCode::BAD_REQUEST,
+            tokens_page(&state, &s, &msg(false, &e.to_string()), None)?,
+        )
+            .into_response()),
+    }
+}
+
+/// Revoke-token form.
+#[derive(Deserialize)]
+pub(super) struct RevokeTokenForm {
+    csrf: String,
+    id: String,
+}
+
+pub(super) async fn token_revoke(
+    State(state): State<WebState>,
+    Auth(s, _): Auth,
+    Form(f): Form<RevokeTokenForm>,
+) -> Result<Redirect> {
+    csrf(&s, &f.csrf)?;
+    let done = tokens_of(&state)?
+        .revoke(&s.account.username, &f.id)
+        .map_err(|e| WebError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    Ok(if done {
+        back("/tokens", true, "token revoked")
+    } else {
+        back("/tokens", false, "no such token")
+    })
+}
