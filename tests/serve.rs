@@ -173,6 +173,10 @@ async fn serves_https_with_secure_cookies_and_no_demo_tokens() {
         health["chain"]["contract"].as_str().unwrap().to_lowercase(),
         office.address().to_string().to_lowercase()
     );
+    let nodes_health = health["share_nodes"].as_array().unwrap();
+    assert_eq!(nodes_health.len(), 2);
+    assert!(nodes_health.iter().all(|n| n["ok"] == true), "{health}");
+    assert_eq!(health["status"], "ok");
     // The login page sets its form cookie Secure.
     let r = https.get(format!("{base}/")).send().await.unwrap();
     let cookie = r.headers()["set-cookie"].to_str().unwrap().to_owned();

@@ -1,4 +1,5 @@
-//! `/health`: which chain and which IPFS node the gateway is connected to, and whether they answer.
+//! `/health`: which chain, IPFS node and share nodes the gateway uses, and whether they answer
+//! (a share node counts only when it answers as the identity the gateway expects).
 
 use alloy::providers::Provider;
 use axum::Json;
@@ -30,8 +31,38 @@ pub(super) async fn health(State(state): State<AppState>) -> (StatusCode, Json<V
         }
         Err(e) => json!({"ok": false, "error": e.to_string(), "api_url": state.ipfs().base_url()}),
     };
-    let ok = chain["ok"] == true && ipfs["ok"] == true;
-    let status = if ok {
+    // Every share node at once, each with a short timeout: one dead node must not stall this.
+    let (nodes, needed) = match state.records() {
+        Some(cfg) => {
+            let http = state.http();
+            let checks = cfg.nodes.iter().map(|n| async move {
+                let r = http
+                    .get(format!("{}/health", n.url))
+                    .timeout(std::time::Duration::from_secs(2))
+                    .send()
+                    .await;
+                let v: Value = match r {
+                    Ok(r) => r.json().await.unwrap_or_default(),
+                    Err(_) => Value::Null,
+                };
+                let answers_as = v["node"]
+                    .as_str()
+                    .and_then(|a| a.parse::<alloy::primitives::Address>().ok());
+                let ok = answers_as == Some(n.address) && v["serving"] != false;
+                json!({"url": n.url, "address": n.address, "ok": ok, "answers_as": answers_as})
+            });
+            (
+                futures::future::join_all(checks).await,
+                usize::from(cfg.threshold),
+            )
+        }
+        None => (Vec::new(), 0),
+    };
+    let nodes_ok = nodes.iter().filter(|n| n["ok"] == true).count();
+    let all_ok = chain["ok"] == true && ipfs["ok"] == true && nodes_ok == nodes.len();
+    // Reads need the chain, IPFS and k share nodes; below that the gateway is unavailable.
+    let serving = chain["ok"] == true && ipfs["ok"] == true && nodes_ok >= needed;
+    let status = if serving {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
@@ -39,10 +70,12 @@ pub(super) async fn health(State(state): State<AppState>) -> (StatusCode, Json<V
     (
         status,
         Json(json!({
-            "status": if ok { "ok" } else { "degraded" },
+            "status": if all_ok { "ok" } else if serving { "degraded" } else { "unavailable" },
             "version": env!("CARGO_PKG_VERSION"),
             "chain": chain,
             "ipfs": ipfs,
+            "share_nodes": nodes,
+            "share_nodes_needed": needed,
         })),
     )
 }

@@ -69,6 +69,7 @@ struct Inner {
     keyring: Keyring,
     tokens: Option<Arc<dyn TokenResolver>>,
     uploads: super::UploadSlots,
+    http: reqwest::Client,
 }
 
 /// Cheap-to-clone state handed to every handler.
@@ -100,6 +101,7 @@ impl AppState {
             keyring,
             tokens: None,
             uploads: super::UploadSlots::default(),
+            http: reqwest::Client::new(),
         })))
     }
 
@@ -183,6 +185,11 @@ impl AppState {
     /// The slots for uploads in flight (shared by the REST API and the web pages).
     pub fn upload_slots(&self) -> &super::UploadSlots {
         &self.0.uploads
+    }
+
+    /// One HTTP client for the gateway's own checks (share-node health).
+    pub fn http(&self) -> &reqwest::Client {
+        &self.0.http
     }
 
     /// The keyring.
