@@ -50,27 +50,45 @@ impl<K: Eq + Hash + Clone> RateLimiter<K> {
     /// # Errors
     /// The time to wait when the bucket is empty.
     pub fn check_at(&self, key: &K, now: Instant) -> Result<(), Duration> {
+        self.take_at(key, now, true)
+    }
+
+    /// Whether `key` has a token now, without taking it (for limits that count only failures:
+    /// look before, [`Self::consume`] after a failure).
+    ///
+    /// # Errors
+    /// The time to wait when the bucket is empty.
+    pub fn peek(&self, key: &K) -> Result<(), Duration> {
+        self.take_at(key, Instant::now(), false)
+    }
+
+    /// Takes a token for `key` if there is one (a failure to count).
+    pub fn consume(&self, key: &K) {
+        let _ = self.take_at(key, Instant::now(), true);
+    }
+
+    fn take_at(&self, key: &K, now: Instant, take: bool) -> Result<(), Duration> {
         // A poisoned lock only means another thread panicked mid-update of plain numbers.
         let mut map = self
             .buckets
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if map.len() >= MAX_KEYS && !map.contains_key(key) {
-            let (burst, per_sec) = (self.burst, self.per_sec);
-            map.retain(|_, (tokens, at)| {
-                *tokens + now.saturating_duration_since(*at).as_secs_f64() * per_sec < burst
-            });
-            if map.len() >= MAX_KEYS {
-                // Every key is active: refuse newcomers rather than grow without bound.
-                return Err(Duration::from_secs(1));
-            }
+            // Forget the tenth of the keys seen longest ago: a flood of new keys evicts old
+            // ones instead of locking every newcomer out.
+            let mut ages: Vec<Instant> = map.values().map(|(_, at)| *at).collect();
+            ages.sort_unstable();
+            let cutoff = ages[ages.len() / 10];
+            map.retain(|_, (_, at)| *at > cutoff);
         }
         let (tokens, at) = map.entry(key.clone()).or_insert((self.burst, now));
         let refill = now.saturating_duration_since(*at).as_secs_f64() * self.per_sec;
         *tokens = (*tokens + refill).min(self.burst);
         *at = now;
         if *tokens >= 1.0 {
-            *tokens -= 1.0;
+            if take {
+                *tokens -= 1.0;
+            }
             Ok(())
         } else {
             Err(Duration::from_secs_f64((1.0 - *tokens) / self.per_sec))
@@ -109,6 +127,12 @@ mod tests {
         assert!(l.check_at(&"a", t + Duration::from_secs(1)).is_err());
         l.reset(&"a");
         l.check_at(&"a", t + Duration::from_secs(1)).unwrap();
+        // Peek looks without taking; consume takes.
+        let f = RateLimiter::new(1, 1);
+        f.peek(&"x").unwrap();
+        f.peek(&"x").unwrap();
+        f.consume(&"x");
+        assert!(f.peek(&"x").is_err());
         assert_eq!(retry_after_secs(Duration::from_millis(10)), 1);
     }
 }

@@ -264,7 +264,17 @@ impl ServeConfig {
                 fix: format!("set records.threshold between 1 and {n}"),
             });
         }
+        let mut seen_urls = std::collections::HashSet::new();
+        let mut seen_addrs = std::collections::HashSet::new();
         for (i, node) in self.records.share_nodes.iter().enumerate() {
+            if !seen_urls.insert(node.url.trim_end_matches('/')) || !seen_addrs.insert(node.address)
+            {
+                return Err(Invalid {
+                    key: "records.share_nodes",
+                    problem: format!("entry {} repeats a URL or an address", i + 1),
+                    fix: "list each share node once: a repeated node would count twice toward the threshold".into(),
+                });
+            }
             if reqwest::Url::parse(&node.url).is_err() {
                 return Err(Invalid {
                     key: "records.share_nodes.url",
@@ -339,6 +349,10 @@ data_dir = "web"
             .unwrap_err()
             .to_string();
         assert!(e.contains("lissen"), "{e}");
+        let e = ServeConfig::parse(&GOOD.replace("7002", "7001"), p)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("repeats a URL"), "{e}");
         let e = ServeConfig::parse(&GOOD.replace("127.0.0.1:8080", "eighty"), p)
             .unwrap_err()
             .to_string();

@@ -585,6 +585,28 @@ async fn logins_are_guarded() {
     assert_eq!(r.status(), 429);
     assert!(r.headers().get("retry-after").is_some());
     assert!(r.text().await.unwrap().contains("too many attempts"));
+    // Failures from one client do not lock the account for others: from another address
+    // (127.0.0.2), the owner still gets in.
+    let owner = reqwest::Client::builder()
+        .cookie_store(true)
+        .redirect(reqwest::redirect::Policy::none())
+        .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
+        .build()
+        .unwrap();
+    let owner_token = form_token(&owner, &w.url, "/").await;
+    let r = login(
+        &owner,
+        &w.url,
+        &owner_token,
+        "alice",
+        "alice's long password",
+    )
+    .await;
+    assert_eq!(
+        r.status(),
+        303,
+        "the owner is not locked out by someone else's failures"
+    );
     // From one client address, names rotate but the address runs out (30 at once).
     let mut last = 0;
     for i in 0..40 {
@@ -734,12 +756,26 @@ async fn personal_api_tokens_work_until_revoked() {
     let marker = r#"name="csrf" value=""#;
     let at = page.find(marker).unwrap() + marker.len();
     let csrf = page[at..at + 64].to_owned();
+    // The password is asked again: a stolen session alone makes no token.
+    let r = c
+        .post(format!("{}/tokens", w.url))
+        .form(&[
+            ("csrf", csrf.as_str()),
+            ("name", "x"),
+            ("days", "7"),
+            ("password", "not it"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
     let page = c
         .post(format!("{}/tokens", w.url))
         .form(&[
             ("csrf", csrf.as_str()),
             ("name", "nightly export"),
             ("days", "7"),
+            ("password", "tina's long password"),
         ])
         .send()
         .await
@@ -747,7 +783,10 @@ async fn personal_api_tokens_work_until_revoked() {
         .text()
         .await
         .unwrap();
-    let at = page.find(r#"<code id="new-token">"#).unwrap() + 21;
+    let at = page
+        .find(r#"<code id="new-token">"#)
+        .unwrap_or_else(|| panic!("{page}"))
+        + 21;
     let api_token = page[at..].split('<').next().unwrap().to_owned();
     assert!(api_token.starts_with("ehr_"), "{api_token}");
     let me = |t: String| {

@@ -94,7 +94,7 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
         settings.state_file = a.state_dir.join("anvil-state.json").display().to_string();
     }
     if a.reset {
-        reset(&a.state_dir)?;
+        reset(&a.state_dir, std::path::Path::new(&settings.state_file))?;
     }
     let mut supervisor = Supervisor::default();
     println!(
@@ -105,6 +105,20 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
         settings.state_interval_secs
     );
     let anvil = start_anvil(&tools.anvil, &settings, true).await?;
+    // Keep a recent good copy of the chain state, for a dump damaged by a kill mid-write.
+    let state_file = PathBuf::from(&settings.state_file);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(10));
+        loop {
+            tick.tick().await;
+            let f = state_file.clone();
+            if let Ok(Err(e)) =
+                tokio::task::spawn_blocking(move || crate::stack::back_up_state(&f)).await
+            {
+                tracing::warn!("backing up the chain state: {e}");
+            }
+        }
+    });
     let (bin, s2) = (tools.anvil.clone(), settings.clone());
     supervisor.keep("anvil", anvil.child, move || {
         let (bin, s2) = (bin.clone(), s2.clone());
@@ -203,13 +217,31 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Moves what belongs to the current chain out of the way, keeping it.
-fn reset(state_dir: &std::path::Path) -> anyhow::Result<()> {
+/// Moves what belongs to the current chain out of the way, keeping it: the deployment file,
+/// the chain state (also when it lives outside the state folder), share stores and web users.
+fn reset(state_dir: &std::path::Path, chain_state: &std::path::Path) -> anyhow::Result<()> {
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    let aside = state_dir.join(format!("reset-{secs}"));
+    // A folder of its own, even for two resets within one second.
+    let aside = (0..)
+        .map(|n| {
+            state_dir.join(if n == 0 {
+                format!("reset-{secs}")
+            } else {
+                format!("reset-{secs}-{n}")
+            })
+        })
+        .find(|p| std::fs::create_dir(p).is_ok())
+        .context("creating the reset folder")?;
+    crate::fsutil::private_dir(&aside)?;
     let mut moved = Vec::new();
+    let mut take = |from: std::path::PathBuf, name: String| -> anyhow::Result<()> {
+        std::fs::rename(&from, aside.join(&name))
+            .with_context(|| format!("moving {} into {}", from.display(), aside.display()))?;
+        moved.push(name);
+        Ok(())
+    };
     for name in std::fs::read_dir(state_dir)?
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
@@ -219,13 +251,25 @@ fn reset(state_dir: &std::path::Path) -> anyhow::Result<()> {
             || name.starts_with("anvil-state.json")
             || name.starts_with("share-node-");
         if ours {
-            crate::fsutil::private_dir(&aside)?;
-            std::fs::rename(state_dir.join(&name), aside.join(&name))
-                .with_context(|| format!("moving {name} into {}", aside.display()))?;
-            moved.push(name);
+            take(state_dir.join(&name), name)?;
+        }
+    }
+    if chain_state.parent() != Some(state_dir) {
+        for f in [
+            chain_state.to_owned(),
+            chain_state.with_extension("json.good"),
+        ] {
+            if f.exists() {
+                let name = f.file_name().map_or_else(
+                    || "anvil-state".into(),
+                    |n| n.to_string_lossy().into_owned(),
+                );
+                take(f, name)?;
+            }
         }
     }
     if moved.is_empty() {
+        let _ = std::fs::remove_dir(&aside);
         println!("[dev] --reset: nothing to move aside");
     } else {
         println!(
@@ -321,6 +365,20 @@ async fn deploy_or_reuse(
                 d.deployment_id
             )),
         };
+    }
+    if let Some(dir) = file.parent() {
+        let leftovers: Vec<String> = std::fs::read_dir(dir)?
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n == "web" || n.starts_with("share-node-"))
+            .collect();
+        anyhow::ensure!(
+            leftovers.is_empty(),
+            "{} has no deployment file but holds data of an earlier chain ({}); refusing to deploy \
+             a new contract over it. `ehr dev --reset` moves it aside and starts fresh.",
+            dir.display(),
+            leftovers.join(", ")
+        );
     }
     let (chain, d) = EhrChain::deploy(&rpc, office.clone(), office.address()).await?;
     d.save(file)

@@ -175,6 +175,23 @@ pub async fn run(a: ServeArgs) -> anyhow::Result<()> {
         println!("some parts are not reachable or not what the configuration says");
         std::process::exit(2);
     }
+    // Without the chain nothing can be checked or anchored; exit so a supervisor (systemd)
+    // restarts us when it is back, instead of serving without access control.
+    let Some(_) = r.chain.as_ref() else {
+        anyhow::bail!(
+            "the chain is not reachable or not the configured deployment (see above); not serving"
+        );
+    };
+    let loopback = c
+        .listen
+        .parse::<SocketAddr>()
+        .is_ok_and(|a| a.ip().is_loopback());
+    if tls.is_none() && !loopback && !c.web.secure_cookies {
+        tracing::warn!(
+            "listening on {} over plain HTTP without secure_cookies: passwords and sessions travel in clear; add [tls] or put a TLS proxy in front and set web.secure_cookies",
+            c.listen
+        );
+    }
     if !r.nodes_ok {
         // An unreachable node may come up later; one that answers as another node is either a
         // mistake or an impersonation, and shares must never go to it.

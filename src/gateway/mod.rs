@@ -12,7 +12,7 @@ mod uploads;
 
 pub use error::ApiError;
 pub use state::{AppState, Keyring, RecordsConfig, TokenResolver};
-pub use uploads::{MAX_UPLOADS, UploadSlots, gate_html, gate_json};
+pub use uploads::{MAX_UPLOADS, UploadSlots, gate_html, gate_json, timeout as upload_timeout};
 
 use axum::Router;
 use axum::routing::{get, post};
@@ -57,6 +57,7 @@ pub fn router(state: AppState) -> Router {
         .route("/records", post(records_api::upload))
         .layer(axum::extract::DefaultBodyLimit::disable())
         .layer(RequestBodyLimitLayer::new(records_api::UPLOAD_LIMIT))
+        .layer(uploads::timeout())
         .layer(axum::middleware::from_fn_with_state(
             state.upload_slots().clone(),
             uploads::gate_json,

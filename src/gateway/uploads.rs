@@ -14,6 +14,15 @@ use tokio::sync::Semaphore;
 /// Uploads processed at once (x 32 MiB: at most 128 MiB of upload bodies in memory).
 pub const MAX_UPLOADS: usize = 4;
 
+/// Longest an upload may take, body included: a client trickling its body cannot hold a slot
+/// for longer (408 after that).
+pub(super) const UPLOAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// The timeout layer for upload routes (inside the slot, so a timed-out upload frees it).
+pub fn timeout() -> tower_http::timeout::TimeoutLayer {
+    tower_http::timeout::TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, UPLOAD_TIMEOUT)
+}
+
 /// Seconds a refused client is asked to wait.
 const RETRY_SECS: u64 = 5;
 

@@ -76,29 +76,50 @@ pub async fn start_anvil(
     })
 }
 
-/// Before anvil loads its state file: a file that parses is copied to `<file>.good`; one that
-/// does not (anvil was killed while writing it) is replaced by the last good copy, so a crash
-/// at the wrong moment costs seconds of chain, not the chain.
+/// Before anvil loads its state file: a file that parses is kept as `<file>.good`; one that
+/// does not (anvil was killed while writing it) is replaced by the last good copy, so a crash at
+/// the wrong moment costs seconds of chain, not the chain.
 fn keep_state_loadable(file: &Path) -> Result<(), StackError> {
-    let io = |context: String| move |source| StackError::Io { context, source };
-    let good = file.with_extension("json.good");
     if !file.exists() {
         return Ok(());
     }
+    if back_up_state(file)? {
+        return Ok(());
+    }
+    let good = file.with_extension("json.good");
+    if good.exists() {
+        tracing::warn!(
+            "anvil state {} is damaged (killed while writing?); restoring the last good copy",
+            file.display()
+        );
+        copy_atomically(&good, file)?;
+    }
+    Ok(())
+}
+
+/// Copies the state file to `<file>.good` when it parses (`ehr dev` calls this every few
+/// seconds, so the good copy is recent); returns whether it parsed.
+///
+/// # Errors
+/// When the copy cannot be written.
+pub fn back_up_state(file: &Path) -> Result<bool, StackError> {
     let parses = std::fs::File::open(file)
         .map(std::io::BufReader::new)
         .ok()
         .and_then(|r| serde_json::from_reader::<_, serde::de::IgnoredAny>(r).ok())
         .is_some();
     if parses {
-        std::fs::copy(file, &good).map_err(io(format!("backing up {}", file.display())))?;
-    } else if good.exists() {
-        tracing::warn!(
-            "anvil state {} is damaged (killed while writing?); restoring the last good copy",
-            file.display()
-        );
-        std::fs::copy(&good, file).map_err(io(format!("restoring {}", good.display())))?;
+        copy_atomically(file, &file.with_extension("json.good"))?;
     }
+    Ok(parses)
+}
+
+/// `from` to `to` through a temporary file and a rename: `to` is always whole.
+fn copy_atomically(from: &Path, to: &Path) -> Result<(), StackError> {
+    let io = |context: String| move |source| StackError::Io { context, source };
+    let tmp = to.with_extension("tmp");
+    std::fs::copy(from, &tmp).map_err(io(format!("copying {}", from.display())))?;
+    std::fs::rename(&tmp, to).map_err(io(format!("replacing {}", to.display())))?;
     Ok(())
 }
 

@@ -6,7 +6,7 @@ mod kubo;
 mod process;
 mod supervise;
 
-pub use anvil::{AnvilNode, start_anvil};
+pub use anvil::{AnvilNode, back_up_state, start_anvil};
 pub use kubo::{KuboNode, KuboOptions, start_kubo};
 pub use process::{ChildExit, ManagedChild};
 pub use supervise::Supervisor;

@@ -34,6 +34,44 @@ pub struct Account {
     pub patient: Option<PatientAddr>,
     /// File name of the encrypted key under `keystores/`.
     pub keystore: String,
+    /// For providers: who they are, as entered at sign-up.
+    #[serde(default)]
+    pub profile: Option<ProviderProfile>,
+}
+
+/// Who a provider is: shown to the records office when verifying and to patients when granting.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProviderProfile {
+    /// Full name.
+    pub name: String,
+    /// Organisation (hospital, practice).
+    pub organisation: String,
+    /// Licence or registration number.
+    pub licence: String,
+}
+
+impl ProviderProfile {
+    /// A profile; every field 1 to 100 characters, no control characters.
+    ///
+    /// # Errors
+    /// [`AccountError::Invalid`] naming the field.
+    pub fn new(name: &str, organisation: &str, licence: &str) -> Result<Self, AccountError> {
+        let field = |what: &str, v: &str| {
+            let v = v.trim();
+            if v.is_empty() || v.chars().count() > 100 || v.chars().any(char::is_control) {
+                Err(AccountError::Invalid(format!(
+                    "{what}: 1 to 100 characters"
+                )))
+            } else {
+                Ok(v.to_owned())
+            }
+        };
+        Ok(Self {
+            name: field("name", name)?,
+            organisation: field("organisation", organisation)?,
+            licence: field("licence number", licence)?,
+        })
+    }
 }
 
 /// Errors of the account store.
@@ -132,6 +170,35 @@ impl AccountStore {
         Ok(out)
     }
 
+    /// Sets a provider's profile.
+    ///
+    /// # Errors
+    /// Unknown user or storage failure.
+    pub fn set_profile(
+        &self,
+        username: &str,
+        profile: ProviderProfile,
+    ) -> Result<(), AccountError> {
+        let mut a = self
+            .account(username)
+            .ok_or_else(|| AccountError::Invalid(format!("no user {username:?}")))?;
+        a.profile = Some(profile);
+        let json = serde_json::to_vec_pretty(&a).map_err(|e| AccountError::Io(e.to_string()))?;
+        crate::fsutil::write_private(&self.user_file(username), &json)
+            .map_err(|e| AccountError::Io(e.to_string()))
+    }
+
+    /// The profiles of the web app's providers, by account.
+    pub fn profiles(
+        &self,
+    ) -> std::collections::HashMap<alloy::primitives::Address, ProviderProfile> {
+        self.list()
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|a| a.profile.map(|p| (a.address, p)))
+            .collect()
+    }
+
     /// The account named `username`, if any.
     pub fn account(&self, username: &str) -> Option<Account> {
         if !valid_name(username) {
@@ -187,6 +254,7 @@ impl AccountStore {
             address: signer.address(),
             patient,
             keystore,
+            profile: None,
         };
         let tmp = self
             .dir

@@ -24,7 +24,10 @@ pub(super) struct Guard(Arc<Inner>);
 
 #[derive(Debug)]
 struct Inner {
-    login_per_account: RateLimiter<String>,
+    /// Failed logins per (account, client): an attacker elsewhere cannot lock a user out.
+    failures_per_account_client: RateLimiter<(String, IpAddr)>,
+    /// Failed logins per account from everywhere: slows a distributed guess, loosely.
+    failures_per_account: RateLimiter<String>,
     login_per_client: RateLimiter<IpAddr>,
     signup_per_client: RateLimiter<IpAddr>,
     kdf: Semaphore,
@@ -36,8 +39,10 @@ const KDF_WAIT: Duration = Duration::from_secs(10);
 impl Default for Guard {
     fn default() -> Self {
         Self(Arc::new(Inner {
-            // 5 tries, then one more every 12 s: a guessing attack gets 300 tries an hour.
-            login_per_account: RateLimiter::with_interval(5, Duration::from_secs(12)),
+            // 5 failures from one client, then one more every 12 s (300 guesses an hour).
+            failures_per_account_client: RateLimiter::with_interval(5, Duration::from_secs(12)),
+            // 50 failures from anywhere, then one more every 30 s.
+            failures_per_account: RateLimiter::with_interval(50, Duration::from_secs(30)),
             login_per_client: RateLimiter::with_interval(30, Duration::from_secs(2)),
             // 5 sign-ups, then one every 6 minutes per client address.
             signup_per_client: RateLimiter::with_interval(5, Duration::from_secs(360)),
@@ -55,25 +60,43 @@ pub(super) enum Refused {
 }
 
 impl Guard {
-    /// Takes a login try for `username` from `client`.
+    /// Whether a login for `username` from `client` may be tried now (takes one of the
+    /// client's tries; failures are counted by [`Self::login_failed`]).
     pub(super) fn login(&self, username: &str, client: Option<IpAddr>) -> Result<(), Refused> {
-        if let Some(ip) = client {
+        let ip = client.map_or(IpAddr::from([0, 0, 0, 0]), client_key);
+        if client.is_some() {
             self.0
                 .login_per_client
                 .check(&ip)
                 .map_err(Refused::TooMany)?;
         }
-        let name: String = username.to_ascii_lowercase().chars().take(64).collect();
+        let name = account_key(username);
         self.0
-            .login_per_account
-            .check(&name)
+            .failures_per_account_client
+            .peek(&(name.clone(), ip))
+            .map_err(Refused::TooMany)?;
+        self.0
+            .failures_per_account
+            .peek(&name)
             .map_err(Refused::TooMany)
     }
 
-    /// A successful login clears the account's failures.
-    pub(super) fn login_ok(&self, username: &str) {
-        let name: String = username.to_ascii_lowercase().chars().take(64).collect();
-        self.0.login_per_account.reset(&name);
+    /// Counts a failed login.
+    pub(super) fn login_failed(&self, username: &str, client: Option<IpAddr>) {
+        let ip = client.map_or(IpAddr::from([0, 0, 0, 0]), client_key);
+        let name = account_key(username);
+        self.0
+            .failures_per_account_client
+            .consume(&(name.clone(), ip));
+        self.0.failures_per_account.consume(&name);
+    }
+
+    /// A successful login clears that client's failures for the account.
+    pub(super) fn login_ok(&self, username: &str, client: Option<IpAddr>) {
+        let ip = client.map_or(IpAddr::from([0, 0, 0, 0]), client_key);
+        self.0
+            .failures_per_account_client
+            .reset(&(account_key(username), ip));
     }
 
     /// Takes a sign-up from `client`.
@@ -82,7 +105,7 @@ impl Guard {
             Some(ip) => self
                 .0
                 .signup_per_client
-                .check(&ip)
+                .check(&client_key(ip))
                 .map_err(Refused::TooMany),
             None => Ok(()),
         }
@@ -94,6 +117,25 @@ impl Guard {
             .await
             .map_err(|_| Refused::Busy)?
             .map_err(|_| Refused::Busy)
+    }
+}
+
+fn account_key(username: &str) -> String {
+    username.to_ascii_lowercase().chars().take(64).collect()
+}
+
+/// The key a client is limited by: its IPv4 address, or its IPv6 /64 (one subscriber gets a
+/// whole /64, so single IPv6 addresses would cost an attacker nothing).
+pub(super) fn client_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+        v4 => v4,
     }
 }
 
@@ -137,7 +179,7 @@ pub(super) fn same(a: &str, b: &str) -> bool {
 /// The form token of this browser: the one in its cookie, or a fresh one (with the
 /// `Set-Cookie` value to send when fresh).
 pub(super) fn form_token(headers: &HeaderMap, secure: bool) -> (String, Option<String>) {
-    if let Some(t) = cookie(headers, FORM_COOKIE).filter(|t| t.len() == 64) {
+    if let Some(t) = cookie(headers, FORM_COOKIE).filter(|t| well_formed(t)) {
         return (t, None);
     }
     let mut b = [0u8; 32];
@@ -151,7 +193,13 @@ pub(super) fn form_token(headers: &HeaderMap, secure: bool) -> (String, Option<S
 /// Whether the posted form token matches this browser's cookie (double submit: a page on
 /// another site can make the browser post, but cannot read or set the SameSite cookie).
 pub(super) fn form_token_ok(headers: &HeaderMap, posted: &str) -> bool {
-    cookie(headers, FORM_COOKIE).is_some_and(|c| c.len() == 64 && same(&c, posted))
+    cookie(headers, FORM_COOKIE).is_some_and(|c| well_formed(&c) && same(&c, posted))
+}
+
+/// A form token is 64 hex digits; anything else in the cookie (set by a sibling site, say) is
+/// replaced, never echoed into a page.
+fn well_formed(t: &str) -> bool {
+    t.len() == 64 && t.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 /// Whether the request came over HTTPS as the client sees it (directly, or through a proxy

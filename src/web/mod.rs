@@ -12,7 +12,7 @@ mod pages;
 mod session;
 mod tokens;
 
-pub use accounts::{Account, AccountError, AccountStore, Role};
+pub use accounts::{Account, AccountError, AccountStore, ProviderProfile, Role};
 pub use session::Sessions;
 pub use tokens::{MAX_DAYS, MAX_TOKENS, TokenEntry, TokenStore};
 
@@ -86,6 +86,7 @@ pub fn router(state: WebState) -> Router {
         .layer(axum::extract::DefaultBodyLimit::max(
             pages::UPLOAD_LIMIT + 64 * 1024,
         ))
+        .layer(crate::gateway::upload_timeout())
         .layer(axum::middleware::from_fn_with_state(
             state.app.upload_slots().clone(),
             crate::gateway::gate_html,

@@ -225,10 +225,11 @@ fn secure(state: &WebState, headers: &HeaderMap) -> bool {
 fn login_page(notice: &str, username: &str, form_token: &str) -> Html<String> {
     let body = format!(
         r#"{notice}<section><h2>Log in</h2><form method="post" action="/login" class="row">
-<input type="hidden" name="form_token" value="{form_token}">
+<input type="hidden" name="form_token" value="{}">
 <label>User<br><input name="username" autocomplete="username" required value="{}"></label>
 <label>Password<br><input name="password" type="password" autocomplete="current-password" required></label>
 <button>Log in</button></form><p>New here? <a href="/signup">Sign up</a> as a patient or a provider.</p></section>"#,
+        esc(form_token),
         esc(username)
     );
     Html(page("Welcome", None, &body))
@@ -309,11 +310,14 @@ pub(super) async fn login(
     let r = tokio::task::spawn_blocking(move || store.login(&u, &p)).await;
     match r {
         Ok(Ok((account, signer))) => {
-            state.guard.login_ok(&f.username);
+            state.guard.login_ok(&f.username, client);
             start_session(&state, &headers, account, signer)
         }
         // The form again with the message, the name kept (a redirect cannot carry a 401).
-        Ok(Err(e)) => again(StatusCode::UNAUTHORIZED, &e.to_string(), None),
+        Ok(Err(e)) => {
+            state.guard.login_failed(&f.username, client);
+            again(StatusCode::UNAUTHORIZED, &e.to_string(), None)
+        }
         Err(e) => WebError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
     }
 }
@@ -416,13 +420,6 @@ pub(super) async fn signup(
         let (status, retry, m) = refused(r);
         return again(status, &m, retry);
     }
-    let _slot = match state.guard.kdf().await {
-        Ok(p) => p,
-        Err(r) => {
-            let (status, retry, m) = refused(r);
-            return again(status, &m, retry);
-        }
-    };
     match do_signup(&state, &headers, f).await {
         Ok(r) => r,
         Err(WebError(status, m)) => {
@@ -468,15 +465,21 @@ async fn do_signup(state: &WebState, headers: &HeaderMap, f: SignupForm) -> Resu
     }
     let store = state.accounts.clone();
     let (u, p) = (f.username.clone(), f.password);
-    let (account, signer) =
-        tokio::task::spawn_blocking(move || store.create(&u, &p, role, patient, None))
-            .await
-            .map_err(|e| WebError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
-            .map_err(|e| match e {
-                AccountError::Taken(_) => WebError(StatusCode::CONFLICT, e.to_string()),
-                AccountError::Invalid(_) => bad(e.to_string()),
-                other => WebError(StatusCode::INTERNAL_SERVER_ERROR, other.to_string()),
-            })?;
+    // A KDF slot only for the keystore's encryption, not for the chain calls after it.
+    let slot = state.guard.kdf().await.map_err(|r| {
+        let (status, _, m) = refused(r);
+        WebError(status, m)
+    })?;
+    let created =
+        tokio::task::spawn_blocking(move || store.create(&u, &p, role, patient, None)).await;
+    drop(slot);
+    let (account, signer) = created
+        .map_err(|e| WebError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .map_err(|e| match e {
+            AccountError::Taken(_) => WebError(StatusCode::CONFLICT, e.to_string()),
+            AccountError::Invalid(_) => bad(e.to_string()),
+            other => WebError(StatusCode::INTERNAL_SERVER_ERROR, other.to_string()),
+        })?;
     // The account exists on disk only if its chain registration landed: a failure here removes
     // it again, so no half-made user is left behind.
     let registered = async {
@@ -1747,6 +1750,7 @@ fn tokens_page(
     let body = format!(
         r#"{fresh}{notice}<section><h2>Personal API tokens</h2><p>A token lets a script use the REST API as you (<code>Authorization: Bearer …</code>), with your role, until it expires or you revoke it.</p>
 <form method="post" action="/tokens" class="row">{h}<label>Name<br><input name="name" required maxlength="64"></label>
+<label>Your password (again)<br><input name="password" type="password" required autocomplete="current-password"></label>
 <label>Valid for days (1 to {max})<br><input name="days" inputmode="numeric" value="90" size="5"></label><button>Create token</button></form>{list}</section>"#,
         max = crate::web::MAX_DAYS,
     );
@@ -1767,6 +1771,8 @@ pub(super) struct TokenForm {
     csrf: String,
     name: String,
     #[serde(default)]
+    password: String,
+    #[serde(default)]
     days: String,
 }
 
@@ -1781,6 +1787,24 @@ pub(super) async fn token_create(
         .trim()
         .parse()
         .map_err(|_| bad(format!("valid for 1 to {} days", crate::web::MAX_DAYS)))?;
+    // A stolen session alone must not become a long-lived key: ask for the password again.
+    let slot = state.guard.kdf().await.map_err(|r| {
+        let (status, _, m) = refused(r);
+        WebError(status, m)
+    })?;
+    let store = state.accounts.clone();
+    let (u, p) = (s.account.username.clone(), f.password.clone());
+    let checked = tokio::task::spawn_blocking(move || store.login(&u, &p))
+        .await
+        .map_err(|e| WebError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    drop(slot);
+    if checked.is_err() {
+        return Ok((
+            StatusCode::FORBIDDEN,
+            tokens_page(&state, &s, &msg(false, "wrong password"), None)?,
+        )
+            .into_response());
+    }
     match tokens_of(&state)?.create(&s.account, &s.signer, &f.name, days) {
         Ok(token) => Ok(tokens_page(&state, &s, "", Some(&token))?.into_response()),
         Err(e) => Ok((

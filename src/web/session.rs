@@ -128,6 +128,7 @@ mod tests {
             address: alloy::primitives::Address::ZERO,
             patient: None,
             keystore: String::new(),
+            profile: None,
         }
     }
 

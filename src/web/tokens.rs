@@ -6,7 +6,9 @@
 //! Format: `ehr_<id>_<secret>`: `id` (8 hex digits) finds the entry, `secret` (64 hex digits)
 //! proves it.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use alloy::signers::local::PrivateKeySigner;
@@ -39,11 +41,14 @@ pub struct TokenEntry {
     wrapped_key: Vec<u8>,
 }
 
-/// The tokens of all users, under `<web data dir>/tokens/<user>.json` (0600 in 0700).
+/// The tokens of all users: files `<dir>/<user>.json` (0600 in 0700), mirrored by an index in
+/// memory so that checking a bearer token reads no file, and updated under one lock so that a
+/// revoke racing a create cannot bring a token back.
 #[derive(Debug, Clone)]
 pub struct TokenStore {
     dir: PathBuf,
     accounts: AccountStore,
+    index: Arc<Mutex<HashMap<String, (String, TokenEntry)>>>,
 }
 
 fn now() -> u64 {
@@ -60,38 +65,62 @@ fn aad(user: &str, id: &str) -> Vec<u8> {
     format!("ehr-share/api-token/{user}/{id}").into_bytes()
 }
 
+type Index = HashMap<String, (String, TokenEntry)>;
+
 impl TokenStore {
-    /// Tokens kept beside `accounts`' data, in `dir`.
+    /// Tokens kept beside `accounts`' data, in `dir`; loads them all.
     ///
     /// # Errors
-    /// When the folder cannot be created.
+    /// When the folder cannot be created or a token file cannot be read.
     pub fn open(dir: &Path, accounts: AccountStore) -> Result<Self, AccountError> {
         crate::fsutil::private_dir(dir).map_err(io)?;
+        let mut index = Index::new();
+        for e in std::fs::read_dir(dir).map_err(io)?.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(user) = name.strip_suffix(".json") else {
+                continue;
+            };
+            let entries: Vec<TokenEntry> =
+                serde_json::from_slice(&std::fs::read(e.path()).map_err(io)?).map_err(io)?;
+            for t in entries {
+                index.insert(t.id.clone(), (user.to_owned(), t));
+            }
+        }
         Ok(Self {
             dir: dir.to_owned(),
             accounts,
+            index: Arc::new(Mutex::new(index)),
         })
     }
 
-    fn file(&self, user: &str) -> PathBuf {
-        self.dir.join(format!("{user}.json"))
+    fn lock(&self) -> std::sync::MutexGuard<'_, Index> {
+        // A poisoned index only means a panic elsewhere mid-update; the map is still whole.
+        self.index
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn of(index: &Index, user: &str) -> Vec<TokenEntry> {
+        let mut v: Vec<TokenEntry> = index
+            .values()
+            .filter(|(u, _)| u == user)
+            .map(|(_, t)| t.clone())
+            .collect();
+        v.sort_by_key(|t| std::cmp::Reverse(t.created_at));
+        v
+    }
+
+    fn persist(&self, index: &Index, user: &str) -> Result<(), AccountError> {
+        let bytes = serde_json::to_vec_pretty(&Self::of(index, user)).map_err(io)?;
+        crate::fsutil::write_private(&self.dir.join(format!("{user}.json")), &bytes).map_err(io)
     }
 
     /// The user's tokens, newest first (expired ones included, marked by their date).
     ///
     /// # Errors
-    /// When the file cannot be read.
+    /// Never today; kept for a store that can fail.
     pub fn list(&self, user: &str) -> Result<Vec<TokenEntry>, AccountError> {
-        match std::fs::read(self.file(user)) {
-            Ok(b) => serde_json::from_slice(&b).map_err(io),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-            Err(e) => Err(io(e)),
-        }
-    }
-
-    fn save(&self, user: &str, entries: &[TokenEntry]) -> Result<(), AccountError> {
-        let bytes = serde_json::to_vec_pretty(entries).map_err(io)?;
-        crate::fsutil::write_private(&self.file(user), &bytes).map_err(io)
+        Ok(Self::of(&self.lock(), user))
     }
 
     /// Creates a token for `account` (whose unlocked key is `signer`), valid `days`; returns
@@ -117,48 +146,54 @@ impl TokenStore {
                 "valid for 1 to {MAX_DAYS} days"
             )));
         }
-        let mut entries = self.list(&account.username)?;
+        let user = &account.username;
         let t = now();
-        entries.retain(|e| e.expires_at > t);
-        if entries.len() >= MAX_TOKENS {
+        let mut index = self.lock();
+        index.retain(|_, (u, e)| u != user || e.expires_at > t);
+        if Self::of(&index, user).len() >= MAX_TOKENS {
             return Err(AccountError::Invalid(format!(
                 "at most {MAX_TOKENS} tokens; revoke one first"
             )));
         }
-        let mut id = [0u8; 4];
+        let id = loop {
+            let mut id = [0u8; 4];
+            rand_core::OsRng.fill_bytes(&mut id);
+            let id = hex::encode(id);
+            if !index.contains_key(&id) {
+                break id;
+            }
+        };
         let mut secret = [0u8; 32];
-        rand_core::OsRng.fill_bytes(&mut id);
         rand_core::OsRng.fill_bytes(&mut secret);
-        let id = hex::encode(id);
         let token = format!("ehr_{id}_{}", hex::encode(secret));
         let key = derive_key(&secret, "api-token");
-        entries.insert(
-            0,
-            TokenEntry {
-                id: id.clone(),
-                name: name.to_owned(),
-                created_at: t,
-                expires_at: t + days * 86_400,
-                hash: Sha256::digest(token.as_bytes()).to_vec(),
-                wrapped_key: seal_at_rest(&key, &aad(&account.username, &id), &signer.to_bytes().0),
-            },
-        );
-        self.save(&account.username, &entries)?;
+        let entry = TokenEntry {
+            id: id.clone(),
+            name: name.to_owned(),
+            created_at: t,
+            expires_at: t + days * 86_400,
+            hash: Sha256::digest(token.as_bytes()).to_vec(),
+            wrapped_key: seal_at_rest(&key, &aad(user, &id), &signer.to_bytes().0),
+        };
+        index.insert(id.clone(), (user.clone(), entry));
+        if let Err(e) = self.persist(&index, user) {
+            index.remove(&id);
+            return Err(e);
+        }
         Ok(token)
     }
 
-    /// Revokes the user's token `id`; false when there was none.
+    /// Revokes the user's token `id`; false when the user has no such token.
     ///
     /// # Errors
-    /// When the file cannot be written.
+    /// When the file cannot be written (the token then stays revoked in memory).
     pub fn revoke(&self, user: &str, id: &str) -> Result<bool, AccountError> {
-        let mut entries = self.list(user)?;
-        let before = entries.len();
-        entries.retain(|e| e.id != id);
-        if entries.len() == before {
+        let mut index = self.lock();
+        if index.get(id).is_none_or(|(u, _)| u != user) {
             return Ok(false);
         }
-        self.save(user, &entries)?;
+        index.remove(id);
+        self.persist(&index, user)?;
         Ok(true)
     }
 
@@ -170,30 +205,22 @@ impl TokenStore {
             return None;
         }
         let secret: [u8; 32] = hex::decode(secret).ok()?.try_into().ok()?;
+        let (user, e) = self.lock().get(id).cloned()?;
         let hash = Sha256::digest(token.as_bytes());
-        // The id does not say whose token it is: find it among the users' files.
-        for account in self.accounts.list().ok()? {
-            let Ok(entries) = self.list(&account.username) else {
-                continue;
-            };
-            let Some(e) = entries.iter().find(|e| e.id == id) else {
-                continue;
-            };
-            let same = e.hash.len() == hash.len()
-                && e.hash
-                    .iter()
-                    .zip(hash.iter())
-                    .fold(0u8, |a, (x, y)| a | (x ^ y))
-                    == 0;
-            if !same || e.expires_at <= at {
-                return None;
-            }
-            let key = derive_key(&secret, "api-token");
-            let bytes = open_at_rest(&key, &aad(&account.username, id), &e.wrapped_key).ok()?;
-            let signer = PrivateKeySigner::from_slice(&bytes).ok()?;
-            return (signer.address() == account.address).then_some((account, signer));
+        let same = e.hash.len() == hash.len()
+            && e.hash
+                .iter()
+                .zip(hash.iter())
+                .fold(0u8, |a, (x, y)| a | (x ^ y))
+                == 0;
+        if !same || e.expires_at <= at {
+            return None;
         }
-        None
+        let account = self.accounts.account(&user)?;
+        let key = derive_key(&secret, "api-token");
+        let bytes = open_at_rest(&key, &aad(&user, id), &e.wrapped_key).ok()?;
+        let signer = PrivateKeySigner::from_slice(&bytes).ok()?;
+        (signer.address() == account.address).then_some((account, signer))
     }
 }
 
