@@ -475,6 +475,18 @@ fn seed_web_users(settings: &AnvilSettings, dir: &std::path::Path) -> anyhow::Re
         if !store.exists(&name) {
             let key = demo_signer(settings, index)?;
             store.create(&name, &demo_password(&name), role, patient, Some(key))?;
+            if role == Role::Provider {
+                // Synthetic people for the demo; no real names or licences.
+                let n = name.trim_start_matches("doctor");
+                store.set_profile(
+                    &name,
+                    crate::web::ProviderProfile::new(
+                        &format!("Dr. Demo {n}"),
+                        "Demo General Hospital",
+                        &format!("DEMO-{n:0>4}"),
+                    )?,
+                )?;
+            }
         }
         let what = patient.map_or_else(
             || format!("{role:?}").to_lowercase(),

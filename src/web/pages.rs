@@ -366,6 +366,8 @@ fn signup_page(notice: &str, f: &SignupForm) -> Html<String> {
 <p><label>I am a<br><select name="role"><option value="patient"{p}>patient</option><option value="provider"{d}>doctor / provider</option></select></label></p>
 <p class="row"><label>Patient address: area id<br><input name="aid" inputmode="numeric" value="{aid}"></label><label>patient id<br><input name="pid" inputmode="numeric" value="{pid}"></label></p>
 <p><small>Patients: the codes the records office gave you (no names, no social security numbers). Providers: leave empty; the records office verifies you.</small></p>
+<fieldset><legend>Providers: who you are (shown to the records office and to patients)</legend>
+<p class="row"><label>Full name<br><input name="full_name" maxlength="100" value="{full_name}"></label><label>Organisation<br><input name="organisation" maxlength="100" value="{organisation}"></label><label>Licence number<br><input name="licence" maxlength="100" value="{licence}"></label></p></fieldset>
 <button>Create account</button> <span class="busy">Creating your account on the chain…</span></form></section>"#,
         user = esc(&f.username),
         p = selected("patient"),
@@ -373,6 +375,9 @@ fn signup_page(notice: &str, f: &SignupForm) -> Html<String> {
         aid = esc(&f.aid),
         pid = esc(&f.pid),
         token = esc(&f.form_token),
+        full_name = esc(&f.full_name),
+        organisation = esc(&f.organisation),
+        licence = esc(&f.licence),
     );
     Html(page("Sign up", None, &body))
 }
@@ -389,6 +394,12 @@ pub(super) struct SignupForm {
     aid: String,
     #[serde(default)]
     pid: String,
+    #[serde(default)]
+    full_name: String,
+    #[serde(default)]
+    organisation: String,
+    #[serde(default)]
+    licence: String,
 }
 
 pub(super) async fn signup(
@@ -440,6 +451,14 @@ async fn do_signup(state: &WebState, headers: &HeaderMap, f: SignupForm) -> Resu
     let patient = if role == Role::Patient {
         let a = format!("{}-{}", f.aid.trim(), f.pid.trim());
         Some(a.parse::<PatientAddr>().map_err(|e| bad(e.to_string()))?)
+    } else {
+        None
+    };
+    let profile = if role == Role::Provider {
+        Some(
+            crate::web::ProviderProfile::new(&f.full_name, &f.organisation, &f.licence)
+                .map_err(|e| bad(format!("provider {e}")))?,
+        )
     } else {
         None
     };
@@ -498,6 +517,13 @@ async fn do_signup(state: &WebState, headers: &HeaderMap, f: SignupForm) -> Resu
         Ok::<(), crate::chain::ChainError>(())
     }
     .await;
+    let registered = match (registered, profile) {
+        (Ok(()), Some(p)) => state
+            .accounts
+            .set_profile(&account.username, p)
+            .map_err(|e| crate::chain::ChainError::Decode(e.to_string())),
+        (r, _) => r,
+    };
     if let Err(e) = registered {
         if let Err(rm) = state.accounts.remove(&account.username) {
             tracing::error!("could not roll back account {}: {rm}", account.username);
@@ -818,6 +844,7 @@ pub(super) async fn patient(
     }
     let h = hidden(&s);
     let emergencies = open_emergencies(&c, addr, &h).await?;
+    let profiles = state.accounts.profiles();
     let mut grants =
         String::from("<table><tr><th>Provider</th><th>State</th><th>Expires</th><th></th></tr>");
     for g in c.grants(addr, 0, 200).await? {
@@ -831,8 +858,8 @@ pub(super) async fn patient(
         };
         let _ = write!(
             grants,
-            "<tr><td><code>{}</code></td><td>{:?}</td><td>{}</td><td>{revoke}</td></tr>",
-            g.provider,
+            "<tr><td>{}</td><td>{:?}</td><td>{}</td><td>{revoke}</td></tr>",
+            who(&profiles, g.provider),
             g.state,
             g.expires_at.map_or("open-ended".into(), time)
         );
@@ -842,7 +869,8 @@ pub(super) async fn patient(
     for r in c.pending_requests(addr, 0, 200).await? {
         let _ = write!(
             requests,
-            r#"<tr><td><code>{p}</code></td><td>{}</td><td><form class="inline" method="post" action="/patient/request">{h}<input type="hidden" name="provider" value="{p}"><button name="decision" value="approve">Approve</button> <button class="secondary" name="decision" value="decline">Decline</button></form></td></tr>"#,
+            r#"<tr><td>{}</td><td>{}</td><td><form class="inline" method="post" action="/patient/request">{h}<input type="hidden" name="provider" value="{p}"><button name="decision" value="approve">Approve</button> <button class="secondary" name="decision" value="decline">Decline</button></form></td></tr>"#,
+            who(&profiles, r.provider),
             time(r.requested_at),
             p = r.provider
         );
@@ -1526,6 +1554,7 @@ pub(super) async fn office(
         rows.push((st != ProviderStatus::Pending, provider, st, denied));
     }
     rows.sort_by_key(|r| r.0);
+    let profiles = state.accounts.profiles();
     for (_, provider, st, denied) in rows {
         let mut actions = String::new();
         if st == ProviderStatus::Pending || st == ProviderStatus::Suspended {
@@ -1542,7 +1571,8 @@ pub(super) async fn office(
         }
         let _ = write!(
             providers,
-            "<tr><td><code>{provider}</code></td><td>{st:?}</td><td>{denied}</td><td>{actions}</td></tr>"
+            "<tr><td>{}</td><td>{st:?}</td><td>{denied}</td><td>{actions}</td></tr>",
+            who(&profiles, provider)
         );
     }
     providers.push_str("</table>");
@@ -1836,4 +1866,21 @@ pub(super) async fn token_revoke(
     } else {
         back("/tokens", false, "no such token")
     })
+}
+
+/// A provider as people see them: name, organisation and licence when the web app knows them,
+/// always the account (escaped HTML).
+fn who(
+    profiles: &std::collections::HashMap<Address, crate::web::ProviderProfile>,
+    a: Address,
+) -> String {
+    match profiles.get(&a) {
+        Some(p) => format!(
+            "<strong>{}</strong>, {} (licence {})<br><code>{a}</code>",
+            esc(&p.name),
+            esc(&p.organisation),
+            esc(&p.licence)
+        ),
+        None => format!("<code>{a}</code>"),
+    }
 }

@@ -358,6 +358,13 @@ async function flow(browser, base) {
   await n.fill('input[name=username]', newDoc.user);
   await n.fill('input[name=password]', newDoc.password);
   await n.selectOption('select[name=role]', 'provider');
+  // A provider without a profile is refused; the form keeps what was typed.
+  await Promise.all([n.waitForNavigation(), n.click('button:has-text("Create account")')]);
+  assert.match(await notice(n), /provider name: 1 to 100 characters/);
+  await n.fill('input[name=password]', newDoc.password);
+  await n.fill('input[name=full_name]', `Dr. Test ${suffix}`);
+  await n.fill('input[name=organisation]', 'Synthetic Test Clinic');
+  await n.fill('input[name=licence]', `LIC-${suffix}`);
   await Promise.all([n.waitForURL(`${base}/doctor`), n.click('button:has-text("Create account")')]);
   assert.match(await n.textContent('main'), /Waiting for the records office to verify you/);
   const newDocAddress = (await n.locator('header span').textContent()).match(/0x[0-9a-fA-F]{6}/)[0];
@@ -371,6 +378,7 @@ async function flow(browser, base) {
   assert.match(await o.textContent('main'), /IPFS: Kubo [0-9.]+ · ok/);
   assert.equal(await o.locator('section', { hasText: 'Share node' }).locator('td:text-is("ok")').count(), 5);
   const pendingRow = o.locator('tr', { hasText: 'Pending' }).filter({ hasText: newDocAddress.slice(2) });
+  assert.match(await pendingRow.textContent(), new RegExp(`Dr\\. Test ${suffix}, Synthetic Test Clinic \\(licence LIC-${suffix}\\)`));
   await shoot(o, 'office');
   await Promise.all([o.waitForNavigation(), pendingRow.locator('button:has-text("Verify")').click()]);
   assert.match(await notice(o), /verified/);
@@ -386,6 +394,7 @@ async function flow(browser, base) {
   assert.match(await notice(n), /request sent/);
   await p.goto(`${base}/patient`);
   const request = p.locator('section', { hasText: 'Pending requests' }).locator('tr', { hasText: newDocAddress.slice(2) });
+  assert.match(await request.textContent(), new RegExp(`Dr\\. Test ${suffix}`), 'the patient sees who asks');
   await Promise.all([p.waitForNavigation(), request.locator('button:has-text("Decline")').click()]);
   assert.match(await notice(p), /declined the request/);
   assert.match(await p.locator('section', { hasText: 'Pending requests' }).textContent(), /No pending requests/);
