@@ -190,4 +190,33 @@ async fn expiry_and_break_glass_lapse_by_themselves() {
         office.check_access(addr, medic.from()).await.unwrap(),
         (DenyReason::Revoked, false)
     );
+
+    // The event index follows the chain when blocks are replaced (anvil's snapshot/revert
+    // stands in for a reorganisation): events of dropped blocks disappear from every view.
+    let p = ProviderBuilder::new().connect_http(common::rpc().parse().unwrap());
+    let snap: alloy::primitives::U256 = p.raw_request("evm_snapshot".into(), ()).await.unwrap();
+    patient.grant(doctor.from(), None).await.unwrap();
+    let grants = |page: ehr_share::chain::AuditPage| {
+        page.events.iter().filter(|e| matches!(e.kind, AuditKind::GrantIssued { provider, .. } if provider == doctor.from())).count()
+    };
+    let before = grants(
+        office
+            .audit_page_for_patient(addr, AuditFilter::Grants, 0, 100)
+            .await
+            .unwrap(),
+    );
+    let _: bool = p.raw_request("evm_revert".into(), (snap,)).await.unwrap();
+    // Another transaction takes the replaced block's number.
+    doctor.request_access(addr).await.unwrap();
+    let after = grants(
+        office
+            .audit_page_for_patient(addr, AuditFilter::Grants, 0, 100)
+            .await
+            .unwrap(),
+    );
+    assert_eq!(
+        after,
+        before - 1,
+        "the dropped grant is gone from the index"
+    );
 }

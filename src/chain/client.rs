@@ -109,6 +109,7 @@ pub struct EhrChain {
     deploy_block: u64,
     deployment_id: B256,
     chain_id: u64,
+    index: std::sync::Arc<super::index::EventIndex>,
 }
 
 fn connect(rpc_url: &str, signer: Option<PrivateKeySigner>) -> Result<DynProvider, ChainError> {
@@ -175,6 +176,7 @@ impl EhrChain {
                 deploy_block: block,
                 deployment_id,
                 chain_id,
+                index: super::index::EventIndex::new(block),
             },
             deployment,
         ))
@@ -232,6 +234,7 @@ impl EhrChain {
             deploy_block: deployment.block,
             deployment_id,
             chain_id,
+            index: super::index::EventIndex::new(deployment.block),
         })
     }
 
@@ -250,6 +253,7 @@ impl EhrChain {
             deploy_block: self.deploy_block,
             deployment_id: self.deployment_id,
             chain_id: self.chain_id,
+            index: self.index.clone(),
         })
     }
 
@@ -770,8 +774,10 @@ impl EhrChain {
         offset: usize,
         limit: usize,
     ) -> Result<Vec<AuditEvent>, ChainError> {
-        let key = B256::from(U256::from(addr.key()));
-        self.audit(self.filter().topic1(key), offset, limit).await
+        Ok(self
+            .audit_page_for_patient(addr, AuditFilter::All, offset, limit)
+            .await?
+            .events)
     }
 
     /// One page of the patient's audit trail, newest first, keeping only `filter`'s events.
@@ -785,8 +791,14 @@ impl EhrChain {
         offset: usize,
         limit: usize,
     ) -> Result<AuditPage, ChainError> {
-        let key = B256::from(U256::from(addr.key()));
-        self.audit_page(self.filter().topic1(key), filter, offset, limit)
+        self.index
+            .query(
+                &self.provider,
+                &self.filter(),
+                |e| e.kind.patient() == Some(addr) && filter.matches(&e.kind),
+                offset,
+                limit,
+            )
             .await
     }
 
@@ -800,31 +812,15 @@ impl EhrChain {
         offset: usize,
         limit: usize,
     ) -> Result<AuditPage, ChainError> {
-        self.audit_page(self.filter(), filter, offset, limit).await
-    }
-
-    async fn audit_page(
-        &self,
-        base: Filter,
-        kind: AuditFilter,
-        offset: usize,
-        limit: usize,
-    ) -> Result<AuditPage, ChainError> {
-        let sigs = kind.signatures();
-        let f = if sigs.is_empty() {
-            base
-        } else {
-            base.event_signature(sigs)
-        };
-        let logs = self.provider.get_logs(&f).await?;
-        let all: Vec<AuditEvent> = logs.iter().rev().filter_map(events::decode).collect();
-        let total = all.len();
-        let mut page: Vec<AuditEvent> = all.into_iter().skip(offset).take(limit).collect();
-        self.fill_times(&mut page).await?;
-        Ok(AuditPage {
-            events: page,
-            total,
-        })
+        self.index
+            .query(
+                &self.provider,
+                &self.filter(),
+                |e| filter.matches(&e.kind),
+                offset,
+                limit,
+            )
+            .await
     }
 
     /// Events naming `provider` as the actor (requests, grants, reads, denials), newest first.
@@ -837,8 +833,17 @@ impl EhrChain {
         offset: usize,
         limit: usize,
     ) -> Result<Vec<AuditEvent>, ChainError> {
-        self.audit(self.filter().topic2(provider.into_word()), offset, limit)
-            .await
+        Ok(self
+            .index
+            .query(
+                &self.provider,
+                &self.filter(),
+                |e| e.kind.provider() == Some(provider),
+                offset,
+                limit,
+            )
+            .await?
+            .events)
     }
 
     /// Every event of the contract, newest first (the records office's monitoring view).
@@ -850,7 +855,10 @@ impl EhrChain {
         offset: usize,
         limit: usize,
     ) -> Result<Vec<AuditEvent>, ChainError> {
-        self.audit(self.filter(), offset, limit).await
+        Ok(self
+            .audit_page_all(AuditFilter::All, offset, limit)
+            .await?
+            .events)
     }
 
     /// Every account that ever registered as a provider, in registration order (from the
@@ -859,17 +867,21 @@ impl EhrChain {
     /// # Errors
     /// Transport errors.
     pub async fn registered_providers(&self) -> Result<Vec<Address>, ChainError> {
-        use alloy::sol_types::SolEvent as _;
-        let filter = self
-            .filter()
-            .event_signature(EhrAccess::ProviderRegistered::SIGNATURE_HASH);
+        let page = self
+            .index
+            .query(
+                &self.provider,
+                &self.filter(),
+                |e| matches!(e.kind, AuditKind::ProviderRegistered { .. }),
+                0,
+                usize::MAX,
+            )
+            .await?;
         let mut seen = std::collections::HashSet::new();
-        Ok(self
-            .provider
-            .get_logs(&filter)
-            .await?
+        Ok(page
+            .events
             .iter()
-            .filter_map(events::decode)
+            .rev()
             .filter_map(|e| match e.kind {
                 AuditKind::ProviderRegistered { provider } => Some(provider),
                 _ => None,
@@ -895,40 +907,6 @@ impl EhrChain {
         Filter::new()
             .address(self.address())
             .from_block(self.deploy_block)
-    }
-
-    async fn audit(
-        &self,
-        filter: Filter,
-        offset: usize,
-        limit: usize,
-    ) -> Result<Vec<AuditEvent>, ChainError> {
-        let logs = self.provider.get_logs(&filter).await?;
-        let mut out: Vec<AuditEvent> = logs
-            .iter()
-            .rev()
-            .filter_map(events::decode)
-            .skip(offset)
-            .take(limit)
-            .collect();
-        self.fill_times(&mut out).await?;
-        Ok(out)
-    }
-
-    async fn fill_times(&self, out: &mut [AuditEvent]) -> Result<(), ChainError> {
-        // Fill in block times the node did not include in the logs (one call per block).
-        let mut cache = std::collections::HashMap::new();
-        for e in out.iter_mut() {
-            if e.timestamp.is_none() {
-                if let Some(t) = cache.get(&e.block) {
-                    e.timestamp = Some(*t);
-                } else if let Some(b) = self.provider.get_block_by_number(e.block.into()).await? {
-                    cache.insert(e.block, b.header.timestamp);
-                    e.timestamp = Some(b.header.timestamp);
-                }
-            }
-        }
-        Ok(())
     }
 
     async fn send<C>(&self, call: C) -> Result<TxOutcome, ChainError>

@@ -150,6 +150,38 @@ impl AuditKind {
     pub fn is_denial(&self) -> bool {
         matches!(self, Self::AccessDenied { .. })
     }
+
+    /// The patient the event is about (its first indexed topic), if any.
+    pub fn patient(&self) -> Option<PatientAddr> {
+        match self {
+            Self::PatientRegistered { patient, .. }
+            | Self::AccessRequested { patient, .. }
+            | Self::RequestDeclined { patient, .. }
+            | Self::GrantIssued { patient, .. }
+            | Self::GrantRevoked { patient, .. }
+            | Self::RecordAnchored { patient, .. }
+            | Self::AccessAllowed { patient, .. }
+            | Self::AccessDenied { patient, .. }
+            | Self::BreakGlassOpened { patient, .. }
+            | Self::BreakGlassEnded { patient, .. } => *patient,
+            _ => None,
+        }
+    }
+
+    /// The provider acting in a patient-provider event, if any.
+    pub fn provider(&self) -> Option<Address> {
+        match self {
+            Self::AccessRequested { provider, .. }
+            | Self::RequestDeclined { provider, .. }
+            | Self::GrantIssued { provider, .. }
+            | Self::GrantRevoked { provider, .. }
+            | Self::AccessAllowed { provider, .. }
+            | Self::AccessDenied { provider, .. }
+            | Self::BreakGlassOpened { provider, .. }
+            | Self::BreakGlassEnded { provider, .. } => Some(*provider),
+            _ => None,
+        }
+    }
 }
 
 /// Decodes a log of the contract; `None` for logs of other contracts.
@@ -260,6 +292,25 @@ impl AuditFilter {
         Self::Denials,
         Self::Records,
     ];
+
+    /// Whether an event of kind `k` belongs in this view.
+    pub fn matches(self, k: &AuditKind) -> bool {
+        use AuditKind as K;
+        match self {
+            Self::All => true,
+            Self::Access => matches!(k, K::AccessAllowed { .. } | K::AccessDenied { .. }),
+            Self::Denials => matches!(k, K::AccessDenied { .. }),
+            Self::Grants => matches!(
+                k,
+                K::GrantIssued { .. }
+                    | K::GrantRevoked { .. }
+                    | K::AccessRequested { .. }
+                    | K::RequestDeclined { .. }
+            ),
+            Self::Emergency => matches!(k, K::BreakGlassOpened { .. } | K::BreakGlassEnded { .. }),
+            Self::Records => matches!(k, K::RecordAnchored { .. }),
+        }
+    }
 
     /// The event signatures (topic 0) it keeps; empty for all.
     pub fn signatures(self) -> Vec<B256> {
