@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use common::nodes::wait_until;
-use ehr_share::stack::{ManagedChild, free_port};
+use ehr_share::stack::ManagedChild;
 use serde_json::Value;
 
 struct Ports {
@@ -20,13 +20,13 @@ struct Ports {
     share_base: u16,
 }
 
-/// Five consecutive free ports for the share nodes.
+/// Five consecutive free ports for the share nodes, below Linux's ephemeral range (32768 and
+/// up): they are bound seconds after this check, and an outgoing connection must not take one
+/// meanwhile.
 fn five_free() -> u16 {
     loop {
-        let base = free_port().unwrap();
-        if base < 60_000
-            && (1..5).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok())
-        {
+        let base = 20_000 + (rand_core::RngCore::next_u32(&mut rand_core::OsRng) % 12_000) as u16;
+        if (0..5).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
             return base;
         }
     }
@@ -181,10 +181,10 @@ async fn every_record_survives_kill_9_of_each_part_and_of_ehr_dev() {
     let tmp = tempfile::tempdir().unwrap();
     let state = tmp.path().join("state");
     let p = Ports {
-        gateway: free_port().unwrap(),
-        anvil: free_port().unwrap(),
-        kubo_api: free_port().unwrap(),
-        kubo_gateway: free_port().unwrap(),
+        gateway: common::quiet_port(),
+        anvil: common::quiet_port(),
+        kubo_api: common::quiet_port(),
+        kubo_gateway: common::quiet_port(),
         share_base: five_free(),
     };
     let gw = format!("http://127.0.0.1:{}", p.gateway);

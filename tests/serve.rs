@@ -133,7 +133,7 @@ async fn serves_https_with_secure_cookies_and_no_demo_tokens() {
         rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
     std::fs::write(dir.path().join("cert.pem"), cert.cert.pem()).unwrap();
     std::fs::write(dir.path().join("key.pem"), cert.signing_key.serialize_pem()).unwrap();
-    let port = free_port().unwrap();
+    let port = common::quiet_port();
     let path = config(
         dir.path(),
         &deployment,

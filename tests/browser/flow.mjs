@@ -34,21 +34,17 @@ const OFFICE = { user: 'office', password: 'office-password' };
 
 const log = (m) => console.log(`[browser] ${m}`);
 
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address();
-      s.close(() => resolve(port));
-    });
-  });
+/** A free port below Linux's ephemeral range (see `freeRange`). */
+async function freePort() {
+  return freeRange(1);
 }
 
 /** A base port with `n` consecutive free ports (the share nodes). */
 async function freeRange(n) {
   for (let attempt = 0; attempt < 50; attempt++) {
-    const base = 20000 + Math.floor(Math.random() * 30000);
+    // Below Linux's ephemeral range (32768-60999): the share nodes bind these ports a few
+    // seconds after this check, and an outgoing connection must not take one meanwhile.
+    const base = 20000 + Math.floor(Math.random() * 12000);
     const ok = await Promise.all(
       Array.from({ length: n }, (_, i) => new Promise((resolve) => {
         const s = net.createServer();
@@ -104,7 +100,7 @@ async function startStack() {
         child.kill('SIGTERM');
         await new Promise((r) => child.once('exit', r));
       }
-      fs.rmSync(state, { recursive: true, force: true });
+      fs.rmSync(state, { recursive: true, force: true, maxRetries: 10, retryDelay: 200 });
     },
   };
 }

@@ -159,3 +159,14 @@ pub async fn new_patient(office: &EhrChain) -> (PrivateKeySigner, PatientAddr) {
     office.issue_patient(addr, key.address()).await.unwrap();
     (key, addr)
 }
+
+/// A free loopback port below Linux's ephemeral range (32768 and up), for services that bind it
+/// seconds after it was chosen: an outgoing connection cannot take it meanwhile.
+pub fn quiet_port() -> u16 {
+    loop {
+        let port = 20_000 + (rand_core::RngCore::next_u32(&mut rand_core::OsRng) % 12_000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
