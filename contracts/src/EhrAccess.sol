@@ -121,54 +121,174 @@ contract EhrAccess {
 
     // ---------------------------------------------------------------- events
 
+    /// @notice The records office nominated a successor.
+    /// @param current The records office now.
+    /// @param nominee The account that may accept the role.
     event ManagerTransferStarted(address indexed current, address indexed nominee);
+    /// @notice The records office role moved (also at deployment, from the zero address).
+    /// @param previous The former records office.
+    /// @param current The records office from now on.
     event ManagerTransferred(address indexed previous, address indexed current);
+    /// @notice A patient address was issued to an account.
+    /// @param patient The patient key (`aid << 64 | pid`).
+    /// @param account The patient's account.
+    /// @param aid Area id.
+    /// @param pid Patient id.
     event PatientRegistered(uint128 indexed patient, address indexed account, uint64 aid, uint64 pid);
+    /// @notice An account registered as a provider; it waits for verification.
+    /// @param provider The provider's account.
     event ProviderRegistered(address indexed provider);
+    /// @notice The records office verified a provider.
+    /// @param provider The provider.
+    /// @param by The records office.
     event ProviderVerified(address indexed provider, address indexed by);
+    /// @notice The records office suspended a provider.
+    /// @param provider The provider.
+    /// @param by The records office.
     event ProviderSuspended(address indexed provider, address indexed by);
+    /// @notice A verified provider asked a patient for access.
+    /// @param patient The patient key.
+    /// @param provider The provider.
     event AccessRequested(uint128 indexed patient, address indexed provider);
+    /// @notice The patient declined a provider's request.
+    /// @param patient The patient key.
+    /// @param provider The provider.
     event RequestDeclined(uint128 indexed patient, address indexed provider);
+    /// @notice The patient granted a provider access.
+    /// @param patient The patient key.
+    /// @param provider The provider.
+    /// @param expiresAt Unix seconds; `type(uint64).max` when open-ended.
     event GrantIssued(uint128 indexed patient, address indexed provider, uint64 expiresAt);
+    /// @notice The patient revoked a provider's grant.
+    /// @param patient The patient key.
+    /// @param provider The provider.
     event GrantRevoked(uint128 indexed patient, address indexed provider);
+    /// @notice A record was anchored.
+    /// @param patient The patient key.
+    /// @param recordId `recordIdOf(author, patient, salt)`.
+    /// @param author Who anchored it (the patient or a granted provider).
+    /// @param digest The record's keyed digest (HMAC under a key inside its sealed block).
     event RecordAnchored(uint128 indexed patient, bytes32 indexed recordId, address indexed author, bytes32 digest);
+    /// @notice An access transaction was allowed for one record.
+    /// @param patient The patient key.
+    /// @param provider The provider.
+    /// @param recordId The record.
+    /// @param emergency Allowed through break-glass.
     event AccessAllowed(uint128 indexed patient, address indexed provider, bytes32 indexed recordId, bool emergency);
+    /// @notice An access transaction was denied for one record (logged, not reverted).
+    /// @param patient The patient key (0 for an unknown record).
+    /// @param provider The provider who tried.
+    /// @param recordId The record.
+    /// @param reason Why (see `DenyReason`).
+    /// @param deniedCount The provider's denied attempts so far.
     event AccessDenied(
         uint128 indexed patient, address indexed provider, bytes32 indexed recordId, DenyReason reason, uint32 deniedCount
     );
+    /// @notice A provider opened emergency access to a patient.
+    /// @param patient The patient key.
+    /// @param provider The provider.
+    /// @param reason HL7 v3 PurposeOfUse code (1 ETREAT .. 5 THREAT).
+    /// @param until When it ends, unix seconds.
+    /// @param overridesRevoke Opened although the patient had revoked this provider or ended its last emergency.
     event BreakGlassOpened(
         uint128 indexed patient, address indexed provider, uint8 reason, uint64 until, bool overridesRevoke
     );
+    /// @notice An emergency access ended early (the patient ended it, or revoked the provider).
+    /// @param patient The patient key.
+    /// @param provider The provider.
+    /// @param by The patient's account.
     event BreakGlassEnded(uint128 indexed patient, address indexed provider, address indexed by);
 
     // ---------------------------------------------------------------- errors
 
+    /// @notice Only the records office may do this.
+    /// @param caller The caller.
     error NotManager(address caller);
+    /// @notice Only the nominated records office may accept.
+    /// @param caller The caller.
     error NotPendingManager(address caller);
+    /// @notice The zero address is not allowed here.
     error ZeroAddress();
+    /// @notice Both parts of a patient address must be non-zero.
+    /// @param aid Area id.
+    /// @param pid Patient id.
     error InvalidPatientAddr(uint64 aid, uint64 pid);
+    /// @notice The patient address is already issued.
+    /// @param aid Area id.
+    /// @param pid Patient id.
     error PatientAddrTaken(uint64 aid, uint64 pid);
+    /// @notice The account is already a patient or a provider.
+    /// @param account The account.
     error AccountHasRole(address account);
+    /// @notice Only a registered patient may do this.
+    /// @param caller The caller.
     error NotPatient(address caller);
+    /// @notice No patient has this address.
+    /// @param aid Area id.
+    /// @param pid Patient id.
     error UnknownPatient(uint64 aid, uint64 pid);
+    /// @notice The account is not a registered provider.
+    /// @param provider The account.
     error UnknownProvider(address provider);
+    /// @notice Only a verified provider may do this.
+    /// @param provider The caller.
     error ProviderNotVerified(address provider);
+    /// @notice The provider is verified already.
+    /// @param provider The provider.
     error ProviderAlreadyVerified(address provider);
+    /// @notice Only a pending or verified provider can be suspended.
+    /// @param provider The provider.
     error ProviderNotActive(address provider);
+    /// @notice A grant must expire in the future.
+    /// @param expiresAt The expiry given.
     error ExpiryInPast(uint64 expiresAt);
+    /// @notice The patient has no active grant for this provider.
+    /// @param patient The patient key.
+    /// @param provider The provider.
     error NoActiveGrant(uint128 patient, address provider);
+    /// @notice The provider already asked this patient.
+    /// @param patient The patient key.
+    /// @param provider The provider.
     error RequestAlreadyPending(uint128 patient, address provider);
+    /// @notice No request from this provider is pending.
+    /// @param patient The patient key.
+    /// @param provider The provider.
     error NoPendingRequest(uint128 patient, address provider);
+    /// @notice The record id is anchored already.
+    /// @param recordId The record id.
     error RecordExists(bytes32 recordId);
+    /// @notice A record digest must not be zero.
     error ZeroDigest();
+    /// @notice Only the patient or a provider with access now may add records.
+    /// @param caller The caller.
+    /// @param patient The patient key.
     error NotAllowedToAnchor(address caller, uint128 patient);
+    /// @notice An access transaction needs at least one record.
     error EmptyBatch();
+    /// @notice Too many records in one access transaction.
+    /// @param size Records given.
+    /// @param max `MAX_ACCESS_BATCH`.
     error BatchTooLarge(uint256 size, uint256 max);
+    /// @notice A page is larger than `MAX_PAGE`.
+    /// @param limit The page size asked for.
+    /// @param max `MAX_PAGE`.
     error PageTooLarge(uint256 limit, uint256 max);
+    /// @notice The voucher was not signed by the records office for this account, address and deployment.
     error InvalidVoucher();
+    /// @notice The voucher's deadline has passed.
+    /// @param deadline The deadline, unix seconds.
     error VoucherExpired(uint64 deadline);
+    /// @notice The reason is not one of the coded emergency reasons (1 to `MAX_EMERGENCY_REASON`).
+    /// @param reason The code given.
     error UnknownEmergencyReason(uint8 reason);
+    /// @notice The provider used every emergency opening for this patient in the last 24 hours.
+    /// @param patient The patient key.
+    /// @param provider The provider.
+    /// @param nextAt When the next opening is allowed, unix seconds.
     error EmergencyLimitReached(uint128 patient, address provider, uint64 nextAt);
+    /// @notice The provider has no open emergency access to this patient.
+    /// @param patient The patient key.
+    /// @param provider The provider.
     error NoOpenEmergency(uint128 patient, address provider);
 
     // ---------------------------------------------------------------- modifiers
@@ -183,6 +303,7 @@ contract EhrAccess {
         _;
     }
 
+    /// @param manager_ The records office ("EHR manager").
     constructor(address manager_) {
         if (manager_ == address(0)) revert ZeroAddress();
         manager = manager_;
@@ -216,6 +337,7 @@ contract EhrAccess {
     // ---------------------------------------------------------------- records office
 
     /// Starts a two-step transfer of the records office role, so a typo cannot lose it.
+    /// @param nominee The account that may accept the role.
     function transferManager(address nominee) external onlyManager {
         if (nominee == address(0)) revert ZeroAddress();
         pendingManager = nominee;
@@ -230,6 +352,8 @@ contract EhrAccess {
         delete pendingManager;
     }
 
+    /// @notice Records office: verifies a registered provider.
+    /// @param provider The provider.
     function verifyProvider(address provider) external onlyManager {
         Provider storage p = providers[provider];
         if (p.status == ProviderStatus.None) revert UnknownProvider(provider);
@@ -238,6 +362,8 @@ contract EhrAccess {
         emit ProviderVerified(provider, msg.sender);
     }
 
+    /// @notice Records office: suspends a pending or verified provider.
+    /// @param provider The provider.
     function suspendProvider(address provider) external onlyManager {
         Provider storage p = providers[provider];
         if (p.status != ProviderStatus.Verified && p.status != ProviderStatus.Pending) {
@@ -250,12 +376,19 @@ contract EhrAccess {
     // ---------------------------------------------------------------- registration
 
     /// Records office: issues `Addr {aid, pid}` to `account` (the patient was identified in person).
+    /// @param aid Area id.
+    /// @param pid Patient id.
+    /// @param account The patient's account.
     function issuePatient(uint64 aid, uint64 pid, address account) external onlyManager {
         _registerPatient(aid, pid, account);
     }
 
     /// The patient claims `Addr {aid, pid}` with a voucher the records office signed for exactly
     /// this account (EIP-712 `PatientVoucher`), so nobody can squat an address they were not issued.
+    /// @param aid Area id.
+    /// @param pid Patient id.
+    /// @param deadline The voucher's deadline, unix seconds.
+    /// @param officeSignature The records office's 65-byte EIP-712 signature of the voucher.
     function registerPatient(uint64 aid, uint64 pid, uint64 deadline, bytes calldata officeSignature) external {
         if (block.timestamp > deadline) revert VoucherExpired(deadline);
         bytes32 digest = keccak256(
@@ -269,6 +402,7 @@ contract EhrAccess {
         _registerPatient(aid, pid, msg.sender);
     }
 
+    /// @notice Registers the caller as a provider, pending verification by the records office.
     function registerProvider() external {
         if (patientOf[msg.sender] != 0 || providers[msg.sender].status != ProviderStatus.None) {
             revert AccountHasRole(msg.sender);
@@ -281,11 +415,15 @@ contract EhrAccess {
 
     /// Grants `provider` access until `expiresAt` (unix seconds; 0 = open-ended). Replaces any
     /// earlier grant and settles a pending request from the same provider.
+    /// @param provider The provider.
+    /// @param expiresAt Unix seconds; 0 for open-ended.
     function grant(address provider, uint64 expiresAt) external {
         uint128 key = _callerPatient();
         _grant(key, provider, expiresAt);
     }
 
+    /// @notice The patient revokes a provider's active grant (and ends its open emergency access).
+    /// @param provider The provider.
     function revoke(address provider) external {
         uint128 key = _callerPatient();
         Grant storage g = grants[key][provider];
@@ -300,6 +438,9 @@ contract EhrAccess {
         }
     }
 
+    /// @notice A verified provider asks a patient for access.
+    /// @param aid Area id.
+    /// @param pid Patient id.
     function requestAccess(uint64 aid, uint64 pid) external onlyVerifiedProvider {
         uint128 key = _knownPatient(aid, pid);
         if (requestedAt[key][msg.sender] != 0) revert RequestAlreadyPending(key, msg.sender);
@@ -308,12 +449,17 @@ contract EhrAccess {
         emit AccessRequested(key, msg.sender);
     }
 
+    /// @notice The patient grants a pending request.
+    /// @param provider The provider who asked.
+    /// @param expiresAt Unix seconds; 0 for open-ended.
     function approveRequest(address provider, uint64 expiresAt) external {
         uint128 key = _callerPatient();
         if (requestedAt[key][provider] == 0) revert NoPendingRequest(key, provider);
         _grant(key, provider, expiresAt);
     }
 
+    /// @notice The patient declines a pending request.
+    /// @param provider The provider who asked.
     function declineRequest(address provider) external {
         uint128 key = _callerPatient();
         if (requestedAt[key][provider] == 0) revert NoPendingRequest(key, provider);
@@ -325,12 +471,21 @@ contract EhrAccess {
 
     /// The id of the record `author` creates for `patient` with `salt`: bound to its uploader, so a
     /// copied anchoring transaction (from the mempool, or an old chain) yields another id.
+    /// @param author The account that anchors the record.
+    /// @param patient The patient key.
+    /// @param salt A random value chosen by the author.
+    /// @return The record id.
     function recordIdOf(address author, uint128 patient, bytes32 salt) public pure returns (bytes32) {
         return keccak256(abi.encode(author, patient, salt));
     }
 
     /// Anchors a record's (keyed) digest under the id `recordIdOf(msg.sender, patient, salt)`.
     /// Only the patient, or a verified provider with access right now.
+    /// @param salt The author's random salt (the id is derived from it).
+    /// @param aid Area id of the patient.
+    /// @param pid Patient id.
+    /// @param digest The record's keyed digest.
+    /// @return recordId The id the record is anchored under.
     function anchorRecord(bytes32 salt, uint64 aid, uint64 pid, bytes32 digest) external returns (bytes32 recordId) {
         uint128 key = _knownPatient(aid, pid);
         if (digest == bytes32(0)) revert ZeroDigest();
@@ -349,6 +504,7 @@ contract EhrAccess {
     /// denials are logged, not reverted, so that every refused attempt stays on the audit trail.
     /// Accounts the records office never verified revert instead: anyone can create them, and
     /// their events would let a stranger flood a patient's audit trail.
+    /// @param ids The records to read (1 to `MAX_ACCESS_BATCH`).
     function access(bytes32[] calldata ids) external {
         uint256 n = ids.length;
         if (n == 0) revert EmptyBatch();
@@ -386,6 +542,9 @@ contract EhrAccess {
     /// explicit revoke nor the patient ending the last emergency forbids emergency access (HIPAA
     /// requires it to stay possible), but such an opening is flagged `overridesRevoke` so that
     /// the patient and the records office see it, and the patient can end it at once.
+    /// @param aid Area id of the patient.
+    /// @param pid Patient id.
+    /// @param reason HL7 v3 PurposeOfUse code, 1 ETREAT .. 5 THREAT.
     function breakGlass(uint64 aid, uint64 pid, uint8 reason) external onlyVerifiedProvider {
         if (reason == 0 || reason > MAX_EMERGENCY_REASON) revert UnknownEmergencyReason(reason);
         uint128 key = _knownPatient(aid, pid);
@@ -409,6 +568,7 @@ contract EhrAccess {
     }
 
     /// The patient ends a provider's open emergency access now.
+    /// @param provider The provider whose emergency access ends.
     function endEmergency(address provider) external {
         uint128 key = _callerPatient();
         Emergency storage e = emergencies[key][provider];
@@ -420,22 +580,36 @@ contract EhrAccess {
     // ---------------------------------------------------------------- views
 
     /// When `provider`'s emergency access to `patient` ends; 0 when none is open.
+    /// @param patient The patient key.
+    /// @param provider The provider.
+    /// @return Unix seconds, or 0.
     function emergencyUntil(uint128 patient, address provider) external view returns (uint64) {
         uint48 until = emergencies[patient][provider].until;
         return until > block.timestamp ? until : 0;
     }
 
+    /// @notice The patient key of `Addr {aid, pid}`: `aid << 64 | pid`.
+    /// @param aid Area id.
+    /// @param pid Patient id.
+    /// @return The key.
     function patientKey(uint64 aid, uint64 pid) public pure returns (uint128) {
         return (uint128(aid) << 64) | uint128(pid);
     }
 
     /// Whether `provider` may read `patient`'s records now, and why not.
+    /// @param patient The patient key.
+    /// @param provider The provider.
+    /// @return reason `DenyReason.None` when allowed.
+    /// @return emergency Allowed through break-glass.
     function checkAccess(uint128 patient, address provider) external view returns (DenyReason reason, bool emergency) {
         return _check(patient, provider);
     }
 
     /// What share nodes ask before releasing a share: the patient themself, or a provider with
     /// access right now and a granted access transaction for this record inside `ACCESS_WINDOW`.
+    /// @param requester Who asks for shares.
+    /// @param recordId The record.
+    /// @return Whether shares may be released to the requester now.
     function canRead(address requester, bytes32 recordId) external view returns (bool) {
         Record storage r = records[recordId];
         if (r.anchoredAt == 0) return false;
@@ -452,11 +626,19 @@ contract EhrAccess {
         return true;
     }
 
+    /// @notice How many providers the patient ever granted.
+    /// @param patient The patient key.
+    /// @return The count.
     function grantCount(uint128 patient) external view returns (uint256) {
         return grantees[patient].length;
     }
 
     /// Providers ever granted by `patient`, with their grant as it stands (active or not).
+    /// @param patient The patient key.
+    /// @param offset First entry.
+    /// @param limit At most this many (<= `MAX_PAGE`).
+    /// @return who The providers.
+    /// @return what Their grants.
     function grantsPage(uint128 patient, uint256 offset, uint256 limit)
         external
         view
@@ -473,6 +655,11 @@ contract EhrAccess {
     }
 
     /// Requests ever made to `patient` with the time they were made (0 once settled).
+    /// @param patient The patient key.
+    /// @param offset First entry.
+    /// @param limit At most this many (<= `MAX_PAGE`).
+    /// @return who The providers.
+    /// @return at When each asked (0 once settled).
     function requestsPage(uint128 patient, uint256 offset, uint256 limit)
         external
         view
@@ -488,10 +675,18 @@ contract EhrAccess {
         }
     }
 
+    /// @notice How many records the patient has.
+    /// @param patient The patient key.
+    /// @return The count.
     function recordCount(uint128 patient) external view returns (uint256) {
         return recordIds[patient].length;
     }
 
+    /// @notice The patient's record ids, oldest first; paged.
+    /// @param patient The patient key.
+    /// @param offset First entry.
+    /// @param limit At most this many (<= `MAX_PAGE`).
+    /// @return ids The record ids.
     function recordsPage(uint128 patient, uint256 offset, uint256 limit) external view returns (bytes32[] memory ids) {
         bytes32[] storage all = recordIds[patient];
         uint256 n = _pageLen(all.length, offset, limit);
