@@ -61,18 +61,44 @@ fn text(o: &Output) -> String {
     )
 }
 
-#[tokio::test]
-async fn check_reports_what_it_reaches_and_names_bad_keys() {
+/// The shared contract's deployment file in a fresh folder, and two share nodes (URL, address).
+struct Setup {
+    office: ehr_share::chain::EhrChain,
+    dir: tempfile::TempDir,
+    deployment: std::path::PathBuf,
+    good: Vec<(String, String)>,
+    _procs: Vec<nodes::NodeProc>,
+}
+
+async fn setup() -> Setup {
     let office = common::office().await;
     let dir = tempfile::tempdir().unwrap();
     let deployment = dir.path().join("deployment.json");
     office.deployment().save(&deployment).unwrap();
     let procs = nodes::start_many(office.address(), 2, &[]).await;
-    let refs = nodes::refs(&procs).await;
-    let good: Vec<(String, String)> = refs
+    let good = nodes::refs(&procs)
+        .await
         .iter()
         .map(|r| (r.url.clone(), r.address.to_string()))
         .collect();
+    Setup {
+        office,
+        dir,
+        deployment,
+        good,
+        _procs: procs,
+    }
+}
+
+#[tokio::test]
+async fn check_reports_what_it_reaches_and_names_bad_keys() {
+    let Setup {
+        office: _,
+        dir,
+        deployment,
+        good,
+        _procs,
+    } = setup().await;
 
     let path = config(dir.path(), &deployment, &good, "");
     let o = check(&path).await;
@@ -119,16 +145,13 @@ async fn check_reports_what_it_reaches_and_names_bad_keys() {
 
 #[tokio::test]
 async fn serves_https_with_secure_cookies_and_no_demo_tokens() {
-    let office = common::office().await;
-    let dir = tempfile::tempdir().unwrap();
-    let deployment = dir.path().join("deployment.json");
-    office.deployment().save(&deployment).unwrap();
-    let procs = nodes::start_many(office.address(), 2, &[]).await;
-    let refs = nodes::refs(&procs).await;
-    let good: Vec<(String, String)> = refs
-        .iter()
-        .map(|r| (r.url.clone(), r.address.to_string()))
-        .collect();
+    let Setup {
+        office,
+        dir,
+        deployment,
+        good,
+        _procs,
+    } = setup().await;
     let cert =
         rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
     std::fs::write(dir.path().join("cert.pem"), cert.cert.pem()).unwrap();

@@ -312,31 +312,6 @@ impl AuditFilter {
         }
     }
 
-    /// The event signatures (topic 0) it keeps; empty for all.
-    pub fn signatures(self) -> Vec<B256> {
-        use super::bindings::EhrAccess as C;
-        use alloy::sol_types::SolEvent;
-        match self {
-            Self::All => Vec::new(),
-            Self::Access => vec![
-                C::AccessAllowed::SIGNATURE_HASH,
-                C::AccessDenied::SIGNATURE_HASH,
-            ],
-            Self::Denials => vec![C::AccessDenied::SIGNATURE_HASH],
-            Self::Grants => vec![
-                C::GrantIssued::SIGNATURE_HASH,
-                C::GrantRevoked::SIGNATURE_HASH,
-                C::AccessRequested::SIGNATURE_HASH,
-                C::RequestDeclined::SIGNATURE_HASH,
-            ],
-            Self::Emergency => vec![
-                C::BreakGlassOpened::SIGNATURE_HASH,
-                C::BreakGlassEnded::SIGNATURE_HASH,
-            ],
-            Self::Records => vec![C::RecordAnchored::SIGNATURE_HASH],
-        }
-    }
-
     /// Its name in URLs.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -151,7 +151,6 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
     let records = RecordsConfig {
         nodes: node_refs.clone(),
         threshold: a.threshold,
-        chain_id: settings.chain_id,
     };
     seed_demo_record(&settings, &chain, &ipfs, &records).await?;
     let accounts = seed_web_users(&settings, &a.state_dir.join("web"))?;

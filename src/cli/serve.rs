@@ -64,6 +64,8 @@ struct Reach {
     chain: Option<EhrChain>,
     ipfs_ok: bool,
     nodes_ok: bool,
+    /// Nodes that answered as another identity than the configured one.
+    impostors: Vec<String>,
 }
 
 async fn reach(c: &ServeConfig) -> anyhow::Result<Reach> {
@@ -111,6 +113,7 @@ async fn reach(c: &ServeConfig) -> anyhow::Result<Reach> {
         }
     };
     let mut nodes_ok = true;
+    let mut impostors = Vec::new();
     for n in &c.records.share_nodes {
         match ShareNodeRef::discover(&n.url).await {
             Ok(found) if found.address == n.address => {
@@ -122,6 +125,10 @@ async fn reach(c: &ServeConfig) -> anyhow::Result<Reach> {
                     "share   WRONG   {} answers as node {}, the config says {} (`records.share_nodes.address`)",
                     n.url, found.address, n.address
                 );
+                impostors.push(format!(
+                    "share node {} answers as {}, not {}",
+                    n.url, found.address, n.address
+                ));
             }
             Err(e) => {
                 nodes_ok = false;
@@ -133,6 +140,7 @@ async fn reach(c: &ServeConfig) -> anyhow::Result<Reach> {
         chain,
         ipfs_ok,
         nodes_ok,
+        impostors,
     })
 }
 
@@ -192,21 +200,13 @@ pub async fn run(a: ServeArgs) -> anyhow::Result<()> {
             c.listen
         );
     }
-    if !r.nodes_ok {
-        // An unreachable node may come up later; one that answers as another node is either a
-        // mistake or an impersonation, and shares must never go to it.
-        for n in &c.records.share_nodes {
-            if let Ok(found) = ShareNodeRef::discover(&n.url).await {
-                anyhow::ensure!(
-                    found.address == n.address,
-                    "share node {} answers as {}, not {}: fix `records.share_nodes.address`",
-                    n.url,
-                    found.address,
-                    n.address
-                );
-            }
-        }
-    }
+    // An unreachable node may come up later; one that answers as another node is either a
+    // mistake or an impersonation, and shares must never go to it.
+    anyhow::ensure!(
+        r.impostors.is_empty(),
+        "{}: fix `records.share_nodes.address`",
+        r.impostors.join("; ")
+    );
     let records = RecordsConfig {
         nodes: c
             .records
@@ -218,7 +218,6 @@ pub async fn run(a: ServeArgs) -> anyhow::Result<()> {
             })
             .collect(),
         threshold: c.records.threshold,
-        chain_id: r.chain.as_ref().map_or(0, EhrChain::chain_id),
     };
     let accounts = AccountStore::open(&c.web.data_dir)
         .with_context(|| format!("`web.data_dir`: cannot use {}", c.web.data_dir.display()))?;

@@ -1,6 +1,7 @@
 //! `/health`: which chain, IPFS node and share nodes the gateway uses, and whether they answer
 //! (a share node counts only when it answers as the identity the gateway expects).
 
+use alloy::primitives::Address;
 use alloy::providers::Provider;
 use axum::Json;
 use axum::extract::State;
@@ -31,34 +32,9 @@ pub(super) async fn health(State(state): State<AppState>) -> (StatusCode, Json<V
         }
         Err(e) => json!({"ok": false, "error": e.to_string(), "api_url": state.ipfs().base_url()}),
     };
-    // Every share node at once, each with a short timeout: one dead node must not stall this.
-    let (nodes, needed) = match state.records() {
-        Some(cfg) => {
-            let http = state.http();
-            let checks = cfg.nodes.iter().map(|n| async move {
-                let r = http
-                    .get(format!("{}/health", n.url))
-                    .timeout(std::time::Duration::from_secs(2))
-                    .send()
-                    .await;
-                let v: Value = match r {
-                    Ok(r) => r.json().await.unwrap_or_default(),
-                    Err(_) => Value::Null,
-                };
-                let answers_as = v["node"]
-                    .as_str()
-                    .and_then(|a| a.parse::<alloy::primitives::Address>().ok());
-                let ok = answers_as == Some(n.address) && v["serving"] != false;
-                json!({"url": n.url, "address": n.address, "ok": ok, "answers_as": answers_as})
-            });
-            (
-                futures::future::join_all(checks).await,
-                usize::from(cfg.threshold),
-            )
-        }
-        None => (Vec::new(), 0),
-    };
-    let nodes_ok = nodes.iter().filter(|n| n["ok"] == true).count();
+    let nodes = share_node_health(&state).await;
+    let needed = state.records().map_or(0, |c| usize::from(c.threshold));
+    let nodes_ok = nodes.iter().filter(|n| n.ok).count();
     let all_ok = chain["ok"] == true && ipfs["ok"] == true && nodes_ok == nodes.len();
     // Reads need the chain, IPFS and k share nodes; below that the gateway is unavailable.
     let serving = chain["ok"] == true && ipfs["ok"] == true && nodes_ok >= needed;
@@ -78,4 +54,45 @@ pub(super) async fn health(State(state): State<AppState>) -> (StatusCode, Json<V
             "share_nodes_needed": needed,
         })),
     )
+}
+
+/// How one configured share node answered.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct NodeHealth {
+    /// Its URL.
+    pub url: String,
+    /// The identity it should answer as.
+    pub address: Address,
+    /// It answered as that identity and is serving.
+    pub ok: bool,
+    /// The identity it answered as, if it answered.
+    pub answers_as: Option<Address>,
+}
+
+/// Every configured share node's `/health`, all at once, each with a short timeout (one dead
+/// node must not stall the caller); used by `/health` and the records office's page.
+pub async fn share_node_health(state: &AppState) -> Vec<NodeHealth> {
+    let Some(cfg) = state.records() else {
+        return Vec::new();
+    };
+    let http = state.http();
+    let checks = cfg.nodes.iter().map(|n| async move {
+        let r = http
+            .get(format!("{}/health", n.url))
+            .timeout(std::time::Duration::from_secs(2))
+            .send()
+            .await;
+        let v: Value = match r {
+            Ok(r) => r.json().await.unwrap_or_default(),
+            Err(_) => Value::Null,
+        };
+        let answers_as = v["node"].as_str().and_then(|a| a.parse::<Address>().ok());
+        NodeHealth {
+            url: n.url.clone(),
+            address: n.address,
+            ok: answers_as == Some(n.address) && v["serving"] != false,
+            answers_as,
+        }
+    });
+    futures::future::join_all(checks).await
 }

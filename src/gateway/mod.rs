@@ -11,6 +11,7 @@ mod state;
 mod uploads;
 
 pub use error::ApiError;
+pub use health::{NodeHealth, share_node_health};
 pub use state::{AppState, Keyring, RecordsConfig, TokenResolver};
 pub use uploads::{MAX_UPLOADS, UploadSlots, gate_html, gate_json, timeout as upload_timeout};
 

@@ -49,15 +49,14 @@ pub trait TokenResolver: Send + Sync + std::fmt::Debug {
     fn resolve(&self, token: &str) -> Option<PrivateKeySigner>;
 }
 
-/// Where records go: the share nodes, the threshold and the chain id for signed requests.
+/// Where records go: the share nodes and the threshold (signed requests take their domain
+/// from the chain client).
 #[derive(Debug, Clone)]
 pub struct RecordsConfig {
     /// The share nodes.
     pub nodes: Vec<crate::records::ShareNodeRef>,
     /// Shares needed to read.
     pub threshold: u8,
-    /// Chain id of the deployment.
-    pub chain_id: u64,
 }
 
 struct Inner {

@@ -33,8 +33,6 @@ pub struct WebState {
     guard: guard::Guard,
     tokens: Option<TokenStore>,
     listing: pages::ListingCache,
-    /// One connection pool for the office page's share-node health checks.
-    http: reqwest::Client,
 }
 
 impl WebState {
@@ -49,7 +47,6 @@ impl WebState {
             guard: guard::Guard::default(),
             tokens: None,
             listing: pages::ListingCache::default(),
-            http: reqwest::Client::new(),
         }
     }
 

@@ -13,7 +13,7 @@ use serde::Deserialize;
 
 use super::WebState;
 use super::accounts::{Account, AccountError, Role};
-use super::guard::{ClientAddr, Refused, form_token, form_token_ok, over_https};
+use super::guard::{ClientAddr, Refused, cookie, form_token, form_token_ok, over_https, same};
 use super::html::{esc, msg, page, short, time};
 use super::session::{COOKIE, Session, clear_cookie, set_cookie};
 use crate::chain::{
@@ -76,15 +76,7 @@ impl FromRequestParts<WebState> for Auth {
         parts: &mut Parts,
         state: &WebState,
     ) -> std::result::Result<Self, Self::Rejection> {
-        let token = parts
-            .headers
-            .get_all(header::COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(';'))
-            .filter_map(|kv| kv.trim().split_once('='))
-            .find(|(k, _)| *k == COOKIE)
-            .map(|(_, v)| v.to_owned());
+        let token = cookie(&parts.headers, COOKIE);
         match token.and_then(|t| state.sessions.get(&t).map(|s| (s, t))) {
             Some((s, t)) => Ok(Self(s, t)),
             None => Err(Redirect::to("/").into_response()),
@@ -104,13 +96,7 @@ fn need(s: &Session, role: Role) -> Result<()> {
 }
 
 fn csrf(s: &Session, given: &str) -> Result<()> {
-    if given.len() == s.csrf.len()
-        && given
-            .bytes()
-            .zip(s.csrf.bytes())
-            .fold(0u8, |a, (x, y)| a | (x ^ y))
-            == 0
-    {
+    if same(given, &s.csrf) {
         Ok(())
     } else {
         Err(WebError(
@@ -1581,26 +1567,18 @@ pub(super) async fn office(
         Err(e) => format!("unavailable: {}", esc(&e.to_string())),
     };
     let mut nodes = String::new();
-    if let Some(cfg) = state.app.records() {
-        // All nodes at once, each with a short timeout: one dead node must not stall the page.
-        let checks = cfg.nodes.iter().map(|node| {
-            state
-                .http
-                .get(format!("{}/health", node.url))
-                .timeout(std::time::Duration::from_secs(2))
-                .send()
-        });
-        let results = futures::future::join_all(checks).await;
-        for (node, r) in cfg.nodes.iter().zip(results) {
-            let ok = matches!(r, Ok(r) if r.status().is_success());
-            let _ = write!(
-                nodes,
-                "<tr><td>{}</td><td><code>{}</code></td><td>{}</td></tr>",
-                esc(&node.url),
-                node.address,
-                if ok { "ok" } else { "<strong>DOWN</strong>" }
-            );
-        }
+    for node in crate::gateway::share_node_health(&state.app).await {
+        let _ = write!(
+            nodes,
+            "<tr><td>{}</td><td><code>{}</code></td><td>{}</td></tr>",
+            esc(&node.url),
+            node.address,
+            if node.ok {
+                "ok"
+            } else {
+                "<strong>DOWN</strong>"
+            }
+        );
     }
     let denied = events.iter().filter(|e| e.kind.is_denial()).count();
     let body = format!(

@@ -209,7 +209,6 @@ pub async fn gateway_with_records(
     .with_records(ehr_share::gateway::RecordsConfig {
         nodes: refs,
         threshold: 3,
-        chain_id: office.chain_id(),
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
