@@ -6,6 +6,8 @@
 //! - [`ipfs`]: the Kubo RPC client (ciphertext only).
 //! - [`fsutil`]: private (0600/0700) files and folders; [`limits`]: keyed rate limits.
 //! - [`stack`]: starts anvil and Kubo as child processes for development and tests.
+//! - [`db`]: the gateway's own database (SQLite or MySQL/MariaDB): web users, sessions, API
+//!   tokens, the event index.
 //! - [`gateway`]: the HTTP service composing the above.
 //! - [`cli`]: the `ehr` command line.
 
@@ -13,6 +15,7 @@ pub mod chain;
 pub mod cli;
 pub mod config;
 pub mod crypto;
+pub mod db;
 pub mod fsutil;
 pub mod gateway;
 pub mod ipfs;

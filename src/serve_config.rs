@@ -1,6 +1,6 @@
-//! The configuration of `ehr serve`: plain serde data read from a TOML file (every key also from
-//! `EHR_*` environment variables and flags, applied by the CLI), checked once at load so that a
-//! missing or wrong value names its key and the fix. Development-only settings (mnemonics, demo
+//! The configuration of `ehr serve`: plain serde data read from a TOML file, then every key
+//! from its `EHR_*` environment variable (`chain.rpc_url` from `EHR_CHAIN_RPC_URL`, see
+//! [`ENV`]), checked once at load so that a missing or wrong value names its key and the fix. Development-only settings (mnemonics, demo
 //! tokens, faucets, dev accounts, private keys) are refused by name: a deployment's users bring
 //! their own keys.
 
@@ -47,6 +47,16 @@ pub enum ServeConfigError {
         /// The key, with its table.
         key: String,
     },
+    /// An environment variable that does not fit its key.
+    #[error("{var}: {problem}; {fix}")]
+    Env {
+        /// The variable.
+        var: String,
+        /// What is wrong.
+        problem: String,
+        /// How to fix it.
+        fix: String,
+    },
     /// A value that parses but cannot work.
     #[error("`{key}`: {problem}; {fix}")]
     Invalid {
@@ -57,6 +67,43 @@ pub enum ServeConfigError {
         /// How to fix it.
         fix: String,
     },
+}
+
+/// Every key and the environment variable that overrides it (a container sets them instead of
+/// writing a file). `records.share_nodes` takes `URL=ADDRESS` pairs separated by commas,
+/// `proxy.trusted` addresses or CIDR ranges separated by commas.
+pub const ENV: [(&str, &str, Kind); 12] = [
+    ("listen", "EHR_LISTEN", Kind::Str),
+    ("chain.rpc_url", "EHR_CHAIN_RPC_URL", Kind::Str),
+    ("chain.deployment", "EHR_CHAIN_DEPLOYMENT", Kind::Str),
+    ("chain.contract", "EHR_CHAIN_CONTRACT", Kind::Str),
+    ("ipfs.api_url", "EHR_IPFS_API_URL", Kind::Str),
+    ("records.threshold", "EHR_RECORDS_THRESHOLD", Kind::Int),
+    (
+        "records.share_nodes",
+        "EHR_RECORDS_SHARE_NODES",
+        Kind::Nodes,
+    ),
+    ("database.url", "EHR_DATABASE_URL", Kind::Str),
+    ("web.secure_cookies", "EHR_WEB_SECURE_COOKIES", Kind::Bool),
+    ("proxy.trusted", "EHR_PROXY_TRUSTED", Kind::List),
+    ("tls.cert", "EHR_TLS_CERT", Kind::Str),
+    ("tls.key", "EHR_TLS_KEY", Kind::Str),
+];
+
+/// How an environment variable's text becomes a TOML value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Text as is.
+    Str,
+    /// An integer.
+    Int,
+    /// `true`/`false` (also `1`/`0`, `yes`/`no`).
+    Bool,
+    /// Comma-separated text.
+    List,
+    /// Comma-separated `URL=ADDRESS` share nodes.
+    Nodes,
 }
 
 /// `ehr serve`'s configuration.
@@ -71,11 +118,44 @@ pub struct ServeConfig {
     pub ipfs: IpfsSection,
     /// The share nodes and the threshold.
     pub records: RecordsSection,
-    /// The web application's own data.
+    /// The gateway's database (accounts, sessions, tokens, event index).
+    #[serde(default)]
+    pub database: DatabaseSection,
+    /// The web application.
+    #[serde(default)]
     pub web: WebSection,
+    /// Behind a reverse proxy: which peers' forwarded headers to believe.
+    #[serde(default)]
+    pub proxy: Option<ProxySection>,
     /// Serve HTTPS directly; without it, run behind a TLS-terminating proxy.
     #[serde(default)]
     pub tls: Option<TlsSection>,
+}
+
+/// `[database]`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseSection {
+    /// `sqlite://PATH` (relative to the config file; created when missing) or
+    /// `mysql://USER:PASSWORD@HOST:PORT/DATABASE` (MySQL or MariaDB).
+    pub url: String,
+}
+
+impl Default for DatabaseSection {
+    fn default() -> Self {
+        Self {
+            url: "sqlite://ehr.db".into(),
+        }
+    }
+}
+
+/// `[proxy]`: the gateway runs behind a TLS-terminating reverse proxy.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ProxySection {
+    /// The proxies (addresses or CIDR ranges) whose `X-Forwarded-For` names the client; from
+    /// any other peer the header is ignored. Cookies are always `Secure` in proxy mode.
+    pub trusted: Vec<String>,
 }
 
 /// `[chain]`.
@@ -121,13 +201,10 @@ pub struct ShareNodeEntry {
 }
 
 /// `[web]`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct WebSection {
-    /// Folder of the web users and their keystores (created 0700).
-    pub data_dir: PathBuf,
-    /// Always mark cookies `Secure` (set it when a TLS proxy is in front). With `[tls]` they
-    /// are `Secure` anyway.
+    /// Always mark cookies `Secure`. With `[tls]` or `[proxy]` they are `Secure` anyway.
     #[serde(default)]
     pub secure_cookies: bool,
 }
@@ -161,33 +238,149 @@ fn find_dev_only(v: &toml::Value, at: &str) -> Option<String> {
     }
 }
 
+/// Sets `key` (dotted) in `root` from an environment variable's `text`.
+fn set_from_env(
+    root: &mut toml::Table,
+    key: &str,
+    var: &str,
+    kind: Kind,
+    text: &str,
+) -> Result<(), ServeConfigError> {
+    let bad = |problem: String, fix: &str| ServeConfigError::Env {
+        var: var.to_owned(),
+        problem,
+        fix: fix.to_owned(),
+    };
+    let value = match kind {
+        Kind::Str => toml::Value::String(text.to_owned()),
+        Kind::Int => toml::Value::Integer(
+            text.trim()
+                .parse()
+                .map_err(|_| bad(format!("{text:?} is not a number"), "write digits only"))?,
+        ),
+        Kind::Bool => toml::Value::Boolean(match text.trim().to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" | "on" => true,
+            "false" | "0" | "no" | "off" => false,
+            _ => {
+                return Err(bad(
+                    format!("{text:?} is not true or false"),
+                    "write true or false",
+                ));
+            }
+        }),
+        Kind::List => toml::Value::Array(
+            text.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| toml::Value::String(s.to_owned()))
+                .collect(),
+        ),
+        Kind::Nodes => {
+            let mut nodes = Vec::new();
+            for pair in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+                let (url, address) = pair.rsplit_once('=').ok_or_else(|| {
+                    bad(
+                        format!("{pair:?} has no `=`"),
+                        "write URL=ADDRESS pairs separated by commas",
+                    )
+                })?;
+                let mut t = toml::Table::new();
+                t.insert("url".into(), toml::Value::String(url.trim().to_owned()));
+                t.insert(
+                    "address".into(),
+                    toml::Value::String(address.trim().to_owned()),
+                );
+                nodes.push(toml::Value::Table(t));
+            }
+            toml::Value::Array(nodes)
+        }
+    };
+    let mut parts: Vec<&str> = key.split('.').collect();
+    let last = parts.pop().unwrap_or(key);
+    let mut table = root;
+    for p in parts {
+        let entry = table
+            .entry(p.to_owned())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        table = entry.as_table_mut().ok_or_else(|| {
+            bad(
+                format!("`{p}` in the file is not a table"),
+                "fix the file's section",
+            )
+        })?;
+    }
+    table.insert(last.to_owned(), value);
+    Ok(())
+}
+
 impl ServeConfig {
-    /// Reads and checks `path`; relative paths in it are relative to the file's folder.
+    /// Reads `path` (when given), applies the `EHR_*` environment ([`ENV`]) and checks the
+    /// result; relative paths are relative to the file's folder (or the working folder).
     ///
     /// # Errors
     /// One [`ServeConfigError`] naming the key and the fix.
-    pub fn load(path: &Path) -> Result<Self, ServeConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ServeConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        Self::parse(&text, path)
+    pub fn load(path: Option<&Path>) -> Result<Self, ServeConfigError> {
+        Self::load_with(path, |v| std::env::var(v).ok())
     }
 
-    /// Parses and checks TOML text (`path` only names it in errors and anchors relative paths).
+    /// [`load`](Self::load) with the environment given as a function (tests).
+    ///
+    /// # Errors
+    /// One [`ServeConfigError`] naming the key and the fix.
+    pub fn load_with(
+        path: Option<&Path>,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ServeConfigError> {
+        let (text, named) = match path {
+            Some(p) => (
+                std::fs::read_to_string(p).map_err(|source| ServeConfigError::Read {
+                    path: p.to_owned(),
+                    source,
+                })?,
+                p.to_owned(),
+            ),
+            None => (String::new(), PathBuf::from("(environment)")),
+        };
+        Self::parse_with(&text, &named, env)
+    }
+
+    /// Parses and checks TOML text without the environment (`path` only names it in errors
+    /// and anchors relative paths).
     ///
     /// # Errors
     /// One [`ServeConfigError`] naming the key and the fix.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ServeConfigError> {
+        Self::parse_with(text, path, |_| None)
+    }
+
+    fn parse_with(
+        text: &str,
+        path: &Path,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ServeConfigError> {
         let parse = |e: toml::de::Error| ServeConfigError::Parse {
             path: path.to_owned(),
             message: e.to_string(),
         };
-        let value: toml::Value = toml::from_str(text).map_err(parse)?;
-        if let Some(key) = find_dev_only(&value, "") {
+        let mut root: toml::Table = toml::from_str(text).map_err(parse)?;
+        if let Some(key) = find_dev_only(&toml::Value::Table(root.clone()), "") {
             return Err(ServeConfigError::DevOnly { key });
         }
-        let mut c: Self = toml::from_str(text).map_err(parse)?;
+        if root.get("web").and_then(|w| w.get("data_dir")).is_some() {
+            return Err(ServeConfigError::Invalid {
+                key: "web.data_dir",
+                problem: "web users now live in the database".into(),
+                fix:
+                    "remove it and set [database] url (default: sqlite://ehr.db next to this file)"
+                        .into(),
+            });
+        }
+        for (key, var, kind) in ENV {
+            if let Some(text) = env(var) {
+                set_from_env(&mut root, key, var, kind, &text)?;
+            }
+        }
+        let mut c: Self = root.try_into().map_err(parse)?;
         let base = path.parent().unwrap_or(Path::new("."));
         let anchor = |p: &mut PathBuf| {
             if p.is_relative() {
@@ -197,10 +390,14 @@ impl ServeConfig {
         if let Some(d) = c.chain.deployment.as_mut() {
             anchor(d);
         }
-        anchor(&mut c.web.data_dir);
         if let Some(t) = c.tls.as_mut() {
             anchor(&mut t.cert);
             anchor(&mut t.key);
+        }
+        if let Some(file) = c.database.url.strip_prefix("sqlite://") {
+            let mut p = PathBuf::from(file);
+            anchor(&mut p);
+            c.database.url = format!("sqlite://{}", p.display());
         }
         c.check()?;
         Ok(c)
@@ -247,6 +444,42 @@ impl ServeConfig {
                 });
             }
             _ => {}
+        }
+        let db = &self.database.url;
+        if !(db.starts_with("sqlite://")
+            || db.starts_with("mysql://")
+            || db.starts_with("mariadb://"))
+        {
+            return Err(Invalid {
+                key: "database.url",
+                problem: format!("{:?} is not a database URL", crate::db::redact(db)),
+                fix: "write sqlite://PATH or mysql://USER:PASSWORD@HOST:PORT/DATABASE".into(),
+            });
+        }
+        if let Some(p) = &self.proxy {
+            if let Err(e) = crate::gateway::TrustedProxies::parse(&p.trusted) {
+                return Err(Invalid {
+                    key: "proxy.trusted",
+                    problem: e,
+                    fix: "list addresses or ranges, e.g. [\"127.0.0.1\", \"10.0.0.0/8\"]".into(),
+                });
+            }
+            if p.trusted.is_empty() {
+                return Err(Invalid {
+                    key: "proxy.trusted",
+                    problem: "no proxy listed".into(),
+                    fix: "list the proxy's address, e.g. trusted = [\"127.0.0.1\"]".into(),
+                });
+            }
+            if self.tls.is_some() {
+                return Err(Invalid {
+                    key: "proxy",
+                    problem: "both [proxy] and [tls] are set".into(),
+                    fix:
+                        "keep [tls] to serve HTTPS directly, or [proxy] when a proxy terminates TLS"
+                            .into(),
+                });
+            }
         }
         let n = self.records.share_nodes.len();
         if n == 0 || n > 255 {
@@ -306,14 +539,14 @@ address = "0x0000000000000000000000000000000000000001"
 [[records.share_nodes]]
 url = "http://127.0.0.1:7002"
 address = "0x0000000000000000000000000000000000000002"
-[web]
-data_dir = "web"
+[database]
+url = "sqlite://data/ehr.db"
 "#;
 
     #[test]
     fn a_good_config_loads_with_paths_next_to_it() {
         let c = ServeConfig::parse(GOOD, Path::new("/etc/ehr/ehr.toml")).unwrap();
-        assert_eq!(c.web.data_dir, Path::new("/etc/ehr/web"));
+        assert_eq!(c.database.url, "sqlite:///etc/ehr/data/ehr.db");
         assert_eq!(
             c.chain.deployment.as_deref(),
             Some(Path::new("/etc/ehr/deployment.json"))
@@ -323,7 +556,7 @@ data_dir = "web"
     #[test]
     fn the_example_in_the_repository_is_valid() {
         let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("ehr.example.toml");
-        let c = ServeConfig::load(&p).unwrap();
+        let c = ServeConfig::load_with(Some(&p), |_| None).unwrap();
         assert_eq!(c.records.share_nodes.len(), 3);
         assert!(c.tls.is_none());
     }
@@ -357,5 +590,71 @@ data_dir = "web"
             .unwrap_err()
             .to_string();
         assert!(e.starts_with("`listen`"), "{e}");
+        let e = ServeConfig::parse(&format!("{GOOD}[web]\ndata_dir = \"w\"\n"), p)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("web.data_dir") && e.contains("[database] url"),
+            "{e}"
+        );
+        let e = ServeConfig::parse(
+            &GOOD.replace("sqlite://data/ehr.db", "postgres://u:pw@h/db"),
+            p,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("database.url") && !e.contains("pw@"), "{e}");
+        let e = ServeConfig::parse(&format!("{GOOD}[proxy]\ntrusted = [\"10.0.0.0/33\"]\n"), p)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("proxy") && e.contains("trusted"), "{e}");
+    }
+
+    #[test]
+    fn every_key_comes_from_the_environment_too() {
+        let env = |v: &str| {
+            Some(
+                match v {
+                    "EHR_LISTEN" => "0.0.0.0:9000",
+                    "EHR_CHAIN_RPC_URL" => "http://chain:8545",
+                    "EHR_CHAIN_DEPLOYMENT" => "/srv/deployment.json",
+                    "EHR_IPFS_API_URL" => "http://kubo:5001",
+                    "EHR_RECORDS_THRESHOLD" => "1",
+                    "EHR_RECORDS_SHARE_NODES" => {
+                        "http://s1:7001=0x0000000000000000000000000000000000000001, http://s2:7001=0x0000000000000000000000000000000000000002"
+                    }
+                    "EHR_DATABASE_URL" => "mysql://ehr:pw@db:3306/ehr",
+                    "EHR_WEB_SECURE_COOKIES" => "yes",
+                    "EHR_PROXY_TRUSTED" => "10.0.0.0/8, 127.0.0.1/32",
+                    _ => return None,
+                }
+                .to_owned(),
+            )
+        };
+        // No file at all: a container's environment is the whole configuration.
+        let c = ServeConfig::load_with(None, env).unwrap();
+        assert_eq!(c.listen, "0.0.0.0:9000");
+        assert_eq!(c.chain.rpc_url, "http://chain:8545");
+        assert_eq!(c.records.threshold, 1);
+        assert_eq!(c.records.share_nodes.len(), 2);
+        assert_eq!(c.records.share_nodes[1].url, "http://s2:7001");
+        assert_eq!(c.database.url, "mysql://ehr:pw@db:3306/ehr");
+        assert!(c.web.secure_cookies);
+        assert_eq!(c.proxy.unwrap().trusted.len(), 2);
+        // The environment wins over the file.
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("ehr.toml");
+        std::fs::write(&f, GOOD).unwrap();
+        let c = ServeConfig::load_with(Some(&f), |v| {
+            (v == "EHR_RECORDS_THRESHOLD").then(|| "1".to_owned())
+        })
+        .unwrap();
+        assert_eq!(c.records.threshold, 1);
+        let e = ServeConfig::load_with(Some(&f), |v| {
+            (v == "EHR_RECORDS_THRESHOLD").then(|| "three".to_owned())
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("EHR_RECORDS_THRESHOLD"), "{e}");
     }
 }

@@ -13,8 +13,7 @@ use alloy::signers::local::PrivateKeySigner;
 use bytes::Bytes;
 use common::nodes::{self, NodeProc};
 use ehr_share::chain::{EhrChain, PatientAddr, RecordId, random_b256};
-use ehr_share::gateway::{AppState, Keyring};
-use ehr_share::ipfs::KuboClient;
+use ehr_share::gateway::Keyring;
 use ehr_share::records::{FHIR_JSON, ShareNodeRef};
 use ehr_share::shamir::{Secret, Threshold, split};
 use ehr_share::share_node::{DepositBody, ShareDeposit, domain, sign_deposit};
@@ -434,89 +433,10 @@ async fn the_dev_chain_refuses_cross_origin_calls() {
 
 // ------------------------------------------------------------------ web limits (#5)
 
-struct Web {
-    url: String,
-    accounts: ehr_share::web::AccountStore,
-    _dir: tempfile::TempDir,
-}
+use common::web::{Web, browser, form_token, login};
 
 async fn web(upload_slots: usize) -> Web {
-    let office = common::office().await;
-    let dir = tempfile::tempdir().unwrap();
-    let accounts = ehr_share::web::AccountStore::open(&dir.path().join("web")).unwrap();
-    let tokens =
-        ehr_share::web::TokenStore::open(&dir.path().join("web/tokens"), accounts.clone()).unwrap();
-    let app = AppState::new(
-        &common::rpc(),
-        Some(
-            EhrChain::connect(&common::rpc(), None, &office.deployment())
-                .await
-                .unwrap(),
-        ),
-        KuboClient::new(&common::stack().kubo.api_url),
-        {
-            let mut k = Keyring::default();
-            k.insert("tok-uploader", PrivateKeySigner::random());
-            k
-        },
-    )
-    .unwrap()
-    .with_upload_slots(upload_slots)
-    .with_tokens(std::sync::Arc::new(tokens.clone()));
-    let web = ehr_share::web::WebState::new(app.clone(), accounts.clone()).with_tokens(tokens);
-    let router = ehr_share::gateway::router(app).merge(ehr_share::web::router(web));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move {
-        axum::serve(
-            listener,
-            router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-        )
-        .await
-    });
-    Web {
-        url,
-        accounts,
-        _dir: dir,
-    }
-}
-
-/// A browser-like client: keeps cookies, does not follow redirects.
-fn browser() -> reqwest::Client {
-    reqwest::Client::builder()
-        .cookie_store(true)
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap()
-}
-
-/// The form token of the login page (and the cookie that goes with it, kept by `c`).
-async fn form_token(c: &reqwest::Client, url: &str, page: &str) -> String {
-    let html = c
-        .get(format!("{url}{page}"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let marker = r#"name="form_token" value=""#;
-    let at = html.find(marker).unwrap() + marker.len();
-    html[at..at + 64].to_owned()
-}
-
-async fn login(
-    c: &reqwest::Client,
-    url: &str,
-    token: &str,
-    user: &str,
-    pw: &str,
-) -> reqwest::Response {
-    c.post(format!("{url}/login"))
-        .form(&[("form_token", token), ("username", user), ("password", pw)])
-        .send()
-        .await
-        .unwrap()
+    Web::start(None, upload_slots).await
 }
 
 /// #5: logins need the form's token, back off per account (a lockout even for the right
@@ -533,21 +453,14 @@ async fn logins_are_guarded() {
             None,
             None,
         )
+        .await
         .unwrap();
-    // #3: the web app's keys are private files under a strong password KDF.
-    let root = w._dir.path().join("web");
-    let keystore = root.join("keystores").join(&alice.keystore);
-    assert_eq!(
-        (
-            mode(&root),
-            mode(&root.join("keystores")),
-            mode(&root.join("users"))
-        ),
-        (0o700, 0o700, 0o700)
-    );
-    assert_eq!(mode(&keystore), 0o600);
-    assert_eq!(mode(&root.join("users").join("alice.json")), 0o600);
-    let ks: serde_json::Value = serde_json::from_slice(&std::fs::read(&keystore).unwrap()).unwrap();
+    // #3: the web app's keys are in a private database file, under a strong password KDF.
+    let root = w.dir.path().join("web");
+    assert_eq!((mode(&root), mode(&root.join("ehr.db"))), (0o700, 0o600));
+    let row = w.accounts.db().account("alice").await.unwrap().unwrap();
+    assert_eq!(row.address, alice.address.to_checksum(None));
+    let ks: serde_json::Value = serde_json::from_str(&row.keystore).unwrap();
     assert_eq!(ks["crypto"]["kdfparams"]["n"], 1 << 17);
     let c = browser();
     // No token, or a token of another browser: refused before any password check.
@@ -736,6 +649,7 @@ async fn personal_api_tokens_work_until_revoked() {
             None,
             None,
         )
+        .await
         .unwrap();
     let c = browser();
     let token = form_token(&c, &w.url, "/").await;

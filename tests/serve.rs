@@ -30,8 +30,7 @@ fn config(
         ));
     }
     text.push_str(&format!(
-        "[web]\ndata_dir = \"{}\"\n{extra}",
-        dir.join("web").display()
+        "[database]\nurl = \"sqlite://web/ehr.db\"\n{extra}"
     ));
     let path = dir.join("ehr.toml");
     std::fs::write(&path, text).unwrap();
@@ -44,8 +43,9 @@ async fn check(path: &Path) -> Output {
         tokio::process::Command::new(common::ehr_bin())
             .args(["serve", "--check", "--config"])
             .arg(path)
-            .env_remove("EHR_RPC_URL")
-            .env_remove("EHR_IPFS_API")
+            .env_remove("EHR_CHAIN_RPC_URL")
+            .env_remove("EHR_IPFS_API_URL")
+            .env_remove("EHR_DATABASE_URL")
             .output(),
     )
     .await
@@ -167,8 +167,9 @@ async fn serves_https_with_secure_cookies_and_no_demo_tokens() {
     cmd.args(["serve", "--config"])
         .arg(&path)
         .args(["--listen", &format!("127.0.0.1:{port}")])
-        .env_remove("EHR_RPC_URL")
-        .env_remove("EHR_IPFS_API");
+        .env_remove("EHR_CHAIN_RPC_URL")
+        .env_remove("EHR_IPFS_API_URL")
+        .env_remove("EHR_DATABASE_URL");
     let mut child = ManagedChild::spawn("ehr serve", cmd, false).unwrap();
     let https = reqwest::Client::builder()
         .add_root_certificate(reqwest::Certificate::from_pem(cert.cert.pem().as_bytes()).unwrap())

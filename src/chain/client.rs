@@ -176,7 +176,7 @@ impl EhrChain {
                 deploy_block: block,
                 deployment_id,
                 chain_id,
-                index: super::index::EventIndex::new(block),
+                index: super::index::EventIndex::new(block, deployment_id, None),
             },
             deployment,
         ))
@@ -234,8 +234,18 @@ impl EhrChain {
             deploy_block: deployment.block,
             deployment_id,
             chain_id,
-            index: super::index::EventIndex::new(deployment.block),
+            index: super::index::EventIndex::new(deployment.block, deployment_id, None),
         })
+    }
+
+    /// The same client with its event index kept in `store` (loaded at the first audit query,
+    /// appended at each catch-up), so that a restart does not read the whole log history
+    /// again. Clients cloned or derived from the result share that index.
+    #[must_use]
+    pub fn with_index_store(mut self, store: std::sync::Arc<dyn super::IndexStore>) -> Self {
+        self.index =
+            super::index::EventIndex::new(self.deploy_block, self.deployment_id, Some(store));
+        self
     }
 
     /// The same contract, signing as another account (shares the HTTP connection pool only

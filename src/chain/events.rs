@@ -3,13 +3,13 @@
 use alloy::primitives::{Address, B256};
 use alloy::rpc::types::Log;
 use alloy::sol_types::SolEventInterface;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::bindings::EhrAccess::EhrAccessEvents as Ev;
 use super::types::{DenyReason, EmergencyReason, PatientAddr, RecordId};
 
 /// One event of the audit trail.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditEvent {
     /// Block number.
     pub block: u64,
@@ -25,7 +25,7 @@ pub struct AuditEvent {
 }
 
 /// What an audit event says.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum AuditKind {
     /// The records office role moved.

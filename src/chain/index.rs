@@ -6,11 +6,18 @@
 //! A chain whose last indexed block changed (a reorganisation, or a reset dev chain) is
 //! indexed again from the deployment block: the hash of the last indexed block is checked
 //! before every catch-up.
+//!
+//! With an [`IndexStore`] (the gateway's database) the index survives restarts: it loads what
+//! was indexed before, appends each catch-up (its events and the new position together), and
+//! starts from the deployment block again only when the stored position is no longer on the
+//! chain. A store that fails is logged and the index goes on in memory.
 
 use std::sync::Arc;
 
+use alloy::primitives::B256;
 use alloy::providers::{DynProvider, Provider};
 use alloy::rpc::types::Filter;
+use futures::future::BoxFuture;
 use tokio::sync::Mutex;
 
 use super::errors::ChainError;
@@ -19,31 +26,101 @@ use super::events::{self, AuditEvent, AuditPage};
 /// Blocks per `eth_getLogs` call while catching up (nodes cap the range they answer).
 const RANGE: u64 = 5_000;
 
+/// An error of an [`IndexStore`], kept whole for the log.
+pub type StoreError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What an [`IndexStore`] holds for one deployment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredIndex {
+    /// The events, oldest first.
+    pub events: Vec<AuditEvent>,
+    /// The first block not indexed yet.
+    pub next_block: u64,
+    /// Hash of block `next_block - 1` when it was indexed.
+    pub last_hash: B256,
+}
+
+/// Where an event index keeps its events between runs, per deployment (by deployment id).
+pub trait IndexStore: Send + Sync + std::fmt::Debug {
+    /// What was stored for `deployment`.
+    fn load(&self, deployment: B256) -> BoxFuture<'_, Result<Option<StoredIndex>, StoreError>>;
+    /// Appends `events` and moves the position to `next_block` / `last_hash`, atomically.
+    fn append<'a>(
+        &'a self,
+        deployment: B256,
+        events: &'a [AuditEvent],
+        next_block: u64,
+        last_hash: B256,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
+    /// Forgets everything stored for `deployment`.
+    fn clear(&self, deployment: B256) -> BoxFuture<'_, Result<(), StoreError>>;
+}
+
 #[derive(Debug)]
 struct State {
     events: Vec<AuditEvent>,
     next_block: u64,
     /// Hash of block `next_block - 1` when it was indexed.
-    last_hash: Option<alloy::primitives::B256>,
+    last_hash: Option<B256>,
+    /// Whether the store was read (once, at the first query).
+    loaded: bool,
+    /// Whether the store holds every indexed block: after a failed write it is cleared and
+    /// left alone for the rest of the run (a gap in it would go unnoticed at the next start).
+    store_whole: bool,
 }
 
 /// The index of one deployment's events.
 #[derive(Debug)]
 pub(crate) struct EventIndex {
     deploy_block: u64,
+    deployment_id: B256,
+    store: Option<Arc<dyn IndexStore>>,
     state: Mutex<State>,
 }
 
 impl EventIndex {
-    pub(crate) fn new(deploy_block: u64) -> Arc<Self> {
+    pub(crate) fn new(
+        deploy_block: u64,
+        deployment_id: B256,
+        store: Option<Arc<dyn IndexStore>>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             deploy_block,
+            deployment_id,
+            store,
             state: Mutex::new(State {
                 events: Vec::new(),
                 next_block: deploy_block,
                 last_hash: None,
+                loaded: false,
+                store_whole: true,
             }),
         })
+    }
+
+    /// Reads the store once: what was indexed in earlier runs.
+    async fn load(&self, st: &mut State) {
+        if st.loaded {
+            return;
+        }
+        st.loaded = true;
+        let Some(store) = &self.store else { return };
+        match store.load(self.deployment_id).await {
+            Ok(Some(stored)) if stored.next_block > self.deploy_block => {
+                tracing::info!(
+                    events = stored.events.len(),
+                    next_block = stored.next_block,
+                    "event index loaded from the database"
+                );
+                st.events = stored.events;
+                st.next_block = stored.next_block;
+                st.last_hash = Some(stored.last_hash);
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(
+                "event index: cannot load the stored events ({e}); indexing from the chain"
+            ),
+        }
     }
 
     /// The events `keep` selects, newest first, paged.
@@ -56,6 +133,7 @@ impl EventIndex {
         limit: usize,
     ) -> Result<AuditPage, ChainError> {
         let mut st = self.state.lock().await;
+        self.load(&mut st).await;
         self.catch_up(&mut st, provider, filter).await?;
         let mut total = 0;
         let mut events = Vec::new();
@@ -88,6 +166,11 @@ impl EventIndex {
                 st.events.clear();
                 st.next_block = self.deploy_block;
                 st.last_hash = None;
+                if let Some(store) = &self.store
+                    && let Err(e) = store.clear(self.deployment_id).await
+                {
+                    tracing::warn!("event index: cannot clear the stored events: {e}");
+                }
             }
         }
         while st.next_block <= latest {
@@ -100,12 +183,26 @@ impl EventIndex {
                 .filter_map(events::decode)
                 .collect();
             fill_times(provider, &mut new).await?;
-            st.events.extend(new);
-            st.next_block = to + 1;
-            st.last_hash = provider
+            let hash = provider
                 .get_block_by_number(to.into())
                 .await?
                 .map(|b| b.header.hash);
+            if let Some(store) = self.store.as_ref().filter(|_| st.store_whole) {
+                let stored = match hash {
+                    Some(hash) => store.append(self.deployment_id, &new, to + 1, hash).await,
+                    None => Err(format!("block {to} not found").into()),
+                };
+                if let Err(e) = stored {
+                    tracing::warn!(
+                        "event index: cannot store blocks up to {to} ({e}); the database copy is dropped and rebuilt at the next start"
+                    );
+                    st.store_whole = false;
+                    let _ = store.clear(self.deployment_id).await;
+                }
+            }
+            st.events.extend(new);
+            st.next_block = to + 1;
+            st.last_hash = hash;
         }
         Ok(())
     }

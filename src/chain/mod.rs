@@ -14,6 +14,7 @@ pub use bindings::EhrAccess;
 pub use client::{AccessOutcome, CONTRACT_VERSION, Deployment, EhrChain, TxOutcome};
 pub use errors::ChainError;
 pub use events::{AuditEvent, AuditFilter, AuditKind, AuditPage};
+pub use index::{IndexStore, StoreError, StoredIndex};
 pub use types::{
     DenyReason, EmergencyReason, GrantInfo, GrantState, InvalidPatientAddr, PatientAddr,
     PendingRequest, ProviderStatus, RecordAnchor, RecordId, UnknownEmergencyReason, random_b256,

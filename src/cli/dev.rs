@@ -54,6 +54,10 @@ pub struct DevArgs {
     /// Anvil port; overrides anvil.toml.
     #[arg(long, env = "EHR_ANVIL_PORT")]
     anvil_port: Option<u16>,
+    /// The web database: `sqlite://PATH` or `mysql://USER:PASSWORD@HOST:PORT/DB`.
+    /// Default: SQLite in `<state-dir>/web/ehr.db`.
+    #[arg(long, env = "EHR_DATABASE_URL")]
+    database_url: Option<String>,
 }
 
 /// The demo cast, as indices into anvil's mnemonic accounts.
@@ -153,8 +157,17 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
         threshold: a.threshold,
     };
     seed_demo_record(&settings, &chain, &ipfs, &records).await?;
-    let accounts = seed_web_users(&settings, &a.state_dir.join("web"))?;
-    let tokens = crate::web::TokenStore::open(&a.state_dir.join("web/tokens"), accounts.clone())?;
+    let db_url = a
+        .database_url
+        .clone()
+        .unwrap_or_else(|| crate::db::sqlite_in(&a.state_dir.join("web")));
+    let db = crate::db::Database::open(&db_url)
+        .await
+        .context("the web database (set --database-url / EHR_DATABASE_URL)")?;
+    println!("[dev] database {} ({})", db.url(), db.backend());
+    let chain = chain.with_index_store(std::sync::Arc::new(crate::db::EventStore::new(db.clone())));
+    let accounts = seed_web_users(&settings, db).await?;
+    let tokens = crate::web::TokenStore::new(accounts.clone());
     let state = AppState::new(&settings.rpc_url(), Some(chain.clone()), ipfs, keyring)
         .map_err(anyhow::Error::msg)?
         .with_records(records)
@@ -457,10 +470,13 @@ async fn seed_demo(settings: &AnvilSettings, chain: &EhrChain) -> anyhow::Result
     Ok(keyring)
 }
 
-/// The demo web users (the same keys as the API tokens), created once under `dir` with
+/// The demo web users (the same keys as the API tokens), created once in `db` with
 /// printed passwords. Development only: the passwords are public.
-fn seed_web_users(settings: &AnvilSettings, dir: &std::path::Path) -> anyhow::Result<AccountStore> {
-    let store = AccountStore::open(dir)?;
+async fn seed_web_users(
+    settings: &AnvilSettings,
+    db: crate::db::Database,
+) -> anyhow::Result<AccountStore> {
+    let store = AccountStore::new(db).await?;
     let mut users = vec![("office".to_owned(), OFFICE, Role::Office, None)];
     for (n, i) in DOCTORS.iter().enumerate() {
         users.push((format!("doctor{}", n + 1), *i, Role::Provider, None));
@@ -471,20 +487,24 @@ fn seed_web_users(settings: &AnvilSettings, dir: &std::path::Path) -> anyhow::Re
     }
     println!("[dev] demo web users (user / password):");
     for (name, index, role, patient) in users {
-        if !store.exists(&name) {
+        if !store.exists(&name).await? {
             let key = demo_signer(settings, index)?;
-            store.create(&name, &demo_password(&name), role, patient, Some(key))?;
+            store
+                .create(&name, &demo_password(&name), role, patient, Some(key))
+                .await?;
             if role == Role::Provider {
                 // Synthetic people for the demo; no real names or licences.
                 let n = name.trim_start_matches("doctor");
-                store.set_profile(
-                    &name,
-                    crate::web::ProviderProfile::new(
-                        &format!("Dr. Demo {n}"),
-                        "Demo General Hospital",
-                        &format!("DEMO-{n:0>4}"),
-                    )?,
-                )?;
+                store
+                    .set_profile(
+                        &name,
+                        crate::web::ProviderProfile::new(
+                            &format!("Dr. Demo {n}"),
+                            "Demo General Hospital",
+                            &format!("DEMO-{n:0>4}"),
+                        )?,
+                    )
+                    .await?;
             }
         }
         let what = patient.map_or_else(

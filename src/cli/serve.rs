@@ -9,50 +9,42 @@ use anyhow::Context;
 use clap::Args;
 
 use crate::chain::{Deployment, EhrChain};
+use crate::db::EventStore;
 use crate::gateway::{AppState, Keyring, RecordsConfig};
 use crate::ipfs::KuboClient;
 use crate::records::ShareNodeRef;
 use crate::serve_config::{ServeConfig, ServeConfigError};
 use crate::web::{AccountStore, TokenStore, WebState};
 
-/// `ehr serve` flags; each overrides the file's value.
+/// `ehr serve` flags. Every configuration key also comes from its `EHR_*` variable (see
+/// ehr.example.toml), which wins over the file.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// The configuration file (see ehr.example.toml). Default: ehr.toml.
-    #[arg(long, env = "EHR_CONFIG", default_value = "ehr.toml")]
-    config: PathBuf,
+    /// The configuration file (see ehr.example.toml). Default: ehr.toml when it exists;
+    /// without a file the `EHR_*` environment alone configures the server.
+    #[arg(long, env = "EHR_CONFIG")]
+    config: Option<PathBuf>,
     /// Validate the configuration, report what is reachable, and exit (0: all reachable,
     /// 1: invalid configuration, 2: something unreachable or not what the file says).
     #[arg(long)]
     check: bool,
-    /// Overrides `listen`.
-    #[arg(long, env = "EHR_LISTEN")]
+    /// Overrides `listen` (and EHR_LISTEN).
+    #[arg(long)]
     listen: Option<String>,
-    /// Overrides `chain.rpc_url`.
-    #[arg(long, env = "EHR_RPC_URL")]
-    rpc_url: Option<String>,
-    /// Overrides `ipfs.api_url`.
-    #[arg(long, env = "EHR_IPFS_API")]
-    ipfs_api: Option<String>,
-    /// Overrides `web.data_dir`.
-    #[arg(long, env = "EHR_WEB_DIR")]
-    web_dir: Option<PathBuf>,
 }
 
 impl ServeArgs {
+    fn file(&self) -> Option<PathBuf> {
+        self.config.clone().or_else(|| {
+            let default = PathBuf::from("ehr.toml");
+            default.exists().then_some(default)
+        })
+    }
+
     fn load(&self) -> Result<ServeConfig, ServeConfigError> {
-        let mut c = ServeConfig::load(&self.config)?;
+        let mut c = ServeConfig::load(self.file().as_deref())?;
         if let Some(v) = &self.listen {
             c.listen.clone_from(v);
-        }
-        if let Some(v) = &self.rpc_url {
-            c.chain.rpc_url.clone_from(v);
-        }
-        if let Some(v) = &self.ipfs_api {
-            c.ipfs.api_url.clone_from(v);
-        }
-        if let Some(v) = &self.web_dir {
-            c.web.data_dir.clone_from(v);
         }
         c.check()?;
         Ok(c)
@@ -61,7 +53,8 @@ impl ServeArgs {
 
 /// What `ehr serve` found at start.
 struct Reach {
-    chain: Option<EhrChain>,
+    deployment: Deployment,
+    chain: Result<EhrChain, crate::chain::ChainError>,
     ipfs_ok: bool,
     nodes_ok: bool,
     /// Nodes that answered as another identity than the configured one.
@@ -85,23 +78,18 @@ async fn reach(c: &ServeConfig) -> anyhow::Result<Reach> {
         },
         (None, None) => anyhow::bail!("`chain.deployment` or `chain.contract` must be set"),
     };
-    let chain = match EhrChain::connect(&c.chain.rpc_url, None, &deployment).await {
-        Ok(chain) => {
-            println!(
-                "chain   ok      {} chain id {}, EhrAccess v{} at {}, deployment {}",
-                c.chain.rpc_url,
-                chain.chain_id(),
-                crate::chain::CONTRACT_VERSION,
-                chain.address(),
-                chain.deployment_id()
-            );
-            Some(chain)
-        }
-        Err(e) => {
-            println!("chain   FAILED  {}: {e}", c.chain.rpc_url);
-            None
-        }
-    };
+    let chain = EhrChain::connect(&c.chain.rpc_url, None, &deployment).await;
+    match &chain {
+        Ok(chain) => println!(
+            "chain   ok      {} chain id {}, EhrAccess v{} at {}, deployment {}",
+            c.chain.rpc_url,
+            chain.chain_id(),
+            crate::chain::CONTRACT_VERSION,
+            chain.address(),
+            chain.deployment_id()
+        ),
+        Err(e) => println!("chain   FAILED  {}: {e}", c.chain.rpc_url),
+    }
     let ipfs_ok = match KuboClient::new(&c.ipfs.api_url).version().await {
         Ok(v) => {
             println!("ipfs    ok      {} Kubo {}", c.ipfs.api_url, v.version);
@@ -137,6 +125,7 @@ async fn reach(c: &ServeConfig) -> anyhow::Result<Reach> {
         }
     }
     Ok(Reach {
+        deployment,
         chain,
         ipfs_ok,
         nodes_ok,
@@ -169,26 +158,40 @@ async fn tls_config(
 /// An invalid configuration (naming the key and the fix), a wrong share-node identity, a busy
 /// port.
 pub async fn run(a: ServeArgs) -> anyhow::Result<()> {
+    let source = a.file().map_or_else(
+        || "(EHR_* environment)".to_owned(),
+        |p| p.display().to_string(),
+    );
     let c = a
         .load()
-        .with_context(|| format!("configuration {}", a.config.display()))?;
-    println!("config  ok      {}", a.config.display());
+        .with_context(|| format!("configuration {source}"))?;
+    println!("config  ok      {source}");
     let tls = tls_config(&c).await?;
     let r = reach(&c).await?;
+    let db = crate::db::Database::open(&c.database.url).await;
+    match &db {
+        Ok(db) => println!("db      ok      {} ({})", db.url(), db.backend()),
+        Err(e) => println!("db      FAILED  {e}"),
+    }
     if a.check {
-        if r.chain.is_some() && r.ipfs_ok && r.nodes_ok {
+        if r.chain.is_ok() && r.ipfs_ok && r.nodes_ok && db.is_ok() {
             println!("everything is reachable");
             return Ok(());
         }
         println!("some parts are not reachable or not what the configuration says");
         std::process::exit(2);
     }
-    // Without the chain nothing can be checked or anchored; exit so a supervisor (systemd)
-    // restarts us when it is back, instead of serving without access control.
-    let Some(_) = r.chain.as_ref() else {
-        anyhow::bail!(
-            "the chain is not reachable or not the configured deployment (see above); not serving"
-        );
+    // Accounts, sessions and tokens live in the database: without it nobody can log in.
+    let db = db.context("`database.url` (or EHR_DATABASE_URL)")?;
+    // A contract that is not the configured one is a configuration mistake, never served; a
+    // chain that does not answer yet is waited for (`/health` says so meanwhile).
+    let chain = match r.chain {
+        Ok(chain) => Some(chain),
+        Err(e @ crate::chain::ChainError::Rpc(_)) => {
+            tracing::warn!("{e}; serving /health and retrying the chain every 5 s");
+            None
+        }
+        Err(e) => return Err(e).context("`chain` (see above); not serving"),
     };
     let loopback = c
         .listen
@@ -219,23 +222,40 @@ pub async fn run(a: ServeArgs) -> anyhow::Result<()> {
             .collect(),
         threshold: c.records.threshold,
     };
-    let accounts = AccountStore::open(&c.web.data_dir)
-        .with_context(|| format!("`web.data_dir`: cannot use {}", c.web.data_dir.display()))?;
-    let tokens = TokenStore::open(&c.web.data_dir.join("tokens"), accounts.clone())?;
+    let events = std::sync::Arc::new(EventStore::new(db.clone()));
+    let accounts = AccountStore::new(db.clone()).await?;
+    let tokens = TokenStore::new(accounts.clone());
     let state = AppState::new(
         &c.chain.rpc_url,
-        r.chain,
+        chain.map(|ch| ch.with_index_store(events.clone())),
         KuboClient::new(&c.ipfs.api_url),
         Keyring::default(),
     )
     .map_err(anyhow::Error::msg)?
     .with_records(records)
+    .with_database(db)
     .with_tokens(std::sync::Arc::new(tokens.clone()));
+    if state.chain().is_none() {
+        tokio::spawn(connect_later(
+            state.clone(),
+            c.chain.rpc_url.clone(),
+            r.deployment,
+            events,
+        ));
+    }
+    let proxies = match &c.proxy {
+        Some(p) => crate::gateway::TrustedProxies::parse(&p.trusted).map_err(anyhow::Error::msg)?,
+        None => crate::gateway::TrustedProxies::default(),
+    };
     let web = WebState::new(state.clone(), accounts)
         .with_tokens(tokens)
-        .with_secure_cookies(c.web.secure_cookies || tls.is_some());
+        .with_secure_cookies(c.web.secure_cookies || tls.is_some() || c.proxy.is_some());
     let app = crate::gateway::router(state)
         .merge(crate::web::router(web))
+        .layer(axum::middleware::from_fn_with_state(
+            proxies,
+            crate::gateway::real_client,
+        ))
         .into_make_service_with_connect_info::<SocketAddr>();
     let addr: SocketAddr = c.listen.parse().context("`listen` must be address:port")?;
     match tls {
@@ -264,4 +284,25 @@ pub async fn run(a: ServeArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Retries the chain every 5 s until it answers as the configured deployment, then hands the
+/// client to the running gateway.
+async fn connect_later(
+    state: AppState,
+    rpc_url: String,
+    deployment: Deployment,
+    events: std::sync::Arc<EventStore>,
+) {
+    loop {
+        tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+        match EhrChain::connect(&rpc_url, None, &deployment).await {
+            Ok(chain) => {
+                tracing::info!("chain {rpc_url} answers; serving");
+                state.set_chain(chain.with_index_store(events));
+                return;
+            }
+            Err(e) => tracing::warn!("chain still unreachable: {e}"),
+        }
+    }
 }

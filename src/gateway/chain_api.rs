@@ -27,13 +27,13 @@ impl FromRequestParts<AppState> for ActorKey {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let signer = signer_for(parts, state)?;
+        let signer = signer_for(parts, state).await?;
         let chain = deployed(state)?.with_signer(state.rpc_url(), signer.clone())?;
         Ok(Self(signer, chain))
     }
 }
 
-fn signer_for(
+async fn signer_for(
     parts: &Parts,
     state: &AppState,
 ) -> Result<alloy::signers::local::PrivateKeySigner, ApiError> {
@@ -49,6 +49,7 @@ fn signer_for(
     })?;
     state
         .signer_for_token(token.trim())
+        .await
         .ok_or_else(|| ApiError::Unauthorized("unknown, expired or revoked API token".into()))
 }
 
@@ -59,7 +60,7 @@ impl FromRequestParts<AppState> for Actor {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let signer = signer_for(parts, state)?;
+        let signer = signer_for(parts, state).await?;
         Ok(Self(deployed(state)?.with_signer(state.rpc_url(), signer)?))
     }
 }

@@ -33,11 +33,25 @@ pub(super) async fn health(State(state): State<AppState>) -> (StatusCode, Json<V
         Err(e) => json!({"ok": false, "error": e.to_string(), "api_url": state.ipfs().base_url()}),
     };
     let nodes = share_node_health(&state).await;
+    let database = match state.database() {
+        None => Value::Null,
+        Some(db) => match db.ping().await {
+            Ok(()) => json!({"ok": true, "backend": db.backend().to_string()}),
+            Err(e) => {
+                tracing::warn!("health: {e}");
+                json!({"ok": false, "backend": db.backend().to_string(), "error": "does not answer"})
+            }
+        },
+    };
     let needed = state.records().map_or(0, |c| usize::from(c.threshold));
     let nodes_ok = nodes.iter().filter(|n| n.ok).count();
-    let all_ok = chain["ok"] == true && ipfs["ok"] == true && nodes_ok == nodes.len();
-    // Reads need the chain, IPFS and k share nodes; below that the gateway is unavailable.
-    let serving = chain["ok"] == true && ipfs["ok"] == true && nodes_ok >= needed;
+    // Without the contract client (the chain did not answer at start) nothing is served yet.
+    let chain_ok = chain["ok"] == true && state.chain().is_some();
+    let db_ok = database.is_null() || database["ok"] == true;
+    let all_ok = chain_ok && ipfs["ok"] == true && db_ok && nodes_ok == nodes.len();
+    // Reads need the chain, IPFS, the database (sessions, tokens) and k share nodes; below
+    // that the gateway is unavailable.
+    let serving = chain_ok && ipfs["ok"] == true && db_ok && nodes_ok >= needed;
     let status = if serving {
         StatusCode::OK
     } else {
@@ -52,6 +66,7 @@ pub(super) async fn health(State(state): State<AppState>) -> (StatusCode, Json<V
             "ipfs": ipfs,
             "share_nodes": nodes,
             "share_nodes_needed": needed,
+            "database": database,
         })),
     )
 }

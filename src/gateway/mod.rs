@@ -6,12 +6,14 @@ mod chain_api;
 mod error;
 mod health;
 mod openapi;
+mod proxy;
 mod records_api;
 mod state;
 mod uploads;
 
 pub use error::ApiError;
 pub use health::{NodeHealth, share_node_health};
+pub use proxy::{TrustedProxies, real_client};
 pub use state::{AppState, Keyring, RecordsConfig, TokenResolver};
 pub use uploads::{MAX_UPLOADS, UploadSlots, gate_html, gate_json, timeout as upload_timeout};
 

@@ -46,7 +46,10 @@ impl Keyring {
 /// gateway does not depend on how the web app stores them.
 pub trait TokenResolver: Send + Sync + std::fmt::Debug {
     /// The key behind `token`, if the token is valid now.
-    fn resolve(&self, token: &str) -> Option<PrivateKeySigner>;
+    fn resolve<'a>(
+        &'a self,
+        token: &'a str,
+    ) -> futures::future::BoxFuture<'a, Option<PrivateKeySigner>>;
 }
 
 /// Where records go: the share nodes and the threshold (signed requests take their domain
@@ -63,7 +66,10 @@ struct Inner {
     records: Option<RecordsConfig>,
     rpc_url: String,
     provider: DynProvider,
-    chain: Option<EhrChain>,
+    /// Set at start, or later when the chain was unreachable at start (`ehr serve` keeps
+    /// trying); until then every chain-backed route answers 503.
+    chain: std::sync::OnceLock<EhrChain>,
+    database: Option<crate::db::Database>,
     ipfs: KuboClient,
     keyring: Keyring,
     tokens: Option<Arc<dyn TokenResolver>>,
@@ -91,11 +97,16 @@ impl AppState {
             .parse()
             .map_err(|e| format!("bad RPC URL {rpc_url}: {e}"))?;
         let provider = ProviderBuilder::new().connect_http(url).erased();
+        let cell = std::sync::OnceLock::new();
+        if let Some(c) = chain {
+            let _ = cell.set(c);
+        }
         Ok(Self(Arc::new(Inner {
             records: None,
             rpc_url: rpc_url.to_owned(),
             provider,
-            chain,
+            chain: cell,
+            database: None,
             ipfs,
             keyring,
             tokens: None,
@@ -116,6 +127,31 @@ impl AppState {
                 Self(shared)
             }
         }
+    }
+
+    /// The same state reporting `db` in `/health`.
+    pub fn with_database(self, db: crate::db::Database) -> Self {
+        match Arc::try_unwrap(self.0) {
+            Ok(mut inner) => {
+                inner.database = Some(db);
+                Self(Arc::new(inner))
+            }
+            Err(shared) => {
+                tracing::warn!("database ignored: state already shared");
+                Self(shared)
+            }
+        }
+    }
+
+    /// The database, when the gateway has one.
+    pub fn database(&self) -> Option<&crate::db::Database> {
+        self.0.database.as_ref()
+    }
+
+    /// Sets the contract client once the chain answers (when it did not at start); false when
+    /// one was set already.
+    pub fn set_chain(&self, chain: EhrChain) -> bool {
+        self.0.chain.set(chain).is_ok()
     }
 
     /// The same state with `n` upload slots instead of [`super::MAX_UPLOADS`].
@@ -148,12 +184,14 @@ impl AppState {
 
     /// The key behind a bearer token: a keyring token (`ehr dev`'s demo tokens) or a personal
     /// API token.
-    pub fn signer_for_token(&self, token: &str) -> Option<PrivateKeySigner> {
-        self.0
-            .keyring
-            .signer(token)
-            .cloned()
-            .or_else(|| self.0.tokens.as_ref().and_then(|t| t.resolve(token)))
+    pub async fn signer_for_token(&self, token: &str) -> Option<PrivateKeySigner> {
+        if let Some(s) = self.0.keyring.signer(token) {
+            return Some(s.clone());
+        }
+        match &self.0.tokens {
+            Some(t) => t.resolve(token).await,
+            None => None,
+        }
     }
 
     /// The records configuration, when set.
@@ -173,7 +211,7 @@ impl AppState {
 
     /// The read-only contract client, when deployed.
     pub fn chain(&self) -> Option<&EhrChain> {
-        self.0.chain.as_ref()
+        self.0.chain.get()
     }
 
     /// The IPFS client.

@@ -1,13 +1,20 @@
-//! Web accounts: each user's Ethereum key lives in a standard Web3 secret-storage keystore
-//! (scrypt), unlocked only by the user's password at login. Passwords are never stored or logged.
+//! Web accounts in the gateway's database: each user's Ethereum key lives in a standard Web3
+//! secret-storage keystore (scrypt) in their row, unlocked only by the user's password at
+//! login. Passwords are never stored or logged.
 
-use std::path::{Path, PathBuf};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
+use alloy::primitives::Address;
 use alloy::signers::local::PrivateKeySigner;
 use serde::{Deserialize, Serialize};
 
-use super::keystore::{SCRYPT_LOG_N, write_keystore};
+use super::keystore::{
+    KeystoreError, SCRYPT_LOG_N, decrypt_keystore, encrypt_keystore, keystore_log_n,
+};
 use crate::chain::PatientAddr;
+use crate::db::{AccountRow, Database, DbError};
 
 /// A user's role in the web application.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -21,6 +28,23 @@ pub enum Role {
     Office,
 }
 
+impl Role {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Patient => "patient",
+            Self::Provider => "provider",
+            Self::Office => "office",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        [Self::Patient, Self::Provider, Self::Office]
+            .into_iter()
+            .find(|r| r.as_str() == s)
+    }
+}
+
 /// What is stored about a user (no password, no plaintext key).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Account {
@@ -29,11 +53,9 @@ pub struct Account {
     /// Role.
     pub role: Role,
     /// Ethereum account.
-    pub address: alloy::primitives::Address,
+    pub address: Address,
     /// For patients: their `Addr`.
     pub patient: Option<PatientAddr>,
-    /// File name of the encrypted key under `keystores/`.
-    pub keystore: String,
     /// For providers: who they are, as entered at sign-up.
     #[serde(default)]
     pub profile: Option<ProviderProfile>,
@@ -86,16 +108,27 @@ pub enum AccountError {
     /// Input rules.
     #[error("{0}")]
     Invalid(String),
-    /// Storage failure.
-    #[error("account storage failed: {0}")]
-    Io(String),
+    /// The database failed.
+    #[error(transparent)]
+    Storage(#[from] DbError),
+    /// A stored keystore does not open or hold the account's key.
+    #[error("keystore of {user}: {problem}")]
+    Keystore {
+        /// The user.
+        user: String,
+        /// What is wrong.
+        problem: String,
+    },
 }
 
-/// Accounts on disk: `users/<name>.json` (role, address, keystore name) and `keystores/`.
+/// The web accounts, in the gateway's database. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct AccountStore {
-    dir: PathBuf,
-    kdf_runs: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    db: Database,
+    /// A keystore nobody can open, unlocked on logins of unknown users, so that they take as
+    /// long as a wrong password (no user-name oracle from timing).
+    decoy: Arc<str>,
+    kdf_runs: Arc<AtomicU64>,
 }
 
 fn valid_name(name: &str) -> bool {
@@ -105,114 +138,164 @@ fn valid_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Runs the password KDF off the async threads (it takes a few hundred ms and 128 MiB).
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(v) => v,
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
+}
+
 impl AccountStore {
-    /// A store under `dir` (created when missing).
+    /// The accounts in `db` (prepares the decoy keystore: one KDF run).
     ///
     /// # Errors
-    /// When the folders cannot be created.
-    pub fn open(dir: &Path) -> Result<Self, AccountError> {
-        let io = |e: std::io::Error| AccountError::Io(e.to_string());
-        crate::fsutil::private_dir(dir).map_err(io)?;
-        for sub in ["users", "keystores"] {
-            crate::fsutil::private_dir(&dir.join(sub)).map_err(io)?;
-        }
-        let store = Self {
-            dir: dir.to_owned(),
-            kdf_runs: std::sync::Arc::default(),
-        };
-        // A keystore nobody can open, unlocked on logins of unknown users, so that they take
-        // as long as a wrong password (no user-name oracle from timing).
-        let decoy = store.decoy();
-        if !decoy.exists() {
+    /// Never today (the decoy's KDF parameters are constants); kept for stores that can fail.
+    pub async fn new(db: Database) -> Result<Self, AccountError> {
+        let decoy = blocking(|| {
             let mut pw = [0u8; 32];
             rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut pw);
-            write_keystore(
-                &decoy,
+            encrypt_keystore(
                 &PrivateKeySigner::random().to_bytes().0,
                 &hex::encode(pw),
                 SCRYPT_LOG_N,
             )
-            .map_err(AccountError::Io)?;
-        }
-        Ok(store)
+        })
+        .await
+        .map_err(|e| AccountError::Keystore {
+            user: "(decoy)".into(),
+            problem: e.to_string(),
+        })?;
+        Ok(Self {
+            db,
+            decoy: decoy.into(),
+            kdf_runs: Arc::default(),
+        })
     }
 
-    fn decoy(&self) -> PathBuf {
-        self.dir.join("decoy.keystore")
+    /// The database behind the store.
+    pub fn db(&self) -> &Database {
+        &self.db
     }
 
     /// How many logins ran the password KDF (each one does, known user or not: logins of
     /// unknown users unlock a decoy keystore, so their timing tells nothing).
     pub fn kdf_runs(&self) -> u64 {
-        self.kdf_runs.load(std::sync::atomic::Ordering::Relaxed)
+        self.kdf_runs.load(Ordering::Relaxed)
+    }
+
+    fn account_of(row: AccountRow) -> Result<Account, AccountError> {
+        let corrupt = |problem: String| {
+            AccountError::Storage(DbError::Corrupt {
+                what: "account",
+                problem,
+            })
+        };
+        let role = Role::parse(&row.role)
+            .ok_or_else(|| corrupt(format!("{}: role {:?}", row.username, row.role)))?;
+        let address = row
+            .address
+            .parse()
+            .map_err(|e| corrupt(format!("{}: address: {e}", row.username)))?;
+        let patient = row
+            .patient
+            .map(|(aid, pid)| PatientAddr::new(aid, pid))
+            .transpose()
+            .map_err(|e| corrupt(format!("{}: patient: {e}", row.username)))?;
+        let profile = row
+            .profile
+            .map(|(name, organisation, licence)| ProviderProfile {
+                name,
+                organisation,
+                licence,
+            });
+        Ok(Account {
+            username: row.username,
+            role,
+            address,
+            patient,
+            profile,
+        })
     }
 
     /// Every account, sorted by name.
     ///
     /// # Errors
-    /// When the folder cannot be read.
-    pub fn list(&self) -> Result<Vec<Account>, AccountError> {
-        let mut out = Vec::new();
-        let rd = std::fs::read_dir(self.dir.join("users"))
-            .map_err(|e| AccountError::Io(e.to_string()))?;
-        for e in rd.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if name.starts_with('.') || !name.ends_with(".json") {
-                continue;
-            }
-            if let Ok(text) = std::fs::read(e.path())
-                && let Ok(a) = serde_json::from_slice::<Account>(&text)
-            {
-                out.push(a);
-            }
-        }
-        out.sort_by(|a, b| a.username.cmp(&b.username));
-        Ok(out)
+    /// When the database fails.
+    pub async fn list(&self) -> Result<Vec<Account>, AccountError> {
+        self.db
+            .accounts()
+            .await?
+            .into_iter()
+            .map(Self::account_of)
+            .collect()
     }
 
     /// Sets a provider's profile.
     ///
     /// # Errors
     /// Unknown user or storage failure.
-    pub fn set_profile(
+    pub async fn set_profile(
         &self,
         username: &str,
         profile: ProviderProfile,
     ) -> Result<(), AccountError> {
-        let mut a = self
-            .account(username)
-            .ok_or_else(|| AccountError::Invalid(format!("no user {username:?}")))?;
-        a.profile = Some(profile);
-        let json = serde_json::to_vec_pretty(&a).map_err(|e| AccountError::Io(e.to_string()))?;
-        crate::fsutil::write_private(&self.user_file(username), &json)
-            .map_err(|e| AccountError::Io(e.to_string()))
+        let found = self
+            .db
+            .set_profile(
+                username,
+                &profile.name,
+                &profile.organisation,
+                &profile.licence,
+            )
+            .await?;
+        if found {
+            Ok(())
+        } else {
+            Err(AccountError::Invalid(format!("no user {username:?}")))
+        }
     }
 
     /// The profiles of the web app's providers, by account.
-    pub fn profiles(
-        &self,
-    ) -> std::collections::HashMap<alloy::primitives::Address, ProviderProfile> {
-        self.list()
-            .unwrap_or_default()
+    ///
+    /// # Errors
+    /// When the database fails.
+    pub async fn profiles(&self) -> Result<HashMap<Address, ProviderProfile>, AccountError> {
+        Ok(self
+            .list()
+            .await?
             .into_iter()
             .filter_map(|a| a.profile.map(|p| (a.address, p)))
-            .collect()
+            .collect())
     }
 
     /// The account named `username`, if any.
-    pub fn account(&self, username: &str) -> Option<Account> {
+    ///
+    /// # Errors
+    /// When the database fails.
+    pub async fn account(&self, username: &str) -> Result<Option<Account>, AccountError> {
         if !valid_name(username) {
-            return None;
+            return Ok(None);
         }
-        let text = std::fs::read(self.user_file(username)).ok()?;
-        serde_json::from_slice(&text).ok()
+        self.db
+            .account(username)
+            .await?
+            .map(Self::account_of)
+            .transpose()
     }
 
-    /// Creates a user with `key` (a fresh one when `None`), encrypted under `password`.
+    /// Creates a user with `key` (a fresh one when `None`), encrypted under `password`. Two
+    /// sign-ups racing for one name: the database's key lets exactly one in.
     ///
     /// # Errors
     /// Invalid name or password, a taken name, storage failures.
-    pub fn create(
+    pub async fn create(
         &self,
         username: &str,
         password: &str,
@@ -230,130 +313,142 @@ impl AccountStore {
                 "password: at least 10 characters".into(),
             ));
         }
-        let user_file = self.user_file(username);
-        if user_file.exists() {
+        if self.db.account(username).await?.is_some() {
             return Err(AccountError::Taken(username.into()));
         }
         let key = key.unwrap_or_else(PrivateKeySigner::random);
-        // The keystore gets a unique file name; the user file names it and is linked into place
-        // with a no-clobber hard link, so two sign-ups racing for one name cannot both win and
-        // a crash leaves at worst an orphan keystore, never a user without a key.
-        let keystore = format!("{username}-{}", hex::encode(key.address()));
-        let io = |e: &dyn std::fmt::Display| AccountError::Io(e.to_string());
-        write_keystore(
-            &self.dir.join("keystores").join(&keystore),
-            &key.to_bytes().0,
-            password,
-            SCRYPT_LOG_N,
-        )
-        .map_err(|e| io(&e))?;
-        let signer = key.clone();
+        let bytes = key.to_bytes().0;
+        let pw = password.to_owned();
+        let keystore = blocking(move || encrypt_keystore(&bytes, &pw, SCRYPT_LOG_N))
+            .await
+            .map_err(|e| AccountError::Keystore {
+                user: username.into(),
+                problem: e.to_string(),
+            })?;
         let account = Account {
             username: username.into(),
             role,
-            address: signer.address(),
+            address: key.address(),
             patient,
-            keystore,
             profile: None,
         };
-        let tmp = self
-            .dir
-            .join("users")
-            .join(format!(".{username}.{}.tmp", hex::encode(key.address())));
-        let json = serde_json::to_vec_pretty(&account).map_err(|e| io(&e))?;
-        crate::fsutil::write_private(&tmp, &json).map_err(|e| io(&e))?;
-        let linked = std::fs::hard_link(&tmp, &user_file);
-        let _ = std::fs::remove_file(&tmp);
-        match linked {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                let _ = std::fs::remove_file(self.dir.join("keystores").join(&account.keystore));
-                return Err(AccountError::Taken(username.into()));
-            }
-            Err(e) => return Err(io(&e)),
+        let row = AccountRow {
+            username: username.into(),
+            role: role.as_str().into(),
+            address: account.address.to_checksum(None),
+            patient: patient.map(|p| (p.aid(), p.pid())),
+            keystore,
+            profile: None,
+            created_at: now(),
+        };
+        match self.db.insert_account(&row).await {
+            Ok(()) => Ok((account, key)),
+            Err(DbError::Conflict(_)) => Err(AccountError::Taken(username.into())),
+            Err(e) => Err(e.into()),
         }
-        Ok((account, signer))
     }
 
     /// Unlocks the user's key with `password`.
     ///
     /// # Errors
     /// [`AccountError::BadLogin`] for an unknown user or a wrong password.
-    pub fn login(
+    pub async fn login(
         &self,
         username: &str,
         password: &str,
     ) -> Result<(Account, PrivateKeySigner), AccountError> {
-        let text = if valid_name(username) {
-            std::fs::read(self.user_file(username)).ok()
+        let row = if valid_name(username) {
+            self.db.account(username).await?
         } else {
             None
         };
-        self.kdf_runs
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let Some(text) = text else {
-            let _ = PrivateKeySigner::decrypt_keystore(self.decoy(), password);
+        self.kdf_runs.fetch_add(1, Ordering::Relaxed);
+        let pw = password.to_owned();
+        let Some(row) = row else {
+            let decoy = self.decoy.clone();
+            let _ = blocking(move || decrypt_keystore(&decoy, &pw)).await;
             return Err(AccountError::BadLogin);
         };
-        let account: Account =
-            serde_json::from_slice(&text).map_err(|e| AccountError::Io(e.to_string()))?;
-        let signer = PrivateKeySigner::decrypt_keystore(
-            self.dir.join("keystores").join(&account.keystore),
-            password,
-        )
-        .map_err(|_| AccountError::BadLogin)?;
+        let keystore = row.keystore.clone();
+        let opened = blocking(move || decrypt_keystore(&keystore, &pw)).await;
+        let key = match opened {
+            Ok(k) => k,
+            Err(KeystoreError::WrongPassword) => return Err(AccountError::BadLogin),
+            Err(e) => {
+                return Err(AccountError::Keystore {
+                    user: username.into(),
+                    problem: e.to_string(),
+                });
+            }
+        };
+        let keystore_problem = |problem: String| AccountError::Keystore {
+            user: username.into(),
+            problem,
+        };
+        let signer = PrivateKeySigner::from_slice(key.as_ref())
+            .map_err(|e| keystore_problem(e.to_string()))?;
+        let account = Self::account_of(row.clone())?;
         if signer.address() != account.address {
-            return Err(AccountError::Io(format!(
-                "keystore of {username} holds another key"
-            )));
+            return Err(keystore_problem("it holds another key".into()));
         }
-        self.upgrade_kdf(&account, &signer, password);
+        self.upgrade_kdf(&row, &signer, password).await;
         Ok((account, signer))
     }
 
     /// Re-encrypts a keystore written with a cheaper KDF than today's (N < 2^17) now that the
     /// password is at hand, so old accounts do not stay 16 times cheaper to guess.
-    fn upgrade_kdf(&self, account: &Account, signer: &PrivateKeySigner, password: &str) {
-        let path = self.dir.join("keystores").join(&account.keystore);
-        let n = std::fs::read(&path)
-            .ok()
-            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-            .and_then(|v| v["crypto"]["kdfparams"]["n"].as_u64());
-        if n.is_some_and(|n| n < 1 << SCRYPT_LOG_N) {
-            match write_keystore(&path, &signer.to_bytes().0, password, SCRYPT_LOG_N) {
-                Ok(()) => {
-                    tracing::info!(user = %account.username, "keystore upgraded to scrypt N=2^{SCRYPT_LOG_N}")
-                }
-                Err(e) => tracing::warn!(user = %account.username, "keystore upgrade failed: {e}"),
+    async fn upgrade_kdf(&self, row: &AccountRow, signer: &PrivateKeySigner, password: &str) {
+        if keystore_log_n(&row.keystore).is_none_or(|n| n >= SCRYPT_LOG_N) {
+            return;
+        }
+        let (bytes, pw) = (signer.to_bytes().0, password.to_owned());
+        let done = match blocking(move || encrypt_keystore(&bytes, &pw, SCRYPT_LOG_N)).await {
+            Ok(ks) => self
+                .db
+                .set_keystore(&row.username, &ks)
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match done {
+            Ok(_) => {
+                tracing::info!(user = %row.username, "keystore upgraded to scrypt N=2^{SCRYPT_LOG_N}")
             }
+            Err(e) => tracing::warn!(user = %row.username, "keystore upgrade failed: {e}"),
         }
     }
 
-    /// Removes a user and their keystore (used to roll back a sign-up whose chain registration
-    /// failed).
+    /// Removes a user with their sessions and tokens (used to roll back a sign-up whose chain
+    /// registration failed).
     ///
     /// # Errors
-    /// When the files cannot be removed.
-    pub fn remove(&self, username: &str) -> Result<(), AccountError> {
+    /// When the database fails.
+    pub async fn remove(&self, username: &str) -> Result<(), AccountError> {
         if !valid_name(username) {
             return Err(AccountError::Invalid(format!("bad username {username:?}")));
         }
-        let file = self.user_file(username);
-        let text = std::fs::read(&file).map_err(|e| AccountError::Io(e.to_string()))?;
-        let account: Account =
-            serde_json::from_slice(&text).map_err(|e| AccountError::Io(e.to_string()))?;
-        std::fs::remove_file(&file).map_err(|e| AccountError::Io(e.to_string()))?;
-        let _ = std::fs::remove_file(self.dir.join("keystores").join(&account.keystore));
+        self.db.delete_account(username).await?;
         Ok(())
     }
 
     /// Whether `username` exists.
-    pub fn exists(&self, username: &str) -> bool {
-        valid_name(username) && self.user_file(username).exists()
+    ///
+    /// # Errors
+    /// When the database fails.
+    pub async fn exists(&self, username: &str) -> Result<bool, AccountError> {
+        Ok(self.account(username).await?.is_some())
     }
 
-    fn user_file(&self, username: &str) -> PathBuf {
-        self.dir.join("users").join(format!("{username}.json"))
+    /// Stores an account made elsewhere, its keystore as is (tests of older keystores).
+    ///
+    /// # Errors
+    /// A taken name, storage failures.
+    #[cfg(test)]
+    pub(crate) async fn insert_row(&self, row: &AccountRow) -> Result<(), AccountError> {
+        match self.db.insert_account(row).await {
+            Err(DbError::Conflict(_)) => Err(AccountError::Taken(row.username.clone())),
+            r => Ok(r?),
+        }
     }
 }
 
@@ -361,10 +456,14 @@ impl AccountStore {
 mod tests {
     use super::*;
 
-    #[test]
-    fn keys_unlock_only_with_the_password_and_are_stored_encrypted() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = AccountStore::open(dir.path()).unwrap();
+    async fn store() -> (tempfile::TempDir, AccountStore) {
+        let (dir, db) = crate::db::testing::sqlite().await;
+        (dir, AccountStore::new(db).await.unwrap())
+    }
+
+    #[tokio::test]
+    async fn keys_unlock_only_with_the_password_and_are_stored_encrypted() {
+        let (_dir, s) = store().await;
         let (a, k) = s
             .create(
                 "alice",
@@ -373,48 +472,54 @@ mod tests {
                 PatientAddr::new(1, 2).ok(),
                 None,
             )
+            .await
             .unwrap();
         assert!(matches!(
-            s.create("alice", "another long pw", Role::Patient, None, None),
+            s.create("alice", "another long pw", Role::Patient, None, None)
+                .await,
             Err(AccountError::Taken(_))
         ));
         assert!(matches!(
-            s.create("bob", "short", Role::Provider, None, None),
+            s.create("bob", "short", Role::Provider, None, None).await,
             Err(AccountError::Invalid(_))
         ));
         assert!(matches!(
-            s.create("../x", "long enough pw", Role::Provider, None, None),
+            s.create("../x", "long enough pw", Role::Provider, None, None)
+                .await,
             Err(AccountError::Invalid(_))
         ));
         assert!(matches!(
-            s.login("alice", "wrong password!"),
+            s.login("alice", "wrong password!").await,
             Err(AccountError::BadLogin)
         ));
         assert!(matches!(
-            s.login("nobody", "correct horse battery"),
+            s.login("nobody", "correct horse battery").await,
             Err(AccountError::BadLogin)
         ));
-        let (b, k2) = s.login("alice", "correct horse battery").unwrap();
+        assert_eq!(s.kdf_runs(), 2, "unknown users cost a KDF run too");
+        let (b, k2) = s.login("alice", "correct horse battery").await.unwrap();
         assert_eq!((a.address, k.address()), (b.address, k2.address()));
-        let ks = std::fs::read_to_string(dir.path().join("keystores").join(&a.keystore)).unwrap();
-        assert!(ks.contains("\"kdf\":\"scrypt\""), "{ks}");
-        assert!(!ks.contains(&hex::encode(k.to_bytes())));
+        assert_eq!(b.patient, PatientAddr::new(1, 2).ok());
+        let row = s.db().account("alice").await.unwrap().unwrap();
+        assert!(
+            row.keystore.contains("\"kdf\":\"scrypt\""),
+            "{}",
+            row.keystore
+        );
+        assert!(!row.keystore.contains(&hex::encode(k.to_bytes())));
     }
 
-    #[test]
-    fn racing_sign_ups_for_one_name_leave_one_user_and_one_keystore() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = AccountStore::open(dir.path()).unwrap();
-        let results: Vec<_> = std::thread::scope(|sc| {
-            let hs: Vec<_> = (0..4)
-                .map(|_| {
-                    sc.spawn(|| {
-                        s.create("carol", "long enough password", Role::Provider, None, None)
-                    })
-                })
-                .collect();
-            hs.into_iter().map(|h| h.join().unwrap()).collect()
-        });
+    #[tokio::test]
+    async fn racing_sign_ups_for_one_name_leave_one_user() {
+        let (_dir, s) = store().await;
+        let results = futures::future::join_all((0..4).map(|_| {
+            let s = s.clone();
+            async move {
+                s.create("carol", "long enough password", Role::Provider, None, None)
+                    .await
+            }
+        }))
+        .await;
         let won: Vec<_> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
         assert_eq!(won.len(), 1, "exactly one sign-up wins");
         assert!(
@@ -423,11 +528,28 @@ mod tests {
                 .filter(|r| r.is_err())
                 .all(|r| matches!(r, Err(AccountError::Taken(_))))
         );
-        let keystores = std::fs::read_dir(dir.path().join("keystores"))
-            .unwrap()
-            .count();
-        assert_eq!(keystores, 1, "losers remove their keystores");
-        let (a, _) = s.login("carol", "long enough password").unwrap();
+        let (a, _) = s.login("carol", "long enough password").await.unwrap();
         assert_eq!(a.address, won[0].0.address);
+        assert_eq!(s.list().await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn old_keystores_are_upgraded_at_login() {
+        let (_dir, s) = store().await;
+        let key = PrivateKeySigner::random();
+        let row = AccountRow {
+            username: "olduser".into(),
+            role: "provider".into(),
+            address: key.address().to_checksum(None),
+            patient: None,
+            keystore: encrypt_keystore(&key.to_bytes().0, "an old password", 13).unwrap(),
+            profile: None,
+            created_at: 0,
+        };
+        s.insert_row(&row).await.unwrap();
+        s.login("olduser", "an old password").await.unwrap();
+        let now = s.db().account("olduser").await.unwrap().unwrap().keystore;
+        assert_eq!(keystore_log_n(&now), Some(SCRYPT_LOG_N));
+        s.login("olduser", "an old password").await.unwrap();
     }
 }

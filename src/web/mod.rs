@@ -40,8 +40,8 @@ impl WebState {
     pub fn new(app: AppState, accounts: AccountStore) -> Self {
         Self {
             app,
+            sessions: Sessions::new(accounts.clone()),
             accounts,
-            sessions: Sessions::default(),
             danger_dev_faucet: None,
             secure_cookies: false,
             guard: guard::Guard::default(),

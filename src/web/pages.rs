@@ -48,6 +48,31 @@ impl From<crate::chain::ChainError> for WebError {
     }
 }
 
+impl From<AccountError> for WebError {
+    fn from(e: AccountError) -> Self {
+        match e {
+            AccountError::BadLogin => Self(StatusCode::UNAUTHORIZED, e.to_string()),
+            AccountError::Taken(_) => Self(StatusCode::CONFLICT, e.to_string()),
+            AccountError::Invalid(_) => Self(StatusCode::BAD_REQUEST, e.to_string()),
+            // The details go to the log; the user learns only that it is not their mistake.
+            AccountError::Storage(_) => {
+                tracing::error!("web: {e}");
+                Self(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the database is not available; try again shortly".into(),
+                )
+            }
+            AccountError::Keystore { .. } => {
+                tracing::error!("web: {e}");
+                Self(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "your account's key could not be opened; contact the administrator".into(),
+                )
+            }
+        }
+    }
+}
+
 impl From<RecordError> for WebError {
     fn from(e: RecordError) -> Self {
         let status = match &e {
@@ -76,10 +101,13 @@ impl FromRequestParts<WebState> for Auth {
         parts: &mut Parts,
         state: &WebState,
     ) -> std::result::Result<Self, Self::Rejection> {
-        let token = cookie(&parts.headers, COOKIE);
-        match token.and_then(|t| state.sessions.get(&t).map(|s| (s, t))) {
-            Some((s, t)) => Ok(Self(s, t)),
-            None => Err(Redirect::to("/").into_response()),
+        let Some(token) = cookie(&parts.headers, COOKIE) else {
+            return Err(Redirect::to("/").into_response());
+        };
+        match state.sessions.get(&token).await {
+            Ok(Some(s)) => Ok(Self(s, token)),
+            Ok(None) => Err(Redirect::to("/").into_response()),
+            Err(e) => Err(WebError::from(e).into_response()),
         }
     }
 }
@@ -291,20 +319,19 @@ pub(super) async fn login(
             return again(status, &m, retry);
         }
     };
-    let store = state.accounts.clone();
-    let (u, p) = (f.username.clone(), f.password.clone());
-    let r = tokio::task::spawn_blocking(move || store.login(&u, &p)).await;
-    match r {
-        Ok(Ok((account, signer))) => {
+    match state.accounts.login(&f.username, &f.password).await {
+        Ok((account, signer)) => {
             state.guard.login_ok(&f.username, client);
             start_session(&state, &headers, account, signer)
+                .await
+                .unwrap_or_else(IntoResponse::into_response)
         }
         // The form again with the message, the name kept (a redirect cannot carry a 401).
-        Ok(Err(e)) => {
+        Err(e @ AccountError::BadLogin) => {
             state.guard.login_failed(&f.username, client);
             again(StatusCode::UNAUTHORIZED, &e.to_string(), None)
         }
-        Err(e) => WebError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+        Err(e) => WebError::from(e).into_response(),
     }
 }
 
@@ -314,7 +341,7 @@ pub(super) async fn logout(
     Form(f): Form<CsrfOnly>,
 ) -> Result<Response> {
     csrf(&s, &f.csrf)?;
-    state.sessions.end(&token);
+    state.sessions.end(&token).await?;
     let mut resp = back("/", true, "logged out").into_response();
     if let Ok(v) = HeaderValue::from_str(&clear_cookie()) {
         resp.headers_mut().insert(header::SET_COOKIE, v);
@@ -462,29 +489,23 @@ async fn do_signup(state: &WebState, headers: &HeaderMap, f: SignupForm) -> Resu
             format!("patient address {addr} is already registered"),
         ));
     }
-    if state.accounts.exists(&f.username) {
+    if state.accounts.exists(&f.username).await? {
         return Err(WebError(
             StatusCode::CONFLICT,
             format!("username {:?} is taken", f.username),
         ));
     }
-    let store = state.accounts.clone();
-    let (u, p) = (f.username.clone(), f.password);
     // A KDF slot only for the keystore's encryption, not for the chain calls after it.
     let slot = state.guard.kdf().await.map_err(|r| {
         let (status, _, m) = refused(r);
         WebError(status, m)
     })?;
-    let created =
-        tokio::task::spawn_blocking(move || store.create(&u, &p, role, patient, None)).await;
+    let created = state
+        .accounts
+        .create(&f.username, &f.password, role, patient, None)
+        .await;
     drop(slot);
-    let (account, signer) = created
-        .map_err(|e| WebError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
-        .map_err(|e| match e {
-            AccountError::Taken(_) => WebError(StatusCode::CONFLICT, e.to_string()),
-            AccountError::Invalid(_) => bad(e.to_string()),
-            other => WebError(StatusCode::INTERNAL_SERVER_ERROR, other.to_string()),
-        })?;
+    let (account, signer) = created?;
     // The account exists on disk only if its chain registration landed: a failure here removes
     // it again, so no half-made user is left behind.
     let registered = async {
@@ -507,33 +528,34 @@ async fn do_signup(state: &WebState, headers: &HeaderMap, f: SignupForm) -> Resu
         (Ok(()), Some(p)) => state
             .accounts
             .set_profile(&account.username, p)
-            .map_err(|e| crate::chain::ChainError::Decode(e.to_string())),
-        (r, _) => r,
+            .await
+            .map_err(WebError::from),
+        (r, _) => r.map_err(WebError::from),
     };
     if let Err(e) = registered {
-        if let Err(rm) = state.accounts.remove(&account.username) {
+        if let Err(rm) = state.accounts.remove(&account.username).await {
             tracing::error!("could not roll back account {}: {rm}", account.username);
         }
-        return Err(e.into());
+        return Err(e);
     }
-    Ok(start_session(state, headers, account, signer))
+    start_session(state, headers, account, signer).await
 }
 
 /// Starts a session for a user who just logged in or signed up: the cookie and a redirect to
 /// their role's home page.
-fn start_session(
+async fn start_session(
     state: &WebState,
     headers: &HeaderMap,
     account: Account,
     signer: PrivateKeySigner,
-) -> Response {
+) -> Result<Response> {
     let to = home_for(account.role);
-    let token = state.sessions.start(account, signer);
+    let token = state.sessions.start(&account, &signer).await?;
     let mut resp = Redirect::to(to).into_response();
     if let Ok(v) = HeaderValue::from_str(&set_cookie(&token, secure(state, headers))) {
         resp.headers_mut().insert(header::SET_COOKIE, v);
     }
-    resp
+    Ok(resp)
 }
 
 fn patient_addr(s: &str) -> Result<PatientAddr> {
@@ -830,7 +852,7 @@ pub(super) async fn patient(
     }
     let h = hidden(&s);
     let emergencies = open_emergencies(&c, addr, &h).await?;
-    let profiles = state.accounts.profiles();
+    let profiles = state.accounts.profiles().await?;
     let mut grants =
         String::from("<table><tr><th>Provider</th><th>State</th><th>Expires</th><th></th></tr>");
     for g in c.grants(addr, 0, 200).await? {
@@ -1540,7 +1562,7 @@ pub(super) async fn office(
         rows.push((st != ProviderStatus::Pending, provider, st, denied));
     }
     rows.sort_by_key(|r| r.0);
-    let profiles = state.accounts.profiles();
+    let profiles = state.accounts.profiles().await?;
     for (_, provider, st, denied) in rows {
         let mut actions = String::new();
         if st == ProviderStatus::Pending || st == ProviderStatus::Suspended {
@@ -1599,10 +1621,7 @@ pub(super) async fn office(
 
 /// Web patients whose address the office has not issued yet, each with an Issue button.
 async fn waiting_patients(state: &WebState, c: &EhrChain, h: &str) -> Result<String> {
-    let accounts = state
-        .accounts
-        .list()
-        .map_err(|e| WebError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let accounts = state.accounts.list().await?;
     let mut rows = String::new();
     for a in accounts.into_iter().filter(|a| a.role == Role::Patient) {
         let Some(addr) = a.patient else { continue };
@@ -1651,6 +1670,7 @@ pub(super) async fn office_patient(
     let a = state
         .accounts
         .account(&f.username)
+        .await?
         .filter(|a| a.role == Role::Patient)
         .ok_or_else(|| {
             WebError(
@@ -1711,7 +1731,7 @@ fn tokens_of(state: &WebState) -> Result<&crate::web::TokenStore> {
     })
 }
 
-fn tokens_page(
+async fn tokens_page(
     state: &WebState,
     s: &Session,
     notice: &str,
@@ -1723,10 +1743,7 @@ fn tokens_page(
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     let mut rows = String::new();
-    for t in store
-        .list(&s.account.username)
-        .map_err(|e| WebError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
-    {
+    for t in store.list(&s.account.username).await? {
         let state = if t.expires_at <= now {
             "expired"
         } else {
@@ -1770,7 +1787,7 @@ pub(super) async fn tokens(
     Auth(s, _): Auth,
     Query(n): Query<Notice>,
 ) -> Result<Html<String>> {
-    tokens_page(&state, &s, &n.html(), None)
+    tokens_page(&state, &s, &n.html(), None).await
 }
 
 /// Create-token form.
@@ -1800,26 +1817,32 @@ pub(super) async fn token_create(
         let (status, _, m) = refused(r);
         WebError(status, m)
     })?;
-    let store = state.accounts.clone();
-    let (u, p) = (s.account.username.clone(), f.password.clone());
-    let checked = tokio::task::spawn_blocking(move || store.login(&u, &p))
-        .await
-        .map_err(|e| WebError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let checked = state.accounts.login(&s.account.username, &f.password).await;
     drop(slot);
-    if checked.is_err() {
-        return Ok((
-            StatusCode::FORBIDDEN,
-            tokens_page(&state, &s, &msg(false, "wrong password"), None)?,
-        )
-            .into_response());
+    match checked {
+        Ok(_) => {}
+        Err(AccountError::BadLogin) => {
+            return Ok((
+                StatusCode::FORBIDDEN,
+                tokens_page(&state, &s, &msg(false, "wrong password"), None).await?,
+            )
+                .into_response());
+        }
+        Err(e) => return Err(e.into()),
     }
-    match tokens_of(&state)?.create(&s.account, &s.signer, &f.name, days) {
-        Ok(token) => Ok(tokens_page(&state, &s, "", Some(&token))?.into_response()),
-        Err(e) => Ok((
+    match tokens_of(&state)?
+        .create(&s.account, &s.signer, &f.name, days)
+        .await
+    {
+        Ok(token) => Ok(tokens_page(&state, &s, "", Some(&token))
+            .await?
+            .into_response()),
+        Err(e @ AccountError::Invalid(_)) => Ok((
             StatusCode::BAD_REQUEST,
-            tokens_page(&state, &s, &msg(false, &e.to_string()), None)?,
+            tokens_page(&state, &s, &msg(false, &e.to_string()), None).await?,
         )
             .into_response()),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -1838,7 +1861,7 @@ pub(super) async fn token_revoke(
     csrf(&s, &f.csrf)?;
     let done = tokens_of(&state)?
         .revoke(&s.account.username, &f.id)
-        .map_err(|e| WebError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+        .await?;
     Ok(if done {
         back("/tokens", true, "token revoked")
     } else {

@@ -6,7 +6,9 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod mariadb;
 pub mod nodes;
+pub mod web;
 
 use std::path::{Path, PathBuf};
 use std::sync::{LazyLock, OnceLock};

@@ -1,0 +1,142 @@
+//! Rows of `api_tokens`: a personal API token, found by its public id.
+
+use sqlx::Row;
+use sqlx::any::AnyRow;
+
+use super::{Database, DbError, inserted, to_i64, to_u64};
+
+/// One personal API token as stored (no secret, no key in clear).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenRow {
+    /// Public id (8 hex digits).
+    pub id: String,
+    /// The user.
+    pub username: String,
+    /// The user's name for it.
+    pub name: String,
+    /// Unix seconds.
+    pub created_at: u64,
+    /// Unix seconds.
+    pub expires_at: u64,
+    /// sha256 of the token.
+    pub token_hash: Vec<u8>,
+    /// The user's key, sealed under a key derived from the token's secret.
+    pub wrapped_key: Vec<u8>,
+}
+
+/// The columns, in one place (a macro so that queries stay literal for sqlx).
+macro_rules! columns {
+    () => {
+        "id, username, name, created_at, expires_at, token_hash, wrapped_key"
+    };
+}
+
+fn row(r: &AnyRow) -> Result<TokenRow, DbError> {
+    Ok(TokenRow {
+        id: r.try_get("id")?,
+        username: r.try_get("username")?,
+        name: r.try_get("name")?,
+        created_at: to_u64(r.try_get("created_at")?, "token created_at")?,
+        expires_at: to_u64(r.try_get("expires_at")?, "token expires_at")?,
+        token_hash: r.try_get("token_hash")?,
+        wrapped_key: r.try_get("wrapped_key")?,
+    })
+}
+
+impl Database {
+    /// Adds a token unless the user already holds `max` unexpired ones at `now` (their
+    /// expired ones are removed first), in one transaction so that racing creations cannot
+    /// pass the limit together.
+    ///
+    /// # Errors
+    /// [`DbError::Conflict`] for a taken id, `Ok(false)` at the limit; query failures.
+    pub async fn insert_token(&self, t: &TokenRow, max: usize, now: u64) -> Result<bool, DbError> {
+        let mut tx = self.pool().begin().await?;
+        // Touch the user's account row first: on MySQL/MariaDB this locks it, so creations for
+        // one user run one after the other (taking the token table's gap locks first would
+        // deadlock them); SQLite runs writers one at a time anyway.
+        sqlx::query("UPDATE accounts SET created_at = created_at WHERE username = ?")
+            .bind(&t.username)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM api_tokens WHERE username = ? AND expires_at <= ?")
+            .bind(&t.username)
+            .bind(to_i64(now))
+            .execute(&mut *tx)
+            .await?;
+        let held: i64 = sqlx::query("SELECT COUNT(*) FROM api_tokens WHERE username = ?")
+            .bind(&t.username)
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get(0)?;
+        if usize::try_from(held).unwrap_or(usize::MAX) >= max {
+            return Ok(false);
+        }
+        let r = sqlx::query(concat!(
+            "INSERT INTO api_tokens (",
+            columns!(),
+            ") VALUES (?, ?, ?, ?, ?, ?, ?)"
+        ))
+        .bind(&t.id)
+        .bind(&t.username)
+        .bind(&t.name)
+        .bind(to_i64(t.created_at))
+        .bind(to_i64(t.expires_at))
+        .bind(&t.token_hash)
+        .bind(&t.wrapped_key)
+        .execute(&mut *tx)
+        .await;
+        inserted(r, "token id")?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// The token with public id `id`.
+    ///
+    /// # Errors
+    /// Query failures.
+    pub async fn token(&self, id: &str) -> Result<Option<TokenRow>, DbError> {
+        sqlx::query(concat!(
+            "SELECT ",
+            columns!(),
+            " FROM api_tokens WHERE id = ?"
+        ))
+        .bind(id)
+        .fetch_optional(self.pool())
+        .await?
+        .as_ref()
+        .map(row)
+        .transpose()
+    }
+
+    /// The user's tokens, newest first.
+    ///
+    /// # Errors
+    /// Query failures.
+    pub async fn tokens_of(&self, username: &str) -> Result<Vec<TokenRow>, DbError> {
+        sqlx::query(concat!(
+            "SELECT ",
+            columns!(),
+            " FROM api_tokens WHERE username = ? ORDER BY created_at DESC, id"
+        ))
+        .bind(username)
+        .fetch_all(self.pool())
+        .await?
+        .iter()
+        .map(row)
+        .collect()
+    }
+
+    /// Removes the user's token `id`; false when the user has no such token.
+    ///
+    /// # Errors
+    /// Query failures.
+    pub async fn delete_token(&self, username: &str, id: &str) -> Result<bool, DbError> {
+        let r = sqlx::query("DELETE FROM api_tokens WHERE id = ? AND username = ?")
+            .bind(id)
+            .bind(username)
+            .execute(self.pool())
+            .await?;
+        Ok(r.rows_affected() == 1)
+    }
+}

@@ -1,0 +1,253 @@
+//! The gateway's database on both backends it supports (issue #9): SQLite (a file, the
+//! default) and MariaDB (Debian's server, started by the fixture with a throw-away data
+//! folder). The same scenarios run on each: migrations, accounts, races for one name, the
+//! token limit under concurrent creation, sessions, the event index; then the web app keeps
+//! its users, sessions and API tokens across a restart.
+
+mod common;
+
+use std::collections::HashSet;
+
+use alloy::primitives::{Address, B256};
+use ehr_share::chain::{AuditKind, IndexStore, PatientAddr};
+use ehr_share::db::{Backend, Database, EventStore};
+use ehr_share::web::{AccountError, AccountStore, ProviderProfile, Role, Sessions, TokenStore};
+
+use common::web::{Web, browser, csrf, form_token, login};
+
+async fn exercise(url: &str, backend: Backend) {
+    let db = Database::open(url).await.unwrap();
+    assert_eq!(db.backend(), backend);
+    // Opening again runs no migration twice.
+    Database::open(url).await.unwrap().ping().await.unwrap();
+    let accounts = AccountStore::new(db.clone()).await.unwrap();
+
+    // Four sign-ups racing for one name: exactly one wins.
+    let racing = futures::future::join_all((0..4).map(|_| {
+        let a = accounts.clone();
+        async move {
+            a.create("río", "long enough pw", Role::Provider, None, None)
+                .await
+        }
+    }))
+    .await;
+    assert!(
+        racing
+            .iter()
+            .all(|r| matches!(r, Err(AccountError::Invalid(_)))),
+        "non-ASCII names are refused"
+    );
+    let racing = futures::future::join_all((0..4).map(|_| {
+        let a = accounts.clone();
+        async move {
+            a.create("rio", "long enough pw", Role::Provider, None, None)
+                .await
+        }
+    }))
+    .await;
+    assert_eq!(racing.iter().filter(|r| r.is_ok()).count(), 1, "{backend}");
+    assert!(
+        racing
+            .iter()
+            .filter_map(|r| r.as_ref().err())
+            .all(|e| matches!(e, AccountError::Taken(_)))
+    );
+    let (rio, key) = accounts.login("rio", "long enough pw").await.unwrap();
+    // Profiles keep any Unicode (MariaDB's default character set would not).
+    let profile = ProviderProfile::new("Dr. Zoë Ørsted 李", "Hôpital Saint-Éloi", "ÉL-42").unwrap();
+    accounts.set_profile("rio", profile.clone()).await.unwrap();
+    assert_eq!(
+        accounts.profiles().await.unwrap().get(&rio.address),
+        Some(&profile)
+    );
+    let (pat, _) = accounts
+        .create(
+            "pat",
+            "long enough pw",
+            Role::Patient,
+            Some(PatientAddr::new(u64::MAX, 7).unwrap()),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        accounts.account("pat").await.unwrap().unwrap().patient,
+        pat.patient,
+        "the largest aid round-trips"
+    );
+
+    // Sessions: survive a new store on the same database, end on logout.
+    let sessions = Sessions::new(accounts.clone());
+    let s = sessions.start(&rio, &key).await.unwrap();
+    let again = Sessions::new(AccountStore::new(db.clone()).await.unwrap());
+    let found = again.get(&s).await.unwrap().unwrap();
+    assert_eq!(found.signer.address(), key.address());
+    again.end(&s).await.unwrap();
+    assert!(sessions.get(&s).await.unwrap().is_none());
+
+    // Tokens: 30 created at once, at most 20 held.
+    let tokens = TokenStore::new(accounts.clone());
+    let made = futures::future::join_all((0..30).map(|i| {
+        let (t, rio, key) = (tokens.clone(), rio.clone(), key.clone());
+        async move { t.create(&rio, &key, &format!("script {i}"), 30).await }
+    }))
+    .await;
+    let ok: Vec<&String> = made.iter().filter_map(|r| r.as_ref().ok()).collect();
+    assert_eq!(ok.len(), ehr_share::web::MAX_TOKENS, "{backend}");
+    assert_eq!(
+        tokens.list("rio").await.unwrap().len(),
+        ehr_share::web::MAX_TOKENS
+    );
+    let ids: HashSet<&str> = ok.iter().map(|t| &t[4..12]).collect();
+    assert_eq!(ids.len(), ok.len());
+    let (who, signer) = tokens.resolve_at(ok[0], 0).await.unwrap().unwrap();
+    assert_eq!(
+        (who.username.as_str(), signer.address()),
+        ("rio", key.address())
+    );
+    assert!(tokens.revoke("rio", &ok[0][4..12]).await.unwrap());
+    assert!(tokens.resolve_at(ok[0], 0).await.unwrap().is_none());
+
+    // Removing an account removes its sessions and tokens with it.
+    let s = sessions.start(&rio, &key).await.unwrap();
+    accounts.remove("rio").await.unwrap();
+    assert!(sessions.get(&s).await.unwrap().is_none());
+    assert!(tokens.resolve_at(ok[1], 0).await.unwrap().is_none());
+    assert!(tokens.list("rio").await.unwrap().is_empty());
+
+    // The event index: appended in steps, loaded whole, per deployment.
+    let store = EventStore::new(db.clone());
+    let d = B256::repeat_byte(0xd1);
+    let ev = |block: u64, log_index: u64| ehr_share::chain::AuditEvent {
+        block,
+        timestamp: Some(1_750_000_000 + block),
+        tx_hash: Some(B256::repeat_byte(7)),
+        log_index,
+        kind: AuditKind::ProviderVerified {
+            provider: Address::repeat_byte(4),
+        },
+    };
+    let batch: Vec<_> = (0..500).map(|i| ev(100 + i / 3, i % 3)).collect();
+    store
+        .append(d, &batch, 300, B256::repeat_byte(1))
+        .await
+        .unwrap();
+    store
+        .append(d, &[ev(400, 0)], 401, B256::repeat_byte(2))
+        .await
+        .unwrap();
+    let back = store.load(d).await.unwrap().unwrap();
+    assert_eq!(back.events.len(), 501);
+    assert_eq!(back.events[500], ev(400, 0));
+    assert_eq!(
+        (back.next_block, back.last_hash),
+        (401, B256::repeat_byte(2))
+    );
+    assert!(store.load(B256::repeat_byte(0xd2)).await.unwrap().is_none());
+    db.close().await;
+}
+
+#[tokio::test]
+async fn stores_behave_the_same_on_sqlite_and_mariadb() {
+    let dir = tempfile::tempdir().unwrap();
+    exercise(&ehr_share::db::sqlite_in(dir.path()), Backend::Sqlite).await;
+    exercise(&common::mariadb::fresh_database(), Backend::MySql).await;
+}
+
+/// Users, sessions, API tokens and the audit index outlive a restart of the gateway, on each
+/// backend.
+async fn survives_a_restart(db_url: Option<&str>) {
+    let w = Web::start(db_url, 4).await;
+    w.accounts
+        .create("nora", "nora's long password", Role::Provider, None, None)
+        .await
+        .unwrap();
+    let c = browser();
+    let t = form_token(&c, &w.url, "/").await;
+    assert_eq!(
+        login(&c, &w.url, &t, "nora", "nora's long password")
+            .await
+            .status(),
+        303
+    );
+    let token_csrf = csrf(&c, &w.url, "/tokens").await;
+    let page = c
+        .post(format!("{}/tokens", w.url))
+        .form(&[
+            ("csrf", token_csrf.as_str()),
+            ("name", "backup job"),
+            ("days", "7"),
+            ("password", "nora's long password"),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let at = page.find(r#"<code id="new-token">"#).unwrap() + 21;
+    let api_token = page[at..].split('<').next().unwrap().to_owned();
+    let audit_before: serde_json::Value = reqwest::get(format!("{}/api/audit?limit=5", w.url))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+
+    let w = w.restart(4).await;
+    // The same browser is still logged in; the token still works; the audit is the same.
+    let r = c.get(format!("{}/tokens", w.url)).send().await.unwrap();
+    assert_eq!(r.status(), 200, "session kept across the restart");
+    assert!(r.text().await.unwrap().contains("backup job"));
+    let me = reqwest::Client::new()
+        .get(format!("{}/api/me", w.url))
+        .bearer_auth(&api_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(me.status(), 200);
+    let audit_after: serde_json::Value = reqwest::get(format!("{}/api/audit?limit=5", w.url))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let key = |e: &serde_json::Value| format!("{}/{}", e["tx_hash"], e["log_index"]);
+    let after: HashSet<String> = audit_after["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(key)
+        .collect();
+    let before = audit_before["events"].as_array().unwrap();
+    assert!(!before.is_empty());
+    assert!(
+        before.iter().all(|e| after.contains(&key(e))),
+        "{audit_before} / {audit_after}"
+    );
+    // The index was kept in the database, not only in memory.
+    let office = common::office().await;
+    let stored = EventStore::new(w.db.clone())
+        .load(office.deployment_id())
+        .await
+        .unwrap()
+        .expect("the event index is stored");
+    assert!(!stored.events.is_empty());
+    let health: serde_json::Value = reqwest::get(format!("{}/health", w.url))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["database"]["ok"], true, "{health}");
+}
+
+#[tokio::test]
+async fn the_web_app_keeps_users_sessions_and_tokens_across_restarts_on_sqlite() {
+    survives_a_restart(None).await;
+}
+
+#[tokio::test]
+async fn the_web_app_keeps_users_sessions_and_tokens_across_restarts_on_mariadb() {
+    survives_a_restart(Some(&common::mariadb::fresh_database())).await;
+}
