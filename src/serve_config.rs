@@ -370,9 +370,7 @@ impl ServeConfig {
             return Err(ServeConfigError::Invalid {
                 key: "web.data_dir",
                 problem: "web users now live in the database".into(),
-                fix:
-                    "remove it and set [database] url (default: sqlite://ehr.db next to this file)"
-                        .into(),
+                fix: "keep that folder (it holds the users' keys), import it once with `ehr serve --import-web-dir <folder>`, then remove web.data_dir and set [database] url (default: sqlite://ehr.db next to this file)".into(),
             });
         }
         for (key, var, kind) in ENV {

@@ -128,14 +128,27 @@ async fn exercise(url: &str, backend: Backend) {
         },
     };
     let batch: Vec<_> = (0..500).map(|i| ev(100 + i / 3, i % 3)).collect();
-    store
-        .append(d, &batch, 300, B256::repeat_byte(1))
-        .await
-        .unwrap();
-    store
-        .append(d, &[ev(400, 0)], 401, B256::repeat_byte(2))
-        .await
-        .unwrap();
+    assert!(
+        store
+            .append(d, 90, 90, &batch, 300, B256::repeat_byte(1))
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .append(d, 90, 300, &[ev(400, 0)], 401, B256::repeat_byte(2))
+            .await
+            .unwrap()
+    );
+    // Two gateways on one database: the one behind writes nothing and says so.
+    for from in [90, 300] {
+        assert!(
+            !store
+                .append(d, 90, from, &[ev(350, 0)], 360, B256::ZERO)
+                .await
+                .unwrap()
+        );
+    }
     let back = store.load(d).await.unwrap().unwrap();
     assert_eq!(back.events.len(), 501);
     assert_eq!(back.events[500], ev(400, 0));

@@ -37,16 +37,21 @@ fn config(
     path
 }
 
+/// `ehr serve` with none of the caller's `EHR_*` settings (each key reads one).
+fn serve_cmd() -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(common::ehr_bin());
+    cmd.arg("serve");
+    for (_, var, _) in ehr_share::serve_config::ENV {
+        cmd.env_remove(var);
+    }
+    cmd.env_remove("EHR_CONFIG");
+    cmd
+}
+
 async fn check(path: &Path) -> Output {
     tokio::time::timeout(
         Duration::from_secs(60),
-        tokio::process::Command::new(common::ehr_bin())
-            .args(["serve", "--check", "--config"])
-            .arg(path)
-            .env_remove("EHR_CHAIN_RPC_URL")
-            .env_remove("EHR_IPFS_API_URL")
-            .env_remove("EHR_DATABASE_URL")
-            .output(),
+        serve_cmd().args(["--check", "--config"]).arg(path).output(),
     )
     .await
     .unwrap()
@@ -163,13 +168,10 @@ async fn serves_https_with_secure_cookies_and_no_demo_tokens() {
         &good,
         "[tls]\ncert = \"cert.pem\"\nkey = \"key.pem\"\n",
     );
-    let mut cmd = tokio::process::Command::new(common::ehr_bin());
-    cmd.args(["serve", "--config"])
+    let mut cmd = serve_cmd();
+    cmd.arg("--config")
         .arg(&path)
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .env_remove("EHR_CHAIN_RPC_URL")
-        .env_remove("EHR_IPFS_API_URL")
-        .env_remove("EHR_DATABASE_URL");
+        .args(["--listen", &format!("127.0.0.1:{port}")]);
     let mut child = ManagedChild::spawn("ehr serve", cmd, false).unwrap();
     let https = reqwest::Client::builder()
         .add_root_certificate(reqwest::Certificate::from_pem(cert.cert.pem().as_bytes()).unwrap())
@@ -219,5 +221,160 @@ async fn serves_https_with_secure_cookies_and_no_demo_tokens() {
     // Plain HTTP on the TLS port gets nothing useful.
     let plain = reqwest::get(format!("http://127.0.0.1:{port}/health")).await;
     assert!(plain.map_or(true, |r| !r.status().is_success()));
+    child.stop(Duration::from_secs(5)).await;
+}
+
+/// `ehr share-node --config`: a node configured by a file (port, folder, chain, contract, a
+/// limit) starts, answers as its identity, and `ehr serve --check` finds it; a flag wins over
+/// the file; a testing switch in the file is refused.
+#[tokio::test]
+async fn a_share_node_runs_from_its_config_file() {
+    let Setup {
+        office,
+        dir,
+        deployment,
+        good,
+        _procs,
+    } = setup().await;
+    let port = common::quiet_port();
+    let file = dir.path().join("share-node.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "port = 1\nhost = \"127.0.0.1\"\ndata_dir = \"node-data\"\nkey_file = \"keys/node.key\"\nrpc_url = \"{}\"\ndeployment = \"{}\"\nburst = 7\n",
+            common::rpc(),
+            deployment.display()
+        ),
+    )
+    .unwrap();
+    std::fs::create_dir_all(dir.path().join("keys")).unwrap();
+    let mut cmd = tokio::process::Command::new(common::ehr_bin());
+    cmd.args(["share-node", "--config"])
+        .arg(&file)
+        // The flag wins over the file's port 1.
+        .args(["--port", &port.to_string()])
+        .env_remove("EHR_RPC_URL")
+        .env_remove("EHR_DEPLOYMENT")
+        .env_remove("EHR_CONTRACT");
+    let mut child = ManagedChild::spawn("share-node", cmd, false).unwrap();
+    let url = format!("http://127.0.0.1:{port}");
+    let health = format!("{url}/health");
+    child
+        .wait_healthy(Duration::from_secs(30), || {
+            let h = health.clone();
+            async move { matches!(reqwest::get(h).await, Ok(r) if r.status().is_success()) }
+        })
+        .await
+        .unwrap_or_else(|e| panic!("share node from its file did not start: {e}"));
+    assert!(
+        dir.path().join("keys/node.key").exists(),
+        "key where the file says"
+    );
+    assert!(
+        dir.path().join("node-data").is_dir(),
+        "store where the file says"
+    );
+    let found = ehr_share::records::ShareNodeRef::discover(&url)
+        .await
+        .unwrap();
+    let nodes = vec![good[0].clone(), (url.clone(), found.address.to_string())];
+    let o = check(&config(dir.path(), &deployment, &nodes, "")).await;
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(text(&o).matches("share   ok").count(), 2, "{}", text(&o));
+    child.stop(Duration::from_secs(5)).await;
+    let _ = office;
+
+    std::fs::write(&file, "danger_corrupt_shares = true\n").unwrap();
+    let o = tokio::process::Command::new(common::ehr_bin())
+        .args(["share-node", "--config"])
+        .arg(&file)
+        .output()
+        .await
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(text(&o).contains("tests only"), "{}", text(&o));
+}
+
+/// A chain that does not answer at start: `ehr serve` starts anyway, `/health` says 503 with
+/// the chain down and no contract, and once the chain is up (here: a new anvil on that port
+/// with the contract deployed) the gateway picks it up without a restart.
+#[tokio::test]
+async fn a_chain_down_at_start_is_reported_then_picked_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let chain_port = common::quiet_port();
+    let office_key = common::office_key();
+    // The first contract an account deploys lands at a known address.
+    let contract = office_key.address().create(0);
+    let port = common::quiet_port();
+    let path = dir.path().join("ehr.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "listen = \"127.0.0.1:{port}\"\n[chain]\nrpc_url = \"http://127.0.0.1:{chain_port}\"\ncontract = \"{contract}\"\n[ipfs]\napi_url = \"{}\"\n[records]\nthreshold = 1\n[[records.share_nodes]]\nurl = \"http://127.0.0.1:9\"\naddress = \"0x0000000000000000000000000000000000000001\"\n",
+            common::stack().kubo.api_url
+        ),
+    )
+    .unwrap();
+    let mut cmd = serve_cmd();
+    cmd.arg("--config").arg(&path);
+    let mut child = ManagedChild::spawn("ehr serve", cmd, false).unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let health = move |b: String| async move {
+        match reqwest::get(format!("{b}/health")).await {
+            Ok(r) => Some((
+                r.status().as_u16(),
+                r.json::<serde_json::Value>().await.ok()?,
+            )),
+            Err(_) => None,
+        }
+    };
+    let b = base.clone();
+    child
+        .wait_healthy(Duration::from_secs(60), move || {
+            let b = b.clone();
+            async move { health(b).await.is_some() }
+        })
+        .await
+        .unwrap_or_else(|e| panic!("ehr serve did not start without its chain: {e}"));
+    let (status, h) = health(base.clone()).await.unwrap();
+    assert_eq!(status, 503, "{h}");
+    assert_eq!(h["chain"]["ok"], false, "{h}");
+    assert!(h["chain"]["contract"].is_null(), "{h}");
+    // Chain-backed routes answer 503 meanwhile, not 500 and never without access control.
+    let r = reqwest::get(format!("{base}/api/audit")).await.unwrap();
+    assert_eq!(r.status(), 503);
+
+    // The chain comes up with the contract.
+    let tools = ehr_share::config::Tools::in_project(common::root());
+    let mut settings =
+        ehr_share::config::AnvilSettings::load(&common::root().join("anvil.toml")).unwrap();
+    settings.port = chain_port;
+    settings.state_file.clear();
+    let _anvil = ehr_share::stack::start_anvil(&tools.anvil, &settings, false)
+        .await
+        .unwrap();
+    let (chain, _) = ehr_share::chain::EhrChain::deploy(
+        &format!("http://127.0.0.1:{chain_port}"),
+        office_key.clone(),
+        office_key.address(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(chain.address(), contract);
+    let b = base.clone();
+    let want = contract.to_string().to_lowercase();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, h) = health(b.clone()).await.unwrap();
+        if h["chain"]["contract"].as_str().map(str::to_lowercase) == Some(want.clone()) {
+            assert_eq!(h["chain"]["ok"], true, "{h}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the gateway never picked up the chain: {h}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     child.stop(Duration::from_secs(5)).await;
 }

@@ -44,14 +44,19 @@ pub struct StoredIndex {
 pub trait IndexStore: Send + Sync + std::fmt::Debug {
     /// What was stored for `deployment`.
     fn load(&self, deployment: B256) -> BoxFuture<'_, Result<Option<StoredIndex>, StoreError>>;
-    /// Appends `events` and moves the position to `next_block` / `last_hash`, atomically.
+    /// Appends `events` (blocks `from_block` up to `next_block - 1`) and moves the position to
+    /// `next_block` / `last_hash`, atomically, only if the stored position is `from_block`
+    /// (none stored counts as the deployment block `first_block`). `Ok(false)` when another
+    /// writer (a second gateway on the same database) moved it: then nothing is written.
     fn append<'a>(
         &'a self,
         deployment: B256,
+        first_block: u64,
+        from_block: u64,
         events: &'a [AuditEvent],
         next_block: u64,
         last_hash: B256,
-    ) -> BoxFuture<'a, Result<(), StoreError>>;
+    ) -> BoxFuture<'a, Result<bool, StoreError>>;
     /// Forgets everything stored for `deployment`.
     fn clear(&self, deployment: B256) -> BoxFuture<'_, Result<(), StoreError>>;
 }
@@ -166,10 +171,14 @@ impl EventIndex {
                 st.events.clear();
                 st.next_block = self.deploy_block;
                 st.last_hash = None;
-                if let Some(store) = &self.store
+                if let Some(store) = self.store.as_ref().filter(|_| st.store_whole)
                     && let Err(e) = store.clear(self.deployment_id).await
                 {
-                    tracing::warn!("event index: cannot clear the stored events: {e}");
+                    // Events of the abandoned blocks would load again at the next start.
+                    tracing::warn!(
+                        "event index: cannot clear the stored events ({e}); not storing more this run"
+                    );
+                    st.store_whole = false;
                 }
             }
         }
@@ -189,15 +198,36 @@ impl EventIndex {
                 .map(|b| b.header.hash);
             if let Some(store) = self.store.as_ref().filter(|_| st.store_whole) {
                 let stored = match hash {
-                    Some(hash) => store.append(self.deployment_id, &new, to + 1, hash).await,
+                    Some(hash) => {
+                        store
+                            .append(
+                                self.deployment_id,
+                                self.deploy_block,
+                                st.next_block,
+                                &new,
+                                to + 1,
+                                hash,
+                            )
+                            .await
+                    }
                     None => Err(format!("block {to} not found").into()),
                 };
-                if let Err(e) = stored {
-                    tracing::warn!(
-                        "event index: cannot store blocks up to {to} ({e}); the database copy is dropped and rebuilt at the next start"
-                    );
-                    st.store_whole = false;
-                    let _ = store.clear(self.deployment_id).await;
+                match stored {
+                    Ok(true) => {}
+                    // Another gateway keeps the stored copy; this one stays in memory.
+                    Ok(false) => {
+                        tracing::info!(
+                            "event index: another writer keeps the stored copy; indexing in memory"
+                        );
+                        st.store_whole = false;
+                    }
+                    Err(e) => {
+                        tracing::warn!(
+                            "event index: cannot store blocks up to {to} ({e}); the stored copy is dropped and rebuilt at the next start"
+                        );
+                        st.store_whole = false;
+                        let _ = store.clear(self.deployment_id).await;
+                    }
                 }
             }
             st.events.extend(new);

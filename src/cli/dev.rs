@@ -55,8 +55,9 @@ pub struct DevArgs {
     #[arg(long, env = "EHR_ANVIL_PORT")]
     anvil_port: Option<u16>,
     /// The web database: `sqlite://PATH` or `mysql://USER:PASSWORD@HOST:PORT/DB`.
-    /// Default: SQLite in `<state-dir>/web/ehr.db`.
-    #[arg(long, env = "EHR_DATABASE_URL")]
+    /// Default: SQLite in `<state-dir>/web/ehr.db`. (Not `EHR_DATABASE_URL`, `ehr serve`'s:
+    /// demo users with public passwords must never land in a deployment's database.)
+    #[arg(long, env = "EHR_DEV_DATABASE_URL")]
     database_url: Option<String>,
 }
 
@@ -163,10 +164,21 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
         .unwrap_or_else(|| crate::db::sqlite_in(&a.state_dir.join("web")));
     let db = crate::db::Database::open(&db_url)
         .await
-        .context("the web database (set --database-url / EHR_DATABASE_URL)")?;
+        .context("the web database (set --database-url / EHR_DEV_DATABASE_URL)")?;
     println!("[dev] database {} ({})", db.url(), db.backend());
     let chain = chain.with_index_store(std::sync::Arc::new(crate::db::EventStore::new(db.clone())));
-    let accounts = seed_web_users(&settings, db).await?;
+    let accounts = AccountStore::new(db.clone()).await?;
+    // A state folder from before the database: its users keep their keys.
+    let r = crate::web::import_web_dir(&a.state_dir.join("web"), &accounts).await?;
+    if r.users > 0 {
+        println!(
+            "[dev] imported {} web users and {} API tokens from {}/web/users (kept as users.imported)",
+            r.users,
+            r.tokens,
+            a.state_dir.display()
+        );
+    }
+    let accounts = seed_web_users(&settings, accounts).await?;
     let tokens = crate::web::TokenStore::new(accounts.clone());
     let state = AppState::new(&settings.rpc_url(), Some(chain.clone()), ipfs, keyring)
         .map_err(anyhow::Error::msg)?
@@ -470,13 +482,12 @@ async fn seed_demo(settings: &AnvilSettings, chain: &EhrChain) -> anyhow::Result
     Ok(keyring)
 }
 
-/// The demo web users (the same keys as the API tokens), created once in `db` with
+/// The demo web users (the same keys as the API tokens), created once in `store` with
 /// printed passwords. Development only: the passwords are public.
 async fn seed_web_users(
     settings: &AnvilSettings,
-    db: crate::db::Database,
+    store: AccountStore,
 ) -> anyhow::Result<AccountStore> {
-    let store = AccountStore::new(db).await?;
     let mut users = vec![("office".to_owned(), OFFICE, Role::Office, None)];
     for (n, i) in DOCTORS.iter().enumerate() {
         users.push((format!("doctor{}", n + 1), *i, Role::Provider, None));

@@ -11,60 +11,86 @@ use super::keys::KeyArgs;
 use crate::chain::{EhrChain, PatientAddr, RecordId};
 use crate::ipfs::KuboClient;
 use crate::records::{RecordsClient, ShareNodeRef};
-use crate::share_node::{NodeConfig, NodeLimits, open_store};
+use crate::share_node::{NodeConfig, ShareNodeFile, ShareNodeSettings, open_store};
 
-/// `ehr share-node` flags.
+/// `ehr share-node` flags. Each also comes from its variable and from the `--config` file
+/// (flags and variables win); the defaults apply last.
 #[derive(Debug, Args)]
 pub struct ShareNodeArgs {
+    /// A TOML file with any of the settings below under their snake_case names (see
+    /// share-node.example.toml); relative paths are relative to it.
+    #[arg(long, env = "EHR_SHARE_NODE_CONFIG")]
+    config: Option<PathBuf>,
     /// Port. Default: 7001.
-    #[arg(long, env = "EHR_SHARE_NODE_PORT", default_value_t = 7001)]
-    port: u16,
+    #[arg(long, env = "EHR_SHARE_NODE_PORT")]
+    port: Option<u16>,
     /// Interface to listen on. Default: 127.0.0.1 (put a TLS proxy in front to serve other
     /// hosts, or listen on a private network).
-    #[arg(long, env = "EHR_SHARE_NODE_HOST", default_value = "127.0.0.1")]
-    host: std::net::IpAddr,
+    #[arg(long, env = "EHR_SHARE_NODE_HOST")]
+    host: Option<std::net::IpAddr>,
     /// Folder for the node's key and store. Default: .ehr/share-node.
-    #[arg(long, env = "EHR_SHARE_NODE_DIR", default_value = ".ehr/share-node")]
-    data_dir: PathBuf,
+    #[arg(long, env = "EHR_SHARE_NODE_DIR")]
+    data_dir: Option<PathBuf>,
     /// The node's identity key file (hex). Its secret also keys the store's encryption at rest,
     /// so keep it apart from the data folder (and its backups) where you can. Default:
     /// <data-dir>/node.key, created on first start.
     #[arg(long, env = "EHR_SHARE_NODE_KEY_FILE")]
     key_file: Option<PathBuf>,
-    /// Chain and contract flags.
-    #[command(flatten)]
-    chain: ChainArgs,
+    /// JSON-RPC URL of the chain. Default: http://127.0.0.1:8545.
+    #[arg(long, env = "EHR_RPC_URL")]
+    rpc_url: Option<String>,
+    /// Deployment file written by `ehr deploy`. Default: .ehr/deployment.json.
+    #[arg(long, env = "EHR_DEPLOYMENT")]
+    deployment: Option<PathBuf>,
+    /// Contract address; overrides the deployment file.
+    #[arg(long, env = "EHR_CONTRACT")]
+    contract: Option<alloy::primitives::Address>,
     /// Requests one requester may make at once. Default: 120.
-    #[arg(long, env = "EHR_SHARE_NODE_BURST", default_value_t = 120)]
-    burst: u32,
+    #[arg(long, env = "EHR_SHARE_NODE_BURST")]
+    burst: Option<u32>,
     /// Sustained requests per minute per requester. Default: 1200.
-    #[arg(long, env = "EHR_SHARE_NODE_PER_MINUTE", default_value_t = 1200)]
-    per_minute: u32,
+    #[arg(long, env = "EHR_SHARE_NODE_PER_MINUTE")]
+    per_minute: Option<u32>,
     /// Deposits an uploader may have waiting for their anchor. Default: 1000.
-    #[arg(long, env = "EHR_SHARE_NODE_DEPOSIT_QUOTA", default_value_t = 1000)]
-    deposit_quota: u64,
+    #[arg(long, env = "EHR_SHARE_NODE_DEPOSIT_QUOTA")]
+    deposit_quota: Option<u64>,
     /// Seconds a deposit may wait for its anchor before it is deleted. Default: 3600.
-    #[arg(long, env = "EHR_SHARE_NODE_UNANCHORED_TTL", default_value_t = 3600)]
-    unanchored_ttl_secs: u64,
+    #[arg(long, env = "EHR_SHARE_NODE_UNANCHORED_TTL")]
+    unanchored_ttl_secs: Option<u64>,
     /// Seconds between collector runs (also how soon a replaced contract halts the node).
     /// Default: 10.
-    #[arg(long, env = "EHR_SHARE_NODE_SWEEP_SECS", default_value_t = 10)]
-    sweep_secs: u64,
+    #[arg(long, env = "EHR_SHARE_NODE_SWEEP_SECS")]
+    sweep_secs: Option<u64>,
     /// Testing only: release corrupted shares, to exercise verification. Never in production.
     #[arg(long, hide = true)]
     danger_corrupt_shares: bool,
 }
 
 impl ShareNodeArgs {
-    fn limits(&self) -> NodeLimits {
-        NodeLimits {
+    /// The flags and variables given, in the file's shape.
+    fn given(&self) -> ShareNodeFile {
+        ShareNodeFile {
+            port: self.port,
+            host: self.host,
+            data_dir: self.data_dir.clone(),
+            key_file: self.key_file.clone(),
+            rpc_url: self.rpc_url.clone(),
+            deployment: self.deployment.clone(),
+            contract: self.contract,
             burst: self.burst,
             per_minute: self.per_minute,
             deposit_quota: self.deposit_quota,
-            unanchored_ttl: std::time::Duration::from_secs(self.unanchored_ttl_secs),
-            sweep_every: std::time::Duration::from_secs(self.sweep_secs.max(1)),
-            ..NodeLimits::default()
+            unanchored_ttl_secs: self.unanchored_ttl_secs,
+            sweep_secs: self.sweep_secs,
         }
+    }
+
+    fn settings(&self) -> anyhow::Result<ShareNodeSettings> {
+        let file = match &self.config {
+            Some(p) => ShareNodeFile::load(p)?,
+            None => ShareNodeFile::default(),
+        };
+        Ok(ShareNodeSettings::merge(&self.given(), &file))
     }
 }
 
@@ -128,40 +154,46 @@ pub enum RecordCmd {
 /// # Errors
 /// When the store, key or chain cannot be opened.
 pub async fn share_node(a: ShareNodeArgs) -> anyhow::Result<()> {
-    crate::fsutil::private_dir(&a.data_dir)
-        .with_context(|| format!("creating {}", a.data_dir.display()))?;
-    let key_file = a
-        .key_file
-        .clone()
-        .unwrap_or_else(|| a.data_dir.join("node.key"));
-    let identity = super::dev::node_identity_at(&key_file)?;
-    let deployment = super::chain_cmds::deployment(&a.chain)?;
-    let chain = EhrChain::connect(&a.chain.rpc_url, None, &deployment).await?;
-    let store = open_store(&a.data_dir, &identity, &chain)
+    let s = a.settings()?;
+    crate::fsutil::private_dir(&s.data_dir)
+        .with_context(|| format!("creating {}", s.data_dir.display()))?;
+    let identity = super::dev::node_identity_at(&s.key_file)?;
+    let deployment = super::chain_cmds::deployment(&ChainArgs {
+        rpc_url: s.rpc_url.clone(),
+        deployment: s.deployment.clone(),
+        contract: s.contract,
+    })?;
+    let chain = EhrChain::connect(&s.rpc_url, None, &deployment).await?;
+    let store = open_store(&s.data_dir, &identity, &chain)
         .await
         .with_context(|| {
             format!(
-                "opening the share store in {} (set --data-dir/EHR_SHARE_NODE_DIR)",
-                a.data_dir.display()
+                "opening the share store in {} (set --data-dir/EHR_SHARE_NODE_DIR or data_dir)",
+                s.data_dir.display()
             )
         })?;
-    let listener = tokio::net::TcpListener::bind((a.host, a.port))
+    let listener = tokio::net::TcpListener::bind((s.host, s.port))
         .await
-        .with_context(|| format!("port {} busy (set --port/EHR_SHARE_NODE_PORT)", a.port))?;
+        .with_context(|| {
+            format!(
+                "port {} busy (set --port/EHR_SHARE_NODE_PORT or port)",
+                s.port
+            )
+        })?;
     if a.danger_corrupt_shares {
         tracing::warn!("DANGER: this share node releases corrupted shares (testing only)");
     }
     println!(
         "share node {} listening on http://{}:{}",
         identity.address(),
-        a.host,
-        a.port
+        s.host,
+        s.port
     );
     let cfg = NodeConfig {
         identity,
         chain,
         store,
-        limits: a.limits(),
+        limits: s.limits,
         danger_corrupt_shares: a.danger_corrupt_shares,
     };
     crate::share_node::serve(listener, cfg, super::dev::shutdown_signal()).await?;

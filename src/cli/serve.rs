@@ -31,6 +31,11 @@ pub struct ServeArgs {
     /// Overrides `listen` (and EHR_LISTEN).
     #[arg(long)]
     listen: Option<String>,
+    /// Import the web users, keystores and API tokens an earlier version kept as files in this
+    /// folder (its former `web.data_dir`) into the configured database, then exit. The files
+    /// are kept, renamed `*.imported`.
+    #[arg(long, value_name = "DIR")]
+    import_web_dir: Option<PathBuf>,
 }
 
 impl ServeArgs {
@@ -166,12 +171,40 @@ pub async fn run(a: ServeArgs) -> anyhow::Result<()> {
         .load()
         .with_context(|| format!("configuration {source}"))?;
     println!("config  ok      {source}");
+    for (old, now) in [
+        ("EHR_RPC_URL", "EHR_CHAIN_RPC_URL"),
+        ("EHR_IPFS_API", "EHR_IPFS_API_URL"),
+        ("EHR_WEB_DIR", "[database] url / EHR_DATABASE_URL"),
+    ] {
+        if std::env::var_os(old).is_some() {
+            println!("config  WARNING {old} is set but no longer read by ehr serve; use {now}");
+        }
+    }
     let tls = tls_config(&c).await?;
     let r = reach(&c).await?;
     let db = crate::db::Database::open(&c.database.url).await;
     match &db {
         Ok(db) => println!("db      ok      {} ({})", db.url(), db.backend()),
         Err(e) => println!("db      FAILED  {e}"),
+    }
+    if let Some(dir) = &a.import_web_dir {
+        let db = db.context("`database.url` (or EHR_DATABASE_URL)")?;
+        let accounts = AccountStore::new(db).await?;
+        let r = crate::web::import_web_dir(dir, &accounts)
+            .await
+            .with_context(|| format!("importing {}", dir.display()))?;
+        println!(
+            "imported {} users and {} API tokens from {}{}",
+            r.users,
+            r.tokens,
+            dir.display(),
+            if r.skipped.is_empty() {
+                String::new()
+            } else {
+                format!("; skipped (name taken): {}", r.skipped.join(", "))
+            }
+        );
+        return Ok(());
     }
     if a.check {
         if r.chain.is_ok() && r.ipfs_ok && r.nodes_ok && db.is_ok() {

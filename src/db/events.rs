@@ -19,11 +19,12 @@ impl EventStore {
     }
 
     async fn load(&self, deployment: B256) -> Result<Option<StoredIndex>, DbError> {
-        let pool = self.0.pool();
+        // One transaction: the position and the events it covers, as one writer left them.
+        let mut tx = self.0.pool().begin().await?;
         let Some(pos) =
             sqlx::query("SELECT next_block, last_hash FROM chain_index WHERE deployment_id = ?")
                 .bind(deployment.as_slice())
-                .fetch_optional(pool)
+                .fetch_optional(&mut *tx)
                 .await?
         else {
             return Ok(None);
@@ -35,12 +36,14 @@ impl EventStore {
             problem: format!("{} bytes", hash.len()),
         })?;
         let rows = sqlx::query(
-            "SELECT event FROM chain_events WHERE deployment_id = ? \
+            "SELECT event FROM chain_events WHERE deployment_id = ? AND block_number < ? \
              ORDER BY block_number, log_index",
         )
         .bind(deployment.as_slice())
-        .fetch_all(pool)
+        .bind(to_i64(next_block))
+        .fetch_all(&mut *tx)
         .await?;
+        tx.commit().await?;
         let mut events = Vec::with_capacity(rows.len());
         for r in rows {
             let json: String = r.try_get("event")?;
@@ -56,14 +59,49 @@ impl EventStore {
         }))
     }
 
+    /// `at`: the deployment block and the position this writer appends from.
     async fn append(
         &self,
         deployment: B256,
+        (first_block, from_block): (u64, u64),
         events: &[AuditEvent],
         next_block: u64,
         last_hash: B256,
-    ) -> Result<(), DbError> {
+    ) -> Result<bool, DbError> {
         let mut tx = self.0.pool().begin().await?;
+        // Move the position first, only from where this writer believes it is (a second
+        // gateway on the same database may have moved it): the row lock then orders writers.
+        let moved = sqlx::query(
+            "UPDATE chain_index SET next_block = ?, last_hash = ? \
+             WHERE deployment_id = ? AND next_block = ?",
+        )
+        .bind(to_i64(next_block))
+        .bind(last_hash.as_slice())
+        .bind(deployment.as_slice())
+        .bind(to_i64(from_block))
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if !moved {
+            if from_block != first_block {
+                return Ok(false);
+            }
+            // The first append: no position yet (a racing first writer makes this fail).
+            let r = sqlx::query(
+                "INSERT INTO chain_index (deployment_id, next_block, last_hash) VALUES (?, ?, ?)",
+            )
+            .bind(deployment.as_slice())
+            .bind(to_i64(next_block))
+            .bind(last_hash.as_slice())
+            .execute(&mut *tx)
+            .await;
+            match super::inserted(r, "index position") {
+                Ok(()) => {}
+                Err(DbError::Conflict(_)) => return Ok(false),
+                Err(e) => return Err(e),
+            }
+        }
         for e in events {
             let json = serde_json::to_string(e).map_err(|e| DbError::Corrupt {
                 what: "event to index",
@@ -80,21 +118,8 @@ impl EventStore {
             .execute(&mut *tx)
             .await?;
         }
-        // No upsert (its syntax differs between SQLite and MySQL): replace the position row.
-        sqlx::query("DELETE FROM chain_index WHERE deployment_id = ?")
-            .bind(deployment.as_slice())
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query(
-            "INSERT INTO chain_index (deployment_id, next_block, last_hash) VALUES (?, ?, ?)",
-        )
-        .bind(deployment.as_slice())
-        .bind(to_i64(next_block))
-        .bind(last_hash.as_slice())
-        .execute(&mut *tx)
-        .await?;
         tx.commit().await?;
-        Ok(())
+        Ok(true)
     }
 
     async fn clear(&self, deployment: B256) -> Result<(), DbError> {
@@ -121,13 +146,16 @@ impl IndexStore for EventStore {
     fn append<'a>(
         &'a self,
         deployment: B256,
+        first_block: u64,
+        from_block: u64,
         events: &'a [AuditEvent],
         next_block: u64,
         last_hash: B256,
-    ) -> BoxFuture<'a, Result<(), StoreError>> {
-        Box::pin(
-            async move { Ok(Self::append(self, deployment, events, next_block, last_hash).await?) },
-        )
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(async move {
+            let at = (first_block, from_block);
+            Ok(Self::append(self, deployment, at, events, next_block, last_hash).await?)
+        })
     }
 
     fn clear(&self, deployment: B256) -> BoxFuture<'_, Result<(), StoreError>> {
@@ -158,12 +186,24 @@ mod tests {
             },
         };
         let first = [ev(10, 0), ev(10, 1)];
-        IndexStore::append(&store, d1, &first, 11, B256::repeat_byte(5))
-            .await
-            .unwrap();
-        IndexStore::append(&store, d1, &[ev(12, 0)], 20, B256::repeat_byte(6))
-            .await
-            .unwrap();
+        assert!(
+            IndexStore::append(&store, d1, 5, 5, &first, 11, B256::repeat_byte(5))
+                .await
+                .unwrap()
+        );
+        assert!(
+            IndexStore::append(&store, d1, 5, 11, &[ev(12, 0)], 20, B256::repeat_byte(6))
+                .await
+                .unwrap()
+        );
+        // A second writer that believes the position is elsewhere writes nothing.
+        for from in [5, 11] {
+            assert!(
+                !IndexStore::append(&store, d1, 5, from, &[ev(13, 0)], 21, B256::ZERO)
+                    .await
+                    .unwrap()
+            );
+        }
         let back = IndexStore::load(&store, d1).await.unwrap().unwrap();
         assert_eq!(back.events, vec![ev(10, 0), ev(10, 1), ev(12, 0)]);
         assert_eq!(

@@ -60,6 +60,20 @@ pub enum DbError {
         #[source]
         source: sqlx::Error,
     },
+    /// A MySQL/MariaDB database in another character set than utf8mb4, which this user may
+    /// not change.
+    #[error(
+        "the database at {url} uses character set {charset} and cannot be changed ({source}): create it with CHARACTER SET utf8mb4, or grant ALTER on it"
+    )]
+    Charset {
+        /// The URL, password removed.
+        url: String,
+        /// Its character set.
+        charset: String,
+        /// What the server said.
+        #[source]
+        source: sqlx::Error,
+    },
     /// The schema could not be brought up to date.
     #[error("cannot migrate the database at {url}: {source}")]
     Migrate {
@@ -107,11 +121,18 @@ pub fn sqlite_in(dir: &Path) -> String {
 /// `url` with any password replaced by `***`, for messages and logs.
 pub fn redact(url: &str) -> String {
     match reqwest::Url::parse(url) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
+        Ok(mut u) => {
+            if u.password().is_some() {
+                let _ = u.set_password(Some("***"));
+            }
             u.to_string()
         }
-        _ => url.to_owned(),
+        // Unparseable (a password with an unencoded `/` or `#`, say): hide all between the
+        // scheme and the last `@`, user name included.
+        Err(_) => match (url.find("://"), url.rfind('@')) {
+            (Some(s), Some(at)) if at > s + 3 => format!("{}***{}", &url[..s + 3], &url[at..]),
+            _ => url.to_owned(),
+        },
     }
 }
 
@@ -148,6 +169,9 @@ impl Database {
         } else {
             return Err(DbError::Url(shown));
         };
+        if backend == Backend::MySql {
+            utf8mb4(&url, &shown).await?;
+        }
         // SQLite takes one writer at a time: a small pool, each connection waiting for the
         // lock rather than failing.
         let max = if backend == Backend::Sqlite { 4 } else { 16 };
@@ -170,23 +194,13 @@ impl Database {
             .connect(&url)
             .await
             .map_err(connect)?;
-        match backend {
-            // The write-ahead log lets readers go on while one request writes; it is a property
-            // of the file, set once.
-            Backend::Sqlite => {
-                sqlx::query("PRAGMA journal_mode = WAL")
-                    .execute(&pool)
-                    .await
-                    .map_err(connect)?;
-            }
-            // Names, organisations and token names may be any Unicode: the tables this database
-            // creates from now on hold 4-byte UTF-8 (MariaDB's default is latin1).
-            Backend::MySql => {
-                sqlx::query("ALTER DATABASE CHARACTER SET utf8mb4 COLLATE utf8mb4_bin")
-                    .execute(&pool)
-                    .await
-                    .map_err(connect)?;
-            }
+        // The write-ahead log lets readers go on while one request writes; it is a property of
+        // the file, set once.
+        if backend == Backend::Sqlite {
+            sqlx::query("PRAGMA journal_mode = WAL")
+                .execute(&pool)
+                .await
+                .map_err(connect)?;
         }
         MIGRATOR
             .run(&pool)
@@ -233,6 +247,40 @@ impl Database {
     pub(crate) fn pool(&self) -> &AnyPool {
         &self.pool
     }
+}
+
+/// Names, organisations and token names may be any Unicode: a MySQL/MariaDB database must
+/// hold 4-byte UTF-8 (MariaDB's default is latin1). Checked, and changed if need be, on a
+/// connection of its own before the pool opens: a connection caches its database's character
+/// set when it selects it, and would create the tables in the old one.
+async fn utf8mb4(url: &str, shown: &str) -> Result<(), DbError> {
+    use sqlx::Connection;
+    let connect = |source| DbError::Connect {
+        url: shown.to_owned(),
+        source,
+    };
+    let mut conn = sqlx::AnyConnection::connect(url).await.map_err(connect)?;
+    let charset: String = sqlx::query(
+        "SELECT DEFAULT_CHARACTER_SET_NAME FROM information_schema.SCHEMATA \
+         WHERE SCHEMA_NAME = DATABASE()",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .map_err(connect)?
+    .try_get(0)
+    .map_err(connect)?;
+    if charset != "utf8mb4" {
+        sqlx::query("ALTER DATABASE CHARACTER SET utf8mb4 COLLATE utf8mb4_bin")
+            .execute(&mut conn)
+            .await
+            .map_err(|source| DbError::Charset {
+                url: shown.to_owned(),
+                charset,
+                source,
+            })?;
+    }
+    let _ = conn.close().await;
+    Ok(())
 }
 
 /// A write that must have touched one row (or report `what` exists already).
@@ -310,6 +358,10 @@ mod tests {
         assert_eq!(
             redact("mysql://ehr:pw@db:3306/ehr"),
             "mysql://ehr:***@db:3306/ehr"
+        );
+        assert_eq!(
+            redact("mysql://ehr:p/w#x@db:3306/ehr"),
+            "mysql://***@db:3306/ehr"
         );
     }
 }

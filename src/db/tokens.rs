@@ -44,31 +44,29 @@ fn row(r: &AnyRow) -> Result<TokenRow, DbError> {
 }
 
 impl Database {
-    /// Adds a token unless the user already holds `max` unexpired ones at `now` (their
-    /// expired ones are removed first), in one transaction so that racing creations cannot
-    /// pass the limit together.
+    /// Adds a token unless the user already holds `max` unexpired ones at `now`, in one
+    /// transaction so that racing creations cannot pass the limit together; the user's
+    /// expired tokens are removed afterwards.
     ///
     /// # Errors
     /// [`DbError::Conflict`] for a taken id, `Ok(false)` at the limit; query failures.
     pub async fn insert_token(&self, t: &TokenRow, max: usize, now: u64) -> Result<bool, DbError> {
         let mut tx = self.pool().begin().await?;
         // Touch the user's account row first: on MySQL/MariaDB this locks it, so creations for
-        // one user run one after the other (taking the token table's gap locks first would
-        // deadlock them); SQLite runs writers one at a time anyway.
+        // one user run one after the other; SQLite runs writers one at a time anyway. Nothing
+        // else in the transaction locks ranges of the token table (a DELETE there would take
+        // gap locks that deadlock creations of neighbouring users).
         sqlx::query("UPDATE accounts SET created_at = created_at WHERE username = ?")
             .bind(&t.username)
             .execute(&mut *tx)
             .await?;
-        sqlx::query("DELETE FROM api_tokens WHERE username = ? AND expires_at <= ?")
-            .bind(&t.username)
-            .bind(to_i64(now))
-            .execute(&mut *tx)
-            .await?;
-        let held: i64 = sqlx::query("SELECT COUNT(*) FROM api_tokens WHERE username = ?")
-            .bind(&t.username)
-            .fetch_one(&mut *tx)
-            .await?
-            .try_get(0)?;
+        let held: i64 =
+            sqlx::query("SELECT COUNT(*) FROM api_tokens WHERE username = ? AND expires_at > ?")
+                .bind(&t.username)
+                .bind(to_i64(now))
+                .fetch_one(&mut *tx)
+                .await?
+                .try_get(0)?;
         if usize::try_from(held).unwrap_or(usize::MAX) >= max {
             return Ok(false);
         }
@@ -88,6 +86,12 @@ impl Database {
         .await;
         inserted(r, "token id")?;
         tx.commit().await?;
+        // Housekeeping only: a failure leaves expired rows that never resolve.
+        let _ = sqlx::query("DELETE FROM api_tokens WHERE username = ? AND expires_at <= ?")
+            .bind(&t.username)
+            .bind(to_i64(now))
+            .execute(self.pool())
+            .await;
         Ok(true)
     }
 

@@ -50,6 +50,10 @@ async fn signer_for(
     state
         .signer_for_token(token.trim())
         .await
+        .map_err(|e| {
+            tracing::error!("API token check failed: {e}");
+            ApiError::Unavailable("the token store is not available; try again shortly".into())
+        })?
         .ok_or_else(|| ApiError::Unauthorized("unknown, expired or revoked API token".into()))
 }
 

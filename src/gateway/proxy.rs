@@ -2,7 +2,10 @@
 //! rate limits and logs would see one client. For peers listed as trusted proxies the client
 //! is taken from `X-Forwarded-For` instead: the rightmost address that is not itself a trusted
 //! proxy (each proxy appends the peer it saw, so entries left of that one are the client's
-//! own claims and may be forged). From any other peer the header is ignored.
+//! own claims and may be forged). From any other peer the header is ignored. The proxy must
+//! append the peer it saw (nginx `$proxy_add_x_forwarded_for`, Caddy and HAProxy do) or
+//! replace the header; one that passes a client's header through unchanged lets the client
+//! choose its address.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -57,7 +60,7 @@ impl TrustedProxies {
         let mut client = peer;
         for hop in hops.iter().rev() {
             // A malformed entry ends the walk: nothing left of it can be attributed.
-            let Ok(ip) = hop.parse::<IpAddr>() else { break };
+            let Some(ip) = parse_hop(hop) else { break };
             client = ip;
             if !self.trusts(ip) {
                 break;
@@ -65,6 +68,19 @@ impl TrustedProxies {
         }
         client
     }
+}
+
+/// One `X-Forwarded-For` entry: an address, or an address with a port (`1.2.3.4:5678`,
+/// `[2001:db8::1]:443`), as some proxies write it.
+fn parse_hop(hop: &str) -> Option<IpAddr> {
+    hop.parse::<IpAddr>()
+        .ok()
+        .or_else(|| hop.parse::<SocketAddr>().ok().map(|a| a.ip()))
+        .or_else(|| {
+            hop.strip_prefix('[')
+                .and_then(|h| h.strip_suffix(']'))
+                .and_then(|h| h.parse().ok())
+        })
 }
 
 /// Middleware: replaces the connection's peer address with the client named by a trusted
@@ -115,6 +131,10 @@ mod tests {
         assert_eq!(one("127.0.0.1", "1.1.1.1, 203.0.113.7"), ip("203.0.113.7"));
         // From an untrusted peer the header is ignored.
         assert_eq!(one("198.51.100.9", "1.1.1.1"), ip("198.51.100.9"));
+        // Entries with ports, as some proxies write them.
+        assert_eq!(one("127.0.0.1", "203.0.113.7:5678"), ip("203.0.113.7"));
+        assert_eq!(one("127.0.0.1", "[2001:db8::1]:443"), ip("2001:db8::1"));
+        assert_eq!(one("127.0.0.1", "[2001:db8::2]"), ip("2001:db8::2"));
         // Garbage ends the walk at the last good hop.
         assert_eq!(one("127.0.0.1", "nonsense"), ip("127.0.0.1"));
         // IPv4-mapped IPv6 peers are the IPv4 proxy.

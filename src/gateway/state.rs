@@ -46,10 +46,13 @@ impl Keyring {
 /// gateway does not depend on how the web app stores them.
 pub trait TokenResolver: Send + Sync + std::fmt::Debug {
     /// The key behind `token`, if the token is valid now.
+    ///
+    /// # Errors
+    /// When the token store cannot answer (its words, for the log; the client gets 503).
     fn resolve<'a>(
         &'a self,
         token: &'a str,
-    ) -> futures::future::BoxFuture<'a, Option<PrivateKeySigner>>;
+    ) -> futures::future::BoxFuture<'a, Result<Option<PrivateKeySigner>, String>>;
 }
 
 /// Where records go: the share nodes and the threshold (signed requests take their domain
@@ -184,13 +187,16 @@ impl AppState {
 
     /// The key behind a bearer token: a keyring token (`ehr dev`'s demo tokens) or a personal
     /// API token.
-    pub async fn signer_for_token(&self, token: &str) -> Option<PrivateKeySigner> {
+    ///
+    /// # Errors
+    /// When the token store cannot answer.
+    pub async fn signer_for_token(&self, token: &str) -> Result<Option<PrivateKeySigner>, String> {
         if let Some(s) = self.0.keyring.signer(token) {
-            return Some(s.clone());
+            return Ok(Some(s.clone()));
         }
         match &self.0.tokens {
             Some(t) => t.resolve(token).await,
-            None => None,
+            None => Ok(None),
         }
     }
 

@@ -2,10 +2,12 @@
 //! only to a requester who signs an EIP-712 request and whom the contract allows right now.
 
 mod auth;
+mod config;
 mod server;
 mod store;
 
 pub use auth::{ShareDeposit, ShareRelease, domain, sign_deposit, sign_release};
+pub use config::{ShareNodeConfigError, ShareNodeFile, ShareNodeSettings};
 pub use server::{
     DepositBody, NodeConfig, NodeLimits, ReleaseBody, ReleasedShare, open_store, router, serve,
 };

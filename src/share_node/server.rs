@@ -33,7 +33,7 @@ const MAX_DEADLINE_SECS: u64 = 600;
 const BODY_LIMIT: usize = 64 * 1024;
 
 /// Limits a share node enforces on whoever knocks.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NodeLimits {
     /// Requests one requester (or uploader) may make at once.
     pub burst: u32,

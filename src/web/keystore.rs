@@ -13,7 +13,7 @@ use zeroize::Zeroizing;
 pub(super) const SCRYPT_LOG_N: u8 = 17;
 const SCRYPT_R: u32 = 8;
 const SCRYPT_P: u32 = 1;
-/// The largest scrypt cost a stored keystore may ask for (2^20 x r=8: 1 GiB), so that a
+/// The largest scrypt cost a stored keystore may ask for (2^20 with r=8: 1 GiB), so that a
 /// tampered row cannot make a login allocate without bound.
 const MAX_LOG_N: u8 = 20;
 
@@ -147,13 +147,10 @@ pub(super) fn decrypt_keystore(
     }
     let k = &c.kdfparams;
     let log_n = keystore_log_n(json).filter(|&l| (1..=MAX_LOG_N).contains(&l));
-    let (Some(log_n), true, true, 16, 32) = (
-        log_n,
-        (1..=16).contains(&k.r),
-        (1..=4).contains(&k.p),
-        c.cipherparams.iv.len(),
-        c.ciphertext.len(),
-    ) else {
+    // r=8, p=1 is what every writer of these keystores uses; anything else is tampering.
+    let (Some(log_n), SCRYPT_R, SCRYPT_P, 16, 32) =
+        (log_n, k.r, k.p, c.cipherparams.iv.len(), c.ciphertext.len())
+    else {
         return Err(format("scrypt parameters or sizes out of range"));
     };
     let params = scrypt::Params::new(log_n, k.r, k.p).map_err(format)?;

@@ -8,11 +8,13 @@ mod accounts;
 mod guard;
 mod html;
 mod keystore;
+mod legacy;
 mod pages;
 mod session;
 mod tokens;
 
 pub use accounts::{Account, AccountError, AccountStore, ProviderProfile, Role};
+pub use legacy::{ImportReport, import_web_dir};
 pub use session::Sessions;
 pub use tokens::{MAX_DAYS, MAX_TOKENS, TokenEntry, TokenStore};
 

@@ -192,15 +192,15 @@ impl TokenStore {
 }
 
 impl crate::gateway::TokenResolver for TokenStore {
-    fn resolve<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Option<PrivateKeySigner>> {
+    fn resolve<'a>(
+        &'a self,
+        token: &'a str,
+    ) -> BoxFuture<'a, Result<Option<PrivateKeySigner>, String>> {
         Box::pin(async move {
-            match self.resolve_at(token, now()).await {
-                Ok(found) => found.map(|(_, s)| s),
-                Err(e) => {
-                    tracing::error!("API token check failed: {e}");
-                    None
-                }
-            }
+            self.resolve_at(token, now())
+                .await
+                .map(|found| found.map(|(_, s)| s))
+                .map_err(|e| e.to_string())
         })
     }
 }
@@ -256,8 +256,15 @@ mod tests {
             tokens.create(&a, &key, "one too many", 1).await.is_err(),
             "at most {MAX_TOKENS}"
         );
-        let id = tokens.list("dana").await.unwrap()[0].id.clone();
-        assert!(tokens.revoke("dana", &id).await.unwrap());
+        // Another of the user's tokens (the list is by creation time, all made this second).
+        let listed = tokens.list("dana").await.unwrap();
+        assert_eq!(listed.len(), MAX_TOKENS);
+        let other = listed.iter().find(|e| e.id != t[4..12]).unwrap().id.clone();
+        assert!(tokens.revoke("dana", &other).await.unwrap());
+        assert!(
+            tokens.resolve_at(&t, now()).await.unwrap().is_some(),
+            "not this one"
+        );
         assert!(!tokens.revoke("someone-else", &t[4..12]).await.unwrap());
         assert!(tokens.revoke("dana", &t[4..12]).await.unwrap());
         assert!(
