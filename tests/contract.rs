@@ -51,13 +51,13 @@ fn rejected(e: ehr_share::chain::ChainError, words: &str) {
 
 #[tokio::test]
 async fn artifact_matches_a_fresh_compile_of_the_source() {
-    let out = std::process::Command::new(common::root().join("scripts/build-contracts"))
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_build-contracts"))
         .arg("--check")
         .output()
-        .expect("node runs scripts/build-contracts");
+        .expect("build-contracts runs");
     assert!(
         out.status.success(),
-        "contracts/out is stale; run scripts/build-contracts\n{}",
+        "contracts/out is stale; run `cargo run --bin build-contracts`\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
 }

@@ -1,0 +1,134 @@
+//! `cargo run --bin build-contracts [-- --check]`: compiles `contracts/src/*.sol` through
+//! foundry-compilers, driving the pinned solc-js behind `tools/solc/solc` (no native compiler
+//! is downloaded), into `contracts/out/<Name>.json`: the ABI and bytecode artifact `alloy::sol!`
+//! binds at build time. `--check` recompiles and fails when a committed artifact differs
+//! (the drift test in `tests/contract.rs` runs it).
+//!
+//! The settings are fixed here and in `foundry.toml` alike: cancun (deployable on every current
+//! EVM chain), optimizer 1000 runs, no metadata hash (the bytecode depends on source and
+//! settings only).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use foundry_compilers::artifacts::{CompilerOutput, Severity};
+use foundry_compilers::solc::Solc;
+use serde::Serialize;
+use serde_json::{Value, json};
+
+/// One artifact, fields in the order `sol!` users are used to reading them.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Artifact<'a> {
+    contract_name: &'a str,
+    source_name: &'a str,
+    abi: &'a Value,
+    bytecode: Value,
+    deployed_bytecode: Value,
+}
+
+fn sources(src: &Path) -> anyhow::Result<BTreeMap<String, Value>> {
+    let mut out = BTreeMap::new();
+    for e in std::fs::read_dir(src).with_context(|| format!("reading {}", src.display()))? {
+        let p = e?.path();
+        if p.extension().is_some_and(|x| x == "sol") {
+            let name = p.file_name().unwrap_or_default().to_string_lossy();
+            let content = std::fs::read_to_string(&p)?;
+            out.insert(format!("src/{name}"), json!({ "content": content }));
+        }
+    }
+    Ok(out)
+}
+
+fn run(root: &Path, check: bool) -> anyhow::Result<bool> {
+    let solc = Solc::new(root.join("tools/solc/solc"))
+        .context("tools/solc/solc (run scripts/setup: it installs solc-js)")?;
+    let sources = sources(&root.join("contracts/src"))?;
+    eprintln!(
+        "[build-contracts] compiling {} with solc {} (foundry-compilers over tools/solc/solc)",
+        sources.keys().cloned().collect::<Vec<_>>().join(", "),
+        solc.version
+    );
+    let input = json!({
+        "language": "Solidity",
+        "sources": sources,
+        "settings": {
+            "evmVersion": "cancun",
+            "optimizer": { "enabled": true, "runs": 1000 },
+            "metadata": { "bytecodeHash": "none" },
+            "outputSelection": { "*": { "*": ["abi", "evm.bytecode.object", "evm.deployedBytecode.object"] } },
+        },
+    });
+    let raw = solc.compile_output(&input).context("running solc")?;
+    // Typed for the diagnostics; raw for the ABI, kept exactly as solc wrote it.
+    let typed: CompilerOutput = serde_json::from_slice(&raw).context("solc's output")?;
+    for e in &typed.errors {
+        eprintln!("{}", e.formatted_message.as_deref().unwrap_or(&e.message));
+    }
+    if typed.errors.iter().any(|e| e.severity == Severity::Error) {
+        bail!("the contracts do not compile");
+    }
+    let out: Value = serde_json::from_slice(&raw)?;
+    let out_dir = root.join("contracts/out");
+    std::fs::create_dir_all(&out_dir)?;
+    let mut same = true;
+    let files = out["contracts"]
+        .as_object()
+        .context("no contracts in solc's output")?;
+    for (file, contracts) in files {
+        for (name, c) in contracts.as_object().into_iter().flatten() {
+            let code = |k: &str| json!({ "object": format!("0x{}", c["evm"][k]["object"].as_str().unwrap_or_default()) });
+            let artifact = Artifact {
+                contract_name: name,
+                source_name: file,
+                abi: &c["abi"],
+                bytecode: code("bytecode"),
+                deployed_bytecode: code("deployedBytecode"),
+            };
+            let text = format!("{}\n", serde_json::to_string_pretty(&artifact)?);
+            let dest: PathBuf = out_dir.join(format!("{name}.json"));
+            let shown = dest
+                .strip_prefix(root)
+                .unwrap_or(&dest)
+                .display()
+                .to_string();
+            if check {
+                if std::fs::read_to_string(&dest).ok().as_deref() == Some(text.as_str()) {
+                    eprintln!("[build-contracts] ok: {shown} matches {file}");
+                } else {
+                    eprintln!(
+                        "[build-contracts] DRIFT: {shown} differs from a fresh compile of {file}"
+                    );
+                    same = false;
+                }
+            } else {
+                std::fs::write(&dest, &text)?;
+                let runtime = c["evm"]["deployedBytecode"]["object"]
+                    .as_str()
+                    .map_or(0, |s| s.len() / 2);
+                eprintln!("[build-contracts] wrote {shown} ({runtime} bytes runtime)");
+            }
+        }
+    }
+    Ok(same)
+}
+
+fn main() -> ExitCode {
+    let check = std::env::args().any(|a| a == "--check");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    match run(root, check) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => {
+            eprintln!(
+                "[build-contracts] run `cargo run --bin build-contracts` and commit contracts/out"
+            );
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("[build-contracts] {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
