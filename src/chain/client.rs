@@ -629,7 +629,9 @@ impl EhrChain {
             .call()
             .await
             .map_err(ChainError::from_contract)?;
-        Ok((ProviderStatus::from(p.status), p.deniedCount))
+        let status =
+            ProviderStatus::try_from(p.status).map_err(|e| ChainError::Decode(e.to_string()))?;
+        Ok((status, p.deniedCount))
     }
 
     /// Whether `provider` may read the patient's records now, and why not.
@@ -647,7 +649,9 @@ impl EhrChain {
             .call()
             .await
             .map_err(ChainError::from_contract)?;
-        Ok((DenyReason::from(r.reason), r.emergency))
+        let reason =
+            DenyReason::try_from(r.reason).map_err(|e| ChainError::Decode(e.to_string()))?;
+        Ok((reason, r.emergency))
     }
 
     /// What share nodes ask: may `requester` read record `id` right now?

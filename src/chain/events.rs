@@ -238,7 +238,7 @@ pub(crate) fn decode(log: &Log) -> Option<AuditEvent> {
             patient: p(e.patient),
             provider: e.provider,
             record: RecordId(e.recordId),
-            reason: DenyReason::from(e.reason),
+            reason: DenyReason::try_from(e.reason).unwrap_or(DenyReason::Unknown),
             denied_count: e.deniedCount,
         },
         Ev::BreakGlassOpened(e) => AuditKind::BreakGlassOpened {

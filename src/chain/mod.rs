@@ -17,6 +17,7 @@ pub use events::{AuditEvent, AuditFilter, AuditKind, AuditPage};
 pub use index::{IndexStore, StoreError, StoredIndex};
 pub use types::{
     DenyReason, EmergencyReason, GrantInfo, GrantState, InvalidPatientAddr, PatientAddr,
-    PendingRequest, ProviderStatus, RecordAnchor, RecordId, UnknownEmergencyReason, random_b256,
+    PendingRequest, ProviderStatus, RecordAnchor, RecordId, UnknownCode, UnknownEmergencyReason,
+    random_b256,
 };
 pub use voucher::{PatientVoucher, sign_voucher};

@@ -226,14 +226,32 @@ pub enum ProviderStatus {
     Suspended,
 }
 
-impl From<u8> for ProviderStatus {
-    fn from(v: u8) -> Self {
-        match v {
+/// A code of a contract enum that this build does not know (a newer contract).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("unknown {what} code {code} from the contract")]
+pub struct UnknownCode {
+    /// Which enum.
+    pub what: &'static str,
+    /// The code.
+    pub code: u8,
+}
+
+impl TryFrom<u8> for ProviderStatus {
+    type Error = UnknownCode;
+
+    fn try_from(v: u8) -> Result<Self, UnknownCode> {
+        Ok(match v {
+            0 => Self::None,
             1 => Self::Pending,
             2 => Self::Verified,
             3 => Self::Suspended,
-            _ => Self::None,
-        }
+            code => {
+                return Err(UnknownCode {
+                    what: "provider status",
+                    code,
+                });
+            }
+        })
     }
 }
 
@@ -257,11 +275,17 @@ pub enum DenyReason {
     Revoked,
     /// The grant expired.
     Expired,
+    /// A denial code this build does not know (audit events of a newer contract): still a
+    /// denial, never "allowed".
+    Unknown,
 }
 
-impl From<u8> for DenyReason {
-    fn from(v: u8) -> Self {
-        match v {
+impl TryFrom<u8> for DenyReason {
+    type Error = UnknownCode;
+
+    fn try_from(v: u8) -> Result<Self, UnknownCode> {
+        Ok(match v {
+            0 => Self::None,
             1 => Self::UnknownRecord,
             2 => Self::NotProvider,
             3 => Self::UnverifiedProvider,
@@ -269,8 +293,13 @@ impl From<u8> for DenyReason {
             5 => Self::NoGrant,
             6 => Self::Revoked,
             7 => Self::Expired,
-            _ => Self::None,
-        }
+            code => {
+                return Err(UnknownCode {
+                    what: "deny reason",
+                    code,
+                });
+            }
+        })
     }
 }
 
@@ -285,6 +314,7 @@ impl fmt::Display for DenyReason {
             Self::NoGrant => "no grant from the patient",
             Self::Revoked => "grant revoked",
             Self::Expired => "grant expired",
+            Self::Unknown => "denied (reason unknown to this version)",
         })
     }
 }
@@ -369,6 +399,32 @@ pub struct RecordAnchor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn contract_codes_map_one_to_one_and_unknown_ones_never_mean_allowed() {
+        for code in 0..=7u8 {
+            let r = DenyReason::try_from(code).unwrap();
+            assert_eq!(r == DenyReason::None, code == 0, "code {code}");
+        }
+        for code in [8u8, 9, 255] {
+            assert_eq!(
+                DenyReason::try_from(code),
+                Err(UnknownCode {
+                    what: "deny reason",
+                    code
+                })
+            );
+            assert!(ProviderStatus::try_from(code).is_err());
+        }
+        assert_eq!(
+            ProviderStatus::try_from(2).unwrap(),
+            ProviderStatus::Verified
+        );
+        assert_ne!(
+            DenyReason::Unknown.to_string(),
+            DenyReason::None.to_string()
+        );
+    }
 
     #[test]
     fn patient_addr_parses_and_round_trips() {
