@@ -50,19 +50,6 @@ fn rejected(e: ehr_share::chain::ChainError, words: &str) {
 }
 
 #[tokio::test]
-async fn artifact_matches_a_fresh_compile_of_the_source() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_build-contracts"))
-        .arg("--check")
-        .output()
-        .expect("build-contracts runs");
-    assert!(
-        out.status.success(),
-        "contracts/out is stale; run `cargo run --bin build-contracts`\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-#[tokio::test]
 async fn patients_register_once_per_address_and_account() {
     let office = office().await;
     let p = as_(&office, &funded().await);

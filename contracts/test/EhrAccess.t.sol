@@ -492,4 +492,138 @@ contract EhrAccessTest is Test {
             }
         }
     }
+
+    // ------------------------------------------------------------ the remaining paths
+
+    function test_the_fourth_opening_in_a_day_names_when_the_next_is_possible() public {
+        uint256 first = block.timestamp;
+        for (uint256 i; i < 3; ++i) {
+            vm.warp(first + i * 1 hours);
+            vm.prank(doctor);
+            c.breakGlass(AID, PID, 1);
+        }
+        vm.warp(first + 5 hours);
+        vm.expectRevert(
+            abi.encodeWithSelector(EhrAccess.EmergencyLimitReached.selector, key, doctor, uint64(first + 1 days))
+        );
+        vm.prank(doctor);
+        c.breakGlass(AID, PID, 1);
+        vm.warp(first + 1 days);
+        vm.prank(doctor);
+        c.breakGlass(AID, PID, 1);
+    }
+
+    function test_grants_page_lists_each_provider_with_its_grant() public {
+        assertEq(uint256(c.patientKey(AID, PID)), (uint256(AID) << 64) | PID, "patientKey = aid << 64 | pid");
+        address other = address(0xD0D);
+        vm.prank(other);
+        c.registerProvider();
+        _grant(0);
+        vm.prank(patient);
+        c.grant(other, uint64(block.timestamp + 1 days));
+        (address[] memory who, EhrAccess.Grant[] memory what) = c.grantsPage(key, 0, 10);
+        assertEq(who.length, 2, "two grantees");
+        assertEq(who[0], doctor, "first granted first");
+        assertEq(what[0].expiresAt, type(uint64).max, "open-ended");
+        assertEq(who[1], other, "second");
+        assertEq(what[1].expiresAt, block.timestamp + 1 days, "expiry kept");
+        (who,) = c.grantsPage(key, 1, 10);
+        assertEq(who.length, 1, "offset");
+        uint256 max = c.MAX_PAGE();
+        vm.expectRevert(abi.encodeWithSelector(EhrAccess.PageTooLarge.selector, max + 1, max));
+        c.requestsPage(key, 0, max + 1);
+    }
+
+    function test_break_glass_after_a_revoke_says_so_and_lapses_after_an_hour() public {
+        bytes32 id = _anchor(patient, "r4");
+        _grant(0);
+        vm.prank(patient);
+        c.revoke(doctor);
+        uint64 until = uint64(block.timestamp + c.BREAK_GLASS_DURATION());
+        vm.expectEmit(true, true, false, true, address(c));
+        emit EhrAccess.BreakGlassOpened(key, doctor, 3, until, true);
+        vm.prank(doctor);
+        c.breakGlass(AID, PID, 3);
+        vm.roll(block.number + 1);
+        vm.expectEmit(true, true, true, true, address(c));
+        emit EhrAccess.AccessAllowed(key, doctor, id, true);
+        _access(doctor, id);
+        assertTrue(c.canRead(doctor, id), "emergency read");
+        vm.warp(until);
+        assertEq(c.emergencyUntil(key, doctor), 0, "lapsed after an hour");
+        assertFalse(c.canRead(doctor, id), "no read after the hour");
+        vm.expectRevert(abi.encodeWithSelector(EhrAccess.UnknownPatient.selector, 4, 4));
+        vm.prank(doctor);
+        c.breakGlass(4, 4, 1);
+    }
+
+    function test_high_s_signatures_are_refused() public {
+        address account = address(0xC1A3);
+        uint64 deadline = uint64(block.timestamp + 1 days);
+        bytes memory sig = _voucher(5, 6, account, deadline, OFFICE_PK);
+        bytes32 r;
+        bytes32 s_;
+        uint8 v = uint8(sig[64]);
+        assembly {
+            r := mload(add(sig, 32))
+            s_ := mload(add(sig, 64))
+        }
+        // The same signature's twin (n - s, the other v) recovers the same signer; refused.
+        uint256 n = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141;
+        bytes memory twin = abi.encodePacked(r, bytes32(n - uint256(s_)), v == 27 ? uint8(28) : uint8(27));
+        vm.expectRevert(EhrAccess.InvalidVoucher.selector);
+        vm.prank(account);
+        c.registerPatient(5, 6, deadline, twin);
+        // v given as 0/1 is accepted like 27/28.
+        bytes memory low = abi.encodePacked(r, s_, uint8(v - 27));
+        vm.prank(account);
+        c.registerPatient(5, 6, deadline, low);
+    }
+
+    function test_check_access_names_every_kind_of_provider() public {
+        address pending = address(0xAB1);
+        vm.prank(pending);
+        c.registerProvider();
+        (EhrAccess.DenyReason r,) = c.checkAccess(key, stranger);
+        assertTrue(r == EhrAccess.DenyReason.NotProvider, "not a provider");
+        (r,) = c.checkAccess(key, pending);
+        assertTrue(r == EhrAccess.DenyReason.UnverifiedProvider, "unverified");
+        (r,) = c.checkAccess(key, doctor);
+        assertTrue(r == EhrAccess.DenyReason.NoGrant, "no grant");
+        vm.prank(office);
+        c.suspendProvider(doctor);
+        (r,) = c.checkAccess(key, doctor);
+        assertTrue(r == EhrAccess.DenyReason.SuspendedProvider, "suspended");
+        assertFalse(c.canRead(patient, bytes32(uint256(0xabc))), "nobody reads an unanchored record");
+        vm.expectRevert(abi.encodeWithSelector(EhrAccess.ProviderNotActive.selector, stranger));
+        vm.prank(office);
+        c.suspendProvider(stranger);
+    }
+
+    function test_patient_only_calls_refuse_everyone_else() public {
+        vm.startPrank(doctor);
+        vm.expectRevert(abi.encodeWithSelector(EhrAccess.NotPatient.selector, doctor));
+        c.endEmergency(doctor);
+        vm.expectRevert(abi.encodeWithSelector(EhrAccess.NotPatient.selector, doctor));
+        c.approveRequest(doctor, 0);
+        vm.expectRevert(abi.encodeWithSelector(EhrAccess.NotPatient.selector, doctor));
+        c.declineRequest(doctor);
+        vm.stopPrank();
+        uint64 past = uint64(block.timestamp - 1);
+        vm.expectRevert(abi.encodeWithSelector(EhrAccess.ExpiryInPast.selector, past));
+        _grant(past);
+    }
+
+    function test_a_provider_anchoring_the_same_salt_gets_another_record() public {
+        bytes32 salt = "same salt";
+        bytes32 mine = _anchor(patient, salt);
+        _grant(0);
+        bytes32 theirs = _anchor(doctor, salt);
+        assertTrue(mine != theirs, "one salt, two uploaders, two records");
+        (, uint128 p, address author,) = c.records(theirs);
+        assertEq(uint256(p), uint256(key), "same patient");
+        assertEq(author, doctor, "their own authorship");
+        (, , author,) = c.records(mine);
+        assertEq(author, patient, "the first record is untouched");
+    }
 }

@@ -1,5 +1,5 @@
 //! Rust bindings of `contracts/src/EhrAccess.sol`, generated at build time from the compiled
-//! artifact `contracts/out/EhrAccess.json` (written by `cargo run --bin build-contracts`; a test
+//! artifact `contracts/out/EhrAccess.json` (written by `cargo run -p build-contracts`; a test
 //! recompiles the source and proves the artifact has not drifted).
 
 #![allow(missing_docs, unreachable_pub)]

@@ -221,12 +221,13 @@ impl EventIndex {
                         );
                         st.store_whole = false;
                     }
+                    // An append is one transaction: the stored copy stays whole at its old
+                    // position and the next start catches up from there.
                     Err(e) => {
                         tracing::warn!(
-                            "event index: cannot store blocks up to {to} ({e}); the stored copy is dropped and rebuilt at the next start"
+                            "event index: cannot store blocks up to {to} ({e}); indexing in memory for the rest of this run"
                         );
                         st.store_whole = false;
-                        let _ = store.clear(self.deployment_id).await;
                     }
                 }
             }

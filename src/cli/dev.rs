@@ -172,11 +172,14 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
     let r = crate::web::import_web_dir(&a.state_dir.join("web"), &accounts).await?;
     if r.users > 0 {
         println!(
-            "[dev] imported {} web users and {} API tokens from {}/web/users (kept as users.imported)",
+            "[dev] imported {} web users and {} API tokens from {}/web/users",
             r.users,
             r.tokens,
             a.state_dir.display()
         );
+    }
+    for s in &r.skipped {
+        println!("[dev] WARNING: web user not imported: {s}");
     }
     let accounts = seed_web_users(&settings, accounts).await?;
     let tokens = crate::web::TokenStore::new(accounts.clone());

@@ -194,16 +194,20 @@ pub async fn run(a: ServeArgs) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("importing {}", dir.display()))?;
         println!(
-            "imported {} users and {} API tokens from {}{}",
+            "imported {} users and {} API tokens from {}",
             r.users,
             r.tokens,
-            dir.display(),
-            if r.skipped.is_empty() {
-                String::new()
-            } else {
-                format!("; skipped (name taken): {}", r.skipped.join(", "))
-            }
+            dir.display()
         );
+        if !r.skipped.is_empty() {
+            for s in &r.skipped {
+                println!("NOT imported: {s}");
+            }
+            anyhow::bail!(
+                "{} users not imported; the folders stay as they are: fix them and run again",
+                r.skipped.len()
+            );
+        }
         return Ok(());
     }
     if a.check {

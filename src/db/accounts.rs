@@ -162,6 +162,89 @@ impl Database {
         Ok(r.rows_affected() == 1)
     }
 
+    /// Adds an account made elsewhere with its API tokens, in one transaction (the import of
+    /// an earlier version's files). An account already there with the same name and address
+    /// counts as imported before: its missing tokens are added. Tokens whose id exists are
+    /// left alone.
+    ///
+    /// # Errors
+    /// [`DbError::Conflict`] when the name belongs to another account; query failures (then
+    /// nothing of this account is written).
+    pub async fn import_account(
+        &self,
+        a: &AccountRow,
+        tokens: &[super::TokenRow],
+    ) -> Result<(), DbError> {
+        let mut tx = self.pool().begin().await?;
+        let (aid, pid) = a.patient.map_or((None, None), |(a, p)| {
+            (Some(u64_bits(a)), Some(u64_bits(p)))
+        });
+        let (name, org, licence) = a
+            .profile
+            .clone()
+            .map_or((None, None, None), |(n, o, l)| (Some(n), Some(o), Some(l)));
+        let r = sqlx::query(concat!(
+            "INSERT INTO accounts (",
+            columns!(),
+            ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        ))
+        .bind(&a.username)
+        .bind(&a.role)
+        .bind(&a.address)
+        .bind(aid)
+        .bind(pid)
+        .bind(&a.keystore)
+        .bind(name)
+        .bind(org)
+        .bind(licence)
+        .bind(to_i64(a.created_at))
+        .execute(&mut *tx)
+        .await;
+        match inserted(r, "username") {
+            Ok(()) => {}
+            Err(DbError::Conflict(what)) => {
+                let there = sqlx::query(concat!(
+                    "SELECT ",
+                    columns!(),
+                    " FROM accounts WHERE username = ?"
+                ))
+                .bind(&a.username)
+                .fetch_optional(&mut *tx)
+                .await?
+                .as_ref()
+                .map(row)
+                .transpose()?;
+                // The same key (its keystore may since have been re-encrypted at a login).
+                let same = there.is_some_and(|t| t.address.eq_ignore_ascii_case(&a.address));
+                if !same {
+                    return Err(DbError::Conflict(what));
+                }
+            }
+            Err(e) => return Err(e),
+        }
+        for t in tokens {
+            let r = sqlx::query(
+                "INSERT INTO api_tokens (id, username, name, created_at, expires_at, token_hash, wrapped_key) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(&t.id)
+            .bind(&t.username)
+            .bind(&t.name)
+            .bind(to_i64(t.created_at))
+            .bind(to_i64(t.expires_at))
+            .bind(&t.token_hash)
+            .bind(&t.wrapped_key)
+            .execute(&mut *tx)
+            .await;
+            match inserted(r, "token id") {
+                Ok(()) | Err(DbError::Conflict(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// Removes an account with its sessions and tokens, in one transaction; false when there
     /// was none.
     ///

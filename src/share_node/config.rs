@@ -156,8 +156,19 @@ impl ShareNodeSettings {
             port: pick!(port, 7001),
             key_file: pick!(key_file, data_dir.join("node.key")),
             rpc_url: pick!(rpc_url, "http://127.0.0.1:8545".to_owned()),
-            deployment: pick!(deployment, PathBuf::from(".ehr/deployment.json")),
-            contract: given.contract.or(file.contract),
+            // Where the contract is comes from one place: a flag or variable naming either the
+            // deployment file or the address overrides both keys of the file.
+            deployment: if given.deployment.is_some() || given.contract.is_some() {
+                given.deployment.clone()
+            } else {
+                file.deployment.clone()
+            }
+            .unwrap_or_else(|| PathBuf::from(".ehr/deployment.json")),
+            contract: if given.deployment.is_some() || given.contract.is_some() {
+                given.contract
+            } else {
+                file.contract
+            },
             limits: NodeLimits {
                 burst: pick!(burst, defaults.burst),
                 per_minute: pick!(per_minute, defaults.per_minute),
@@ -199,6 +210,23 @@ mod tests {
         assert_eq!(s.limits.burst, 5);
         assert_eq!(s.limits.per_minute, NodeLimits::default().per_minute);
         assert_eq!(s.rpc_url, "http://chain:8545");
+        // A deployment flag replaces a contract address from the file (and the other way).
+        let file = ShareNodeFile::parse(
+            "contract = \"0x0000000000000000000000000000000000000001\"\n",
+            Path::new("/etc/ehr/n.toml"),
+        )
+        .unwrap();
+        let given = ShareNodeFile {
+            deployment: Some(PathBuf::from("/srv/deployment.json")),
+            ..ShareNodeFile::default()
+        };
+        let s = ShareNodeSettings::merge(&given, &file);
+        assert_eq!(
+            (s.contract, s.deployment.as_path()),
+            (None, Path::new("/srv/deployment.json"))
+        );
+        let s = ShareNodeSettings::merge(&ShareNodeFile::default(), &file);
+        assert!(s.contract.is_some());
     }
 
     #[test]

@@ -14,11 +14,13 @@ use crate::db::{AccountRow, DbError, TokenRow};
 /// What an import did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct ImportReport {
-    /// Users added.
+    /// Users added (or found already added by an earlier, interrupted run).
     pub users: usize,
-    /// Users skipped because the name exists in the database already.
+    /// Users not imported because another account has the name, or their files could not be
+    /// read: each with the reason. While any is left, the folders keep their names, so a
+    /// second run (after fixing them) sees them again.
     pub skipped: Vec<String>,
-    /// API tokens added.
+    /// API tokens read from the files.
     pub tokens: usize,
 }
 
@@ -45,15 +47,51 @@ struct OldToken {
     wrapped_key: Vec<u8>,
 }
 
-fn io(what: &Path, e: impl std::fmt::Display) -> AccountError {
-    AccountError::Invalid(format!("cannot import {}: {e}", what.display()))
+fn read_user(dir: &Path, file: &Path) -> Result<(AccountRow, Vec<TokenRow>), String> {
+    let what = |p: &Path, e: &dyn std::fmt::Display| format!("{}: {e}", p.display());
+    let old: OldUser = std::fs::read(file)
+        .map_err(|e| what(file, &e))
+        .and_then(|b| serde_json::from_slice(&b).map_err(|e| what(file, &e)))?;
+    let ks_path = dir.join("keystores").join(&old.keystore);
+    let keystore = std::fs::read_to_string(&ks_path).map_err(|e| what(&ks_path, &e))?;
+    let tokens_file = dir.join("tokens").join(format!("{}.json", old.username));
+    let tokens: Vec<OldToken> = if tokens_file.exists() {
+        std::fs::read(&tokens_file)
+            .map_err(|e| what(&tokens_file, &e))
+            .and_then(|b| serde_json::from_slice(&b).map_err(|e| what(&tokens_file, &e)))?
+    } else {
+        Vec::new()
+    };
+    let tokens = tokens
+        .into_iter()
+        .map(|t| TokenRow {
+            id: t.id,
+            username: old.username.clone(),
+            name: t.name,
+            created_at: t.created_at,
+            expires_at: t.expires_at,
+            token_hash: t.hash,
+            wrapped_key: t.wrapped_key,
+        })
+        .collect();
+    let row = AccountRow {
+        username: old.username,
+        role: old.role.as_str().into(),
+        address: old.address.to_checksum(None),
+        patient: old.patient.map(|p| (p.aid(), p.pid())),
+        keystore,
+        profile: old.profile.map(|p| (p.name, p.organisation, p.licence)),
+        created_at: 0,
+    };
+    Ok((row, tokens))
 }
 
-/// Imports `dir` (a former `web.data_dir` or `.ehr/web`) into `accounts`' database; a folder
-/// without `users/` imports nothing.
+/// Imports `dir` (a former `web.data_dir` or `.ehr/web`) into `accounts`' database, each user
+/// with their tokens in one transaction; a folder without `users/` imports nothing. When every
+/// user is in, the folders are renamed `*.imported`; otherwise they stay for another run.
 ///
 /// # Errors
-/// An unreadable file (named), or the database failing; users imported before stay.
+/// When the database fails (users imported before stay; a second run continues).
 pub async fn import_web_dir(
     dir: &Path,
     accounts: &AccountStore,
@@ -64,60 +102,41 @@ pub async fn import_web_dir(
         return Ok(report);
     }
     let mut files: Vec<_> = std::fs::read_dir(&users)
-        .map_err(|e| io(&users, e))?
+        .map_err(|e| AccountError::Invalid(format!("cannot import {}: {e}", users.display())))?
         .flatten()
         .map(|e| e.path())
         .filter(|p| p.extension().is_some_and(|x| x == "json"))
         .collect();
     files.sort();
     for file in files {
-        let old: OldUser = serde_json::from_slice(&std::fs::read(&file).map_err(|e| io(&file, e))?)
-            .map_err(|e| io(&file, e))?;
-        let ks_path = dir.join("keystores").join(&old.keystore);
-        let keystore = std::fs::read_to_string(&ks_path).map_err(|e| io(&ks_path, e))?;
-        let row = AccountRow {
-            username: old.username.clone(),
-            role: old.role.as_str().into(),
-            address: old.address.to_checksum(None),
-            patient: old.patient.map(|p| (p.aid(), p.pid())),
-            keystore,
-            profile: old.profile.map(|p| (p.name, p.organisation, p.licence)),
-            created_at: 0,
-        };
-        match accounts.db().insert_account(&row).await {
-            Ok(()) => report.users += 1,
-            Err(DbError::Conflict(_)) => {
-                report.skipped.push(old.username);
+        let (row, tokens) = match read_user(dir, &file) {
+            Ok(v) => v,
+            Err(e) => {
+                report.skipped.push(e);
                 continue;
             }
+        };
+        match accounts.db().import_account(&row, &tokens).await {
+            Ok(()) => {
+                report.users += 1;
+                report.tokens += tokens.len();
+            }
+            Err(DbError::Conflict(_)) => report.skipped.push(format!(
+                "{}: another account has this name in the database",
+                row.username
+            )),
             Err(e) => return Err(e.into()),
         }
-        let tokens = dir.join("tokens").join(format!("{}.json", old.username));
-        if tokens.exists() {
-            let list: Vec<OldToken> =
-                serde_json::from_slice(&std::fs::read(&tokens).map_err(|e| io(&tokens, e))?)
-                    .map_err(|e| io(&tokens, e))?;
-            for t in list {
-                let row = TokenRow {
-                    id: t.id,
-                    username: old.username.clone(),
-                    name: t.name,
-                    created_at: t.created_at,
-                    expires_at: t.expires_at,
-                    token_hash: t.hash,
-                    wrapped_key: t.wrapped_key,
-                };
-                if accounts.db().insert_token(&row, usize::MAX, 0).await? {
-                    report.tokens += 1;
-                }
-            }
-        }
     }
-    for sub in ["users", "keystores", "tokens"] {
-        let from = dir.join(sub);
-        if from.exists() {
-            let to = dir.join(format!("{sub}.imported"));
-            std::fs::rename(&from, &to).map_err(|e| io(&from, e))?;
+    if report.skipped.is_empty() {
+        for sub in ["users", "keystores", "tokens"] {
+            let from = dir.join(sub);
+            if from.exists() {
+                let to = dir.join(format!("{sub}.imported"));
+                std::fs::rename(&from, &to).map_err(|e| {
+                    AccountError::Invalid(format!("cannot rename {}: {e}", from.display()))
+                })?;
+            }
         }
     }
     Ok(report)
@@ -182,6 +201,41 @@ mod tests {
         assert_eq!(
             import_web_dir(web, &accounts).await.unwrap(),
             ImportReport::default()
+        );
+
+        // An interrupted earlier run (the account in, its folder not renamed) completes; a
+        // name held by another account is skipped with its reason and the folders stay.
+        for sub in ["users", "keystores", "tokens"] {
+            std::fs::rename(web.join(format!("{sub}.imported")), web.join(sub)).unwrap();
+        }
+        accounts
+            .create("zed", "another long pw", Role::Patient, None, None)
+            .await
+            .unwrap();
+        let zed = serde_json::json!({
+            "username": "zed", "role": "provider", "address": PrivateKeySigner::random().address(),
+            "patient": null, "keystore": "olga-1",
+        });
+        std::fs::write(web.join("users/zed.json"), zed.to_string()).unwrap();
+        std::fs::write(web.join("users/broken.json"), "{").unwrap();
+        let r = import_web_dir(web, &accounts).await.unwrap();
+        assert_eq!((r.users, r.tokens), (1, 1), "olga again, idempotent");
+        assert_eq!(r.skipped.len(), 2, "{:?}", r.skipped);
+        assert!(
+            r.skipped
+                .iter()
+                .any(|s| s.contains("zed") && s.contains("another account"))
+        );
+        assert!(r.skipped.iter().any(|s| s.contains("broken.json")));
+        assert!(web.join("users").is_dir(), "kept for another run");
+        assert_eq!(
+            TokenStore::new(accounts.clone())
+                .list("olga")
+                .await
+                .unwrap()
+                .len(),
+            1,
+            "no token twice"
         );
     }
 }

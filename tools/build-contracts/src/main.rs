@@ -1,8 +1,8 @@
-//! `cargo run --bin build-contracts [-- --check]`: compiles `contracts/src/*.sol` through
+//! `cargo run -p build-contracts [-- --check]`: compiles `contracts/src/*.sol` through
 //! foundry-compilers, driving the pinned solc-js behind `tools/solc/solc` (no native compiler
 //! is downloaded), into `contracts/out/<Name>.json`: the ABI and bytecode artifact `alloy::sol!`
-//! binds at build time. `--check` recompiles and fails when a committed artifact differs
-//! (the drift test in `tests/contract.rs` runs it).
+//! binds at build time. `--check` recompiles and fails when a committed artifact differs or
+//! belongs to no contract any more (`scripts/test` runs it).
 //!
 //! The settings are fixed here and in `foundry.toml` alike: cancun (deployable on every current
 //! EVM chain), optimizer 1000 runs, no metadata hash (the bytecode depends on source and
@@ -74,21 +74,29 @@ fn run(root: &Path, check: bool) -> anyhow::Result<bool> {
     let out_dir = root.join("contracts/out");
     std::fs::create_dir_all(&out_dir)?;
     let mut same = true;
+    let mut written = Vec::new();
     let files = out["contracts"]
         .as_object()
         .context("no contracts in solc's output")?;
     for (file, contracts) in files {
         for (name, c) in contracts.as_object().into_iter().flatten() {
-            let code = |k: &str| json!({ "object": format!("0x{}", c["evm"][k]["object"].as_str().unwrap_or_default()) });
+            let code = |k: &str| -> anyhow::Result<Value> {
+                let hex = c["evm"][k]["object"]
+                    .as_str()
+                    .filter(|h| !h.is_empty())
+                    .with_context(|| format!("solc wrote no {k} for {name}"))?;
+                Ok(json!({ "object": format!("0x{hex}") }))
+            };
             let artifact = Artifact {
                 contract_name: name,
                 source_name: file,
                 abi: &c["abi"],
-                bytecode: code("bytecode"),
-                deployed_bytecode: code("deployedBytecode"),
+                bytecode: code("bytecode")?,
+                deployed_bytecode: code("deployedBytecode")?,
             };
             let text = format!("{}\n", serde_json::to_string_pretty(&artifact)?);
             let dest: PathBuf = out_dir.join(format!("{name}.json"));
+            written.push(dest.clone());
             let shown = dest
                 .strip_prefix(root)
                 .unwrap_or(&dest)
@@ -112,17 +120,56 @@ fn run(root: &Path, check: bool) -> anyhow::Result<bool> {
             }
         }
     }
+    // An artifact of a contract that no longer exists is bound by nothing but misleads
+    // readers: a check fails on it, a build removes it.
+    for e in std::fs::read_dir(&out_dir)? {
+        let p = e?.path();
+        if p.extension().is_some_and(|x| x == "json") && !written.contains(&p) {
+            let shown = p.strip_prefix(root).unwrap_or(&p).display().to_string();
+            if check {
+                eprintln!(
+                    "[build-contracts] STALE: {shown} belongs to no contract in contracts/src"
+                );
+                same = false;
+            } else {
+                std::fs::remove_file(&p)?;
+                eprintln!("[build-contracts] removed {shown} (no such contract any more)");
+            }
+        }
+    }
     Ok(same)
 }
 
+/// The project folder: the nearest folder upwards from here with `contracts/src` and
+/// `tools/solc/solc`, so the tool works from any checkout and subfolder.
+fn project_root() -> anyhow::Result<PathBuf> {
+    let here = std::env::current_dir()?;
+    here.ancestors()
+        .find(|d| d.join("contracts/src").is_dir() && d.join("tools/solc/solc").exists())
+        .map(Path::to_path_buf)
+        .with_context(|| {
+            format!(
+                "no contracts/src and tools/solc/solc in {} or above: run it inside the ehr-share checkout",
+                here.display()
+            )
+        })
+}
+
 fn main() -> ExitCode {
-    let check = std::env::args().any(|a| a == "--check");
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    match run(root, check) {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let check = match args.as_slice() {
+        [] => false,
+        [a] if a == "--check" => true,
+        _ => {
+            eprintln!("usage: build-contracts [--check]");
+            return ExitCode::from(2);
+        }
+    };
+    match project_root().and_then(|root| run(&root, check)) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => {
             eprintln!(
-                "[build-contracts] run `cargo run --bin build-contracts` and commit contracts/out"
+                "[build-contracts] run `cargo run -p build-contracts` and commit contracts/out"
             );
             ExitCode::FAILURE
         }
