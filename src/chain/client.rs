@@ -112,10 +112,35 @@ pub struct EhrChain {
     index: std::sync::Arc<super::index::EventIndex>,
 }
 
+/// How often a local node is asked for a transaction's receipt. alloy's default for local
+/// nodes (250 ms) is the whole wait whenever the first look misses; a node on this host answers
+/// in well under a millisecond, so asking every 10 ms costs nothing. Remote nodes keep alloy's
+/// default (seconds: their blocks take seconds).
+const LOCAL_POLL: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// The RPC client for `url`, polling receipts every [`LOCAL_POLL`] when the node is on this
+/// host.
+fn rpc_client(url: reqwest::Url) -> alloy::rpc::client::RpcClient {
+    let local = url.host_str().is_some_and(|h| {
+        h == "localhost"
+            || h.trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
+    });
+    let client = alloy::rpc::client::RpcClient::new_http(url);
+    if local {
+        client.with_poll_interval(LOCAL_POLL)
+    } else {
+        client
+    }
+}
+
 fn connect(rpc_url: &str, signer: Option<PrivateKeySigner>) -> Result<DynProvider, ChainError> {
-    let url = rpc_url
+    let url: reqwest::Url = rpc_url
         .parse()
         .map_err(|e| ChainError::Rpc(format!("bad RPC URL {rpc_url}: {e}")))?;
+    let client = rpc_client(url);
     Ok(match signer {
         // Simple nonce management asks the node for the pending nonce on every transaction:
         // several clients (CLI, gateway requests, tests) may sign for one account at once, and a
@@ -126,9 +151,9 @@ fn connect(rpc_url: &str, signer: Option<PrivateKeySigner>) -> Result<DynProvide
             .with_simple_nonce_management()
             .fetch_chain_id()
             .wallet(EthereumWallet::from(s))
-            .connect_http(url)
+            .connect_client(client)
             .erased(),
-        None => ProviderBuilder::new().connect_http(url).erased(),
+        None => ProviderBuilder::new().connect_client(client).erased(),
     })
 }
 
