@@ -235,9 +235,13 @@ async fn every_record_survives_kill_9_of_each_part_and_of_ehr_dev() {
     );
     assert_eq!(read(&gw, &records[1].0).await, records[1].1);
 
-    // An upload after the restarts, then SIGKILL of ehr dev itself.
+    // An upload after the restarts, a web login, then SIGKILL of ehr dev itself.
     let data = payload(9, 4242);
     records.push((upload(&gw, data.clone()).await, data));
+    let browser = common::web::browser();
+    let t = common::web::form_token(&browser, &gw, "/").await;
+    let r = common::web::login(&browser, &gw, &t, "patient1", "patient1-password").await;
+    assert_eq!(r.status(), 303, "demo patient logs in");
     state_saved(&state, SystemTime::now()).await;
     let ehr = pid_of(root, &["ehr", " dev"]).expect("ehr dev under its tether");
     kill9(ehr);
@@ -252,9 +256,16 @@ async fn every_record_survives_kill_9_of_each_part_and_of_ehr_dev() {
         "the children died with ehr dev"
     );
 
-    // Started again on the same folder: same contract, every record, the whole trail.
+    // Started again on the same folder: same contract, every record, the whole trail, and
+    // the web session (kept in the database, not in the killed process).
     let _dev = start_dev(&state, &p).await;
     assert_eq!(health(&gw).await["chain"]["contract"], contract);
+    let r = browser.get(format!("{gw}/patient")).send().await.unwrap();
+    assert_eq!(
+        r.status(),
+        200,
+        "the web session outlives kill -9 of ehr dev"
+    );
     for (id, data) in &records {
         assert_eq!(&read(&gw, id).await, data, "record {id}");
     }
