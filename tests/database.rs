@@ -13,7 +13,7 @@ use ehr_share::chain::{AuditKind, IndexStore, PatientAddr};
 use ehr_share::db::{Backend, Database, EventStore};
 use ehr_share::web::{AccountError, AccountStore, ProviderProfile, Role, Sessions, TokenStore};
 
-use common::web::{Web, browser, csrf, form_token, login};
+use common::web::{Web, browser, create_token, csrf, form_token, login};
 
 async fn exercise(url: &str, backend: Backend) {
     let db = Database::open(url).await.unwrap();
@@ -184,22 +184,14 @@ async fn survives_a_restart(db_url: Option<&str>) {
         303
     );
     let token_csrf = csrf(&c, &w.url, "/tokens").await;
-    let page = c
-        .post(format!("{}/tokens", w.url))
-        .form(&[
-            ("csrf", token_csrf.as_str()),
-            ("name", "backup job"),
-            ("days", "7"),
-            ("password", "nora's long password"),
-        ])
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let at = page.find(r#"<code id="new-token">"#).unwrap() + 21;
-    let api_token = page[at..].split('<').next().unwrap().to_owned();
+    let api_token = create_token(
+        &c,
+        &w.url,
+        &token_csrf,
+        "backup job",
+        "nora's long password",
+    )
+    .await;
     let audit_before: serde_json::Value = reqwest::get(format!("{}/api/audit?limit=5", w.url))
         .await
         .unwrap()

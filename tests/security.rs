@@ -659,49 +659,13 @@ async fn personal_api_tokens_work_until_revoked() {
             .status(),
         303
     );
-    let page = c
-        .get(format!("{}/tokens", w.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let marker = r#"name="csrf" value=""#;
-    let at = page.find(marker).unwrap() + marker.len();
-    let csrf = page[at..at + 64].to_owned();
+    let csrf = common::web::csrf(&c, &w.url, "/tokens").await;
     // The password is asked again: a stolen session alone makes no token.
-    let r = c
-        .post(format!("{}/tokens", w.url))
-        .form(&[
-            ("csrf", csrf.as_str()),
-            ("name", "x"),
-            ("days", "7"),
-            ("password", "not it"),
-        ])
-        .send()
-        .await
-        .unwrap();
+    let r = common::web::post_token(&c, &w.url, &csrf, "x", "not it").await;
     assert_eq!(r.status(), 403);
-    let page = c
-        .post(format!("{}/tokens", w.url))
-        .form(&[
-            ("csrf", csrf.as_str()),
-            ("name", "nightly export"),
-            ("days", "7"),
-            ("password", "tina's long password"),
-        ])
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let at = page
-        .find(r#"<code id="new-token">"#)
-        .unwrap_or_else(|| panic!("{page}"))
-        + 21;
-    let api_token = page[at..].split('<').next().unwrap().to_owned();
+    let api_token =
+        common::web::create_token(&c, &w.url, &csrf, "nightly export", "tina's long password")
+            .await;
     assert!(api_token.starts_with("ehr_"), "{api_token}");
     let me = |t: String| {
         let url = w.url.clone();

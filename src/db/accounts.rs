@@ -1,7 +1,8 @@
 //! Rows of `accounts`: a web user, their keystore and (for providers) their profile.
 
-use sqlx::Row;
-use sqlx::any::AnyRow;
+use sqlx::any::{AnyArguments, AnyRow};
+use sqlx::query::Query;
+use sqlx::{Any, Row};
 
 use super::{Database, DbError, bits_u64, inserted, to_i64, to_u64, u64_bits};
 
@@ -31,6 +32,32 @@ macro_rules! columns {
         "username, role, address, patient_aid, patient_pid, keystore, \
          profile_name, profile_organisation, profile_licence, created_at"
     };
+}
+
+/// The INSERT of one account row, to run on the pool or in a transaction.
+fn insert(a: &AccountRow) -> Query<'_, Any, AnyArguments> {
+    let (aid, pid) = a.patient.map_or((None, None), |(a, p)| {
+        (Some(u64_bits(a)), Some(u64_bits(p)))
+    });
+    let (name, org, licence) = a
+        .profile
+        .clone()
+        .map_or((None, None, None), |(n, o, l)| (Some(n), Some(o), Some(l)));
+    sqlx::query(concat!(
+        "INSERT INTO accounts (",
+        columns!(),
+        ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    ))
+    .bind(&a.username)
+    .bind(&a.role)
+    .bind(&a.address)
+    .bind(aid)
+    .bind(pid)
+    .bind(&a.keystore)
+    .bind(name)
+    .bind(org)
+    .bind(licence)
+    .bind(to_i64(a.created_at))
 }
 
 fn row(r: &AnyRow) -> Result<AccountRow, DbError> {
@@ -63,31 +90,7 @@ impl Database {
     /// # Errors
     /// [`DbError::Conflict`] when the name is taken; query failures.
     pub async fn insert_account(&self, a: &AccountRow) -> Result<(), DbError> {
-        let (aid, pid) = a.patient.map_or((None, None), |(a, p)| {
-            (Some(u64_bits(a)), Some(u64_bits(p)))
-        });
-        let (name, org, licence) = a
-            .profile
-            .clone()
-            .map_or((None, None, None), |(n, o, l)| (Some(n), Some(o), Some(l)));
-        let r = sqlx::query(concat!(
-            "INSERT INTO accounts (",
-            columns!(),
-            ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-        ))
-        .bind(&a.username)
-        .bind(&a.role)
-        .bind(&a.address)
-        .bind(aid)
-        .bind(pid)
-        .bind(&a.keystore)
-        .bind(name)
-        .bind(org)
-        .bind(licence)
-        .bind(to_i64(a.created_at))
-        .execute(self.pool())
-        .await;
-        inserted(r, "username")
+        inserted(insert(a).execute(self.pool()).await, "username")
     }
 
     /// The account named `username`.
@@ -176,31 +179,7 @@ impl Database {
         tokens: &[super::TokenRow],
     ) -> Result<(), DbError> {
         let mut tx = self.pool().begin().await?;
-        let (aid, pid) = a.patient.map_or((None, None), |(a, p)| {
-            (Some(u64_bits(a)), Some(u64_bits(p)))
-        });
-        let (name, org, licence) = a
-            .profile
-            .clone()
-            .map_or((None, None, None), |(n, o, l)| (Some(n), Some(o), Some(l)));
-        let r = sqlx::query(concat!(
-            "INSERT INTO accounts (",
-            columns!(),
-            ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-        ))
-        .bind(&a.username)
-        .bind(&a.role)
-        .bind(&a.address)
-        .bind(aid)
-        .bind(pid)
-        .bind(&a.keystore)
-        .bind(name)
-        .bind(org)
-        .bind(licence)
-        .bind(to_i64(a.created_at))
-        .execute(&mut *tx)
-        .await;
-        match inserted(r, "username") {
+        match inserted(insert(a).execute(&mut *tx).await, "username") {
             Ok(()) => {}
             Err(DbError::Conflict(what)) => {
                 let there = sqlx::query(concat!(
@@ -223,20 +202,7 @@ impl Database {
             Err(e) => return Err(e),
         }
         for t in tokens {
-            let r = sqlx::query(
-                "INSERT INTO api_tokens (id, username, name, created_at, expires_at, token_hash, wrapped_key) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?)",
-            )
-            .bind(&t.id)
-            .bind(&t.username)
-            .bind(&t.name)
-            .bind(to_i64(t.created_at))
-            .bind(to_i64(t.expires_at))
-            .bind(&t.token_hash)
-            .bind(&t.wrapped_key)
-            .execute(&mut *tx)
-            .await;
-            match inserted(r, "token id") {
+            match inserted(super::tokens::insert(t).execute(&mut *tx).await, "token id") {
                 Ok(()) | Err(DbError::Conflict(_)) => {}
                 Err(e) => return Err(e),
             }

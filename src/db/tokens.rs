@@ -1,7 +1,8 @@
 //! Rows of `api_tokens`: a personal API token, found by its public id.
 
-use sqlx::Row;
-use sqlx::any::AnyRow;
+use sqlx::any::{AnyArguments, AnyRow};
+use sqlx::query::Query;
+use sqlx::{Any, Row};
 
 use super::{Database, DbError, inserted, to_i64, to_u64};
 
@@ -29,6 +30,22 @@ macro_rules! columns {
     () => {
         "id, username, name, created_at, expires_at, token_hash, wrapped_key"
     };
+}
+
+/// The INSERT of one token row, to run in a transaction.
+pub(super) fn insert(t: &TokenRow) -> Query<'_, Any, AnyArguments> {
+    sqlx::query(concat!(
+        "INSERT INTO api_tokens (",
+        columns!(),
+        ") VALUES (?, ?, ?, ?, ?, ?, ?)"
+    ))
+    .bind(&t.id)
+    .bind(&t.username)
+    .bind(&t.name)
+    .bind(to_i64(t.created_at))
+    .bind(to_i64(t.expires_at))
+    .bind(&t.token_hash)
+    .bind(&t.wrapped_key)
 }
 
 fn row(r: &AnyRow) -> Result<TokenRow, DbError> {
@@ -70,21 +87,7 @@ impl Database {
         if usize::try_from(held).unwrap_or(usize::MAX) >= max {
             return Ok(false);
         }
-        let r = sqlx::query(concat!(
-            "INSERT INTO api_tokens (",
-            columns!(),
-            ") VALUES (?, ?, ?, ?, ?, ?, ?)"
-        ))
-        .bind(&t.id)
-        .bind(&t.username)
-        .bind(&t.name)
-        .bind(to_i64(t.created_at))
-        .bind(to_i64(t.expires_at))
-        .bind(&t.token_hash)
-        .bind(&t.wrapped_key)
-        .execute(&mut *tx)
-        .await;
-        inserted(r, "token id")?;
+        inserted(insert(t).execute(&mut *tx).await, "token id")?;
         tx.commit().await?;
         // Housekeeping only: a failure leaves expired rows that never resolve.
         let _ = sqlx::query("DELETE FROM api_tokens WHERE username = ? AND expires_at <= ?")

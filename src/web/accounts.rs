@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use super::keystore::{
     KeystoreError, SCRYPT_LOG_N, decrypt_keystore, encrypt_keystore, keystore_log_n,
 };
+use super::now;
 use crate::chain::PatientAddr;
 use crate::db::{AccountRow, Database, DbError};
 
@@ -136,12 +137,6 @@ fn valid_name(name: &str) -> bool {
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-}
-
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 /// Runs the password KDF off the async threads (it takes a few hundred ms and 128 MiB).

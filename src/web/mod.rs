@@ -24,6 +24,13 @@ use axum::routing::{get, post};
 
 use crate::gateway::AppState;
 
+/// Unix seconds now (the clock of sessions, tokens and accounts).
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 /// What the web pages need besides the gateway's state.
 #[derive(Clone)]
 pub struct WebState {

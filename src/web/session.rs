@@ -11,6 +11,7 @@ use rand_core::RngCore;
 use sha2::{Digest, Sha256};
 
 use super::accounts::{Account, AccountError, AccountStore};
+use super::now;
 use crate::crypto::{derive_key, open_at_rest, seal_at_rest};
 use crate::db::SessionRow;
 
@@ -44,12 +45,6 @@ fn token() -> String {
     let mut b = [0u8; 32];
     rand_core::OsRng.fill_bytes(&mut b);
     hex::encode(b)
-}
-
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 fn aad(user: &str) -> Vec<u8> {

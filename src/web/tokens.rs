@@ -7,14 +7,13 @@
 //! Format: `ehr_<id>_<secret>`: `id` (8 hex digits) finds the entry, `secret` (64 hex digits)
 //! proves it.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use alloy::signers::local::PrivateKeySigner;
 use futures::future::BoxFuture;
 use rand_core::RngCore;
 use sha2::{Digest, Sha256};
 
 use super::accounts::{Account, AccountError, AccountStore};
+use super::now;
 use crate::crypto::{derive_key, open_at_rest, seal_at_rest};
 use crate::db::{DbError, TokenRow};
 
@@ -40,12 +39,6 @@ pub struct TokenEntry {
 #[derive(Debug, Clone)]
 pub struct TokenStore {
     accounts: AccountStore,
-}
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 fn aad(user: &str, id: &str) -> Vec<u8> {

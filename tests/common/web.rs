@@ -104,8 +104,8 @@ pub fn browser() -> reqwest::Client {
         .unwrap()
 }
 
-/// The form token of a page (and the cookie that goes with it, kept by `c`).
-pub async fn form_token(c: &reqwest::Client, url: &str, page: &str) -> String {
+/// The 64-hex-digit value of the hidden field `name` on `page`, fetched with `c`.
+async fn hidden(c: &reqwest::Client, url: &str, page: &str, name: &str) -> String {
     let html = c
         .get(format!("{url}{page}"))
         .send()
@@ -114,9 +114,17 @@ pub async fn form_token(c: &reqwest::Client, url: &str, page: &str) -> String {
         .text()
         .await
         .unwrap();
-    let marker = r#"name="form_token" value=""#;
-    let at = html.find(marker).unwrap() + marker.len();
+    let marker = format!(r#"name="{name}" value=""#);
+    let at = html
+        .find(&marker)
+        .unwrap_or_else(|| panic!("no {name} field on {page}: {html}"))
+        + marker.len();
     html[at..at + 64].to_owned()
+}
+
+/// The form token of a page (and the cookie that goes with it, kept by `c`).
+pub async fn form_token(c: &reqwest::Client, url: &str, page: &str) -> String {
+    hidden(c, url, page, "form_token").await
 }
 
 /// Posts the login form.
@@ -136,18 +144,45 @@ pub async fn login(
 
 /// The CSRF token of a logged-in page.
 pub async fn csrf(c: &reqwest::Client, url: &str, page: &str) -> String {
-    let html = c
-        .get(format!("{url}{page}"))
+    hidden(c, url, page, "csrf").await
+}
+
+/// Posts the create-token form of the logged-in `c`: the response.
+pub async fn post_token(
+    c: &reqwest::Client,
+    url: &str,
+    csrf: &str,
+    name: &str,
+    password: &str,
+) -> reqwest::Response {
+    c.post(format!("{url}/tokens"))
+        .form(&[
+            ("csrf", csrf),
+            ("name", name),
+            ("days", "7"),
+            ("password", password),
+        ])
         .send()
         .await
         .unwrap()
+}
+
+/// Creates an API token through the web form; the token the page shows once.
+pub async fn create_token(
+    c: &reqwest::Client,
+    url: &str,
+    csrf: &str,
+    name: &str,
+    password: &str,
+) -> String {
+    let page = post_token(c, url, csrf, name, password)
+        .await
         .text()
         .await
         .unwrap();
-    let marker = r#"name="csrf" value=""#;
-    let at = html
-        .find(marker)
-        .unwrap_or_else(|| panic!("no form on {page}: {html}"))
-        + marker.len();
-    html[at..at + 64].to_owned()
+    let at = page
+        .find(r#"<code id="new-token">"#)
+        .unwrap_or_else(|| panic!("{page}"))
+        + 21;
+    page[at..].split('<').next().unwrap().to_owned()
 }
