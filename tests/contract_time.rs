@@ -42,15 +42,17 @@ async fn expiry_and_break_glass_lapse_by_themselves() {
         .grant(doctor.from(), Some(now + 3600))
         .await
         .unwrap();
-    assert_eq!(doctor.access(&[id]).await.unwrap().allowed, vec![id]);
-    assert!(office.can_read(doctor.from(), id).await.unwrap());
+    let o = doctor.access(addr, &[id]).await.unwrap();
+    assert_eq!(o.allowed, vec![id]);
+    let doctor_tx = Some(o.tx.tx_hash);
+    assert!(office.can_read(doctor.from(), id, doctor_tx).await.unwrap());
 
     // Break-glass by a doctor without any grant: allowed, flagged as emergency, loud in the trail.
     medic
         .break_glass(addr, EmergencyReason::Etreat)
         .await
         .unwrap();
-    let o = medic.access(&[id]).await.unwrap();
+    let o = medic.access(addr, &[id]).await.unwrap();
     assert_eq!(o.allowed, vec![id]);
     assert_eq!(
         office.check_access(addr, medic.from()).await.unwrap(),
@@ -67,18 +69,18 @@ async fn expiry_and_break_glass_lapse_by_themselves() {
     // The access window for share nodes is 30 minutes.
     advance(31 * 60).await;
     assert!(
-        !office.can_read(doctor.from(), id).await.unwrap(),
+        !office.can_read(doctor.from(), id, doctor_tx).await.unwrap(),
         "access transaction older than the window"
     );
 
     // Past the hour: the grant has expired and break-glass has closed, with no transaction.
     advance(30 * 60).await;
     assert_eq!(
-        doctor.access(&[id]).await.unwrap().denied,
+        doctor.access(addr, &[id]).await.unwrap().denied,
         vec![(id, DenyReason::Expired)]
     );
     assert_eq!(
-        medic.access(&[id]).await.unwrap().denied,
+        medic.access(addr, &[id]).await.unwrap().denied,
         vec![(id, DenyReason::NoGrant)]
     );
     assert_eq!(
@@ -133,7 +135,7 @@ async fn expiry_and_break_glass_lapse_by_themselves() {
     let raw = ehr_share::chain::EhrAccess::new(office.address(), medic.provider().clone());
     for bad in [0u8, 6, 200] {
         let e = raw
-            .breakGlass(addr.aid(), addr.pid(), bad)
+            .breakGlass(addr.key(), bad)
             .from(medic.from())
             .call()
             .await
@@ -146,19 +148,29 @@ async fn expiry_and_break_glass_lapse_by_themselves() {
     // Breaking the glass after an explicit revoke is possible (emergency care) but flagged, and
     // an access transaction made under the revoked grant does not count for the emergency.
     patient.grant(doctor.from(), None).await.unwrap();
-    assert_eq!(doctor.access(&[id]).await.unwrap().allowed, vec![id]);
+    let o = doctor.access(addr, &[id]).await.unwrap();
+    assert_eq!(o.allowed, vec![id]);
+    let before_revoke = Some(o.tx.tx_hash);
     patient.revoke(doctor.from()).await.unwrap();
     doctor
         .break_glass(addr, EmergencyReason::Etreat)
         .await
         .unwrap();
     assert!(
-        !office.can_read(doctor.from(), id).await.unwrap(),
+        !office
+            .can_read(doctor.from(), id, before_revoke)
+            .await
+            .unwrap(),
         "the access before the emergency does not open shares"
     );
-    let o = doctor.access(&[id]).await.unwrap();
+    let o = doctor.access(addr, &[id]).await.unwrap();
     assert_eq!(o.allowed, vec![id]);
-    assert!(office.can_read(doctor.from(), id).await.unwrap());
+    assert!(
+        office
+            .can_read(doctor.from(), id, Some(o.tx.tx_hash))
+            .await
+            .unwrap()
+    );
     let flagged = office
         .audit_page_for_patient(addr, AuditFilter::Emergency, 0, 10)
         .await

@@ -88,6 +88,7 @@ async fn ask_every_node(
         let request = ShareRelease {
             recordId: id.0,
             requester: who.address(),
+            accessTx: alloy::primitives::B256::ZERO,
             shareNode: n.address,
             nonce: U256::from(rand_core::OsRng.next_u64()),
             deadline: std::time::SystemTime::now()
@@ -242,6 +243,7 @@ async fn records_end_to_end() {
     let mut req = ShareRelease {
         recordId: fhir_id.0,
         requester: granted.address(),
+        accessTx: alloy::primitives::B256::ZERO,
         shareNode: refs[0].address,
         nonce: U256::from(1),
         deadline: std::time::SystemTime::now()
@@ -274,8 +276,42 @@ async fn records_end_to_end() {
     .await
     .unwrap();
     assert_eq!(r.status(), 403, "a request for node 0 must not open node 1");
-    // A fresh access transaction, then a valid request works once and its replay is refused.
-    gc.get(fhir_id).await.unwrap();
+    // A request without an access transaction is refused; with a fresh one it works once and
+    // its replay is refused.
+    let sig = sign_release(granted, &req, &dom).unwrap();
+    let r = send(
+        ReleaseBody {
+            request: req.clone(),
+            signature: sig,
+        },
+        format!("{}/shares/{fhir_id}/release", refs[0].url),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 403, "a provider needs its access transaction");
+    let o = common::as_(&office, granted)
+        .access(addr, &[fhir_id])
+        .await
+        .unwrap();
+    req.accessTx = o.tx.tx_hash;
+    // Another provider cannot ride on it.
+    let mut theirs = req.clone();
+    theirs.requester = never.address();
+    let sig = sign_release(never, &theirs, &dom).unwrap();
+    let r = send(
+        ReleaseBody {
+            request: theirs,
+            signature: sig,
+        },
+        format!("{}/shares/{fhir_id}/release", refs[0].url),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        r.status(),
+        403,
+        "someone else's access transaction opened shares"
+    );
     req.nonce = U256::from(2);
     let sig = sign_release(granted, &req, &dom).unwrap();
     let url = format!("{}/shares/{fhir_id}/release", refs[0].url);

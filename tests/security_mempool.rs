@@ -80,8 +80,7 @@ async fn a_copied_anchoring_transaction_steals_nothing() {
         .connect_http(rpc.parse().unwrap());
     let retargeted = EhrAccess::anchorRecordCall {
         salt: call.salt,
-        aid: attacker_addr.aid(),
-        pid: attacker_addr.pid(),
+        patient: attacker_addr.key(),
         digest: call.digest,
     }
     .abi_encode();

@@ -20,36 +20,30 @@ contract EhrAccess {
     /// Why an access attempt was denied. Logged in `AccessDenied`, never reverted.
     enum DenyReason {
         None,
-        UnknownRecord,
+        UnknownRecord, // not returned since version 3: `access` names the patient, share nodes match records
         NotProvider,
         UnverifiedProvider,
         SuspendedProvider,
         NoGrant,
-        Revoked,
+        Revoked, // not returned since version 3: a revoked grant is cleared, so it reads as NoGrant
         Expired
     }
 
-    /// One patient->provider grant; one storage slot.
+    /// What a provider may do with one patient's records now: the grant and the open
+    /// emergency share one slot, so a revoke ends both by clearing it (and earns the refund
+    /// that keeps a revoke under 26,000 gas). When it was granted or revoked is in the events.
     struct Grant {
-        uint64 grantedAt;
-        uint64 expiresAt; // type(uint64).max when open-ended
-        uint64 revokedAt; // 0 while not revoked
-        uint64 grantedBlock; // orders grants against access transactions within one second
+        uint40 expiresAt; // 0: no grant; type(uint40).max when open-ended
+        uint48 sinceBlock; // block of the latest grant or emergency opening: accesses count after it
+        uint40 emergencyUntil; // end of the open emergency; 0 when none
+        uint128 patient; // the patient key it was given under (a revoke names it; checked here)
     }
 
-    /// The latest granted access transaction of a provider to a record; one storage slot.
-    struct Access {
-        uint64 at;
-        uint64 blockNumber;
-    }
-
-    /// A provider's emergency access to one patient; one storage slot.
-    struct Emergency {
-        uint48 until; // end of the open emergency; ENDED_BY_PATIENT after an early end or revoke
-        uint48 opened0; // the last three opening times (a sliding 24 h window)
+    /// The last three emergency openings of a provider for one patient (a sliding 24 h window).
+    struct Openings {
+        uint48 opened0;
         uint48 opened1;
         uint48 opened2;
-        uint64 openedBlock; // block of the latest opening: reads must come after it
     }
 
     /// One provider; one storage slot.
@@ -71,7 +65,7 @@ contract EhrAccess {
 
     /// The contract's interface version; `ehr deploy` records it, share nodes and the gateway
     /// refuse a deployment of another version.
-    uint16 public constant VERSION = 2;
+    uint16 public constant VERSION = 3;
     /// How long a break-glass emergency access lasts.
     uint64 public constant BREAK_GLASS_DURATION = 1 hours;
     /// Emergency openings a provider may make per patient per 24 hours.
@@ -82,16 +76,15 @@ contract EhrAccess {
     /// EIP-712 type of the records office's voucher that lets one account claim one `Addr`.
     bytes32 public constant PATIENT_VOUCHER_TYPEHASH =
         keccak256("PatientVoucher(uint64 aid,uint64 pid,address account,uint64 deadline)");
-    /// How long after a granted access transaction a share node may release shares.
+    /// How long after an allowed access transaction a share node may release shares.
     uint64 public constant ACCESS_WINDOW = 30 minutes;
     /// Upper bound on records per access transaction (keeps the loop bounded).
     uint256 public constant MAX_ACCESS_BATCH = 32;
-    /// Upper bound on page sizes of the list views.
-    uint256 public constant MAX_PAGE = 200;
 
+    /// An open-ended grant in events and in the `expiresAt` arguments' sense.
     uint64 private constant OPEN_ENDED = type(uint64).max;
-    /// `Emergency.until` after the patient ended the emergency or revoked the provider.
-    uint48 private constant ENDED_BY_PATIENT = 1;
+    /// An open-ended grant as stored (times are 40-bit: good until the year 36812).
+    uint40 private constant OPEN_ENDED_STORED = type(uint40).max;
 
     // ---------------------------------------------------------------- storage
 
@@ -107,17 +100,22 @@ contract EhrAccess {
     /// Nominee of a two-step manager transfer.
     address public pendingManager;
 
+    // One slot per patient: patient calls name their key and are checked against it, so no
+    // reverse map is written at registration. Lists (a patient's grants, requests and
+    // records) are not stored: the events are the index, and the gateway's index serves them.
+
+    /// The account of each patient key.
     mapping(uint128 => address) public patientAccount;
-    mapping(address => uint128) public patientOf;
+    /// Providers by account.
     mapping(address => Provider) public providers;
-    mapping(uint128 => mapping(address => Grant)) public grants;
-    mapping(uint128 => address[]) private grantees;
-    mapping(uint128 => mapping(address => uint64)) public requestedAt;
-    mapping(uint128 => address[]) private requesters;
-    mapping(uint128 => mapping(address => Emergency)) public emergencies;
+    /// Grant and open emergency of each (patient account, provider). Keyed by the patient's
+    /// account, not its key: a revoke then finds the caller's own grant without first reading
+    /// whose key it is, and nobody else's call can reach it.
+    mapping(address => mapping(address => Grant)) private grantOf;
+    /// Emergency openings of each (patient, provider), for the daily limit.
+    mapping(uint128 => mapping(address => Openings)) public openings;
+    /// Anchored records by id.
     mapping(bytes32 => Record) public records;
-    mapping(uint128 => bytes32[]) private recordIds;
-    mapping(bytes32 => mapping(address => Access)) public lastAccess;
 
     // ---------------------------------------------------------------- events
 
@@ -189,10 +187,7 @@ contract EhrAccess {
     /// @param provider The provider.
     /// @param reason HL7 v3 PurposeOfUse code (1 ETREAT .. 5 THREAT).
     /// @param until When it ends, unix seconds.
-    /// @param overridesRevoke Opened although the patient had revoked this provider or ended its last emergency.
-    event BreakGlassOpened(
-        uint128 indexed patient, address indexed provider, uint8 reason, uint64 until, bool overridesRevoke
-    );
+    event BreakGlassOpened(uint128 indexed patient, address indexed provider, uint8 reason, uint64 until);
     /// @notice An emergency access ended early (the patient ended it, or revoked the provider).
     /// @param patient The patient key.
     /// @param provider The provider.
@@ -220,9 +215,10 @@ contract EhrAccess {
     /// @notice The account is already a patient or a provider.
     /// @param account The account.
     error AccountHasRole(address account);
-    /// @notice Only a registered patient may do this.
+    /// @notice Only the patient's own account may do this.
     /// @param caller The caller.
-    error NotPatient(address caller);
+    /// @param patient The patient key named.
+    error NotPatient(address caller, uint128 patient);
     /// @notice No patient has this address.
     /// @param aid Area id.
     /// @param pid Patient id.
@@ -246,14 +242,6 @@ contract EhrAccess {
     /// @param patient The patient key.
     /// @param provider The provider.
     error NoActiveGrant(uint128 patient, address provider);
-    /// @notice The provider already asked this patient.
-    /// @param patient The patient key.
-    /// @param provider The provider.
-    error RequestAlreadyPending(uint128 patient, address provider);
-    /// @notice No request from this provider is pending.
-    /// @param patient The patient key.
-    /// @param provider The provider.
-    error NoPendingRequest(uint128 patient, address provider);
     /// @notice The record id is anchored already.
     /// @param recordId The record id.
     error RecordExists(bytes32 recordId);
@@ -269,10 +257,6 @@ contract EhrAccess {
     /// @param size Records given.
     /// @param max `MAX_ACCESS_BATCH`.
     error BatchTooLarge(uint256 size, uint256 max);
-    /// @notice A page is larger than `MAX_PAGE`.
-    /// @param limit The page size asked for.
-    /// @param max `MAX_PAGE`.
-    error PageTooLarge(uint256 limit, uint256 max);
     /// @notice The voucher was not signed by the records office for this account, address and deployment.
     error InvalidVoucher();
     /// @notice The voucher's deadline has passed.
@@ -325,7 +309,7 @@ contract EhrAccess {
                     "EIP712Domain(string name,string version,uint256 chainId,address verifyingContract,bytes32 salt)"
                 ),
                 keccak256("EhrAccess"),
-                keccak256("2"),
+                keccak256("3"),
                 block.chainid,
                 address(this),
                 deploymentId
@@ -402,69 +386,66 @@ contract EhrAccess {
         _registerPatient(aid, pid, msg.sender);
     }
 
-    /// @notice Registers the caller as a provider, pending verification by the records office.
+    /// Registers the caller as a provider, pending verification by the records office. An
+    /// account holding a patient address is not refused here (no reverse map is stored to
+    /// find it); the records office sees it in the index and does not verify it.
     function registerProvider() external {
-        if (patientOf[msg.sender] != 0 || providers[msg.sender].status != ProviderStatus.None) {
-            revert AccountHasRole(msg.sender);
-        }
+        if (providers[msg.sender].status != ProviderStatus.None) revert AccountHasRole(msg.sender);
         providers[msg.sender] = Provider(ProviderStatus.Pending, 0, uint64(block.timestamp));
         emit ProviderRegistered(msg.sender);
     }
 
     // ---------------------------------------------------------------- grants and requests
 
-    /// Grants `provider` access until `expiresAt` (unix seconds; 0 = open-ended). Replaces any
-    /// earlier grant and settles a pending request from the same provider.
-    /// @param provider The provider.
+    /// The patient grants `provider` access until `expiresAt` (unix seconds; 0 = open-ended),
+    /// replacing any earlier grant; a pending request from the provider is settled by it (the
+    /// index pairs them). An open emergency stays open.
+    /// @param patient The caller's patient key.
+    /// @param provider The provider (checked when it reads, not here: an unverified account
+    ///        can never read).
     /// @param expiresAt Unix seconds; 0 for open-ended.
-    function grant(address provider, uint64 expiresAt) external {
-        uint128 key = _callerPatient();
-        _grant(key, provider, expiresAt);
+    function grant(uint128 patient, address provider, uint64 expiresAt) external {
+        _asPatient(patient);
+        if (provider == address(0)) revert ZeroAddress();
+        uint64 expiry = expiresAt == 0 || expiresAt >= OPEN_ENDED_STORED ? OPEN_ENDED : expiresAt;
+        if (expiry <= block.timestamp) revert ExpiryInPast(expiresAt);
+        Grant storage g = grantOf[msg.sender][provider];
+        g.expiresAt = expiry == OPEN_ENDED ? OPEN_ENDED_STORED : uint40(expiry);
+        g.sinceBlock = uint48(block.number);
+        g.patient = patient;
+        emit GrantIssued(patient, provider, expiry);
     }
 
-    /// @notice The patient revokes a provider's active grant (and ends its open emergency access).
+    /// The patient revokes a provider's active grant; an open emergency access ends with it.
+    /// Only the caller's own grants are reachable (they are keyed by its account), so a caller
+    /// naming another patient's key finds no active grant.
+    /// @param patient The caller's patient key.
     /// @param provider The provider.
-    function revoke(address provider) external {
-        uint128 key = _callerPatient();
-        Grant storage g = grants[key][provider];
-        if (!_active(g)) revert NoActiveGrant(key, provider);
-        g.revokedAt = uint64(block.timestamp);
-        emit GrantRevoked(key, provider);
-        // A revoke also ends an emergency access that is open now.
-        Emergency storage e = emergencies[key][provider];
-        if (e.until > block.timestamp) {
-            e.until = ENDED_BY_PATIENT;
-            emit BreakGlassEnded(key, provider, msg.sender);
-        }
+    function revoke(uint128 patient, address provider) external {
+        Grant storage g = grantOf[msg.sender][provider];
+        // `grant` checked that the key it stored is the caller's: matching it proves the key
+        // named here is the caller's too, without reading `patientAccount` again.
+        if (!_active(g) || g.patient != patient) revert NoActiveGrant(patient, provider);
+        bool emergencyOpen = g.emergencyUntil > block.timestamp;
+        delete grantOf[msg.sender][provider];
+        emit GrantRevoked(patient, provider);
+        if (emergencyOpen) emit BreakGlassEnded(patient, provider, msg.sender);
     }
 
-    /// @notice A verified provider asks a patient for access.
-    /// @param aid Area id.
-    /// @param pid Patient id.
-    function requestAccess(uint64 aid, uint64 pid) external onlyVerifiedProvider {
-        uint128 key = _knownPatient(aid, pid);
-        if (requestedAt[key][msg.sender] != 0) revert RequestAlreadyPending(key, msg.sender);
-        requestedAt[key][msg.sender] = uint64(block.timestamp);
-        requesters[key].push(msg.sender);
-        emit AccessRequested(key, msg.sender);
+    /// A verified provider asks a patient for access. Nothing is stored: the event is the
+    /// request, settled in the index by the patient's grant or decline.
+    /// @param patient The patient key.
+    function requestAccess(uint128 patient) external onlyVerifiedProvider {
+        _knownPatient(patient);
+        emit AccessRequested(patient, msg.sender);
     }
 
-    /// @notice The patient grants a pending request.
+    /// The patient declines a provider's request.
+    /// @param patient The caller's patient key.
     /// @param provider The provider who asked.
-    /// @param expiresAt Unix seconds; 0 for open-ended.
-    function approveRequest(address provider, uint64 expiresAt) external {
-        uint128 key = _callerPatient();
-        if (requestedAt[key][provider] == 0) revert NoPendingRequest(key, provider);
-        _grant(key, provider, expiresAt);
-    }
-
-    /// @notice The patient declines a pending request.
-    /// @param provider The provider who asked.
-    function declineRequest(address provider) external {
-        uint128 key = _callerPatient();
-        if (requestedAt[key][provider] == 0) revert NoPendingRequest(key, provider);
-        delete requestedAt[key][provider];
-        emit RequestDeclined(key, provider);
+    function declineRequest(uint128 patient, address provider) external {
+        _asPatient(patient);
+        emit RequestDeclined(patient, provider);
     }
 
     // ---------------------------------------------------------------- records and access
@@ -482,30 +463,33 @@ contract EhrAccess {
     /// Anchors a record's (keyed) digest under the id `recordIdOf(msg.sender, patient, salt)`.
     /// Only the patient, or a verified provider with access right now.
     /// @param salt The author's random salt (the id is derived from it).
-    /// @param aid Area id of the patient.
-    /// @param pid Patient id.
+    /// @param patient The patient key.
     /// @param digest The record's keyed digest.
     /// @return recordId The id the record is anchored under.
-    function anchorRecord(bytes32 salt, uint64 aid, uint64 pid, bytes32 digest) external returns (bytes32 recordId) {
-        uint128 key = _knownPatient(aid, pid);
+    function anchorRecord(bytes32 salt, uint128 patient, bytes32 digest) external returns (bytes32 recordId) {
+        address account = _knownPatient(patient);
         if (digest == bytes32(0)) revert ZeroDigest();
-        recordId = recordIdOf(msg.sender, key, salt);
+        recordId = recordIdOf(msg.sender, patient, salt);
         if (records[recordId].anchoredAt != 0) revert RecordExists(recordId);
-        if (patientOf[msg.sender] != key) {
-            (DenyReason reason,) = _check(key, msg.sender);
-            if (reason != DenyReason.None) revert NotAllowedToAnchor(msg.sender, key);
+        if (account != msg.sender) {
+            (DenyReason reason,) = _check(patient, msg.sender);
+            if (reason != DenyReason.None) revert NotAllowedToAnchor(msg.sender, patient);
         }
-        records[recordId] = Record(digest, key, msg.sender, uint64(block.timestamp));
-        recordIds[key].push(recordId);
-        emit RecordAnchored(key, recordId, msg.sender, digest);
+        records[recordId] = Record(digest, patient, msg.sender, uint64(block.timestamp));
+        emit RecordAnchored(patient, recordId, msg.sender, digest);
     }
 
-    /// The access transaction that precedes reading records. A verified (or suspended) provider's
-    /// denials are logged, not reverted, so that every refused attempt stays on the audit trail.
-    /// Accounts the records office never verified revert instead: anyone can create them, and
-    /// their events would let a stranger flood a patient's audit trail.
-    /// @param ids The records to read (1 to `MAX_ACCESS_BATCH`).
-    function access(bytes32[] calldata ids) external {
+    /// The access transaction that precedes reading records of one patient. Nothing is
+    /// stored: share nodes find the `AccessAllowed` event in this transaction's receipt and ask
+    /// `canRead` with its block and time. A verified (or suspended) provider's denials are
+    /// logged, not reverted, so that every refused attempt stays on the audit trail. Accounts
+    /// the records office never verified revert instead: anyone can create them, and their
+    /// events would let a stranger flood a patient's audit trail.
+    /// @param patient The patient key whose records are read.
+    /// @param ids The records to read (1 to `MAX_ACCESS_BATCH`). They are not looked up (that
+    ///        would cost a slot read each): share nodes release a record only to an event
+    ///        naming the record's own patient, so naming another patient's record opens nothing.
+    function access(uint128 patient, bytes32[] calldata ids) external {
         uint256 n = ids.length;
         if (n == 0) revert EmptyBatch();
         if (n > MAX_ACCESS_BATCH) revert BatchTooLarge(n, MAX_ACCESS_BATCH);
@@ -513,23 +497,19 @@ contract EhrAccess {
         // Suspended providers revert too: suspension is the office's lever against a provider
         // who floods patients' trails with denied attempts.
         if (p.status != ProviderStatus.Verified) revert ProviderNotVerified(msg.sender);
+        _knownPatient(patient);
+        (DenyReason reason, bool emergency) = _check(patient, msg.sender);
         uint32 denied;
         uint32 base = p.deniedCount;
         for (uint256 i; i < n; ++i) {
             bytes32 id = ids[i];
-            uint128 key = records[id].patient;
-            DenyReason reason;
-            bool emergency;
-            if (key == 0) reason = DenyReason.UnknownRecord;
-            else (reason, emergency) = _check(key, msg.sender);
             if (reason == DenyReason.None) {
-                lastAccess[id][msg.sender] = Access(uint64(block.timestamp), uint64(block.number));
-                emit AccessAllowed(key, msg.sender, id, emergency);
+                emit AccessAllowed(patient, msg.sender, id, emergency);
             } else {
                 unchecked {
                     ++denied;
                 }
-                emit AccessDenied(key, msg.sender, id, reason, base + denied);
+                emit AccessDenied(patient, msg.sender, id, reason, base + denied);
             }
         }
         // One write for the whole batch.
@@ -540,17 +520,16 @@ contract EhrAccess {
     /// PurposeOfUse, see `MAX_EMERGENCY_REASON`), at most `MAX_EMERGENCIES_PER_DAY` times in any
     /// 24 hours per patient (a sliding window over the last three openings). Policy: neither an
     /// explicit revoke nor the patient ending the last emergency forbids emergency access (HIPAA
-    /// requires it to stay possible), but such an opening is flagged `overridesRevoke` so that
-    /// the patient and the records office see it, and the patient can end it at once.
-    /// @param aid Area id of the patient.
-    /// @param pid Patient id.
+    /// requires it to stay possible); the index flags such an opening as overriding the revoke
+    /// so that the patient and the records office see it, and the patient can end it at once.
+    /// @param patient The patient key.
     /// @param reason HL7 v3 PurposeOfUse code, 1 ETREAT .. 5 THREAT.
-    function breakGlass(uint64 aid, uint64 pid, uint8 reason) external onlyVerifiedProvider {
+    function breakGlass(uint128 patient, uint8 reason) external onlyVerifiedProvider {
         if (reason == 0 || reason > MAX_EMERGENCY_REASON) revert UnknownEmergencyReason(reason);
-        uint128 key = _knownPatient(aid, pid);
-        Emergency storage e = emergencies[key][msg.sender];
+        address account = _knownPatient(patient);
+        Openings storage o = openings[patient][msg.sender];
         uint48 t = uint48(block.timestamp);
-        uint48[3] memory opened = [e.opened0, e.opened1, e.opened2];
+        uint48[3] memory opened = [o.opened0, o.opened1, o.opened2];
         uint256 recent;
         uint256 oldest;
         for (uint256 i; i < 3; ++i) {
@@ -558,23 +537,32 @@ contract EhrAccess {
             if (opened[i] < opened[oldest]) oldest = i;
         }
         if (recent >= MAX_EMERGENCIES_PER_DAY) {
-            revert EmergencyLimitReached(key, msg.sender, uint64(opened[oldest]) + 1 days);
+            revert EmergencyLimitReached(patient, msg.sender, uint64(opened[oldest]) + 1 days);
         }
         opened[oldest] = t;
-        bool overrides = grants[key][msg.sender].revokedAt != 0 || e.until == ENDED_BY_PATIENT;
-        uint48 until = t + uint48(BREAK_GLASS_DURATION);
-        emergencies[key][msg.sender] = Emergency(until, opened[0], opened[1], opened[2], uint64(block.number));
-        emit BreakGlassOpened(key, msg.sender, reason, until, overrides);
+        openings[patient][msg.sender] = Openings(opened[0], opened[1], opened[2]);
+        Grant storage g = grantOf[account][msg.sender];
+        uint40 until = uint40(t) + uint40(BREAK_GLASS_DURATION);
+        if (g.patient != patient) {
+            // Another key of the same account (the office issues one per account): the old
+            // grant does not carry over to this patient.
+            g.expiresAt = 0;
+            g.patient = patient;
+        }
+        g.emergencyUntil = until;
+        g.sinceBlock = uint48(block.number);
+        emit BreakGlassOpened(patient, msg.sender, reason, until);
     }
 
     /// The patient ends a provider's open emergency access now.
+    /// @param patient The caller's patient key.
     /// @param provider The provider whose emergency access ends.
-    function endEmergency(address provider) external {
-        uint128 key = _callerPatient();
-        Emergency storage e = emergencies[key][provider];
-        if (e.until <= block.timestamp) revert NoOpenEmergency(key, provider);
-        e.until = ENDED_BY_PATIENT;
-        emit BreakGlassEnded(key, provider, msg.sender);
+    function endEmergency(uint128 patient, address provider) external {
+        _asPatient(patient);
+        Grant storage g = grantOf[msg.sender][provider];
+        if (g.patient != patient || g.emergencyUntil <= block.timestamp) revert NoOpenEmergency(patient, provider);
+        g.emergencyUntil = 0;
+        emit BreakGlassEnded(patient, provider, msg.sender);
     }
 
     // ---------------------------------------------------------------- views
@@ -584,8 +572,16 @@ contract EhrAccess {
     /// @param provider The provider.
     /// @return Unix seconds, or 0.
     function emergencyUntil(uint128 patient, address provider) external view returns (uint64) {
-        uint48 until = emergencies[patient][provider].until;
-        return until > block.timestamp ? until : 0;
+        Grant storage g = grantOf[patientAccount[patient]][provider];
+        return g.patient == patient && g.emergencyUntil > block.timestamp ? g.emergencyUntil : 0;
+    }
+
+    /// The grant and emergency `provider` holds from `patient`, as stored.
+    /// @param patient The patient key.
+    /// @param provider The provider.
+    /// @return The grant (all zero when none).
+    function grants(uint128 patient, address provider) external view returns (Grant memory) {
+        return grantOf[patientAccount[patient]][provider];
     }
 
     /// @notice The patient key of `Addr {aid, pid}`: `aid << 64 | pid`.
@@ -606,124 +602,51 @@ contract EhrAccess {
     }
 
     /// What share nodes ask before releasing a share: the patient themself, or a provider with
-    /// access right now and a granted access transaction for this record inside `ACCESS_WINDOW`.
+    /// access right now whose access transaction for this record (found by the share node in
+    /// its receipt: block `accessBlock`, time `accessTime`) is inside `ACCESS_WINDOW` and came
+    /// after the latest grant or emergency opening, not during a revoked earlier one.
     /// @param requester Who asks for shares.
     /// @param recordId The record.
+    /// @param accessBlock Block of the requester's `AccessAllowed` event for the record (0: none).
+    /// @param accessTime Time of that block, unix seconds (0: none).
     /// @return Whether shares may be released to the requester now.
-    function canRead(address requester, bytes32 recordId) external view returns (bool) {
+    function canRead(address requester, bytes32 recordId, uint64 accessBlock, uint64 accessTime)
+        external
+        view
+        returns (bool)
+    {
         Record storage r = records[recordId];
         if (r.anchoredAt == 0) return false;
         if (patientAccount[r.patient] == requester) return true;
-        (DenyReason reason, bool emergency) = _check(r.patient, requester);
+        (DenyReason reason,) = _check(r.patient, requester);
         if (reason != DenyReason.None) return false;
-        Access memory a = lastAccess[recordId][requester];
-        if (a.at == 0 || uint64(block.timestamp) > a.at + ACCESS_WINDOW) return false;
-        // The access must belong to the current grant or emergency, not to a revoked earlier
-        // one; blocks, not seconds, because several blocks can share a timestamp.
-        uint64 since =
-            emergency ? emergencies[r.patient][requester].openedBlock : grants[r.patient][requester].grantedBlock;
-        if (a.blockNumber < since) return false;
-        return true;
-    }
-
-    /// @notice How many providers the patient ever granted.
-    /// @param patient The patient key.
-    /// @return The count.
-    function grantCount(uint128 patient) external view returns (uint256) {
-        return grantees[patient].length;
-    }
-
-    /// Providers ever granted by `patient`, with their grant as it stands (active or not).
-    /// @param patient The patient key.
-    /// @param offset First entry.
-    /// @param limit At most this many (<= `MAX_PAGE`).
-    /// @return who The providers.
-    /// @return what Their grants.
-    function grantsPage(uint128 patient, uint256 offset, uint256 limit)
-        external
-        view
-        returns (address[] memory who, Grant[] memory what)
-    {
-        address[] storage all = grantees[patient];
-        uint256 n = _pageLen(all.length, offset, limit);
-        who = new address[](n);
-        what = new Grant[](n);
-        for (uint256 i; i < n; ++i) {
-            who[i] = all[offset + i];
-            what[i] = grants[patient][who[i]];
+        if (accessTime == 0 || accessTime > block.timestamp || block.timestamp > accessTime + ACCESS_WINDOW) {
+            return false;
         }
-    }
-
-    /// Requests ever made to `patient` with the time they were made (0 once settled).
-    /// @param patient The patient key.
-    /// @param offset First entry.
-    /// @param limit At most this many (<= `MAX_PAGE`).
-    /// @return who The providers.
-    /// @return at When each asked (0 once settled).
-    function requestsPage(uint128 patient, uint256 offset, uint256 limit)
-        external
-        view
-        returns (address[] memory who, uint64[] memory at)
-    {
-        address[] storage all = requesters[patient];
-        uint256 n = _pageLen(all.length, offset, limit);
-        who = new address[](n);
-        at = new uint64[](n);
-        for (uint256 i; i < n; ++i) {
-            who[i] = all[offset + i];
-            at[i] = requestedAt[patient][who[i]];
-        }
-    }
-
-    /// @notice How many records the patient has.
-    /// @param patient The patient key.
-    /// @return The count.
-    function recordCount(uint128 patient) external view returns (uint256) {
-        return recordIds[patient].length;
-    }
-
-    /// @notice The patient's record ids, oldest first; paged.
-    /// @param patient The patient key.
-    /// @param offset First entry.
-    /// @param limit At most this many (<= `MAX_PAGE`).
-    /// @return ids The record ids.
-    function recordsPage(uint128 patient, uint256 offset, uint256 limit) external view returns (bytes32[] memory ids) {
-        bytes32[] storage all = recordIds[patient];
-        uint256 n = _pageLen(all.length, offset, limit);
-        ids = new bytes32[](n);
-        for (uint256 i; i < n; ++i) {
-            ids[i] = all[offset + i];
-        }
+        // Blocks, not seconds: several blocks can share a timestamp.
+        return accessBlock >= grantOf[patientAccount[r.patient]][requester].sinceBlock;
     }
 
     // ---------------------------------------------------------------- internals
 
-    function _grant(uint128 key, address provider, uint64 expiresAt) private {
-        if (providers[provider].status == ProviderStatus.None) revert UnknownProvider(provider);
-        uint64 expiry = expiresAt == 0 ? OPEN_ENDED : expiresAt;
-        if (expiry <= block.timestamp) revert ExpiryInPast(expiresAt);
-        Grant storage g = grants[key][provider];
-        if (g.grantedAt == 0) grantees[key].push(provider);
-        grants[key][provider] = Grant(uint64(block.timestamp), expiry, 0, uint64(block.number));
-        if (requestedAt[key][provider] != 0) delete requestedAt[key][provider];
-        emit GrantIssued(key, provider, expiry);
-    }
-
+    /// Why `provider` may not read `key`'s records now (`None`: it may), and whether it may
+    /// only through an open emergency. A revoked grant is gone from storage, so it reads as
+    /// `NoGrant`; the events tell a revoke apart.
     function _check(uint128 key, address provider) private view returns (DenyReason, bool) {
         ProviderStatus s = providers[provider].status;
         if (s == ProviderStatus.None) return (DenyReason.NotProvider, false);
         if (s == ProviderStatus.Pending) return (DenyReason.UnverifiedProvider, false);
         if (s == ProviderStatus.Suspended) return (DenyReason.SuspendedProvider, false);
-        Grant storage g = grants[key][provider];
+        Grant storage g = grantOf[patientAccount[key]][provider];
+        if (g.patient != key) return (DenyReason.NoGrant, false);
         if (_active(g)) return (DenyReason.None, false);
-        if (emergencies[key][provider].until > block.timestamp) return (DenyReason.None, true);
-        if (g.grantedAt == 0) return (DenyReason.NoGrant, false);
-        if (g.revokedAt != 0) return (DenyReason.Revoked, false);
+        if (g.emergencyUntil > block.timestamp) return (DenyReason.None, true);
+        if (g.expiresAt == 0) return (DenyReason.NoGrant, false);
         return (DenyReason.Expired, false);
     }
 
     function _active(Grant storage g) private view returns (bool) {
-        return g.grantedAt != 0 && g.revokedAt == 0 && block.timestamp < g.expiresAt;
+        return block.timestamp < g.expiresAt;
     }
 
     function _registerPatient(uint64 aid, uint64 pid, address account) private {
@@ -731,11 +654,8 @@ contract EhrAccess {
         if (aid == 0 || pid == 0) revert InvalidPatientAddr(aid, pid);
         uint128 key = patientKey(aid, pid);
         if (patientAccount[key] != address(0)) revert PatientAddrTaken(aid, pid);
-        if (patientOf[account] != 0 || providers[account].status != ProviderStatus.None) {
-            revert AccountHasRole(account);
-        }
+        if (providers[account].status != ProviderStatus.None) revert AccountHasRole(account);
         patientAccount[key] = account;
-        patientOf[account] = key;
         emit PatientRegistered(key, account, aid, pid);
     }
 
@@ -750,20 +670,14 @@ contract EhrAccess {
         return ecrecover(digest, v, r, s);
     }
 
-    function _callerPatient() private view returns (uint128 key) {
-        key = patientOf[msg.sender];
-        if (key == 0) revert NotPatient(msg.sender);
+    /// Reverts unless the caller is `patient`'s account.
+    function _asPatient(uint128 patient) private view {
+        if (patient == 0 || patientAccount[patient] != msg.sender) revert NotPatient(msg.sender, patient);
     }
 
-    function _knownPatient(uint64 aid, uint64 pid) private view returns (uint128 key) {
-        key = patientKey(aid, pid);
-        if (patientAccount[key] == address(0)) revert UnknownPatient(aid, pid);
-    }
-
-    function _pageLen(uint256 total, uint256 offset, uint256 limit) private pure returns (uint256) {
-        if (limit > MAX_PAGE) revert PageTooLarge(limit, MAX_PAGE);
-        if (offset >= total) return 0;
-        uint256 left = total - offset;
-        return left < limit ? left : limit;
+    /// The account of a registered patient; reverts for an unknown key.
+    function _knownPatient(uint128 patient) private view returns (address account) {
+        account = patientAccount[patient];
+        if (account == address(0)) revert UnknownPatient(uint64(patient >> 64), uint64(patient));
     }
 }

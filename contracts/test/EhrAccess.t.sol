@@ -16,6 +16,9 @@ contract EhrAccessTest is Test {
     uint64 internal constant AID = 7;
     uint64 internal constant PID = 1001;
     uint128 internal key;
+    /// Block and time of each provider's latest allowed access transaction, as a share node
+    /// reads them from its receipt.
+    mapping(address => uint64[2]) internal accessedAt;
 
     function setUp() public {
         vm.warp(1_750_000_000);
@@ -35,19 +38,28 @@ contract EhrAccessTest is Test {
 
     function _grant(uint64 expiresAt) internal {
         vm.prank(patient);
-        c.grant(doctor, expiresAt);
+        c.grant(key, doctor, expiresAt);
     }
 
     function _anchor(address author, bytes32 salt) internal returns (bytes32 id) {
         vm.prank(author);
-        id = c.anchorRecord(salt, AID, PID, keccak256(abi.encode(salt)));
+        id = c.anchorRecord(salt, key, keccak256(abi.encode(salt)));
     }
 
+    /// An access transaction; when it is allowed, remembers its block and time as a share
+    /// node would find them in the receipt of its `AccessAllowed` event.
     function _access(address who, bytes32 id) internal {
         bytes32[] memory ids = new bytes32[](1);
         ids[0] = id;
+        (EhrAccess.DenyReason r,) = c.checkAccess(key, who);
         vm.prank(who);
-        c.access(ids);
+        c.access(key, ids);
+        if (r == EhrAccess.DenyReason.None) accessedAt[who] = [uint64(block.number), uint64(block.timestamp)];
+    }
+
+    /// What a share node asks for `who` with its latest allowed access transaction.
+    function _canRead(address who, bytes32 id) internal view returns (bool) {
+        return c.canRead(who, id, accessedAt[who][0], accessedAt[who][1]);
     }
 
     function _voucher(uint64 aid, uint64 pid, address account, uint64 deadline, uint256 pk)
@@ -150,16 +162,10 @@ contract EhrAccessTest is Test {
         c.issuePatient(1, 2, address(0));
         vm.expectRevert(abi.encodeWithSelector(EhrAccess.PatientAddrTaken.selector, AID, PID));
         c.issuePatient(AID, PID, stranger);
-        vm.expectRevert(abi.encodeWithSelector(EhrAccess.AccountHasRole.selector, patient));
-        c.issuePatient(1, 2, patient);
         vm.expectRevert(abi.encodeWithSelector(EhrAccess.AccountHasRole.selector, doctor));
         c.issuePatient(1, 2, doctor);
         vm.stopPrank();
         assertEq(c.patientAccount(key), patient, "account of the Addr");
-        assertEq(c.patientOf(patient), key, "Addr of the account");
-        vm.expectRevert(abi.encodeWithSelector(EhrAccess.AccountHasRole.selector, patient));
-        vm.prank(patient);
-        c.registerProvider();
         vm.expectRevert(abi.encodeWithSelector(EhrAccess.AccountHasRole.selector, doctor));
         vm.prank(doctor);
         c.registerProvider();
@@ -229,33 +235,66 @@ contract EhrAccessTest is Test {
     // ------------------------------------------------------------ grants and requests
 
     function test_grant_and_revoke() public {
-        vm.expectRevert(abi.encodeWithSelector(EhrAccess.NotPatient.selector, stranger));
+        vm.expectRevert(abi.encodeWithSelector(EhrAccess.NotPatient.selector, stranger, key));
         vm.prank(stranger);
-        c.grant(doctor, 0);
-        vm.expectRevert(abi.encodeWithSelector(EhrAccess.UnknownProvider.selector, stranger));
+        c.grant(key, doctor, 0);
+        vm.expectRevert(abi.encodeWithSelector(EhrAccess.NotPatient.selector, patient, key + 1));
         vm.prank(patient);
-        c.grant(stranger, 0);
+        c.grant(key + 1, doctor, 0);
+        vm.expectRevert(EhrAccess.ZeroAddress.selector);
+        vm.prank(patient);
+        c.grant(key, address(0), 0);
         vm.expectRevert(abi.encodeWithSelector(EhrAccess.NoActiveGrant.selector, key, doctor));
         vm.prank(patient);
-        c.revoke(doctor);
+        c.revoke(key, doctor);
         vm.expectEmit(true, true, false, true, address(c));
         emit EhrAccess.GrantIssued(key, doctor, type(uint64).max);
         _grant(0);
         (EhrAccess.DenyReason r,) = c.checkAccess(key, doctor);
         assertTrue(r == EhrAccess.DenyReason.None, "granted");
-        assertEq(c.grantCount(key), 1, "listed once");
-        _grant(0);
-        assertEq(c.grantCount(key), 1, "a renewal is not listed twice");
-        vm.expectRevert(abi.encodeWithSelector(EhrAccess.NotPatient.selector, doctor));
+        EhrAccess.Grant memory g = c.grants(key, doctor);
+        assertEq(uint256(g.patient), uint256(key), "stored under its patient");
+        assertEq(g.sinceBlock, block.number, "from this block");
+        // Nobody else reaches the grant: not the provider, not a stranger naming the key.
+        vm.expectRevert(abi.encodeWithSelector(EhrAccess.NoActiveGrant.selector, key, doctor));
         vm.prank(doctor);
-        c.revoke(doctor);
+        c.revoke(key, doctor);
+        vm.expectRevert(abi.encodeWithSelector(EhrAccess.NoActiveGrant.selector, key, doctor));
+        vm.prank(stranger);
+        c.revoke(key, doctor);
+        vm.expectEmit(true, true, false, true, address(c));
+        emit EhrAccess.GrantRevoked(key, doctor);
         vm.prank(patient);
-        c.revoke(doctor);
+        c.revoke(key, doctor);
         (r,) = c.checkAccess(key, doctor);
-        assertTrue(r == EhrAccess.DenyReason.Revoked, "revoked");
+        assertTrue(r == EhrAccess.DenyReason.NoGrant, "a revoked grant is cleared");
+        g = c.grants(key, doctor);
+        assertEq(g.expiresAt, 0, "slot cleared (the refund keeps a revoke cheap)");
         vm.expectRevert(abi.encodeWithSelector(EhrAccess.NoActiveGrant.selector, key, doctor));
         vm.prank(patient);
-        c.revoke(doctor);
+        c.revoke(key, doctor);
+    }
+
+    function test_a_patient_naming_another_key_cannot_revoke_or_end_its_grants() public {
+        address other = address(0xB0B2);
+        vm.prank(office);
+        c.issuePatient(8, 8, other);
+        uint128 otherKey = c.patientKey(8, 8);
+        _grant(0);
+        vm.prank(other);
+        c.grant(otherKey, doctor, 0);
+        // `other` names the first patient's key: its own grant matches another key, so no.
+        vm.expectRevert(abi.encodeWithSelector(EhrAccess.NoActiveGrant.selector, key, doctor));
+        vm.prank(other);
+        c.revoke(key, doctor);
+        vm.expectRevert(abi.encodeWithSelector(EhrAccess.NotPatient.selector, other, key));
+        vm.prank(other);
+        c.declineRequest(key, doctor);
+        vm.expectRevert(abi.encodeWithSelector(EhrAccess.NotPatient.selector, other, key));
+        vm.prank(other);
+        c.endEmergency(key, doctor);
+        (EhrAccess.DenyReason r,) = c.checkAccess(key, doctor);
+        assertTrue(r == EhrAccess.DenyReason.None, "the first patient's grant stands");
     }
 
     function testFuzz_a_grant_holds_until_its_expiry_and_not_a_second_longer(uint64 ahead) public {
@@ -276,40 +315,28 @@ contract EhrAccessTest is Test {
         assertTrue(r == EhrAccess.DenyReason.Expired, "expired at expiry");
     }
 
-    function test_requests_are_approved_or_declined_by_the_patient() public {
+    function test_requests_are_events_from_verified_providers_answered_by_the_patient() public {
         address pending = address(0xAB);
         vm.prank(pending);
         c.registerProvider();
         vm.expectRevert(abi.encodeWithSelector(EhrAccess.ProviderNotVerified.selector, pending));
         vm.prank(pending);
-        c.requestAccess(AID, PID);
+        c.requestAccess(key);
+        uint128 nobody = c.patientKey(9, 9);
         vm.expectRevert(abi.encodeWithSelector(EhrAccess.UnknownPatient.selector, 9, 9));
         vm.prank(doctor);
-        c.requestAccess(9, 9);
-        vm.expectRevert(abi.encodeWithSelector(EhrAccess.NoPendingRequest.selector, key, doctor));
-        vm.prank(patient);
-        c.approveRequest(doctor, 0);
-        vm.expectRevert(abi.encodeWithSelector(EhrAccess.NoPendingRequest.selector, key, doctor));
-        vm.prank(patient);
-        c.declineRequest(doctor);
+        c.requestAccess(nobody);
+        vm.expectEmit(true, true, false, true, address(c));
+        emit EhrAccess.AccessRequested(key, doctor);
         vm.prank(doctor);
-        c.requestAccess(AID, PID);
-        vm.expectRevert(abi.encodeWithSelector(EhrAccess.RequestAlreadyPending.selector, key, doctor));
+        c.requestAccess(key);
+        vm.expectRevert(abi.encodeWithSelector(EhrAccess.NotPatient.selector, doctor, key));
         vm.prank(doctor);
-        c.requestAccess(AID, PID);
+        c.declineRequest(key, doctor);
+        vm.expectEmit(true, true, false, true, address(c));
+        emit EhrAccess.RequestDeclined(key, doctor);
         vm.prank(patient);
-        c.declineRequest(doctor);
-        assertEq(c.requestedAt(key, doctor), 0, "declined");
-        vm.prank(doctor);
-        c.requestAccess(AID, PID);
-        vm.prank(patient);
-        c.approveRequest(doctor, 0);
-        assertEq(c.requestedAt(key, doctor), 0, "approved clears the request");
-        (EhrAccess.DenyReason r,) = c.checkAccess(key, doctor);
-        assertTrue(r == EhrAccess.DenyReason.None, "approved grants");
-        (address[] memory who, uint64[] memory at) = c.requestsPage(key, 0, 10);
-        assertEq(who.length, 2, "both requests listed");
-        assertEq(at[0], 0, "answered requests show no time");
+        c.declineRequest(key, doctor);
     }
 
     // ------------------------------------------------------------ records
@@ -324,45 +351,27 @@ contract EhrAccessTest is Test {
         assertEq(author, patient, "author");
         vm.expectRevert(abi.encodeWithSelector(EhrAccess.RecordExists.selector, id));
         vm.prank(patient);
-        c.anchorRecord(salt, AID, PID, bytes32(uint256(1)));
+        c.anchorRecord(salt, key, bytes32(uint256(1)));
     }
 
     function test_anchoring_needs_the_patient_or_a_provider_with_access() public {
+        uint128 nobody = c.patientKey(1, 1);
         vm.expectRevert(abi.encodeWithSelector(EhrAccess.UnknownPatient.selector, 1, 1));
         vm.prank(patient);
-        c.anchorRecord(bytes32(0), 1, 1, bytes32(uint256(1)));
+        c.anchorRecord(bytes32(0), nobody, bytes32(uint256(1)));
         vm.expectRevert(EhrAccess.ZeroDigest.selector);
         vm.prank(patient);
-        c.anchorRecord(bytes32(0), AID, PID, bytes32(0));
+        c.anchorRecord(bytes32(0), key, bytes32(0));
         vm.expectRevert(abi.encodeWithSelector(EhrAccess.NotAllowedToAnchor.selector, doctor, key));
         vm.prank(doctor);
-        c.anchorRecord(bytes32(0), AID, PID, bytes32(uint256(1)));
+        c.anchorRecord(bytes32(0), key, bytes32(uint256(1)));
         vm.expectRevert(abi.encodeWithSelector(EhrAccess.NotAllowedToAnchor.selector, stranger, key));
         vm.prank(stranger);
-        c.anchorRecord(bytes32(0), AID, PID, bytes32(uint256(1)));
+        c.anchorRecord(bytes32(0), key, bytes32(uint256(1)));
         _grant(0);
-        _anchor(doctor, bytes32(uint256(5)));
-        assertEq(c.recordCount(key), 1, "one record");
-    }
-
-    function testFuzz_pages_return_what_exists_in_order(uint8 count, uint256 offset, uint256 limit) public {
-        count = uint8(bound(count, 0, 40));
-        limit = bound(limit, 0, c.MAX_PAGE());
-        offset = bound(offset, 0, 60);
-        for (uint256 i; i < count; ++i) {
-            _anchor(patient, bytes32(i));
-        }
-        bytes32[] memory page = c.recordsPage(key, offset, limit);
-        uint256 want = offset >= count ? 0 : (count - offset < limit ? count - offset : limit);
-        assertEq(page.length, want, "page length");
-        for (uint256 i; i < page.length; ++i) {
-            assertEq(page[i], c.recordIdOf(patient, key, bytes32(offset + i)), "page order");
-        }
-        uint256 max = c.MAX_PAGE();
-        vm.expectRevert(abi.encodeWithSelector(EhrAccess.PageTooLarge.selector, max + 1, max));
-        c.recordsPage(key, 0, max + 1);
-        vm.expectRevert(abi.encodeWithSelector(EhrAccess.PageTooLarge.selector, max + 1, max));
-        c.grantsPage(key, 0, max + 1);
+        bytes32 id = _anchor(doctor, bytes32(uint256(5)));
+        (,, address author,) = c.records(id);
+        assertEq(author, doctor, "a granted provider anchors");
     }
 
     // ------------------------------------------------------------ access transactions
@@ -373,21 +382,33 @@ contract EhrAccessTest is Test {
         emit EhrAccess.AccessDenied(key, doctor, id, EhrAccess.DenyReason.NoGrant, 1);
         _access(doctor, id);
         assertEq(_denied(doctor), 1, "denial counted");
-        assertFalse(c.canRead(doctor, id), "no grant, no read");
+        assertFalse(_canRead(doctor, id), "no grant, no read");
         _grant(0);
+        assertFalse(_canRead(doctor, id), "a denied access opens nothing after a grant");
         vm.roll(block.number + 1);
         vm.expectEmit(true, true, true, true, address(c));
         emit EhrAccess.AccessAllowed(key, doctor, id, false);
         _access(doctor, id);
-        assertTrue(c.canRead(doctor, id), "granted and accessed");
-        assertTrue(c.canRead(patient, id), "the patient reads their own");
-        assertFalse(c.canRead(stranger, id), "a stranger does not");
+        assertTrue(_canRead(doctor, id), "granted and accessed");
+        assertTrue(c.canRead(patient, id, 0, 0), "the patient reads their own");
+        assertFalse(c.canRead(stranger, id, uint64(block.number), uint64(block.timestamp)), "a stranger does not");
+        assertFalse(c.canRead(doctor, id, 0, 0), "a provider needs an access transaction");
+        assertFalse(
+            c.canRead(doctor, id, uint64(block.number), uint64(block.timestamp + 1)), "an access from the future"
+        );
         // The access window closes.
         vm.warp(block.timestamp + c.ACCESS_WINDOW() + 1);
-        assertFalse(c.canRead(doctor, id), "access window over");
-        // Unknown records are denied and logged.
-        _access(doctor, bytes32(uint256(0xdead)));
-        assertEq(_denied(doctor), 2, "unknown record denied");
+        assertFalse(_canRead(doctor, id), "access window over");
+    }
+
+    function testFuzz_the_access_window_is_exact(uint64 age) public {
+        bytes32 id = _anchor(patient, "w");
+        _grant(0);
+        vm.roll(block.number + 1);
+        _access(doctor, id);
+        age = uint64(bound(age, 0, 2 * c.ACCESS_WINDOW()));
+        vm.warp(block.timestamp + age);
+        assertTrue(_canRead(doctor, id) == (age <= c.ACCESS_WINDOW()), "open exactly ACCESS_WINDOW seconds");
     }
 
     function testFuzz_access_batches_are_bounded(uint8 n) public {
@@ -402,20 +423,39 @@ contract EhrAccessTest is Test {
             vm.expectRevert(abi.encodeWithSelector(EhrAccess.BatchTooLarge.selector, n, c.MAX_ACCESS_BATCH()));
         }
         vm.prank(doctor);
-        c.access(ids);
-        if (n != 0 && n <= c.MAX_ACCESS_BATCH()) assertEq(_denied(doctor), n, "each unknown record denied");
+        c.access(key, ids);
+        if (n != 0 && n <= c.MAX_ACCESS_BATCH()) assertEq(_denied(doctor), n, "each record without a grant denied");
     }
 
-    function test_only_verified_providers_send_access_transactions() public {
+    function test_only_verified_providers_send_access_transactions_for_known_patients() public {
         bytes32[] memory ids = new bytes32[](1);
         vm.expectRevert(abi.encodeWithSelector(EhrAccess.ProviderNotVerified.selector, stranger));
         vm.prank(stranger);
-        c.access(ids);
+        c.access(key, ids);
+        uint128 nobody = c.patientKey(9, 9);
+        vm.expectRevert(abi.encodeWithSelector(EhrAccess.UnknownPatient.selector, 9, 9));
+        vm.prank(doctor);
+        c.access(nobody, ids);
         vm.prank(office);
         c.suspendProvider(doctor);
         vm.expectRevert(abi.encodeWithSelector(EhrAccess.ProviderNotVerified.selector, doctor));
         vm.prank(doctor);
-        c.access(ids);
+        c.access(key, ids);
+    }
+
+    function test_an_access_under_one_patient_does_not_open_another_patients_record() public {
+        address other = address(0xB0B3);
+        vm.prank(office);
+        c.issuePatient(8, 9, other);
+        uint128 otherKey = c.patientKey(8, 9);
+        vm.prank(other);
+        bytes32 theirs = c.anchorRecord("x", otherKey, bytes32(uint256(7)));
+        _grant(0);
+        vm.roll(block.number + 1);
+        // The access names our patient and their record: allowed (ids are not looked up) ...
+        _access(doctor, theirs);
+        // ... but `canRead` judges the record's own patient, who granted nothing.
+        assertFalse(_canRead(doctor, theirs), "opened another patient's record");
     }
 
     function test_an_access_before_a_revoke_and_regrant_does_not_count() public {
@@ -423,14 +463,14 @@ contract EhrAccessTest is Test {
         _grant(0);
         _access(doctor, id);
         vm.prank(patient);
-        c.revoke(doctor);
-        assertFalse(c.canRead(doctor, id), "revoked");
+        c.revoke(key, doctor);
+        assertFalse(_canRead(doctor, id), "revoked");
         vm.roll(block.number + 1);
         _grant(0);
-        assertFalse(c.canRead(doctor, id), "the old access belongs to the old grant");
+        assertFalse(_canRead(doctor, id), "the old access belongs to the old grant");
         vm.roll(block.number + 1);
         _access(doctor, id);
-        assertTrue(c.canRead(doctor, id), "a new access counts");
+        assertTrue(_canRead(doctor, id), "a new access counts");
     }
 
     // ------------------------------------------------------------ break-glass
@@ -439,34 +479,34 @@ contract EhrAccessTest is Test {
         bytes32 id = _anchor(patient, "r3");
         vm.expectRevert(abi.encodeWithSelector(EhrAccess.UnknownEmergencyReason.selector, 0));
         vm.prank(doctor);
-        c.breakGlass(AID, PID, 0);
+        c.breakGlass(key, 0);
         vm.expectRevert(abi.encodeWithSelector(EhrAccess.UnknownEmergencyReason.selector, 6));
         vm.prank(doctor);
-        c.breakGlass(AID, PID, 6);
+        c.breakGlass(key, 6);
         vm.expectRevert(abi.encodeWithSelector(EhrAccess.ProviderNotVerified.selector, stranger));
         vm.prank(stranger);
-        c.breakGlass(AID, PID, 1);
+        c.breakGlass(key, 1);
         vm.expectRevert(abi.encodeWithSelector(EhrAccess.NoOpenEmergency.selector, key, doctor));
         vm.prank(patient);
-        c.endEmergency(doctor);
+        c.endEmergency(key, doctor);
         vm.prank(doctor);
-        c.breakGlass(AID, PID, 2);
+        c.breakGlass(key, 2);
         assertEq(c.emergencyUntil(key, doctor), block.timestamp + c.BREAK_GLASS_DURATION(), "open an hour");
         vm.roll(block.number + 1);
         _access(doctor, id);
-        assertTrue(c.canRead(doctor, id), "emergency read");
+        assertTrue(_canRead(doctor, id), "emergency read");
         vm.prank(patient);
-        c.endEmergency(doctor);
+        c.endEmergency(key, doctor);
         assertEq(c.emergencyUntil(key, doctor), 0, "ended");
-        assertFalse(c.canRead(doctor, id), "no read after the end");
+        assertFalse(_canRead(doctor, id), "no read after the end");
     }
 
     function test_a_revoke_ends_an_open_emergency() public {
         _grant(0);
         vm.prank(doctor);
-        c.breakGlass(AID, PID, 1);
+        c.breakGlass(key, 1);
         vm.prank(patient);
-        c.revoke(doctor);
+        c.revoke(key, doctor);
         assertEq(c.emergencyUntil(key, doctor), 0, "revoke ends the emergency");
     }
 
@@ -484,10 +524,10 @@ contract EhrAccessTest is Test {
             if (recent >= 3) {
                 vm.expectRevert();
                 vm.prank(doctor);
-                c.breakGlass(AID, PID, 1);
+                c.breakGlass(key, 1);
             } else {
                 vm.prank(doctor);
-                c.breakGlass(AID, PID, 1);
+                c.breakGlass(key, 1);
                 opened[made++] = t;
             }
         }
@@ -500,61 +540,62 @@ contract EhrAccessTest is Test {
         for (uint256 i; i < 3; ++i) {
             vm.warp(first + i * 1 hours);
             vm.prank(doctor);
-            c.breakGlass(AID, PID, 1);
+            c.breakGlass(key, 1);
         }
         vm.warp(first + 5 hours);
         vm.expectRevert(
             abi.encodeWithSelector(EhrAccess.EmergencyLimitReached.selector, key, doctor, uint64(first + 1 days))
         );
         vm.prank(doctor);
-        c.breakGlass(AID, PID, 1);
+        c.breakGlass(key, 1);
         vm.warp(first + 1 days);
         vm.prank(doctor);
-        c.breakGlass(AID, PID, 1);
+        c.breakGlass(key, 1);
     }
 
-    function test_grants_page_lists_each_provider_with_its_grant() public {
+    function test_a_grant_keeps_its_expiry_and_an_emergency_keeps_the_grant() public {
         assertEq(uint256(c.patientKey(AID, PID)), (uint256(AID) << 64) | PID, "patientKey = aid << 64 | pid");
-        address other = address(0xD0D);
-        vm.prank(other);
-        c.registerProvider();
+        _grant(uint64(block.timestamp + 1 days));
+        EhrAccess.Grant memory g = c.grants(key, doctor);
+        assertEq(g.expiresAt, block.timestamp + 1 days, "expiry kept");
+        vm.roll(block.number + 5);
+        vm.prank(doctor);
+        c.breakGlass(key, 1);
+        g = c.grants(key, doctor);
+        assertEq(g.expiresAt, block.timestamp + 1 days, "the emergency leaves the grant");
+        assertEq(g.sinceBlock, block.number, "accesses count from the opening");
+        assertEq(g.emergencyUntil, block.timestamp + c.BREAK_GLASS_DURATION(), "open an hour");
         _grant(0);
-        vm.prank(patient);
-        c.grant(other, uint64(block.timestamp + 1 days));
-        (address[] memory who, EhrAccess.Grant[] memory what) = c.grantsPage(key, 0, 10);
-        assertEq(who.length, 2, "two grantees");
-        assertEq(who[0], doctor, "first granted first");
-        assertEq(what[0].expiresAt, type(uint64).max, "open-ended");
-        assertEq(who[1], other, "second");
-        assertEq(what[1].expiresAt, block.timestamp + 1 days, "expiry kept");
-        (who,) = c.grantsPage(key, 1, 10);
-        assertEq(who.length, 1, "offset");
-        uint256 max = c.MAX_PAGE();
-        vm.expectRevert(abi.encodeWithSelector(EhrAccess.PageTooLarge.selector, max + 1, max));
-        c.requestsPage(key, 0, max + 1);
+        g = c.grants(key, doctor);
+        assertEq(g.expiresAt, type(uint40).max, "open-ended as stored");
+        assertEq(g.emergencyUntil, block.timestamp + c.BREAK_GLASS_DURATION(), "a grant leaves the emergency");
+        // Expiries past the 40-bit range are open-ended.
+        _grant(type(uint64).max - 1);
+        assertEq(c.grants(key, doctor).expiresAt, type(uint40).max, "far expiry open-ended");
     }
 
     function test_break_glass_after_a_revoke_says_so_and_lapses_after_an_hour() public {
         bytes32 id = _anchor(patient, "r4");
         _grant(0);
         vm.prank(patient);
-        c.revoke(doctor);
+        c.revoke(key, doctor);
         uint64 until = uint64(block.timestamp + c.BREAK_GLASS_DURATION());
         vm.expectEmit(true, true, false, true, address(c));
-        emit EhrAccess.BreakGlassOpened(key, doctor, 3, until, true);
+        emit EhrAccess.BreakGlassOpened(key, doctor, 3, until);
         vm.prank(doctor);
-        c.breakGlass(AID, PID, 3);
+        c.breakGlass(key, 3);
         vm.roll(block.number + 1);
         vm.expectEmit(true, true, true, true, address(c));
         emit EhrAccess.AccessAllowed(key, doctor, id, true);
         _access(doctor, id);
-        assertTrue(c.canRead(doctor, id), "emergency read");
+        assertTrue(_canRead(doctor, id), "emergency read");
         vm.warp(until);
         assertEq(c.emergencyUntil(key, doctor), 0, "lapsed after an hour");
-        assertFalse(c.canRead(doctor, id), "no read after the hour");
+        assertFalse(_canRead(doctor, id), "no read after the hour");
+        uint128 nobody = c.patientKey(4, 4);
         vm.expectRevert(abi.encodeWithSelector(EhrAccess.UnknownPatient.selector, 4, 4));
         vm.prank(doctor);
-        c.breakGlass(4, 4, 1);
+        c.breakGlass(nobody, 1);
     }
 
     function test_high_s_signatures_are_refused() public {
@@ -594,7 +635,7 @@ contract EhrAccessTest is Test {
         c.suspendProvider(doctor);
         (r,) = c.checkAccess(key, doctor);
         assertTrue(r == EhrAccess.DenyReason.SuspendedProvider, "suspended");
-        assertFalse(c.canRead(patient, bytes32(uint256(0xabc))), "nobody reads an unanchored record");
+        assertFalse(c.canRead(patient, bytes32(uint256(0xabc)), 0, 0), "nobody reads an unanchored record");
         vm.expectRevert(abi.encodeWithSelector(EhrAccess.ProviderNotActive.selector, stranger));
         vm.prank(office);
         c.suspendProvider(stranger);
@@ -602,12 +643,14 @@ contract EhrAccessTest is Test {
 
     function test_patient_only_calls_refuse_everyone_else() public {
         vm.startPrank(doctor);
-        vm.expectRevert(abi.encodeWithSelector(EhrAccess.NotPatient.selector, doctor));
-        c.endEmergency(doctor);
-        vm.expectRevert(abi.encodeWithSelector(EhrAccess.NotPatient.selector, doctor));
-        c.approveRequest(doctor, 0);
-        vm.expectRevert(abi.encodeWithSelector(EhrAccess.NotPatient.selector, doctor));
-        c.declineRequest(doctor);
+        vm.expectRevert(abi.encodeWithSelector(EhrAccess.NotPatient.selector, doctor, key));
+        c.endEmergency(key, doctor);
+        vm.expectRevert(abi.encodeWithSelector(EhrAccess.NotPatient.selector, doctor, key));
+        c.grant(key, doctor, 0);
+        vm.expectRevert(abi.encodeWithSelector(EhrAccess.NotPatient.selector, doctor, key));
+        c.declineRequest(key, doctor);
+        vm.expectRevert(abi.encodeWithSelector(EhrAccess.NotPatient.selector, doctor, uint128(0)));
+        c.grant(0, doctor, 0);
         vm.stopPrank();
         uint64 past = uint64(block.timestamp - 1);
         vm.expectRevert(abi.encodeWithSelector(EhrAccess.ExpiryInPast.selector, past));

@@ -98,7 +98,7 @@ pub struct AccessOutcome {
 type Contract = EhrAccess::EhrAccessInstance<DynProvider>;
 
 /// The contract interface version this build speaks (`EhrAccess.VERSION`).
-pub const CONTRACT_VERSION: u16 = 2;
+pub const CONTRACT_VERSION: u16 = 3;
 
 /// A client of one deployed EhrAccess contract, signing as one account (or read-only).
 #[derive(Debug, Clone)]
@@ -110,6 +110,9 @@ pub struct EhrChain {
     deployment_id: B256,
     chain_id: u64,
     index: std::sync::Arc<super::index::EventIndex>,
+    /// The signer's patient address, once looked up: patient calls name it, and an account's
+    /// address never changes.
+    own_patient: std::sync::Arc<tokio::sync::OnceCell<PatientAddr>>,
 }
 
 /// How often a local node is asked for a transaction's receipt. alloy's default for local
@@ -202,6 +205,7 @@ impl EhrChain {
                 deployment_id,
                 chain_id,
                 index: super::index::EventIndex::new(block, deployment_id, None),
+                own_patient: Default::default(),
             },
             deployment,
         ))
@@ -260,6 +264,7 @@ impl EhrChain {
             deployment_id,
             chain_id,
             index: super::index::EventIndex::new(deployment.block, deployment_id, None),
+            own_patient: Default::default(),
         })
     }
 
@@ -289,6 +294,7 @@ impl EhrChain {
             deployment_id: self.deployment_id,
             chain_id: self.chain_id,
             index: self.index.clone(),
+            own_patient: Default::default(),
         })
     }
 
@@ -393,8 +399,26 @@ impl EhrChain {
         addr: PatientAddr,
         account: Address,
     ) -> Result<TxOutcome, ChainError> {
+        self.check_issuable(account).await?;
         self.send(self.contract.issuePatient(addr.aid(), addr.pid(), account))
             .await
+    }
+
+    /// Refuses an account that already holds a patient address or is a provider: one account,
+    /// one role, one address. The contract refuses a provider and a taken address itself; it
+    /// keeps no account-to-address map (one slot per patient), so the records office's tools
+    /// check the account's earlier registrations here, before issuing or signing a voucher.
+    ///
+    /// # Errors
+    /// [`ChainError::Rejected`] for an account with a role; transport errors.
+    pub async fn check_issuable(&self, account: Address) -> Result<(), ChainError> {
+        let is_provider = self.provider_status(account).await?.0 != ProviderStatus::None;
+        if is_provider || self.patient_of(account).await?.is_some() {
+            return Err(ChainError::Rejected(format!(
+                "account {account} is already registered as a patient or provider"
+            )));
+        }
+        Ok(())
     }
 
     /// Registers the signer as the patient at `addr` with the records office's voucher
@@ -421,6 +445,14 @@ impl EhrChain {
     /// # Errors
     /// Contract rejections and transport errors.
     pub async fn register_provider(&self) -> Result<TxOutcome, ChainError> {
+        // The contract refuses a second provider registration; a patient account it cannot
+        // see without a reverse map, so the index is asked here.
+        if self.patient_of(self.from).await?.is_some() {
+            return Err(ChainError::Rejected(format!(
+                "account {} is already registered as a patient or provider",
+                self.from
+            )));
+        }
         self.send(self.contract.registerProvider()).await
     }
 
@@ -429,6 +461,11 @@ impl EhrChain {
     /// # Errors
     /// Contract rejections and transport errors.
     pub async fn verify_provider(&self, provider: Address) -> Result<TxOutcome, ChainError> {
+        if self.patient_of(provider).await?.is_some() {
+            return Err(ChainError::Rejected(format!(
+                "account {provider} holds a patient address: one account, one role"
+            )));
+        }
         self.send(self.contract.verifyProvider(provider)).await
     }
 
@@ -465,8 +502,19 @@ impl EhrChain {
         provider: Address,
         expires_at: Option<u64>,
     ) -> Result<TxOutcome, ChainError> {
-        self.send(self.contract.grant(provider, expires_at.unwrap_or(0)))
-            .await
+        let me = self.own_patient().await?;
+        // The contract does not look the provider up (a grant to an account that is no
+        // verified provider opens nothing, and the read saves gas); a typo is caught here.
+        if self.provider_status(provider).await?.0 == ProviderStatus::None {
+            return Err(ChainError::Rejected(format!(
+                "provider {provider} is not registered"
+            )));
+        }
+        self.send(
+            self.contract
+                .grant(me.key(), provider, expires_at.unwrap_or(0)),
+        )
+        .await
     }
 
     /// Patient: revokes `provider`.
@@ -474,7 +522,8 @@ impl EhrChain {
     /// # Errors
     /// Contract rejections and transport errors.
     pub async fn revoke(&self, provider: Address) -> Result<TxOutcome, ChainError> {
-        self.send(self.contract.revoke(provider)).await
+        let me = self.own_patient().await?;
+        self.send(self.contract.revoke(me.key(), provider)).await
     }
 
     /// Provider: asks the patient at `addr` for access.
@@ -482,24 +531,43 @@ impl EhrChain {
     /// # Errors
     /// Contract rejections and transport errors.
     pub async fn request_access(&self, addr: PatientAddr) -> Result<TxOutcome, ChainError> {
-        self.send(self.contract.requestAccess(addr.aid(), addr.pid()))
-            .await
+        // Nothing is stored per request; the index tells whether one is pending already.
+        if self
+            .pending_requests(addr, 0, u64::MAX)
+            .await?
+            .iter()
+            .any(|r| r.provider == self.from)
+        {
+            return Err(ChainError::Rejected(format!(
+                "provider {} already has a pending request to patient {addr}",
+                self.from
+            )));
+        }
+        self.send(self.contract.requestAccess(addr.key())).await
     }
 
-    /// Patient: approves a pending request as a grant.
+    /// Patient: approves a pending request as a grant (the grant settles the request).
     ///
     /// # Errors
-    /// Contract rejections and transport errors.
+    /// [`ChainError::Rejected`] when no request from `provider` is pending; contract rejections
+    /// and transport errors.
     pub async fn approve_request(
         &self,
         provider: Address,
         expires_at: Option<u64>,
     ) -> Result<TxOutcome, ChainError> {
-        self.send(
-            self.contract
-                .approveRequest(provider, expires_at.unwrap_or(0)),
-        )
-        .await
+        let me = self.own_patient().await?;
+        if !self
+            .pending_requests(me, 0, u64::MAX)
+            .await?
+            .iter()
+            .any(|r| r.provider == provider)
+        {
+            return Err(ChainError::Rejected(format!(
+                "no pending request from provider {provider} to patient {me}"
+            )));
+        }
+        self.grant(provider, expires_at).await
     }
 
     /// Patient: declines a pending request.
@@ -507,7 +575,19 @@ impl EhrChain {
     /// # Errors
     /// Contract rejections and transport errors.
     pub async fn decline_request(&self, provider: Address) -> Result<TxOutcome, ChainError> {
-        self.send(self.contract.declineRequest(provider)).await
+        let me = self.own_patient().await?;
+        if !self
+            .pending_requests(me, 0, u64::MAX)
+            .await?
+            .iter()
+            .any(|r| r.provider == provider)
+        {
+            return Err(ChainError::Rejected(format!(
+                "no pending request from provider {provider} to patient {me}"
+            )));
+        }
+        self.send(self.contract.declineRequest(me.key(), provider))
+            .await
     }
 
     /// Anchors a record's digest for the patient at `addr` under the id
@@ -522,26 +602,61 @@ impl EhrChain {
         digest: B256,
     ) -> Result<(RecordId, TxOutcome), ChainError> {
         let tx = self
-            .send(
-                self.contract
-                    .anchorRecord(salt, addr.aid(), addr.pid(), digest),
-            )
+            .send(self.contract.anchorRecord(salt, addr.key(), digest))
             .await?;
         Ok((RecordId::derive(self.from, addr, salt), tx))
     }
 
-    /// Provider: the access transaction before reading `ids`. Denials do not fail the call:
-    /// they are returned (and logged on chain).
+    /// Provider: the access transaction before reading `ids`, records of the patient at
+    /// `addr`. Denials do not fail the call: they are returned (and logged on chain). Share
+    /// nodes then release to requests naming this transaction ([`AccessOutcome::tx`]).
     ///
     /// # Errors
-    /// Contract rejections (empty or oversized batch) and transport errors.
-    pub async fn access(&self, ids: &[RecordId]) -> Result<AccessOutcome, ChainError> {
-        let call = self.contract.access(ids.iter().map(|r| r.0).collect());
+    /// Contract rejections (empty or oversized batch, unknown patient, not a verified
+    /// provider) and transport errors.
+    pub async fn access(
+        &self,
+        addr: PatientAddr,
+        ids: &[RecordId],
+    ) -> Result<AccessOutcome, ChainError> {
+        let call = self
+            .contract
+            .access(addr.key(), ids.iter().map(|r| r.0).collect());
         let receipt = self.send_receipt(call).await?;
         let mut allowed = Vec::new();
         let mut denied = Vec::new();
-        for log in receipt.inner.logs() {
-            match events::decode(log).map(|e| e.kind) {
+        let mut logs: Vec<AuditEvent> = receipt
+            .inner
+            .logs()
+            .iter()
+            .filter_map(events::decode)
+            .collect();
+        // A revoked grant is cleared on chain, so its denials say `NoGrant`; the patient's
+        // events tell a revoke apart.
+        let patients: std::collections::HashSet<PatientAddr> = logs
+            .iter()
+            .filter(|e| {
+                matches!(
+                    e.kind,
+                    AuditKind::AccessDenied {
+                        reason: DenyReason::NoGrant,
+                        ..
+                    }
+                )
+            })
+            .filter_map(|e| e.kind.patient())
+            .collect();
+        for p in patients {
+            let before: Vec<AuditEvent> = self
+                .patient_events(p)
+                .await?
+                .into_iter()
+                .filter(|e| e.block < receipt.block_number.unwrap_or(u64::MAX))
+                .collect();
+            super::fold::mark_revoked(&before, &mut logs);
+        }
+        for e in logs {
+            match Some(e.kind) {
                 Some(AuditKind::AccessAllowed { record, .. }) => allowed.push(record),
                 Some(AuditKind::AccessDenied { record, reason, .. }) => {
                     denied.push((record, reason))
@@ -556,6 +671,33 @@ impl EhrChain {
         })
     }
 
+    /// Provider: [`Self::access`] for records named by id only: their patient is looked up.
+    ///
+    /// # Errors
+    /// [`ChainError::Rejected`] for an id that is not anchored or ids of several patients (one
+    /// access transaction names one patient); as [`Self::access`] otherwise.
+    pub async fn access_records(&self, ids: &[RecordId]) -> Result<AccessOutcome, ChainError> {
+        let mut patient = None;
+        for id in ids {
+            let Some(r) = self.record(*id).await? else {
+                return Err(ChainError::Rejected(format!("record {id} is not anchored")));
+            };
+            if patient.is_some_and(|p| p != r.patient) {
+                return Err(ChainError::Rejected(
+                    "these records belong to several patients: one access transaction per patient"
+                        .into(),
+                ));
+            }
+            patient = Some(r.patient);
+        }
+        let Some(addr) = patient else {
+            return Err(ChainError::Rejected(
+                "an access transaction needs at least one record".into(),
+            ));
+        };
+        self.access(addr, ids).await
+    }
+
     /// Provider: opens emergency access to the patient at `addr`.
     ///
     /// # Errors
@@ -565,11 +707,8 @@ impl EhrChain {
         addr: PatientAddr,
         reason: EmergencyReason,
     ) -> Result<TxOutcome, ChainError> {
-        self.send(
-            self.contract
-                .breakGlass(addr.aid(), addr.pid(), reason.code()),
-        )
-        .await
+        self.send(self.contract.breakGlass(addr.key(), reason.code()))
+            .await
     }
 
     /// Patient: ends `provider`'s open emergency access now.
@@ -577,7 +716,28 @@ impl EhrChain {
     /// # Errors
     /// Contract rejections (no open emergency) and transport errors.
     pub async fn end_emergency(&self, provider: Address) -> Result<TxOutcome, ChainError> {
-        self.send(self.contract.endEmergency(provider)).await
+        let me = self.own_patient().await?;
+        self.send(self.contract.endEmergency(me.key(), provider))
+            .await
+    }
+
+    /// The signer's own patient address (looked up once).
+    ///
+    /// # Errors
+    /// [`ChainError::NotPermitted`] when the signer is not a registered patient; transport
+    /// errors.
+    async fn own_patient(&self) -> Result<PatientAddr, ChainError> {
+        self.own_patient
+            .get_or_try_init(|| async {
+                self.patient_of(self.from).await?.ok_or_else(|| {
+                    ChainError::NotPermitted(format!(
+                        "account {} is not a registered patient",
+                        self.from
+                    ))
+                })
+            })
+            .await
+            .copied()
     }
 
     /// When `provider`'s emergency access to the patient at `addr` ends, if one is open now.
@@ -612,18 +772,26 @@ impl EhrChain {
             .map_err(ChainError::from_contract)
     }
 
-    /// The patient address registered to `account`, if any.
+    /// The patient address registered to `account`, if any: from the event index (the
+    /// contract keeps no reverse map), confirmed against the contract's own map.
     ///
     /// # Errors
     /// Transport errors.
     pub async fn patient_of(&self, account: Address) -> Result<Option<PatientAddr>, ChainError> {
-        let key = self
-            .contract
-            .patientOf(account)
-            .call()
-            .await
-            .map_err(ChainError::from_contract)?;
-        Ok(PatientAddr::from_key(key))
+        let page = self
+            .index
+            .query(
+                &self.provider,
+                &self.filter(),
+                |e| matches!(e.kind, AuditKind::PatientRegistered { account: a, .. } if a == account),
+                0,
+                1,
+            )
+            .await?;
+        let Some(addr) = page.events.first().and_then(|e| e.kind.patient()) else {
+            return Ok(None);
+        };
+        Ok((self.patient_account(addr).await? == Some(account)).then_some(addr))
     }
 
     /// The account registered at `addr`, if any.
@@ -674,27 +842,88 @@ impl EhrChain {
             .call()
             .await
             .map_err(ChainError::from_contract)?;
-        let reason =
+        let mut reason =
             DenyReason::try_from(r.reason).map_err(|e| ChainError::Decode(e.to_string()))?;
+        // A revoked grant is cleared on chain and reads as `NoGrant`; the events tell it apart.
+        if reason == DenyReason::NoGrant
+            && super::fold::grants(&self.patient_events(addr).await?, 0)
+                .iter()
+                .any(|g| g.provider == provider && g.revoked_at.is_some())
+        {
+            reason = DenyReason::Revoked;
+        }
         Ok((reason, r.emergency))
     }
 
-    /// What share nodes ask: may `requester` read record `id` right now?
+    /// What share nodes ask: may `requester` read record `id` right now, on the strength of
+    /// its access transaction `access_tx` (none for the patient)? The transaction's receipt
+    /// must hold this contract's `AccessAllowed` event for exactly this requester, record and
+    /// the record's patient; its block and time then go to the contract's `canRead`, which
+    /// judges the window and the grant as they stand now.
     ///
     /// # Errors
     /// Transport errors.
-    pub async fn can_read(&self, requester: Address, id: RecordId) -> Result<bool, ChainError> {
+    pub async fn can_read(
+        &self,
+        requester: Address,
+        id: RecordId,
+        access_tx: Option<B256>,
+    ) -> Result<bool, ChainError> {
+        let (block, time) = match access_tx {
+            None => (0, 0),
+            Some(tx) => match self.access_in(tx, requester, id).await? {
+                Some(at) => at,
+                None => return Ok(false),
+            },
+        };
         self.contract
-            .canRead(requester, id.0)
+            .canRead(requester, id.0, block, time)
             .call()
             .await
             .map_err(ChainError::from_contract)
     }
 
-    /// All grants the patient ever gave, each judged now; paged.
+    /// The block and time of transaction `tx`, when it succeeded and holds this contract's
+    /// `AccessAllowed` event for `requester` and record `id` of the record's own patient.
+    async fn access_in(
+        &self,
+        tx: B256,
+        requester: Address,
+        id: RecordId,
+    ) -> Result<Option<(u64, u64)>, ChainError> {
+        let Some(receipt) = self.provider.get_transaction_receipt(tx).await? else {
+            return Ok(None);
+        };
+        let Some(record) = self.record(id).await? else {
+            return Ok(None);
+        };
+        let found = receipt.status()
+            && receipt.inner.logs().iter().any(|log| {
+                log.address() == self.address()
+                    && matches!(events::decode(log).map(|e| e.kind),
+                        Some(AuditKind::AccessAllowed { patient, provider, record: r, .. })
+                            if patient == Some(record.patient) && provider == requester && r == id)
+            });
+        let Some(block) = receipt.block_number.filter(|_| found) else {
+            return Ok(None);
+        };
+        let time = match receipt.inner.logs().first().and_then(|l| l.block_timestamp) {
+            Some(t) => t,
+            None => self
+                .provider
+                .get_block_by_number(block.into())
+                .await?
+                .map(|b| b.header.timestamp)
+                .ok_or_else(|| ChainError::Decode(format!("block {block} not found")))?,
+        };
+        Ok(Some((block, time)))
+    }
+
+    /// All grants the patient ever gave, each as it stands now (first granted first); paged.
+    /// Folded from the event index: the contract stores only the current grant.
     ///
     /// # Errors
-    /// Transport errors; a page over 200 is rejected.
+    /// Transport errors.
     pub async fn grants(
         &self,
         addr: PatientAddr,
@@ -702,21 +931,16 @@ impl EhrChain {
         limit: u64,
     ) -> Result<Vec<GrantInfo>, ChainError> {
         let now = self.chain_time().await?;
-        let page = self
-            .contract
-            .grantsPage(addr.key(), U256::from(offset), U256::from(limit))
-            .call()
-            .await
-            .map_err(ChainError::from_contract)?;
-        Ok(page
-            .who
+        let events = self.patient_events(addr).await?;
+        Ok(super::fold::grants(&events, now)
             .into_iter()
-            .zip(page.what)
-            .map(|(p, g)| GrantInfo::from_parts(p, g.grantedAt, g.expiresAt, g.revokedAt, now))
+            .skip(usize::try_from(offset).unwrap_or(usize::MAX))
+            .take(usize::try_from(limit).unwrap_or(usize::MAX))
             .collect())
     }
 
-    /// Requests still pending for the patient; paged over all requests ever made.
+    /// Requests still pending for the patient (asked, neither granted nor declined since), in
+    /// the order they were made; paged.
     ///
     /// # Errors
     /// Transport errors.
@@ -726,22 +950,11 @@ impl EhrChain {
         offset: u64,
         limit: u64,
     ) -> Result<Vec<PendingRequest>, ChainError> {
-        let page = self
-            .contract
-            .requestsPage(addr.key(), U256::from(offset), U256::from(limit))
-            .call()
-            .await
-            .map_err(ChainError::from_contract)?;
-        let mut seen = std::collections::HashSet::new();
-        Ok(page
-            .who
+        let events = self.patient_events(addr).await?;
+        Ok(super::fold::pending_requests(&events)
             .into_iter()
-            .zip(page.at)
-            .filter(|(p, at)| *at != 0 && seen.insert(*p))
-            .map(|(provider, requested_at)| PendingRequest {
-                provider,
-                requested_at,
-            })
+            .skip(usize::try_from(offset).unwrap_or(usize::MAX))
+            .take(usize::try_from(limit).unwrap_or(usize::MAX))
             .collect())
     }
 
@@ -750,13 +963,17 @@ impl EhrChain {
     /// # Errors
     /// Transport errors.
     pub async fn record_count(&self, addr: PatientAddr) -> Result<u64, ChainError> {
-        let n = self
-            .contract
-            .recordCount(addr.key())
-            .call()
-            .await
-            .map_err(ChainError::from_contract)?;
-        Ok(n.saturating_to())
+        let page = self
+            .index
+            .query(
+                &self.provider,
+                &self.filter(),
+                |e| is_record_of(e, addr),
+                0,
+                0,
+            )
+            .await?;
+        Ok(page.total as u64)
     }
 
     /// Record ids of the patient, oldest first; paged.
@@ -769,13 +986,43 @@ impl EhrChain {
         offset: u64,
         limit: u64,
     ) -> Result<Vec<RecordId>, ChainError> {
-        let ids = self
-            .contract
-            .recordsPage(addr.key(), U256::from(offset), U256::from(limit))
-            .call()
-            .await
-            .map_err(ChainError::from_contract)?;
-        Ok(ids.into_iter().map(RecordId).collect())
+        let page = self
+            .index
+            .query(
+                &self.provider,
+                &self.filter(),
+                |e| is_record_of(e, addr),
+                0,
+                usize::MAX,
+            )
+            .await?;
+        Ok(page
+            .events
+            .iter()
+            .rev()
+            .filter_map(|e| match e.kind {
+                AuditKind::RecordAnchored { record, .. } => Some(record),
+                _ => None,
+            })
+            .skip(usize::try_from(offset).unwrap_or(usize::MAX))
+            .take(usize::try_from(limit).unwrap_or(usize::MAX))
+            .collect())
+    }
+
+    /// Every event about the patient, oldest first.
+    async fn patient_events(&self, addr: PatientAddr) -> Result<Vec<AuditEvent>, ChainError> {
+        let mut page = self
+            .index
+            .query(
+                &self.provider,
+                &self.filter(),
+                |e| e.kind.patient() == Some(addr),
+                0,
+                usize::MAX,
+            )
+            .await?;
+        page.events.reverse();
+        Ok(page.events)
     }
 
     /// A record's anchor, if anchored.
@@ -973,6 +1220,10 @@ impl EhrChain {
         }
         Ok(receipt)
     }
+}
+
+fn is_record_of(e: &AuditEvent, addr: PatientAddr) -> bool {
+    matches!(e.kind, AuditKind::RecordAnchored { patient, .. } if patient == Some(addr))
 }
 
 /// A prepared contract call that can be sent: lets `send` take any generated call builder.

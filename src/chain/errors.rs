@@ -95,7 +95,11 @@ fn describe(e: &E) -> String {
             "account {} is already registered as a patient or provider",
             x.account
         ),
-        E::NotPatient(x) => format!("account {} is not a registered patient", x.caller),
+        E::NotPatient(x) => format!(
+            "account {} is not the account of patient {}",
+            x.caller,
+            patient(x.patient)
+        ),
         E::UnknownPatient(x) => format!("no patient is registered at {}-{}", x.aid, x.pid),
         E::UnknownProvider(x) => format!("provider {} is not registered", x.provider),
         E::ProviderNotVerified(x) => format!("provider {} is not verified", x.provider),
@@ -106,18 +110,6 @@ fn describe(e: &E) -> String {
             "patient {} has no active grant for provider {}",
             patient(x.patient),
             x.provider
-        ),
-        E::RequestAlreadyPending(x) => {
-            format!(
-                "provider {} already has a pending request to patient {}",
-                x.provider,
-                patient(x.patient)
-            )
-        }
-        E::NoPendingRequest(x) => format!(
-            "no pending request from provider {} to patient {}",
-            x.provider,
-            patient(x.patient)
         ),
         E::RecordExists(x) => format!("record {} is already anchored", x.recordId),
         E::ZeroDigest(_) => "record digest must not be zero".into(),
@@ -133,7 +125,6 @@ fn describe(e: &E) -> String {
             "{} records in one access transaction; at most {}",
             x.size, x.max
         ),
-        E::PageTooLarge(x) => format!("page size {} too large; at most {}", x.limit, x.max),
         E::InvalidVoucher(_) => {
             "the voucher was not signed by the records office for this account and address".into()
         }

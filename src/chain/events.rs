@@ -128,7 +128,8 @@ pub enum AuditKind {
         reason: Option<EmergencyReason>,
         /// Until, unix seconds.
         until: u64,
-        /// Opened although the patient had revoked this provider.
+        /// Opened although the patient's last word to this provider was a revoke or the end
+        /// of an emergency (derived from the events before it, not stored on chain).
         overrides_revoke: bool,
     },
     /// The patient ended a provider's emergency access early.
@@ -246,7 +247,8 @@ pub(crate) fn decode(log: &Log) -> Option<AuditEvent> {
             provider: e.provider,
             reason: EmergencyReason::try_from(e.reason).ok(),
             until: e.until,
-            overrides_revoke: e.overridesRevoke,
+            // Set by the index from the events before it (`fold::mark_overrides`).
+            overrides_revoke: false,
         },
         Ev::BreakGlassEnded(e) => AuditKind::BreakGlassEnded {
             patient: p(e.patient),

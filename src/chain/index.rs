@@ -192,6 +192,7 @@ impl EventIndex {
                 .filter_map(events::decode)
                 .collect();
             fill_times(provider, &mut new).await?;
+            super::fold::derive(&st.events, &mut new);
             let hash = provider
                 .get_block_by_number(to.into())
                 .await?

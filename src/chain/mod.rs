@@ -5,6 +5,7 @@ mod bindings;
 mod client;
 mod errors;
 mod events;
+mod fold;
 mod index;
 mod send_lock;
 mod types;

@@ -407,7 +407,7 @@ pub async fn provider(cmd: ProviderCmd) -> anyhow::Result<()> {
             &signing(&c).await?.request_access(addr).await?,
         ),
         ProviderCmd::Access { records, c } => {
-            let o = signing(&c).await?.access(&records).await?;
+            let o = signing(&c).await?.access_records(&records).await?;
             print_tx("access transaction", &o.tx);
             for r in &o.allowed {
                 println!("  allowed {r}");
@@ -447,6 +447,7 @@ pub async fn office(cmd: OfficeCmd) -> anyhow::Result<()> {
             c,
         } => {
             let chain = signing(&c).await?;
+            chain.check_issuable(account).await?;
             let deadline = chain.chain_time().await? + valid_secs;
             let sig =
                 crate::chain::sign_voucher(&c.key.signer()?, &chain, addr, account, deadline)?;

@@ -322,7 +322,7 @@ pub(super) async fn access(
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let o = c.access(&ids).await?;
+    let o = c.access_records(&ids).await?;
     Ok(Json(json!({
         "tx_hash": o.tx.tx_hash, "gas_used": o.tx.gas_used,
         "allowed": o.allowed,

@@ -349,7 +349,7 @@ impl RecordsClient {
             .record(id)
             .await?
             .ok_or(RecordError::NotFound(id))?;
-        let (block, _) = self.open_block(id, &anchor).await?;
+        let (block, _) = self.open_block(id, &anchor, None).await?;
         Ok(block)
     }
 
@@ -359,8 +359,9 @@ impl RecordsClient {
         &self,
         id: RecordId,
         anchor: &RecordAnchor,
+        access_tx: Option<B256>,
     ) -> Result<(RecordBlock, Vec<NodeFailure>), RecordError> {
-        let (secret, sealed, failures) = self.gather(id).await?;
+        let (secret, sealed, failures) = self.gather(id, access_tx).await?;
         let block = RecordBlock::open(&sealed, &secret)
             .map_err(|e| RecordError::Decrypt(id, e.to_string()))?;
         if block.record_id != id || block.digest != anchor.digest || block.patient != anchor.patient
@@ -383,13 +384,15 @@ impl RecordsClient {
             .await?
             .ok_or(RecordError::NotFound(id))?;
         let me = self.signer.address();
+        let mut access_tx = None;
         if self.chain.patient_account(anchor.patient).await? != Some(me) {
-            let o = self.chain.access(&[id]).await?;
+            let o = self.chain.access(anchor.patient, &[id]).await?;
             if let Some((_, why)) = o.denied.first() {
                 return Err(RecordError::Denied(id, *why));
             }
+            access_tx = Some(o.tx.tx_hash);
         }
-        let (block, failures) = self.open_block(id, &anchor).await?;
+        let (block, failures) = self.open_block(id, &anchor, access_tx).await?;
         let key = block
             .payload_key()
             .map_err(|e| RecordError::Decrypt(id, e.to_string()))?;
@@ -428,12 +431,14 @@ impl RecordsClient {
     async fn gather(
         &self,
         id: RecordId,
+        access_tx: Option<B256>,
     ) -> Result<(Secret, Vec<u8>, Vec<NodeFailure>), RecordError> {
         let mut pending = FuturesUnordered::new();
         for node in &self.nodes {
             let request = ShareRelease {
                 recordId: id.0,
                 requester: self.signer.address(),
+                accessTx: access_tx.unwrap_or_default(),
                 shareNode: node.address,
                 nonce: nonce(),
                 deadline: now() + 120,

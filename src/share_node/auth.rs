@@ -14,6 +14,9 @@ alloy::sol! {
     struct ShareRelease {
         bytes32 recordId;
         address requester;
+        /// The requester's access transaction for this record (zero for the patient): the
+        /// node finds its `AccessAllowed` event in the receipt.
+        bytes32 accessTx;
         address shareNode;
         uint256 nonce;
         uint64 deadline;
@@ -37,7 +40,7 @@ alloy::sol! {
 pub fn domain(chain_id: u64, contract: Address, deployment_id: B256) -> Eip712Domain {
     Eip712Domain::new(
         Some("ehr-share".into()),
-        Some("2".into()),
+        Some("3".into()),
         Some(U256::from(chain_id)),
         Some(contract),
         Some(deployment_id),

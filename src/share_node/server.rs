@@ -3,7 +3,8 @@
 //! - `GET /health`: node address, chain reachability, share count (no secrets).
 //! - `PUT /shares/{record}`: deposit, signed by the uploader (the patient or a granted provider).
 //! - `POST /shares/{record}/release`: release, signed by the requester; allowed only when the
-//!   contract's `canRead(requester, record)` is true at the latest block.
+//!   contract's `canRead` is true at the latest block for the patient, or for a provider with
+//!   the block and time of the `AccessAllowed` event found in the receipt the request names.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -544,7 +545,11 @@ async fn release(
     if !n
         .cfg
         .chain
-        .can_read(r.requester, id)
+        .can_read(
+            r.requester,
+            id,
+            (r.accessTx != B256::ZERO).then_some(r.accessTx),
+        )
         .await
         .map_err(internal)?
     {

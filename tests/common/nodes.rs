@@ -136,6 +136,7 @@ pub fn release_body(
     let request = ShareRelease {
         recordId: id.0,
         requester: who.address(),
+        accessTx: alloy::primitives::B256::ZERO,
         shareNode: node.address,
         nonce: U256::from(rand_core::OsRng.next_u64()),
         deadline: now() + valid_secs,
