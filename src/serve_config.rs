@@ -72,7 +72,7 @@ pub enum ServeConfigError {
 /// Every key and the environment variable that overrides it (a container sets them instead of
 /// writing a file). `records.share_nodes` takes `URL=ADDRESS` pairs separated by commas,
 /// `proxy.trusted` addresses or CIDR ranges separated by commas.
-pub const ENV: [(&str, &str, Kind); 12] = [
+pub const ENV: [(&str, &str, Kind); 14] = [
     ("listen", "EHR_LISTEN", Kind::Str),
     ("chain.rpc_url", "EHR_CHAIN_RPC_URL", Kind::Str),
     ("chain.deployment", "EHR_CHAIN_DEPLOYMENT", Kind::Str),
@@ -83,6 +83,16 @@ pub const ENV: [(&str, &str, Kind); 12] = [
         "records.share_nodes",
         "EHR_RECORDS_SHARE_NODES",
         Kind::Nodes,
+    ),
+    (
+        "records.batch_key_file",
+        "EHR_RECORDS_BATCH_KEY_FILE",
+        Kind::Str,
+    ),
+    (
+        "records.batch_window_ms",
+        "EHR_RECORDS_BATCH_WINDOW_MS",
+        Kind::Int,
     ),
     ("database.url", "EHR_DATABASE_URL", Kind::Str),
     ("web.secure_cookies", "EHR_WEB_SECURE_COOKIES", Kind::Bool),
@@ -188,6 +198,19 @@ pub struct RecordsSection {
     pub threshold: u8,
     /// The share nodes, each with the address it must answer with.
     pub share_nodes: Vec<ShareNodeEntry>,
+    /// The private key (hex, in a 0600 file) of the account the gateway anchors uploads with,
+    /// many to a Merkle root in one transaction. Without it, each uploader's own account
+    /// anchors their record alone (one transaction per upload).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_key_file: Option<std::path::PathBuf>,
+    /// How long the first upload of a batch waits for others, in milliseconds (a lone upload
+    /// waits this long); default 50.
+    #[serde(default = "default_batch_window_ms")]
+    pub batch_window_ms: u64,
+}
+
+fn default_batch_window_ms() -> u64 {
+    50
 }
 
 /// One `[[records.share_nodes]]`.

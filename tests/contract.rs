@@ -5,6 +5,7 @@
 mod common;
 
 use alloy::primitives::{Address, B256};
+use ehr_share::chain::merkle::{self, RecordProof};
 use ehr_share::chain::{
     AuditFilter, AuditKind, DenyReason, EhrChain, EmergencyReason, GrantState, PatientAddr,
     ProviderStatus, RecordId, random_b256, sign_voucher,
@@ -36,12 +37,8 @@ async fn world() -> World {
     }
 }
 
-async fn anchored(w: &World) -> RecordId {
-    w.patient
-        .anchor_record(random_b256(), w.addr, B256::repeat_byte(0xab))
-        .await
-        .unwrap()
-        .0
+async fn anchored(w: &World) -> RecordProof {
+    common::anchor_alone(&w.patient, w.addr, B256::repeat_byte(0xab)).await
 }
 
 fn rejected(e: ehr_share::chain::ChainError, words: &str) {
@@ -236,7 +233,8 @@ async fn providers_wait_for_verification_and_can_be_suspended() {
 #[tokio::test]
 async fn grant_read_revoke_and_every_denial_is_an_event() {
     let w = world().await;
-    let id = anchored(&w).await;
+    let rec = anchored(&w).await;
+    let id = rec.record_id();
 
     // Never granted: denied, logged, counted.
     let o = w.doctor.access(w.addr, &[id]).await.unwrap();
@@ -244,7 +242,7 @@ async fn grant_read_revoke_and_every_denial_is_an_event() {
     let denied_tx = Some(o.tx.tx_hash);
     assert!(
         !w.office
-            .can_read(w.doctor.from(), id, denied_tx)
+            .can_read(w.doctor.from(), &rec, denied_tx)
             .await
             .unwrap()
     );
@@ -256,17 +254,20 @@ async fn grant_read_revoke_and_every_denial_is_an_event() {
     let granted_tx = Some(o.tx.tx_hash);
     assert!(
         w.office
-            .can_read(w.doctor.from(), id, granted_tx)
+            .can_read(w.doctor.from(), &rec, granted_tx)
             .await
             .unwrap()
     );
     assert!(
-        !w.office.can_read(w.doctor.from(), id, None).await.unwrap(),
+        !w.office
+            .can_read(w.doctor.from(), &rec, None)
+            .await
+            .unwrap(),
         "a provider needs its access transaction"
     );
     assert!(
         !w.office
-            .can_read(w.doctor.from(), id, denied_tx)
+            .can_read(w.doctor.from(), &rec, denied_tx)
             .await
             .unwrap(),
         "a denied attempt opens nothing even while a grant is active"
@@ -274,13 +275,16 @@ async fn grant_read_revoke_and_every_denial_is_an_event() {
     let other = as_(&w.office, &funded().await);
     assert!(
         !w.office
-            .can_read(other.from(), id, granted_tx)
+            .can_read(other.from(), &rec, granted_tx)
             .await
             .unwrap(),
         "someone else's access transaction opens nothing"
     );
     assert!(
-        w.office.can_read(w.patient.from(), id, None).await.unwrap(),
+        w.office
+            .can_read(w.patient.from(), &rec, None)
+            .await
+            .unwrap(),
         "the patient can always read"
     );
     let g = w.office.grants(w.addr, 0, 10).await.unwrap();
@@ -293,7 +297,7 @@ async fn grant_read_revoke_and_every_denial_is_an_event() {
     w.patient.revoke(w.doctor.from()).await.unwrap();
     assert!(
         !w.office
-            .can_read(w.doctor.from(), id, granted_tx)
+            .can_read(w.doctor.from(), &rec, granted_tx)
             .await
             .unwrap()
     );
@@ -317,7 +321,7 @@ async fn grant_read_revoke_and_every_denial_is_an_event() {
     w.patient.grant(w.doctor.from(), None).await.unwrap();
     assert!(
         !w.office
-            .can_read(w.doctor.from(), id, granted_tx)
+            .can_read(w.doctor.from(), &rec, granted_tx)
             .await
             .unwrap(),
         "needs a fresh access transaction"
@@ -353,8 +357,9 @@ async fn grant_read_revoke_and_every_denial_is_an_event() {
 async fn an_access_naming_another_patients_record_opens_nothing() {
     let w = world().await;
     let victim = world().await;
-    let theirs = anchored(&victim).await;
-    let mine = anchored(&w).await;
+    let theirs_proof = anchored(&victim).await;
+    let mine_proof = anchored(&w).await;
+    let (theirs, mine) = (theirs_proof.record_id(), mine_proof.record_id());
     w.patient.grant(w.doctor.from(), None).await.unwrap();
     victim.patient.grant(w.doctor.from(), None).await.unwrap();
     let o = w.doctor.access(w.addr, &[theirs, mine]).await.unwrap();
@@ -364,10 +369,15 @@ async fn an_access_naming_another_patients_record_opens_nothing() {
         "the contract does not look ids up"
     );
     let tx = Some(o.tx.tx_hash);
-    assert!(w.office.can_read(w.doctor.from(), mine, tx).await.unwrap());
+    assert!(
+        w.office
+            .can_read(w.doctor.from(), &mine_proof, tx)
+            .await
+            .unwrap()
+    );
     assert!(
         !w.office
-            .can_read(w.doctor.from(), theirs, tx)
+            .can_read(w.doctor.from(), &theirs_proof, tx)
             .await
             .unwrap(),
         "a read under another patient's key, missing from the record's own audit trail, opened it"
@@ -376,7 +386,7 @@ async fn an_access_naming_another_patients_record_opens_nothing() {
     let o = w.doctor.access(victim.addr, &[theirs]).await.unwrap();
     assert!(
         w.office
-            .can_read(w.doctor.from(), theirs, Some(o.tx.tx_hash))
+            .can_read(w.doctor.from(), &theirs_proof, Some(o.tx.tx_hash))
             .await
             .unwrap()
     );
@@ -385,7 +395,8 @@ async fn an_access_naming_another_patients_record_opens_nothing() {
 #[tokio::test]
 async fn unverified_suspended_and_strangers_are_denied_with_their_reason() {
     let w = world().await;
-    let id = anchored(&w).await;
+    let rec = anchored(&w).await;
+    let id = rec.record_id();
     let stranger = as_(&w.office, &funded().await);
     let pending = as_(&w.office, &funded().await);
     pending.register_provider().await.unwrap();
@@ -426,13 +437,6 @@ async fn unverified_suspended_and_strangers_are_denied_with_their_reason() {
     assert_eq!(
         d2.access(w.addr, &[id]).await.unwrap().denied,
         vec![(id, DenyReason::NoGrant)]
-    );
-    // Records named by id alone are looked up first: an id of no record is refused before
-    // anything is sent.
-    let unknown = RecordId::random();
-    rejected(
-        d2.access_records(&[unknown]).await.unwrap_err(),
-        "is not anchored",
     );
     // Batches are bounded.
     rejected(
@@ -512,55 +516,99 @@ async fn requests_are_approved_or_declined_by_the_patient() {
     );
 }
 
+/// Anchoring is a Merkle root that names no patient: anyone may anchor one, once, and what it
+/// holds is proven leaf by leaf. The contract's `leafOf`/`verifyProof`/`isAnchored` agree with
+/// the Rust tree for every leaf of a batch, and a proof binds its record to author and patient.
 #[tokio::test]
-async fn records_are_anchored_by_the_patient_or_a_granted_provider_only() {
+async fn roots_anchor_batches_and_proofs_bind_each_record() {
     let w = world().await;
-    let salt = random_b256();
-    rejected(
-        w.doctor
-            .anchor_record(salt, w.addr, B256::repeat_byte(1))
-            .await
-            .unwrap_err(),
-        "may not add records for patient",
+    let stranger = as_(&w.office, &funded().await);
+    // A batch of 37 records of two patients, anchored by an account with no role at all.
+    let other = world().await;
+    let mut proofs = Vec::new();
+    for i in 0..37u8 {
+        let (author, addr) = if i % 2 == 0 {
+            (&w.patient, w.addr)
+        } else {
+            (&other.patient, other.addr)
+        };
+        proofs.push(RecordProof {
+            patient: addr,
+            author: author.from(),
+            salt: random_b256(),
+            digest: B256::repeat_byte(i + 1),
+            root: B256::ZERO,
+            proof: Vec::new(),
+        });
+    }
+    let leaves: Vec<B256> = proofs.iter().map(RecordProof::leaf).collect();
+    let tree = merkle::Tree::new(&leaves);
+    for (p, proof) in proofs.iter_mut().zip(&tree.proofs) {
+        p.root = tree.root;
+        p.proof = proof.clone();
+    }
+    assert!(
+        !w.office.is_anchored(&proofs[0]).await.unwrap(),
+        "nothing before the anchor"
     );
-    w.patient.grant(w.doctor.from(), None).await.unwrap();
-    let (id, _) = w
-        .doctor
-        .anchor_record(salt, w.addr, B256::repeat_byte(1))
-        .await
-        .unwrap();
-    assert_eq!(id, RecordId::derive(w.doctor.from(), w.addr, salt));
+    let tx = stranger.anchor_root(tree.root, 37).await.unwrap();
+    let root = w.office.root(tree.root).await.unwrap().unwrap();
+    assert_eq!((root.anchorer, root.count), (stranger.from(), 37));
+    for p in &proofs {
+        assert!(
+            w.office.is_anchored(p).await.unwrap(),
+            "leaf of {}",
+            p.record_id()
+        );
+    }
     rejected(
-        w.doctor
-            .anchor_record(salt, w.addr, B256::repeat_byte(2))
-            .await
-            .unwrap_err(),
+        w.patient.anchor_root(tree.root, 37).await.unwrap_err(),
         "is already anchored",
     );
-    // The same salt from another account is another record: ids are bound to their author.
-    let (other, _) = w
-        .patient
-        .anchor_record(salt, w.addr, B256::repeat_byte(2))
-        .await
-        .unwrap();
-    assert_ne!(other, id);
     rejected(
-        w.patient
-            .anchor_record(random_b256(), w.addr, B256::ZERO)
+        w.patient.anchor_root(B256::ZERO, 1).await.unwrap_err(),
+        "must not be zero",
+    );
+    rejected(
+        w.patient.anchor_root(random_b256(), 0).await.unwrap_err(),
+        "a root holds 1 to 65536 records, not 0",
+    );
+    // Changing any field of a leaf breaks its proof: author, patient, salt (so the id), digest.
+    let p = &proofs[0];
+    for forged in [
+        RecordProof {
+            author: stranger.from(),
+            ..p.clone()
+        },
+        RecordProof {
+            patient: other.addr,
+            ..p.clone()
+        },
+        RecordProof {
+            salt: random_b256(),
+            ..p.clone()
+        },
+        RecordProof {
+            digest: random_b256(),
+            ..p.clone()
+        },
+    ] {
+        assert!(!forged.holds());
+        assert!(!w.office.is_anchored(&forged).await.unwrap());
+    }
+    // The anchor is in the audit trail as a root, under no patient.
+    let trail = w.office.audit_all(0, 10_000).await.unwrap();
+    assert!(trail.iter().any(|e| matches!(e.kind,
+        AuditKind::Anchored { root, count: 37, .. } if root == tree.root)
+        && e.tx_hash == Some(tx.tx_hash)));
+    assert!(
+        w.office
+            .audit_for_patient(w.addr, 0, 100)
             .await
-            .unwrap_err(),
-        "digest must not be zero",
+            .unwrap()
+            .iter()
+            .all(|e| !matches!(e.kind, AuditKind::Anchored { .. }))
     );
-    let r = w.office.record(id).await.unwrap().unwrap();
-    assert_eq!(
-        (r.patient, r.author, r.digest),
-        (w.addr, w.doctor.from(), B256::repeat_byte(1))
-    );
-    assert_eq!(
-        w.office.record_ids(w.addr, 0, 10).await.unwrap(),
-        vec![id, other]
-    );
-    assert!(w.office.record(RecordId::random()).await.unwrap().is_none());
 }
 
 #[tokio::test]
@@ -609,7 +657,7 @@ async fn every_state_change_emits_its_event() {
     w.office.suspend_provider(d2.from()).await.unwrap();
     w.doctor.request_access(w.addr).await.unwrap();
     w.patient.decline_request(w.doctor.from()).await.unwrap();
-    let id = anchored(&w).await;
+    let root = anchored(&w).await.root;
     let mine = |e: &ehr_share::chain::AuditEvent| match &e.kind {
         AuditKind::PatientRegistered { account, .. } => *account == w.patient.from(),
         AuditKind::ProviderRegistered { provider } => {
@@ -620,7 +668,7 @@ async fn every_state_change_emits_its_event() {
         AuditKind::AccessRequested { patient, .. } | AuditKind::RequestDeclined { patient, .. } => {
             *patient == Some(w.addr)
         }
-        AuditKind::RecordAnchored { record, .. } => *record == id,
+        AuditKind::Anchored { root: r, .. } => *r == root,
         _ => false,
     };
     let names: std::collections::BTreeSet<String> = w
@@ -639,11 +687,11 @@ async fn every_state_change_emits_its_event() {
         .collect();
     let want = [
         "access_requested",
+        "anchored",
         "patient_registered",
         "provider_registered",
         "provider_suspended",
         "provider_verified",
-        "record_anchored",
         "request_declined",
     ];
     assert_eq!(names.iter().map(String::as_str).collect::<Vec<_>>(), want);
@@ -656,7 +704,8 @@ async fn every_state_change_emits_its_event() {
 #[tokio::test]
 async fn a_flood_of_denials_hides_no_grant_and_no_break_glass() {
     let w = world().await;
-    let id = anchored(&w).await;
+    let rec = anchored(&w).await;
+    let id = rec.record_id();
     w.patient.grant(w.doctor.from(), None).await.unwrap();
     let medic = as_(&w.office, &funded().await);
     medic.register_provider().await.unwrap();
@@ -677,7 +726,7 @@ async fn a_flood_of_denials_hides_no_grant_and_no_break_glass() {
         .audit_page_for_patient(w.addr, AuditFilter::All, 0, 50)
         .await
         .unwrap();
-    assert!(all.total >= 128 + 4, "{}", all.total);
+    assert!(all.total >= 128 + 3, "{}", all.total);
     assert!(
         all.events.iter().all(|e| e.kind.is_denial()),
         "the newest page is all flood"

@@ -5,9 +5,7 @@ mod common;
 use alloy::primitives::B256;
 use alloy::providers::ext::AnvilApi;
 use alloy::providers::{Provider, ProviderBuilder};
-use ehr_share::chain::{
-    AuditFilter, AuditKind, DenyReason, EmergencyReason, GrantState, random_b256,
-};
+use ehr_share::chain::{AuditFilter, AuditKind, DenyReason, EmergencyReason, GrantState};
 
 use common::{as_, funded, office, unique_patient};
 
@@ -31,10 +29,8 @@ async fn expiry_and_break_glass_lapse_by_themselves() {
         d.register_provider().await.unwrap();
         office.verify_provider(d.from()).await.unwrap();
     }
-    let (id, _) = patient
-        .anchor_record(random_b256(), addr, B256::repeat_byte(7))
-        .await
-        .unwrap();
+    let rec = common::anchor_alone(&patient, addr, B256::repeat_byte(7)).await;
+    let id = rec.record_id();
 
     // A one-hour grant: allowed now, expired after the hour.
     let now = office.chain_time().await.unwrap();
@@ -45,7 +41,12 @@ async fn expiry_and_break_glass_lapse_by_themselves() {
     let o = doctor.access(addr, &[id]).await.unwrap();
     assert_eq!(o.allowed, vec![id]);
     let doctor_tx = Some(o.tx.tx_hash);
-    assert!(office.can_read(doctor.from(), id, doctor_tx).await.unwrap());
+    assert!(
+        office
+            .can_read(doctor.from(), &rec, doctor_tx)
+            .await
+            .unwrap()
+    );
 
     // Break-glass by a doctor without any grant: allowed, flagged as emergency, loud in the trail.
     medic
@@ -69,7 +70,10 @@ async fn expiry_and_break_glass_lapse_by_themselves() {
     // The access window for share nodes is 30 minutes.
     advance(31 * 60).await;
     assert!(
-        !office.can_read(doctor.from(), id, doctor_tx).await.unwrap(),
+        !office
+            .can_read(doctor.from(), &rec, doctor_tx)
+            .await
+            .unwrap(),
         "access transaction older than the window"
     );
 
@@ -158,7 +162,7 @@ async fn expiry_and_break_glass_lapse_by_themselves() {
         .unwrap();
     assert!(
         !office
-            .can_read(doctor.from(), id, before_revoke)
+            .can_read(doctor.from(), &rec, before_revoke)
             .await
             .unwrap(),
         "the access before the emergency does not open shares"
@@ -167,7 +171,7 @@ async fn expiry_and_break_glass_lapse_by_themselves() {
     assert_eq!(o.allowed, vec![id]);
     assert!(
         office
-            .can_read(doctor.from(), id, Some(o.tx.tx_hash))
+            .can_read(doctor.from(), &rec, Some(o.tx.tx_hash))
             .await
             .unwrap()
     );

@@ -220,7 +220,7 @@ async fn bad_input_gets_a_clear_4xx() {
     let r = http
         .post(format!("{url}/api/access"))
         .bearer_auth("tok")
-        .json(&json!({"records": ["0x12"]}))
+        .json(&json!({"patient": "1-1001", "records": ["0x12"]}))
         .send()
         .await
         .unwrap();

@@ -411,7 +411,19 @@ async fn records_end_to_end() {
     }
 
     // With fewer than k nodes to store on, an upload is rolled back and nothing is anchored.
-    let before = office.record_ids(addr, 0, 200).await.unwrap().len();
+    let anchors_by = |who: alloy::primitives::Address| {
+        let office = office.clone();
+        async move {
+            office
+                .audit_all(0, usize::MAX)
+                .await
+                .unwrap()
+                .iter()
+                .filter(|e| matches!(e.kind, ehr_share::chain::AuditKind::Anchored { anchorer, .. } if anchorer == who))
+                .count()
+        }
+    };
+    let before = anchors_by(patient.address()).await;
     let e = pc
         .put(addr, Bytes::from_static(b"x"), "text/plain", None)
         .await
@@ -427,5 +439,108 @@ async fn records_end_to_end() {
         ),
         "{e}"
     );
-    assert_eq!(office.record_ids(addr, 0, 200).await.unwrap().len(), before);
+    assert_eq!(
+        anchors_by(patient.address()).await,
+        before,
+        "nothing anchored"
+    );
+}
+
+/// Contract issue: uploads that arrive close together share one anchoring transaction (a
+/// Merkle root), records of several patients and authors alike; each record keeps its proof
+/// with its shares and reads back for its patient and a granted doctor, and a lone upload is
+/// anchored alone once the window has passed.
+#[tokio::test]
+async fn uploads_close_together_share_one_anchor() {
+    let office = common::office().await;
+    let procs = common::nodes::start_many(office.address(), 3, &[]).await;
+    let refs = common::nodes::refs(&procs).await;
+    let gateway = common::funded().await;
+    let batcher = ehr_share::records::Batcher::spawn(
+        common::as_(&office, &gateway),
+        ehr_share::records::BatchSettings {
+            window: std::time::Duration::from_millis(1500),
+            max: 1000,
+        },
+    );
+    let mut uploads = Vec::new();
+    let mut patients = Vec::new();
+    for i in 0..8 {
+        let (patient, addr) = common::new_patient(&office).await;
+        let c = common::nodes::client(&office, &patient, &refs).with_anchoring(batcher.clone());
+        let body = format!("reading {i}");
+        uploads.push(tokio::spawn(async move {
+            let id = c
+                .put(addr, Bytes::from(body.clone()), "text/plain", None)
+                .await
+                .unwrap();
+            (id, body)
+        }));
+        patients.push((patient, addr));
+    }
+    let mut stored = Vec::new();
+    for u in uploads {
+        stored.push(u.await.unwrap());
+    }
+    // One (or, on a slow machine, two) anchoring transactions for eight records, all sent by
+    // the gateway's account.
+    let mut roots = std::collections::BTreeSet::new();
+    for ((id, body), (patient, addr)) in stored.iter().zip(&patients) {
+        let c = common::nodes::client(&office, patient, &refs);
+        let found = c.directory().locate(*id).await.unwrap();
+        assert_eq!(
+            (found.proof.patient, found.proof.author),
+            (*addr, patient.address())
+        );
+        roots.insert(found.proof.root);
+        assert_eq!(c.get(*id).await.unwrap().data, body.as_bytes());
+        let listed = c.directory().list(*addr).await.unwrap();
+        assert_eq!(
+            listed.iter().map(|r| r.record).collect::<Vec<_>>(),
+            vec![*id]
+        );
+    }
+    assert!(roots.len() <= 2, "{} roots for 8 uploads", roots.len());
+    let anchors: Vec<_> = office
+        .audit_all(0, usize::MAX)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|e| match e.kind {
+            ehr_share::chain::AuditKind::Anchored {
+                root,
+                anchorer,
+                count,
+            } if anchorer == gateway.address() => Some((root, count)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(anchors.len(), roots.len());
+    assert_eq!(anchors.iter().map(|(_, n)| *n).sum::<u32>(), 8);
+    // A granted doctor reads a batched record through an access transaction.
+    let doctor = common::funded().await;
+    let d = common::as_(&office, &doctor);
+    d.register_provider().await.unwrap();
+    office.verify_provider(doctor.address()).await.unwrap();
+    common::as_(&office, &patients[3].0)
+        .grant(doctor.address(), None)
+        .await
+        .unwrap();
+    let got = common::nodes::client(&office, &doctor, &refs)
+        .get(stored[3].0)
+        .await
+        .unwrap();
+    assert_eq!(got.data, stored[3].1.as_bytes());
+    // A lone upload is anchored alone after the window.
+    let (patient, addr) = &patients[0];
+    let c = common::nodes::client(&office, patient, &refs).with_anchoring(batcher.clone());
+    let started = std::time::Instant::now();
+    let id = c
+        .put(*addr, Bytes::from_static(b"alone"), "text/plain", None)
+        .await
+        .unwrap();
+    assert!(started.elapsed() >= std::time::Duration::from_millis(1500));
+    let found = c.directory().locate(id).await.unwrap();
+    assert!(found.proof.proof.is_empty(), "a batch of one is its leaf");
+    assert_eq!(found.proof.root, found.proof.leaf());
 }

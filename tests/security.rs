@@ -51,6 +51,7 @@ fn deposit(
         patient: addr.key(),
         uploader: uploader.address(),
         salt,
+        digest: B256::repeat_byte(9),
         shareNode: node.address,
         contentHash: DepositBody::content_hash(&share, &commitments, &sealed),
         nonce: U256::from(rand_core::OsRng.next_u64()),
@@ -263,7 +264,7 @@ async fn the_anchor_confirms_no_guesses() {
         .put(addr, Bytes::from(doc(57)), FHIR_JSON, None)
         .await
         .unwrap();
-    let anchor = office.record(id).await.unwrap().unwrap();
+    let anchor = c.directory().locate(id).await.unwrap().proof;
     let guesses: Vec<u32> = (0..=300)
         .filter(|v| {
             B256::from(<[u8; 32]>::from(Sha256::digest(doc(*v).as_bytes()))) == anchor.digest
@@ -295,12 +296,14 @@ async fn share_nodes_serve_one_deployment() {
     let (id, body) = deposit(&b, &r, &patient, addr, 60);
     assert_eq!(put(&r, id, &body).await.status(), 200);
     let as_patient = b.with_signer(&common::rpc(), patient.clone()).unwrap();
-    let salt = body.deposit.salt;
-    let (anchored, _) = as_patient
-        .anchor_record(salt, addr, B256::repeat_byte(9))
-        .await
-        .unwrap();
-    assert_eq!(anchored, id);
+    let leaf = ehr_share::chain::merkle::leaf(id, addr, patient.address(), B256::repeat_byte(9));
+    assert_eq!(
+        nodes::present(&r, id, leaf, &[]).await.status(),
+        409,
+        "a root that is not anchored is refused"
+    );
+    as_patient.anchor_root(leaf, 1).await.unwrap();
+    assert_eq!(nodes::present(&r, id, leaf, &[]).await.status(), 200);
     assert_eq!(nodes::release(&b, &r, &patient, id).await.status(), 200);
 
     // Signed for the shared deployment (another contract): refused.

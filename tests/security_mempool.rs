@@ -1,21 +1,22 @@
 //! #1: a record can only be claimed by whoever uploaded it. On an anvil of its own with
 //! automining off (a public mempool), an attacker who is a registered patient copies the
-//! victim's pending anchoring transaction, as it is and re-targeted at their own `Addr`, with a
-//! higher tip so theirs are mined first. They get nothing from any share node, the CLI's
-//! records client or the REST API; the victim's upload completes and reads back.
+//! victim's pending anchoring transaction as it is, and anchors a root of their own, with a
+//! higher tip so theirs are mined first, then presents their root as the victim's record's.
+//! They get nothing from any share node, the CLI's records client or the REST API; the
+//! victim's upload completes and reads back.
 
 mod common;
 
 use std::time::Duration;
 
 use alloy::network::{EthereumWallet, TransactionBuilder};
-use alloy::primitives::{Address, Bytes as AlloyBytes};
+use alloy::primitives::{Address, B256, Bytes as AlloyBytes};
 use alloy::providers::{Provider, ProviderBuilder};
 use alloy::rpc::types::TransactionRequest;
 use alloy::sol_types::SolCall;
 use bytes::Bytes;
 use common::nodes;
-use ehr_share::chain::{EhrAccess, RecordId};
+use ehr_share::chain::{EhrAccess, RecordId, merkle};
 use ehr_share::gateway::Keyring;
 
 const SECRET: &str = "VICTIM-PLAINTEXT-3b91";
@@ -71,21 +72,27 @@ async fn a_copied_anchoring_transaction_steals_nothing() {
             .await
     });
     let input = pending_input(&anvil, victim.address(), office.address()).await;
-    let call = EhrAccess::anchorRecordCall::abi_decode(&input).unwrap();
+    let call = EhrAccess::anchorCall::abi_decode(&input).unwrap();
 
-    // The attacker front-runs with a higher tip: the copy as it is, and the copy re-targeted at
-    // their own patient address (same salt, same digest).
+    // The attacker front-runs with a higher tip: the victim's anchoring transaction copied as it
+    // is (so the attacker anchors the victim's root), and a root of the attacker's own (a leaf
+    // claiming a record of the attacker's patient address).
     let attacker_p = ProviderBuilder::new()
         .wallet(EthereumWallet::from(attacker.clone()))
         .connect_http(rpc.parse().unwrap());
-    let retargeted = EhrAccess::anchorRecordCall {
-        salt: call.salt,
-        patient: attacker_addr.key(),
-        digest: call.digest,
+    let own_leaf = merkle::leaf(
+        RecordId::derive(attacker.address(), attacker_addr, B256::repeat_byte(1)),
+        attacker_addr,
+        attacker.address(),
+        B256::repeat_byte(2),
+    );
+    let own = EhrAccess::anchorCall {
+        root: own_leaf,
+        count: 1,
     }
     .abi_encode();
     let mut sent = Vec::new();
-    for data in [input.to_vec(), retargeted] {
+    for data in [input.to_vec(), own] {
         let tx = TransactionRequest::default()
             .with_to(office.address())
             .with_input(data)
@@ -100,40 +107,47 @@ async fn a_copied_anchoring_transaction_steals_nothing() {
         .await
         .unwrap();
 
-    // The copy as it is reverted (the attacker may not add records for the victim); the
-    // re-targeted copy anchored a record of the attacker's own, under another id.
-    let copied = anvil
-        .get_transaction_receipt(sent[0])
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(!copied.status(), "the verbatim copy must revert");
-    let own = anvil
-        .get_transaction_receipt(sent[1])
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(own.status());
-    let victim_id = RecordId::derive(victim.address(), victim_addr, call.salt);
-    let attacker_id = RecordId::derive(attacker.address(), attacker_addr, call.salt);
-    assert_ne!(victim_id, attacker_id);
+    // Both of the attacker's transactions were mined: the victim's root is anchored by the
+    // attacker. That changes nothing: a root names no patient, and each record under it is
+    // bound to its uploader and patient by its id and leaf.
+    for tx in &sent {
+        let r = anvil.get_transaction_receipt(*tx).await.unwrap().unwrap();
+        assert!(r.status());
+    }
     assert_eq!(
-        office.record(attacker_id).await.unwrap().unwrap().author,
-        attacker.address()
+        office.root(call.root).await.unwrap().unwrap().anchorer,
+        attacker.address(),
+        "the copy was mined first"
     );
 
-    // The victim's upload completes (its transaction was mined right after), under its id.
-    let id = tokio::time::timeout(Duration::from_secs(60), upload)
+    // The victim's upload completes (its own anchor reverts as a duplicate; the root is on
+    // chain all the same), bound to the victim.
+    let victim_id = tokio::time::timeout(Duration::from_secs(60), upload)
         .await
         .expect("the victim's upload finishes")
         .unwrap()
         .expect("the victim's upload succeeds");
-    assert_eq!(id, victim_id);
-    let anchor = office.record(id).await.unwrap().unwrap();
+    let located = nodes::client(&office, &victim, &refs)
+        .directory()
+        .locate(victim_id)
+        .await
+        .unwrap();
     assert_eq!(
-        (anchor.author, anchor.patient),
-        (victim.address(), victim_addr)
+        (
+            located.proof.author,
+            located.proof.patient,
+            located.proof.root
+        ),
+        (victim.address(), victim_addr, call.root)
     );
+    let id = victim_id;
+    // The attacker presents their own anchored root as the victim's record's: refused by every
+    // node (the proof must lead from what the victim deposited).
+    for r in &refs {
+        let resp = nodes::present(r, victim_id, own_leaf, &[]).await;
+        assert_eq!(resp.status(), 400, "node {} took a foreign root", r.url);
+    }
+    let attacker_id = RecordId::derive(attacker.address(), attacker_addr, B256::repeat_byte(1));
 
     // The attacker gets nothing: not from any node directly, for either id ...
     for target in [victim_id, attacker_id] {

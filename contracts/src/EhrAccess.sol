@@ -53,19 +53,30 @@ contract EhrAccess {
         uint64 registeredAt;
     }
 
-    /// One record anchor; three storage slots (digest, patient, author+time).
-    struct Record {
-        bytes32 digest;
+    /// One anchored Merkle root of records (one record is a root of one leaf); one slot.
+    struct Root {
+        address anchorer;
+        uint64 anchoredAt;
+        uint32 count; // records under it
+    }
+
+    /// Where a record sits: its leaf's fields and its inclusion proof. Share nodes keep it with
+    /// their shares and present it to `canRead`; the record id is derived from it, so a proof
+    /// binds the record to its uploader and patient.
+    struct RecordProof {
         uint128 patient;
         address author;
-        uint64 anchoredAt;
+        bytes32 salt;
+        bytes32 digest; // keyed digest of the record (HMAC under a key inside its sealed block)
+        bytes32 root;
+        bytes32[] proof; // sibling hashes from the leaf up (pairs hashed in sorted order)
     }
 
     // ---------------------------------------------------------------- constants
 
     /// The contract's interface version; `ehr deploy` records it, share nodes and the gateway
     /// refuse a deployment of another version.
-    uint16 public constant VERSION = 3;
+    uint16 public constant VERSION = 4;
     /// How long a break-glass emergency access lasts.
     uint64 public constant BREAK_GLASS_DURATION = 1 hours;
     /// Emergency openings a provider may make per patient per 24 hours.
@@ -78,6 +89,8 @@ contract EhrAccess {
         keccak256("PatientVoucher(uint64 aid,uint64 pid,address account,uint64 deadline)");
     /// How long after an allowed access transaction a share node may release shares.
     uint64 public constant ACCESS_WINDOW = 30 minutes;
+    /// Upper bound on the records under one anchored root.
+    uint32 public constant MAX_BATCH = 65_536;
     /// Upper bound on records per access transaction (keeps the loop bounded).
     uint256 public constant MAX_ACCESS_BATCH = 32;
 
@@ -101,8 +114,9 @@ contract EhrAccess {
     address public pendingManager;
 
     // One slot per patient: patient calls name their key and are checked against it, so no
-    // reverse map is written at registration. Lists (a patient's grants, requests and
-    // records) are not stored: the events are the index, and the gateway's index serves them.
+    // reverse map is written at registration. Lists are not stored: a patient's grants and
+    // requests come from the events (the gateway's index), their records from the share
+    // nodes, which keep each record's proof to an anchored root.
 
     /// The account of each patient key.
     mapping(uint128 => address) public patientAccount;
@@ -114,8 +128,9 @@ contract EhrAccess {
     mapping(address => mapping(address => Grant)) private grantOf;
     /// Emergency openings of each (patient, provider), for the daily limit.
     mapping(uint128 => mapping(address => Openings)) public openings;
-    /// Anchored records by id.
-    mapping(bytes32 => Record) public records;
+    /// Anchored roots. Records themselves are not stored: each is a leaf under a root, and its
+    /// proof is kept with its shares.
+    mapping(bytes32 => Root) public roots;
 
     // ---------------------------------------------------------------- events
 
@@ -161,12 +176,12 @@ contract EhrAccess {
     /// @param patient The patient key.
     /// @param provider The provider.
     event GrantRevoked(uint128 indexed patient, address indexed provider);
-    /// @notice A record was anchored.
-    /// @param patient The patient key.
-    /// @param recordId `recordIdOf(author, patient, salt)`.
-    /// @param author Who anchored it (the patient or a granted provider).
-    /// @param digest The record's keyed digest (HMAC under a key inside its sealed block).
-    event RecordAnchored(uint128 indexed patient, bytes32 indexed recordId, address indexed author, bytes32 digest);
+    /// @notice A Merkle root of records was anchored. It names no patient: a root is anyone's
+    ///         commitment, and what it holds is proven to share nodes leaf by leaf.
+    /// @param root The root (the leaf itself for one record).
+    /// @param anchorer Who sent it (an uploader, or a gateway batching uploads).
+    /// @param count Records under it.
+    event Anchored(bytes32 indexed root, address indexed anchorer, uint32 count);
     /// @notice An access transaction was allowed for one record.
     /// @param patient The patient key.
     /// @param provider The provider.
@@ -242,15 +257,15 @@ contract EhrAccess {
     /// @param patient The patient key.
     /// @param provider The provider.
     error NoActiveGrant(uint128 patient, address provider);
-    /// @notice The record id is anchored already.
-    /// @param recordId The record id.
-    error RecordExists(bytes32 recordId);
-    /// @notice A record digest must not be zero.
-    error ZeroDigest();
-    /// @notice Only the patient or a provider with access now may add records.
-    /// @param caller The caller.
-    /// @param patient The patient key.
-    error NotAllowedToAnchor(address caller, uint128 patient);
+    /// @notice The root is anchored already.
+    /// @param root The root.
+    error RootExists(bytes32 root);
+    /// @notice A root must not be zero.
+    error ZeroRoot();
+    /// @notice A root holds 1 to `MAX_BATCH` records.
+    /// @param count The count given.
+    /// @param max `MAX_BATCH`.
+    error BadBatchSize(uint32 count, uint32 max);
     /// @notice An access transaction needs at least one record.
     error EmptyBatch();
     /// @notice Too many records in one access transaction.
@@ -309,7 +324,7 @@ contract EhrAccess {
                     "EIP712Domain(string name,string version,uint256 chainId,address verifyingContract,bytes32 salt)"
                 ),
                 keccak256("EhrAccess"),
-                keccak256("3"),
+                keccak256("4"),
                 block.chainid,
                 address(this),
                 deploymentId
@@ -460,23 +475,55 @@ contract EhrAccess {
         return keccak256(abi.encode(author, patient, salt));
     }
 
-    /// Anchors a record's (keyed) digest under the id `recordIdOf(msg.sender, patient, salt)`.
-    /// Only the patient, or a verified provider with access right now.
-    /// @param salt The author's random salt (the id is derived from it).
+    /// The leaf of a record in an anchored tree: the record's id, patient, author and keyed
+    /// digest, hashed twice so that no inner node of a tree can pass for a leaf.
+    /// @param recordId `recordIdOf(author, patient, salt)`.
     /// @param patient The patient key.
+    /// @param author The uploader.
     /// @param digest The record's keyed digest.
-    /// @return recordId The id the record is anchored under.
-    function anchorRecord(bytes32 salt, uint128 patient, bytes32 digest) external returns (bytes32 recordId) {
-        address account = _knownPatient(patient);
-        if (digest == bytes32(0)) revert ZeroDigest();
-        recordId = recordIdOf(msg.sender, patient, salt);
-        if (records[recordId].anchoredAt != 0) revert RecordExists(recordId);
-        if (account != msg.sender) {
-            (DenyReason reason,) = _check(patient, msg.sender);
-            if (reason != DenyReason.None) revert NotAllowedToAnchor(msg.sender, patient);
+    /// @return The leaf.
+    function leafOf(bytes32 recordId, uint128 patient, address author, bytes32 digest) public pure returns (bytes32) {
+        return keccak256(bytes.concat(keccak256(abi.encode(recordId, patient, author, digest))));
+    }
+
+    /// Whether `leaf` is under `root` by `proof` (sibling hashes, each pair hashed in sorted
+    /// order, so no left/right flags are needed).
+    /// @param leaf The leaf.
+    /// @param proof Sibling hashes from the leaf up.
+    /// @param root The root.
+    /// @return Whether the proof holds.
+    function verifyProof(bytes32 leaf, bytes32[] calldata proof, bytes32 root) public pure returns (bool) {
+        bytes32 h = leaf;
+        for (uint256 i; i < proof.length; ++i) {
+            bytes32 p = proof[i];
+            h = h < p ? keccak256(abi.encode(h, p)) : keccak256(abi.encode(p, h));
         }
-        records[recordId] = Record(digest, patient, msg.sender, uint64(block.timestamp));
-        emit RecordAnchored(patient, recordId, msg.sender, digest);
+        return h == root;
+    }
+
+    /// Anchors a Merkle root of `count` records (one record: its leaf, count 1). Anyone may
+    /// anchor: a root names no patient and opens nothing by itself. Share nodes accept a
+    /// record's shares only from its uploader (signed), only when the uploader is the patient
+    /// or has access to the patient, and release them only with the record's proof to an
+    /// anchored root.
+    /// @param root The root.
+    /// @param count Records under it (1 to `MAX_BATCH`).
+    function anchor(bytes32 root, uint32 count) external {
+        if (root == bytes32(0)) revert ZeroRoot();
+        if (count == 0 || count > MAX_BATCH) revert BadBatchSize(count, MAX_BATCH);
+        if (roots[root].anchoredAt != 0) revert RootExists(root);
+        roots[root] = Root(msg.sender, uint64(block.timestamp), count);
+        emit Anchored(root, msg.sender, count);
+    }
+
+    /// The id of the record a proof describes, and whether it is under an anchored root.
+    /// @param r The record's proof.
+    /// @return recordId `recordIdOf(r.author, r.patient, r.salt)`.
+    /// @return anchored Whether the proof leads to an anchored root.
+    function isAnchored(RecordProof calldata r) public view returns (bytes32 recordId, bool anchored) {
+        recordId = recordIdOf(r.author, r.patient, r.salt);
+        anchored = roots[r.root].anchoredAt != 0
+            && verifyProof(leafOf(recordId, r.patient, r.author, r.digest), r.proof, r.root);
     }
 
     /// The access transaction that precedes reading records of one patient. Nothing is
@@ -601,22 +648,23 @@ contract EhrAccess {
         return _check(patient, provider);
     }
 
-    /// What share nodes ask before releasing a share: the patient themself, or a provider with
-    /// access right now whose access transaction for this record (found by the share node in
-    /// its receipt: block `accessBlock`, time `accessTime`) is inside `ACCESS_WINDOW` and came
+    /// What share nodes ask before releasing a share of the record `r` proves: the record is
+    /// under an anchored root, and the requester is its patient, or a provider with access right
+    /// now whose access transaction for this record under its patient (found by the share node
+    /// in the receipt: block `accessBlock`, time `accessTime`) is inside `ACCESS_WINDOW` and came
     /// after the latest grant or emergency opening, not during a revoked earlier one.
     /// @param requester Who asks for shares.
-    /// @param recordId The record.
+    /// @param r The record's proof, as the share node keeps it.
     /// @param accessBlock Block of the requester's `AccessAllowed` event for the record (0: none).
     /// @param accessTime Time of that block, unix seconds (0: none).
     /// @return Whether shares may be released to the requester now.
-    function canRead(address requester, bytes32 recordId, uint64 accessBlock, uint64 accessTime)
+    function canRead(address requester, RecordProof calldata r, uint64 accessBlock, uint64 accessTime)
         external
         view
         returns (bool)
     {
-        Record storage r = records[recordId];
-        if (r.anchoredAt == 0) return false;
+        (, bool anchored) = isAnchored(r);
+        if (!anchored) return false;
         if (patientAccount[r.patient] == requester) return true;
         (DenyReason reason,) = _check(r.patient, requester);
         if (reason != DenyReason.None) return false;

@@ -41,9 +41,22 @@ contract EhrAccessTest is Test {
         c.grant(key, doctor, expiresAt);
     }
 
+    /// Each anchored record's proof, as share nodes keep it.
+    mapping(bytes32 => EhrAccess.RecordProof) internal proofs;
+
+    /// Anchors a record of our patient by `author`, alone (its leaf is the root).
     function _anchor(address author, bytes32 salt) internal returns (bytes32 id) {
+        id = _anchorFor(author, key, salt);
+    }
+
+    function _anchorFor(address author, uint128 patientKey_, bytes32 salt) internal returns (bytes32 id) {
+        id = c.recordIdOf(author, patientKey_, salt);
+        bytes32 digest = keccak256(abi.encode(salt));
+        bytes32 leaf = c.leafOf(id, patientKey_, author, digest);
         vm.prank(author);
-        id = c.anchorRecord(salt, key, keccak256(abi.encode(salt)));
+        c.anchor(leaf, 1);
+        EhrAccess.RecordProof storage p = proofs[id];
+        (p.patient, p.author, p.salt, p.digest, p.root) = (patientKey_, author, salt, digest, leaf);
     }
 
     /// An access transaction; when it is allowed, remembers its block and time as a share
@@ -59,7 +72,7 @@ contract EhrAccessTest is Test {
 
     /// What a share node asks for `who` with its latest allowed access transaction.
     function _canRead(address who, bytes32 id) internal view returns (bool) {
-        return c.canRead(who, id, accessedAt[who][0], accessedAt[who][1]);
+        return c.canRead(who, proofs[id], accessedAt[who][0], accessedAt[who][1]);
     }
 
     function _voucher(uint64 aid, uint64 pid, address account, uint64 deadline, uint256 pk)
@@ -346,32 +359,121 @@ contract EhrAccessTest is Test {
         bytes32 id = _anchor(patient, salt);
         assertEq(id, c.recordIdOf(patient, key, salt), "id derived from uploader, patient, salt");
         assertTrue(c.recordIdOf(other, key, salt) != id, "another uploader gets another id");
-        (, uint128 p, address author,) = c.records(id);
-        assertEq(uint256(p), uint256(key), "patient");
-        assertEq(author, patient, "author");
-        vm.expectRevert(abi.encodeWithSelector(EhrAccess.RecordExists.selector, id));
-        vm.prank(patient);
-        c.anchorRecord(salt, key, bytes32(uint256(1)));
+        (bytes32 derived, bool anchored) = c.isAnchored(proofs[id]);
+        assertTrue(anchored && derived == id, "anchored under its own id");
+        // The same proof claiming another author or patient leads nowhere.
+        EhrAccess.RecordProof memory forged = proofs[id];
+        forged.author = other;
+        (, anchored) = c.isAnchored(forged);
+        assertFalse(anchored, "another author");
+        forged = proofs[id];
+        forged.patient = key + 1;
+        (, anchored) = c.isAnchored(forged);
+        assertFalse(anchored, "another patient");
+        forged = proofs[id];
+        forged.digest = bytes32(uint256(forged.digest) ^ 1);
+        (, anchored) = c.isAnchored(forged);
+        assertFalse(anchored, "another digest");
     }
 
-    function test_anchoring_needs_the_patient_or_a_provider_with_access() public {
-        uint128 nobody = c.patientKey(1, 1);
-        vm.expectRevert(abi.encodeWithSelector(EhrAccess.UnknownPatient.selector, 1, 1));
-        vm.prank(patient);
-        c.anchorRecord(bytes32(0), nobody, bytes32(uint256(1)));
-        vm.expectRevert(EhrAccess.ZeroDigest.selector);
-        vm.prank(patient);
-        c.anchorRecord(bytes32(0), key, bytes32(0));
-        vm.expectRevert(abi.encodeWithSelector(EhrAccess.NotAllowedToAnchor.selector, doctor, key));
-        vm.prank(doctor);
-        c.anchorRecord(bytes32(0), key, bytes32(uint256(1)));
-        vm.expectRevert(abi.encodeWithSelector(EhrAccess.NotAllowedToAnchor.selector, stranger, key));
+    function test_anyone_anchors_a_root_once_with_a_bounded_count() public {
+        bytes32 root = keccak256("root");
+        vm.expectRevert(EhrAccess.ZeroRoot.selector);
         vm.prank(stranger);
-        c.anchorRecord(bytes32(0), key, bytes32(uint256(1)));
-        _grant(0);
-        bytes32 id = _anchor(doctor, bytes32(uint256(5)));
-        (,, address author,) = c.records(id);
-        assertEq(author, doctor, "a granted provider anchors");
+        c.anchor(bytes32(0), 1);
+        uint32 max = c.MAX_BATCH();
+        vm.expectRevert(abi.encodeWithSelector(EhrAccess.BadBatchSize.selector, 0, max));
+        vm.prank(stranger);
+        c.anchor(root, 0);
+        vm.expectRevert(abi.encodeWithSelector(EhrAccess.BadBatchSize.selector, max + 1, max));
+        vm.prank(stranger);
+        c.anchor(root, max + 1);
+        vm.expectEmit(true, true, false, true, address(c));
+        emit EhrAccess.Anchored(root, stranger, max);
+        vm.prank(stranger);
+        c.anchor(root, max);
+        (address by, uint64 at, uint32 count) = c.roots(root);
+        assertEq(by, stranger, "anchorer");
+        assertEq(at, block.timestamp, "time");
+        assertEq(count, max, "count");
+        vm.expectRevert(abi.encodeWithSelector(EhrAccess.RootExists.selector, root));
+        vm.prank(patient);
+        c.anchor(root, 1);
+    }
+
+    /// The Merkle tree the gateway's batcher builds (sorted pairs, an odd last node carried up),
+    /// built here in Solidity: every leaf's proof verifies against the anchored root, through
+    /// `verifyProof`, `isAnchored` and `canRead`.
+    function testFuzz_every_record_of_a_batch_proves_against_its_root(uint8 n, uint8 pick) public {
+        n = uint8(bound(n, 1, 40));
+        bytes32[] memory leaves = new bytes32[](n);
+        EhrAccess.RecordProof[] memory ps = new EhrAccess.RecordProof[](n);
+        for (uint256 i; i < n; ++i) {
+            ps[i].patient = key;
+            ps[i].author = i % 2 == 0 ? patient : doctor;
+            ps[i].salt = bytes32(i);
+            ps[i].digest = keccak256(abi.encode(i));
+            leaves[i] = c.leafOf(c.recordIdOf(ps[i].author, key, ps[i].salt), key, ps[i].author, ps[i].digest);
+        }
+        (bytes32 root, bytes32[][] memory paths) = _tree(leaves);
+        vm.prank(stranger);
+        c.anchor(root, n);
+        for (uint256 i; i < n; ++i) {
+            ps[i].root = root;
+            ps[i].proof = paths[i];
+            assertTrue(c.verifyProof(leaves[i], paths[i], root), "proof");
+            (, bool anchored) = c.isAnchored(ps[i]);
+            assertTrue(anchored, "anchored");
+            assertTrue(c.canRead(patient, ps[i], 0, 0), "the patient reads each record of the batch");
+        }
+        uint256 k = pick % n;
+        if (paths[k].length > 0) {
+            paths[k][0] = bytes32(uint256(paths[k][0]) ^ 1);
+            assertFalse(c.verifyProof(leaves[k], paths[k], root), "a changed proof");
+        }
+        assertFalse(c.verifyProof(keccak256("stranger"), ps[k].proof, root), "a stranger's leaf");
+    }
+
+    function _tree(bytes32[] memory leaves) internal pure returns (bytes32 root, bytes32[][] memory paths) {
+        uint256 n = leaves.length;
+        paths = new bytes32[][](n);
+        uint256[] memory depth = new uint256[](n);
+        for (uint256 i; i < n; ++i) {
+            paths[i] = new bytes32[](8);
+        }
+        bytes32[] memory level = leaves;
+        // `owner[i]`: the node of the current level above leaf i.
+        uint256[] memory owner = new uint256[](n);
+        for (uint256 i; i < n; ++i) {
+            owner[i] = i;
+        }
+        while (level.length > 1) {
+            bytes32[] memory next = new bytes32[]((level.length + 1) / 2);
+            for (uint256 j; j < next.length; ++j) {
+                uint256 a = 2 * j;
+                if (a + 1 < level.length) {
+                    (bytes32 x, bytes32 y) = (level[a], level[a + 1]);
+                    next[j] = x < y ? keccak256(abi.encode(x, y)) : keccak256(abi.encode(y, x));
+                } else {
+                    next[j] = level[a];
+                }
+            }
+            for (uint256 i; i < n; ++i) {
+                uint256 o = owner[i];
+                uint256 sib = o % 2 == 0 ? o + 1 : o - 1;
+                if (sib < level.length) paths[i][depth[i]++] = level[sib];
+                owner[i] = o / 2;
+            }
+            level = next;
+        }
+        for (uint256 i; i < n; ++i) {
+            bytes32[] memory p = paths[i];
+            uint256 d = depth[i];
+            assembly {
+                mstore(p, d)
+            }
+        }
+        root = level[0];
     }
 
     // ------------------------------------------------------------ access transactions
@@ -390,11 +492,14 @@ contract EhrAccessTest is Test {
         emit EhrAccess.AccessAllowed(key, doctor, id, false);
         _access(doctor, id);
         assertTrue(_canRead(doctor, id), "granted and accessed");
-        assertTrue(c.canRead(patient, id, 0, 0), "the patient reads their own");
-        assertFalse(c.canRead(stranger, id, uint64(block.number), uint64(block.timestamp)), "a stranger does not");
-        assertFalse(c.canRead(doctor, id, 0, 0), "a provider needs an access transaction");
+        assertTrue(c.canRead(patient, proofs[id], 0, 0), "the patient reads their own");
         assertFalse(
-            c.canRead(doctor, id, uint64(block.number), uint64(block.timestamp + 1)), "an access from the future"
+            c.canRead(stranger, proofs[id], uint64(block.number), uint64(block.timestamp)), "a stranger does not"
+        );
+        assertFalse(c.canRead(doctor, proofs[id], 0, 0), "a provider needs an access transaction");
+        assertFalse(
+            c.canRead(doctor, proofs[id], uint64(block.number), uint64(block.timestamp + 1)),
+            "an access from the future"
         );
         // The access window closes.
         vm.warp(block.timestamp + c.ACCESS_WINDOW() + 1);
@@ -448,8 +553,7 @@ contract EhrAccessTest is Test {
         vm.prank(office);
         c.issuePatient(8, 9, other);
         uint128 otherKey = c.patientKey(8, 9);
-        vm.prank(other);
-        bytes32 theirs = c.anchorRecord("x", otherKey, bytes32(uint256(7)));
+        bytes32 theirs = _anchorFor(other, otherKey, "x");
         _grant(0);
         vm.roll(block.number + 1);
         // The access names our patient and their record: allowed (ids are not looked up) ...
@@ -635,7 +739,9 @@ contract EhrAccessTest is Test {
         c.suspendProvider(doctor);
         (r,) = c.checkAccess(key, doctor);
         assertTrue(r == EhrAccess.DenyReason.SuspendedProvider, "suspended");
-        assertFalse(c.canRead(patient, bytes32(uint256(0xabc)), 0, 0), "nobody reads an unanchored record");
+        EhrAccess.RecordProof memory never = proofs[_anchor(patient, "n")];
+        never.root = keccak256("never anchored");
+        assertFalse(c.canRead(patient, never, 0, 0), "nobody reads a record under an unanchored root");
         vm.expectRevert(abi.encodeWithSelector(EhrAccess.ProviderNotActive.selector, stranger));
         vm.prank(office);
         c.suspendProvider(stranger);
@@ -663,10 +769,9 @@ contract EhrAccessTest is Test {
         _grant(0);
         bytes32 theirs = _anchor(doctor, salt);
         assertTrue(mine != theirs, "one salt, two uploaders, two records");
-        (, uint128 p, address author,) = c.records(theirs);
-        assertEq(uint256(p), uint256(key), "same patient");
-        assertEq(author, doctor, "their own authorship");
-        (, , author,) = c.records(mine);
-        assertEq(author, patient, "the first record is untouched");
+        (, bool anchored) = c.isAnchored(proofs[theirs]);
+        assertTrue(anchored && proofs[theirs].author == doctor, "their own authorship");
+        (, anchored) = c.isAnchored(proofs[mine]);
+        assertTrue(anchored && proofs[mine].author == patient, "the first record is untouched");
     }
 }

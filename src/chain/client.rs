@@ -13,9 +13,10 @@ use serde::{Deserialize, Serialize};
 use super::bindings::EhrAccess;
 use super::errors::ChainError;
 use super::events::{self, AuditEvent, AuditFilter, AuditKind, AuditPage};
+use super::merkle::RecordProof;
 use super::types::{
-    DenyReason, EmergencyReason, GrantInfo, PatientAddr, PendingRequest, ProviderStatus,
-    RecordAnchor, RecordId,
+    DenyReason, EmergencyReason, GrantInfo, PatientAddr, PendingRequest, ProviderStatus, RecordId,
+    RootInfo,
 };
 
 /// Where a deployed contract lives; written by `ehr deploy`, read by the other commands.
@@ -98,7 +99,7 @@ pub struct AccessOutcome {
 type Contract = EhrAccess::EhrAccessInstance<DynProvider>;
 
 /// The contract interface version this build speaks (`EhrAccess.VERSION`).
-pub const CONTRACT_VERSION: u16 = 3;
+pub const CONTRACT_VERSION: u16 = 4;
 
 /// A client of one deployed EhrAccess contract, signing as one account (or read-only).
 #[derive(Debug, Clone)]
@@ -590,21 +591,44 @@ impl EhrChain {
             .await
     }
 
-    /// Anchors a record's digest for the patient at `addr` under the id
-    /// [`RecordId::derive`]`(signer, addr, salt)`; returns that id.
+    /// Anchors a Merkle root of `count` records (one record: its leaf, count 1).
     ///
     /// # Errors
-    /// Contract rejections and transport errors.
-    pub async fn anchor_record(
-        &self,
-        salt: B256,
-        addr: PatientAddr,
-        digest: B256,
-    ) -> Result<(RecordId, TxOutcome), ChainError> {
-        let tx = self
-            .send(self.contract.anchorRecord(salt, addr.key(), digest))
-            .await?;
-        Ok((RecordId::derive(self.from, addr, salt), tx))
+    /// Contract rejections (a root anchored already, a bad count) and transport errors.
+    pub async fn anchor_root(&self, root: B256, count: u32) -> Result<TxOutcome, ChainError> {
+        self.send(self.contract.anchor(root, count)).await
+    }
+
+    /// An anchored root, if anchored.
+    ///
+    /// # Errors
+    /// Transport errors.
+    pub async fn root(&self, root: B256) -> Result<Option<RootInfo>, ChainError> {
+        let r = self
+            .contract
+            .roots(root)
+            .call()
+            .await
+            .map_err(ChainError::from_contract)?;
+        Ok((r.anchoredAt != 0).then_some(RootInfo {
+            anchorer: r.anchorer,
+            anchored_at: r.anchoredAt,
+            count: r.count,
+        }))
+    }
+
+    /// Whether `proof` leads to an anchored root, by the contract's own `isAnchored`.
+    ///
+    /// # Errors
+    /// Transport errors.
+    pub async fn is_anchored(&self, proof: &RecordProof) -> Result<bool, ChainError> {
+        Ok(self
+            .contract
+            .isAnchored(sol_proof(proof))
+            .call()
+            .await
+            .map_err(ChainError::from_contract)?
+            .anchored)
     }
 
     /// Provider: the access transaction before reading `ids`, records of the patient at
@@ -669,33 +693,6 @@ impl EhrChain {
             allowed,
             denied,
         })
-    }
-
-    /// Provider: [`Self::access`] for records named by id only: their patient is looked up.
-    ///
-    /// # Errors
-    /// [`ChainError::Rejected`] for an id that is not anchored or ids of several patients (one
-    /// access transaction names one patient); as [`Self::access`] otherwise.
-    pub async fn access_records(&self, ids: &[RecordId]) -> Result<AccessOutcome, ChainError> {
-        let mut patient = None;
-        for id in ids {
-            let Some(r) = self.record(*id).await? else {
-                return Err(ChainError::Rejected(format!("record {id} is not anchored")));
-            };
-            if patient.is_some_and(|p| p != r.patient) {
-                return Err(ChainError::Rejected(
-                    "these records belong to several patients: one access transaction per patient"
-                        .into(),
-                ));
-            }
-            patient = Some(r.patient);
-        }
-        let Some(addr) = patient else {
-            return Err(ChainError::Rejected(
-                "an access transaction needs at least one record".into(),
-            ));
-        };
-        self.access(addr, ids).await
     }
 
     /// Provider: opens emergency access to the patient at `addr`.
@@ -855,54 +852,56 @@ impl EhrChain {
         Ok((reason, r.emergency))
     }
 
-    /// What share nodes ask: may `requester` read record `id` right now, on the strength of
-    /// its access transaction `access_tx` (none for the patient)? The transaction's receipt
-    /// must hold this contract's `AccessAllowed` event for exactly this requester, record and
-    /// the record's patient; its block and time then go to the contract's `canRead`, which
-    /// judges the window and the grant as they stand now.
+    /// What share nodes ask: may `requester` read the record `proof` describes right now, on
+    /// the strength of its access transaction `access_tx` (none for the patient)? The proof
+    /// must lead to an anchored root. The transaction's receipt must hold this contract's
+    /// `AccessAllowed` event for exactly this requester, record and the record's patient; its
+    /// block and time then go to the contract's `canRead`, which judges the window and the grant
+    /// as they stand now.
     ///
     /// # Errors
     /// Transport errors.
     pub async fn can_read(
         &self,
         requester: Address,
-        id: RecordId,
+        proof: &RecordProof,
         access_tx: Option<B256>,
     ) -> Result<bool, ChainError> {
         let (block, time) = match access_tx {
             None => (0, 0),
-            Some(tx) => match self.access_in(tx, requester, id).await? {
+            Some(tx) => match self
+                .access_in(tx, requester, proof.record_id(), proof.patient)
+                .await?
+            {
                 Some(at) => at,
                 None => return Ok(false),
             },
         };
         self.contract
-            .canRead(requester, id.0, block, time)
+            .canRead(requester, sol_proof(proof), block, time)
             .call()
             .await
             .map_err(ChainError::from_contract)
     }
 
     /// The block and time of transaction `tx`, when it succeeded and holds this contract's
-    /// `AccessAllowed` event for `requester` and record `id` of the record's own patient.
+    /// `AccessAllowed` event for `requester`, record `id` and the record's own `patient`.
     async fn access_in(
         &self,
         tx: B256,
         requester: Address,
         id: RecordId,
+        patient: PatientAddr,
     ) -> Result<Option<(u64, u64)>, ChainError> {
         let Some(receipt) = self.provider.get_transaction_receipt(tx).await? else {
-            return Ok(None);
-        };
-        let Some(record) = self.record(id).await? else {
             return Ok(None);
         };
         let found = receipt.status()
             && receipt.inner.logs().iter().any(|log| {
                 log.address() == self.address()
                     && matches!(events::decode(log).map(|e| e.kind),
-                        Some(AuditKind::AccessAllowed { patient, provider, record: r, .. })
-                            if patient == Some(record.patient) && provider == requester && r == id)
+                        Some(AuditKind::AccessAllowed { patient: p, provider, record: r, .. })
+                            if p == Some(patient) && provider == requester && r == id)
             });
         let Some(block) = receipt.block_number.filter(|_| found) else {
             return Ok(None);
@@ -958,57 +957,6 @@ impl EhrChain {
             .collect())
     }
 
-    /// How many records the patient has.
-    ///
-    /// # Errors
-    /// Transport errors.
-    pub async fn record_count(&self, addr: PatientAddr) -> Result<u64, ChainError> {
-        let page = self
-            .index
-            .query(
-                &self.provider,
-                &self.filter(),
-                |e| is_record_of(e, addr),
-                0,
-                0,
-            )
-            .await?;
-        Ok(page.total as u64)
-    }
-
-    /// Record ids of the patient, oldest first; paged.
-    ///
-    /// # Errors
-    /// Transport errors.
-    pub async fn record_ids(
-        &self,
-        addr: PatientAddr,
-        offset: u64,
-        limit: u64,
-    ) -> Result<Vec<RecordId>, ChainError> {
-        let page = self
-            .index
-            .query(
-                &self.provider,
-                &self.filter(),
-                |e| is_record_of(e, addr),
-                0,
-                usize::MAX,
-            )
-            .await?;
-        Ok(page
-            .events
-            .iter()
-            .rev()
-            .filter_map(|e| match e.kind {
-                AuditKind::RecordAnchored { record, .. } => Some(record),
-                _ => None,
-            })
-            .skip(usize::try_from(offset).unwrap_or(usize::MAX))
-            .take(usize::try_from(limit).unwrap_or(usize::MAX))
-            .collect())
-    }
-
     /// Every event about the patient, oldest first.
     async fn patient_events(&self, addr: PatientAddr) -> Result<Vec<AuditEvent>, ChainError> {
         let mut page = self
@@ -1023,31 +971,6 @@ impl EhrChain {
             .await?;
         page.events.reverse();
         Ok(page.events)
-    }
-
-    /// A record's anchor, if anchored.
-    ///
-    /// # Errors
-    /// Transport errors.
-    pub async fn record(&self, id: RecordId) -> Result<Option<RecordAnchor>, ChainError> {
-        let r = self
-            .contract
-            .records(id.0)
-            .call()
-            .await
-            .map_err(ChainError::from_contract)?;
-        if r.anchoredAt == 0 {
-            return Ok(None);
-        }
-        let patient = PatientAddr::from_key(r.patient)
-            .ok_or_else(|| ChainError::Decode("record without patient".into()))?;
-        Ok(Some(RecordAnchor {
-            id,
-            patient,
-            digest: r.digest,
-            author: r.author,
-            anchored_at: r.anchoredAt,
-        }))
     }
 
     /// The patient's audit trail (every event about them), newest first; paged.
@@ -1222,8 +1145,16 @@ impl EhrChain {
     }
 }
 
-fn is_record_of(e: &AuditEvent, addr: PatientAddr) -> bool {
-    matches!(e.kind, AuditKind::RecordAnchored { patient, .. } if patient == Some(addr))
+/// The contract's form of a record proof.
+fn sol_proof(p: &RecordProof) -> EhrAccess::RecordProof {
+    EhrAccess::RecordProof {
+        patient: p.patient.key(),
+        author: p.author,
+        salt: p.salt,
+        digest: p.digest,
+        root: p.root,
+        proof: p.proof.clone(),
+    }
 }
 
 /// A prepared contract call that can be sent: lets `send` take any generated call builder.

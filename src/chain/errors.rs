@@ -43,7 +43,6 @@ impl ChainError {
                 | E::NotPendingManager(_)
                 | E::NotPatient(_)
                 | E::ProviderNotVerified(_)
-                | E::NotAllowedToAnchor(_)
                 | E::InvalidVoucher(_)
                 | E::VoucherExpired(_) => Self::NotPermitted(words),
                 _ => Self::Rejected(words),
@@ -111,15 +110,9 @@ fn describe(e: &E) -> String {
             patient(x.patient),
             x.provider
         ),
-        E::RecordExists(x) => format!("record {} is already anchored", x.recordId),
-        E::ZeroDigest(_) => "record digest must not be zero".into(),
-        E::NotAllowedToAnchor(x) => {
-            format!(
-                "{} may not add records for patient {}: not the patient and no active grant",
-                x.caller,
-                patient(x.patient)
-            )
-        }
+        E::RootExists(x) => format!("root {} is already anchored", x.root),
+        E::ZeroRoot(_) => "a root must not be zero".into(),
+        E::BadBatchSize(x) => format!("a root holds 1 to {} records, not {}", x.max, x.count),
         E::EmptyBatch(_) => "an access transaction needs at least one record".into(),
         E::BatchTooLarge(x) => format!(
             "{} records in one access transaction; at most {}",

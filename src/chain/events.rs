@@ -85,14 +85,15 @@ pub enum AuditKind {
         /// Provider.
         provider: Address,
     },
-    /// A record was anchored.
-    RecordAnchored {
-        /// Patient.
-        patient: Option<PatientAddr>,
-        /// Record.
-        record: RecordId,
-        /// Who anchored it.
-        author: Address,
+    /// A Merkle root of records was anchored (it names no patient: the records under it are
+    /// proven to share nodes leaf by leaf).
+    Anchored {
+        /// The root.
+        root: B256,
+        /// Who sent it.
+        anchorer: Address,
+        /// Records under it.
+        count: u32,
     },
     /// A read was allowed.
     AccessAllowed {
@@ -160,7 +161,6 @@ impl AuditKind {
             | Self::RequestDeclined { patient, .. }
             | Self::GrantIssued { patient, .. }
             | Self::GrantRevoked { patient, .. }
-            | Self::RecordAnchored { patient, .. }
             | Self::AccessAllowed { patient, .. }
             | Self::AccessDenied { patient, .. }
             | Self::BreakGlassOpened { patient, .. }
@@ -224,10 +224,10 @@ pub(crate) fn decode(log: &Log) -> Option<AuditEvent> {
             patient: p(e.patient),
             provider: e.provider,
         },
-        Ev::RecordAnchored(e) => AuditKind::RecordAnchored {
-            patient: p(e.patient),
-            record: RecordId(e.recordId),
-            author: e.author,
+        Ev::Anchored(e) => AuditKind::Anchored {
+            root: e.root,
+            anchorer: e.anchorer,
+            count: e.count,
         },
         Ev::AccessAllowed(e) => AuditKind::AccessAllowed {
             patient: p(e.patient),
@@ -310,7 +310,7 @@ impl AuditFilter {
                     | K::RequestDeclined { .. }
             ),
             Self::Emergency => matches!(k, K::BreakGlassOpened { .. } | K::BreakGlassEnded { .. }),
-            Self::Records => matches!(k, K::RecordAnchored { .. }),
+            Self::Records => matches!(k, K::Anchored { .. }),
         }
     }
 

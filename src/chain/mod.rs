@@ -7,6 +7,7 @@ mod errors;
 mod events;
 mod fold;
 mod index;
+pub mod merkle;
 mod send_lock;
 mod types;
 mod voucher;
@@ -18,7 +19,7 @@ pub use events::{AuditEvent, AuditFilter, AuditKind, AuditPage};
 pub use index::{IndexStore, StoreError, StoredIndex};
 pub use types::{
     DenyReason, EmergencyReason, GrantInfo, GrantState, InvalidPatientAddr, PatientAddr,
-    PendingRequest, ProviderStatus, RecordAnchor, RecordId, UnknownCode, UnknownEmergencyReason,
+    PendingRequest, ProviderStatus, RecordId, RootInfo, UnknownCode, UnknownEmergencyReason,
     random_b256,
 };
 pub use voucher::{PatientVoucher, sign_voucher};

@@ -381,19 +381,15 @@ pub struct PendingRequest {
     pub requested_at: u64,
 }
 
-/// A record anchor as stored on chain.
+/// An anchored Merkle root of records, as stored on chain.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RecordAnchor {
-    /// Record id.
-    pub id: RecordId,
-    /// The patient it belongs to.
-    pub patient: PatientAddr,
-    /// sha256 of the plaintext envelope.
-    pub digest: B256,
+pub struct RootInfo {
     /// Who anchored it.
-    pub author: Address,
+    pub anchorer: Address,
     /// When, unix seconds.
     pub anchored_at: u64,
+    /// Records under it.
+    pub count: u32,
 }
 
 #[cfg(test)]

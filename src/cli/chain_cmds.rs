@@ -165,6 +165,9 @@ pub enum ProviderCmd {
     },
     /// The access transaction for records (denials are reported, and logged on chain).
     Access {
+        /// The patient whose records are read (aid-pid).
+        #[arg(long)]
+        patient: PatientAddr,
         /// Record ids.
         #[arg(required = true)]
         records: Vec<RecordId>,
@@ -406,8 +409,12 @@ pub async fn provider(cmd: ProviderCmd) -> anyhow::Result<()> {
             &format!("requested access to {addr}"),
             &signing(&c).await?.request_access(addr).await?,
         ),
-        ProviderCmd::Access { records, c } => {
-            let o = signing(&c).await?.access_records(&records).await?;
+        ProviderCmd::Access {
+            patient,
+            records,
+            c,
+        } => {
+            let o = signing(&c).await?.access(patient, &records).await?;
             print_tx("access transaction", &o.tx);
             for r in &o.allowed {
                 println!("  allowed {r}");

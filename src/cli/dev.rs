@@ -59,10 +59,16 @@ pub struct DevArgs {
     /// demo users with public passwords must never land in a deployment's database.)
     #[arg(long, env = "EHR_DEV_DATABASE_URL")]
     database_url: Option<String>,
+    /// How long the gateway waits to anchor uploads that arrive close together in one
+    /// transaction (a lone upload waits this long), in milliseconds.
+    #[arg(long, env = "EHR_DEV_BATCH_WINDOW_MS", default_value_t = 50)]
+    batch_window_ms: u64,
 }
 
 /// The demo cast, as indices into anvil's mnemonic accounts.
 const OFFICE: u32 = 0;
+/// The gateway's own account: it anchors batches of uploads.
+const ANCHORER: u32 = 7;
 const DOCTORS: [u32; 3] = [1, 2, 6];
 const PATIENTS: [(u32, u64, u64); 3] = [(3, 1, 1001), (4, 1, 1002), (5, 2, 2001)];
 
@@ -153,9 +159,19 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
     let keyring = seed_demo(&settings, &chain).await?;
 
     let node_refs = start_share_nodes(&a, &settings, &chain, &mut supervisor).await?;
+    // The gateway anchors web and REST uploads in batches with an account of its own.
+    let anchorer = chain.with_signer(&settings.rpc_url(), demo_signer(&settings, ANCHORER)?)?;
+    let batcher: std::sync::Arc<dyn crate::records::Anchoring> = crate::records::Batcher::spawn(
+        anchorer,
+        crate::records::BatchSettings {
+            window: std::time::Duration::from_millis(a.batch_window_ms),
+            ..Default::default()
+        },
+    );
     let records = RecordsConfig {
         nodes: node_refs.clone(),
         threshold: a.threshold,
+        anchoring: Some(batcher),
     };
     seed_demo_record(&settings, &chain, &ipfs, &records).await?;
     let db_url = a
@@ -540,7 +556,9 @@ async fn seed_demo_record(
 ) -> anyhow::Result<()> {
     let (index, aid, pid) = PATIENTS[0];
     let addr = PatientAddr::new(aid, pid)?;
-    if chain.record_count(addr).await? > 0 {
+    let dir =
+        crate::records::Directory::new(chain.clone(), records.nodes.clone(), records.threshold);
+    if !dir.list(addr).await?.is_empty() {
         return Ok(());
     }
     let patient = demo_signer(settings, index)?;

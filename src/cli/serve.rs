@@ -247,6 +247,12 @@ pub async fn run(a: ServeArgs) -> anyhow::Result<()> {
         "{}: fix `records.share_nodes.address`",
         r.impostors.join("; ")
     );
+    // The chain client once connected (now, or later when the node comes up).
+    let later_chain: std::sync::Arc<std::sync::OnceLock<crate::chain::EhrChain>> =
+        Default::default();
+    if let Some(ch) = &chain {
+        let _ = later_chain.set(ch.clone());
+    }
     let records = RecordsConfig {
         nodes: c
             .records
@@ -258,6 +264,46 @@ pub async fn run(a: ServeArgs) -> anyhow::Result<()> {
             })
             .collect(),
         threshold: c.records.threshold,
+        anchoring: match &c.records.batch_key_file {
+            Some(path) => {
+                let hex = std::fs::read_to_string(path).with_context(|| {
+                    format!(
+                        "records.batch_key_file: cannot read {} (a hex private key of a funded account)",
+                        path.display()
+                    )
+                })?;
+                let key: alloy::signers::local::PrivateKeySigner =
+                    hex.trim().parse().with_context(|| {
+                        format!(
+                            "records.batch_key_file: {} is not a private key",
+                            path.display()
+                        )
+                    })?;
+                tracing::info!(
+                    "anchoring uploads in batches as {} (window {} ms)",
+                    key.address(),
+                    c.records.batch_window_ms
+                );
+                // The chain may come up after the gateway: each batch asks for it.
+                let rpc = c.chain.rpc_url.clone();
+                let connected = later_chain.clone();
+                let source: crate::records::ChainSource = std::sync::Arc::new(move || {
+                    connected.get().and_then(|ch: &crate::chain::EhrChain| {
+                        ch.with_signer(&rpc, key.clone()).ok()
+                    })
+                });
+                let batcher: std::sync::Arc<dyn crate::records::Anchoring> =
+                    crate::records::Batcher::spawn_with(
+                        source,
+                        crate::records::BatchSettings {
+                            window: std::time::Duration::from_millis(c.records.batch_window_ms),
+                            ..Default::default()
+                        },
+                    );
+                Some(batcher)
+            }
+            None => None,
+        },
     };
     let events = std::sync::Arc::new(EventStore::new(db.clone()));
     let accounts = AccountStore::new(db.clone()).await?;
@@ -278,6 +324,7 @@ pub async fn run(a: ServeArgs) -> anyhow::Result<()> {
             c.chain.rpc_url.clone(),
             r.deployment,
             events,
+            later_chain,
         ));
     }
     let proxies = match &c.proxy {
@@ -330,12 +377,14 @@ async fn connect_later(
     rpc_url: String,
     deployment: Deployment,
     events: std::sync::Arc<EventStore>,
+    later_chain: std::sync::Arc<std::sync::OnceLock<EhrChain>>,
 ) {
     loop {
         tokio::time::sleep(std::time::Duration::from_secs(5)).await;
         match EhrChain::connect(&rpc_url, None, &deployment).await {
             Ok(chain) => {
                 tracing::info!("chain {rpc_url} answers; serving");
+                let _ = later_chain.set(chain.clone());
                 state.set_chain(chain.with_index_store(events));
                 return;
             }

@@ -168,12 +168,25 @@ pub(super) async fn records(
     Query(page): Query<Page>,
 ) -> Result<Json<Value>, ApiError> {
     let (o, l) = page.checked()?;
-    let chain = deployed(&state)?;
-    let mut out = Vec::new();
-    for id in chain.record_ids(patient(&p)?, o, l).await? {
-        out.push(chain.record(id).await?);
-    }
-    Ok(Json(json!({ "records": out })))
+    let cfg = state
+        .records()
+        .ok_or_else(|| ApiError::Unavailable("no share nodes configured on this gateway".into()))?;
+    let dir =
+        crate::records::Directory::new(deployed(&state)?.clone(), cfg.nodes.clone(), cfg.threshold);
+    let all = dir.list(patient(&p)?).await?;
+    let out: Vec<Value> = all
+        .iter()
+        .skip(usize::try_from(o).unwrap_or(usize::MAX))
+        .take(usize::try_from(l).unwrap_or(usize::MAX))
+        .map(|r| {
+            json!({
+                "id": r.record, "patient": r.proof.patient, "author": r.proof.author,
+                "digest": r.proof.digest, "root": r.proof.root, "proof": r.proof.proof,
+                "stored_at": r.stored_at,
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "records": out, "total": all.len() })))
 }
 
 pub(super) async fn patient_audit(
@@ -306,6 +319,8 @@ pub(super) async fn decline(
 /// Body of `POST /api/access`.
 #[derive(Deserialize)]
 pub(super) struct AccessBody {
+    /// The patient whose records are read (`aid-pid`).
+    patient: String,
     records: Vec<String>,
 }
 
@@ -322,7 +337,7 @@ pub(super) async fn access(
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let o = c.access_records(&ids).await?;
+    let o = c.access(patient(&b.patient)?, &ids).await?;
     Ok(Json(json!({
         "tx_hash": o.tx.tx_hash, "gas_used": o.tx.gas_used,
         "allowed": o.allowed,

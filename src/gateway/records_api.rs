@@ -39,13 +39,7 @@ fn client(state: &AppState, key: ActorKey) -> Result<RecordsClient, ApiError> {
     let cfg = state
         .records()
         .ok_or_else(|| ApiError::Unavailable("no share nodes configured on this gateway".into()))?;
-    Ok(RecordsClient::new(
-        key.1,
-        key.0,
-        state.ipfs().clone(),
-        cfg.nodes.clone(),
-        cfg.threshold,
-    )?)
+    Ok(cfg.client(key.1, key.0, state.ipfs().clone())?)
 }
 
 /// Query of `POST /records`.

@@ -63,6 +63,34 @@ pub struct RecordsConfig {
     pub nodes: Vec<crate::records::ShareNodeRef>,
     /// Shares needed to read.
     pub threshold: u8,
+    /// The gateway's batcher, when it anchors uploads in batches with its own account; `None`:
+    /// each uploader anchors their record alone.
+    pub anchoring: Option<std::sync::Arc<dyn crate::records::Anchoring>>,
+}
+
+impl RecordsConfig {
+    /// A records client signing as `signer`, anchoring through the batcher when there is one.
+    ///
+    /// # Errors
+    /// [`crate::records::RecordError::Config`] when the threshold exceeds the nodes.
+    pub fn client(
+        &self,
+        chain: crate::chain::EhrChain,
+        signer: alloy::signers::local::PrivateKeySigner,
+        ipfs: KuboClient,
+    ) -> Result<crate::records::RecordsClient, crate::records::RecordError> {
+        let c = crate::records::RecordsClient::new(
+            chain,
+            signer,
+            ipfs,
+            self.nodes.clone(),
+            self.threshold,
+        )?;
+        Ok(match &self.anchoring {
+            Some(a) => c.with_anchoring(a.clone()),
+            None => c,
+        })
+    }
 }
 
 struct Inner {

@@ -5,16 +5,16 @@ use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::block::{RecordBlock, keyed_digest};
+use super::directory::Directory;
 use super::fhir::{FHIR_JSON, validate_fhir};
-use crate::chain::{
-    ChainError, DenyReason, EhrChain, PatientAddr, RecordAnchor, RecordId, random_b256,
-};
+use crate::chain::merkle::{self, RecordProof};
+use crate::chain::{ChainError, DenyReason, EhrChain, PatientAddr, RecordId, random_b256};
 use crate::crypto::{AeadKey, Opener, seal_segments};
 use crate::ipfs::{IpfsError, KuboClient};
 use crate::shamir::{Commitments, Secret, Share, Threshold, combine, split};
 use crate::share_node::{
-    DepositBody, ReleaseBody, ReleasedShare, ShareDeposit, ShareRelease, domain, sign_deposit,
-    sign_release,
+    AnchorBody, AnchoredRecord, DepositBody, ReleaseBody, ReleasedShare, ShareDeposit,
+    ShareRelease, domain, sign_deposit, sign_release,
 };
 use alloy::primitives::{Address, B256, U256};
 use alloy::signers::local::PrivateKeySigner;
@@ -85,8 +85,8 @@ fn list(f: &[NodeFailure]) -> String {
 /// Errors of record operations, one per way it can fail.
 #[derive(Debug, thiserror::Error)]
 pub enum RecordError {
-    /// No record with this id is anchored.
-    #[error("record {0} not found on chain")]
+    /// No share node holds a record with this id under an anchored root.
+    #[error("record {0} not found (no share node holds it under an anchored root)")]
     NotFound(RecordId),
     /// The contract denied access (the denial is on the audit trail).
     #[error("access to record {0} denied: {1}")]
@@ -127,15 +127,34 @@ pub enum RecordError {
         /// Its CID.
         cid: String,
     },
-    /// The decrypted content does not match the on-chain anchor.
-    #[error("record {0}: content digest does not match the on-chain anchor")]
+    /// The decrypted content does not match the anchored digest.
+    #[error("record {0}: content digest does not match the anchored digest")]
     DigestMismatch(RecordId),
+    /// The record was anchored, but fewer than k share nodes accepted its proof: it cannot be
+    /// read, and the nodes will collect its shares.
+    #[error(
+        "record {record} was anchored, but only {accepted} share nodes accepted its proof, {needed} needed; {}",
+        list(failures)
+    )]
+    NotEnoughProofs {
+        /// The record.
+        record: RecordId,
+        /// Nodes that keep the proof.
+        accepted: usize,
+        /// Threshold.
+        needed: usize,
+        /// Each node that failed, and why.
+        failures: Vec<NodeFailure>,
+    },
     /// The payload is not what its media type claims.
     #[error("invalid FHIR resource: {0}")]
     InvalidFhir(String),
     /// A share node could not be reached.
     #[error("share node {0} unreachable: {1}")]
     NodeUnreachable(String, String),
+    /// Anchoring the record's root failed (in a batch: for every record in it).
+    #[error("anchoring failed: {0}")]
+    Anchoring(String),
     /// Configuration problem (threshold vs node count).
     #[error("{0}")]
     Config(String),
@@ -150,6 +169,51 @@ pub enum RecordError {
     Ipfs(#[from] IpfsError),
 }
 
+/// Where a record's leaf gets anchored: alone by the uploader, or batched with others (the
+/// gateway's [`super::Batcher`]). Returns the anchored root and the leaf's proof to it.
+pub trait Anchoring: Send + Sync + std::fmt::Debug {
+    /// Anchors `leaf` (waiting until its root is on chain).
+    fn anchor(
+        &self,
+        leaf: B256,
+    ) -> futures::future::BoxFuture<'_, Result<(B256, Vec<B256>), RecordError>>;
+}
+
+/// Anchoring each record alone, by the uploader: the root is the leaf.
+#[derive(Debug)]
+struct Alone(EhrChain);
+
+impl Anchoring for Alone {
+    fn anchor(
+        &self,
+        leaf: B256,
+    ) -> futures::future::BoxFuture<'_, Result<(B256, Vec<B256>), RecordError>> {
+        Box::pin(async move {
+            anchor_root(&self.0, leaf, 1).await?;
+            Ok((leaf, Vec::new()))
+        })
+    }
+}
+
+/// Sends `anchor(root, count)`. A root anchored already (by anyone: a copied transaction
+/// anchors the same records, and opens nothing to whoever sent it) counts as anchored.
+///
+/// # Errors
+/// Chain rejections other than an existing root, transport errors.
+pub async fn anchor_root(chain: &EhrChain, root: B256, count: u32) -> Result<(), RecordError> {
+    match chain.anchor_root(root, count).await {
+        Ok(_) => Ok(()),
+        // Rejected (decoded) or reverted (a node that gives no reason): a duplicate root is
+        // fine, anything else is the error.
+        Err(e) if chain.root(root).await?.is_some() => {
+            tracing::debug!("anchoring {root}: {e}");
+            tracing::info!("root {root} was anchored already (by another sender): fine");
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Put and get records as one account.
 #[derive(Debug, Clone)]
 pub struct RecordsClient {
@@ -160,6 +224,8 @@ pub struct RecordsClient {
     threshold: Threshold,
     domain: Eip712Domain,
     http: reqwest::Client,
+    anchoring: std::sync::Arc<dyn Anchoring>,
+    directory: Directory,
 }
 
 fn now() -> u64 {
@@ -192,6 +258,8 @@ impl RecordsClient {
             .map_err(|e| RecordError::Config(format!("{e} (share nodes configured: {n})")))?;
         let domain = domain(chain.chain_id(), chain.address(), chain.deployment_id());
         Ok(Self {
+            anchoring: std::sync::Arc::new(Alone(chain.clone())),
+            directory: Directory::new(chain.clone(), nodes.clone(), k),
             chain,
             signer,
             ipfs,
@@ -203,6 +271,12 @@ impl RecordsClient {
                 .build()
                 .map_err(|e| RecordError::Config(e.to_string()))?,
         })
+    }
+
+    /// The same client, anchoring through `anchoring` (a batcher) instead of alone.
+    pub fn with_anchoring(mut self, anchoring: std::sync::Arc<dyn Anchoring>) -> Self {
+        self.anchoring = anchoring;
+        self
     }
 
     /// Encrypts, stores and anchors a record for `patient`; returns its id.
@@ -278,6 +352,7 @@ impl RecordsClient {
                 patient: patient.key(),
                 uploader: self.signer.address(),
                 salt,
+                digest: block.digest,
                 shareNode: node.address,
                 contentHash: DepositBody::content_hash(&body_share, &commitments, &sealed),
                 nonce: nonce(),
@@ -323,33 +398,62 @@ impl RecordsClient {
                 f.reason
             );
         }
-        let (anchored, _) = self
-            .chain
-            .anchor_record(salt, patient, block.digest)
-            .await?;
-        if anchored != id {
-            // Only possible if the contract derives ids differently from this build.
-            return Err(RecordError::Config(format!(
-                "the contract anchored {anchored}, expected {id}"
-            )));
+        let leaf = merkle::leaf(id, patient, self.signer.address(), block.digest);
+        let (root, proof) = self.anchoring.anchor(leaf).await?;
+        self.present_proof(id, &AnchorBody { root, proof }).await
+    }
+
+    /// Gives every share node the record's root and proof; k must accept them.
+    async fn present_proof(&self, id: RecordId, body: &AnchorBody) -> Result<(), RecordError> {
+        let mut pending = FuturesUnordered::new();
+        for node in &self.nodes {
+            let http = self.http.clone();
+            let url = format!("{}/shares/{id}/anchor", node.url);
+            let name = node.url.clone();
+            pending.push(async move {
+                let r = http.post(url).json(body).send().await;
+                (name, answer(r).await.map(|_: serde_json::Value| ()))
+            });
+        }
+        let mut accepted = 0;
+        let mut failures = Vec::new();
+        while let Some((node, r)) = pending.next().await {
+            match r {
+                Ok(()) => accepted += 1,
+                Err(reason) => failures.push(NodeFailure { node, reason }),
+            }
+        }
+        let needed = usize::from(self.threshold.k());
+        if accepted < needed {
+            return Err(RecordError::NotEnoughProofs {
+                record: id,
+                accepted,
+                needed,
+                failures,
+            });
         }
         Ok(())
     }
 
+    /// The read-only side: where records sit and which a patient has.
+    pub fn directory(&self) -> &Directory {
+        &self.directory
+    }
+
+    async fn locate(&self, id: RecordId) -> Result<AnchoredRecord, RecordError> {
+        self.directory.locate(id).await
+    }
+
     /// The patient's view of one of their own records: the metadata block (size, media type,
-    /// file name, author) gathered from the share nodes and checked against the on-chain anchor,
-    /// without fetching the ciphertext. Share nodes release to the patient without an access
-    /// transaction, so listing one's own records leaves no audit noise.
+    /// file name, author) gathered from the share nodes and checked against the record's
+    /// anchored proof, without fetching the ciphertext. Share nodes release to the patient
+    /// without an access transaction, so listing one's own records leaves no audit noise.
     ///
     /// # Errors
     /// [`RecordError::NotFound`] for an unknown id; share-gathering and decryption failures.
     pub async fn metadata(&self, id: RecordId) -> Result<RecordBlock, RecordError> {
-        let anchor = self
-            .chain
-            .record(id)
-            .await?
-            .ok_or(RecordError::NotFound(id))?;
-        let (block, _) = self.open_block(id, &anchor, None).await?;
+        let found = self.locate(id).await?;
+        let (block, _) = self.open_block(id, &found.proof, None).await?;
         Ok(block)
     }
 
@@ -358,7 +462,7 @@ impl RecordsClient {
     async fn open_block(
         &self,
         id: RecordId,
-        anchor: &RecordAnchor,
+        anchor: &RecordProof,
         access_tx: Option<B256>,
     ) -> Result<(RecordBlock, Vec<NodeFailure>), RecordError> {
         let (secret, sealed, failures) = self.gather(id, access_tx).await?;
@@ -378,11 +482,7 @@ impl RecordsClient {
     /// One variant per failure: not found, denied, not enough valid shares (naming the nodes),
     /// ciphertext missing, digest mismatch.
     pub async fn get(&self, id: RecordId) -> Result<Retrieved, RecordError> {
-        let anchor = self
-            .chain
-            .record(id)
-            .await?
-            .ok_or(RecordError::NotFound(id))?;
+        let anchor = self.locate(id).await?.proof;
         let me = self.signer.address();
         let mut access_tx = None;
         if self.chain.patient_account(anchor.patient).await? != Some(me) {
@@ -566,7 +666,7 @@ pub struct Retrieved {
     pub failures: Vec<NodeFailure>,
 }
 
-async fn answer<T: serde::de::DeserializeOwned>(
+pub(super) async fn answer<T: serde::de::DeserializeOwned>(
     r: Result<reqwest::Response, reqwest::Error>,
 ) -> Result<T, String> {
     let r = r.map_err(|e| {

@@ -1,16 +1,24 @@
 //! Records end to end: validate, encrypt, add to IPFS, Shamir-share the key block across share
-//! nodes, anchor on chain; and back: access transaction, gather and verify shares, recombine,
-//! fetch, decrypt, check the digest against the chain.
+//! nodes, anchor the record's leaf on chain (alone, or in a Merkle root of many by the
+//! gateway's batcher), give each node the proof; and back: locate the record's proof, access
+//! transaction, gather and verify shares, recombine, fetch, decrypt, check the digest.
 //!
-//! A failed upload leaves no visible half record: the record is anchored on chain only after k
-//! share nodes acknowledged, and on any failure before that the ciphertext is unpinned. Shares
-//! already deposited for a never-anchored record stay on their nodes but can never be released
-//! (`canRead` is false for unanchored records) and hold nothing readable without k of them.
+//! A failed upload leaves no visible half record: the record is anchored only after k share
+//! nodes acknowledged, it is readable (and listed) only once k nodes accepted its proof, and on
+//! any failure the ciphertext is unpinned. Shares deposited for a record whose proof never
+//! arrived can never be released (`canRead` needs the proof to an anchored root) and are
+//! collected by the nodes after an hour.
 
+mod batcher;
 mod block;
 mod client;
+mod directory;
 mod fhir;
 
+pub use batcher::{BatchSettings, Batcher, ChainSource};
 pub use block::{RecordBlock, keyed_digest};
-pub use client::{NodeFailure, RecordError, RecordsClient, Retrieved, ShareNodeRef};
+pub use client::{
+    Anchoring, NodeFailure, RecordError, RecordsClient, Retrieved, ShareNodeRef, anchor_root,
+};
+pub use directory::Directory;
 pub use fhir::{FHIR_JSON, validate_fhir};

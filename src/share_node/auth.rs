@@ -29,6 +29,8 @@ alloy::sol! {
         uint128 patient;
         address uploader;
         bytes32 salt;
+        /// The record's keyed digest: its leaf commits to it.
+        bytes32 digest;
         address shareNode;
         bytes32 contentHash;
         uint256 nonce;
@@ -40,7 +42,7 @@ alloy::sol! {
 pub fn domain(chain_id: u64, contract: Address, deployment_id: B256) -> Eip712Domain {
     Eip712Domain::new(
         Some("ehr-share".into()),
-        Some("3".into()),
+        Some("4".into()),
         Some(U256::from(chain_id)),
         Some(contract),
         Some(deployment_id),

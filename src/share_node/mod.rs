@@ -9,6 +9,7 @@ mod store;
 pub use auth::{ShareDeposit, ShareRelease, domain, sign_deposit, sign_release};
 pub use config::{ShareNodeConfigError, ShareNodeFile, ShareNodeSettings};
 pub use server::{
-    DepositBody, NodeConfig, NodeLimits, ReleaseBody, ReleasedShare, open_store, router, serve,
+    AnchorBody, AnchoredRecord, DepositBody, NodeConfig, NodeLimits, ReleaseBody, ReleasedShare,
+    open_store, router, serve,
 };
-pub use store::{Binding, ShareStore, StoreError, StoredShare};
+pub use store::{Anchor, Binding, ShareStore, StoreError, StoredShare};

@@ -2,9 +2,15 @@
 //!
 //! - `GET /health`: node address, chain reachability, share count (no secrets).
 //! - `PUT /shares/{record}`: deposit, signed by the uploader (the patient or a granted provider).
+//! - `POST /shares/{record}/anchor`: the record's root and proof; kept when the proof leads from
+//!   the leaf of what was deposited to a root anchored on chain (then the record is readable,
+//!   listed, and never collected).
 //! - `POST /shares/{record}/release`: release, signed by the requester; allowed only when the
-//!   contract's `canRead` is true at the latest block for the patient, or for a provider with
-//!   the block and time of the `AccessAllowed` event found in the receipt the request names.
+//!   contract's `canRead` is true at the latest block for the stored proof, for the patient, or
+//!   for a provider with the block and time of the `AccessAllowed` event found in the receipt
+//!   the request names.
+//! - `GET /records/{record}`, `GET /patients/{aid-pid}/records`: the public part (proof, time)
+//!   of anchored records held here.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -23,8 +29,9 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use super::auth::{ShareDeposit, ShareRelease, domain, signer_of};
-use super::store::{Binding, ShareStore, StoreError, StoredShare};
-use crate::chain::{DenyReason, EhrChain, PatientAddr, RecordAnchor, RecordId};
+use super::store::{Anchor, Binding, ShareStore, StoreError, StoredShare};
+use crate::chain::merkle::RecordProof;
+use crate::chain::{DenyReason, EhrChain, PatientAddr, RecordId};
 use crate::limits::{RateLimiter, retry_after_secs};
 use axum::extract::ConnectInfo;
 
@@ -150,9 +157,32 @@ pub struct ReleaseBody {
     pub signature: Signature,
 }
 
+/// Body of `POST /shares/{record}/anchor`: where the uploader anchored the record.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AnchorBody {
+    /// The anchored root.
+    pub root: B256,
+    /// Sibling hashes from the record's leaf up.
+    pub proof: Vec<B256>,
+}
+
+/// A record a node holds under an anchored root: public (the chain's `Anchored` events and
+/// the record ids were public in earlier versions too), no share.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AnchoredRecord {
+    /// The record id.
+    pub record: RecordId,
+    /// Its leaf's fields and proof.
+    pub proof: RecordProof,
+    /// When its share was deposited here, unix seconds.
+    pub stored_at: u64,
+}
+
 /// What a node releases.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct ReleasedShare {
+    /// Where the record sits on chain (the reader checks it against the anchored root).
+    pub proof: RecordProof,
     /// The share, hex.
     pub share: String,
     /// Feldman commitments, hex.
@@ -240,6 +270,9 @@ fn routes(node: Arc<Node>) -> Router {
         .route("/health", get(health))
         .route("/shares/{record}", put(deposit))
         .route("/shares/{record}/release", post(release))
+        .route("/shares/{record}/anchor", post(anchor))
+        .route("/records/{record}", get(record_info))
+        .route("/patients/{patient}/records", get(patient_records))
         .layer(tower_http::limit::RequestBodyLimitLayer::new(BODY_LIMIT))
         .with_state(node)
 }
@@ -300,41 +333,40 @@ async fn sweep(n: &Node) -> Result<(), String> {
         }
         Err(e) => return Err(format!("chain unreachable: {e}")),
     }
+    // Deposits whose uploader never presented an anchored root (a failed or abandoned
+    // upload) are deleted: nothing can read them, and they count against the uploader's quota.
     let cutoff = t.saturating_sub(n.cfg.limits.unanchored_ttl.as_secs());
-    let mut kept = 0;
     let mut collected = 0;
     for record in store
         .pending_before(cutoff, 512)
         .map_err(|e| e.to_string())?
     {
-        let id = RecordId(B256::from(record));
-        let anchor = n.cfg.chain.record(id).await.map_err(|e| e.to_string())?;
-        let stored = store.get(&record).map_err(|e| e.to_string())?;
-        let matches = matches!((&anchor, &stored), (Some(a), Some(s)) if deposit_matches(a, s));
-        if matches {
-            store.mark_anchored(&record).map_err(|e| e.to_string())?;
-            kept += 1;
-        } else {
-            store
-                .remove_unanchored(&record)
-                .map_err(|e| e.to_string())?;
-            collected += 1;
-        }
+        store
+            .remove_unanchored(&record)
+            .map_err(|e| e.to_string())?;
+        collected += 1;
     }
-    if pruned + collected + kept > 0 {
+    if pruned + collected > 0 {
         tracing::info!(
             pruned_nonces = pruned,
             collected_deposits = collected,
-            anchored = kept,
             "share node collector"
         );
     }
     Ok(())
 }
 
-/// The anchor on chain is the record this deposit was made for: same patient, same author.
-fn deposit_matches(anchor: &RecordAnchor, stored: &StoredShare) -> bool {
-    anchor.patient.key() == stored.patient && anchor.author == stored.uploader
+/// The record's proof as a node keeps it, once anchored.
+fn proof_of(stored: &StoredShare) -> Option<RecordProof> {
+    let anchor = stored.anchor.as_ref()?;
+    Some(RecordProof {
+        patient: PatientAddr::from_key(stored.patient)?,
+        author: stored.uploader,
+        salt: stored.salt,
+        digest: stored.digest,
+        root: anchor.root,
+        proof: anchor.proof.clone(),
+    })
 }
 
 fn halted(n: &Node) -> Result<(), Refusal> {
@@ -466,13 +498,6 @@ async fn deposit(
             )));
         }
     }
-    if chain.record(id).await.map_err(internal)?.is_some() {
-        return Err(Refusal(
-            StatusCode::CONFLICT,
-            format!("record {id} is already anchored"),
-            None,
-        ));
-    }
     if !n
         .cfg
         .store
@@ -485,6 +510,8 @@ async fn deposit(
         patient: d.patient,
         uploader: d.uploader,
         salt: d.salt,
+        digest: d.digest,
+        anchor: None,
         share: b.share,
         commitments: b.commitments,
         sealed_block: b.sealed_block,
@@ -540,16 +567,17 @@ async fn release(
         )));
     }
     limit(&n, r.requester)?;
-    // The chain decides first, so a requester who may not read learns nothing, not even
-    // whether this node holds a share of that id, and costs no write.
+    // One answer for "no such record", "not anchored" and "not allowed", and nothing is
+    // written (not even the nonce) before the chain says yes.
+    let stored = n.cfg.store.get(&id.0.0).map_err(internal)?;
+    let Some((stored, proof)) = stored.and_then(|s| proof_of(&s).map(|p| (s, p))) else {
+        return Err(not_allowed(r.requester, id));
+    };
+    let access_tx = (r.accessTx != B256::ZERO).then_some(r.accessTx);
     if !n
         .cfg
         .chain
-        .can_read(
-            r.requester,
-            id,
-            (r.accessTx != B256::ZERO).then_some(r.accessTx),
-        )
+        .can_read(r.requester, &proof, access_tx)
         .await
         .map_err(internal)?
     {
@@ -563,30 +591,6 @@ async fn release(
     {
         return Err(denied("request nonce already used (replay)"));
     }
-    let Some(anchor) = n.cfg.chain.record(id).await.map_err(internal)? else {
-        return Err(not_allowed(r.requester, id));
-    };
-    let Some(stored) = n.cfg.store.get(&id.0.0).map_err(internal)? else {
-        return Err(Refusal(
-            StatusCode::NOT_FOUND,
-            format!("no share stored for record {id}"),
-            None,
-        ));
-    };
-    if !deposit_matches(&anchor, &stored) {
-        tracing::error!(record = %id, author = %anchor.author, uploader = %stored.uploader,
-            "the anchor on chain is not the record deposited here; refusing");
-        return Err(Refusal(
-            StatusCode::CONFLICT,
-            format!(
-                "record {id} on chain was not anchored by the account that deposited this share"
-            ),
-            None,
-        ));
-    }
-    if n.cfg.store.is_pending(&id.0.0).map_err(internal)? {
-        n.cfg.store.mark_anchored(&id.0.0).map_err(internal)?;
-    }
     let mut share = stored.share;
     if n.cfg.danger_corrupt_shares {
         // Flip the last hex digit of the value: a plausible but wrong share.
@@ -595,8 +599,131 @@ async fn release(
     }
     tracing::info!(record = %id, requester = %r.requester, "share released");
     Ok(Json(ReleasedShare {
+        proof,
         share,
         commitments: stored.commitments,
         sealed_block: stored.sealed_block,
     }))
+}
+
+/// The uploader (or anyone: a proof proves itself) says where the record was anchored. The
+/// node checks that the proof leads from the leaf of what was deposited here (its id, patient,
+/// uploader and digest) to a root that is anchored on chain, then keeps it with the share: the
+/// record is readable from now on and is never collected.
+async fn anchor(
+    State(n): State<Arc<Node>>,
+    client: Option<axum::Extension<ConnectInfo<std::net::SocketAddr>>>,
+    Path(record): Path<String>,
+    Json(b): Json<AnchorBody>,
+) -> Result<Json<serde_json::Value>, Refusal> {
+    halted(&n)?;
+    limit_client(&n, client.as_deref())?;
+    let id = record_id(&record)?;
+    if b.proof.len() > 64 {
+        return Err(bad("a proof has at most 64 hashes"));
+    }
+    let Some(stored) = n.cfg.store.get(&id.0.0).map_err(internal)? else {
+        return Err(Refusal(
+            StatusCode::NOT_FOUND,
+            format!("no share stored for record {id}"),
+            None,
+        ));
+    };
+    let patient = PatientAddr::from_key(stored.patient)
+        .ok_or_else(|| internal("stored share without a patient"))?;
+    let proof = RecordProof {
+        patient,
+        author: stored.uploader,
+        salt: stored.salt,
+        digest: stored.digest,
+        root: b.root,
+        proof: b.proof.clone(),
+    };
+    if proof.record_id() != id || !proof.holds() {
+        return Err(bad(format!(
+            "the proof does not lead from record {id}'s leaf (as deposited here) to root {}",
+            b.root
+        )));
+    }
+    if n.cfg.chain.root(b.root).await.map_err(internal)?.is_none() {
+        return Err(Refusal(
+            StatusCode::CONFLICT,
+            format!("root {} is not anchored on chain (anchor it first)", b.root),
+            None,
+        ));
+    }
+    let anchor = Anchor {
+        root: b.root,
+        proof: b.proof,
+    };
+    n.cfg
+        .store
+        .mark_anchored(&id.0.0, &anchor)
+        .map_err(internal)?;
+    Ok(Json(json!({ "anchored": id, "root": b.root })))
+}
+
+/// The public part of an anchored record held here.
+async fn record_info(
+    State(n): State<Arc<Node>>,
+    client: Option<axum::Extension<ConnectInfo<std::net::SocketAddr>>>,
+    Path(record): Path<String>,
+) -> Result<Json<AnchoredRecord>, Refusal> {
+    halted(&n)?;
+    limit_client(&n, client.as_deref())?;
+    let id = record_id(&record)?;
+    let stored = n.cfg.store.get(&id.0.0).map_err(internal)?;
+    match stored.as_ref().and_then(|s| proof_of(s).map(|p| (s, p))) {
+        Some((s, proof)) => Ok(Json(AnchoredRecord {
+            record: id,
+            proof,
+            stored_at: s.stored_at,
+        })),
+        None => Err(Refusal(
+            StatusCode::NOT_FOUND,
+            format!("no anchored record {id} here"),
+            None,
+        )),
+    }
+}
+
+/// Query of `GET /patients/{patient}/records`.
+#[derive(Debug, Deserialize)]
+struct ListQuery {
+    /// Record id to list after (paging).
+    after: Option<String>,
+    /// At most this many (default and maximum 500).
+    limit: Option<usize>,
+}
+
+/// The anchored records of one patient held here, in record id order; paged.
+async fn patient_records(
+    State(n): State<Arc<Node>>,
+    client: Option<axum::Extension<ConnectInfo<std::net::SocketAddr>>>,
+    Path(patient): Path<String>,
+    axum::extract::Query(q): axum::extract::Query<ListQuery>,
+) -> Result<Json<Vec<AnchoredRecord>>, Refusal> {
+    halted(&n)?;
+    limit_client(&n, client.as_deref())?;
+    let patient: PatientAddr = patient
+        .parse()
+        .map_err(|_| bad(format!("{patient:?} is not a patient address (aid-pid)")))?;
+    let after = q.after.as_deref().map(record_id).transpose()?;
+    let limit = q.limit.unwrap_or(500).clamp(1, 500);
+    let rows = n
+        .cfg
+        .store
+        .anchored_of(patient.key(), after.map(|a| a.0.0), limit)
+        .map_err(internal)?;
+    Ok(Json(
+        rows.into_iter()
+            .filter_map(|(record, s)| {
+                Some(AnchoredRecord {
+                    record: RecordId(B256::from(record)),
+                    proof: proof_of(&s)?,
+                    stored_at: s.stored_at,
+                })
+            })
+            .collect(),
+    ))
 }

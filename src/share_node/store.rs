@@ -25,6 +25,8 @@ const PENDING: TableDefinition<&[u8; 32], &[u8; 28]> = TableDefinition::new("pen
 const PENDING_BY_UPLOADER: TableDefinition<&[u8; 20], u64> =
     TableDefinition::new("pending_by_uploader");
 const NONCES: TableDefinition<&[u8; 52], u64> = TableDefinition::new("nonces");
+/// Anchored records per patient: patient key (u128 BE) || record -> when it was deposited.
+const BY_PATIENT: TableDefinition<&[u8; 48], u64> = TableDefinition::new("by_patient");
 
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]
@@ -62,14 +64,22 @@ pub enum StoreError {
     Undecryptable(String),
 }
 
-/// What a sealed value is bound to: its record, patient and uploader (all kept in clear beside
-/// it), so none of them can be swapped in the file without the value failing to open.
-fn aad(record: &[u8; 32], patient: u128, uploader: Address) -> Vec<u8> {
-    let mut a = Vec::with_capacity(68);
+/// What a sealed value is bound to: its record, patient, uploader and digest (all kept in clear
+/// beside it), so none of them can be swapped in the file without the value failing to open.
+fn aad(record: &[u8; 32], patient: u128, uploader: Address, digest: B256) -> Vec<u8> {
+    let mut a = Vec::with_capacity(100);
     a.extend_from_slice(record);
     a.extend_from_slice(&patient.to_be_bytes());
     a.extend_from_slice(uploader.as_slice());
+    a.extend_from_slice(digest.as_slice());
     a
+}
+
+fn patient_key(patient: u128, record: &[u8; 32]) -> [u8; 48] {
+    let mut k = [0u8; 48];
+    k[..16].copy_from_slice(&patient.to_be_bytes());
+    k[16..].copy_from_slice(record);
+    k
 }
 
 fn db<E: std::fmt::Display>(e: E) -> StoreError {
@@ -109,6 +119,10 @@ pub struct StoredShare {
     pub uploader: Address,
     /// The salt the record id is derived from.
     pub salt: B256,
+    /// The record's keyed digest (its leaf commits to it).
+    pub digest: B256,
+    /// The anchored root and the record's proof to it, once the uploader presented them.
+    pub anchor: Option<Anchor>,
     /// The share (index + value), hex.
     pub share: String,
     /// Feldman commitments, hex.
@@ -119,12 +133,23 @@ pub struct StoredShare {
     pub stored_at: u64,
 }
 
+/// Where a stored record sits on chain: the anchored root and the record's proof to it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Anchor {
+    /// The anchored root.
+    pub root: B256,
+    /// Sibling hashes from the record's leaf up.
+    pub proof: Vec<B256>,
+}
+
 /// The public part kept in clear (needed to judge a request before decrypting anything).
 #[derive(Serialize, Deserialize)]
 struct Row {
     patient: u128,
     uploader: Address,
     salt: B256,
+    digest: B256,
+    anchor: Option<Anchor>,
     stored_at: u64,
     /// `share || commitments || sealed block` as JSON, sealed at rest.
     #[serde(with = "hex::serde")]
@@ -193,6 +218,7 @@ impl ShareStore {
             tx.open_table(PENDING).map_err(db)?;
             tx.open_table(PENDING_BY_UPLOADER).map_err(db)?;
             tx.open_table(NONCES).map_err(db)?;
+            tx.open_table(BY_PATIENT).map_err(db)?;
         }
         tx.commit().map_err(db)?;
         Ok(Self {
@@ -224,8 +250,14 @@ impl ShareStore {
             patient: s.patient,
             uploader: s.uploader,
             salt: s.salt,
+            digest: s.digest,
+            anchor: None,
             stored_at: s.stored_at,
-            sealed: seal_at_rest(&self.key, &aad(record, s.patient, s.uploader), &plain),
+            sealed: seal_at_rest(
+                &self.key,
+                &aad(record, s.patient, s.uploader, s.digest),
+                &plain,
+            ),
         };
         let bytes = serde_json::to_vec(&row).map_err(db)?;
         let tx = self.db.begin_write().map_err(db)?;
@@ -238,6 +270,8 @@ impl ShareStore {
                     || old.sealed_block != s.sealed_block
                     || old.patient != s.patient
                     || old.uploader != s.uploader
+                    || old.salt != s.salt
+                    || old.digest != s.digest
                 {
                     return Err(StoreError::Conflict(hex::encode(record)));
                 }
@@ -270,7 +304,7 @@ impl ShareStore {
         let row: Row = serde_json::from_slice(bytes).map_err(db)?;
         let plain = open_at_rest(
             &self.key,
-            &aad(record, row.patient, row.uploader),
+            &aad(record, row.patient, row.uploader, row.digest),
             &row.sealed,
         )
         .map_err(|_| StoreError::Undecryptable(hex::encode(record)))?;
@@ -279,6 +313,8 @@ impl ShareStore {
             patient: row.patient,
             uploader: row.uploader,
             salt: row.salt,
+            digest: row.digest,
+            anchor: row.anchor,
             share: secret.share,
             commitments: secret.commitments,
             sealed_block: secret.sealed_block,
@@ -309,13 +345,83 @@ impl ShareStore {
         Ok(t.get(record).map_err(db)?.is_some())
     }
 
-    /// The record was seen anchored (matching its deposit): it leaves the uploader's quota and
-    /// is never collected.
+    /// The record is under an anchored root (the caller checked `anchor` against the chain):
+    /// keeps the root and proof with the share, takes the deposit out of its uploader's quota
+    /// (it is never collected) and lists it under its patient. A record anchored already keeps
+    /// its first anchor.
+    ///
+    /// # Errors
+    /// Database errors; `Ok(false)` when no share of `record` is stored.
+    pub fn mark_anchored(&self, record: &[u8; 32], anchor: &Anchor) -> Result<bool, StoreError> {
+        let tx = self.db.begin_write().map_err(db)?;
+        {
+            let mut t = tx.open_table(SHARES).map_err(db)?;
+            let Some(bytes) = t.get(record).map_err(db)?.map(|v| v.value().to_vec()) else {
+                return Ok(false);
+            };
+            let mut row: Row = serde_json::from_slice(&bytes).map_err(db)?;
+            if row.anchor.is_some() {
+                return Ok(true);
+            }
+            row.anchor = Some(anchor.clone());
+            let bytes = serde_json::to_vec(&row).map_err(db)?;
+            t.insert(record, bytes.as_slice()).map_err(db)?;
+            tx.open_table(BY_PATIENT)
+                .map_err(db)?
+                .insert(&patient_key(row.patient, record), row.stored_at)
+                .map_err(db)?;
+            Self::unpend(&tx, record, false)?;
+        }
+        tx.commit().map_err(db)?;
+        Ok(true)
+    }
+
+    /// The anchored records of `patient` after `after` (record id order), at most `limit`:
+    /// their public part (no share).
     ///
     /// # Errors
     /// Database errors.
-    pub fn mark_anchored(&self, record: &[u8; 32]) -> Result<(), StoreError> {
-        self.drop_pending(record, false)
+    pub fn anchored_of(
+        &self,
+        patient: u128,
+        after: Option<[u8; 32]>,
+        limit: usize,
+    ) -> Result<Vec<([u8; 32], StoredShare)>, StoreError> {
+        let tx = self.db.begin_read().map_err(db)?;
+        let by = tx.open_table(BY_PATIENT).map_err(db)?;
+        let shares = tx.open_table(SHARES).map_err(db)?;
+        let start = patient_key(patient, &after.unwrap_or([0; 32]));
+        let end = patient_key(patient, &[0xff; 32]);
+        let mut out = Vec::new();
+        for item in by.range::<&[u8; 48]>(&start..=&end).map_err(db)? {
+            let (k, _) = item.map_err(db)?;
+            let mut record = [0u8; 32];
+            record.copy_from_slice(&k.value()[16..]);
+            if after == Some(record) {
+                continue;
+            }
+            if let Some(v) = shares.get(&record).map_err(db)? {
+                let row: Row = serde_json::from_slice(v.value()).map_err(db)?;
+                out.push((
+                    record,
+                    StoredShare {
+                        patient: row.patient,
+                        uploader: row.uploader,
+                        salt: row.salt,
+                        digest: row.digest,
+                        anchor: row.anchor,
+                        share: String::new(),
+                        commitments: String::new(),
+                        sealed_block: String::new(),
+                        stored_at: row.stored_at,
+                    },
+                ));
+            }
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
     }
 
     /// Deletes a deposit that was never anchored (or whose anchor does not match it).
@@ -328,6 +434,15 @@ impl ShareStore {
 
     fn drop_pending(&self, record: &[u8; 32], delete_share: bool) -> Result<(), StoreError> {
         let tx = self.db.begin_write().map_err(db)?;
+        Self::unpend(&tx, record, delete_share)?;
+        tx.commit().map_err(db)
+    }
+
+    fn unpend(
+        tx: &redb::WriteTransaction,
+        record: &[u8; 32],
+        delete_share: bool,
+    ) -> Result<(), StoreError> {
         {
             let mut p = tx.open_table(PENDING).map_err(db)?;
             let removed = p.remove(record).map_err(db)?.map(|v| *v.value());
@@ -349,7 +464,7 @@ impl ShareStore {
                 }
             }
         }
-        tx.commit().map_err(db)
+        Ok(())
     }
 
     /// Unanchored deposits stored before `cutoff` (unix seconds), at most `limit`.
@@ -455,6 +570,8 @@ mod tests {
             patient: 1,
             uploader: Address::repeat_byte(7),
             salt: B256::repeat_byte(1),
+            digest: B256::repeat_byte(2),
+            anchor: None,
             share: v.into(),
             commitments: "c".into(),
             sealed_block: "b".into(),
@@ -541,7 +658,15 @@ mod tests {
             s.put(&[3; 32], &share("a"), 2),
             Err(StoreError::QuotaExceeded { pending: 2, .. })
         ));
-        s.mark_anchored(&[1; 32]).unwrap();
+        let anchor = Anchor {
+            root: B256::repeat_byte(5),
+            proof: vec![B256::repeat_byte(6)],
+        };
+        assert!(s.mark_anchored(&[1; 32], &anchor).unwrap());
+        assert!(
+            !s.mark_anchored(&[9; 32], &anchor).unwrap(),
+            "nothing stored"
+        );
         s.put(&[3; 32], &share("a"), 2).unwrap();
         assert_eq!(s.pending_before(2, 10).unwrap().len(), 2);
         for r in s.pending_before(2, 10).unwrap() {
@@ -549,6 +674,22 @@ mod tests {
         }
         assert_eq!(s.count().unwrap(), 1, "the anchored share stays");
         assert_eq!(s.pending_count().unwrap(), 0);
-        assert!(s.get(&[1; 32]).unwrap().is_some());
+        let kept = s.get(&[1; 32]).unwrap().unwrap();
+        assert_eq!(
+            kept.anchor,
+            Some(anchor.clone()),
+            "the proof is kept with the share"
+        );
+        let listed = s.anchored_of(1, None, 10).unwrap();
+        assert_eq!(listed.len(), 1, "only anchored records are listed");
+        assert_eq!((listed[0].0, listed[0].1.share.as_str()), ([1; 32], ""));
+        assert!(
+            s.anchored_of(2, None, 10).unwrap().is_empty(),
+            "per patient"
+        );
+        assert!(
+            s.anchored_of(1, Some([1; 32]), 10).unwrap().is_empty(),
+            "paged after"
+        );
     }
 }

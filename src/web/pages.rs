@@ -20,7 +20,7 @@ use crate::chain::{
     AuditEvent, AuditFilter, AuditKind, EhrChain, EmergencyReason, GrantState, PatientAddr,
     ProviderStatus, RecordId,
 };
-use crate::records::{FHIR_JSON, RecordError, RecordsClient};
+use crate::records::{Directory, FHIR_JSON, RecordError, RecordsClient};
 
 /// An error page: client mistakes in words with their status, internal ones as a plain message.
 pub(super) struct WebError(StatusCode, String);
@@ -635,14 +635,18 @@ fn describe(k: &AuditKind) -> (&'static str, String, String) {
         AuditKind::GrantRevoked { patient, provider } => {
             ("Access revoked", provider.to_string(), p(patient))
         }
-        AuditKind::RecordAnchored {
-            patient,
-            record,
-            author,
+        AuditKind::Anchored {
+            root,
+            anchorer,
+            count,
         } => (
-            "Record added",
-            author.to_string(),
-            format!("{} record {}", p(patient), short(&record.to_string())),
+            "Records anchored",
+            anchorer.to_string(),
+            format!(
+                "{count} record{} under root {}",
+                if *count == 1 { "" } else { "s" },
+                short(&root.to_string())
+            ),
         ),
         AuditKind::AccessAllowed {
             patient,
@@ -747,14 +751,15 @@ fn human_size(n: u64) -> String {
 }
 
 async fn records_table(
-    c: &EhrChain,
+    dir: &Directory,
     addr: PatientAddr,
     open_prefix: &str,
     listing: Option<(&RecordsClient, &ListingCache)>,
 ) -> Result<String> {
-    let count = c.record_count(addr).await?;
-    let offset = count.saturating_sub(LIST_LIMIT);
-    let ids = c.record_ids(addr, offset, LIST_LIMIT).await?;
+    let all = dir.list(addr).await?;
+    let count = all.len() as u64;
+    let newest = &all[all.len().saturating_sub(LIST_LIMIT as usize)..];
+    let ids: Vec<RecordId> = newest.iter().map(|r| r.record).collect();
     // The patient's listing: metadata of the uncached records, gathered concurrently.
     if let Some((rc, cache)) = listing {
         let missing: Vec<RecordId> = ids
@@ -780,10 +785,9 @@ async fn records_table(
     let mut t = String::from(
         "<table><tr><th>Record</th><th>File</th><th>Size</th><th>Added</th><th>Author</th><th></th></tr>",
     );
-    for id in ids.iter().rev() {
-        let Some(r) = c.record(*id).await? else {
-            continue;
-        };
+    for r in newest.iter().rev() {
+        let id = &r.record;
+        let author = r.proof.author;
         let (name, size) = match listing.and_then(|(_, cache)| cache.get(*id)) {
             Some(l) => (
                 format!("{} <small>({})</small>", esc(&l.name), esc(&l.media_type)),
@@ -796,9 +800,8 @@ async fn records_table(
             t,
             r#"<tr><td><code title="{id}">{}</code></td><td>{name}</td><td>{size}</td><td>{}</td><td><code title="{author}">{}</code></td><td><a href="{open_prefix}/{id}" data-open>Open</a></td></tr>"#,
             esc(&short(&id.to_string())),
-            time(r.anchored_at),
-            esc(&short(&r.author.to_string())),
-            author = r.author,
+            time(r.stored_at),
+            esc(&short(&author.to_string())),
         );
     }
     t.push_str("</table>");
@@ -814,6 +817,27 @@ async fn records_table(
 /// Progress feedback on "Open": a read runs an access transaction and gathers shares.
 const OPENING_JS: &str = "<script>document.querySelectorAll('a[data-open]').forEach(a=>a.addEventListener('click',()=>{a.textContent='Opening… (access check, gathering shares)'}))</script>";
 
+/// Where records sit and which a patient has (no signer needed).
+fn directory(state: &WebState) -> Result<Directory> {
+    let cfg = state.app.records().ok_or_else(|| {
+        WebError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no share nodes configured".into(),
+        )
+    })?;
+    let chain = state.app.chain().ok_or_else(|| {
+        WebError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no contract deployed".into(),
+        )
+    })?;
+    Ok(Directory::new(
+        chain.clone(),
+        cfg.nodes.clone(),
+        cfg.threshold,
+    ))
+}
+
 fn records_client(state: &WebState, s: &Session) -> Result<RecordsClient> {
     let cfg = state.app.records().ok_or_else(|| {
         WebError(
@@ -821,13 +845,7 @@ fn records_client(state: &WebState, s: &Session) -> Result<RecordsClient> {
             "no share nodes configured".into(),
         )
     })?;
-    Ok(RecordsClient::new(
-        chain(state, s)?,
-        s.signer.clone(),
-        state.app.ipfs().clone(),
-        cfg.nodes.clone(),
-        cfg.threshold,
-    )?)
+    Ok(cfg.client(chain(state, s)?, s.signer.clone(), state.app.ipfs().clone())?)
 }
 
 // ------------------------------------------------------------------ patient
@@ -912,7 +930,7 @@ pub(super) async fn patient(
         records = {
             let rc = records_client(&state, &s).ok();
             let listing = rc.as_ref().map(|rc| (rc, &state.listing));
-            records_table(&c, addr, "/patient/records", listing).await?
+            records_table(&directory(&state)?, addr, "/patient/records", listing).await?
         },
     );
     Ok(user_page(&s, "Patient", &body))
@@ -1294,7 +1312,7 @@ pub(super) async fn doctor_patient(
 <section><h2>Emergency access</h2><form method="post" action="/doctor/break-glass" class="row">{h}<input type="hidden" name="addr" value="{addr}">
 <label>Reason (HL7 PurposeOfUse)<br><select name="reason">{reasons}</select></label>
 <button class="danger">Break the glass (1 hour, audited)</button></form></section>"#,
-        records = records_table(&c, addr, "/doctor/records", None).await?,
+        records = records_table(&directory(&state)?, addr, "/doctor/records", None).await?,
         reasons = EmergencyReason::ALL
             .iter()
             .map(|r| format!(

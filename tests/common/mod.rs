@@ -109,6 +109,27 @@ pub async fn funded() -> PrivateKeySigner {
     signer
 }
 
+/// Anchors a record of `addr` by `author`'s account alone (its leaf is the root), with no share
+/// nodes: what the contract tests need. Returns the record's proof.
+pub async fn anchor_alone(
+    author: &EhrChain,
+    addr: PatientAddr,
+    digest: alloy::primitives::B256,
+) -> ehr_share::chain::merkle::RecordProof {
+    let salt = ehr_share::chain::random_b256();
+    let id = ehr_share::chain::RecordId::derive(author.from(), addr, salt);
+    let leaf = ehr_share::chain::merkle::leaf(id, addr, author.from(), digest);
+    author.anchor_root(leaf, 1).await.unwrap();
+    ehr_share::chain::merkle::RecordProof {
+        patient: addr,
+        author: author.from(),
+        salt,
+        digest,
+        root: leaf,
+        proof: Vec::new(),
+    }
+}
+
 /// A patient address no other test uses.
 pub fn unique_patient() -> PatientAddr {
     let pid = u64::from_le_bytes(

@@ -146,6 +146,24 @@ pub fn release_body(
     ReleaseBody { request, signature }
 }
 
+/// Presents a record's root and proof to a node (`POST /shares/{id}/anchor`).
+pub async fn present(
+    node: &ShareNodeRef,
+    id: RecordId,
+    root: alloy::primitives::B256,
+    proof: &[alloy::primitives::B256],
+) -> reqwest::Response {
+    reqwest::Client::new()
+        .post(format!("{}/shares/{id}/anchor", node.url))
+        .json(&ehr_share::share_node::AnchorBody {
+            root,
+            proof: proof.to_vec(),
+        })
+        .send()
+        .await
+        .unwrap()
+}
+
 /// Sends a release request; returns the response.
 pub async fn release(
     chain: &EhrChain,
@@ -210,6 +228,7 @@ pub async fn gateway_with_records(
     .with_records(ehr_share::gateway::RecordsConfig {
         nodes: refs,
         threshold: 3,
+        anchoring: None,
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());

@@ -58,7 +58,7 @@ fn run(root: &Path, check: bool) -> anyhow::Result<bool> {
             "evmVersion": "cancun",
             "optimizer": { "enabled": true, "runs": 1000 },
             "metadata": { "bytecodeHash": "none" },
-            "outputSelection": { "*": { "*": ["abi", "evm.bytecode.object", "evm.deployedBytecode.object"] } },
+            "outputSelection": { "*": { "*": ["abi", "devdoc", "userdoc", "evm.bytecode.object", "evm.deployedBytecode.object"] } },
         },
     });
     let raw = solc.compile_output(&input).context("running solc")?;
@@ -78,8 +78,14 @@ fn run(root: &Path, check: bool) -> anyhow::Result<bool> {
     let files = out["contracts"]
         .as_object()
         .context("no contracts in solc's output")?;
+    let mut undocumented = Vec::new();
     for (file, contracts) in files {
+        let source = sources
+            .get(file)
+            .and_then(|s| s["content"].as_str())
+            .unwrap_or_default();
         for (name, c) in contracts.as_object().into_iter().flatten() {
+            undocumented.extend(natspec_gaps(name, c, &public_state_variables(source)));
             let code = |k: &str| -> anyhow::Result<Value> {
                 let hex = c["evm"][k]["object"]
                     .as_str()
@@ -120,6 +126,15 @@ fn run(root: &Path, check: bool) -> anyhow::Result<bool> {
             }
         }
     }
+    if !undocumented.is_empty() {
+        for u in &undocumented {
+            eprintln!("[build-contracts] NATSPEC: {u}");
+        }
+        bail!(
+            "{} NatSpec gaps: every external function, event and error needs a notice and an @param for each parameter (and functions an @return for each result)",
+            undocumented.len()
+        );
+    }
     // An artifact of a contract that no longer exists is bound by nothing but misleads
     // readers: a check fails on it, a build removes it.
     for e in std::fs::read_dir(&out_dir)? {
@@ -138,6 +153,90 @@ fn run(root: &Path, check: bool) -> anyhow::Result<bool> {
         }
     }
     Ok(same)
+}
+
+/// Names of the public state variables declared in `source`: their getters are documented by
+/// the variable's comment (NatSpec gives state variables no @param).
+fn public_state_variables(source: &str) -> Vec<String> {
+    source
+        .lines()
+        .filter(|l| l.starts_with("    ") && !l.starts_with("     ") && l.contains(" public "))
+        .filter(|l| !l.trim_start().starts_with("function") && !l.trim_start().starts_with("//"))
+        .filter_map(|l| {
+            let after = l.split(" public ").nth(1)?;
+            after
+                .split_whitespace()
+                .find(|w| !matches!(*w, "constant" | "immutable"))
+                .map(|w| w.trim_end_matches(';').to_owned())
+        })
+        .collect()
+}
+
+/// What the NatSpec of contract `name` leaves out: a notice for every function, event and
+/// error of its ABI, an @param for every named parameter, an @return for every result of a
+/// function (public state variables' getters need only their notice).
+fn natspec_gaps(name: &str, c: &Value, getters: &[String]) -> Vec<String> {
+    let (dev, user) = (&c["devdoc"], &c["userdoc"]);
+    let mut gaps = Vec::new();
+    for item in c["abi"].as_array().into_iter().flatten() {
+        let kind = item["type"].as_str().unwrap_or_default();
+        let fname = item["name"].as_str().unwrap_or_default();
+        let types: Vec<String> = item["inputs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(abi_type)
+            .collect();
+        let sig = format!("{fname}({})", types.join(","));
+        let (docs, notice_at) = match kind {
+            "function" => (&dev["methods"][&sig], &user["methods"][&sig]),
+            "event" => (&dev["events"][&sig], &user["events"][&sig]),
+            "error" => (&dev["errors"][&sig][0], &user["errors"][&sig][0]),
+            _ => continue,
+        };
+        let has_notice = notice_at["notice"].is_string() || docs["details"].is_string();
+        if !has_notice {
+            gaps.push(format!("{name}.{sig} ({kind}) has no notice"));
+        }
+        if kind == "function" && getters.iter().any(|g| g == fname) {
+            continue;
+        }
+        for input in item["inputs"].as_array().into_iter().flatten() {
+            let p = input["name"].as_str().unwrap_or_default();
+            if !p.is_empty() && !docs["params"][p].is_string() {
+                gaps.push(format!("{name}.{sig} ({kind}): no @param {p}"));
+            }
+        }
+        if kind == "function" {
+            for (i, out) in item["outputs"].as_array().into_iter().flatten().enumerate() {
+                let key = match out["name"].as_str().unwrap_or_default() {
+                    "" => format!("_{i}"),
+                    n => n.to_owned(),
+                };
+                if !docs["returns"][&key].is_string() {
+                    gaps.push(format!("{name}.{sig}: no @return for result {key}"));
+                }
+            }
+        }
+    }
+    gaps
+}
+
+/// A parameter's type as it appears in a signature (tuples spelled out).
+fn abi_type(p: &Value) -> String {
+    let t = p["type"].as_str().unwrap_or_default();
+    match t.strip_prefix("tuple") {
+        Some(suffix) => {
+            let inner: Vec<String> = p["components"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(abi_type)
+                .collect();
+            format!("({}){suffix}", inner.join(","))
+        }
+        None => t.to_owned(),
+    }
 }
 
 /// The project folder: the nearest folder upwards from here with `contracts/src` and

@@ -1,0 +1,110 @@
+//! Batched anchoring: uploads that arrive close together share one `anchor(root, count)`
+//! transaction, each getting its leaf's proof to the root. The first upload of a batch waits at
+//! most `window` for company (a lone upload is anchored after `window`, alone); a batch closes
+//! early at `max` records. The gateway signs the transaction with its own account: a root
+//! names no patient and opens nothing by itself, so who sends it does not matter to security.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use alloy::primitives::B256;
+use futures::future::BoxFuture;
+use tokio::sync::{mpsc, oneshot};
+
+use super::client::{Anchoring, RecordError, anchor_root};
+use crate::chain::EhrChain;
+use crate::chain::merkle::Tree;
+
+type Reply = oneshot::Sender<Result<(B256, Vec<B256>), String>>;
+
+/// Anchors leaves in batches; see the module documentation.
+#[derive(Debug)]
+pub struct Batcher {
+    tx: mpsc::Sender<(B256, Reply)>,
+}
+
+/// How a batcher groups uploads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchSettings {
+    /// How long the first upload of a batch waits for others.
+    pub window: Duration,
+    /// Most records under one root.
+    pub max: usize,
+}
+
+impl Default for BatchSettings {
+    fn default() -> Self {
+        Self {
+            window: Duration::from_millis(50),
+            max: 1000,
+        }
+    }
+}
+
+/// Where the batcher gets its signing chain client for each batch: `None` while the chain is
+/// not reachable yet (`ehr serve` may start before it).
+pub type ChainSource = Arc<dyn Fn() -> Option<EhrChain> + Send + Sync>;
+
+impl Batcher {
+    /// Starts the batching task, anchoring with `chain`'s signer.
+    pub fn spawn(chain: EhrChain, settings: BatchSettings) -> Arc<Self> {
+        Self::spawn_with(Arc::new(move || Some(chain.clone())), settings)
+    }
+
+    /// Starts the batching task, asking `source` for the signing client at each batch.
+    pub fn spawn_with(source: ChainSource, settings: BatchSettings) -> Arc<Self> {
+        let (tx, rx) = mpsc::channel(settings.max.max(1) * 4);
+        tokio::spawn(run(source, settings, rx));
+        Arc::new(Self { tx })
+    }
+}
+
+impl Anchoring for Batcher {
+    fn anchor(&self, leaf: B256) -> BoxFuture<'_, Result<(B256, Vec<B256>), RecordError>> {
+        Box::pin(async move {
+            let (reply, answer) = oneshot::channel();
+            self.tx
+                .send((leaf, reply))
+                .await
+                .map_err(|_| RecordError::Config("the anchoring batcher stopped".into()))?;
+            answer
+                .await
+                .map_err(|_| RecordError::Config("the anchoring batcher stopped".into()))?
+                .map_err(RecordError::Anchoring)
+        })
+    }
+}
+
+async fn run(source: ChainSource, settings: BatchSettings, mut rx: mpsc::Receiver<(B256, Reply)>) {
+    let max = settings.max.max(1);
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        let deadline = tokio::time::Instant::now() + settings.window;
+        while batch.len() < max {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(next)) => batch.push(next),
+                Ok(None) | Err(_) => break,
+            }
+        }
+        let leaves: Vec<B256> = batch.iter().map(|(l, _)| *l).collect();
+        let tree = Tree::new(&leaves);
+        let count = u32::try_from(leaves.len()).unwrap_or(u32::MAX);
+        let sent = match source() {
+            Some(chain) => anchor_root(&chain, tree.root, count).await,
+            None => Err(RecordError::Anchoring(
+                "the chain is not reachable yet".into(),
+            )),
+        };
+        match &sent {
+            Ok(()) => tracing::info!(records = count, root = %tree.root, "anchored a batch"),
+            Err(e) => tracing::warn!(records = count, "anchoring a batch failed: {e}"),
+        }
+        for ((_, reply), proof) in batch.into_iter().zip(tree.proofs) {
+            let _ = reply.send(
+                sent.as_ref()
+                    .map(|()| (tree.root, proof))
+                    .map_err(ToString::to_string),
+            );
+        }
+    }
+}
