@@ -708,3 +708,36 @@ async fn personal_api_tokens_work_until_revoked() {
     assert_eq!(r.status(), 303);
     assert_eq!(me(api_token).await.status(), 401);
 }
+
+/// Contract issue, migration: a deployment of another contract version is refused by the
+/// client (so by the gateway) and by a share node, with a message naming both versions. The
+/// contract here answers 3 (the previous version) to every call.
+#[tokio::test]
+async fn a_deployment_of_another_contract_version_is_refused() {
+    let office = common::office().await;
+    let p = ProviderBuilder::new().connect_http(common::rpc().parse().unwrap());
+    let old = alloy::primitives::Address::repeat_byte(0x3e);
+    // PUSH1 3 PUSH1 0 MSTORE PUSH1 32 PUSH1 0 RETURN: every call returns the word 3.
+    let code = alloy::primitives::Bytes::from_static(&[
+        0x60, 0x03, 0x60, 0x00, 0x52, 0x60, 0x20, 0x60, 0x00, 0xf3,
+    ]);
+    p.anvil_set_code(old, code).await.unwrap();
+    let mut d = office.deployment();
+    d.address = old;
+    d.deployment_id = B256::ZERO;
+    let e = EhrChain::connect(&common::rpc(), None, &d)
+        .await
+        .unwrap_err();
+    let words = e.to_string();
+    assert!(
+        words.contains("version 3")
+            && words.contains(&format!(
+                "needs version {}",
+                ehr_share::chain::CONTRACT_VERSION
+            )),
+        "{words}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let said = nodes::refusal_to_start(dir.path(), old).await;
+    assert!(said.contains("version 3"), "{said}");
+}
