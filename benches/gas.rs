@@ -152,7 +152,7 @@ async fn main() -> anyhow::Result<()> {
             cleared_slots: 0,
             logs: vec![(3, 64)],
         },
-        target: None,
+        target: Some(55_000),
         peer: None,
     });
     rows.push(Row {

@@ -379,6 +379,7 @@ contract EhrAccess {
     /// @param pid Patient id.
     /// @param account The patient's account.
     function issuePatient(uint64 aid, uint64 pid, address account) external onlyManager {
+        if (providers[account].status != ProviderStatus.None) revert AccountHasRole(account);
         _registerPatient(aid, pid, account);
     }
 
@@ -387,8 +388,10 @@ contract EhrAccess {
     /// @param aid Area id.
     /// @param pid Patient id.
     /// @param deadline The voucher's deadline, unix seconds.
-    /// @param officeSignature The records office's 65-byte EIP-712 signature of the voucher.
-    function registerPatient(uint64 aid, uint64 pid, uint64 deadline, bytes calldata officeSignature) external {
+    /// @param r The `r` of the records office's EIP-712 signature of the voucher.
+    /// @param vs Its `s` with the parity of `v` in the top bit (EIP-2098 compact form: 64 bytes
+    ///        of calldata instead of a 65-byte `bytes`, and no malleable twin).
+    function registerPatient(uint64 aid, uint64 pid, uint64 deadline, bytes32 r, bytes32 vs) external {
         if (block.timestamp > deadline) revert VoucherExpired(deadline);
         bytes32 digest = keccak256(
             abi.encodePacked(
@@ -397,7 +400,10 @@ contract EhrAccess {
                 keccak256(abi.encode(PATIENT_VOUCHER_TYPEHASH, aid, pid, msg.sender, deadline))
             )
         );
-        if (_recover(digest, officeSignature) != manager) revert InvalidVoucher();
+        if (_recover(digest, r, vs) != manager) revert InvalidVoucher();
+        // No provider check here (it would cost a cold read on top of the signature check):
+        // the records office checks the account before it signs a voucher for it, and does not
+        // verify a provider account that holds a patient address.
         _registerPatient(aid, pid, msg.sender);
     }
 
@@ -702,18 +708,15 @@ contract EhrAccess {
         if (aid == 0 || pid == 0) revert InvalidPatientAddr(aid, pid);
         uint128 key = patientKey(aid, pid);
         if (patientAccount[key] != address(0)) revert PatientAddrTaken(aid, pid);
-        if (providers[account].status != ProviderStatus.None) revert AccountHasRole(account);
         patientAccount[key] = account;
         emit PatientRegistered(key, account, aid, pid);
     }
 
-    /// The signer of an EIP-712 digest; zero for a malformed or malleable (high-s) signature.
-    function _recover(bytes32 digest, bytes calldata sig) private pure returns (address) {
-        if (sig.length != 65) return address(0);
-        bytes32 r = bytes32(sig[0:32]);
-        bytes32 s = bytes32(sig[32:64]);
-        uint8 v = uint8(sig[64]);
-        if (v < 27) v += 27;
+    /// The signer of an EIP-712 digest from an EIP-2098 compact signature; zero for a
+    /// malformed or malleable (high-s) one.
+    function _recover(bytes32 digest, bytes32 r, bytes32 vs) private pure returns (address) {
+        bytes32 s = vs & bytes32(0x7fffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff);
+        uint8 v = uint8((uint256(vs) >> 255) + 27);
         if (uint256(s) > 0x7FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF5D576E7357A4501DDFE92F46681B20A0) return address(0);
         return ecrecover(digest, v, r, s);
     }

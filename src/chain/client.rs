@@ -434,9 +434,18 @@ impl EhrChain {
         deadline: u64,
         office_signature: alloy::primitives::Bytes,
     ) -> Result<TxOutcome, ChainError> {
+        // The contract takes the EIP-2098 compact form (64 bytes, no malleable twin); a voucher
+        // that is no signature at all is sent as zeros, for the contract to refuse.
+        let compact = alloy::primitives::Signature::from_raw(&office_signature)
+            .map(|s| s.as_erc2098())
+            .unwrap_or([0; 64]);
+        let (r, vs) = (
+            B256::from_slice(&compact[..32]),
+            B256::from_slice(&compact[32..]),
+        );
         self.send(
             self.contract
-                .registerPatient(addr.aid(), addr.pid(), deadline, office_signature),
+                .registerPatient(addr.aid(), addr.pid(), deadline, r, vs),
         )
         .await
     }
