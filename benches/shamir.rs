@@ -52,7 +52,7 @@ fn theirs() {
 fn time(f: fn()) -> Duration {
     let t = Instant::now();
     for _ in 0..PER_ROUND {
-        black_box(f());
+        black_box(f)();
     }
     t.elapsed() / PER_ROUND as u32
 }
