@@ -658,7 +658,7 @@ contract EhrAccess {
     /// under an anchored root, and the requester is its patient, or a provider with access right
     /// now whose access transaction for this record under its patient (found by the share node
     /// in the receipt: block `accessBlock`, time `accessTime`) is inside `ACCESS_WINDOW` and came
-    /// after the latest grant or emergency opening, not during a revoked earlier one.
+    /// in a block after the latest grant or emergency opening, not during a revoked earlier one.
     /// @param requester Who asks for shares.
     /// @param r The record's proof, as the share node keeps it.
     /// @param accessBlock Block of the requester's `AccessAllowed` event for the record (0: none).
@@ -671,14 +671,17 @@ contract EhrAccess {
     {
         (, bool anchored) = isAnchored(r);
         if (!anchored) return false;
-        if (patientAccount[r.patient] == requester) return true;
+        address account = patientAccount[r.patient];
+        if (account != address(0) && account == requester) return true;
         (DenyReason reason,) = _check(r.patient, requester);
         if (reason != DenyReason.None) return false;
         if (accessTime == 0 || accessTime > block.timestamp || block.timestamp > accessTime + ACCESS_WINDOW) {
             return false;
         }
-        // Blocks, not seconds: several blocks can share a timestamp.
-        return accessBlock >= grantOf[patientAccount[r.patient]][requester].sinceBlock;
+        // Blocks, not seconds (several blocks share a timestamp), and strictly after: within
+        // the block of a grant or opening, an access may have come before it (a contract
+        // cannot see transaction order), so only accesses of later blocks count.
+        return accessBlock > grantOf[account][requester].sinceBlock;
     }
 
     // ---------------------------------------------------------------- internals

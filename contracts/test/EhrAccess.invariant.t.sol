@@ -75,7 +75,7 @@ contract Handler is Test {
         if (!_allowed(p, who)) return false;
         uint256 t = accessTime[id][who];
         if (t == 0 || block.timestamp > t + WINDOW) return false;
-        return accessBlock[id][who] >= sinceBlock[p][who];
+        return accessBlock[id][who] > sinceBlock[p][who];
     }
 
     function grant(uint8 p, uint8 d, uint32 secs) external {

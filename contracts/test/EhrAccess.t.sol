@@ -579,6 +579,18 @@ contract EhrAccessTest is Test {
         assertFalse(_canRead(doctor, theirs), "opened another patient's record");
     }
 
+    function test_an_access_in_the_block_of_the_grant_counts_only_from_the_next_block() public {
+        bytes32 id = _anchor(patient, "same block");
+        _grant(0);
+        // In the grant's own block an access may have come before the grant (a contract cannot
+        // see transaction order): it does not count.
+        _access(doctor, id);
+        assertFalse(_canRead(doctor, id), "an access of the grant's block");
+        vm.roll(block.number + 1);
+        _access(doctor, id);
+        assertTrue(_canRead(doctor, id), "an access of a later block");
+    }
+
     function test_an_access_before_a_revoke_and_regrant_does_not_count() public {
         bytes32 id = _anchor(patient, "r2");
         _grant(0);

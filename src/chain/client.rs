@@ -893,8 +893,11 @@ impl EhrChain {
             .map_err(ChainError::from_contract)
     }
 
-    /// The block and time of transaction `tx`, when it succeeded and holds this contract's
-    /// `AccessAllowed` event for `requester`, record `id` and the record's own `patient`.
+    /// The block and time of transaction `tx`, when it holds this contract's `AccessAllowed`
+    /// event for `requester`, record `id` and the record's own `patient`. Asked with the logs of
+    /// that one block filtered by contract and all three topics (not the transaction's whole
+    /// receipt), so a transaction with a huge receipt costs the asking node nothing; a
+    /// reverted transaction has no logs.
     async fn access_in(
         &self,
         tx: B256,
@@ -902,24 +905,32 @@ impl EhrChain {
         id: RecordId,
         patient: PatientAddr,
     ) -> Result<Option<(u64, u64)>, ChainError> {
-        let Some(receipt) = self.provider.get_transaction_receipt(tx).await? else {
+        use alloy::sol_types::SolEvent;
+        let Some(t) = self.provider.get_transaction_by_hash(tx).await? else {
             return Ok(None);
         };
-        let found = receipt.status()
-            && receipt.inner.logs().iter().any(|log| {
-                log.address() == self.address()
-                    && matches!(events::decode(log).map(|e| e.kind),
-                        Some(AuditKind::AccessAllowed { patient: p, provider, record: r, .. })
-                            if p == Some(patient) && provider == requester && r == id)
-            });
-        let Some(block) = receipt.block_number.filter(|_| found) else {
+        let Some(block_hash) = t.block_hash else {
             return Ok(None);
         };
-        let time = match receipt.inner.logs().first().and_then(|l| l.block_timestamp) {
+        let filter = Filter::new()
+            .address(self.address())
+            .at_block_hash(block_hash)
+            .event_signature(EhrAccess::AccessAllowed::SIGNATURE_HASH)
+            .topic1(B256::from(U256::from(patient.key())))
+            .topic2(requester.into_word())
+            .topic3(id.0);
+        let logs = self.provider.get_logs(&filter).await?;
+        let Some(log) = logs.iter().find(|l| l.transaction_hash == Some(tx)) else {
+            return Ok(None);
+        };
+        let Some(block) = log.block_number else {
+            return Ok(None);
+        };
+        let time = match log.block_timestamp {
             Some(t) => t,
             None => self
                 .provider
-                .get_block_by_number(block.into())
+                .get_block_by_hash(block_hash)
                 .await?
                 .map(|b| b.header.timestamp)
                 .ok_or_else(|| ChainError::Decode(format!("block {block} not found")))?,

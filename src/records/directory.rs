@@ -9,9 +9,27 @@ use alloy::primitives::B256;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 
-use super::client::{RecordError, ShareNodeRef, answer};
+use super::client::{NodeFailure, RecordError, ShareNodeRef, answer};
 use crate::chain::{EhrChain, PatientAddr, RecordId};
 use crate::share_node::AnchoredRecord;
+
+/// Pages of 500 read from each node when listing: 10,000 records per patient.
+const MAX_PAGES: usize = 20;
+
+/// Which roots the chain says are anchored, each asked once.
+#[derive(Default)]
+struct Roots(HashMap<B256, bool>);
+
+impl Roots {
+    async fn anchored(&mut self, chain: &EhrChain, root: B256) -> Result<bool, RecordError> {
+        if let Some(ok) = self.0.get(&root) {
+            return Ok(*ok);
+        }
+        let ok = chain.root(root).await?.is_some();
+        self.0.insert(root, ok);
+        Ok(ok)
+    }
+}
 
 /// Locates records and lists a patient's, asking the share nodes and checking their proofs
 /// against the chain.
@@ -37,33 +55,69 @@ impl Directory {
         }
     }
 
-    /// Where a record sits: asks the share nodes for its proof and takes the first that leads
-    /// to a root the contract says is anchored.
+    /// Where a record sits: the leaf (so the digest) that at least k share nodes agree on,
+    /// each with a proof to a root the contract says is anchored. One node alone (lying, or
+    /// fed a copy of the record's id under a root someone else anchored) cannot make a
+    /// record appear, or make it unreadable by answering first.
     ///
     /// # Errors
-    /// [`RecordError::NotFound`] when no node holds it under an anchored root; chain errors.
+    /// [`RecordError::NotFound`] when every node that answered holds no such record;
+    /// [`RecordError::NotEnoughShares`] (naming the nodes that failed) when fewer than k agree;
+    /// chain errors.
     pub async fn locate(&self, id: RecordId) -> Result<AnchoredRecord, RecordError> {
         let mut pending = FuturesUnordered::new();
         for node in &self.nodes {
             let http = self.http.clone();
             let url = format!("{}/records/{id}", node.url);
-            pending.push(async move { answer::<AnchoredRecord>(http.get(url).send().await).await });
+            let name = node.url.clone();
+            pending.push(async move {
+                (
+                    name,
+                    answer::<AnchoredRecord>(http.get(url).send().await).await,
+                )
+            });
         }
-        while let Some(r) = pending.next().await {
-            let Ok(found) = r else { continue };
-            if found.record == id
-                && found.proof.record_id() == id
-                && found.proof.holds()
-                && self.chain.is_anchored(&found.proof).await?
+        let needed = usize::from(self.k);
+        let mut roots = Roots::default();
+        let mut votes: HashMap<B256, (AnchoredRecord, usize)> = HashMap::new();
+        let mut failures = Vec::new();
+        while let Some((node, r)) = pending.next().await {
+            let found = match r {
+                Ok(found) => found,
+                Err(reason) => {
+                    failures.push(NodeFailure { node, reason });
+                    continue;
+                }
+            };
+            if found.record != id
+                || found.proof.record_id() != id
+                || !found.proof.holds()
+                || !roots.anchored(&self.chain, found.proof.root).await?
             {
-                return Ok(found);
+                continue;
+            }
+            let v = votes.entry(found.proof.leaf()).or_insert((found, 0));
+            v.1 += 1;
+            if v.1 >= needed {
+                return Ok(v.0.clone());
             }
         }
-        Err(RecordError::NotFound(id))
+        // Every node that answered said it holds no such record: not found. Otherwise too few
+        // nodes could answer: say which, as a read does.
+        if votes.is_empty() && failures.iter().all(|f| f.reason.starts_with("HTTP 404")) {
+            return Err(RecordError::NotFound(id));
+        }
+        Err(RecordError::NotEnoughShares {
+            record: id,
+            valid: votes.values().map(|(_, n)| *n).max().unwrap_or(0),
+            needed,
+            failures,
+        })
     }
 
-    /// The patient's anchored records, oldest first: those that at least k share nodes list
-    /// with a proof to an anchored root (fewer cannot be read).
+    /// The patient's anchored records, oldest first: those whose leaf at least k distinct share
+    /// nodes list with a proof to an anchored root (fewer cannot be read, and one node cannot
+    /// make a record up). At most [`MAX_PAGES`] pages are read from each node.
     ///
     /// # Errors
     /// Chain errors.
@@ -74,7 +128,7 @@ impl Directory {
             let base = format!("{}/patients/{patient}/records", node.url);
             pending.push(async move {
                 let mut all: Vec<AnchoredRecord> = Vec::new();
-                loop {
+                for _ in 0..MAX_PAGES {
                     let url = match all.last() {
                         Some(last) => format!("{base}?after={}", last.record),
                         None => base.clone(),
@@ -92,32 +146,26 @@ impl Directory {
                 all
             });
         }
-        let mut seen: HashMap<RecordId, (AnchoredRecord, usize)> = HashMap::new();
+        // Votes per leaf, each node counted once.
+        let mut seen: HashMap<B256, (AnchoredRecord, usize)> = HashMap::new();
         while let Some(records) = pending.next().await {
+            let mut mine = std::collections::HashSet::new();
             for r in records {
                 if r.proof.patient != patient || r.proof.record_id() != r.record || !r.proof.holds()
                 {
                     continue;
                 }
-                seen.entry(r.record).or_insert((r, 0)).1 += 1;
+                let leaf = r.proof.leaf();
+                if mine.insert(leaf) {
+                    seen.entry(leaf).or_insert((r, 0)).1 += 1;
+                }
             }
         }
         let needed = usize::from(self.k);
-        let mut anchored_roots: HashMap<B256, bool> = HashMap::new();
+        let mut roots = Roots::default();
         let mut out = Vec::new();
         for (_, (r, count)) in seen {
-            if count < needed {
-                continue;
-            }
-            let ok = match anchored_roots.get(&r.proof.root) {
-                Some(ok) => *ok,
-                None => {
-                    let ok = self.chain.root(r.proof.root).await?.is_some();
-                    anchored_roots.insert(r.proof.root, ok);
-                    ok
-                }
-            };
-            if ok {
+            if count >= needed && roots.anchored(&self.chain, r.proof.root).await? {
                 out.push(r);
             }
         }

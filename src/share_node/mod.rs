@@ -12,4 +12,4 @@ pub use server::{
     AnchorBody, AnchoredRecord, DepositBody, NodeConfig, NodeLimits, ReleaseBody, ReleasedShare,
     open_store, router, serve,
 };
-pub use store::{Anchor, Binding, ShareStore, StoreError, StoredShare};
+pub use store::{Anchor, Binding, PublicRecord, ShareStore, StoreError, StoredShare};

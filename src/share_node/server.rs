@@ -29,7 +29,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use super::auth::{ShareDeposit, ShareRelease, domain, signer_of};
-use super::store::{Anchor, Binding, ShareStore, StoreError, StoredShare};
+use super::store::{Anchor, Binding, PublicRecord, ShareStore, StoreError, StoredShare};
 use crate::chain::merkle::RecordProof;
 use crate::chain::{DenyReason, EhrChain, PatientAddr, RecordId};
 use crate::limits::{RateLimiter, retry_after_secs};
@@ -369,6 +369,19 @@ fn proof_of(stored: &StoredShare) -> Option<RecordProof> {
     })
 }
 
+/// The same from the public part alone.
+fn public_proof(p: &PublicRecord) -> Option<RecordProof> {
+    let anchor = p.anchor.as_ref()?;
+    Some(RecordProof {
+        patient: PatientAddr::from_key(p.patient)?,
+        author: p.uploader,
+        salt: p.salt,
+        digest: p.digest,
+        root: anchor.root,
+        proof: anchor.proof.clone(),
+    })
+}
+
 fn halted(n: &Node) -> Result<(), Refusal> {
     if n.halted.load(Ordering::SeqCst) {
         return Err(Refusal(
@@ -622,7 +635,7 @@ async fn anchor(
     if b.proof.len() > 64 {
         return Err(bad("a proof has at most 64 hashes"));
     }
-    let Some(stored) = n.cfg.store.get(&id.0.0).map_err(internal)? else {
+    let Some(stored) = n.cfg.store.public(&id.0.0).map_err(internal)? else {
         return Err(Refusal(
             StatusCode::NOT_FOUND,
             format!("no share stored for record {id}"),
@@ -645,12 +658,31 @@ async fn anchor(
             b.root
         )));
     }
+    // Anchored already: the first anchor stays, and nothing more is asked or written.
+    if let Some(a) = &stored.anchor {
+        return Ok(Json(json!({ "anchored": id, "root": a.root })));
+    }
     if n.cfg.chain.root(b.root).await.map_err(internal)?.is_none() {
         return Err(Refusal(
             StatusCode::CONFLICT,
             format!("root {} is not anchored on chain (anchor it first)", b.root),
             None,
         ));
+    }
+    // The uploader may still add records for the patient (a provider revoked since the
+    // deposit may not finish the upload).
+    let chain = &n.cfg.chain;
+    if chain.patient_account(patient).await.map_err(internal)? != Some(stored.uploader) {
+        let (reason, _) = chain
+            .check_access(patient, stored.uploader)
+            .await
+            .map_err(internal)?;
+        if reason != DenyReason::None {
+            return Err(denied(format!(
+                "{} may no longer add records for patient {patient}: {reason}",
+                stored.uploader
+            )));
+        }
     }
     let anchor = Anchor {
         root: b.root,
@@ -672,8 +704,11 @@ async fn record_info(
     halted(&n)?;
     limit_client(&n, client.as_deref())?;
     let id = record_id(&record)?;
-    let stored = n.cfg.store.get(&id.0.0).map_err(internal)?;
-    match stored.as_ref().and_then(|s| proof_of(s).map(|p| (s, p))) {
+    let stored = n.cfg.store.public(&id.0.0).map_err(internal)?;
+    match stored
+        .as_ref()
+        .and_then(|s| public_proof(s).map(|p| (s, p)))
+    {
         Some((s, proof)) => Ok(Json(AnchoredRecord {
             record: id,
             proof,
@@ -720,7 +755,7 @@ async fn patient_records(
             .filter_map(|(record, s)| {
                 Some(AnchoredRecord {
                     record: RecordId(B256::from(record)),
-                    proof: proof_of(&s)?,
+                    proof: public_proof(&s)?,
                     stored_at: s.stored_at,
                 })
             })

@@ -25,8 +25,9 @@ const PENDING: TableDefinition<&[u8; 32], &[u8; 28]> = TableDefinition::new("pen
 const PENDING_BY_UPLOADER: TableDefinition<&[u8; 20], u64> =
     TableDefinition::new("pending_by_uploader");
 const NONCES: TableDefinition<&[u8; 52], u64> = TableDefinition::new("nonces");
-/// Anchored records per patient: patient key (u128 BE) || record -> when it was deposited.
-const BY_PATIENT: TableDefinition<&[u8; 48], u64> = TableDefinition::new("by_patient");
+/// Anchored records per patient: patient key (u128 BE) || record -> its public part (JSON of
+/// [`PublicRecord`]), so listings never read the sealed shares.
+const BY_PATIENT: TableDefinition<&[u8; 48], &[u8]> = TableDefinition::new("by_patient");
 
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]
@@ -142,6 +143,23 @@ pub struct Anchor {
     pub proof: Vec<B256>,
 }
 
+/// The public part of a stored record (no share): what listings and proofs need.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PublicRecord {
+    /// Patient key on chain.
+    pub patient: u128,
+    /// Who deposited it.
+    pub uploader: Address,
+    /// The salt the record id is derived from.
+    pub salt: B256,
+    /// The record's keyed digest.
+    pub digest: B256,
+    /// The anchored root and the proof, once presented.
+    pub anchor: Option<Anchor>,
+    /// Unix seconds.
+    pub stored_at: u64,
+}
+
 /// The public part kept in clear (needed to judge a request before decrypting anything).
 #[derive(Serialize, Deserialize)]
 struct Row {
@@ -154,6 +172,19 @@ struct Row {
     /// `share || commitments || sealed block` as JSON, sealed at rest.
     #[serde(with = "hex::serde")]
     sealed: Vec<u8>,
+}
+
+impl Row {
+    fn public(&self) -> PublicRecord {
+        PublicRecord {
+            patient: self.patient,
+            uploader: self.uploader,
+            salt: self.salt,
+            digest: self.digest,
+            anchor: self.anchor.clone(),
+            stored_at: self.stored_at,
+        }
+    }
 }
 
 #[derive(Serialize, Deserialize, PartialEq, Eq)]
@@ -366,9 +397,10 @@ impl ShareStore {
             row.anchor = Some(anchor.clone());
             let bytes = serde_json::to_vec(&row).map_err(db)?;
             t.insert(record, bytes.as_slice()).map_err(db)?;
+            let public = serde_json::to_vec(&row.public()).map_err(db)?;
             tx.open_table(BY_PATIENT)
                 .map_err(db)?
-                .insert(&patient_key(row.patient, record), row.stored_at)
+                .insert(&patient_key(row.patient, record), public.as_slice())
                 .map_err(db)?;
             Self::unpend(&tx, record, false)?;
         }
@@ -377,7 +409,7 @@ impl ShareStore {
     }
 
     /// The anchored records of `patient` after `after` (record id order), at most `limit`:
-    /// their public part (no share).
+    /// their public part, read from the per-patient index alone.
     ///
     /// # Errors
     /// Database errors.
@@ -386,42 +418,42 @@ impl ShareStore {
         patient: u128,
         after: Option<[u8; 32]>,
         limit: usize,
-    ) -> Result<Vec<([u8; 32], StoredShare)>, StoreError> {
+    ) -> Result<Vec<([u8; 32], PublicRecord)>, StoreError> {
         let tx = self.db.begin_read().map_err(db)?;
         let by = tx.open_table(BY_PATIENT).map_err(db)?;
-        let shares = tx.open_table(SHARES).map_err(db)?;
         let start = patient_key(patient, &after.unwrap_or([0; 32]));
         let end = patient_key(patient, &[0xff; 32]);
         let mut out = Vec::new();
         for item in by.range::<&[u8; 48]>(&start..=&end).map_err(db)? {
-            let (k, _) = item.map_err(db)?;
+            let (k, v) = item.map_err(db)?;
             let mut record = [0u8; 32];
             record.copy_from_slice(&k.value()[16..]);
             if after == Some(record) {
                 continue;
             }
-            if let Some(v) = shares.get(&record).map_err(db)? {
-                let row: Row = serde_json::from_slice(v.value()).map_err(db)?;
-                out.push((
-                    record,
-                    StoredShare {
-                        patient: row.patient,
-                        uploader: row.uploader,
-                        salt: row.salt,
-                        digest: row.digest,
-                        anchor: row.anchor,
-                        share: String::new(),
-                        commitments: String::new(),
-                        sealed_block: String::new(),
-                        stored_at: row.stored_at,
-                    },
-                ));
-            }
+            out.push((record, serde_json::from_slice(v.value()).map_err(db)?));
             if out.len() >= limit {
                 break;
             }
         }
         Ok(out)
+    }
+
+    /// The public part of `record`, if stored (nothing is decrypted).
+    ///
+    /// # Errors
+    /// Database errors.
+    pub fn public(&self, record: &[u8; 32]) -> Result<Option<PublicRecord>, StoreError> {
+        let tx = self.db.begin_read().map_err(db)?;
+        let t = tx.open_table(SHARES).map_err(db)?;
+        match t.get(record).map_err(db)? {
+            Some(v) => Ok(Some(
+                serde_json::from_slice::<Row>(v.value())
+                    .map_err(db)?
+                    .public(),
+            )),
+            None => Ok(None),
+        }
     }
 
     /// Deletes a deposit that was never anchored (or whose anchor does not match it).
@@ -682,7 +714,10 @@ mod tests {
         );
         let listed = s.anchored_of(1, None, 10).unwrap();
         assert_eq!(listed.len(), 1, "only anchored records are listed");
-        assert_eq!((listed[0].0, listed[0].1.share.as_str()), ([1; 32], ""));
+        assert_eq!(
+            (listed[0].0, listed[0].1.anchor.as_ref()),
+            ([1; 32], Some(&anchor))
+        );
         assert!(
             s.anchored_of(2, None, 10).unwrap().is_empty(),
             "per patient"

@@ -1,0 +1,287 @@
+//! Reads with degraded share nodes (performance issue): 3-of-5, with two of the five nodes
+//! killed (connection refused), hung (accepting connections and never answering) or lying
+//! (releasing a corrupted share), against all five healthy, on real anvil and Kubo. Every read
+//! must succeed, a liar must be named, and p99 must stay within 1.5x the healthy p99: a read
+//! asks every node at once and returns soon after k verified shares, waiting for stragglers at
+//! most half the time its quorum took.
+//!
+//! `cargo bench --bench degraded` prints the table and writes `docs/degraded-bench.md`.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use alloy::primitives::U256;
+use alloy::providers::ProviderBuilder;
+use alloy::providers::ext::AnvilApi;
+use alloy::signers::local::PrivateKeySigner;
+use axum::body::Bytes as Body;
+use axum::extract::{Path as UrlPath, State};
+use axum::http::{Method, StatusCode};
+use bytes::Bytes;
+use ehr_share::chain::{EhrChain, PatientAddr, RecordId};
+use ehr_share::config::{AnvilSettings, Tools};
+use ehr_share::ipfs::KuboClient;
+use ehr_share::records::{RecordsClient, ShareNodeRef};
+use ehr_share::share_node::{NodeConfig, NodeLimits, open_store};
+use ehr_share::stack::{KuboOptions, free_port, start_anvil, start_kubo};
+
+const RECORDS: usize = 10;
+const READS: usize = 60;
+
+/// A listener that accepts connections and never answers.
+async fn tarpit() -> anyhow::Result<String> {
+    let l = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
+    let url = format!("http://{}", l.local_addr()?);
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = l.accept().await {
+            held.push(s);
+        }
+    });
+    Ok(url)
+}
+
+/// A port nothing listens on.
+async fn dead() -> anyhow::Result<String> {
+    let l = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
+    Ok(format!("http://{}", l.local_addr()?))
+}
+
+/// A proxy in front of a real node that flips the last digit of every released share.
+async fn liar(target: String) -> anyhow::Result<String> {
+    async fn forward(
+        State((target, http)): State<(String, reqwest::Client)>,
+        method: Method,
+        UrlPath(path): UrlPath<String>,
+        body: Body,
+    ) -> (StatusCode, String) {
+        let r = http
+            .request(method, format!("{target}/{path}"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await;
+        let Ok(r) = r else {
+            return (StatusCode::BAD_GATEWAY, String::new());
+        };
+        let status = StatusCode::from_u16(r.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+        let text = r.text().await.unwrap_or_default();
+        if path.ends_with("/release")
+            && status.is_success()
+            && let Ok(mut v) = serde_json::from_str::<serde_json::Value>(&text)
+        {
+            if let Some(share) = v["share"].as_str() {
+                let mut s = share.to_owned();
+                let last = s.pop().unwrap_or('0');
+                s.push(if last == '0' { '1' } else { '0' });
+                v["share"] = s.into();
+            }
+            return (status, v.to_string());
+        }
+        (status, text)
+    }
+    let l = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
+    let url = format!("http://{}", l.local_addr()?);
+    let app = axum::Router::new()
+        .route("/{*path}", axum::routing::any(forward))
+        .with_state((target, reqwest::Client::new()));
+    tokio::spawn(async move { axum::serve(l, app).await });
+    Ok(url)
+}
+
+fn pct(v: &[Duration], p: f64) -> Duration {
+    let mut v = v.to_vec();
+    v.sort();
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
+struct Outcome {
+    name: &'static str,
+    ok: usize,
+    named: usize,
+    times: Vec<Duration>,
+}
+
+async fn reads(
+    name: &'static str,
+    client: &RecordsClient,
+    ids: &[RecordId],
+    liars: &[String],
+) -> Outcome {
+    let mut o = Outcome {
+        name,
+        ok: 0,
+        named: 0,
+        times: Vec::new(),
+    };
+    for i in 0..READS {
+        let t = Instant::now();
+        let r = client.get(ids[i % ids.len()]).await;
+        o.times.push(t.elapsed());
+        if let Ok(r) = r {
+            o.ok += 1;
+            if !liars.is_empty()
+                && liars
+                    .iter()
+                    .all(|l| r.failures.iter().any(|f| &f.node == l))
+            {
+                o.named += 1;
+            }
+        }
+    }
+    o
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let tools = Tools::in_project(root);
+    let mut settings = AnvilSettings::load(&root.join("anvil.toml"))?;
+    settings.port = free_port()?;
+    settings.state_file.clear();
+    let anvil = start_anvil(&tools.anvil, &settings, false).await?;
+    let dir = tempfile::tempdir()?;
+    let kubo = start_kubo(
+        &KuboOptions {
+            bin: tools.ipfs.clone(),
+            repo: dir.path().join("kubo"),
+            api_port: free_port()?,
+            gateway_port: free_port()?,
+        },
+        false,
+    )
+    .await?;
+    let rpc = anvil.rpc_url.clone();
+    let http = ProviderBuilder::new().connect_http(rpc.parse()?);
+    let funded = || async {
+        let s = PrivateKeySigner::random();
+        http.anvil_set_balance(s.address(), U256::from(10u128.pow(20)))
+            .await?;
+        anyhow::Ok(s)
+    };
+    let office_key = funded().await?;
+    let (office, d) = EhrChain::deploy(&rpc, office_key.clone(), office_key.address()).await?;
+    let patient_key = funded().await?;
+    let doctor_key = funded().await?;
+    let addr = PatientAddr::new(4, 4243)?;
+    let patient = office.with_signer(&rpc, patient_key.clone())?;
+    let doctor = office.with_signer(&rpc, doctor_key.clone())?;
+    office.issue_patient(addr, patient_key.address()).await?;
+    doctor.register_provider().await?;
+    office.verify_provider(doctor_key.address()).await?;
+    patient.grant(doctor_key.address(), None).await?;
+
+    let mut nodes = Vec::new();
+    for i in 0..5 {
+        let identity = PrivateKeySigner::random();
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
+        nodes.push(ShareNodeRef {
+            url: format!("http://{}", listener.local_addr()?),
+            address: identity.address(),
+        });
+        let chain = EhrChain::connect(&rpc, None, &d).await?;
+        let store = open_store(&dir.path().join(format!("node-{i}")), &identity, &chain).await?;
+        let cfg = NodeConfig {
+            identity,
+            store,
+            chain,
+            // The bench measures latency, not the per-requester limits (one doctor reads
+            // hundreds of times in a few seconds).
+            limits: NodeLimits {
+                burst: 100_000,
+                per_minute: 1_000_000,
+                ..NodeLimits::default()
+            },
+            danger_corrupt_shares: false,
+        };
+        tokio::spawn(ehr_share::share_node::serve(
+            listener,
+            cfg,
+            std::future::pending(),
+        ));
+    }
+    let ipfs = KuboClient::new(&kubo.api_url);
+    let up = RecordsClient::new(patient, patient_key, ipfs.clone(), nodes.clone(), 3)?;
+    let mut ids = Vec::new();
+    for i in 0..RECORDS {
+        ids.push(
+            up.put(
+                addr,
+                Bytes::from(format!("reading {i}: {}", "x".repeat(10_000))),
+                "text/plain",
+                None,
+            )
+            .await?,
+        );
+    }
+    let with = |urls: [String; 2]| {
+        let mut v = nodes.clone();
+        v[3].url = urls[0].clone();
+        v[4].url = urls[1].clone();
+        RecordsClient::new(doctor.clone(), doctor_key.clone(), ipfs.clone(), v, 3)
+    };
+    let healthy = RecordsClient::new(
+        doctor.clone(),
+        doctor_key.clone(),
+        ipfs.clone(),
+        nodes.clone(),
+        3,
+    )?;
+    let killed = with([dead().await?, dead().await?])?;
+    let hung = with([tarpit().await?, tarpit().await?])?;
+    let liars = [
+        liar(nodes[3].url.clone()).await?,
+        liar(nodes[4].url.clone()).await?,
+    ];
+    let lying = with(liars.clone())?;
+    // Warm up connections and caches.
+    reads("warm-up", &healthy, &ids, &[]).await;
+    let outcomes = [
+        reads("all five healthy", &healthy, &ids, &[]).await,
+        reads("two killed", &killed, &ids, &[]).await,
+        reads("two hung", &hung, &ids, &[]).await,
+        reads("two lying", &lying, &ids, &liars).await,
+    ];
+    let base = pct(&outcomes[0].times, 0.99);
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let mut md = format!(
+        "# Reads with degraded share nodes\n\n\
+         Measured by `cargo bench --bench degraded` on real anvil and Kubo, in-process share \
+         nodes, 3-of-5, {READS} reads of {RECORDS} records of 10 KB by a granted doctor per \
+         case (each read: access transaction, shares from all five nodes at once, Kubo, \
+         decryption, digest check). Two of the five nodes are killed (connection refused), hung \
+         (a listener that accepts and never answers) or lying (a proxy flipping a digit of each \
+         released share). Target: every read succeeds, liars are named, p99 within 1.5x the \
+         healthy p99 of the same run.\n\n\
+         | case | reads ok | p50 | p95 | p99 | p99 / healthy p99 | liars named |\n\
+         |---|---:|---:|---:|---:|---:|---:|\n"
+    );
+    for o in &outcomes {
+        let p99 = pct(&o.times, 0.99);
+        let line = format!(
+            "| {} | {}/{READS} | {:.1} ms | {:.1} ms | {:.1} ms | {:.2}x | {} |\n",
+            o.name,
+            o.ok,
+            ms(pct(&o.times, 0.5)),
+            ms(pct(&o.times, 0.95)),
+            ms(p99),
+            p99.as_secs_f64() / base.as_secs_f64(),
+            if o.name == "two lying" {
+                format!("{}/{READS} reads named both", o.named)
+            } else {
+                "-".into()
+            }
+        );
+        print!("{line}");
+        md.push_str(&line);
+    }
+    md.push_str(&format!(
+        "\nMachine: {} cores; profile: bench (optimised).\n",
+        std::thread::available_parallelism().map_or(0, usize::from)
+    ));
+    std::fs::write(root.join("docs/degraded-bench.md"), md)?;
+    println!("wrote docs/degraded-bench.md");
+    drop(kubo);
+    drop(anvil);
+    Ok(())
+}
