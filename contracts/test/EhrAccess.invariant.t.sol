@@ -114,8 +114,8 @@ contract Handler is Test {
             ids.push(id);
             patientOfRecord[id] = pi;
             authorOfRecord[id] = author;
-            EhrAccess.RecordProof storage p = proofOf[id];
-            (p.patient, p.author, p.salt, p.digest, p.root) = (k, author, salt, digest, leaf);
+            EhrAccess.RecordProof storage rec = proofOf[id];
+            (rec.patient, rec.author, rec.salt, rec.digest, rec.root) = (k, author, salt, digest, leaf);
         } catch {}
     }
 
