@@ -26,7 +26,7 @@ use ehr_share::share_node::{NodeConfig, NodeLimits, open_store};
 use ehr_share::stack::{KuboOptions, free_port, start_anvil, start_kubo};
 
 const RECORDS: usize = 10;
-const READS: usize = 60;
+const READS: usize = 200;
 
 /// A listener that accepts connections and never answers.
 async fn tarpit() -> anyhow::Result<String> {
@@ -102,34 +102,20 @@ struct Outcome {
     times: Vec<Duration>,
 }
 
-async fn reads(
-    name: &'static str,
-    client: &RecordsClient,
-    ids: &[RecordId],
-    liars: &[String],
-) -> Outcome {
-    let mut o = Outcome {
-        name,
-        ok: 0,
-        named: 0,
-        times: Vec::new(),
-    };
-    for i in 0..READS {
-        let t = Instant::now();
-        let r = client.get(ids[i % ids.len()]).await;
-        o.times.push(t.elapsed());
-        if let Ok(r) = r {
-            o.ok += 1;
-            if !liars.is_empty()
-                && liars
-                    .iter()
-                    .all(|l| r.failures.iter().any(|f| &f.node == l))
-            {
-                o.named += 1;
-            }
+async fn read_once(client: &RecordsClient, id: RecordId, liars: &[String], o: &mut Outcome) {
+    let t = Instant::now();
+    let r = client.get(id).await;
+    o.times.push(t.elapsed());
+    if let Ok(r) = r {
+        o.ok += 1;
+        if !liars.is_empty()
+            && liars
+                .iter()
+                .all(|l| r.failures.iter().any(|f| &f.node == l))
+        {
+            o.named += 1;
         }
     }
-    o
 }
 
 #[tokio::main]
@@ -235,20 +221,93 @@ async fn main() -> anyhow::Result<()> {
     ];
     let lying = with(liars.clone())?;
     // Warm up connections and caches.
-    reads("warm-up", &healthy, &ids, &[]).await;
-    let outcomes = [
-        reads("all five healthy", &healthy, &ids, &[]).await,
-        reads("two killed", &killed, &ids, &[]).await,
-        reads("two hung", &hung, &ids, &[]).await,
-        reads("two lying", &lying, &ids, &liars).await,
+    let mut warm = Outcome {
+        name: "warm-up",
+        ok: 0,
+        named: 0,
+        times: Vec::new(),
+    };
+    for id in &ids {
+        read_once(&healthy, *id, &[], &mut warm).await;
+    }
+    // The four cases take turns read by read, so that all see the same machine state.
+    let cases: [(&'static str, &RecordsClient, &[String]); 4] = [
+        ("all five healthy", &healthy, &[]),
+        ("two killed", &killed, &[]),
+        ("two hung", &hung, &[]),
+        ("two lying", &lying, &liars),
     ];
+    let mut outcomes: Vec<Outcome> = cases
+        .iter()
+        .map(|(name, _, _)| Outcome {
+            name,
+            ok: 0,
+            named: 0,
+            times: Vec::new(),
+        })
+        .collect();
+    for i in 0..READS {
+        for ((_, client, liars), o) in cases.iter().zip(outcomes.iter_mut()) {
+            read_once(client, ids[i % ids.len()], liars, o).await;
+        }
+    }
+    // A denied read: a verified provider the patient never granted. The client's read stops at
+    // the denied access transaction; the same provider asking each node directly, naming that
+    // transaction, is refused by all five.
+    let stranger_key = funded().await?;
+    let stranger = office.with_signer(&rpc, stranger_key.clone())?;
+    stranger.register_provider().await?;
+    office.verify_provider(stranger_key.address()).await?;
+    let denied_client = RecordsClient::new(
+        stranger.clone(),
+        stranger_key.clone(),
+        ipfs.clone(),
+        nodes.clone(),
+        3,
+    )?;
+    let mut denied_times = Vec::new();
+    for i in 0..READS {
+        let t = Instant::now();
+        let r = denied_client.get(ids[i % ids.len()]).await;
+        denied_times.push(t.elapsed());
+        anyhow::ensure!(
+            matches!(r, Err(ehr_share::records::RecordError::Denied(..))),
+            "a read without a grant was not denied: {r:?}"
+        );
+    }
+    let o = stranger.access(addr, &ids[..1]).await?;
+    let dom =
+        ehr_share::share_node::domain(office.chain_id(), office.address(), office.deployment_id());
+    let mut refused = 0;
+    for n in &nodes {
+        let request = ehr_share::share_node::ShareRelease {
+            recordId: ids[0].0,
+            requester: stranger_key.address(),
+            accessTx: o.tx.tx_hash,
+            shareNode: n.address,
+            nonce: U256::from(7u64),
+            deadline: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)?
+                .as_secs()
+                + 60,
+        };
+        let signature = ehr_share::share_node::sign_release(&stranger_key, &request, &dom)?;
+        let r = reqwest::Client::new()
+            .post(format!("{}/shares/{}/release", n.url, ids[0]))
+            .json(&ehr_share::share_node::ReleaseBody { request, signature })
+            .send()
+            .await?;
+        if r.status() == reqwest::StatusCode::FORBIDDEN {
+            refused += 1;
+        }
+    }
     let base = pct(&outcomes[0].times, 0.99);
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     let mut md = format!(
         "# Reads with degraded share nodes\n\n\
          Measured by `cargo bench --bench degraded` on real anvil and Kubo, in-process share \
          nodes, 3-of-5, {READS} reads of {RECORDS} records of 10 KB by a granted doctor per \
-         case (each read: access transaction, shares from all five nodes at once, Kubo, \
+         case, the cases taking turns read by read (each read: access transaction, shares from all five nodes at once, Kubo, \
          decryption, digest check). Two of the five nodes are killed (connection refused), hung \
          (a listener that accepts and never answers) or lying (a proxy flipping a digit of each \
          released share). Target: every read succeeds, liars are named, p99 within 1.5x the \
@@ -275,6 +334,17 @@ async fn main() -> anyhow::Result<()> {
         print!("{line}");
         md.push_str(&line);
     }
+    let denied_line = format!(
+        "\nA denied read (a verified provider the patient never granted; target p50 <= 5 ms): \
+         {READS}/{READS} denied, p50 {:.1} ms, p95 {:.1} ms (locating the record at the nodes, \
+         then the denied access transaction); asked directly with that transaction, {refused} of \
+         {} share nodes refused.\n",
+        ms(pct(&denied_times, 0.5)),
+        ms(pct(&denied_times, 0.95)),
+        nodes.len()
+    );
+    print!("{denied_line}");
+    md.push_str(&denied_line);
     md.push_str(&format!(
         "\nMachine: {} cores; profile: bench (optimised).\n",
         std::thread::available_parallelism().map_or(0, usize::from)
