@@ -542,12 +542,7 @@ impl EhrChain {
     /// Contract rejections and transport errors.
     pub async fn request_access(&self, addr: PatientAddr) -> Result<TxOutcome, ChainError> {
         // Nothing is stored per request; the index tells whether one is pending already.
-        if self
-            .pending_requests(addr, 0, u64::MAX)
-            .await?
-            .iter()
-            .any(|r| r.provider == self.from)
-        {
+        if self.is_pending(addr, self.from).await? {
             return Err(ChainError::Rejected(format!(
                 "provider {} already has a pending request to patient {addr}",
                 self.from
@@ -567,17 +562,21 @@ impl EhrChain {
         expires_at: Option<u64>,
     ) -> Result<TxOutcome, ChainError> {
         let me = self.own_patient().await?;
-        if !self
-            .pending_requests(me, 0, u64::MAX)
-            .await?
-            .iter()
-            .any(|r| r.provider == provider)
-        {
+        if !self.is_pending(me, provider).await? {
             return Err(ChainError::Rejected(format!(
                 "no pending request from provider {provider} to patient {me}"
             )));
         }
         self.grant(provider, expires_at).await
+    }
+
+    /// Whether `provider` has a request to the patient at `addr` that is still pending.
+    async fn is_pending(&self, addr: PatientAddr, provider: Address) -> Result<bool, ChainError> {
+        Ok(self
+            .pending_requests(addr, 0, u64::MAX)
+            .await?
+            .iter()
+            .any(|r| r.provider == provider))
     }
 
     /// Patient: declines a pending request.
@@ -586,12 +585,7 @@ impl EhrChain {
     /// Contract rejections and transport errors.
     pub async fn decline_request(&self, provider: Address) -> Result<TxOutcome, ChainError> {
         let me = self.own_patient().await?;
-        if !self
-            .pending_requests(me, 0, u64::MAX)
-            .await?
-            .iter()
-            .any(|r| r.provider == provider)
-        {
+        if !self.is_pending(me, provider).await? {
             return Err(ChainError::Rejected(format!(
                 "no pending request from provider {provider} to patient {me}"
             )));

@@ -90,21 +90,9 @@ pub(crate) fn mark_revoked(earlier: &[AuditEvent], new: &mut [AuditEvent]) {
         else {
             continue;
         };
-        let revoked = new[..i]
-            .iter()
-            .rev()
-            .chain(earlier.iter().rev())
-            .find_map(|e| {
-                if e.kind.patient() != patient || e.kind.provider() != Some(provider) {
-                    return None;
-                }
-                match e.kind {
-                    AuditKind::GrantRevoked { .. } => Some(true),
-                    AuditKind::GrantIssued { .. } => Some(false),
-                    _ => None,
-                }
-            })
-            .unwrap_or(false);
+        let revoked = withdrawn_before(earlier, &new[..i], patient, provider, |k| {
+            matches!(k, AuditKind::GrantRevoked { .. })
+        });
         if let AuditKind::AccessDenied { reason, .. } = &mut new[i].kind
             && revoked
         {
@@ -124,32 +112,41 @@ pub(crate) fn mark_overrides(earlier: &[AuditEvent], new: &mut [AuditEvent]) {
         else {
             continue;
         };
-        let last = new[..i]
-            .iter()
-            .rev()
-            .chain(earlier.iter().rev())
-            .find_map(|e| last_word(&e.kind, patient, provider));
+        let overrides = withdrawn_before(earlier, &new[..i], patient, provider, |k| {
+            matches!(
+                k,
+                AuditKind::GrantRevoked { .. } | AuditKind::BreakGlassEnded { .. }
+            )
+        });
         if let AuditKind::BreakGlassOpened {
             overrides_revoke, ..
         } = &mut new[i].kind
         {
-            *overrides_revoke = last.unwrap_or(false);
+            *overrides_revoke = overrides;
         }
     }
 }
 
-/// For an event between `patient` and `provider` that settles whether a later opening
-/// overrides the patient: `Some(true)` for a revoke or an ended emergency, `Some(false)` for a
-/// grant, `None` for anything else.
-fn last_word(k: &AuditKind, patient: Option<PatientAddr>, provider: Address) -> Option<bool> {
-    if k.patient() != patient || k.provider() != Some(provider) {
-        return None;
-    }
-    match k {
-        AuditKind::GrantRevoked { .. } | AuditKind::BreakGlassEnded { .. } => Some(true),
-        AuditKind::GrantIssued { .. } => Some(false),
-        _ => None,
-    }
+/// Whether the patient's last word to `provider` in `earlier` then `before` (newest first) was
+/// one that `withdraws` rather than a grant; false when there was neither.
+fn withdrawn_before(
+    earlier: &[AuditEvent],
+    before: &[AuditEvent],
+    patient: Option<PatientAddr>,
+    provider: Address,
+    withdraws: impl Fn(&AuditKind) -> bool,
+) -> bool {
+    before
+        .iter()
+        .rev()
+        .chain(earlier.iter().rev())
+        .filter(|e| e.kind.patient() == patient && e.kind.provider() == Some(provider))
+        .find_map(|e| match e.kind {
+            AuditKind::GrantIssued { .. } => Some(false),
+            ref k if withdraws(k) => Some(true),
+            _ => None,
+        })
+        .unwrap_or(false)
 }
 
 #[cfg(test)]

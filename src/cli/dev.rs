@@ -556,8 +556,7 @@ async fn seed_demo_record(
 ) -> anyhow::Result<()> {
     let (index, aid, pid) = PATIENTS[0];
     let addr = PatientAddr::new(aid, pid)?;
-    let dir =
-        crate::records::Directory::new(chain.clone(), records.nodes.clone(), records.threshold);
+    let dir = records.directory(chain.clone(), reqwest::Client::new());
     if !dir.list(addr).await?.is_empty() {
         return Ok(());
     }

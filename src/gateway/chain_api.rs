@@ -171,8 +171,7 @@ pub(super) async fn records(
     let cfg = state
         .records()
         .ok_or_else(|| ApiError::Unavailable("no share nodes configured on this gateway".into()))?;
-    let dir =
-        crate::records::Directory::new(deployed(&state)?.clone(), cfg.nodes.clone(), cfg.threshold);
+    let dir = cfg.directory(deployed(&state)?.clone(), state.http().clone());
     let all = dir.list(patient(&p)?).await?;
     let out: Vec<Value> = all
         .iter()

@@ -69,6 +69,15 @@ pub struct RecordsConfig {
 }
 
 impl RecordsConfig {
+    /// Where records sit and which a patient has, over these nodes, asking through `http`.
+    pub fn directory(
+        &self,
+        chain: crate::chain::EhrChain,
+        http: reqwest::Client,
+    ) -> crate::records::Directory {
+        crate::records::Directory::new(chain, self.nodes.clone(), self.threshold, http)
+    }
+
     /// A records client signing as `signer`, anchoring through the batcher when there is one.
     ///
     /// # Errors

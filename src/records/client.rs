@@ -257,19 +257,20 @@ impl RecordsClient {
         let threshold = Threshold::new(k, n)
             .map_err(|e| RecordError::Config(format!("{e} (share nodes configured: {n})")))?;
         let domain = domain(chain.chain_id(), chain.address(), chain.deployment_id());
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(20))
+            .build()
+            .map_err(|e| RecordError::Config(e.to_string()))?;
         Ok(Self {
             anchoring: std::sync::Arc::new(Alone(chain.clone())),
-            directory: Directory::new(chain.clone(), nodes.clone(), k),
+            directory: Directory::new(chain.clone(), nodes.clone(), k, http.clone()),
             chain,
             signer,
             ipfs,
             nodes,
             threshold,
             domain,
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(20))
-                .build()
-                .map_err(|e| RecordError::Config(e.to_string()))?,
+            http,
         })
     }
 

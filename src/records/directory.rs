@@ -16,6 +16,9 @@ use crate::share_node::AnchoredRecord;
 /// Pages of 500 read from each node when listing: 10,000 records per patient.
 const MAX_PAGES: usize = 20;
 
+/// How long one node may take to answer one request: a hung node delays nothing beyond it.
+const NODE_DEADLINE: Duration = Duration::from_secs(20);
+
 /// Which roots the chain says are anchored, each asked once.
 #[derive(Default)]
 struct Roots(HashMap<B256, bool>);
@@ -42,16 +45,14 @@ pub struct Directory {
 }
 
 impl Directory {
-    /// A directory over `nodes`, of which `k` must list a record for it to count.
-    pub fn new(chain: EhrChain, nodes: Vec<ShareNodeRef>, k: u8) -> Self {
+    /// A directory over `nodes`, of which `k` must agree on a record for it to count, asking
+    /// them through `http` (the caller's client, reused; each request has its own deadline).
+    pub fn new(chain: EhrChain, nodes: Vec<ShareNodeRef>, k: u8, http: reqwest::Client) -> Self {
         Self {
             chain,
             nodes,
             k,
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(20))
-                .build()
-                .unwrap_or_default(),
+            http,
         }
     }
 
@@ -73,7 +74,8 @@ impl Directory {
             pending.push(async move {
                 (
                     name,
-                    answer::<AnchoredRecord>(http.get(url).send().await).await,
+                    answer::<AnchoredRecord>(http.get(url).timeout(NODE_DEADLINE).send().await)
+                        .await,
                 )
             });
         }
@@ -133,7 +135,10 @@ impl Directory {
                         Some(last) => format!("{base}?after={}", last.record),
                         None => base.clone(),
                     };
-                    let Ok(page) = answer::<Vec<AnchoredRecord>>(http.get(url).send().await).await
+                    let Ok(page) = answer::<Vec<AnchoredRecord>>(
+                        http.get(url).timeout(NODE_DEADLINE).send().await,
+                    )
+                    .await
                     else {
                         break;
                     };

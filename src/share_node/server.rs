@@ -358,18 +358,10 @@ async fn sweep(n: &Node) -> Result<(), String> {
 
 /// The record's proof as a node keeps it, once anchored.
 fn proof_of(stored: &StoredShare) -> Option<RecordProof> {
-    let anchor = stored.anchor.as_ref()?;
-    Some(RecordProof {
-        patient: PatientAddr::from_key(stored.patient)?,
-        author: stored.uploader,
-        salt: stored.salt,
-        digest: stored.digest,
-        root: anchor.root,
-        proof: anchor.proof.clone(),
-    })
+    public_proof(&stored.public())
 }
 
-/// The same from the public part alone.
+/// The record's proof from its public part, once anchored.
 fn public_proof(p: &PublicRecord) -> Option<RecordProof> {
     let anchor = p.anchor.as_ref()?;
     Some(RecordProof {

@@ -174,6 +174,20 @@ struct Row {
     sealed: Vec<u8>,
 }
 
+impl StoredShare {
+    /// Its public part.
+    pub fn public(&self) -> PublicRecord {
+        PublicRecord {
+            patient: self.patient,
+            uploader: self.uploader,
+            salt: self.salt,
+            digest: self.digest,
+            anchor: self.anchor.clone(),
+            stored_at: self.stored_at,
+        }
+    }
+}
+
 impl Row {
     fn public(&self) -> PublicRecord {
         PublicRecord {

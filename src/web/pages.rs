@@ -831,11 +831,7 @@ fn directory(state: &WebState) -> Result<Directory> {
             "no contract deployed".into(),
         )
     })?;
-    Ok(Directory::new(
-        chain.clone(),
-        cfg.nodes.clone(),
-        cfg.threshold,
-    ))
+    Ok(cfg.directory(chain.clone(), state.app.http().clone()))
 }
 
 fn records_client(state: &WebState, s: &Session) -> Result<RecordsClient> {
