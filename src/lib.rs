@@ -8,6 +8,7 @@
 //! - [`stack`]: starts anvil and Kubo as child processes for development and tests.
 //! - [`db`]: the gateway's own database (SQLite or MySQL/MariaDB): web users, sessions, API
 //!   tokens, the event index.
+//! - [`kind`]: one classification of errors, rendered by the API, the pages and the share nodes.
 //! - [`gateway`]: the HTTP service composing the above.
 //! - [`cli`]: the `ehr` command line.
 
@@ -19,6 +20,7 @@ pub mod db;
 pub mod fsutil;
 pub mod gateway;
 pub mod ipfs;
+pub mod kind;
 pub mod limits;
 pub mod records;
 pub mod serve_config;

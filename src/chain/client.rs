@@ -1046,6 +1046,31 @@ impl EhrChain {
             .await
     }
 
+    /// One page of every event that `keep` keeps, newest first (the office's monitoring, with
+    /// its filters by kind, provider and patient).
+    ///
+    /// # Errors
+    /// Transport errors.
+    pub async fn audit_page_where(
+        &self,
+        keep: impl Fn(&AuditEvent) -> bool,
+        offset: usize,
+        limit: usize,
+    ) -> Result<AuditPage, ChainError> {
+        self.index
+            .query(&self.provider, &self.filter(), keep, offset, limit)
+            .await
+    }
+
+    /// Calls `visit` on every event of the contract, oldest first, without copying them (for
+    /// summaries such as the office's activity chart).
+    ///
+    /// # Errors
+    /// Transport errors.
+    pub async fn audit_scan(&self, visit: impl FnMut(&AuditEvent)) -> Result<(), ChainError> {
+        self.index.scan(&self.provider, &self.filter(), visit).await
+    }
+
     /// Events naming `provider` as the actor (requests, grants, reads, denials), newest first.
     ///
     /// # Errors

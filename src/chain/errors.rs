@@ -139,3 +139,16 @@ fn describe(e: &E) -> String {
         ),
     }
 }
+
+impl crate::kind::Classify for ChainError {
+    fn kind(&self) -> crate::kind::ErrorKind {
+        use crate::kind::ErrorKind as K;
+        match self {
+            Self::Rpc(_) | Self::NoContract(_) | Self::WrongDeployment(_) => K::Unavailable,
+            Self::Rejected(_) => K::Conflict,
+            Self::NotPermitted(_) => K::Denied,
+            // A revert we cannot name, or data we cannot read: ours to look into.
+            Self::Reverted(_) | Self::Decode(_) => K::Internal,
+        }
+    }
+}

@@ -151,6 +151,20 @@ impl EventIndex {
         Ok(AuditPage { events, total })
     }
 
+    /// Calls `visit` on every event, oldest first (after catching up), without copying them.
+    pub(crate) async fn scan(
+        &self,
+        provider: &DynProvider,
+        filter: &Filter,
+        mut visit: impl FnMut(&AuditEvent),
+    ) -> Result<(), ChainError> {
+        let mut st = self.state.lock().await;
+        self.load(&mut st).await;
+        self.catch_up(&mut st, provider, filter).await?;
+        st.events.iter().for_each(&mut visit);
+        Ok(())
+    }
+
     async fn catch_up(
         &self,
         st: &mut State,

@@ -226,6 +226,17 @@ pub enum ProviderStatus {
     Suspended,
 }
 
+impl fmt::Display for ProviderStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::None => "Not registered",
+            Self::Pending => "Pending",
+            Self::Verified => "Verified",
+            Self::Suspended => "Suspended",
+        })
+    }
+}
+
 /// A code of a contract enum that this build does not know (a newer contract).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("unknown {what} code {code} from the contract")]
@@ -329,6 +340,16 @@ pub enum GrantState {
     Revoked,
     /// Past its expiry.
     Expired,
+}
+
+impl fmt::Display for GrantState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Active => "Active",
+            Self::Revoked => "Revoked",
+            Self::Expired => "Expired",
+        })
+    }
 }
 
 /// A grant as the contract stores it.

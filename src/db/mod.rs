@@ -8,11 +8,13 @@
 
 mod accounts;
 mod events;
+mod exports;
 mod sessions;
 mod tokens;
 
 pub use accounts::AccountRow;
 pub use events::EventStore;
+pub use exports::ExportRow;
 pub use sessions::SessionRow;
 pub use tokens::TokenRow;
 
@@ -97,6 +99,25 @@ pub enum DbError {
     /// A query failed.
     #[error("database query failed: {0}")]
     Query(#[source] sqlx::Error),
+}
+
+impl crate::kind::Classify for DbError {
+    fn kind(&self) -> crate::kind::ErrorKind {
+        use crate::kind::ErrorKind as K;
+        match self {
+            Self::Conflict(_) => K::Conflict,
+            Self::Corrupt { .. } => K::Internal,
+            _ => K::Unavailable,
+        }
+    }
+
+    /// Database details (URLs, driver messages) stay in the log.
+    fn public_message(&self) -> String {
+        match self {
+            Self::Conflict(_) => self.to_string(),
+            _ => "the database is not available; try again shortly".to_owned(),
+        }
+    }
 }
 
 impl From<sqlx::Error> for DbError {

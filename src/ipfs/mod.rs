@@ -246,3 +246,14 @@ impl KuboClient {
 fn is_not_found(message: &str) -> bool {
     message.contains("not found") || message.contains("block was not found locally")
 }
+
+impl crate::kind::Classify for IpfsError {
+    fn kind(&self) -> crate::kind::ErrorKind {
+        use crate::kind::ErrorKind as K;
+        match self {
+            Self::NotFound { .. } => K::NotFound,
+            Self::Unreachable { .. } | Self::Api { .. } => K::Unavailable,
+            Self::Protocol { .. } => K::Internal,
+        }
+    }
+}

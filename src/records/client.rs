@@ -169,6 +169,28 @@ pub enum RecordError {
     Ipfs(#[from] IpfsError),
 }
 
+impl crate::kind::Classify for RecordError {
+    fn kind(&self) -> crate::kind::ErrorKind {
+        use crate::kind::ErrorKind as K;
+        match self {
+            Self::NotFound(_) => K::NotFound,
+            Self::Denied(..) => K::Denied,
+            Self::InvalidFhir(_) => K::BadInput,
+            Self::NotEnoughShares { .. }
+            | Self::NotEnoughAcks { .. }
+            | Self::NotEnoughProofs { .. }
+            | Self::NodeUnreachable(..)
+            | Self::CiphertextMissing { .. }
+            | Self::Anchoring(_)
+            | Self::Config(_) => K::Unavailable,
+            // Content that does not match its anchor or key: corruption or an attack, logged.
+            Self::DigestMismatch(_) | Self::Decrypt(..) => K::Internal,
+            Self::Chain(e) => e.kind(),
+            Self::Ipfs(e) => e.kind(),
+        }
+    }
+}
+
 /// Where a record's leaf gets anchored: alone by the uploader, or batched with others (the
 /// gateway's [`super::Batcher`]). Returns the anchored root and the leaf's proof to it.
 pub trait Anchoring: Send + Sync + std::fmt::Debug {

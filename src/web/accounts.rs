@@ -122,6 +122,29 @@ pub enum AccountError {
     },
 }
 
+impl crate::kind::Classify for AccountError {
+    fn kind(&self) -> crate::kind::ErrorKind {
+        use crate::kind::ErrorKind as K;
+        match self {
+            Self::BadLogin => K::Unauthenticated,
+            Self::Taken(_) => K::Conflict,
+            Self::Invalid(_) => K::BadInput,
+            Self::Storage(e) => e.kind(),
+            Self::Keystore { .. } => K::Internal,
+        }
+    }
+
+    fn public_message(&self) -> String {
+        match self {
+            Self::Storage(e) => crate::kind::Classify::public_message(e),
+            Self::Keystore { .. } => {
+                "your account's key could not be opened; contact the administrator".to_owned()
+            }
+            _ => self.to_string(),
+        }
+    }
+}
+
 /// The web accounts, in the gateway's database. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct AccountStore {

@@ -4,14 +4,30 @@
 //! Every page checks the session's role on the server; every form carries the session's CSRF
 //! token; errors are shown in words.
 
+//! One module per room: [`login`] (before a session), [`patient`], [`doctor`], [`office`],
+//! [`record`] (opening a record from either), [`api_tokens`]. Around them: [`extract`] checks
+//! who asks (role extractors, CSRF forms), [`error`] renders the shared error kinds, [`view`]
+//! holds what pages show alike, and `templates/` lays them out, escaping by default.
+
 mod accounts;
+mod api_tokens;
+mod chart;
+mod doctor;
+mod error;
+mod export;
+mod extract;
 mod guard;
-mod html;
 mod keystore;
 mod legacy;
-mod pages;
+mod listing;
+mod login;
+mod office;
+mod patient;
+mod record;
 mod session;
 mod tokens;
+mod upload;
+mod view;
 
 pub use accounts::{Account, AccountError, AccountStore, ProviderProfile, Role};
 pub use legacy::{ImportReport, import_web_dir};
@@ -20,9 +36,16 @@ pub use tokens::{MAX_DAYS, MAX_TOKENS, TokenEntry, TokenStore};
 
 use alloy::signers::local::PrivateKeySigner;
 use axum::Router;
+use axum::http::{HeaderValue, header};
+use axum::response::IntoResponse;
 use axum::routing::{get, post};
 
+use crate::chain::EhrChain;
 use crate::gateway::AppState;
+use crate::kind::ErrorKind;
+use crate::records::{Directory, RecordsClient};
+use error::WebError;
+use session::Session;
 
 /// Unix seconds now (the clock of sessions, tokens and accounts).
 fn now() -> u64 {
@@ -41,7 +64,7 @@ pub struct WebState {
     secure_cookies: bool,
     guard: guard::Guard,
     tokens: Option<TokenStore>,
-    listing: pages::ListingCache,
+    listing: listing::ListingCache,
 }
 
 impl WebState {
@@ -55,7 +78,7 @@ impl WebState {
             secure_cookies: false,
             guard: guard::Guard::default(),
             tokens: None,
-            listing: pages::ListingCache::default(),
+            listing: listing::ListingCache::default(),
         }
     }
 
@@ -83,14 +106,65 @@ impl WebState {
     }
 }
 
-/// The web routes. Forms get a body limit that fits a form (16 KiB), the upload form the
+impl WebState {
+    /// The chain client without a signer (reads).
+    fn chain(&self) -> Result<&EhrChain, WebError> {
+        self.app
+            .chain()
+            .ok_or_else(|| WebError::new(ErrorKind::Unavailable, "no contract deployed"))
+    }
+
+    /// The chain client signing as the session's user.
+    fn chain_for(&self, s: &Session) -> Result<EhrChain, WebError> {
+        Ok(self
+            .chain()?
+            .with_signer(self.app.rpc_url(), s.signer.clone())?)
+    }
+
+    /// Where records sit and which a patient has (no signer needed).
+    fn directory(&self) -> Result<Directory, WebError> {
+        let cfg = self
+            .app
+            .records()
+            .ok_or_else(|| WebError::new(ErrorKind::Unavailable, "no share nodes configured"))?;
+        Ok(cfg.directory(self.chain()?.clone(), self.app.http().clone()))
+    }
+
+    /// The records client acting as the session's user.
+    fn records_for(&self, s: &Session) -> Result<RecordsClient, WebError> {
+        let cfg = self
+            .app
+            .records()
+            .ok_or_else(|| WebError::new(ErrorKind::Unavailable, "no share nodes configured"))?;
+        Ok(cfg.client(
+            self.chain_for(s)?,
+            s.signer.clone(),
+            self.app.ipfs().clone(),
+        )?)
+    }
+}
+
+/// A static asset, cached by the browser for an hour.
+fn asset(body: &'static str, media_type: &'static str) -> axum::response::Response {
+    let mut r = body.into_response();
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(media_type));
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=3600"),
+    );
+    r
+}
+
+/// The web routes. Forms get a body limit that fits a form (16 KiB), the upload forms the
 /// upload limit behind the shared upload slots.
 pub fn router(state: WebState) -> Router {
-    let upload = Router::new()
-        .route("/patient/upload", post(pages::patient_upload))
+    let uploads = Router::new()
+        .route("/patient/upload", post(patient::upload))
+        .route("/doctor/upload", post(doctor::upload))
         // The upload limit plus room for the multipart framing and the CSRF field.
         .layer(axum::extract::DefaultBodyLimit::max(
-            pages::UPLOAD_LIMIT + 64 * 1024,
+            upload::UPLOAD_LIMIT + 64 * 1024,
         ))
         .layer(crate::gateway::upload_timeout())
         .layer(axum::middleware::from_fn_with_state(
@@ -98,33 +172,51 @@ pub fn router(state: WebState) -> Router {
             crate::gateway::gate_html,
         ));
     Router::new()
-        .route("/", get(pages::home))
-        .route("/login", post(pages::login))
-        .route("/signup", get(pages::signup_form).post(pages::signup))
-        .route("/logout", post(pages::logout))
-        .route("/patient", get(pages::patient))
-        .route("/patient/grant", post(pages::patient_grant))
-        .route("/patient/revoke", post(pages::patient_revoke))
-        .route("/patient/request", post(pages::patient_request))
-        .route("/patient/end-emergency", post(pages::patient_end_emergency))
-        .route("/patient/records/{id}", get(pages::patient_record))
+        .route("/", get(login::home))
+        .route(
+            "/assets/app.css",
+            get(|| async { asset(include_str!("assets/app.css"), "text/css; charset=utf-8") }),
+        )
+        .route(
+            "/assets/app.js",
+            get(|| async {
+                asset(
+                    include_str!("assets/app.js"),
+                    "text/javascript; charset=utf-8",
+                )
+            }),
+        )
+        .route("/login", post(login::login))
+        .route("/signup", get(login::signup_form).post(login::signup))
+        .route("/logout", post(login::logout))
+        .route("/patient", get(patient::home))
+        .route("/patient/grant", post(patient::grant))
+        .route("/patient/revoke", post(patient::revoke))
+        .route("/patient/request", post(patient::decide))
+        .route("/patient/end-emergency", post(patient::end_emergency))
+        .route("/patient/audit.fhir.json", get(patient::audit_fhir))
+        .route("/patient/audit.csv", get(patient::audit_csv))
+        .route("/patient/records/{id}", get(record::patient_record))
         .route(
             "/patient/records/{id}/download",
-            get(pages::patient_download),
+            get(record::patient_download),
         )
-        .route("/doctor", get(pages::doctor))
-        .route("/doctor/patient", get(pages::doctor_patient))
-        .route("/doctor/request", post(pages::doctor_request))
-        .route("/doctor/break-glass", post(pages::doctor_break_glass))
-        .route("/doctor/records/{id}", get(pages::doctor_record))
-        .route("/doctor/records/{id}/download", get(pages::doctor_download))
-        .route("/office", get(pages::office))
-        .route("/office/provider", post(pages::office_provider))
-        .route("/office/patient", post(pages::office_patient))
-        .route("/tokens", get(pages::tokens).post(pages::token_create))
-        .route("/tokens/revoke", post(pages::token_revoke))
+        .route("/doctor", get(doctor::home))
+        .route("/doctor/patient", get(doctor::patient))
+        .route("/doctor/request", post(doctor::request))
+        .route("/doctor/break-glass", post(doctor::break_glass))
+        .route("/doctor/records/{id}", get(record::doctor_record))
+        .route(
+            "/doctor/records/{id}/download",
+            get(record::doctor_download),
+        )
+        .route("/office", get(office::home))
+        .route("/office/provider", post(office::decide_provider))
+        .route("/office/patient", post(office::issue_patient))
+        .route("/tokens", get(api_tokens::list).post(api_tokens::create))
+        .route("/tokens/revoke", post(api_tokens::revoke))
         .layer(axum::extract::DefaultBodyLimit::max(FORM_LIMIT))
-        .merge(upload)
+        .merge(uploads)
         .with_state(state)
 }
 
