@@ -12,7 +12,7 @@ use alloy::providers::{Provider, ProviderBuilder};
 use alloy::signers::local::PrivateKeySigner;
 use bytes::Bytes;
 use common::nodes::{self, NodeProc};
-use ehr_share::chain::{EhrChain, PatientAddr, RecordId, random_b256};
+use ehr_share::chain::{DenyReason, EhrChain, EmergencyReason, PatientAddr, RecordId, random_b256};
 use ehr_share::gateway::Keyring;
 use ehr_share::records::{FHIR_JSON, ShareNodeRef};
 use ehr_share::shamir::{Secret, Threshold, split};
@@ -740,4 +740,52 @@ async fn a_deployment_of_another_contract_version_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let said = nodes::refusal_to_start(dir.path(), old).await;
     assert!(said.contains("version 3"), "{said}");
+}
+
+/// Break-glass opens a chart for reading only: a provider who broke the glass (after the
+/// patient revoked them, or never granted) cannot add a record to it; every share node
+/// refuses the deposit, nothing is listed, and with a grant the same provider can.
+#[tokio::test]
+async fn break_glass_never_lets_a_provider_write_into_a_chart() {
+    let office = common::office().await;
+    let procs = nodes::start_many(office.address(), 3, &[]).await;
+    let refs = nodes::refs(&procs).await;
+    let (patient, addr) = common::new_patient(&office).await;
+    let doctor = common::funded().await;
+    let d = common::as_(&office, &doctor);
+    d.register_provider().await.unwrap();
+    office.verify_provider(doctor.address()).await.unwrap();
+    d.break_glass(addr, EmergencyReason::Etreat).await.unwrap();
+    let (reason, emergency) = office.check_access(addr, doctor.address()).await.unwrap();
+    assert_eq!((reason, emergency), (DenyReason::None, true));
+    let err = nodes::client(&office, &doctor, &refs)
+        .put(
+            addr,
+            Bytes::from_static(b"planted note"),
+            "text/plain",
+            None,
+        )
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("break-glass access opens reading only"),
+        "every node refuses the write: {text}"
+    );
+    let own = nodes::client(&office, &patient, &refs);
+    let dir = own.directory();
+    assert!(
+        dir.list(addr).await.unwrap().is_empty(),
+        "nothing was added to the chart"
+    );
+    // Under a grant the same provider may add a record.
+    common::as_(&office, &patient)
+        .grant(doctor.address(), None)
+        .await
+        .unwrap();
+    nodes::client(&office, &doctor, &refs)
+        .put(addr, Bytes::from_static(b"visit note"), "text/plain", None)
+        .await
+        .unwrap();
+    assert_eq!(dir.list(addr).await.unwrap().len(), 1);
 }

@@ -151,4 +151,15 @@ impl crate::kind::Classify for ChainError {
             Self::Reverted(_) | Self::Decode(_) => K::Internal,
         }
     }
+
+    /// Transport errors name the node's URL (which may hold an API key): never shown.
+    fn public_message(&self) -> String {
+        match self {
+            Self::Rpc(_) => "the chain node is not available; try again shortly".to_owned(),
+            Self::Reverted(_) | Self::Decode(_) => {
+                "the chain answered in a way this server does not understand; it is logged for the operators".to_owned()
+            }
+            _ => self.to_string(),
+        }
+    }
 }

@@ -256,4 +256,12 @@ impl crate::kind::Classify for IpfsError {
             Self::Protocol { .. } => K::Internal,
         }
     }
+
+    /// The IPFS API is an admin interface: its URL and messages stay in the log.
+    fn public_message(&self) -> String {
+        match self {
+            Self::NotFound { .. } => self.to_string(),
+            _ => "the IPFS node is not available; try again shortly".to_owned(),
+        }
+    }
 }

@@ -189,6 +189,40 @@ impl crate::kind::Classify for RecordError {
             Self::Ipfs(e) => e.kind(),
         }
     }
+
+    /// Counts, never the share nodes' URLs or their transport errors (those go to the log).
+    fn public_message(&self) -> String {
+        match self {
+            Self::NotEnoughShares {
+                record,
+                valid,
+                needed,
+                ..
+            } => format!(
+                "not enough share nodes answered for record {record}: {valid} valid shares, {needed} needed; try again shortly"
+            ),
+            Self::NotEnoughAcks { stored, needed, .. } => format!(
+                "only {stored} share nodes stored their share, {needed} needed; nothing was stored"
+            ),
+            Self::NotEnoughProofs {
+                record,
+                accepted,
+                needed,
+                ..
+            } => format!(
+                "record {record} was anchored, but only {accepted} share nodes accepted it, {needed} needed; it cannot be read"
+            ),
+            Self::NodeUnreachable(..) => "a share node is unreachable; try again shortly".to_owned(),
+            Self::Anchoring(_) => "anchoring on the chain failed; nothing was stored".to_owned(),
+            Self::Config(_) => "the records service is not configured right; it is logged for the operators".to_owned(),
+            Self::DigestMismatch(_) | Self::Decrypt(..) => {
+                "the record failed its integrity check and is not shown; it is logged for the operators".to_owned()
+            }
+            Self::Chain(e) => e.public_message(),
+            Self::Ipfs(e) => e.public_message(),
+            _ => self.to_string(),
+        }
+    }
 }
 
 /// Where a record's leaf gets anchored: alone by the uploader, or batched with others (the

@@ -440,6 +440,36 @@ fn check_deadline(deadline: u64) -> Result<(), Refusal> {
     Ok(())
 }
 
+/// Whether `uploader` may add records for `patient` now: the patient themselves, or a provider
+/// under a grant in force. Break-glass opens reading only: an emergency never lets a provider
+/// write into a chart the patient did not open to them.
+async fn may_write(
+    n: &Node,
+    patient: PatientAddr,
+    uploader: Address,
+    verb: &str,
+) -> Result<(), Refusal> {
+    let chain = &n.cfg.chain;
+    if chain.patient_account(patient).await.map_err(internal)? == Some(uploader) {
+        return Ok(());
+    }
+    let (reason, emergency) = chain
+        .check_access(patient, uploader)
+        .await
+        .map_err(internal)?;
+    if reason != DenyReason::None {
+        return Err(denied(format!(
+            "{uploader} {verb} add records for patient {patient}: {reason}"
+        )));
+    }
+    if emergency {
+        return Err(denied(format!(
+            "{uploader} {verb} add records for patient {patient}: break-glass access opens reading only, not writing"
+        )));
+    }
+    Ok(())
+}
+
 async fn deposit(
     State(n): State<Arc<Node>>,
     client: Option<axum::Extension<ConnectInfo<std::net::SocketAddr>>>,
@@ -489,20 +519,7 @@ async fn deposit(
             "record id is not recordIdOf(uploader, patient, salt): it must be derived from its uploader",
         ));
     }
-    let chain = &n.cfg.chain;
-    let account = chain.patient_account(patient).await.map_err(internal)?;
-    if account != Some(d.uploader) {
-        let (reason, _) = chain
-            .check_access(patient, d.uploader)
-            .await
-            .map_err(internal)?;
-        if reason != DenyReason::None {
-            return Err(denied(format!(
-                "{} may not add records for patient {patient}: {reason}",
-                d.uploader
-            )));
-        }
-    }
+    may_write(&n, patient, d.uploader, "may not").await?;
     if !n
         .cfg
         .store
@@ -663,19 +680,7 @@ async fn anchor(
     }
     // The uploader may still add records for the patient (a provider revoked since the
     // deposit may not finish the upload).
-    let chain = &n.cfg.chain;
-    if chain.patient_account(patient).await.map_err(internal)? != Some(stored.uploader) {
-        let (reason, _) = chain
-            .check_access(patient, stored.uploader)
-            .await
-            .map_err(internal)?;
-        if reason != DenyReason::None {
-            return Err(denied(format!(
-                "{} may no longer add records for patient {patient}: {reason}",
-                stored.uploader
-            )));
-        }
-    }
+    may_write(&n, patient, stored.uploader, "may no longer").await?;
     let anchor = Anchor {
         root: b.root,
         proof: b.proof,

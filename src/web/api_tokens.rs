@@ -10,6 +10,7 @@ use serde::Deserialize;
 use super::accounts::AccountError;
 use super::error::{Result, WebError, page};
 use super::extract::{CsrfForm, Signed};
+use super::guard::ClientAddr;
 use super::login::refusal_error;
 use super::session::Session;
 use super::view::{Flash, Layout, Notice, back, time};
@@ -100,6 +101,7 @@ pub(super) struct TokenForm {
 /// `POST /tokens`.
 pub(super) async fn create(
     State(state): State<WebState>,
+    ClientAddr(client): ClientAddr,
     s: Signed,
     CsrfForm(f): CsrfForm<TokenForm>,
 ) -> Result<Response> {
@@ -109,13 +111,17 @@ pub(super) async fn create(
         .trim()
         .parse()
         .map_err(|_| WebError::bad(format!("valid for 1 to {MAX_DAYS} days")))?;
-    // A stolen session alone must not become a long-lived key: ask for the password again.
+    // A stolen session alone must not become a long-lived key: ask for the password again,
+    // under the login guard's limits (a session must not become a password oracle).
+    let user = &s.account.username;
+    state.guard.login(user, client).map_err(refusal_error)?;
     let slot = state.guard.kdf().await.map_err(refusal_error)?;
-    let checked = state.accounts.login(&s.account.username, &f.password).await;
+    let checked = state.accounts.login(user, &f.password).await;
     drop(slot);
     match checked {
-        Ok(_) => {}
+        Ok(_) => state.guard.login_ok(user, client),
         Err(AccountError::BadLogin) => {
+            state.guard.login_failed(user, client);
             return Ok((
                 StatusCode::FORBIDDEN,
                 tokens_page(&state, s, Some(Flash::err("wrong password")), None).await?,

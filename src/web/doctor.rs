@@ -14,7 +14,7 @@ use super::error::{Result, WebError, page};
 use super::extract::{CsrfForm, DoctorSession};
 use super::listing::{RecordsView, records};
 use super::upload;
-use super::view::{Flash, Layout, back, patient_addr, time};
+use super::view::{Flash, Layout, back, patient_addr, time, words};
 use crate::chain::{AuditKind, DenyReason, EmergencyReason, PatientAddr, ProviderStatus};
 use crate::kind::ErrorKind;
 use crate::records::RecordError;
@@ -168,7 +168,7 @@ pub(super) async fn request(
     let to = patient_page(addr);
     Ok(match state.chain_for(&s)?.request_access(addr).await {
         Ok(_) => back(&to, true, "request sent; the patient will see it"),
-        Err(e) => back(&to, false, &e.to_string()),
+        Err(e) => back(&to, false, &words(&e)),
     })
 }
 
@@ -197,7 +197,7 @@ pub(super) async fn break_glass(
             true,
             "emergency access open for one hour; this is logged for the patient",
         ),
-        Err(e) => back(&to, false, &e.to_string()),
+        Err(e) => back(&to, false, &words(&e)),
     })
 }
 
@@ -218,6 +218,20 @@ pub(super) async fn upload(
 ) -> Result<Redirect> {
     let addr = patient_addr(&q.addr)?;
     let to = patient_page(addr);
+    // Checked before anything is encrypted or pinned (the share nodes check again).
+    let (reason, emergency) = state.chain()?.check_access(addr, s.account.address).await?;
+    if reason != DenyReason::None || emergency {
+        return Err(WebError::new(
+            ErrorKind::Denied,
+            if emergency {
+                format!(
+                    "break-glass access to {addr} opens reading only; adding a record needs the patient's grant"
+                )
+            } else {
+                format!("you may not add records for patient {addr}: {reason}")
+            },
+        ));
+    }
     let Some(u) = upload::read(&s, mp).await? else {
         return Ok(back(&to, false, "the file is empty"));
     };
@@ -232,9 +246,9 @@ pub(super) async fn upload(
             &format!("added {} as record {id} for patient {addr}", u.name),
         )),
         Err(e @ (RecordError::InvalidFhir(_) | RecordError::Denied(..))) => {
-            Ok(back(&to, false, &e.to_string()))
+            Ok(back(&to, false, &words(&e)))
         }
-        Err(RecordError::Chain(e)) if e.is_rejection() => Ok(back(&to, false, &e.to_string())),
+        Err(RecordError::Chain(e)) if e.is_rejection() => Ok(back(&to, false, &words(&e))),
         Err(e) => Err(e.into()),
     }
 }

@@ -178,13 +178,41 @@ fn audit_event(e: &AuditEvent, observer: Observer, fallback_time: u64) -> Value 
     r
 }
 
+/// A stable identity for an event's resource: a UUID (RFC 9562 version 8, its bits from a
+/// SHA-256 of the chain, contract, block and log index), so two downloads of the same event
+/// name the same resource.
+fn full_url(e: &AuditEvent, observer: Observer) -> String {
+    use sha2::Digest as _;
+    let mut h = sha2::Sha256::new();
+    h.update(observer.chain_id.to_be_bytes());
+    h.update(observer.contract.as_slice());
+    h.update(e.block.to_be_bytes());
+    h.update(e.log_index.to_be_bytes());
+    let mut b = [0u8; 16];
+    b.copy_from_slice(&h.finalize()[..16]);
+    b[6] = (b[6] & 0x0f) | 0x80;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let x = hex::encode(b);
+    format!(
+        "urn:uuid:{}-{}-{}-{}-{}",
+        &x[..8],
+        &x[8..12],
+        &x[12..16],
+        &x[16..20],
+        &x[20..]
+    )
+}
+
 /// The events as a FHIR R4 `Bundle` of type `collection`, made at `now`.
 pub(super) fn fhir_bundle(events: &[AuditEvent], observer: Observer, now: u64) -> Value {
     json!({
         "resourceType": "Bundle",
         "type": "collection",
         "timestamp": instant(now),
-        "entry": events.iter().map(|e| json!({ "resource": audit_event(e, observer, now) })).collect::<Vec<_>>(),
+        "entry": events.iter().map(|e| json!({
+            "fullUrl": full_url(e, observer),
+            "resource": audit_event(e, observer, now),
+        })).collect::<Vec<_>>(),
     })
 }
 
@@ -301,6 +329,7 @@ mod tests {
         let entries = b["entry"].as_array().unwrap();
         assert_eq!(entries.len(), 4);
         for e in entries {
+            assert!(e["fullUrl"].as_str().unwrap().starts_with("urn:uuid:"));
             let r = &e["resource"];
             // The R4 minimum: type, recorded, agent with requestor, source with observer.
             assert!(r["type"]["code"].is_string());

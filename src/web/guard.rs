@@ -30,6 +30,8 @@ struct Inner {
     failures_per_account: RateLimiter<String>,
     login_per_client: RateLimiter<IpAddr>,
     signup_per_client: RateLimiter<IpAddr>,
+    /// Audit trail downloads per user: each scans the whole trail and is recorded.
+    exports_per_user: RateLimiter<String>,
     kdf: Semaphore,
 }
 
@@ -46,6 +48,8 @@ impl Default for Guard {
             login_per_client: RateLimiter::with_interval(30, Duration::from_secs(2)),
             // 5 sign-ups, then one every 6 minutes per client address.
             signup_per_client: RateLimiter::with_interval(5, Duration::from_secs(360)),
+            // 10 downloads, then one a minute per user.
+            exports_per_user: RateLimiter::with_interval(10, Duration::from_secs(60)),
             kdf: Semaphore::new(2),
         }))
     }
@@ -109,6 +113,14 @@ impl Guard {
                 .map_err(Refused::TooMany),
             None => Ok(()),
         }
+    }
+
+    /// Takes one audit trail download of `username`.
+    pub(super) fn export(&self, username: &str) -> Result<(), Refused> {
+        self.0
+            .exports_per_user
+            .check(&account_key(username))
+            .map_err(Refused::TooMany)
     }
 
     /// A slot for one password-KDF run.

@@ -25,6 +25,8 @@ mod office;
 mod patient;
 mod record;
 mod session;
+#[cfg(test)]
+mod tests;
 mod tokens;
 mod upload;
 mod view;

@@ -17,7 +17,7 @@ use super::extract::{CsrfForm, OfficeSession};
 use super::patient::ExportView;
 use super::view::{
     AUDIT_PAGE, AuditRow, AuditView, Flash, Layout, Notice, ProviderName, account_addr,
-    audit_query, back, patient_addr, query_value,
+    audit_query, back, patient_addr, query_value, words,
 };
 use crate::chain::{AuditFilter, EhrChain, PatientAddr, ProviderStatus};
 use crate::kind::ErrorKind;
@@ -231,7 +231,7 @@ pub(super) async fn issue_patient(
     Ok(
         match state.chain_for(&s)?.issue_patient(addr, a.address).await {
             Ok(_) => back("/office", true, &format!("issued {addr} to {}", a.username)),
-            Err(e) => back("/office", false, &e.to_string()),
+            Err(e) => back("/office", false, &words(&e)),
         },
     )
 }
@@ -267,6 +267,6 @@ pub(super) async fn decide_provider(
     };
     Ok(match r {
         Ok(_) => back("/office", true, &format!("{p}: {done}")),
-        Err(e) => back("/office", false, &e.to_string()),
+        Err(e) => back("/office", false, &words(&e)),
     })
 }

@@ -18,7 +18,7 @@ use super::listing::{RecordsView, records};
 use super::upload;
 use super::view::{
     AUDIT_PAGE, AuditView, Flash, Layout, Notice, ProviderName, account_addr, audit_query, back,
-    time,
+    time, words,
 };
 use crate::chain::{AuditFilter, AuditKind, EhrChain, GrantState, PatientAddr};
 use crate::db::ExportRow;
@@ -212,7 +212,7 @@ pub(super) async fn end_emergency(
     let p = account_addr(&f.provider)?;
     Ok(match state.chain_for(&s)?.end_emergency(p).await {
         Ok(_) => back("/patient", true, &format!("emergency access of {p} ended")),
-        Err(e) => back("/patient", false, &e.to_string()),
+        Err(e) => back("/patient", false, &words(&e)),
     })
 }
 
@@ -236,7 +236,7 @@ pub(super) async fn upload(
             true,
             &format!("stored {} as record {id}", u.name),
         )),
-        Err(e @ RecordError::InvalidFhir(_)) => Ok(back("/patient", false, &e.to_string())),
+        Err(e @ RecordError::InvalidFhir(_)) => Ok(back("/patient", false, &words(&e))),
         Err(e) => Err(e.into()),
     }
 }
@@ -275,7 +275,7 @@ pub(super) async fn grant(
     };
     Ok(match c.grant(p, until).await {
         Ok(_) => back("/patient", true, &format!("granted {p}")),
-        Err(e) => back("/patient", false, &e.to_string()),
+        Err(e) => back("/patient", false, &words(&e)),
     })
 }
 
@@ -288,7 +288,7 @@ pub(super) async fn revoke(
     let p = account_addr(&f.provider)?;
     Ok(match state.chain_for(&s)?.revoke(p).await {
         Ok(_) => back("/patient", true, &format!("revoked {p}")),
-        Err(e) => back("/patient", false, &e.to_string()),
+        Err(e) => back("/patient", false, &words(&e)),
     })
 }
 
@@ -323,7 +323,7 @@ pub(super) async fn decide(
     };
     Ok(match r {
         Ok(_) => back("/patient", true, &format!("{done} the request of {p}")),
-        Err(e) => back("/patient", false, &e.to_string()),
+        Err(e) => back("/patient", false, &words(&e)),
     })
 }
 
@@ -355,6 +355,17 @@ async fn export(
 ) -> Result<Response> {
     let addr = s.addr()?;
     let c = state.chain_for(&s)?;
+    // Only the account the address is issued to (another account may have asked for it).
+    if c.patient_account(addr).await? != Some(s.account.address) {
+        return Err(WebError::new(
+            ErrorKind::Denied,
+            format!("patient address {addr} is not issued to this account"),
+        ));
+    }
+    state
+        .guard
+        .export(&s.account.username)
+        .map_err(super::login::refusal_error)?;
     let mut events = c
         .audit_page_for_patient(addr, AuditFilter::All, 0, usize::MAX)
         .await?

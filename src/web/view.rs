@@ -13,6 +13,7 @@ use super::ProviderProfile;
 use super::error::{Result, WebError};
 use super::session::Session;
 use crate::chain::{AuditEvent, AuditFilter, AuditKind, PatientAddr};
+use crate::kind::Classify;
 
 /// The frame of a page: its title and, when logged in, who and the logout form's token.
 pub(super) struct Layout {
@@ -116,6 +117,15 @@ pub(super) fn back(to: &str, ok: bool, text: &str) -> Redirect {
         if ok { "ok" } else { "err" },
         utf8_percent_encode(text, NON_ALPHANUMERIC)
     ))
+}
+
+/// What to tell the user about a failed action: the error's public message (our faults and
+/// unavailable services are logged with their detail).
+pub(super) fn words(e: &(impl Classify + std::fmt::Display)) -> String {
+    if e.kind().status().is_server_error() {
+        tracing::warn!("web: {e}");
+    }
+    e.public_message()
 }
 
 /// A value for a URL query.

@@ -118,6 +118,22 @@ async function shoot(page, name) {
   await page.setViewportSize(DESKTOP);
 }
 
+/** Validates a FHIR R4 file with the HL7 validator (HAPI FHIR, installed by scripts/setup). */
+async function validateFhir(file) {
+  const lib = path.join(root, '.tools/fhir-validator/lib');
+  assert.ok(fs.existsSync(lib), 'the FHIR validator is missing: run scripts/setup');
+  const out = await new Promise((resolve, reject) => {
+    const java = spawn('java', ['-cp', `${lib}/*`, path.join(root, 'tools/fhir-validator/Validate.java'), file], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let text = '';
+    java.stdout.on('data', (d) => { text += d; });
+    java.stderr.on('data', (d) => { text += d; });
+    java.once('error', reject);
+    java.once('exit', (code) => resolve({ code, text }));
+  });
+  log(`FHIR validator: ${out.text.split('\n')[0]}`);
+  assert.equal(out.code, 0, `the audit bundle does not validate as FHIR R4:\n${out.text}`);
+}
+
 async function login(browser, base, who) {
   const ctx = await browser.newContext({ viewport: DESKTOP });
   const page = await ctx.newPage();
@@ -285,6 +301,16 @@ async function flow(browser, base) {
   await Promise.all([d.waitForNavigation(), d.click('button:has-text("Find")')]);
   assert.match(await d.textContent('main'), /Your access: allowed/);
   await shoot(d, 'doctor-patient');
+  // A granted doctor adds a record for the patient; the patient's list shows it, authored by
+  // the doctor.
+  const note = { resourceType: 'Observation', id: `note-${suffix}`, status: 'final', code: { text: 'Blood pressure at visit' }, valueQuantity: { value: 128, unit: 'mm[Hg]' } };
+  await d.setInputFiles('input[type=file]', { name: 'visit-bp.json', mimeType: 'application/json', buffer: Buffer.from(JSON.stringify(note)) });
+  await Promise.all([d.waitForNavigation(), d.click('button:has-text("Add record")')]);
+  assert.match(await notice(d), new RegExp(`added visit-bp\\.json as record 0x[0-9a-f]{64} for patient ${addr}`));
+  const doctorRecordId = (await notice(d)).match(/0x[0-9a-f]{64}/)[0];
+  assert.match(await d.locator('tr', { hasText: doctorRecordId.slice(0, 8) }).textContent(), new RegExp(DOCTOR1.address.slice(0, 8)));
+  await p.goto(`${base}/patient`);
+  assert.match(await p.locator('tr', { hasText: 'visit-bp.json' }).textContent(), /application\/fhir\+json/);
   const t = Date.now();
   await Promise.all([d.waitForNavigation(), d.locator(`a[href="/doctor/records/${recordId}"]`).click()]);
   log(`record opened in ${Date.now() - t} ms (access transaction + shares + IPFS + decrypt)`);
@@ -425,6 +451,51 @@ async function flow(browser, base) {
   // The records office reviews every break-glass.
   await o.reload();
   assert.match(await o.locator('section', { hasText: 'Break-glass review' }).textContent(), /BREAK-GLASS opened/);
+
+  // ---------------------------------------------------------------- audit trail downloads
+  log('the patient downloads the audit trail as FHIR and CSV');
+  const fhirDl = await p.request.get(`${base}/patient/audit.fhir.json`);
+  assert.equal(fhirDl.status(), 200);
+  assert.equal(fhirDl.headers()['content-type'], 'application/fhir+json');
+  assert.match(fhirDl.headers()['content-disposition'], new RegExp(`^attachment; filename="${addr}-audit-trail\\.fhir\\.json"$`));
+  const bundle = JSON.parse(await fhirDl.text());
+  assert.equal(bundle.resourceType, 'Bundle');
+  const audits = bundle.entry.map((e) => e.resource);
+  assert.ok(audits.every((r) => r.resourceType === 'AuditEvent'));
+  assert.ok(audits.some((r) => r.outcome === '4' && /grant revoked/.test(r.outcomeDesc)), 'the denial is in the bundle');
+  assert.ok(audits.some((r) => r.purposeOfEvent?.[0]?.coding?.[0]?.code === 'BTG'), 'the break-glass purpose is coded');
+  const bundleFile = path.join(shotsDir, '..', 'audit-trail.fhir.json');
+  fs.writeFileSync(bundleFile, JSON.stringify(bundle, null, 2));
+  await validateFhir(bundleFile);
+  const csvDl = await p.request.get(`${base}/patient/audit.csv`);
+  assert.equal(csvDl.status(), 200);
+  const csvLines = (await csvDl.text()).trim().split(/\r?\n/);
+  assert.equal(csvLines[0], 'time_utc,block,log_index,tx_hash,event,who,details,denied');
+  assert.equal(csvLines.length, audits.length + 1, 'the CSV and the bundle hold the same events');
+  assert.ok(csvLines.some((l) => /ACCESS DENIED.*,true$/.test(l)));
+  // Each download is itself recorded, for the patient and the records office.
+  await p.goto(`${base}/patient`);
+  const downloads = p.locator('section', { hasText: 'Downloads of this trail' });
+  assert.match(await downloads.textContent(), /FHIR R4 AuditEvent bundle/);
+  assert.match(await downloads.textContent(), /CSV/);
+  assert.equal(await statusOf(d, `${base}/patient/audit.csv`), 403, 'a doctor cannot download a patient trail');
+
+  // ---------------------------------------------------------------- office monitoring
+  await o.goto(`${base}/office`);
+  assert.match(await o.locator('section', { hasText: 'Audit trail downloads' }).textContent(), new RegExp(`${addr}.*FHIR R4 AuditEvent bundle`, 's'));
+  const chart = o.locator('section#activity');
+  assert.ok(await chart.locator('svg rect.denied').count() > 0, 'the chart draws bars');
+  assert.match(await chart.textContent(), /\d+ transactions and [1-9]\d* denied attempts/);
+  await shoot(o, 'office-monitoring');
+  // Filtered to one provider, then to one patient: every row names them.
+  await o.goto(`${base}/office?provider=${DOCTOR1.address}#audit`);
+  const byProvider = o.locator('section#audit tr').filter({ hasNot: o.locator('th') });
+  assert.ok(await byProvider.count() > 0);
+  for (const row of await byProvider.all()) assert.match(await row.textContent(), new RegExp(DOCTOR1.address, 'i'));
+  await o.goto(`${base}/office?patient=${addr}&kind=denials#audit`);
+  const byPatient = o.locator('section#audit tr').filter({ hasNot: o.locator('th') });
+  assert.ok(await byPatient.count() > 0);
+  for (const row of await byPatient.all()) assert.match(await row.textContent(), new RegExp(`ACCESS DENIED.*${addr}`));
 
   // ---------------------------------------------------------------- logout ends the session
   await Promise.all([d.waitForNavigation(), d.click('button:has-text("Log out")')]);
