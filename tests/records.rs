@@ -209,7 +209,30 @@ async fn records_end_to_end() {
     );
 
     // Not granted, revoked, expired: denied by the contract, and by every share node directly.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The expiring grant lapses by the chain's clock: wait for that, not for a fixed time
+    // (other tests of this binary may move the clock too).
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while office
+        .check_access(addr, expiring.address())
+        .await
+        .unwrap()
+        .0
+        != DenyReason::Expired
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the 2 s grant never expired"
+        );
+        // A block at the wall clock's time (automine makes blocks only for transactions).
+        alloy::providers::Provider::raw_request::<_, String>(
+            office.provider(),
+            "evm_mine".into(),
+            (),
+        )
+        .await
+        .unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let refs: Vec<ShareNodeRef> = {
         let mut v = Vec::new();
         for n in &nodes {

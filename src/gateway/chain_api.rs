@@ -42,19 +42,19 @@ async fn signer_for(
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .ok_or_else(|| {
-            ApiError::Unauthorized("missing Authorization: Bearer <api token>".into())
+            ApiError::unauthenticated("missing Authorization: Bearer <api token>".into())
         })?;
     let token = header.strip_prefix("Bearer ").ok_or_else(|| {
-        ApiError::Unauthorized("Authorization must be `Bearer <api token>`".into())
+        ApiError::unauthenticated("Authorization must be `Bearer <api token>`".into())
     })?;
     state
         .signer_for_token(token.trim())
         .await
         .map_err(|e| {
             tracing::error!("API token check failed: {e}");
-            ApiError::Unavailable("the token store is not available; try again shortly".into())
+            ApiError::unavailable("the token store is not available; try again shortly".into())
         })?
-        .ok_or_else(|| ApiError::Unauthorized("unknown, expired or revoked API token".into()))
+        .ok_or_else(|| ApiError::unauthenticated("unknown, expired or revoked API token".into()))
 }
 
 impl FromRequestParts<AppState> for Actor {
@@ -72,17 +72,17 @@ impl FromRequestParts<AppState> for Actor {
 pub(super) fn deployed(state: &AppState) -> Result<&EhrChain, ApiError> {
     state
         .chain()
-        .ok_or_else(|| ApiError::Unavailable("no contract deployed yet (run `ehr deploy`)".into()))
+        .ok_or_else(|| ApiError::unavailable("no contract deployed yet (run `ehr deploy`)".into()))
 }
 
 pub(super) fn patient(s: &str) -> Result<PatientAddr, ApiError> {
     s.parse()
-        .map_err(|e: crate::chain::InvalidPatientAddr| ApiError::BadRequest(e.to_string()))
+        .map_err(|e: crate::chain::InvalidPatientAddr| ApiError::bad_request(e.to_string()))
 }
 
 fn address(s: &str) -> Result<Address, ApiError> {
     s.parse().map_err(|_| {
-        ApiError::BadRequest(format!(
+        ApiError::bad_request(format!(
             "{s:?} is not an Ethereum address (0x + 40 hex digits)"
         ))
     })
@@ -108,7 +108,7 @@ fn default_limit() -> u64 {
 impl Page {
     fn checked(&self) -> Result<(u64, u64), ApiError> {
         if self.limit == 0 || self.limit > 200 {
-            return Err(ApiError::BadRequest(
+            return Err(ApiError::bad_request(
                 "limit must be between 1 and 200".into(),
             ));
         }
@@ -170,7 +170,7 @@ pub(super) async fn records(
     let (o, l) = page.checked()?;
     let cfg = state
         .records()
-        .ok_or_else(|| ApiError::Unavailable("no share nodes configured on this gateway".into()))?;
+        .ok_or_else(|| ApiError::unavailable("no share nodes configured on this gateway".into()))?;
     let dir = cfg.directory(deployed(&state)?.clone(), state.http().clone());
     let all = dir.list(patient(&p)?).await?;
     let out: Vec<Value> = all
@@ -275,7 +275,7 @@ pub(super) async fn grant(
     let p = b
         .provider
         .as_deref()
-        .ok_or_else(|| ApiError::BadRequest("`provider` is required".into()))?;
+        .ok_or_else(|| ApiError::bad_request("`provider` is required".into()))?;
     Ok(tx(c.grant(address(p)?, b.expires_at).await?))
 }
 
@@ -332,7 +332,7 @@ pub(super) async fn access(
         .iter()
         .map(|s| {
             s.parse::<RecordId>().map_err(|_| {
-                ApiError::BadRequest(format!("{s:?} is not a record id (0x + 64 hex digits)"))
+                ApiError::bad_request(format!("{s:?} is not a record id (0x + 64 hex digits)"))
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
@@ -359,6 +359,6 @@ pub(super) async fn break_glass(
     let reason: EmergencyReason = b
         .reason
         .parse()
-        .map_err(|e: crate::chain::UnknownEmergencyReason| ApiError::BadRequest(e.to_string()))?;
+        .map_err(|e: crate::chain::UnknownEmergencyReason| ApiError::bad_request(e.to_string()))?;
     Ok(tx(c.break_glass(patient(&b.addr)?, reason).await?))
 }

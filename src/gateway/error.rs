@@ -1,88 +1,70 @@
-//! The one HTTP error type: client mistakes are 4xx with a helpful message, everything else is
-//! a plain 500 whose detail goes to the log only.
+//! The REST API's one error: an [`ErrorKind`] (the classification the web pages and the share
+//! nodes render too) and a message for the caller. The caller's mistakes come back in words;
+//! our faults and unavailable services are logged with their detail, and the caller gets the
+//! error's public message (no URLs, no driver text).
 
 use axum::Json;
-use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use crate::chain::ChainError;
-use crate::ipfs::IpfsError;
+use crate::kind::{Classify, ErrorKind};
 
 /// An error answered by the gateway.
 #[derive(Debug, thiserror::Error)]
-pub enum ApiError {
+#[error("{message}")]
+pub struct ApiError {
+    kind: ErrorKind,
+    message: String,
+}
+
+impl ApiError {
+    /// An error of `kind` with a message for the caller.
+    pub fn new(kind: ErrorKind, message: String) -> Self {
+        Self { kind, message }
+    }
+
     /// Malformed input (400).
-    #[error("{0}")]
-    BadRequest(String),
+    pub fn bad_request(message: String) -> Self {
+        Self::new(ErrorKind::BadInput, message)
+    }
+
     /// Missing or unknown credentials (401).
-    #[error("{0}")]
-    Unauthorized(String),
-    /// Authenticated but not allowed (403).
-    #[error("{0}")]
-    Forbidden(String),
-    /// Unknown id (404).
-    #[error("{0}")]
-    NotFound(String),
-    /// The contract rejected the operation (409: the request conflicts with chain state).
-    #[error("{0}")]
-    Rejected(String),
-    /// Payload too large (413).
-    #[error("{0}")]
-    TooLarge(String),
-    /// A backing service (chain node, IPFS, share nodes) is unavailable (503).
-    #[error("{0}")]
-    Unavailable(String),
-    /// Anything else (500); the detail is logged, not returned.
-    #[error("internal error: {0}")]
-    Internal(String),
+    pub fn unauthenticated(message: String) -> Self {
+        Self::new(ErrorKind::Unauthenticated, message)
+    }
+
+    /// A backing service is unavailable (503).
+    pub fn unavailable(message: String) -> Self {
+        Self::new(ErrorKind::Unavailable, message)
+    }
+
+    /// What kind of failure.
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
 }
 
-impl From<ChainError> for ApiError {
-    fn from(e: ChainError) -> Self {
-        match e {
-            ChainError::Rejected(m) => Self::Rejected(m),
-            ChainError::NotPermitted(m) => Self::Forbidden(m),
-            ChainError::Rpc(m) => Self::Unavailable(format!("chain node unavailable: {m}")),
-            ChainError::NoContract(_) | ChainError::WrongDeployment(_) => {
-                Self::Unavailable(e.to_string())
-            }
-            other => Self::Internal(other.to_string()),
+impl<E: Classify> From<E> for ApiError {
+    fn from(e: E) -> Self {
+        let kind = e.kind();
+        if kind.status().is_server_error() {
+            tracing::error!(?kind, "api: {e}");
+        }
+        Self {
+            kind,
+            message: e.public_message(),
         }
     }
 }
 
-impl From<IpfsError> for ApiError {
-    fn from(e: IpfsError) -> Self {
-        match e {
-            IpfsError::NotFound { .. } => Self::NotFound(e.to_string()),
-            IpfsError::Unreachable { .. } => Self::Unavailable(e.to_string()),
-            other => Self::Internal(other.to_string()),
-        }
-    }
-}
-
+/// The body is `{"error": message, "kind": kind}`.
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let (status, message) = match &self {
-            Self::BadRequest(m) => (StatusCode::BAD_REQUEST, m.clone()),
-            Self::Unauthorized(m) => (StatusCode::UNAUTHORIZED, m.clone()),
-            Self::Forbidden(m) => (StatusCode::FORBIDDEN, m.clone()),
-            Self::NotFound(m) => (StatusCode::NOT_FOUND, m.clone()),
-            Self::Rejected(m) => (StatusCode::CONFLICT, m.clone()),
-            Self::TooLarge(m) => (StatusCode::PAYLOAD_TOO_LARGE, m.clone()),
-            Self::Unavailable(m) => {
-                tracing::warn!("service unavailable: {m}");
-                (StatusCode::SERVICE_UNAVAILABLE, m.clone())
-            }
-            Self::Internal(m) => {
-                tracing::error!("internal error: {m}");
-                (
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal error".to_owned(),
-                )
-            }
-        };
-        (status, Json(json!({ "error": message }))).into_response()
+        let kind = format!("{:?}", self.kind);
+        (
+            self.kind.status(),
+            Json(json!({ "error": self.message, "kind": kind })),
+        )
+            .into_response()
     }
 }

@@ -12,33 +12,15 @@ use serde_json::{Value, json};
 use super::chain_api::{ActorKey, patient};
 use super::{ApiError, AppState};
 use crate::chain::RecordId;
-use crate::records::{RecordError, RecordsClient};
+use crate::records::RecordsClient;
 
 /// Largest record accepted through the gateway.
 pub(super) const UPLOAD_LIMIT: usize = 32 * 1024 * 1024;
 
-impl From<RecordError> for ApiError {
-    fn from(e: RecordError) -> Self {
-        match e {
-            RecordError::NotFound(_) => Self::NotFound(e.to_string()),
-            RecordError::Denied(..) => Self::Forbidden(e.to_string()),
-            RecordError::InvalidFhir(_) => Self::BadRequest(e.to_string()),
-            RecordError::NotEnoughShares { .. }
-            | RecordError::NotEnoughAcks { .. }
-            | RecordError::NodeUnreachable(..) => Self::Unavailable(e.to_string()),
-            RecordError::CiphertextMissing { .. } => Self::Unavailable(e.to_string()),
-            RecordError::Chain(c) => c.into(),
-            RecordError::Ipfs(i) => i.into(),
-            RecordError::Config(m) => Self::Unavailable(m),
-            other => Self::Internal(other.to_string()),
-        }
-    }
-}
-
 fn client(state: &AppState, key: ActorKey) -> Result<RecordsClient, ApiError> {
     let cfg = state
         .records()
-        .ok_or_else(|| ApiError::Unavailable("no share nodes configured on this gateway".into()))?;
+        .ok_or_else(|| ApiError::unavailable("no share nodes configured on this gateway".into()))?;
     Ok(cfg.client(key.1, key.0, state.ipfs().clone())?)
 }
 
@@ -60,7 +42,7 @@ pub(super) async fn upload(
 ) -> Result<Json<Value>, ApiError> {
     let addr = patient(&q.patient)?;
     if body.is_empty() {
-        return Err(ApiError::BadRequest("empty record".into()));
+        return Err(ApiError::bad_request("empty record".into()));
     }
     let media = headers
         .get(header::CONTENT_TYPE)
@@ -87,7 +69,7 @@ pub(super) async fn download(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let id: RecordId = id.parse().map_err(|_| {
-        ApiError::BadRequest(format!("{id:?} is not a record id (0x + 64 hex digits)"))
+        ApiError::bad_request(format!("{id:?} is not a record id (0x + 64 hex digits)"))
     })?;
     let r = client(&state, key)?.get(id).await?;
     for f in &r.failures {

@@ -368,7 +368,10 @@ impl RecordsClient {
                 let _ = tx.blocking_send(Ok(Bytes::from(seg)));
             });
         });
-        let cid = self.ipfs.add_stream(tokio_stream_from(rx)).await?;
+        let cid = self
+            .ipfs
+            .add_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await?;
         let _ = encrypt.await;
 
         let block = RecordBlock {
@@ -761,10 +764,4 @@ pub(super) async fn answer<T: serde::de::DeserializeOwned>(
         return Err(format!("HTTP {}: {msg}", status.as_u16()));
     }
     r.json().await.map_err(|e| format!("bad answer: {e}"))
-}
-
-fn tokio_stream_from(
-    mut rx: tokio::sync::mpsc::Receiver<Result<Bytes, std::io::Error>>,
-) -> impl futures::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {
-    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }

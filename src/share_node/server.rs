@@ -20,7 +20,6 @@ use alloy::primitives::{Address, B256, Signature};
 use alloy::signers::local::PrivateKeySigner;
 use alloy::sol_types::{Eip712Domain, SolStruct};
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
@@ -32,6 +31,7 @@ use super::auth::{ShareDeposit, ShareRelease, domain, signer_of};
 use super::store::{Anchor, Binding, PublicRecord, ShareStore, StoreError, StoredShare};
 use crate::chain::merkle::RecordProof;
 use crate::chain::{DenyReason, EhrChain, PatientAddr, RecordId};
+use crate::kind::{Classify, ErrorKind};
 use crate::limits::{RateLimiter, retry_after_secs};
 use axum::extract::ConnectInfo;
 
@@ -191,19 +191,47 @@ pub struct ReleasedShare {
     pub sealed_block: String,
 }
 
-/// A refusal: logged with its reason, answered with a status and a message (and a
+/// A refusal: logged with its reason, answered with the status of its [`ErrorKind`] (the
+/// classification the gateway and the web pages render too) and a message (and a
 /// `Retry-After` for 429 and 503).
-struct Refusal(StatusCode, String, Option<u64>);
+struct Refusal {
+    kind: ErrorKind,
+    message: String,
+    retry_after: Option<u64>,
+}
+
+impl Refusal {
+    fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+}
+
+/// A chain error while checking a request: a node that cannot reach its chain is unavailable
+/// (503), a rejection is the caller's; the detail stays in the log.
+impl<E: Classify> From<E> for Refusal {
+    fn from(e: E) -> Self {
+        let kind = e.kind();
+        if kind.status().is_server_error() {
+            tracing::error!(?kind, "share node: {e}");
+        }
+        Self::new(kind, e.public_message())
+    }
+}
 
 impl IntoResponse for Refusal {
     fn into_response(self) -> Response {
-        if self.0.is_server_error() {
-            tracing::error!("share node error: {}", self.1);
+        let status = self.kind.status();
+        if status.is_server_error() {
+            tracing::error!("share node error: {}", self.message);
         } else {
-            tracing::warn!(status = %self.0, "share node refused: {}", self.1);
+            tracing::warn!(%status, "share node refused: {}", self.message);
         }
-        let mut r = (self.0, Json(json!({ "error": self.1 }))).into_response();
-        if let Some(secs) = self.2 {
+        let mut r = (status, Json(json!({ "error": self.message }))).into_response();
+        if let Some(secs) = self.retry_after {
             r.headers_mut()
                 .insert(axum::http::header::RETRY_AFTER, secs.into());
         }
@@ -212,11 +240,10 @@ impl IntoResponse for Refusal {
 }
 
 fn too_many(m: impl Into<String>, wait: Duration) -> Refusal {
-    Refusal(
-        StatusCode::TOO_MANY_REQUESTS,
-        m.into(),
-        Some(retry_after_secs(wait)),
-    )
+    Refusal {
+        retry_after: Some(retry_after_secs(wait)),
+        ..Refusal::new(ErrorKind::TooMany, m)
+    }
 }
 
 /// The one answer to a requester who may not read a record, whether it exists or not.
@@ -227,13 +254,13 @@ fn not_allowed(requester: Address, id: RecordId) -> Refusal {
 }
 
 fn bad(m: impl Into<String>) -> Refusal {
-    Refusal(StatusCode::BAD_REQUEST, m.into(), None)
+    Refusal::new(ErrorKind::BadInput, m)
 }
 fn denied(m: impl Into<String>) -> Refusal {
-    Refusal(StatusCode::FORBIDDEN, m.into(), None)
+    Refusal::new(ErrorKind::Denied, m)
 }
 fn internal(e: impl std::fmt::Display) -> Refusal {
-    Refusal(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), None)
+    Refusal::new(ErrorKind::Internal, e.to_string())
 }
 
 fn now() -> u64 {
@@ -376,10 +403,9 @@ fn public_proof(p: &PublicRecord) -> Option<RecordProof> {
 
 fn halted(n: &Node) -> Result<(), Refusal> {
     if n.halted.load(Ordering::SeqCst) {
-        return Err(Refusal(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the contract is not the deployment this node was set up for; it serves nothing".into(),
-            None,
+        return Err(Refusal::new(
+            ErrorKind::Unavailable,
+            "the contract is not the deployment this node was set up for; it serves nothing",
         ));
     }
     Ok(())
@@ -450,13 +476,10 @@ async fn may_write(
     verb: &str,
 ) -> Result<(), Refusal> {
     let chain = &n.cfg.chain;
-    if chain.patient_account(patient).await.map_err(internal)? == Some(uploader) {
+    if chain.patient_account(patient).await? == Some(uploader) {
         return Ok(());
     }
-    let (reason, emergency) = chain
-        .check_access(patient, uploader)
-        .await
-        .map_err(internal)?;
+    let (reason, emergency) = chain.check_access(patient, uploader).await?;
     if reason != DenyReason::None {
         return Err(denied(format!(
             "{uploader} {verb} add records for patient {patient}: {reason}"
@@ -547,10 +570,9 @@ async fn deposit(
         Ok(()) => Ok(Json(
             json!({ "stored": id, "node": n.cfg.identity.address() }),
         )),
-        Err(StoreError::Conflict(m)) => Err(Refusal(
-            StatusCode::CONFLICT,
+        Err(StoreError::Conflict(m)) => Err(Refusal::new(
+            ErrorKind::Conflict,
             format!("a different share is stored for {m}"),
-            None,
         )),
         Err(e @ StoreError::QuotaExceeded { .. }) => {
             Err(too_many(e.to_string(), n.cfg.limits.unanchored_ttl))
@@ -596,13 +618,7 @@ async fn release(
         return Err(not_allowed(r.requester, id));
     };
     let access_tx = (r.accessTx != B256::ZERO).then_some(r.accessTx);
-    if !n
-        .cfg
-        .chain
-        .can_read(r.requester, &proof, access_tx)
-        .await
-        .map_err(internal)?
-    {
+    if !n.cfg.chain.can_read(r.requester, &proof, access_tx).await? {
         return Err(not_allowed(r.requester, id));
     }
     if !n
@@ -645,10 +661,9 @@ async fn anchor(
         return Err(bad("a proof has at most 64 hashes"));
     }
     let Some(stored) = n.cfg.store.public(&id.0.0).map_err(internal)? else {
-        return Err(Refusal(
-            StatusCode::NOT_FOUND,
+        return Err(Refusal::new(
+            ErrorKind::NotFound,
             format!("no share stored for record {id}"),
-            None,
         ));
     };
     let patient = PatientAddr::from_key(stored.patient)
@@ -671,11 +686,10 @@ async fn anchor(
     if let Some(a) = &stored.anchor {
         return Ok(Json(json!({ "anchored": id, "root": a.root })));
     }
-    if n.cfg.chain.root(b.root).await.map_err(internal)?.is_none() {
-        return Err(Refusal(
-            StatusCode::CONFLICT,
+    if n.cfg.chain.root(b.root).await?.is_none() {
+        return Err(Refusal::new(
+            ErrorKind::Conflict,
             format!("root {} is not anchored on chain (anchor it first)", b.root),
-            None,
         ));
     }
     // The uploader may still add records for the patient (a provider revoked since the
@@ -711,10 +725,9 @@ async fn record_info(
             proof,
             stored_at: s.stored_at,
         })),
-        None => Err(Refusal(
-            StatusCode::NOT_FOUND,
+        None => Err(Refusal::new(
+            ErrorKind::NotFound,
             format!("no anchored record {id} here"),
-            None,
         )),
     }
 }
