@@ -21,7 +21,7 @@ use bytes::Bytes;
 use ehr_share::chain::{EhrChain, PatientAddr, RecordId};
 use ehr_share::config::{AnvilSettings, Tools};
 use ehr_share::ipfs::KuboClient;
-use ehr_share::records::{RecordsClient, ShareNodeRef};
+use ehr_share::records::{RecordsClient, RecordsConfig, ShareNodeRef};
 use ehr_share::share_node::{NodeConfig, NodeLimits, open_store};
 use ehr_share::stack::{KuboOptions, free_port, start_anvil, start_kubo};
 
@@ -187,7 +187,7 @@ async fn main() -> anyhow::Result<()> {
         ));
     }
     let ipfs = KuboClient::new(&kubo.api_url);
-    let up = RecordsClient::new(patient, patient_key, ipfs.clone(), nodes.clone(), 3)?;
+    let up = RecordsConfig::new(nodes.clone(), 3).client(patient, patient_key, ipfs.clone())?;
     let mut ids = Vec::new();
     for i in 0..RECORDS {
         ids.push(
@@ -204,14 +204,12 @@ async fn main() -> anyhow::Result<()> {
         let mut v = nodes.clone();
         v[3].url = urls[0].clone();
         v[4].url = urls[1].clone();
-        RecordsClient::new(doctor.clone(), doctor_key.clone(), ipfs.clone(), v, 3)
+        RecordsConfig::new(v, 3).client(doctor.clone(), doctor_key.clone(), ipfs.clone())
     };
-    let healthy = RecordsClient::new(
+    let healthy = RecordsConfig::new(nodes.clone(), 3).client(
         doctor.clone(),
         doctor_key.clone(),
         ipfs.clone(),
-        nodes.clone(),
-        3,
     )?;
     let killed = with([dead().await?, dead().await?])?;
     let hung = with([tarpit().await?, tarpit().await?])?;
@@ -258,12 +256,10 @@ async fn main() -> anyhow::Result<()> {
     let stranger = office.with_signer(&rpc, stranger_key.clone())?;
     stranger.register_provider().await?;
     office.verify_provider(stranger_key.address()).await?;
-    let denied_client = RecordsClient::new(
+    let denied_client = RecordsConfig::new(nodes.clone(), 3).client(
         stranger.clone(),
         stranger_key.clone(),
         ipfs.clone(),
-        nodes.clone(),
-        3,
     )?;
     let mut denied_times = Vec::new();
     for i in 0..READS {
@@ -291,7 +287,7 @@ async fn main() -> anyhow::Result<()> {
                 .as_secs()
                 + 60,
         };
-        let signature = ehr_share::share_node::sign_release(&stranger_key, &request, &dom)?;
+        let signature = ehr_share::share_node::sign(&stranger_key, &request, &dom)?;
         let r = reqwest::Client::new()
             .post(format!("{}/shares/{}/release", n.url, ids[0]))
             .json(&ehr_share::share_node::ReleaseBody { request, signature })

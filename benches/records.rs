@@ -16,7 +16,7 @@ use bytes::Bytes;
 use ehr_share::chain::{EhrChain, PatientAddr};
 use ehr_share::config::{AnvilSettings, Tools};
 use ehr_share::ipfs::KuboClient;
-use ehr_share::records::{RecordsClient, ShareNodeRef};
+use ehr_share::records::{RecordsConfig, ShareNodeRef};
 use ehr_share::share_node::{NodeConfig, NodeLimits, open_store};
 use ehr_share::stack::{KuboOptions, free_port, start_anvil, start_kubo};
 use rand_core::RngCore;
@@ -111,7 +111,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let ipfs = KuboClient::new(&kubo.api_url);
     let client = |chain: EhrChain, key: PrivateKeySigner| {
-        RecordsClient::new(chain, key, ipfs.clone(), nodes.clone(), 3)
+        RecordsConfig::new(nodes.clone(), 3).client(chain, key, ipfs.clone())
     };
     let up = client(patient, patient_key)?;
     let down = client(doctor, doctor_key)?;

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use ehr_share::chain::{DenyReason, EhrChain, RecordId};
 use ehr_share::ipfs::KuboClient;
 use ehr_share::records::{RecordError, RecordsClient, ShareNodeRef};
-use ehr_share::share_node::{ReleaseBody, ShareRelease, domain, sign_release};
+use ehr_share::share_node::{ReleaseBody, ShareRelease, domain, sign};
 use ehr_share::stack::{ManagedChild, free_port};
 use rand_core::RngCore;
 
@@ -65,14 +65,13 @@ async fn client(office: &EhrChain, signer: &PrivateKeySigner, nodes: &[Node]) ->
             address: alloy::primitives::Address::ZERO,
         }));
     }
-    RecordsClient::new(
-        chain,
-        signer.clone(),
-        KuboClient::new(&common::stack().kubo.api_url),
-        refs,
-        3,
-    )
-    .unwrap()
+    ehr_share::records::RecordsConfig::new(refs, 3)
+        .client(
+            chain,
+            signer.clone(),
+            KuboClient::new(&common::stack().kubo.api_url),
+        )
+        .unwrap()
 }
 
 /// Asks every node directly for `id` as `who`; returns the HTTP statuses.
@@ -97,7 +96,7 @@ async fn ask_every_node(
                 .as_secs()
                 + 60,
         };
-        let signature = sign_release(who, &request, &dom).unwrap();
+        let signature = sign(who, &request, &dom).unwrap();
         let r = reqwest::Client::new()
             .post(format!("{}/shares/{id}/release", n.url))
             .json(&ReleaseBody { request, signature })
@@ -275,7 +274,7 @@ async fn records_end_to_end() {
             .as_secs()
             + 60,
     };
-    let forged = sign_release(&stranger, &req, &dom).unwrap();
+    let forged = sign(&stranger, &req, &dom).unwrap();
     let http = reqwest::Client::new();
     let send = |body: ReleaseBody, url: String| http.post(url).json(&body).send();
     let r = send(
@@ -288,7 +287,7 @@ async fn records_end_to_end() {
     .await
     .unwrap();
     assert_eq!(r.status(), 403);
-    let sig = sign_release(granted, &req, &dom).unwrap();
+    let sig = sign(granted, &req, &dom).unwrap();
     let r = send(
         ReleaseBody {
             request: req.clone(),
@@ -301,7 +300,7 @@ async fn records_end_to_end() {
     assert_eq!(r.status(), 403, "a request for node 0 must not open node 1");
     // A request without an access transaction is refused; with a fresh one it works once and
     // its replay is refused.
-    let sig = sign_release(granted, &req, &dom).unwrap();
+    let sig = sign(granted, &req, &dom).unwrap();
     let r = send(
         ReleaseBody {
             request: req.clone(),
@@ -320,7 +319,7 @@ async fn records_end_to_end() {
     // Another provider cannot ride on it.
     let mut theirs = req.clone();
     theirs.requester = never.address();
-    let sig = sign_release(never, &theirs, &dom).unwrap();
+    let sig = sign(never, &theirs, &dom).unwrap();
     let r = send(
         ReleaseBody {
             request: theirs,
@@ -336,7 +335,7 @@ async fn records_end_to_end() {
         "someone else's access transaction opened shares"
     );
     req.nonce = U256::from(2);
-    let sig = sign_release(granted, &req, &dom).unwrap();
+    let sig = sign(granted, &req, &dom).unwrap();
     let url = format!("{}/shares/{fhir_id}/release", refs[0].url);
     assert_eq!(
         send(

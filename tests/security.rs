@@ -16,7 +16,7 @@ use ehr_share::chain::{DenyReason, EhrChain, EmergencyReason, PatientAddr, Recor
 use ehr_share::gateway::Keyring;
 use ehr_share::records::{FHIR_JSON, ShareNodeRef};
 use ehr_share::shamir::{Secret, Threshold, split};
-use ehr_share::share_node::{DepositBody, ShareDeposit, domain, sign_deposit};
+use ehr_share::share_node::{DepositBody, ShareDeposit, domain, sign};
 use rand_core::RngCore;
 use sha2::{Digest, Sha256};
 
@@ -58,7 +58,7 @@ fn deposit(
         deadline: nodes::now() + valid_secs,
     };
     let dom = domain(chain.chain_id(), chain.address(), chain.deployment_id());
-    let signature = sign_deposit(uploader, &d, &dom).unwrap();
+    let signature = sign(uploader, &d, &dom).unwrap();
     (
         id,
         DepositBody {

@@ -11,7 +11,7 @@ use crate::chain::{Deployment, EhrChain, PatientAddr};
 use crate::config::{AnvilSettings, Tools};
 use crate::gateway::{AppState, Keyring, RecordsConfig};
 use crate::ipfs::KuboClient;
-use crate::records::{FHIR_JSON, RecordsClient, ShareNodeRef};
+use crate::records::{FHIR_JSON, ShareNodeRef};
 use crate::stack::{KuboOptions, ManagedChild, Supervisor, start_anvil, start_kubo};
 use crate::web::{AccountStore, Role, WebState};
 
@@ -561,12 +561,10 @@ async fn seed_demo_record(
         return Ok(());
     }
     let patient = demo_signer(settings, index)?;
-    let client = RecordsClient::new(
+    let client = RecordsConfig::new(records.nodes.clone(), records.threshold).client(
         chain.with_signer(&settings.rpc_url(), patient.clone())?,
         patient,
         ipfs.clone(),
-        records.nodes.clone(),
-        records.threshold,
     )?;
     let id = client
         .put(

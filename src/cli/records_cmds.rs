@@ -218,13 +218,13 @@ async fn client(t: &RecordTargets) -> anyhow::Result<RecordsClient> {
             }
         }
     }
-    Ok(RecordsClient::new(
-        chain,
-        signer,
-        KuboClient::new(&t.ipfs_api),
-        nodes,
-        t.threshold,
-    )?)
+    Ok(
+        crate::records::RecordsConfig::new(nodes, t.threshold).client(
+            chain,
+            signer,
+            KuboClient::new(&t.ipfs_api),
+        )?,
+    )
 }
 
 /// `ehr record ...`.

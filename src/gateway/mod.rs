@@ -11,10 +11,11 @@ mod records_api;
 mod state;
 mod uploads;
 
+pub use crate::records::RecordsConfig;
 pub use error::ApiError;
 pub use health::{NodeHealth, share_node_health};
 pub use proxy::{TrustedProxies, real_client};
-pub use state::{AppState, Keyring, RecordsConfig, TokenResolver};
+pub use state::{AppState, Keyring, TokenResolver};
 pub use uploads::{MAX_UPLOADS, UploadSlots, gate_html, gate_json, timeout as upload_timeout};
 
 use axum::Router;

@@ -1,6 +1,7 @@
 //! Shared state of the gateway: the chain client, the IPFS client and the keyring of accounts
 //! the gateway signs for.
 
+use crate::records::RecordsConfig;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -53,53 +54,6 @@ pub trait TokenResolver: Send + Sync + std::fmt::Debug {
         &'a self,
         token: &'a str,
     ) -> futures::future::BoxFuture<'a, Result<Option<PrivateKeySigner>, String>>;
-}
-
-/// Where records go: the share nodes and the threshold (signed requests take their domain
-/// from the chain client).
-#[derive(Debug, Clone)]
-pub struct RecordsConfig {
-    /// The share nodes.
-    pub nodes: Vec<crate::records::ShareNodeRef>,
-    /// Shares needed to read.
-    pub threshold: u8,
-    /// The gateway's batcher, when it anchors uploads in batches with its own account; `None`:
-    /// each uploader anchors their record alone.
-    pub anchoring: Option<std::sync::Arc<dyn crate::records::Anchoring>>,
-}
-
-impl RecordsConfig {
-    /// Where records sit and which a patient has, over these nodes, asking through `http`.
-    pub fn directory(
-        &self,
-        chain: crate::chain::EhrChain,
-        http: reqwest::Client,
-    ) -> crate::records::Directory {
-        crate::records::Directory::new(chain, self.nodes.clone(), self.threshold, http)
-    }
-
-    /// A records client signing as `signer`, anchoring through the batcher when there is one.
-    ///
-    /// # Errors
-    /// [`crate::records::RecordError::Config`] when the threshold exceeds the nodes.
-    pub fn client(
-        &self,
-        chain: crate::chain::EhrChain,
-        signer: alloy::signers::local::PrivateKeySigner,
-        ipfs: KuboClient,
-    ) -> Result<crate::records::RecordsClient, crate::records::RecordError> {
-        let c = crate::records::RecordsClient::new(
-            chain,
-            signer,
-            ipfs,
-            self.nodes.clone(),
-            self.threshold,
-        )?;
-        Ok(match &self.anchoring {
-            Some(a) => c.with_anchoring(a.clone()),
-            None => c,
-        })
-    }
 }
 
 struct Inner {

@@ -1,7 +1,6 @@
 //! The records client: put and get, talking to Kubo and the share nodes itself (so when the CLI
 //! uses it, no server ever sees the plaintext).
 
-use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::block::{RecordBlock, keyed_digest};
@@ -11,12 +10,13 @@ use crate::chain::merkle::{self, RecordProof};
 use crate::chain::{ChainError, DenyReason, EhrChain, PatientAddr, RecordId, random_b256};
 use crate::crypto::{AeadKey, Opener, seal_segments};
 use crate::ipfs::{IpfsError, KuboClient};
-use crate::shamir::{Commitments, Secret, Share, Threshold, combine, split};
+use crate::shamir::{Secret, Threshold, split};
+pub use crate::share_node::ShareNodeRef;
 use crate::share_node::{
-    AnchorBody, AnchoredRecord, DepositBody, ReleaseBody, ReleasedShare, ShareDeposit,
-    ShareRelease, domain, sign_deposit, sign_release,
+    AnchorBody, AnchoredRecord, DepositBody, NodeClient, ReleaseBody, ShareDeposit, ShareRelease,
+    domain, sign,
 };
-use alloy::primitives::{Address, B256, U256};
+use alloy::primitives::{B256, U256};
 use alloy::signers::local::PrivateKeySigner;
 use alloy::sol_types::Eip712Domain;
 use bytes::Bytes;
@@ -24,41 +24,6 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use rand_core::RngCore;
 use serde::Serialize;
-
-/// A share node: where it listens and who it is.
-#[derive(Debug, Clone, Serialize)]
-pub struct ShareNodeRef {
-    /// Base URL.
-    pub url: String,
-    /// Its identity address (requests are addressed to it).
-    pub address: Address,
-}
-
-impl ShareNodeRef {
-    /// Asks the node at `url` for its identity.
-    ///
-    /// # Errors
-    /// When it does not answer.
-    pub async fn discover(url: &str) -> Result<Self, RecordError> {
-        let v: serde_json::Value = reqwest::get(format!("{}/health", url.trim_end_matches('/')))
-            .await
-            .and_then(reqwest::Response::error_for_status)
-            .map_err(|e| RecordError::NodeUnreachable(url.to_owned(), e.to_string()))?
-            .json()
-            .await
-            .map_err(|e| RecordError::NodeUnreachable(url.to_owned(), e.to_string()))?;
-        let address = v["node"]
-            .as_str()
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| {
-                RecordError::NodeUnreachable(url.to_owned(), "no node address in /health".into())
-            })?;
-        Ok(Self {
-            url: url.trim_end_matches('/').to_owned(),
-            address,
-        })
-    }
-}
 
 /// Why one share node did not contribute a valid share.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -297,11 +262,12 @@ fn nonce() -> U256 {
 }
 
 impl RecordsClient {
-    /// A client signing as `signer` (the same account as `chain`'s).
+    /// A client signing as `signer` (the same account as `chain`'s); made only through
+    /// [`super::RecordsConfig::client`].
     ///
     /// # Errors
     /// [`RecordError::Config`] when k exceeds the number of nodes.
-    pub fn new(
+    pub(super) fn new(
         chain: EhrChain,
         signer: PrivateKeySigner,
         ipfs: KuboClient,
@@ -419,7 +385,7 @@ impl RecordsClient {
                 nonce: nonce(),
                 deadline: now() + 120,
             };
-            let signature = sign_deposit(&self.signer, &deposit, &self.domain)
+            let signature = sign(&self.signer, &deposit, &self.domain)
                 .map_err(|e| RecordError::Config(e.to_string()))?;
             let body = DepositBody {
                 deposit,
@@ -428,12 +394,10 @@ impl RecordsClient {
                 commitments: commitments.clone(),
                 sealed_block: sealed.clone(),
             };
-            let http = self.http.clone();
-            let url = format!("{}/shares/{id}", node.url);
-            let name = node.url.clone();
+            let node = NodeClient::new(self.http.clone(), node.clone());
             pending.push(async move {
-                let r = http.put(url).json(&body).send().await;
-                (name, answer(r).await.map(|_: serde_json::Value| ()))
+                let r = node.deposit(id, &body).await;
+                (node.node().url.clone(), r.map_err(|e| e.to_string()))
             });
         }
         let mut stored = 0;
@@ -469,20 +433,17 @@ impl RecordsClient {
     async fn present_proof(&self, id: RecordId, body: &AnchorBody) -> Result<(), RecordError> {
         let mut pending = FuturesUnordered::new();
         for node in &self.nodes {
-            let http = self.http.clone();
-            let url = format!("{}/shares/{id}/anchor", node.url);
-            let name = node.url.clone();
+            let node = NodeClient::new(self.http.clone(), node.clone());
             pending.push(async move {
                 let mut tries = 0;
                 loop {
-                    let r = http.post(&url).json(body).send().await;
-                    let lagging = r.as_ref().is_ok_and(|r| r.status() == 409);
+                    let r = node.present(id, body).await;
                     tries += 1;
-                    if lagging && tries < 10 {
+                    if r.as_ref().is_err_and(|e| e.status() == Some(409)) && tries < 10 {
                         tokio::time::sleep(Duration::from_millis(200)).await;
                         continue;
                     }
-                    return (name, answer(r).await.map(|_: serde_json::Value| ()));
+                    return (node.node().url.clone(), r.map_err(|e| e.to_string()));
                 }
             });
         }
@@ -599,13 +560,14 @@ impl RecordsClient {
         })
     }
 
+    /// Signs one release request per node (each addressed to that node) and gathers k
+    /// verified shares of one group ([`super::gather`]).
     async fn gather(
         &self,
         id: RecordId,
         access_tx: Option<B256>,
     ) -> Result<(Secret, Vec<u8>, Vec<NodeFailure>), RecordError> {
-        let started = std::time::Instant::now();
-        let mut pending = FuturesUnordered::new();
+        let mut requests = Vec::with_capacity(self.nodes.len());
         for node in &self.nodes {
             let request = ShareRelease {
                 recordId: id.0,
@@ -615,123 +577,16 @@ impl RecordsClient {
                 nonce: nonce(),
                 deadline: now() + 120,
             };
-            let signature = sign_release(&self.signer, &request, &self.domain)
+            let signature = sign(&self.signer, &request, &self.domain)
                 .map_err(|e| RecordError::Config(e.to_string()))?;
-            let http = self.http.clone();
-            let url = format!("{}/shares/{id}/release", node.url);
-            let name = node.url.clone();
-            pending.push(async move {
-                let r = http
-                    .post(url)
-                    .json(&ReleaseBody { request, signature })
-                    .send()
-                    .await;
-                (name, answer::<ReleasedShare>(r).await)
-            });
+            requests.push((
+                NodeClient::new(self.http.clone(), node.clone()),
+                ReleaseBody { request, signature },
+            ));
         }
-        let needed = usize::from(self.threshold.k());
-        let mut failures = Vec::new();
-        // Answers grouped by (commitments, sealed block): honest nodes agree on both.
-        let mut groups: Groups = HashMap::new();
-        while let Some((node, r)) = pending.next().await {
-            let released = match r {
-                Ok(x) => x,
-                Err(reason) => {
-                    failures.push(NodeFailure { node, reason });
-                    continue;
-                }
-            };
-            let parsed = hex::decode(&released.commitments)
-                .ok()
-                .and_then(|b| Commitments::from_bytes(&b).ok())
-                .zip(
-                    hex::decode(&released.share)
-                        .ok()
-                        .and_then(|b| Share::from_bytes(&b).ok()),
-                );
-            let Some((commitments, share)) = parsed else {
-                failures.push(NodeFailure {
-                    node,
-                    reason: "malformed share or commitments".into(),
-                });
-                continue;
-            };
-            if !commitments.verify(&share) {
-                tracing::error!(record = %id, node = %node, "share failed verification against the commitments");
-                failures.push(NodeFailure {
-                    node,
-                    reason: format!("share {} failed verification", share.index),
-                });
-                continue;
-            }
-            let key = (released.commitments, released.sealed_block);
-            let entry = groups
-                .entry(key.clone())
-                .or_insert_with(|| (commitments, Vec::new()));
-            entry.1.push((node, share));
-            if entry.1.len() >= needed && entry.0.k() == needed {
-                let shares: Vec<Share> = entry.1.iter().map(|(_, s)| s.clone()).collect();
-                let secret = combine(&shares, needed)
-                    .map_err(|e| RecordError::Decrypt(id, e.to_string()))?;
-                let sealed =
-                    hex::decode(&key.1).map_err(|e| RecordError::Decrypt(id, e.to_string()))?;
-                // Nodes in other groups disagree with k verified shares: name them.
-                for (k2, (_, members)) in &groups {
-                    if *k2 != key {
-                        for (n, _) in members {
-                            tracing::error!(record = %id, node = %n, "share node returned commitments that disagree with the majority");
-                            failures.push(NodeFailure {
-                                node: n.clone(),
-                                reason: "commitments disagree with the majority".into(),
-                            });
-                        }
-                    }
-                }
-                // Give the remaining nodes a moment, so a bad node is named even when it is a
-                // little slower than the rest: half the time the quorum took (2 to 250 ms). A
-                // hung or dead node then costs a read at most half again its quorum time
-                // (`benches/degraded.rs`) rather than a fixed wait; one that answers later
-                // is not named.
-                let grace = tokio::time::sleep(
-                    (started.elapsed() / 2)
-                        .clamp(Duration::from_millis(2), Duration::from_millis(250)),
-                );
-                tokio::pin!(grace);
-                loop {
-                    tokio::select! {
-                        _ = &mut grace => break,
-                        next = pending.next() => match next {
-                            None => break,
-                            Some((node, Err(reason))) => failures.push(NodeFailure { node, reason }),
-                            Some((node, Ok(r))) => {
-                                let ok = hex::decode(&r.share).ok().and_then(|b| Share::from_bytes(&b).ok())
-                                    .is_some_and(|sh| entry_verifies(&groups, &key, &sh) && r.commitments == key.0);
-                                if !ok {
-                                    tracing::error!(record = %id, node = %node, "share failed verification against the commitments");
-                                    failures.push(NodeFailure { node, reason: "share failed verification".into() });
-                                }
-                            }
-                        }
-                    }
-                }
-                return Ok((secret, sealed, failures));
-            }
-        }
-        let valid = groups.values().map(|(_, m)| m.len()).max().unwrap_or(0);
-        Err(RecordError::NotEnoughShares {
-            record: id,
-            valid,
-            needed,
-            failures,
-        })
+        let g = super::gather::gather(id, requests, usize::from(self.threshold.k())).await?;
+        Ok((g.secret, g.sealed, g.failures))
     }
-}
-
-/// Answers grouped by (commitments hex, sealed block hex): the commitments and each node's share.
-type Groups = HashMap<(String, String), (Commitments, Vec<(String, Share)>)>;
-
-fn entry_verifies(groups: &Groups, key: &(String, String), share: &Share) -> bool {
-    groups.get(key).is_some_and(|(c, _)| c.verify(share))
 }
 
 /// A record read back, with the share nodes that failed along the way.
@@ -743,25 +598,4 @@ pub struct Retrieved {
     pub data: Vec<u8>,
     /// Nodes that were unreachable, refused, or returned a bad share.
     pub failures: Vec<NodeFailure>,
-}
-
-pub(super) async fn answer<T: serde::de::DeserializeOwned>(
-    r: Result<reqwest::Response, reqwest::Error>,
-) -> Result<T, String> {
-    let r = r.map_err(|e| {
-        if e.is_connect() {
-            "unreachable (connection refused)".to_owned()
-        } else if e.is_timeout() {
-            "timed out".to_owned()
-        } else {
-            e.to_string()
-        }
-    })?;
-    let status = r.status();
-    if !status.is_success() {
-        let body: serde_json::Value = r.json().await.unwrap_or_default();
-        let msg = body["error"].as_str().unwrap_or("no message").to_owned();
-        return Err(format!("HTTP {}: {msg}", status.as_u16()));
-    }
-    r.json().await.map_err(|e| format!("bad answer: {e}"))
 }

@@ -9,9 +9,9 @@ use alloy::primitives::B256;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 
-use super::client::{NodeFailure, RecordError, ShareNodeRef, answer};
+use super::client::{NodeFailure, RecordError, ShareNodeRef};
 use crate::chain::{EhrChain, PatientAddr, RecordId};
-use crate::share_node::AnchoredRecord;
+use crate::share_node::{AnchoredRecord, NodeClient, PAGE};
 
 /// Pages of 500 read from each node when listing: 10,000 records per patient.
 const MAX_PAGES: usize = 20;
@@ -47,13 +47,22 @@ pub struct Directory {
 impl Directory {
     /// A directory over `nodes`, of which `k` must agree on a record for it to count, asking
     /// them through `http` (the caller's client, reused; each request has its own deadline).
-    pub fn new(chain: EhrChain, nodes: Vec<ShareNodeRef>, k: u8, http: reqwest::Client) -> Self {
+    pub(super) fn new(
+        chain: EhrChain,
+        nodes: Vec<ShareNodeRef>,
+        k: u8,
+        http: reqwest::Client,
+    ) -> Self {
         Self {
             chain,
             nodes,
             k,
             http,
         }
+    }
+
+    fn client(&self, node: &ShareNodeRef) -> NodeClient {
+        NodeClient::new(self.http.clone(), node.clone()).with_deadline(NODE_DEADLINE)
     }
 
     /// Where a record sits: the leaf (so the digest) that at least k share nodes agree on,
@@ -68,26 +77,29 @@ impl Directory {
     pub async fn locate(&self, id: RecordId) -> Result<AnchoredRecord, RecordError> {
         let mut pending = FuturesUnordered::new();
         for node in &self.nodes {
-            let http = self.http.clone();
-            let url = format!("{}/records/{id}", node.url);
-            let name = node.url.clone();
+            let node = self.client(node);
             pending.push(async move {
-                (
-                    name,
-                    answer::<AnchoredRecord>(http.get(url).timeout(NODE_DEADLINE).send().await)
-                        .await,
-                )
+                let r = node.locate(id).await;
+                (node.node().url.clone(), r)
             });
         }
         let needed = usize::from(self.k);
         let mut roots = Roots::default();
         let mut votes: HashMap<B256, (AnchoredRecord, usize)> = HashMap::new();
         let mut failures = Vec::new();
+        // Whether every node that failed said it holds no such record (404).
+        let mut answered_all = true;
         while let Some((node, r)) = pending.next().await {
             let found = match r {
                 Ok(found) => found,
-                Err(reason) => {
-                    failures.push(NodeFailure { node, reason });
+                Err(e) => {
+                    if e.status() != Some(404) {
+                        answered_all = false;
+                    }
+                    failures.push(NodeFailure {
+                        node,
+                        reason: e.to_string(),
+                    });
                     continue;
                 }
             };
@@ -106,7 +118,7 @@ impl Directory {
         }
         // Every node that answered said it holds no such record: not found. Otherwise too few
         // nodes could answer: say which, as a read does.
-        if votes.is_empty() && failures.iter().all(|f| f.reason.starts_with("HTTP 404")) {
+        if votes.is_empty() && answered_all {
             return Err(RecordError::NotFound(id));
         }
         Err(RecordError::NotEnoughShares {
@@ -126,23 +138,15 @@ impl Directory {
     pub async fn list(&self, patient: PatientAddr) -> Result<Vec<AnchoredRecord>, RecordError> {
         let mut pending = FuturesUnordered::new();
         for node in &self.nodes {
-            let http = self.http.clone();
-            let base = format!("{}/patients/{patient}/records", node.url);
+            let node = self.client(node);
             pending.push(async move {
                 let mut all: Vec<AnchoredRecord> = Vec::new();
                 for _ in 0..MAX_PAGES {
-                    let url = match all.last() {
-                        Some(last) => format!("{base}?after={}", last.record),
-                        None => base.clone(),
-                    };
-                    let Ok(page) = answer::<Vec<AnchoredRecord>>(
-                        http.get(url).timeout(NODE_DEADLINE).send().await,
-                    )
-                    .await
-                    else {
+                    let after = all.last().map(|r| r.record);
+                    let Ok(page) = node.records_page(patient, after).await else {
                         break;
                     };
-                    let done = page.len() < 500;
+                    let done = page.len() < PAGE;
                     all.extend(page);
                     if done {
                         break;

@@ -12,13 +12,16 @@
 mod batcher;
 mod block;
 mod client;
+mod config;
 mod directory;
 mod fhir;
+mod gather;
 
 pub use batcher::{BatchSettings, Batcher, ChainSource};
 pub use block::{RecordBlock, keyed_digest};
 pub use client::{
     Anchoring, NodeFailure, RecordError, RecordsClient, Retrieved, ShareNodeRef, anchor_root,
 };
+pub use config::RecordsConfig;
 pub use directory::Directory;
 pub use fhir::{FHIR_JSON, validate_fhir};

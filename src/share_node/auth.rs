@@ -49,25 +49,68 @@ pub fn domain(chain_id: u64, contract: Address, deployment_id: B256) -> Eip712Do
     )
 }
 
-/// Signs a release request.
-///
-/// # Errors
-/// When signing fails.
-pub fn sign_release(
-    signer: &PrivateKeySigner,
-    msg: &ShareRelease,
-    domain: &Eip712Domain,
-) -> Result<Signature, alloy::signers::Error> {
-    signer.sign_hash_sync(&msg.eip712_signing_hash(domain))
+/// What every signed request to a share node carries, so that signing and the node's checks
+/// are written once for deposits and releases alike.
+pub trait NodeRequest: SolStruct {
+    /// What it is called in refusals ("deposit", "request").
+    const WHAT: &'static str;
+    /// The record it is about.
+    fn record(&self) -> B256;
+    /// The one share node it is addressed to.
+    fn share_node(&self) -> Address;
+    /// Who must have signed it.
+    fn signer(&self) -> Address;
+    /// Unix seconds after which it is void.
+    fn deadline(&self) -> u64;
+    /// Its one-time nonce.
+    fn nonce(&self) -> U256;
 }
 
-/// Signs a deposit.
+impl NodeRequest for ShareRelease {
+    const WHAT: &'static str = "request";
+    fn record(&self) -> B256 {
+        self.recordId
+    }
+    fn share_node(&self) -> Address {
+        self.shareNode
+    }
+    fn signer(&self) -> Address {
+        self.requester
+    }
+    fn deadline(&self) -> u64 {
+        self.deadline
+    }
+    fn nonce(&self) -> U256 {
+        self.nonce
+    }
+}
+
+impl NodeRequest for ShareDeposit {
+    const WHAT: &'static str = "deposit";
+    fn record(&self) -> B256 {
+        self.recordId
+    }
+    fn share_node(&self) -> Address {
+        self.shareNode
+    }
+    fn signer(&self) -> Address {
+        self.uploader
+    }
+    fn deadline(&self) -> u64 {
+        self.deadline
+    }
+    fn nonce(&self) -> U256 {
+        self.nonce
+    }
+}
+
+/// Signs a request to a share node (a deposit or a release) under `domain`.
 ///
 /// # Errors
 /// When signing fails.
-pub fn sign_deposit(
+pub fn sign<R: NodeRequest>(
     signer: &PrivateKeySigner,
-    msg: &ShareDeposit,
+    msg: &R,
     domain: &Eip712Domain,
 ) -> Result<Signature, alloy::signers::Error> {
     signer.sign_hash_sync(&msg.eip712_signing_hash(domain))

@@ -2,11 +2,13 @@
 //! only to a requester who signs an EIP-712 request and whom the contract allows right now.
 
 mod auth;
+mod client;
 mod config;
 mod server;
 mod store;
 
-pub use auth::{ShareDeposit, ShareRelease, domain, sign_deposit, sign_release};
+pub use auth::{NodeRequest, ShareDeposit, ShareRelease, domain, sign};
+pub use client::{NodeClient, NodeError, PAGE, ShareNodeRef};
 pub use config::{ShareNodeConfigError, ShareNodeFile, ShareNodeSettings};
 pub use server::{
     AnchorBody, AnchoredRecord, DepositBody, NodeConfig, NodeLimits, ReleaseBody, ReleasedShare,

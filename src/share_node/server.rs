@@ -18,7 +18,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use alloy::primitives::{Address, B256, Signature};
 use alloy::signers::local::PrivateKeySigner;
-use alloy::sol_types::{Eip712Domain, SolStruct};
+use alloy::sol_types::Eip712Domain;
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use super::auth::{ShareDeposit, ShareRelease, domain, signer_of};
+use super::auth::{NodeRequest, ShareDeposit, ShareRelease, domain, signer_of};
 use super::store::{Anchor, Binding, PublicRecord, ShareStore, StoreError, StoredShare};
 use crate::chain::merkle::RecordProof;
 use crate::chain::{DenyReason, EhrChain, PatientAddr, RecordId};
@@ -453,6 +453,38 @@ fn record_id(s: &str) -> Result<RecordId, Refusal> {
         .map_err(|_| bad(format!("{s:?} is not a record id (0x + 64 hex digits)")))
 }
 
+/// The checks every signed request passes before anything else is looked at, written once
+/// for deposits and releases: the record in the path, this node as the addressee, a live
+/// deadline, the claimed signer's signature under this deployment's domain, and the signer's
+/// rate limit.
+fn check_signed<R: NodeRequest>(
+    n: &Node,
+    id: RecordId,
+    r: &R,
+    signature: &alloy::primitives::Signature,
+) -> Result<(), Refusal> {
+    let what = R::WHAT;
+    if r.record() != id.0 {
+        return Err(bad(format!(
+            "record id in the path and in the signed {what} differ"
+        )));
+    }
+    if r.share_node() != n.cfg.identity.address() {
+        return Err(denied(format!(
+            "{what} is addressed to share node {}, not this one",
+            r.share_node()
+        )));
+    }
+    check_deadline(r.deadline())?;
+    if signer_of(signature, r.eip712_signing_hash(&n.domain)) != Some(r.signer()) {
+        return Err(denied(format!(
+            "{what} signature is not {}'s (forged, or for another chain/contract/deployment)",
+            r.signer()
+        )));
+    }
+    limit(n, r.signer())
+}
+
 fn check_deadline(deadline: u64) -> Result<(), Refusal> {
     let t = now();
     if deadline < t {
@@ -503,26 +535,7 @@ async fn deposit(
     limit_client(&n, client.as_deref())?;
     let id = record_id(&record)?;
     let d = &b.deposit;
-    if d.recordId != id.0 {
-        return Err(bad(
-            "record id in the path and in the signed deposit differ",
-        ));
-    }
-    if d.shareNode != n.cfg.identity.address() {
-        return Err(denied(format!(
-            "deposit is addressed to share node {}, not this one",
-            d.shareNode
-        )));
-    }
-    check_deadline(d.deadline)?;
-    let signer = signer_of(&b.signature, d.eip712_signing_hash(&n.domain));
-    if signer != Some(d.uploader) {
-        return Err(denied(format!(
-            "deposit signature is not {}'s (forged, or for another deployment)",
-            d.uploader
-        )));
-    }
-    limit(&n, d.uploader)?;
+    check_signed(&n, id, d, &b.signature)?;
     if DepositBody::content_hash(&b.share, &b.commitments, &b.sealed_block) != d.contentHash {
         return Err(bad("content does not match the signed content hash"));
     }
@@ -591,26 +604,7 @@ async fn release(
     limit_client(&n, client.as_deref())?;
     let id = record_id(&record)?;
     let r = &b.request;
-    if r.recordId != id.0 {
-        return Err(bad(
-            "record id in the path and in the signed request differ",
-        ));
-    }
-    if r.shareNode != n.cfg.identity.address() {
-        return Err(denied(format!(
-            "request is addressed to share node {}, not this one",
-            r.shareNode
-        )));
-    }
-    check_deadline(r.deadline)?;
-    let signer: Option<Address> = signer_of(&b.signature, r.eip712_signing_hash(&n.domain));
-    if signer != Some(r.requester) {
-        return Err(denied(format!(
-            "request signature is not {}'s (forged, or for another chain/contract/deployment)",
-            r.requester
-        )));
-    }
-    limit(&n, r.requester)?;
+    check_signed(&n, id, r, &b.signature)?;
     // One answer for "no such record", "not anchored" and "not allowed", and nothing is
     // written (not even the nonce) before the chain says yes.
     let stored = n.cfg.store.get(&id.0.0).map_err(internal)?;

@@ -9,7 +9,7 @@ use alloy::signers::local::PrivateKeySigner;
 use ehr_share::chain::{EhrChain, RecordId};
 use ehr_share::ipfs::KuboClient;
 use ehr_share::records::{RecordsClient, ShareNodeRef};
-use ehr_share::share_node::{ReleaseBody, ShareRelease, domain, sign_release};
+use ehr_share::share_node::{ReleaseBody, ShareRelease, domain, sign};
 use ehr_share::stack::{ManagedChild, free_port};
 use rand_core::RngCore;
 
@@ -107,14 +107,13 @@ pub fn client(
     signer: &PrivateKeySigner,
     refs: &[ShareNodeRef],
 ) -> RecordsClient {
-    RecordsClient::new(
-        super::as_(office, signer),
-        signer.clone(),
-        KuboClient::new(&super::stack().kubo.api_url),
-        refs.to_vec(),
-        3.min(refs.len() as u8),
-    )
-    .unwrap()
+    ehr_share::records::RecordsConfig::new(refs.to_vec(), 3.min(refs.len() as u8))
+        .client(
+            super::as_(office, signer),
+            signer.clone(),
+            KuboClient::new(&super::stack().kubo.api_url),
+        )
+        .unwrap()
 }
 
 /// Unix seconds now.
@@ -142,7 +141,7 @@ pub fn release_body(
         deadline: now() + valid_secs,
     };
     let dom = domain(chain.chain_id(), chain.address(), chain.deployment_id());
-    let signature = sign_release(who, &request, &dom).unwrap();
+    let signature = sign(who, &request, &dom).unwrap();
     ReleaseBody { request, signature }
 }
 

@@ -1,0 +1,65 @@
+//! Where records go: the share nodes, how many must agree, and how records get anchored. The
+//! one way to make a [`RecordsClient`] or a [`Directory`].
+
+use std::sync::Arc;
+
+use alloy::signers::local::PrivateKeySigner;
+
+use super::client::{Anchoring, RecordError, RecordsClient, ShareNodeRef};
+use super::directory::Directory;
+use crate::chain::EhrChain;
+use crate::ipfs::KuboClient;
+
+/// Where records go: the share nodes and the threshold (signed requests take their domain
+/// from the chain client).
+#[derive(Debug, Clone)]
+pub struct RecordsConfig {
+    /// The share nodes.
+    pub nodes: Vec<ShareNodeRef>,
+    /// Shares needed to read.
+    pub threshold: u8,
+    /// The gateway's batcher, when it anchors uploads in batches with its own account; `None`:
+    /// each uploader anchors their record alone.
+    pub anchoring: Option<Arc<dyn Anchoring>>,
+}
+
+impl RecordsConfig {
+    /// `threshold`-of-`nodes`, each uploader anchoring alone.
+    pub fn new(nodes: Vec<ShareNodeRef>, threshold: u8) -> Self {
+        Self {
+            nodes,
+            threshold,
+            anchoring: None,
+        }
+    }
+
+    /// The same, anchoring through `anchoring` (the gateway's batcher).
+    #[must_use]
+    pub fn with_anchoring(mut self, anchoring: Arc<dyn Anchoring>) -> Self {
+        self.anchoring = Some(anchoring);
+        self
+    }
+
+    /// Where records sit and which a patient has, over these nodes, asking through `http`.
+    pub fn directory(&self, chain: EhrChain, http: reqwest::Client) -> Directory {
+        Directory::new(chain, self.nodes.clone(), self.threshold, http)
+    }
+
+    /// A records client signing as `signer` (the account of `chain`), anchoring through the
+    /// batcher when there is one.
+    ///
+    /// # Errors
+    /// [`RecordError::Config`] when the threshold exceeds the nodes.
+    pub fn client(
+        &self,
+        chain: EhrChain,
+        signer: PrivateKeySigner,
+        ipfs: KuboClient,
+    ) -> Result<RecordsClient, RecordError> {
+        let c = RecordsClient::new(chain, signer, ipfs, self.nodes.clone(), self.threshold)?;
+        Ok(match &self.anchoring {
+            Some(a) => c.with_anchoring(a.clone()),
+            None => c,
+        })
+    }
+}

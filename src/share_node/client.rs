@@ -1,0 +1,224 @@
+//! The share-node protocol from the caller's side, in one place: each call's method, path and
+//! answer type. The records client and the directory talk to nodes only through
+//! [`NodeClient`], the server in `server.rs` answers the same types.
+
+use std::time::Duration;
+
+use alloy::primitives::Address;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::server::{AnchorBody, AnchoredRecord, DepositBody, ReleaseBody, ReleasedShare};
+use crate::chain::{PatientAddr, RecordId};
+
+/// Most records a node answers per page of a patient's listing.
+pub const PAGE: usize = 500;
+
+/// A share node: where it listens and who it is.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ShareNodeRef {
+    /// Base URL.
+    pub url: String,
+    /// Its identity address (requests are addressed to it).
+    pub address: Address,
+}
+
+impl ShareNodeRef {
+    /// Asks the node at `url` for its identity (`GET /health`).
+    ///
+    /// # Errors
+    /// When it does not answer, or names no node address.
+    pub async fn discover(url: &str) -> Result<Self, NodeError> {
+        let url = url.trim_end_matches('/').to_owned();
+        let health = NodeClient::new(
+            reqwest::Client::new(),
+            Self {
+                url: url.clone(),
+                address: Address::ZERO,
+            },
+        )
+        .health()
+        .await?;
+        let address = health["node"]
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| NodeError::BadAnswer("no node address in /health".into()))?;
+        Ok(Self { url, address })
+    }
+}
+
+/// Why a node did not do what it was asked.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NodeError {
+    /// Nothing listens there.
+    #[error("unreachable (connection refused)")]
+    Unreachable,
+    /// No answer within the deadline.
+    #[error("timed out")]
+    TimedOut,
+    /// Another transport failure.
+    #[error("{0}")]
+    Transport(String),
+    /// The node refused, with its status and message.
+    #[error("HTTP {status}: {message}")]
+    Refused {
+        /// The HTTP status.
+        status: u16,
+        /// The node's `error` message.
+        message: String,
+    },
+    /// The answer did not parse.
+    #[error("bad answer: {0}")]
+    BadAnswer(String),
+}
+
+impl NodeError {
+    /// The node's status, when it refused.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            Self::Refused { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+/// One share node, asked through a shared HTTP client.
+#[derive(Debug, Clone)]
+pub struct NodeClient {
+    http: reqwest::Client,
+    node: ShareNodeRef,
+    deadline: Option<Duration>,
+}
+
+impl NodeClient {
+    /// Asks `node` through `http` (reused, never built per call).
+    pub fn new(http: reqwest::Client, node: ShareNodeRef) -> Self {
+        Self {
+            http,
+            node,
+            deadline: None,
+        }
+    }
+
+    /// The same client, giving each call at most `deadline` (a hung node then delays nothing
+    /// beyond it).
+    #[must_use]
+    pub fn with_deadline(mut self, deadline: Duration) -> Self {
+        self.deadline = Some(deadline);
+        self
+    }
+
+    /// The node asked.
+    pub fn node(&self) -> &ShareNodeRef {
+        &self.node
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.node.url)
+    }
+
+    async fn call<T: DeserializeOwned>(
+        &self,
+        req: reqwest::RequestBuilder,
+    ) -> Result<T, NodeError> {
+        let req = match self.deadline {
+            Some(d) => req.timeout(d),
+            None => req,
+        };
+        let r = req.send().await.map_err(|e| {
+            if e.is_connect() {
+                NodeError::Unreachable
+            } else if e.is_timeout() {
+                NodeError::TimedOut
+            } else {
+                NodeError::Transport(e.to_string())
+            }
+        })?;
+        let status = r.status();
+        if !status.is_success() {
+            let body: serde_json::Value = r.json().await.unwrap_or_default();
+            return Err(NodeError::Refused {
+                status: status.as_u16(),
+                message: body["error"].as_str().unwrap_or("no message").to_owned(),
+            });
+        }
+        r.json()
+            .await
+            .map_err(|e| NodeError::BadAnswer(e.to_string()))
+    }
+
+    /// `GET /health`: identity, deployment, counts.
+    ///
+    /// # Errors
+    /// See [`NodeError`].
+    pub async fn health(&self) -> Result<serde_json::Value, NodeError> {
+        self.call(self.http.get(self.url("/health"))).await
+    }
+
+    /// `PUT /shares/{id}`: deposits a share of a new record.
+    ///
+    /// # Errors
+    /// See [`NodeError`].
+    pub async fn deposit(&self, id: RecordId, body: &DepositBody) -> Result<(), NodeError> {
+        self.call::<serde_json::Value>(self.http.put(self.url(&format!("/shares/{id}"))).json(body))
+            .await
+            .map(drop)
+    }
+
+    /// `POST /shares/{id}/anchor`: gives the node the record's proof to an anchored root.
+    ///
+    /// # Errors
+    /// See [`NodeError`]; 409 while the node's chain view has not seen the root yet.
+    pub async fn present(&self, id: RecordId, body: &AnchorBody) -> Result<(), NodeError> {
+        self.call::<serde_json::Value>(
+            self.http
+                .post(self.url(&format!("/shares/{id}/anchor")))
+                .json(body),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// `POST /shares/{id}/release`: asks for the share under a signed request.
+    ///
+    /// # Errors
+    /// See [`NodeError`].
+    pub async fn release(
+        &self,
+        id: RecordId,
+        body: &ReleaseBody,
+    ) -> Result<ReleasedShare, NodeError> {
+        self.call(
+            self.http
+                .post(self.url(&format!("/shares/{id}/release")))
+                .json(body),
+        )
+        .await
+    }
+
+    /// `GET /records/{id}`: where the node says the record sits (its proof).
+    ///
+    /// # Errors
+    /// See [`NodeError`]; 404 when the node holds no such anchored record.
+    pub async fn locate(&self, id: RecordId) -> Result<AnchoredRecord, NodeError> {
+        self.call(self.http.get(self.url(&format!("/records/{id}"))))
+            .await
+    }
+
+    /// `GET /patients/{patient}/records?after=`: one page (at most [`PAGE`]) of the patient's
+    /// anchored records on this node, after `after`.
+    ///
+    /// # Errors
+    /// See [`NodeError`].
+    pub async fn records_page(
+        &self,
+        patient: PatientAddr,
+        after: Option<RecordId>,
+    ) -> Result<Vec<AnchoredRecord>, NodeError> {
+        let mut url = self.url(&format!("/patients/{patient}/records"));
+        if let Some(a) = after {
+            url.push_str(&format!("?after={a}"));
+        }
+        self.call(self.http.get(url)).await
+    }
+}
