@@ -8,7 +8,7 @@ use alloy::primitives::Address;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::server::{AnchorBody, AnchoredRecord, DepositBody, ReleaseBody, ReleasedShare};
+use super::wire::{AnchorBody, AnchoredRecord, DepositBody, ReleaseBody, ReleasedShare};
 use crate::chain::{PatientAddr, RecordId};
 
 /// Most records a node answers per page of a patient's listing.

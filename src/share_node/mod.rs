@@ -6,6 +6,7 @@ mod client;
 mod config;
 mod server;
 mod store;
+mod wire;
 
 pub use auth::{NodeRequest, ShareDeposit, ShareRelease, domain, sign};
 pub use client::{NodeClient, NodeError, PAGE, ShareNodeRef};

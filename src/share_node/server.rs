@@ -16,24 +16,29 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use alloy::primitives::{Address, B256, Signature};
+use alloy::primitives::{Address, B256};
 use alloy::signers::local::PrivateKeySigner;
 use alloy::sol_types::Eip712Domain;
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::json;
-use sha2::{Digest, Sha256};
 
-use super::auth::{NodeRequest, ShareDeposit, ShareRelease, domain, signer_of};
+mod collector;
+mod refusal;
+
+use super::auth::{NodeRequest, domain, signer_of};
 use super::store::{Anchor, Binding, PublicRecord, ShareStore, StoreError, StoredShare};
+pub use super::wire::{AnchorBody, AnchoredRecord, DepositBody, ReleaseBody, ReleasedShare};
 use crate::chain::merkle::RecordProof;
 use crate::chain::{DenyReason, EhrChain, PatientAddr, RecordId};
 use crate::kind::{Classify, ErrorKind};
 use crate::limits::{RateLimiter, retry_after_secs};
 use axum::extract::ConnectInfo;
+use collector::collect;
+use refusal::{Refusal, bad, denied, internal, not_allowed, too_many};
 
 /// Longest validity of a signed request, so captured requests expire quickly.
 const MAX_DEADLINE_SECS: u64 = 600;
@@ -121,148 +126,6 @@ struct Node {
     halted: AtomicBool,
 }
 
-/// Deposit request body.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct DepositBody {
-    /// The signed message.
-    pub deposit: ShareDeposit,
-    /// The uploader's signature over it.
-    pub signature: Signature,
-    /// The share, hex.
-    pub share: String,
-    /// Feldman commitments, hex.
-    pub commitments: String,
-    /// The sealed block, hex.
-    pub sealed_block: String,
-}
-
-impl DepositBody {
-    /// The hash the deposit signs over its payload.
-    pub fn content_hash(share: &str, commitments: &str, sealed_block: &str) -> B256 {
-        let mut h = Sha256::new();
-        for part in [share, commitments, sealed_block] {
-            h.update((part.len() as u64).to_be_bytes());
-            h.update(part.as_bytes());
-        }
-        B256::from(<[u8; 32]>::from(h.finalize()))
-    }
-}
-
-/// Release request body.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct ReleaseBody {
-    /// The signed message.
-    pub request: ShareRelease,
-    /// The requester's signature over it.
-    pub signature: Signature,
-}
-
-/// Body of `POST /shares/{record}/anchor`: where the uploader anchored the record.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct AnchorBody {
-    /// The anchored root.
-    pub root: B256,
-    /// Sibling hashes from the record's leaf up.
-    pub proof: Vec<B256>,
-}
-
-/// A record a node holds under an anchored root: public (the chain's `Anchored` events and
-/// the record ids were public in earlier versions too), no share.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct AnchoredRecord {
-    /// The record id.
-    pub record: RecordId,
-    /// Its leaf's fields and proof.
-    pub proof: RecordProof,
-    /// When its share was deposited here, unix seconds.
-    pub stored_at: u64,
-}
-
-/// What a node releases.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct ReleasedShare {
-    /// Where the record sits on chain (the reader checks it against the anchored root).
-    pub proof: RecordProof,
-    /// The share, hex.
-    pub share: String,
-    /// Feldman commitments, hex.
-    pub commitments: String,
-    /// The sealed block, hex.
-    pub sealed_block: String,
-}
-
-/// A refusal: logged with its reason, answered with the status of its [`ErrorKind`] (the
-/// classification the gateway and the web pages render too) and a message (and a
-/// `Retry-After` for 429 and 503).
-struct Refusal {
-    kind: ErrorKind,
-    message: String,
-    retry_after: Option<u64>,
-}
-
-impl Refusal {
-    fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Self {
-            kind,
-            message: message.into(),
-            retry_after: None,
-        }
-    }
-}
-
-/// A chain error while checking a request: a node that cannot reach its chain is unavailable
-/// (503), a rejection is the caller's; the detail stays in the log.
-impl<E: Classify> From<E> for Refusal {
-    fn from(e: E) -> Self {
-        let kind = e.kind();
-        if kind.status().is_server_error() {
-            tracing::error!(?kind, "share node: {e}");
-        }
-        Self::new(kind, e.public_message())
-    }
-}
-
-impl IntoResponse for Refusal {
-    fn into_response(self) -> Response {
-        let status = self.kind.status();
-        if status.is_server_error() {
-            tracing::error!("share node error: {}", self.message);
-        } else {
-            tracing::warn!(%status, "share node refused: {}", self.message);
-        }
-        let mut r = (status, Json(json!({ "error": self.message }))).into_response();
-        if let Some(secs) = self.retry_after {
-            r.headers_mut()
-                .insert(axum::http::header::RETRY_AFTER, secs.into());
-        }
-        r
-    }
-}
-
-fn too_many(m: impl Into<String>, wait: Duration) -> Refusal {
-    Refusal {
-        retry_after: Some(retry_after_secs(wait)),
-        ..Refusal::new(ErrorKind::TooMany, m)
-    }
-}
-
-/// The one answer to a requester who may not read a record, whether it exists or not.
-fn not_allowed(requester: Address, id: RecordId) -> Refusal {
-    denied(format!(
-        "{requester} may not read record {id} now: not the patient, or no granted access transaction under an active grant (or no such record)"
-    ))
-}
-
-fn bad(m: impl Into<String>) -> Refusal {
-    Refusal::new(ErrorKind::BadInput, m)
-}
-fn denied(m: impl Into<String>) -> Refusal {
-    Refusal::new(ErrorKind::Denied, m)
-}
-fn internal(e: impl std::fmt::Display) -> Refusal {
-    Refusal::new(ErrorKind::Internal, e.to_string())
-}
-
 fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -323,64 +186,6 @@ pub async fn serve(
     .await;
     collector.abort();
     r
-}
-
-/// Every `sweep_every`: forget spent nonces, delete deposits never anchored within
-/// `unanchored_ttl` (or whose anchor does not match them), and check that the contract at our
-/// address is still our deployment.
-async fn collect(n: Arc<Node>) {
-    let mut tick = tokio::time::interval(n.cfg.limits.sweep_every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        if let Err(e) = sweep(&n).await {
-            tracing::warn!("share node collector: {e}");
-        }
-    }
-}
-
-async fn sweep(n: &Node) -> Result<(), String> {
-    let store = &n.cfg.store;
-    let t = now();
-    let pruned = store.prune_nonces(t).map_err(|e| e.to_string())?;
-    // The contract must still be the one the store was opened for: same code (immutables,
-    // so the deployment id, included). No code, or other code, halts the node for good.
-    match n.cfg.chain.code_hash().await {
-        Ok(now_hash) => {
-            let first = n.cfg.store.binding().code_hash;
-            if now_hash != first {
-                if !n.halted.swap(true, Ordering::SeqCst) {
-                    tracing::error!(
-                        "the contract at {} changed (code {now_hash}, was {first}; the chain was reset or replaced): this node stops serving",
-                        n.cfg.chain.address()
-                    );
-                }
-                return Ok(());
-            }
-        }
-        Err(e) => return Err(format!("chain unreachable: {e}")),
-    }
-    // Deposits whose uploader never presented an anchored root (a failed or abandoned
-    // upload) are deleted: nothing can read them, and they count against the uploader's quota.
-    let cutoff = t.saturating_sub(n.cfg.limits.unanchored_ttl.as_secs());
-    let mut collected = 0;
-    for record in store
-        .pending_before(cutoff, 512)
-        .map_err(|e| e.to_string())?
-    {
-        store
-            .remove_unanchored(&record)
-            .map_err(|e| e.to_string())?;
-        collected += 1;
-    }
-    if pruned + collected > 0 {
-        tracing::info!(
-            pruned_nonces = pruned,
-            collected_deposits = collected,
-            "share node collector"
-        );
-    }
-    Ok(())
 }
 
 /// The record's proof as a node keeps it, once anchored.

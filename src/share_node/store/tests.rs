@@ -1,0 +1,135 @@
+//! Unit tests of the parent module.
+
+use super::*;
+use crate::crypto::derive_key;
+
+fn share(v: &str) -> StoredShare {
+    StoredShare {
+        patient: 1,
+        uploader: Address::repeat_byte(7),
+        salt: B256::repeat_byte(1),
+        digest: B256::repeat_byte(2),
+        anchor: None,
+        share: v.into(),
+        commitments: "c".into(),
+        sealed_block: "b".into(),
+        stored_at: 1,
+    }
+}
+
+fn binding(id: u8) -> Binding {
+    Binding {
+        chain_id: 31337,
+        contract: Address::repeat_byte(9),
+        deployment_id: B256::repeat_byte(id),
+        code_hash: B256::repeat_byte(3),
+    }
+}
+
+fn key() -> AeadKey {
+    derive_key(b"node", "share-store")
+}
+
+#[test]
+fn survives_reopen_and_refuses_a_different_share() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("s.redb");
+    {
+        let s = ShareStore::open(&p, key(), &binding(1)).unwrap();
+        s.put(&[1; 32], &share("a"), 10).unwrap();
+        s.put(&[1; 32], &share("a"), 10).unwrap();
+        assert!(matches!(
+            s.put(&[1; 32], &share("b"), 10),
+            Err(StoreError::Conflict(_))
+        ));
+        assert!(s.use_nonce(&[2; 20], &[3; 32], 9).unwrap());
+    }
+    let s = ShareStore::open(&p, key(), &binding(1)).unwrap();
+    assert_eq!(s.get(&[1; 32]).unwrap(), Some(share("a")));
+    assert_eq!(s.get(&[9; 32]).unwrap(), None);
+    assert!(
+        !s.use_nonce(&[2; 20], &[3; 32], 9).unwrap(),
+        "a nonce is used once, across restarts"
+    );
+    assert_eq!(s.count().unwrap(), 1);
+    assert_eq!(s.prune_nonces(10).unwrap(), 1);
+    assert_eq!(s.nonce_count().unwrap(), 0);
+}
+
+#[test]
+fn bound_to_one_deployment_and_encrypted_under_the_node_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("s.redb");
+    {
+        let s = ShareStore::open(&p, key(), &binding(1)).unwrap();
+        s.put(&[1; 32], &share("SECRET-SHARE-MARKER"), 10).unwrap();
+    }
+    assert!(matches!(
+        ShareStore::open(&p, key(), &binding(2)),
+        Err(StoreError::BoundElsewhere { .. })
+    ));
+    let raw = std::fs::read(&p).unwrap();
+    assert!(
+        !raw.windows(19).any(|w| w == b"SECRET-SHARE-MARKER"),
+        "the share is not in the file in clear"
+    );
+    let thief = ShareStore::open(&p, derive_key(b"other", "share-store"), &binding(1)).unwrap();
+    assert!(matches!(
+        thief.get(&[1; 32]),
+        Err(StoreError::Undecryptable(_))
+    ));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+}
+
+#[test]
+fn quota_and_collection_of_unanchored_deposits() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = ShareStore::open(&dir.path().join("s.redb"), key(), &binding(1)).unwrap();
+    s.put(&[1; 32], &share("a"), 2).unwrap();
+    s.put(&[2; 32], &share("a"), 2).unwrap();
+    assert!(matches!(
+        s.put(&[3; 32], &share("a"), 2),
+        Err(StoreError::QuotaExceeded { pending: 2, .. })
+    ));
+    let anchor = Anchor {
+        root: B256::repeat_byte(5),
+        proof: vec![B256::repeat_byte(6)],
+    };
+    assert!(s.mark_anchored(&[1; 32], &anchor).unwrap());
+    assert!(
+        !s.mark_anchored(&[9; 32], &anchor).unwrap(),
+        "nothing stored"
+    );
+    s.put(&[3; 32], &share("a"), 2).unwrap();
+    assert_eq!(s.pending_before(2, 10).unwrap().len(), 2);
+    for r in s.pending_before(2, 10).unwrap() {
+        s.remove_unanchored(&r).unwrap();
+    }
+    assert_eq!(s.count().unwrap(), 1, "the anchored share stays");
+    assert_eq!(s.pending_count().unwrap(), 0);
+    let kept = s.get(&[1; 32]).unwrap().unwrap();
+    assert_eq!(
+        kept.anchor,
+        Some(anchor.clone()),
+        "the proof is kept with the share"
+    );
+    let listed = s.anchored_of(1, None, 10).unwrap();
+    assert_eq!(listed.len(), 1, "only anchored records are listed");
+    assert_eq!(
+        (listed[0].0, listed[0].1.anchor.as_ref()),
+        ([1; 32], Some(&anchor))
+    );
+    assert!(
+        s.anchored_of(2, None, 10).unwrap().is_empty(),
+        "per patient"
+    );
+    assert!(
+        s.anchored_of(1, Some([1; 32]), 10).unwrap().is_empty(),
+        "paged after"
+    );
+}

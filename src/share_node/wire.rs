@@ -1,0 +1,81 @@
+//! The share-node protocol's bodies, as both sides see them: what the records client sends
+//! (deposits, proofs, release requests) and what a node answers (a released share, the public
+//! part of an anchored record).
+
+use alloy::primitives::{B256, Signature};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::auth::{ShareDeposit, ShareRelease};
+use crate::chain::RecordId;
+use crate::chain::merkle::RecordProof;
+
+/// Deposit request body.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct DepositBody {
+    /// The signed message.
+    pub deposit: ShareDeposit,
+    /// The uploader's signature over it.
+    pub signature: Signature,
+    /// The share, hex.
+    pub share: String,
+    /// Feldman commitments, hex.
+    pub commitments: String,
+    /// The sealed block, hex.
+    pub sealed_block: String,
+}
+
+impl DepositBody {
+    /// The hash the deposit signs over its payload.
+    pub fn content_hash(share: &str, commitments: &str, sealed_block: &str) -> B256 {
+        let mut h = Sha256::new();
+        for part in [share, commitments, sealed_block] {
+            h.update((part.len() as u64).to_be_bytes());
+            h.update(part.as_bytes());
+        }
+        B256::from(<[u8; 32]>::from(h.finalize()))
+    }
+}
+
+/// Release request body.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ReleaseBody {
+    /// The signed message.
+    pub request: ShareRelease,
+    /// The requester's signature over it.
+    pub signature: Signature,
+}
+
+/// Body of `POST /shares/{record}/anchor`: where the uploader anchored the record.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AnchorBody {
+    /// The anchored root.
+    pub root: B256,
+    /// Sibling hashes from the record's leaf up.
+    pub proof: Vec<B256>,
+}
+
+/// A record a node holds under an anchored root: public (the chain's `Anchored` events and
+/// the record ids were public in earlier versions too), no share.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AnchoredRecord {
+    /// The record id.
+    pub record: RecordId,
+    /// Its leaf's fields and proof.
+    pub proof: RecordProof,
+    /// When its share was deposited here, unix seconds.
+    pub stored_at: u64,
+}
+
+/// What a node releases.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ReleasedShare {
+    /// Where the record sits on chain (the reader checks it against the anchored root).
+    pub proof: RecordProof,
+    /// The share, hex.
+    pub share: String,
+    /// Feldman commitments, hex.
+    pub commitments: String,
+    /// The sealed block, hex.
+    pub sealed_block: String,
+}
