@@ -108,8 +108,23 @@ async fn ask_every_node(
     out
 }
 
-#[tokio::test]
-async fn records_end_to_end() {
+/// Five share nodes, a patient with a FHIR Bundle on them, and four verified doctors: one
+/// granted, one never granted, one revoked, one whose grant expires 2 s after it was given.
+struct Cast {
+    office: EhrChain,
+    contract: String,
+    nodes: Vec<Node>,
+    patient: PrivateKeySigner,
+    addr: ehr_share::chain::PatientAddr,
+    granted: PrivateKeySigner,
+    never: PrivateKeySigner,
+    revoked: PrivateKeySigner,
+    expiring: PrivateKeySigner,
+    bundle: String,
+    fhir_id: RecordId,
+}
+
+async fn cast() -> Cast {
     let office = common::office().await;
     let contract = office.address().to_string();
     let mut nodes = Vec::new();
@@ -123,8 +138,6 @@ async fn records_end_to_end() {
             child: Some(child),
         });
     }
-
-    // Cast: a patient, a granted doctor, a never-granted one, a revoked one, an expiring one.
     let patient = common::funded().await;
     let addr = common::unique_patient();
     office.issue_patient(addr, patient.address()).await.unwrap();
@@ -135,20 +148,21 @@ async fn records_end_to_end() {
         office.verify_provider(d.address()).await.unwrap();
         doctors.push(d);
     }
-    let (granted, never, revoked, expiring) = (&doctors[0], &doctors[1], &doctors[2], &doctors[3]);
+    let expiring = doctors.pop().unwrap();
+    let revoked = doctors.pop().unwrap();
+    let never = doctors.pop().unwrap();
+    let granted = doctors.pop().unwrap();
     let p = common::as_(&office, &patient);
     p.grant(granted.address(), None).await.unwrap();
     p.grant(revoked.address(), None).await.unwrap();
     p.revoke(revoked.address()).await.unwrap();
     let now = office.chain_time().await.unwrap();
     p.grant(expiring.address(), Some(now + 2)).await.unwrap();
-
-    // Upload a FHIR Bundle and a 20 MiB file.
-    let pc = client(&office, &patient, &nodes).await;
     let bundle = format!(
         r#"{{"resourceType":"Bundle","type":"collection","entry":[{{"resource":{{"resourceType":"Observation","status":"final","note":[{{"text":"{MARKER}"}}]}}}}]}}"#
     );
-    let fhir_id = pc
+    let fhir_id = client(&office, &patient, &nodes)
+        .await
         .put(
             addr,
             Bytes::from(bundle.clone()),
@@ -157,12 +171,51 @@ async fn records_end_to_end() {
         )
         .await
         .unwrap();
+    Cast {
+        office,
+        contract,
+        nodes,
+        patient,
+        addr,
+        granted,
+        never,
+        revoked,
+        expiring,
+        bundle,
+        fhir_id,
+    }
+}
+
+impl Cast {
+    async fn refs(&self) -> Vec<ShareNodeRef> {
+        let mut v = Vec::new();
+        for n in &self.nodes {
+            v.push(
+                ShareNodeRef::discover(&format!("http://127.0.0.1:{}", n.port))
+                    .await
+                    .unwrap(),
+            );
+        }
+        v
+    }
+
+    async fn client(&self, who: &PrivateKeySigner) -> RecordsClient {
+        client(&self.office, who, &self.nodes).await
+    }
+}
+
+/// A FHIR Bundle and a 20 MiB file read back byte-identical for a granted doctor; invalid FHIR
+/// is refused before anything is stored; Kubo holds only ciphertext.
+#[tokio::test]
+async fn records_read_back_byte_identical_and_ipfs_holds_only_ciphertext() {
+    let c = cast().await;
+    let pc = c.client(&c.patient).await;
     let mut big = vec![0u8; 20 << 20];
     rand_core::OsRng.fill_bytes(&mut big);
     big[1000..1000 + MARKER.len()].copy_from_slice(MARKER.as_bytes());
     let file_id = pc
         .put(
-            addr,
+            c.addr,
             Bytes::from(big.clone()),
             "application/octet-stream",
             Some("scan.bin".into()),
@@ -171,7 +224,7 @@ async fn records_end_to_end() {
         .unwrap();
     let invalid = pc
         .put(
-            addr,
+            c.addr,
             Bytes::from_static(br#"{"resourceType":"Nope"}"#),
             "application/fhir+json",
             None,
@@ -179,19 +232,17 @@ async fn records_end_to_end() {
         .await;
     assert!(matches!(invalid, Err(RecordError::InvalidFhir(_))));
 
-    // The granted doctor reads both, byte-identical.
-    let gc = client(&office, granted, &nodes).await;
-    let r = gc.get(fhir_id).await.unwrap();
-    assert_eq!(r.data, bundle.as_bytes());
+    let gc = c.client(&c.granted).await;
+    let r = gc.get(c.fhir_id).await.unwrap();
+    assert_eq!(r.data, c.bundle.as_bytes());
     let r = gc.get(file_id).await.unwrap();
     assert!(r.data == big, "20 MiB file differs");
     assert_eq!(r.block.file_name.as_deref(), Some("scan.bin"));
-    let cid = r.block.cid.clone();
 
     // The raw ciphertext on Kubo, read by the real daemon's CLI, has no plaintext in it.
     let raw = std::process::Command::new(common::root().join(".tools/bin/ipfs"))
         .env("IPFS_PATH", &common::stack().kubo.repo)
-        .args(["cat", &cid])
+        .args(["cat", &r.block.cid])
         .output()
         .unwrap();
     assert!(
@@ -206,13 +257,18 @@ async fn records_end_to_end() {
             .any(|w| w == MARKER.as_bytes()),
         "plaintext marker found in IPFS content"
     );
+}
 
-    // Not granted, revoked, expired: denied by the contract, and by every share node directly.
+/// Not granted, revoked, expired: denied by the contract, and by every share node directly.
+#[tokio::test]
+async fn denied_requesters_are_refused_by_the_contract_and_every_node() {
+    let c = cast().await;
     // The expiring grant lapses by the chain's clock: wait for that, not for a fixed time
     // (other tests of this binary may move the clock too).
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while office
-        .check_access(addr, expiring.address())
+    while c
+        .office
+        .check_access(c.addr, c.expiring.address())
         .await
         .unwrap()
         .0
@@ -224,7 +280,7 @@ async fn records_end_to_end() {
         );
         // A block at the wall clock's time (automine makes blocks only for transactions).
         alloy::providers::Provider::raw_request::<_, String>(
-            office.provider(),
+            c.office.provider(),
             "evm_mine".into(),
             (),
         )
@@ -232,36 +288,33 @@ async fn records_end_to_end() {
         .unwrap();
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let refs: Vec<ShareNodeRef> = {
-        let mut v = Vec::new();
-        for n in &nodes {
-            v.push(
-                ShareNodeRef::discover(&format!("http://127.0.0.1:{}", n.port))
-                    .await
-                    .unwrap(),
-            );
-        }
-        v
-    };
+    let refs = c.refs().await;
     for (who, why) in [
-        (never, DenyReason::NoGrant),
-        (revoked, DenyReason::Revoked),
-        (expiring, DenyReason::Expired),
+        (&c.never, DenyReason::NoGrant),
+        (&c.revoked, DenyReason::Revoked),
+        (&c.expiring, DenyReason::Expired),
     ] {
-        let c = client(&office, who, &nodes).await;
-        match c.get(fhir_id).await {
-            Err(RecordError::Denied(id, reason)) => assert_eq!((id, reason), (fhir_id, why)),
+        match c.client(who).await.get(c.fhir_id).await {
+            Err(RecordError::Denied(id, reason)) => assert_eq!((id, reason), (c.fhir_id, why)),
             other => panic!("expected denial {why:?}, got {other:?}"),
         }
         assert_eq!(
-            ask_every_node(&office, who, fhir_id, &refs).await,
+            ask_every_node(&c.office, who, c.fhir_id, &refs).await,
             vec![403; 5],
             "{why:?}"
         );
     }
-    // Forged (signed by someone else) and mis-addressed requests are refused too.
+}
+
+/// Forged, mis-addressed, access-less, borrowed and replayed release requests are refused;
+/// the granted doctor's own, with its fresh access transaction, works once.
+#[tokio::test]
+async fn forged_misaddressed_borrowed_and_replayed_requests_are_refused() {
+    let c = cast().await;
+    let refs = c.refs().await;
+    let (granted, never, fhir_id) = (&c.granted, &c.never, c.fhir_id);
     let stranger = PrivateKeySigner::random();
-    let dom = domain(31337, office.address(), office.deployment_id());
+    let dom = domain(31337, c.office.address(), c.office.deployment_id());
     let mut req = ShareRelease {
         recordId: fhir_id.0,
         requester: granted.address(),
@@ -274,97 +327,67 @@ async fn records_end_to_end() {
             .as_secs()
             + 60,
     };
-    let forged = sign(&stranger, &req, &dom).unwrap();
     let http = reqwest::Client::new();
-    let send = |body: ReleaseBody, url: String| http.post(url).json(&body).send();
-    let r = send(
-        ReleaseBody {
-            request: req.clone(),
-            signature: forged,
-        },
-        format!("{}/shares/{fhir_id}/release", refs[0].url),
-    )
-    .await
-    .unwrap();
-    assert_eq!(r.status(), 403);
-    let sig = sign(granted, &req, &dom).unwrap();
-    let r = send(
-        ReleaseBody {
-            request: req.clone(),
-            signature: sig,
-        },
-        format!("{}/shares/{fhir_id}/release", refs[1].url),
-    )
-    .await
-    .unwrap();
-    assert_eq!(r.status(), 403, "a request for node 0 must not open node 1");
-    // A request without an access transaction is refused; with a fresh one it works once and
-    // its replay is refused.
-    let sig = sign(granted, &req, &dom).unwrap();
-    let r = send(
-        ReleaseBody {
-            request: req.clone(),
-            signature: sig,
-        },
-        format!("{}/shares/{fhir_id}/release", refs[0].url),
-    )
-    .await
-    .unwrap();
-    assert_eq!(r.status(), 403, "a provider needs its access transaction");
-    let o = common::as_(&office, granted)
-        .access(addr, &[fhir_id])
+    let send = |request: &ShareRelease, who: &PrivateKeySigner, node: usize| {
+        let body = ReleaseBody {
+            request: request.clone(),
+            signature: sign(who, request, &dom).unwrap(),
+        };
+        http.post(format!("{}/shares/{fhir_id}/release", refs[node].url))
+            .json(&body)
+            .send()
+    };
+    // Signed by someone else than the requester it names.
+    assert_eq!(send(&req, &stranger, 0).await.unwrap().status(), 403);
+    // Addressed to node 0, sent to node 1.
+    assert_eq!(
+        send(&req, granted, 1).await.unwrap().status(),
+        403,
+        "a request for node 0 must not open node 1"
+    );
+    // A provider needs its access transaction.
+    assert_eq!(
+        send(&req, granted, 0).await.unwrap().status(),
+        403,
+        "a provider needs its access transaction"
+    );
+    let o = common::as_(&c.office, granted)
+        .access(c.addr, &[fhir_id])
         .await
         .unwrap();
     req.accessTx = o.tx.tx_hash;
     // Another provider cannot ride on it.
     let mut theirs = req.clone();
     theirs.requester = never.address();
-    let sig = sign(never, &theirs, &dom).unwrap();
-    let r = send(
-        ReleaseBody {
-            request: theirs,
-            signature: sig,
-        },
-        format!("{}/shares/{fhir_id}/release", refs[0].url),
-    )
-    .await
-    .unwrap();
     assert_eq!(
-        r.status(),
+        send(&theirs, never, 0).await.unwrap().status(),
         403,
         "someone else's access transaction opened shares"
     );
+    // With it, once; its replay is refused.
     req.nonce = U256::from(2);
-    let sig = sign(granted, &req, &dom).unwrap();
-    let url = format!("{}/shares/{fhir_id}/release", refs[0].url);
-    assert_eq!(
-        send(
-            ReleaseBody {
-                request: req.clone(),
-                signature: sig
-            },
-            url.clone()
-        )
-        .await
-        .unwrap()
-        .status(),
-        200
-    );
-    assert_eq!(
-        send(
-            ReleaseBody {
-                request: req.clone(),
-                signature: sig
-            },
-            url.clone()
-        )
-        .await
-        .unwrap()
-        .status(),
-        403
-    );
+    assert_eq!(send(&req, granted, 0).await.unwrap().status(), 200);
+    assert_eq!(send(&req, granted, 0).await.unwrap().status(), 403);
+}
 
-    // Two of five nodes down: reads still succeed.
+/// Two of five nodes down: reads still succeed; a node releasing corrupted shares is named;
+/// three down: a clear error naming the missing nodes, and an upload is rolled back with
+/// nothing anchored.
+#[tokio::test]
+async fn reads_survive_two_nodes_down_and_three_down_fail_clearly() {
+    let Cast {
+        office,
+        contract,
+        mut nodes,
+        patient,
+        addr,
+        granted,
+        bundle,
+        fhir_id,
+        ..
+    } = cast().await;
+    let gc = client(&office, &granted, &nodes).await;
+    let pc = client(&office, &patient, &nodes).await;
     for n in &mut nodes[3..] {
         n.child.as_mut().unwrap().stop(Duration::from_secs(5)).await;
     }
@@ -372,7 +395,7 @@ async fn records_end_to_end() {
     assert_eq!(r.data, bundle.as_bytes());
     assert_eq!(r.failures.len(), 2, "{:?}", r.failures);
 
-    // Back up, with node 1 releasing corrupted shares: reads succeed and name node 1.
+    // Back up, with node 0 releasing corrupted shares: reads succeed and name node 0.
     nodes[0]
         .child
         .as_mut()

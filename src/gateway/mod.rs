@@ -9,6 +9,8 @@ mod openapi;
 mod proxy;
 mod records_api;
 mod state;
+#[cfg(test)]
+mod tests;
 mod uploads;
 
 pub use crate::records::RecordsConfig;
