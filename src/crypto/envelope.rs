@@ -6,6 +6,13 @@
 //! `flag (1 byte: 1 on the last segment) || 0 0 0 || counter (u64 BE)`: segments cannot be
 //! reordered, dropped or truncated without failing authentication (the STREAM construction),
 //! and sealing and opening can run segment by segment for large files.
+//!
+//! Why not the `aead` crate's `stream` module: its STREAM variants put a 32-bit counter and
+//! the last-segment flag at the end of the nonce (`StreamBE32`), while this layout (flag first,
+//! 64-bit counter) is the stored record format `chacha20poly1305-stream64k-v1`. Records already
+//! on IPFS must stay readable, so switching would be a new scheme name with both kept; the
+//! sealing itself is the `chacha20poly1305` crate's, only the nonce layout is ours (tested
+//! against reordering, dropping and truncation below).
 
 use chacha20poly1305::aead::{Aead, KeyInit};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};

@@ -1,6 +1,7 @@
 //! REST endpoints for the contract's operations. Reads are open (they show what the chain
 //! shows anyway); writes sign as the account behind the caller's API token.
 
+use super::openapi::ErrorBody;
 use alloy::primitives::Address;
 use axum::Json;
 use axum::extract::{FromRequestParts, Path, Query, State};
@@ -88,16 +89,36 @@ fn address(s: &str) -> Result<Address, ApiError> {
     })
 }
 
-fn tx(o: TxOutcome) -> Json<Value> {
-    Json(json!({ "tx_hash": o.tx_hash, "block": o.block, "gas_used": o.gas_used }))
+/// A mined transaction.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub(super) struct TxReceipt {
+    /// Its hash.
+    #[schema(value_type = String)]
+    tx_hash: alloy::primitives::B256,
+    /// Its block.
+    block: u64,
+    /// Gas it used.
+    gas_used: u64,
+}
+
+fn tx(o: TxOutcome) -> Json<TxReceipt> {
+    Json(TxReceipt {
+        tx_hash: o.tx_hash,
+        block: o.block,
+        gas_used: o.gas_used,
+    })
 }
 
 /// Paging of list endpoints.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct Page {
+    /// Events or items to skip.
     #[serde(default)]
     offset: u64,
+    /// How many (1 to 200; 50 by default).
     #[serde(default = "default_limit")]
+    #[param(minimum = 1, maximum = 200)]
     limit: u64,
 }
 
@@ -116,6 +137,14 @@ impl Page {
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/me",
+    tag = "accounts",
+    summary = "The caller's account and roles",
+    security(("bearer" = [])),
+    responses((status = 200, description = "account, patient address, provider status, records office", content_type = "application/json"), (status = 401, description = "no or unknown API token", body = ErrorBody), (status = 503, description = "a backing service is unavailable", body = ErrorBody))
+)]
 pub(super) async fn me(
     State(state): State<AppState>,
     Actor(chain): Actor,
@@ -129,6 +158,14 @@ pub(super) async fn me(
     ))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/providers/{address}",
+    tag = "providers",
+    summary = "A provider's status",
+    params(("address" = String, Path, description = "provider account (0x + 40 hex digits)")),
+    responses((status = 200, description = "status and denied attempts", content_type = "application/json"), (status = 400, description = "bad input", body = ErrorBody), (status = 503, description = "a backing service is unavailable", body = ErrorBody))
+)]
 pub(super) async fn provider_status(
     State(state): State<AppState>,
     Path(a): Path<String>,
@@ -140,6 +177,14 @@ pub(super) async fn provider_status(
     ))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/patients/{addr}/grants",
+    tag = "patients",
+    summary = "List a patient's grants",
+    params(("addr" = String, Path, description = "patient address AID-PID", example = "1-1001"), Page),
+    responses((status = 200, description = "grants", content_type = "application/json"), (status = 400, description = "bad input", body = ErrorBody), (status = 503, description = "a backing service is unavailable", body = ErrorBody))
+)]
 pub(super) async fn grants(
     State(state): State<AppState>,
     Path(p): Path<String>,
@@ -150,6 +195,14 @@ pub(super) async fn grants(
     Ok(Json(json!({ "grants": g })))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/patients/{addr}/requests",
+    tag = "patients",
+    summary = "List a patient's pending requests",
+    params(("addr" = String, Path, description = "patient address AID-PID", example = "1-1001"), Page),
+    responses((status = 200, description = "pending requests", content_type = "application/json"), (status = 400, description = "bad input", body = ErrorBody), (status = 503, description = "a backing service is unavailable", body = ErrorBody))
+)]
 pub(super) async fn requests(
     State(state): State<AppState>,
     Path(p): Path<String>,
@@ -162,6 +215,14 @@ pub(super) async fn requests(
     Ok(Json(json!({ "requests": r })))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/patients/{addr}/records",
+    tag = "records",
+    summary = "List a patient's anchored records (from the share nodes; each with its proof to an anchored root)",
+    params(("addr" = String, Path, description = "patient address AID-PID", example = "1-1001"), Page),
+    responses((status = 200, description = "records and their total", content_type = "application/json"), (status = 400, description = "bad input", body = ErrorBody), (status = 503, description = "a backing service is unavailable", body = ErrorBody))
+)]
 pub(super) async fn records(
     State(state): State<AppState>,
     Path(p): Path<String>,
@@ -188,6 +249,14 @@ pub(super) async fn records(
     Ok(Json(json!({ "records": out, "total": all.len() })))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/patients/{addr}/audit",
+    tag = "audit",
+    summary = "List a patient's audit trail, newest first",
+    params(("addr" = String, Path, description = "patient address AID-PID", example = "1-1001"), Page),
+    responses((status = 200, description = "events", content_type = "application/json"), (status = 400, description = "bad input", body = ErrorBody), (status = 503, description = "a backing service is unavailable", body = ErrorBody))
+)]
 pub(super) async fn patient_audit(
     State(state): State<AppState>,
     Path(p): Path<String>,
@@ -200,6 +269,14 @@ pub(super) async fn patient_audit(
     Ok(Json(json!({ "events": e })))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/audit",
+    tag = "audit",
+    summary = "List every contract event, newest first",
+    params(Page),
+    responses((status = 200, description = "events", content_type = "application/json"), (status = 400, description = "bad input", body = ErrorBody), (status = 503, description = "a backing service is unavailable", body = ErrorBody))
+)]
 pub(super) async fn all_audit(
     State(state): State<AppState>,
     Query(page): Query<Page>,
@@ -210,56 +287,103 @@ pub(super) async fn all_audit(
 }
 
 /// Body of `POST /api/patients`: the caller claims `addr` with the office's voucher.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub(super) struct RegisterPatient {
     addr: String,
     deadline: u64,
+    /// The records office's EIP-712 voucher signature, 0x + 130 hex digits.
+    #[schema(value_type = String, pattern = "^0x[0-9a-fA-F]{130}$")]
     voucher: alloy::primitives::Bytes,
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/patients",
+    tag = "accounts",
+    summary = "Register the caller as a patient with the records office's voucher",
+    request_body = RegisterPatient,
+    security(("bearer" = [])),
+    responses((status = 200, description = "mined", body = TxReceipt), (status = 400, description = "bad input", body = ErrorBody), (status = 401, description = "no or unknown API token", body = ErrorBody), (status = 403, description = "not allowed", body = ErrorBody), (status = 409, description = "the contract refused", body = ErrorBody), (status = 503, description = "a backing service is unavailable", body = ErrorBody))
+)]
 pub(super) async fn register_patient(
     Actor(c): Actor,
     Json(b): Json<RegisterPatient>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<TxReceipt>, ApiError> {
     Ok(tx(c
         .register_patient(patient(&b.addr)?, b.deadline, b.voucher)
         .await?))
 }
 
 /// Body of `POST /api/office/patients`: the records office issues `addr` to `account`.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub(super) struct IssuePatient {
     addr: String,
+    #[schema(value_type = String, pattern = "^0x[0-9a-fA-F]{40}$")]
     account: Address,
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/office/patients",
+    tag = "office",
+    summary = "Records office: issue a patient address to an account",
+    request_body = IssuePatient,
+    security(("bearer" = [])),
+    responses((status = 200, description = "mined", body = TxReceipt), (status = 400, description = "bad input", body = ErrorBody), (status = 401, description = "no or unknown API token", body = ErrorBody), (status = 403, description = "not allowed", body = ErrorBody), (status = 409, description = "the contract refused", body = ErrorBody), (status = 503, description = "a backing service is unavailable", body = ErrorBody))
+)]
 pub(super) async fn issue_patient(
     Actor(c): Actor,
     Json(b): Json<IssuePatient>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<TxReceipt>, ApiError> {
     Ok(tx(c.issue_patient(patient(&b.addr)?, b.account).await?))
 }
 
-pub(super) async fn register_provider(Actor(c): Actor) -> Result<Json<Value>, ApiError> {
+#[utoipa::path(
+    post,
+    path = "/api/providers",
+    tag = "providers",
+    summary = "Register the caller as a provider",
+    security(("bearer" = [])),
+    responses((status = 200, description = "mined", body = TxReceipt), (status = 400, description = "bad input", body = ErrorBody), (status = 401, description = "no or unknown API token", body = ErrorBody), (status = 403, description = "not allowed", body = ErrorBody), (status = 409, description = "the contract refused", body = ErrorBody), (status = 503, description = "a backing service is unavailable", body = ErrorBody))
+)]
+pub(super) async fn register_provider(Actor(c): Actor) -> Result<Json<TxReceipt>, ApiError> {
     Ok(tx(c.register_provider().await?))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/providers/{address}/verify",
+    tag = "office",
+    summary = "Records office: verify a provider",
+    params(("address" = String, Path, description = "provider account (0x + 40 hex digits)")),
+    security(("bearer" = [])),
+    responses((status = 200, description = "mined", body = TxReceipt), (status = 400, description = "bad input", body = ErrorBody), (status = 401, description = "no or unknown API token", body = ErrorBody), (status = 403, description = "not allowed", body = ErrorBody), (status = 409, description = "the contract refused", body = ErrorBody), (status = 503, description = "a backing service is unavailable", body = ErrorBody))
+)]
 pub(super) async fn verify_provider(
     Actor(c): Actor,
     Path(a): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<TxReceipt>, ApiError> {
     Ok(tx(c.verify_provider(address(&a)?).await?))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/providers/{address}/suspend",
+    tag = "office",
+    summary = "Records office: suspend a provider",
+    params(("address" = String, Path, description = "provider account (0x + 40 hex digits)")),
+    security(("bearer" = [])),
+    responses((status = 200, description = "mined", body = TxReceipt), (status = 400, description = "bad input", body = ErrorBody), (status = 401, description = "no or unknown API token", body = ErrorBody), (status = 403, description = "not allowed", body = ErrorBody), (status = 409, description = "the contract refused", body = ErrorBody), (status = 503, description = "a backing service is unavailable", body = ErrorBody))
+)]
 pub(super) async fn suspend_provider(
     Actor(c): Actor,
     Path(a): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<TxReceipt>, ApiError> {
     Ok(tx(c.suspend_provider(address(&a)?).await?))
 }
 
 /// Body of `POST /api/grants` and of approvals.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub(super) struct GrantBody {
     #[serde(default)]
     provider: Option<String>,
@@ -268,10 +392,19 @@ pub(super) struct GrantBody {
     expires_at: Option<u64>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/grants",
+    tag = "patients",
+    summary = "Patient: grant a provider",
+    request_body = GrantBody,
+    security(("bearer" = [])),
+    responses((status = 200, description = "mined", body = TxReceipt), (status = 400, description = "bad input", body = ErrorBody), (status = 401, description = "no or unknown API token", body = ErrorBody), (status = 403, description = "not allowed", body = ErrorBody), (status = 409, description = "the contract refused", body = ErrorBody), (status = 503, description = "a backing service is unavailable", body = ErrorBody))
+)]
 pub(super) async fn grant(
     Actor(c): Actor,
     Json(b): Json<GrantBody>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<TxReceipt>, ApiError> {
     let p = b
         .provider
         .as_deref()
@@ -279,50 +412,96 @@ pub(super) async fn grant(
     Ok(tx(c.grant(address(p)?, b.expires_at).await?))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/grants/{provider}/revoke",
+    tag = "patients",
+    summary = "Patient: revoke a provider",
+    params(("provider" = String, Path, description = "provider account (0x + 40 hex digits)")),
+    security(("bearer" = [])),
+    responses((status = 200, description = "mined", body = TxReceipt), (status = 400, description = "bad input", body = ErrorBody), (status = 401, description = "no or unknown API token", body = ErrorBody), (status = 403, description = "not allowed", body = ErrorBody), (status = 409, description = "the contract refused", body = ErrorBody), (status = 503, description = "a backing service is unavailable", body = ErrorBody))
+)]
 pub(super) async fn revoke(
     Actor(c): Actor,
     Path(p): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<TxReceipt>, ApiError> {
     Ok(tx(c.revoke(address(&p)?).await?))
 }
 
 /// A body naming a patient.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub(super) struct AddrBody {
     addr: String,
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/requests",
+    tag = "providers",
+    summary = "Provider: request access to a patient",
+    request_body = AddrBody,
+    security(("bearer" = [])),
+    responses((status = 200, description = "mined", body = TxReceipt), (status = 400, description = "bad input", body = ErrorBody), (status = 401, description = "no or unknown API token", body = ErrorBody), (status = 403, description = "not allowed", body = ErrorBody), (status = 409, description = "the contract refused", body = ErrorBody), (status = 503, description = "a backing service is unavailable", body = ErrorBody))
+)]
 pub(super) async fn request_access(
     Actor(c): Actor,
     Json(b): Json<AddrBody>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<TxReceipt>, ApiError> {
     Ok(tx(c.request_access(patient(&b.addr)?).await?))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/requests/{provider}/approve",
+    tag = "patients",
+    summary = "Patient: approve a request (optionally with an expiry)",
+    params(("provider" = String, Path, description = "provider account (0x + 40 hex digits)")),
+    request_body = Option<GrantBody>,
+    security(("bearer" = [])),
+    responses((status = 200, description = "mined", body = TxReceipt), (status = 400, description = "bad input", body = ErrorBody), (status = 401, description = "no or unknown API token", body = ErrorBody), (status = 403, description = "not allowed", body = ErrorBody), (status = 409, description = "the contract refused", body = ErrorBody), (status = 503, description = "a backing service is unavailable", body = ErrorBody))
+)]
 pub(super) async fn approve(
     Actor(c): Actor,
     Path(p): Path<String>,
     body: Option<Json<GrantBody>>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<TxReceipt>, ApiError> {
     let expires = body.and_then(|Json(b)| b.expires_at);
     Ok(tx(c.approve_request(address(&p)?, expires).await?))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/requests/{provider}/decline",
+    tag = "patients",
+    summary = "Patient: decline a request",
+    params(("provider" = String, Path, description = "provider account (0x + 40 hex digits)")),
+    security(("bearer" = [])),
+    responses((status = 200, description = "mined", body = TxReceipt), (status = 400, description = "bad input", body = ErrorBody), (status = 401, description = "no or unknown API token", body = ErrorBody), (status = 403, description = "not allowed", body = ErrorBody), (status = 409, description = "the contract refused", body = ErrorBody), (status = 503, description = "a backing service is unavailable", body = ErrorBody))
+)]
 pub(super) async fn decline(
     Actor(c): Actor,
     Path(p): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<TxReceipt>, ApiError> {
     Ok(tx(c.decline_request(address(&p)?).await?))
 }
 
 /// Body of `POST /api/access`.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub(super) struct AccessBody {
     /// The patient whose records are read (`aid-pid`).
     patient: String,
     records: Vec<String>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/access",
+    tag = "providers",
+    summary = "Provider: access transaction for records of one patient (denials are logged, not errors)",
+    request_body = AccessBody,
+    security(("bearer" = [])),
+    responses((status = 200, description = "mined: allowed and denied records", content_type = "application/json"), (status = 400, description = "bad input", body = ErrorBody), (status = 401, description = "no or unknown API token", body = ErrorBody), (status = 403, description = "not allowed", body = ErrorBody), (status = 409, description = "the contract refused", body = ErrorBody), (status = 503, description = "a backing service is unavailable", body = ErrorBody))
+)]
 pub(super) async fn access(
     Actor(c): Actor,
     Json(b): Json<AccessBody>,
@@ -345,17 +524,26 @@ pub(super) async fn access(
 }
 
 /// Body of `POST /api/break-glass`.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub(super) struct BreakGlassBody {
     addr: String,
     /// HL7 v3 PurposeOfUse code (ETREAT, BTG, ERTREAT, DISASTER, THREAT) or its number.
     reason: String,
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/break-glass",
+    tag = "providers",
+    summary = "Provider: open emergency access (HL7 PurposeOfUse reason; at most 3 per patient per 24 h; reading only)",
+    request_body = BreakGlassBody,
+    security(("bearer" = [])),
+    responses((status = 200, description = "mined", body = TxReceipt), (status = 400, description = "bad input", body = ErrorBody), (status = 401, description = "no or unknown API token", body = ErrorBody), (status = 403, description = "not allowed", body = ErrorBody), (status = 409, description = "the contract refused", body = ErrorBody), (status = 503, description = "a backing service is unavailable", body = ErrorBody))
+)]
 pub(super) async fn break_glass(
     Actor(c): Actor,
     Json(b): Json<BreakGlassBody>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<TxReceipt>, ApiError> {
     let reason: EmergencyReason = b
         .reason
         .parse()

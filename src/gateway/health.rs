@@ -11,6 +11,13 @@ use serde_json::{Value, json};
 use super::AppState;
 
 /// Health of the gateway and its backing services; 503 when one of them does not answer.
+#[utoipa::path(
+    get,
+    path = "/health",
+    tag = "health",
+    summary = "Health of the gateway, chain, IPFS node and share nodes",
+    responses((status = 200, description = "every service answers", content_type = "application/json"), (status = 503, description = "a service does not answer", content_type = "application/json"))
+)]
 pub(super) async fn health(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     let provider = state.provider();
     let chain = match (

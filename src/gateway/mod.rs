@@ -21,46 +21,44 @@ pub use state::{AppState, Keyring, TokenResolver};
 pub use uploads::{MAX_UPLOADS, UploadSlots, gate_html, gate_json, timeout as upload_timeout};
 
 use axum::Router;
-use axum::routing::{get, post};
+use axum::routing::get;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::trace::TraceLayer;
+use utoipa::OpenApi as _;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 /// Largest request body accepted by JSON endpoints (record uploads have their own limit).
 const JSON_BODY_LIMIT: usize = 64 * 1024;
 
-/// The gateway's routes over `state`.
+/// The gateway's routes over `state`. Each REST handler carries its `#[utoipa::path]`, and
+/// `/openapi.json` is generated from the same handlers the router serves.
 pub fn router(state: AppState) -> Router {
-    let api = Router::new()
-        .route("/health", get(health::health))
-        .route("/openapi.json", get(openapi::spec))
-        .route("/api/providers/{address}", get(chain_api::provider_status))
-        .route("/api/patients/{addr}/grants", get(chain_api::grants))
-        .route("/api/patients/{addr}/requests", get(chain_api::requests))
-        .route("/api/patients/{addr}/records", get(chain_api::records))
-        .route("/api/patients/{addr}/audit", get(chain_api::patient_audit))
-        .route("/api/audit", get(chain_api::all_audit))
-        .route("/api/me", get(chain_api::me))
-        .route("/api/patients", post(chain_api::register_patient))
-        .route("/api/office/patients", post(chain_api::issue_patient))
-        .route("/api/providers", post(chain_api::register_provider))
-        .route(
-            "/api/providers/{address}/verify",
-            post(chain_api::verify_provider),
-        )
-        .route(
-            "/api/providers/{address}/suspend",
-            post(chain_api::suspend_provider),
-        )
-        .route("/api/grants", post(chain_api::grant))
-        .route("/api/grants/{provider}/revoke", post(chain_api::revoke))
-        .route("/api/requests", post(chain_api::request_access))
-        .route("/api/requests/{provider}/approve", post(chain_api::approve))
-        .route("/api/requests/{provider}/decline", post(chain_api::decline))
-        .route("/api/access", post(chain_api::access))
-        .route("/api/break-glass", post(chain_api::break_glass))
+    let api = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(health::health))
+        .routes(routes!(chain_api::provider_status))
+        .routes(routes!(chain_api::grants))
+        .routes(routes!(chain_api::requests))
+        .routes(routes!(chain_api::records))
+        .routes(routes!(chain_api::patient_audit))
+        .routes(routes!(chain_api::all_audit))
+        .routes(routes!(chain_api::me))
+        .routes(routes!(chain_api::register_patient))
+        .routes(routes!(chain_api::issue_patient))
+        .routes(routes!(chain_api::register_provider))
+        .routes(routes!(chain_api::verify_provider))
+        .routes(routes!(chain_api::suspend_provider))
+        .routes(routes!(chain_api::grant))
+        .routes(routes!(chain_api::revoke))
+        .routes(routes!(chain_api::request_access))
+        .routes(routes!(chain_api::approve))
+        .routes(routes!(chain_api::decline))
+        .routes(routes!(chain_api::access))
+        .routes(routes!(chain_api::break_glass))
+        .routes(routes!(records_api::download))
         .layer(RequestBodyLimitLayer::new(JSON_BODY_LIMIT));
-    let upload = Router::new()
-        .route("/records", post(records_api::upload))
+    let upload = OpenApiRouter::new()
+        .routes(routes!(records_api::upload))
         .layer(axum::extract::DefaultBodyLimit::disable())
         .layer(RequestBodyLimitLayer::new(records_api::UPLOAD_LIMIT))
         .layer(uploads::timeout())
@@ -68,11 +66,16 @@ pub fn router(state: AppState) -> Router {
             state.upload_slots().clone(),
             uploads::gate_json,
         ));
-    let records = Router::new()
-        .route("/records/{id}", get(records_api::download))
-        .layer(RequestBodyLimitLayer::new(JSON_BODY_LIMIT))
-        .merge(upload);
-    api.merge(records)
+    let (routes, doc) = api.merge(upload).split_for_parts();
+    let doc = std::sync::Arc::new(doc);
+    routes
+        .route(
+            "/openapi.json",
+            get(move || {
+                let doc = doc.clone();
+                async move { axum::Json(doc.as_ref().clone()) }
+            }),
+        )
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }

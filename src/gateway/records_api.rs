@@ -1,6 +1,7 @@
 //! `POST /records` and `GET /records/{id}`: records for web users. The gateway does the
 //! encryption and share handling for them (the CLI's `ehr record` does it client-side instead).
 
+use super::openapi::ErrorBody;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
@@ -25,14 +26,27 @@ fn client(state: &AppState, key: ActorKey) -> Result<RecordsClient, ApiError> {
 }
 
 /// Query of `POST /records`.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct UploadQuery {
+    /// The patient's address, AID-PID.
     patient: String,
+    /// The file's name, shown to readers.
     #[serde(default)]
     file_name: Option<String>,
 }
 
 /// Stores the body as a record of `patient`; the media type is the request's Content-Type.
+#[utoipa::path(
+    post,
+    path = "/records",
+    tag = "records",
+    summary = "Store a record for a patient (body = content, Content-Type = its media type; FHIR JSON is validated; at most 32 MiB)",
+    params(UploadQuery),
+    request_body(content = String, description = "the record's content; its media type in Content-Type", content_type = "*/*"),
+    security(("bearer" = [])),
+    responses((status = 200, description = "stored and anchored", content_type = "application/json"), (status = 400, description = "bad input", body = ErrorBody), (status = 401, description = "no or unknown API token", body = ErrorBody), (status = 403, description = "not allowed", body = ErrorBody), (status = 409, description = "the contract refused", body = ErrorBody), (status = 413, description = "too large", body = ErrorBody), (status = 503, description = "a backing service is unavailable", body = ErrorBody))
+)]
 pub(super) async fn upload(
     State(state): State<AppState>,
     key: ActorKey,
@@ -63,6 +77,15 @@ pub(super) async fn upload(
 }
 
 /// Reads a record (access transaction, shares, decryption) and returns its content.
+#[utoipa::path(
+    get,
+    path = "/records/{id}",
+    tag = "records",
+    summary = "Read a record: access transaction, share gathering, decryption, digest check",
+    params(("id" = String, Path, description = "record id (0x + 64 hex digits)")),
+    security(("bearer" = [])),
+    responses((status = 200, description = "the content, with its media type"), (status = 400, description = "bad input", body = ErrorBody), (status = 401, description = "no or unknown API token", body = ErrorBody), (status = 403, description = "not allowed (the denial is on the audit trail)", body = ErrorBody), (status = 404, description = "not found", body = ErrorBody), (status = 503, description = "a backing service is unavailable", body = ErrorBody))
+)]
 pub(super) async fn download(
     State(state): State<AppState>,
     key: ActorKey,

@@ -192,8 +192,7 @@ pub(super) fn form_token(headers: &HeaderMap, secure: bool) -> (String, Option<S
     let mut b = [0u8; 32];
     rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut b);
     let t = hex::encode(b);
-    let secure = if secure { "; Secure" } else { "" };
-    let set = format!("{FORM_COOKIE}={t}; HttpOnly; SameSite=Strict; Path=/{secure}");
+    let set = super::session::strict_cookie(FORM_COOKIE, t.clone(), None, secure);
     (t, Some(set))
 }
 

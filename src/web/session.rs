@@ -154,18 +154,38 @@ impl Sessions {
     }
 }
 
+/// A cookie only this site's requests carry, never scripts: `HttpOnly`, `SameSite=Strict`,
+/// path `/`, `Secure` when asked (built by the `cookie` crate, which also encodes it).
+pub(super) fn strict_cookie(
+    name: &'static str,
+    value: String,
+    max_age: Option<u64>,
+    secure: bool,
+) -> String {
+    use cookie::{Cookie, SameSite};
+    let mut c = Cookie::build((name, value))
+        .http_only(true)
+        .same_site(SameSite::Strict)
+        .path("/")
+        .secure(secure);
+    if let Some(secs) = max_age {
+        c = c.max_age(cookie_duration(secs));
+    }
+    c.build().to_string()
+}
+
+fn cookie_duration(secs: u64) -> cookie::time::Duration {
+    cookie::time::Duration::seconds(i64::try_from(secs).unwrap_or(i64::MAX))
+}
+
 /// The `Set-Cookie` value for a new session.
 pub(super) fn set_cookie(token: &str, secure: bool) -> String {
-    let secure = if secure { "; Secure" } else { "" };
-    format!(
-        "{COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}{secure}",
-        IDLE.as_secs()
-    )
+    strict_cookie(COOKIE, token.to_owned(), Some(IDLE.as_secs()), secure)
 }
 
 /// The `Set-Cookie` value that clears the session cookie.
 pub(super) fn clear_cookie() -> String {
-    format!("{COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0")
+    strict_cookie(COOKIE, String::new(), Some(0), false)
 }
 
 #[cfg(test)]
