@@ -18,6 +18,9 @@ pub mod config;
 pub mod crypto;
 pub mod db;
 pub mod fsutil;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod gateway;
 pub mod ipfs;
 pub mod kind;

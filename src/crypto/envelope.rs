@@ -366,6 +366,27 @@ mod tests {
     }
 
     #[test]
+    fn reordered_or_dropped_segments_fail() {
+        let k = AeadKey::random();
+        let payload: Vec<u8> = (0..3 * SEGMENT).map(|i| (i % 251) as u8).collect();
+        let s = seal(&k, &payload);
+        let seg = SEGMENT + TAG;
+        assert!(s.len() >= 4 * seg, "four sealed segments at least");
+        // Segments 0 and 1 swapped: each fails under the other's counter.
+        let mut swapped = s.clone();
+        swapped[..seg].copy_from_slice(&s[seg..2 * seg]);
+        swapped[seg..2 * seg].copy_from_slice(&s[..seg]);
+        assert_eq!(
+            open(&k, &swapped),
+            Err(CryptoError::Tampered { segment: 0 })
+        );
+        // Segment 1 dropped (the length still a whole number of segments).
+        let mut dropped = s[..seg].to_vec();
+        dropped.extend_from_slice(&s[2 * seg..]);
+        assert!(open(&k, &dropped).is_err());
+    }
+
+    #[test]
     fn debug_hides_the_key() {
         assert_eq!(format!("{:?}", AeadKey::random()), "AeadKey(..)");
     }

@@ -129,15 +129,19 @@ pub(super) fn keystore_log_n(json: &str) -> Option<u8> {
         .then(|| u8::try_from(n.trailing_zeros()).ok())?
 }
 
-/// Opens a v3 scrypt / aes-128-ctr keystore with `password`.
+/// A keystore whose format and parameters passed every check, before any KDF work.
+pub(super) struct Checked {
+    crypto: Crypto,
+    params: scrypt::Params,
+}
+
+/// Checks a v3 scrypt / aes-128-ctr keystore's format and parameters (cheap; no KDF run), so
+/// that a stored keystore asking for another cipher, r, p or an N above 2^20 is refused before
+/// it costs anything.
 ///
 /// # Errors
-/// [`KeystoreError::WrongPassword`] when the MAC does not match, [`KeystoreError::Format`]
-/// for anything else than such a keystore (or a cost above 2^20).
-pub(super) fn decrypt_keystore(
-    json: &str,
-    password: &str,
-) -> Result<Zeroizing<[u8; 32]>, KeystoreError> {
+/// [`KeystoreError::Format`] for anything else than such a keystore.
+pub(super) fn check_keystore(json: &str) -> Result<Checked, KeystoreError> {
     let c = serde_json::from_str::<Doc>(json).map_err(format)?.crypto;
     if c.kdf != "scrypt" || c.cipher != "aes-128-ctr" || c.kdfparams.dklen != 32 {
         return Err(format(format!(
@@ -154,8 +158,27 @@ pub(super) fn decrypt_keystore(
         return Err(format("scrypt parameters or sizes out of range"));
     };
     let params = scrypt::Params::new(log_n, k.r, k.p).map_err(format)?;
+    Ok(Checked { crypto: c, params })
+}
+
+/// Opens a v3 scrypt / aes-128-ctr keystore with `password`.
+///
+/// # Errors
+/// [`KeystoreError::WrongPassword`] when the MAC does not match, [`KeystoreError::Format`]
+/// for anything else than such a keystore (or a cost above 2^20).
+pub(super) fn decrypt_keystore(
+    json: &str,
+    password: &str,
+) -> Result<Zeroizing<[u8; 32]>, KeystoreError> {
+    let Checked { crypto: c, params } = check_keystore(json)?;
     let mut derived = Zeroizing::new([0u8; 32]);
-    scrypt::scrypt(password.as_bytes(), &k.salt, &params, derived.as_mut()).map_err(format)?;
+    scrypt::scrypt(
+        password.as_bytes(),
+        &c.kdfparams.salt,
+        &params,
+        derived.as_mut(),
+    )
+    .map_err(format)?;
     let want = mac(&derived, &c.ciphertext);
     let same = want.len() == c.mac.len()
         && want

@@ -49,6 +49,32 @@ use crate::records::{Directory, RecordsClient};
 use error::WebError;
 use session::Session;
 
+/// Fuzzing: the keystore checks that run before the KDF.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub fn fuzz_keystore(json: &str) -> bool {
+    keystore::check_keystore(json).is_ok()
+}
+
+/// Fuzzing: the upload form's parsing, as a fixed patient's session.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub async fn fuzz_upload(mp: axum::extract::Multipart) -> bool {
+    let signer = PrivateKeySigner::from_bytes(&[7u8; 32].into()).expect("a fixed valid key");
+    let s = Session {
+        account: Account {
+            username: "fuzz".into(),
+            role: Role::Patient,
+            address: signer.address(),
+            patient: None,
+            profile: None,
+        },
+        signer,
+        csrf: "0".repeat(64),
+    };
+    upload::read(&s, mp).await.is_ok()
+}
+
 /// Unix seconds now (the clock of sessions, tokens and accounts).
 fn now() -> u64 {
     std::time::SystemTime::now()
