@@ -144,9 +144,15 @@ fn rpc_client(url: reqwest::Url) -> alloy::rpc::client::RpcClient {
 }
 
 fn connect(rpc_url: &str, signer: Option<PrivateKeySigner>) -> Result<DynProvider, ChainError> {
-    let url: reqwest::Url = rpc_url
-        .parse()
-        .map_err(|e| ChainError::Rpc(format!("bad RPC URL {rpc_url}: {e}")))?;
+    let url: reqwest::Url =
+        rpc_url
+            .parse()
+            .map_err(
+                |e: <reqwest::Url as std::str::FromStr>::Err| ChainError::BadUrl {
+                    url: rpc_url.to_owned(),
+                    problem: e.to_string(),
+                },
+            )?;
     let client = rpc_client(url);
     Ok(match signer {
         // Simple nonce management asks the node for the pending nonce on every transaction:

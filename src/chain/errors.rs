@@ -10,7 +10,18 @@ use super::types::PatientAddr;
 pub enum ChainError {
     /// The node could not be reached or answered with a transport error.
     #[error("chain RPC failed: {0}")]
-    Rpc(String),
+    Rpc(#[source] alloy::transports::TransportError),
+    /// Waiting for a transaction's receipt failed (transport, or the wait timed out).
+    #[error("waiting for the transaction failed: {0}")]
+    Pending(#[source] alloy::providers::PendingTransactionError),
+    /// The RPC URL does not parse.
+    #[error("bad RPC URL {url}: {problem}")]
+    BadUrl {
+        /// The URL as given.
+        url: String,
+        /// What is wrong with it.
+        problem: String,
+    },
     /// The contract rejected the call with one of its custom errors.
     #[error("{0}")]
     Rejected(String),
@@ -50,7 +61,7 @@ impl ChainError {
         }
         match err {
             alloy::contract::Error::TransportError(e) if e.as_error_resp().is_none() => {
-                Self::Rpc(e.to_string())
+                Self::Rpc(e)
             }
             other => Self::Reverted(other.to_string()),
         }
@@ -64,13 +75,13 @@ impl ChainError {
 
 impl From<alloy::transports::TransportError> for ChainError {
     fn from(e: alloy::transports::TransportError) -> Self {
-        Self::Rpc(e.to_string())
+        Self::Rpc(e)
     }
 }
 
 impl From<alloy::providers::PendingTransactionError> for ChainError {
     fn from(e: alloy::providers::PendingTransactionError) -> Self {
-        Self::Rpc(e.to_string())
+        Self::Pending(e)
     }
 }
 
@@ -144,7 +155,10 @@ impl crate::kind::Classify for ChainError {
     fn kind(&self) -> crate::kind::ErrorKind {
         use crate::kind::ErrorKind as K;
         match self {
-            Self::Rpc(_) | Self::NoContract(_) | Self::WrongDeployment(_) => K::Unavailable,
+            Self::Rpc(_) | Self::Pending(_) | Self::NoContract(_) | Self::WrongDeployment(_) => {
+                K::Unavailable
+            }
+            Self::BadUrl { .. } => K::BadInput,
             Self::Rejected(_) => K::Conflict,
             Self::NotPermitted(_) => K::Denied,
             // A revert we cannot name, or data we cannot read: ours to look into.
@@ -155,7 +169,9 @@ impl crate::kind::Classify for ChainError {
     /// Transport errors name the node's URL (which may hold an API key): never shown.
     fn public_message(&self) -> String {
         match self {
-            Self::Rpc(_) => "the chain node is not available; try again shortly".to_owned(),
+            Self::Rpc(_) | Self::Pending(_) => {
+                "the chain node is not available; try again shortly".to_owned()
+            }
             Self::Reverted(_) | Self::Decode(_) => {
                 "the chain answered in a way this server does not understand; it is logged for the operators".to_owned()
             }
