@@ -114,9 +114,6 @@ pub enum RecordError {
     /// The payload is not what its media type claims.
     #[error("invalid FHIR resource: {0}")]
     InvalidFhir(String),
-    /// A share node could not be reached.
-    #[error("share node {0} unreachable: {1}")]
-    NodeUnreachable(String, String),
     /// Anchoring the record's root failed (in a batch: for every record in it).
     #[error("anchoring failed: {0}")]
     Anchoring(String),
@@ -144,7 +141,6 @@ impl crate::kind::Classify for RecordError {
             Self::NotEnoughShares { .. }
             | Self::NotEnoughAcks { .. }
             | Self::NotEnoughProofs { .. }
-            | Self::NodeUnreachable(..)
             | Self::CiphertextMissing { .. }
             | Self::Anchoring(_)
             | Self::Config(_) => K::Unavailable,
@@ -177,7 +173,6 @@ impl crate::kind::Classify for RecordError {
             } => format!(
                 "record {record} was anchored, but only {accepted} share nodes accepted it, {needed} needed; it cannot be read"
             ),
-            Self::NodeUnreachable(..) => "a share node is unreachable; try again shortly".to_owned(),
             Self::Anchoring(_) => "anchoring on the chain failed; nothing was stored".to_owned(),
             Self::Config(_) => "the records service is not configured right; it is logged for the operators".to_owned(),
             Self::DigestMismatch(_) | Self::Decrypt(..) => {
