@@ -79,6 +79,19 @@ pub trait Classify: std::error::Error {
     }
 }
 
+/// An error and its sources, `: `-joined, for the log (errors that keep their source print
+/// only their own line).
+pub fn with_sources(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cause = c.source();
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,10 +9,10 @@ use super::types::PatientAddr;
 #[derive(Debug, thiserror::Error)]
 pub enum ChainError {
     /// The node could not be reached or answered with a transport error.
-    #[error("chain RPC failed: {0}")]
+    #[error("chain RPC failed")]
     Rpc(#[source] alloy::transports::TransportError),
     /// Waiting for a transaction's receipt failed (transport, or the wait timed out).
-    #[error("waiting for the transaction failed: {0}")]
+    #[error("waiting for the transaction failed")]
     Pending(#[source] alloy::providers::PendingTransactionError),
     /// The RPC URL does not parse.
     #[error("bad RPC URL {url}: {problem}")]
@@ -172,6 +172,8 @@ impl crate::kind::Classify for ChainError {
             Self::Rpc(_) | Self::Pending(_) => {
                 "the chain node is not available; try again shortly".to_owned()
             }
+            // The URL may hold an API key.
+            Self::BadUrl { .. } => "the chain node's URL is not valid; see the log".to_owned(),
             Self::Reverted(_) | Self::Decode(_) => {
                 "the chain answered in a way this server does not understand; it is logged for the operators".to_owned()
             }

@@ -210,7 +210,7 @@ async fn client(t: &RecordTargets) -> anyhow::Result<RecordsClient> {
             Ok(n) => nodes.push(n),
             // An unreachable node still counts as one of n: its share is simply missing.
             Err(e) => {
-                tracing::warn!("{e}");
+                tracing::warn!("share node {url}: {e}");
                 nodes.push(ShareNodeRef {
                     url: url.clone(),
                     address: alloy::primitives::Address::ZERO,

@@ -44,11 +44,11 @@ impl ApiError {
     }
 }
 
-impl<E: Classify> From<E> for ApiError {
+impl<E: Classify + 'static> From<E> for ApiError {
     fn from(e: E) -> Self {
         let kind = e.kind();
         if kind.status().is_server_error() {
-            tracing::error!(?kind, "api: {e}");
+            tracing::error!(?kind, "api: {}", crate::kind::with_sources(&e));
         }
         Self {
             kind,

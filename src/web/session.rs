@@ -155,7 +155,8 @@ impl Sessions {
 }
 
 /// A cookie only this site's requests carry, never scripts: `HttpOnly`, `SameSite=Strict`,
-/// path `/`, `Secure` when asked (built by the `cookie` crate, which also encodes it).
+/// path `/`, `Secure` when asked (built by the `cookie` crate; values are hex, nothing to
+/// encode).
 pub(super) fn strict_cookie(
     name: &'static str,
     value: String,

@@ -121,9 +121,9 @@ pub(super) fn back(to: &str, ok: bool, text: &str) -> Redirect {
 
 /// What to tell the user about a failed action: the error's public message (our faults and
 /// unavailable services are logged with their detail).
-pub(super) fn words(e: &(impl Classify + std::fmt::Display)) -> String {
+pub(super) fn words(e: &(impl Classify + 'static)) -> String {
     if e.kind().status().is_server_error() {
-        tracing::warn!("web: {e}");
+        tracing::warn!("web: {}", crate::kind::with_sources(e));
     }
     e.public_message()
 }

@@ -24,11 +24,11 @@ impl Refusal {
 
 /// A chain error while checking a request: a node that cannot reach its chain is unavailable
 /// (503), a rejection is the caller's; the detail stays in the log.
-impl<E: Classify> From<E> for Refusal {
+impl<E: Classify + 'static> From<E> for Refusal {
     fn from(e: E) -> Self {
         let kind = e.kind();
         if kind.status().is_server_error() {
-            tracing::error!(?kind, "share node: {e}");
+            tracing::error!(?kind, "share node: {}", crate::kind::with_sources(&e));
         }
         Self::new(kind, e.public_message())
     }
