@@ -93,7 +93,11 @@ async fn reach(c: &ServeConfig) -> anyhow::Result<Reach> {
             chain.address(),
             chain.deployment_id()
         ),
-        Err(e) => println!("chain   FAILED  {}: {e}", c.chain.rpc_url),
+        Err(e) => println!(
+            "chain   FAILED  {}: {}",
+            c.chain.rpc_url,
+            crate::kind::with_sources(e)
+        ),
     }
     let ipfs_ok = match KuboClient::new(&c.ipfs.api_url).version().await {
         Ok(v) => {
@@ -225,7 +229,10 @@ pub async fn run(a: ServeArgs) -> anyhow::Result<()> {
     let chain = match r.chain {
         Ok(chain) => Some(chain),
         Err(e @ crate::chain::ChainError::Rpc(_)) => {
-            tracing::warn!("{e}; serving /health and retrying the chain every 5 s");
+            tracing::warn!(
+                "{}; serving /health and retrying the chain every 5 s",
+                crate::kind::with_sources(&e)
+            );
             None
         }
         Err(e) => return Err(e).context("`chain` (see above); not serving"),
@@ -388,7 +395,7 @@ async fn connect_later(
                 state.set_chain(chain.with_index_store(events));
                 return;
             }
-            Err(e) => tracing::warn!("chain still unreachable: {e}"),
+            Err(e) => tracing::warn!("chain still unreachable: {}", crate::kind::with_sources(&e)),
         }
     }
 }
