@@ -72,7 +72,7 @@ pub enum ServeConfigError {
 /// Every key and the environment variable that overrides it (a container sets them instead of
 /// writing a file). `records.share_nodes` takes `URL=ADDRESS` pairs separated by commas,
 /// `proxy.trusted` addresses or CIDR ranges separated by commas.
-pub const ENV: [(&str, &str, Kind); 14] = [
+pub const ENV: [(&str, &str, Kind); 15] = [
     ("listen", "EHR_LISTEN", Kind::Str),
     ("chain.rpc_url", "EHR_CHAIN_RPC_URL", Kind::Str),
     ("chain.deployment", "EHR_CHAIN_DEPLOYMENT", Kind::Str),
@@ -92,6 +92,11 @@ pub const ENV: [(&str, &str, Kind); 14] = [
     (
         "records.batch_window_ms",
         "EHR_RECORDS_BATCH_WINDOW_MS",
+        Kind::Int,
+    ),
+    (
+        "records.orphan_ttl_secs",
+        "EHR_RECORDS_ORPHAN_TTL_SECS",
         Kind::Int,
     ),
     ("database.url", "EHR_DATABASE_URL", Kind::Str),
@@ -207,10 +212,19 @@ pub struct RecordsSection {
     /// waits this long); default 50.
     #[serde(default = "default_batch_window_ms")]
     pub batch_window_ms: u64,
+    /// Seconds before the ciphertext of an upload that was never anchored (the gateway or
+    /// the chain failed in the middle) is unpinned; default 3600, the share nodes' own TTL
+    /// for such deposits.
+    #[serde(default = "default_orphan_ttl_secs")]
+    pub orphan_ttl_secs: u64,
 }
 
 fn default_batch_window_ms() -> u64 {
     50
+}
+
+fn default_orphan_ttl_secs() -> u64 {
+    3600
 }
 
 /// One `[[records.share_nodes]]`.

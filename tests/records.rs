@@ -694,3 +694,145 @@ async fn one_lying_node_cannot_add_or_hide_a_record() {
     assert_eq!(found.proof.digest, real_proof.digest, "the liar's copy won");
     assert_eq!(c.get(real).await.unwrap().data, b"the real one");
 }
+
+/// A proxy in front of a share node that passes everything on but drops the proof of an
+/// anchored record (as when the gateway dies, or the node is down, while the proof goes round).
+async fn drops_proofs(target: String) -> String {
+    use axum::extract::{Path as UrlPath, State};
+    use axum::http::{Method, StatusCode};
+    async fn forward(
+        State((target, http)): State<(String, reqwest::Client)>,
+        method: Method,
+        UrlPath(path): UrlPath<String>,
+        body: axum::body::Bytes,
+    ) -> (StatusCode, String) {
+        if path.ends_with("/anchor") {
+            return (StatusCode::BAD_GATEWAY, String::new());
+        }
+        let r = http
+            .request(method, format!("{target}/{path}"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await;
+        match r {
+            Ok(r) => (
+                StatusCode::from_u16(r.status().as_u16()).unwrap(),
+                r.text().await.unwrap_or_default(),
+            ),
+            Err(_) => (StatusCode::BAD_GATEWAY, String::new()),
+        }
+    }
+    let l = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+        .await
+        .unwrap();
+    let url = format!("http://{}", l.local_addr().unwrap());
+    let app = axum::Router::new()
+        .route("/{*path}", axum::routing::any(forward))
+        .with_state((target, reqwest::Client::new()));
+    tokio::spawn(async move { axum::serve(l, app).await });
+    url
+}
+
+/// Performance and reliability issue, crash consistency: an upload anchored on chain whose
+/// proof reached fewer than k share nodes keeps its ciphertext (it used to be unpinned,
+/// leaving a record two nodes list and nobody can read), and the sweeper gives the proof to
+/// every node, after which it reads back; the pinned ciphertext of an upload cut off before
+/// its anchor is unpinned once older than the TTL, and a recent one is left alone.
+#[tokio::test]
+async fn uploads_cut_off_by_a_crash_are_finished_or_collected() {
+    use ehr_share::records::{RecordsConfig, SweepSettings};
+    let office = common::office().await;
+    let procs = common::nodes::start_many(office.address(), 5, &[]).await;
+    let real = common::nodes::refs(&procs).await;
+    let (patient, addr) = common::new_patient(&office).await;
+    let ipfs = KuboClient::new(&common::stack().kubo.api_url);
+
+    // Three of five nodes take the deposit but never see the proof: k = 3 is not reached.
+    let mut cut = real.clone();
+    for r in cut.iter_mut().take(3) {
+        r.url = drops_proofs(r.url.clone()).await;
+    }
+    let data = Bytes::from(format!("cut off after the anchor {MARKER}"));
+    let err = common::nodes::client(&office, &patient, &cut)
+        .put(addr, data.clone(), "text/plain", None)
+        .await
+        .unwrap_err();
+    let RecordError::NotEnoughProofs {
+        record, accepted, ..
+    } = err
+    else {
+        panic!("expected NotEnoughProofs, got {err}");
+    };
+    assert_eq!(accepted, 2);
+    let pending: Vec<String> = ipfs
+        .pins_named(&format!("ehr-pending:{record}"))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(cid, _)| cid)
+        .collect();
+    assert_eq!(
+        pending.len(),
+        1,
+        "the anchored record's ciphertext stays pinned"
+    );
+
+    // Two orphans: ciphertext pinned by uploads that died before their anchor, one two hours
+    // ago and one just now.
+    let now = common::nodes::now();
+    let mut orphans = Vec::new();
+    for created in [now - 7200, now] {
+        let id = RecordId(ehr_share::chain::random_b256());
+        let body = format!("orphan {id}");
+        let cid = ipfs
+            .add_stream_named(
+                futures::stream::once(async move { Ok(Bytes::from(body)) }),
+                &format!("ehr-pending:{id}:{created}"),
+            )
+            .await
+            .unwrap();
+        orphans.push(cid);
+    }
+
+    // The TTL is an hour: no pending pin of another test in this binary is that old.
+    let sweeper = RecordsConfig::new(real.clone(), 3).sweeper(
+        ipfs.clone(),
+        reqwest::Client::new(),
+        SweepSettings::for_ttl(Duration::from_secs(3600)),
+    );
+    let report = sweeper.sweep().await.unwrap();
+    assert!(report.finished >= 1 && report.collected >= 1, "{report:?}");
+    let stored = ipfs
+        .pins_named(&format!("ehr-record:{record}"))
+        .await
+        .unwrap();
+    assert_eq!(stored.len(), 1, "the finished record's pin is renamed");
+    assert_eq!(stored[0].0, pending[0]);
+    let left = ipfs.pins_named("ehr-pending:").await.unwrap();
+    assert!(
+        !left.iter().any(|(cid, _)| *cid == orphans[0]),
+        "the two-hour-old orphan is unpinned"
+    );
+    assert!(
+        left.iter().any(|(cid, _)| *cid == orphans[1]),
+        "the recent one is left: its upload may still be running"
+    );
+
+    // Every node now holds the proof, and the record reads back.
+    let http = reqwest::Client::new();
+    for n in &real {
+        let r = http
+            .get(format!("{}/records/{record}", n.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "node {} holds the proof", n.url);
+    }
+    let got = common::nodes::client(&office, &patient, &real)
+        .get(record)
+        .await
+        .unwrap();
+    assert_eq!(got.data, data);
+    assert!(got.failures.is_empty(), "{:?}", got.failures);
+}

@@ -63,6 +63,10 @@ pub struct DevArgs {
     /// transaction (a lone upload waits this long), in milliseconds.
     #[arg(long, env = "EHR_DEV_BATCH_WINDOW_MS", default_value_t = 50)]
     batch_window_ms: u64,
+    /// Seconds before the ciphertext of an upload that was never anchored (cut off by a
+    /// crash) is unpinned. Default: 3600.
+    #[arg(long, env = "EHR_DEV_ORPHAN_TTL_SECS", default_value_t = 3600)]
+    orphan_ttl_secs: u64,
 }
 
 /// The demo cast, as indices into anvil's mnemonic accounts.
@@ -161,19 +165,33 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
     let node_refs = start_share_nodes(&a, &settings, &chain, &mut supervisor).await?;
     // The gateway anchors web and REST uploads in batches with an account of its own.
     let anchorer = chain.with_signer(&settings.rpc_url(), demo_signer(&settings, ANCHORER)?)?;
-    let batcher: std::sync::Arc<dyn crate::records::Anchoring> = crate::records::Batcher::spawn(
-        anchorer,
-        crate::records::BatchSettings {
-            window: std::time::Duration::from_millis(a.batch_window_ms),
-            ..Default::default()
-        },
-    );
+    // anvil keeps blocks in memory: an upload is acknowledged only once its anchor is on disk.
+    let durable = std::sync::Arc::new(crate::stack::AnvilState::new(
+        settings.rpc_url(),
+        &settings.state_file,
+    ));
+    let batcher: std::sync::Arc<dyn crate::records::Anchoring> =
+        crate::records::Batcher::spawn_durable(
+            anchorer,
+            crate::records::BatchSettings {
+                window: std::time::Duration::from_millis(a.batch_window_ms),
+                ..Default::default()
+            },
+            durable,
+        );
     let records = RecordsConfig {
         nodes: node_refs.clone(),
         threshold: a.threshold,
         anchoring: Some(batcher),
     };
     seed_demo_record(&settings, &chain, &ipfs, &records).await?;
+    records
+        .sweeper(
+            ipfs.clone(),
+            reqwest::Client::new(),
+            crate::records::SweepSettings::for_ttl(Duration::from_secs(a.orphan_ttl_secs)),
+        )
+        .spawn();
     let db_url = a
         .database_url
         .clone()

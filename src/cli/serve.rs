@@ -312,6 +312,15 @@ pub async fn run(a: ServeArgs) -> anyhow::Result<()> {
             None => None,
         },
     };
+    records
+        .sweeper(
+            KuboClient::new(&c.ipfs.api_url),
+            reqwest::Client::new(),
+            crate::records::SweepSettings::for_ttl(std::time::Duration::from_secs(
+                c.records.orphan_ttl_secs,
+            )),
+        )
+        .spawn();
     let events = std::sync::Arc::new(EventStore::new(db.clone()));
     let accounts = AccountStore::new(db.clone()).await?;
     let tokens = TokenStore::new(accounts.clone());

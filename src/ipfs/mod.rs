@@ -1,4 +1,5 @@
-//! Kubo HTTP RPC client: version, add (streamed, pinned), cat (streamed), unpin.
+//! Kubo HTTP RPC client: version, add (streamed, pinned under a name), cat (streamed), named
+//! pins (list, rename) and unpin.
 //!
 //! Only ciphertext ever goes through here: IPFS content is public to anyone who knows the CID.
 
@@ -115,6 +116,19 @@ impl KuboClient {
     where
         S: Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
     {
+        self.add_stream_named(body, "").await
+    }
+
+    /// Adds and pins content streamed from `body` under the pin name `pin_name` (empty: no
+    /// name); returns its CID (v1, raw leaves). The name is how a collector later finds pins
+    /// that were never finished (see [`KuboClient::pins_named`]).
+    ///
+    /// # Errors
+    /// When the node is unreachable, rejects the upload, or the body stream fails.
+    pub async fn add_stream_named<S>(&self, body: S, pin_name: &str) -> Result<String, IpfsError>
+    where
+        S: Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
+    {
         let part = reqwest::multipart::Part::stream(reqwest::Body::wrap_stream(body))
             .file_name("record.bin")
             .mime_str("application/octet-stream")
@@ -131,7 +145,8 @@ impl KuboClient {
                     ("cid-version", "1"),
                     ("quieter", "true"),
                     ("progress", "false"),
-                ],
+                    ("pin-name", pin_name),
+                ][..if pin_name.is_empty() { 4 } else { 5 }],
             )
             .multipart(form)
             .send()
@@ -214,6 +229,52 @@ impl KuboClient {
             Err(IpfsError::Api { message, .. }) if message.contains("not pinned") => Ok(()),
             Err(e) => Err(e),
         }
+    }
+
+    /// Gives the pin of `cid` the name `name` (pinning it again under the new name is how
+    /// Kubo renames a pin; the content is already here, so nothing is fetched).
+    ///
+    /// # Errors
+    /// When the node is unreachable or does not hold the content.
+    pub async fn rename_pin(&self, cid: &str, name: &str) -> Result<(), IpfsError> {
+        let resp = self
+            .post("pin/add", &[("arg", cid), ("name", name)])
+            .send()
+            .await;
+        self.check("pin/add", resp).await.map(|_| ())
+    }
+
+    /// The recursive pins whose name contains `part`, as (CID, name).
+    ///
+    /// # Errors
+    /// When the node is unreachable or its answer does not parse.
+    pub async fn pins_named(&self, part: &str) -> Result<Vec<(String, String)>, IpfsError> {
+        #[derive(Deserialize)]
+        struct Pin {
+            #[serde(rename = "Name", default)]
+            name: String,
+        }
+        #[derive(Deserialize)]
+        struct Pins {
+            #[serde(rename = "Keys", default)]
+            keys: Option<std::collections::BTreeMap<String, Pin>>,
+        }
+        let resp = self
+            .post("pin/ls", &[("type", "recursive"), ("name", part)])
+            .send()
+            .await;
+        let resp = self.check("pin/ls", resp).await?;
+        let pins: Pins = resp.json().await.map_err(|e| IpfsError::Protocol {
+            call: "pin/ls",
+            detail: e.to_string(),
+        })?;
+        Ok(pins
+            .keys
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(cid, p)| (cid, p.name))
+            .filter(|(_, n)| n.contains(part))
+            .collect())
     }
 
     fn post(&self, call: &str, query: &[(&str, &str)]) -> reqwest::RequestBuilder {

@@ -17,6 +17,14 @@ use crate::chain::merkle::Tree;
 
 type Reply = oneshot::Sender<Result<(B256, Vec<B256>), String>>;
 
+/// What makes an anchored batch durable before its uploads are acknowledged, beyond the
+/// transaction's receipt: on a development chain that keeps its blocks in memory, writing the
+/// chain to disk (`stack::AnvilState`).
+pub trait Durability: Send + Sync + std::fmt::Debug {
+    /// Returns once everything the chain held at `since` is durable.
+    fn settle(&self, since: std::time::Instant) -> BoxFuture<'_, Result<(), String>>;
+}
+
 /// Anchors leaves in batches; see the module documentation.
 #[derive(Debug)]
 pub struct Batcher {
@@ -53,8 +61,30 @@ impl Batcher {
 
     /// Starts the batching task, asking `source` for the signing client at each batch.
     pub fn spawn_with(source: ChainSource, settings: BatchSettings) -> Arc<Self> {
+        Self::start(source, settings, None)
+    }
+
+    /// Starts the batching task, anchoring with `chain`'s signer, and acknowledging a batch
+    /// only once `durable` says its anchor is safe.
+    pub fn spawn_durable(
+        chain: EhrChain,
+        settings: BatchSettings,
+        durable: Arc<dyn Durability>,
+    ) -> Arc<Self> {
+        Self::start(
+            Arc::new(move || Some(chain.clone())),
+            settings,
+            Some(durable),
+        )
+    }
+
+    fn start(
+        source: ChainSource,
+        settings: BatchSettings,
+        durable: Option<Arc<dyn Durability>>,
+    ) -> Arc<Self> {
         let (tx, rx) = mpsc::channel(settings.max.max(1) * 4);
-        tokio::spawn(run(source, settings, rx));
+        tokio::spawn(run(source, settings, durable, rx));
         Arc::new(Self { tx })
     }
 }
@@ -75,7 +105,12 @@ impl Anchoring for Batcher {
     }
 }
 
-async fn run(source: ChainSource, settings: BatchSettings, mut rx: mpsc::Receiver<(B256, Reply)>) {
+async fn run(
+    source: ChainSource,
+    settings: BatchSettings,
+    durable: Option<Arc<dyn Durability>>,
+    mut rx: mpsc::Receiver<(B256, Reply)>,
+) {
     let max = settings.max.max(1);
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
@@ -89,12 +124,21 @@ async fn run(source: ChainSource, settings: BatchSettings, mut rx: mpsc::Receive
         let leaves: Vec<B256> = batch.iter().map(|(l, _)| *l).collect();
         let tree = Tree::new(&leaves);
         let count = u32::try_from(leaves.len()).unwrap_or(u32::MAX);
-        let sent = match source() {
+        let mut sent = match source() {
             Some(chain) => anchor_root(&chain, tree.root, count).await,
             None => Err(RecordError::Anchoring(
                 "the chain is not reachable yet".into(),
             )),
         };
+        if let (Ok(()), Some(d)) = (&sent, &durable) {
+            // Not acknowledged before the chain keeps it: without the proofs (sent to nobody
+            // on failure) the root anchors nothing readable.
+            if let Err(e) = d.settle(std::time::Instant::now()).await {
+                sent = Err(RecordError::Anchoring(format!(
+                    "the chain did not make the anchor durable: {e}"
+                )));
+            }
+        }
         match &sent {
             Ok(()) => tracing::info!(records = count, root = %tree.root, "anchored a batch"),
             Err(e) => tracing::warn!(records = count, "anchoring a batch failed: {e}"),

@@ -6,6 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use super::block::{RecordBlock, keyed_digest};
 use super::directory::Directory;
 use super::fhir::{FHIR_JSON, validate_fhir};
+use super::sweeper;
 use crate::chain::merkle::{self, RecordProof};
 use crate::chain::{ChainError, DenyReason, EhrChain, PatientAddr, RecordId, random_b256};
 use crate::crypto::{AeadKey, Opener, seal_segments};
@@ -329,9 +330,14 @@ impl RecordsClient {
                 let _ = tx.blocking_send(Ok(Bytes::from(seg)));
             });
         });
+        // Pinned as pending: a crash from here on leaves a pin the sweeper finishes or
+        // collects (`sweeper.rs`).
         let cid = self
             .ipfs
-            .add_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .add_stream_named(
+                tokio_stream::wrappers::ReceiverStream::new(rx),
+                &sweeper::pending_name(id, now()),
+            )
             .await?;
         let _ = encrypt.await;
 
@@ -349,17 +355,36 @@ impl RecordsClient {
             author: self.signer.address(),
             created_at: now(),
         };
-        let result = self.share_and_anchor(&block, salt).await;
-        if result.is_err() {
+        match self.share_and_anchor(&block, salt).await {
+            // Every node holds the proof: the upload is finished.
+            Ok(true) => {
+                if let Err(e) = self.ipfs.rename_pin(&cid, &sweeper::stored_name(id)).await {
+                    tracing::warn!(
+                        "record {id} stored; renaming its pin {cid} failed ({e}): the sweeper will"
+                    );
+                }
+                Ok(id)
+            }
+            // Readable, but some node still waits for the proof: the sweeper gives it to it.
+            Ok(false) => Ok(id),
+            // Anchored, but fewer than k nodes took the proof: the record exists on chain and
+            // the sweeper finishes it when the nodes are back; its ciphertext must stay.
+            Err(e @ RecordError::NotEnoughProofs { .. }) => Err(e),
             // No half record: without the anchor nobody can read it; drop the ciphertext too.
-            if let Err(e) = self.ipfs.unpin(&cid).await {
-                tracing::warn!("could not unpin {cid} after a failed upload: {e}");
+            Err(e) => {
+                if let Err(u) = self.ipfs.unpin(&cid).await {
+                    tracing::warn!(
+                        "could not unpin {cid} after a failed upload ({u}): the sweeper will"
+                    );
+                }
+                Err(e)
             }
         }
-        result.map(|()| id)
     }
 
-    async fn share_and_anchor(&self, block: &RecordBlock, salt: B256) -> Result<(), RecordError> {
+    /// Deposits the shares, anchors the leaf and gives every node the proof; `Ok(true)` when
+    /// every node took it, `Ok(false)` when k did but not all.
+    async fn share_and_anchor(&self, block: &RecordBlock, salt: B256) -> Result<bool, RecordError> {
         let id = block.record_id;
         let patient = block.patient;
         let secret = Secret::random();
@@ -423,9 +448,10 @@ impl RecordsClient {
         self.present_proof(id, &AnchorBody { root, proof }).await
     }
 
-    /// Gives every share node the record's root and proof; k must accept them. A node whose
-    /// chain view lags a block answers 409 (root not anchored yet) and is asked again.
-    async fn present_proof(&self, id: RecordId, body: &AnchorBody) -> Result<(), RecordError> {
+    /// Gives every share node the record's root and proof; k must accept them (`Ok(true)`:
+    /// all did). A node whose chain view lags a block answers 409 (root not anchored yet) and
+    /// is asked again.
+    async fn present_proof(&self, id: RecordId, body: &AnchorBody) -> Result<bool, RecordError> {
         let mut pending = FuturesUnordered::new();
         for node in &self.nodes {
             let node = NodeClient::new(self.http.clone(), node.clone());
@@ -459,7 +485,7 @@ impl RecordsClient {
                 failures,
             });
         }
-        Ok(())
+        Ok(failures.is_empty())
     }
 
     /// The read-only side: where records sit and which a patient has.

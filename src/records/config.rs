@@ -7,6 +7,7 @@ use alloy::signers::local::PrivateKeySigner;
 
 use super::client::{Anchoring, RecordError, RecordsClient, ShareNodeRef};
 use super::directory::Directory;
+use super::sweeper::{SweepSettings, UploadSweeper};
 use crate::chain::EhrChain;
 use crate::ipfs::KuboClient;
 
@@ -61,5 +62,15 @@ impl RecordsConfig {
             Some(a) => c.with_anchoring(a.clone()),
             None => c,
         })
+    }
+
+    /// The sweeper that finishes or collects uploads a crash interrupted, over these nodes.
+    pub fn sweeper(
+        &self,
+        ipfs: KuboClient,
+        http: reqwest::Client,
+        settings: SweepSettings,
+    ) -> UploadSweeper {
+        UploadSweeper::new(ipfs, self.nodes.clone(), http, settings)
     }
 }

@@ -5,9 +5,12 @@
 //!
 //! A failed upload leaves no visible half record: the record is anchored only after k share
 //! nodes acknowledged, it is readable (and listed) only once k nodes accepted its proof, and on
-//! any failure the ciphertext is unpinned. Shares deposited for a record whose proof never
-//! arrived can never be released (`canRead` needs the proof to an anchored root) and are
-//! collected by the nodes after an hour.
+//! a failure before the anchor the ciphertext is unpinned. Shares deposited for a record whose
+//! proof never arrived can never be released (`canRead` needs the proof to an anchored root)
+//! and are collected by the nodes after an hour. A crash in between (of the gateway, or of
+//! nodes while the proof goes round) is settled by the [`UploadSweeper`]: the ciphertext is
+//! pinned as pending until every node holds the proof, and the sweeper either spreads the
+//! proof or, when no node has one, unpins the ciphertext.
 
 mod batcher;
 mod block;
@@ -16,8 +19,9 @@ mod config;
 mod directory;
 mod fhir;
 mod gather;
+mod sweeper;
 
-pub use batcher::{BatchSettings, Batcher, ChainSource};
+pub use batcher::{BatchSettings, Batcher, ChainSource, Durability};
 pub use block::{RecordBlock, keyed_digest};
 pub use client::{
     Anchoring, NodeFailure, RecordError, RecordsClient, Retrieved, ShareNodeRef, anchor_root,
@@ -25,3 +29,4 @@ pub use client::{
 pub use config::RecordsConfig;
 pub use directory::Directory;
 pub use fhir::{FHIR_JSON, validate_fhir};
+pub use sweeper::{SweepReport, SweepSettings, UploadSweeper};

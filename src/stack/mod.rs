@@ -2,11 +2,13 @@
 //! log capture, crash reports and clean shutdown. Used by `ehr dev` and by the test fixtures.
 
 mod anvil;
+mod anvil_state;
 mod kubo;
 mod process;
 mod supervise;
 
 pub use anvil::{AnvilNode, back_up_state, start_anvil};
+pub use anvil_state::AnvilState;
 pub use kubo::{KuboNode, KuboOptions, start_kubo};
 pub use process::{ChildExit, ManagedChild};
 pub use supervise::Supervisor;

@@ -1,0 +1,236 @@
+//! Finishing or collecting the uploads a crash interrupted.
+//!
+//! An upload pins its ciphertext under the name `ehr-pending:<record>:<unix time>` before
+//! anything else, and renames the pin `ehr-record:<record>` only once every share node holds
+//! the record's proof. A gateway killed in between (or a share node down while the proof went
+//! round) leaves a pending pin, which this sweeper settles:
+//!
+//! - a node already holds the proof (the record was anchored): the proof is public, so it is
+//!   given to every node still waiting for it, and the pin is renamed once they all have it;
+//!   the record is then as readable, and as widely shared, as if nothing had happened;
+//! - every node answers that it holds no anchored record of that id, and the pin is older than
+//!   the orphan TTL: nobody can ever read it, so the ciphertext is unpinned (the nodes collect
+//!   the shares themselves after their own TTL);
+//! - otherwise (a node does not answer, or the upload may still be running) it waits.
+//!
+//! A minority of lying nodes cannot make it drop a record: unpinning needs all of them to say
+//! the record is not anchored, and a record acknowledged to its uploader is anchored at k.
+
+use std::time::Duration;
+
+use futures::future::join_all;
+
+use super::client::ShareNodeRef;
+use crate::chain::RecordId;
+use crate::ipfs::{IpfsError, KuboClient};
+use crate::share_node::{AnchorBody, NodeClient};
+
+/// Prefix of the pin of an upload not finished yet.
+pub(super) const PENDING: &str = "ehr-pending:";
+/// Prefix of the pin of a finished record.
+const STORED: &str = "ehr-record:";
+
+/// The pin name of an upload of `id` begun at `created` (unix seconds).
+pub(super) fn pending_name(id: RecordId, created: u64) -> String {
+    format!("{PENDING}{id}:{created}")
+}
+
+/// The pin name of a finished record.
+pub(super) fn stored_name(id: RecordId) -> String {
+    format!("{STORED}{id}")
+}
+
+/// The record and start time in a pending pin's name.
+fn parse_pending(name: &str) -> Option<(RecordId, u64)> {
+    let (id, created) = name.strip_prefix(PENDING)?.split_once(':')?;
+    Some((id.parse().ok()?, created.parse().ok()?))
+}
+
+/// How often the sweeper runs and when an unfinished upload counts as abandoned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SweepSettings {
+    /// How old a pending upload nobody anchored must be before its ciphertext is unpinned.
+    /// Longer than any upload takes; the share nodes' own TTL for deposits is the natural
+    /// value.
+    pub orphan_ttl: Duration,
+    /// Time between sweeps.
+    pub every: Duration,
+}
+
+impl Default for SweepSettings {
+    fn default() -> Self {
+        Self::for_ttl(Duration::from_secs(3600))
+    }
+}
+
+impl SweepSettings {
+    /// Sweeps often enough that an orphan lives at most about 1.3 times `orphan_ttl`.
+    pub fn for_ttl(orphan_ttl: Duration) -> Self {
+        Self {
+            orphan_ttl,
+            every: (orphan_ttl / 3).clamp(Duration::from_secs(2), Duration::from_secs(60)),
+        }
+    }
+}
+
+/// What one sweep did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SweepReport {
+    /// Uploads whose proof now sits at every node (pins renamed).
+    pub finished: usize,
+    /// Abandoned uploads whose ciphertext was unpinned.
+    pub collected: usize,
+    /// Uploads left for a later sweep.
+    pub waiting: usize,
+}
+
+/// Settles interrupted uploads; see the module documentation.
+#[derive(Debug, Clone)]
+pub struct UploadSweeper {
+    ipfs: KuboClient,
+    nodes: Vec<ShareNodeRef>,
+    http: reqwest::Client,
+    settings: SweepSettings,
+}
+
+enum Settled {
+    /// Every node holds the proof.
+    Finished,
+    /// Some node holds it; not every other one took it yet.
+    Spreading,
+    /// No node holds it; `all_answered`: every node said so.
+    NotAnchored { all_answered: bool },
+}
+
+impl UploadSweeper {
+    /// A sweeper of `ipfs`'s pending pins over `nodes`.
+    pub fn new(
+        ipfs: KuboClient,
+        nodes: Vec<ShareNodeRef>,
+        http: reqwest::Client,
+        settings: SweepSettings,
+    ) -> Self {
+        Self {
+            ipfs,
+            nodes,
+            http,
+            settings,
+        }
+    }
+
+    /// Runs a sweep every `settings.every` until the runtime stops.
+    pub fn spawn(self) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(self.settings.every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                match self.sweep().await {
+                    Ok(r) if r.finished + r.collected > 0 => tracing::info!(
+                        finished = r.finished,
+                        collected = r.collected,
+                        waiting = r.waiting,
+                        "interrupted uploads settled"
+                    ),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!("upload sweeper: {e}"),
+                }
+            }
+        })
+    }
+
+    /// One pass over the pending pins.
+    ///
+    /// # Errors
+    /// When Kubo cannot list, rename or unpin.
+    pub async fn sweep(&self) -> Result<SweepReport, IpfsError> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let mut report = SweepReport::default();
+        for (cid, name) in self.ipfs.pins_named(PENDING).await? {
+            let Some((id, created)) = parse_pending(&name) else {
+                continue;
+            };
+            match self.settle(id).await {
+                Settled::Finished => {
+                    self.ipfs.rename_pin(&cid, &stored_name(id)).await?;
+                    report.finished += 1;
+                }
+                Settled::NotAnchored { all_answered: true }
+                    if now.saturating_sub(created) >= self.settings.orphan_ttl.as_secs() =>
+                {
+                    self.ipfs.unpin(&cid).await?;
+                    report.collected += 1;
+                }
+                _ => report.waiting += 1,
+            }
+        }
+        Ok(report)
+    }
+
+    async fn settle(&self, id: RecordId) -> Settled {
+        let clients: Vec<NodeClient> = self
+            .nodes
+            .iter()
+            .map(|n| NodeClient::new(self.http.clone(), n.clone()))
+            .collect();
+        let located = join_all(clients.iter().map(|c| c.locate(id))).await;
+        let Some(found) = located.iter().find_map(|r| r.as_ref().ok()) else {
+            let all_answered = located
+                .iter()
+                .all(|r| r.as_ref().is_err_and(|e| e.status() == Some(404)));
+            return Settled::NotAnchored { all_answered };
+        };
+        // The proof is public and each node checks it against its own deposit and the chain,
+        // so a proof from a lying node is refused, never stored.
+        let body = AnchorBody {
+            root: found.proof.root,
+            proof: found.proof.proof.clone(),
+        };
+        let missing = clients
+            .iter()
+            .zip(&located)
+            .filter(|(_, r)| r.is_err())
+            .map(|(c, _)| c.present(id, &body));
+        let mut finished = true;
+        for r in join_all(missing).await {
+            // 404: that node never got a share (it was down during the upload).
+            if r.is_err_and(|e| e.status() != Some(404)) {
+                finished = false;
+            }
+        }
+        if finished {
+            Settled::Finished
+        } else {
+            Settled::Spreading
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pending_names_round_trip() {
+        let id = RecordId(alloy::primitives::B256::repeat_byte(7));
+        assert_eq!(parse_pending(&pending_name(id, 1234)), Some((id, 1234)));
+        assert_eq!(parse_pending(&stored_name(id)), None);
+        assert_eq!(parse_pending("ehr-pending:0x12:5"), None);
+        assert_eq!(parse_pending(&format!("{PENDING}{id}")), None);
+    }
+
+    #[test]
+    fn sweeps_often_enough_for_the_ttl() {
+        assert_eq!(
+            SweepSettings::for_ttl(Duration::from_secs(30)).every,
+            Duration::from_secs(10)
+        );
+        assert_eq!(SweepSettings::default().every, Duration::from_secs(60));
+        assert_eq!(
+            SweepSettings::for_ttl(Duration::from_secs(1)).every,
+            Duration::from_secs(2)
+        );
+    }
+}

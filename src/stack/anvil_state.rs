@@ -1,0 +1,107 @@
+//! Making the development chain durable before an upload is acknowledged.
+//!
+//! anvil keeps its chain in memory and writes it to its state file every second and on exit,
+//! so a SIGKILL loses up to a second of blocks, and with them the anchors of uploads the
+//! gateway had already acknowledged (the crash harness, `benches/crash.rs`, lost 56 of 352
+//! that way). `ehr dev` therefore has the batcher wait, after each anchor, until a state dump
+//! begun after the anchor's receipt is on disk: it asks anvil for its state
+//! (`anvil_dumpState`, gzip JSON), and writes it to the state file through a temporary file,
+//! `fsync` and a rename, so the file is always whole. Uploads waiting at the same time share
+//! one dump.
+//!
+//! A real chain needs none of this: there, durability is the confirmations the client waits
+//! for.
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::time::Instant;
+
+use futures::future::BoxFuture;
+
+use crate::records::Durability;
+
+/// Writes anvil's state to its state file on request; see the module documentation.
+#[derive(Debug)]
+pub struct AnvilState {
+    rpc_url: String,
+    file: PathBuf,
+    http: reqwest::Client,
+    /// When the last completed dump began.
+    last: tokio::sync::Mutex<Option<Instant>>,
+}
+
+impl AnvilState {
+    /// Dumps the chain at `rpc_url` into `file` (the file anvil loads at start).
+    pub fn new(rpc_url: impl Into<String>, file: impl Into<PathBuf>) -> Self {
+        Self {
+            rpc_url: rpc_url.into(),
+            file: file.into(),
+            http: reqwest::Client::new(),
+            last: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// Returns once a dump begun at or after `since` is on disk.
+    ///
+    /// # Errors
+    /// When anvil does not answer or the file cannot be written.
+    pub async fn saved_after(&self, since: Instant) -> Result<(), String> {
+        let mut last = self.last.lock().await;
+        if last.is_some_and(|t| t >= since) {
+            return Ok(());
+        }
+        let began = Instant::now();
+        self.dump().await?;
+        *last = Some(began);
+        Ok(())
+    }
+
+    async fn dump(&self) -> Result<(), String> {
+        let body = serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "anvil_dumpState", "params": []});
+        let v: serde_json::Value = self
+            .http
+            .post(&self.rpc_url)
+            .json(&body)
+            .timeout(std::time::Duration::from_secs(30))
+            .send()
+            .await
+            .map_err(|e| format!("anvil_dumpState: {e}"))?
+            .json()
+            .await
+            .map_err(|e| format!("anvil_dumpState: {e}"))?;
+        let hex = v["result"]
+            .as_str()
+            .ok_or_else(|| format!("anvil_dumpState answered {v}"))?
+            .trim_start_matches("0x")
+            .to_owned();
+        let file = self.file.clone();
+        tokio::task::spawn_blocking(move || write_state(&hex, &file))
+            .await
+            .map_err(|e| e.to_string())?
+    }
+}
+
+/// Decodes a dump (hex of gzip JSON) and replaces `file` with it, whole or not at all.
+fn write_state(hex: &str, file: &std::path::Path) -> Result<(), String> {
+    let gz = hex::decode(hex).map_err(|e| format!("anvil_dumpState: not hex: {e}"))?;
+    let mut json = Vec::new();
+    flate2::read::GzDecoder::new(&gz[..])
+        .read_to_end(&mut json)
+        .map_err(|e| format!("anvil_dumpState: not gzip: {e}"))?;
+    let tmp = file.with_extension("json.dump");
+    let io = |what: &str, e: std::io::Error| format!("{what} {}: {e}", tmp.display());
+    let mut f = std::fs::File::create(&tmp).map_err(|e| io("creating", e))?;
+    f.write_all(&json).map_err(|e| io("writing", e))?;
+    f.sync_all().map_err(|e| io("syncing", e))?;
+    std::fs::rename(&tmp, file).map_err(|e| format!("replacing {}: {e}", file.display()))?;
+    if let Some(dir) = file.parent().and_then(|d| std::fs::File::open(d).ok()) {
+        let _ = dir.sync_all();
+    }
+    Ok(())
+}
+
+impl Durability for AnvilState {
+    fn settle(&self, since: Instant) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(self.saved_after(since))
+    }
+}
