@@ -583,11 +583,14 @@ async fn sign_ups_and_forms_are_bounded() {
     assert_eq!(r.status(), 413);
 }
 
-/// #5: uploads in flight are capped; one more gets 503 with Retry-After instead of more memory.
+/// #5: uploads in flight are capped by a memory budget (of declared sizes; an upload that
+/// declares none is charged the full limit); one more gets 503 with Retry-After instead of more
+/// memory.
 #[tokio::test]
 async fn uploads_in_flight_are_capped() {
     let w = web(1).await;
-    // An upload that holds its slot: the body never finishes until we say so.
+    // An upload that holds the whole budget: it declares no size (chunked), and its body
+    // never finishes until we say so.
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(4);
     let stream = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
     tx.send(Ok(vec![b'x'; 1024])).await.unwrap();
@@ -596,7 +599,6 @@ async fn uploads_in_flight_are_capped() {
         reqwest::Client::new()
             .post(format!("{url}/records?patient=1-1"))
             .bearer_auth("tok-uploader")
-            .header("content-length", "2048")
             .body(reqwest::Body::wrap_stream(stream))
             .send()
             .await
@@ -636,6 +638,60 @@ async fn uploads_in_flight_are_capped() {
     // It went on to the handler (this gateway has no share nodes, so that is its answer).
     let text = first.text().await.unwrap();
     assert!(text.contains("no share nodes configured"), "{text}");
+
+    // Small uploads that declare their size are charged only that (at least 256 KiB): three
+    // held open at once all reach the handler, where one slot refused two of them.
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(4);
+        tx.send(Ok(vec![b'x'; 1024])).await.unwrap();
+        let stream = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
+        let url = w.url.clone();
+        let task = tokio::spawn(async move {
+            reqwest::Client::new()
+                .post(format!("{url}/records?patient=1-1"))
+                .bearer_auth("tok-uploader")
+                .header("content-length", "2048")
+                .body(reqwest::Body::wrap_stream(stream))
+                .send()
+                .await
+        });
+        held.push((tx, task));
+    }
+    // Once they hold their charge, an upload of undeclared size no longer fits; a small one
+    // still does.
+    let full_refused = nodes::wait_until(Duration::from_secs(10), || {
+        let http = http.clone();
+        let url = w.url.clone();
+        async move {
+            let chunked = futures::stream::once(async { Ok::<_, std::io::Error>(b"x".to_vec()) });
+            let r = http
+                .post(format!("{url}/records?patient=1-1"))
+                .body(reqwest::Body::wrap_stream(chunked))
+                .send()
+                .await
+                .unwrap();
+            r.status() == 503
+        }
+    })
+    .await;
+    assert!(full_refused, "the held uploads take part of the budget");
+    let r = http
+        .post(format!("{}/records?patient=1-1", w.url))
+        .bearer_auth("tok-uploader")
+        .body("tiny")
+        .send()
+        .await
+        .unwrap();
+    let text = r.text().await.unwrap();
+    assert!(text.contains("no share nodes configured"), "{text}");
+    for (tx, task) in held {
+        tx.send(Ok(vec![b'x'; 1024])).await.unwrap();
+        drop(tx);
+        let r = task.await.unwrap().unwrap();
+        let text = r.text().await.unwrap();
+        assert!(text.contains("no share nodes configured"), "{text}");
+    }
 }
 
 /// #9: personal API tokens: created in the web app (shown once), accepted by the REST API as

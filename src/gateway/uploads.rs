@@ -1,7 +1,11 @@
-//! A cap on uploads in flight: each holds its whole body (up to the upload limit) while it is
-//! encrypted and shared, so the gateway refuses more than `MAX_UPLOADS` at once with 503 and
-//! `Retry-After` instead of letting memory grow with the number of clients. The slot is taken
-//! before the body is read.
+//! A memory budget for uploads in flight: each holds its whole body while it is encrypted and
+//! shared, so the gateway admits uploads while their declared sizes fit in the budget of
+//! `MAX_UPLOADS` full-size uploads (4 x 32 MiB = 128 MiB of bodies) and refuses the rest with
+//! 503 and `Retry-After`, instead of letting memory grow with the number of clients. An upload
+//! that does not declare its size (chunked) is charged the full limit; a small one at least
+//! `MIN_CHARGE` (its buffers, shares and connection). Many small uploads thus run at once
+//! (512 of 10 KB) where a fixed count of slots would have held back all but four. The charge
+//! is taken before the body is read.
 
 use std::sync::Arc;
 
@@ -11,8 +15,14 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use tokio::sync::Semaphore;
 
-/// Uploads processed at once (x 32 MiB: at most 128 MiB of upload bodies in memory).
+/// Full-size uploads (32 MiB each) the budget holds at once.
 pub const MAX_UPLOADS: usize = 4;
+
+/// The largest upload body, in KiB (the upload limit of the API and the web form).
+const FULL_KIB: u32 = 32 * 1024;
+
+/// The least an upload is charged, in KiB.
+const MIN_CHARGE: u32 = 256;
 
 /// Longest an upload may take, body included: a client trickling its body cannot hold a slot
 /// for longer (408 after that).
@@ -26,7 +36,7 @@ pub fn timeout() -> tower_http::timeout::TimeoutLayer {
 /// Seconds a refused client is asked to wait.
 const RETRY_SECS: u64 = 5;
 
-/// The shared slots.
+/// The shared budget, in KiB.
 #[derive(Debug, Clone)]
 pub struct UploadSlots(Arc<Semaphore>);
 
@@ -37,10 +47,27 @@ impl Default for UploadSlots {
 }
 
 impl UploadSlots {
-    /// `n` slots.
+    /// A budget of `n` full-size uploads.
     pub fn new(n: usize) -> Self {
-        Self(Arc::new(Semaphore::new(n)))
+        let kib = u32::try_from(n)
+            .unwrap_or(u32::MAX)
+            .saturating_mul(FULL_KIB);
+        Self(Arc::new(Semaphore::new(kib as usize)))
     }
+}
+
+/// What an upload is charged, in KiB: its declared size, or the full limit when it declares
+/// none.
+fn charge(req: &Request) -> u32 {
+    req.headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .map_or(FULL_KIB, |bytes| {
+            u32::try_from(bytes.div_ceil(1024))
+                .unwrap_or(FULL_KIB)
+                .clamp(MIN_CHARGE, FULL_KIB)
+        })
 }
 
 /// Middleware for JSON clients.
@@ -68,14 +95,14 @@ async fn gate(
     next: Next,
     body: impl FnOnce(&str) -> Response,
 ) -> Response {
-    match slots.0.try_acquire_owned() {
+    match slots.0.clone().try_acquire_many_owned(charge(&req)) {
         Ok(permit) => {
             let resp = next.run(req).await;
             drop(permit);
             resp
         }
         Err(_) => {
-            tracing::warn!("upload refused: {MAX_UPLOADS} uploads already in progress");
+            tracing::warn!("upload refused: the upload budget is taken by uploads in progress");
             let mut r = body("too many uploads in progress; try again in a few seconds");
             *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
             r.headers_mut()
