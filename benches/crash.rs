@@ -17,8 +17,11 @@
 //! `cargo bench --bench crash` prints the counts and writes `docs/crash-bench.md`.
 //! `CRASH_UPLOADS` changes the number of uploads (default 1,000).
 
+#[path = "support/dev.rs"]
+mod dev;
+
 use std::collections::{BTreeMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -27,6 +30,8 @@ use ehr_share::stack::ManagedChild;
 use rand_core::{OsRng, RngCore};
 use serde_json::Value;
 use tokio::sync::Mutex;
+
+use dev::{Ports, all_up, kill9, pid_of, root};
 
 /// Seconds a share node keeps a deposit that was never anchored (the product's default is an
 /// hour; short here so the harness sees the collection).
@@ -40,131 +45,17 @@ const PATIENTS: [(&str, &str); 3] = [
     ("demo-patient3", "2-2001"),
 ];
 
-#[derive(Clone, Copy)]
-struct Ports {
-    gateway: u16,
-    anvil: u16,
-    kubo_api: u16,
-    kubo_gateway: u16,
-    share_base: u16,
-}
-
-fn free() -> u16 {
-    loop {
-        let port = 20_000 + (OsRng.next_u32() % 12_000) as u16;
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-}
-
-fn five_free() -> u16 {
-    loop {
-        let base = 20_000 + (OsRng.next_u32() % 12_000) as u16;
-        if (0..5).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
-            return base;
-        }
-    }
-}
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-async fn start_dev(state: &Path, p: Ports) -> anyhow::Result<ManagedChild> {
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_ehr"));
-    cmd.arg("dev")
-        .env("EHR_STATE_DIR", state)
-        .env("EHR_PROJECT_DIR", root())
-        .env("EHR_ANVIL_CONFIG", root().join("anvil.toml"))
-        .env("EHR_ANVIL_PORT", p.anvil.to_string())
-        .env("EHR_GATEWAY_PORT", p.gateway.to_string())
-        .env("EHR_KUBO_API_PORT", p.kubo_api.to_string())
-        .env("EHR_KUBO_GATEWAY_PORT", p.kubo_gateway.to_string())
-        .env("EHR_SHARE_NODE_BASE_PORT", p.share_base.to_string())
-        .env("EHR_SHARE_NODE_UNANCHORED_TTL", UNANCHORED_TTL.to_string())
-        .env("EHR_SHARE_NODE_SWEEP_SECS", "2")
-        .env("EHR_DEV_ORPHAN_TTL_SECS", ORPHAN_TTL.to_string())
-        .env("RUST_LOG", "warn");
-    let mut child = ManagedChild::spawn("ehr dev", cmd, false)?;
-    let url = format!("http://127.0.0.1:{}/health", p.gateway);
-    child
-        .wait_healthy(Duration::from_secs(180), || {
-            let url = url.clone();
-            async move { matches!(reqwest::get(url).await, Ok(r) if r.status().is_success()) }
-        })
-        .await?;
-    Ok(child)
-}
-
-/// Every process below `root`, with its command line.
-fn descendants(root: u32) -> Vec<(u32, String)> {
-    let mut all = Vec::new();
-    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        let Some(ppid) = stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let cmd = std::fs::read(format!("/proc/{pid}/cmdline"))
-            .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
-            .unwrap_or_default();
-        all.push((pid, ppid, cmd));
-    }
-    let mut out = Vec::new();
-    let mut frontier = vec![root];
-    while let Some(p) = frontier.pop() {
-        for (pid, ppid, cmd) in &all {
-            if *ppid == p {
-                out.push((*pid, cmd.clone()));
-                frontier.push(*pid);
-            }
-        }
-    }
-    out
-}
-
-fn pid_of(root: u32, words: &[&str]) -> Option<u32> {
-    descendants(root)
-        .into_iter()
-        .find(|(_, cmd)| {
-            !cmd.starts_with("bash")
-                && !cmd.starts_with("sh ")
-                && words.iter().all(|w| cmd.contains(w))
-        })
-        .map(|(pid, _)| pid)
-}
-
-fn kill9(pid: u32) {
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap_or(0)),
-        nix::sys::signal::Signal::SIGKILL,
-    );
-}
-
-async fn health(http: &reqwest::Client, gw: &str) -> Option<Value> {
-    let r = http.get(format!("{gw}/health")).send().await.ok()?;
-    r.json().await.ok()
-}
-
-/// Waits until every part answers (status "ok", not just "degraded").
-async fn all_up(http: &reqwest::Client, gw: &str, within: Duration) -> bool {
-    let t = Instant::now();
-    while t.elapsed() < within {
-        if health(http, gw).await.is_some_and(|h| h["status"] == "ok") {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    false
+async fn start_dev(state: &std::path::Path, p: Ports) -> anyhow::Result<ManagedChild> {
+    dev::start(
+        state,
+        p,
+        &[
+            ("EHR_SHARE_NODE_UNANCHORED_TTL", UNANCHORED_TTL.to_string()),
+            ("EHR_SHARE_NODE_SWEEP_SECS", "2".into()),
+            ("EHR_DEV_ORPHAN_TTL_SECS", ORPHAN_TTL.to_string()),
+        ],
+    )
+    .await
 }
 
 struct Upload {
@@ -202,13 +93,13 @@ impl Victim {
     }
 }
 
-struct Dev {
+struct Stack {
     child: ManagedChild,
     state: PathBuf,
     ports: Ports,
 }
 
-impl Dev {
+impl Stack {
     fn root(&self) -> u32 {
         self.child.pid().unwrap_or(0)
     }
@@ -377,15 +268,9 @@ async fn main() -> anyhow::Result<()> {
         .unwrap_or(1000);
     let tmp = tempfile::tempdir()?;
     let state = tmp.path().join("state");
-    let ports = Ports {
-        gateway: free(),
-        anvil: free(),
-        kubo_api: free(),
-        kubo_gateway: free(),
-        share_base: five_free(),
-    };
-    let gw = format!("http://127.0.0.1:{}", ports.gateway);
-    let kubo = format!("http://127.0.0.1:{}", ports.kubo_api);
+    let ports = Ports::free();
+    let gw = ports.gateway_url();
+    let kubo = ports.kubo_url();
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(120))
         .build()?;
@@ -394,7 +279,7 @@ async fn main() -> anyhow::Result<()> {
         state.display()
     );
     let child = start_dev(&state, ports).await?;
-    let dev = Arc::new(Mutex::new(Dev {
+    let stack = Arc::new(Mutex::new(Stack {
         child,
         state: state.clone(),
         ports,
@@ -407,8 +292,8 @@ async fn main() -> anyhow::Result<()> {
     // The killer: every 0.5 to 2.5 s, SIGKILL one part; each kind of part equally often.
     let kills: Arc<Mutex<Vec<(Victim, Instant)>>> = Arc::new(Mutex::new(Vec::new()));
     let killer = {
-        let (dev, done, kills, http, gw) = (
-            dev.clone(),
+        let (stack, done, kills, http, gw) = (
+            stack.clone(),
             done.clone(),
             kills.clone(),
             http.clone(),
@@ -428,7 +313,7 @@ async fn main() -> anyhow::Result<()> {
                     _ => Victim::EhrDev,
                 };
                 kills.lock().await.push((v, Instant::now()));
-                let mut d = dev.lock().await;
+                let mut d = stack.lock().await;
                 d.kill(v, &http, &gw).await?;
             }
             anyhow::Ok(())
@@ -640,7 +525,7 @@ async fn main() -> anyhow::Result<()> {
     md.push_str("\n\nMachine: 2 cores; profile: bench (optimised).\n");
     println!("{md}");
     std::fs::write(root().join("docs/crash-bench.md"), &md)?;
-    dev.lock().await.child.stop(Duration::from_secs(10)).await;
+    stack.lock().await.child.stop(Duration::from_secs(10)).await;
     anyhow::ensure!(
         lost.is_empty() && lost_to_chain == 0 && unreadable.is_empty(),
         "{} acknowledged uploads lost ({lost_to_chain} with anvil's last second), {} listed records unreadable",

@@ -1,0 +1,565 @@
+//! Reads, uploads and a mixed load through the gateway of `ehr dev` (release build; anvil,
+//! Kubo, five share nodes 3-of-5), each figure next to its floor measured in the same run
+//! (performance and reliability issue):
+//!
+//! 1. a granted doctor's read of a 100 KB record through the REST API, against the floor of
+//!    the same work without ehr-share (Kubo `cat` of a 100 KB object and one `eth_call`);
+//! 2. a denied read (a revoked doctor);
+//! 3. 1 MiB reads by 32 concurrent readers;
+//! 4. 10 KB uploads by 64 concurrent clients, with the CPU time of each process per record;
+//! 5. 10,000 mixed requests (reads, uploads, grants, denied reads) at 64 concurrency;
+//! 6. memory of the gateway and the share nodes, and share-node disk per record.
+//!
+//! The share nodes' per-requester limits are raised (`EHR_SHARE_NODE_PER_MINUTE`): three demo
+//! doctors make all the reads here, where a deployment has thousands of requesters.
+//!
+//! `cargo bench --bench load` prints the tables and writes `docs/load-bench.md`.
+//! `LOAD_MIXED` changes the number of mixed requests (default 10,000).
+
+#[path = "support/dev.rs"]
+mod dev;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use ehr_share::chain::{Deployment, EhrChain, PatientAddr};
+use ehr_share::ipfs::KuboClient;
+use rand_core::{OsRng, RngCore};
+use serde_json::Value;
+use tokio::sync::Mutex;
+
+use dev::{Ports, cpu_secs, pct_ms, pids_of, rss_mib};
+
+const ROUNDS: usize = 200;
+const UPLOADS: usize = 2000;
+const UPLOAD_CLIENTS: usize = 64;
+const BIG_READERS: usize = 32;
+const BIG_READS: usize = 320;
+
+fn random(len: usize) -> Vec<u8> {
+    let mut v = vec![0u8; len];
+    OsRng.fill_bytes(&mut v);
+    v
+}
+
+async fn upload(
+    http: &reqwest::Client,
+    gw: &str,
+    token: &str,
+    patient: &str,
+    data: Vec<u8>,
+) -> Result<String, (u16, String)> {
+    let r = http
+        .post(format!("{gw}/records?patient={patient}"))
+        .bearer_auth(token)
+        .header("content-type", "application/octet-stream")
+        .body(data)
+        .send()
+        .await
+        .map_err(|e| (0, e.to_string()))?;
+    let status = r.status().as_u16();
+    let v: Value = r.json().await.unwrap_or_default();
+    match v["record"].as_str() {
+        Some(id) if status == 200 => Ok(id.to_owned()),
+        _ => Err((status, v["error"].as_str().unwrap_or("?").to_owned())),
+    }
+}
+
+/// Uploads, asking again while the gateway's upload budget is taken (503 with Retry-After).
+async fn upload_patiently(
+    http: &reqwest::Client,
+    gw: &str,
+    token: &str,
+    patient: &str,
+    data: &[u8],
+) -> (Result<String, (u16, String)>, usize) {
+    let mut busy = 0;
+    loop {
+        match upload(http, gw, token, patient, data.to_vec()).await {
+            Err((503, m)) if m.contains("too many uploads") => {
+                busy += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            other => return (other, busy),
+        }
+    }
+}
+
+/// A read; returns the status and the body length.
+async fn read(http: &reqwest::Client, gw: &str, token: &str, id: &str) -> (u16, usize) {
+    match http
+        .get(format!("{gw}/records/{id}"))
+        .bearer_auth(token)
+        .send()
+        .await
+    {
+        Ok(r) => {
+            let status = r.status().as_u16();
+            let n = r.bytes().await.map_or(0, |b| b.len());
+            (status, n)
+        }
+        Err(_) => (0, 0),
+    }
+}
+
+async fn account(http: &reqwest::Client, gw: &str, token: &str) -> anyhow::Result<String> {
+    let v: Value = http
+        .get(format!("{gw}/api/me"))
+        .bearer_auth(token)
+        .send()
+        .await?
+        .json()
+        .await?;
+    v["account"]
+        .as_str()
+        .map(str::to_owned)
+        .ok_or_else(|| anyhow::anyhow!("no account in {v}"))
+}
+
+fn row(name: &str, v: &[Duration]) -> String {
+    format!(
+        "| {name} | {} | {:.1} ms | {:.1} ms | {:.1} ms |",
+        v.len(),
+        pct_ms(v, 0.5),
+        pct_ms(v, 0.95),
+        pct_ms(v, 0.99)
+    )
+}
+
+/// CPU seconds per part of the stack, and of this process (the load generator).
+fn cpu_split(root: u32) -> BTreeMap<&'static str, f64> {
+    let mut m = BTreeMap::new();
+    m.insert("ehr dev (gateway)", cpu_secs(root));
+    m.insert(
+        "share nodes (5)",
+        pids_of(root, &["share-node"])
+            .into_iter()
+            .map(cpu_secs)
+            .sum(),
+    );
+    m.insert(
+        "anvil",
+        pids_of(root, &["anvil"]).into_iter().map(cpu_secs).sum(),
+    );
+    m.insert(
+        "Kubo",
+        pids_of(root, &["ipfs", "daemon"])
+            .into_iter()
+            .map(cpu_secs)
+            .sum(),
+    );
+    m.insert("load generator", cpu_secs(std::process::id()));
+    m
+}
+
+#[derive(Default)]
+struct Kind {
+    times: Vec<Duration>,
+    ok: usize,
+    server_errors: usize,
+    other: BTreeMap<u16, usize>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let mixed_total: usize = std::env::var("LOAD_MIXED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10_000);
+    let tmp = tempfile::tempdir()?;
+    let state = tmp.path().join("state");
+    let ports = Ports::free();
+    let gw = ports.gateway_url();
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(120))
+        .pool_max_idle_per_host(256)
+        .build()?;
+    println!("load: starting ehr dev (release build)");
+    let mut child = dev::start(
+        &state,
+        ports,
+        &[
+            ("EHR_SHARE_NODE_PER_MINUTE", "10000000".into()),
+            ("EHR_SHARE_NODE_BURST", "100000".into()),
+        ],
+    )
+    .await?;
+    // The tether shell's child is `ehr dev` itself: the gateway and the parent of the rest.
+    let tether = child.pid().unwrap_or(0);
+    let root = dev::pid_of(tether, &["ehr", " dev"]).unwrap_or(tether);
+    let mut md = String::from("# Gateway load: reads, uploads, a mixed load, memory\n\n");
+    md.push_str("Measured by `cargo bench --bench load` against `ehr dev` (release build: anvil with a block per transaction, Kubo, five share nodes 3-of-5, the gateway with batched anchoring), driven over loopback HTTP by the REST API with the demo tokens. A read is what a doctor's `GET /records/{id}` does: the access transaction (an audited on-chain transaction, mined), shares from the nodes, Kubo, decryption, digest check. The share nodes' per-requester limits are raised for the run (three demo doctors make every read).\n\n");
+
+    // The cast: doctor 1 is granted on patient 1 and revoked on patient 2; doctor 2 is
+    // granted on patients 1 and 3.
+    let doctor2 = account(&http, &gw, "demo-doctor2").await?;
+    let doctor1 = account(&http, &gw, "demo-doctor1").await?;
+    let p1: PatientAddr = "1-1001".parse()?;
+
+    // Seed: 100 KB, 1 MiB and 10 KB records.
+    println!("load: seeding records");
+    let mut big = Vec::new();
+    for _ in 0..10 {
+        big.push(
+            upload(&http, &gw, "demo-patient1", "1-1001", random(100_000))
+                .await
+                .map_err(|e| anyhow::anyhow!("{e:?}"))?,
+        );
+    }
+    let mut huge = Vec::new();
+    for _ in 0..4 {
+        huge.push(
+            upload(&http, &gw, "demo-patient1", "1-1001", random(1 << 20))
+                .await
+                .map_err(|e| anyhow::anyhow!("{e:?}"))?,
+        );
+    }
+    let mut small1 = Vec::new();
+    let mut small3 = Vec::new();
+    for _ in 0..20 {
+        small1.push(
+            upload(&http, &gw, "demo-patient1", "1-1001", random(10_000))
+                .await
+                .map_err(|e| anyhow::anyhow!("{e:?}"))?,
+        );
+        small3.push(
+            upload(&http, &gw, "demo-patient3", "2-2001", random(10_000))
+                .await
+                .map_err(|e| anyhow::anyhow!("{e:?}"))?,
+        );
+    }
+    let denied_id = upload(&http, &gw, "demo-patient2", "1-1002", random(10_000))
+        .await
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+
+    // 1. Read 100 KB against the floor, alternating.
+    println!("load: 100 KB reads against the floor");
+    let kubo = KuboClient::new(ports.kubo_url());
+    let floor_cid = kubo.add_bytes(random(100_000).into()).await?;
+    let deployment = Deployment::load(&state.join("deployment.json"))?;
+    let chain = EhrChain::connect(&ports.rpc_url(), None, &deployment).await?;
+    let doctor1_addr = doctor1.parse()?;
+    let (mut floor, mut gateway) = (Vec::new(), Vec::new());
+    for i in 0..ROUNDS {
+        let t = Instant::now();
+        let bytes = kubo.cat(&floor_cid).await?;
+        chain.check_access(p1, doctor1_addr).await?;
+        floor.push(t.elapsed());
+        anyhow::ensure!(bytes.len() == 100_000);
+        let t = Instant::now();
+        let (status, n) = read(&http, &gw, "demo-doctor1", &big[i % big.len()]).await;
+        gateway.push(t.elapsed());
+        anyhow::ensure!(status == 200 && n == 100_000, "read {status}");
+    }
+    md.push_str("## 1. A granted read of 100 KB against its floor\n\n");
+    md.push_str(&format!("{ROUNDS} of each, one after another, alternating. Floor: Kubo `cat` of a 100 KB object plus one `eth_call` (`checkAccess`), what a reader needs at least without ehr-share. Targets: p50 <= 1.5x and p95 <= 3x the floor.\n\n"));
+    md.push_str("| path | reads | p50 | p95 | p99 |\n|---|---:|---:|---:|---:|\n");
+    md.push_str(&format!(
+        "{}\n{}\n",
+        row("floor: Kubo cat + eth_call", &floor),
+        row("gateway `GET /records/{id}`", &gateway)
+    ));
+    md.push_str(&format!(
+        "\nRatio: p50 {:.1}x, p95 {:.1}x the floor.\n\n",
+        pct_ms(&gateway, 0.5) / pct_ms(&floor, 0.5),
+        pct_ms(&gateway, 0.95) / pct_ms(&floor, 0.95)
+    ));
+
+    // 2. Denied reads.
+    println!("load: denied reads");
+    let mut denied = Vec::new();
+    let mut denied_ok = 0;
+    for _ in 0..ROUNDS {
+        let t = Instant::now();
+        let (status, _) = read(&http, &gw, "demo-doctor1", &denied_id).await;
+        denied.push(t.elapsed());
+        if status == 403 {
+            denied_ok += 1;
+        }
+    }
+    md.push_str("## 2. A denied read\n\nA doctor whose grant the patient revoked; target p50 <= 5 ms.\n\n| path | reads | p50 | p95 | p99 |\n|---|---:|---:|---:|---:|\n");
+    md.push_str(&format!(
+        "{}\n\n{denied_ok} of {ROUNDS} answered 403.\n\n",
+        row("denied `GET /records/{id}`", &denied)
+    ));
+
+    // 3. 1 MiB reads, 32 at once.
+    println!("load: 1 MiB reads by {BIG_READERS} readers");
+    let next = Arc::new(AtomicUsize::new(0));
+    let times = Arc::new(Mutex::new(Vec::new()));
+    let failed = Arc::new(AtomicUsize::new(0));
+    let t0 = Instant::now();
+    let mut tasks = Vec::new();
+    for r in 0..BIG_READERS {
+        let (next, times, failed, http, gw, huge) = (
+            next.clone(),
+            times.clone(),
+            failed.clone(),
+            http.clone(),
+            gw.clone(),
+            huge.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let token = if r % 2 == 0 {
+                "demo-doctor1"
+            } else {
+                "demo-doctor2"
+            };
+            while next.fetch_add(1, Ordering::SeqCst) < BIG_READS {
+                let id = &huge[(OsRng.next_u32() as usize) % huge.len()];
+                let t = Instant::now();
+                let (status, n) = read(&http, &gw, token, id).await;
+                times.lock().await.push(t.elapsed());
+                if status != 200 || n != 1 << 20 {
+                    failed.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await?;
+    }
+    let big_secs = t0.elapsed().as_secs_f64();
+    let big_times = std::mem::take(&mut *times.lock().await);
+    md.push_str(&format!("## 3. 1 MiB reads, {BIG_READERS} readers at once\n\nTwo granted doctors, {BIG_READS} reads of four 1 MiB records. Targets: p50 <= 30 ms, p99 <= 100 ms.\n\n| path | reads | p50 | p95 | p99 |\n|---|---:|---:|---:|---:|\n"));
+    md.push_str(&format!(
+        "{}\n\n{} failed; {:.0} reads per second ({:.1} MiB/s).\n\n",
+        row("1 MiB `GET /records/{id}`", &big_times),
+        failed.load(Ordering::SeqCst),
+        BIG_READS as f64 / big_secs,
+        BIG_READS as f64 / big_secs
+    ));
+
+    // 4. Uploads, 64 clients.
+    println!("load: {UPLOADS} uploads of 10 KB by {UPLOAD_CLIENTS} clients");
+    let cpu_before = cpu_split(root);
+    let next = Arc::new(AtomicUsize::new(0));
+    let times = Arc::new(Mutex::new(Vec::new()));
+    let errors = Arc::new(Mutex::new(BTreeMap::<String, usize>::new()));
+    let busy = Arc::new(AtomicUsize::new(0));
+    let t0 = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..UPLOAD_CLIENTS {
+        let (next, times, errors, busy, http, gw) = (
+            next.clone(),
+            times.clone(),
+            errors.clone(),
+            busy.clone(),
+            http.clone(),
+            gw.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let (token, patient) = [
+                ("demo-patient1", "1-1001"),
+                ("demo-patient2", "1-1002"),
+                ("demo-patient3", "2-2001"),
+            ][c % 3];
+            while next.fetch_add(1, Ordering::SeqCst) < UPLOADS {
+                let data = random(10_000);
+                let t = Instant::now();
+                let (r, b) = upload_patiently(&http, &gw, token, patient, &data).await;
+                busy.fetch_add(b, Ordering::SeqCst);
+                match r {
+                    Ok(_) => times.lock().await.push(t.elapsed()),
+                    Err((s, m)) => *errors.lock().await.entry(format!("{s} {m}")).or_default() += 1,
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await?;
+    }
+    let up_secs = t0.elapsed().as_secs_f64();
+    let cpu_after = cpu_split(root);
+    let up_times = std::mem::take(&mut *times.lock().await);
+    let up_errors = std::mem::take(&mut *errors.lock().await);
+    md.push_str(&format!("## 4. Uploads of 10 KB, {UPLOAD_CLIENTS} clients at once\n\nThree demo patients, {UPLOADS} uploads; each encrypted, added to Kubo, shared to five nodes, anchored in a batch (one transaction for the uploads that arrive within 50 ms), its proof given to every node, and written to anvil's disk before the acknowledgement. Target: >= 500 records per second, 0 errors.\n\n| path | uploads | p50 | p95 | p99 |\n|---|---:|---:|---:|---:|\n"));
+    md.push_str(&format!(
+        "{}\n\n**{:.0} records per second**; {} errors; the gateway's upload budget said \"busy\" {} times (asked again after 20 ms).\n\n",
+        row("`POST /records`", &up_times),
+        up_times.len() as f64 / up_secs,
+        up_errors.values().sum::<usize>(),
+        busy.load(Ordering::SeqCst)
+    ));
+    for (e, n) in &up_errors {
+        md.push_str(&format!("- {n} x {e}\n"));
+    }
+    md.push_str("\nCPU per record, by process (user + system time over the upload phase, divided by the records stored):\n\n| process | CPU ms per record |\n|---|---:|\n");
+    let stored = up_times.len().max(1) as f64;
+    let mut total_cpu = 0.0;
+    for (k, after) in &cpu_after {
+        let d = after - cpu_before.get(k).copied().unwrap_or(0.0);
+        total_cpu += d;
+        md.push_str(&format!("| {k} | {:.2} |\n", d * 1000.0 / stored));
+    }
+    md.push_str(&format!(
+        "| all | {:.2} (2 cores: at most {:.0} records per second at this cost) |\n\n",
+        total_cpu * 1000.0 / stored,
+        2.0 * stored / total_cpu.max(1e-9)
+    ));
+
+    // 5. Mixed load.
+    println!("load: {mixed_total} mixed requests at 64 concurrency");
+    let kinds: Arc<Mutex<BTreeMap<&'static str, Kind>>> = Arc::new(Mutex::new(BTreeMap::new()));
+    let next = Arc::new(AtomicUsize::new(0));
+    let t0 = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..64 {
+        let (kinds, next, http, gw) = (kinds.clone(), next.clone(), http.clone(), gw.clone());
+        let (small1, small3, denied_id, doctor2) = (
+            small1.clone(),
+            small3.clone(),
+            denied_id.clone(),
+            doctor2.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            while next.fetch_add(1, Ordering::SeqCst) < mixed_total {
+                let pick = OsRng.next_u32() % 100;
+                let t = Instant::now();
+                let (kind, status): (&'static str, u16) = if pick < 50 {
+                    let (token, id) = match OsRng.next_u32() % 3 {
+                        0 => (
+                            "demo-doctor1",
+                            &small1[OsRng.next_u32() as usize % small1.len()],
+                        ),
+                        1 => (
+                            "demo-doctor2",
+                            &small1[OsRng.next_u32() as usize % small1.len()],
+                        ),
+                        _ => (
+                            "demo-doctor2",
+                            &small3[OsRng.next_u32() as usize % small3.len()],
+                        ),
+                    };
+                    ("read (granted)", read(&http, &gw, token, id).await.0)
+                } else if pick < 75 {
+                    let (token, patient) =
+                        [("demo-patient1", "1-1001"), ("demo-patient3", "2-2001")]
+                            [(pick % 2) as usize];
+                    let (r, _) =
+                        upload_patiently(&http, &gw, token, patient, &random(10_000)).await;
+                    ("upload 10 KB", r.map_or_else(|(s, _)| s, |_| 200))
+                } else if pick < 85 {
+                    let expires = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_secs())
+                        + 86_400;
+                    let r = http
+                        .post(format!("{gw}/api/grants"))
+                        .bearer_auth("demo-patient2")
+                        .json(&serde_json::json!({"provider": doctor2, "expires_at": expires}))
+                        .send()
+                        .await;
+                    ("grant", r.map_or(0, |r| r.status().as_u16()))
+                } else {
+                    (
+                        "read (denied)",
+                        read(&http, &gw, "demo-doctor1", &denied_id).await.0,
+                    )
+                };
+                let elapsed = t.elapsed();
+                let mut k = kinds.lock().await;
+                let e = k.entry(kind).or_default();
+                e.times.push(elapsed);
+                let expected = if kind == "read (denied)" { 403 } else { 200 };
+                if status == expected {
+                    e.ok += 1;
+                } else if status >= 500 || status == 0 {
+                    e.server_errors += 1;
+                    *e.other.entry(status).or_default() += 1;
+                } else {
+                    *e.other.entry(status).or_default() += 1;
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await?;
+    }
+    let mixed_secs = t0.elapsed().as_secs_f64();
+    let kinds = std::mem::take(&mut *kinds.lock().await);
+    md.push_str(&format!("## 5. {mixed_total} mixed requests at 64 concurrency\n\nHalf granted reads of 10 KB (two doctors, two patients), a quarter uploads of 10 KB, a tenth grants (a patient's transaction), the rest denied reads. Target: 0 server errors.\n\n| kind | requests | as expected | server errors | other answers | p50 | p95 | p99 |\n|---|---:|---:|---:|---|---:|---:|---:|\n"));
+    let mut server_errors = 0;
+    for (name, k) in &kinds {
+        server_errors += k.server_errors;
+        let other: Vec<String> = k.other.iter().map(|(s, n)| format!("{n} x {s}")).collect();
+        md.push_str(&format!(
+            "| {name} | {} | {} | {} | {} | {:.1} ms | {:.1} ms | {:.1} ms |\n",
+            k.times.len(),
+            k.ok,
+            k.server_errors,
+            if other.is_empty() {
+                "-".into()
+            } else {
+                other.join(", ")
+            },
+            pct_ms(&k.times, 0.5),
+            pct_ms(&k.times, 0.95),
+            pct_ms(&k.times, 0.99)
+        ));
+    }
+    md.push_str(&format!(
+        "\n{mixed_total} requests in {mixed_secs:.1} s ({:.0} per second); **{server_errors} server errors**.\n\n",
+        mixed_total as f64 / mixed_secs
+    ));
+
+    // 6. Memory and disk.
+    let records: u64 = {
+        let v: Value = http
+            .get(format!("http://127.0.0.1:{}/health", ports.share_base))
+            .send()
+            .await?
+            .json()
+            .await?;
+        v["shares"].as_u64().unwrap_or(0)
+    };
+    let gateway_rss = rss_mib(root);
+    let nodes_rss: Vec<f64> = pids_of(root, &["share-node"])
+        .into_iter()
+        .map(rss_mib)
+        .collect();
+    let node_disk: u64 = walk(&state.join("share-node-1"));
+    md.push_str("## 6. Memory and disk after the run\n\n| | value |\n|---|---:|\n");
+    md.push_str(&format!("| records held by share node 1 | {records} |\n"));
+    md.push_str(&format!(
+        "| `ehr dev` (gateway) resident memory | {gateway_rss:.0} MiB |\n"
+    ));
+    md.push_str(&format!(
+        "| share nodes resident memory, each | {} MiB |\n",
+        nodes_rss
+            .iter()
+            .map(|m| format!("{m:.0}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
+    md.push_str(&format!(
+        "| gateway + 5 share nodes | {:.0} MiB (target <= 200 MiB at 10^5 records) |\n",
+        gateway_rss + nodes_rss.iter().sum::<f64>()
+    ));
+    md.push_str(&format!(
+        "| share node 1 folder on disk | {:.1} MiB, {:.0} bytes per record |\n",
+        node_disk as f64 / (1 << 20) as f64,
+        node_disk as f64 / records.max(1) as f64
+    ));
+    md.push_str("\nMachine: 2 cores (load generator, gateway, anvil, Kubo and five share nodes all on them); profile: bench (optimised).\n");
+    println!("{md}");
+    std::fs::write(dev::root().join("docs/load-bench.md"), &md)?;
+    child.stop(Duration::from_secs(10)).await;
+    Ok(())
+}
+
+/// Bytes of the files below `dir`.
+fn walk(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => walk(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}

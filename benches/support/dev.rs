@@ -1,0 +1,217 @@
+//! `ehr dev` (the release build) as the benches that drive the whole stack start it: free
+//! ports, a fresh state folder, extra settings through the environment, and the processes it
+//! runs (to kill them, or to read their CPU time and memory from `/proc`).
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use ehr_share::stack::ManagedChild;
+use rand_core::{OsRng, RngCore};
+use serde_json::Value;
+
+/// The ports of one `ehr dev`.
+#[derive(Clone, Copy)]
+pub struct Ports {
+    pub gateway: u16,
+    pub anvil: u16,
+    pub kubo_api: u16,
+    pub kubo_gateway: u16,
+    pub share_base: u16,
+}
+
+impl Ports {
+    /// Free ports below Linux's ephemeral range, five in a row for the share nodes.
+    pub fn free() -> Self {
+        Self {
+            gateway: free(),
+            anvil: free(),
+            kubo_api: free(),
+            kubo_gateway: free(),
+            share_base: five_free(),
+        }
+    }
+
+    pub fn gateway_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.gateway)
+    }
+
+    pub fn kubo_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.kubo_api)
+    }
+
+    pub fn rpc_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.anvil)
+    }
+}
+
+fn free() -> u16 {
+    loop {
+        let port = 20_000 + (OsRng.next_u32() % 12_000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+fn five_free() -> u16 {
+    loop {
+        let base = 20_000 + (OsRng.next_u32() % 12_000) as u16;
+        if (0..5).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
+            return base;
+        }
+    }
+}
+
+/// The project folder.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Starts `ehr dev` on `state` and `p` with `env` added, and waits for its health.
+pub async fn start(state: &Path, p: Ports, env: &[(&str, String)]) -> anyhow::Result<ManagedChild> {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_ehr"));
+    cmd.arg("dev")
+        .env("EHR_STATE_DIR", state)
+        .env("EHR_PROJECT_DIR", root())
+        .env("EHR_ANVIL_CONFIG", root().join("anvil.toml"))
+        .env("EHR_ANVIL_PORT", p.anvil.to_string())
+        .env("EHR_GATEWAY_PORT", p.gateway.to_string())
+        .env("EHR_KUBO_API_PORT", p.kubo_api.to_string())
+        .env("EHR_KUBO_GATEWAY_PORT", p.kubo_gateway.to_string())
+        .env("EHR_SHARE_NODE_BASE_PORT", p.share_base.to_string())
+        .env("RUST_LOG", "warn");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = ManagedChild::spawn("ehr dev", cmd, false)?;
+    let url = format!("{}/health", p.gateway_url());
+    child
+        .wait_healthy(Duration::from_secs(180), || {
+            let url = url.clone();
+            async move { matches!(reqwest::get(url).await, Ok(r) if r.status().is_success()) }
+        })
+        .await?;
+    Ok(child)
+}
+
+/// Every process below `root`, with its command line.
+pub fn descendants(root: u32) -> Vec<(u32, String)> {
+    let mut all = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let Some(ppid) = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline"))
+            .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+            .unwrap_or_default();
+        all.push((pid, ppid, cmd));
+    }
+    let mut out = Vec::new();
+    let mut frontier = vec![root];
+    while let Some(p) = frontier.pop() {
+        for (pid, ppid, cmd) in &all {
+            if *ppid == p {
+                out.push((*pid, cmd.clone()));
+                frontier.push(*pid);
+            }
+        }
+    }
+    out
+}
+
+/// The processes below `root` whose command line has every one of `words` (wrapper shells
+/// excluded).
+pub fn pids_of(root: u32, words: &[&str]) -> Vec<u32> {
+    descendants(root)
+        .into_iter()
+        .filter(|(_, cmd)| {
+            !cmd.starts_with("bash")
+                && !cmd.starts_with("sh ")
+                && words.iter().all(|w| cmd.contains(w))
+        })
+        .map(|(pid, _)| pid)
+        .collect()
+}
+
+/// The first of [`pids_of`].
+pub fn pid_of(root: u32, words: &[&str]) -> Option<u32> {
+    pids_of(root, words).into_iter().next()
+}
+
+pub fn kill9(pid: u32) {
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap_or(0)),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+}
+
+/// CPU seconds (user + system) a process has used.
+pub fn cpu_secs(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    // After the command: state is field 3, utime 14 and stime 15 (1-based, whole line).
+    let ticks = |i: usize| {
+        fields
+            .get(i - 3)
+            .and_then(|s| s.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(14) + ticks(15)) / 100.0
+}
+
+/// Resident memory of a process, in MiB.
+pub fn rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+pub async fn health(http: &reqwest::Client, gw: &str) -> Option<Value> {
+    let r = http.get(format!("{gw}/health")).send().await.ok()?;
+    r.json().await.ok()
+}
+
+/// Waits until every part answers (status "ok", not just "degraded").
+pub async fn all_up(http: &reqwest::Client, gw: &str, within: Duration) -> bool {
+    let t = Instant::now();
+    while t.elapsed() < within {
+        if health(http, gw).await.is_some_and(|h| h["status"] == "ok") {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+/// Percentile `p` (0 to 1) of `v`, in milliseconds.
+pub fn pct_ms(v: &[Duration], p: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let mut v = v.to_vec();
+    v.sort();
+    v[((v.len() as f64 - 1.0) * p).round() as usize].as_secs_f64() * 1000.0
+}
