@@ -504,6 +504,12 @@ async fn main() -> anyhow::Result<()> {
         "\n{mixed_total} requests in {mixed_secs:.1} s ({:.0} per second); **{server_errors} server errors**.\n\n",
         mixed_total as f64 / mixed_secs
     ));
+    if server_errors > 0 {
+        eprintln!(
+            "load: the last lines of ehr dev's log:\n{}",
+            child.last_log()
+        );
+    }
 
     // 6. Memory and disk.
     let records: u64 = {

@@ -5,6 +5,13 @@ use sqlx::any::AnyRow;
 
 use super::{Database, DbError, inserted, to_i64, to_u64};
 
+/// The columns of an `audit_exports` row, in the order `row` reads them.
+macro_rules! columns {
+    () => {
+        "id, username, patient_aid, patient_pid, format, events, exported_at"
+    };
+}
+
 /// One download of an audit trail.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExportRow {
@@ -68,11 +75,12 @@ impl Database {
         pid: u64,
         limit: u32,
     ) -> Result<Vec<ExportRow>, DbError> {
-        sqlx::query(
-            "SELECT id, username, patient_aid, patient_pid, format, events, exported_at \
-             FROM audit_exports WHERE patient_aid = ? AND patient_pid = ? \
+        sqlx::query(concat!(
+            "SELECT ",
+            columns!(),
+            " FROM audit_exports WHERE patient_aid = ? AND patient_pid = ? \
              ORDER BY exported_at DESC, id LIMIT ?",
-        )
+        ))
         .bind(to_i64(aid))
         .bind(to_i64(pid))
         .bind(i64::from(limit))
@@ -88,10 +96,11 @@ impl Database {
     /// # Errors
     /// Query failures.
     pub async fn recent_exports(&self, limit: u32) -> Result<Vec<ExportRow>, DbError> {
-        sqlx::query(
-            "SELECT id, username, patient_aid, patient_pid, format, events, exported_at \
-             FROM audit_exports ORDER BY exported_at DESC, id LIMIT ?",
-        )
+        sqlx::query(concat!(
+            "SELECT ",
+            columns!(),
+            " FROM audit_exports ORDER BY exported_at DESC, id LIMIT ?",
+        ))
         .bind(i64::from(limit))
         .fetch_all(self.pool())
         .await?

@@ -101,6 +101,24 @@ pub(super) struct TxReceipt {
     gas_used: u64,
 }
 
+/// What every contract write of the API answers (one list for the OpenAPI document).
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)] // A description for the document, never built.
+enum WriteResponses {
+    #[response(status = 200, description = "mined")]
+    Mined(TxReceipt),
+    #[response(status = 400, description = "bad input")]
+    BadInput(ErrorBody),
+    #[response(status = 401, description = "no or unknown API token")]
+    Unauthenticated(ErrorBody),
+    #[response(status = 403, description = "not allowed")]
+    Denied(ErrorBody),
+    #[response(status = 409, description = "the contract refused")]
+    Refused(ErrorBody),
+    #[response(status = 503, description = "a backing service is unavailable")]
+    Unavailable(ErrorBody),
+}
+
 fn tx(o: TxOutcome) -> Json<TxReceipt> {
     Json(TxReceipt {
         tx_hash: o.tx_hash,
@@ -303,7 +321,7 @@ pub(super) struct RegisterPatient {
     summary = "Register the caller as a patient with the records office's voucher",
     request_body = RegisterPatient,
     security(("bearer" = [])),
-    responses((status = 200, description = "mined", body = TxReceipt), (status = 400, description = "bad input", body = ErrorBody), (status = 401, description = "no or unknown API token", body = ErrorBody), (status = 403, description = "not allowed", body = ErrorBody), (status = 409, description = "the contract refused", body = ErrorBody), (status = 503, description = "a backing service is unavailable", body = ErrorBody))
+    responses(WriteResponses)
 )]
 pub(super) async fn register_patient(
     Actor(c): Actor,
@@ -329,7 +347,7 @@ pub(super) struct IssuePatient {
     summary = "Records office: issue a patient address to an account",
     request_body = IssuePatient,
     security(("bearer" = [])),
-    responses((status = 200, description = "mined", body = TxReceipt), (status = 400, description = "bad input", body = ErrorBody), (status = 401, description = "no or unknown API token", body = ErrorBody), (status = 403, description = "not allowed", body = ErrorBody), (status = 409, description = "the contract refused", body = ErrorBody), (status = 503, description = "a backing service is unavailable", body = ErrorBody))
+    responses(WriteResponses)
 )]
 pub(super) async fn issue_patient(
     Actor(c): Actor,
@@ -344,7 +362,7 @@ pub(super) async fn issue_patient(
     tag = "providers",
     summary = "Register the caller as a provider",
     security(("bearer" = [])),
-    responses((status = 200, description = "mined", body = TxReceipt), (status = 400, description = "bad input", body = ErrorBody), (status = 401, description = "no or unknown API token", body = ErrorBody), (status = 403, description = "not allowed", body = ErrorBody), (status = 409, description = "the contract refused", body = ErrorBody), (status = 503, description = "a backing service is unavailable", body = ErrorBody))
+    responses(WriteResponses)
 )]
 pub(super) async fn register_provider(Actor(c): Actor) -> Result<Json<TxReceipt>, ApiError> {
     Ok(tx(c.register_provider().await?))
@@ -357,7 +375,7 @@ pub(super) async fn register_provider(Actor(c): Actor) -> Result<Json<TxReceipt>
     summary = "Records office: verify a provider",
     params(("address" = String, Path, description = "provider account (0x + 40 hex digits)")),
     security(("bearer" = [])),
-    responses((status = 200, description = "mined", body = TxReceipt), (status = 400, description = "bad input", body = ErrorBody), (status = 401, description = "no or unknown API token", body = ErrorBody), (status = 403, description = "not allowed", body = ErrorBody), (status = 409, description = "the contract refused", body = ErrorBody), (status = 503, description = "a backing service is unavailable", body = ErrorBody))
+    responses(WriteResponses)
 )]
 pub(super) async fn verify_provider(
     Actor(c): Actor,
@@ -373,7 +391,7 @@ pub(super) async fn verify_provider(
     summary = "Records office: suspend a provider",
     params(("address" = String, Path, description = "provider account (0x + 40 hex digits)")),
     security(("bearer" = [])),
-    responses((status = 200, description = "mined", body = TxReceipt), (status = 400, description = "bad input", body = ErrorBody), (status = 401, description = "no or unknown API token", body = ErrorBody), (status = 403, description = "not allowed", body = ErrorBody), (status = 409, description = "the contract refused", body = ErrorBody), (status = 503, description = "a backing service is unavailable", body = ErrorBody))
+    responses(WriteResponses)
 )]
 pub(super) async fn suspend_provider(
     Actor(c): Actor,
@@ -399,7 +417,7 @@ pub(super) struct GrantBody {
     summary = "Patient: grant a provider",
     request_body = GrantBody,
     security(("bearer" = [])),
-    responses((status = 200, description = "mined", body = TxReceipt), (status = 400, description = "bad input", body = ErrorBody), (status = 401, description = "no or unknown API token", body = ErrorBody), (status = 403, description = "not allowed", body = ErrorBody), (status = 409, description = "the contract refused", body = ErrorBody), (status = 503, description = "a backing service is unavailable", body = ErrorBody))
+    responses(WriteResponses)
 )]
 pub(super) async fn grant(
     Actor(c): Actor,
@@ -419,7 +437,7 @@ pub(super) async fn grant(
     summary = "Patient: revoke a provider",
     params(("provider" = String, Path, description = "provider account (0x + 40 hex digits)")),
     security(("bearer" = [])),
-    responses((status = 200, description = "mined", body = TxReceipt), (status = 400, description = "bad input", body = ErrorBody), (status = 401, description = "no or unknown API token", body = ErrorBody), (status = 403, description = "not allowed", body = ErrorBody), (status = 409, description = "the contract refused", body = ErrorBody), (status = 503, description = "a backing service is unavailable", body = ErrorBody))
+    responses(WriteResponses)
 )]
 pub(super) async fn revoke(
     Actor(c): Actor,
@@ -441,7 +459,7 @@ pub(super) struct AddrBody {
     summary = "Provider: request access to a patient",
     request_body = AddrBody,
     security(("bearer" = [])),
-    responses((status = 200, description = "mined", body = TxReceipt), (status = 400, description = "bad input", body = ErrorBody), (status = 401, description = "no or unknown API token", body = ErrorBody), (status = 403, description = "not allowed", body = ErrorBody), (status = 409, description = "the contract refused", body = ErrorBody), (status = 503, description = "a backing service is unavailable", body = ErrorBody))
+    responses(WriteResponses)
 )]
 pub(super) async fn request_access(
     Actor(c): Actor,
@@ -458,7 +476,7 @@ pub(super) async fn request_access(
     params(("provider" = String, Path, description = "provider account (0x + 40 hex digits)")),
     request_body = Option<GrantBody>,
     security(("bearer" = [])),
-    responses((status = 200, description = "mined", body = TxReceipt), (status = 400, description = "bad input", body = ErrorBody), (status = 401, description = "no or unknown API token", body = ErrorBody), (status = 403, description = "not allowed", body = ErrorBody), (status = 409, description = "the contract refused", body = ErrorBody), (status = 503, description = "a backing service is unavailable", body = ErrorBody))
+    responses(WriteResponses)
 )]
 pub(super) async fn approve(
     Actor(c): Actor,
@@ -476,7 +494,7 @@ pub(super) async fn approve(
     summary = "Patient: decline a request",
     params(("provider" = String, Path, description = "provider account (0x + 40 hex digits)")),
     security(("bearer" = [])),
-    responses((status = 200, description = "mined", body = TxReceipt), (status = 400, description = "bad input", body = ErrorBody), (status = 401, description = "no or unknown API token", body = ErrorBody), (status = 403, description = "not allowed", body = ErrorBody), (status = 409, description = "the contract refused", body = ErrorBody), (status = 503, description = "a backing service is unavailable", body = ErrorBody))
+    responses(WriteResponses)
 )]
 pub(super) async fn decline(
     Actor(c): Actor,
@@ -538,7 +556,7 @@ pub(super) struct BreakGlassBody {
     summary = "Provider: open emergency access (HL7 PurposeOfUse reason; at most 3 per patient per 24 h; reading only)",
     request_body = BreakGlassBody,
     security(("bearer" = [])),
-    responses((status = 200, description = "mined", body = TxReceipt), (status = 400, description = "bad input", body = ErrorBody), (status = 401, description = "no or unknown API token", body = ErrorBody), (status = 403, description = "not allowed", body = ErrorBody), (status = 409, description = "the contract refused", body = ErrorBody), (status = 503, description = "a backing service is unavailable", body = ErrorBody))
+    responses(WriteResponses)
 )]
 pub(super) async fn break_glass(
     Actor(c): Actor,

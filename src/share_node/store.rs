@@ -17,6 +17,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::crypto::{AeadKey, open_at_rest, seal_at_rest};
 
+mod codec;
+
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const SHARES: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("shares");
 /// Deposits not yet seen anchored: record -> uploader (20 bytes) || stored_at (u64 BE).
@@ -160,9 +162,9 @@ pub struct PublicRecord {
     pub stored_at: u64,
 }
 
-/// The public part kept in clear (needed to judge a request before decrypting anything).
+/// A row of format 1 (JSON), read only to rewrite a store of that format at open.
 #[derive(Serialize, Deserialize)]
-struct Row {
+struct LegacyRow {
     patient: u128,
     uploader: Address,
     salt: B256,
@@ -188,7 +190,7 @@ impl StoredShare {
     }
 }
 
-impl Row {
+impl LegacyRow {
     fn public(&self) -> PublicRecord {
         PublicRecord {
             patient: self.patient,
@@ -201,11 +203,58 @@ impl Row {
     }
 }
 
+/// The sealed plaintext of format 1 (JSON of hex strings).
 #[derive(Serialize, Deserialize, PartialEq, Eq)]
-struct Secret {
+struct LegacySecret {
     share: String,
     commitments: String,
     sealed_block: String,
+}
+
+/// A row of the shares table: the public part in clear (needed to judge a request before
+/// decrypting anything), then the secret part sealed at rest.
+fn row(public: &PublicRecord, sealed: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(180 + sealed.len());
+    codec::put_public(public, &mut out);
+    out.extend_from_slice(sealed);
+    out
+}
+
+/// Rewrites the rows of a format-1 store (JSON, hex) in the binary layout, resealing each
+/// secret part; returns how many records it rewrote. Runs inside the opening transaction, so a
+/// crash leaves the old store whole.
+fn migrate(tx: &redb::WriteTransaction, key: &AeadKey) -> Result<u64, StoreError> {
+    let mut shares = tx.open_table(SHARES).map_err(db)?;
+    let mut rows = Vec::new();
+    for item in shares.iter().map_err(db)? {
+        let (k, v) = item.map_err(db)?;
+        rows.push((*k.value(), v.value().to_vec()));
+    }
+    for (record, bytes) in &rows {
+        let old: LegacyRow = serde_json::from_slice(bytes).map_err(db)?;
+        let bound = aad(record, old.patient, old.uploader, old.digest);
+        let plain = open_at_rest(key, &bound, &old.sealed)
+            .map_err(|_| StoreError::Undecryptable(hex::encode(record)))?;
+        let secret: LegacySecret = serde_json::from_slice(&plain).map_err(db)?;
+        let plain = codec::put_secret(&secret.share, &secret.commitments, &secret.sealed_block)
+            .map_err(db)?;
+        let public = old.public();
+        shares
+            .insert(
+                record,
+                row(&public, &seal_at_rest(key, &bound, &plain)).as_slice(),
+            )
+            .map_err(db)?;
+        if public.anchor.is_some() {
+            let mut listed = Vec::new();
+            codec::put_public(&public, &mut listed);
+            tx.open_table(BY_PATIENT)
+                .map_err(db)?
+                .insert(&patient_key(public.patient, record), listed.as_slice())
+                .map_err(db)?;
+        }
+    }
+    Ok(rows.len() as u64)
 }
 
 /// The store.
@@ -259,6 +308,29 @@ impl ShareStore {
                     meta.insert("binding", v.as_slice()).map_err(db)?;
                 }
             }
+            let format = meta.get("format").map_err(db)?.map(|v| v.value().to_vec());
+            match format.as_deref() {
+                Some(f) if f == codec::FORMAT.as_bytes() => {}
+                Some(f) => {
+                    return Err(StoreError::Db(format!(
+                        "this share store has layout {:?}, written by a newer version; this one reads {}",
+                        String::from_utf8_lossy(f),
+                        codec::FORMAT
+                    )));
+                }
+                None => {
+                    let n = migrate(&tx, &key)?;
+                    if n > 0 {
+                        tracing::info!(
+                            records = n,
+                            "share store rewritten from JSON rows to the binary layout {}",
+                            codec::FORMAT
+                        );
+                    }
+                    meta.insert("format", codec::FORMAT.as_bytes())
+                        .map_err(db)?;
+                }
+            }
             tx.open_table(SHARES).map_err(db)?;
             tx.open_table(PENDING).map_err(db)?;
             tx.open_table(PENDING_BY_UPLOADER).map_err(db)?;
@@ -285,26 +357,15 @@ impl ShareStore {
     /// # Errors
     /// [`StoreError::Conflict`], [`StoreError::QuotaExceeded`] or database errors.
     pub fn put(&self, record: &[u8; 32], s: &StoredShare, quota: u64) -> Result<(), StoreError> {
-        let secret = Secret {
-            share: s.share.clone(),
-            commitments: s.commitments.clone(),
-            sealed_block: s.sealed_block.clone(),
-        };
-        let plain = serde_json::to_vec(&secret).map_err(db)?;
-        let row = Row {
-            patient: s.patient,
-            uploader: s.uploader,
-            salt: s.salt,
-            digest: s.digest,
-            anchor: None,
-            stored_at: s.stored_at,
-            sealed: seal_at_rest(
-                &self.key,
-                &aad(record, s.patient, s.uploader, s.digest),
-                &plain,
-            ),
-        };
-        let bytes = serde_json::to_vec(&row).map_err(db)?;
+        let plain = codec::put_secret(&s.share, &s.commitments, &s.sealed_block).map_err(db)?;
+        let sealed = seal_at_rest(
+            &self.key,
+            &aad(record, s.patient, s.uploader, s.digest),
+            &plain,
+        );
+        let mut public = s.public();
+        public.anchor = None;
+        let bytes = row(&public, &sealed);
         let tx = self.db.begin_write().map_err(db)?;
         {
             let mut t = tx.open_table(SHARES).map_err(db)?;
@@ -346,24 +407,24 @@ impl ShareStore {
     }
 
     fn decode(&self, record: &[u8; 32], bytes: &[u8]) -> Result<StoredShare, StoreError> {
-        let row: Row = serde_json::from_slice(bytes).map_err(db)?;
+        let (p, n) = codec::get_public(bytes).map_err(db)?;
         let plain = open_at_rest(
             &self.key,
-            &aad(record, row.patient, row.uploader, row.digest),
-            &row.sealed,
+            &aad(record, p.patient, p.uploader, p.digest),
+            &bytes[n..],
         )
         .map_err(|_| StoreError::Undecryptable(hex::encode(record)))?;
-        let secret: Secret = serde_json::from_slice(&plain).map_err(db)?;
+        let (share, commitments, sealed_block) = codec::get_secret(&plain).map_err(db)?;
         Ok(StoredShare {
-            patient: row.patient,
-            uploader: row.uploader,
-            salt: row.salt,
-            digest: row.digest,
-            anchor: row.anchor,
-            share: secret.share,
-            commitments: secret.commitments,
-            sealed_block: secret.sealed_block,
-            stored_at: row.stored_at,
+            patient: p.patient,
+            uploader: p.uploader,
+            salt: p.salt,
+            digest: p.digest,
+            anchor: p.anchor,
+            share,
+            commitments,
+            sealed_block,
+            stored_at: p.stored_at,
         })
     }
 
@@ -404,17 +465,18 @@ impl ShareStore {
             let Some(bytes) = t.get(record).map_err(db)?.map(|v| v.value().to_vec()) else {
                 return Ok(false);
             };
-            let mut row: Row = serde_json::from_slice(&bytes).map_err(db)?;
-            if row.anchor.is_some() {
+            let (mut public, n) = codec::get_public(&bytes).map_err(db)?;
+            if public.anchor.is_some() {
                 return Ok(true);
             }
-            row.anchor = Some(anchor.clone());
-            let bytes = serde_json::to_vec(&row).map_err(db)?;
-            t.insert(record, bytes.as_slice()).map_err(db)?;
-            let public = serde_json::to_vec(&row.public()).map_err(db)?;
+            public.anchor = Some(anchor.clone());
+            t.insert(record, row(&public, &bytes[n..]).as_slice())
+                .map_err(db)?;
+            let mut listed = Vec::new();
+            codec::put_public(&public, &mut listed);
             tx.open_table(BY_PATIENT)
                 .map_err(db)?
-                .insert(&patient_key(row.patient, record), public.as_slice())
+                .insert(&patient_key(public.patient, record), listed.as_slice())
                 .map_err(db)?;
             Self::unpend(&tx, record, false)?;
         }
@@ -445,7 +507,7 @@ impl ShareStore {
             if after == Some(record) {
                 continue;
             }
-            out.push((record, serde_json::from_slice(v.value()).map_err(db)?));
+            out.push((record, codec::get_public(v.value()).map_err(db)?.0));
             if out.len() >= limit {
                 break;
             }
@@ -461,11 +523,7 @@ impl ShareStore {
         let tx = self.db.begin_read().map_err(db)?;
         let t = tx.open_table(SHARES).map_err(db)?;
         match t.get(record).map_err(db)? {
-            Some(v) => Ok(Some(
-                serde_json::from_slice::<Row>(v.value())
-                    .map_err(db)?
-                    .public(),
-            )),
+            Some(v) => Ok(Some(codec::get_public(v.value()).map_err(db)?.0)),
             None => Ok(None),
         }
     }

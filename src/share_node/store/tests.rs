@@ -10,9 +10,9 @@ fn share(v: &str) -> StoredShare {
         salt: B256::repeat_byte(1),
         digest: B256::repeat_byte(2),
         anchor: None,
-        share: v.into(),
-        commitments: "c".into(),
-        sealed_block: "b".into(),
+        share: hex::encode(v),
+        commitments: "0c".into(),
+        sealed_block: "0b".into(),
         stored_at: 1,
     }
 }
@@ -132,4 +132,96 @@ fn quota_and_collection_of_unanchored_deposits() {
         s.anchored_of(1, Some([1; 32]), 10).unwrap().is_empty(),
         "paged after"
     );
+}
+
+#[test]
+fn a_store_of_json_rows_is_rewritten_in_the_binary_layout_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("s.redb");
+    drop(ShareStore::open(&p, key(), &binding(1)).unwrap());
+    // What a node of the previous version left: JSON rows, hex inside, no layout mark.
+    let anchor = Anchor {
+        root: B256::repeat_byte(5),
+        proof: vec![B256::repeat_byte(6), B256::repeat_byte(7)],
+    };
+    let old = share("an old share");
+    {
+        let raw = Database::create(&p).unwrap();
+        let tx = raw.begin_write().unwrap();
+        {
+            tx.open_table(META).unwrap().remove("format").unwrap();
+            let bound = aad(&[1; 32], old.patient, old.uploader, old.digest);
+            let secret = LegacySecret {
+                share: old.share.clone(),
+                commitments: old.commitments.clone(),
+                sealed_block: old.sealed_block.clone(),
+            };
+            let row = LegacyRow {
+                patient: old.patient,
+                uploader: old.uploader,
+                salt: old.salt,
+                digest: old.digest,
+                anchor: Some(anchor.clone()),
+                stored_at: old.stored_at,
+                sealed: seal_at_rest(&key(), &bound, &serde_json::to_vec(&secret).unwrap()),
+            };
+            let json = serde_json::to_vec(&row).unwrap();
+            tx.open_table(SHARES)
+                .unwrap()
+                .insert(&[1; 32], json.as_slice())
+                .unwrap();
+            let listed = serde_json::to_vec(&row.public()).unwrap();
+            tx.open_table(BY_PATIENT)
+                .unwrap()
+                .insert(&patient_key(old.patient, &[1; 32]), listed.as_slice())
+                .unwrap();
+        }
+        tx.commit().unwrap();
+    }
+    let row_len = {
+        let s = ShareStore::open(&p, key(), &binding(1)).unwrap();
+        let got = s.get(&[1; 32]).unwrap().unwrap();
+        assert_eq!(got.share, old.share);
+        assert_eq!(got.anchor, Some(anchor.clone()));
+        assert_eq!(
+            s.anchored_of(old.patient, None, 10).unwrap()[0].1.anchor,
+            Some(anchor.clone())
+        );
+        let tx = s.db.begin_read().unwrap();
+        let row = tx
+            .open_table(SHARES)
+            .unwrap()
+            .get(&[1; 32])
+            .unwrap()
+            .unwrap()
+            .value()
+            .to_vec();
+        assert!(!row.starts_with(b"{"), "the row is binary now");
+        row.len()
+    };
+    // Opened again, nothing is rewritten twice and everything still reads.
+    let s = ShareStore::open(&p, key(), &binding(1)).unwrap();
+    assert_eq!(s.get(&[1; 32]).unwrap().unwrap().share, old.share);
+    assert!(
+        row_len < 300,
+        "{row_len} bytes for a row with a two-hash proof"
+    );
+}
+
+#[test]
+fn a_store_of_a_newer_layout_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("s.redb");
+    drop(ShareStore::open(&p, key(), &binding(1)).unwrap());
+    {
+        let raw = Database::create(&p).unwrap();
+        let tx = raw.begin_write().unwrap();
+        tx.open_table(META)
+            .unwrap()
+            .insert("format", b"3".as_slice())
+            .unwrap();
+        tx.commit().unwrap();
+    }
+    let e = ShareStore::open(&p, key(), &binding(1)).unwrap_err();
+    assert!(e.to_string().contains("newer version"), "{e}");
 }
