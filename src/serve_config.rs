@@ -213,8 +213,10 @@ pub struct RecordsSection {
     #[serde(default = "default_batch_window_ms")]
     pub batch_window_ms: u64,
     /// Seconds before the ciphertext of an upload that was never anchored (the gateway or
-    /// the chain failed in the middle) is unpinned; default 3600, the share nodes' own TTL
-    /// for such deposits.
+    /// the chain failed in the middle) is unpinned; default 4200. Keep it above the share
+    /// nodes' TTL for unanchored deposits (3600 by default): once the nodes have collected the
+    /// shares, a late proof finds nothing to anchor, so the record can never become readable
+    /// without its ciphertext.
     #[serde(default = "default_orphan_ttl_secs")]
     pub orphan_ttl_secs: u64,
 }
@@ -224,7 +226,7 @@ fn default_batch_window_ms() -> u64 {
 }
 
 fn default_orphan_ttl_secs() -> u64 {
-    3600
+    4200
 }
 
 /// One `[[records.share_nodes]]`.

@@ -64,8 +64,8 @@ pub struct DevArgs {
     #[arg(long, env = "EHR_DEV_BATCH_WINDOW_MS", default_value_t = 50)]
     batch_window_ms: u64,
     /// Seconds before the ciphertext of an upload that was never anchored (cut off by a
-    /// crash) is unpinned. Default: 3600.
-    #[arg(long, env = "EHR_DEV_ORPHAN_TTL_SECS", default_value_t = 3600)]
+    /// crash) is unpinned; above the share nodes' TTL for unanchored deposits. Default: 4200.
+    #[arg(long, env = "EHR_DEV_ORPHAN_TTL_SECS", default_value_t = 4200)]
     orphan_ttl_secs: u64,
 }
 

@@ -9,8 +9,8 @@
 //!   given to every node still waiting for it, and the pin is renamed once they all have it;
 //!   the record is then as readable, and as widely shared, as if nothing had happened;
 //! - every node answers that it holds no anchored record of that id, and the pin is older than
-//!   the orphan TTL: nobody can ever read it, so the ciphertext is unpinned (the nodes collect
-//!   the shares themselves after their own TTL);
+//!   the orphan TTL, which is longer than the nodes' own TTL for unanchored deposits: they
+//!   have deleted the shares, nobody can ever read the record, so the ciphertext is unpinned;
 //! - otherwise (a node does not answer, or the upload may still be running) it waits.
 //!
 //! A minority of lying nodes cannot make it drop a record: unpinning needs all of them to say
@@ -50,8 +50,9 @@ fn parse_pending(name: &str) -> Option<(RecordId, u64)> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SweepSettings {
     /// How old a pending upload nobody anchored must be before its ciphertext is unpinned.
-    /// Longer than any upload takes; the share nodes' own TTL for deposits is the natural
-    /// value.
+    /// Above the share nodes' TTL for unanchored deposits: by then they have deleted the
+    /// shares, so an upload still running late (a slow anchor) finds no node to take its
+    /// proof and can never make the record readable without the ciphertext.
     pub orphan_ttl: Duration,
     /// Time between sweeps.
     pub every: Duration,
@@ -59,7 +60,7 @@ pub struct SweepSettings {
 
 impl Default for SweepSettings {
     fn default() -> Self {
-        Self::for_ttl(Duration::from_secs(3600))
+        Self::for_ttl(Duration::from_secs(4200))
     }
 }
 
