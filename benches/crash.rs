@@ -477,7 +477,14 @@ async fn main() -> anyhow::Result<()> {
     let unpinned: Vec<String> = anchored_ids
         .iter()
         .filter(|id| !pinned.contains(id.to_lowercase().as_str()))
-        .map(|id| format!("{id}: anchored, ciphertext not pinned"))
+        .map(|id| {
+            let acked = if acked_ids.contains(id.as_str()) {
+                "acknowledged"
+            } else {
+                "never acknowledged"
+            };
+            format!("{id}: anchored ({acked}), ciphertext not pinned")
+        })
         .collect();
 
     // The report.
