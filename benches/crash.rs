@@ -239,10 +239,10 @@ async fn named_pins(http: &reqwest::Client, kubo: &str) -> anyhow::Result<(usize
             .filter(|k| k["Name"].as_str().is_some_and(|n| n.starts_with(prefix)))
             .count()
     };
-    Ok((keys.len(), named("ehr-pending:"), named("ehr-record:")))
+    Ok((keys.len(), named("ehr-upload:"), named("ehr-record:")))
 }
 
-/// The records whose ciphertext is pinned (finished or pending), lowercase ids.
+/// The records whose ciphertext is pinned, lowercase ids.
 async fn pinned_records(http: &reqwest::Client, kubo: &str) -> anyhow::Result<HashSet<String>> {
     let v: Value = http
         .post(format!("{kubo}/api/v0/pin/ls?type=recursive&names=true"))
@@ -255,11 +255,7 @@ async fn pinned_records(http: &reqwest::Client, kubo: &str) -> anyhow::Result<Ha
         .into_iter()
         .flat_map(|m| m.values())
         .filter_map(|k| k["Name"].as_str())
-        .filter_map(|n| {
-            n.strip_prefix("ehr-record:")
-                .or_else(|| n.strip_prefix("ehr-pending:"))
-                .map(|rest| rest.split(':').next().unwrap_or("").to_lowercase())
-        })
+        .filter_map(|n| n.strip_prefix("ehr-record:").map(str::to_lowercase))
         .collect())
 }
 
@@ -548,11 +544,11 @@ async fn main() -> anyhow::Result<()> {
         ));
     }
     md.push_str(&format!(
-        "| Kubo: pins of finished records | {} | {} |\n",
+        "| Kubo: pins of record ciphertext | {} | {} |\n",
         before_pins.2, after_pins.2
     ));
     md.push_str(&format!(
-        "| Kubo: pins of unfinished uploads | {} | {} |\n",
+        "| Kubo: markers of unfinished uploads | {} | {} |\n",
         before_pins.1, after_pins.1
     ));
     md.push_str(&format!(

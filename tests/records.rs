@@ -765,37 +765,56 @@ async fn uploads_cut_off_by_a_crash_are_finished_or_collected() {
         panic!("expected NotEnoughProofs, got {err}");
     };
     assert_eq!(accepted, 2);
-    let pending: Vec<String> = ipfs
-        .pins_named(&format!("ehr-pending:{record}"))
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|(cid, _)| cid)
-        .collect();
+    let pinned = |name: String| {
+        let ipfs = ipfs.clone();
+        async move {
+            ipfs.pins_named(&name)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|(cid, _)| cid)
+                .collect::<Vec<String>>()
+        }
+    };
+    let ciphertext = pinned(format!("ehr-record:{record}")).await;
     assert_eq!(
-        pending.len(),
+        ciphertext.len(),
         1,
         "the anchored record's ciphertext stays pinned"
     );
+    assert_eq!(
+        pinned(format!("ehr-upload:{record}")).await.len(),
+        1,
+        "with the marker of an unfinished upload"
+    );
 
-    // Two orphans: ciphertext pinned by uploads that died before their anchor, one two hours
-    // ago and one just now.
+    // Two orphans: ciphertext and marker pinned by uploads that died before their anchor, one
+    // two hours ago and one just now.
     let now = common::nodes::now();
     let mut orphans = Vec::new();
     for created in [now - 7200, now] {
         let id = RecordId(ehr_share::chain::random_b256());
-        let body = format!("orphan {id}");
-        let cid = ipfs
-            .add_stream_named(
-                futures::stream::once(async move { Ok(Bytes::from(body)) }),
-                &format!("ehr-pending:{id}:{created}"),
-            )
-            .await
-            .unwrap();
-        orphans.push(cid);
+        let mut cids = Vec::new();
+        for (body, name) in [
+            (format!("orphan {id}"), format!("ehr-record:{id}")),
+            (
+                format!("ehr-upload:{id}:{created}"),
+                format!("ehr-upload:{id}:{created}"),
+            ),
+        ] {
+            let cid = ipfs
+                .add_stream_named(
+                    futures::stream::once(async move { Ok(Bytes::from(body)) }),
+                    &name,
+                )
+                .await
+                .unwrap();
+            cids.push(cid);
+        }
+        orphans.push(cids);
     }
 
-    // The TTL is an hour: no pending pin of another test in this binary is that old.
+    // The TTL is an hour: no marker of another test in this binary is that old.
     let sweeper = RecordsConfig::new(real.clone(), 3).sweeper(
         ipfs.clone(),
         reqwest::Client::new(),
@@ -803,19 +822,28 @@ async fn uploads_cut_off_by_a_crash_are_finished_or_collected() {
     );
     let report = sweeper.sweep().await.unwrap();
     assert!(report.finished >= 1 && report.collected >= 1, "{report:?}");
-    let stored = ipfs
-        .pins_named(&format!("ehr-record:{record}"))
-        .await
-        .unwrap();
-    assert_eq!(stored.len(), 1, "the finished record's pin is renamed");
-    assert_eq!(stored[0].0, pending[0]);
-    let left = ipfs.pins_named("ehr-pending:").await.unwrap();
-    assert!(
-        !left.iter().any(|(cid, _)| *cid == orphans[0]),
-        "the two-hour-old orphan is unpinned"
+    assert_eq!(
+        pinned(format!("ehr-record:{record}")).await,
+        ciphertext,
+        "the finished record's ciphertext keeps its pin (never renamed)"
     );
     assert!(
-        left.iter().any(|(cid, _)| *cid == orphans[1]),
+        pinned(format!("ehr-upload:{record}")).await.is_empty(),
+        "its marker is gone"
+    );
+    let all: Vec<String> = ipfs
+        .pins_named("ehr-")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(cid, _)| cid)
+        .collect();
+    assert!(
+        !orphans[0].iter().any(|c| all.contains(c)),
+        "the two-hour-old orphan's ciphertext and marker are unpinned"
+    );
+    assert!(
+        orphans[1].iter().all(|c| all.contains(c)),
         "the recent one is left: its upload may still be running"
     );
 

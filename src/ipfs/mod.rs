@@ -1,5 +1,5 @@
 //! Kubo HTTP RPC client: version, add (streamed, pinned under a name), cat (streamed), named
-//! pins (list, rename) and unpin.
+//! pins (list) and unpin.
 //!
 //! Only ciphertext ever goes through here: IPFS content is public to anyone who knows the CID.
 
@@ -229,19 +229,6 @@ impl KuboClient {
             Err(IpfsError::Api { message, .. }) if message.contains("not pinned") => Ok(()),
             Err(e) => Err(e),
         }
-    }
-
-    /// Gives the pin of `cid` the name `name` (pinning it again under the new name is how
-    /// Kubo renames a pin; the content is already here, so nothing is fetched).
-    ///
-    /// # Errors
-    /// When the node is unreachable or does not hold the content.
-    pub async fn rename_pin(&self, cid: &str, name: &str) -> Result<(), IpfsError> {
-        let resp = self
-            .post("pin/add", &[("arg", cid), ("name", name)])
-            .send()
-            .await;
-        self.check("pin/add", resp).await.map(|_| ())
     }
 
     /// The recursive pins whose name contains `part`, as (CID, name).

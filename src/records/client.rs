@@ -330,15 +330,31 @@ impl RecordsClient {
                 let _ = tx.blocking_send(Ok(Bytes::from(seg)));
             });
         });
-        // Pinned as pending: a crash from here on leaves a pin the sweeper finishes or
-        // collects (`sweeper.rs`).
-        let cid = self
+        // A marker first: from here on a crash leaves it for the sweeper, which finishes the
+        // upload or collects what it left (`sweeper.rs`).
+        let marker_name = sweeper::pending_name(id, now());
+        let marker = self
+            .ipfs
+            .add_stream_named(
+                futures::stream::once(std::future::ready(Ok(Bytes::from(marker_name.clone())))),
+                &marker_name,
+            )
+            .await?;
+        let added = self
             .ipfs
             .add_stream_named(
                 tokio_stream::wrappers::ReceiverStream::new(rx),
-                &sweeper::pending_name(id, now()),
+                &sweeper::stored_name(id),
             )
-            .await?;
+            .await;
+        let cid = match added {
+            Ok(cid) => cid,
+            Err(e) => {
+                // The ciphertext may be pinned all the same (Kubo stopped as it answered):
+                // the marker stays for the sweeper.
+                return Err(e.into());
+            }
+        };
         let _ = encrypt.await;
 
         let block = RecordBlock {
@@ -358,9 +374,9 @@ impl RecordsClient {
         match self.share_and_anchor(&block, salt).await {
             // Every node holds the proof: the upload is finished.
             Ok(true) => {
-                if let Err(e) = self.ipfs.rename_pin(&cid, &sweeper::stored_name(id)).await {
+                if let Err(e) = self.ipfs.unpin(&marker).await {
                     tracing::warn!(
-                        "record {id} stored; renaming its pin {cid} failed ({e}): the sweeper will"
+                        "record {id} stored; unpinning its marker failed ({e}): the sweeper will"
                     );
                 }
                 Ok(id)
@@ -370,12 +386,20 @@ impl RecordsClient {
             // Anchored, but fewer than k nodes took the proof: the record exists on chain and
             // the sweeper finishes it when the nodes are back; its ciphertext must stay.
             Err(e @ RecordError::NotEnoughProofs { .. }) => Err(e),
-            // No half record: without the anchor nobody can read it; drop the ciphertext too.
+            // No half record: without the anchor nobody can read it; drop the ciphertext too,
+            // then the marker (a failure leaves the marker, and the sweeper does it).
             Err(e) => {
-                if let Err(u) = self.ipfs.unpin(&cid).await {
-                    tracing::warn!(
+                match self.ipfs.unpin(&cid).await {
+                    Ok(()) => {
+                        if let Err(u) = self.ipfs.unpin(&marker).await {
+                            tracing::warn!(
+                                "could not unpin the marker of {id} ({u}): the sweeper will"
+                            );
+                        }
+                    }
+                    Err(u) => tracing::warn!(
                         "could not unpin {cid} after a failed upload ({u}): the sweeper will"
-                    );
+                    ),
                 }
                 Err(e)
             }

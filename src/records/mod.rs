@@ -8,9 +8,9 @@
 //! a failure before the anchor the ciphertext is unpinned. Shares deposited for a record whose
 //! proof never arrived can never be released (`canRead` needs the proof to an anchored root)
 //! and are collected by the nodes after an hour. A crash in between (of the gateway, or of
-//! nodes while the proof goes round) is settled by the [`UploadSweeper`]: the ciphertext is
-//! pinned as pending until every node holds the proof, and the sweeper either spreads the
-//! proof or, when no node has one, unpins the ciphertext.
+//! nodes while the proof goes round) is settled by the [`UploadSweeper`]: the upload is
+//! marked pending (a marker pinned beside it) until every node holds the proof, and the sweeper
+//! either spreads the proof or, when no node has one, unpins the ciphertext.
 
 mod batcher;
 mod block;

@@ -1,16 +1,20 @@
 //! Finishing or collecting the uploads a crash interrupted.
 //!
-//! An upload pins its ciphertext under the name `ehr-pending:<record>:<unix time>` before
-//! anything else, and renames the pin `ehr-record:<record>` only once every share node holds
-//! the record's proof. A gateway killed in between (or a share node down while the proof went
-//! round) leaves a pending pin, which this sweeper settles:
+//! An upload first pins a marker, a tiny object of its own named
+//! `ehr-upload:<record>:<unix time>`, then its ciphertext under the name
+//! `ehr-record:<record>`, and unpins the marker only once every share node holds the
+//! record's proof. The ciphertext's pin is never renamed: Kubo renames a pin by removing it
+//! and pinning again, and a Kubo stopped between the two steps loses the pin (the crash
+//! harness found 5 of 990 records so). A gateway killed mid-upload (or a share node down while
+//! the proof went round) leaves a marker, which this sweeper settles:
 //!
 //! - a node already holds the proof (the record was anchored): the proof is public, so it is
-//!   given to every node still waiting for it, and the pin is renamed once they all have it;
-//!   the record is then as readable, and as widely shared, as if nothing had happened;
-//! - every node answers that it holds no anchored record of that id, and the pin is older than
-//!   the orphan TTL, which is longer than the nodes' own TTL for unanchored deposits: they
-//!   have deleted the shares, nobody can ever read the record, so the ciphertext is unpinned;
+//!   given to every node still waiting for it, and the marker is unpinned once they all have
+//!   it; the record is then as readable, and as widely shared, as if nothing had happened;
+//! - every node answers that it holds no anchored record of that id, and the marker is older
+//!   than the orphan TTL, which is longer than the nodes' own TTL for unanchored deposits: they
+//!   have deleted the shares, nobody can ever read the record, so the ciphertext is unpinned,
+//!   then the marker;
 //! - otherwise (a node does not answer, or the upload may still be running) it waits.
 //!
 //! A minority of lying nodes cannot make it drop a record: unpinning needs all of them to say
@@ -25,17 +29,18 @@ use crate::chain::RecordId;
 use crate::ipfs::{IpfsError, KuboClient};
 use crate::share_node::{AnchorBody, NodeClient};
 
-/// Prefix of the pin of an upload not finished yet.
-pub(super) const PENDING: &str = "ehr-pending:";
-/// Prefix of the pin of a finished record.
+/// Prefix of the marker of an upload not finished yet.
+pub(super) const PENDING: &str = "ehr-upload:";
+/// Prefix of the pin of a record's ciphertext.
 const STORED: &str = "ehr-record:";
 
-/// The pin name of an upload of `id` begun at `created` (unix seconds).
+/// The name (and the content) of the marker of an upload of `id` begun at `created` (unix
+/// seconds). Unique per record, so no two markers share a CID (Kubo keeps one pin per CID).
 pub(super) fn pending_name(id: RecordId, created: u64) -> String {
     format!("{PENDING}{id}:{created}")
 }
 
-/// The pin name of a finished record.
+/// The pin name of a record's ciphertext.
 pub(super) fn stored_name(id: RecordId) -> String {
     format!("{STORED}{id}")
 }
@@ -77,7 +82,7 @@ impl SweepSettings {
 /// What one sweep did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct SweepReport {
-    /// Uploads whose proof now sits at every node (pins renamed).
+    /// Uploads whose proof now sits at every node (markers unpinned).
     pub finished: usize,
     /// Abandoned uploads whose ciphertext was unpinned.
     pub collected: usize,
@@ -140,28 +145,36 @@ impl UploadSweeper {
         })
     }
 
-    /// One pass over the pending pins.
+    /// One pass over the markers of unfinished uploads.
     ///
     /// # Errors
-    /// When Kubo cannot list, rename or unpin.
+    /// When Kubo cannot list or unpin.
     pub async fn sweep(&self) -> Result<SweepReport, IpfsError> {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
         let mut report = SweepReport::default();
-        for (cid, name) in self.ipfs.pins_named(PENDING).await? {
+        for (marker, name) in self.ipfs.pins_named(PENDING).await? {
             let Some((id, created)) = parse_pending(&name) else {
                 continue;
             };
             match self.settle(id).await {
                 Settled::Finished => {
-                    self.ipfs.rename_pin(&cid, &stored_name(id)).await?;
+                    self.ipfs.unpin(&marker).await?;
                     report.finished += 1;
                 }
                 Settled::NotAnchored { all_answered: true }
                     if now.saturating_sub(created) >= self.settings.orphan_ttl.as_secs() =>
                 {
-                    self.ipfs.unpin(&cid).await?;
+                    // The ciphertext first: a crash in between leaves the marker, and the
+                    // next pass does it again.
+                    let stored = stored_name(id);
+                    for (cid, n) in self.ipfs.pins_named(&stored).await? {
+                        if n == stored {
+                            self.ipfs.unpin(&cid).await?;
+                        }
+                    }
+                    self.ipfs.unpin(&marker).await?;
                     report.collected += 1;
                 }
                 _ => report.waiting += 1,
@@ -218,7 +231,7 @@ mod tests {
         let id = RecordId(alloy::primitives::B256::repeat_byte(7));
         assert_eq!(parse_pending(&pending_name(id, 1234)), Some((id, 1234)));
         assert_eq!(parse_pending(&stored_name(id)), None);
-        assert_eq!(parse_pending("ehr-pending:0x12:5"), None);
+        assert_eq!(parse_pending("ehr-upload:0x12:5"), None);
         assert_eq!(parse_pending(&format!("{PENDING}{id}")), None);
     }
 
