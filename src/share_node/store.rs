@@ -220,6 +220,21 @@ fn row(public: &PublicRecord, sealed: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Lists an anchored record under its patient (the index listings read, never the shares).
+fn list_under_patient(
+    tx: &redb::WriteTransaction,
+    record: &[u8; 32],
+    public: &PublicRecord,
+) -> Result<(), StoreError> {
+    let mut listed = Vec::new();
+    codec::put_public(public, &mut listed);
+    tx.open_table(BY_PATIENT)
+        .map_err(db)?
+        .insert(&patient_key(public.patient, record), listed.as_slice())
+        .map_err(db)?;
+    Ok(())
+}
+
 /// Rewrites the rows of a format-1 store (JSON, hex) in the binary layout, resealing each
 /// secret part; returns how many records it rewrote. Runs inside the opening transaction, so a
 /// crash leaves the old store whole.
@@ -246,12 +261,7 @@ fn migrate(tx: &redb::WriteTransaction, key: &AeadKey) -> Result<u64, StoreError
             )
             .map_err(db)?;
         if public.anchor.is_some() {
-            let mut listed = Vec::new();
-            codec::put_public(&public, &mut listed);
-            tx.open_table(BY_PATIENT)
-                .map_err(db)?
-                .insert(&patient_key(public.patient, record), listed.as_slice())
-                .map_err(db)?;
+            list_under_patient(tx, record, &public)?;
         }
     }
     Ok(rows.len() as u64)
@@ -472,12 +482,7 @@ impl ShareStore {
             public.anchor = Some(anchor.clone());
             t.insert(record, row(&public, &bytes[n..]).as_slice())
                 .map_err(db)?;
-            let mut listed = Vec::new();
-            codec::put_public(&public, &mut listed);
-            tx.open_table(BY_PATIENT)
-                .map_err(db)?
-                .insert(&patient_key(public.patient, record), listed.as_slice())
-                .map_err(db)?;
+            list_under_patient(&tx, record, &public)?;
             Self::unpend(&tx, record, false)?;
         }
         tx.commit().map_err(db)?;
