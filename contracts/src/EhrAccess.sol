@@ -60,6 +60,17 @@ contract EhrAccess {
         uint32 count; // records under it
     }
 
+    /// A patient's wearable or home device: a write-only delegate whose signed readings an
+    /// ingestor seals into the patient's records. One slot. A device key serves one patient for
+    /// good: once revoked it is not registered again, so its old signed readings keep naming
+    /// whose they were.
+    struct Device {
+        uint128 patient; // 0: never registered
+        uint8 kind; // 1 to MAX_DEVICE_KIND
+        uint40 addedAt;
+        uint40 revokedAt; // 0: active
+    }
+
     /// Where a record sits: its leaf's fields and its inclusion proof. Share nodes keep it with
     /// their shares and present it to `canRead`; the record id is derived from it, so a proof
     /// binds the record to its uploader and patient.
@@ -76,7 +87,7 @@ contract EhrAccess {
 
     /// The contract's interface version; `ehr deploy` records it, share nodes and the gateway
     /// refuse a deployment of another version.
-    uint16 public constant VERSION = 4;
+    uint16 public constant VERSION = 5;
     /// How long a break-glass emergency access lasts.
     uint64 public constant BREAK_GLASS_DURATION = 1 hours;
     /// Emergency openings a provider may make per patient per 24 hours.
@@ -93,6 +104,9 @@ contract EhrAccess {
     uint32 public constant MAX_BATCH = 65_536;
     /// Upper bound on records per access transaction (keeps the loop bounded).
     uint256 public constant MAX_ACCESS_BATCH = 32;
+    /// Highest device kind code: 1 watch, 2 ring, 3 chest strap, 4 pulse oximeter, 5 blood
+    /// pressure cuff, 6 glucose meter, 7 thermometer, 8 phone.
+    uint8 public constant MAX_DEVICE_KIND = 8;
 
     /// An open-ended grant in events and in the `expiresAt` arguments' sense.
     uint64 private constant OPEN_ENDED = type(uint64).max;
@@ -131,6 +145,15 @@ contract EhrAccess {
     /// Anchored roots. Records themselves are not stored: each is a leaf under a root, and its
     /// proof is kept with its shares.
     mapping(bytes32 => Root) public roots;
+    /// Devices by their key's address.
+    mapping(address => Device) public devices;
+    /// Active devices of each patient. A patient with none has not asked for readings to be
+    /// ingested, and no ingestor may add records for them.
+    mapping(uint128 => uint32) public activeDevices;
+    /// Ingestion services the records office verified: they take devices' signed readings and
+    /// seal them into records of patients with an active device. They can add records, never
+    /// read them.
+    mapping(address => bool) public ingestors;
 
     // ---------------------------------------------------------------- events
 
@@ -208,6 +231,23 @@ contract EhrAccess {
     /// @param provider The provider.
     /// @param by The patient's account.
     event BreakGlassEnded(uint128 indexed patient, address indexed provider, address indexed by);
+
+    /// @notice A patient registered a device, which may now send readings for them.
+    /// @param patient The patient key.
+    /// @param device The device key's address.
+    /// @param kind Device kind (see `MAX_DEVICE_KIND`).
+    /// @param label A short label the patient chose (UTF-8, zero-padded; no PHI).
+    event DeviceAdded(uint128 indexed patient, address indexed device, uint8 kind, bytes32 label);
+
+    /// @notice A patient revoked a device: its readings are refused from now on.
+    /// @param patient The patient key.
+    /// @param device The device key's address.
+    event DeviceRevoked(uint128 indexed patient, address indexed device);
+
+    /// @notice The records office allowed or stopped an ingestion service.
+    /// @param ingestor The service's account.
+    /// @param allowed Whether it may add records of patients with an active device.
+    event IngestorSet(address indexed ingestor, bool allowed);
 
     // ---------------------------------------------------------------- errors
 
@@ -290,6 +330,17 @@ contract EhrAccess {
     /// @param provider The provider.
     error NoOpenEmergency(uint128 patient, address provider);
 
+    /// @notice The kind is not one of the coded device kinds (1 to `MAX_DEVICE_KIND`).
+    /// @param kind The code given.
+    error UnknownDeviceKind(uint8 kind);
+    /// @notice The device key is registered already (to this or another patient, or revoked).
+    /// @param device The device key's address.
+    error DeviceTaken(address device);
+    /// @notice The device is not an active device of this patient.
+    /// @param device The device key's address.
+    /// @param patient The patient key.
+    error NotActiveDevice(address device, uint128 patient);
+
     // ---------------------------------------------------------------- modifiers
 
     modifier onlyManager() {
@@ -324,7 +375,7 @@ contract EhrAccess {
                     "EIP712Domain(string name,string version,uint256 chainId,address verifyingContract,bytes32 salt)"
                 ),
                 keccak256("EhrAccess"),
-                keccak256("4"),
+                keccak256("5"),
                 block.chainid,
                 address(this),
                 deploymentId
@@ -411,9 +462,76 @@ contract EhrAccess {
     /// account holding a patient address is not refused here (no reverse map is stored to
     /// find it); the records office sees it in the index and does not verify it.
     function registerProvider() external {
-        if (providers[msg.sender].status != ProviderStatus.None) revert AccountHasRole(msg.sender);
+        // A device key never becomes a reader.
+        if (providers[msg.sender].status != ProviderStatus.None || devices[msg.sender].patient != 0) {
+            revert AccountHasRole(msg.sender);
+        }
         providers[msg.sender] = Provider(ProviderStatus.Pending, 0, uint64(block.timestamp));
         emit ProviderRegistered(msg.sender);
+    }
+
+    /// The records office allows (or stops) an ingestion service: an account that seals
+    /// devices' signed readings into records of patients with an active device.
+    /// @param ingestor The service's account.
+    /// @param allowed Whether it may.
+    function setIngestor(address ingestor, bool allowed) external onlyManager {
+        if (ingestor == address(0)) revert ZeroAddress();
+        ingestors[ingestor] = allowed;
+        emit IngestorSet(ingestor, allowed);
+    }
+
+    // ---------------------------------------------------------------- devices
+
+    /// The patient registers a device key: from now on readings it signs for this patient are
+    /// taken by ingestors. A device can only write: it is refused as a provider, and share
+    /// nodes never release shares to it.
+    /// @param patient The caller's patient key.
+    /// @param device The device key's address.
+    /// @param kind Device kind, 1 to `MAX_DEVICE_KIND`.
+    /// @param label A short label (UTF-8, zero-padded), e.g. "wrist, left"; public, so no PHI.
+    function addDevice(uint128 patient, address device, uint8 kind, bytes32 label) external {
+        _asPatient(patient);
+        if (device == address(0)) revert ZeroAddress();
+        if (kind == 0 || kind > MAX_DEVICE_KIND) revert UnknownDeviceKind(kind);
+        if (devices[device].patient != 0) revert DeviceTaken(device);
+        if (providers[device].status != ProviderStatus.None || device == manager) revert AccountHasRole(device);
+        devices[device] = Device(patient, kind, uint40(block.timestamp), 0);
+        unchecked {
+            ++activeDevices[patient]; // at most one per address: cannot overflow in practice
+        }
+        emit DeviceAdded(patient, device, kind, label);
+    }
+
+    /// The patient revokes a device; its readings are refused from the next request on.
+    /// @param patient The caller's patient key.
+    /// @param device The device key's address.
+    function revokeDevice(uint128 patient, address device) external {
+        _asPatient(patient);
+        Device storage d = devices[device];
+        if (d.patient != patient || d.revokedAt != 0) revert NotActiveDevice(device, patient);
+        d.revokedAt = uint40(block.timestamp);
+        unchecked {
+            --activeDevices[patient]; // the device was active: the count is at least one
+        }
+        emit DeviceRevoked(patient, device);
+    }
+
+    /// Whether `device` is an active device of `patient` now.
+    /// @param device The device key's address.
+    /// @param patient The patient key.
+    /// @return Whether its readings for `patient` may be taken.
+    function isActiveDevice(address device, uint128 patient) external view returns (bool) {
+        Device storage d = devices[device];
+        return patient != 0 && d.patient == patient && d.revokedAt == 0;
+    }
+
+    /// Whether `ingestor` may add records for `patient` now: a verified ingestion service, and
+    /// the patient has at least one active device.
+    /// @param ingestor The account.
+    /// @param patient The patient key.
+    /// @return Whether share nodes take its deposits for `patient`.
+    function mayIngest(address ingestor, uint128 patient) external view returns (bool) {
+        return ingestors[ingestor] && activeDevices[patient] != 0;
     }
 
     // ---------------------------------------------------------------- grants and requests

@@ -802,4 +802,102 @@ contract EhrAccessTest is Test {
         (, anchored) = c.isAnchored(proofs[mine]);
         assertTrue(anchored && proofs[mine].author == patient, "the first record is untouched");
     }
+
+    // ------------------------------------------------------------ devices and ingestors
+
+    address internal watch = address(0x3A7C);
+    address internal ingestor = address(0x16E5);
+
+    function _addWatch() internal {
+        vm.prank(patient);
+        c.addDevice(key, watch, 1, "wrist");
+    }
+
+    function test_a_patient_adds_and_revokes_devices_and_nobody_else_can() public {
+        vm.expectRevert(abi.encodeWithSelector(EhrAccess.NotPatient.selector, doctor, key));
+        vm.prank(doctor);
+        c.addDevice(key, watch, 1, "wrist");
+        vm.startPrank(patient);
+        vm.expectRevert(EhrAccess.ZeroAddress.selector);
+        c.addDevice(key, address(0), 1, "");
+        vm.expectRevert(abi.encodeWithSelector(EhrAccess.UnknownDeviceKind.selector, uint8(0)));
+        c.addDevice(key, watch, 0, "");
+        vm.expectRevert(abi.encodeWithSelector(EhrAccess.UnknownDeviceKind.selector, uint8(9)));
+        c.addDevice(key, watch, 9, "");
+        vm.expectRevert(abi.encodeWithSelector(EhrAccess.AccountHasRole.selector, doctor));
+        c.addDevice(key, doctor, 1, "");
+        vm.expectRevert(abi.encodeWithSelector(EhrAccess.AccountHasRole.selector, office));
+        c.addDevice(key, office, 1, "");
+        c.addDevice(key, watch, 1, "wrist");
+        assertTrue(c.isActiveDevice(watch, key), "active");
+        assertEq(c.activeDevices(key), 1, "one active");
+        vm.expectRevert(abi.encodeWithSelector(EhrAccess.DeviceTaken.selector, watch));
+        c.addDevice(key, watch, 2, "again");
+        vm.stopPrank();
+
+        vm.expectRevert(abi.encodeWithSelector(EhrAccess.NotPatient.selector, stranger, key));
+        vm.prank(stranger);
+        c.revokeDevice(key, watch);
+        vm.prank(patient);
+        c.revokeDevice(key, watch);
+        assertFalse(c.isActiveDevice(watch, key), "revoked");
+        assertEq(c.activeDevices(key), 0, "none active");
+        vm.expectRevert(abi.encodeWithSelector(EhrAccess.NotActiveDevice.selector, watch, key));
+        vm.prank(patient);
+        c.revokeDevice(key, watch);
+        // A revoked key is never registered again, for anyone.
+        vm.expectRevert(abi.encodeWithSelector(EhrAccess.DeviceTaken.selector, watch));
+        vm.prank(patient);
+        c.addDevice(key, watch, 1, "wrist");
+    }
+
+    function test_a_device_of_another_patient_is_not_active_for_ours() public {
+        address other = address(0x0B0B);
+        vm.prank(office);
+        c.issuePatient(AID, PID + 1, other);
+        uint128 otherKey = c.patientKey(AID, PID + 1);
+        _addWatch();
+        assertFalse(c.isActiveDevice(watch, otherKey), "not theirs");
+        assertFalse(c.isActiveDevice(watch, 0), "no patient zero");
+        vm.expectRevert(abi.encodeWithSelector(EhrAccess.NotActiveDevice.selector, watch, otherKey));
+        vm.prank(other);
+        c.revokeDevice(otherKey, watch);
+    }
+
+    function test_a_device_key_never_becomes_a_reader() public {
+        _addWatch();
+        vm.expectRevert(abi.encodeWithSelector(EhrAccess.AccountHasRole.selector, watch));
+        vm.prank(watch);
+        c.registerProvider();
+        (EhrAccess.DenyReason reason,) = c.checkAccess(key, watch);
+        assertTrue(reason == EhrAccess.DenyReason.NotProvider, "not a provider");
+        bytes32 id = _anchor(patient, "a record");
+        assertFalse(c.canRead(watch, proofs[id], uint64(block.number), uint64(block.timestamp)), "cannot read");
+    }
+
+    function test_ingestors_are_set_by_the_office_and_need_an_active_device() public {
+        vm.expectRevert(abi.encodeWithSelector(EhrAccess.NotManager.selector, patient));
+        vm.prank(patient);
+        c.setIngestor(ingestor, true);
+        vm.expectRevert(EhrAccess.ZeroAddress.selector);
+        vm.prank(office);
+        c.setIngestor(address(0), true);
+        assertFalse(c.mayIngest(ingestor, key), "not an ingestor yet");
+        vm.prank(office);
+        c.setIngestor(ingestor, true);
+        assertFalse(c.mayIngest(ingestor, key), "no active device");
+        _addWatch();
+        assertTrue(c.mayIngest(ingestor, key), "ingestor and an active device");
+        assertFalse(c.mayIngest(stranger, key), "only verified ingestors");
+        vm.prank(patient);
+        c.revokeDevice(key, watch);
+        assertFalse(c.mayIngest(ingestor, key), "the last device revoked");
+        address ring = address(0x217E);
+        vm.prank(patient);
+        c.addDevice(key, ring, 2, "ring");
+        vm.prank(office);
+        c.setIngestor(ingestor, false);
+        assertFalse(c.mayIngest(ingestor, key), "stopped by the office");
+    }
 }
+

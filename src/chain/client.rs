@@ -2,6 +2,7 @@
 //! operation as a method that returns our types and our errors.
 
 mod reads;
+mod devices;
 mod writes;
 
 use std::path::Path;
@@ -18,8 +19,8 @@ use super::errors::ChainError;
 use super::events::{self, AuditEvent, AuditFilter, AuditKind, AuditPage};
 use super::merkle::RecordProof;
 use super::types::{
-    DenyReason, EmergencyReason, GrantInfo, PatientAddr, PendingRequest, ProviderStatus, RecordId,
-    RootInfo,
+    DenyReason, DeviceInfo, DeviceKind, EmergencyReason, GrantInfo, PatientAddr, PendingRequest,
+    ProviderStatus, RecordId, RootInfo,
 };
 
 /// Where a deployed contract lives; written by `ehr deploy`, read by the other commands.
@@ -102,7 +103,7 @@ pub struct AccessOutcome {
 type Contract = EhrAccess::EhrAccessInstance<DynProvider>;
 
 /// The contract interface version this build speaks (`EhrAccess.VERSION`).
-pub const CONTRACT_VERSION: u16 = 4;
+pub const CONTRACT_VERSION: u16 = 5;
 
 /// A client of one deployed EhrAccess contract, signing as one account (or read-only).
 #[derive(Debug, Clone)]

@@ -143,6 +143,20 @@ fn describe(e: &E) -> String {
             patient(x.patient),
             x.nextAt
         ),
+        E::UnknownDeviceKind(x) => format!(
+            "device kind code {} is not one of {}",
+            x.kind,
+            crate::chain::DeviceKind::CODES
+        ),
+        E::DeviceTaken(x) => format!(
+            "device {} is registered already (a device key serves one patient, and a revoked one is not registered again)",
+            x.device
+        ),
+        E::NotActiveDevice(x) => format!(
+            "device {} is not an active device of patient {}",
+            x.device,
+            patient(x.patient)
+        ),
         E::NoOpenEmergency(x) => format!(
             "provider {} has no open emergency access to patient {}",
             x.provider,

@@ -140,6 +140,31 @@ pub enum AuditKind {
         /// Provider.
         provider: Address,
     },
+    /// A patient registered a device (a write-only delegate for readings).
+    DeviceAdded {
+        /// Patient.
+        patient: Option<PatientAddr>,
+        /// The device key's address.
+        device: Address,
+        /// Device kind code (see [`crate::chain::DeviceKind`]).
+        kind: u8,
+        /// The patient's label for it.
+        label: String,
+    },
+    /// A patient revoked a device.
+    DeviceRevoked {
+        /// Patient.
+        patient: Option<PatientAddr>,
+        /// The device key's address.
+        device: Address,
+    },
+    /// The records office allowed or stopped an ingestion service.
+    IngestorSet {
+        /// The service's account.
+        ingestor: Address,
+        /// Allowed now.
+        allowed: bool,
+    },
     /// Any other event of the contract.
     Other {
         /// Its name.
@@ -164,7 +189,9 @@ impl AuditKind {
             | Self::AccessAllowed { patient, .. }
             | Self::AccessDenied { patient, .. }
             | Self::BreakGlassOpened { patient, .. }
-            | Self::BreakGlassEnded { patient, .. } => *patient,
+            | Self::BreakGlassEnded { patient, .. }
+            | Self::DeviceAdded { patient, .. }
+            | Self::DeviceRevoked { patient, .. } => *patient,
             _ => None,
         }
     }
@@ -191,6 +218,20 @@ pub(crate) fn decode(log: &Log) -> Option<AuditEvent> {
     let p = PatientAddr::from_key;
     let kind = match ev {
         Ev::ManagerTransferred(e) => AuditKind::ManagerTransferred { manager: e.current },
+        Ev::DeviceAdded(e) => AuditKind::DeviceAdded {
+            patient: p(e.patient),
+            device: e.device,
+            kind: e.kind,
+            label: crate::chain::types::label_text(e.label),
+        },
+        Ev::DeviceRevoked(e) => AuditKind::DeviceRevoked {
+            patient: p(e.patient),
+            device: e.device,
+        },
+        Ev::IngestorSet(e) => AuditKind::IngestorSet {
+            ingestor: e.ingestor,
+            allowed: e.allowed,
+        },
         Ev::ManagerTransferStarted(_) => AuditKind::Other {
             name: "ManagerTransferStarted".into(),
         },

@@ -18,8 +18,8 @@ pub use errors::ChainError;
 pub use events::{AuditEvent, AuditFilter, AuditKind, AuditPage};
 pub use index::{IndexStore, StoreError, StoredIndex};
 pub use types::{
-    DenyReason, EmergencyReason, GrantInfo, GrantState, InvalidPatientAddr, PatientAddr,
+    DenyReason, DeviceInfo, DeviceKind, EmergencyReason, GrantInfo, GrantState, InvalidPatientAddr, PatientAddr,
     PendingRequest, ProviderStatus, RecordId, RootInfo, UnknownCode, UnknownEmergencyReason,
-    random_b256,
+    MAX_LABEL_BYTES, label_bytes, label_text, random_b256,
 };
 pub use voucher::{PatientVoucher, sign_voucher};

@@ -477,3 +477,133 @@ mod tests {
         );
     }
 }
+
+/// What kind of device a patient registered (the contract's `kind` codes, 1 to
+/// `MAX_DEVICE_KIND`). It says what readings to expect; it grants nothing by itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeviceKind {
+    /// A wrist-worn watch or band.
+    Watch = 1,
+    /// A smart ring.
+    Ring = 2,
+    /// A chest strap (heart rate).
+    ChestStrap = 3,
+    /// A pulse oximeter (SpO2).
+    PulseOximeter = 4,
+    /// A blood pressure cuff.
+    BpCuff = 5,
+    /// A glucose meter or continuous glucose monitor.
+    GlucoseMeter = 6,
+    /// A thermometer.
+    Thermometer = 7,
+    /// The patient's phone (steps, or a hub for sensors without their own key).
+    Phone = 8,
+}
+
+impl DeviceKind {
+    /// Every kind, in code order.
+    pub const ALL: [Self; 8] = [
+        Self::Watch,
+        Self::Ring,
+        Self::ChestStrap,
+        Self::PulseOximeter,
+        Self::BpCuff,
+        Self::GlucoseMeter,
+        Self::Thermometer,
+        Self::Phone,
+    ];
+    /// The codes and names, for error messages.
+    pub const CODES: &'static str = "watch(1), ring(2), chest-strap(3), pulse-oximeter(4), bp-cuff(5), glucose-meter(6), thermometer(7), phone(8)";
+
+    /// The contract's code.
+    pub fn code(self) -> u8 {
+        self as u8
+    }
+
+    /// The name used on the command line and in the API.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Watch => "watch",
+            Self::Ring => "ring",
+            Self::ChestStrap => "chest-strap",
+            Self::PulseOximeter => "pulse-oximeter",
+            Self::BpCuff => "bp-cuff",
+            Self::GlucoseMeter => "glucose-meter",
+            Self::Thermometer => "thermometer",
+            Self::Phone => "phone",
+        }
+    }
+}
+
+impl TryFrom<u8> for DeviceKind {
+    type Error = UnknownCode;
+    fn try_from(code: u8) -> Result<Self, UnknownCode> {
+        Self::ALL
+            .into_iter()
+            .find(|k| k.code() == code)
+            .ok_or(UnknownCode {
+                what: "device kind",
+                code,
+            })
+    }
+}
+
+impl FromStr for DeviceKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Self::ALL
+            .into_iter()
+            .find(|k| k.name() == s)
+            .ok_or_else(|| format!("unknown device kind {s:?}: one of {}", Self::CODES))
+    }
+}
+
+impl fmt::Display for DeviceKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A device as the contract stores it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct DeviceInfo {
+    /// The device key's address.
+    pub device: Address,
+    /// Whose device it is.
+    pub patient: PatientAddr,
+    /// Its kind (`None`: a code this build does not know).
+    pub kind: Option<DeviceKind>,
+    /// When it was added, unix seconds.
+    pub added_at: u64,
+    /// When it was revoked, unix seconds; `None` while active.
+    pub revoked_at: Option<u64>,
+}
+
+/// Longest device label, bytes (it is stored as one `bytes32`).
+pub const MAX_LABEL_BYTES: usize = 32;
+
+/// A label as the contract's `bytes32`: UTF-8, zero-padded.
+///
+/// # Errors
+/// When it is longer than [`MAX_LABEL_BYTES`] or holds a NUL or control character.
+pub fn label_bytes(label: &str) -> Result<B256, String> {
+    if label.len() > MAX_LABEL_BYTES {
+        return Err(format!(
+            "device label is {} bytes; at most {MAX_LABEL_BYTES}",
+            label.len()
+        ));
+    }
+    if label.chars().any(char::is_control) {
+        return Err("device label must not hold control characters".into());
+    }
+    let mut b = [0u8; 32];
+    b[..label.len()].copy_from_slice(label.as_bytes());
+    Ok(B256::from(b))
+}
+
+/// A `bytes32` label as text (zero padding dropped; invalid UTF-8 replaced).
+pub fn label_text(label: B256) -> String {
+    let end = label.0.iter().position(|&c| c == 0).unwrap_or(32);
+    String::from_utf8_lossy(&label.0[..end]).into_owned()
+}

@@ -42,7 +42,7 @@ alloy::sol! {
 pub fn domain(chain_id: u64, contract: Address, deployment_id: B256) -> Eip712Domain {
     Eip712Domain::new(
         Some("ehr-share".into()),
-        Some("4".into()),
+        Some("5".into()),
         Some(U256::from(chain_id)),
         Some(contract),
         Some(deployment_id),

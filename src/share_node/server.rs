@@ -303,9 +303,11 @@ fn check_deadline(deadline: u64) -> Result<(), Refusal> {
     Ok(())
 }
 
-/// Whether `uploader` may add records for `patient` now: the patient themselves, or a provider
-/// under a grant in force. Break-glass opens reading only: an emergency never lets a provider
-/// write into a chart the patient did not open to them.
+/// Whether `uploader` may add records for `patient` now: the patient themselves, a provider
+/// under a grant in force, or an ingestion service the records office allowed while the
+/// patient has an active device (the service seals the devices' signed readings; it can never
+/// read). Break-glass opens reading only: an emergency never lets a provider write into a
+/// chart the patient did not open to them.
 async fn may_write(
     n: &Node,
     patient: PatientAddr,
@@ -318,6 +320,11 @@ async fn may_write(
     }
     let (reason, emergency) = chain.check_access(patient, uploader).await?;
     if reason != DenyReason::None {
+        // Asked only when the uploader is no provider with access: providers' uploads pay no
+        // extra call.
+        if chain.may_ingest(uploader, patient).await? {
+            return Ok(());
+        }
         return Err(denied(format!(
             "{uploader} {verb} add records for patient {patient}: {reason}"
         )));

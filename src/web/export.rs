@@ -80,6 +80,9 @@ fn classify(k: &AuditKind) -> (Value, Option<Value>, &'static str) {
         }
         AuditKind::BreakGlassOpened { .. } => (dcm("110113", "Security Alert"), "E"),
         AuditKind::BreakGlassEnded { .. } => (dcm("110136", "Security Roles Changed"), "U"),
+        AuditKind::DeviceAdded { .. } => (dcm("110136", "Security Roles Changed"), "C"),
+        AuditKind::DeviceRevoked { .. } => (dcm("110136", "Security Roles Changed"), "D"),
+        AuditKind::IngestorSet { .. } => (dcm("110137", "User Security Attributes Changed"), "U"),
         AuditKind::PatientRegistered { .. } | AuditKind::ProviderRegistered { .. } => {
             (dcm("110137", "User Security Attributes Changed"), "C")
         }
@@ -102,7 +105,9 @@ fn actor(k: &AuditKind) -> Value {
         AuditKind::GrantIssued { patient, .. }
         | AuditKind::GrantRevoked { patient, .. }
         | AuditKind::RequestDeclined { patient, .. }
-        | AuditKind::BreakGlassEnded { patient, .. } => by_patient(patient),
+        | AuditKind::BreakGlassEnded { patient, .. }
+        | AuditKind::DeviceAdded { patient, .. }
+        | AuditKind::DeviceRevoked { patient, .. } => by_patient(patient),
         AuditKind::AccessAllowed { provider, .. }
         | AuditKind::AccessDenied { provider, .. }
         | AuditKind::AccessRequested { provider, .. }
@@ -112,7 +117,8 @@ fn actor(k: &AuditKind) -> Value {
         AuditKind::Anchored { anchorer, .. } => account(*anchorer),
         AuditKind::ProviderVerified { .. }
         | AuditKind::ProviderSuspended { .. }
-        | AuditKind::ManagerTransferred { .. } => json!({ "display": "records office" }),
+        | AuditKind::ManagerTransferred { .. }
+        | AuditKind::IngestorSet { .. } => json!({ "display": "records office" }),
         AuditKind::Other { .. } => json!({ "display": "unknown" }),
     }
 }

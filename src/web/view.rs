@@ -246,6 +246,38 @@ pub(crate) fn describe(k: &AuditKind) -> (&'static str, String, String) {
         AuditKind::ProviderRegistered { provider } => {
             ("Provider registered", provider.to_string(), String::new())
         }
+        AuditKind::DeviceAdded {
+            patient,
+            device,
+            kind,
+            label,
+        } => (
+            "Device added",
+            device.to_string(),
+            format!(
+                "{} for {}{}",
+                crate::chain::DeviceKind::try_from(*kind)
+                    .map_or_else(|_| format!("kind {kind}"), |k| k.to_string()),
+                p(patient),
+                if label.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({label})")
+                }
+            ),
+        ),
+        AuditKind::DeviceRevoked { patient, device } => {
+            ("Device revoked", device.to_string(), p(patient))
+        }
+        AuditKind::IngestorSet { ingestor, allowed } => (
+            if *allowed {
+                "Ingestion service allowed"
+            } else {
+                "Ingestion service stopped"
+            },
+            ingestor.to_string(),
+            String::new(),
+        ),
         AuditKind::ProviderVerified { provider } => {
             ("Provider verified", provider.to_string(), String::new())
         }
