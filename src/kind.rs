@@ -11,6 +11,9 @@ use axum::http::StatusCode;
 pub enum ErrorKind {
     /// The input is malformed or out of range: the caller must change it (400).
     BadInput,
+    /// Well-formed, but not something this service takes: a reading in the wrong unit, an
+    /// impossible value (422).
+    Unprocessable,
     /// No or unknown credentials (401).
     Unauthenticated,
     /// Authenticated, but not allowed (403).
@@ -34,6 +37,7 @@ impl ErrorKind {
     pub fn status(self) -> StatusCode {
         match self {
             Self::BadInput => StatusCode::BAD_REQUEST,
+            Self::Unprocessable => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Unauthenticated => StatusCode::UNAUTHORIZED,
             Self::Denied => StatusCode::FORBIDDEN,
             Self::NotFound => StatusCode::NOT_FOUND,
@@ -49,7 +53,8 @@ impl ErrorKind {
     /// answer or a body-limit rejection).
     pub fn of_status(status: StatusCode) -> Self {
         match status.as_u16() {
-            400 | 405 | 415 | 422 => Self::BadInput,
+            400 | 405 | 415 => Self::BadInput,
+            422 => Self::Unprocessable,
             401 => Self::Unauthenticated,
             403 => Self::Denied,
             404 => Self::NotFound,

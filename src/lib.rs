@@ -22,6 +22,7 @@ pub mod fsutil;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod gateway;
+pub mod ingest;
 pub mod ipfs;
 pub mod kind;
 pub mod limits;

@@ -9,12 +9,14 @@
 mod accounts;
 mod events;
 mod exports;
+mod readings;
 mod sessions;
 mod tokens;
 
 pub use accounts::AccountRow;
 pub use events::EventStore;
 pub use exports::ExportRow;
+pub use readings::{IngestStats, NewReading, SealRow, Waiting};
 pub use sessions::SessionRow;
 pub use tokens::TokenRow;
 
