@@ -67,12 +67,20 @@ pub struct DevArgs {
     /// crash) is unpinned; above the share nodes' TTL for unanchored deposits. Default: 4200.
     #[arg(long, env = "EHR_DEV_ORPHAN_TTL_SECS", default_value_t = 4200)]
     orphan_ttl_secs: u64,
+    /// Seconds a patient's device readings wait before they are sealed into one record.
+    #[arg(long, env = "EHR_DEV_INGEST_WINDOW_SECS", default_value_t = 300)]
+    ingest_window_secs: u64,
+    /// Observations that seal a window before its time is up.
+    #[arg(long, env = "EHR_DEV_INGEST_MAX_OBSERVATIONS", default_value_t = 2000)]
+    ingest_max_observations: u64,
 }
 
 /// The demo cast, as indices into anvil's mnemonic accounts.
 const OFFICE: u32 = 0;
 /// The gateway's own account: it anchors batches of uploads.
 const ANCHORER: u32 = 7;
+/// The gateway's ingestion service: it seals devices' readings into records.
+const INGESTOR: u32 = 8;
 const DOCTORS: [u32; 3] = [1, 2, 6];
 const PATIENTS: [(u32, u64, u64); 3] = [(3, 1, 1001), (4, 1, 1002), (5, 2, 2001)];
 
@@ -217,9 +225,11 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
     }
     let accounts = seed_web_users(&settings, accounts).await?;
     let tokens = crate::web::TokenStore::new(accounts.clone());
+    let ingest = start_ingest(&a, &settings, &chain, &db, &ipfs, &records).await?;
     let state = AppState::new(&settings.rpc_url(), Some(chain.clone()), ipfs, keyring)
         .map_err(anyhow::Error::msg)?
         .with_records(records)
+        .with_ingest(ingest)
         .with_tokens(std::sync::Arc::new(tokens.clone()));
     let web = WebState::new(state.clone(), accounts)
         .with_tokens(tokens)
@@ -398,6 +408,44 @@ async fn start_share_nodes(
         });
     }
     Ok(refs)
+}
+
+/// The ingestion service: the demo ingestor account, allowed by the office on first start, and
+/// its sealer.
+async fn start_ingest(
+    a: &DevArgs,
+    settings: &AnvilSettings,
+    office: &EhrChain,
+    db: &crate::db::Database,
+    ipfs: &KuboClient,
+    records: &RecordsConfig,
+) -> anyhow::Result<crate::ingest::Ingest> {
+    let key = demo_signer(settings, INGESTOR)?;
+    if !office.is_ingestor(key.address()).await? {
+        office.set_ingestor(key.address(), true).await?;
+        println!("[dev] allowed ingestion service {}", key.address());
+    }
+    let ingest = crate::ingest::Ingest::new(
+        db.clone(),
+        office.clone(),
+        crate::ingest::at_rest_key(&key.to_bytes().0),
+        crate::ingest::IngestSettings {
+            window: Duration::from_secs(a.ingest_window_secs),
+            max_observations: a.ingest_max_observations,
+            ..Default::default()
+        },
+    );
+    let client = records.client(
+        office.with_signer(&settings.rpc_url(), key.clone())?,
+        key,
+        ipfs.clone(),
+    )?;
+    crate::ingest::Sealer::new(db.clone(), client, &ingest).spawn();
+    println!(
+        "[dev] device readings: POST /ingest, sealed every {} s or {} observations",
+        a.ingest_window_secs, a.ingest_max_observations
+    );
+    Ok(ingest)
 }
 
 async fn deploy_or_reuse(

@@ -5,6 +5,7 @@
 mod chain_api;
 mod error;
 mod health;
+mod ingest_api;
 mod openapi;
 mod proxy;
 mod records_api;
@@ -66,7 +67,16 @@ pub fn router(state: AppState) -> Router {
             state.upload_slots().clone(),
             uploads::gate_json,
         ));
-    let (routes, doc) = api.merge(upload).split_for_parts();
+    let devices = OpenApiRouter::new()
+        .routes(routes!(ingest_api::ingest))
+        .layer(RequestBodyLimitLayer::new(crate::ingest::MAX_ENVELOPE_BYTES))
+        .merge(
+            // A stream has no total size: each line is bounded instead.
+            OpenApiRouter::new()
+                .routes(routes!(ingest_api::stream))
+                .layer(axum::extract::DefaultBodyLimit::disable()),
+        );
+    let (routes, doc) = api.merge(upload).merge(devices).split_for_parts();
     let doc = std::sync::Arc::new(doc);
     routes
         .route(

@@ -69,6 +69,7 @@ struct Inner {
     tokens: Option<Arc<dyn TokenResolver>>,
     uploads: super::UploadSlots,
     http: reqwest::Client,
+    ingest: Option<crate::ingest::Ingest>,
 }
 
 /// Cheap-to-clone state handed to every handler.
@@ -106,6 +107,7 @@ impl AppState {
             tokens: None,
             uploads: super::UploadSlots::default(),
             http: reqwest::Client::new(),
+            ingest: None,
         })))
     }
 
@@ -135,6 +137,25 @@ impl AppState {
                 Self(shared)
             }
         }
+    }
+
+    /// The same state taking device readings through `ingest` (`POST /ingest`).
+    pub fn with_ingest(self, ingest: crate::ingest::Ingest) -> Self {
+        match Arc::try_unwrap(self.0) {
+            Ok(mut inner) => {
+                inner.ingest = Some(ingest);
+                Self(Arc::new(inner))
+            }
+            Err(shared) => {
+                tracing::warn!("ingest ignored: state already shared");
+                Self(shared)
+            }
+        }
+    }
+
+    /// The ingestion service, when this gateway takes device readings.
+    pub fn ingest(&self) -> Option<&crate::ingest::Ingest> {
+        self.0.ingest.as_ref()
     }
 
     /// The database, when the gateway has one.

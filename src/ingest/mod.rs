@@ -19,6 +19,7 @@
 
 mod refusals;
 mod sealer;
+pub mod simulate;
 pub mod signed;
 pub mod vitals;
 mod writer;

@@ -403,7 +403,8 @@ mod tests {
     #[test]
     fn every_vital_round_trips_through_its_observation() {
         for vital in Vital::ALL {
-            let o = observation_json(vital, 1_764_000_000, 80.0, Some(60.0));
+            let v = vital.normal().map_or(500.0, |(lo, hi)| (lo + hi) / 2.0);
+            let o = observation_json(vital, 1_764_000_000, v, Some(70.0));
             let r = one(&o).unwrap();
             assert_eq!(r.len(), 1);
             assert_eq!(r[0].vital, vital);

@@ -46,6 +46,18 @@ impl EhrChain {
             .await
     }
 
+    /// Whether the records office allowed `account` as an ingestion service.
+    ///
+    /// # Errors
+    /// Transport errors.
+    pub async fn is_ingestor(&self, account: Address) -> Result<bool, ChainError> {
+        self.contract
+            .ingestors(account)
+            .call()
+            .await
+            .map_err(ChainError::from_contract)
+    }
+
     /// The device registered under `device`, if any (active or revoked).
     ///
     /// # Errors
