@@ -2,6 +2,7 @@
 
 pub mod chain_cmds;
 pub mod dev;
+pub mod device_cmds;
 pub mod keys;
 pub mod records_cmds;
 pub mod serve;
@@ -39,6 +40,9 @@ pub enum Command {
     /// Records office operations (verify, suspend, transfer, audit).
     #[command(subcommand)]
     Office(chain_cmds::OfficeCmd),
+    /// A patient's devices (add, revoke, list) and the device simulator.
+    #[command(subcommand)]
+    Device(device_cmds::DeviceCmd),
     /// Run a share node.
     ShareNode(records_cmds::ShareNodeArgs),
     /// Put and get records client-side (encryption and share handling happen here).
@@ -72,6 +76,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Patient(c) => chain_cmds::patient(c).await,
         Command::Provider(c) => chain_cmds::provider(c).await,
         Command::Office(c) => chain_cmds::office(c).await,
+        Command::Device(c) => device_cmds::device(c).await,
         Command::ShareNode(a) => records_cmds::share_node(a).await,
         Command::Record(c) => records_cmds::record(c).await,
     }

@@ -17,6 +17,7 @@
 //!
 //! Refusals are counted per reason for the records office's dashboard.
 
+pub mod device;
 mod refusals;
 mod sealer;
 pub mod simulate;

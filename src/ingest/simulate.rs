@@ -5,6 +5,13 @@
 
 use super::vitals::{Vital, observation_json};
 
+/// The current time, unix seconds with a fraction.
+pub fn now_secs_f64() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
 /// A small, seeded, deterministic generator (SplitMix64): reproducible runs, no dependency.
 #[derive(Debug, Clone)]
 pub struct Rng(u64);
