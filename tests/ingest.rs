@@ -16,8 +16,7 @@ use ehr_share::gateway::{AppState, Keyring};
 use ehr_share::ingest::device::Device;
 use ehr_share::ingest::vitals::observation_json;
 use ehr_share::ingest::{
-    Ingest, IngestSettings, OwnedEnvelope, Sealer, Vital, at_rest_key, read_sealed,
-    sign_envelope,
+    Ingest, IngestSettings, OwnedEnvelope, Sealer, Vital, at_rest_key, read_sealed, sign_envelope,
 };
 use ehr_share::ipfs::KuboClient;
 use ehr_share::records::RecordsConfig;
@@ -46,8 +45,13 @@ async fn gateway(
         settings,
     );
     let ipfs = KuboClient::new(&common::stack().kubo.api_url);
-    let mut state = AppState::new(&common::rpc(), Some(reader), ipfs.clone(), Keyring::default())
-        .unwrap();
+    let mut state = AppState::new(
+        &common::rpc(),
+        Some(reader),
+        ipfs.clone(),
+        Keyring::default(),
+    )
+    .unwrap();
     if let Some(cfg) = records {
         let client = cfg
             .client(common::as_(office, ingestor), ingestor.clone(), ipfs)
@@ -88,7 +92,13 @@ fn unix_now() -> u64 {
 }
 
 fn hr(value: f64) -> String {
-    observation_json(Vital::HeartRate, i64::try_from(unix_now()).unwrap(), value, None).to_string()
+    observation_json(
+        Vital::HeartRate,
+        i64::try_from(unix_now()).unwrap(),
+        value,
+        None,
+    )
+    .to_string()
 }
 
 async fn post(http: &reqwest::Client, url: &str, body: impl Into<reqwest::Body>) -> (u16, Value) {
@@ -113,7 +123,10 @@ async fn readings_are_sealed_into_records_a_granted_doctor_reads_with_every_sign
     let (pkey, patient) = common::new_patient(&office).await;
     let as_patient = common::as_(&office, &pkey);
     let doctor = common::funded().await;
-    common::as_(&office, &doctor).register_provider().await.unwrap();
+    common::as_(&office, &doctor)
+        .register_provider()
+        .await
+        .unwrap();
     office.verify_provider(doctor.address()).await.unwrap();
     as_patient.grant(doctor.address(), None).await.unwrap();
     let ing = ingestor(&office).await;
@@ -125,19 +138,37 @@ async fn readings_are_sealed_into_records_a_granted_doctor_reads_with_every_sign
         tick: Duration::from_millis(200),
         ..Default::default()
     };
-    let (url, ingest, db, _dir) =
-        gateway(&office, settings, &ing, Some(RecordsConfig::new(refs.clone(), 3))).await;
+    let (url, ingest, db, _dir) = gateway(
+        &office,
+        settings,
+        &ing,
+        Some(RecordsConfig::new(refs.clone(), 3)),
+    )
+    .await;
     let domain = ingest.domain().clone();
 
     // Before any device: the share nodes refuse the ingestor's records for this patient.
     let as_ingestor = nodes::client(&office, &ing, &refs);
     let early = as_ingestor
-        .put(patient, bytes::Bytes::from_static(b"{}"), "application/json", None)
+        .put(
+            patient,
+            bytes::Bytes::from_static(b"{}"),
+            "application/json",
+            None,
+        )
         .await;
     assert!(early.is_err(), "no active device, no ingestion: {early:?}");
 
-    let watch = Device::new(device(&as_patient, DeviceKind::Watch).await, patient, domain.clone());
-    let cuff = Device::new(device(&as_patient, DeviceKind::BpCuff).await, patient, domain.clone());
+    let watch = Device::new(
+        device(&as_patient, DeviceKind::Watch).await,
+        patient,
+        domain.clone(),
+    );
+    let cuff = Device::new(
+        device(&as_patient, DeviceKind::BpCuff).await,
+        patient,
+        domain.clone(),
+    );
     let http = reqwest::Client::new();
 
     // One request: a Bundle of three heart rates.
@@ -155,8 +186,16 @@ async fn readings_are_sealed_into_records_a_granted_doctor_reads_with_every_sign
     // A stream: five blood pressures, each answered in order.
     let envs: Vec<OwnedEnvelope> = (0..5)
         .map(|i| {
-            cuff.sign(observation_json(Vital::BloodPressure, t - 10 + i, 118.0 + f64::from(u8::try_from(i).unwrap()), Some(76.0)).to_string())
-                .unwrap()
+            cuff.sign(
+                observation_json(
+                    Vital::BloodPressure,
+                    t - 10 + i,
+                    118.0 + f64::from(u8::try_from(i).unwrap()),
+                    Some(76.0),
+                )
+                .to_string(),
+            )
+            .unwrap()
         })
         .collect();
     let answers: Vec<Value> = Device::stream(&http, &url, futures::stream::iter(envs))
@@ -191,7 +230,11 @@ async fn readings_are_sealed_into_records_a_granted_doctor_reads_with_every_sign
         let id: ehr_share::chain::RecordId = w.record.as_deref().unwrap().parse().unwrap();
         let got = as_doctor.get(id).await.unwrap();
         assert_eq!(got.block.media_type, ehr_share::ingest::READINGS_MEDIA_TYPE);
-        assert_eq!(got.block.author, ing.address(), "sealed by the ingestion service");
+        assert_eq!(
+            got.block.author,
+            ing.address(),
+            "sealed by the ingestion service"
+        );
         let bad = read_sealed(&got.data, &domain, patient, &mut seen, &mut readings);
         assert_eq!(bad, 0, "every envelope's signature holds");
     }
@@ -203,7 +246,10 @@ async fn readings_are_sealed_into_records_a_granted_doctor_reads_with_every_sign
         .collect();
     assert_eq!(hr.len(), 3);
     assert!(hr.contains(&141.0));
-    assert!(readings.iter().any(|r| r.reading.out_of_range()), "141/min is out of range");
+    assert!(
+        readings.iter().any(|r| r.reading.out_of_range()),
+        "141/min is out of range"
+    );
     assert!(
         readings
             .iter()
@@ -216,13 +262,23 @@ async fn readings_are_sealed_into_records_a_granted_doctor_reads_with_every_sign
     as_patient.revoke_device(watch.address()).await.unwrap();
     as_patient.revoke_device(cuff.address()).await.unwrap();
     let late = as_ingestor
-        .put(patient, bytes::Bytes::from_static(b"{}"), "application/json", None)
+        .put(
+            patient,
+            bytes::Bytes::from_static(b"{}"),
+            "application/json",
+            None,
+        )
         .await;
     assert!(late.is_err(), "devices revoked: no ingestion: {late:?}");
     let stranger = common::funded().await;
     let _d = device(&as_patient, DeviceKind::Ring).await;
     let forged = nodes::client(&office, &stranger, &refs)
-        .put(patient, bytes::Bytes::from_static(b"{}"), "application/json", None)
+        .put(
+            patient,
+            bytes::Bytes::from_static(b"{}"),
+            "application/json",
+            None,
+        )
         .await;
     assert!(forged.is_err(), "not an ingestor: {forged:?}");
     drop(procs);
@@ -251,60 +307,138 @@ async fn every_bad_reading_is_refused_with_its_status_and_nothing_of_it_is_store
     assert_eq!(post(&http, &url, good.clone()).await.0, 200);
     expect_stored += 1;
     let (s, b) = post(&http, &url, good.clone()).await;
-    assert_eq!((s, b["error"].as_str().unwrap().contains("replay")), (409, true), "{b}");
+    assert_eq!(
+        (s, b["error"].as_str().unwrap().contains("replay")),
+        (409, true),
+        "{b}"
+    );
 
     // Unsigned: the signature left out.
-    let mut v: Value = serde_json::from_str(&line(&sign(&watch, patient, hr(72.0), 2, now))).unwrap();
+    let mut v: Value =
+        serde_json::from_str(&line(&sign(&watch, patient, hr(72.0), 2, now))).unwrap();
     v.as_object_mut().unwrap().remove("signature");
     let (s, b) = post(&http, &url, v.to_string()).await;
     assert_eq!(s, 401, "{b}");
 
     // Forged: signed by a key of our own, naming the patient's device.
     let forger = PrivateKeySigner::random();
-    let mut v: Value = serde_json::from_str(&line(&sign(&forger, patient, hr(72.0), 3, now))).unwrap();
+    let mut v: Value =
+        serde_json::from_str(&line(&sign(&forger, patient, hr(72.0), 3, now))).unwrap();
     v["device"] = json!(watch.address());
     assert_eq!(post(&http, &url, v.to_string()).await.0, 401);
 
     // Tampered: the value changed after signing (the signed bytes no longer match).
-    let tampered = line(&sign(&watch, patient, hr(72.0), 4, now)).replace("\"value\":72.0", "\"value\":42.0");
+    let tampered =
+        line(&sign(&watch, patient, hr(72.0), 4, now)).replace("\"value\":72.0", "\"value\":42.0");
     assert!(tampered.contains("42.0"));
     assert_eq!(post(&http, &url, tampered).await.0, 401);
 
     // Stale, and from the future, beyond the 300 s bound.
-    let (s, b) = post(&http, &url, line(&sign(&watch, patient, hr(72.0), 5, now - 1_000))).await;
+    let (s, b) = post(
+        &http,
+        &url,
+        line(&sign(&watch, patient, hr(72.0), 5, now - 1_000)),
+    )
+    .await;
     assert_eq!(s, 401, "{b}");
     assert!(b["error"].as_str().unwrap().contains("stale"), "{b}");
-    assert_eq!(post(&http, &url, line(&sign(&watch, patient, hr(72.0), 6, now + 1_000))).await.0, 401);
+    assert_eq!(
+        post(
+            &http,
+            &url,
+            line(&sign(&watch, patient, hr(72.0), 6, now + 1_000))
+        )
+        .await
+        .0,
+        401
+    );
 
     // A key no patient registered.
-    let (s, b) = post(&http, &url, line(&sign(&PrivateKeySigner::random(), patient, hr(72.0), 7, now))).await;
+    let (s, b) = post(
+        &http,
+        &url,
+        line(&sign(
+            &PrivateKeySigner::random(),
+            patient,
+            hr(72.0),
+            7,
+            now,
+        )),
+    )
+    .await;
     assert_eq!(s, 403, "{b}");
-    assert!(b["error"].as_str().unwrap().contains("not registered"), "{b}");
+    assert!(
+        b["error"].as_str().unwrap().contains("not registered"),
+        "{b}"
+    );
 
     // The patient's device writing for another patient.
     let (s, b) = post(&http, &url, line(&sign(&watch, other, hr(72.0), 8, now))).await;
     assert_eq!(s, 403, "{b}");
-    assert!(b["error"].as_str().unwrap().contains("not a device of patient"), "{b}");
+    assert!(
+        b["error"]
+            .as_str()
+            .unwrap()
+            .contains("not a device of patient"),
+        "{b}"
+    );
     // ... and another patient's device writing for ours.
     let theirs = device(&as_other, DeviceKind::Ring).await;
-    assert_eq!(post(&http, &url, line(&sign(&theirs, patient, hr(72.0), 9, now))).await.0, 403);
+    assert_eq!(
+        post(&http, &url, line(&sign(&theirs, patient, hr(72.0), 9, now)))
+            .await
+            .0,
+        403
+    );
 
     // Malformed: not JSON, not an envelope, not an Observation.
     assert_eq!(post(&http, &url, "{not json").await.0, 400);
     assert_eq!(post(&http, &url, r#"{"device":"0x1"}"#).await.0, 400);
     let patient_resource = json!({ "resourceType": "Patient", "id": "x" }).to_string();
-    assert_eq!(post(&http, &url, line(&sign(&watch, patient, patient_resource, 10, now))).await.0, 400);
+    assert_eq!(
+        post(
+            &http,
+            &url,
+            line(&sign(&watch, patient, patient_resource, 10, now))
+        )
+        .await
+        .0,
+        400
+    );
 
     // Wrong unit, an impossible value, a code that is no vital sign: 422.
     let mut o: Value = serde_json::from_str(&hr(72.0)).unwrap();
     o["valueQuantity"]["code"] = json!("/h");
-    let (s, b) = post(&http, &url, line(&sign(&watch, patient, o.to_string(), 11, now))).await;
+    let (s, b) = post(
+        &http,
+        &url,
+        line(&sign(&watch, patient, o.to_string(), 11, now)),
+    )
+    .await;
     assert_eq!(s, 422, "{b}");
     assert!(b["error"].as_str().unwrap().contains("/min"), "{b}");
-    assert_eq!(post(&http, &url, line(&sign(&watch, patient, hr(900.0), 12, now))).await.0, 422);
+    assert_eq!(
+        post(
+            &http,
+            &url,
+            line(&sign(&watch, patient, hr(900.0), 12, now))
+        )
+        .await
+        .0,
+        422
+    );
     let mut o: Value = serde_json::from_str(&hr(72.0)).unwrap();
     o["code"]["coding"][0]["code"] = json!("2093-3");
-    assert_eq!(post(&http, &url, line(&sign(&watch, patient, o.to_string(), 13, now))).await.0, 422);
+    assert_eq!(
+        post(
+            &http,
+            &url,
+            line(&sign(&watch, patient, o.to_string(), 13, now))
+        )
+        .await
+        .0,
+        422
+    );
 
     // Too large for one envelope.
     let big = format!("{{\"pad\":\"{}\"}}", "x".repeat(300 * 1024));
@@ -312,10 +446,20 @@ async fn every_bad_reading_is_refused_with_its_status_and_nothing_of_it_is_store
 
     // Revoked: accepted up to the revoke, refused from the next request on.
     let ring = device(&as_patient, DeviceKind::Ring).await;
-    assert_eq!(post(&http, &url, line(&sign(&ring, patient, hr(70.0), 1, now))).await.0, 200);
+    assert_eq!(
+        post(&http, &url, line(&sign(&ring, patient, hr(70.0), 1, now)))
+            .await
+            .0,
+        200
+    );
     expect_stored += 1;
     as_patient.revoke_device(ring.address()).await.unwrap();
-    let (s, b) = post(&http, &url, line(&sign(&ring, patient, hr(70.0), 2, unix_now()))).await;
+    let (s, b) = post(
+        &http,
+        &url,
+        line(&sign(&ring, patient, hr(70.0), 2, unix_now())),
+    )
+    .await;
     assert_eq!(s, 403, "{b}");
     assert!(b["error"].as_str().unwrap().contains("revoked"), "{b}");
 
@@ -336,9 +480,19 @@ async fn every_bad_reading_is_refused_with_its_status_and_nothing_of_it_is_store
         .unwrap();
     assert_eq!(r.status(), 200);
     let text = r.text().await.unwrap();
-    let answers: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    let statuses: Vec<Value> = answers.iter().map(|a| a.get("status").cloned().unwrap_or(json!(200))).collect();
-    assert_eq!(statuses, vec![json!(200), json!(400), json!(409), json!(422), json!(200)], "{text}");
+    let answers: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let statuses: Vec<Value> = answers
+        .iter()
+        .map(|a| a.get("status").cloned().unwrap_or(json!(200)))
+        .collect();
+    assert_eq!(
+        statuses,
+        vec![json!(200), json!(400), json!(409), json!(422), json!(200)],
+        "{text}"
+    );
 
     // Only the good ones are stored, encrypted at rest; every refusal is counted.
     ingest.refusals().flush(&db, now / 86_400).await.unwrap();
@@ -347,8 +501,21 @@ async fn every_bad_reading_is_refused_with_its_status_and_nothing_of_it_is_store
     let refused: u64 = st.refusals.iter().map(|(_, n)| n).sum();
     // Every refusal above but the oversized body, which the body limit stops before it is read.
     assert_eq!(refused, 19, "{st:?}");
-    for reason in ["replayed", "unsigned", "bad-signature", "stale", "unknown-device", "other-patient", "malformed", "unsupported", "revoked-device"] {
-        assert!(st.refusals.iter().any(|(r, _)| r == reason), "{reason} counted: {st:?}");
+    for reason in [
+        "replayed",
+        "unsigned",
+        "bad-signature",
+        "stale",
+        "unknown-device",
+        "other-patient",
+        "malformed",
+        "unsupported",
+        "revoked-device",
+    ] {
+        assert!(
+            st.refusals.iter().any(|(r, _)| r == reason),
+            "{reason} counted: {st:?}"
+        );
     }
     let file = std::fs::read(_dir.path().join("ehr.db")).unwrap();
     let wal = std::fs::read(_dir.path().join("ehr.db-wal")).unwrap_or_default();

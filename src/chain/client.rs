@@ -1,8 +1,8 @@
 //! A typed client of the EhrAccess contract over alloy: one signer, one contract, every
 //! operation as a method that returns our types and our errors.
 
-mod reads;
 mod devices;
+mod reads;
 mod writes;
 
 use std::path::Path;

@@ -18,8 +18,11 @@ pub use errors::ChainError;
 pub use events::{AuditEvent, AuditFilter, AuditKind, AuditPage};
 pub use index::{IndexStore, StoreError, StoredIndex};
 pub use types::{
-    DenyReason, DeviceInfo, DeviceKind, EmergencyReason, GrantInfo, GrantState, InvalidPatientAddr, PatientAddr,
-    PendingRequest, ProviderStatus, RecordId, RootInfo, UnknownCode, UnknownEmergencyReason,
-    MAX_LABEL_BYTES, label_bytes, label_text, random_b256,
+    DenyReason, DeviceInfo, DeviceKind, EmergencyReason, GrantInfo, GrantState, InvalidPatientAddr,
+    MAX_LABEL_BYTES, PatientAddr, PendingRequest, ProviderStatus, RecordId, RootInfo, UnknownCode,
+    UnknownEmergencyReason, label_bytes, label_text, random_b256,
 };
 pub use voucher::{PatientVoucher, sign_voucher};
+
+/// Most records one access transaction may name (`EhrAccess.MAX_ACCESS_BATCH`).
+pub const MAX_ACCESS_BATCH: usize = 32;

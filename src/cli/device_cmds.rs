@@ -99,6 +99,9 @@ pub struct SimulateArgs {
     /// Seed of the synthetic readings (the same seed, the same values).
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Chance per reading that an out-of-range episode of a few minutes starts.
+    #[arg(long, default_value_t = 0.002)]
+    episode_chance: f64,
     /// Chain and patient key.
     #[command(flatten)]
     p: PatientKey,
@@ -220,12 +223,20 @@ async fn simulate(a: SimulateArgs) -> anyhow::Result<()> {
         let vital = vitals[usize::try_from(i).unwrap_or(0) % vitals.len()];
         let key = PrivateKeySigner::random();
         chain
-            .add_device(key.address(), kind_of(vital), &format!("simulated {}", vital.short()))
+            .add_device(
+                key.address(),
+                kind_of(vital),
+                &format!("simulated {}", vital.short()),
+            )
             .await
             .with_context(|| format!("registering simulated device {i}"))?;
         devices.push((
             Device::new(key, a.patient, domain.clone()),
-            Sensor::new(vital, a.seed.wrapping_mul(1_000_003).wrapping_add(u64::from(i)), 0.002),
+            Sensor::new(
+                vital,
+                a.seed.wrapping_mul(1_000_003).wrapping_add(u64::from(i)),
+                a.episode_chance,
+            ),
         ));
     }
     // Readings come in envelopes of one second's worth (or one reading when slower).
@@ -242,7 +253,9 @@ async fn simulate(a: SimulateArgs) -> anyhow::Result<()> {
     );
     let counts = Arc::new(Counts::default());
     let http = reqwest::Client::new();
-    let stop_at = a.duration_secs.map(|s| Instant::now() + Duration::from_secs(s));
+    let stop_at = a
+        .duration_secs
+        .map(|s| Instant::now() + Duration::from_secs(s));
     let mut tasks = tokio::task::JoinSet::new();
     for (device, sensor) in devices {
         let counts = counts.clone();

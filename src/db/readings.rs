@@ -124,12 +124,14 @@ impl Database {
         let mut tx = self.pool().begin().await?;
         let mut out = Vec::with_capacity(rows.len());
         for r in rows {
-            let n = sqlx::query("INSERT INTO ingest_nonces (device, nonce, signed_at) VALUES (?, ?, ?)")
-                .bind(&r.device)
-                .bind(u64_bits(r.nonce))
-                .bind(to_i64(r.signed_at))
-                .execute(&mut *tx)
-                .await;
+            let n = sqlx::query(
+                "INSERT INTO ingest_nonces (device, nonce, signed_at) VALUES (?, ?, ?)",
+            )
+            .bind(&r.device)
+            .bind(u64_bits(r.nonce))
+            .bind(to_i64(r.signed_at))
+            .execute(&mut *tx)
+            .await;
             match n {
                 Ok(_) => {}
                 Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
@@ -378,12 +380,13 @@ impl Database {
             if updated > 0 {
                 return Ok(());
             }
-            let r = sqlx::query("INSERT INTO ingest_refusals (day, reason, refused) VALUES (?, ?, ?)")
-                .bind(to_i64(day))
-                .bind(reason)
-                .bind(to_i64(n))
-                .execute(self.pool())
-                .await;
+            let r =
+                sqlx::query("INSERT INTO ingest_refusals (day, reason, refused) VALUES (?, ?, ?)")
+                    .bind(to_i64(day))
+                    .bind(reason)
+                    .bind(to_i64(n))
+                    .execute(self.pool())
+                    .await;
             match r {
                 Ok(_) => return Ok(()),
                 Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {}
@@ -404,7 +407,8 @@ impl Database {
             to_u64(v.unwrap_or(0), "ingest count")
         };
         let waiting_envelopes = one("SELECT COUNT(*) FROM ingest_readings").await?;
-        let sealed_records = one("SELECT COUNT(*) FROM ingest_seals WHERE record IS NOT NULL").await?;
+        let sealed_records =
+            one("SELECT COUNT(*) FROM ingest_seals WHERE record IS NOT NULL").await?;
         let sealed_observations =
             one("SELECT SUM(observations) FROM ingest_seals WHERE record IS NOT NULL").await?;
         let pending_seals = one("SELECT COUNT(*) FROM ingest_seals WHERE record IS NULL").await?;
@@ -442,7 +446,10 @@ mod tests {
             patient_pid: u64::MAX,
             received_at: at,
             observations: n,
-            observed: (i64::try_from(at / 1000).unwrap(), i64::try_from(at / 1000).unwrap() + 1),
+            observed: (
+                i64::try_from(at / 1000).unwrap(),
+                i64::try_from(at / 1000).unwrap() + 1,
+            ),
             envelope: vec![u8::try_from(nonce % 256).unwrap(); 3],
         }
     }
@@ -463,31 +470,67 @@ mod tests {
         assert!(r[1].is_ok(), "another device's nonce 2");
         let w = db.waiting_readings().await.unwrap();
         assert_eq!(w.len(), 1);
-        assert_eq!((w[0].patient_pid, w[0].oldest_ms, w[0].observations), (u64::MAX, 1000, 5));
+        assert_eq!(
+            (w[0].patient_pid, w[0].oldest_ms, w[0].observations),
+            (u64::MAX, 1000, 5)
+        );
 
-        let s = db.claim_readings("s1", 1, u64::MAX, 3, 10).await.unwrap().unwrap();
-        assert_eq!((s.envelopes, s.observations), (2, 4), "whole envelopes up to the max");
-        assert_eq!(db.seal_envelopes("s1").await.unwrap(), vec![vec![1; 3], vec![2; 3]]);
+        let s = db
+            .claim_readings("s1", 1, u64::MAX, 3, 10)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (s.envelopes, s.observations),
+            (2, 4),
+            "whole envelopes up to the max"
+        );
+        assert_eq!(
+            db.seal_envelopes("s1").await.unwrap(),
+            vec![vec![1; 3], vec![2; 3]]
+        );
         assert_eq!(db.unfinished_seals().await.unwrap(), vec![s.clone()]);
         db.finish_seal("s1", "0xrecord", 11).await.unwrap();
         assert!(db.unfinished_seals().await.unwrap().is_empty());
-        assert!(db.seal_envelopes("s1").await.unwrap().is_empty(), "sealed readings are deleted");
+        assert!(
+            db.seal_envelopes("s1").await.unwrap().is_empty(),
+            "sealed readings are deleted"
+        );
         let w = db.waiting_readings().await.unwrap();
-        assert_eq!(w[0].observations, 1, "the third is left for the next window");
+        assert_eq!(
+            w[0].observations, 1,
+            "the third is left for the next window"
+        );
         let sealed = db.sealed_windows(1, u64::MAX, 0, 10, 10).await.unwrap();
         assert_eq!(sealed.len(), 1);
         assert_eq!(sealed[0].record.as_deref(), Some("0xrecord"));
 
         // Nonces outlive their readings until pruned.
-        let r = db.insert_readings(&[reading("0xa", 1, 4000, 1)]).await.unwrap();
-        assert!(matches!(r[0], Err(DbError::Conflict(_))), "sealed reading's nonce replayed");
+        let r = db
+            .insert_readings(&[reading("0xa", 1, 4000, 1)])
+            .await
+            .unwrap();
+        assert!(
+            matches!(r[0], Err(DbError::Conflict(_))),
+            "sealed reading's nonce replayed"
+        );
         assert_eq!(db.prune_nonces(3).await.unwrap(), 2);
 
         db.count_refusals(7, "forged", 1).await.unwrap();
         db.count_refusals(7, "forged", 2).await.unwrap();
         db.count_refusals(8, "replayed", 1).await.unwrap();
         let st = db.ingest_stats(0).await.unwrap();
-        assert_eq!(st.refusals, vec![("forged".into(), 3), ("replayed".into(), 1)]);
-        assert_eq!((st.sealed_records, st.sealed_observations, st.waiting_envelopes), (1, 4, 1));
+        assert_eq!(
+            st.refusals,
+            vec![("forged".into(), 3), ("replayed".into(), 1)]
+        );
+        assert_eq!(
+            (
+                st.sealed_records,
+                st.sealed_observations,
+                st.waiting_envelopes
+            ),
+            (1, 4, 1)
+        );
     }
 }

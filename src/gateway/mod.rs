@@ -69,7 +69,9 @@ pub fn router(state: AppState) -> Router {
         ));
     let devices = OpenApiRouter::new()
         .routes(routes!(ingest_api::ingest))
-        .layer(RequestBodyLimitLayer::new(crate::ingest::MAX_ENVELOPE_BYTES))
+        .layer(RequestBodyLimitLayer::new(
+            crate::ingest::MAX_ENVELOPE_BYTES,
+        ))
         .merge(
             // A stream has no total size: each line is bounded instead.
             OpenApiRouter::new()

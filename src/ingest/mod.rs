@@ -20,8 +20,8 @@
 pub mod device;
 mod refusals;
 mod sealer;
-pub mod simulate;
 pub mod signed;
+pub mod simulate;
 pub mod vitals;
 mod writer;
 

@@ -48,7 +48,7 @@ fn unix_now() -> u64 {
 }
 
 fn random_id() -> String {
-    hex::encode(crate::chain::random_b256().0[..16].to_vec())
+    hex::encode(&crate::chain::random_b256().0[..16])
 }
 
 impl Sealer {
@@ -142,10 +142,8 @@ impl Sealer {
             .into_iter()
             .filter(|s| retry.get(&s.id).is_none_or(|(at, _)| Instant::now() >= *at))
             .collect();
-        let busy: HashSet<(u64, u64)> = out
-            .iter()
-            .map(|s| (s.patient_aid, s.patient_pid))
-            .collect();
+        let busy: HashSet<(u64, u64)> =
+            out.iter().map(|s| (s.patient_aid, s.patient_pid)).collect();
         let window_ms = u64::try_from(self.settings.window.as_millis()).unwrap_or(u64::MAX);
         let now_ms = now.saturating_mul(1000);
         for w in self.db.waiting_readings().await? {
@@ -191,7 +189,12 @@ impl Sealer {
         let name = format!("readings-{}-{}.ndjson", s.observed.0, s.observed.1);
         let id = self
             .records
-            .put(patient, Bytes::from(payload), READINGS_MEDIA_TYPE, Some(name))
+            .put(
+                patient,
+                Bytes::from(payload),
+                READINGS_MEDIA_TYPE,
+                Some(name),
+            )
             .await
             .map_err(|e| e.to_string())?;
         let record = id.to_string();

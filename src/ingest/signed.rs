@@ -90,7 +90,13 @@ pub enum SignatureError {
     WrongSigner(Address),
 }
 
-fn message(device: Address, patient: PatientAddr, resource: &[u8], nonce: u64, time: u64) -> DeviceReadings {
+fn message(
+    device: Address,
+    patient: PatientAddr,
+    resource: &[u8],
+    nonce: u64,
+    time: u64,
+) -> DeviceReadings {
     DeviceReadings {
         device,
         patient: patient.key(),
@@ -138,8 +144,14 @@ pub fn sign_envelope(
     time: u64,
 ) -> Result<OwnedEnvelope, String> {
     let resource = RawValue::from_string(resource).map_err(|e| format!("resource: {e}"))?;
-    let hash = message(key.address(), patient, resource.get().as_bytes(), nonce, time)
-        .eip712_signing_hash(domain);
+    let hash = message(
+        key.address(),
+        patient,
+        resource.get().as_bytes(),
+        nonce,
+        time,
+    )
+    .eip712_signing_hash(domain);
     let sig = key.sign_hash_sync(&hash).map_err(|e| e.to_string())?;
     Ok(OwnedEnvelope {
         device: key.address(),

@@ -95,16 +95,25 @@ impl Sensor {
         match self.vital {
             Vital::HeartRate => {
                 let base = 68.0 + 9.0 * day + r.normal(3.0);
-                ((if ep { base + 55.0 } else { base }).clamp(35.0, 220.0), None)
+                (
+                    (if ep { base + 55.0 } else { base }).clamp(35.0, 220.0),
+                    None,
+                )
             }
             Vital::Spo2 => {
                 let base = 97.4 + r.normal(0.7);
-                ((if ep { base - 8.5 } else { base }).clamp(70.0, 100.0), None)
+                (
+                    (if ep { base - 8.5 } else { base }).clamp(70.0, 100.0),
+                    None,
+                )
             }
             Vital::BloodPressure => {
                 let sys = 116.0 + 8.0 * day + r.normal(4.0) + if ep { 45.0 } else { 0.0 };
                 let dia = 75.0 + 5.0 * day + r.normal(3.0) + if ep { 22.0 } else { 0.0 };
-                (sys.clamp(70.0, 240.0), Some(dia.clamp(40.0, 140.0).min(sys - 15.0)))
+                (
+                    sys.clamp(70.0, 240.0),
+                    Some(dia.clamp(40.0, 140.0).min(sys - 15.0)),
+                )
             }
             Vital::Glucose => {
                 // Meals at 08:00, 13:00 and 19:00 raise glucose for about two hours.
@@ -114,7 +123,11 @@ impl Sensor {
                     .iter()
                     .map(|m| {
                         let d = hour - m;
-                        if (0.0..2.5).contains(&d) { 45.0 * (-(d - 0.75).powi(2) / 0.5).exp() } else { 0.0 }
+                        if (0.0..2.5).contains(&d) {
+                            45.0 * (-(d - 0.75).powi(2) / 0.5).exp()
+                        } else {
+                            0.0
+                        }
                     })
                     .sum();
                 let v = 92.0 + meal + r.normal(5.0) + if ep { 120.0 } else { 0.0 };
@@ -161,7 +174,10 @@ mod tests {
                 }
             }
             if vital != Vital::Steps {
-                assert!(out > 0 && out < 1_500, "{vital:?}: {out} of 2000 out of range");
+                assert!(
+                    out > 0 && out < 1_500,
+                    "{vital:?}: {out} of 2000 out of range"
+                );
             }
         }
     }

@@ -106,7 +106,9 @@ impl Vital {
         Self::ALL
             .into_iter()
             .find(|v| v.short() == s)
-            .ok_or_else(|| format!("unknown vital {s:?}: one of hr, spo2, bp, glucose, temp, steps"))
+            .ok_or_else(|| {
+                format!("unknown vital {s:?}: one of hr, spo2, bp, glucose, temp, steps")
+            })
     }
 }
 
@@ -132,9 +134,7 @@ impl Reading {
         let out = |v: f64, (lo, hi): (f64, f64)| v < lo || v > hi;
         match self.vital.normal() {
             None => false,
-            Some(r) => {
-                out(self.value, r) || self.second.is_some_and(|d| out(d, DIASTOLIC_NORMAL))
-            }
+            Some(r) => out(self.value, r) || self.second.is_some_and(|d| out(d, DIASTOLIC_NORMAL)),
         }
     }
 }
@@ -240,7 +240,14 @@ fn quantity<'a>(q: Option<&'a Value>, path: &str) -> Result<(f64, &'a str), Vita
     Ok((value, code))
 }
 
-fn within(v: f64, lo: f64, hi: f64, what: &str, unit: &str, path: &str) -> Result<f64, VitalsError> {
+fn within(
+    v: f64,
+    lo: f64,
+    hi: f64,
+    what: &str,
+    unit: &str,
+    path: &str,
+) -> Result<f64, VitalsError> {
     if v.is_finite() && (lo..=hi).contains(&v) {
         Ok(v)
     } else {
@@ -368,12 +375,8 @@ pub fn observation_json(vital: Vital, at: i64, value: f64, second: Option<f64>) 
     let when = jiff::Timestamp::from_second(at)
         .map(|t| t.to_string())
         .unwrap_or_default();
-    let coding = |code: &str, display: &str| {
-        serde_json::json!({ "coding": [{ "system": LOINC, "code": code, "display": display }] })
-    };
-    let q = |v: f64, unit: &str| {
-        serde_json::json!({ "value": (v * 10.0).round() / 10.0, "unit": unit, "system": UCUM, "code": unit })
-    };
+    let coding = |code: &str, display: &str| serde_json::json!({ "coding": [{ "system": LOINC, "code": code, "display": display }] });
+    let q = |v: f64, unit: &str| serde_json::json!({ "value": (v * 10.0).round() / 10.0, "unit": unit, "system": UCUM, "code": unit });
     let mut o = serde_json::json!({
         "resourceType": "Observation",
         "status": "final",
@@ -457,7 +460,12 @@ mod tests {
 
     #[test]
     fn out_of_range_is_judged_on_both_blood_pressure_values() {
-        let r = |v, s| Reading { vital: Vital::BloodPressure, at: 0, value: v, second: s };
+        let r = |v, s| Reading {
+            vital: Vital::BloodPressure,
+            at: 0,
+            value: v,
+            second: s,
+        };
         assert!(!r(115.0, Some(75.0)).out_of_range());
         assert!(r(115.0, Some(95.0)).out_of_range());
         assert!(r(150.0, Some(75.0)).out_of_range());

@@ -569,7 +569,93 @@ impl RecordsClient {
             }
             access_tx = Some(o.tx.tx_hash);
         }
-        let (block, failures) = self.open_block(id, &anchor, access_tx).await?;
+        self.read_located(id, &anchor, access_tx).await
+    }
+
+    /// Reads several records of one patient (charts of device readings read dozens): one
+    /// access transaction per `MAX_ACCESS_BATCH` records for a provider (none for the
+    /// patient), then the records, a few at a time. One result per id, in order.
+    ///
+    /// # Errors
+    /// Per record, as [`Self::get`]; all of them fail alike when the access transaction does.
+    pub async fn get_many(
+        &self,
+        patient: PatientAddr,
+        ids: &[RecordId],
+    ) -> Vec<Result<Retrieved, RecordError>> {
+        use futures::StreamExt as _;
+        let located = futures::future::join_all(ids.iter().map(|id| self.locate(*id))).await;
+        let mut access: std::collections::HashMap<RecordId, Result<Option<B256>, RecordError>> =
+            std::collections::HashMap::new();
+        let me = self.signer.address();
+        let is_patient = match self.chain.patient_account(patient).await {
+            Ok(a) => a == Some(me),
+            Err(e) => {
+                let why = e.to_string();
+                return ids
+                    .iter()
+                    .map(|_| Err(RecordError::Config(format!("chain: {why}"))))
+                    .collect();
+            }
+        };
+        let readable: Vec<RecordId> = ids
+            .iter()
+            .zip(&located)
+            .filter(|(_, l)| matches!(l, Ok(a) if a.proof.patient == patient))
+            .map(|(id, _)| *id)
+            .collect();
+        if is_patient {
+            access.extend(readable.iter().map(|id| (*id, Ok(None))));
+        } else {
+            for chunk in readable.chunks(crate::chain::MAX_ACCESS_BATCH) {
+                match self.chain.access(patient, chunk).await {
+                    Ok(o) => {
+                        for id in chunk {
+                            let denied = o.denied.iter().find(|(d, _)| d == id).map(|(_, w)| *w);
+                            access.insert(
+                                *id,
+                                match denied {
+                                    Some(why) => Err(RecordError::Denied(*id, why)),
+                                    None => Ok(Some(o.tx.tx_hash)),
+                                },
+                            );
+                        }
+                    }
+                    Err(e) => {
+                        let why = e.to_string();
+                        for id in chunk {
+                            access.insert(*id, Err(RecordError::Config(format!("access: {why}"))));
+                        }
+                    }
+                }
+            }
+        }
+        let jobs = ids.iter().copied().zip(located).map(|(id, l)| {
+            let a = access.remove(&id);
+            async move {
+                let anchor = l?.proof;
+                if anchor.patient != patient {
+                    return Err(RecordError::NotFound(id));
+                }
+                match a {
+                    Some(Ok(tx)) => self.read_located(id, &anchor, tx).await,
+                    Some(Err(e)) => Err(e),
+                    None => Err(RecordError::NotFound(id)),
+                }
+            }
+        });
+        futures::stream::iter(jobs).buffered(8).collect().await
+    }
+
+    /// Reads a located record behind `access_tx` (none for the patient): shares, block,
+    /// ciphertext, decryption, digest check.
+    async fn read_located(
+        &self,
+        id: RecordId,
+        anchor: &RecordProof,
+        access_tx: Option<B256>,
+    ) -> Result<Retrieved, RecordError> {
+        let (block, failures) = self.open_block(id, anchor, access_tx).await?;
         let key = block
             .payload_key()
             .map_err(|e| RecordError::Decrypt(id, e.to_string()))?;

@@ -15,6 +15,7 @@ use super::extract::{CsrfForm, DoctorSession};
 use super::listing::{RecordsView, records};
 use super::upload;
 use super::view::{Flash, Layout, back, patient_addr, time, words};
+use super::vitals::{Span, VitalsView};
 use crate::chain::{AuditKind, DenyReason, EmergencyReason, PatientAddr, ProviderStatus};
 use crate::kind::ErrorKind;
 use crate::records::RecordError;
@@ -46,6 +47,9 @@ struct PatientPage {
     may_add: bool,
     records: RecordsView,
     reasons: Vec<(&'static str, String)>,
+    vitals_base: String,
+    vitals_span: &'static str,
+    vitals: Option<VitalsView>,
 }
 
 /// `GET /doctor`.
@@ -104,6 +108,9 @@ pub(super) struct AddrQuery {
     ok: Option<String>,
     #[serde(default)]
     err: Option<String>,
+    /// Show the vital signs of this span (`day`, `week`, `month`).
+    #[serde(default)]
+    vitals: Option<String>,
 }
 
 /// `GET /doctor/patient?addr=`.
@@ -126,6 +133,15 @@ pub(super) async fn patient(
     } else {
         format!("Your access: {reason}.")
     };
+    let span = q.vitals.as_deref().and_then(Span::parse);
+    // Reading is an access transaction per 32 windows: only on the doctor's click, and only
+    // with access (a denied attempt would be logged for nothing).
+    let vitals = match span {
+        Some(span) if reason == DenyReason::None => {
+            Some(super::vitals::load(&state, &s, addr, span).await?)
+        }
+        _ => None,
+    };
     let notice = match (q.ok, q.err) {
         (Some(m), _) => Some(Flash { ok: true, text: m }),
         (None, Some(m)) => Some(Flash::err(m)),
@@ -144,6 +160,9 @@ pub(super) async fn patient(
             .iter()
             .map(|r| (r.hl7(), r.to_string()))
             .collect(),
+        vitals_base: format!("{}&", patient_page(addr)),
+        vitals_span: span.map_or("", Span::name),
+        vitals,
     })
 }
 

@@ -30,6 +30,7 @@ mod tests;
 mod tokens;
 mod upload;
 mod view;
+mod vitals;
 
 pub use accounts::{Account, AccountError, AccountStore, ProviderProfile, Role};
 pub use legacy::{ImportReport, import_web_dir};
@@ -222,6 +223,8 @@ pub fn router(state: WebState) -> Router {
         .route("/patient/revoke", post(patient::revoke))
         .route("/patient/request", post(patient::decide))
         .route("/patient/end-emergency", post(patient::end_emergency))
+        .route("/patient/devices", post(patient::add_device))
+        .route("/patient/devices/revoke", post(patient::revoke_device))
         .route("/patient/audit.fhir.json", get(patient::audit_fhir))
         .route("/patient/audit.csv", get(patient::audit_csv))
         .route("/patient/records/{id}", get(record::patient_record))

@@ -20,7 +20,8 @@ use super::view::{
     AUDIT_PAGE, AuditView, Flash, Layout, Notice, ProviderName, account_addr, audit_query, back,
     time, words,
 };
-use crate::chain::{AuditFilter, AuditKind, EhrChain, GrantState, PatientAddr};
+use super::vitals::{Span, VitalsView};
+use crate::chain::{AuditFilter, AuditKind, DeviceKind, EhrChain, GrantState, PatientAddr};
 use crate::db::ExportRow;
 use crate::kind::ErrorKind;
 use crate::records::RecordError;
@@ -85,6 +86,26 @@ struct PatientPage {
     requests: Vec<RequestRow>,
     audit: AuditView,
     exports: Vec<ExportView>,
+    devices: Vec<DeviceRow>,
+    kinds: Vec<&'static str>,
+    vitals_span: &'static str,
+    vitals: Option<VitalsView>,
+}
+
+/// A device of the patient.
+struct DeviceRow {
+    address: Address,
+    kind: String,
+    label: String,
+    added: String,
+    revoked: Option<String>,
+}
+
+/// `?vitals=` on the patient's page.
+#[derive(Deserialize)]
+pub(super) struct VitalsQuery {
+    #[serde(default)]
+    vitals: Option<String>,
 }
 
 #[derive(Template)]
@@ -100,6 +121,7 @@ pub(super) async fn home(
     State(state): State<WebState>,
     s: PatientSession,
     Query(n): Query<Notice>,
+    Query(vq): Query<VitalsQuery>,
 ) -> Result<Html<String>> {
     let addr = s.addr()?;
     let c = state.chain_for(&s)?;
@@ -151,6 +173,24 @@ pub(super) async fn home(
         .iter()
         .map(ExportView::of)
         .collect();
+    let devices = c
+        .devices_of(addr)
+        .await?
+        .into_iter()
+        .rev()
+        .map(|(d, label)| DeviceRow {
+            address: d.device,
+            kind: d.kind.map_or_else(|| "unknown".into(), |k| k.to_string()),
+            label,
+            added: time(d.added_at),
+            revoked: d.revoked_at.map(time),
+        })
+        .collect();
+    let span = vq.vitals.as_deref().and_then(Span::parse);
+    let vitals = match span {
+        Some(span) => Some(super::vitals::load(&state, &s, addr, span).await?),
+        None => None,
+    };
     page(&PatientPage {
         layout: Layout::user(&s, "Patient"),
         notice: n.flash(),
@@ -162,6 +202,10 @@ pub(super) async fn home(
         requests,
         audit: AuditView::new("/patient", "", filter, page_no, &trail.events, trail.total),
         exports,
+        devices,
+        kinds: DeviceKind::ALL.iter().map(|k| k.name()).collect(),
+        vitals_span: span.map_or("", Span::name),
+        vitals,
     })
 }
 
@@ -288,6 +332,58 @@ pub(super) async fn revoke(
     let p = account_addr(&f.provider)?;
     Ok(match state.chain_for(&s)?.revoke(p).await {
         Ok(_) => back("/patient", true, &format!("revoked {p}")),
+        Err(e) => back("/patient", false, &words(&e)),
+    })
+}
+
+/// The add-device form.
+#[derive(Deserialize)]
+pub(super) struct DeviceForm {
+    device: String,
+    kind: String,
+    #[serde(default)]
+    label: String,
+}
+
+/// `POST /patient/devices`: registers a device (its key's address, as the device shows it).
+pub(super) async fn add_device(
+    State(state): State<WebState>,
+    s: PatientSession,
+    CsrfForm(f): CsrfForm<DeviceForm>,
+) -> Result<Redirect> {
+    let device = account_addr(&f.device)?;
+    let kind: DeviceKind = f.kind.parse().map_err(WebError::bad)?;
+    Ok(
+        match state
+            .chain_for(&s)?
+            .add_device(device, kind, f.label.trim())
+            .await
+        {
+            Ok(_) => back("/patient", true, &format!("added {kind} {device}")),
+            Err(e) => back("/patient", false, &words(&e)),
+        },
+    )
+}
+
+/// The revoke-device form.
+#[derive(Deserialize)]
+pub(super) struct DeviceRevokeForm {
+    device: String,
+}
+
+/// `POST /patient/devices/revoke`.
+pub(super) async fn revoke_device(
+    State(state): State<WebState>,
+    s: PatientSession,
+    CsrfForm(f): CsrfForm<DeviceRevokeForm>,
+) -> Result<Redirect> {
+    let device = account_addr(&f.device)?;
+    Ok(match state.chain_for(&s)?.revoke_device(device).await {
+        Ok(_) => back(
+            "/patient",
+            true,
+            &format!("revoked device {device}: its readings are refused from now on"),
+        ),
         Err(e) => back("/patient", false, &words(&e)),
     })
 }

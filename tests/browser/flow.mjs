@@ -70,6 +70,8 @@ async function startStack() {
     EHR_KUBO_GATEWAY_PORT: String(await freePort()),
     EHR_SHARE_NODE_BASE_PORT: String(await freeRange(5)),
     EHR_GATEWAY_PORT: String(await freePort()),
+    // Device readings are sealed into records two seconds after they arrive.
+    EHR_DEV_INGEST_WINDOW_SECS: '2',
     RUST_LOG: process.env.RUST_LOG ?? 'warn',
   };
   const child = spawn(ehrBin, ['dev'], { env, stdio: ['ignore', 'pipe', 'pipe'] });
@@ -94,6 +96,8 @@ async function startStack() {
   const base = `http://127.0.0.1:${env.EHR_GATEWAY_PORT}`;
   return {
     base,
+    rpc: `http://127.0.0.1:${env.EHR_ANVIL_PORT}`,
+    deployment: path.join(state, 'deployment.json'),
     output: () => output,
     async stop() {
       if (child.exitCode === null) {
@@ -166,6 +170,7 @@ async function main() {
   });
   try {
     await flow(browser, stack.base);
+    await devices(browser, stack);
     log(`passed in ${((Date.now() - t0) / 1000).toFixed(1)} s; screenshots in ${path.relative(root, shotsDir)}/`);
   } catch (e) {
     console.error(`[browser] FAILED: ${e.stack ?? e}`);
@@ -505,6 +510,68 @@ async function flow(browser, base) {
   await pctx.close();
   await nctx.close();
   await anon.close();
+}
+
+/** Runs `ehr` with `args`; resolves with its stdout, rejects with its output on failure. */
+function ehr(args) {
+  return new Promise((resolve, reject) => {
+    const child = spawn(ehrBin, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    let err = '';
+    child.stdout.on('data', (d) => { out += d; });
+    child.stderr.on('data', (d) => { err += d; });
+    child.once('exit', (code) => (code === 0 ? resolve(out) : reject(new Error(`ehr ${args.join(' ')} exited with ${code}:\n${err}`))));
+  });
+}
+
+/**
+ * Devices and charts: simulated devices of demo patient 1 stream readings through the gateway;
+ * they are sealed into records; the patient and their granted doctor see the vitals plotted
+ * (out-of-range points marked), at desktop and phone width; the patient revokes a device.
+ */
+async function devices(browser, stack) {
+  const { base } = stack;
+  log('simulated devices stream readings for patient 1-1001');
+  const out = await ehr(['device', 'simulate', '--patient', '1-1001', '--devices', '3', '--rate', '2/s', '--kinds', 'hr,spo2,bp',
+    '--duration-secs', '4', '--episode-chance', '0.25', '--gateway', base, '--rpc-url', stack.rpc, '--deployment', stack.deployment, '--dev-account', '3']);
+  const summary = JSON.parse(out);
+  assert.ok(summary.readings_stored >= 18, `readings stored: ${out}`);
+  assert.deepEqual(summary.refused_by_status, {}, 'no reading refused');
+
+  const { ctx, page: p } = await login(browser, base, { user: 'patient1', password: 'patient1-password' });
+  const devicesSection = p.locator('section#devices');
+  assert.equal(await devicesSection.locator('tr', { hasText: 'simulated' }).count(), 3, 'the three devices are listed');
+  // Wait for the windows to be sealed: the charts then show every reading.
+  let charts = 0;
+  for (let i = 0; i < 60 && charts < 3; i++) {
+    await p.goto(`${base}/patient?vitals=day`);
+    charts = await p.locator('section#vitals figure.vital').count();
+    if (charts < 3) await p.waitForTimeout(500);
+  }
+  assert.equal(charts, 3, 'heart rate, SpO2 and blood pressure are plotted');
+  const vitals = p.locator('section#vitals');
+  assert.match(await vitals.textContent(), /Every reading's device signature was checked/);
+  assert.ok(await vitals.locator('rect.normal').count() >= 4, 'normal ranges are shaded (two for blood pressure)');
+  assert.ok(await vitals.locator('circle.out').count() > 0, 'out-of-range readings are marked');
+  await shoot(p, 'patient-vitals');
+
+  log('doctor1 (granted) opens the vitals of 1-1001');
+  const { ctx: dctx, page: d } = await login(browser, base, DOCTOR1);
+  await d.goto(`${base}/doctor/patient?addr=1-1001`);
+  assert.equal(await d.locator('section#vitals figure.vital').count(), 0, 'vitals are read only on a click');
+  await Promise.all([d.waitForNavigation(), d.click('a:has-text("last day")')]);
+  assert.equal(await d.locator('section#vitals figure.vital').count(), 3);
+  await shoot(d, 'doctor-vitals');
+
+  // The patient revokes a device; its row says so.
+  const first = devicesSection.locator('tr', { hasText: 'simulated' }).first();
+  const address = (await first.locator('code').textContent()).trim();
+  await p.goto(`${base}/patient#devices`);
+  await Promise.all([p.waitForNavigation(), p.click(`button[aria-label="Revoke device ${address}"]`)]);
+  assert.match(await notice(p), /revoked device/);
+  assert.match(await p.locator('section#devices tr', { hasText: address }).textContent(), /revoked/);
+  await dctx.close();
+  await ctx.close();
 }
 
 await main();

@@ -30,7 +30,8 @@ impl EhrChain {
     /// Contract rejections (not an active device of the caller) and transport errors.
     pub async fn revoke_device(&self, device: Address) -> Result<TxOutcome, ChainError> {
         let me = self.own_patient().await?;
-        self.send(self.contract.revokeDevice(me.key(), device)).await
+        self.send(self.contract.revokeDevice(me.key(), device))
+            .await
     }
 
     /// Records office: allows or stops the ingestion service `ingestor`.
@@ -106,7 +107,11 @@ impl EhrChain {
     ///
     /// # Errors
     /// Transport errors.
-    pub async fn may_ingest(&self, ingestor: Address, addr: PatientAddr) -> Result<bool, ChainError> {
+    pub async fn may_ingest(
+        &self,
+        ingestor: Address,
+        addr: PatientAddr,
+    ) -> Result<bool, ChainError> {
         self.contract
             .mayIngest(ingestor, addr.key())
             .call()
@@ -119,7 +124,10 @@ impl EhrChain {
     ///
     /// # Errors
     /// Transport errors.
-    pub async fn devices_of(&self, addr: PatientAddr) -> Result<Vec<(DeviceInfo, String)>, ChainError> {
+    pub async fn devices_of(
+        &self,
+        addr: PatientAddr,
+    ) -> Result<Vec<(DeviceInfo, String)>, ChainError> {
         let mut out = Vec::new();
         for e in self.patient_events(addr).await? {
             if let AuditKind::DeviceAdded { device, label, .. } = e.kind
