@@ -65,6 +65,7 @@ struct OfficePage {
     monitoring: AuditView,
     denied_on_page: usize,
     exports: Vec<ExportView>,
+    ingest: Option<crate::db::IngestStats>,
 }
 
 /// `GET /office`.
@@ -132,7 +133,19 @@ pub(super) async fn home(
         .iter()
         .map(ExportView::of)
         .collect();
+    // Device readings of the last 7 days (only on a gateway that takes them).
+    let ingest = match state.app.ingest() {
+        Some(_) => Some(
+            state
+                .accounts
+                .db()
+                .ingest_stats(super::now() / 86_400 - 6)
+                .await?,
+        ),
+        None => None,
+    };
     page(&OfficePage {
+        ingest,
         layout: Layout::user(&s, "Records office"),
         notice: n.flash(),
         csrf: s.csrf.clone(),

@@ -570,6 +570,24 @@ async function devices(browser, stack) {
   await Promise.all([p.waitForNavigation(), p.click(`button[aria-label="Revoke device ${address}"]`)]);
   assert.match(await notice(p), /revoked device/);
   assert.match(await p.locator('section#devices tr', { hasText: address }).textContent(), /revoked/);
+
+  // A reading without a signature is refused, and the records office sees it counted.
+  const unsigned = await fetch(`${base}/ingest`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ device: address, patient: '1-1001', nonce: 1, time: Math.floor(Date.now() / 1000), resource: { resourceType: 'Observation' } }),
+  });
+  assert.equal(unsigned.status, 401);
+  const { ctx: octx, page: o } = await login(browser, base, OFFICE);
+  let counted = '';
+  for (let i = 0; i < 40 && !/unsigned/.test(counted); i++) {
+    await o.goto(`${base}/office`);
+    counted = await o.locator('section#ingest').textContent();
+    if (!/unsigned/.test(counted)) await o.waitForTimeout(250);
+  }
+  assert.match(counted, /readings sealed into \d+ records/);
+  assert.match(counted, /unsigned\s*1/, 'the refusal is counted on the dashboard');
+  await octx.close();
   await dctx.close();
   await ctx.close();
 }
