@@ -72,7 +72,7 @@ pub enum ServeConfigError {
 /// Every key and the environment variable that overrides it (a container sets them instead of
 /// writing a file). `records.share_nodes` takes `URL=ADDRESS` pairs separated by commas,
 /// `proxy.trusted` addresses or CIDR ranges separated by commas.
-pub const ENV: [(&str, &str, Kind); 15] = [
+pub const ENV: [(&str, &str, Kind); 17] = [
     ("listen", "EHR_LISTEN", Kind::Str),
     ("chain.rpc_url", "EHR_CHAIN_RPC_URL", Kind::Str),
     ("chain.deployment", "EHR_CHAIN_DEPLOYMENT", Kind::Str),
@@ -104,6 +104,8 @@ pub const ENV: [(&str, &str, Kind); 15] = [
     ("proxy.trusted", "EHR_PROXY_TRUSTED", Kind::List),
     ("tls.cert", "EHR_TLS_CERT", Kind::Str),
     ("tls.key", "EHR_TLS_KEY", Kind::Str),
+    ("ingest.key_file", "EHR_INGEST_KEY_FILE", Kind::Str),
+    ("ingest.window_secs", "EHR_INGEST_WINDOW_SECS", Kind::Int),
 ];
 
 /// How an environment variable's text becomes a TOML value.
@@ -145,6 +147,41 @@ pub struct ServeConfig {
     /// Serve HTTPS directly; without it, run behind a TLS-terminating proxy.
     #[serde(default)]
     pub tls: Option<TlsSection>,
+    /// Take readings from patients' devices (`POST /ingest`); off without it.
+    #[serde(default)]
+    pub ingest: Option<IngestSection>,
+}
+
+/// `[ingest]`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct IngestSection {
+    /// The private key (hex, in a 0600 file) of the ingestion service's account, which the
+    /// records office allows with `setIngestor`; records of sealed readings are its uploads,
+    /// and readings waiting for their window are encrypted under a key derived from it.
+    pub key_file: PathBuf,
+    /// Seconds a patient's readings wait before they are sealed into one record; default 300.
+    #[serde(default = "default_ingest_window_secs")]
+    pub window_secs: u64,
+    /// Readings that seal a window before its time is up; default 2000.
+    #[serde(default = "default_ingest_max_observations")]
+    pub max_observations: u64,
+    /// Largest difference between a device's signing time and this server's clock, seconds;
+    /// default 300.
+    #[serde(default = "default_ingest_max_skew_secs")]
+    pub max_skew_secs: u64,
+}
+
+fn default_ingest_window_secs() -> u64 {
+    300
+}
+
+fn default_ingest_max_observations() -> u64 {
+    2_000
+}
+
+fn default_ingest_max_skew_secs() -> u64 {
+    300
 }
 
 /// `[database]`.
@@ -515,6 +552,22 @@ impl ServeConfig {
                     fix:
                         "keep [tls] to serve HTTPS directly, or [proxy] when a proxy terminates TLS"
                             .into(),
+                });
+            }
+        }
+        if let Some(i) = &self.ingest {
+            if i.window_secs == 0 || i.max_observations == 0 {
+                return Err(Invalid {
+                    key: "ingest.window_secs",
+                    problem: "a window of 0 seconds or 0 readings".into(),
+                    fix: "set ingest.window_secs and ingest.max_observations above 0 (defaults 300 and 2000)".into(),
+                });
+            }
+            if !(30..=3_600).contains(&i.max_skew_secs) {
+                return Err(Invalid {
+                    key: "ingest.max_skew_secs",
+                    problem: format!("{} s", i.max_skew_secs),
+                    fix: "set it between 30 and 3600 (default 300)".into(),
                 });
             }
         }

@@ -223,6 +223,18 @@ pub enum OfficeCmd {
         #[command(flatten)]
         c: Common,
     },
+    /// Allow (or with --stop, stop) an ingestion service: the account a gateway seals
+    /// devices' readings with (`[ingest] key_file` of `ehr serve`).
+    SetIngestor {
+        /// The service's account.
+        ingestor: Address,
+        /// Stop it instead.
+        #[arg(long)]
+        stop: bool,
+        /// Common flags.
+        #[command(flatten)]
+        c: Common,
+    },
     /// Verify a provider.
     Verify {
         /// Provider account.
@@ -462,6 +474,13 @@ pub async fn office(cmd: OfficeCmd) -> anyhow::Result<()> {
                 "addr": addr, "account": account, "deadline": deadline, "voucher": sig,
             }))?;
         }
+        OfficeCmd::SetIngestor { ingestor, stop, c } => print_tx(
+            &format!(
+                "{} ingestion service {ingestor}",
+                if stop { "stopped" } else { "allowed" }
+            ),
+            &signing(&c).await?.set_ingestor(ingestor, !stop).await?,
+        ),
         OfficeCmd::Verify { provider, c } => print_tx(
             &format!("verified {provider}"),
             &signing(&c).await?.verify_provider(provider).await?,

@@ -321,6 +321,16 @@ pub async fn run(a: ServeArgs) -> anyhow::Result<()> {
             )),
         )
         .spawn();
+    let ingest = match (&c.ingest, &chain) {
+        (Some(i), Some(ch)) => Some(start_ingest(i, ch, &c, &db, &records).await?),
+        (Some(_), None) => {
+            tracing::warn!(
+                "ingest: the chain was unreachable at start, so device readings are refused (503) until ehr serve restarts with the chain up"
+            );
+            None
+        }
+        (None, _) => None,
+    };
     let events = std::sync::Arc::new(EventStore::new(db.clone()));
     let accounts = AccountStore::new(db.clone()).await?;
     let tokens = TokenStore::new(accounts.clone());
@@ -334,6 +344,10 @@ pub async fn run(a: ServeArgs) -> anyhow::Result<()> {
     .with_records(records)
     .with_database(db)
     .with_tokens(std::sync::Arc::new(tokens.clone()));
+    let state = match ingest {
+        Some(i) => state.with_ingest(i),
+        None => state,
+    };
     if state.chain().is_none() {
         tokio::spawn(connect_later(
             state.clone(),
@@ -384,6 +398,60 @@ pub async fn run(a: ServeArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The ingestion service of `[ingest]`: its key, the records office's allowance checked, and
+/// its sealer.
+async fn start_ingest(
+    i: &crate::serve_config::IngestSection,
+    chain: &EhrChain,
+    c: &crate::serve_config::ServeConfig,
+    db: &crate::db::Database,
+    records: &RecordsConfig,
+) -> anyhow::Result<crate::ingest::Ingest> {
+    let hex = std::fs::read_to_string(&i.key_file).with_context(|| {
+        format!(
+            "ingest.key_file: cannot read {} (a hex private key)",
+            i.key_file.display()
+        )
+    })?;
+    let key: alloy::signers::local::PrivateKeySigner = hex.trim().parse().with_context(|| {
+        format!(
+            "ingest.key_file: {} is not a private key",
+            i.key_file.display()
+        )
+    })?;
+    if !chain.is_ingestor(key.address()).await? {
+        tracing::warn!(
+            "ingest: {} is not allowed by the records office yet (`ehr office set-ingestor {}`): share nodes refuse its records until it is",
+            key.address(),
+            key.address()
+        );
+    }
+    let ingest = crate::ingest::Ingest::new(
+        db.clone(),
+        chain.clone(),
+        crate::ingest::at_rest_key(&key.to_bytes().0),
+        crate::ingest::IngestSettings {
+            window: std::time::Duration::from_secs(i.window_secs),
+            max_observations: i.max_observations,
+            max_skew: std::time::Duration::from_secs(i.max_skew_secs),
+            ..Default::default()
+        },
+    );
+    let client = records.client(
+        chain.with_signer(&c.chain.rpc_url, key.clone())?,
+        key.clone(),
+        KuboClient::new(&c.ipfs.api_url),
+    )?;
+    crate::ingest::Sealer::new(db.clone(), client, &ingest).spawn();
+    tracing::info!(
+        "taking device readings as ingestion service {} (window {} s or {} readings)",
+        key.address(),
+        i.window_secs,
+        i.max_observations
+    );
+    Ok(ingest)
 }
 
 /// Retries the chain every 5 s until it answers as the configured deployment, then hands the
