@@ -32,3 +32,19 @@ pub fn multipart(body: &[u8]) {
         }
     });
 }
+
+/// A device's reading envelope: parsed as the gateway parses it, its signature checked, its
+/// resource validated as vital signs, and read back as a sealed window's line.
+pub fn readings(data: &[u8]) {
+    use alloy::primitives::{Address, B256};
+    static DOMAIN: OnceLock<alloy::sol_types::Eip712Domain> = OnceLock::new();
+    let domain = DOMAIN.get_or_init(|| crate::ingest::ingest_domain(1, Address::ZERO, B256::ZERO));
+    if let Ok(env) = serde_json::from_slice::<crate::ingest::Envelope<'_>>(data) {
+        let _ = env.verify(domain);
+        let _ = crate::ingest::vitals::readings(env.resource.get().as_bytes());
+        let mut seen = std::collections::HashSet::new();
+        let mut out = Vec::new();
+        let _ = crate::ingest::read_sealed(data, domain, env.patient, &mut seen, &mut out);
+    }
+    let _ = crate::ingest::vitals::readings(data);
+}

@@ -21,14 +21,7 @@ async fn gateway(keyring: Keyring) -> String {
         keyring,
     )
     .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(ehr_share::gateway::serve(
-        listener,
-        state,
-        std::future::pending(),
-    ));
-    url
+    common::serve_gateway(state).await
 }
 
 #[tokio::test]

@@ -59,14 +59,7 @@ async fn gateway(
         Sealer::new(db.clone(), client, &ingest).spawn();
         state = state.with_records(cfg);
     }
-    let state = state.with_ingest(ingest.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(ehr_share::gateway::serve(
-        listener,
-        state,
-        std::future::pending(),
-    ));
+    let url = common::serve_gateway(state.with_ingest(ingest.clone())).await;
     (url, ingest, db, dir)
 }
 

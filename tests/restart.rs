@@ -2,7 +2,8 @@
 //! (at once: an acknowledged upload must already be durable), a share node, Kubo and finally
 //! `ehr dev` itself are killed with SIGKILL; the supervisor restarts
 //! each child, and `ehr dev` started again on the same folder serves every record byte-identical,
-//! the complete audit trail, and the same contract.
+//! the complete audit trail, and the same contract. Device readings acknowledged just before
+//! the last kill, before their window closed, are sealed into a record after the restart.
 
 mod common;
 
@@ -12,6 +13,9 @@ use std::time::{Duration, SystemTime};
 use common::nodes::wait_until;
 use ehr_share::stack::ManagedChild;
 use serde_json::Value;
+
+/// The sealing window of device readings in these runs.
+const READINGS_WINDOW_SECS: u64 = 30;
 
 struct Ports {
     gateway: u16,
@@ -43,7 +47,12 @@ async fn start_dev(state: &Path, p: &Ports) -> ManagedChild {
         .env("EHR_GATEWAY_PORT", p.gateway.to_string())
         .env("EHR_KUBO_API_PORT", p.kubo_api.to_string())
         .env("EHR_KUBO_GATEWAY_PORT", p.kubo_gateway.to_string())
-        .env("EHR_SHARE_NODE_BASE_PORT", p.share_base.to_string());
+        .env("EHR_SHARE_NODE_BASE_PORT", p.share_base.to_string())
+        // Longer than the time from the readings' acknowledgement to the kill below.
+        .env(
+            "EHR_DEV_INGEST_WINDOW_SECS",
+            READINGS_WINDOW_SECS.to_string(),
+        );
     let mut child = ManagedChild::spawn("ehr dev", cmd, false).unwrap();
     let url = format!("http://127.0.0.1:{}/health", p.gateway);
     child
@@ -160,6 +169,23 @@ async fn read(gw: &str, id: &str) -> Vec<u8> {
     r.bytes().await.unwrap().to_vec()
 }
 
+/// The ids of patient 1-1001's records, as the gateway lists them (from the share nodes,
+/// proofs checked against the chain).
+async fn listed(gw: &str) -> Vec<String> {
+    let listed: Value = reqwest::get(format!("{gw}/api/patients/1-1001/records?limit=200"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    listed["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["id"].as_str().map(str::to_owned))
+        .collect()
+}
+
 /// Waits until anvil has written its state after `since` (it does so every second).
 async fn state_saved(state: &Path, since: SystemTime) {
     let file: PathBuf = state.join("anvil-state.json");
@@ -250,7 +276,59 @@ async fn every_record_survives_kill_9_of_each_part_and_of_ehr_dev() {
     let t = common::web::form_token(&browser, &gw, "/").await;
     let r = common::web::login(&browser, &gw, &t, "patient1", "patient1-password").await;
     assert_eq!(r.status(), 303, "demo patient logs in");
+    // A device of patient 1 sends readings; each is acknowledged once committed, long before
+    // its window closes.
+    let mut settings =
+        ehr_share::config::AnvilSettings::load(&common::root().join("anvil.toml")).unwrap();
+    settings.port = p.anvil;
+    let deployment = ehr_share::chain::Deployment::load(&state.join("deployment.json")).unwrap();
+    let as_patient = ehr_share::chain::EhrChain::connect(
+        &settings.rpc_url(),
+        Some(ehr_share::cli::demo_signer(&settings, 3).unwrap()),
+        &deployment,
+    )
+    .await
+    .unwrap();
+    let key = alloy::signers::local::PrivateKeySigner::random();
+    as_patient
+        .add_device(
+            key.address(),
+            ehr_share::chain::DeviceKind::Watch,
+            "restart",
+        )
+        .await
+        .unwrap();
+    let device = ehr_share::ingest::device::Device::new(
+        key,
+        "1-1001".parse().unwrap(),
+        ehr_share::ingest::ingest_domain(
+            as_patient.chain_id(),
+            as_patient.address(),
+            as_patient.deployment_id(),
+        ),
+    );
+    let http = reqwest::Client::new();
+    let acked_at = SystemTime::now();
+    let mut nonces = Vec::new();
+    for i in 0..5 {
+        let at = i64::try_from(common::nodes::now()).unwrap();
+        let o = ehr_share::ingest::vitals::observation_json(
+            ehr_share::ingest::Vital::HeartRate,
+            at,
+            70.0 + f64::from(i),
+            None,
+        );
+        let env = device.sign(o.to_string()).unwrap();
+        ehr_share::ingest::device::Device::send(&http, &gw, &env)
+            .await
+            .unwrap();
+        nonces.push(env.nonce);
+    }
     state_saved(&state, SystemTime::now()).await;
+    assert!(
+        acked_at.elapsed().unwrap() < Duration::from_secs(READINGS_WINDOW_SECS),
+        "killed before the readings' window closed"
+    );
     let ehr = pid_of(root, &["ehr", " dev"]).expect("ehr dev under its tether");
     kill9(ehr);
     let _ = tokio::time::timeout(Duration::from_secs(30), dev.wait_exit()).await;
@@ -279,22 +357,35 @@ async fn every_record_survives_kill_9_of_each_part_and_of_ehr_dev() {
     }
     // The patient's records list (from the share nodes, proofs checked against the chain)
     // names every record.
-    let listed: Value = reqwest::get(format!("{gw}/api/patients/1-1001/records?limit=200"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let ids: Vec<&str> = listed["records"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|e| e["id"].as_str())
-        .collect();
+    let ids = listed(&gw).await;
     for (id, _) in &records {
-        assert!(
-            ids.contains(&id.as_str()),
-            "{id} missing from the records list"
-        );
+        assert!(ids.contains(id), "{id} missing from the records list");
     }
+
+    // The acknowledged readings are sealed into a record after the restart, every one of them.
+    let known: Vec<String> = records.iter().map(|(id, _)| id.clone()).collect();
+    let sealed = wait_until(Duration::from_secs(READINGS_WINDOW_SECS + 60), || {
+        let (gw, known, nonces) = (gw.clone(), known.clone(), nonces.clone());
+        async move {
+            let mut found = Vec::new();
+            for id in listed(&gw).await.iter().filter(|id| !known.contains(id)) {
+                // Sealed windows hold one signed envelope per line; other records (the demo
+                // record) hold none.
+                let data = read(&gw, id).await;
+                for line in String::from_utf8_lossy(&data).lines() {
+                    if let Ok(v) = serde_json::from_str::<Value>(line)
+                        && let Some(n) = v["nonce"].as_u64()
+                    {
+                        found.push(n);
+                    }
+                }
+            }
+            nonces.iter().all(|n| found.contains(n))
+        }
+    })
+    .await;
+    assert!(
+        sealed,
+        "readings acknowledged before kill -9 were sealed after the restart"
+    );
 }

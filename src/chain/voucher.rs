@@ -21,12 +21,12 @@ alloy::sol! {
     }
 }
 
-/// The contract's own EIP-712 domain (name "EhrAccess", version "4", salt = the deployment id,
+/// The contract's own EIP-712 domain (name "EhrAccess", version "5", salt = the deployment id,
 /// so a voucher is void on a redeployment at the same address).
 fn domain(chain_id: u64, contract: Address, deployment_id: B256) -> Eip712Domain {
     Eip712Domain::new(
         Some("EhrAccess".into()),
-        Some("4".into()),
+        Some("5".into()),
         Some(U256::from(chain_id)),
         Some(contract),
         Some(deployment_id),

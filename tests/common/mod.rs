@@ -94,6 +94,18 @@ async fn start() -> Stack {
     }
 }
 
+/// Serves the gateway `state` on a free loopback port for the rest of the test; its URL.
+pub async fn serve_gateway(state: ehr_share::gateway::AppState) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(ehr_share::gateway::serve(
+        listener,
+        state,
+        std::future::pending(),
+    ));
+    url
+}
+
 /// The RPC URL of the shared anvil.
 pub fn rpc() -> String {
     stack().anvil.rpc_url.clone()

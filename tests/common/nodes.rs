@@ -229,14 +229,7 @@ pub async fn gateway_with_records(
         threshold: 3,
         anchoring: None,
     });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(ehr_share::gateway::serve(
-        listener,
-        state,
-        std::future::pending(),
-    ));
-    url
+    super::serve_gateway(state).await
 }
 
 /// Runs `ehr share-node` on `dir` for `contract`, expecting it to refuse to start; returns what
