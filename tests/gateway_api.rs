@@ -34,8 +34,12 @@ async fn health_names_the_chain_and_the_ipfs_node() {
         .await
         .unwrap();
     assert_eq!(h["status"], "ok", "{h}");
-    assert_eq!(h["chain"]["chain_id"], 31337);
-    assert!(h["chain"]["client"].as_str().unwrap().starts_with("anvil/"));
+    assert_eq!(h["chain"]["chain_id"], common::chain_id());
+    let client = h["chain"]["client"].as_str().unwrap();
+    assert!(
+        client.starts_with(if common::on_geth() { "Geth/" } else { "anvil/" }),
+        "{client}"
+    );
     assert!(!h["ipfs"]["version"].as_str().unwrap().is_empty());
     let spec: Value = reqwest::get(format!("{url}/openapi.json"))
         .await

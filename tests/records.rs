@@ -81,7 +81,7 @@ async fn ask_every_node(
     id: RecordId,
     nodes: &[ShareNodeRef],
 ) -> Vec<u16> {
-    let dom = domain(31337, office.address(), office.deployment_id());
+    let dom = domain(common::chain_id(), office.address(), office.deployment_id());
     let mut out = Vec::new();
     for n in nodes {
         let request = ShareRelease {
@@ -279,13 +279,7 @@ async fn denied_requesters_are_refused_by_the_contract_and_every_node() {
             "the 2 s grant never expired"
         );
         // A block at the wall clock's time (automine makes blocks only for transactions).
-        alloy::providers::Provider::raw_request::<_, String>(
-            c.office.provider(),
-            "evm_mine".into(),
-            (),
-        )
-        .await
-        .unwrap();
+        common::mine_block().await;
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let refs = c.refs().await;
@@ -314,7 +308,11 @@ async fn forged_misaddressed_borrowed_and_replayed_requests_are_refused() {
     let refs = c.refs().await;
     let (granted, never, fhir_id) = (&c.granted, &c.never, c.fhir_id);
     let stranger = PrivateKeySigner::random();
-    let dom = domain(31337, c.office.address(), c.office.deployment_id());
+    let dom = domain(
+        common::chain_id(),
+        c.office.address(),
+        c.office.deployment_id(),
+    );
     let mut req = ShareRelease {
         recordId: fhir_id.0,
         requester: granted.address(),

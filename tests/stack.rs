@@ -11,9 +11,12 @@ use rand_core::RngCore;
 
 #[tokio::test]
 async fn anvil_is_a_real_chain() {
-    let s = common::stack();
-    let p = ProviderBuilder::new().connect_http(s.anvil.rpc_url.parse().unwrap());
-    assert_eq!(p.get_chain_id().await.unwrap(), s.anvil.settings.chain_id);
+    let s = common::stack()
+        .anvil
+        .as_ref()
+        .expect("this test runs on anvil");
+    let p = ProviderBuilder::new().connect_http(s.rpc_url.parse().unwrap());
+    assert_eq!(p.get_chain_id().await.unwrap(), s.settings.chain_id);
     let before = p.get_block_number().await.unwrap();
     p.raw_request::<_, String>("evm_mine".into(), ())
         .await
@@ -66,7 +69,7 @@ async fn unknown_content_is_not_found_not_hung() {
 #[tokio::test]
 async fn a_second_anvil_on_a_busy_port_is_reported_with_its_log() {
     let s = common::stack();
-    let mut settings: AnvilSettings = s.anvil.settings.clone();
+    let mut settings: AnvilSettings = s.anvil.as_ref().expect("on anvil").settings.clone();
     settings.chain_id = 4242; // the health check must not mistake the first anvil for this one
     let tools = Tools::in_project(common::root());
     let err = start_anvil(&tools.anvil, &settings, false)

@@ -3,6 +3,9 @@
 //!
 //! The services live on a runtime of their own (a static one), so they outlive each test's
 //! runtime; they are tethered to this process and stop when the test binary exits.
+//!
+//! `EHR_TEST_CHAIN=geth` runs the same tests on geth `--dev` instead of anvil (a second EVM
+//! client; `scripts/test` runs the suites that use no anvil-only method that way too).
 
 #![allow(dead_code, unreachable_pub)]
 
@@ -37,9 +40,21 @@ static RT: LazyLock<tokio::runtime::Runtime> = LazyLock::new(|| {
 
 /// The services shared by the tests of one binary.
 pub struct Stack {
-    pub anvil: AnvilNode,
+    /// anvil (absent on geth).
+    pub anvil: Option<AnvilNode>,
+    /// geth `--dev` (with `EHR_TEST_CHAIN=geth`).
+    pub geth: Option<ehr_share::stack::GethNode>,
+    /// The chain's JSON-RPC URL, whichever client it is.
+    pub rpc_url: String,
+    /// The chain id.
+    pub chain_id: u64,
     pub kubo: KuboNode,
     _repo: tempfile::TempDir,
+}
+
+/// Whether the tests run on geth (`EHR_TEST_CHAIN=geth`) rather than anvil.
+pub fn on_geth() -> bool {
+    std::env::var("EHR_TEST_CHAIN").is_ok_and(|v| v == "geth")
 }
 
 static STACK: OnceLock<Stack> = OnceLock::new();
@@ -57,13 +72,39 @@ pub fn stack() -> &'static Stack {
 
 async fn start() -> Stack {
     let tools = Tools::in_project(root());
-    let mut settings = AnvilSettings::load(&root().join("anvil.toml")).expect("anvil.toml");
-    settings.port = free_port().unwrap();
-    settings.state_file.clear();
-    let anvil = start_anvil(&tools.anvil, &settings, false)
-        .await
-        .unwrap_or_else(|e| panic!("anvil did not start (run scripts/setup): {e}"));
     let repo = tempfile::tempdir().unwrap();
+    let (anvil, geth, rpc_url, chain_id) = if on_geth() {
+        let geth = ehr_share::stack::start_geth(
+            &ehr_share::stack::GethOptions {
+                bin: ehr_share::stack::geth_in(root()),
+                datadir: repo.path().join("geth"),
+                http_port: free_port().unwrap(),
+                authrpc_port: free_port().unwrap(),
+                p2p_port: free_port().unwrap(),
+            },
+            false,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("geth did not start (run scripts/setup): {e}"));
+        // The records office's key (account 0 of the dev mnemonic) pays for the deployment.
+        geth.fund(
+            office_key().address(),
+            U256::from(10_000u128 * 10u128.pow(18)),
+        )
+        .await
+        .unwrap();
+        let url = geth.rpc_url.clone();
+        (None, Some(geth), url, ehr_share::stack::GETH_DEV_CHAIN_ID)
+    } else {
+        let mut settings = AnvilSettings::load(&root().join("anvil.toml")).expect("anvil.toml");
+        settings.port = free_port().unwrap();
+        settings.state_file.clear();
+        let anvil = start_anvil(&tools.anvil, &settings, false)
+            .await
+            .unwrap_or_else(|e| panic!("anvil did not start (run scripts/setup): {e}"));
+        let url = anvil.rpc_url.clone();
+        (Some(anvil), None, url, settings.chain_id)
+    };
     let kubo = start_kubo(
         &KuboOptions {
             bin: tools.ipfs.clone(),
@@ -77,18 +118,18 @@ async fn start() -> Stack {
     .unwrap_or_else(|e| panic!("Kubo did not start (run scripts/setup): {e}"));
     let ipfs = KuboClient::new(&kubo.api_url);
     let v = ipfs.version().await.unwrap();
-    let http = ProviderBuilder::new().connect_http(anvil.rpc_url.parse().unwrap());
+    let http = ProviderBuilder::new().connect_http(rpc_url.parse().unwrap());
     let client = http.get_client_version().await.unwrap();
-    eprintln!(
-        "[fixture] anvil {client} at {} (chain id {})",
-        anvil.rpc_url, settings.chain_id
-    );
+    eprintln!("[fixture] {client} at {rpc_url} (chain id {chain_id})");
     eprintln!(
         "[fixture] Kubo {} (commit {}) at {}",
         v.version, v.commit, kubo.api_url
     );
     Stack {
         anvil,
+        geth,
+        rpc_url,
+        chain_id,
         kubo,
         _repo: repo,
     }
@@ -106,19 +147,45 @@ pub async fn serve_gateway(state: ehr_share::gateway::AppState) -> String {
     url
 }
 
-/// The RPC URL of the shared anvil.
+/// The RPC URL of the shared chain.
 pub fn rpc() -> String {
-    stack().anvil.rpc_url.clone()
+    stack().rpc_url.clone()
 }
 
-/// A fresh random account funded with 100 ether through `anvil_setBalance`.
+/// The shared chain's id.
+pub fn chain_id() -> u64 {
+    stack().chain_id
+}
+
+/// A fresh random account funded with 100 ether: `anvil_setBalance` on anvil, a transfer
+/// from the developer account on geth.
 pub async fn funded() -> PrivateKeySigner {
     let signer = PrivateKeySigner::random();
-    let p = ProviderBuilder::new().connect_http(rpc().parse().unwrap());
-    p.anvil_set_balance(signer.address(), U256::from(100u128 * 10u128.pow(18)))
-        .await
-        .unwrap();
+    let wei = U256::from(100u128 * 10u128.pow(18));
+    if on_geth() {
+        ehr_share::stack::geth_fund(&rpc(), signer.address(), wei)
+            .await
+            .unwrap();
+    } else {
+        let p = ProviderBuilder::new().connect_http(rpc().parse().unwrap());
+        p.anvil_set_balance(signer.address(), wei).await.unwrap();
+    }
     signer
+}
+
+/// Makes the chain produce a block now (anvil mines only for transactions here): `evm_mine`
+/// on anvil, a 1-wei transfer on geth.
+pub async fn mine_block() {
+    if on_geth() {
+        ehr_share::stack::geth_fund(&rpc(), PrivateKeySigner::random().address(), U256::from(1))
+            .await
+            .unwrap();
+    } else {
+        let p = ProviderBuilder::new().connect_http(rpc().parse().unwrap());
+        p.raw_request::<_, String>("evm_mine".into(), ())
+            .await
+            .unwrap();
+    }
 }
 
 /// Anchors a record of `addr` by `author`'s account alone (its leaf is the root), with no share
