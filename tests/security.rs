@@ -103,10 +103,10 @@ async fn shares_on_disk_decrypt_nothing_without_the_node_key() {
     assert_eq!(mode(&store), 0o600);
 
     // What the node releases to the patient is nowhere in its file.
-    let r = nodes::release(&office, &refs[0], &patient, id).await;
-    assert_eq!(r.status(), 200);
-    let released: serde_json::Value = r.json().await.unwrap();
-    let share_hex = released["share"].as_str().unwrap().to_owned();
+    let (status, opened) = nodes::release_opened(&office, &refs[0], &patient, id).await;
+    assert_eq!(status, 200);
+    let (released, share) = opened.unwrap();
+    let share_hex = hex::encode(share);
     let sealed_hex = released["sealed_block"].as_str().unwrap().to_owned();
     let raw = std::fs::read(&store).unwrap();
     assert!(
@@ -844,4 +844,93 @@ async fn break_glass_never_lets_a_provider_write_into_a_chart() {
         .await
         .unwrap();
     assert_eq!(dir.list(addr).await.unwrap().len(), 1);
+}
+
+/// A TCP proxy in front of `target` that keeps every byte the target sends back: what a
+/// sniffer, or a TLS-terminating proxy, between hosts would see. Returns its URL and the bytes.
+async fn sniffing_proxy(target: String) -> (String, std::sync::Arc<std::sync::Mutex<Vec<u8>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let kept = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(server) = tokio::net::TcpStream::connect(&target).await else {
+                continue;
+            };
+            let kept = kept.clone();
+            tokio::spawn(async move {
+                let (mut cr, mut cw) = client.into_split();
+                let (mut sr, mut sw) = server.into_split();
+                let up = async move {
+                    let _ = tokio::io::copy(&mut cr, &mut sw).await;
+                };
+                let down = async move {
+                    let mut buf = vec![0u8; 16 * 1024];
+                    while let Ok(n) = sr.read(&mut buf).await {
+                        if n == 0 {
+                            break;
+                        }
+                        kept.lock().unwrap().extend_from_slice(&buf[..n]);
+                        if cw.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                };
+                tokio::join!(up, down);
+            });
+        }
+    });
+    (url, seen)
+}
+
+/// (Scale-out issue, "shares never travel in clear") A sniffer between a reader and a share
+/// node, or a proxy that terminates TLS, sees the released share only sealed to the
+/// requester's key (ECIES to the key recovered from the signed request, bound to the record,
+/// the node and the request's nonce): the patient's read through it works, the share is
+/// nowhere in the captured bytes, and the sealed share opens for no other key.
+#[tokio::test]
+async fn a_released_share_opens_only_for_its_requester_and_a_sniffer_sees_ciphertext() {
+    let office = common::office().await;
+    let procs = nodes::start_many(office.address(), 3, &[]).await;
+    let mut refs = nodes::refs(&procs).await;
+    let (patient, addr) = common::new_patient(&office).await;
+    let id = nodes::client(&office, &patient, &refs)
+        .put(
+            addr,
+            Bytes::from_static(b"sniffed record"),
+            "text/plain",
+            None,
+        )
+        .await
+        .unwrap();
+    let (proxy, seen) = sniffing_proxy(refs[0].url.trim_start_matches("http://").to_owned()).await;
+    refs[0].url = proxy;
+    // The patient reads through the proxy.
+    let got = nodes::client(&office, &patient, &refs)
+        .get(id)
+        .await
+        .unwrap();
+    assert_eq!(got.data, b"sniffed record");
+    // A raw release through the proxy: the share opens for the patient only.
+    let (status, opened) = nodes::release_opened(&office, &refs[0], &patient, id).await;
+    assert_eq!(status, 200);
+    let (released, share) = opened.unwrap();
+    let captured = seen.lock().unwrap().clone();
+    assert!(captured.len() > 1000, "the proxy saw the traffic");
+    assert!(
+        !contains(&captured, hex::encode(&share).as_bytes()),
+        "the share travels in clear (hex)"
+    );
+    assert!(
+        !contains(&captured, &share[1..]),
+        "the share travels in clear (bytes)"
+    );
+    let sealed = hex::decode(released["share"].as_str().unwrap()).unwrap();
+    let stranger = k256::SecretKey::random(&mut rand_core::OsRng);
+    for nonce in [U256::ZERO, U256::from(1)] {
+        let aad = ehr_share::share_node::share_aad(id.0, refs[0].address, nonce);
+        assert!(ehr_share::crypto::open_with(&stranger, &aad, &sealed).is_err());
+    }
 }

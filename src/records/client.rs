@@ -715,7 +715,9 @@ impl RecordsClient {
                 ReleaseBody { request, signature },
             ));
         }
-        let g = super::gather::gather(id, requests, usize::from(self.threshold.k())).await?;
+        let key = k256::SecretKey::from_slice(self.signer.to_bytes().as_slice())
+            .map_err(|e| RecordError::Config(format!("signing key: {e}")))?;
+        let g = super::gather::gather(id, requests, usize::from(self.threshold.k()), &key).await?;
         Ok((g.secret, g.sealed, g.failures))
     }
 }

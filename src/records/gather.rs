@@ -12,7 +12,7 @@ use futures::stream::FuturesUnordered;
 use super::client::{NodeFailure, RecordError};
 use crate::chain::RecordId;
 use crate::shamir::{Commitments, Secret, Share, combine};
-use crate::share_node::{NodeClient, ReleaseBody};
+use crate::share_node::{NodeClient, ReleaseBody, ReleasedShare};
 
 /// What a gathering yields.
 pub(super) struct Gathered {
@@ -27,6 +27,22 @@ pub(super) struct Gathered {
 /// Answers grouped by (commitments hex, sealed block hex): the commitments and each node's share.
 type Groups = HashMap<(String, String), (Commitments, Vec<(String, Share)>)>;
 
+/// Opens the share a node sealed to this requester for this request; the rest of the answer is
+/// public (proof, commitments) or sealed under the shared secret (the block).
+fn open_share(
+    mut released: ReleasedShare,
+    body: &ReleaseBody,
+    key: &k256::SecretKey,
+) -> Result<ReleasedShare, String> {
+    let r = &body.request;
+    let aad = crate::share_node::share_aad(r.recordId, r.shareNode, r.nonce);
+    let sealed = hex::decode(&released.share).map_err(|_| "share is not hex".to_owned())?;
+    let plain = crate::crypto::open_with(key, &aad, &sealed)
+        .map_err(|e| format!("share not sealed to this requester and request: {e}"))?;
+    released.share = hex::encode(plain);
+    Ok(released)
+}
+
 /// The shortest and longest grace after the quorum.
 const GRACE: (Duration, Duration) = (Duration::from_millis(2), Duration::from_millis(250));
 
@@ -40,13 +56,18 @@ pub(super) async fn gather(
     id: RecordId,
     requests: Vec<(NodeClient, ReleaseBody)>,
     needed: usize,
+    key: &k256::SecretKey,
 ) -> Result<Gathered, RecordError> {
     let started = Instant::now();
     let mut pending: FuturesUnordered<_> = requests
         .into_iter()
         .map(|(node, body)| async move {
-            let r = node.release(id, &body).await;
-            (node.node().url.clone(), r.map_err(|e| e.to_string()))
+            let r = node
+                .release(id, &body)
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|released| open_share(released, &body, key));
+            (node.node().url.clone(), r)
         })
         .collect();
     let mut failures = Vec::new();
@@ -242,6 +263,20 @@ mod tests {
                 let last = if share.ends_with('0') { "1" } else { "0" };
                 share.replace_range(share.len() - 1.., last);
             }
+            // Sealed to the requester for this request, as a node seals it.
+            let requester = k256::SecretKey::from_slice(signer.to_bytes().as_slice())
+                .unwrap()
+                .public_key();
+            let aad = crate::share_node::share_aad(
+                id.0,
+                Address::repeat_byte(i as u8 + 1),
+                alloy::primitives::U256::ZERO,
+            );
+            let share = hex::encode(crate::crypto::seal_to(
+                &requester,
+                &aad,
+                &hex::decode(share).unwrap(),
+            ));
             let answer = ReleasedShare {
                 proof: proof(),
                 share,
@@ -263,7 +298,8 @@ mod tests {
                 ReleaseBody { request, signature },
             ));
         }
-        (secret.to_bytes(), gather(id, requests, 3).await)
+        let key = k256::SecretKey::from_slice(signer.to_bytes().as_slice()).unwrap();
+        (secret.to_bytes(), gather(id, requests, 3, &key).await)
     }
 
     use Behaviour::{Corrupt, Hang, Honest, Liar, Refuse};

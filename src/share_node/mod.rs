@@ -16,3 +16,4 @@ pub use server::{
     open_store, router, serve,
 };
 pub use store::{Anchor, Binding, PublicRecord, ShareStore, StoreError, StoredShare};
+pub use wire::share_aad;

@@ -441,10 +441,25 @@ async fn release(
         let last = share.pop().unwrap_or('0');
         share.push(if last == '0' { '1' } else { '0' });
     }
+    // Sealed to the key that signed the request (its signature was checked above to be the
+    // requester's): whatever stands between this node and the requester sees ciphertext.
+    let requester_key = b
+        .signature
+        .recover_from_prehash(&alloy::sol_types::SolStruct::eip712_signing_hash(
+            r, &n.domain,
+        ))
+        .map(|vk| k256::PublicKey::from(&vk))
+        .map_err(|_| denied("the request's signature names no public key"))?;
+    let plain = hex::decode(&share).map_err(|e| internal(format!("stored share: {e}")))?;
+    let sealed = crate::crypto::seal_to(
+        &requester_key,
+        &super::wire::share_aad(id.0, n.cfg.identity.address(), r.nonce),
+        &plain,
+    );
     tracing::info!(record = %id, requester = %r.requester, "share released");
     Ok(Json(ReleasedShare {
         proof,
-        share,
+        share: hex::encode(sealed),
         commitments: stored.commitments,
         sealed_block: stored.sealed_block,
     }))

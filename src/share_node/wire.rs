@@ -72,10 +72,25 @@ pub struct AnchoredRecord {
 pub struct ReleasedShare {
     /// Where the record sits on chain (the reader checks it against the anchored root).
     pub proof: RecordProof,
-    /// The share, hex.
+    /// The share sealed to the requester's public key (ECIES, [`crate::crypto::seal_to`]),
+    /// bound to [`share_aad`] of the request, hex: only the requester opens it.
     pub share: String,
     /// Feldman commitments, hex.
     pub commitments: String,
     /// The sealed block, hex.
     pub sealed_block: String,
+}
+
+/// What a released share is bound to: the record, the share node that released it and the
+/// request's nonce. A sealed share answered to one request does not open for another.
+pub fn share_aad(
+    record: alloy::primitives::B256,
+    node: alloy::primitives::Address,
+    nonce: alloy::primitives::U256,
+) -> Vec<u8> {
+    let mut a = Vec::with_capacity(84);
+    a.extend_from_slice(record.as_slice());
+    a.extend_from_slice(node.as_slice());
+    a.extend_from_slice(&nonce.to_be_bytes::<32>());
+    a
 }

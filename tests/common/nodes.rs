@@ -178,6 +178,37 @@ pub async fn release(
         .unwrap()
 }
 
+/// Sends a release request as `who` and, when the node answers 200, opens the share it sealed
+/// to `who` for this request: the answer and the share's bytes.
+pub async fn release_opened(
+    chain: &EhrChain,
+    node: &ShareNodeRef,
+    who: &PrivateKeySigner,
+    id: RecordId,
+) -> (u16, Option<(serde_json::Value, Vec<u8>)>) {
+    let body = release_body(chain, node, who, id, 60);
+    let r = reqwest::Client::new()
+        .post(format!("{}/shares/{id}/release", node.url))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    if status != 200 {
+        return (status, None);
+    }
+    let v: serde_json::Value = r.json().await.unwrap();
+    let key = k256::SecretKey::from_slice(who.to_bytes().as_slice()).unwrap();
+    let aad = ehr_share::share_node::share_aad(id.0, node.address, body.request.nonce);
+    let share = ehr_share::crypto::open_with(
+        &key,
+        &aad,
+        &hex::decode(v["share"].as_str().unwrap()).unwrap(),
+    )
+    .expect("the share opens for its requester");
+    (status, Some((v, share)))
+}
+
 /// A node's `/health` document.
 pub async fn health(url: &str) -> serde_json::Value {
     reqwest::get(format!("{url}/health"))

@@ -1,0 +1,124 @@
+//! Sealing a small secret to one secp256k1 public key (ECIES): a fresh ephemeral key, ECDH
+//! with the recipient's key, a key derived from the shared point and both public keys, and
+//! ChaCha20-Poly1305 over the secret with associated data that binds it to its context.
+//!
+//! Share nodes seal each released share to the key that signed the release request (recovered
+//! from its EIP-712 signature), so a proxy, a TLS-terminating load balancer or a sniffer
+//! between hosts sees only ciphertext: the share opens only with the requester's private key.
+//!
+//! Layout: `1 (version) || ephemeral public key, compressed (33) || ciphertext || tag (16)`.
+//! The key is used once, so the nonce is zero.
+
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
+use k256::elliptic_curve::sec1::ToEncodedPoint;
+use k256::{PublicKey, SecretKey};
+use sha2::{Digest, Sha256};
+
+/// The layout's version byte.
+const VERSION: u8 = 1;
+/// Bytes added to the secret: version, ephemeral key, tag.
+pub const ECIES_OVERHEAD: usize = 1 + 33 + 16;
+
+/// Why a sealed secret does not open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum EciesError {
+    /// Too short, another version, or an ephemeral key that is no curve point.
+    #[error("malformed sealed secret")]
+    Malformed,
+    /// Authentication failed: another recipient, another context, or tampered.
+    #[error("sealed secret failed authentication (another key or context, or tampered)")]
+    Tampered,
+}
+
+fn key_of(shared_x: &[u8], ephemeral: &[u8], recipient: &[u8]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(b"ehr-share/ecies/v1\0");
+    h.update(shared_x);
+    h.update(ephemeral);
+    h.update(recipient);
+    h.finalize().into()
+}
+
+/// Seals `secret` to `recipient`, bound to `aad`.
+pub fn seal_to(recipient: &PublicKey, aad: &[u8], secret: &[u8]) -> Vec<u8> {
+    let eph = SecretKey::random(&mut rand_core::OsRng);
+    let eph_pub = eph.public_key().to_encoded_point(true);
+    let shared = k256::ecdh::diffie_hellman(eph.to_nonzero_scalar(), recipient.as_affine());
+    let rec = recipient.to_encoded_point(true);
+    let key = key_of(
+        shared.raw_secret_bytes(),
+        eph_pub.as_bytes(),
+        rec.as_bytes(),
+    );
+    let ct = ChaCha20Poly1305::new(Key::from_slice(&key))
+        .encrypt(Nonce::from_slice(&[0u8; 12]), Payload { msg: secret, aad })
+        .unwrap_or_default(); // encryption of a slice under a valid key cannot fail
+    let mut out = Vec::with_capacity(ECIES_OVERHEAD + secret.len());
+    out.push(VERSION);
+    out.extend_from_slice(eph_pub.as_bytes());
+    out.extend_from_slice(&ct);
+    out
+}
+
+/// Opens what [`seal_to`] sealed to `recipient`'s public key, with the same `aad`.
+///
+/// # Errors
+/// [`EciesError`] when it is malformed, for another key or context, or tampered.
+pub fn open_with(recipient: &SecretKey, aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>, EciesError> {
+    if sealed.len() < ECIES_OVERHEAD || sealed[0] != VERSION {
+        return Err(EciesError::Malformed);
+    }
+    let eph_bytes = &sealed[1..34];
+    let eph = PublicKey::from_sec1_bytes(eph_bytes).map_err(|_| EciesError::Malformed)?;
+    let shared = k256::ecdh::diffie_hellman(recipient.to_nonzero_scalar(), eph.as_affine());
+    let rec = recipient.public_key().to_encoded_point(true);
+    let key = key_of(shared.raw_secret_bytes(), eph_bytes, rec.as_bytes());
+    ChaCha20Poly1305::new(Key::from_slice(&key))
+        .decrypt(
+            Nonce::from_slice(&[0u8; 12]),
+            Payload {
+                msg: &sealed[34..],
+                aad,
+            },
+        )
+        .map_err(|_| EciesError::Tampered)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_recipient_opens_and_only_in_its_context() {
+        let me = SecretKey::random(&mut rand_core::OsRng);
+        let other = SecretKey::random(&mut rand_core::OsRng);
+        let sealed = seal_to(&me.public_key(), b"record 1, node 2", b"a share");
+        assert_eq!(sealed.len(), ECIES_OVERHEAD + 7);
+        assert!(!sealed.windows(7).any(|w| w == b"a share"));
+        assert_eq!(
+            open_with(&me, b"record 1, node 2", &sealed).unwrap(),
+            b"a share"
+        );
+        assert_eq!(
+            open_with(&other, b"record 1, node 2", &sealed),
+            Err(EciesError::Tampered)
+        );
+        assert_eq!(
+            open_with(&me, b"record 1, node 3", &sealed),
+            Err(EciesError::Tampered)
+        );
+        let mut t = sealed.clone();
+        *t.last_mut().unwrap() ^= 1;
+        assert_eq!(
+            open_with(&me, b"record 1, node 2", &t),
+            Err(EciesError::Tampered)
+        );
+        assert_eq!(
+            open_with(&me, b"", &sealed[..20]),
+            Err(EciesError::Malformed)
+        );
+        let again = seal_to(&me.public_key(), b"record 1, node 2", b"a share");
+        assert_ne!(again, sealed, "a fresh ephemeral key each time");
+    }
+}
