@@ -15,8 +15,62 @@ use ehr_share::web::{AccountError, AccountStore, ProviderProfile, Role, Sessions
 
 use common::web::{Web, browser, create_token, csrf, form_token, login};
 
+/// The ingestion tables: readings with their nonces, sums, a claim, the seal, refusals (MySQL
+/// returns SUM as DECIMAL, which the Any driver cannot read: the queries cast).
+async fn readings(db: &Database) {
+    use ehr_share::db::NewReading;
+    let row = |device: &str, nonce: u64, at: u64| NewReading {
+        device: device.into(),
+        nonce,
+        signed_at: at / 1000,
+        patient_aid: 3,
+        patient_pid: u64::MAX,
+        received_at: at,
+        observations: 2,
+        observed: (i64::try_from(at).unwrap(), i64::try_from(at).unwrap() + 5),
+        envelope: vec![7; 100],
+    };
+    let r = db
+        .insert_readings(&[
+            row("0xa", u64::MAX, 1000),
+            row("0xa", 1, 2000),
+            row("0xa", 1, 2000),
+        ])
+        .await
+        .unwrap();
+    assert!(r[0].is_ok() && r[1].is_ok() && r[2].is_err(), "{r:?}");
+    let w = db.waiting_readings().await.unwrap();
+    assert_eq!((w.len(), w[0].observations, w[0].oldest_ms), (1, 4, 1000));
+    let s = db
+        .claim_readings("seal-1", 3, u64::MAX, (10, u64::MAX), 50)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (s.envelopes, s.observations, s.observed),
+        (2, 4, (1000, 2005))
+    );
+    assert_eq!(db.seal_envelopes("seal-1").await.unwrap().len(), 2);
+    db.finish_seal("seal-1", "0xrecord", 60).await.unwrap();
+    db.count_refusals(1, "forged", 2).await.unwrap();
+    db.count_refusals(1, "forged", 1).await.unwrap();
+    let st = db.ingest_stats(0).await.unwrap();
+    assert_eq!(
+        (
+            st.sealed_records,
+            st.sealed_observations,
+            st.waiting_envelopes
+        ),
+        (1, 4, 0)
+    );
+    assert_eq!(st.refusals, vec![("forged".to_owned(), 3)]);
+    let sealed = db.sealed_windows(3, u64::MAX, 0, 5000, 10).await.unwrap();
+    assert_eq!(sealed[0].record.as_deref(), Some("0xrecord"));
+}
+
 async fn exercise(url: &str, backend: Backend) {
     let db = Database::open(url).await.unwrap();
+    readings(&db).await;
     assert_eq!(db.backend(), backend);
     // Opening again runs no migration twice.
     Database::open(url).await.unwrap().ping().await.unwrap();

@@ -433,6 +433,19 @@ async fn every_bad_reading_is_refused_with_its_status_and_nothing_of_it_is_store
         422
     );
 
+    // An observation dated ahead of the clock, or from long ago: it would claim chart windows
+    // it does not belong to.
+    for (nonce, at) in [(30, now + 3_600), (31, now - 40 * 86_400)] {
+        let o = observation_json(Vital::HeartRate, i64::try_from(at).unwrap(), 70.0, None);
+        let (s, b) = post(
+            &http,
+            &url,
+            line(&sign(&watch, patient, o.to_string(), nonce, now)),
+        )
+        .await;
+        assert_eq!(s, 422, "{b}");
+    }
+
     // Too large for one envelope.
     let big = format!("{{\"pad\":\"{}\"}}", "x".repeat(300 * 1024));
     assert_eq!(post(&http, &url, big).await.0, 413);
@@ -493,7 +506,7 @@ async fn every_bad_reading_is_refused_with_its_status_and_nothing_of_it_is_store
     assert_eq!(st.waiting_envelopes, expect_stored, "{st:?}");
     let refused: u64 = st.refusals.iter().map(|(_, n)| n).sum();
     // Every refusal above but the oversized body, which the body limit stops before it is read.
-    assert_eq!(refused, 19, "{st:?}");
+    assert_eq!(refused, 21, "{st:?}");
     for reason in [
         "replayed",
         "unsigned",

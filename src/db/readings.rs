@@ -140,7 +140,7 @@ impl Database {
                 }
                 Err(e) => return Err(DbError::Query(e)),
             }
-            sqlx::query(
+            let inserted = sqlx::query(
                 "INSERT INTO ingest_readings (device, nonce, patient_aid, patient_pid, received_at, observations, observed_from, observed_to, envelope) \
                  VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             )
@@ -154,8 +154,16 @@ impl Database {
             .bind(r.observed.1)
             .bind(&r.envelope)
             .execute(&mut *tx)
-            .await?;
-            out.push(Ok(()));
+            .await;
+            match inserted {
+                Ok(_) => out.push(Ok(())),
+                // The reading outlived its nonce row (a long sealing outage): still a replay,
+                // and the others of the group are stored all the same.
+                Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                    out.push(Err(DbError::Conflict("reading with this device nonce")));
+                }
+                Err(e) => return Err(DbError::Query(e)),
+            }
         }
         tx.commit().await?;
         Ok(out)
@@ -167,7 +175,7 @@ impl Database {
     /// Query failures.
     pub async fn waiting_readings(&self) -> Result<Vec<Waiting>, DbError> {
         let rows = sqlx::query(
-            "SELECT patient_aid, patient_pid, MIN(received_at) AS oldest, SUM(observations) AS n \
+            "SELECT patient_aid, patient_pid, MIN(received_at) AS oldest, CAST(SUM(observations) AS SIGNED) AS n \
              FROM ingest_readings WHERE seal_id IS NULL GROUP BY patient_aid, patient_pid",
         )
         .fetch_all(self.pool())
@@ -184,8 +192,10 @@ impl Database {
             .collect()
     }
 
-    /// Claims the patient's oldest unclaimed readings, about `max_observations` of them (whole
-    /// envelopes, oldest first), for a new seal `id`; `None` when there are none.
+    /// Claims the patient's oldest unclaimed readings for a new seal `id`: whole envelopes,
+    /// oldest first, until about `max_observations` readings or `max_bytes` of envelopes; `None`
+    /// when there are none. The seal's counts and time range come from the rows it claimed
+    /// (a reading committed between the look and the claim is counted where it went).
     ///
     /// # Errors
     /// Query failures.
@@ -194,12 +204,13 @@ impl Database {
         id: &str,
         patient_aid: u64,
         patient_pid: u64,
-        max_observations: u64,
+        limits: (u64, u64),
         now: u64,
     ) -> Result<Option<SealRow>, DbError> {
+        let (max_observations, max_bytes) = limits;
         let mut tx = self.pool().begin().await?;
         let rows = sqlx::query(
-            "SELECT received_at, observations, observed_from, observed_to FROM ingest_readings \
+            "SELECT received_at, observations, CAST(LENGTH(envelope) AS SIGNED) AS size FROM ingest_readings \
              WHERE patient_aid = ? AND patient_pid = ? AND seal_id IS NULL \
              ORDER BY received_at",
         )
@@ -207,25 +218,25 @@ impl Database {
         .bind(u64_bits(patient_pid))
         .fetch_all(&mut *tx)
         .await?;
-        let (mut envelopes, mut observations) = (0u32, 0u32);
-        let (mut from, mut to) = (i64::MAX, i64::MIN);
+        let (mut observations, mut bytes) = (0u64, 0u64);
         let mut cutoff = None;
         for r in &rows {
             let at: i64 = r.try_get("received_at")?;
-            if cutoff.is_some_and(|c| at > c) && u64::from(observations) >= max_observations {
+            if cutoff.is_some_and(|c| at > c)
+                && (observations >= max_observations || bytes >= max_bytes)
+            {
                 break;
             }
             let n: i32 = r.try_get("observations")?;
-            envelopes += 1;
-            observations = observations.saturating_add(count(n)?);
-            from = from.min(r.try_get("observed_from")?);
-            to = to.max(r.try_get("observed_to")?);
+            let size: i64 = r.try_get("size")?;
+            observations += u64::from(count(n)?);
+            bytes += to_u64(size, "reading size")?;
             cutoff = Some(at);
         }
         let Some(cutoff) = cutoff else {
             return Ok(None);
         };
-        let claimed = sqlx::query(
+        sqlx::query(
             "UPDATE ingest_readings SET seal_id = ? \
              WHERE patient_aid = ? AND patient_pid = ? AND seal_id IS NULL AND received_at <= ?",
         )
@@ -234,9 +245,22 @@ impl Database {
         .bind(u64_bits(patient_pid))
         .bind(cutoff)
         .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        debug_assert_eq!(claimed, u64::from(envelopes));
+        .await?;
+        let t = sqlx::query(
+            "SELECT COUNT(*) AS envelopes, CAST(SUM(observations) AS SIGNED) AS observations, \
+             MIN(observed_from) AS observed_from, MAX(observed_to) AS observed_to \
+             FROM ingest_readings WHERE seal_id = ?",
+        )
+        .bind(id)
+        .fetch_one(&mut *tx)
+        .await?;
+        let envelopes: i64 = t.try_get("envelopes")?;
+        let observations: Option<i64> = t.try_get("observations")?;
+        let from: Option<i64> = t.try_get("observed_from")?;
+        let to: Option<i64> = t.try_get("observed_to")?;
+        let narrow = |v: i64| u32::try_from(v).unwrap_or(u32::MAX);
+        let (envelopes, observations) = (narrow(envelopes), narrow(observations.unwrap_or(0)));
+        let observed = (from.unwrap_or(0), to.unwrap_or(0));
         sqlx::query(
             "INSERT INTO ingest_seals (id, patient_aid, patient_pid, created_at, envelopes, observations, observed_from, observed_to) \
              VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -247,8 +271,8 @@ impl Database {
         .bind(to_i64(now))
         .bind(i64::from(envelopes))
         .bind(i64::from(observations))
-        .bind(from)
-        .bind(to)
+        .bind(observed.0)
+        .bind(observed.1)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -259,7 +283,7 @@ impl Database {
             created_at: now,
             envelopes,
             observations,
-            observed: (from, to),
+            observed,
             record: None,
             sealed_at: None,
         }))
@@ -409,11 +433,13 @@ impl Database {
         let waiting_envelopes = one("SELECT COUNT(*) FROM ingest_readings").await?;
         let sealed_records =
             one("SELECT COUNT(*) FROM ingest_seals WHERE record IS NOT NULL").await?;
-        let sealed_observations =
-            one("SELECT SUM(observations) FROM ingest_seals WHERE record IS NOT NULL").await?;
+        let sealed_observations = one(
+            "SELECT CAST(SUM(observations) AS SIGNED) FROM ingest_seals WHERE record IS NOT NULL",
+        )
+        .await?;
         let pending_seals = one("SELECT COUNT(*) FROM ingest_seals WHERE record IS NULL").await?;
         let rows = sqlx::query(
-            "SELECT reason, SUM(refused) AS n FROM ingest_refusals WHERE day >= ? \
+            "SELECT reason, CAST(SUM(refused) AS SIGNED) AS n FROM ingest_refusals WHERE day >= ? \
              GROUP BY reason ORDER BY n DESC",
         )
         .bind(to_i64(since_day))
@@ -476,7 +502,7 @@ mod tests {
         );
 
         let s = db
-            .claim_readings("s1", 1, u64::MAX, 3, 10)
+            .claim_readings("s1", 1, u64::MAX, (3, u64::MAX), 10)
             .await
             .unwrap()
             .unwrap();
@@ -532,5 +558,33 @@ mod tests {
             ),
             (1, 4, 1)
         );
+    }
+
+    #[tokio::test]
+    async fn a_window_stops_at_its_byte_cap_and_a_replayed_reading_spoils_no_other() {
+        let (_d, db) = crate::db::testing::sqlite().await;
+        let r = db
+            .insert_readings(&[reading("0xa", 1, 1000, 2), reading("0xa", 2, 2000, 2)])
+            .await
+            .unwrap();
+        assert!(r.iter().all(Result::is_ok));
+        let s = db
+            .claim_readings("s", 1, u64::MAX, (u64::MAX, 1), 5)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (s.envelopes, s.observations),
+            (1, 2),
+            "the first envelope alone"
+        );
+        // Its nonce row pruned while the reading waits: the replay is still refused, alone.
+        assert_eq!(db.prune_nonces(u64::MAX).await.unwrap(), 2);
+        let r = db
+            .insert_readings(&[reading("0xa", 2, 3000, 1), reading("0xb", 9, 3000, 1)])
+            .await
+            .unwrap();
+        assert!(matches!(r[0], Err(DbError::Conflict(_))));
+        assert!(r[1].is_ok(), "the rest of the group is stored");
     }
 }

@@ -65,6 +65,9 @@ impl Default for IngestSettings {
     }
 }
 
+/// Oldest observation taken, seconds before now (a device may buffer readings while offline).
+pub const MAX_READING_AGE_SECS: i64 = 30 * 86_400;
+
 /// Largest envelope (one request, or one line of a stream).
 pub const MAX_ENVELOPE_BYTES: usize = 256 * 1024;
 
@@ -299,6 +302,22 @@ impl Ingest {
             vitals::VitalsError::Malformed(m) => IngestError::Malformed(m),
             vitals::VitalsError::Unsupported(m) => IngestError::Unsupported(m),
         })?;
+        // Observation times within what a device may have buffered, and not ahead of the
+        // clock: a reading dated far away would claim a chart's window it does not belong to.
+        let (t, skew) = (
+            i64::try_from(now).unwrap_or(i64::MAX),
+            i64::try_from(max_skew).unwrap_or(0),
+        );
+        if let Some(r) = readings
+            .iter()
+            .find(|r| r.at > t + skew || r.at < t - MAX_READING_AGE_SECS)
+        {
+            return Err(IngestError::Unsupported(format!(
+                "an observation is dated {} (unix seconds) and the gateway's clock says {t}: readings are taken from up to {} days back, and not from the future",
+                r.at,
+                MAX_READING_AGE_SECS / 86_400
+            )));
+        }
         match self.0.chain.device(env.device).await? {
             None => return Err(IngestError::UnknownDevice(env.device)),
             Some(d) if d.patient != env.patient => {

@@ -26,7 +26,10 @@ use crate::records::RecordsClient;
 pub const READINGS_MEDIA_TYPE: &str = "application/vnd.ehr-share.device-readings+ndjson";
 
 /// Windows sealed at once.
-const PARALLEL: usize = 4;
+const PARALLEL: usize = 2;
+/// Largest window, bytes of envelopes: a window is held in memory while it is sealed (the
+/// envelopes, the payload and its ciphertext), so `PARALLEL` of these bound the sealer.
+const MAX_WINDOW_BYTES: u64 = 32 * 1024 * 1024;
 /// Longest wait before a failed seal is tried again.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// How often spent nonces are pruned.
@@ -158,7 +161,7 @@ impl Sealer {
                     &random_id(),
                     w.patient_aid,
                     w.patient_pid,
-                    self.settings.max_observations,
+                    (self.settings.max_observations, MAX_WINDOW_BYTES),
                     now,
                 )
                 .await?
@@ -172,6 +175,20 @@ impl Sealer {
     /// Writes one window as a record and finishes its seal; returns the record id.
     async fn seal(&self, s: &SealRow) -> Result<String, String> {
         let patient = PatientAddr::new(s.patient_aid, s.patient_pid).map_err(|e| e.to_string())?;
+        // Share nodes take this service's records only while the patient has an active
+        // device (and the office allows it). Readings acknowledged before the patient revoked
+        // the last device are kept, and sealed once a device is active again; nothing is
+        // uploaded meanwhile.
+        let chain = self.records.chain();
+        if !chain
+            .may_ingest(self.records.uploader(), patient)
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            return Err(format!(
+                "patient {patient} has no active device now (or this service is not allowed): the window waits"
+            ));
+        }
         let sealed = self
             .db
             .seal_envelopes(&s.id)

@@ -17,7 +17,7 @@ use crate::share_node::{
     AnchorBody, AnchoredRecord, DepositBody, NodeClient, ReleaseBody, ShareDeposit, ShareRelease,
     domain, sign,
 };
-use alloy::primitives::{B256, U256};
+use alloy::primitives::{Address, B256, U256};
 use alloy::signers::local::PrivateKeySigner;
 use alloy::sol_types::Eip712Domain;
 use bytes::Bytes;
@@ -290,6 +290,16 @@ impl RecordsClient {
             domain,
             http,
         })
+    }
+
+    /// The account that signs this client's uploads (and reads).
+    pub fn uploader(&self) -> Address {
+        self.signer.address()
+    }
+
+    /// The chain client it works over.
+    pub fn chain(&self) -> &EhrChain {
+        &self.chain
     }
 
     /// The same client, anchoring through `anchoring` (a batcher) instead of alone.
