@@ -33,8 +33,9 @@ pub struct GethNode {
 pub struct GethOptions {
     /// The geth binary.
     pub bin: PathBuf,
-    /// Its data folder (the dev chain lives there).
-    pub datadir: PathBuf,
+    /// Its data folder; `None` keeps the dev chain in memory (tests: nothing on disk, nothing
+    /// left behind).
+    pub datadir: Option<PathBuf>,
     /// HTTP JSON-RPC port on 127.0.0.1.
     pub http_port: u16,
     /// The engine API port (unused in dev mode, but bound: it must not collide).
@@ -52,8 +53,9 @@ pub async fn start_geth(o: &GethOptions, echo: bool) -> Result<GethNode, StackEr
     cmd.arg("--dev")
         .args(["--dev.period", "0"])
         .args(["--dev.gaslimit", "60000000"])
-        .arg("--datadir")
-        .arg(&o.datadir)
+        // geth stops itself when the disk is nearly full (1 GiB by default): a test machine's
+        // disk is not the chain's to guard.
+        .args(["--datadir.minfreedisk", "0"])
         .args(["--http", "--http.addr", "127.0.0.1"])
         .args(["--http.port", &o.http_port.to_string()])
         .args(["--http.api", "eth,net,web3,txpool"])
@@ -61,6 +63,9 @@ pub async fn start_geth(o: &GethOptions, echo: bool) -> Result<GethNode, StackEr
         .args(["--port", &o.p2p_port.to_string()])
         .args(["--nodiscover", "--maxpeers", "0", "--ipcdisable"])
         .args(["--verbosity", "2"]);
+    if let Some(dir) = &o.datadir {
+        cmd.arg("--datadir").arg(dir);
+    }
     let mut child = ManagedChild::spawn("geth", cmd, echo)?;
     let rpc_url = format!("http://127.0.0.1:{}", o.http_port);
     let url = rpc_url.clone();
@@ -112,13 +117,26 @@ pub async fn fund(rpc_url: &str, to: Address, wei: U256) -> Result<(), String> {
         .from(dev)
         .to(to)
         .value(wei);
-    let r = p
+    let hash = *p
         .send_transaction(tx)
         .await
         .map_err(|e| e.to_string())?
-        .get_receipt()
-        .await
-        .map_err(|e| e.to_string())?;
+        .tx_hash();
+    // Polled by hand: a fresh geth answers "transaction indexing is in progress" for a while
+    // instead of the receipt, which alloy's watcher takes for a failure.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let r = loop {
+        match p.get_transaction_receipt(hash).await {
+            Ok(Some(r)) => break r,
+            Ok(None) => {}
+            Err(e) if e.to_string().contains("indexing is in progress") => {}
+            Err(e) => return Err(e.to_string()),
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(format!("no receipt for {hash} in 60 s"));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
     if r.status() {
         Ok(())
     } else {

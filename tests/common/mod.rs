@@ -77,7 +77,7 @@ async fn start() -> Stack {
         let geth = ehr_share::stack::start_geth(
             &ehr_share::stack::GethOptions {
                 bin: ehr_share::stack::geth_in(root()),
-                datadir: repo.path().join("geth"),
+                datadir: None,
                 http_port: free_port().unwrap(),
                 authrpc_port: free_port().unwrap(),
                 p2p_port: free_port().unwrap(),
