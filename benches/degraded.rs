@@ -133,6 +133,7 @@ async fn main() -> anyhow::Result<()> {
             repo: dir.path().join("kubo"),
             api_port: free_port()?,
             gateway_port: free_port()?,
+            network: None,
         },
         false,
     )

@@ -72,12 +72,14 @@ pub enum ServeConfigError {
 /// Every key and the environment variable that overrides it (a container sets them instead of
 /// writing a file). `records.share_nodes` takes `URL=ADDRESS` pairs separated by commas,
 /// `proxy.trusted` addresses or CIDR ranges separated by commas.
-pub const ENV: [(&str, &str, Kind); 17] = [
+pub const ENV: [(&str, &str, Kind); 19] = [
     ("listen", "EHR_LISTEN", Kind::Str),
     ("chain.rpc_url", "EHR_CHAIN_RPC_URL", Kind::Str),
     ("chain.deployment", "EHR_CHAIN_DEPLOYMENT", Kind::Str),
     ("chain.contract", "EHR_CHAIN_CONTRACT", Kind::Str),
     ("ipfs.api_url", "EHR_IPFS_API_URL", Kind::Str),
+    ("ipfs.peers", "EHR_IPFS_PEERS", Kind::List),
+    ("ipfs.replication", "EHR_IPFS_REPLICATION", Kind::Int),
     ("records.threshold", "EHR_RECORDS_THRESHOLD", Kind::Int),
     (
         "records.share_nodes",
@@ -228,8 +230,39 @@ pub struct ChainSection {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct IpfsSection {
-    /// Kubo's RPC API URL.
+    /// Kubo's RPC API URL: the peer uploads and reads try first.
     pub api_url: String,
+    /// The RPC API URLs of the other Kubo peers of the same private network (a swarm key and
+    /// `Peering` between them). Each record's ciphertext is pinned on `replication` of
+    /// `api_url` and these, spread by record id.
+    #[serde(default)]
+    pub peers: Vec<String>,
+    /// Copies kept of each record's ciphertext; default 2 (1 when there are no peers).
+    #[serde(default)]
+    pub replication: Option<usize>,
+}
+
+impl IpfsSection {
+    /// Copies kept of each record: as set, or 2 (capped by the peers).
+    pub fn replication(&self) -> usize {
+        self.replication.unwrap_or(2).min(1 + self.peers.len())
+    }
+
+    /// The peers, `api_url` first, as one client each.
+    pub fn clients(&self) -> Vec<crate::ipfs::KuboClient> {
+        std::iter::once(&self.api_url)
+            .chain(&self.peers)
+            .map(crate::ipfs::KuboClient::new)
+            .collect()
+    }
+
+    /// The peers and the replication factor ([`ServeConfig::check`] has checked they fit).
+    ///
+    /// # Errors
+    /// When the replication factor does not fit the peers.
+    pub fn replicas(&self) -> Result<crate::ipfs::Replicas, crate::ipfs::IpfsError> {
+        crate::ipfs::Replicas::new(self.clients(), self.replication())
+    }
 }
 
 /// `[records]`.
@@ -501,6 +534,33 @@ impl ServeConfig {
                     fix: "write it like \"http://127.0.0.1:8545\"".into(),
                 });
             }
+        }
+        let mut seen = std::collections::HashSet::new();
+        for url in std::iter::once(&self.ipfs.api_url).chain(&self.ipfs.peers) {
+            if reqwest::Url::parse(url).is_err() {
+                return Err(Invalid {
+                    key: "ipfs.peers",
+                    problem: format!("{url:?} is not a URL"),
+                    fix: "list each peer's RPC API, e.g. [\"http://10.0.0.7:5001\"]".into(),
+                });
+            }
+            if !seen.insert(url.trim_end_matches('/')) {
+                return Err(Invalid {
+                    key: "ipfs.peers",
+                    problem: format!("{url:?} is listed twice"),
+                    fix: "list each Kubo peer once (ipfs.api_url is one of them)".into(),
+                });
+            }
+        }
+        let peers = 1 + self.ipfs.peers.len();
+        if let Some(r) = self.ipfs.replication
+            && (r == 0 || r > peers)
+        {
+            return Err(Invalid {
+                key: "ipfs.replication",
+                problem: format!("{r} copies but {peers} Kubo peers"),
+                fix: format!("set ipfs.replication between 1 and {peers}, or list more ipfs.peers"),
+            });
         }
         match (&self.chain.deployment, &self.chain.contract) {
             (None, None) => {

@@ -156,6 +156,7 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
         repo: a.state_dir.join("kubo"),
         api_port: a.kubo_api_port,
         gateway_port: a.kubo_gateway_port,
+        network: None,
     };
     let kubo = start_kubo(&kubo_opts, true).await?;
     let kubo_api = kubo.api_url.clone();

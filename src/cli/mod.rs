@@ -3,6 +3,7 @@
 pub mod chain_cmds;
 pub mod dev;
 pub mod device_cmds;
+pub mod ipfs_cmds;
 pub mod keys;
 pub mod records_cmds;
 pub mod serve;
@@ -48,6 +49,9 @@ pub enum Command {
     /// Put and get records client-side (encryption and share handling happen here).
     #[command(subcommand)]
     Record(records_cmds::RecordCmd),
+    /// The Kubo peers that hold the records' ciphertext (repair copies).
+    #[command(subcommand)]
+    Ipfs(ipfs_cmds::IpfsCmd),
 }
 
 /// Where the chain and the deployed contract are.
@@ -79,5 +83,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Device(c) => device_cmds::device(c).await,
         Command::ShareNode(a) => records_cmds::share_node(a).await,
         Command::Record(c) => records_cmds::record(c).await,
+        Command::Ipfs(c) => ipfs_cmds::ipfs(c).await,
     }
 }

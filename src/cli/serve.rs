@@ -11,7 +11,6 @@ use clap::Args;
 use crate::chain::{Deployment, EhrChain};
 use crate::db::EventStore;
 use crate::gateway::{AppState, Keyring, RecordsConfig};
-use crate::ipfs::KuboClient;
 use crate::records::ShareNodeRef;
 use crate::serve_config::{ServeConfig, ServeConfigError};
 use crate::web::{AccountStore, TokenStore, WebState};
@@ -99,16 +98,26 @@ async fn reach(c: &ServeConfig) -> anyhow::Result<Reach> {
             crate::kind::with_sources(e)
         ),
     }
-    let ipfs_ok = match KuboClient::new(&c.ipfs.api_url).version().await {
-        Ok(v) => {
-            println!("ipfs    ok      {} Kubo {}", c.ipfs.api_url, v.version);
-            true
+    let mut ipfs_up = 0;
+    for peer in c.ipfs.clients() {
+        match peer.version().await {
+            Ok(v) => {
+                println!("ipfs    ok      {} Kubo {}", peer.base_url(), v.version);
+                ipfs_up += 1;
+            }
+            Err(e) => println!("ipfs    FAILED  {}: {e}", peer.base_url()),
         }
-        Err(e) => {
-            println!("ipfs    FAILED  {}: {e}", c.ipfs.api_url);
-            false
-        }
-    };
+    }
+    let ipfs_ok = ipfs_up >= c.ipfs.replication();
+    if c.ipfs.peers.is_empty() {
+        println!("ipfs    one peer, one copy of each record");
+    } else {
+        println!(
+            "ipfs    {} copies of each record over {} peers ({ipfs_up} up)",
+            c.ipfs.replication(),
+            1 + c.ipfs.peers.len()
+        );
+    }
     let mut nodes_ok = true;
     let mut impostors = Vec::new();
     for n in &c.records.share_nodes {
@@ -314,7 +323,7 @@ pub async fn run(a: ServeArgs) -> anyhow::Result<()> {
     };
     records
         .sweeper(
-            KuboClient::new(&c.ipfs.api_url),
+            c.ipfs.replicas()?,
             reqwest::Client::new(),
             crate::records::SweepSettings::for_ttl(std::time::Duration::from_secs(
                 c.records.orphan_ttl_secs,
@@ -337,7 +346,7 @@ pub async fn run(a: ServeArgs) -> anyhow::Result<()> {
     let state = AppState::new(
         &c.chain.rpc_url,
         chain.map(|ch| ch.with_index_store(events.clone())),
-        KuboClient::new(&c.ipfs.api_url),
+        c.ipfs.replicas()?,
         Keyring::default(),
     )
     .map_err(anyhow::Error::msg)?
@@ -442,7 +451,7 @@ async fn start_ingest(
     let client = records.client(
         chain.with_signer(&c.chain.rpc_url, key.clone())?,
         key.clone(),
-        KuboClient::new(&c.ipfs.api_url),
+        c.ipfs.replicas()?,
     )?;
     crate::ingest::Sealer::new(db.clone(), client, &ingest).spawn();
     tracing::info!(

@@ -33,12 +33,7 @@ pub(super) async fn health(State(state): State<AppState>) -> (StatusCode, Json<V
             json!({"ok": false, "error": e.to_string(), "rpc_url": state.rpc_url()})
         }
     };
-    let ipfs = match state.ipfs().version().await {
-        Ok(v) => {
-            json!({"ok": true, "version": v.version, "commit": v.commit, "api_url": state.ipfs().base_url()})
-        }
-        Err(e) => json!({"ok": false, "error": e.to_string(), "api_url": state.ipfs().base_url()}),
-    };
+    let ipfs = ipfs_health(state.ipfs()).await;
     let nodes = share_node_health(&state).await;
     let database = match state.database() {
         None => Value::Null,
@@ -117,4 +112,30 @@ pub async fn share_node_health(state: &AppState) -> Vec<NodeHealth> {
         }
     });
     futures::future::join_all(checks).await
+}
+
+/// The first peer's answer as before, plus every peer's: uploads need `replication` of them.
+async fn ipfs_health(replicas: &crate::ipfs::Replicas) -> Value {
+    let versions = replicas.versions().await;
+    let peers: Vec<Value> = replicas
+        .peers()
+        .iter()
+        .zip(&versions)
+        .map(|(p, v)| match v {
+            Ok(v) => json!({"ok": true, "version": v.version, "api_url": p.base_url()}),
+            Err(e) => json!({"ok": false, "error": e.to_string(), "api_url": p.base_url()}),
+        })
+        .collect();
+    let up = versions.iter().filter(|v| v.is_ok()).count();
+    let mut first = peers[0].clone();
+    if let (Some(Ok(v)), Some(o)) = (versions.first(), first.as_object_mut()) {
+        o.insert("commit".into(), json!(v.commit));
+    }
+    if let Some(o) = first.as_object_mut() {
+        o.insert("ok".into(), json!(up >= replicas.replication()));
+        o.insert("replication".into(), json!(replicas.replication()));
+        o.insert("peers_up".into(), json!(up));
+        o.insert("peers".into(), Value::Array(peers));
+    }
+    first
 }

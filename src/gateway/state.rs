@@ -11,7 +11,7 @@ use alloy::signers::local::PrivateKeySigner;
 use sha2::{Digest, Sha256};
 
 use crate::chain::EhrChain;
-use crate::ipfs::KuboClient;
+use crate::ipfs::Replicas;
 
 /// Accounts whose keys the gateway holds, each reachable by an API token (`Authorization:
 /// Bearer <token>`). Only token digests are kept, so a memory dump of the map does not reveal
@@ -64,7 +64,7 @@ struct Inner {
     /// trying); until then every chain-backed route answers 503.
     chain: std::sync::OnceLock<EhrChain>,
     database: Option<crate::db::Database>,
-    ipfs: KuboClient,
+    ipfs: Replicas,
     keyring: Keyring,
     tokens: Option<Arc<dyn TokenResolver>>,
     uploads: super::UploadSlots,
@@ -85,7 +85,7 @@ impl AppState {
     pub fn new(
         rpc_url: &str,
         chain: Option<EhrChain>,
-        ipfs: KuboClient,
+        ipfs: impl Into<Replicas>,
         keyring: Keyring,
     ) -> Result<Self, String> {
         let url = rpc_url
@@ -102,7 +102,7 @@ impl AppState {
             provider,
             chain: cell,
             database: None,
-            ipfs,
+            ipfs: ipfs.into(),
             keyring,
             tokens: None,
             uploads: super::UploadSlots::default(),
@@ -233,7 +233,7 @@ impl AppState {
     }
 
     /// The IPFS client.
-    pub fn ipfs(&self) -> &KuboClient {
+    pub fn ipfs(&self) -> &Replicas {
         &self.0.ipfs
     }
 

@@ -1,7 +1,12 @@
 //! Kubo HTTP RPC client: version, add (streamed, pinned under a name), cat (streamed), named
-//! pins (list) and unpin.
+//! pins (list, add by CID) and unpin; and [`Replicas`], the set of Kubo peers a deployment
+//! keeps each record's ciphertext on.
 //!
 //! Only ciphertext ever goes through here: IPFS content is public to anyone who knows the CID.
+
+mod replicas;
+
+pub use replicas::{Placement, RepairReport, Replicas};
 
 use std::time::Duration;
 
@@ -27,6 +32,22 @@ pub enum IpfsError {
         call: &'static str,
         /// Kubo's message.
         message: String,
+    },
+    /// Fewer peers than the replication factor took the content.
+    #[error("only {reached} of the {needed} IPFS peers needed took the content")]
+    NotEnoughPeers {
+        /// The replication factor.
+        needed: usize,
+        /// Peers that took it.
+        reached: usize,
+    },
+    /// A replication factor the peers cannot meet.
+    #[error("replication {replication} needs at least that many IPFS peers; {peers} configured")]
+    Replication {
+        /// The factor asked for.
+        replication: usize,
+        /// Peers configured.
+        peers: usize,
     },
     /// The content is not on the node (offline nodes cannot fetch it elsewhere).
     #[error("content {cid} not found on the IPFS node")]
@@ -178,7 +199,17 @@ impl KuboClient {
             .await
     }
 
-    /// Streams the content of `cid`; only local content is found (the node is offline).
+    /// Adds and pins `data` under the pin name `pin_name`.
+    ///
+    /// # Errors
+    /// As [`KuboClient::add_stream`].
+    pub async fn add_bytes_named(&self, data: Bytes, pin_name: &str) -> Result<String, IpfsError> {
+        self.add_stream_named(futures::stream::once(async move { Ok(data) }), pin_name)
+            .await
+    }
+
+    /// Streams the content of `cid`; only local content is found (the node does not ask its
+    /// peers).
     ///
     /// # Errors
     /// [`IpfsError::NotFound`] when the node does not hold it.
@@ -186,13 +217,39 @@ impl KuboClient {
         &self,
         cid: &str,
     ) -> Result<impl Stream<Item = Result<Bytes, IpfsError>> + use<>, IpfsError> {
-        // `offline=true`: never wait for the network for content we do not have.
-        let resp = self
-            .post("cat", &[("arg", cid), ("offline", "true")])
-            .send()
-            .await;
+        self.cat_stream_from(cid, None).await
+    }
+
+    /// Streams the content of `cid`, fetching what the node lacks from its peers (bitswap)
+    /// for up to `wait`; [`IpfsError::NotFound`] when no peer gave it in that time.
+    ///
+    /// # Errors
+    /// As [`KuboClient::cat_stream`].
+    pub async fn cat_stream_from_peers(
+        &self,
+        cid: &str,
+        wait: Duration,
+    ) -> Result<impl Stream<Item = Result<Bytes, IpfsError>> + use<>, IpfsError> {
+        self.cat_stream_from(cid, Some(wait)).await
+    }
+
+    async fn cat_stream_from(
+        &self,
+        cid: &str,
+        peers_for: Option<Duration>,
+    ) -> Result<impl Stream<Item = Result<Bytes, IpfsError>> + use<>, IpfsError> {
+        // `offline=true`: never wait for the network for content we do not have; with peers,
+        // Kubo's own `timeout` bounds the search (the stream itself may take longer).
+        let wait = peers_for.map(|d| format!("{}ms", d.as_millis()));
+        let query: Vec<(&str, &str)> = match &wait {
+            None => vec![("arg", cid), ("offline", "true")],
+            Some(w) => vec![("arg", cid), ("timeout", w.as_str())],
+        };
+        let resp = self.post("cat", &query).send().await;
         let resp = match self.check("cat", resp).await {
-            Err(IpfsError::Api { message, .. }) if is_not_found(&message) => {
+            Err(IpfsError::Api { message, .. })
+                if is_not_found(&message) || message.contains("context deadline exceeded") =>
+            {
                 return Err(IpfsError::NotFound {
                     cid: cid.to_owned(),
                 });
@@ -229,6 +286,43 @@ impl KuboClient {
             Err(IpfsError::Api { message, .. }) if message.contains("not pinned") => Ok(()),
             Err(e) => Err(e),
         }
+    }
+
+    /// Pins `cid` under `name`, fetching its blocks from the node's peers (bitswap) when it
+    /// lacks them; gives up after `wait`.
+    ///
+    /// # Errors
+    /// When the node is unreachable, or cannot get the content in time.
+    pub async fn pin_add(&self, cid: &str, name: &str, wait: Duration) -> Result<(), IpfsError> {
+        let resp = self
+            .post("pin/add", &[("arg", cid), ("name", name)])
+            .timeout(wait)
+            .send()
+            .await;
+        self.check("pin/add", resp).await.map(|_| ())
+    }
+
+    /// The node's libp2p peer id.
+    ///
+    /// # Errors
+    /// When the node is unreachable or its answer does not parse.
+    pub async fn peer_id(&self) -> Result<String, IpfsError> {
+        #[derive(Deserialize)]
+        struct Id {
+            #[serde(rename = "ID")]
+            id: String,
+        }
+        let resp = self
+            .post("id", &[])
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await;
+        let resp = self.check("id", resp).await?;
+        let id: Id = resp.json().await.map_err(|e| IpfsError::Protocol {
+            call: "id",
+            detail: e.to_string(),
+        })?;
+        Ok(id.id)
     }
 
     /// The recursive pins whose name contains `part`, as (CID, name).
@@ -300,8 +394,10 @@ impl crate::kind::Classify for IpfsError {
         use crate::kind::ErrorKind as K;
         match self {
             Self::NotFound { .. } => K::NotFound,
-            Self::Unreachable { .. } | Self::Api { .. } => K::Unavailable,
-            Self::Protocol { .. } => K::Internal,
+            Self::Unreachable { .. } | Self::Api { .. } | Self::NotEnoughPeers { .. } => {
+                K::Unavailable
+            }
+            Self::Protocol { .. } | Self::Replication { .. } => K::Internal,
         }
     }
 

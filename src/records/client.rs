@@ -10,7 +10,7 @@ use super::sweeper;
 use crate::chain::merkle::{self, RecordProof};
 use crate::chain::{ChainError, DenyReason, EhrChain, PatientAddr, RecordId, random_b256};
 use crate::crypto::{AeadKey, Opener, seal_segments};
-use crate::ipfs::{IpfsError, KuboClient};
+use crate::ipfs::{IpfsError, Replicas};
 use crate::shamir::{Secret, Threshold, split};
 pub use crate::share_node::ShareNodeRef;
 use crate::share_node::{
@@ -236,7 +236,7 @@ pub async fn anchor_root(chain: &EhrChain, root: B256, count: u32) -> Result<(),
 pub struct RecordsClient {
     chain: EhrChain,
     signer: PrivateKeySigner,
-    ipfs: KuboClient,
+    ipfs: Replicas,
     nodes: Vec<ShareNodeRef>,
     threshold: Threshold,
     domain: Eip712Domain,
@@ -266,7 +266,7 @@ impl RecordsClient {
     pub(super) fn new(
         chain: EhrChain,
         signer: PrivateKeySigner,
-        ipfs: KuboClient,
+        ipfs: Replicas,
         nodes: Vec<ShareNodeRef>,
         k: u8,
     ) -> Result<Self, RecordError> {
@@ -343,28 +343,20 @@ impl RecordsClient {
         // A marker first: from here on a crash leaves it for the sweeper, which finishes the
         // upload or collects what it left (`sweeper.rs`).
         let marker_name = sweeper::pending_name(id, now());
-        let marker = self
+        let spread = u64::from_be_bytes(id.0[..8].try_into().unwrap_or_default());
+        let mut placed = self.ipfs.place(&marker_name, spread).await?;
+        // Added on one peer, pinned by CID on the others (they copy it over bitswap).
+        let cid = self
             .ipfs
-            .add_stream_named(
-                futures::stream::once(std::future::ready(Ok(Bytes::from(marker_name.clone())))),
+            .add_replicated(
+                &mut placed,
+                tokio_stream::wrappers::ReceiverStream::new(rx),
+                &sweeper::stored_name(id),
                 &marker_name,
             )
             .await?;
-        let added = self
-            .ipfs
-            .add_stream_named(
-                tokio_stream::wrappers::ReceiverStream::new(rx),
-                &sweeper::stored_name(id),
-            )
-            .await;
-        let cid = match added {
-            Ok(cid) => cid,
-            Err(e) => {
-                // The ciphertext may be pinned all the same (Kubo stopped as it answered):
-                // the marker stays for the sweeper.
-                return Err(e.into());
-            }
-        };
+        // On an error the ciphertext may be pinned all the same (Kubo stopped as it
+        // answered): the markers stay for the sweeper.
         let _ = encrypt.await;
 
         let block = RecordBlock {
@@ -384,7 +376,7 @@ impl RecordsClient {
         match self.share_and_anchor(&block, salt).await {
             // Every node holds the proof: the upload is finished.
             Ok(true) => {
-                if let Err(e) = self.ipfs.unpin(&marker).await {
+                if let Err(e) = self.ipfs.unpin(&placed.marker, &placed.peers).await {
                     tracing::warn!(
                         "record {id} stored; unpinning its marker failed ({e}): the sweeper will"
                     );
@@ -399,9 +391,9 @@ impl RecordsClient {
             // No half record: without the anchor nobody can read it; drop the ciphertext too,
             // then the marker (a failure leaves the marker, and the sweeper does it).
             Err(e) => {
-                match self.ipfs.unpin(&cid).await {
+                match self.ipfs.unpin(&cid, &placed.peers).await {
                     Ok(()) => {
-                        if let Err(u) = self.ipfs.unpin(&marker).await {
+                        if let Err(u) = self.ipfs.unpin(&placed.marker, &placed.peers).await {
                             tracing::warn!(
                                 "could not unpin the marker of {id} ({u}): the sweeper will"
                             );

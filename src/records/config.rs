@@ -9,7 +9,7 @@ use super::client::{Anchoring, RecordError, RecordsClient, ShareNodeRef};
 use super::directory::Directory;
 use super::sweeper::{SweepSettings, UploadSweeper};
 use crate::chain::EhrChain;
-use crate::ipfs::KuboClient;
+use crate::ipfs::Replicas;
 
 /// Where records go: the share nodes and the threshold (signed requests take their domain
 /// from the chain client).
@@ -55,22 +55,29 @@ impl RecordsConfig {
         &self,
         chain: EhrChain,
         signer: PrivateKeySigner,
-        ipfs: KuboClient,
+        ipfs: impl Into<Replicas>,
     ) -> Result<RecordsClient, RecordError> {
-        let c = RecordsClient::new(chain, signer, ipfs, self.nodes.clone(), self.threshold)?;
+        let c = RecordsClient::new(
+            chain,
+            signer,
+            ipfs.into(),
+            self.nodes.clone(),
+            self.threshold,
+        )?;
         Ok(match &self.anchoring {
             Some(a) => c.with_anchoring(a.clone()),
             None => c,
         })
     }
 
-    /// The sweeper that finishes or collects uploads a crash interrupted, over these nodes.
+    /// The sweeper that finishes or collects uploads a crash interrupted, over these nodes,
+    /// on each IPFS peer.
     pub fn sweeper(
         &self,
-        ipfs: KuboClient,
+        ipfs: impl Into<Replicas>,
         http: reqwest::Client,
         settings: SweepSettings,
     ) -> UploadSweeper {
-        UploadSweeper::new(ipfs, self.nodes.clone(), http, settings)
+        UploadSweeper::new(ipfs.into(), self.nodes.clone(), http, settings)
     }
 }

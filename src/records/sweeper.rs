@@ -26,7 +26,7 @@ use futures::future::join_all;
 
 use super::client::ShareNodeRef;
 use crate::chain::RecordId;
-use crate::ipfs::{IpfsError, KuboClient};
+use crate::ipfs::{IpfsError, KuboClient, Replicas};
 use crate::share_node::{AnchorBody, NodeClient};
 
 /// Prefix of the marker of an upload not finished yet.
@@ -93,7 +93,7 @@ pub struct SweepReport {
 /// Settles interrupted uploads; see the module documentation.
 #[derive(Debug, Clone)]
 pub struct UploadSweeper {
-    ipfs: KuboClient,
+    ipfs: Replicas,
     nodes: Vec<ShareNodeRef>,
     http: reqwest::Client,
     settings: SweepSettings,
@@ -109,9 +109,9 @@ enum Settled {
 }
 
 impl UploadSweeper {
-    /// A sweeper of `ipfs`'s pending pins over `nodes`.
+    /// A sweeper of the pending pins on each of `ipfs`'s peers, over `nodes`.
     pub fn new(
-        ipfs: KuboClient,
+        ipfs: Replicas,
         nodes: Vec<ShareNodeRef>,
         http: reqwest::Client,
         settings: SweepSettings,
@@ -145,22 +145,46 @@ impl UploadSweeper {
         })
     }
 
-    /// One pass over the markers of unfinished uploads.
+    /// One pass over the markers of unfinished uploads, on every IPFS peer. Each peer holds
+    /// the markers of the uploads it holds a copy of, so each is settled on its own; a peer
+    /// that is down is skipped until the next pass.
     ///
     /// # Errors
-    /// When Kubo cannot list or unpin.
+    /// When no peer could be swept (the last peer's error).
     pub async fn sweep(&self) -> Result<SweepReport, IpfsError> {
+        let mut report = SweepReport::default();
+        let mut last = None;
+        let mut swept = 0;
+        for peer in self.ipfs.peers() {
+            match self.sweep_peer(peer, &mut report).await {
+                Ok(()) => swept += 1,
+                Err(e) => {
+                    tracing::warn!("upload sweeper: IPFS peer {}: {e}", peer.base_url());
+                    last = Some(e);
+                }
+            }
+        }
+        match last {
+            Some(e) if swept == 0 => Err(e),
+            _ => Ok(report),
+        }
+    }
+
+    async fn sweep_peer(
+        &self,
+        ipfs: &KuboClient,
+        report: &mut SweepReport,
+    ) -> Result<(), IpfsError> {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        let mut report = SweepReport::default();
-        for (marker, name) in self.ipfs.pins_named(PENDING).await? {
+        for (marker, name) in ipfs.pins_named(PENDING).await? {
             let Some((id, created)) = parse_pending(&name) else {
                 continue;
             };
             match self.settle(id).await {
                 Settled::Finished => {
-                    self.ipfs.unpin(&marker).await?;
+                    ipfs.unpin(&marker).await?;
                     report.finished += 1;
                 }
                 Settled::NotAnchored { all_answered: true }
@@ -169,18 +193,18 @@ impl UploadSweeper {
                     // The ciphertext first: a crash in between leaves the marker, and the
                     // next pass does it again.
                     let stored = stored_name(id);
-                    for (cid, n) in self.ipfs.pins_named(&stored).await? {
+                    for (cid, n) in ipfs.pins_named(&stored).await? {
                         if n == stored {
-                            self.ipfs.unpin(&cid).await?;
+                            ipfs.unpin(&cid).await?;
                         }
                     }
-                    self.ipfs.unpin(&marker).await?;
+                    ipfs.unpin(&marker).await?;
                     report.collected += 1;
                 }
                 _ => report.waiting += 1,
             }
         }
-        Ok(report)
+        Ok(())
     }
 
     async fn settle(&self, id: RecordId) -> Settled {

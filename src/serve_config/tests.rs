@@ -135,3 +135,45 @@ fn every_key_comes_from_the_environment_too() {
     .to_string();
     assert!(e.starts_with("EHR_RECORDS_THRESHOLD"), "{e}");
 }
+
+#[test]
+fn ipfs_peers_and_replication_are_checked() {
+    let p = Path::new("ehr.toml");
+    let one = ServeConfig::parse(GOOD, p).unwrap();
+    assert_eq!((one.ipfs.replication(), one.ipfs.clients().len()), (1, 1));
+    let peers = r#"api_url = "http://127.0.0.1:5001"
+peers = ["http://10.0.0.2:5001", "http://10.0.0.3:5001"]"#;
+    let three = ServeConfig::parse(
+        &GOOD.replace(r#"api_url = "http://127.0.0.1:5001""#, peers),
+        p,
+    )
+    .unwrap();
+    assert_eq!(three.ipfs.replication(), 2, "the default is 2 copies");
+    assert_eq!(three.ipfs.replicas().unwrap().peers().len(), 3);
+    let e = ServeConfig::parse(
+        &GOOD.replace(
+            r#"api_url = "http://127.0.0.1:5001""#,
+            &format!("{peers}\nreplication = 4"),
+        ),
+        p,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("ipfs.replication") && e.contains("between 1 and 3"),
+        "{e}"
+    );
+    let e = ServeConfig::parse(
+        &GOOD.replace(
+            r#"api_url = "http://127.0.0.1:5001""#,
+            "api_url = \"http://127.0.0.1:5001\"\npeers = [\"http://127.0.0.1:5001/\"]",
+        ),
+        p,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("ipfs.peers") && e.contains("listed twice"),
+        "{e}"
+    );
+}

@@ -112,9 +112,23 @@ pub(super) async fn home(
     let emergencies = c
         .audit_page_all(AuditFilter::Emergency, 0, AUDIT_PAGE)
         .await?;
-    let ipfs = match state.app.ipfs().version().await {
-        Ok(v) => format!("Kubo {} · ok", v.version),
-        Err(e) => format!("unavailable: {e}"),
+    let replicas = state.app.ipfs();
+    let versions = replicas.versions().await;
+    let up = versions.iter().filter(|v| v.is_ok()).count();
+    let ipfs = match (
+        versions.iter().find_map(|v| v.as_ref().ok()),
+        versions.len(),
+    ) {
+        (Some(v), 1) => format!("Kubo {} · ok", v.version),
+        (Some(v), n) => format!(
+            "Kubo {} · {up} of {n} peers up · {} copies of each record",
+            v.version,
+            replicas.replication()
+        ),
+        (None, _) => match versions.into_iter().next() {
+            Some(Err(e)) => format!("unavailable: {e}"),
+            _ => "unavailable".to_owned(),
+        },
     };
     let nodes = crate::gateway::share_node_health(&state.app)
         .await

@@ -111,6 +111,7 @@ async fn start() -> Stack {
             repo: repo.path().join("kubo"),
             api_port: free_port().unwrap(),
             gateway_port: free_port().unwrap(),
+            network: None,
         },
         false,
     )
