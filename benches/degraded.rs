@@ -184,6 +184,7 @@ async fn main() -> anyhow::Result<()> {
         tokio::spawn(ehr_share::share_node::serve(
             listener,
             cfg,
+            None,
             std::future::pending(),
         ));
     }

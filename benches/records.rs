@@ -106,9 +106,14 @@ async fn main() -> anyhow::Result<()> {
             danger_corrupt_shares: false,
         };
         let mut rx = rx.clone();
-        tokio::spawn(ehr_share::share_node::serve(listener, cfg, async move {
-            let _ = rx.wait_for(|s| *s).await;
-        }));
+        tokio::spawn(ehr_share::share_node::serve(
+            listener,
+            cfg,
+            None,
+            async move {
+                let _ = rx.wait_for(|s| *s).await;
+            },
+        ));
     }
     let ipfs = KuboClient::new(&kubo.api_url);
     let client = |chain: EhrChain, key: PrivateKeySigner| {

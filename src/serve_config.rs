@@ -72,7 +72,7 @@ pub enum ServeConfigError {
 /// Every key and the environment variable that overrides it (a container sets them instead of
 /// writing a file). `records.share_nodes` takes `URL=ADDRESS` pairs separated by commas,
 /// `proxy.trusted` addresses or CIDR ranges separated by commas.
-pub const ENV: [(&str, &str, Kind); 19] = [
+pub const ENV: [(&str, &str, Kind); 20] = [
     ("listen", "EHR_LISTEN", Kind::Str),
     ("chain.rpc_url", "EHR_CHAIN_RPC_URL", Kind::Str),
     ("chain.deployment", "EHR_CHAIN_DEPLOYMENT", Kind::Str),
@@ -95,6 +95,11 @@ pub const ENV: [(&str, &str, Kind); 19] = [
         "records.batch_window_ms",
         "EHR_RECORDS_BATCH_WINDOW_MS",
         Kind::Int,
+    ),
+    (
+        "records.share_node_ca",
+        "EHR_RECORDS_SHARE_NODE_CA",
+        Kind::Str,
     ),
     (
         "records.orphan_ttl_secs",
@@ -289,6 +294,11 @@ pub struct RecordsSection {
     /// without its ciphertext.
     #[serde(default = "default_orphan_ttl_secs")]
     pub orphan_ttl_secs: u64,
+    /// PEM file of the CA(s) that signed the share nodes' HTTPS certificates, trusted for
+    /// share-node connections besides the system's roots (for `https://` nodes with
+    /// certificates from a private CA).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub share_node_ca: Option<std::path::PathBuf>,
 }
 
 fn default_batch_window_ms() -> u64 {
@@ -496,6 +506,9 @@ impl ServeConfig {
         };
         if let Some(d) = c.chain.deployment.as_mut() {
             anchor(d);
+        }
+        if let Some(ca) = c.records.share_node_ca.as_mut() {
+            anchor(ca);
         }
         if let Some(t) = c.tls.as_mut() {
             anchor(&mut t.cert);

@@ -846,45 +846,6 @@ async fn break_glass_never_lets_a_provider_write_into_a_chart() {
     assert_eq!(dir.list(addr).await.unwrap().len(), 1);
 }
 
-/// A TCP proxy in front of `target` that keeps every byte the target sends back: what a
-/// sniffer, or a TLS-terminating proxy, between hosts would see. Returns its URL and the bytes.
-async fn sniffing_proxy(target: String) -> (String, std::sync::Arc<std::sync::Mutex<Vec<u8>>>) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let kept = seen.clone();
-    tokio::spawn(async move {
-        while let Ok((client, _)) = listener.accept().await {
-            let Ok(server) = tokio::net::TcpStream::connect(&target).await else {
-                continue;
-            };
-            let kept = kept.clone();
-            tokio::spawn(async move {
-                let (mut cr, mut cw) = client.into_split();
-                let (mut sr, mut sw) = server.into_split();
-                let up = async move {
-                    let _ = tokio::io::copy(&mut cr, &mut sw).await;
-                };
-                let down = async move {
-                    let mut buf = vec![0u8; 16 * 1024];
-                    while let Ok(n) = sr.read(&mut buf).await {
-                        if n == 0 {
-                            break;
-                        }
-                        kept.lock().unwrap().extend_from_slice(&buf[..n]);
-                        if cw.write_all(&buf[..n]).await.is_err() {
-                            break;
-                        }
-                    }
-                };
-                tokio::join!(up, down);
-            });
-        }
-    });
-    (url, seen)
-}
-
 /// (Scale-out issue, "shares never travel in clear") A sniffer between a reader and a share
 /// node, or a proxy that terminates TLS, sees the released share only sealed to the
 /// requester's key (ECIES to the key recovered from the signed request, bound to the record,
@@ -905,8 +866,9 @@ async fn a_released_share_opens_only_for_its_requester_and_a_sniffer_sees_cipher
         )
         .await
         .unwrap();
-    let (proxy, seen) = sniffing_proxy(refs[0].url.trim_start_matches("http://").to_owned()).await;
-    refs[0].url = proxy;
+    let (proxy, seen) =
+        nodes::sniffing_proxy(refs[0].url.trim_start_matches("http://").to_owned()).await;
+    refs[0].url = format!("http://{proxy}");
     // The patient reads through the proxy.
     let got = nodes::client(&office, &patient, &refs)
         .get(id)

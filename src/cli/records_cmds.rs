@@ -61,6 +61,13 @@ pub struct ShareNodeArgs {
     /// Default: 10.
     #[arg(long, env = "EHR_SHARE_NODE_SWEEP_SECS")]
     sweep_secs: Option<u64>,
+    /// PEM certificate chain to serve HTTPS with (needs --tls-key). Clients on other hosts
+    /// reach the node over TLS only; without it the node speaks plain HTTP.
+    #[arg(long, env = "EHR_SHARE_NODE_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "EHR_SHARE_NODE_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     /// Testing only: release corrupted shares, to exercise verification. Never in production.
     #[arg(long, hide = true)]
     danger_corrupt_shares: bool,
@@ -82,6 +89,8 @@ impl ShareNodeArgs {
             deposit_quota: self.deposit_quota,
             unanchored_ttl_secs: self.unanchored_ttl_secs,
             sweep_secs: self.sweep_secs,
+            tls_cert: self.tls_cert.clone(),
+            tls_key: self.tls_key.clone(),
         }
     }
 
@@ -111,6 +120,17 @@ pub struct RecordTargets {
     /// Kubo RPC API. Default: http://127.0.0.1:5001.
     #[arg(long, env = "EHR_IPFS_API", default_value = "http://127.0.0.1:5001")]
     ipfs_api: String,
+    /// More Kubo peers of the same private network (RPC API URLs, comma-separated); records
+    /// go to --replication of them and --ipfs-api.
+    #[arg(long, env = "EHR_IPFS_PEERS", value_delimiter = ',')]
+    ipfs_peers: Vec<String>,
+    /// Copies of each record's ciphertext. Default: 2 (1 without --ipfs-peers).
+    #[arg(long, env = "EHR_IPFS_REPLICATION")]
+    replication: Option<usize>,
+    /// PEM file of the CA that signed the share nodes' HTTPS certificates (trusted besides
+    /// the system's roots).
+    #[arg(long, env = "EHR_SHARE_NODE_CA")]
+    share_node_ca: Option<PathBuf>,
     /// Chain and contract flags.
     #[command(flatten)]
     chain: ChainArgs,
@@ -183,9 +203,26 @@ pub async fn share_node(a: ShareNodeArgs) -> anyhow::Result<()> {
     if a.danger_corrupt_shares {
         tracing::warn!("DANGER: this share node releases corrupted shares (testing only)");
     }
+    let tls = match &s.tls {
+        Some((cert, key)) => Some(
+            crate::share_node::tls::server_config(cert, key)
+                .await
+                .context("set --tls-cert/--tls-key (or tls_cert/tls_key) to PEM files")?,
+        ),
+        None => {
+            if !s.host.is_loopback() {
+                tracing::warn!(
+                    "listening on {} over plain HTTP: record ids and requests travel in clear (shares are sealed to their requester); set --tls-cert and --tls-key",
+                    s.host
+                );
+            }
+            None
+        }
+    };
     println!(
-        "share node {} listening on http://{}:{}",
+        "share node {} listening on {}://{}:{}",
         identity.address(),
+        if tls.is_some() { "https" } else { "http" },
         s.host,
         s.port
     );
@@ -196,11 +233,21 @@ pub async fn share_node(a: ShareNodeArgs) -> anyhow::Result<()> {
         limits: s.limits,
         danger_corrupt_shares: a.danger_corrupt_shares,
     };
-    crate::share_node::serve(listener, cfg, super::dev::shutdown_signal()).await?;
+    crate::share_node::serve(listener, cfg, tls, super::dev::shutdown_signal()).await?;
     Ok(())
 }
 
 async fn client(t: &RecordTargets) -> anyhow::Result<RecordsClient> {
+    if let Some(ca) = &t.share_node_ca {
+        crate::share_node::tls::trust_pem(ca).context("--share-node-ca")?;
+    }
+    let peers: Vec<KuboClient> = std::iter::once(&t.ipfs_api)
+        .chain(&t.ipfs_peers)
+        .map(KuboClient::new)
+        .collect();
+    let replication = t.replication.unwrap_or(2).min(peers.len());
+    let replicas = crate::ipfs::Replicas::new(peers, replication)
+        .context("--replication must be between 1 and the number of IPFS peers")?;
     let signer = t.key.signer()?;
     let deployment = super::chain_cmds::deployment(&t.chain)?;
     let chain = EhrChain::connect(&t.chain.rpc_url, Some(signer.clone()), &deployment).await?;
@@ -218,13 +265,7 @@ async fn client(t: &RecordTargets) -> anyhow::Result<RecordsClient> {
             }
         }
     }
-    Ok(
-        crate::records::RecordsConfig::new(nodes, t.threshold).client(
-            chain,
-            signer,
-            KuboClient::new(&t.ipfs_api),
-        )?,
-    )
+    Ok(crate::records::RecordsConfig::new(nodes, t.threshold).client(chain, signer, replicas)?)
 }
 
 /// `ehr record ...`.

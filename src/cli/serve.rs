@@ -66,6 +66,14 @@ struct Reach {
 }
 
 async fn reach(c: &ServeConfig) -> anyhow::Result<Reach> {
+    if let Some(ca) = &c.records.share_node_ca {
+        let n = crate::share_node::tls::trust_pem(ca)
+            .context("`records.share_node_ca` must be a PEM file of CA certificates")?;
+        println!(
+            "tls     ok      {n} CA certificate(s) for share nodes from {}",
+            ca.display()
+        );
+    }
     let deployment = match (&c.chain.deployment, c.chain.contract) {
         (Some(file), _) => Deployment::load(file).with_context(|| {
             format!(
@@ -324,7 +332,7 @@ pub async fn run(a: ServeArgs) -> anyhow::Result<()> {
     records
         .sweeper(
             c.ipfs.replicas()?,
-            reqwest::Client::new(),
+            crate::share_node::tls::http(),
             crate::records::SweepSettings::for_ttl(std::time::Duration::from_secs(
                 c.records.orphan_ttl_secs,
             )),

@@ -106,7 +106,7 @@ impl AppState {
             keyring,
             tokens: None,
             uploads: super::UploadSlots::default(),
-            http: reqwest::Client::new(),
+            http: crate::share_node::tls::http(),
             ingest: None,
         })))
     }

@@ -275,7 +275,7 @@ impl RecordsClient {
         let threshold = Threshold::new(k, n)
             .map_err(|e| RecordError::Config(format!("{e} (share nodes configured: {n})")))?;
         let domain = domain(chain.chain_id(), chain.address(), chain.deployment_id());
-        let http = reqwest::Client::builder()
+        let http = crate::share_node::tls::http_builder()
             .timeout(Duration::from_secs(20))
             .build()
             .map_err(|e| RecordError::Config(e.to_string()))?;

@@ -31,7 +31,7 @@ impl ShareNodeRef {
     pub async fn discover(url: &str) -> Result<Self, NodeError> {
         let url = url.trim_end_matches('/').to_owned();
         let health = NodeClient::new(
-            reqwest::Client::new(),
+            super::tls::http(),
             Self {
                 url: url.clone(),
                 address: Address::ZERO,

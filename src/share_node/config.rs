@@ -39,6 +39,11 @@ pub struct ShareNodeFile {
     pub unanchored_ttl_secs: Option<u64>,
     /// Seconds between collector runs. Default: 10.
     pub sweep_secs: Option<u64>,
+    /// PEM certificate chain to serve HTTPS with (with `tls_key`). Default: plain HTTP, for
+    /// loopback only.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
 }
 
 /// Why a share node's file cannot be used.
@@ -104,9 +109,15 @@ impl ShareNodeFile {
         }
         let mut f: Self = table.try_into().map_err(parse)?;
         let base = path.parent().unwrap_or(Path::new("."));
-        for p in [&mut f.data_dir, &mut f.key_file, &mut f.deployment]
-            .into_iter()
-            .flatten()
+        for p in [
+            &mut f.data_dir,
+            &mut f.key_file,
+            &mut f.deployment,
+            &mut f.tls_cert,
+            &mut f.tls_key,
+        ]
+        .into_iter()
+        .flatten()
         {
             if p.is_relative() {
                 *p = base.join(&*p);
@@ -135,6 +146,8 @@ pub struct ShareNodeSettings {
     pub contract: Option<Address>,
     /// Rate limits, quota and collector.
     pub limits: NodeLimits,
+    /// HTTPS certificate chain and key files, when set.
+    pub tls: Option<(PathBuf, PathBuf)>,
 }
 
 impl ShareNodeSettings {
@@ -182,6 +195,11 @@ impl ShareNodeSettings {
                 ),
                 ..defaults
             },
+            tls: given
+                .tls_cert
+                .clone()
+                .or_else(|| file.tls_cert.clone())
+                .zip(given.tls_key.clone().or_else(|| file.tls_key.clone())),
             data_dir,
         }
     }

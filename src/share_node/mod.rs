@@ -6,6 +6,7 @@ mod client;
 mod config;
 mod server;
 mod store;
+pub mod tls;
 mod wire;
 
 pub use auth::{NodeRequest, ShareDeposit, ShareRelease, domain, sign};

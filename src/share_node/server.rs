@@ -167,23 +167,39 @@ fn routes(node: Arc<Node>) -> Router {
         .with_state(node)
 }
 
-/// Serves the node until `shutdown` resolves, with the collector running beside it.
+/// Serves the node until `shutdown` resolves, over TLS when `tls` is given, with the
+/// collector running beside it.
 ///
 /// # Errors
 /// When the server fails.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     cfg: NodeConfig,
+    tls: Option<axum_server::tls_rustls::RustlsConfig>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let node = node(cfg);
     let collector = tokio::spawn(collect(node.clone()));
-    let r = axum::serve(
-        listener,
-        routes(node).into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await;
+    let app = routes(node).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let r = match tls {
+        None => {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+        Some(tls) => {
+            let handle = axum_server::Handle::new();
+            let stopper = handle.clone();
+            tokio::spawn(async move {
+                shutdown.await;
+                stopper.graceful_shutdown(Some(std::time::Duration::from_secs(10)));
+            });
+            match axum_server::from_tcp_rustls(listener.into_std()?, tls) {
+                Ok(server) => server.handle(handle).serve(app).await,
+                Err(e) => Err(e),
+            }
+        }
+    };
     collector.abort();
     r
 }

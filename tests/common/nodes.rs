@@ -277,3 +277,48 @@ pub async fn refusal_to_start(dir: &Path, contract: Address) -> String {
     assert!(!out.status.success(), "the node started");
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
+
+/// A TCP proxy in front of `target` (`host:port`) that keeps every byte passing either way:
+/// what a sniffer, or a TLS-terminating proxy, between hosts would see. Returns its address
+/// (`host:port`) and the bytes.
+pub async fn sniffing_proxy(target: String) -> (String, std::sync::Arc<std::sync::Mutex<Vec<u8>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    async fn pump(
+        mut from: tokio::net::tcp::OwnedReadHalf,
+        mut to: tokio::net::tcp::OwnedWriteHalf,
+        kept: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    ) {
+        let mut buf = vec![0u8; 16 * 1024];
+        while let Ok(n) = from.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+            kept.lock().unwrap().extend_from_slice(&buf[..n]);
+            if to.write_all(&buf[..n]).await.is_err() {
+                break;
+            }
+        }
+        let _ = to.shutdown().await;
+    }
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let kept = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(server) = tokio::net::TcpStream::connect(&target).await else {
+                continue;
+            };
+            let (cr, cw) = client.into_split();
+            let (sr, sw) = server.into_split();
+            tokio::spawn(pump(cr, sw, kept.clone()));
+            tokio::spawn(pump(sr, cw, kept.clone()));
+        }
+    });
+    (addr, seen)
+}
+
+/// Whether `needle` occurs in `hay`.
+pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}

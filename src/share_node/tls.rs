@@ -1,0 +1,100 @@
+//! TLS between share nodes and their clients on other hosts.
+//!
+//! A released share is sealed to its requester's key whatever the transport (`crypto::ecies`),
+//! so TLS adds what the seal cannot: the record ids, addresses and signed requests are hidden
+//! from the network, and a client knows it talks to the node it means to, not to a host that
+//! took its address. Nodes run by different organisations often carry certificates from a
+//! private CA; clients trust it next to the system's roots with [`trust_pem`], called once at
+//! start, before the first client is built.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+/// Why TLS could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A file could not be read or holds no usable PEM.
+    #[error("{path}: {detail}")]
+    Pem {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        detail: String,
+    },
+    /// Extra roots were given after the first client was built.
+    #[error("share-node CA roots must be set before the first share-node client is built")]
+    TooLate,
+}
+
+/// Extra trust roots for share-node certificates, set once.
+static ROOTS: OnceLock<Vec<reqwest::Certificate>> = OnceLock::new();
+/// The one HTTP client for share nodes, built on first use.
+static HTTP: OnceLock<reqwest::Client> = OnceLock::new();
+
+/// Trusts the CA certificates in the PEM file at `path` for share-node connections, besides
+/// the system's roots; returns how many it read.
+///
+/// # Errors
+/// [`TlsError::Pem`] for an unreadable file or one without certificates;
+/// [`TlsError::TooLate`] once a client exists, or when roots were set already.
+pub fn trust_pem(path: &Path) -> Result<usize, TlsError> {
+    let pem = std::fs::read(path).map_err(|e| TlsError::Pem {
+        path: path.to_owned(),
+        detail: e.to_string(),
+    })?;
+    let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| TlsError::Pem {
+        path: path.to_owned(),
+        detail: e.to_string(),
+    })?;
+    if certs.is_empty() {
+        return Err(TlsError::Pem {
+            path: path.to_owned(),
+            detail: "no PEM certificate in it".into(),
+        });
+    }
+    let n = certs.len();
+    if HTTP.get().is_some() {
+        return Err(TlsError::TooLate);
+    }
+    ROOTS.set(certs).map_err(|_| TlsError::TooLate)?;
+    Ok(n)
+}
+
+/// A client builder that trusts the system's roots and those given to [`trust_pem`].
+pub fn http_builder() -> reqwest::ClientBuilder {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let builder = reqwest::Client::builder();
+    match ROOTS.get() {
+        Some(roots) => builder.tls_certs_merge(roots.iter().cloned()),
+        None => builder,
+    }
+}
+
+/// The share-node HTTP client (a clone of one built once).
+pub fn http() -> reqwest::Client {
+    HTTP.get_or_init(|| {
+        http_builder().build().unwrap_or_else(|e| {
+            // Only a broken TLS setup fails here; plain HTTP still works without it.
+            tracing::error!("share-node HTTP client with extra roots failed ({e}); using defaults");
+            reqwest::Client::new()
+        })
+    })
+    .clone()
+}
+
+/// The server side: the certificate chain and key in PEM files.
+///
+/// # Errors
+/// [`TlsError::Pem`] when they cannot be read or do not match.
+pub async fn server_config(
+    cert: &Path,
+    key: &Path,
+) -> Result<axum_server::tls_rustls::RustlsConfig, TlsError> {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
+        .await
+        .map_err(|e| TlsError::Pem {
+            path: cert.to_owned(),
+            detail: format!("with key {}: {e}", key.display()),
+        })
+}
