@@ -31,7 +31,6 @@ fn options(dir: &std::path::Path, name: &str, key: &str) -> KuboOptions {
             swarm_port: free_port().unwrap(),
             swarm_key: key.to_owned(),
             peers: Vec::new(),
-            netns: None,
         }),
     }
 }

@@ -37,8 +37,6 @@ pub struct KuboNetwork {
     pub swarm_key: String,
     /// The other peers, as `(peer id, multiaddress)`, kept connected through `Peering`.
     pub peers: Vec<(String, String)>,
-    /// A Linux network namespace to run the daemon in (`ip netns exec`), if any.
-    pub netns: Option<String>,
 }
 
 /// A fresh pre-shared key for a private IPFS network, in the swarm.key file format.
@@ -141,14 +139,7 @@ pub async fn start_kubo(opts: &KuboOptions, echo: bool) -> Result<KuboNode, Stac
         args.extend([key, value]);
         run(opts, &args).await?;
     }
-    let mut cmd = match opts.network.as_ref().and_then(|n| n.netns.as_ref()) {
-        Some(ns) => {
-            let mut c = Command::new("ip");
-            c.args(["netns", "exec", ns]).arg(&opts.bin);
-            c
-        }
-        None => Command::new(&opts.bin),
-    };
+    let mut cmd = Command::new(&opts.bin);
     cmd.env("IPFS_PATH", &opts.repo).arg("daemon");
     match &opts.network {
         None => {
