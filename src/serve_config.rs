@@ -72,11 +72,12 @@ pub enum ServeConfigError {
 /// Every key and the environment variable that overrides it (a container sets them instead of
 /// writing a file). `records.share_nodes` takes `URL=ADDRESS` pairs separated by commas,
 /// `proxy.trusted` addresses or CIDR ranges separated by commas.
-pub const ENV: [(&str, &str, Kind); 20] = [
+pub const ENV: [(&str, &str, Kind); 21] = [
     ("listen", "EHR_LISTEN", Kind::Str),
     ("chain.rpc_url", "EHR_CHAIN_RPC_URL", Kind::Str),
     ("chain.deployment", "EHR_CHAIN_DEPLOYMENT", Kind::Str),
     ("chain.contract", "EHR_CHAIN_CONTRACT", Kind::Str),
+    ("chain.confirmations", "EHR_CHAIN_CONFIRMATIONS", Kind::Int),
     ("ipfs.api_url", "EHR_IPFS_API_URL", Kind::Str),
     ("ipfs.peers", "EHR_IPFS_PEERS", Kind::List),
     ("ipfs.replication", "EHR_IPFS_REPLICATION", Kind::Int),
@@ -229,6 +230,16 @@ pub struct ChainSection {
     /// The contract address, when there is no deployment file.
     #[serde(default)]
     pub contract: Option<Address>,
+    /// Blocks a transaction must have (its own and those after it) before the gateway counts
+    /// it done: an upload is acknowledged, a grant shown. 1 (the default) suits a dev chain or
+    /// an L2 whose sequencer does not reorganise; on an L1 choose by how deep a reorg you
+    /// accept. At most 64.
+    #[serde(default = "default_confirmations")]
+    pub confirmations: u64,
+}
+
+fn default_confirmations() -> u64 {
+    1
 }
 
 /// `[ipfs]`.
@@ -547,6 +558,13 @@ impl ServeConfig {
                     fix: "write it like \"http://127.0.0.1:8545\"".into(),
                 });
             }
+        }
+        if !(1..=64).contains(&self.chain.confirmations) {
+            return Err(Invalid {
+                key: "chain.confirmations",
+                problem: format!("{} blocks", self.chain.confirmations),
+                fix: "set it between 1 (the default) and 64".into(),
+            });
         }
         let mut seen = std::collections::HashSet::new();
         for url in std::iter::once(&self.ipfs.api_url).chain(&self.ipfs.peers) {

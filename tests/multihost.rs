@@ -344,6 +344,18 @@ async fn across_hosts(net: &Net, dir: &Path) -> String {
         .map(|i| format!("http://{}:{KUBO_API_PORT}", net.addr(&format!("kubo{i}"))))
         .collect();
     let replicas = Replicas::new(kubo_urls.iter().map(KuboClient::new).collect(), 2).unwrap();
+    let t = Instant::now();
+    for peer in replicas.peers() {
+        assert!(
+            common::nodes::wait_until(Duration::from_secs(60), || async {
+                peer.swarm_peers().await.unwrap_or(0) >= 2
+            })
+            .await,
+            "Kubo {} did not reach its 2 peers",
+            peer.base_url()
+        );
+    }
+    let peering_ms = t.elapsed().as_millis();
 
     // Five share nodes over HTTPS.
     let certs = pki(dir, net);
@@ -538,7 +550,7 @@ async fn across_hosts(net: &Net, dir: &Path) -> String {
     gateway.stop(Duration::from_secs(5)).await;
     // Frames are counted where they enter and where they leave the bridge: half is the wire.
     format!(
-        "[multihost] upload {} KB: first {first_upload_ms} ms, then {upload_ms} ms; granted read: {read_ms} ms; read with one Kubo host down: {degraded_ms} ms; share-node bytes on the wire for 2 uploads + 3 reads: {}; chain JSON-RPC bytes: {}",
+        "[multihost] Kubo peers connected {peering_ms} ms after start; upload {} KB: first {first_upload_ms} ms, then {upload_ms} ms; granted read: {read_ms} ms; read with one Kubo host down: {degraded_ms} ms; share-node bytes on the wire for 2 uploads + 3 reads: {}; chain JSON-RPC bytes: {}",
         payload.len() / 1000,
         to_nodes.len() / 2,
         to_chain.len() / 2

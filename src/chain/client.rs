@@ -118,26 +118,36 @@ pub struct EhrChain {
     /// The signer's patient address, once looked up: patient calls name it, and an account's
     /// address never changes.
     own_patient: std::sync::Arc<tokio::sync::OnceCell<PatientAddr>>,
+    /// Blocks a write waits for before it counts as done (1: its own block). More guards
+    /// against a reorganisation dropping it on a chain whose blocks are not final at once.
+    confirmations: u64,
 }
 
-/// How often a local node is asked for a transaction's receipt. alloy's default for local
-/// nodes (250 ms) is the whole wait whenever the first look misses; a node on this host answers
-/// in well under a millisecond, so asking every 10 ms costs nothing. Remote nodes keep alloy's
-/// default (seconds: their blocks take seconds).
+/// How often a nearby node is asked for a transaction's receipt. alloy's default for local
+/// nodes (250 ms), and its 7 s for others, is the whole wait whenever the first look misses; a
+/// node on this host or on the deployment's private network answers in well under a
+/// millisecond, so asking every 10 ms costs nothing (the multi-host test's first upload took
+/// 6 to 8 s against a chain on a private address before). Public endpoints keep alloy's
+/// default: their blocks take seconds.
 const LOCAL_POLL: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// The RPC client for `url`, polling receipts every [`LOCAL_POLL`] when the node is on this
-/// host.
+/// host or a private network (RFC 1918, link-local).
 fn rpc_client(url: reqwest::Url) -> alloy::rpc::client::RpcClient {
-    let local = url.host_str().is_some_and(|h| {
+    let near = url.host_str().is_some_and(|h| {
         h == "localhost"
             || h.trim_start_matches('[')
                 .trim_end_matches(']')
                 .parse::<std::net::IpAddr>()
-                .is_ok_and(|ip| ip.is_loopback())
+                .is_ok_and(|ip| match ip {
+                    std::net::IpAddr::V4(v4) => {
+                        v4.is_loopback() || v4.is_private() || v4.is_link_local()
+                    }
+                    std::net::IpAddr::V6(v6) => v6.is_loopback(),
+                })
     });
     let client = alloy::rpc::client::RpcClient::new_http(url);
-    if local {
+    if near {
         client.with_poll_interval(LOCAL_POLL)
     } else {
         client
@@ -217,6 +227,7 @@ impl EhrChain {
                 chain_id,
                 index: super::index::EventIndex::new(block, deployment_id, None),
                 own_patient: Default::default(),
+                confirmations: 1,
             },
             deployment,
         ))
@@ -276,6 +287,7 @@ impl EhrChain {
             chain_id,
             index: super::index::EventIndex::new(deployment.block, deployment_id, None),
             own_patient: Default::default(),
+            confirmations: 1,
         })
     }
 
@@ -306,7 +318,21 @@ impl EhrChain {
             chain_id: self.chain_id,
             index: self.index.clone(),
             own_patient: Default::default(),
+            confirmations: self.confirmations,
         })
+    }
+
+    /// The same client, counting a write done only once `n` blocks hold it (its own and
+    /// `n - 1` after it); `n` of 0 counts as 1. Clients made from it by `with_signer` keep it.
+    #[must_use]
+    pub fn with_confirmations(mut self, n: u64) -> Self {
+        self.confirmations = n.max(1);
+        self
+    }
+
+    /// Blocks a write waits for (see [`EhrChain::with_confirmations`]).
+    pub fn confirmations(&self) -> u64 {
+        self.confirmations
     }
 
     /// The contract address.
@@ -411,7 +437,10 @@ impl EhrChain {
             let _turn = super::send_lock::lock(self.from).await;
             call.send_it().await?
         };
-        let receipt = pending.get_receipt().await?;
+        let receipt = pending
+            .with_required_confirmations(self.confirmations)
+            .get_receipt()
+            .await?;
         if !receipt.status() {
             return Err(ChainError::Reverted(format!(
                 "transaction {} reverted",

@@ -90,7 +90,9 @@ async fn reach(c: &ServeConfig) -> anyhow::Result<Reach> {
         },
         (None, None) => anyhow::bail!("`chain.deployment` or `chain.contract` must be set"),
     };
-    let chain = EhrChain::connect(&c.chain.rpc_url, None, &deployment).await;
+    let chain = EhrChain::connect(&c.chain.rpc_url, None, &deployment)
+        .await
+        .map(|ch| ch.with_confirmations(c.chain.confirmations));
     match &chain {
         Ok(chain) => println!(
             "chain   ok      {} chain id {}, EhrAccess v{} at {}, deployment {}",
@@ -370,6 +372,7 @@ pub async fn run(a: ServeArgs) -> anyhow::Result<()> {
             state.clone(),
             c.chain.rpc_url.clone(),
             r.deployment,
+            c.chain.confirmations,
             events,
             later_chain,
         ));
@@ -477,6 +480,7 @@ async fn connect_later(
     state: AppState,
     rpc_url: String,
     deployment: Deployment,
+    confirmations: u64,
     events: std::sync::Arc<EventStore>,
     later_chain: std::sync::Arc<std::sync::OnceLock<EhrChain>>,
 ) {
@@ -484,6 +488,7 @@ async fn connect_later(
         tokio::time::sleep(std::time::Duration::from_secs(5)).await;
         match EhrChain::connect(&rpc_url, None, &deployment).await {
             Ok(chain) => {
+                let chain = chain.with_confirmations(confirmations);
                 tracing::info!("chain {rpc_url} answers; serving");
                 let _ = later_chain.set(chain.clone());
                 state.set_chain(chain.with_index_store(events));

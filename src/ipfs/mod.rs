@@ -302,6 +302,30 @@ impl KuboClient {
         self.check("pin/add", resp).await.map(|_| ())
     }
 
+    /// How many peers the node is connected to (in a private network: the other members it
+    /// reached).
+    ///
+    /// # Errors
+    /// When the node is unreachable or its answer does not parse.
+    pub async fn swarm_peers(&self) -> Result<usize, IpfsError> {
+        #[derive(Deserialize)]
+        struct Peers {
+            #[serde(rename = "Peers", default)]
+            peers: Option<Vec<serde_json::Value>>,
+        }
+        let resp = self
+            .post("swarm/peers", &[])
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await;
+        let resp = self.check("swarm/peers", resp).await?;
+        let p: Peers = resp.json().await.map_err(|e| IpfsError::Protocol {
+            call: "swarm/peers",
+            detail: e.to_string(),
+        })?;
+        Ok(p.peers.map_or(0, |v| v.len()))
+    }
+
     /// The node's libp2p peer id.
     ///
     /// # Errors

@@ -177,3 +177,26 @@ peers = ["http://10.0.0.2:5001", "http://10.0.0.3:5001"]"#;
         "{e}"
     );
 }
+
+#[test]
+fn confirmations_default_to_one_and_are_bounded() {
+    let p = Path::new("ehr.toml");
+    assert_eq!(ServeConfig::parse(GOOD, p).unwrap().chain.confirmations, 1);
+    let with = |n: &str| {
+        GOOD.replace(
+            "deployment = \"deployment.json\"",
+            &format!("deployment = \"deployment.json\"\nconfirmations = {n}"),
+        )
+    };
+    assert_eq!(
+        ServeConfig::parse(&with("12"), p)
+            .unwrap()
+            .chain
+            .confirmations,
+        12
+    );
+    for bad in ["0", "65"] {
+        let e = ServeConfig::parse(&with(bad), p).unwrap_err().to_string();
+        assert!(e.contains("chain.confirmations"), "{e}");
+    }
+}

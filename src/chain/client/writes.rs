@@ -17,7 +17,10 @@ impl EhrChain {
             let _turn = crate::chain::send_lock::lock(self.from).await;
             self.provider.send_transaction(tx).await?
         };
-        let receipt = pending.get_receipt().await?;
+        let receipt = pending
+            .with_required_confirmations(self.confirmations)
+            .get_receipt()
+            .await?;
         if !receipt.status() {
             return Err(ChainError::Reverted(format!(
                 "transfer {} failed",
