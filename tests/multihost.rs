@@ -497,6 +497,8 @@ async fn across_hosts(net: &Net, dir: &Path) -> String {
     // What a sniffer on the bridge learned.
     let to_nodes = payload_on(&frames, SHARE_PORT);
     let to_chain = payload_on(&frames, RPC_PORT);
+    let swarm = payload_on(&frames, 4001);
+    let kubo_api = payload_on(&frames, KUBO_API_PORT);
     assert!(
         to_nodes.len() > 5_000,
         "the capture saw {} bytes of share-node traffic",
@@ -550,9 +552,11 @@ async fn across_hosts(net: &Net, dir: &Path) -> String {
     gateway.stop(Duration::from_secs(5)).await;
     // Frames are counted where they enter and where they leave the bridge: half is the wire.
     format!(
-        "[multihost] Kubo peers connected {peering_ms} ms after start; upload {} KB: first {first_upload_ms} ms, then {upload_ms} ms; granted read: {read_ms} ms; read with one Kubo host down: {degraded_ms} ms; share-node bytes on the wire for 2 uploads + 3 reads: {}; chain JSON-RPC bytes: {}",
+        "[multihost] Kubo peers connected {peering_ms} ms after start; upload {} KB: first {first_upload_ms} ms, then {upload_ms} ms; granted read: {read_ms} ms; read with one Kubo host down: {degraded_ms} ms; bytes on the wire (TCP payload) for 2 uploads + 3 reads (1 granted, 2 denied): share nodes {}, chain JSON-RPC {}, Kubo RPC {}, Kubo swarm (replication) {}",
         payload.len() / 1000,
         to_nodes.len() / 2,
-        to_chain.len() / 2
+        to_chain.len() / 2,
+        kubo_api.len() / 2,
+        swarm.len() / 2
     )
 }
