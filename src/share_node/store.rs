@@ -269,7 +269,11 @@ fn migrate(tx: &redb::WriteTransaction, key: &AeadKey) -> Result<u64, StoreError
 
 /// The store.
 pub struct ShareStore {
-    db: Database,
+    /// `None` only while a broken handle is being replaced.
+    db: std::sync::RwLock<Option<std::sync::Arc<Database>>>,
+    /// Set when an operation saw redb's latched I/O failure: the next one reopens the file.
+    broken: std::sync::atomic::AtomicBool,
+    path: std::path::PathBuf,
     key: AeadKey,
     binding: Binding,
 }
@@ -349,10 +353,67 @@ impl ShareStore {
         }
         tx.commit().map_err(db)?;
         Ok(Self {
-            db: database,
+            db: std::sync::RwLock::new(Some(std::sync::Arc::new(database))),
+            broken: std::sync::atomic::AtomicBool::new(false),
+            path: path.to_owned(),
             key,
             binding: *binding,
         })
+    }
+
+    /// The database, reopened first when an earlier operation found it broken. After a failed
+    /// write (a full disk, an I/O error) redb refuses every later operation with "previous
+    /// I/O error" until the file is opened again; without this a node stayed down until it
+    /// was restarted, although the disk had room again (the load bench filled one).
+    fn handle(&self) -> Result<std::sync::Arc<Database>, StoreError> {
+        use std::sync::atomic::Ordering;
+        if self.broken.load(Ordering::Acquire) {
+            let mut slot = self
+                .db
+                .write()
+                .map_err(|_| StoreError::Db("share store lock poisoned".into()))?;
+            if self.broken.load(Ordering::Acquire) {
+                // The old handle must be gone before the file opens again (redb locks it);
+                // an operation still holding it makes this try fail, and the next one retries.
+                drop(slot.take());
+                let database = Database::builder()
+                    .set_cache_size(16 << 20)
+                    .create(&self.path)
+                    .map_err(db)?;
+                tracing::warn!(
+                    "share store {} reopened after an I/O error",
+                    self.path.display()
+                );
+                *slot = Some(std::sync::Arc::new(database));
+                self.broken.store(false, Ordering::Release);
+            }
+        }
+        self.db
+            .read()
+            .map_err(|_| StoreError::Db("share store lock poisoned".into()))?
+            .clone()
+            .ok_or_else(|| StoreError::Db("share store is being reopened".into()))
+    }
+
+    /// Runs `op`; when it meets redb's latched I/O failure, reopens the file and runs it once
+    /// more (an operation that failed changed nothing: redb commits whole transactions).
+    fn guard<T>(&self, op: impl Fn() -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let latched = |r: &Result<T, StoreError>| {
+            matches!(r, Err(StoreError::Db(m))
+                if m.contains("Previous I/O error") || m.contains("being reopened"))
+        };
+        let r = op();
+        if !latched(&r) {
+            return r;
+        }
+        self.broken
+            .store(true, std::sync::atomic::Ordering::Release);
+        let again = op();
+        if latched(&again) {
+            self.broken
+                .store(true, std::sync::atomic::Ordering::Release);
+        }
+        again
     }
 
     /// The deployment this store belongs to.
@@ -367,53 +428,55 @@ impl ShareStore {
     /// # Errors
     /// [`StoreError::Conflict`], [`StoreError::QuotaExceeded`] or database errors.
     pub fn put(&self, record: &[u8; 32], s: &StoredShare, quota: u64) -> Result<(), StoreError> {
-        let plain = codec::put_secret(&s.share, &s.commitments, &s.sealed_block).map_err(db)?;
-        let sealed = seal_at_rest(
-            &self.key,
-            &aad(record, s.patient, s.uploader, s.digest),
-            &plain,
-        );
-        let mut public = s.public();
-        public.anchor = None;
-        let bytes = row(&public, &sealed);
-        let tx = self.db.begin_write().map_err(db)?;
-        {
-            let mut t = tx.open_table(SHARES).map_err(db)?;
-            if let Some(old) = t.get(record).map_err(db)? {
-                let old = self.decode(record, old.value())?;
-                if old.share != s.share
-                    || old.commitments != s.commitments
-                    || old.sealed_block != s.sealed_block
-                    || old.patient != s.patient
-                    || old.uploader != s.uploader
-                    || old.salt != s.salt
-                    || old.digest != s.digest
-                {
-                    return Err(StoreError::Conflict(hex::encode(record)));
+        self.guard(|| {
+            let plain = codec::put_secret(&s.share, &s.commitments, &s.sealed_block).map_err(db)?;
+            let sealed = seal_at_rest(
+                &self.key,
+                &aad(record, s.patient, s.uploader, s.digest),
+                &plain,
+            );
+            let mut public = s.public();
+            public.anchor = None;
+            let bytes = row(&public, &sealed);
+            let tx = self.handle()?.begin_write().map_err(db)?;
+            {
+                let mut t = tx.open_table(SHARES).map_err(db)?;
+                if let Some(old) = t.get(record).map_err(db)? {
+                    let old = self.decode(record, old.value())?;
+                    if old.share != s.share
+                        || old.commitments != s.commitments
+                        || old.sealed_block != s.sealed_block
+                        || old.patient != s.patient
+                        || old.uploader != s.uploader
+                        || old.salt != s.salt
+                        || old.digest != s.digest
+                    {
+                        return Err(StoreError::Conflict(hex::encode(record)));
+                    }
+                    return Ok(());
                 }
-                return Ok(());
+                let mut counts = tx.open_table(PENDING_BY_UPLOADER).map_err(db)?;
+                let pending = counts
+                    .get(&s.uploader.0.0)
+                    .map_err(db)?
+                    .map_or(0, |v| v.value());
+                if pending >= quota {
+                    return Err(StoreError::QuotaExceeded {
+                        uploader: s.uploader,
+                        pending,
+                        quota,
+                    });
+                }
+                counts.insert(&s.uploader.0.0, pending + 1).map_err(db)?;
+                let mut p = tx.open_table(PENDING).map_err(db)?;
+                let mut v = [0u8; 28];
+                v[..20].copy_from_slice(s.uploader.as_slice());
+                v[20..].copy_from_slice(&s.stored_at.to_be_bytes());
+                p.insert(record, &v).map_err(db)?;
+                t.insert(record, bytes.as_slice()).map_err(db)?;
             }
-            let mut counts = tx.open_table(PENDING_BY_UPLOADER).map_err(db)?;
-            let pending = counts
-                .get(&s.uploader.0.0)
-                .map_err(db)?
-                .map_or(0, |v| v.value());
-            if pending >= quota {
-                return Err(StoreError::QuotaExceeded {
-                    uploader: s.uploader,
-                    pending,
-                    quota,
-                });
-            }
-            counts.insert(&s.uploader.0.0, pending + 1).map_err(db)?;
-            let mut p = tx.open_table(PENDING).map_err(db)?;
-            let mut v = [0u8; 28];
-            v[..20].copy_from_slice(s.uploader.as_slice());
-            v[20..].copy_from_slice(&s.stored_at.to_be_bytes());
-            p.insert(record, &v).map_err(db)?;
-            t.insert(record, bytes.as_slice()).map_err(db)?;
-        }
-        tx.commit().map_err(db)
+            tx.commit().map_err(db)
+        })
     }
 
     fn decode(&self, record: &[u8; 32], bytes: &[u8]) -> Result<StoredShare, StoreError> {
@@ -443,12 +506,14 @@ impl ShareStore {
     /// # Errors
     /// Database errors; [`StoreError::Undecryptable`] when the value does not open.
     pub fn get(&self, record: &[u8; 32]) -> Result<Option<StoredShare>, StoreError> {
-        let tx = self.db.begin_read().map_err(db)?;
-        let t = tx.open_table(SHARES).map_err(db)?;
-        match t.get(record).map_err(db)? {
-            Some(v) => Ok(Some(self.decode(record, v.value())?)),
-            None => Ok(None),
-        }
+        self.guard(|| {
+            let tx = self.handle()?.begin_read().map_err(db)?;
+            let t = tx.open_table(SHARES).map_err(db)?;
+            match t.get(record).map_err(db)? {
+                Some(v) => Ok(Some(self.decode(record, v.value())?)),
+                None => Ok(None),
+            }
+        })
     }
 
     /// Whether `record`'s deposit is still waiting for its anchor.
@@ -456,9 +521,11 @@ impl ShareStore {
     /// # Errors
     /// Database errors.
     pub fn is_pending(&self, record: &[u8; 32]) -> Result<bool, StoreError> {
-        let tx = self.db.begin_read().map_err(db)?;
-        let t = tx.open_table(PENDING).map_err(db)?;
-        Ok(t.get(record).map_err(db)?.is_some())
+        self.guard(|| {
+            let tx = self.handle()?.begin_read().map_err(db)?;
+            let t = tx.open_table(PENDING).map_err(db)?;
+            Ok(t.get(record).map_err(db)?.is_some())
+        })
     }
 
     /// The record is under an anchored root (the caller checked `anchor` against the chain):
@@ -469,24 +536,26 @@ impl ShareStore {
     /// # Errors
     /// Database errors; `Ok(false)` when no share of `record` is stored.
     pub fn mark_anchored(&self, record: &[u8; 32], anchor: &Anchor) -> Result<bool, StoreError> {
-        let tx = self.db.begin_write().map_err(db)?;
-        {
-            let mut t = tx.open_table(SHARES).map_err(db)?;
-            let Some(bytes) = t.get(record).map_err(db)?.map(|v| v.value().to_vec()) else {
-                return Ok(false);
-            };
-            let (mut public, n) = codec::get_public(&bytes).map_err(db)?;
-            if public.anchor.is_some() {
-                return Ok(true);
+        self.guard(|| {
+            let tx = self.handle()?.begin_write().map_err(db)?;
+            {
+                let mut t = tx.open_table(SHARES).map_err(db)?;
+                let Some(bytes) = t.get(record).map_err(db)?.map(|v| v.value().to_vec()) else {
+                    return Ok(false);
+                };
+                let (mut public, n) = codec::get_public(&bytes).map_err(db)?;
+                if public.anchor.is_some() {
+                    return Ok(true);
+                }
+                public.anchor = Some(anchor.clone());
+                t.insert(record, row(&public, &bytes[n..]).as_slice())
+                    .map_err(db)?;
+                list_under_patient(&tx, record, &public)?;
+                Self::unpend(&tx, record, false)?;
             }
-            public.anchor = Some(anchor.clone());
-            t.insert(record, row(&public, &bytes[n..]).as_slice())
-                .map_err(db)?;
-            list_under_patient(&tx, record, &public)?;
-            Self::unpend(&tx, record, false)?;
-        }
-        tx.commit().map_err(db)?;
-        Ok(true)
+            tx.commit().map_err(db)?;
+            Ok(true)
+        })
     }
 
     /// The anchored records of `patient` after `after` (record id order), at most `limit`:
@@ -500,24 +569,26 @@ impl ShareStore {
         after: Option<[u8; 32]>,
         limit: usize,
     ) -> Result<Vec<([u8; 32], PublicRecord)>, StoreError> {
-        let tx = self.db.begin_read().map_err(db)?;
-        let by = tx.open_table(BY_PATIENT).map_err(db)?;
-        let start = patient_key(patient, &after.unwrap_or([0; 32]));
-        let end = patient_key(patient, &[0xff; 32]);
-        let mut out = Vec::new();
-        for item in by.range::<&[u8; 48]>(&start..=&end).map_err(db)? {
-            let (k, v) = item.map_err(db)?;
-            let mut record = [0u8; 32];
-            record.copy_from_slice(&k.value()[16..]);
-            if after == Some(record) {
-                continue;
+        self.guard(|| {
+            let tx = self.handle()?.begin_read().map_err(db)?;
+            let by = tx.open_table(BY_PATIENT).map_err(db)?;
+            let start = patient_key(patient, &after.unwrap_or([0; 32]));
+            let end = patient_key(patient, &[0xff; 32]);
+            let mut out = Vec::new();
+            for item in by.range::<&[u8; 48]>(&start..=&end).map_err(db)? {
+                let (k, v) = item.map_err(db)?;
+                let mut record = [0u8; 32];
+                record.copy_from_slice(&k.value()[16..]);
+                if after == Some(record) {
+                    continue;
+                }
+                out.push((record, codec::get_public(v.value()).map_err(db)?.0));
+                if out.len() >= limit {
+                    break;
+                }
             }
-            out.push((record, codec::get_public(v.value()).map_err(db)?.0));
-            if out.len() >= limit {
-                break;
-            }
-        }
-        Ok(out)
+            Ok(out)
+        })
     }
 
     /// The public part of `record`, if stored (nothing is decrypted).
@@ -525,12 +596,14 @@ impl ShareStore {
     /// # Errors
     /// Database errors.
     pub fn public(&self, record: &[u8; 32]) -> Result<Option<PublicRecord>, StoreError> {
-        let tx = self.db.begin_read().map_err(db)?;
-        let t = tx.open_table(SHARES).map_err(db)?;
-        match t.get(record).map_err(db)? {
-            Some(v) => Ok(Some(codec::get_public(v.value()).map_err(db)?.0)),
-            None => Ok(None),
-        }
+        self.guard(|| {
+            let tx = self.handle()?.begin_read().map_err(db)?;
+            let t = tx.open_table(SHARES).map_err(db)?;
+            match t.get(record).map_err(db)? {
+                Some(v) => Ok(Some(codec::get_public(v.value()).map_err(db)?.0)),
+                None => Ok(None),
+            }
+        })
     }
 
     /// Deletes a deposit that was never anchored (or whose anchor does not match it).
@@ -542,9 +615,11 @@ impl ShareStore {
     }
 
     fn drop_pending(&self, record: &[u8; 32], delete_share: bool) -> Result<(), StoreError> {
-        let tx = self.db.begin_write().map_err(db)?;
-        Self::unpend(&tx, record, delete_share)?;
-        tx.commit().map_err(db)
+        self.guard(|| {
+            let tx = self.handle()?.begin_write().map_err(db)?;
+            Self::unpend(&tx, record, delete_share)?;
+            tx.commit().map_err(db)
+        })
     }
 
     fn unpend(
@@ -581,21 +656,23 @@ impl ShareStore {
     /// # Errors
     /// Database errors.
     pub fn pending_before(&self, cutoff: u64, limit: usize) -> Result<Vec<[u8; 32]>, StoreError> {
-        let tx = self.db.begin_read().map_err(db)?;
-        let t = tx.open_table(PENDING).map_err(db)?;
-        let mut out = Vec::new();
-        for item in t.iter().map_err(db)? {
-            let (k, v) = item.map_err(db)?;
-            let mut at = [0u8; 8];
-            at.copy_from_slice(&v.value()[20..]);
-            if u64::from_be_bytes(at) < cutoff {
-                out.push(*k.value());
-                if out.len() >= limit {
-                    break;
+        self.guard(|| {
+            let tx = self.handle()?.begin_read().map_err(db)?;
+            let t = tx.open_table(PENDING).map_err(db)?;
+            let mut out = Vec::new();
+            for item in t.iter().map_err(db)? {
+                let (k, v) = item.map_err(db)?;
+                let mut at = [0u8; 8];
+                at.copy_from_slice(&v.value()[20..]);
+                if u64::from_be_bytes(at) < cutoff {
+                    out.push(*k.value());
+                    if out.len() >= limit {
+                        break;
+                    }
                 }
             }
-        }
-        Ok(out)
+            Ok(out)
+        })
     }
 
     /// Number of stored shares (public: reveals no secret).
@@ -603,8 +680,10 @@ impl ShareStore {
     /// # Errors
     /// Database errors.
     pub fn count(&self) -> Result<u64, StoreError> {
-        let tx = self.db.begin_read().map_err(db)?;
-        tx.open_table(SHARES).map_err(db)?.len().map_err(db)
+        self.guard(|| {
+            let tx = self.handle()?.begin_read().map_err(db)?;
+            tx.open_table(SHARES).map_err(db)?.len().map_err(db)
+        })
     }
 
     /// Number of deposits waiting for their anchor.
@@ -612,8 +691,10 @@ impl ShareStore {
     /// # Errors
     /// Database errors.
     pub fn pending_count(&self) -> Result<u64, StoreError> {
-        let tx = self.db.begin_read().map_err(db)?;
-        tx.open_table(PENDING).map_err(db)?.len().map_err(db)
+        self.guard(|| {
+            let tx = self.handle()?.begin_read().map_err(db)?;
+            tx.open_table(PENDING).map_err(db)?.len().map_err(db)
+        })
     }
 
     /// Number of remembered request nonces.
@@ -621,8 +702,10 @@ impl ShareStore {
     /// # Errors
     /// Database errors.
     pub fn nonce_count(&self) -> Result<u64, StoreError> {
-        let tx = self.db.begin_read().map_err(db)?;
-        tx.open_table(NONCES).map_err(db)?.len().map_err(db)
+        self.guard(|| {
+            let tx = self.handle()?.begin_read().map_err(db)?;
+            tx.open_table(NONCES).map_err(db)?.len().map_err(db)
+        })
     }
 
     /// Marks `(requester, nonce)` used; false when it was used before (a replay). The entry is
@@ -637,19 +720,21 @@ impl ShareStore {
         nonce: &[u8; 32],
         deadline: u64,
     ) -> Result<bool, StoreError> {
-        let mut key = [0u8; 52];
-        key[..20].copy_from_slice(requester);
-        key[20..].copy_from_slice(nonce);
-        let tx = self.db.begin_write().map_err(db)?;
-        {
-            let mut t = tx.open_table(NONCES).map_err(db)?;
-            if t.get(&key).map_err(db)?.is_some() {
-                return Ok(false);
+        self.guard(|| {
+            let mut key = [0u8; 52];
+            key[..20].copy_from_slice(requester);
+            key[20..].copy_from_slice(nonce);
+            let tx = self.handle()?.begin_write().map_err(db)?;
+            {
+                let mut t = tx.open_table(NONCES).map_err(db)?;
+                if t.get(&key).map_err(db)?.is_some() {
+                    return Ok(false);
+                }
+                t.insert(&key, deadline).map_err(db)?;
             }
-            t.insert(&key, deadline).map_err(db)?;
-        }
-        tx.commit().map_err(db)?;
-        Ok(true)
+            tx.commit().map_err(db)?;
+            Ok(true)
+        })
     }
 
     /// Forgets nonces whose deadline is before `now`; returns how many.
@@ -657,15 +742,17 @@ impl ShareStore {
     /// # Errors
     /// Database errors.
     pub fn prune_nonces(&self, now: u64) -> Result<u64, StoreError> {
-        let tx = self.db.begin_write().map_err(db)?;
-        let n = {
-            let mut t = tx.open_table(NONCES).map_err(db)?;
-            let before = t.len().map_err(db)?;
-            t.retain(|_, deadline| deadline >= now).map_err(db)?;
-            before - t.len().map_err(db)?
-        };
-        tx.commit().map_err(db)?;
-        Ok(n)
+        self.guard(|| {
+            let tx = self.handle()?.begin_write().map_err(db)?;
+            let n = {
+                let mut t = tx.open_table(NONCES).map_err(db)?;
+                let before = t.len().map_err(db)?;
+                t.retain(|_, deadline| deadline >= now).map_err(db)?;
+                before - t.len().map_err(db)?
+            };
+            tx.commit().map_err(db)?;
+            Ok(n)
+        })
     }
 }
 

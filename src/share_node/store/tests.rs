@@ -187,7 +187,7 @@ fn a_store_of_json_rows_is_rewritten_in_the_binary_layout_at_open() {
             s.anchored_of(old.patient, None, 10).unwrap()[0].1.anchor,
             Some(anchor.clone())
         );
-        let tx = s.db.begin_read().unwrap();
+        let tx = s.handle().unwrap().begin_read().unwrap();
         let row = tx
             .open_table(SHARES)
             .unwrap()
@@ -224,4 +224,65 @@ fn a_store_of_a_newer_layout_is_refused() {
     }
     let e = ShareStore::open(&p, key(), &binding(1)).unwrap_err();
     assert!(e.to_string().contains("newer version"), "{e}");
+}
+
+/// A full disk (a tmpfs of 4 MiB, filled up) fails a write; redb then refuses everything
+/// until the file is opened again. Once there is room, the store reopens by itself: shares
+/// stored before are all there and new ones are taken, with no restart. Needs root (mount).
+#[test]
+fn a_full_disk_fails_writes_and_the_store_recovers_when_room_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let status = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
+        .arg(dir.path())
+        .status()
+        .unwrap();
+    assert!(status.success(), "mounting a tmpfs needs root");
+    struct Unmount<'a>(&'a Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(self.0).status();
+        }
+    }
+    let _unmount = Unmount(dir.path());
+    let s = ShareStore::open(&dir.path().join("s.redb"), key(), &binding(1)).unwrap();
+    for i in 0..10u8 {
+        s.put(&[i; 32], &share("kept"), 1_000).unwrap();
+    }
+    // Fill what is left of the disk.
+    let filler = dir.path().join("filler");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&filler).unwrap();
+        while f.write_all(&[0u8; 64 << 10]).is_ok() {}
+        let _ = f.sync_all();
+    }
+    let mut failed_at = None;
+    for i in 10..5_000u32 {
+        let mut id = [0u8; 32];
+        id[..4].copy_from_slice(&i.to_be_bytes());
+        if s.put(&id, &share(&"x".repeat(2_000)), 10_000).is_err() {
+            failed_at = Some(i);
+            break;
+        }
+    }
+    assert!(failed_at.is_some(), "the full disk never failed a write");
+    // Room again: within a couple of operations the store answers, with every earlier share.
+    std::fs::remove_file(&filler).unwrap();
+    let mut answered = false;
+    for _ in 0..3 {
+        if s.count().is_ok() {
+            answered = true;
+            break;
+        }
+    }
+    assert!(
+        answered,
+        "the store stayed broken after the disk had room again"
+    );
+    for i in 0..10u8 {
+        assert_eq!(s.get(&[i; 32]).unwrap(), Some(share("kept")));
+    }
+    s.put(&[200; 32], &share("after"), 10_000).unwrap();
+    assert_eq!(s.get(&[200; 32]).unwrap(), Some(share("after")));
 }
