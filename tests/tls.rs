@@ -136,12 +136,17 @@ async fn share_nodes_speak_tls_only_to_clients_that_trust_their_ca() {
     let captured = seen.lock().unwrap().clone();
     assert!(captured.len() > 2_000, "the sniffer saw the traffic");
     let id_hex = id.to_string();
+    let address = patient.address().to_string();
+    assert!(
+        !nodes::contains(&captured, address.as_bytes())
+            && !nodes::contains(&captured, address.to_lowercase().as_bytes()),
+        "the sniffer read the patient's address"
+    );
     for needle in [
         id_hex.as_bytes(),
         id_hex.trim_start_matches("0x").as_bytes(),
         b"/records/".as_slice(),
         b"HTTP/1.1".as_slice(),
-        format!("{:x}", patient.address()).as_bytes(),
     ] {
         assert!(
             !nodes::contains(&captured, needle),
@@ -162,5 +167,16 @@ async fn share_nodes_speak_tls_only_to_clients_that_trust_their_ca() {
     assert!(
         posed.is_err(),
         "a node with a rogue CA's certificate was trusted"
+    );
+    // Refused for its certificate (the client trusts the hospital's CA, not this one).
+    let e = ehr_share::share_node::tls::http()
+        .get(format!("{}/health", url(port)))
+        .send()
+        .await
+        .unwrap_err();
+    let why = format!("{e:?}");
+    assert!(
+        why.contains("UnknownIssuer") || why.contains("certificate"),
+        "refused, but not for its certificate: {why}"
     );
 }

@@ -50,7 +50,7 @@ async fn repair(a: RepairArgs) -> anyhow::Result<()> {
             .context("loading [ipfs] from the configuration (or give --peer URL for each peer)")?;
         c.ipfs.replicas()?
     } else {
-        let r = a.replication.unwrap_or(2).min(a.peer.len());
+        let r = a.replication.unwrap_or_else(|| 2.min(a.peer.len()));
         Replicas::new(a.peer.iter().map(KuboClient::new).collect(), r)
             .context("--replication must be between 1 and the number of --peer")?
     };

@@ -245,7 +245,7 @@ async fn client(t: &RecordTargets) -> anyhow::Result<RecordsClient> {
         .chain(&t.ipfs_peers)
         .map(KuboClient::new)
         .collect();
-    let replication = t.replication.unwrap_or(2).min(peers.len());
+    let replication = t.replication.unwrap_or_else(|| 2.min(peers.len()));
     let replicas = crate::ipfs::Replicas::new(peers, replication)
         .context("--replication must be between 1 and the number of IPFS peers")?;
     let signer = t.key.signer()?;

@@ -6,7 +6,7 @@
 
 mod replicas;
 
-pub use replicas::{Placement, RepairReport, Replicas};
+pub use replicas::{Placement, RepairReport, Replicas, spread};
 
 use std::time::Duration;
 
@@ -103,7 +103,12 @@ impl KuboClient {
     pub fn new(base: impl Into<String>) -> Self {
         Self {
             base: base.into().trim_end_matches('/').to_owned(),
-            http: reqwest::Client::new(),
+            // A peer whose host is gone (packets dropped, no reset) must not hold a call for
+            // the kernel's two minutes of SYN retries: the next peer is tried instead.
+            http: reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(3))
+                .build()
+                .unwrap_or_default(),
         }
     }
 
@@ -239,7 +244,7 @@ impl KuboClient {
         peers_for: Option<Duration>,
     ) -> Result<impl Stream<Item = Result<Bytes, IpfsError>> + use<>, IpfsError> {
         // `offline=true`: never wait for the network for content we do not have; with peers,
-        // Kubo's own `timeout` bounds the search (the stream itself may take longer).
+        // Kubo's own `timeout` bounds the whole command, the stream included.
         let wait = peers_for.map(|d| format!("{}ms", d.as_millis()));
         let query: Vec<(&str, &str)> = match &wait {
             None => vec![("arg", cid), ("offline", "true")],
@@ -324,6 +329,22 @@ impl KuboClient {
             detail: e.to_string(),
         })?;
         Ok(p.peers.map_or(0, |v| v.len()))
+    }
+
+    /// Whether the node pins `cid` recursively (then it holds every block of it).
+    ///
+    /// # Errors
+    /// When the node is unreachable or fails otherwise.
+    pub async fn is_pinned(&self, cid: &str) -> Result<bool, IpfsError> {
+        let resp = self
+            .post("pin/ls", &[("arg", cid), ("type", "recursive")])
+            .send()
+            .await;
+        match self.check("pin/ls", resp).await {
+            Ok(_) => Ok(true),
+            Err(IpfsError::Api { message, .. }) if message.contains("not pinned") => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     /// The node's libp2p peer id.

@@ -32,12 +32,33 @@ const STORED: &str = "ehr-record:";
 /// Prefix of the marker of an unfinished upload (see `records::sweeper`).
 const PENDING: &str = "ehr-upload:";
 
+/// Where a record's copies start among the peers: its id's first 8 bytes (ids are hashes, so
+/// records spread evenly). Uploads place copies, and repairs restore them, from there.
+pub fn spread(record: &[u8]) -> u64 {
+    let mut first = [0u8; 8];
+    let n = record.len().min(8);
+    first[..n].copy_from_slice(&record[..n]);
+    u64::from_be_bytes(first)
+}
+
+/// The spread of the record named by a ciphertext pin (`ehr-record:0x<id>`), if it parses.
+fn spread_of_pin(name: &str) -> u64 {
+    let id = name.strip_prefix(STORED).unwrap_or_default();
+    hex::decode(id.trim_start_matches("0x")).map_or(0, |b| spread(&b))
+}
+
 /// The Kubo peers a deployment stores ciphertext on, and on how many each record is pinned.
 #[derive(Debug, Clone)]
 pub struct Replicas {
     peers: Vec<KuboClient>,
     replication: usize,
+    /// When each peer last failed to take a marker: such a peer is tried last for a while, so
+    /// a host that went away costs one connect timeout, not one per upload.
+    failed_at: std::sync::Arc<std::sync::Mutex<Vec<Option<std::time::Instant>>>>,
 }
+
+/// How long a peer that failed is tried after the others.
+const AVOID_FOR: Duration = Duration::from_secs(30);
 
 impl From<KuboClient> for Replicas {
     /// One peer, one copy: the single-node setup of `ehr dev`.
@@ -45,6 +66,7 @@ impl From<KuboClient> for Replicas {
         Self {
             peers: vec![node],
             replication: 1,
+            failed_at: std::sync::Arc::new(std::sync::Mutex::new(vec![None])),
         }
     }
 }
@@ -89,7 +111,11 @@ impl Replicas {
                 peers: peers.len(),
             });
         }
-        Ok(Self { peers, replication })
+        Ok(Self {
+            failed_at: std::sync::Arc::new(std::sync::Mutex::new(vec![None; peers.len()])),
+            peers,
+            replication,
+        })
     }
 
     /// The peers, the first being the one uploads and reads try first.
@@ -123,7 +149,11 @@ impl Replicas {
     pub async fn place(&self, name: &str, spread: u64) -> Result<Placement, IpfsError> {
         let mut placed = Placement::default();
         let mut last = None;
-        for i in self.turns(spread) {
+        // The record's turn order, peers that failed lately moved to the end.
+        let mut order: Vec<usize> = self.turns(spread).collect();
+        let avoided = self.lately_failed();
+        order.sort_by_key(|i| avoided.contains(i));
+        for i in order {
             if placed.peers.len() == self.replication {
                 break;
             }
@@ -162,9 +192,28 @@ impl Replicas {
     }
 
     async fn add_marker(&self, peer: usize, name: &str) -> Result<String, IpfsError> {
-        self.peers[peer]
+        let r = self.peers[peer]
             .add_bytes_named(Bytes::from(name.to_owned()), name)
-            .await
+            .await;
+        if let Ok(mut failed) = self.failed_at.lock() {
+            failed[peer] = r.is_err().then(std::time::Instant::now);
+        }
+        r
+    }
+
+    /// Peers that failed to take a marker within [`AVOID_FOR`].
+    fn lately_failed(&self) -> Vec<usize> {
+        self.failed_at.lock().map_or_else(
+            |_| Vec::new(),
+            |failed| {
+                failed
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, t)| t.is_some_and(|t| t.elapsed() < AVOID_FOR))
+                    .map(|(i, _)| i)
+                    .collect()
+            },
+        )
     }
 
     /// Adds `body` on the placement's first peer under the pin name `name`, then pins it by
@@ -207,16 +256,21 @@ impl Replicas {
             }
         }
         // Stand-ins for the peers that failed, from those not tried yet.
-        for i in self.turns(placed.peers[0] as u64) {
+        let tried = placed.peers.clone();
+        for i in self.turns(first as u64) {
             if holders.len() == self.replication {
                 break;
             }
-            if placed.peers.contains(&i) {
+            if tried.contains(&i) {
                 continue;
             }
-            placed.peers.push(i);
             let copied = match self.add_marker(i, marker_name).await {
-                Ok(_) => self.peers[i].pin_add(&cid, name, PIN_WAIT).await,
+                Ok(_) => {
+                    // Only a peer holding the marker joins the placement (whose markers the
+                    // upload unpins at the end).
+                    placed.peers.push(i);
+                    self.peers[i].pin_add(&cid, name, PIN_WAIT).await
+                }
                 Err(e) => Err(e),
             };
             match copied {
@@ -253,8 +307,11 @@ impl Replicas {
         }
     }
 
-    /// Streams `cid` from the first peer that holds it; when every peer that answers lacks
-    /// it, the first of them asks the private network for it (bitswap), for a while.
+    /// Streams `cid` from the first peer that pins it (a recursive pin means every block is
+    /// there: a peer holding only some blocks, from a copy cut short, would fail mid-stream);
+    /// failing that, from the first that holds it; when every peer that answers lacks it,
+    /// the first of them asks the private network for it (bitswap). That last read must end
+    /// within 30 s (Kubo's `timeout` bounds the whole command).
     ///
     /// # Errors
     /// [`IpfsError::NotFound`] when no peer has it, or the last peer's error when none
@@ -263,11 +320,38 @@ impl Replicas {
         &self,
         cid: &str,
     ) -> Result<impl Stream<Item = Result<Bytes, IpfsError>> + use<>, IpfsError> {
+        // Asked all at once; the first peer that pins it serves the read, without waiting for
+        // a peer whose host is gone.
+        let mut asks: futures::stream::FuturesUnordered<_> = self
+            .peers
+            .iter()
+            .enumerate()
+            .map(|(i, p)| async move { (i, p.is_pinned(cid).await) })
+            .collect();
+        let mut pinned: Vec<Result<bool, ()>> = vec![Err(()); self.peers.len()];
+        while let Some((i, answer)) = futures::StreamExt::next(&mut asks).await {
+            if matches!(answer, Ok(true))
+                && let Ok(s) = self.peers[i].cat_stream(cid).await
+            {
+                return Ok(futures::future::Either::Left(
+                    futures::future::Either::Left(s),
+                ));
+            }
+            pinned[i] = answer.map_err(|_| ());
+        }
         let mut reachable = None;
         let mut last = None;
         for (i, peer) in self.peers.iter().enumerate() {
+            if pinned[i].is_err() {
+                // Down: do not wait on it twice.
+                continue;
+            }
             match peer.cat_stream(cid).await {
-                Ok(s) => return Ok(futures::future::Either::Left(s)),
+                Ok(s) => {
+                    return Ok(futures::future::Either::Left(
+                        futures::future::Either::Right(s),
+                    ));
+                }
                 Err(e @ IpfsError::NotFound { .. }) => {
                     reachable.get_or_insert(i);
                     last = Some(e);
@@ -330,6 +414,17 @@ impl Replicas {
                 }
             }
         }
+        // Markers listed again after the copies: an upload that failed (or was collected)
+        // between the two listings must not be revived as a record without a marker.
+        for &i in &up {
+            if let Ok(markers) = self.peers[i].pins_named(PENDING).await {
+                pending.extend(markers.into_iter().filter_map(|(_, n)| {
+                    n.strip_prefix(PENDING)
+                        .and_then(|rest| rest.split(':').next())
+                        .map(str::to_owned)
+                }));
+            }
+        }
         report.peers_up = up.len();
         report.records = copies.len();
         if up.len() < self.replication {
@@ -348,11 +443,12 @@ impl Replicas {
                 report.pending += 1;
                 continue;
             }
+            // The record's own peers first (where its upload put the copies), so a replaced
+            // peer gets back what it held.
             let wanted = self.replication - holders.len();
-            let targets: Vec<usize> = up
-                .iter()
-                .copied()
-                .filter(|i| !holders.contains(i))
+            let targets: Vec<usize> = self
+                .turns(spread_of_pin(name))
+                .filter(|i| up.contains(i) && !holders.contains(i))
                 .take(wanted)
                 .collect();
             for r in join_all(

@@ -343,8 +343,10 @@ impl RecordsClient {
         // A marker first: from here on a crash leaves it for the sweeper, which finishes the
         // upload or collects what it left (`sweeper.rs`).
         let marker_name = sweeper::pending_name(id, now());
-        let spread = u64::from_be_bytes(id.0[..8].try_into().unwrap_or_default());
-        let mut placed = self.ipfs.place(&marker_name, spread).await?;
+        let mut placed = self
+            .ipfs
+            .place(&marker_name, crate::ipfs::spread(id.0.as_slice()))
+            .await?;
         // Added on one peer, pinned by CID on the others (they copy it over bitswap).
         let cid = self
             .ipfs

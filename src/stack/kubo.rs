@@ -147,10 +147,13 @@ pub async fn start_kubo(opts: &KuboOptions, echo: bool) -> Result<KuboNode, Stac
         }
         Some(n) => {
             let key = opts.repo.join("swarm.key");
-            std::fs::write(&key, &n.swarm_key).map_err(|source| StackError::Io {
-                context: format!("writing {}", key.display()),
-                source,
-            })?;
+            // The network's secret: the owner only.
+            crate::fsutil::touch_private(&key)
+                .and_then(|()| std::fs::write(&key, &n.swarm_key))
+                .map_err(|source| StackError::Io {
+                    context: format!("writing {}", key.display()),
+                    source,
+                })?;
             // Refuse to start without the key rather than join the public network.
             cmd.env("LIBP2P_FORCE_PNET", "1");
         }
