@@ -72,7 +72,7 @@ pub enum ServeConfigError {
 /// Every key and the environment variable that overrides it (a container sets them instead of
 /// writing a file). `records.share_nodes` takes `URL=ADDRESS` pairs separated by commas,
 /// `proxy.trusted` addresses or CIDR ranges separated by commas.
-pub const ENV: [(&str, &str, Kind); 21] = [
+pub const ENV: [(&str, &str, Kind); 22] = [
     ("listen", "EHR_LISTEN", Kind::Str),
     ("chain.rpc_url", "EHR_CHAIN_RPC_URL", Kind::Str),
     ("chain.deployment", "EHR_CHAIN_DEPLOYMENT", Kind::Str),
@@ -81,6 +81,7 @@ pub const ENV: [(&str, &str, Kind); 21] = [
     ("ipfs.api_url", "EHR_IPFS_API_URL", Kind::Str),
     ("ipfs.peers", "EHR_IPFS_PEERS", Kind::List),
     ("ipfs.replication", "EHR_IPFS_REPLICATION", Kind::Int),
+    ("ipfs.api_token_file", "EHR_IPFS_API_TOKEN_FILE", Kind::Str),
     ("records.threshold", "EHR_RECORDS_THRESHOLD", Kind::Int),
     (
         "records.share_nodes",
@@ -256,6 +257,11 @@ pub struct IpfsSection {
     /// Copies kept of each record's ciphertext; default 2 (1 when there are no peers).
     #[serde(default)]
     pub replication: Option<usize>,
+    /// A file (mode 0600) holding the bearer token the peers' RPC APIs require (Kubo's
+    /// `API.Authorizations`). Needed once an API listens beyond loopback: without it anyone
+    /// who reaches the port can unpin every record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_token_file: Option<PathBuf>,
 }
 
 impl IpfsSection {
@@ -264,20 +270,55 @@ impl IpfsSection {
         self.replication.unwrap_or(2).min(1 + self.peers.len())
     }
 
-    /// The peers, `api_url` first, as one client each.
-    pub fn clients(&self) -> Vec<crate::ipfs::KuboClient> {
-        std::iter::once(&self.api_url)
+    /// The peers, `api_url` first, as one client each (with the API token, when set).
+    ///
+    /// # Errors
+    /// When the token file cannot be read or is empty.
+    pub fn clients(&self) -> Result<Vec<crate::ipfs::KuboClient>, ServeConfigError> {
+        let token = match &self.api_token_file {
+            Some(path) => {
+                let text =
+                    std::fs::read_to_string(path).map_err(|e| ServeConfigError::Invalid {
+                        key: "ipfs.api_token_file",
+                        problem: format!("cannot read {}: {e}", path.display()),
+                        fix: "point it at a file holding the peers' API token".into(),
+                    })?;
+                let t = text.trim().to_owned();
+                if t.is_empty() {
+                    return Err(ServeConfigError::Invalid {
+                        key: "ipfs.api_token_file",
+                        problem: format!("{} is empty", path.display()),
+                        fix: "write the peers' API token into it".into(),
+                    });
+                }
+                Some(t)
+            }
+            None => None,
+        };
+        Ok(std::iter::once(&self.api_url)
             .chain(&self.peers)
-            .map(crate::ipfs::KuboClient::new)
-            .collect()
+            .map(|url| {
+                let c = crate::ipfs::KuboClient::new(url);
+                match &token {
+                    Some(t) => c.with_token(t),
+                    None => c,
+                }
+            })
+            .collect())
     }
 
     /// The peers and the replication factor ([`ServeConfig::check`] has checked they fit).
     ///
     /// # Errors
-    /// When the replication factor does not fit the peers.
-    pub fn replicas(&self) -> Result<crate::ipfs::Replicas, crate::ipfs::IpfsError> {
-        crate::ipfs::Replicas::new(self.clients(), self.replication())
+    /// When the token file cannot be read, or the replication factor does not fit the peers.
+    pub fn replicas(&self) -> Result<crate::ipfs::Replicas, ServeConfigError> {
+        crate::ipfs::Replicas::new(self.clients()?, self.replication()).map_err(|e| {
+            ServeConfigError::Invalid {
+                key: "ipfs.replication",
+                problem: e.to_string(),
+                fix: "set ipfs.replication between 1 and the number of peers".into(),
+            }
+        })
     }
 }
 
@@ -520,6 +561,9 @@ impl ServeConfig {
         }
         if let Some(ca) = c.records.share_node_ca.as_mut() {
             anchor(ca);
+        }
+        if let Some(t) = c.ipfs.api_token_file.as_mut() {
+            anchor(t);
         }
         if let Some(t) = c.tls.as_mut() {
             anchor(&mut t.cert);

@@ -309,8 +309,10 @@ async fn across_hosts(net: &Net, dir: &Path) -> String {
     let as_ =
         |k: &alloy::signers::local::PrivateKeySigner| office.with_signer(&rpc, k.clone()).unwrap();
 
-    // The private IPFS network.
+    // The private IPFS network; each peer's RPC API takes calls only with the token.
     let swarm = swarm_key();
+    let api_token = hex::encode(ehr_share::chain::random_b256());
+    std::fs::write(dir.join("kubo.token"), &api_token).unwrap();
     let mut kubo_opts = Vec::new();
     let mut ids = Vec::new();
     for i in 0..3 {
@@ -325,6 +327,7 @@ async fn across_hosts(net: &Net, dir: &Path) -> String {
                 swarm_port: 4001,
                 swarm_key: swarm.clone(),
                 peers: Vec::new(),
+                api_token: Some(api_token.clone()),
             }),
         };
         ids.push(kubo_peer_id(&o).await.unwrap());
@@ -346,7 +349,14 @@ async fn across_hosts(net: &Net, dir: &Path) -> String {
     let kubo_urls: Vec<String> = (0..3)
         .map(|i| format!("http://{}:{KUBO_API_PORT}", net.addr(&format!("kubo{i}"))))
         .collect();
-    let replicas = Replicas::new(kubo_urls.iter().map(KuboClient::new).collect(), 2).unwrap();
+    let replicas = Replicas::new(
+        kubo_urls
+            .iter()
+            .map(|u| KuboClient::new(u).with_token(&api_token))
+            .collect(),
+        2,
+    )
+    .unwrap();
     let t = Instant::now();
     for peer in replicas.peers() {
         assert!(
@@ -394,7 +404,7 @@ async fn across_hosts(net: &Net, dir: &Path) -> String {
     // The gateway.
     let gw = format!("http://{}:8080", net.addr("gw"));
     let mut config = format!(
-        "listen = \"{}:8080\"\n[chain]\nrpc_url = \"{rpc}\"\ndeployment = \"deployment.json\"\n[ipfs]\napi_url = \"{}\"\npeers = [\"{}\", \"{}\"]\nreplication = 2\n[records]\nthreshold = 3\nshare_node_ca = \"ca.pem\"\n",
+        "listen = \"{}:8080\"\n[chain]\nrpc_url = \"{rpc}\"\ndeployment = \"deployment.json\"\n[ipfs]\napi_url = \"{}\"\npeers = [\"{}\", \"{}\"]\nreplication = 2\napi_token_file = \"kubo.token\"\n[records]\nthreshold = 3\nshare_node_ca = \"ca.pem\"\n",
         net.addr("gw"),
         kubo_urls[0],
         kubo_urls[1],
@@ -529,6 +539,41 @@ async fn across_hosts(net: &Net, dir: &Path) -> String {
             .iter()
             .any(|f| common::nodes::contains(f, b"NETNS-MARKER")),
         "the record's text crossed the network in clear"
+    );
+
+    // Anyone else on the network reaches the Kubo APIs, but without the token they can
+    // neither list nor unpin a record, nor add anything.
+    for url in &kubo_urls {
+        let outsider = KuboClient::new(url);
+        assert!(
+            outsider.pins_named("ehr-record:").await.is_err(),
+            "{url} listed pins"
+        );
+        assert!(
+            outsider.unpin("bafkqaaa").await.is_err(),
+            "{url} took an unpin"
+        );
+        let wrong = KuboClient::new(url).with_token("not-the-token");
+        assert!(wrong.version().await.is_err(), "{url} took a wrong token");
+    }
+    assert_eq!(
+        replicas.peers()[1]
+            .pins_named("ehr-record:")
+            .await
+            .unwrap()
+            .len()
+            + replicas.peers()[2]
+                .pins_named("ehr-record:")
+                .await
+                .unwrap()
+                .len()
+            + replicas.peers()[0]
+                .pins_named("ehr-record:")
+                .await
+                .unwrap()
+                .len(),
+        4,
+        "2 records, 2 copies each"
     );
 
     // The gateway, on its own host, reads the patient's trail from the chain's host.

@@ -31,6 +31,7 @@ fn options(dir: &std::path::Path, name: &str, key: &str) -> KuboOptions {
             swarm_port: free_port().unwrap(),
             swarm_key: key.to_owned(),
             peers: Vec::new(),
+            api_token: None,
         }),
     }
 }

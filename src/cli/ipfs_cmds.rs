@@ -29,6 +29,9 @@ pub struct RepairArgs {
     /// Copies of each record (with --peer). Default: 2, or 1 with one peer.
     #[arg(long)]
     replication: Option<usize>,
+    /// A file holding the peers' API token (with --peer; `ipfs.api_token_file` otherwise).
+    #[arg(long, env = "EHR_IPFS_API_TOKEN_FILE")]
+    api_token_file: Option<PathBuf>,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -51,7 +54,24 @@ async fn repair(a: RepairArgs) -> anyhow::Result<()> {
         c.ipfs.replicas()?
     } else {
         let r = a.replication.unwrap_or_else(|| 2.min(a.peer.len()));
-        Replicas::new(a.peer.iter().map(KuboClient::new).collect(), r)
+        let token = match &a.api_token_file {
+            Some(p) => Some(
+                std::fs::read_to_string(p)
+                    .with_context(|| format!("--api-token-file {}", p.display()))?
+                    .trim()
+                    .to_owned(),
+            ),
+            None => None,
+        };
+        let clients = a
+            .peer
+            .iter()
+            .map(|url| match &token {
+                Some(t) => KuboClient::new(url).with_token(t),
+                None => KuboClient::new(url),
+            })
+            .collect();
+        Replicas::new(clients, r)
             .context("--replication must be between 1 and the number of --peer")?
     };
     let report = replicas.repair().await.with_context(|| {

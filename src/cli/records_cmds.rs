@@ -127,6 +127,9 @@ pub struct RecordTargets {
     /// Copies of each record's ciphertext. Default: 2 (1 without --ipfs-peers).
     #[arg(long, env = "EHR_IPFS_REPLICATION")]
     replication: Option<usize>,
+    /// A file holding the Kubo peers' API token (`API.Authorizations`), when they need one.
+    #[arg(long, env = "EHR_IPFS_API_TOKEN_FILE")]
+    ipfs_api_token_file: Option<PathBuf>,
     /// PEM file of the CA that signed the share nodes' HTTPS certificates (trusted besides
     /// the system's roots).
     #[arg(long, env = "EHR_SHARE_NODE_CA")]
@@ -241,9 +244,21 @@ async fn client(t: &RecordTargets) -> anyhow::Result<RecordsClient> {
     if let Some(ca) = &t.share_node_ca {
         crate::share_node::tls::trust_pem(ca).context("--share-node-ca")?;
     }
+    let token = match &t.ipfs_api_token_file {
+        Some(p) => Some(
+            std::fs::read_to_string(p)
+                .with_context(|| format!("--ipfs-api-token-file {}", p.display()))?
+                .trim()
+                .to_owned(),
+        ),
+        None => None,
+    };
     let peers: Vec<KuboClient> = std::iter::once(&t.ipfs_api)
         .chain(&t.ipfs_peers)
-        .map(KuboClient::new)
+        .map(|url| match &token {
+            Some(tok) => KuboClient::new(url).with_token(tok),
+            None => KuboClient::new(url),
+        })
         .collect();
     let replication = t.replication.unwrap_or_else(|| 2.min(peers.len()));
     let replicas = crate::ipfs::Replicas::new(peers, replication)

@@ -109,7 +109,7 @@ async fn reach(c: &ServeConfig) -> anyhow::Result<Reach> {
         ),
     }
     let mut ipfs_up = 0;
-    for peer in c.ipfs.clients() {
+    for peer in c.ipfs.clients()? {
         match peer.version().await {
             Ok(v) => {
                 println!("ipfs    ok      {} Kubo {}", peer.base_url(), v.version);

@@ -96,6 +96,17 @@ struct ErrorBody {
 pub struct KuboClient {
     base: String,
     http: reqwest::Client,
+    token: Option<ApiToken>,
+}
+
+/// A bearer token for Kubo's RPC API (`API.Authorizations`); never printed.
+#[derive(Clone)]
+struct ApiToken(std::sync::Arc<str>);
+
+impl std::fmt::Debug for ApiToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ApiToken(..)")
+    }
 }
 
 impl KuboClient {
@@ -109,7 +120,17 @@ impl KuboClient {
                 .connect_timeout(Duration::from_secs(3))
                 .build()
                 .unwrap_or_default(),
+            token: None,
         }
+    }
+
+    /// The same client, sending `token` as a bearer token: a Kubo peer on a network (not on
+    /// loopback) takes RPC calls only with it (`API.Authorizations`), or anyone who reaches
+    /// the port could unpin every record.
+    #[must_use]
+    pub fn with_token(mut self, token: &str) -> Self {
+        self.token = Some(ApiToken(token.into()));
+        self
     }
 
     /// The API base URL.
@@ -404,9 +425,14 @@ impl KuboClient {
     }
 
     fn post(&self, call: &str, query: &[(&str, &str)]) -> reqwest::RequestBuilder {
-        self.http
+        let request = self
+            .http
             .post(format!("{}/api/v0/{call}", self.base))
-            .query(query)
+            .query(query);
+        match &self.token {
+            Some(t) => request.bearer_auth(&*t.0),
+            None => request,
+        }
     }
 
     async fn check(

@@ -140,7 +140,10 @@ fn every_key_comes_from_the_environment_too() {
 fn ipfs_peers_and_replication_are_checked() {
     let p = Path::new("ehr.toml");
     let one = ServeConfig::parse(GOOD, p).unwrap();
-    assert_eq!((one.ipfs.replication(), one.ipfs.clients().len()), (1, 1));
+    assert_eq!(
+        (one.ipfs.replication(), one.ipfs.clients().unwrap().len()),
+        (1, 1)
+    );
     let peers = r#"api_url = "http://127.0.0.1:5001"
 peers = ["http://10.0.0.2:5001", "http://10.0.0.3:5001"]"#;
     let three = ServeConfig::parse(

@@ -37,6 +37,9 @@ pub struct KuboNetwork {
     pub swarm_key: String,
     /// The other peers, as `(peer id, multiaddress)`, kept connected through `Peering`.
     pub peers: Vec<(String, String)>,
+    /// The bearer token the RPC API requires (`API.Authorizations`); `None`: open, for an API
+    /// reachable only from trusted hosts.
+    pub api_token: Option<String>,
 }
 
 /// A fresh pre-shared key for a private IPFS network, in the swarm.key file format.
@@ -107,6 +110,13 @@ pub async fn start_kubo(opts: &KuboOptions, echo: bool) -> Result<KuboNode, Stac
         .map_or_else(|| "127.0.0.1".to_owned(), |n| n.host.to_string());
     let api = format!("/ip4/{host}/tcp/{}", opts.api_port);
     let gw = format!("/ip4/{host}/tcp/{}", opts.gateway_port);
+    let authorizations = match opts.network.as_ref().and_then(|n| n.api_token.as_ref()) {
+        Some(t) => serde_json::json!({
+            "ehr": { "AuthSecret": format!("bearer:{t}"), "AllowedPaths": ["/api/v0"] }
+        })
+        .to_string(),
+        None => "{}".to_owned(),
+    };
     let (swarm, peering) = match &opts.network {
         None => ("[]".to_owned(), "[]".to_owned()),
         Some(n) => {
@@ -126,6 +136,7 @@ pub async fn start_kubo(opts: &KuboOptions, echo: bool) -> Result<KuboNode, Stac
         ("Addresses.Gateway", gw.as_str(), false),
         ("Addresses.Swarm", swarm.as_str(), true),
         ("Peering.Peers", peering.as_str(), true),
+        ("API.Authorizations", authorizations.as_str(), true),
         ("Bootstrap", "[]", true),
         ("Routing.Type", "none", false),
         ("Discovery.MDNS.Enabled", "false", true),
@@ -160,15 +171,14 @@ pub async fn start_kubo(opts: &KuboOptions, echo: bool) -> Result<KuboNode, Stac
     }
     let mut child = ManagedChild::spawn("kubo", cmd, echo)?;
     let api_url = format!("http://{host}:{}", opts.api_port);
-    let http = reqwest::Client::new();
+    let mut client = crate::ipfs::KuboClient::new(&api_url);
+    if let Some(t) = opts.network.as_ref().and_then(|n| n.api_token.as_ref()) {
+        client = client.with_token(t);
+    }
     child
         .wait_healthy(Duration::from_secs(60), || {
-            let http = http.clone();
-            let url = format!("{api_url}/api/v0/version");
-            async move {
-                matches!(http.post(url).timeout(Duration::from_secs(2)).send().await,
-                    Ok(r) if r.status().is_success())
-            }
+            let client = client.clone();
+            async move { client.version().await.is_ok() }
         })
         .await?;
     Ok(KuboNode {
