@@ -275,36 +275,21 @@ impl IpfsSection {
     /// # Errors
     /// When the token file cannot be read or is empty.
     pub fn clients(&self) -> Result<Vec<crate::ipfs::KuboClient>, ServeConfigError> {
-        let token = match &self.api_token_file {
-            Some(path) => {
-                let text =
-                    std::fs::read_to_string(path).map_err(|e| ServeConfigError::Invalid {
+        let token =
+            match &self.api_token_file {
+                Some(path) => Some(crate::ipfs::read_api_token(path).map_err(|e| {
+                    ServeConfigError::Invalid {
                         key: "ipfs.api_token_file",
-                        problem: format!("cannot read {}: {e}", path.display()),
+                        problem: format!("cannot read a token from {}: {e}", path.display()),
                         fix: "point it at a file holding the peers' API token".into(),
-                    })?;
-                let t = text.trim().to_owned();
-                if t.is_empty() {
-                    return Err(ServeConfigError::Invalid {
-                        key: "ipfs.api_token_file",
-                        problem: format!("{} is empty", path.display()),
-                        fix: "write the peers' API token into it".into(),
-                    });
-                }
-                Some(t)
-            }
-            None => None,
-        };
-        Ok(std::iter::once(&self.api_url)
-            .chain(&self.peers)
-            .map(|url| {
-                let c = crate::ipfs::KuboClient::new(url);
-                match &token {
-                    Some(t) => c.with_token(t),
-                    None => c,
-                }
-            })
-            .collect())
+                    }
+                })?),
+                None => None,
+            };
+        Ok(crate::ipfs::KuboClient::many(
+            std::iter::once(&self.api_url).chain(&self.peers),
+            token.as_deref(),
+        ))
     }
 
     /// The peers and the replication factor ([`ServeConfig::check`] has checked they fit).

@@ -56,21 +56,12 @@ async fn repair(a: RepairArgs) -> anyhow::Result<()> {
         let r = a.replication.unwrap_or_else(|| 2.min(a.peer.len()));
         let token = match &a.api_token_file {
             Some(p) => Some(
-                std::fs::read_to_string(p)
-                    .with_context(|| format!("--api-token-file {}", p.display()))?
-                    .trim()
-                    .to_owned(),
+                crate::ipfs::read_api_token(p)
+                    .with_context(|| format!("--api-token-file {}", p.display()))?,
             ),
             None => None,
         };
-        let clients = a
-            .peer
-            .iter()
-            .map(|url| match &token {
-                Some(t) => KuboClient::new(url).with_token(t),
-                None => KuboClient::new(url),
-            })
-            .collect();
+        let clients = KuboClient::many(&a.peer, token.as_deref());
         Replicas::new(clients, r)
             .context("--replication must be between 1 and the number of --peer")?
     };

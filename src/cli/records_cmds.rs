@@ -246,20 +246,15 @@ async fn client(t: &RecordTargets) -> anyhow::Result<RecordsClient> {
     }
     let token = match &t.ipfs_api_token_file {
         Some(p) => Some(
-            std::fs::read_to_string(p)
-                .with_context(|| format!("--ipfs-api-token-file {}", p.display()))?
-                .trim()
-                .to_owned(),
+            crate::ipfs::read_api_token(p)
+                .with_context(|| format!("--ipfs-api-token-file {}", p.display()))?,
         ),
         None => None,
     };
-    let peers: Vec<KuboClient> = std::iter::once(&t.ipfs_api)
-        .chain(&t.ipfs_peers)
-        .map(|url| match &token {
-            Some(tok) => KuboClient::new(url).with_token(tok),
-            None => KuboClient::new(url),
-        })
-        .collect();
+    let peers = KuboClient::many(
+        std::iter::once(&t.ipfs_api).chain(&t.ipfs_peers),
+        token.as_deref(),
+    );
     let replication = t.replication.unwrap_or_else(|| 2.min(peers.len()));
     let replicas = crate::ipfs::Replicas::new(peers, replication)
         .context("--replication must be between 1 and the number of IPFS peers")?;

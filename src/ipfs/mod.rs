@@ -99,6 +99,21 @@ pub struct KuboClient {
     token: Option<ApiToken>,
 }
 
+/// Reads a Kubo API token from `path` (surrounding whitespace dropped).
+///
+/// # Errors
+/// When the file cannot be read, or holds no token.
+pub fn read_api_token(path: &std::path::Path) -> std::io::Result<String> {
+    let token = std::fs::read_to_string(path)?.trim().to_owned();
+    if token.is_empty() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{} holds no token", path.display()),
+        ));
+    }
+    Ok(token)
+}
+
 /// A bearer token for Kubo's RPC API (`API.Authorizations`); never printed.
 #[derive(Clone)]
 struct ApiToken(std::sync::Arc<str>);
@@ -133,6 +148,16 @@ impl KuboClient {
         self
     }
 
+    /// Clients for `urls`, each sending `token` when there is one.
+    pub fn many<'a>(urls: impl IntoIterator<Item = &'a String>, token: Option<&str>) -> Vec<Self> {
+        urls.into_iter()
+            .map(|url| match token {
+                Some(t) => Self::new(url).with_token(t),
+                None => Self::new(url),
+            })
+            .collect()
+    }
+
     /// The API base URL.
     pub fn base_url(&self) -> &str {
         &self.base
@@ -143,16 +168,7 @@ impl KuboClient {
     /// # Errors
     /// When the node is unreachable or answers with an error.
     pub async fn version(&self) -> Result<KuboVersion, IpfsError> {
-        let resp = self
-            .post("version", &[])
-            .timeout(Duration::from_secs(5))
-            .send()
-            .await;
-        let resp = self.check("version", resp).await?;
-        resp.json().await.map_err(|e| IpfsError::Protocol {
-            call: "version",
-            detail: e.to_string(),
-        })
+        self.quick_json("version").await
     }
 
     /// Adds and pins content streamed from `body`; returns its CID (v1, raw leaves).
@@ -339,16 +355,7 @@ impl KuboClient {
             #[serde(rename = "Peers", default)]
             peers: Option<Vec<serde_json::Value>>,
         }
-        let resp = self
-            .post("swarm/peers", &[])
-            .timeout(Duration::from_secs(5))
-            .send()
-            .await;
-        let resp = self.check("swarm/peers", resp).await?;
-        let p: Peers = resp.json().await.map_err(|e| IpfsError::Protocol {
-            call: "swarm/peers",
-            detail: e.to_string(),
-        })?;
+        let p: Peers = self.quick_json("swarm/peers").await?;
         Ok(p.peers.map_or(0, |v| v.len()))
     }
 
@@ -366,29 +373,6 @@ impl KuboClient {
             Err(IpfsError::Api { message, .. }) if message.contains("not pinned") => Ok(false),
             Err(e) => Err(e),
         }
-    }
-
-    /// The node's libp2p peer id.
-    ///
-    /// # Errors
-    /// When the node is unreachable or its answer does not parse.
-    pub async fn peer_id(&self) -> Result<String, IpfsError> {
-        #[derive(Deserialize)]
-        struct Id {
-            #[serde(rename = "ID")]
-            id: String,
-        }
-        let resp = self
-            .post("id", &[])
-            .timeout(Duration::from_secs(5))
-            .send()
-            .await;
-        let resp = self.check("id", resp).await?;
-        let id: Id = resp.json().await.map_err(|e| IpfsError::Protocol {
-            call: "id",
-            detail: e.to_string(),
-        })?;
-        Ok(id.id)
     }
 
     /// The recursive pins whose name contains `part`, as (CID, name).
@@ -422,6 +406,23 @@ impl KuboClient {
             .map(|(cid, p)| (cid, p.name))
             .filter(|(_, n)| n.contains(part))
             .collect())
+    }
+
+    /// A call without arguments that answers at once with JSON (5 s at most).
+    async fn quick_json<T: serde::de::DeserializeOwned>(
+        &self,
+        call: &'static str,
+    ) -> Result<T, IpfsError> {
+        let resp = self
+            .post(call, &[])
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await;
+        let resp = self.check(call, resp).await?;
+        resp.json().await.map_err(|e| IpfsError::Protocol {
+            call,
+            detail: e.to_string(),
+        })
     }
 
     fn post(&self, call: &str, query: &[(&str, &str)]) -> reqwest::RequestBuilder {
