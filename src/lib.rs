@@ -14,6 +14,7 @@
 
 pub mod chain;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod crypto;
 pub mod db;

@@ -22,11 +22,7 @@ pub struct Device {
     next_nonce: AtomicU64,
 }
 
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
+use crate::clock::unix_now;
 
 impl Device {
     /// A device signing with `key` for `patient` under `domain` (see

@@ -204,11 +204,7 @@ impl std::fmt::Debug for Ingest {
     }
 }
 
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
+use crate::clock::unix_now;
 
 fn unix_millis() -> u64 {
     SystemTime::now()

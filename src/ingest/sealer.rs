@@ -9,7 +9,7 @@
 //! device signed, so no reading is lost and none counts twice.
 
 use std::collections::{HashMap, HashSet};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use alloy::primitives::Address;
 use alloy::sol_types::Eip712Domain;
@@ -44,11 +44,7 @@ pub struct Sealer {
     refusals: std::sync::Arc<Refusals>,
 }
 
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
+use crate::clock::unix_now;
 
 fn random_id() -> String {
     hex::encode(&crate::chain::random_b256().0[..16])

@@ -1,7 +1,7 @@
 //! The records client: put and get, talking to Kubo and the share nodes itself (so when the CLI
 //! uses it, no server ever sees the plaintext).
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use super::block::{RecordBlock, keyed_digest};
 use super::directory::Directory;
@@ -245,11 +245,7 @@ pub struct RecordsClient {
     directory: Directory,
 }
 
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
+use crate::clock::unix_now as now;
 
 fn nonce() -> U256 {
     let mut b = [0u8; 32];

@@ -76,12 +76,8 @@ pub async fn fuzz_upload(mp: axum::extract::Multipart) -> bool {
     upload::read(&s, mp).await.is_ok()
 }
 
-/// Unix seconds now (the clock of sessions, tokens and accounts).
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
+// Unix seconds now: the clock of sessions, tokens and accounts.
+use crate::clock::unix_now as now;
 
 /// What the web pages need besides the gateway's state.
 #[derive(Clone)]
