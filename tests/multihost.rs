@@ -2,8 +2,10 @@
 //! (HTTPS, certificates from the hospital's CA), the gateway and the client each in a Linux
 //! network namespace of their own, joined by a bridge; only addresses inside namespaces this
 //! test creates (10.231.0.0/24) are used. Upload, grant, read, revoke and denied reads pass
-//! across them; a packet capture on the bridge sees the chain's JSON-RPC in clear but nothing
-//! readable in the share nodes' traffic; a lost Kubo peer loses no record.
+//! across them, client-side (as `ehr record` does) and through the gateway's REST API over
+//! HTTPS (a patient who signed up on the web app); a packet capture on the bridge sees the
+//! chain's JSON-RPC in clear but nothing readable in the share nodes' or the gateway's
+//! traffic; a Kubo host cut off loses no record; Kubo's APIs refuse callers without the token.
 //!
 //! Needs root (network namespaces), as CI and `scripts/test` run.
 
@@ -228,7 +230,8 @@ fn payload_on(frames: &[Vec<u8>], port: u16) -> Vec<u8> {
         .collect()
 }
 
-/// The hospital's CA and a certificate for each share node's address; PEM files in `dir`.
+/// The hospital's CA and a certificate for each share node's address and the gateway's; PEM
+/// files in `dir`.
 fn pki(dir: &Path, net: &Net) -> Vec<[PathBuf; 2]> {
     let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
     params
@@ -239,8 +242,9 @@ fn pki(dir: &Path, net: &Net) -> Vec<[PathBuf; 2]> {
     std::fs::write(dir.join("ca.pem"), params.self_signed(&key).unwrap().pem()).unwrap();
     let ca = rcgen::Issuer::new(params, key);
     (0..5)
-        .map(|i| {
-            let host = format!("share{i}");
+        .map(|i| format!("share{i}"))
+        .chain(std::iter::once("gw".to_owned()))
+        .map(|host| {
             let leaf = rcgen::CertificateParams::new(vec![net.addr(&host).to_string()]).unwrap();
             let key = rcgen::KeyPair::generate().unwrap();
             let cert = leaf.signed_by(&key, &ca).unwrap();
@@ -371,7 +375,21 @@ async fn across_hosts(net: &Net, dir: &Path) -> String {
     let peering_ms = t.elapsed().as_millis();
 
     // Five share nodes over HTTPS.
-    let certs = pki(dir, net);
+    let mut certs = pki(dir, net);
+    let gw_cert = certs.pop().unwrap();
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(dir.join("ca.pem")).unwrap()).unwrap();
+    // Clients of the gateway, trusting the hospital's CA: a browser (cookies, no redirects)
+    // and an API client.
+    let browser = reqwest::Client::builder()
+        .tls_certs_merge([ca.clone()])
+        .cookie_store(true)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let rest = reqwest::Client::builder()
+        .tls_certs_merge([ca])
+        .build()
+        .unwrap();
     let blind = reqwest::Client::builder()
         .tls_danger_accept_invalid_certs(true)
         .build()
@@ -402,7 +420,7 @@ async fn across_hosts(net: &Net, dir: &Path) -> String {
     }
 
     // The gateway.
-    let gw = format!("http://{}:8080", net.addr("gw"));
+    let gw = format!("https://{}:8080", net.addr("gw"));
     let mut config = format!(
         "listen = \"{}:8080\"\n[chain]\nrpc_url = \"{rpc}\"\ndeployment = \"deployment.json\"\n[ipfs]\napi_url = \"{}\"\npeers = [\"{}\", \"{}\"]\nreplication = 2\napi_token_file = \"kubo.token\"\n[records]\nthreshold = 3\nshare_node_ca = \"ca.pem\"\n",
         net.addr("gw"),
@@ -416,7 +434,11 @@ async fn across_hosts(net: &Net, dir: &Path) -> String {
             r.url, r.address
         ));
     }
-    config.push_str("[database]\nurl = \"sqlite://gw.db\"\n");
+    config.push_str(&format!(
+        "[database]\nurl = \"sqlite://gw.db\"\n[tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+        gw_cert[0].display(),
+        gw_cert[1].display()
+    ));
     std::fs::write(dir.join("ehr.toml"), config).unwrap();
     let mut cmd = tokio::process::Command::new(net.wrap(dir, "gw", &ehr));
     cmd.arg("serve").arg("--config").arg(dir.join("ehr.toml"));
@@ -428,10 +450,12 @@ async fn across_hosts(net: &Net, dir: &Path) -> String {
         "the gateway",
         &mut gateway,
         format!("{gw}/health"),
-        reqwest::Client::new(),
+        rest.clone(),
     )
     .await;
-    let health: serde_json::Value = reqwest::get(format!("{gw}/health"))
+    let health: serde_json::Value = rest
+        .get(format!("{gw}/health"))
+        .send()
         .await
         .unwrap()
         .json()
@@ -505,6 +529,76 @@ async fn across_hosts(net: &Net, dir: &Path) -> String {
         Err(RecordError::Denied(..)) => {}
         other => panic!("a revoked doctor read: {:?}", other.map(|r| r.data.len())),
     }
+
+    // The same through the gateway on its own host: a patient signs up on the web app, takes
+    // an API token, has the office issue their address, uploads and reads back over REST; the
+    // gateway reaches the Kubo peers (with their token), the share nodes (over TLS) and the
+    // chain, each on another host.
+    let web = browser;
+    let (user, password) = ("netns-patient", "a long enough password");
+    let web_addr = common::unique_patient();
+    let form = common::web::form_token(&web, &gw, "/signup").await;
+    let r = web
+        .post(format!("{gw}/signup"))
+        .form(&[
+            ("form_token", form.as_str()),
+            ("username", user),
+            ("password", password),
+            ("role", "patient"),
+            ("aid", &web_addr.aid().to_string()),
+            ("pid", &web_addr.pid().to_string()),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303, "sign-up");
+    let csrf = common::web::csrf(&web, &gw, "/tokens").await;
+    let token = common::web::create_token(&web, &gw, &csrf, "netns", password).await;
+    let me: serde_json::Value = rest
+        .get(format!("{gw}/api/me"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let account: alloy::primitives::Address = me["account"].as_str().unwrap().parse().unwrap();
+    alloy::providers::ext::AnvilApi::anvil_set_balance(
+        office.provider(),
+        account,
+        alloy::primitives::U256::from(10u128.pow(18)),
+    )
+    .await
+    .unwrap();
+    office.issue_patient(web_addr, account).await.unwrap();
+    let through = Bytes::from_static(b"NETNS-MARKER uploaded through the gateway");
+    let r = rest
+        .post(format!("{gw}/records?patient={web_addr}"))
+        .bearer_auth(&token)
+        .header("content-type", "text/plain")
+        .body(through.clone())
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        r.status().is_success(),
+        "upload through the gateway: {}",
+        r.status()
+    );
+    let uploaded: serde_json::Value = r.json().await.unwrap();
+    let web_id = uploaded["record"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{uploaded}"))
+        .to_owned();
+    let r = rest
+        .get(format!("{gw}/records/{web_id}"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "read through the gateway");
+    assert_eq!(r.bytes().await.unwrap(), through);
     let frames = capture.finish();
 
     // What a sniffer on the bridge learned.
@@ -572,12 +666,14 @@ async fn across_hosts(net: &Net, dir: &Path) -> String {
                 .await
                 .unwrap()
                 .len(),
-        4,
-        "2 records, 2 copies each"
+        6,
+        "3 records (2 by the client, 1 through the gateway), 2 copies each"
     );
 
     // The gateway, on its own host, reads the patient's trail from the chain's host.
-    let audit: serde_json::Value = reqwest::get(format!("{gw}/api/patients/{patient_addr}/audit"))
+    let audit: serde_json::Value = rest
+        .get(format!("{gw}/api/patients/{patient_addr}/audit"))
+        .send()
         .await
         .unwrap()
         .json()
@@ -616,7 +712,7 @@ async fn across_hosts(net: &Net, dir: &Path) -> String {
     gateway.stop(Duration::from_secs(5)).await;
     // Frames are counted where they enter and where they leave the bridge: half is the wire.
     format!(
-        "[multihost] Kubo peers connected {peering_ms} ms after start; upload {} KB: first {first_upload_ms} ms, then {upload_ms} ms; granted read: {read_ms} ms; with one Kubo host cut off: read {degraded_ms} ms, uploads {degraded_upload_ms:?} ms; bytes on the wire (TCP payload) for 2 uploads + 3 reads (1 granted, 2 denied): share nodes {}, chain JSON-RPC {}, Kubo RPC {}, Kubo swarm (replication) {}",
+        "[multihost] Kubo peers connected {peering_ms} ms after start; upload {} KB: first {first_upload_ms} ms, then {upload_ms} ms; granted read: {read_ms} ms; with one Kubo host cut off: read {degraded_ms} ms, uploads {degraded_upload_ms:?} ms; bytes on the wire (TCP payload) for 2 uploads + 3 reads (1 granted, 2 denied) by the client and 1 upload + 1 read through the gateway: share nodes {}, chain JSON-RPC {}, Kubo RPC {}, Kubo swarm (replication) {}",
         payload.len() / 1000,
         to_nodes.len() / 2,
         to_chain.len() / 2,
