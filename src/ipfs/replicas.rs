@@ -118,7 +118,7 @@ impl Replicas {
         })
     }
 
-    /// The peers, the first being the one uploads and reads try first.
+    /// The peers, in configured order (`ipfs.api_url` first).
     pub fn peers(&self) -> &[KuboClient] {
         &self.peers
     }
@@ -126,12 +126,6 @@ impl Replicas {
     /// Copies kept of each record.
     pub fn replication(&self) -> usize {
         self.replication
-    }
-
-    /// The peer uploads and reads try first (`ipfs.api_url`).
-    pub fn primary(&self) -> &KuboClient {
-        // `new` and `From` never make an empty set.
-        &self.peers[0]
     }
 
     /// Each peer's version, or why it does not answer, in the peers' order.
