@@ -4,7 +4,8 @@
 //! - [`crypto`], [`shamir`]: pure maths, no I/O, nothing of ours imported.
 //! - [`chain`]: the access-control contract's client (the source of truth for who may see what).
 //! - [`ipfs`]: the Kubo RPC client (ciphertext only).
-//! - [`fsutil`]: private (0600/0700) files and folders; [`limits`]: keyed rate limits.
+//! - [`fsutil`]: private (0600/0700) files and folders; [`limits`]: keyed rate limits;
+//!   [`per_runtime`]: HTTP clients built once per runtime; [`clock`]: the wall clock.
 //! - [`stack`]: starts anvil and Kubo as child processes for development and tests.
 //! - [`db`]: the gateway's own database (SQLite or MySQL/MariaDB): web users, sessions, API
 //!   tokens, the event index.
@@ -27,6 +28,7 @@ pub mod ingest;
 pub mod ipfs;
 pub mod kind;
 pub mod limits;
+pub mod per_runtime;
 pub mod records;
 pub mod serve_config;
 pub mod shamir;

@@ -72,7 +72,7 @@ pub enum ServeConfigError {
 /// Every key and the environment variable that overrides it (a container sets them instead of
 /// writing a file). `records.share_nodes` takes `URL=ADDRESS` pairs separated by commas,
 /// `proxy.trusted` addresses or CIDR ranges separated by commas.
-pub const ENV: [(&str, &str, Kind); 22] = [
+pub const ENV: [(&str, &str, Kind); 23] = [
     ("listen", "EHR_LISTEN", Kind::Str),
     ("chain.rpc_url", "EHR_CHAIN_RPC_URL", Kind::Str),
     ("chain.deployment", "EHR_CHAIN_DEPLOYMENT", Kind::Str),
@@ -106,6 +106,11 @@ pub const ENV: [(&str, &str, Kind); 22] = [
     (
         "records.orphan_ttl_secs",
         "EHR_RECORDS_ORPHAN_TTL_SECS",
+        Kind::Int,
+    ),
+    (
+        "records.access_reuse_secs",
+        "EHR_RECORDS_ACCESS_REUSE_SECS",
         Kind::Int,
     ),
     ("database.url", "EHR_DATABASE_URL", Kind::Str),
@@ -336,6 +341,15 @@ pub struct RecordsSection {
     /// certificates from a private CA).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub share_node_ca: Option<std::path::PathBuf>,
+    /// Seconds a reader's access transaction for a record is reused for further reads of it
+    /// (0: every read sends one; at most 1500, inside the contract's 30-minute window); default
+    /// 600. Share nodes check the grant on every read, so a revoke takes effect at once.
+    #[serde(default = "default_access_reuse_secs")]
+    pub access_reuse_secs: u64,
+}
+
+fn default_access_reuse_secs() -> u64 {
+    crate::records::DEFAULT_ACCESS_REUSE.as_secs()
 }
 
 fn default_batch_window_ms() -> u64 {
@@ -705,6 +719,16 @@ impl ServeConfig {
                 key: "records.threshold",
                 problem: format!("{k} shares needed but {n} share nodes configured"),
                 fix: format!("set records.threshold between 1 and {n}"),
+            });
+        }
+        let max_reuse = crate::records::MAX_ACCESS_REUSE.as_secs();
+        if self.records.access_reuse_secs > max_reuse {
+            return Err(Invalid {
+                key: "records.access_reuse_secs",
+                problem: format!("{} s", self.records.access_reuse_secs),
+                fix: format!(
+                    "set it between 0 and {max_reuse} (default 600): share nodes honour an access transaction for 30 minutes"
+                ),
             });
         }
         let mut seen_urls = std::collections::HashSet::new();

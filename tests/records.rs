@@ -306,6 +306,69 @@ async fn denied_requesters_are_refused_by_the_contract_and_every_node() {
     }
 }
 
+/// The doctor's access transaction for a record, reused for re-reads, stops opening it the
+/// moment the grant ends: the nodes judge it against the grant of now. The read after the
+/// revoke is denied (not a share failure) and the attempt is on the patient's trail; given
+/// again, the grant opens the record with a new transaction.
+#[tokio::test]
+async fn a_reused_access_ends_with_the_grant() {
+    let c = cast().await;
+    let gc = c.client(&c.granted).await;
+    let me = c.granted.address();
+    let trail = |allowed: bool| {
+        let office = c.office.clone();
+        let addr = c.addr;
+        async move {
+            office
+                .audit_for_patient(addr, 0, 1000)
+                .await
+                .unwrap()
+                .into_iter()
+                .filter(|e| match e.kind {
+                    ehr_share::chain::AuditKind::AccessAllowed { provider, .. } => {
+                        allowed && provider == me
+                    }
+                    ehr_share::chain::AuditKind::AccessDenied { provider, .. } => {
+                        !allowed && provider == me
+                    }
+                    _ => false,
+                })
+                .count()
+        }
+    };
+    assert_eq!(gc.get(c.fhir_id).await.unwrap().data, c.bundle.as_bytes());
+    assert_eq!(gc.get(c.fhir_id).await.unwrap().data, c.bundle.as_bytes());
+    assert_eq!(
+        trail(true).await,
+        1,
+        "the second read reused the first's access"
+    );
+
+    let p = common::as_(&c.office, &c.patient);
+    p.revoke(me).await.unwrap();
+    match gc.get(c.fhir_id).await {
+        Err(RecordError::Denied(id, why)) => {
+            assert_eq!((id, why), (c.fhir_id, DenyReason::Revoked))
+        }
+        other => panic!("expected a denial after the revoke, got {other:?}"),
+    }
+    // The denial's transaction is in the node's pool when the read returns; it is mined
+    // shortly after.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while trail(false).await == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the denial never reached the trail"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(trail(false).await, 1);
+
+    p.grant(me, None).await.unwrap();
+    assert_eq!(gc.get(c.fhir_id).await.unwrap().data, c.bundle.as_bytes());
+    assert_eq!(trail(true).await, 2, "a new grant needs a new access");
+}
+
 /// Forged, mis-addressed, access-less, borrowed and replayed release requests are refused;
 /// the granted doctor's own, with its fresh access transaction, works once.
 #[tokio::test]

@@ -133,6 +133,21 @@ const LOCAL_POLL: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// The RPC client for `url`, polling receipts every [`LOCAL_POLL`] when the node is on this
 /// host or a private network (RFC 1918, link-local).
+/// The one HTTP client (per runtime) every chain client talks JSON-RPC through. The gateway
+/// makes a chain client per request (each signing as its caller); building an HTTP client
+/// each time loaded the TLS roots and opened new connections on every request, about 5 ms of
+/// a read that otherwise takes a few.
+fn rpc_http() -> alloy::transports::http::reqwest::Client {
+    static HTTP: crate::per_runtime::PerRuntime<alloy::transports::http::reqwest::Client> =
+        crate::per_runtime::PerRuntime::new();
+    HTTP.get(|| {
+        alloy::transports::http::reqwest::Client::builder()
+            .pool_max_idle_per_host(64)
+            .build()
+            .unwrap_or_default()
+    })
+}
+
 fn rpc_client(url: reqwest::Url) -> alloy::rpc::client::RpcClient {
     let near = url.host_str().is_some_and(|h| {
         h == "localhost"
@@ -146,7 +161,7 @@ fn rpc_client(url: reqwest::Url) -> alloy::rpc::client::RpcClient {
                     std::net::IpAddr::V6(v6) => v6.is_loopback(),
                 })
     });
-    let client = alloy::rpc::client::RpcClient::new_http(url);
+    let client = alloy::rpc::client::RpcClient::new_http_with_client(rpc_http(), url);
     if near {
         client.with_poll_interval(LOCAL_POLL)
     } else {

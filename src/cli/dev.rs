@@ -188,11 +188,7 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
             },
             durable,
         );
-    let records = RecordsConfig {
-        nodes: node_refs.clone(),
-        threshold: a.threshold,
-        anchoring: Some(batcher),
-    };
+    let records = RecordsConfig::new(node_refs.clone(), a.threshold).with_anchoring(batcher);
     seed_demo_record(&settings, &chain, &ipfs, &records).await?;
     records
         .sweeper(

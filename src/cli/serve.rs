@@ -279,9 +279,8 @@ pub async fn run(a: ServeArgs) -> anyhow::Result<()> {
     if let Some(ch) = &chain {
         let _ = later_chain.set(ch.clone());
     }
-    let records = RecordsConfig {
-        nodes: c
-            .records
+    let mut records = RecordsConfig::new(
+        c.records
             .share_nodes
             .iter()
             .map(|n| ShareNodeRef {
@@ -289,47 +288,48 @@ pub async fn run(a: ServeArgs) -> anyhow::Result<()> {
                 address: n.address,
             })
             .collect(),
-        threshold: c.records.threshold,
-        anchoring: match &c.records.batch_key_file {
-            Some(path) => {
-                let hex = std::fs::read_to_string(path).with_context(|| {
+        c.records.threshold,
+    )
+    .with_access_reuse(std::time::Duration::from_secs(c.records.access_reuse_secs));
+    records.anchoring = match &c.records.batch_key_file {
+        Some(path) => {
+            let hex = std::fs::read_to_string(path).with_context(|| {
                     format!(
                         "records.batch_key_file: cannot read {} (a hex private key of a funded account)",
                         path.display()
                     )
                 })?;
-                let key: alloy::signers::local::PrivateKeySigner =
-                    hex.trim().parse().with_context(|| {
-                        format!(
-                            "records.batch_key_file: {} is not a private key",
-                            path.display()
-                        )
-                    })?;
-                tracing::info!(
-                    "anchoring uploads in batches as {} (window {} ms)",
-                    key.address(),
-                    c.records.batch_window_ms
+            let key: alloy::signers::local::PrivateKeySigner =
+                hex.trim().parse().with_context(|| {
+                    format!(
+                        "records.batch_key_file: {} is not a private key",
+                        path.display()
+                    )
+                })?;
+            tracing::info!(
+                "anchoring uploads in batches as {} (window {} ms)",
+                key.address(),
+                c.records.batch_window_ms
+            );
+            // The chain may come up after the gateway: each batch asks for it.
+            let rpc = c.chain.rpc_url.clone();
+            let connected = later_chain.clone();
+            let source: crate::records::ChainSource = std::sync::Arc::new(move || {
+                connected
+                    .get()
+                    .and_then(|ch: &crate::chain::EhrChain| ch.with_signer(&rpc, key.clone()).ok())
+            });
+            let batcher: std::sync::Arc<dyn crate::records::Anchoring> =
+                crate::records::Batcher::spawn_with(
+                    source,
+                    crate::records::BatchSettings {
+                        window: std::time::Duration::from_millis(c.records.batch_window_ms),
+                        ..Default::default()
+                    },
                 );
-                // The chain may come up after the gateway: each batch asks for it.
-                let rpc = c.chain.rpc_url.clone();
-                let connected = later_chain.clone();
-                let source: crate::records::ChainSource = std::sync::Arc::new(move || {
-                    connected.get().and_then(|ch: &crate::chain::EhrChain| {
-                        ch.with_signer(&rpc, key.clone()).ok()
-                    })
-                });
-                let batcher: std::sync::Arc<dyn crate::records::Anchoring> =
-                    crate::records::Batcher::spawn_with(
-                        source,
-                        crate::records::BatchSettings {
-                            window: std::time::Duration::from_millis(c.records.batch_window_ms),
-                            ..Default::default()
-                        },
-                    );
-                Some(batcher)
-            }
-            None => None,
-        },
+            Some(batcher)
+        }
+        None => None,
     };
     records
         .sweeper(

@@ -6,6 +6,7 @@ use std::time::Duration;
 use super::block::{RecordBlock, keyed_digest};
 use super::directory::Directory;
 use super::fhir::{FHIR_JSON, validate_fhir};
+use super::read_cache::{Access, ReadCache};
 use super::sweeper;
 use crate::chain::merkle::{self, RecordProof};
 use crate::chain::{ChainError, DenyReason, EhrChain, PatientAddr, RecordId, random_b256};
@@ -243,9 +244,13 @@ pub struct RecordsClient {
     http: reqwest::Client,
     anchoring: std::sync::Arc<dyn Anchoring>,
     directory: Directory,
+    cache: std::sync::Arc<ReadCache>,
 }
 
 use crate::clock::unix_now as now;
+
+/// The longest one call to one share node may take.
+const NODE_CALL_DEADLINE: Duration = Duration::from_secs(20);
 
 fn nonce() -> U256 {
     let mut b = [0u8; 32];
@@ -265,16 +270,16 @@ impl RecordsClient {
         ipfs: Replicas,
         nodes: Vec<ShareNodeRef>,
         k: u8,
+        cache: std::sync::Arc<ReadCache>,
     ) -> Result<Self, RecordError> {
         let n = u8::try_from(nodes.len())
             .map_err(|_| RecordError::Config("at most 255 share nodes".into()))?;
         let threshold = Threshold::new(k, n)
             .map_err(|e| RecordError::Config(format!("{e} (share nodes configured: {n})")))?;
         let domain = domain(chain.chain_id(), chain.address(), chain.deployment_id());
-        let http = crate::share_node::tls::http_builder()
-            .timeout(Duration::from_secs(20))
-            .build()
-            .map_err(|e| RecordError::Config(e.to_string()))?;
+        // The process's one share-node client: its connections and TLS sessions outlive this
+        // records client, which the gateway makes per request.
+        let http = crate::share_node::tls::http();
         Ok(Self {
             anchoring: std::sync::Arc::new(Alone(chain.clone())),
             directory: Directory::new(chain.clone(), nodes.clone(), k, http.clone()),
@@ -285,7 +290,13 @@ impl RecordsClient {
             threshold,
             domain,
             http,
+            cache,
         })
+    }
+
+    /// A client for one share node, each call bounded by [`NODE_CALL_DEADLINE`].
+    fn node(&self, node: &ShareNodeRef) -> NodeClient {
+        NodeClient::new(self.http.clone(), node.clone()).with_deadline(NODE_CALL_DEADLINE)
     }
 
     /// The account that signs this client's uploads (and reads).
@@ -438,7 +449,7 @@ impl RecordsClient {
                 commitments: commitments.clone(),
                 sealed_block: sealed.clone(),
             };
-            let node = NodeClient::new(self.http.clone(), node.clone());
+            let node = self.node(node);
             pending.push(async move {
                 let r = node.deposit(id, &body).await;
                 (node.node().url.clone(), r.map_err(|e| e.to_string()))
@@ -478,7 +489,7 @@ impl RecordsClient {
     async fn present_proof(&self, id: RecordId, body: &AnchorBody) -> Result<bool, RecordError> {
         let mut pending = FuturesUnordered::new();
         for node in &self.nodes {
-            let node = NodeClient::new(self.http.clone(), node.clone());
+            let node = self.node(node);
             pending.push(async move {
                 let mut tries = 0;
                 loop {
@@ -518,7 +529,25 @@ impl RecordsClient {
     }
 
     async fn locate(&self, id: RecordId) -> Result<AnchoredRecord, RecordError> {
-        self.directory.locate(id).await
+        if let Some(r) = self.cache.located(id) {
+            return Ok(r);
+        }
+        let r = self.directory.locate(id).await?;
+        self.cache.remember_located(id, &r);
+        Ok(r)
+    }
+
+    /// The account `patient`'s address was issued to (none yet), remembered once set: the
+    /// contract never changes it.
+    async fn account_of(&self, patient: PatientAddr) -> Result<Option<Address>, RecordError> {
+        if let Some(a) = self.cache.account(patient) {
+            return Ok(Some(a));
+        }
+        let a = self.chain.patient_account(patient).await?;
+        if let Some(a) = a {
+            self.cache.remember_account(patient, a);
+        }
+        Ok(a)
     }
 
     /// The patient's view of one of their own records: the metadata block (size, media type,
@@ -561,15 +590,43 @@ impl RecordsClient {
     pub async fn get(&self, id: RecordId) -> Result<Retrieved, RecordError> {
         let anchor = self.locate(id).await?.proof;
         let me = self.signer.address();
-        let mut access_tx = None;
-        if self.chain.patient_account(anchor.patient).await? != Some(me) {
-            let o = self.chain.access(anchor.patient, &[id]).await?;
-            if let Some((_, why)) = o.denied.first() {
-                return Err(RecordError::Denied(id, *why));
-            }
-            access_tx = Some(o.tx.tx_hash);
+        if self.account_of(anchor.patient).await? == Some(me) {
+            return self.read_located(id, &anchor, None).await;
         }
-        self.read_located(id, &anchor, access_tx).await
+        if let Some(tx) = self.cache.access(me, id, now()) {
+            match self.read_located(id, &anchor, Some(tx)).await {
+                Err(e @ RecordError::NotEnoughShares { .. }) => {
+                    // Most likely the grant changed since (revoked, expired, or given anew):
+                    // the nodes judge the access against the grant of now. A new
+                    // transaction settles it, and logs a denial if there is one.
+                    tracing::debug!("reused access to {id} refused, asking anew: {e}");
+                    self.cache.forget_access(me, id);
+                }
+                other => return other,
+            }
+        }
+        let (reason, _) = self.chain.check_access(anchor.patient, me).await?;
+        if reason != DenyReason::None {
+            // The refusal is certain without mining anything: answer now, and leave the
+            // attempt on the audit trail (in the node's pool before this returns).
+            let tx = self.chain.log_denied_access(anchor.patient, &[id]).await?;
+            tracing::debug!(%tx, "denied access to {id} logged");
+            return Err(RecordError::Denied(id, reason));
+        }
+        let sent_at = now();
+        let o = self.chain.access(anchor.patient, &[id]).await?;
+        if let Some((_, why)) = o.denied.first() {
+            return Err(RecordError::Denied(id, *why));
+        }
+        self.cache.remember_access(
+            me,
+            id,
+            Access {
+                tx: o.tx.tx_hash,
+                sent_at,
+            },
+        );
+        self.read_located(id, &anchor, Some(o.tx.tx_hash)).await
     }
 
     /// Reads several records of one patient (charts of device readings read dozens): one
@@ -588,7 +645,7 @@ impl RecordsClient {
         let mut access: std::collections::HashMap<RecordId, Result<Option<B256>, RecordError>> =
             std::collections::HashMap::new();
         let me = self.signer.address();
-        let is_patient = match self.chain.patient_account(patient).await {
+        let is_patient = match self.account_of(patient).await {
             Ok(a) => a == Some(me),
             Err(e) => {
                 let why = e.to_string();
@@ -710,10 +767,7 @@ impl RecordsClient {
             };
             let signature = sign(&self.signer, &request, &self.domain)
                 .map_err(|e| RecordError::Config(e.to_string()))?;
-            requests.push((
-                NodeClient::new(self.http.clone(), node.clone()),
-                ReleaseBody { request, signature },
-            ));
+            requests.push((self.node(node), ReleaseBody { request, signature }));
         }
         let key = k256::SecretKey::from_slice(self.signer.to_bytes().as_slice())
             .map_err(|e| RecordError::Config(format!("signing key: {e}")))?;

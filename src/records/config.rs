@@ -7,6 +7,7 @@ use alloy::signers::local::PrivateKeySigner;
 
 use super::client::{Anchoring, RecordError, RecordsClient, ShareNodeRef};
 use super::directory::Directory;
+use super::read_cache::ReadCache;
 use super::sweeper::{SweepSettings, UploadSweeper};
 use crate::chain::EhrChain;
 use crate::ipfs::Replicas;
@@ -22,6 +23,9 @@ pub struct RecordsConfig {
     /// The gateway's batcher, when it anchors uploads in batches with its own account; `None`:
     /// each uploader anchors their record alone.
     pub anchoring: Option<Arc<dyn Anchoring>>,
+    /// What readers remember between reads, shared by every client made from this
+    /// configuration (and its clones).
+    cache: Arc<ReadCache>,
 }
 
 impl RecordsConfig {
@@ -31,7 +35,16 @@ impl RecordsConfig {
             nodes,
             threshold,
             anchoring: None,
+            cache: Arc::default(),
         }
+    }
+
+    /// The same, reusing a reader's access transaction for a record for `reuse` (zero: one
+    /// transaction per read; at most [`super::MAX_ACCESS_REUSE`]). See [`ReadCache`].
+    #[must_use]
+    pub fn with_access_reuse(mut self, reuse: std::time::Duration) -> Self {
+        self.cache = Arc::new(ReadCache::new(reuse));
+        self
     }
 
     /// The same, anchoring through `anchoring` (the gateway's batcher).
@@ -63,6 +76,7 @@ impl RecordsConfig {
             ipfs.into(),
             self.nodes.clone(),
             self.threshold,
+            self.cache.clone(),
         )?;
         Ok(match &self.anchoring {
             Some(a) => c.with_anchoring(a.clone()),

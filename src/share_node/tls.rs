@@ -28,8 +28,11 @@ pub enum TlsError {
 
 /// Extra trust roots for share-node certificates, set once.
 static ROOTS: OnceLock<Vec<reqwest::Certificate>> = OnceLock::new();
-/// The one HTTP client for share nodes, built on first use.
-static HTTP: OnceLock<reqwest::Client> = OnceLock::new();
+/// The one HTTP client for share nodes (per runtime), built on first use.
+static HTTP: crate::per_runtime::PerRuntime<reqwest::Client> =
+    crate::per_runtime::PerRuntime::new();
+/// Whether a share-node client was built (extra roots come too late after that).
+static BUILT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// Trusts the CA certificates in the PEM file at `path` for share-node connections, besides
 /// the system's roots; returns how many it read.
@@ -53,7 +56,7 @@ pub fn trust_pem(path: &Path) -> Result<usize, TlsError> {
         });
     }
     let n = certs.len();
-    if HTTP.get().is_some() {
+    if BUILT.load(std::sync::atomic::Ordering::SeqCst) {
         return Err(TlsError::TooLate);
     }
     ROOTS.set(certs).map_err(|_| TlsError::TooLate)?;
@@ -63,6 +66,7 @@ pub fn trust_pem(path: &Path) -> Result<usize, TlsError> {
 /// A client builder that trusts the system's roots and those given to [`trust_pem`].
 pub fn http_builder() -> reqwest::ClientBuilder {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    BUILT.store(true, std::sync::atomic::Ordering::SeqCst);
     let builder = reqwest::Client::builder();
     match ROOTS.get() {
         Some(roots) => builder.tls_certs_merge(roots.iter().cloned()),
@@ -70,16 +74,15 @@ pub fn http_builder() -> reqwest::ClientBuilder {
     }
 }
 
-/// The share-node HTTP client (a clone of one built once).
+/// The share-node HTTP client (a clone of one built once per runtime).
 pub fn http() -> reqwest::Client {
-    HTTP.get_or_init(|| {
+    HTTP.get(|| {
         http_builder().build().unwrap_or_else(|e| {
             // Only a broken TLS setup fails here; plain HTTP still works without it.
             tracing::error!("share-node HTTP client with extra roots failed ({e}); using defaults");
             reqwest::Client::new()
         })
     })
-    .clone()
 }
 
 /// The server side: the certificate chain and key in PEM files.

@@ -255,11 +255,7 @@ pub async fn gateway_with_records(
         keyring,
     )
     .unwrap()
-    .with_records(ehr_share::gateway::RecordsConfig {
-        nodes: refs,
-        threshold: 3,
-        anchoring: None,
-    });
+    .with_records(ehr_share::gateway::RecordsConfig::new(refs, 3));
     super::serve_gateway(state).await
 }
 

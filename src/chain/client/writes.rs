@@ -341,6 +341,39 @@ impl EhrChain {
         })
     }
 
+    /// Provider: puts on the audit trail an attempt to read `ids` that
+    /// [`EhrChain::check_access`] just refused, without waiting for it to be mined: the
+    /// `access` transaction is signed and in the node's pool when this returns (so a denied
+    /// reader is answered in milliseconds, and the attempt is logged even when the reader goes
+    /// away); a task follows it to its receipt and reports a failure. Nothing is released on
+    /// a denial, so no caller needs the receipt.
+    ///
+    /// # Errors
+    /// Contract rejections the node finds when estimating gas (not a verified provider,
+    /// unknown patient) and transport errors.
+    pub async fn log_denied_access(
+        &self,
+        addr: PatientAddr,
+        ids: &[RecordId],
+    ) -> Result<B256, ChainError> {
+        let call = self
+            .contract
+            .access(addr.key(), ids.iter().map(|r| r.0).collect());
+        let pending = {
+            let _turn = crate::chain::send_lock::lock(self.from).await;
+            call.send_it().await?
+        };
+        let hash = *pending.tx_hash();
+        tokio::spawn(async move {
+            match pending.get_receipt().await {
+                Ok(r) if r.status() => {}
+                Ok(r) => tracing::warn!(tx = %r.transaction_hash, "a denied access's log reverted"),
+                Err(e) => tracing::warn!(tx = %hash, "a denied access's log was not mined: {e}"),
+            }
+        });
+        Ok(hash)
+    }
+
     /// Provider: opens emergency access to the patient at `addr`.
     ///
     /// # Errors
