@@ -13,6 +13,7 @@
 //! - [`gateway`]: the HTTP service composing the above.
 //! - [`cli`]: the `ehr` command line.
 
+mod bounded;
 pub mod chain;
 pub mod cli;
 pub mod clock;

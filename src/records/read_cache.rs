@@ -11,13 +11,12 @@
 //!
 //! Each map is bounded: when one is full it is emptied, which costs only a lookup again.
 
-use std::collections::HashMap;
-use std::hash::Hash;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use alloy::primitives::{Address, B256};
 
+use crate::bounded::Bounded;
 use crate::chain::{PatientAddr, RecordId};
 use crate::share_node::AnchoredRecord;
 
@@ -27,37 +26,6 @@ const LOCATED: usize = 16_384;
 const ACCOUNTS: usize = 65_536;
 /// Access transactions remembered.
 const ACCESSES: usize = 65_536;
-
-/// A map that empties itself when full.
-#[derive(Debug)]
-struct Bounded<K, V> {
-    cap: usize,
-    map: HashMap<K, V>,
-}
-
-impl<K: Eq + Hash, V: Clone> Bounded<K, V> {
-    fn new(cap: usize) -> Self {
-        Self {
-            cap,
-            map: HashMap::new(),
-        }
-    }
-
-    fn get(&self, k: &K) -> Option<V> {
-        self.map.get(k).cloned()
-    }
-
-    fn put(&mut self, k: K, v: V) {
-        if self.map.len() >= self.cap && !self.map.contains_key(&k) {
-            self.map.clear();
-        }
-        self.map.insert(k, v);
-    }
-
-    fn remove(&mut self, k: &K) {
-        self.map.remove(k);
-    }
-}
 
 /// An access transaction and when it was sent (unix seconds, the reader's clock).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -184,16 +152,5 @@ mod tests {
             ReadCache::new(Duration::from_secs(3600)).reuse(),
             MAX_ACCESS_REUSE
         );
-    }
-
-    #[test]
-    fn a_full_map_empties_and_keeps_the_newest() {
-        let mut m = Bounded::new(2);
-        m.put(1, 'a');
-        m.put(2, 'b');
-        m.put(2, 'c');
-        assert_eq!(m.map.len(), 2, "replacing a key does not empty it");
-        m.put(3, 'd');
-        assert_eq!((m.get(&1), m.get(&3)), (None, Some('d')));
     }
 }

@@ -124,6 +124,21 @@ impl EhrChain {
                 None => return Ok(false),
             },
         };
+        self.can_read_at(requester, proof, block, time).await
+    }
+
+    /// The contract's `canRead` for an access at `block` and `time` (0, 0: none), as
+    /// [`Self::access_in`] found them: for a node that remembers them per transaction.
+    ///
+    /// # Errors
+    /// Transport errors.
+    pub async fn can_read_at(
+        &self,
+        requester: Address,
+        proof: &RecordProof,
+        block: u64,
+        time: u64,
+    ) -> Result<bool, ChainError> {
         self.contract
             .canRead(requester, sol_proof(proof), block, time)
             .call()
@@ -136,7 +151,10 @@ impl EhrChain {
     /// that one block filtered by contract and all three topics (not the transaction's whole
     /// receipt), so a transaction with a huge receipt costs the asking node nothing; a
     /// reverted transaction has no logs.
-    pub(super) async fn access_in(
+    ///
+    /// # Errors
+    /// Transport errors.
+    pub async fn access_in(
         &self,
         tx: B256,
         requester: Address,
