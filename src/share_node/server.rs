@@ -125,13 +125,16 @@ struct Node {
     /// and time), by (transaction, requester, record): a mined event does not move, and the
     /// grant is judged anew by `canRead` on every request. Saves a re-read two of its three
     /// calls to the chain.
-    accesses: std::sync::Mutex<crate::bounded::Bounded<(B256, Address, B256), (u64, u64)>>,
+    accesses: std::sync::Mutex<KnownAccesses>,
 
     /// Set when the contract at our address turned out to be another deployment.
     halted: AtomicBool,
 }
 
 use crate::clock::unix_now as now;
+
+/// (access transaction, requester, record) to the block and time of its `AccessAllowed` event.
+type KnownAccesses = crate::bounded::Bounded<(B256, Address, B256), (u64, u64)>;
 
 /// Access transactions a node remembers the block and time of (about 100 bytes each).
 const ACCESSES_REMEMBERED: usize = 65_536;
