@@ -249,6 +249,21 @@ pub struct RecordsClient {
 
 use crate::clock::unix_now as now;
 
+/// Records up to this size have their ciphertext fetched while the shares are gathered, when
+/// its CID is known from an earlier read (larger ones stream as they decrypt, to keep memory
+/// near one copy).
+const PREFETCH_MAX: u64 = 4 << 20;
+
+/// A spawned task that is cancelled when its handle is dropped (a read that failed before
+/// its prefetched ciphertext was needed).
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// The longest one call to one share node may take.
 const NODE_CALL_DEADLINE: Duration = Duration::from_secs(20);
 
@@ -712,7 +727,26 @@ impl RecordsClient {
         anchor: &RecordProof,
         access_tx: Option<B256>,
     ) -> Result<Retrieved, RecordError> {
+        // A record read here before: its ciphertext is fetched while the shares are gathered.
+        let early = self
+            .cache
+            .ciphertext(id)
+            .filter(|(_, size)| *size <= PREFETCH_MAX)
+            .map(|(cid, _)| {
+                let ipfs = self.ipfs.clone();
+                let fetch = cid.clone();
+                let task = tokio::spawn(async move {
+                    let mut stream = Box::pin(ipfs.cat_stream(&fetch).await?);
+                    let mut chunks = Vec::new();
+                    while let Some(chunk) = stream.next().await {
+                        chunks.push(chunk?);
+                    }
+                    Ok::<_, IpfsError>(chunks)
+                });
+                (cid, AbortOnDrop(task))
+            });
         let (block, failures) = self.open_block(id, anchor, access_tx).await?;
+        self.cache.remember_ciphertext(id, &block.cid, block.size);
         let key = block
             .payload_key()
             .map_err(|e| RecordError::Decrypt(id, e.to_string()))?;
@@ -720,17 +754,32 @@ impl RecordsClient {
             .map_err(|_| RecordError::Decrypt(id, format!("size {} too large", block.size)))?;
         // Decrypt as the ciphertext streams from Kubo: memory stays near the payload's size.
         let mut opener = Opener::new(&key, size);
-        let mut stream = match self.ipfs.cat_stream(&block.cid).await {
-            Ok(s) => Box::pin(s),
-            Err(IpfsError::NotFound { cid }) => {
-                return Err(RecordError::CiphertextMissing { record: id, cid });
-            }
-            Err(e) => return Err(e.into()),
+        let fetched = match early {
+            Some((cid, mut task)) if cid == block.cid => match (&mut task.0).await {
+                Ok(Ok(chunks)) => Some(chunks),
+                _ => None,
+            },
+            _ => None,
         };
-        while let Some(chunk) = stream.next().await {
-            opener
-                .push(&chunk?)
-                .map_err(|e| RecordError::Decrypt(id, e.to_string()))?;
+        if let Some(chunks) = fetched {
+            for chunk in chunks {
+                opener
+                    .push(&chunk)
+                    .map_err(|e| RecordError::Decrypt(id, e.to_string()))?;
+            }
+        } else {
+            let mut stream = match self.ipfs.cat_stream(&block.cid).await {
+                Ok(s) => Box::pin(s),
+                Err(IpfsError::NotFound { cid }) => {
+                    return Err(RecordError::CiphertextMissing { record: id, cid });
+                }
+                Err(e) => return Err(e.into()),
+            };
+            while let Some(chunk) = stream.next().await {
+                opener
+                    .push(&chunk?)
+                    .map_err(|e| RecordError::Decrypt(id, e.to_string()))?;
+            }
         }
         let plain = opener
             .finish()

@@ -4,6 +4,8 @@
 //! Only facts that cannot go stale, or whose staleness the share nodes catch, are kept:
 //! - where a record sits (its proof to a root the chain anchored: anchors are permanent);
 //! - a patient address's account (the contract sets it once and never changes it);
+//! - where a record's ciphertext is (its block never changes), so that a re-read fetches it
+//!   while the shares are gathered;
 //! - a reader's access transaction for a record, reused for [`ReadCache::reuse`] at most. The
 //!   share nodes release on an access event for `ACCESS_WINDOW` (30 minutes), and check the
 //!   grant on every request, so a revoke or an expiry refuses the reuse at once; the reader
@@ -26,6 +28,8 @@ const LOCATED: usize = 16_384;
 const ACCOUNTS: usize = 65_536;
 /// Access transactions remembered.
 const ACCESSES: usize = 65_536;
+/// Ciphertext addresses remembered.
+const CIPHERTEXTS: usize = 16_384;
 
 /// An access transaction and when it was sent (unix seconds, the reader's clock).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,6 +45,7 @@ pub struct ReadCache {
     located: Mutex<Bounded<RecordId, AnchoredRecord>>,
     accounts: Mutex<Bounded<PatientAddr, Address>>,
     accesses: Mutex<Bounded<(Address, RecordId), Access>>,
+    ciphertexts: Mutex<Bounded<RecordId, (String, u64)>>,
 }
 
 /// The default reuse of an access transaction: a third of the contract's 30-minute window,
@@ -70,6 +75,7 @@ impl ReadCache {
             located: Mutex::new(Bounded::new(LOCATED)),
             accounts: Mutex::new(Bounded::new(ACCOUNTS)),
             accesses: Mutex::new(Bounded::new(ACCESSES)),
+            ciphertexts: Mutex::new(Bounded::new(CIPHERTEXTS)),
         }
     }
 
@@ -105,6 +111,17 @@ impl ReadCache {
         if !self.reuse.is_zero() {
             lock(&self.accesses).put((reader, id), a);
         }
+    }
+
+    /// The CID and size of `id`'s ciphertext, from an earlier read here: a record's block
+    /// never changes, and what is fetched on the strength of it is checked against the
+    /// anchored digest all the same.
+    pub(super) fn ciphertext(&self, id: RecordId) -> Option<(String, u64)> {
+        lock(&self.ciphertexts).get(&id)
+    }
+
+    pub(super) fn remember_ciphertext(&self, id: RecordId, cid: &str, size: u64) {
+        lock(&self.ciphertexts).put(id, (cid.to_owned(), size));
     }
 
     /// Forgets `reader`'s access to `id` (the nodes refused it).
