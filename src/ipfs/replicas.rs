@@ -314,6 +314,13 @@ impl Replicas {
         &self,
         cid: &str,
     ) -> Result<impl Stream<Item = Result<Bytes, IpfsError>> + use<>, IpfsError> {
+        // One peer: nobody else to choose, or to fetch from; no question before the read.
+        if let [only] = self.peers.as_slice() {
+            return only
+                .cat_stream(cid)
+                .await
+                .map(|s| futures::future::Either::Left(futures::future::Either::Right(s)));
+        }
         // Asked all at once; the first peer that pins it serves the read, without waiting for
         // a peer whose host is gone.
         let mut asks: futures::stream::FuturesUnordered<_> = self
