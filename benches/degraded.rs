@@ -252,8 +252,8 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     // A denied read: a verified provider the patient never granted. The client's read stops at
-    // the denied access transaction; the same provider asking each node directly, naming that
-    // transaction, is refused by all five.
+    // `checkAccess` (its access transaction logs the denial); the same provider asking each
+    // node directly, naming an access transaction of its own, is refused by all five.
     let stranger_key = funded().await?;
     let stranger = office.with_signer(&rpc, stranger_key.clone())?;
     stranger.register_provider().await?;
@@ -305,7 +305,7 @@ async fn main() -> anyhow::Result<()> {
         "# Reads with degraded share nodes\n\n\
          Measured by `cargo bench --bench degraded` on real anvil and Kubo, in-process share \
          nodes, 3-of-5, {READS} reads of {RECORDS} records of 10 KB by a granted doctor per \
-         case, the cases taking turns read by read (each read: access transaction, shares from all five nodes at once, Kubo, \
+         case, the cases taking turns read by read (each read: the doctor's access transaction for the record, sent by its first read and reused after, shares from all five nodes at once, each checking `canRead`, Kubo, \
          decryption, digest check). Two of the five nodes are killed (connection refused), hung \
          (a listener that accepts and never answers) or lying (a proxy flipping a digit of each \
          released share). Target: every read succeeds, liars are named, p99 within 1.5x the \
@@ -335,7 +335,7 @@ async fn main() -> anyhow::Result<()> {
     let denied_line = format!(
         "\nA denied read (a verified provider the patient never granted; target p50 <= 5 ms): \
          {READS}/{READS} denied, p50 {:.1} ms, p95 {:.1} ms (locating the record at the nodes, \
-         then the denied access transaction); asked directly with that transaction, {refused} of \
+         `checkAccess`, then the doctor's `access` transaction logging the denial, handed to the node); asked directly with that transaction, {refused} of \
          {} share nodes refused.\n",
         ms(pct(&denied_times, 0.5)),
         ms(pct(&denied_times, 0.95)),

@@ -621,7 +621,15 @@ impl RecordsClient {
             }
         }
         let (reason, _) = self.chain.check_access(anchor.patient, me).await?;
-        if reason != DenyReason::None {
+        // Accounts the office never verified, or suspended, cannot log an attempt (the
+        // contract reverts): their access transaction fails as it always did, below.
+        if !matches!(
+            reason,
+            DenyReason::None
+                | DenyReason::NotProvider
+                | DenyReason::UnverifiedProvider
+                | DenyReason::SuspendedProvider
+        ) {
             // The refusal is certain without mining anything: answer now, and leave the
             // attempt on the audit trail (in the node's pool before this returns).
             let tx = self.chain.log_denied_access(anchor.patient, &[id]).await?;
