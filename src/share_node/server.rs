@@ -126,6 +126,9 @@ struct Node {
     /// grant is judged anew by `canRead` on every request. Saves a re-read two of its three
     /// calls to the chain.
     accesses: std::sync::Mutex<KnownAccesses>,
+    /// Roots the chain said are anchored: an anchor is never undone, and a batch of uploads
+    /// brings each node one proof per record to the same root.
+    roots: std::sync::Mutex<crate::bounded::Bounded<B256, ()>>,
 
     /// Set when the contract at our address turned out to be another deployment.
     halted: AtomicBool,
@@ -138,6 +141,25 @@ type KnownAccesses = crate::bounded::Bounded<(B256, Address, B256), (u64, u64)>;
 
 /// Access transactions a node remembers the block and time of (about 100 bytes each).
 const ACCESSES_REMEMBERED: usize = 65_536;
+/// Anchored roots a node remembers.
+const ROOTS_REMEMBERED: usize = 4_096;
+
+/// Whether `root` is anchored on chain, remembered once it is.
+async fn anchored(n: &Node, root: B256) -> Result<bool, crate::chain::ChainError> {
+    let lock = || {
+        n.roots
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    };
+    if lock().get(&root).is_some() {
+        return Ok(true);
+    }
+    let yes = n.cfg.chain.root(root).await?.is_some();
+    if yes {
+        lock().put(root, ());
+    }
+    Ok(yes)
+}
 
 /// Whether `requester` may have `proof`'s shares now on the strength of `access_tx` (none:
 /// as the patient), remembering where the access event is.
@@ -198,6 +220,7 @@ fn node(cfg: NodeConfig) -> Arc<Node> {
         limiter,
         per_client,
         accesses: std::sync::Mutex::new(crate::bounded::Bounded::new(ACCESSES_REMEMBERED)),
+        roots: std::sync::Mutex::new(crate::bounded::Bounded::new(ROOTS_REMEMBERED)),
 
         halted: AtomicBool::new(false),
     })
@@ -432,14 +455,6 @@ async fn deposit(
         ));
     }
     may_write(&n, patient, d.uploader, "may not").await?;
-    if !n
-        .cfg
-        .store
-        .use_nonce(&d.uploader.0.0, &d.nonce.to_be_bytes(), d.deadline)
-        .map_err(internal)?
-    {
-        return Err(denied("deposit nonce already used (replay)"));
-    }
     let stored = StoredShare {
         patient: d.patient,
         uploader: d.uploader,
@@ -451,14 +466,19 @@ async fn deposit(
         sealed_block: b.sealed_block,
         stored_at: now(),
     };
-    match n
-        .cfg
-        .store
-        .put(&id.0.0, &stored, n.cfg.limits.deposit_quota)
-    {
-        Ok(()) => Ok(Json(
+    // The request's nonce and the share in one write.
+    match n.cfg.store.put_once(
+        &id.0.0,
+        &stored,
+        n.cfg.limits.deposit_quota,
+        &d.uploader.0.0,
+        &d.nonce.to_be_bytes(),
+        d.deadline,
+    ) {
+        Ok(true) => Ok(Json(
             json!({ "stored": id, "node": n.cfg.identity.address() }),
         )),
+        Ok(false) => Err(denied("deposit nonce already used (replay)")),
         Err(StoreError::Conflict(m)) => Err(Refusal::new(
             ErrorKind::Conflict,
             format!("a different share is stored for {m}"),
@@ -571,7 +591,7 @@ async fn anchor(
     if let Some(a) = &stored.anchor {
         return Ok(Json(json!({ "anchored": id, "root": a.root })));
     }
-    if n.cfg.chain.root(b.root).await?.is_none() {
+    if !anchored(&n, b.root).await? {
         return Err(Refusal::new(
             ErrorKind::Conflict,
             format!("root {} is not anchored on chain (anchor it first)", b.root),

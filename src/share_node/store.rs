@@ -429,54 +429,89 @@ impl ShareStore {
     /// [`StoreError::Conflict`], [`StoreError::QuotaExceeded`] or database errors.
     pub fn put(&self, record: &[u8; 32], s: &StoredShare, quota: u64) -> Result<(), StoreError> {
         self.guard(|| {
-            let plain = codec::put_secret(&s.share, &s.commitments, &s.sealed_block).map_err(db)?;
-            let sealed = seal_at_rest(
-                &self.key,
-                &aad(record, s.patient, s.uploader, s.digest),
-                &plain,
-            );
-            let mut public = s.public();
-            public.anchor = None;
-            let bytes = row(&public, &sealed);
             let tx = self.handle()?.begin_write().map_err(db)?;
-            {
-                let mut t = tx.open_table(SHARES).map_err(db)?;
-                if let Some(old) = t.get(record).map_err(db)? {
-                    let old = self.decode(record, old.value())?;
-                    if old.share != s.share
-                        || old.commitments != s.commitments
-                        || old.sealed_block != s.sealed_block
-                        || old.patient != s.patient
-                        || old.uploader != s.uploader
-                        || old.salt != s.salt
-                        || old.digest != s.digest
-                    {
-                        return Err(StoreError::Conflict(hex::encode(record)));
-                    }
-                    return Ok(());
-                }
-                let mut counts = tx.open_table(PENDING_BY_UPLOADER).map_err(db)?;
-                let pending = counts
-                    .get(&s.uploader.0.0)
-                    .map_err(db)?
-                    .map_or(0, |v| v.value());
-                if pending >= quota {
-                    return Err(StoreError::QuotaExceeded {
-                        uploader: s.uploader,
-                        pending,
-                        quota,
-                    });
-                }
-                counts.insert(&s.uploader.0.0, pending + 1).map_err(db)?;
-                let mut p = tx.open_table(PENDING).map_err(db)?;
-                let mut v = [0u8; 28];
-                v[..20].copy_from_slice(s.uploader.as_slice());
-                v[20..].copy_from_slice(&s.stored_at.to_be_bytes());
-                p.insert(record, &v).map_err(db)?;
-                t.insert(record, bytes.as_slice()).map_err(db)?;
-            }
+            self.put_in(&tx, record, s, quota)?;
             tx.commit().map_err(db)
         })
+    }
+
+    /// [`Self::put`] and [`Self::use_nonce`] for the deposit's request in one transaction
+    /// (one write to disk): `Ok(false)` when the nonce was used already (nothing stored).
+    /// A refused deposit (conflict, quota) leaves the nonce unused.
+    ///
+    /// # Errors
+    /// As [`Self::put`].
+    pub fn put_once(
+        &self,
+        record: &[u8; 32],
+        s: &StoredShare,
+        quota: u64,
+        uploader: &[u8; 20],
+        nonce: &[u8; 32],
+        deadline: u64,
+    ) -> Result<bool, StoreError> {
+        self.guard(|| {
+            let tx = self.handle()?.begin_write().map_err(db)?;
+            if !Self::nonce_in(&tx, uploader, nonce, deadline)? {
+                return Ok(false);
+            }
+            self.put_in(&tx, record, s, quota)?;
+            tx.commit().map_err(db)?;
+            Ok(true)
+        })
+    }
+
+    fn put_in(
+        &self,
+        tx: &redb::WriteTransaction,
+        record: &[u8; 32],
+        s: &StoredShare,
+        quota: u64,
+    ) -> Result<(), StoreError> {
+        let plain = codec::put_secret(&s.share, &s.commitments, &s.sealed_block).map_err(db)?;
+        let sealed = seal_at_rest(
+            &self.key,
+            &aad(record, s.patient, s.uploader, s.digest),
+            &plain,
+        );
+        let mut public = s.public();
+        public.anchor = None;
+        let bytes = row(&public, &sealed);
+        let mut t = tx.open_table(SHARES).map_err(db)?;
+        if let Some(old) = t.get(record).map_err(db)? {
+            let old = self.decode(record, old.value())?;
+            if old.share != s.share
+                || old.commitments != s.commitments
+                || old.sealed_block != s.sealed_block
+                || old.patient != s.patient
+                || old.uploader != s.uploader
+                || old.salt != s.salt
+                || old.digest != s.digest
+            {
+                return Err(StoreError::Conflict(hex::encode(record)));
+            }
+            return Ok(());
+        }
+        let mut counts = tx.open_table(PENDING_BY_UPLOADER).map_err(db)?;
+        let pending = counts
+            .get(&s.uploader.0.0)
+            .map_err(db)?
+            .map_or(0, |v| v.value());
+        if pending >= quota {
+            return Err(StoreError::QuotaExceeded {
+                uploader: s.uploader,
+                pending,
+                quota,
+            });
+        }
+        counts.insert(&s.uploader.0.0, pending + 1).map_err(db)?;
+        let mut p = tx.open_table(PENDING).map_err(db)?;
+        let mut v = [0u8; 28];
+        v[..20].copy_from_slice(s.uploader.as_slice());
+        v[20..].copy_from_slice(&s.stored_at.to_be_bytes());
+        p.insert(record, &v).map_err(db)?;
+        t.insert(record, bytes.as_slice()).map_err(db)?;
+        Ok(())
     }
 
     fn decode(&self, record: &[u8; 32], bytes: &[u8]) -> Result<StoredShare, StoreError> {
@@ -721,20 +756,31 @@ impl ShareStore {
         deadline: u64,
     ) -> Result<bool, StoreError> {
         self.guard(|| {
-            let mut key = [0u8; 52];
-            key[..20].copy_from_slice(requester);
-            key[20..].copy_from_slice(nonce);
             let tx = self.handle()?.begin_write().map_err(db)?;
-            {
-                let mut t = tx.open_table(NONCES).map_err(db)?;
-                if t.get(&key).map_err(db)?.is_some() {
-                    return Ok(false);
-                }
-                t.insert(&key, deadline).map_err(db)?;
+            if !Self::nonce_in(&tx, requester, nonce, deadline)? {
+                return Ok(false);
             }
             tx.commit().map_err(db)?;
             Ok(true)
         })
+    }
+
+    /// Records `nonce` of `requester` in `tx`; `false` when it was there already.
+    fn nonce_in(
+        tx: &redb::WriteTransaction,
+        requester: &[u8; 20],
+        nonce: &[u8; 32],
+        deadline: u64,
+    ) -> Result<bool, StoreError> {
+        let mut key = [0u8; 52];
+        key[..20].copy_from_slice(requester);
+        key[20..].copy_from_slice(nonce);
+        let mut t = tx.open_table(NONCES).map_err(db)?;
+        if t.get(&key).map_err(db)?.is_some() {
+            return Ok(false);
+        }
+        t.insert(&key, deadline).map_err(db)?;
+        Ok(true)
     }
 
     /// Forgets nonces whose deadline is before `now`; returns how many.
