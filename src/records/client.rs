@@ -620,7 +620,7 @@ impl RecordsClient {
                 other => return other,
             }
         }
-        let (reason, _) = self.chain.check_access(anchor.patient, me).await?;
+        let (reason, _) = self.chain.check_access_raw(anchor.patient, me).await?;
         // Accounts the office never verified, or suspended, cannot log an attempt (the
         // contract reverts): their access transaction fails as it always did, below.
         if !matches!(
@@ -630,10 +630,19 @@ impl RecordsClient {
                 | DenyReason::UnverifiedProvider
                 | DenyReason::SuspendedProvider
         ) {
-            // The refusal is certain without mining anything: answer now, and leave the
-            // attempt on the audit trail (in the node's pool before this returns).
+            // The refusal is certain without mining anything: log the attempt first (in the
+            // node's pool before this returns), then answer; a revoke is told apart from a
+            // grant never given by the patient's events, and reads as no grant when they
+            // cannot be read.
             let tx = self.chain.log_denied_access(anchor.patient, &[id]).await?;
             tracing::debug!(%tx, "denied access to {id} logged");
+            let reason = match self.chain.tell_revoked(anchor.patient, me, reason).await {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!("telling a revoke apart for a denied read of {id}: {e}");
+                    reason
+                }
+            };
             return Err(RecordError::Denied(id, reason));
         }
         let sent_at = now();

@@ -80,23 +80,50 @@ impl EhrChain {
         addr: PatientAddr,
         provider: Address,
     ) -> Result<(DenyReason, bool), ChainError> {
+        let (reason, emergency) = self.check_access_raw(addr, provider).await?;
+        Ok((self.tell_revoked(addr, provider, reason).await?, emergency))
+    }
+
+    /// The contract's `checkAccess` as it answers: a revoked grant reads as `NoGrant` (see
+    /// [`Self::tell_revoked`]). One `eth_call`, no log query.
+    ///
+    /// # Errors
+    /// Transport errors.
+    pub async fn check_access_raw(
+        &self,
+        addr: PatientAddr,
+        provider: Address,
+    ) -> Result<(DenyReason, bool), ChainError> {
         let r = self
             .contract
             .checkAccess(addr.key(), provider)
             .call()
             .await
             .map_err(ChainError::from_contract)?;
-        let mut reason =
+        let reason =
             DenyReason::try_from(r.reason).map_err(|e| ChainError::Decode(e.to_string()))?;
-        // A revoked grant is cleared on chain and reads as `NoGrant`; the events tell it apart.
+        Ok((reason, r.emergency))
+    }
+
+    /// `reason`, with `NoGrant` told apart as `Revoked` when the patient's events show a
+    /// revoke of `provider` (a revoked grant is cleared on chain).
+    ///
+    /// # Errors
+    /// Transport errors reading the events.
+    pub async fn tell_revoked(
+        &self,
+        addr: PatientAddr,
+        provider: Address,
+        reason: DenyReason,
+    ) -> Result<DenyReason, ChainError> {
         if reason == DenyReason::NoGrant
             && crate::chain::fold::grants(&self.patient_events(addr).await?, 0)
                 .iter()
                 .any(|g| g.provider == provider && g.revoked_at.is_some())
         {
-            reason = DenyReason::Revoked;
+            return Ok(DenyReason::Revoked);
         }
-        Ok((reason, r.emergency))
+        Ok(reason)
     }
 
     /// What share nodes ask: may `requester` read the record `proof` describes right now, on

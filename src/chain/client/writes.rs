@@ -357,9 +357,9 @@ impl EhrChain {
         addr: PatientAddr,
         ids: &[RecordId],
     ) -> Result<B256, ChainError> {
-        // A fixed gas limit instead of an estimate (one round trip less): a denial costs about
-        // 35,000 gas plus 20,000 for the provider's first denied-attempt count (`docs/gas.md`);
-        // the limit leaves more than twice that.
+        // A fixed gas limit instead of an estimate (one round trip less): a denial of one record
+        // costs about 36,300 gas and about 3,000 per further record (`docs/gas.md`); the limit
+        // leaves three times that.
         let gas = 100_000 + 15_000 * ids.len() as u64;
         let call = self
             .contract
@@ -371,7 +371,12 @@ impl EhrChain {
         };
         let hash = *pending.tx_hash();
         tokio::spawn(async move {
-            match pending.get_receipt().await {
+            // Bounded: a transaction dropped from the pool must not keep a watcher forever.
+            match pending
+                .with_timeout(Some(std::time::Duration::from_secs(300)))
+                .get_receipt()
+                .await
+            {
                 Ok(r) if r.status() => {}
                 Ok(r) => tracing::warn!(tx = %r.transaction_hash, "a denied access's log reverted"),
                 Err(e) => tracing::warn!(tx = %hash, "a denied access's log was not mined: {e}"),

@@ -61,9 +61,13 @@ fn a_deposit_and_its_nonce_are_one_write() {
     let dir = tempfile::tempdir().unwrap();
     let s = ShareStore::open(&dir.path().join("s.redb"), key(), &binding(1)).unwrap();
     let up = [7; 20];
-    assert!(s.put_once(&[1; 32], &share("a"), 10, &up, &[1; 32], 9).unwrap());
     assert!(
-        !s.put_once(&[1; 32], &share("a"), 10, &up, &[1; 32], 9).unwrap(),
+        s.put_once(&[1; 32], &share("a"), 10, &up, &[1; 32], 9)
+            .unwrap()
+    );
+    assert!(
+        !s.put_once(&[1; 32], &share("a"), 10, &up, &[1; 32], 9)
+            .unwrap(),
         "a replayed deposit request is refused, even for the same share"
     );
     // A refused deposit (another share for the record) leaves its nonce unused.
@@ -73,7 +77,10 @@ fn a_deposit_and_its_nonce_are_one_write() {
     ));
     assert!(s.use_nonce(&up, &[2; 32], 9).unwrap());
     // A replay stores nothing: a new record under a used nonce is not written.
-    assert!(!s.put_once(&[5; 32], &share("c"), 10, &up, &[1; 32], 9).unwrap());
+    assert!(
+        !s.put_once(&[5; 32], &share("c"), 10, &up, &[1; 32], 9)
+            .unwrap()
+    );
     assert_eq!(s.get(&[5; 32]).unwrap(), None);
     assert_eq!((s.count().unwrap(), s.nonce_count().unwrap()), (1, 2));
 }
