@@ -15,8 +15,7 @@ use crate::ipfs::{IpfsError, Replicas};
 use crate::shamir::{Secret, Threshold, split};
 pub use crate::share_node::ShareNodeRef;
 use crate::share_node::{
-    AnchorBody, AnchoredRecord, DepositBody, NodeClient, ReleaseBody, ShareDeposit, ShareRelease,
-    domain, sign,
+    AnchorBody, AnchoredRecord, DepositBody, ReleaseBody, ShareDeposit, ShareRelease, domain, sign,
 };
 use alloy::primitives::{Address, B256, U256};
 use alloy::signers::local::PrivateKeySigner;
@@ -241,7 +240,6 @@ pub struct RecordsClient {
     nodes: Vec<ShareNodeRef>,
     threshold: Threshold,
     domain: Eip712Domain,
-    http: reqwest::Client,
     anchoring: std::sync::Arc<dyn Anchoring>,
     directory: Directory,
     cache: std::sync::Arc<ReadCache>,
@@ -263,9 +261,6 @@ impl<T> Drop for AbortOnDrop<T> {
         self.0.abort();
     }
 }
-
-/// The longest one call to one share node may take.
-const NODE_CALL_DEADLINE: Duration = Duration::from_secs(20);
 
 fn nonce() -> U256 {
     let mut b = [0u8; 32];
@@ -297,21 +292,15 @@ impl RecordsClient {
         let http = crate::share_node::tls::http();
         Ok(Self {
             anchoring: std::sync::Arc::new(Alone(chain.clone())),
-            directory: Directory::new(chain.clone(), nodes.clone(), k, http.clone()),
+            directory: Directory::new(chain.clone(), nodes.clone(), k, http),
             chain,
             signer,
             ipfs,
             nodes,
             threshold,
             domain,
-            http,
             cache,
         })
-    }
-
-    /// A client for one share node, each call bounded by [`NODE_CALL_DEADLINE`].
-    fn node(&self, node: &ShareNodeRef) -> NodeClient {
-        NodeClient::new(self.http.clone(), node.clone()).with_deadline(NODE_CALL_DEADLINE)
     }
 
     /// The account that signs this client's uploads (and reads).
@@ -464,7 +453,7 @@ impl RecordsClient {
                 commitments: commitments.clone(),
                 sealed_block: sealed.clone(),
             };
-            let node = self.node(node);
+            let node = self.directory.client(node);
             pending.push(async move {
                 let r = node.deposit(id, &body).await;
                 (node.node().url.clone(), r.map_err(|e| e.to_string()))
@@ -504,7 +493,7 @@ impl RecordsClient {
     async fn present_proof(&self, id: RecordId, body: &AnchorBody) -> Result<bool, RecordError> {
         let mut pending = FuturesUnordered::new();
         for node in &self.nodes {
-            let node = self.node(node);
+            let node = self.directory.client(node);
             pending.push(async move {
                 let mut tries = 0;
                 loop {
@@ -833,7 +822,10 @@ impl RecordsClient {
             };
             let signature = sign(&self.signer, &request, &self.domain)
                 .map_err(|e| RecordError::Config(e.to_string()))?;
-            requests.push((self.node(node), ReleaseBody { request, signature }));
+            requests.push((
+                self.directory.client(node),
+                ReleaseBody { request, signature },
+            ));
         }
         let key = k256::SecretKey::from_slice(self.signer.to_bytes().as_slice())
             .map_err(|e| RecordError::Config(format!("signing key: {e}")))?;

@@ -61,7 +61,9 @@ impl Directory {
         }
     }
 
-    fn client(&self, node: &ShareNodeRef) -> NodeClient {
+    /// A client for one node, each call bounded by [`NODE_DEADLINE`] (the records client's
+    /// calls too).
+    pub(super) fn client(&self, node: &ShareNodeRef) -> NodeClient {
         NodeClient::new(self.http.clone(), node.clone()).with_deadline(NODE_DEADLINE)
     }
 
