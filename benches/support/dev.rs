@@ -176,17 +176,37 @@ pub fn cpu_secs(pid: u32) -> f64 {
     (ticks(14) + ticks(15)) / 100.0
 }
 
-/// Resident memory of a process, in MiB.
-pub fn rss_mib(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
+/// A `kB` field of `/proc/{pid}/{file}` in MiB (0 when absent).
+pub fn proc_mib(pid: u32, file: &str, field: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/{file}"))
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
+                .find(|l| l.starts_with(field))
                 .and_then(|l| l.split_whitespace().nth(1))
                 .and_then(|kb| kb.parse::<f64>().ok())
         })
         .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// A process's memory: resident (anonymous: its heap and stacks; file-backed: the pages of
+/// its binary and libraries it touched, shared with every process running the same binary)
+/// and proportional (each shared page divided among the processes that map it).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Memory {
+    pub rss: f64,
+    pub anon: f64,
+    pub file: f64,
+    pub pss: f64,
+}
+
+pub fn memory(pid: u32) -> Memory {
+    Memory {
+        rss: proc_mib(pid, "status", "VmRSS:"),
+        anon: proc_mib(pid, "status", "RssAnon:"),
+        file: proc_mib(pid, "status", "RssFile:"),
+        pss: proc_mib(pid, "smaps_rollup", "Pss:"),
+    }
 }
 
 pub async fn health(http: &reqwest::Client, gw: &str) -> Option<Value> {

@@ -6,6 +6,7 @@ use std::time::Duration;
 use super::block::{RecordBlock, keyed_digest};
 use super::directory::Directory;
 use super::fhir::{FHIR_JSON, validate_fhir};
+use super::node_health::NodeHealth;
 use super::read_cache::{Access, ReadCache};
 use super::sweeper;
 use crate::chain::merkle::{self, RecordProof};
@@ -15,7 +16,8 @@ use crate::ipfs::{IpfsError, Replicas};
 use crate::shamir::{Secret, Threshold, split};
 pub use crate::share_node::ShareNodeRef;
 use crate::share_node::{
-    AnchorBody, AnchoredRecord, DepositBody, ReleaseBody, ShareDeposit, ShareRelease, domain, sign,
+    AnchorBody, AnchoredRecord, DepositBody, NodeClient, ReleaseBody, ShareDeposit, ShareRelease,
+    domain, sign,
 };
 use alloy::primitives::{Address, B256, U256};
 use alloy::signers::local::PrivateKeySigner;
@@ -243,6 +245,7 @@ pub struct RecordsClient {
     anchoring: std::sync::Arc<dyn Anchoring>,
     directory: Directory,
     cache: std::sync::Arc<ReadCache>,
+    health: std::sync::Arc<NodeHealth>,
 }
 
 use crate::clock::unix_now as now;
@@ -281,6 +284,7 @@ impl RecordsClient {
         nodes: Vec<ShareNodeRef>,
         k: u8,
         cache: std::sync::Arc<ReadCache>,
+        health: std::sync::Arc<NodeHealth>,
     ) -> Result<Self, RecordError> {
         let n = u8::try_from(nodes.len())
             .map_err(|_| RecordError::Config("at most 255 share nodes".into()))?;
@@ -300,6 +304,7 @@ impl RecordsClient {
             threshold,
             domain,
             cache,
+            health,
         })
     }
 
@@ -803,33 +808,44 @@ impl RecordsClient {
         })
     }
 
-    /// Signs one release request per node (each addressed to that node) and gathers k
-    /// verified shares of one group ([`super::gather`]).
+    /// Gathers k verified shares of one group ([`super::gather`]), asking healthy nodes first
+    /// and signing each node's request (addressed to that node) when it is asked.
     async fn gather(
         &self,
         id: RecordId,
         access_tx: Option<B256>,
     ) -> Result<(Secret, Vec<u8>, Vec<NodeFailure>), RecordError> {
-        let mut requests = Vec::with_capacity(self.nodes.len());
-        for node in &self.nodes {
+        let urls: Vec<&str> = self.nodes.iter().map(|n| n.url.as_str()).collect();
+        let order = self
+            .health
+            .order(&urls)
+            .into_iter()
+            .map(|i| self.directory.client(&self.nodes[i]))
+            .collect();
+        let sign_for = |node: &NodeClient| {
             let request = ShareRelease {
                 recordId: id.0,
                 requester: self.signer.address(),
                 accessTx: access_tx.unwrap_or_default(),
-                shareNode: node.address,
+                shareNode: node.node().address,
                 nonce: nonce(),
                 deadline: now() + 120,
             };
             let signature = sign(&self.signer, &request, &self.domain)
                 .map_err(|e| RecordError::Config(e.to_string()))?;
-            requests.push((
-                self.directory.client(node),
-                ReleaseBody { request, signature },
-            ));
-        }
+            Ok(ReleaseBody { request, signature })
+        };
         let key = k256::SecretKey::from_slice(self.signer.to_bytes().as_slice())
             .map_err(|e| RecordError::Config(format!("signing key: {e}")))?;
-        let g = super::gather::gather(id, requests, usize::from(self.threshold.k()), &key).await?;
+        let g = super::gather::gather(
+            id,
+            order,
+            sign_for,
+            usize::from(self.threshold.k()),
+            &key,
+            &self.health,
+        )
+        .await?;
         Ok((g.secret, g.sealed, g.failures))
     }
 }

@@ -7,6 +7,7 @@ use alloy::signers::local::PrivateKeySigner;
 
 use super::client::{Anchoring, RecordError, RecordsClient, ShareNodeRef};
 use super::directory::Directory;
+use super::node_health::NodeHealth;
 use super::read_cache::ReadCache;
 use super::sweeper::{SweepSettings, UploadSweeper};
 use crate::chain::EhrChain;
@@ -26,6 +27,8 @@ pub struct RecordsConfig {
     /// What readers remember between reads, shared by every client made from this
     /// configuration (and its clones).
     cache: Arc<ReadCache>,
+    /// Which share nodes readers ask first, shared likewise.
+    health: Arc<NodeHealth>,
 }
 
 impl RecordsConfig {
@@ -36,6 +39,7 @@ impl RecordsConfig {
             threshold,
             anchoring: None,
             cache: Arc::default(),
+            health: Arc::default(),
         }
     }
 
@@ -52,6 +56,11 @@ impl RecordsConfig {
     pub fn with_anchoring(mut self, anchoring: Arc<dyn Anchoring>) -> Self {
         self.anchoring = Some(anchoring);
         self
+    }
+
+    /// Which share nodes failed readers lately (asked last for a while).
+    pub fn node_health(&self) -> &NodeHealth {
+        &self.health
     }
 
     /// Where records sit and which a patient has, over these nodes, asking through `http`.
@@ -77,6 +86,7 @@ impl RecordsConfig {
             self.nodes.clone(),
             self.threshold,
             self.cache.clone(),
+            self.health.clone(),
         )?;
         Ok(match &self.anchoring {
             Some(a) => c.with_anchoring(a.clone()),

@@ -1,7 +1,13 @@
-//! Gathering a record's secret from the share nodes: ask all at once, verify each share against
-//! its Feldman commitments, group answers by (commitments, sealed block) since honest nodes
-//! agree on both, stop at k verified shares of one group, and name every node that failed or
-//! disagreed (waiting a short grace for the slower ones, never for a hung one).
+//! Gathering a record's secret from the share nodes: ask k of them (healthy ones first, see
+//! [`NodeHealth`]), and one more for each that fails, refuses or disagrees, and all the rest
+//! when the first ones are slow (a hedge); verify each share against its Feldman commitments,
+//! group answers by (commitments, sealed block) since honest nodes agree on both, stop at k
+//! verified shares of one group, and name every node asked that failed or disagreed (waiting
+//! a short grace for the slower ones, never for a hung one).
+//!
+//! Asking k rather than all n spares the nodes and the chain (each node asks `canRead`) two
+//! fifths of the work of a 3-of-5 read; the hedge keeps a slow or hung node from costing more
+//! than a few answer times.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -10,9 +16,10 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 
 use super::client::{NodeFailure, RecordError};
+use super::node_health::{NodeHealth, Outcome};
 use crate::chain::RecordId;
 use crate::shamir::{Commitments, Secret, Share, combine};
-use crate::share_node::{NodeClient, ReleaseBody, ReleasedShare};
+use crate::share_node::{NodeClient, NodeError, ReleaseBody, ReleasedShare};
 
 /// What a gathering yields.
 pub(super) struct Gathered {
@@ -46,68 +53,133 @@ fn open_share(
 /// The shortest and longest grace after the quorum.
 const GRACE: (Duration, Duration) = (Duration::from_millis(2), Duration::from_millis(250));
 
-/// Asks each node with its own signed request and returns the secret once `needed` shares of
-/// one group verify.
+/// One node's answer: its URL, how long it took, and the share or why not (with whether the
+/// node refused, which is not a fault).
+struct Answer {
+    node: String,
+    took: Duration,
+    share: Result<ReleasedShare, (String, bool)>,
+}
+
+/// Asks one node.
+async fn ask(id: RecordId, node: NodeClient, body: ReleaseBody, key: &k256::SecretKey) -> Answer {
+    let t = Instant::now();
+    let share = match node.release(id, &body).await {
+        Ok(released) => open_share(released, &body, key).map_err(|e| (e, false)),
+        Err(e) => {
+            let refused = matches!(&e, NodeError::Refused { status, .. }
+                if (400..500).contains(status) && *status != 408);
+            Err((e.to_string(), refused))
+        }
+    };
+    Answer {
+        node: node.node().url.clone(),
+        took: t.elapsed(),
+        share,
+    }
+}
+
+/// Parses and verifies a share against its own commitments.
+fn verified(released: &ReleasedShare) -> Result<(Commitments, Share), String> {
+    let parsed = hex::decode(&released.commitments)
+        .ok()
+        .and_then(|b| Commitments::from_bytes(&b).ok())
+        .zip(
+            hex::decode(&released.share)
+                .ok()
+                .and_then(|b| Share::from_bytes(&b).ok()),
+        );
+    let Some((commitments, share)) = parsed else {
+        return Err("malformed share or commitments".into());
+    };
+    if !commitments.verify(&share) {
+        return Err(format!("share {} failed verification", share.index));
+    }
+    Ok((commitments, share))
+}
+
+/// Asks the nodes in `order` (first k, then as needed; `sign` makes each node's signed request
+/// when it is asked) and returns the secret once `needed` shares of one group verify. Every
+/// node asked is noted in `health`.
 ///
 /// # Errors
-/// [`RecordError::NotEnoughShares`] naming every node that failed, when no group reaches
-/// `needed`; [`RecordError::Decrypt`] when verified shares do not recombine.
+/// [`RecordError::NotEnoughShares`] naming every node that failed, when no group can reach
+/// `needed`; [`RecordError::Decrypt`] when verified shares do not recombine; `sign`'s errors.
 pub(super) async fn gather(
     id: RecordId,
-    requests: Vec<(NodeClient, ReleaseBody)>,
+    order: Vec<NodeClient>,
+    sign: impl Fn(&NodeClient) -> Result<ReleaseBody, RecordError>,
     needed: usize,
     key: &k256::SecretKey,
+    health: &NodeHealth,
 ) -> Result<Gathered, RecordError> {
     let started = Instant::now();
-    let mut pending: FuturesUnordered<_> = requests
-        .into_iter()
-        .map(|(node, body)| async move {
-            let r = node
-                .release(id, &body)
-                .await
-                .map_err(|e| e.to_string())
-                .and_then(|released| open_share(released, &body, key));
-            (node.node().url.clone(), r)
-        })
-        .collect();
+    let mut waiting = order.into_iter();
+    let mut pending = FuturesUnordered::new();
+    let mut asked: Vec<String> = Vec::new();
+    let mut launch = |n: usize, pending: &mut FuturesUnordered<_>| -> Result<(), RecordError> {
+        for node in waiting.by_ref().take(n) {
+            let body = sign(&node)?;
+            asked.push(node.node().url.clone());
+            pending.push(ask(id, node, body, key));
+        }
+        Ok(())
+    };
+    launch(needed, &mut pending)?;
+    let hedge = tokio::time::sleep(health.hedge_after());
+    tokio::pin!(hedge);
+    let mut hedged = false;
     let mut failures = Vec::new();
     let mut groups: Groups = HashMap::new();
-    while let Some((node, r)) = pending.next().await {
-        let released = match r {
-            Ok(x) => x,
-            Err(reason) => {
-                failures.push(NodeFailure { node, reason });
+    let mut answered: Vec<(String, Duration)> = Vec::new();
+    loop {
+        // Ask more whenever the nodes asked and still out cannot make a group of k.
+        let best = groups.values().map(|(_, m)| m.len()).max().unwrap_or(0);
+        if best + pending.len() < needed {
+            launch(needed - best - pending.len(), &mut pending)?;
+        }
+        let a = tokio::select! {
+            next = pending.next() => match next {
+                Some(a) => a,
+                None => break,
+            },
+            () = &mut hedge, if !hedged => {
+                hedged = true;
+                launch(usize::MAX, &mut pending)?;
                 continue;
             }
         };
-        let parsed = hex::decode(&released.commitments)
-            .ok()
-            .and_then(|b| Commitments::from_bytes(&b).ok())
-            .zip(
-                hex::decode(&released.share)
-                    .ok()
-                    .and_then(|b| Share::from_bytes(&b).ok()),
-            );
-        let Some((commitments, share)) = parsed else {
-            failures.push(NodeFailure {
-                node,
-                reason: "malformed share or commitments".into(),
-            });
-            continue;
+        let released = match a
+            .share
+            .and_then(|r| verified(&r).map(|v| (r, v)).map_err(|e| (e, false)))
+        {
+            Ok(x) => x,
+            Err((reason, refused)) => {
+                if reason.contains("failed verification") {
+                    tracing::error!(record = %id, node = %a.node, "share failed verification against the commitments");
+                }
+                health.note(
+                    &a.node,
+                    if refused {
+                        Outcome::Refused
+                    } else {
+                        Outcome::Faulty
+                    },
+                );
+                failures.push(NodeFailure {
+                    node: a.node,
+                    reason,
+                });
+                continue;
+            }
         };
-        if !commitments.verify(&share) {
-            tracing::error!(record = %id, node = %node, "share failed verification against the commitments");
-            failures.push(NodeFailure {
-                node,
-                reason: format!("share {} failed verification", share.index),
-            });
-            continue;
-        }
+        let (released, (commitments, share)) = released;
+        answered.push((a.node.clone(), a.took));
         let key = (released.commitments, released.sealed_block);
         let entry = groups
             .entry(key.clone())
             .or_insert_with(|| (commitments, Vec::new()));
-        entry.1.push((node, share));
+        entry.1.push((a.node, share));
         if entry.1.len() < needed || entry.0.k() != needed {
             continue;
         }
@@ -127,39 +199,45 @@ pub(super) async fn gather(
                 }
             }
         }
-        // Give the remaining nodes a moment, so a bad node is named even when it is a little
+        // Give the nodes still out a moment, so a bad node is named even when it is a little
         // slower than the rest: half the time the quorum took (2 to 250 ms). A hung or dead
         // node then costs a read at most half again its quorum time (`benches/degraded.rs`)
         // rather than a fixed wait; one that answers later is not named.
         let grace = tokio::time::sleep((started.elapsed() / 2).clamp(GRACE.0, GRACE.1));
         tokio::pin!(grace);
         let agreed = &groups[&key].0;
-        loop {
+        while !pending.is_empty() {
             tokio::select! {
-                _ = &mut grace => break,
-                next = pending.next() => match next {
-                    None => break,
-                    Some((node, Err(reason))) => failures.push(NodeFailure { node, reason }),
-                    Some((node, Ok(r))) => {
+                () = &mut grace => break,
+                Some(a) = pending.next() => match a.share {
+                    Err((reason, refused)) => {
+                        health.note(&a.node, if refused { Outcome::Refused } else { Outcome::Faulty });
+                        failures.push(NodeFailure { node: a.node, reason });
+                    }
+                    Ok(r) => {
                         let ok = r.commitments == key.0
                             && hex::decode(&r.share)
                                 .ok()
                                 .and_then(|b| Share::from_bytes(&b).ok())
                                 .is_some_and(|sh| agreed.verify(&sh));
-                        if !ok {
-                            tracing::error!(record = %id, node = %node, "share failed verification against the commitments");
-                            failures.push(NodeFailure { node, reason: "share failed verification".into() });
+                        if ok {
+                            answered.push((a.node, a.took));
+                        } else {
+                            tracing::error!(record = %id, node = %a.node, "share failed verification against the commitments");
+                            failures.push(NodeFailure { node: a.node, reason: "share failed verification".into() });
                         }
                     }
                 }
             }
         }
+        note_all(health, &asked, &answered, &failures);
         return Ok(Gathered {
             secret,
             sealed,
             failures,
         });
     }
+    note_all(health, &asked, &answered, &failures);
     let valid = groups.values().map(|(_, m)| m.len()).max().unwrap_or(0);
     Err(RecordError::NotEnoughShares {
         record: id,
@@ -169,12 +247,38 @@ pub(super) async fn gather(
     })
 }
 
+/// Notes the nodes asked: those that answered well, and as faulty those that disagreed or did
+/// not answer before the read ended (failures were noted as they came).
+fn note_all(
+    health: &NodeHealth,
+    asked: &[String],
+    answered: &[(String, Duration)],
+    failures: &[NodeFailure],
+) {
+    for url in asked {
+        if let Some((_, took)) = answered.iter().find(|(u, _)| u == url) {
+            let disagreed = failures.iter().any(|f| &f.node == url);
+            health.note(
+                url,
+                if disagreed {
+                    Outcome::Faulty
+                } else {
+                    Outcome::Answered(*took)
+                },
+            );
+        } else if !failures.iter().any(|f| &f.node == url) {
+            health.note(url, Outcome::Faulty);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     //! Against in-process share nodes that answer releases as told: honest, lying (other
     //! commitments and block), corrupting their share, refusing, or never answering.
 
     use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
     use alloy::primitives::{Address, B256};
     use alloy::signers::local::PrivateKeySigner;
@@ -200,13 +304,19 @@ mod tests {
         Hang,
     }
 
-    async fn node(answer: Option<ReleasedShare>, b: Behaviour, i: u8) -> ShareNodeRef {
+    async fn node(
+        answer: Option<ReleasedShare>,
+        b: Behaviour,
+        i: u8,
+        hits: Arc<AtomicUsize>,
+    ) -> ShareNodeRef {
         let answer = Arc::new(answer.map(|a| serde_json::to_value(a).unwrap()));
         let app = axum::Router::new().route(
             "/shares/{id}/release",
             post(move || {
                 let answer = answer.clone();
                 let b = b.clone();
+                hits.fetch_add(1, Ordering::SeqCst);
                 async move {
                     match b {
                         Behaviour::Refuse => Err((
@@ -242,9 +352,16 @@ mod tests {
         }
     }
 
-    /// Five nodes behaving as `bs`, for a 3-of-5 secret; returns the secret's bytes and the
-    /// gathering's outcome.
-    async fn run(bs: [Behaviour; 5]) -> ([u8; 32], Result<Gathered, RecordError>) {
+    /// What a run yields: the secret's bytes, the gathering's outcome, and how many requests
+    /// each node received.
+    struct Run {
+        want: [u8; 32],
+        got: Result<Gathered, RecordError>,
+        hits: Vec<usize>,
+    }
+
+    /// Five nodes behaving as `bs`, asked in that order, for a 3-of-5 secret.
+    async fn run(bs: [Behaviour; 5], health: &NodeHealth) -> Run {
         let t = Threshold::new(3, 5).unwrap();
         let secret = Secret::random();
         let (shares, commitments) = split(&secret, t);
@@ -252,7 +369,8 @@ mod tests {
         let signer = PrivateKeySigner::random();
         let dom = domain(1, Address::ZERO, B256::ZERO);
         let id = RecordId(B256::repeat_byte(7));
-        let mut requests = Vec::new();
+        let mut order = Vec::new();
+        let mut hits = Vec::new();
         for (i, b) in bs.into_iter().enumerate() {
             let (share, commitments, block) = match b {
                 Behaviour::Liar => (lie_shares[i].clone(), &lie_commitments, "bb"),
@@ -283,39 +401,50 @@ mod tests {
                 commitments: hex::encode(commitments.to_bytes()),
                 sealed_block: block.into(),
             };
-            let node = node(Some(answer), b, i as u8).await;
+            let count = Arc::new(AtomicUsize::new(0));
+            let node = node(Some(answer), b, i as u8, count.clone()).await;
+            hits.push(count);
+            order.push(NodeClient::new(reqwest::Client::new(), node));
+        }
+        let sign_for = |node: &NodeClient| {
             let request = ShareRelease {
                 recordId: id.0,
                 requester: signer.address(),
                 accessTx: B256::ZERO,
-                shareNode: node.address,
+                shareNode: node.node().address,
                 nonce: alloy::primitives::U256::ZERO,
                 deadline: 0,
             };
             let signature = sign(&signer, &request, &dom).unwrap();
-            requests.push((
-                NodeClient::new(reqwest::Client::new(), node),
-                ReleaseBody { request, signature },
-            ));
-        }
+            Ok(ReleaseBody { request, signature })
+        };
         let key = k256::SecretKey::from_slice(signer.to_bytes().as_slice()).unwrap();
-        (secret.to_bytes(), gather(id, requests, 3, &key).await)
+        let got = gather(id, order, sign_for, 3, &key, health).await;
+        Run {
+            want: secret.to_bytes(),
+            got,
+            hits: hits.iter().map(|h| h.load(Ordering::SeqCst)).collect(),
+        }
     }
 
     use Behaviour::{Corrupt, Hang, Honest, Liar, Refuse};
 
     #[tokio::test]
-    async fn three_honest_nodes_are_enough_and_the_others_are_named() {
-        for bs in [
-            [Honest, Honest, Honest, Honest, Honest],
-            [Liar, Honest, Liar, Honest, Honest],
-            [Honest, Corrupt, Honest, Corrupt, Honest],
-            [Refuse, Honest, Hang, Honest, Honest],
+    async fn three_honest_nodes_are_enough_and_the_others_asked_are_named() {
+        for (bs, asked) in [
+            ([Honest, Honest, Honest, Honest, Honest], 3),
+            // The two liars agree with each other: two more honest nodes settle it.
+            ([Liar, Honest, Liar, Honest, Honest], 5),
+            ([Honest, Corrupt, Honest, Corrupt, Honest], 5),
+            // The refusal brings in the fourth; the hung one, the fifth after the hedge.
+            ([Refuse, Honest, Hang, Honest, Honest], 5),
         ] {
-            let (want, got) = run(bs.clone()).await;
-            let g = got.unwrap();
-            assert_eq!(g.secret.to_bytes(), want);
+            let health = NodeHealth::default();
+            let r = run(bs.clone(), &health).await;
+            let g = r.got.unwrap();
+            assert_eq!(g.secret.to_bytes(), r.want);
             assert_eq!(g.sealed, vec![0xaa]);
+            assert_eq!(r.hits.iter().sum::<usize>(), asked, "{:?}", r.hits);
             let named = |reason: &str| {
                 g.failures
                     .iter()
@@ -338,13 +467,23 @@ mod tests {
                 count(|b| matches!(b, Refuse)),
                 "refusals named"
             );
+            // Liars, corrupt and hung nodes are suspects; a refusal is not a fault.
+            let faulty = bs
+                .iter()
+                .filter(|b| matches!(b, Liar | Corrupt | Hang))
+                .count();
+            assert_eq!(health.suspects().len(), faulty);
         }
     }
 
     #[tokio::test]
     async fn fewer_than_k_good_shares_name_every_failure() {
-        let (_, got) = run([Honest, Honest, Refuse, Corrupt, Liar]).await;
-        match got {
+        let r = run(
+            [Honest, Honest, Refuse, Corrupt, Liar],
+            &NodeHealth::default(),
+        )
+        .await;
+        match r.got {
             Err(RecordError::NotEnoughShares {
                 valid,
                 needed,
@@ -364,13 +503,16 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn hung_nodes_delay_a_read_by_the_grace_only() {
+    async fn hung_nodes_cost_a_hedge_and_become_suspects() {
+        let health = NodeHealth::default();
         let t = Instant::now();
-        let (want, got) = run([Hang, Honest, Hang, Honest, Honest]).await;
-        assert_eq!(got.unwrap().secret.to_bytes(), want);
+        let r = run([Hang, Honest, Hang, Honest, Honest], &health).await;
+        assert_eq!(r.got.unwrap().secret.to_bytes(), r.want);
         assert!(
             t.elapsed() < Duration::from_secs(5),
             "waited for hung nodes"
         );
+        assert_eq!(r.hits, [1, 1, 1, 1, 1], "the hedge asked every node");
+        assert_eq!(health.suspects().len(), 2, "both hung nodes suspected");
     }
 }

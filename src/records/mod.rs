@@ -19,6 +19,7 @@ mod config;
 mod directory;
 mod fhir;
 mod gather;
+mod node_health;
 mod read_cache;
 mod sweeper;
 
@@ -30,5 +31,6 @@ pub use client::{
 pub use config::RecordsConfig;
 pub use directory::Directory;
 pub use fhir::{FHIR_JSON, validate_fhir};
+pub use node_health::NodeHealth;
 pub use read_cache::{DEFAULT_ACCESS_REUSE, MAX_ACCESS_REUSE, ReadCache};
 pub use sweeper::{SweepReport, SweepSettings, UploadSweeper};

@@ -37,7 +37,7 @@ use crate::chain::{DenyReason, EhrChain, PatientAddr, RecordId};
 use crate::kind::{Classify, ErrorKind};
 use crate::limits::{RateLimiter, retry_after_secs};
 use axum::extract::ConnectInfo;
-use collector::collect;
+use collector::{collect, flush};
 use refusal::{Refusal, bad, denied, internal, not_allowed, too_many};
 
 /// Longest validity of a signed request, so captured requests expire quickly.
@@ -251,7 +251,8 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let node = node(cfg);
     let collector = tokio::spawn(collect(node.clone()));
-    let app = routes(node).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let flusher = tokio::spawn(flush(node.clone()));
+    let app = routes(node.clone()).into_make_service_with_connect_info::<std::net::SocketAddr>();
     let r = match tls {
         None => {
             axum::serve(listener, app)
@@ -272,6 +273,10 @@ pub async fn serve(
         }
     };
     collector.abort();
+    flusher.abort();
+    if let Err(e) = node.cfg.store.flush() {
+        tracing::warn!("share node store flush at shutdown: {e}");
+    }
     r
 }
 
@@ -514,7 +519,7 @@ async fn release(
     if !n
         .cfg
         .store
-        .use_nonce(&r.requester.0.0, &r.nonce.to_be_bytes(), r.deadline)
+        .use_release_nonce(&r.requester.0.0, &r.nonce.to_be_bytes(), r.deadline)
         .map_err(internal)?
     {
         return Err(denied("request nonce already used (replay)"));

@@ -17,6 +17,22 @@ pub(super) async fn collect(n: Arc<Node>) {
     }
 }
 
+/// How often release nonces committed without waiting for the disk are made durable.
+const FLUSH_EVERY: Duration = Duration::from_secs(1);
+
+/// Every second: make the release nonces of the last second durable (one disk write for all
+/// of them rather than one per read; see [`ShareStore::use_release_nonce`]).
+pub(super) async fn flush(n: Arc<Node>) {
+    let mut tick = tokio::time::interval(FLUSH_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(e) = n.cfg.store.flush() {
+            tracing::warn!("share node store flush: {e}");
+        }
+    }
+}
+
 pub(super) async fn sweep(n: &Node) -> Result<(), String> {
     let store = &n.cfg.store;
     let t = now();

@@ -86,6 +86,28 @@ fn a_deposit_and_its_nonce_are_one_write() {
 }
 
 #[test]
+fn release_nonces_are_refused_at_once_and_written_with_the_next_flush() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("s.redb");
+    let who = [4; 20];
+    {
+        let s = ShareStore::open(&p, key(), &binding(1)).unwrap();
+        assert!(!s.flush().unwrap(), "nothing to write yet");
+        assert!(s.use_release_nonce(&who, &[1; 32], 9).unwrap());
+        assert!(
+            !s.use_release_nonce(&who, &[1; 32], 9).unwrap(),
+            "a replay is refused before any flush"
+        );
+        assert!(!s.use_nonce(&who, &[1; 32], 9).unwrap(), "one nonce table");
+        assert!(s.flush().unwrap());
+        assert!(!s.flush().unwrap(), "written once");
+    }
+    let s = ShareStore::open(&p, key(), &binding(1)).unwrap();
+    assert!(!s.use_release_nonce(&who, &[1; 32], 9).unwrap());
+    assert_eq!(s.nonce_count().unwrap(), 1);
+}
+
+#[test]
 fn bound_to_one_deployment_and_encrypted_under_the_node_key() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("s.redb");
