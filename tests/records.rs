@@ -481,6 +481,14 @@ async fn reads_survive_two_nodes_down_and_three_down_fail_clearly() {
         }
     }
     assert_eq!(named.len(), 2, "both stopped nodes named: {named:?}");
+    // Both are suspects now, asked after the three that work: the next reads meet neither.
+    let mut want = down.clone();
+    want.sort();
+    assert_eq!(gc.node_health().suspects(), want);
+    for _ in 0..5 {
+        let r = gc.get(fhir_id).await.unwrap();
+        assert!(r.failures.is_empty(), "{:?}", r.failures);
+    }
 
     // Back up, with node 0 releasing corrupted shares: reads succeed and name node 0.
     nodes[0]

@@ -532,6 +532,11 @@ impl RecordsClient {
         Ok(failures.is_empty())
     }
 
+    /// Which share nodes failed this client's reads (or its gateway's) lately.
+    pub fn node_health(&self) -> &NodeHealth {
+        &self.health
+    }
+
     /// The read-only side: where records sit and which a patient has.
     pub fn directory(&self) -> &Directory {
         &self.directory

@@ -116,11 +116,11 @@ pub(super) async fn gather(
     let started = Instant::now();
     let mut waiting = order.into_iter();
     let mut pending = FuturesUnordered::new();
-    let mut asked: Vec<String> = Vec::new();
+    let mut asked: Vec<(String, Instant)> = Vec::new();
     let mut launch = |n: usize, pending: &mut FuturesUnordered<_>| -> Result<(), RecordError> {
         for node in waiting.by_ref().take(n) {
             let body = sign(&node)?;
-            asked.push(node.node().url.clone());
+            asked.push((node.node().url.clone(), Instant::now()));
             pending.push(ask(id, node, body, key));
         }
         Ok(())
@@ -132,9 +132,16 @@ pub(super) async fn gather(
     let mut failures = Vec::new();
     let mut groups: Groups = HashMap::new();
     let mut answered: Vec<(String, Duration)> = Vec::new();
+    let mut refused: Vec<String> = Vec::new();
     loop {
-        // Ask more whenever the nodes asked and still out cannot make a group of k.
-        let best = groups.values().map(|(_, m)| m.len()).max().unwrap_or(0);
+        // Ask more whenever the nodes asked and still out cannot make a group of k (of a
+        // polynomial of the threshold asked for: no other can ever count).
+        let best = groups
+            .values()
+            .filter(|(c, _)| c.k() == needed)
+            .map(|(_, m)| m.len())
+            .max()
+            .unwrap_or(0);
         if best + pending.len() < needed {
             launch(needed - best - pending.len(), &mut pending)?;
         }
@@ -154,18 +161,13 @@ pub(super) async fn gather(
             .and_then(|r| verified(&r).map(|v| (r, v)).map_err(|e| (e, false)))
         {
             Ok(x) => x,
-            Err((reason, refused)) => {
+            Err((reason, said_no)) => {
                 if reason.contains("failed verification") {
                     tracing::error!(record = %id, node = %a.node, "share failed verification against the commitments");
                 }
-                health.note(
-                    &a.node,
-                    if refused {
-                        Outcome::Refused
-                    } else {
-                        Outcome::Faulty
-                    },
-                );
+                if said_no {
+                    refused.push(a.node.clone());
+                }
                 failures.push(NodeFailure {
                     node: a.node,
                     reason,
@@ -210,8 +212,10 @@ pub(super) async fn gather(
             tokio::select! {
                 () = &mut grace => break,
                 Some(a) = pending.next() => match a.share {
-                    Err((reason, refused)) => {
-                        health.note(&a.node, if refused { Outcome::Refused } else { Outcome::Faulty });
+                    Err((reason, said_no)) => {
+                        if said_no {
+                            refused.push(a.node.clone());
+                        }
                         failures.push(NodeFailure { node: a.node, reason });
                     }
                     Ok(r) => {
@@ -230,14 +234,14 @@ pub(super) async fn gather(
                 }
             }
         }
-        note_all(health, &asked, &answered, &failures);
+        note_all(health, &asked, &answered, &refused, &failures, true);
         return Ok(Gathered {
             secret,
             sealed,
             failures,
         });
     }
-    note_all(health, &asked, &answered, &failures);
+    note_all(health, &asked, &answered, &refused, &failures, false);
     let valid = groups.values().map(|(_, m)| m.len()).max().unwrap_or(0);
     Err(RecordError::NotEnoughShares {
         record: id,
@@ -247,28 +251,39 @@ pub(super) async fn gather(
     })
 }
 
-/// Notes the nodes asked: those that answered well, and as faulty those that disagreed or did
-/// not answer before the read ended (failures were noted as they came).
+/// Notes every node asked, once the read is over (`ok`: it recombined the secret):
+/// - a refusal is a fault when k other nodes released for the same request (the node's view of
+///   the chain lags, or it withholds), and otherwise only a judgment (the grant is gone);
+/// - unreachable, a server error, a bad or disagreeing share: a fault;
+/// - a share that counted: its answer time;
+/// - still out: a fault if out longer than [`NodeHealth::late_after`] (a node asked by the
+///   hedge a moment before the quorum is not blamed for it).
 fn note_all(
     health: &NodeHealth,
-    asked: &[String],
+    asked: &[(String, Instant)],
     answered: &[(String, Duration)],
+    refused: &[String],
     failures: &[NodeFailure],
+    ok: bool,
 ) {
-    for url in asked {
-        if let Some((_, took)) = answered.iter().find(|(u, _)| u == url) {
-            let disagreed = failures.iter().any(|f| &f.node == url);
-            health.note(
-                url,
-                if disagreed {
-                    Outcome::Faulty
-                } else {
-                    Outcome::Answered(*took)
-                },
-            );
-        } else if !failures.iter().any(|f| &f.node == url) {
-            health.note(url, Outcome::Faulty);
-        }
+    let late = health.late_after();
+    for (url, at) in asked {
+        let outcome = if refused.contains(url) {
+            if ok {
+                Outcome::Faulty
+            } else {
+                Outcome::Refused
+            }
+        } else if failures.iter().any(|f| &f.node == url) {
+            Outcome::Faulty
+        } else if let Some((_, took)) = answered.iter().find(|(u, _)| u == url) {
+            Outcome::Answered(*took)
+        } else if at.elapsed() > late {
+            Outcome::Faulty
+        } else {
+            continue;
+        };
+        health.note(url, outcome);
     }
 }
 
@@ -429,6 +444,11 @@ mod tests {
 
     use Behaviour::{Corrupt, Hang, Honest, Liar, Refuse};
 
+    /// A hedge that never fires within a test: the counts below must not depend on timing.
+    fn no_hedge() -> NodeHealth {
+        NodeHealth::with_hedge(Duration::from_secs(60))
+    }
+
     #[tokio::test]
     async fn three_honest_nodes_are_enough_and_the_others_asked_are_named() {
         for (bs, asked) in [
@@ -436,10 +456,10 @@ mod tests {
             // The two liars agree with each other: two more honest nodes settle it.
             ([Liar, Honest, Liar, Honest, Honest], 5),
             ([Honest, Corrupt, Honest, Corrupt, Honest], 5),
-            // The refusal brings in the fourth; the hung one, the fifth after the hedge.
-            ([Refuse, Honest, Hang, Honest, Honest], 5),
+            // The refusal brings in the fourth.
+            ([Refuse, Honest, Honest, Honest, Honest], 4),
         ] {
-            let health = NodeHealth::default();
+            let health = no_hedge();
             let r = run(bs.clone(), &health).await;
             let g = r.got.unwrap();
             assert_eq!(g.secret.to_bytes(), r.want);
@@ -467,22 +487,17 @@ mod tests {
                 count(|b| matches!(b, Refuse)),
                 "refusals named"
             );
-            // Liars, corrupt and hung nodes are suspects; a refusal is not a fault.
-            let faulty = bs
-                .iter()
-                .filter(|b| matches!(b, Liar | Corrupt | Hang))
-                .count();
-            assert_eq!(health.suspects().len(), faulty);
+            // Liars, corrupt nodes and a node refusing what k others released are suspects;
+            // honest ones are not.
+            let faulty = bs.iter().filter(|b| !matches!(b, Honest)).count();
+            assert_eq!(health.suspects().len(), faulty, "{:?}", health.suspects());
         }
     }
 
     #[tokio::test]
-    async fn fewer_than_k_good_shares_name_every_failure() {
-        let r = run(
-            [Honest, Honest, Refuse, Corrupt, Liar],
-            &NodeHealth::default(),
-        )
-        .await;
+    async fn fewer_than_k_good_shares_name_every_failure_and_a_refusal_is_no_fault() {
+        let health = no_hedge();
+        let r = run([Honest, Honest, Refuse, Corrupt, Liar], &health).await;
         match r.got {
             Err(RecordError::NotEnoughShares {
                 valid,
@@ -500,19 +515,27 @@ mod tests {
             Err(e) => panic!("wrong error: {e}"),
             Ok(_) => panic!("recombined from two honest shares"),
         }
+        assert_eq!(r.hits, [1, 1, 1, 1, 1]);
+        // The read failed: the refusal may be the grant's end, not the node's fault.
+        assert_eq!(health.suspects().len(), 1, "only the corrupt node");
     }
 
     #[tokio::test]
     async fn hung_nodes_cost_a_hedge_and_become_suspects() {
-        let health = NodeHealth::default();
-        let t = Instant::now();
-        let r = run([Hang, Honest, Hang, Honest, Honest], &health).await;
-        assert_eq!(r.got.unwrap().secret.to_bytes(), r.want);
-        assert!(
-            t.elapsed() < Duration::from_secs(5),
-            "waited for hung nodes"
-        );
-        assert_eq!(r.hits, [1, 1, 1, 1, 1], "the hedge asked every node");
-        assert_eq!(health.suspects().len(), 2, "both hung nodes suspected");
+        for (bs, suspects) in [
+            ([Hang, Honest, Hang, Honest, Honest], 2),
+            ([Refuse, Honest, Hang, Honest, Honest], 2),
+        ] {
+            let health = NodeHealth::with_hedge(Duration::from_millis(250));
+            let t = Instant::now();
+            let r = run(bs, &health).await;
+            assert_eq!(r.got.unwrap().secret.to_bytes(), r.want);
+            assert!(
+                t.elapsed() < Duration::from_secs(5),
+                "waited for hung nodes"
+            );
+            assert_eq!(r.hits, [1, 1, 1, 1, 1], "the hedge asked every node");
+            assert_eq!(health.suspects().len(), suspects, "{:?}", health.suspects());
+        }
     }
 }

@@ -3,13 +3,15 @@
 //!
 //! A read needs k shares, so it asks k nodes and more only when one fails, disagrees, or is
 //! slow ([`super::gather`]). A node that failed a read (unreachable, a server error, a bad or
-//! disagreeing share, or no answer before the read ended) is a suspect for [`SUSPECT_FOR`]:
-//! asked after the others, so that one broken node does not cost every read a hedge. A
-//! refusal (the node judged the request and said no) is not a fault. Healthy nodes are taken
-//! in a random order, so their load stays even.
+//! disagreeing share, a refusal while k others released, or no answer long after the others)
+//! is a suspect for [`SUSPECT_FOR`]: asked after the others, so that one broken node does not
+//! cost every read a hedge. A node whose answers are much slower than the others' is asked
+//! after the healthy ones too. Healthy nodes are taken in a random order, so their load stays
+//! even, and a node cannot buy its way to the front by answering fast.
 //!
-//! The hedge delay follows the nodes: three times the smoothed time of an answer, so that a
-//! loaded system does not hedge every read, and a hung node costs a read a few answer times.
+//! The hedge delay follows the nodes: three times the median of the nodes' smoothed answer
+//! times, so that a loaded system does not hedge every read, a hung node costs a read a few
+//! answer times, and one slow node cannot stretch the hedge for all.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -25,85 +27,128 @@ const HEDGE_MIN: Duration = Duration::from_millis(5);
 const HEDGE_MAX: Duration = Duration::from_millis(250);
 const HEDGE_FIRST: Duration = Duration::from_millis(20);
 
+/// A node this many times slower than the median node is asked after the others.
+const SLOW: f64 = 3.0;
+
 /// What a read learnt about one node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Outcome {
     /// A share that counted (or agreed with the ones that did), after this long.
     Answered(Duration),
-    /// A refusal: the node works, and judged the request.
+    /// A refusal when the read failed: the node works, and judged the request (the grant is
+    /// most likely gone).
     Refused,
-    /// Unreachable, a server error, a bad or disagreeing share, or no answer in time.
+    /// Unreachable, a server error, a bad or disagreeing share, a refusal while k others
+    /// released, or no answer long after the others.
     Faulty,
 }
 
 #[derive(Debug, Default)]
-struct State {
-    suspect_until: HashMap<String, Instant>,
-    /// Smoothed answer time in microseconds (an exponential average over all nodes).
+struct Node {
+    suspect_until: Option<Instant>,
+    /// Smoothed answer time in microseconds (an exponential average).
     answer_us: Option<f64>,
 }
 
 /// See the module documentation.
 #[derive(Debug, Default)]
 pub struct NodeHealth {
-    state: Mutex<State>,
+    /// Bounded by the configured nodes: only their URLs are ever noted.
+    nodes: Mutex<HashMap<String, Node>>,
+    /// A fixed hedge delay (tests), instead of one that follows the nodes.
+    fixed_hedge: Option<Duration>,
+}
+
+/// The median of the nodes' smoothed answer times, in microseconds.
+fn median_us(nodes: &HashMap<String, Node>) -> Option<f64> {
+    let mut v: Vec<f64> = nodes.values().filter_map(|n| n.answer_us).collect();
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    Some(v[v.len() / 2])
 }
 
 impl NodeHealth {
+    /// Health with a fixed hedge delay (for tests that must not depend on timing).
+    #[cfg(test)]
+    pub(super) fn with_hedge(hedge: Duration) -> Self {
+        Self {
+            fixed_hedge: Some(hedge),
+            ..Self::default()
+        }
+    }
+
     /// The order in which to ask `urls` (indices into it): healthy nodes in a random order,
-    /// then the suspects, the one suspected longest ago first.
+    /// then nodes much slower than the median, then the suspects, the one suspected longest
+    /// ago first.
     pub(super) fn order(&self, urls: &[&str]) -> Vec<usize> {
         let now = Instant::now();
-        let state = self.state.lock().expect("node health lock");
-        let mut keyed: Vec<(Option<Instant>, u64, usize)> = urls
+        let nodes = self.nodes.lock().expect("node health lock");
+        let median = median_us(&nodes);
+        let mut keyed: Vec<(Option<Instant>, bool, u64, usize)> = urls
             .iter()
             .enumerate()
             .map(|(i, url)| {
-                let until = state.suspect_until.get(*url).copied().filter(|t| *t > now);
-                (until, rand_core::OsRng.next_u64(), i)
+                let n = nodes.get(*url);
+                let until = n.and_then(|n| n.suspect_until).filter(|t| *t > now);
+                let slow = n
+                    .and_then(|n| n.answer_us)
+                    .zip(median)
+                    .is_some_and(|(mine, m)| mine > SLOW * m);
+                (until, slow, rand_core::OsRng.next_u64(), i)
             })
             .collect();
-        drop(state);
-        // `None` (healthy) sorts before any deadline.
+        drop(nodes);
+        // `None` (not suspected) sorts before any deadline, `false` (not slow) before `true`.
         keyed.sort_unstable();
-        keyed.into_iter().map(|(_, _, i)| i).collect()
+        keyed.into_iter().map(|(_, _, _, i)| i).collect()
     }
 
     /// How long to wait for the first k answers before asking the remaining nodes too.
     pub(super) fn hedge_after(&self) -> Duration {
-        let state = self.state.lock().expect("node health lock");
-        state.answer_us.map_or(HEDGE_FIRST, |us| {
-            Duration::from_micros((3.0 * us) as u64).clamp(HEDGE_MIN, HEDGE_MAX)
+        if let Some(h) = self.fixed_hedge {
+            return h;
+        }
+        let nodes = self.nodes.lock().expect("node health lock");
+        median_us(&nodes).map_or(HEDGE_FIRST, |us| {
+            Duration::from_micros((SLOW * us) as u64).clamp(HEDGE_MIN, HEDGE_MAX)
         })
+    }
+
+    /// How long a node may stay out while the others answer before it counts as faulty:
+    /// three median answer times (not capped like the hedge, so that nodes all slower than
+    /// the hedge's cap are not suspected for it), and never less than the hedge.
+    pub(super) fn late_after(&self) -> Duration {
+        let nodes = self.nodes.lock().expect("node health lock");
+        let late =
+            median_us(&nodes).map_or(HEDGE_FIRST, |us| Duration::from_micros((SLOW * us) as u64));
+        drop(nodes);
+        late.max(self.hedge_after())
     }
 
     /// Takes in what a read learnt about node `url`.
     pub(super) fn note(&self, url: &str, outcome: Outcome) {
-        let mut state = self.state.lock().expect("node health lock");
+        let mut nodes = self.nodes.lock().expect("node health lock");
+        let n = nodes.entry(url.to_owned()).or_default();
         match outcome {
             Outcome::Answered(took) => {
                 let us = took.as_micros() as f64;
-                state.answer_us = Some(state.answer_us.map_or(us, |avg| 0.9 * avg + 0.1 * us));
-                state.suspect_until.remove(url);
+                n.answer_us = Some(n.answer_us.map_or(us, |avg| 0.8 * avg + 0.2 * us));
+                n.suspect_until = None;
             }
             Outcome::Refused => {}
-            Outcome::Faulty => {
-                // Bounded by the configured nodes: only their URLs are ever noted.
-                state
-                    .suspect_until
-                    .insert(url.to_owned(), Instant::now() + SUSPECT_FOR);
-            }
+            Outcome::Faulty => n.suspect_until = Some(Instant::now() + SUSPECT_FOR),
         }
     }
 
     /// The nodes suspected now (for health reports).
     pub fn suspects(&self) -> Vec<String> {
         let now = Instant::now();
-        let state = self.state.lock().expect("node health lock");
-        let mut v: Vec<String> = state
-            .suspect_until
+        let nodes = self.nodes.lock().expect("node health lock");
+        let mut v: Vec<String> = nodes
             .iter()
-            .filter(|(_, t)| **t > now)
+            .filter(|(_, n)| n.suspect_until.is_some_and(|t| t > now))
             .map(|(u, _)| u.clone())
             .collect();
         v.sort();
@@ -115,33 +160,49 @@ impl NodeHealth {
 mod tests {
     use super::*;
 
+    const URLS: [&str; 5] = ["a", "b", "c", "d", "e"];
+
     #[test]
     fn suspects_go_last_and_an_answer_clears_them() {
         let h = NodeHealth::default();
-        let urls = ["a", "b", "c", "d", "e"];
         h.note("b", Outcome::Faulty);
-        h.note("d", Outcome::Faulty);
         h.note("c", Outcome::Refused);
         for _ in 0..20 {
-            let o = h.order(&urls);
-            assert_eq!(o.len(), 5);
-            assert_eq!(&o[3..], &[1, 3], "suspects last, the earlier one first");
+            assert_eq!(h.order(&URLS)[4], 1, "the suspect last");
+        }
+        h.note("d", Outcome::Faulty);
+        for _ in 0..20 {
+            let mut last = h.order(&URLS)[3..].to_vec();
+            last.sort_unstable();
+            assert_eq!(last, [1, 3], "both suspects last");
         }
         assert_eq!(h.suspects(), ["b", "d"]);
         h.note("b", Outcome::Answered(Duration::from_millis(1)));
         assert_eq!(h.suspects(), ["d"]);
-        assert_eq!(h.order(&urls)[4], 3);
+        assert_eq!(h.order(&URLS)[4], 3);
     }
 
     #[test]
     fn healthy_nodes_take_turns() {
         let h = NodeHealth::default();
-        let urls = ["a", "b", "c", "d", "e"];
         let mut first = [0usize; 5];
         for _ in 0..500 {
-            first[h.order(&urls)[0]] += 1;
+            first[h.order(&URLS)[0]] += 1;
         }
         assert!(first.iter().all(|n| *n > 40), "uneven: {first:?}");
+    }
+
+    #[test]
+    fn a_slow_node_goes_after_the_others_and_does_not_stretch_the_hedge() {
+        let h = NodeHealth::default();
+        for u in ["a", "b", "c", "d"] {
+            h.note(u, Outcome::Answered(Duration::from_millis(4)));
+        }
+        h.note("e", Outcome::Answered(Duration::from_millis(240)));
+        for _ in 0..20 {
+            assert_eq!(h.order(&URLS)[4], 4, "the slow node last");
+        }
+        assert_eq!(h.hedge_after(), Duration::from_millis(12));
     }
 
     #[test]
@@ -158,5 +219,13 @@ mod tests {
             h.note("a", Outcome::Answered(Duration::from_secs(1)));
         }
         assert_eq!(h.hedge_after(), HEDGE_MAX);
+        assert!(
+            h.late_after() > Duration::from_secs(2),
+            "lateness is not capped"
+        );
+        assert_eq!(
+            NodeHealth::with_hedge(Duration::from_secs(9)).hedge_after(),
+            Duration::from_secs(9)
+        );
     }
 }

@@ -284,6 +284,9 @@ pub struct ShareStore {
     /// Whether a commit since the last durable one was not made durable
     /// ([`Self::use_release_nonce`]); [`Self::flush`] makes it so.
     unflushed: std::sync::atomic::AtomicBool,
+    /// Set when a flush failed: release nonces are then committed durably, each, until one
+    /// succeeds (a disk that fails must not widen the window of nonces a crash can lose).
+    flush_failed: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for ShareStore {
@@ -367,6 +370,7 @@ impl ShareStore {
             key,
             binding: *binding,
             unflushed: std::sync::atomic::AtomicBool::new(false),
+            flush_failed: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -382,6 +386,10 @@ impl ShareStore {
                 .write()
                 .map_err(|_| StoreError::Db("share store lock poisoned".into()))?;
             if self.broken.load(Ordering::Acquire) {
+                tracing::warn!(
+                    "share store {}: reopening after a failed write (release nonces since the last durable commit are lost)",
+                    self.path.display()
+                );
                 // The old handle must be gone before the file opens again (redb locks it);
                 // an operation still holding it makes this try fail, and the next one retries.
                 drop(slot.take());
@@ -776,10 +784,12 @@ impl ShareStore {
 
     /// [`Self::use_nonce`] for a release request, committed without waiting for the disk: the
     /// commit is durable with the next durable one ([`Self::flush`], run every second by the
-    /// node, or any deposit or anchor). A crash can lose the last second's release nonces; a
-    /// release replayed after that within its deadline gets a share sealed again to the
-    /// requester's key, which only the requester can open, after the chain said yes again: no
-    /// more than the requester could ask for anew. A deposit's nonce is always durable.
+    /// node, or any deposit or anchor). A crash, or a failed write that makes the store reopen
+    /// its file, can lose the release nonces since the last durable commit (while flushes
+    /// fail, each nonce is committed durably instead). A release replayed after that within
+    /// its deadline gets a share sealed again to the requester's key, which only the requester
+    /// can open, after the chain said yes again: no more than the requester could ask for
+    /// anew. A deposit's nonce is always durable.
     ///
     /// # Errors
     /// Database errors.
@@ -791,7 +801,9 @@ impl ShareStore {
     ) -> Result<bool, StoreError> {
         self.guard(|| {
             let mut tx = self.handle()?.begin_write().map_err(db)?;
-            tx.set_durability(redb::Durability::None).map_err(db)?;
+            if !self.flush_failed.load(std::sync::atomic::Ordering::Acquire) {
+                tx.set_durability(redb::Durability::None).map_err(db)?;
+            }
             if !Self::nonce_in(&tx, requester, nonce, deadline)? {
                 return Ok(false);
             }
@@ -818,6 +830,8 @@ impl ShareStore {
             let tx = self.handle()?.begin_write().map_err(db)?;
             tx.commit().map_err(db)
         });
+        self.flush_failed
+            .store(r.is_err(), std::sync::atomic::Ordering::Release);
         if r.is_err() {
             self.unflushed
                 .store(true, std::sync::atomic::Ordering::Release);

@@ -27,8 +27,12 @@ pub(super) async fn flush(n: Arc<Node>) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        if let Err(e) = n.cfg.store.flush() {
-            tracing::warn!("share node store flush: {e}");
+        // An fsync: off the async workers, so releases do not wait behind it.
+        let node = n.clone();
+        match tokio::task::spawn_blocking(move || node.cfg.store.flush()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!("share node store flush: {e}"),
+            Err(e) => tracing::warn!("share node store flush task: {e}"),
         }
     }
 }

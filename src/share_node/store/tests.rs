@@ -107,6 +107,30 @@ fn release_nonces_are_refused_at_once_and_written_with_the_next_flush() {
     assert_eq!(s.nonce_count().unwrap(), 1);
 }
 
+/// What a crash would leave: copies of the open store's file, before and after a flush.
+#[test]
+fn a_flush_makes_release_nonces_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("s.redb");
+    let who = [4; 20];
+    let s = ShareStore::open(&p, key(), &binding(1)).unwrap();
+    assert!(s.use_release_nonce(&who, &[1; 32], 9).unwrap());
+    std::fs::copy(&p, dir.path().join("before.redb")).unwrap();
+    assert!(s.flush().unwrap());
+    std::fs::copy(&p, dir.path().join("after.redb")).unwrap();
+    let before = ShareStore::open(&dir.path().join("before.redb"), key(), &binding(1)).unwrap();
+    assert_eq!(
+        before.nonce_count().unwrap(),
+        0,
+        "not on disk before the flush"
+    );
+    let after = ShareStore::open(&dir.path().join("after.redb"), key(), &binding(1)).unwrap();
+    assert!(
+        !after.use_release_nonce(&who, &[1; 32], 9).unwrap(),
+        "on disk after it"
+    );
+}
+
 #[test]
 fn bound_to_one_deployment_and_encrypted_under_the_node_key() {
     let dir = tempfile::tempdir().unwrap();
