@@ -255,6 +255,10 @@ use crate::clock::unix_now as now;
 /// near one copy).
 const PREFETCH_MAX: u64 = 4 << 20;
 
+/// An access transaction younger than this (seconds) may not be in every node's view of the
+/// chain yet.
+const FRESH_ACCESS_SECS: u64 = 5;
+
 /// A spawned task that is cancelled when its handle is dropped (a read that failed before
 /// its prefetched ciphertext was needed).
 struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
@@ -840,6 +844,14 @@ impl RecordsClient {
                 .map_err(|e| RecordError::Config(e.to_string()))?;
             Ok(ReleaseBody { request, signature })
         };
+        // A node whose chain view lags may not hold an access transaction sent a moment ago:
+        // its refusal of one is not held against it.
+        let me = self.signer.address();
+        let blame_refusals = access_tx.is_none_or(|tx| {
+            self.cache
+                .access_sent_at(me, id, tx)
+                .is_some_and(|at| now().saturating_sub(at) >= FRESH_ACCESS_SECS)
+        });
         let key = k256::SecretKey::from_slice(self.signer.to_bytes().as_slice())
             .map_err(|e| RecordError::Config(format!("signing key: {e}")))?;
         let g = super::gather::gather(
@@ -849,6 +861,7 @@ impl RecordsClient {
             usize::from(self.threshold.k()),
             &key,
             &self.health,
+            blame_refusals,
         )
         .await?;
         Ok((g.secret, g.sealed, g.failures))

@@ -51,6 +51,16 @@ impl RecordsConfig {
         self
     }
 
+    /// The same, with a fixed hedge delay: a read asks the remaining share nodes when its
+    /// first k have not all answered within `hedge`, instead of within three times the median
+    /// node's answer time. For nodes whose answer times vary more than a hedge should follow,
+    /// and for tests that must not depend on timing.
+    #[must_use]
+    pub fn with_fixed_hedge(mut self, hedge: std::time::Duration) -> Self {
+        self.health = Arc::new(NodeHealth::with_hedge(hedge));
+        self
+    }
+
     /// The same, anchoring through `anchoring` (the gateway's batcher).
     #[must_use]
     pub fn with_anchoring(mut self, anchoring: Arc<dyn Anchoring>) -> Self {

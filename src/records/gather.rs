@@ -53,23 +53,40 @@ fn open_share(
 /// The shortest and longest grace after the quorum.
 const GRACE: (Duration, Duration) = (Duration::from_millis(2), Duration::from_millis(250));
 
-/// One node's answer: its URL, how long it took, and the share or why not (with whether the
-/// node refused, which is not a fault).
+/// How a node that gave no share said so.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Declined {
+    /// A fault: unreachable, a server error, a share that does not open or verify.
+    Fault,
+    /// A refusal (4xx): the node judged the request.
+    No,
+    /// Too many requests (429): the node works, and is busy.
+    Busy,
+}
+
+/// One node's answer: its URL, how long it took, and the share or why not.
 struct Answer {
     node: String,
     took: Duration,
-    share: Result<ReleasedShare, (String, bool)>,
+    share: Result<ReleasedShare, (String, Declined)>,
 }
 
 /// Asks one node.
 async fn ask(id: RecordId, node: NodeClient, body: ReleaseBody, key: &k256::SecretKey) -> Answer {
     let t = Instant::now();
     let share = match node.release(id, &body).await {
-        Ok(released) => open_share(released, &body, key).map_err(|e| (e, false)),
+        Ok(released) => open_share(released, &body, key).map_err(|e| (e, Declined::Fault)),
         Err(e) => {
-            let refused = matches!(&e, NodeError::Refused { status, .. }
-                if (400..500).contains(status) && *status != 408);
-            Err((e.to_string(), refused))
+            let how = match &e {
+                NodeError::Refused { status: 429, .. } => Declined::Busy,
+                NodeError::Refused { status, .. }
+                    if (400..500).contains(status) && *status != 408 =>
+                {
+                    Declined::No
+                }
+                _ => Declined::Fault,
+            };
+            Err((e.to_string(), how))
         }
     };
     Answer {
@@ -100,7 +117,9 @@ fn verified(released: &ReleasedShare) -> Result<(Commitments, Share), String> {
 
 /// Asks the nodes in `order` (first k, then as needed; `sign` makes each node's signed request
 /// when it is asked) and returns the secret once `needed` shares of one group verify. Every
-/// node asked is noted in `health`.
+/// node asked is noted in `health`; a refusal counts against a node when the read succeeded
+/// and `blame_refusals` (the access transaction is not so fresh that a node's chain view may
+/// not hold it yet).
 ///
 /// # Errors
 /// [`RecordError::NotEnoughShares`] naming every node that failed, when no group can reach
@@ -112,6 +131,7 @@ pub(super) async fn gather(
     needed: usize,
     key: &k256::SecretKey,
     health: &NodeHealth,
+    blame_refusals: bool,
 ) -> Result<Gathered, RecordError> {
     let started = Instant::now();
     let mut waiting = order.into_iter();
@@ -132,7 +152,7 @@ pub(super) async fn gather(
     let mut failures = Vec::new();
     let mut groups: Groups = HashMap::new();
     let mut answered: Vec<(String, Duration)> = Vec::new();
-    let mut refused: Vec<String> = Vec::new();
+    let mut declined: Vec<(String, Declined)> = Vec::new();
     loop {
         // Ask more whenever the nodes asked and still out cannot make a group of k (of a
         // polynomial of the threshold asked for: no other can ever count).
@@ -156,18 +176,17 @@ pub(super) async fn gather(
                 continue;
             }
         };
-        let released = match a
-            .share
-            .and_then(|r| verified(&r).map(|v| (r, v)).map_err(|e| (e, false)))
-        {
+        let released = match a.share.and_then(|r| {
+            verified(&r)
+                .map(|v| (r, v))
+                .map_err(|e| (e, Declined::Fault))
+        }) {
             Ok(x) => x,
-            Err((reason, said_no)) => {
+            Err((reason, how)) => {
                 if reason.contains("failed verification") {
                     tracing::error!(record = %id, node = %a.node, "share failed verification against the commitments");
                 }
-                if said_no {
-                    refused.push(a.node.clone());
-                }
+                declined.push((a.node.clone(), how));
                 failures.push(NodeFailure {
                     node: a.node,
                     reason,
@@ -205,17 +224,16 @@ pub(super) async fn gather(
         // slower than the rest: half the time the quorum took (2 to 250 ms). A hung or dead
         // node then costs a read at most half again its quorum time (`benches/degraded.rs`)
         // rather than a fixed wait; one that answers later is not named.
-        let grace = tokio::time::sleep((started.elapsed() / 2).clamp(GRACE.0, GRACE.1));
+        let quorum = started.elapsed();
+        let grace = tokio::time::sleep((quorum / 2).clamp(GRACE.0, GRACE.1));
         tokio::pin!(grace);
         let agreed = &groups[&key].0;
         while !pending.is_empty() {
             tokio::select! {
                 () = &mut grace => break,
                 Some(a) = pending.next() => match a.share {
-                    Err((reason, said_no)) => {
-                        if said_no {
-                            refused.push(a.node.clone());
-                        }
+                    Err((reason, how)) => {
+                        declined.push((a.node.clone(), how));
                         failures.push(NodeFailure { node: a.node, reason });
                     }
                     Ok(r) => {
@@ -234,15 +252,32 @@ pub(super) async fn gather(
                 }
             }
         }
-        note_all(health, &asked, &answered, &refused, &failures, true);
+        let read = Read {
+            asked: &asked,
+            answered: &answered,
+            declined: &declined,
+            failures: &failures,
+        };
+        read.note(health, Some(quorum), blame_refusals);
         return Ok(Gathered {
             secret,
             sealed,
             failures,
         });
     }
-    note_all(health, &asked, &answered, &refused, &failures, false);
-    let valid = groups.values().map(|(_, m)| m.len()).max().unwrap_or(0);
+    let read = Read {
+        asked: &asked,
+        answered: &answered,
+        declined: &declined,
+        failures: &failures,
+    };
+    read.note(health, None, blame_refusals);
+    let valid = groups
+        .values()
+        .filter(|(c, _)| c.k() == needed)
+        .map(|(_, m)| m.len())
+        .max()
+        .unwrap_or(0);
     Err(RecordError::NotEnoughShares {
         record: id,
         valid,
@@ -251,39 +286,52 @@ pub(super) async fn gather(
     })
 }
 
-/// Notes every node asked, once the read is over (`ok`: it recombined the secret):
-/// - a refusal is a fault when k other nodes released for the same request (the node's view of
-///   the chain lags, or it withholds), and otherwise only a judgment (the grant is gone);
-/// - unreachable, a server error, a bad or disagreeing share: a fault;
-/// - a share that counted: its answer time;
-/// - still out: a fault if out longer than [`NodeHealth::late_after`] (a node asked by the
-///   hedge a moment before the quorum is not blamed for it).
-fn note_all(
-    health: &NodeHealth,
-    asked: &[(String, Instant)],
-    answered: &[(String, Duration)],
-    refused: &[String],
-    failures: &[NodeFailure],
-    ok: bool,
-) {
-    let late = health.late_after();
-    for (url, at) in asked {
-        let outcome = if refused.contains(url) {
-            if ok {
-                Outcome::Faulty
-            } else {
-                Outcome::Refused
+/// What one read saw of the nodes it asked.
+struct Read<'a> {
+    /// Each node asked and when.
+    asked: &'a [(String, Instant)],
+    /// Nodes whose share counted (or agreed), and how long each took.
+    answered: &'a [(String, Duration)],
+    /// Nodes that gave no share, and how they said so.
+    declined: &'a [(String, Declined)],
+    /// Every node named as failing (faults, refusals, disagreeing shares).
+    failures: &'a [NodeFailure],
+}
+
+impl Read<'_> {
+    /// Notes every node asked, once the read is over (`quorum`: when it had k shares, if it
+    /// did):
+    /// - a refusal is a fault when k other nodes released for the same request and
+    ///   `blame_refusals` (the node's view of the chain lags, or it withholds), and otherwise
+    ///   only a judgment (the grant is gone, or the access transaction is too fresh to blame);
+    ///   a node that is busy (429) is noted neither way;
+    /// - unreachable, a server error, a bad or disagreeing share: a fault;
+    /// - a share that counted: its answer time;
+    /// - still out: a fault only when out longer than [`NodeHealth::late_after`] (taken
+    ///   after this read's answer times) and a fifth longer than the quorum took: a hung node
+    ///   is, a node asked by the hedge a moment before the quorum or one slow answer is not.
+    fn note(&self, health: &NodeHealth, quorum: Option<Duration>, blame_refusals: bool) {
+        for (url, took) in self.answered {
+            if !self.failures.iter().any(|f| &f.node == url) {
+                health.note(url, Outcome::Answered(*took));
             }
-        } else if failures.iter().any(|f| &f.node == url) {
-            Outcome::Faulty
-        } else if let Some((_, took)) = answered.iter().find(|(u, _)| u == url) {
-            Outcome::Answered(*took)
-        } else if at.elapsed() > late {
-            Outcome::Faulty
-        } else {
-            continue;
-        };
-        health.note(url, outcome);
+        }
+        let late = health
+            .late_after()
+            .max(quorum.map_or(Duration::ZERO, |q| q + q / 5));
+        for (url, at) in self.asked {
+            let outcome = match self.declined.iter().find(|(u, _)| u == url) {
+                Some((_, Declined::Busy)) => continue,
+                Some((_, Declined::No)) if quorum.is_some() && blame_refusals => Outcome::Faulty,
+                Some((_, Declined::No)) => Outcome::Refused,
+                Some((_, Declined::Fault)) => Outcome::Faulty,
+                None if self.failures.iter().any(|f| &f.node == url) => Outcome::Faulty,
+                None if self.answered.iter().any(|(u, _)| u == url) => continue,
+                None if at.elapsed() > late => Outcome::Faulty,
+                None => continue,
+            };
+            health.note(url, outcome);
+        }
     }
 }
 
@@ -315,6 +363,8 @@ mod tests {
         Corrupt,
         /// 403.
         Refuse,
+        /// 429.
+        Busy,
         /// Accepts and never answers.
         Hang,
     }
@@ -337,6 +387,10 @@ mod tests {
                         Behaviour::Refuse => Err((
                             axum::http::StatusCode::FORBIDDEN,
                             Json(serde_json::json!({ "error": "not allowed" })),
+                        )),
+                        Behaviour::Busy => Err((
+                            axum::http::StatusCode::TOO_MANY_REQUESTS,
+                            Json(serde_json::json!({ "error": "slow down" })),
                         )),
                         Behaviour::Hang => {
                             std::future::pending::<()>().await;
@@ -377,6 +431,11 @@ mod tests {
 
     /// Five nodes behaving as `bs`, asked in that order, for a 3-of-5 secret.
     async fn run(bs: [Behaviour; 5], health: &NodeHealth) -> Run {
+        run_blaming(bs, health, true).await
+    }
+
+    /// The same, telling the gathering whether refusals may be blamed.
+    async fn run_blaming(bs: [Behaviour; 5], health: &NodeHealth, blame: bool) -> Run {
         let t = Threshold::new(3, 5).unwrap();
         let secret = Secret::random();
         let (shares, commitments) = split(&secret, t);
@@ -434,7 +493,7 @@ mod tests {
             Ok(ReleaseBody { request, signature })
         };
         let key = k256::SecretKey::from_slice(signer.to_bytes().as_slice()).unwrap();
-        let got = gather(id, order, sign_for, 3, &key, health).await;
+        let got = gather(id, order, sign_for, 3, &key, health, blame).await;
         Run {
             want: secret.to_bytes(),
             got,
@@ -442,7 +501,7 @@ mod tests {
         }
     }
 
-    use Behaviour::{Corrupt, Hang, Honest, Liar, Refuse};
+    use Behaviour::{Busy, Corrupt, Hang, Honest, Liar, Refuse};
 
     /// A hedge that never fires within a test: the counts below must not depend on timing.
     fn no_hedge() -> NodeHealth {
@@ -456,8 +515,9 @@ mod tests {
             // The two liars agree with each other: two more honest nodes settle it.
             ([Liar, Honest, Liar, Honest, Honest], 5),
             ([Honest, Corrupt, Honest, Corrupt, Honest], 5),
-            // The refusal brings in the fourth.
+            // The refusal brings in the fourth; so does a busy node.
             ([Refuse, Honest, Honest, Honest, Honest], 4),
+            ([Honest, Busy, Honest, Honest, Honest], 4),
         ] {
             let health = no_hedge();
             let r = run(bs.clone(), &health).await;
@@ -488,10 +548,21 @@ mod tests {
                 "refusals named"
             );
             // Liars, corrupt nodes and a node refusing what k others released are suspects;
-            // honest ones are not.
-            let faulty = bs.iter().filter(|b| !matches!(b, Honest)).count();
+            // honest and busy ones are not.
+            let faulty = bs
+                .iter()
+                .filter(|b| matches!(b, Liar | Corrupt | Refuse))
+                .count();
             assert_eq!(health.suspects().len(), faulty, "{:?}", health.suspects());
         }
+    }
+
+    #[tokio::test]
+    async fn a_refusal_of_a_fresh_access_is_not_blamed() {
+        let health = no_hedge();
+        let r = run_blaming([Refuse, Honest, Honest, Honest, Honest], &health, false).await;
+        assert_eq!(r.got.unwrap().secret.to_bytes(), r.want);
+        assert!(health.suspects().is_empty(), "{:?}", health.suspects());
     }
 
     #[tokio::test]

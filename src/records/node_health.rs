@@ -27,7 +27,8 @@ const HEDGE_MIN: Duration = Duration::from_millis(5);
 const HEDGE_MAX: Duration = Duration::from_millis(250);
 const HEDGE_FIRST: Duration = Duration::from_millis(20);
 
-/// A node this many times slower than the median node is asked after the others.
+/// A node this many times slower than the median node is asked after the others (for
+/// [`SUSPECT_FOR`] after its last answer at most).
 const SLOW: f64 = 3.0;
 
 /// What a read learnt about one node.
@@ -46,8 +47,10 @@ pub(super) enum Outcome {
 #[derive(Debug, Default)]
 struct Node {
     suspect_until: Option<Instant>,
-    /// Smoothed answer time in microseconds (an exponential average).
+    /// Smoothed answer time in microseconds (an exponential average), and when it last
+    /// changed: a node slow a while ago is tried again with the others.
     answer_us: Option<f64>,
+    answered_at: Option<Instant>,
 }
 
 /// See the module documentation.
@@ -70,8 +73,7 @@ fn median_us(nodes: &HashMap<String, Node>) -> Option<f64> {
 }
 
 impl NodeHealth {
-    /// Health with a fixed hedge delay (for tests that must not depend on timing).
-    #[cfg(test)]
+    /// Health with a fixed hedge delay (see [`super::RecordsConfig::with_fixed_hedge`]).
     pub(super) fn with_hedge(hedge: Duration) -> Self {
         Self {
             fixed_hedge: Some(hedge),
@@ -93,6 +95,7 @@ impl NodeHealth {
                 let n = nodes.get(*url);
                 let until = n.and_then(|n| n.suspect_until).filter(|t| *t > now);
                 let slow = n
+                    .filter(|n| n.answered_at.is_some_and(|t| now - t < SUSPECT_FOR))
                     .and_then(|n| n.answer_us)
                     .zip(median)
                     .is_some_and(|(mine, m)| mine > SLOW * m);
@@ -135,6 +138,7 @@ impl NodeHealth {
             Outcome::Answered(took) => {
                 let us = took.as_micros() as f64;
                 n.answer_us = Some(n.answer_us.map_or(us, |avg| 0.8 * avg + 0.2 * us));
+                n.answered_at = Some(Instant::now());
                 n.suspect_until = None;
             }
             Outcome::Refused => {}

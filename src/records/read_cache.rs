@@ -107,6 +107,14 @@ impl ReadCache {
         (now.saturating_sub(a.sent_at) < self.reuse.as_secs()).then_some(a.tx)
     }
 
+    /// When `reader`'s access transaction `tx` for `id` was sent, if it is the one remembered.
+    pub(super) fn access_sent_at(&self, reader: Address, id: RecordId, tx: B256) -> Option<u64> {
+        lock(&self.accesses)
+            .get(&(reader, id))
+            .filter(|a| a.tx == tx)
+            .map(|a| a.sent_at)
+    }
+
     pub(super) fn remember_access(&self, reader: Address, id: RecordId, a: Access) {
         if !self.reuse.is_zero() {
             lock(&self.accesses).put((reader, id), a);
