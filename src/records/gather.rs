@@ -156,12 +156,7 @@ pub(super) async fn gather(
     loop {
         // Ask more whenever the nodes asked and still out cannot make a group of k (of a
         // polynomial of the threshold asked for: no other can ever count).
-        let best = groups
-            .values()
-            .filter(|(c, _)| c.k() == needed)
-            .map(|(_, m)| m.len())
-            .max()
-            .unwrap_or(0);
+        let best = largest(&groups, needed);
         if best + pending.len() < needed {
             launch(needed - best - pending.len(), &mut pending)?;
         }
@@ -272,18 +267,23 @@ pub(super) async fn gather(
         failures: &failures,
     };
     read.note(health, None, blame_refusals);
-    let valid = groups
-        .values()
-        .filter(|(c, _)| c.k() == needed)
-        .map(|(_, m)| m.len())
-        .max()
-        .unwrap_or(0);
+    let valid = largest(&groups, needed);
     Err(RecordError::NotEnoughShares {
         record: id,
         valid,
         needed,
         failures,
     })
+}
+
+/// The most verified shares any group of threshold `needed` holds (no other group can count).
+fn largest(groups: &Groups, needed: usize) -> usize {
+    groups
+        .values()
+        .filter(|(c, _)| c.k() == needed)
+        .map(|(_, m)| m.len())
+        .max()
+        .unwrap_or(0)
 }
 
 /// What one read saw of the nodes it asked.

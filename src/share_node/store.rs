@@ -772,14 +772,7 @@ impl ShareStore {
         nonce: &[u8; 32],
         deadline: u64,
     ) -> Result<bool, StoreError> {
-        self.guard(|| {
-            let tx = self.handle()?.begin_write().map_err(db)?;
-            if !Self::nonce_in(&tx, requester, nonce, deadline)? {
-                return Ok(false);
-            }
-            tx.commit().map_err(db)?;
-            Ok(true)
-        })
+        self.nonce_once(requester, nonce, deadline, true)
     }
 
     /// [`Self::use_nonce`] for a release request, committed without waiting for the disk: the
@@ -799,17 +792,33 @@ impl ShareStore {
         nonce: &[u8; 32],
         deadline: u64,
     ) -> Result<bool, StoreError> {
+        let durable = self.flush_failed.load(std::sync::atomic::Ordering::Acquire);
+        let fresh = self.nonce_once(requester, nonce, deadline, durable)?;
+        if fresh && !durable {
+            self.unflushed
+                .store(true, std::sync::atomic::Ordering::Release);
+        }
+        Ok(fresh)
+    }
+
+    /// Records `nonce` of `requester` in a transaction of its own, committed durably or not;
+    /// `false` (nothing written) when it was there already.
+    fn nonce_once(
+        &self,
+        requester: &[u8; 20],
+        nonce: &[u8; 32],
+        deadline: u64,
+        durable: bool,
+    ) -> Result<bool, StoreError> {
         self.guard(|| {
             let mut tx = self.handle()?.begin_write().map_err(db)?;
-            if !self.flush_failed.load(std::sync::atomic::Ordering::Acquire) {
+            if !durable {
                 tx.set_durability(redb::Durability::None).map_err(db)?;
             }
             if !Self::nonce_in(&tx, requester, nonce, deadline)? {
                 return Ok(false);
             }
             tx.commit().map_err(db)?;
-            self.unflushed
-                .store(true, std::sync::atomic::Ordering::Release);
             Ok(true)
         })
     }
