@@ -186,7 +186,8 @@ async fn listed(gw: &str) -> Vec<String> {
         .collect()
 }
 
-/// Waits until anvil has written its state after `since` (it does so every second).
+/// Waits until the chain's state file was written after `since` (`ehr dev` saves it every
+/// second).
 async fn state_saved(state: &Path, since: SystemTime) {
     let file: PathBuf = state.join("anvil-state.json");
     let ok = wait_until(Duration::from_secs(20), || {
@@ -194,7 +195,7 @@ async fn state_saved(state: &Path, since: SystemTime) {
         async move { m.is_some_and(|m| m > since + Duration::from_millis(1100)) }
     })
     .await;
-    assert!(ok, "anvil never saved its state");
+    assert!(ok, "the chain state was never saved");
 }
 
 fn payload(i: u8, len: usize) -> Vec<u8> {
@@ -226,7 +227,7 @@ async fn every_record_survives_kill_9_of_each_part_and_of_ehr_dev() {
         records.push((upload(&gw, data.clone()).await, data));
     }
 
-    // anvil: SIGKILL right after the acknowledgements, before its own periodic dump (every
+    // anvil: SIGKILL right after the acknowledgements, before ehr dev's periodic save (every
     // second): an acknowledged upload's anchor is on disk already (`stack::AnvilState`), so the
     // restarted chain still has it and the records read back.
     let anvil_port = format!("--port {}", p.anvil);

@@ -121,13 +121,24 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
     }
     let mut supervisor = Supervisor::default();
     println!(
-        "[dev] starting anvil {} (chain id {}, state {} saved every {} s and on exit)",
+        "[dev] starting anvil {} (chain id {}, state {} saved every {} s, after each anchored upload batch, and on exit)",
         settings.rpc_url(),
         settings.chain_id,
         settings.state_file,
         settings.state_interval_secs
     );
+    // ehr dev writes the state file itself (below): anvil only loads it and dumps on exit.
+    let save_every = settings.state_interval_secs;
+    settings.state_interval_secs = 0;
     let anvil = start_anvil(&tools.anvil, &settings, true).await?;
+    // anvil keeps blocks in memory: an upload is acknowledged only once its anchor is on disk.
+    let durable = std::sync::Arc::new(crate::stack::AnvilState::new(
+        settings.rpc_url(),
+        &settings.state_file,
+    ));
+    if save_every > 0 {
+        durable.clone().spawn_saver(Duration::from_secs(save_every));
+    }
     // Keep a recent good copy of the chain state, for a dump damaged by a kill mid-write.
     let state_file = PathBuf::from(&settings.state_file);
     tokio::spawn(async move {
@@ -174,11 +185,6 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
     let node_refs = start_share_nodes(&a, &settings, &chain, &mut supervisor).await?;
     // The gateway anchors web and REST uploads in batches with an account of its own.
     let anchorer = chain.with_signer(&settings.rpc_url(), demo_signer(&settings, ANCHORER)?)?;
-    // anvil keeps blocks in memory: an upload is acknowledged only once its anchor is on disk.
-    let durable = std::sync::Arc::new(crate::stack::AnvilState::new(
-        settings.rpc_url(),
-        &settings.state_file,
-    ));
     let batcher: std::sync::Arc<dyn crate::records::Anchoring> =
         crate::records::Batcher::spawn_durable(
             anchorer,

@@ -116,7 +116,10 @@ pub fn sign<R: NodeRequest>(
     signer.sign_hash_sync(&msg.eip712_signing_hash(domain))
 }
 
-/// The address that signed `hash`, if the signature is valid.
-pub(crate) fn signer_of(sig: &Signature, hash: B256) -> Option<Address> {
-    sig.recover_address_from_prehash(&hash).ok()
+/// The public key that signed `hash` and its address, if the signature is valid (one
+/// recovery: a release seals its share to that key, and recovering twice costs a node two
+/// scalar multiplications per read).
+pub(crate) fn signer_of(sig: &Signature, hash: B256) -> Option<(k256::PublicKey, Address)> {
+    let vk = sig.recover_from_prehash(&hash).ok()?;
+    Some((k256::PublicKey::from(&vk), Address::from_public_key(&vk)))
 }

@@ -359,7 +359,7 @@ fn check_signed<R: NodeRequest>(
     id: RecordId,
     r: &R,
     signature: &alloy::primitives::Signature,
-) -> Result<(), Refusal> {
+) -> Result<k256::PublicKey, Refusal> {
     let what = R::WHAT;
     if r.record() != id.0 {
         return Err(bad(format!(
@@ -373,13 +373,17 @@ fn check_signed<R: NodeRequest>(
         )));
     }
     check_deadline(r.deadline())?;
-    if signer_of(signature, r.eip712_signing_hash(&n.domain)) != Some(r.signer()) {
-        return Err(denied(format!(
-            "{what} signature is not {}'s (forged, or for another chain/contract/deployment)",
-            r.signer()
-        )));
-    }
-    limit(n, r.signer())
+    let key = match signer_of(signature, r.eip712_signing_hash(&n.domain)) {
+        Some((key, addr)) if addr == r.signer() => key,
+        _ => {
+            return Err(denied(format!(
+                "{what} signature is not {}'s (forged, or for another chain/contract/deployment)",
+                r.signer()
+            )));
+        }
+    };
+    limit(n, r.signer())?;
+    Ok(key)
 }
 
 fn check_deadline(deadline: u64) -> Result<(), Refusal> {
@@ -505,7 +509,7 @@ async fn release(
     limit_client(&n, client.as_deref())?;
     let id = record_id(&record)?;
     let r = &b.request;
-    check_signed(&n, id, r, &b.signature)?;
+    let requester_key = check_signed(&n, id, r, &b.signature)?;
     // One answer for "no such record", "not anchored" and "not allowed", and nothing is
     // written (not even the nonce) before the chain says yes.
     let stored = n.cfg.store.get(&id.0.0).map_err(internal)?;
@@ -532,13 +536,6 @@ async fn release(
     }
     // Sealed to the key that signed the request (its signature was checked above to be the
     // requester's): whatever stands between this node and the requester sees ciphertext.
-    let requester_key = b
-        .signature
-        .recover_from_prehash(&alloy::sol_types::SolStruct::eip712_signing_hash(
-            r, &n.domain,
-        ))
-        .map(|vk| k256::PublicKey::from(&vk))
-        .map_err(|_| denied("the request's signature names no public key"))?;
     let plain = hex::decode(&share).map_err(|e| internal(format!("stored share: {e}")))?;
     let sealed = crate::crypto::seal_to(
         &requester_key,

@@ -50,7 +50,8 @@ pub async fn start_anvil(
     }
     if !settings.state_file.is_empty() {
         // --state loads the file if present and dumps to it on exit (SIGTERM); the interval
-        // dumps it while running too, so even a kill -9 loses at most that many seconds.
+        // dumps it while running too, so even a kill -9 loses at most that many seconds
+        // (`ehr dev` passes 0 and saves it itself: `stack::AnvilState`).
         keep_state_loadable(Path::new(&settings.state_file))?;
         cmd.arg("--state").arg(&settings.state_file);
         if settings.state_interval_secs > 0 {

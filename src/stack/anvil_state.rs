@@ -1,13 +1,15 @@
 //! Making the development chain durable before an upload is acknowledged.
 //!
-//! anvil keeps its chain in memory and writes it to its state file every second and on exit,
-//! so a SIGKILL loses up to a second of blocks, and with them the anchors of uploads the
+//! anvil keeps its chain in memory and writes it to its state file only when told to, so a
+//! SIGKILL loses the blocks since the last dump, and with them the anchors of uploads the
 //! gateway had already acknowledged (the crash harness, `benches/crash.rs`, lost 56 of 352
-//! that way). `ehr dev` therefore has the batcher wait, after each anchor, until a state dump
-//! begun after the anchor's receipt is on disk: it asks anvil for its state
-//! (`anvil_dumpState`, gzip JSON), and writes it to the state file through a temporary file,
-//! `fsync` and a rename, so the file is always whole. Uploads waiting at the same time share
-//! one dump.
+//! that way with anvil's own dumps every second). `ehr dev` therefore has the batcher wait,
+//! after each anchor, until a state dump begun after the anchor's receipt is on disk: it asks
+//! anvil for its state (`anvil_dumpState`, gzip JSON), and writes it to the state file
+//! through a temporary file, `fsync` and a rename, so the file is always whole. Uploads
+//! waiting at the same time share one dump. The same writer saves the chain every
+//! `state_interval_secs` besides ([`AnvilState::spawn_saver`]); anvil itself dumps only on
+//! exit.
 //!
 //! A real chain needs none of this: there, durability is the confirmations the client waits
 //! for.
@@ -56,6 +58,27 @@ impl AnvilState {
         Ok(())
     }
 
+    /// Saves the chain every `every`, skipping a save when a dump began within the last
+    /// `every` (one after an anchored batch): `ehr dev`'s periodic save, in place of anvil's
+    /// own `--state-interval`. The state file then has one writer, every save replaces it
+    /// whole (anvil's own dumps write it in place), and while uploads flow the chain is
+    /// dumped once per batch instead of once per batch and once per interval besides.
+    pub fn spawn_saver(self: std::sync::Arc<Self>, every: std::time::Duration) {
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let now = Instant::now();
+                let since = now.checked_sub(every).unwrap_or(now);
+                if let Err(e) = self.saved_after(since).await {
+                    // anvil restarting: the next tick tries again.
+                    tracing::warn!("saving the chain state: {e}");
+                }
+            }
+        });
+    }
+
     async fn dump(&self) -> Result<(), String> {
         let body = serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "anvil_dumpState", "params": []});
         let v: serde_json::Value = self
@@ -83,7 +106,9 @@ impl AnvilState {
 
 /// Decodes a dump (hex of gzip JSON) and replaces `file` with it, whole or not at all.
 fn write_state(hex: &str, file: &std::path::Path) -> Result<(), String> {
-    let gz = hex::decode(hex).map_err(|e| format!("anvil_dumpState: not hex: {e}"))?;
+    // const-hex (alloy's): the dump is megabytes of hex, and `hex`'s decoder was a tenth of
+    // the gateway's CPU during uploads.
+    let gz = alloy::hex::decode(hex).map_err(|e| format!("anvil_dumpState: not hex: {e}"))?;
     let mut json = Vec::new();
     flate2::read::GzDecoder::new(&gz[..])
         .read_to_end(&mut json)
