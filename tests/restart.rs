@@ -186,16 +186,39 @@ async fn listed(gw: &str) -> Vec<String> {
         .collect()
 }
 
-/// Waits until the chain's state file was written after `since` (`ehr dev` saves it every
-/// second).
-async fn state_saved(state: &Path, since: SystemTime) {
+/// Waits until the chain's state file holds every block the chain at `rpc` has now (`ehr dev`
+/// saves it within about a second of a change).
+async fn state_saved(state: &Path, rpc: &str) {
+    let body =
+        serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "eth_blockNumber", "params": []});
+    let head: Value = reqwest::Client::new()
+        .post(rpc)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let head = u64::from_str_radix(
+        head["result"].as_str().unwrap().trim_start_matches("0x"),
+        16,
+    )
+    .unwrap();
     let file: PathBuf = state.join("anvil-state.json");
     let ok = wait_until(Duration::from_secs(20), || {
-        let m = std::fs::metadata(&file).and_then(|m| m.modified()).ok();
-        async move { m.is_some_and(|m| m > since + Duration::from_millis(1100)) }
+        let saved = std::fs::read(&file)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+            .and_then(|v| match &v["best_block_number"] {
+                Value::Number(n) => n.as_u64(),
+                Value::String(h) => u64::from_str_radix(h.trim_start_matches("0x"), 16).ok(),
+                _ => None,
+            });
+        async move { saved.is_some_and(|n| n >= head) }
     })
     .await;
-    assert!(ok, "the chain state was never saved");
+    assert!(ok, "the chain state was never saved with block {head}");
 }
 
 fn payload(i: u8, len: usize) -> Vec<u8> {
@@ -325,7 +348,7 @@ async fn every_record_survives_kill_9_of_each_part_and_of_ehr_dev() {
             .unwrap();
         nonces.push(env.nonce);
     }
-    state_saved(&state, SystemTime::now()).await;
+    state_saved(&state, &format!("http://127.0.0.1:{}", p.anvil)).await;
     assert!(
         acked_at.elapsed().unwrap() < Duration::from_secs(READINGS_WINDOW_SECS),
         "killed before the readings' window closed"

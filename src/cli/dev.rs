@@ -121,11 +121,14 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
     }
     let mut supervisor = Supervisor::default();
     println!(
-        "[dev] starting anvil {} (chain id {}, state {} saved every {} s, after each anchored upload batch, and on exit)",
+        "[dev] starting anvil {} (chain id {}, state {} saved {}after each anchored upload batch and on exit)",
         settings.rpc_url(),
         settings.chain_id,
         settings.state_file,
-        settings.state_interval_secs
+        match settings.state_interval_secs {
+            0 => String::new(),
+            n => format!("within {n} s of a change, "),
+        }
     );
     // ehr dev writes the state file itself (below): anvil only loads it and dumps on exit.
     let save_every = settings.state_interval_secs;
@@ -192,7 +195,7 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
                 window: std::time::Duration::from_millis(a.batch_window_ms),
                 ..Default::default()
             },
-            durable,
+            durable.clone(),
         );
     let records = RecordsConfig::new(node_refs.clone(), a.threshold).with_anchoring(batcher);
     seed_demo_record(&settings, &chain, &ipfs, &records).await?;
@@ -286,6 +289,8 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
     println!("\n[dev] stopping");
     let _ = stop_tx.send(());
     let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+    // No save of ours may land after anvil's exit dump.
+    durable.stop().await;
     supervisor.stop().await;
     println!("[dev] stopped the share nodes, Kubo and anvil (chain state saved)");
     Ok(())

@@ -28,8 +28,15 @@ pub struct AnvilState {
     rpc_url: String,
     file: PathBuf,
     http: reqwest::Client,
-    /// When the last completed dump began.
-    last: tokio::sync::Mutex<Option<Instant>>,
+    /// The last completed dump; `None` once stopped.
+    last: tokio::sync::Mutex<Option<Saved>>,
+}
+
+/// A completed dump: when it began, and the chain's head block just before.
+#[derive(Debug, Clone, Default)]
+struct Saved {
+    began: Option<Instant>,
+    head: Option<String>,
 }
 
 impl AnvilState {
@@ -39,44 +46,107 @@ impl AnvilState {
             rpc_url: rpc_url.into(),
             file: file.into(),
             http: reqwest::Client::new(),
-            last: tokio::sync::Mutex::new(None),
+            last: tokio::sync::Mutex::new(Some(Saved::default())),
         }
     }
 
     /// Returns once a dump begun at or after `since` is on disk.
     ///
     /// # Errors
-    /// When anvil does not answer or the file cannot be written.
+    /// When anvil does not answer, the file cannot be written, or [`Self::stop`] was called.
     pub async fn saved_after(&self, since: Instant) -> Result<(), String> {
         let mut last = self.last.lock().await;
-        if last.is_some_and(|t| t >= since) {
+        let Some(saved) = last.as_mut() else {
+            return Err("ehr dev is stopping".into());
+        };
+        if saved.began.is_some_and(|t| t >= since) {
+            return Ok(());
+        }
+        let began = Instant::now();
+        let head = self.head().await.ok();
+        self.dump().await?;
+        *saved = Saved {
+            began: Some(began),
+            head,
+        };
+        Ok(())
+    }
+
+    /// Dumps the chain unless a dump began at or after `since` or the chain's head has not
+    /// moved since the last dump (an idle chain is not dumped again).
+    async fn save_if_changed(&self, since: Instant) -> Result<(), String> {
+        let mut last = self.last.lock().await;
+        let Some(saved) = last.as_mut() else {
+            return Err("ehr dev is stopping".into());
+        };
+        if saved.began.is_some_and(|t| t >= since) {
+            return Ok(());
+        }
+        let head = self.head().await?;
+        if saved.head.as_ref() == Some(&head) {
             return Ok(());
         }
         let began = Instant::now();
         self.dump().await?;
-        *last = Some(began);
+        *saved = Saved {
+            began: Some(began),
+            head: Some(head),
+        };
         Ok(())
     }
 
-    /// Saves the chain every `every`, skipping a save when a dump began within the last
-    /// `every` (one after an anchored batch): `ehr dev`'s periodic save, in place of anvil's
-    /// own `--state-interval`. The state file then has one writer, every save replaces it
-    /// whole (anvil's own dumps write it in place), and while uploads flow the chain is
-    /// dumped once per batch instead of once per batch and once per interval besides.
+    /// Ends the saving: waits for a dump in flight, and refuses every later one, so nothing
+    /// written after this replaces the dump anvil makes when it exits.
+    pub async fn stop(&self) {
+        *self.last.lock().await = None;
+    }
+
+    /// Saves the chain at most `every` after it changed: every half `every` it dumps, unless
+    /// a dump began within that half (one after an anchored batch, or its own) or the head
+    /// block is the one of the last dump. `ehr dev`'s periodic save, in place of anvil's own
+    /// `--state-interval`: the state file then has one writer while anvil runs, and every save
+    /// replaces it whole (anvil's own dumps wrote it in place, and a kill mid-write left a
+    /// file that does not parse).
     pub fn spawn_saver(self: std::sync::Arc<Self>, every: std::time::Duration) {
+        let half = every / 2;
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
+            let mut tick = tokio::time::interval(half);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
                 let now = Instant::now();
-                let since = now.checked_sub(every).unwrap_or(now);
-                if let Err(e) = self.saved_after(since).await {
+                let since = now.checked_sub(half).unwrap_or(now);
+                match self.save_if_changed(since).await {
+                    Ok(()) => {}
+                    Err(e) if self.last.lock().await.is_none() => {
+                        tracing::debug!("chain saver stopped: {e}");
+                        return;
+                    }
                     // anvil restarting: the next tick tries again.
-                    tracing::warn!("saving the chain state: {e}");
+                    Err(e) => tracing::warn!("saving the chain state: {e}"),
                 }
             }
         });
+    }
+
+    /// The hash of the chain's head block.
+    async fn head(&self) -> Result<String, String> {
+        let body = serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "eth_getBlockByNumber", "params": ["latest", false]});
+        let v: serde_json::Value = self
+            .http
+            .post(&self.rpc_url)
+            .json(&body)
+            .timeout(std::time::Duration::from_secs(5))
+            .send()
+            .await
+            .map_err(|e| format!("eth_getBlockByNumber: {e}"))?
+            .json()
+            .await
+            .map_err(|e| format!("eth_getBlockByNumber: {e}"))?;
+        v["result"]["hash"]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| format!("eth_getBlockByNumber answered {v}"))
     }
 
     async fn dump(&self) -> Result<(), String> {
