@@ -189,22 +189,12 @@ async fn listed(gw: &str) -> Vec<String> {
 /// Waits until the chain's state file holds every block the chain at `rpc` has now (`ehr dev`
 /// saves it within about a second of a change).
 async fn state_saved(state: &Path, rpc: &str) {
-    let body =
-        serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "eth_blockNumber", "params": []});
-    let head: Value = reqwest::Client::new()
-        .post(rpc)
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
-        .json()
+    use alloy::providers::Provider as _;
+    let head = alloy::providers::ProviderBuilder::new()
+        .connect_http(rpc.parse().unwrap())
+        .get_block_number()
         .await
         .unwrap();
-    let head = u64::from_str_radix(
-        head["result"].as_str().unwrap().trim_start_matches("0x"),
-        16,
-    )
-    .unwrap();
     let file: PathBuf = state.join("anvil-state.json");
     let ok = wait_until(Duration::from_secs(20), || {
         let saved = std::fs::read(&file)

@@ -131,37 +131,44 @@ impl AnvilState {
 
     /// The hash of the chain's head block.
     async fn head(&self) -> Result<String, String> {
-        let body = serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "eth_getBlockByNumber", "params": ["latest", false]});
-        let v: serde_json::Value = self
-            .http
-            .post(&self.rpc_url)
-            .json(&body)
-            .timeout(std::time::Duration::from_secs(5))
-            .send()
-            .await
-            .map_err(|e| format!("eth_getBlockByNumber: {e}"))?
-            .json()
-            .await
-            .map_err(|e| format!("eth_getBlockByNumber: {e}"))?;
+        let v = self
+            .rpc(
+                "eth_getBlockByNumber",
+                serde_json::json!(["latest", false]),
+                5,
+            )
+            .await?;
         v["result"]["hash"]
             .as_str()
             .map(str::to_owned)
             .ok_or_else(|| format!("eth_getBlockByNumber answered {v}"))
     }
 
-    async fn dump(&self) -> Result<(), String> {
-        let body = serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "anvil_dumpState", "params": []});
-        let v: serde_json::Value = self
-            .http
+    /// One JSON-RPC call to anvil, its whole answer.
+    async fn rpc(
+        &self,
+        method: &str,
+        params: serde_json::Value,
+        timeout_secs: u64,
+    ) -> Result<serde_json::Value, String> {
+        let body =
+            serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
+        self.http
             .post(&self.rpc_url)
             .json(&body)
-            .timeout(std::time::Duration::from_secs(30))
+            .timeout(std::time::Duration::from_secs(timeout_secs))
             .send()
             .await
-            .map_err(|e| format!("anvil_dumpState: {e}"))?
+            .map_err(|e| format!("{method}: {e}"))?
             .json()
             .await
-            .map_err(|e| format!("anvil_dumpState: {e}"))?;
+            .map_err(|e| format!("{method}: {e}"))
+    }
+
+    async fn dump(&self) -> Result<(), String> {
+        let v = self
+            .rpc("anvil_dumpState", serde_json::json!([]), 30)
+            .await?;
         let hex = v["result"]
             .as_str()
             .ok_or_else(|| format!("anvil_dumpState answered {v}"))?
