@@ -758,3 +758,28 @@ async fn a_flood_of_denials_hides_no_grant_and_no_break_glass() {
         AuditKind::PatientRegistered { .. }
     ));
 }
+
+/// A freshly funded account can send its first transaction the moment funding returns, again
+/// and again, while other accounts keep the chain busy. On geth this attacks a race: its
+/// transaction pool moves its copy of the state to a new block in the background, so a send
+/// right after the funding's receipt could be refused with "insufficient funds ... balance 0"
+/// (seen once in CI).
+#[tokio::test]
+async fn a_funded_account_sends_at_once() {
+    let office = office().await;
+    let mut tasks = tokio::task::JoinSet::new();
+    for task in 0..4 {
+        let office = office.clone();
+        tasks.spawn(async move {
+            for round in 0..25 {
+                let d = as_(&office, &funded().await);
+                if let Err(e) = d.register_provider().await {
+                    panic!("task {task} round {round}: the funded account could not send: {e}");
+                }
+            }
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.unwrap();
+    }
+}

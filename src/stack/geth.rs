@@ -137,14 +137,69 @@ pub async fn fund(rpc_url: &str, to: Address, wei: U256) -> Result<(), String> {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
-    if r.status() {
-        Ok(())
-    } else {
-        Err(format!("funding {to} failed in {}", r.transaction_hash))
+    if !r.status() {
+        return Err(format!("funding {to} failed in {}", r.transaction_hash));
     }
+    // The receipt is not enough: geth's transaction pool checks a new transaction's balance
+    // against its own copy of the state, which it moves to a new block in the background. A
+    // transaction `to` sends right after the receipt can meet the copy of the block before,
+    // where `to` has nothing ("insufficient funds ... balance 0"). The pool drops the
+    // funding transaction in the same step (under its lock) that moves its state, so once
+    // the transfer is no longer in the pool, the pool knows `to`'s balance.
+    loop {
+        let content: serde_json::Value = p
+            .raw_request("txpool_contentFrom".into(), (dev,))
+            .await
+            .map_err(|e| e.to_string())?;
+        if !in_pool(&content, hash) {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(format!(
+                "{hash} still in geth's pool 60 s after its receipt"
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Whether `txpool_contentFrom`'s answer (`{"pending": {nonce: tx}, "queued": {nonce: tx}}`)
+/// holds the transaction `hash`.
+fn in_pool(content: &serde_json::Value, hash: alloy::primitives::B256) -> bool {
+    let want = hash.to_string();
+    ["pending", "queued"].iter().any(|part| {
+        content[part].as_object().is_some_and(|txs| {
+            txs.values().any(|tx| {
+                tx["hash"]
+                    .as_str()
+                    .is_some_and(|h| h.eq_ignore_ascii_case(&want))
+            })
+        })
+    })
 }
 
 /// The geth binary as `scripts/setup` installs it under the project folder `root`.
 pub fn geth_in(root: &Path) -> PathBuf {
     root.join(".tools/bin/geth")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_transfer_is_found_in_pending_or_queued_in_any_case() {
+        let h: alloy::primitives::B256 = [0xab; 32].into();
+        let upper = format!("0x{}", "AB".repeat(32));
+        let content = serde_json::json!({
+            "pending": {"7": {"hash": upper}},
+            "queued": {}
+        });
+        assert!(in_pool(&content, h));
+        let queued = serde_json::json!({"pending": {}, "queued": {"9": {"hash": h.to_string()}}});
+        assert!(in_pool(&queued, h));
+        let other = serde_json::json!({"pending": {"7": {"hash": format!("0x{}", "cd".repeat(32))}}, "queued": {}});
+        assert!(!in_pool(&other, h));
+        assert!(!in_pool(&serde_json::json!({}), h));
+    }
 }
