@@ -976,3 +976,118 @@ async fn uploads_cut_off_by_a_crash_are_finished_or_collected() {
     assert_eq!(got.data, data);
     assert!(got.failures.is_empty(), "{:?}", got.failures);
 }
+
+/// The uploader's anchor went out and landed, but its client never learned it (the RPC failed
+/// after the transaction was sent): an anchor whose outcome is unknown. The upload fails, yet
+/// the root is on chain, and whoever presents the leaf's proof (here the leaf alone: an empty
+/// proof anyone can build) makes every node list the record. Its ciphertext and marker must
+/// stay pinned (it used to be unpinned, leaving a listed record nobody could read), and it
+/// reads back. (The sweeper settles its marker as for any upload a crash cut off, tested in
+/// `uploads_cut_off_by_a_crash_are_finished_or_collected`; it is not run here, where it would
+/// settle that test's records too.)
+#[tokio::test]
+async fn an_anchor_of_unknown_outcome_keeps_the_ciphertext() {
+    use ehr_share::records::Anchoring;
+    use ehr_share::share_node::{AnchorBody, NodeClient};
+
+    /// Anchors the leaf alone, then answers as if the connection dropped before the receipt.
+    #[derive(Debug)]
+    struct LandsUnseen(EhrChain, std::sync::Mutex<Option<alloy::primitives::B256>>);
+    impl Anchoring for LandsUnseen {
+        fn anchor(
+            &self,
+            leaf: alloy::primitives::B256,
+        ) -> futures::future::BoxFuture<
+            '_,
+            Result<(alloy::primitives::B256, Vec<alloy::primitives::B256>), RecordError>,
+        > {
+            Box::pin(async move {
+                ehr_share::records::anchor_root(&self.0, leaf, 1).await?;
+                *self.1.lock().unwrap() = Some(leaf);
+                Err(RecordError::Anchoring(
+                    "connection reset after the transaction was sent".into(),
+                ))
+            })
+        }
+    }
+
+    let office = common::office().await;
+    let procs = common::nodes::start_many(office.address(), 5, &[]).await;
+    let refs = common::nodes::refs(&procs).await;
+    let (patient, addr) = common::new_patient(&office).await;
+    let ipfs = KuboClient::new(&common::stack().kubo.api_url);
+    let anchoring = std::sync::Arc::new(LandsUnseen(
+        common::as_(&office, &patient),
+        std::sync::Mutex::new(None),
+    ));
+    let markers = || {
+        let ipfs = ipfs.clone();
+        async move {
+            ipfs.pins_named("ehr-upload:")
+                .await
+                .unwrap()
+                .into_iter()
+                .filter_map(|(_, name)| {
+                    name.strip_prefix("ehr-upload:")?
+                        .split(':')
+                        .next()?
+                        .parse::<RecordId>()
+                        .ok()
+                })
+                .collect::<std::collections::HashSet<RecordId>>()
+        }
+    };
+    let before = markers().await;
+    let data = Bytes::from(format!("anchored unseen {MARKER}"));
+    let err = common::nodes::client(&office, &patient, &refs)
+        .with_anchoring(anchoring.clone())
+        .put(addr, data.clone(), "text/plain", None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RecordError::Anchoring(_)), "{err}");
+    let leaf = anchoring.1.lock().unwrap().expect("the anchor was sent");
+    assert!(
+        office.root(leaf).await.unwrap().is_some(),
+        "the root is on chain"
+    );
+
+    // Anyone who has the leaf's proof presents it (the uploader's retry, the sweeper, anyone
+    // who read the record's id in its marker's name): of the markers pinned since the upload
+    // began (other tests upload beside this one), the record is the one whose proof a node
+    // takes.
+    let http = reqwest::Client::new();
+    let proof = AnchorBody {
+        root: leaf,
+        proof: Vec::new(),
+    };
+    let mut record = None;
+    for id in markers().await.difference(&before) {
+        let first = NodeClient::new(http.clone(), refs[0].clone());
+        if first.present(*id, &proof).await.is_ok() {
+            record = Some(*id);
+            break;
+        }
+    }
+    let record = record.expect("the failed upload's marker is still pinned");
+    assert_eq!(
+        ipfs.pins_named(&format!("ehr-record:{record}"))
+            .await
+            .unwrap()
+            .len(),
+        1,
+        "the ciphertext of a record whose anchor may have landed stays pinned"
+    );
+
+    // Every node takes it: the record is listed, and must read back.
+    for r in &refs {
+        NodeClient::new(http.clone(), r.clone())
+            .present(record, &proof)
+            .await
+            .unwrap();
+    }
+    let got = common::nodes::client(&office, &patient, &refs)
+        .get(record)
+        .await
+        .unwrap();
+    assert_eq!(got.data, data);
+}

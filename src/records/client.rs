@@ -233,6 +233,16 @@ pub async fn anchor_root(chain: &EhrChain, root: B256, count: u32) -> Result<(),
     }
 }
 
+/// How an upload failed, which decides what happens to its ciphertext.
+#[derive(Debug)]
+enum Failed {
+    /// Before its anchor was sent, or refused by the contract: nothing can be anchored, the
+    /// ciphertext goes at once.
+    Unanchored(RecordError),
+    /// Its root is, or may become, anchored: the ciphertext stays for the sweeper.
+    MaybeAnchored(RecordError),
+}
+
 /// Put and get records as one account.
 #[derive(Debug, Clone)]
 pub struct RecordsClient {
@@ -407,12 +417,19 @@ impl RecordsClient {
             }
             // Readable, but some node still waits for the proof: the sweeper gives it to it.
             Ok(false) => Ok(id),
-            // Anchored, but fewer than k nodes took the proof: the record exists on chain and
-            // the sweeper finishes it when the nodes are back; its ciphertext must stay.
-            Err(e @ RecordError::NotEnoughProofs { .. }) => Err(e),
+            // The root may be on chain (anchored but fewer than k nodes took the proof, or an
+            // anchor whose outcome is unknown): the ciphertext and the marker stay, and the
+            // sweeper finishes the record if a node holds its proof, or collects both once
+            // every node has dropped the deposit.
+            Err(Failed::MaybeAnchored(e)) => {
+                tracing::warn!(
+                    "upload of {id} failed after its anchor was sent ({e}): left for the sweeper"
+                );
+                Err(e)
+            }
             // No half record: without the anchor nobody can read it; drop the ciphertext too,
             // then the marker (a failure leaves the marker, and the sweeper does it).
-            Err(e) => {
+            Err(Failed::Unanchored(e)) => {
                 match self.ipfs.unpin(&cid, &placed.peers).await {
                     Ok(()) => {
                         if let Err(u) = self.ipfs.unpin(&placed.marker, &placed.peers).await {
@@ -432,7 +449,7 @@ impl RecordsClient {
 
     /// Deposits the shares, anchors the leaf and gives every node the proof; `Ok(true)` when
     /// every node took it, `Ok(false)` when k did but not all.
-    async fn share_and_anchor(&self, block: &RecordBlock, salt: B256) -> Result<bool, RecordError> {
+    async fn share_and_anchor(&self, block: &RecordBlock, salt: B256) -> Result<bool, Failed> {
         let id = block.record_id;
         let patient = block.patient;
         let secret = Secret::random();
@@ -454,7 +471,7 @@ impl RecordsClient {
                 deadline: now() + 120,
             };
             let signature = sign(&self.signer, &deposit, &self.domain)
-                .map_err(|e| RecordError::Config(e.to_string()))?;
+                .map_err(|e| Failed::Unanchored(RecordError::Config(e.to_string())))?;
             let body = DepositBody {
                 deposit,
                 signature,
@@ -478,11 +495,11 @@ impl RecordsClient {
         }
         let needed = usize::from(self.threshold.k());
         if stored < needed {
-            return Err(RecordError::NotEnoughAcks {
+            return Err(Failed::Unanchored(RecordError::NotEnoughAcks {
                 stored,
                 needed,
                 failures,
-            });
+            }));
         }
         for f in &failures {
             tracing::warn!(
@@ -492,8 +509,16 @@ impl RecordsClient {
             );
         }
         let leaf = merkle::leaf(id, patient, self.signer.address(), block.digest);
-        let (root, proof) = self.anchoring.anchor(leaf).await?;
-        self.present_proof(id, &AnchorBody { root, proof }).await
+        let (root, proof) = self.anchoring.anchor(leaf).await.map_err(|e| match &e {
+            // Refused by the contract: nothing was anchored.
+            RecordError::Chain(c) if c.is_rejection() => Failed::Unanchored(e),
+            // A transport error after the transaction went out, a receipt that never came, a
+            // chain that did not make the anchor durable: it may be, or become, anchored.
+            _ => Failed::MaybeAnchored(e),
+        })?;
+        self.present_proof(id, &AnchorBody { root, proof })
+            .await
+            .map_err(Failed::MaybeAnchored)
     }
 
     /// Gives every share node the record's root and proof; k must accept them (`Ok(true)`:
