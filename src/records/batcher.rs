@@ -15,7 +15,7 @@ use super::client::{Anchoring, RecordError, anchor_root};
 use crate::chain::EhrChain;
 use crate::chain::merkle::Tree;
 
-type Reply = oneshot::Sender<Result<(B256, Vec<B256>), String>>;
+type Reply = oneshot::Sender<Result<(B256, Vec<B256>), RecordError>>;
 
 /// What makes an anchored batch durable before its uploads are acknowledged, beyond the
 /// transaction's receipt: on a development chain that keeps its blocks in memory, writing the
@@ -96,11 +96,11 @@ impl Anchoring for Batcher {
             self.tx
                 .send((leaf, reply))
                 .await
-                .map_err(|_| RecordError::Config("the anchoring batcher stopped".into()))?;
+                .map_err(|_| RecordError::NotAnchored("the anchoring batcher stopped".into()))?;
+            // A batcher gone with the leaf in hand may have sent its root.
             answer
                 .await
-                .map_err(|_| RecordError::Config("the anchoring batcher stopped".into()))?
-                .map_err(RecordError::Anchoring)
+                .map_err(|_| RecordError::Anchoring("the anchoring batcher stopped".into()))?
         })
     }
 }
@@ -124,9 +124,17 @@ async fn run(
         let leaves: Vec<B256> = batch.iter().map(|(l, _)| *l).collect();
         let tree = Tree::new(&leaves);
         let count = u32::try_from(leaves.len()).unwrap_or(u32::MAX);
+        // Every upload of the batch gets the batch's outcome, typed: `NotAnchored` when the
+        // root surely is not on chain (not sent, or refused), `Anchoring` when it may be.
         let mut sent = match source() {
-            Some(chain) => anchor_root(&chain, tree.root, count).await,
-            None => Err(RecordError::Anchoring(
+            Some(chain) => match anchor_root(&chain, tree.root, count).await {
+                Err(RecordError::Chain(c)) if c.is_rejection() => {
+                    Err(RecordError::NotAnchored(c.to_string()))
+                }
+                Err(RecordError::Chain(c)) => Err(RecordError::Anchoring(c.to_string())),
+                other => other,
+            },
+            None => Err(RecordError::NotAnchored(
                 "the chain is not reachable yet".into(),
             )),
         };
@@ -144,11 +152,20 @@ async fn run(
             Err(e) => tracing::warn!(records = count, "anchoring a batch failed: {e}"),
         }
         for ((_, reply), proof) in batch.into_iter().zip(tree.proofs) {
-            let _ = reply.send(
-                sent.as_ref()
-                    .map(|()| (tree.root, proof))
-                    .map_err(ToString::to_string),
-            );
+            let _ = reply.send(match &sent {
+                Ok(()) => Ok((tree.root, proof)),
+                Err(RecordError::NotAnchored(m)) => Err(RecordError::NotAnchored(m.clone())),
+                Err(e) => Err(RecordError::Anchoring(strip(e))),
+            });
         }
+    }
+}
+
+/// An anchoring error's words without the "anchoring failed: " its display adds (it is
+/// wrapped again by the reply).
+fn strip(e: &RecordError) -> String {
+    match e {
+        RecordError::Anchoring(m) => m.clone(),
+        other => other.to_string(),
     }
 }

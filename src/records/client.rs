@@ -117,9 +117,14 @@ pub enum RecordError {
     /// The payload is not what its media type claims.
     #[error("invalid FHIR resource: {0}")]
     InvalidFhir(String),
-    /// Anchoring the record's root failed (in a batch: for every record in it).
+    /// Anchoring the record's root failed after its transaction may have gone out (in a batch:
+    /// for every record in it): it may be, or become, anchored.
     #[error("anchoring failed: {0}")]
     Anchoring(String),
+    /// Anchoring the record's root failed before its transaction went out, or the contract
+    /// refused it: nothing was anchored.
+    #[error("anchoring failed, nothing anchored: {0}")]
+    NotAnchored(String),
     /// Configuration problem (threshold vs node count).
     #[error("{0}")]
     Config(String),
@@ -146,6 +151,7 @@ impl crate::kind::Classify for RecordError {
             | Self::NotEnoughProofs { .. }
             | Self::CiphertextMissing { .. }
             | Self::Anchoring(_)
+            | Self::NotAnchored(_)
             | Self::Config(_) => K::Unavailable,
             // Content that does not match its anchor or key: corruption or an attack, logged.
             Self::DigestMismatch(_) | Self::Decrypt(..) => K::Internal,
@@ -176,7 +182,8 @@ impl crate::kind::Classify for RecordError {
             } => format!(
                 "record {record} was anchored, but only {accepted} share nodes accepted it, {needed} needed; it cannot be read"
             ),
-            Self::Anchoring(_) => "anchoring on the chain failed; nothing was stored".to_owned(),
+            Self::Anchoring(_) => "anchoring on the chain did not complete; the upload was not acknowledged, upload it again".to_owned(),
+            Self::NotAnchored(_) => "anchoring on the chain failed; nothing was stored".to_owned(),
             Self::Config(_) => "the records service is not configured right; it is logged for the operators".to_owned(),
             Self::DigestMismatch(_) | Self::Decrypt(..) => {
                 "the record failed its integrity check and is not shown; it is logged for the operators".to_owned()
@@ -510,7 +517,8 @@ impl RecordsClient {
         }
         let leaf = merkle::leaf(id, patient, self.signer.address(), block.digest);
         let (root, proof) = self.anchoring.anchor(leaf).await.map_err(|e| match &e {
-            // Refused by the contract: nothing was anchored.
+            // Not sent, or refused by the contract: nothing was anchored.
+            RecordError::NotAnchored(_) => Failed::Unanchored(e),
             RecordError::Chain(c) if c.is_rejection() => Failed::Unanchored(e),
             // A transport error after the transaction went out, a receipt that never came, a
             // chain that did not make the anchor durable: it may be, or become, anchored.
