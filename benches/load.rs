@@ -30,7 +30,7 @@ use rand_core::{OsRng, RngCore};
 use serde_json::Value;
 use tokio::sync::Mutex;
 
-use dev::{Ports, cpu_secs, pct_ms, pids_of};
+use dev::{Ports, account, cpu_secs, pct_ms, pids_of, read};
 
 const ROUNDS: usize = 200;
 /// 100 KB records, each read once first (its access transaction), then again and again.
@@ -87,37 +87,6 @@ async fn upload_patiently(
             other => return (other, busy),
         }
     }
-}
-
-/// A read; returns the status and the body length.
-async fn read(http: &reqwest::Client, gw: &str, token: &str, id: &str) -> (u16, usize) {
-    match http
-        .get(format!("{gw}/records/{id}"))
-        .bearer_auth(token)
-        .send()
-        .await
-    {
-        Ok(r) => {
-            let status = r.status().as_u16();
-            let n = r.bytes().await.map_or(0, |b| b.len());
-            (status, n)
-        }
-        Err(_) => (0, 0),
-    }
-}
-
-async fn account(http: &reqwest::Client, gw: &str, token: &str) -> anyhow::Result<String> {
-    let v: Value = http
-        .get(format!("{gw}/api/me"))
-        .bearer_auth(token)
-        .send()
-        .await?
-        .json()
-        .await?;
-    v["account"]
-        .as_str()
-        .map(str::to_owned)
-        .ok_or_else(|| anyhow::anyhow!("no account in {v}"))
 }
 
 fn row(name: &str, v: &[Duration]) -> String {
@@ -645,37 +614,10 @@ async fn main() -> anyhow::Result<()> {
             .await?;
         v["shares"].as_u64().unwrap_or(0)
     };
-    let gateway = dev::memory(root);
-    let nodes_mem: Vec<dev::Memory> = pids_of(root, &["share-node"])
-        .into_iter()
-        .map(dev::memory)
-        .collect();
-    let node_disk: u64 = walk(&state.join("share-node-1"));
-    md.push_str(
-        "## 6. Memory and disk after the run\n\nResident memory is the process's heap and \
-         stacks (anonymous) plus the pages of the `ehr` binary and its libraries it touched \
-         (file-backed: the six processes run one binary and share them, so the sum of their \
-         resident sizes counts those pages six times); the proportional size divides each \
-         shared page among the processes that map it, so the sum of those is the memory the six \
-         take.\n\n| | resident | anonymous | file-backed | proportional |\n|---|---:|---:|---:|---:|\n",
-    );
-    let row = |name: &str, m: &dev::Memory| {
-        format!(
-            "| {name} | {:.0} MiB | {:.0} MiB | {:.0} MiB | {:.0} MiB |\n",
-            m.rss, m.anon, m.file, m.pss
-        )
-    };
-    md.push_str(&row("`ehr dev` (gateway)", &gateway));
-    for (i, m) in nodes_mem.iter().enumerate() {
-        md.push_str(&row(&format!("share node {}", i + 1), m));
-    }
-    let total = nodes_mem.iter().fold(gateway, |a, m| dev::Memory {
-        rss: a.rss + m.rss,
-        anon: a.anon + m.anon,
-        file: a.file + m.file,
-        pss: a.pss + m.pss,
-    });
-    md.push_str(&row("gateway + 5 share nodes", &total));
+    let node_disk: u64 = dev::disk_bytes(&state.join("share-node-1"));
+    md.push_str("## 6. Memory and disk after the run\n\n");
+    md.push_str(dev::MEMORY_NOTE);
+    md.push_str(&dev::memory_table(&dev::stack_memory(root)));
     md.push_str(&format!(
         "\nTarget: gateway + 5 share nodes <= 200 MiB at 10^5 records; here {records} records \
          on share node 1.\n\n| | value |\n|---|---:|\n"
@@ -690,18 +632,4 @@ async fn main() -> anyhow::Result<()> {
     std::fs::write(dev::root().join("docs/load-bench.md"), &md)?;
     child.stop(Duration::from_secs(10)).await;
     Ok(())
-}
-
-/// Bytes of the files below `dir`.
-fn walk(dir: &std::path::Path) -> u64 {
-    std::fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| match e.metadata() {
-            Ok(m) if m.is_dir() => walk(&e.path()),
-            Ok(m) => m.len(),
-            Err(_) => 0,
-        })
-        .sum()
 }

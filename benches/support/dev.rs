@@ -235,3 +235,87 @@ pub fn pct_ms(v: &[Duration], p: f64) -> f64 {
     v.sort();
     v[((v.len() as f64 - 1.0) * p).round() as usize].as_secs_f64() * 1000.0
 }
+
+/// A read; returns the status and the body length.
+pub async fn read(http: &reqwest::Client, gw: &str, token: &str, id: &str) -> (u16, usize) {
+    match http
+        .get(format!("{gw}/records/{id}"))
+        .bearer_auth(token)
+        .send()
+        .await
+    {
+        Ok(r) => {
+            let status = r.status().as_u16();
+            let n = r.bytes().await.map_or(0, |b| b.len());
+            (status, n)
+        }
+        Err(_) => (0, 0),
+    }
+}
+
+/// The account behind a bearer token (`GET /api/me`).
+pub async fn account(http: &reqwest::Client, gw: &str, token: &str) -> anyhow::Result<String> {
+    let v: Value = http
+        .get(format!("{gw}/api/me"))
+        .bearer_auth(token)
+        .send()
+        .await?
+        .json()
+        .await?;
+    v["account"]
+        .as_str()
+        .map(str::to_owned)
+        .ok_or_else(|| anyhow::anyhow!("no account in {v}"))
+}
+
+/// Bytes of the files below `dir`.
+pub fn disk_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => disk_bytes(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+/// What the memory tables' columns mean.
+pub const MEMORY_NOTE: &str = "Resident memory is the process's heap and stacks (anonymous) \
+     plus the pages of the `ehr` binary and its libraries it touched (file-backed: the six \
+     processes run one binary and share them, so the sum of their resident sizes counts those \
+     pages six times); the proportional size divides each shared page among the processes that \
+     map it, so the sum of those is the memory the six take.\n\n";
+
+/// The memory of `ehr dev`'s gateway (`root`) and of each share node below it, and their sum
+/// (last).
+pub fn stack_memory(root: u32) -> Vec<(String, Memory)> {
+    let mut rows = vec![("`ehr dev` (gateway)".to_owned(), memory(root))];
+    for (i, pid) in pids_of(root, &["share-node"]).into_iter().enumerate() {
+        rows.push((format!("share node {}", i + 1), memory(pid)));
+    }
+    let total = rows.iter().fold(Memory::default(), |a, (_, m)| Memory {
+        rss: a.rss + m.rss,
+        anon: a.anon + m.anon,
+        file: a.file + m.file,
+        pss: a.pss + m.pss,
+    });
+    rows.push(("gateway + 5 share nodes".to_owned(), total));
+    rows
+}
+
+/// [`stack_memory`] as a Markdown table.
+pub fn memory_table(rows: &[(String, Memory)]) -> String {
+    let mut md = String::from(
+        "| | resident | anonymous | file-backed | proportional |\n|---|---:|---:|---:|---:|\n",
+    );
+    for (name, m) in rows {
+        md.push_str(&format!(
+            "| {name} | {:.0} MiB | {:.0} MiB | {:.0} MiB | {:.0} MiB |\n",
+            m.rss, m.anon, m.file, m.pss
+        ));
+    }
+    md
+}

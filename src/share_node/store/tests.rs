@@ -361,3 +361,41 @@ fn a_full_disk_fails_writes_and_the_store_recovers_when_room_returns() {
     s.put(&[200; 32], &share("after"), 10_000).unwrap();
     assert_eq!(s.get(&[200; 32]).unwrap(), Some(share("after")));
 }
+
+#[test]
+fn an_import_stores_anchored_records_as_deposits_and_proofs_do_or_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = ShareStore::open(&dir.path().join("s.redb"), key(), &binding(1)).unwrap();
+    let anchor = Anchor {
+        root: B256::repeat_byte(5),
+        proof: vec![B256::repeat_byte(6)],
+    };
+    let anchored = |v: &str| StoredShare {
+        anchor: Some(anchor.clone()),
+        ..share(v)
+    };
+    // The same record by the deposit and proof path, in a second store, for comparison.
+    let other = ShareStore::open(&dir.path().join("o.redb"), key(), &binding(1)).unwrap();
+    other.put(&[1; 32], &share("a"), 10).unwrap();
+    assert!(other.mark_anchored(&[1; 32], &anchor).unwrap());
+
+    s.import_anchored(&[([1; 32], anchored("a")), ([2; 32], anchored("b"))])
+        .unwrap();
+    assert_eq!(s.get(&[1; 32]).unwrap(), other.get(&[1; 32]).unwrap());
+    assert_eq!(s.count().unwrap(), 2);
+    assert_eq!(
+        s.pending_count().unwrap(),
+        0,
+        "imported records wait for nothing"
+    );
+    assert_eq!(s.anchored_of(1, None, 10).unwrap().len(), 2);
+
+    // A conflicting row or one without its anchor fails the whole import.
+    assert!(matches!(
+        s.import_anchored(&[([3; 32], anchored("c")), ([1; 32], anchored("z"))]),
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(s.import_anchored(&[([4; 32], share("d"))]).is_err());
+    assert_eq!(s.count().unwrap(), 2);
+    assert_eq!(s.get(&[3; 32]).unwrap(), None);
+}
