@@ -896,3 +896,110 @@ async fn a_released_share_opens_only_for_its_requester_and_a_sniffer_sees_cipher
         assert!(ehr_share::crypto::open_with(&stranger, &aad, &sealed).is_err());
     }
 }
+
+/// A share node whose chain endpoint lags (a replica stuck at a block) would judge on a grant
+/// the patient has since revoked. The attack: the doctor keeps asking for the share after the
+/// revoke. A node on the stuck endpoint without a bound serves it; a node with
+/// `--max-chain-lag-secs 2` on the same endpoint refuses (503) once its view is older than
+/// 2 s, and when the endpoint catches up it refuses as revoked (403).
+#[tokio::test]
+async fn a_node_on_a_lagging_chain_endpoint_stops_judging_within_its_bound() {
+    let office = common::office().await;
+    let (rpc, frozen) = nodes::lagging_rpc(common::rpc()).await;
+    let bounded = nodes::start_on(&rpc, office.address(), &["--max-chain-lag-secs", "2"]).await;
+    let unbounded = nodes::start_on(&rpc, office.address(), &[]).await;
+    let direct = nodes::start(office.address(), &[]).await;
+    let procs = [bounded, unbounded, direct];
+    let refs = nodes::refs(&procs).await;
+    let (patient, addr) = common::new_patient(&office).await;
+    let id = nodes::client(&office, &patient, &refs)
+        .put(
+            addr,
+            Bytes::from_static(b"lagging view"),
+            "text/plain",
+            None,
+        )
+        .await
+        .unwrap();
+    let doctor = common::funded().await;
+    let d = common::as_(&office, &doctor);
+    d.register_provider().await.unwrap();
+    office.verify_provider(doctor.address()).await.unwrap();
+    let p = common::as_(&office, &patient);
+    p.grant(doctor.address(), None).await.unwrap();
+    let access = d.access(addr, &[id]).await.unwrap();
+    assert_eq!(access.allowed, vec![id]);
+    let release = |node: usize| {
+        let (office, node, doctor) = (office.clone(), refs[node].clone(), doctor.clone());
+        let tx = access.tx.tx_hash;
+        async move {
+            let mut body = nodes::release_body(&office, &node, &doctor, id, 60);
+            body.request.accessTx = tx;
+            let dom = domain(office.chain_id(), office.address(), office.deployment_id());
+            body.signature = sign(&doctor, &body.request, &dom).unwrap();
+            let r = reqwest::Client::new()
+                .post(format!("{}/shares/{id}/release", node.url))
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            (status, r.text().await.unwrap())
+        }
+    };
+    // The bounded node judges only on a head at most 2 s old: a busy machine can take that
+    // long between blocks here, so a fresh one is made until it judges.
+    let judged = |node: usize| {
+        let release = &release;
+        async move {
+            for _ in 0..20 {
+                let (status, text) = release(node).await;
+                if status != 503 {
+                    return (status, text);
+                }
+                common::mine_block().await;
+            }
+            panic!("node {node} never judged on a fresh view");
+        }
+    };
+    for node in 0..3 {
+        assert_eq!(judged(node).await.0, 200, "granted: node {node} releases");
+    }
+
+    // The endpoint sticks at the current block; the patient revokes on the real chain.
+    let head = office.provider().get_block_number().await.unwrap();
+    *frozen.lock().unwrap() = Some(head);
+    p.revoke(doctor.address()).await.unwrap();
+    assert_eq!(
+        release(2).await.0,
+        403,
+        "the up-to-date node refuses at once"
+    );
+    assert_eq!(
+        release(1).await.0,
+        200,
+        "the stuck view still shows the grant: the hazard this bound closes"
+    );
+    // Within 2 s of the stuck head's time the bounded node may still judge on it; after
+    // that it must refuse to judge at all.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let refused = loop {
+        let (status, text) = release(0).await;
+        if status == 503 {
+            break text;
+        }
+        assert_eq!(status, 200, "{text}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the bounded node kept judging on a view stuck for 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(refused.contains("view of the chain"), "{refused}");
+    assert_eq!(release(1).await.0, 200, "the unbounded node still serves");
+
+    // The endpoint catches up: the bounded node judges again, on the revoke.
+    *frozen.lock().unwrap() = None;
+    let (status, text) = judged(0).await;
+    assert_eq!(status, 403, "{text}");
+}

@@ -61,6 +61,11 @@ pub struct ShareNodeArgs {
     /// Default: 10.
     #[arg(long, env = "EHR_SHARE_NODE_SWEEP_SECS")]
     sweep_secs: Option<u64>,
+    /// Refuse to judge requests (503) while the chain endpoint's latest block is older than
+    /// this many seconds, so that a lagging endpoint cannot show a revoked grant. Default: no
+    /// bound (for chains that mine only for transactions); set a few block times.
+    #[arg(long, env = "EHR_SHARE_NODE_MAX_CHAIN_LAG")]
+    max_chain_lag_secs: Option<u64>,
     /// PEM certificate chain to serve HTTPS with (needs --tls-key). Clients on other hosts
     /// reach the node over TLS only; without it the node speaks plain HTTP.
     #[arg(long, env = "EHR_SHARE_NODE_TLS_CERT", requires = "tls_key")]
@@ -89,6 +94,7 @@ impl ShareNodeArgs {
             deposit_quota: self.deposit_quota,
             unanchored_ttl_secs: self.unanchored_ttl_secs,
             sweep_secs: self.sweep_secs,
+            max_chain_lag_secs: self.max_chain_lag_secs,
             tls_cert: self.tls_cert.clone(),
             tls_key: self.tls_key.clone(),
         }

@@ -39,6 +39,11 @@ pub struct ShareNodeFile {
     pub unanchored_ttl_secs: Option<u64>,
     /// Seconds between collector runs. Default: 10.
     pub sweep_secs: Option<u64>,
+    /// The oldest, in seconds, the chain endpoint's latest block may be when the node judges a
+    /// request; older, it refuses (503). Default: no bound (chains that mine only for
+    /// transactions have old heads when idle); set a few block times on a chain with a block
+    /// time.
+    pub max_chain_lag_secs: Option<u64>,
     /// PEM certificate chain to serve HTTPS with (with `tls_key`). Default: plain HTTP, for
     /// loopback only.
     pub tls_cert: Option<PathBuf>,
@@ -193,6 +198,11 @@ impl ShareNodeSettings {
                 sweep_every: Duration::from_secs(
                     pick!(sweep_secs, defaults.sweep_every.as_secs()).max(1),
                 ),
+                max_chain_lag: given
+                    .max_chain_lag_secs
+                    .or(file.max_chain_lag_secs)
+                    .map(Duration::from_secs)
+                    .or(defaults.max_chain_lag),
                 ..defaults
             },
             tls: given

@@ -27,6 +27,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 mod collector;
+mod freshness;
 mod refusal;
 
 use super::auth::{NodeRequest, domain, signer_of};
@@ -58,6 +59,9 @@ pub struct NodeLimits {
     pub unanchored_ttl: Duration,
     /// How often the collector runs (unanchored deposits, spent nonces, deployment check).
     pub sweep_every: Duration,
+    /// The oldest the chain endpoint's latest block may be when the node judges a request
+    /// (`None`: no bound; see `server/freshness.rs`).
+    pub max_chain_lag: Option<Duration>,
     /// Requests one client address may make at once (a gateway speaks for many users).
     pub client_burst: u32,
     /// Sustained requests per minute per client address.
@@ -72,6 +76,7 @@ impl Default for NodeLimits {
             deposit_quota: 1000,
             unanchored_ttl: Duration::from_secs(3600),
             sweep_every: Duration::from_secs(10),
+            max_chain_lag: None,
             client_burst: 2000,
             client_per_minute: 60_000,
         }
@@ -129,6 +134,8 @@ struct Node {
     /// Roots the chain said are anchored: an anchor is never undone, and a batch of uploads
     /// brings each node one proof per record to the same root.
     roots: std::sync::Mutex<crate::bounded::Bounded<B256, ()>>,
+    /// The age of the chain endpoint's head, when `max_chain_lag` bounds it.
+    view: freshness::ChainView,
 
     /// Set when the contract at our address turned out to be another deployment.
     halted: AtomicBool,
@@ -221,6 +228,7 @@ fn node(cfg: NodeConfig) -> Arc<Node> {
         per_client,
         accesses: std::sync::Mutex::new(crate::bounded::Bounded::new(ACCESSES_REMEMBERED)),
         roots: std::sync::Mutex::new(crate::bounded::Bounded::new(ROOTS_REMEMBERED)),
+        view: freshness::ChainView::default(),
 
         halted: AtomicBool::new(false),
     })
@@ -296,6 +304,21 @@ fn public_proof(p: &PublicRecord) -> Option<RecordProof> {
         root: anchor.root,
         proof: anchor.proof.clone(),
     })
+}
+
+/// Refuses (503) while the node's view of the chain is older than its bound, so that it
+/// judges nothing on a stale view (a revoked grant, a suspended provider).
+async fn fresh_view(n: &Node) -> Result<(), Refusal> {
+    let Some(max) = n.cfg.limits.max_chain_lag else {
+        return Ok(());
+    };
+    n.view
+        .check(&n.cfg.chain, max, crate::clock::unix_now())
+        .await
+        .map_err(|e| match e {
+            freshness::Stale::Chain(c) => Refusal::from(c),
+            behind => Refusal::new(ErrorKind::Unavailable, behind.to_string()),
+        })
 }
 
 fn halted(n: &Node) -> Result<(), Refusal> {
@@ -463,6 +486,7 @@ async fn deposit(
             "record id is not recordIdOf(uploader, patient, salt): it must be derived from its uploader",
         ));
     }
+    fresh_view(&n).await?;
     may_write(&n, patient, d.uploader, "may not").await?;
     let stored = StoredShare {
         patient: d.patient,
@@ -517,6 +541,7 @@ async fn release(
         return Err(not_allowed(r.requester, id));
     };
     let access_tx = (r.accessTx != B256::ZERO).then_some(r.accessTx);
+    fresh_view(&n).await?;
     if !may_read(&n, r.requester, &proof, access_tx).await? {
         return Err(not_allowed(r.requester, id));
     }
@@ -601,6 +626,7 @@ async fn anchor(
     }
     // The uploader may still add records for the patient (a provider revoked since the
     // deposit may not finish the upload).
+    fresh_view(&n).await?;
     may_write(&n, patient, stored.uploader, "may no longer").await?;
     let anchor = Anchor {
         root: b.root,

@@ -38,13 +38,24 @@ pub fn command(
     port: u16,
     extra: &[&str],
 ) -> tokio::process::Command {
+    command_on(&super::rpc(), dir, contract, port, extra)
+}
+
+/// [`command`] with the chain at `rpc`.
+pub fn command_on(
+    rpc: &str,
+    dir: &Path,
+    contract: Address,
+    port: u16,
+    extra: &[&str],
+) -> tokio::process::Command {
     let mut cmd = tokio::process::Command::new(super::ehr_bin());
     cmd.args([
         "share-node",
         "--port",
         &port.to_string(),
         "--rpc-url",
-        &super::rpc(),
+        rpc,
         "--contract",
         &contract.to_string(),
     ])
@@ -56,9 +67,23 @@ pub fn command(
 
 /// Starts a node on `dir` and waits until it answers `/health`.
 pub async fn start_in(dir: &Path, contract: Address, extra: &[&str]) -> (ManagedChild, u16) {
+    start_in_on(&super::rpc(), dir, contract, extra).await
+}
+
+/// [`start_in`] with the chain at `rpc`.
+pub async fn start_in_on(
+    rpc: &str,
+    dir: &Path,
+    contract: Address,
+    extra: &[&str],
+) -> (ManagedChild, u16) {
     let port = free_port().unwrap();
-    let mut child =
-        ManagedChild::spawn("share-node", command(dir, contract, port, extra), false).unwrap();
+    let mut child = ManagedChild::spawn(
+        "share-node",
+        command_on(rpc, dir, contract, port, extra),
+        false,
+    )
+    .unwrap();
     let url = format!("http://127.0.0.1:{port}/health");
     child
         .wait_healthy(Duration::from_secs(30), || {
@@ -72,9 +97,14 @@ pub async fn start_in(dir: &Path, contract: Address, extra: &[&str]) -> (Managed
 
 /// A node in a fresh folder.
 pub async fn start(contract: Address, extra: &[&str]) -> NodeProc {
+    start_on(&super::rpc(), contract, extra).await
+}
+
+/// [`start`] with the chain at `rpc`.
+pub async fn start_on(rpc: &str, contract: Address, extra: &[&str]) -> NodeProc {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("node");
-    let (child, port) = start_in(&dir, contract, extra).await;
+    let (child, port) = start_in_on(rpc, &dir, contract, extra).await;
     NodeProc {
         port,
         dir,
@@ -317,4 +347,62 @@ pub async fn sniffing_proxy(target: String) -> (String, std::sync::Arc<std::sync
 /// Whether `needle` occurs in `hay`.
 pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// A JSON-RPC endpoint in front of `target` that can lag: once frozen at a block, it answers
+/// as a replica stuck there would (the block number is that block's; "latest" and "pending"
+/// mean that block). Returns its URL and the switch (`Some(block)`: frozen there).
+pub async fn lagging_rpc(
+    target: String,
+) -> (String, std::sync::Arc<std::sync::Mutex<Option<u64>>>) {
+    use axum::extract::State;
+    use serde_json::Value;
+    type Shared = (
+        String,
+        reqwest::Client,
+        std::sync::Arc<std::sync::Mutex<Option<u64>>>,
+    );
+    fn pin(v: &mut Value, at: &str) {
+        match v {
+            Value::String(s) if s == "latest" || s == "pending" => *s = at.to_owned(),
+            Value::Array(items) => items.iter_mut().for_each(|i| pin(i, at)),
+            Value::Object(m) => m.values_mut().for_each(|i| pin(i, at)),
+            _ => {}
+        }
+    }
+    async fn forward(
+        State((target, http, frozen)): State<Shared>,
+        axum::Json(mut req): axum::Json<Value>,
+    ) -> axum::Json<Value> {
+        let at = *frozen.lock().unwrap();
+        if let Some(block) = at {
+            let at = format!("{block:#x}");
+            if req["method"] == "eth_blockNumber" {
+                return axum::Json(serde_json::json!({
+                    "jsonrpc": "2.0", "id": req["id"].clone(), "result": at
+                }));
+            }
+            pin(&mut req["params"], &at);
+        }
+        let v: Value = http
+            .post(&target)
+            .json(&req)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        axum::Json(v)
+    }
+    let frozen = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let app = axum::Router::new()
+        .route("/", axum::routing::post(forward))
+        .with_state((target, reqwest::Client::new(), frozen.clone()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (url, frozen)
 }
