@@ -958,6 +958,8 @@ async fn a_node_on_a_lagging_chain_endpoint_stops_judging_within_its_bound() {
                     return (status, text);
                 }
                 common::mine_block().await;
+                // The node asks for the head's time at most every 500 ms.
+                tokio::time::sleep(Duration::from_millis(600)).await;
             }
             panic!("node {node} never judged on a fresh view");
         }
@@ -969,6 +971,15 @@ async fn a_node_on_a_lagging_chain_endpoint_stops_judging_within_its_bound() {
     // The endpoint sticks at the current block; the patient revokes on the real chain.
     let head = office.provider().get_block_number().await.unwrap();
     *frozen.lock().unwrap() = Some(head);
+    let head_time = office
+        .provider()
+        .get_block_by_number(head.into())
+        .await
+        .unwrap()
+        .unwrap()
+        .header
+        .timestamp;
+    let frozen_at = nodes::now();
     p.revoke(doctor.address()).await.unwrap();
     assert_eq!(
         release(2).await.0,
@@ -980,22 +991,25 @@ async fn a_node_on_a_lagging_chain_endpoint_stops_judging_within_its_bound() {
         200,
         "the stuck view still shows the grant: the hazard this bound closes"
     );
-    // Within 2 s of the stuck head's time the bounded node may still judge on it; after
-    // that it must refuse to judge at all.
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let refused = loop {
+    // Within 2 s of the stuck head's time (and the half second the node keeps it) the
+    // bounded node may still judge on it; after that it must refuse to judge at all.
+    loop {
         let (status, text) = release(0).await;
-        if status == 503 {
-            break text;
+        if status == 503 && text.contains("view of the chain") {
+            break;
         }
-        assert_eq!(status, 200, "{text}");
+        // A head ahead of the wall clock (geth under load) stays fresh until the clock
+        // passes it; 5 s of slack for a busy machine.
         assert!(
-            std::time::Instant::now() < deadline,
-            "the bounded node kept judging on a view stuck for 30 s"
+            nodes::now() <= head_time.max(frozen_at) + 2 + 5,
+            "the bounded node kept judging ({status}) on a view stuck at {head_time}, now {}",
+            nodes::now()
         );
+        if status != 503 {
+            assert_eq!(status, 200, "{text}");
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    assert!(refused.contains("view of the chain"), "{refused}");
+    }
     assert_eq!(release(1).await.0, 200, "the unbounded node still serves");
 
     // The endpoint catches up: the bounded node judges again, on the revoke.

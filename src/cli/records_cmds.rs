@@ -64,7 +64,7 @@ pub struct ShareNodeArgs {
     /// Refuse to judge requests (503) while the chain endpoint's latest block is older than
     /// this many seconds, so that a lagging endpoint cannot show a revoked grant. Default: no
     /// bound (for chains that mine only for transactions); set a few block times.
-    #[arg(long, env = "EHR_SHARE_NODE_MAX_CHAIN_LAG")]
+    #[arg(long, env = "EHR_SHARE_NODE_MAX_CHAIN_LAG_SECS")]
     max_chain_lag_secs: Option<u64>,
     /// PEM certificate chain to serve HTTPS with (needs --tls-key). Clients on other hosts
     /// reach the node over TLS only; without it the node speaks plain HTTP.

@@ -201,7 +201,8 @@ impl ShareNodeSettings {
                 max_chain_lag: given
                     .max_chain_lag_secs
                     .or(file.max_chain_lag_secs)
-                    .map(Duration::from_secs)
+                    // 0 would refuse nearly everything: a second is the least.
+                    .map(|s| Duration::from_secs(s.max(1)))
                     .or(defaults.max_chain_lag),
                 ..defaults
             },
@@ -255,6 +256,25 @@ mod tests {
         );
         let s = ShareNodeSettings::merge(&ShareNodeFile::default(), &file);
         assert!(s.contract.is_some());
+        assert_eq!(s.limits.max_chain_lag, None, "no bound unless asked");
+    }
+
+    #[test]
+    fn the_chain_lag_bound_comes_from_a_flag_or_the_file_and_is_at_least_a_second() {
+        let file = ShareNodeFile::parse(
+            "max_chain_lag_secs = 60
+",
+            Path::new("n.toml"),
+        )
+        .unwrap();
+        let s = ShareNodeSettings::merge(&ShareNodeFile::default(), &file);
+        assert_eq!(s.limits.max_chain_lag, Some(Duration::from_secs(60)));
+        let given = ShareNodeFile {
+            max_chain_lag_secs: Some(0),
+            ..ShareNodeFile::default()
+        };
+        let s = ShareNodeSettings::merge(&given, &file);
+        assert_eq!(s.limits.max_chain_lag, Some(Duration::from_secs(1)));
     }
 
     #[test]

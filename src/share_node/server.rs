@@ -317,7 +317,7 @@ async fn fresh_view(n: &Node) -> Result<(), Refusal> {
         .await
         .map_err(|e| match e {
             freshness::Stale::Chain(c) => Refusal::from(c),
-            behind => Refusal::new(ErrorKind::Unavailable, behind.to_string()),
+            behind => refusal::unavailable(behind.to_string(), Duration::from_secs(1)),
         })
 }
 

@@ -351,7 +351,8 @@ pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
 
 /// A JSON-RPC endpoint in front of `target` that can lag: once frozen at a block, it answers
 /// as a replica stuck there would (the block number is that block's; "latest" and "pending"
-/// mean that block). Returns its URL and the switch (`Some(block)`: frozen there).
+/// mean that block). Calls by hash (transactions, receipts, blocks) and batches pass through
+/// unchanged. Returns its URL and the switch (`Some(block)`: frozen there).
 pub async fn lagging_rpc(
     target: String,
 ) -> (String, std::sync::Arc<std::sync::Mutex<Option<u64>>>) {
@@ -384,16 +385,16 @@ pub async fn lagging_rpc(
             }
             pin(&mut req["params"], &at);
         }
-        let v: Value = http
-            .post(&target)
-            .json(&req)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        axum::Json(v)
+        // An upstream failure is answered as a JSON-RPC error (a panic here would look like
+        // a refusal of the node's).
+        let upstream = async { http.post(&target).json(&req).send().await?.json().await };
+        axum::Json(match upstream.await {
+            Ok(v) => v,
+            Err(e) => serde_json::json!({
+                "jsonrpc": "2.0", "id": req["id"].clone(),
+                "error": {"code": -32603, "message": e.to_string()}
+            }),
+        })
     }
     let frozen = std::sync::Arc::new(std::sync::Mutex::new(None));
     let app = axum::Router::new()

@@ -51,6 +51,14 @@ impl IntoResponse for Refusal {
     }
 }
 
+/// 503 with a `Retry-After`: the node cannot judge now, and will soon.
+pub(super) fn unavailable(m: impl Into<String>, wait: Duration) -> Refusal {
+    Refusal {
+        retry_after: Some(retry_after_secs(wait)),
+        ..Refusal::new(ErrorKind::Unavailable, m)
+    }
+}
+
 pub(super) fn too_many(m: impl Into<String>, wait: Duration) -> Refusal {
     Refusal {
         retry_after: Some(retry_after_secs(wait)),
