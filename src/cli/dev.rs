@@ -631,7 +631,8 @@ async fn seed_demo_record(
     let (index, aid, pid) = PATIENTS[0];
     let addr = PatientAddr::new(aid, pid)?;
     let dir = records.directory(chain.clone(), reqwest::Client::new());
-    if !dir.list(addr).await?.is_empty() {
+    // One page per node is enough to know: the patient may have many records.
+    if !dir.list_pages(addr, 1).await?.is_empty() {
         return Ok(());
     }
     let patient = demo_signer(settings, index)?;

@@ -138,12 +138,26 @@ impl Directory {
     /// # Errors
     /// Chain errors.
     pub async fn list(&self, patient: PatientAddr) -> Result<Vec<AnchoredRecord>, RecordError> {
+        self.list_pages(patient, MAX_PAGES).await
+    }
+
+    /// [`Self::list`] from at most `pages` pages per node (of [`crate::share_node::PAGE`]
+    /// records): enough to tell whether a patient has any record without reading all of them
+    /// (at 10^5 records a full listing held about 18 MiB of the gateway's heap).
+    ///
+    /// # Errors
+    /// Chain errors.
+    pub async fn list_pages(
+        &self,
+        patient: PatientAddr,
+        pages: usize,
+    ) -> Result<Vec<AnchoredRecord>, RecordError> {
         let mut pending = FuturesUnordered::new();
         for node in &self.nodes {
             let node = self.client(node);
             pending.push(async move {
                 let mut all: Vec<AnchoredRecord> = Vec::new();
-                for _ in 0..MAX_PAGES {
+                for _ in 0..pages {
                     let after = all.last().map(|r| r.record);
                     let Ok(page) = node.records_page(patient, after).await else {
                         break;
