@@ -30,7 +30,7 @@ use rand_core::{OsRng, RngCore};
 use serde_json::Value;
 use tokio::sync::Mutex;
 
-use dev::{Ports, account, cpu_secs, pct_ms, pids_of, read};
+use dev::{Ports, account, cpu_secs, pct_ms, pids_of, random, read};
 
 const ROUNDS: usize = 200;
 /// 100 KB records, each read once first (its access transaction), then again and again.
@@ -39,12 +39,6 @@ const UPLOADS: usize = 2000;
 const UPLOAD_CLIENTS: usize = 64;
 const BIG_READERS: usize = 32;
 const BIG_READS: usize = 320;
-
-fn random(len: usize) -> Vec<u8> {
-    let mut v = vec![0u8; len];
-    OsRng.fill_bytes(&mut v);
-    v
-}
 
 async fn upload(
     http: &reqwest::Client,

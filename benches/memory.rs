@@ -36,19 +36,13 @@ use ehr_share::shamir::{Secret, Threshold, split};
 use ehr_share::share_node::{Anchor, Binding, ShareStore, StoredShare};
 use rand_core::{OsRng, RngCore};
 
-use dev::{Ports, pct_ms, read};
+use dev::{Ports, pct_ms, random, read};
 
 const SMALL: usize = 300;
 const READS: usize = 2000;
 const READERS: usize = 8;
 const BATCH: usize = 1000;
 const PAYLOAD: usize = 10_000;
-
-fn random(len: usize) -> Vec<u8> {
-    let mut v = vec![0u8; len];
-    OsRng.fill_bytes(&mut v);
-    v
-}
 
 /// Reads `ids` with `READERS` readers as the doctor; every read must return `PAYLOAD` bytes.
 async fn read_all(

@@ -933,16 +933,7 @@ async fn a_node_on_a_lagging_chain_endpoint_stops_judging_within_its_bound() {
         let (office, node, doctor) = (office.clone(), refs[node].clone(), doctor.clone());
         let tx = access.tx.tx_hash;
         async move {
-            let mut body = nodes::release_body(&office, &node, &doctor, id, 60);
-            body.request.accessTx = tx;
-            let dom = domain(office.chain_id(), office.address(), office.deployment_id());
-            body.signature = sign(&doctor, &body.request, &dom).unwrap();
-            let r = reqwest::Client::new()
-                .post(format!("{}/shares/{id}/release", node.url))
-                .json(&body)
-                .send()
-                .await
-                .unwrap();
+            let r = nodes::release_under(&office, &node, &doctor, id, tx).await;
             let status = r.status().as_u16();
             (status, r.text().await.unwrap())
         }

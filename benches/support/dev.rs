@@ -319,3 +319,10 @@ pub fn memory_table(rows: &[(String, Memory)]) -> String {
     }
     md
 }
+
+/// `len` random bytes (a record nobody can compress or deduplicate).
+pub fn random(len: usize) -> Vec<u8> {
+    let mut v = vec![0u8; len];
+    OsRng.fill_bytes(&mut v);
+    v
+}

@@ -143,7 +143,7 @@ impl Directory {
 
     /// [`Self::list`] from at most `pages` pages per node (of [`crate::share_node::PAGE`]
     /// records): enough to tell whether a patient has any record without reading all of them
-    /// (at 10^5 records a full listing held about 18 MiB of the gateway's heap).
+    /// (at 10^5 records a full listing left about 22 MiB more in the gateway's heap).
     ///
     /// # Errors
     /// Chain errors.

@@ -200,9 +200,26 @@ pub async fn release(
     who: &PrivateKeySigner,
     id: RecordId,
 ) -> reqwest::Response {
+    release_under(chain, node, who, id, alloy::primitives::B256::ZERO).await
+}
+
+/// [`release`] naming the access transaction `access_tx` (a provider's).
+pub async fn release_under(
+    chain: &EhrChain,
+    node: &ShareNodeRef,
+    who: &PrivateKeySigner,
+    id: RecordId,
+    access_tx: alloy::primitives::B256,
+) -> reqwest::Response {
+    let mut body = release_body(chain, node, who, id, 60);
+    if access_tx != alloy::primitives::B256::ZERO {
+        body.request.accessTx = access_tx;
+        let dom = domain(chain.chain_id(), chain.address(), chain.deployment_id());
+        body.signature = sign(who, &body.request, &dom).unwrap();
+    }
     reqwest::Client::new()
         .post(format!("{}/shares/{id}/release", node.url))
-        .json(&release_body(chain, node, who, id, 60))
+        .json(&body)
         .send()
         .await
         .unwrap()
