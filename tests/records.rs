@@ -1051,10 +1051,10 @@ async fn an_anchor_of_unknown_outcome_keeps_the_ciphertext() {
         "the root is on chain"
     );
 
-    // Anyone who has the leaf's proof presents it (the uploader's retry, the sweeper, anyone
-    // who read the record's id in its marker's name): of the markers pinned since the upload
-    // began (other tests upload beside this one), the record is the one whose proof a node
-    // takes.
+    // Anyone who knows the record's id (it is in its marker's name) and the root can present
+    // the proof: for a record anchored alone, the empty one. Of the markers pinned since the
+    // upload began (other tests upload beside this one), the record is the one whose proof a
+    // node takes.
     let http = reqwest::Client::new();
     let proof = AnchorBody {
         root: leaf,

@@ -912,15 +912,29 @@ async fn a_node_on_a_lagging_chain_endpoint_stops_judging_within_its_bound() {
     let procs = [bounded, unbounded, direct];
     let refs = nodes::refs(&procs).await;
     let (patient, addr) = common::new_patient(&office).await;
-    let id = nodes::client(&office, &patient, &refs)
-        .put(
-            addr,
-            Bytes::from_static(b"lagging view"),
-            "text/plain",
-            None,
-        )
-        .await
-        .unwrap();
+    // The bounded node takes a deposit and a proof only on a head at most 2 s old, and the
+    // upload needs all three nodes (3 of 3): on a busy machine the chain may have been idle
+    // that long, so a fresh block comes first, and a refused upload is tried again.
+    let mut id = None;
+    for _ in 0..5 {
+        common::mine_block().await;
+        match nodes::client(&office, &patient, &refs)
+            .put(
+                addr,
+                Bytes::from_static(b"lagging view"),
+                "text/plain",
+                None,
+            )
+            .await
+        {
+            Ok(r) => {
+                id = Some(r);
+                break;
+            }
+            Err(e) => eprintln!("upload refused ({e}); again"),
+        }
+    }
+    let id = id.expect("no upload found the bounded node's view fresh in 5 tries");
     let doctor = common::funded().await;
     let d = common::as_(&office, &doctor);
     d.register_provider().await.unwrap();

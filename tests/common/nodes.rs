@@ -368,8 +368,9 @@ pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
 
 /// A JSON-RPC endpoint in front of `target` that can lag: once frozen at a block, it answers
 /// as a replica stuck there would (the block number is that block's; "latest" and "pending"
-/// mean that block). Calls by hash (transactions, receipts, blocks) and batches pass through
-/// unchanged. Returns its URL and the switch (`Some(block)`: frozen there).
+/// mean that block). Calls by hash (transactions, receipts, blocks) pass through unchanged;
+/// batches are not handled (alloy sends none here). Returns its URL and the switch
+/// (`Some(block)`: frozen there).
 pub async fn lagging_rpc(
     target: String,
 ) -> (String, std::sync::Arc<std::sync::Mutex<Option<u64>>>) {

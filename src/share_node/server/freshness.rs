@@ -5,11 +5,11 @@
 //! revoked, so a requester who finds such a node would be served on the revoked grant. With
 //! `max_chain_lag` set, the node refuses to judge (503) while its endpoint's latest block is
 //! older than that: what it decides is then at most the bound plus about a second old (the
-//! head's time is asked at most every half second). The head and the calls that judge are
-//! separate requests to one endpoint, whose head only moves forward; behind a load balancer
-//! over replicas they may reach different ones, so point the node at one endpoint (or a
-//! sticky one). A head ahead of the node's clock counts as fresh: keep the clock in time
-//! (NTP). Off by default: a chain that makes blocks only for transactions (anvil's automine,
+//! head's time is asked again once the last answer is half a second old). The head and the
+//! calls that judge are separate requests to one endpoint, whose head only moves forward;
+//! behind a load balancer over replicas they may reach different ones, so point the node at
+//! one endpoint (or a sticky one). A head ahead of the node's clock counts as fresh: keep the
+//! clock in time (NTP). Off by default: a chain that makes blocks only for transactions (anvil's automine,
 //! `geth --dev` without a period) has an old head whenever nobody writes, so the bound fits
 //! chains with a block time (a few block times).
 
