@@ -27,10 +27,9 @@ use std::time::{Duration, Instant};
 use ehr_share::chain::{Deployment, EhrChain, PatientAddr};
 use ehr_share::ipfs::KuboClient;
 use rand_core::{OsRng, RngCore};
-use serde_json::Value;
 use tokio::sync::Mutex;
 
-use dev::{Ports, account, cpu_secs, pct_ms, pids_of, random, read};
+use dev::{Ports, account, cpu_secs, pct_ms, pids_of, random, read, upload};
 
 const ROUNDS: usize = 200;
 /// 100 KB records, each read once first (its access transaction), then again and again.
@@ -39,29 +38,6 @@ const UPLOADS: usize = 2000;
 const UPLOAD_CLIENTS: usize = 64;
 const BIG_READERS: usize = 32;
 const BIG_READS: usize = 320;
-
-async fn upload(
-    http: &reqwest::Client,
-    gw: &str,
-    token: &str,
-    patient: &str,
-    data: Vec<u8>,
-) -> Result<String, (u16, String)> {
-    let r = http
-        .post(format!("{gw}/records?patient={patient}"))
-        .bearer_auth(token)
-        .header("content-type", "application/octet-stream")
-        .body(data)
-        .send()
-        .await
-        .map_err(|e| (0, e.to_string()))?;
-    let status = r.status().as_u16();
-    let v: Value = r.json().await.unwrap_or_default();
-    match v["record"].as_str() {
-        Some(id) if status == 200 => Ok(id.to_owned()),
-        _ => Err((status, v["error"].as_str().unwrap_or("?").to_owned())),
-    }
-}
 
 /// Uploads, asking again while the gateway's upload budget is taken (503 with Retry-After).
 async fn upload_patiently(
@@ -231,18 +207,7 @@ async fn main() -> anyhow::Result<()> {
     let deployment = Deployment::load(&state.join("deployment.json"))?;
     let chain = EhrChain::connect(&ports.rpc_url(), None, &deployment).await?;
     // A funded account of the bench's own for the floor's mined transaction.
-    let floor_key = alloy::signers::local::PrivateKeySigner::random();
-    {
-        use alloy::providers::Provider as _;
-        chain
-            .provider()
-            .raw_request::<_, ()>(
-                "anvil_setBalance".into(),
-                (floor_key.address(), "0x56BC75E2D63100000"),
-            )
-            .await?;
-    }
-    let payer = EhrChain::connect(&ports.rpc_url(), Some(floor_key), &deployment).await?;
+    let payer = dev::funded(&chain, &ports, &deployment).await?;
     let doctor1_addr = doctor1.parse()?;
     let (mut floor_tx, mut first) = (Vec::new(), Vec::new());
     for id in &big {
@@ -599,15 +564,7 @@ async fn main() -> anyhow::Result<()> {
     }
 
     // 6. Memory and disk.
-    let records: u64 = {
-        let v: Value = http
-            .get(format!("http://127.0.0.1:{}/health", ports.share_base))
-            .send()
-            .await?
-            .json()
-            .await?;
-        v["shares"].as_u64().unwrap_or(0)
-    };
+    let records = dev::shares_on_node_1(&http, ports).await?;
     let node_disk: u64 = dev::disk_bytes(&state.join("share-node-1"));
     md.push_str("## 6. Memory and disk after the run\n\n");
     md.push_str(dev::MEMORY_NOTE);

@@ -36,7 +36,7 @@ use ehr_share::shamir::{Secret, Threshold, split};
 use ehr_share::share_node::{Anchor, Binding, ShareStore, StoredShare};
 use rand_core::{OsRng, RngCore};
 
-use dev::{Ports, pct_ms, random, read};
+use dev::{Ports, pct_ms, random, read, upload};
 
 const SMALL: usize = 300;
 const READS: usize = 2000;
@@ -76,17 +76,6 @@ async fn read_all(
         all.extend(done??);
     }
     Ok(all)
-}
-
-/// Records on share node 1, by its health answer.
-async fn shares_on_node_1(http: &reqwest::Client, ports: Ports) -> anyhow::Result<u64> {
-    let v: serde_json::Value = http
-        .get(format!("http://127.0.0.1:{}/health", ports.share_base))
-        .send()
-        .await?
-        .json()
-        .await?;
-    Ok(v["shares"].as_u64().unwrap_or(0))
 }
 
 /// The added records: each one's id parts and its anchor, before any share exists.
@@ -160,24 +149,14 @@ async fn main() -> anyhow::Result<()> {
     println!("memory: {SMALL} uploads and reads through the gateway");
     let mut small = Vec::new();
     for _ in 0..SMALL {
-        let r = http
-            .post(format!("{gw}/records?patient=1-1001"))
-            .bearer_auth("demo-patient1")
-            .header("content-type", "application/octet-stream")
-            .body(random(PAYLOAD))
-            .send()
-            .await?;
-        anyhow::ensure!(r.status().is_success(), "upload: {}", r.status());
-        let v: serde_json::Value = r.json().await?;
         small.push(
-            v["record"]
-                .as_str()
-                .ok_or_else(|| anyhow::anyhow!("no record in {v}"))?
-                .to_owned(),
+            upload(&http, &gw, "demo-patient1", "1-1001", random(PAYLOAD))
+                .await
+                .map_err(|e| anyhow::anyhow!("upload: {e:?}"))?,
         );
     }
     let small_reads = read_all(&http, &gw, small).await?;
-    let small_records = shares_on_node_1(&http, ports).await?;
+    let small_records = dev::shares_on_node_1(&http, ports).await?;
     let small_mem = dev::stack_memory(root);
     let small_disk = std::fs::metadata(state.join("share-node-1/shares.redb"))?.len();
 
@@ -195,18 +174,7 @@ async fn main() -> anyhow::Result<()> {
         deployment_id: reader.deployment_id(),
         code_hash: reader.code_hash().await?,
     };
-    let payer_key = PrivateKeySigner::random();
-    {
-        use alloy::providers::Provider as _;
-        reader
-            .provider()
-            .raw_request::<_, ()>(
-                "anvil_setBalance".into(),
-                (payer_key.address(), "0x56BC75E2D63100000"),
-            )
-            .await?;
-    }
-    let payer = EhrChain::connect(&ports.rpc_url(), Some(payer_key), &deployment).await?;
+    let payer = dev::funded(&reader, &ports, &deployment).await?;
     // One ciphertext for every added record: what differs per record is on the share nodes.
     let payload = random(PAYLOAD);
     let key = AeadKey::random();
@@ -310,7 +278,7 @@ async fn main() -> anyhow::Result<()> {
     }
     println!("memory: {} reads of random added records", picked.len());
     let big_reads = read_all(&http, &gw, picked).await?;
-    let big_records = shares_on_node_1(&http, ports).await?;
+    let big_records = dev::shares_on_node_1(&http, ports).await?;
     let big_mem = dev::stack_memory(root);
     let big_disk = std::fs::metadata(state.join("share-node-1/shares.redb"))?.len();
     child.stop(Duration::from_secs(30)).await;

@@ -326,3 +326,57 @@ pub fn random(len: usize) -> Vec<u8> {
     OsRng.fill_bytes(&mut v);
     v
 }
+
+/// Uploads `data` as `token` for `patient` through the REST API; the record id, or the status
+/// and the error the gateway gave.
+pub async fn upload(
+    http: &reqwest::Client,
+    gw: &str,
+    token: &str,
+    patient: &str,
+    data: Vec<u8>,
+) -> Result<String, (u16, String)> {
+    let r = http
+        .post(format!("{gw}/records?patient={patient}"))
+        .bearer_auth(token)
+        .header("content-type", "application/octet-stream")
+        .body(data)
+        .send()
+        .await
+        .map_err(|e| (0, e.to_string()))?;
+    let status = r.status().as_u16();
+    let v: Value = r.json().await.unwrap_or_default();
+    match v["record"].as_str() {
+        Some(id) if status == 200 => Ok(id.to_owned()),
+        _ => Err((status, v["error"].as_str().unwrap_or("?").to_owned())),
+    }
+}
+
+/// Records on share node 1, by its health answer.
+pub async fn shares_on_node_1(http: &reqwest::Client, ports: Ports) -> anyhow::Result<u64> {
+    let v: Value = http
+        .get(format!("http://127.0.0.1:{}/health", ports.share_base))
+        .send()
+        .await?
+        .json()
+        .await?;
+    Ok(v["shares"].as_u64().unwrap_or(0))
+}
+
+/// A chain client signing with a fresh account of the bench's own, given 100 ETH on anvil.
+pub async fn funded(
+    chain: &ehr_share::chain::EhrChain,
+    ports: &Ports,
+    deployment: &ehr_share::chain::Deployment,
+) -> anyhow::Result<ehr_share::chain::EhrChain> {
+    use alloy::providers::Provider as _;
+    let key = alloy::signers::local::PrivateKeySigner::random();
+    chain
+        .provider()
+        .raw_request::<_, ()>(
+            "anvil_setBalance".into(),
+            (key.address(), "0x56BC75E2D63100000"),
+        )
+        .await?;
+    Ok(ehr_share::chain::EhrChain::connect(&ports.rpc_url(), Some(key), deployment).await?)
+}
