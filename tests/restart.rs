@@ -25,18 +25,6 @@ struct Ports {
     share_base: u16,
 }
 
-/// Five consecutive free ports for the share nodes, below Linux's ephemeral range (32768 and
-/// up): they are bound seconds after this check, and an outgoing connection must not take one
-/// meanwhile.
-fn five_free() -> u16 {
-    loop {
-        let base = 20_000 + (rand_core::RngCore::next_u32(&mut rand_core::OsRng) % 12_000) as u16;
-        if (0..5).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
-            return base;
-        }
-    }
-}
-
 async fn start_dev(state: &Path, p: &Ports) -> ManagedChild {
     let mut cmd = tokio::process::Command::new(common::ehr_bin());
     cmd.arg("dev")
@@ -221,12 +209,14 @@ fn payload(i: u8, len: usize) -> Vec<u8> {
 async fn every_record_survives_kill_9_of_each_part_and_of_ehr_dev() {
     let tmp = tempfile::tempdir().unwrap();
     let state = tmp.path().join("state");
+    // Nine ports in one block, so no two of them can be the same.
+    let base = common::quiet_ports(9);
     let p = Ports {
-        gateway: common::quiet_port(),
-        anvil: common::quiet_port(),
-        kubo_api: common::quiet_port(),
-        kubo_gateway: common::quiet_port(),
-        share_base: five_free(),
+        gateway: base,
+        anvil: base + 1,
+        kubo_api: base + 2,
+        kubo_gateway: base + 3,
+        share_base: base + 4,
     };
     let gw = format!("http://127.0.0.1:{}", p.gateway);
     let mut dev = start_dev(&state, &p).await;

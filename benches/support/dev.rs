@@ -9,6 +9,9 @@ use std::time::{Duration, Instant};
 
 use ehr_share::stack::ManagedChild;
 use rand_core::{OsRng, RngCore};
+
+#[path = "../../tests/common/ports.rs"]
+mod ports;
 use serde_json::Value;
 
 /// The ports of one `ehr dev`.
@@ -22,14 +25,15 @@ pub struct Ports {
 }
 
 impl Ports {
-    /// Free ports below Linux's ephemeral range, five in a row for the share nodes.
+    /// Nine free ports in one block (see `ports`), the last five for the share nodes.
     pub fn free() -> Self {
+        let base = ports::quiet_ports(9);
         Self {
-            gateway: free(),
-            anvil: free(),
-            kubo_api: free(),
-            kubo_gateway: free(),
-            share_base: five_free(),
+            gateway: base,
+            anvil: base + 1,
+            kubo_api: base + 2,
+            kubo_gateway: base + 3,
+            share_base: base + 4,
         }
     }
 
@@ -43,24 +47,6 @@ impl Ports {
 
     pub fn rpc_url(&self) -> String {
         format!("http://127.0.0.1:{}", self.anvil)
-    }
-}
-
-fn free() -> u16 {
-    loop {
-        let port = 20_000 + (OsRng.next_u32() % 12_000) as u16;
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-}
-
-fn five_free() -> u16 {
-    loop {
-        let base = 20_000 + (OsRng.next_u32() % 12_000) as u16;
-        if (0..5).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
-            return base;
-        }
     }
 }
 

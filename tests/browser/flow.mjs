@@ -34,12 +34,7 @@ const OFFICE = { user: 'office', password: 'office-password' };
 
 const log = (m) => console.log(`[browser] ${m}`);
 
-/** A free port below Linux's ephemeral range (see `freeRange`). */
-async function freePort() {
-  return freeRange(1);
-}
-
-/** A base port with `n` consecutive free ports (the share nodes). */
+/** A base port with `n` consecutive free ports. */
 async function freeRange(n) {
   for (let attempt = 0; attempt < 50; attempt++) {
     // Below Linux's ephemeral range (32768-60999): the share nodes bind these ports a few
@@ -60,16 +55,18 @@ async function freeRange(n) {
 /** Starts `ehr dev` and resolves when it prints that it is up. */
 async function startStack() {
   const state = fs.mkdtempSync(path.join(os.tmpdir(), 'ehr-browser-'));
+  // One block of nine ports: separate picks, none bound yet, could return the same port twice.
+  const ports = await freeRange(9);
   const env = {
     ...process.env,
     EHR_STATE_DIR: state,
     EHR_PROJECT_DIR: root,
     EHR_ANVIL_CONFIG: path.join(root, 'anvil.toml'),
-    EHR_ANVIL_PORT: String(await freePort()),
-    EHR_KUBO_API_PORT: String(await freePort()),
-    EHR_KUBO_GATEWAY_PORT: String(await freePort()),
-    EHR_SHARE_NODE_BASE_PORT: String(await freeRange(5)),
-    EHR_GATEWAY_PORT: String(await freePort()),
+    EHR_GATEWAY_PORT: String(ports),
+    EHR_ANVIL_PORT: String(ports + 1),
+    EHR_KUBO_API_PORT: String(ports + 2),
+    EHR_KUBO_GATEWAY_PORT: String(ports + 3),
+    EHR_SHARE_NODE_BASE_PORT: String(ports + 4),
     // Device readings are sealed into records two seconds after they arrive.
     EHR_DEV_INGEST_WINDOW_SECS: '2',
     RUST_LOG: process.env.RUST_LOG ?? 'warn',

@@ -11,6 +11,7 @@
 
 pub mod mariadb;
 pub mod nodes;
+pub mod ports;
 pub mod web;
 
 use std::path::{Path, PathBuf};
@@ -263,13 +264,5 @@ pub async fn new_patient(office: &EhrChain) -> (PrivateKeySigner, PatientAddr) {
     (key, addr)
 }
 
-/// A free loopback port below Linux's ephemeral range (32768 and up), for services that bind it
-/// seconds after it was chosen: an outgoing connection cannot take it meanwhile.
-pub fn quiet_port() -> u16 {
-    loop {
-        let port = 20_000 + (rand_core::RngCore::next_u32(&mut rand_core::OsRng) % 12_000) as u16;
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-}
+#[allow(unused_imports)] // each test binary uses some
+pub use ports::{quiet_port, quiet_ports};
