@@ -905,7 +905,7 @@ async fn a_released_share_opens_only_for_its_requester_and_a_sniffer_sees_cipher
 #[tokio::test]
 async fn a_node_on_a_lagging_chain_endpoint_stops_judging_within_its_bound() {
     let office = common::office().await;
-    let (rpc, frozen) = nodes::lagging_rpc(common::rpc()).await;
+    let (rpc, frozen) = nodes::lagging_rpc(common::rpc(), nodes::Stuck::All).await;
     let bounded = nodes::start_on(&rpc, office.address(), &["--max-chain-lag-secs", "2"]).await;
     let unbounded = nodes::start_on(&rpc, office.address(), &[]).await;
     let direct = nodes::start(office.address(), &[]).await;
@@ -1021,4 +1021,111 @@ async fn a_node_on_a_lagging_chain_endpoint_stops_judging_within_its_bound() {
     *frozen.lock().unwrap() = None;
     let (status, text) = judged(0).await;
     assert_eq!(status, 403, "{text}");
+}
+
+/// Attack 22 behind a load balancer over chain replicas: the share node's head check reaches an
+/// up-to-date replica, and its judging calls one stuck before the patient's revoke. The node
+/// judges at the head it checked (by number), which the stuck replica does not have: after the
+/// revoke it refuses (the call fails) instead of releasing on the stuck state. Judged at
+/// "latest", the stuck replica would answer with the grant in force, and the node released.
+#[tokio::test]
+async fn a_node_whose_head_check_and_calls_reach_different_replicas_judges_at_the_checked_head() {
+    let office = common::office().await;
+    let (rpc, frozen) = nodes::lagging_rpc(common::rpc(), nodes::Stuck::AllButHead).await;
+    let bounded = nodes::start_on(&rpc, office.address(), &["--max-chain-lag-secs", "2"]).await;
+    let procs = [
+        bounded,
+        nodes::start(office.address(), &[]).await,
+        nodes::start(office.address(), &[]).await,
+    ];
+    let refs = nodes::refs(&procs).await;
+    let (patient, addr) = common::new_patient(&office).await;
+    // The bounded node takes the deposit and proof only on a head at most 2 s old (3 of 3
+    // nodes): a fresh block first, and again if refused.
+    let mut id = None;
+    for _ in 0..5 {
+        common::mine_block().await;
+        match nodes::client(&office, &patient, &refs)
+            .put(
+                addr,
+                Bytes::from_static(b"two replicas"),
+                "text/plain",
+                None,
+            )
+            .await
+        {
+            Ok(r) => {
+                id = Some(r);
+                break;
+            }
+            Err(e) => eprintln!("upload refused ({e}); again"),
+        }
+    }
+    let id = id.expect("no upload found the bounded node's view fresh in 5 tries");
+    let doctor = common::funded().await;
+    let d = common::as_(&office, &doctor);
+    d.register_provider().await.unwrap();
+    office.verify_provider(doctor.address()).await.unwrap();
+    let p = common::as_(&office, &patient);
+    p.grant(doctor.address(), None).await.unwrap();
+    let access = d.access(addr, &[id]).await.unwrap();
+    let release = || async {
+        let r = nodes::release_under(&office, &refs[0], &doctor, id, access.tx.tx_hash).await;
+        let status = r.status().as_u16();
+        (status, r.text().await.unwrap())
+    };
+    // Granted, on a fresh head: released (a fresh block until the 2 s bound is met).
+    let mut granted = false;
+    for _ in 0..20 {
+        let (status, text) = release().await;
+        if status == 200 {
+            granted = true;
+            break;
+        }
+        assert_eq!(status, 503, "{text}");
+        common::mine_block().await;
+        tokio::time::sleep(Duration::from_millis(600)).await;
+    }
+    assert!(granted, "the bounded node never released on a fresh view");
+
+    // One replica sticks at the current block; the revoke lands on the others.
+    let head = office.provider().get_block_number().await.unwrap();
+    *frozen.lock().unwrap() = Some(head);
+    p.revoke(doctor.address()).await.unwrap();
+    // The node may judge on the head it checked before the revoke for the half second it
+    // keeps it; then it sees the new head, and the stuck replica cannot answer at it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let mut refused = Vec::new();
+    while refused.len() < 10 {
+        let (status, text) = release().await;
+        if status == 200 {
+            assert!(
+                refused.is_empty() && std::time::Instant::now() < deadline,
+                "released after the revoke on the stuck replica's state (after {} refusals)",
+                refused.len()
+            );
+        } else {
+            refused.push((status, text));
+        }
+        // Keep the head fresh, so that the refusal is not the bound's.
+        common::mine_block().await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        refused.iter().all(|(s, _)| *s >= 500),
+        "refused as the stuck replica failed, not judged: {refused:?}"
+    );
+
+    // The replica catches up: the node judges again, on the revoke.
+    *frozen.lock().unwrap() = None;
+    let mut last = (0, String::new());
+    for _ in 0..20 {
+        last = release().await;
+        if last.0 == 403 {
+            break;
+        }
+        common::mine_block().await;
+        tokio::time::sleep(Duration::from_millis(600)).await;
+    }
+    assert_eq!(last.0, 403, "{}", last.1);
 }

@@ -2,6 +2,7 @@
 //! operation as a method that returns our types and our errors.
 
 mod devices;
+mod pinned;
 mod reads;
 mod writes;
 
@@ -14,6 +15,7 @@ use alloy::rpc::types::{Filter, TransactionReceipt};
 use alloy::signers::local::PrivateKeySigner;
 use serde::{Deserialize, Serialize};
 
+pub use self::pinned::{Head, Pinned};
 use super::bindings::EhrAccess;
 use super::errors::ChainError;
 use super::events::{self, AuditEvent, AuditFilter, AuditKind, AuditPage};
@@ -422,12 +424,7 @@ impl EhrChain {
     /// # Errors
     /// Transport errors.
     pub async fn chain_time(&self) -> Result<u64, ChainError> {
-        let block = self
-            .provider
-            .get_block_by_number(alloy::eips::BlockNumberOrTag::Latest)
-            .await?
-            .ok_or_else(|| ChainError::Decode("no latest block".into()))?;
-        Ok(block.header.timestamp)
+        Ok(self.head().await?.time)
     }
 
     fn filter(&self) -> Filter {

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use alloy::eips::BlockId;
 use alloy::primitives::{Address, B256};
 use alloy::signers::local::PrivateKeySigner;
 use alloy::sol_types::Eip712Domain;
@@ -168,10 +169,11 @@ async fn anchored(n: &Node, root: B256) -> Result<bool, crate::chain::ChainError
     Ok(yes)
 }
 
-/// Whether `requester` may have `proof`'s shares now on the strength of `access_tx` (none:
-/// as the patient), remembering where the access event is.
+/// Whether `requester` may have `proof`'s shares at block `at` on the strength of `access_tx`
+/// (none: as the patient), remembering where the access event is.
 async fn may_read(
     n: &Node,
+    at: BlockId,
     requester: Address,
     proof: &crate::chain::merkle::RecordProof,
     access_tx: Option<B256>,
@@ -205,7 +207,11 @@ async fn may_read(
             }
         }
     };
-    n.cfg.chain.can_read_at(requester, proof, block, time).await
+    n.cfg
+        .chain
+        .at(at)
+        .can_read_at(requester, proof, block, time)
+        .await
 }
 
 /// The node's routes (without the background collector; see [`serve`]).
@@ -306,19 +312,76 @@ fn public_proof(p: &PublicRecord) -> Option<RecordProof> {
     })
 }
 
-/// Refuses (503) while the node's view of the chain is older than its bound, so that it
-/// judges nothing on a stale view (a revoked grant, a suspended provider).
-async fn fresh_view(n: &Node) -> Result<(), Refusal> {
+/// Where a request is judged: at `at`, which is the head remembered from an earlier request
+/// when `remembered`.
+struct View {
+    at: BlockId,
+    remembered: bool,
+}
+
+/// The block a request is judged at. Without a bound: the endpoint's latest. With one: the
+/// head checked to be within the bound (remembered for half a second, or asked `again`), by
+/// number, so every judging call sees that state or fails (an endpoint behind it has no such
+/// block), even when the calls reach another replica than the check did. Refuses (503) while
+/// the view is older than the bound, so that nothing is judged on a stale view (a revoked
+/// grant, a suspended provider).
+async fn fresh_view(n: &Node, again: bool) -> Result<View, Refusal> {
     let Some(max) = n.cfg.limits.max_chain_lag else {
-        return Ok(());
+        return Ok(View {
+            at: BlockId::latest(),
+            remembered: false,
+        });
     };
-    n.view
-        .check(&n.cfg.chain, max, crate::clock::unix_now())
+    let (head, remembered) = n
+        .view
+        .check(&n.cfg.chain, max, crate::clock::unix_now(), again)
         .await
         .map_err(|e| match e {
             freshness::Stale::Chain(c) => Refusal::from(c),
             behind => refusal::unavailable(behind.to_string(), Duration::from_secs(1)),
-        })
+        })?;
+    Ok(View {
+        at: BlockId::number(head.number),
+        remembered,
+    })
+}
+
+/// [`may_read`] on a fresh view. A remembered head can be older than the grant or access
+/// transaction the request relies on, so a "no" there is asked once more on the head as it
+/// is now; a "yes" stands (the remembered head is within the bound).
+async fn may_read_now(
+    n: &Node,
+    requester: Address,
+    proof: &crate::chain::merkle::RecordProof,
+    access_tx: Option<B256>,
+) -> Result<bool, Refusal> {
+    let view = fresh_view(n, false).await?;
+    if may_read(n, view.at, requester, proof, access_tx).await? {
+        return Ok(true);
+    }
+    if !view.remembered {
+        return Ok(false);
+    }
+    let at = fresh_view(n, true).await?.at;
+    Ok(may_read(n, at, requester, proof, access_tx).await?)
+}
+
+/// [`may_write`] on a fresh view, a denial on a remembered head asked again as in
+/// [`may_read_now`].
+async fn may_write_now(
+    n: &Node,
+    patient: PatientAddr,
+    uploader: Address,
+    verb: &str,
+) -> Result<(), Refusal> {
+    let view = fresh_view(n, false).await?;
+    match may_write(n, view.at, patient, uploader, verb).await {
+        Err(r) if r.is_denial() && view.remembered => {
+            let at = fresh_view(n, true).await?.at;
+            may_write(n, at, patient, uploader, verb).await
+        }
+        judged => judged,
+    }
 }
 
 fn halted(n: &Node) -> Result<(), Refusal> {
@@ -422,18 +485,19 @@ fn check_deadline(deadline: u64) -> Result<(), Refusal> {
     Ok(())
 }
 
-/// Whether `uploader` may add records for `patient` now: the patient themselves, a provider
+/// Whether `uploader` may add records for `patient` at block `at`: the patient themselves, a provider
 /// under a grant in force, or an ingestion service the records office allowed while the
 /// patient has an active device (the service seals the devices' signed readings; it can never
 /// read). Break-glass opens reading only: an emergency never lets a provider write into a
 /// chart the patient did not open to them.
 async fn may_write(
     n: &Node,
+    at: BlockId,
     patient: PatientAddr,
     uploader: Address,
     verb: &str,
 ) -> Result<(), Refusal> {
-    let chain = &n.cfg.chain;
+    let chain = n.cfg.chain.at(at);
     if chain.patient_account(patient).await? == Some(uploader) {
         return Ok(());
     }
@@ -486,8 +550,7 @@ async fn deposit(
             "record id is not recordIdOf(uploader, patient, salt): it must be derived from its uploader",
         ));
     }
-    fresh_view(&n).await?;
-    may_write(&n, patient, d.uploader, "may not").await?;
+    may_write_now(&n, patient, d.uploader, "may not").await?;
     let stored = StoredShare {
         patient: d.patient,
         uploader: d.uploader,
@@ -541,8 +604,7 @@ async fn release(
         return Err(not_allowed(r.requester, id));
     };
     let access_tx = (r.accessTx != B256::ZERO).then_some(r.accessTx);
-    fresh_view(&n).await?;
-    if !may_read(&n, r.requester, &proof, access_tx).await? {
+    if !may_read_now(&n, r.requester, &proof, access_tx).await? {
         return Err(not_allowed(r.requester, id));
     }
     if !n
@@ -626,8 +688,7 @@ async fn anchor(
     }
     // The uploader may still add records for the patient (a provider revoked since the
     // deposit may not finish the upload).
-    fresh_view(&n).await?;
-    may_write(&n, patient, stored.uploader, "may no longer").await?;
+    may_write_now(&n, patient, stored.uploader, "may no longer").await?;
     let anchor = Anchor {
         root: b.root,
         proof: b.proof,

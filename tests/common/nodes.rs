@@ -366,13 +366,26 @@ pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }
 
+/// Which requests a frozen [`lagging_rpc`] answers as a replica stuck at its block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stuck {
+    /// Every request: one endpoint that lags.
+    All,
+    /// All but the head (`eth_blockNumber`, `eth_getBlockByNumber`), which pass through: a
+    /// load balancer that sent the head check to an up-to-date replica and the rest to one
+    /// that lags.
+    AllButHead,
+}
+
 /// A JSON-RPC endpoint in front of `target` that can lag: once frozen at a block, it answers
 /// as a replica stuck there would (the block number is that block's; "latest" and "pending"
-/// mean that block). Calls by hash (transactions, receipts, blocks) pass through unchanged;
-/// batches are not handled (alloy sends none here). Returns its URL and the switch
-/// (`Some(block)`: frozen there).
+/// mean that block; a call at a later block number fails with geth's "header not found").
+/// Calls by hash (transactions, receipts, blocks) pass through unchanged; batches are not
+/// handled (alloy sends none here). Returns its URL and the switch (`Some(block)`: frozen
+/// there).
 pub async fn lagging_rpc(
     target: String,
+    stuck: Stuck,
 ) -> (String, std::sync::Arc<std::sync::Mutex<Option<u64>>>) {
     use axum::extract::State;
     use serde_json::Value;
@@ -380,6 +393,7 @@ pub async fn lagging_rpc(
         String,
         reqwest::Client,
         std::sync::Arc<std::sync::Mutex<Option<u64>>>,
+        Stuck,
     );
     fn pin(v: &mut Value, at: &str) {
         match v {
@@ -389,12 +403,36 @@ pub async fn lagging_rpc(
             _ => {}
         }
     }
+    /// The block number a call names, when it names one.
+    fn named_block(v: &Value) -> Option<u64> {
+        let n = match v {
+            Value::String(s) => s,
+            Value::Object(m) => m.get("blockNumber")?.as_str()?,
+            _ => return None,
+        };
+        u64::from_str_radix(n.strip_prefix("0x")?, 16).ok()
+    }
     async fn forward(
-        State((target, http, frozen)): State<Shared>,
+        State((target, http, frozen, stuck)): State<Shared>,
         axum::Json(mut req): axum::Json<Value>,
     ) -> axum::Json<Value> {
-        let at = *frozen.lock().unwrap();
+        let head = matches!(
+            req["method"].as_str(),
+            Some("eth_blockNumber" | "eth_getBlockByNumber")
+        );
+        let at = (*frozen.lock().unwrap()).filter(|_| !(head && stuck == Stuck::AllButHead));
         if let Some(block) = at {
+            let later = req["params"]
+                .as_array()
+                .and_then(|p| p.last())
+                .and_then(named_block)
+                .is_some_and(|n| n > block);
+            if later && req["method"] != "eth_getBlockByNumber" {
+                return axum::Json(serde_json::json!({
+                    "jsonrpc": "2.0", "id": req["id"].clone(),
+                    "error": {"code": -32000, "message": "header not found"}
+                }));
+            }
             let at = format!("{block:#x}");
             if req["method"] == "eth_blockNumber" {
                 return axum::Json(serde_json::json!({
@@ -417,7 +455,7 @@ pub async fn lagging_rpc(
     let frozen = std::sync::Arc::new(std::sync::Mutex::new(None));
     let app = axum::Router::new()
         .route("/", axum::routing::post(forward))
-        .with_state((target, reqwest::Client::new(), frozen.clone()));
+        .with_state((target, reqwest::Client::new(), frozen.clone(), stuck));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move {

@@ -112,11 +112,9 @@ impl EhrChain {
         ingestor: Address,
         addr: PatientAddr,
     ) -> Result<bool, ChainError> {
-        self.contract
-            .mayIngest(ingestor, addr.key())
-            .call()
+        self.at(alloy::eips::BlockId::latest())
+            .may_ingest(ingestor, addr)
             .await
-            .map_err(ChainError::from_contract)
     }
 
     /// The patient's devices, active and revoked, in the order they were added (from the

@@ -1,6 +1,8 @@
 //! Reads of the contract and of its event index: who is who, access now, `canRead`, grants
 //! and pending requests folded from events, and the audit views.
 
+use alloy::eips::BlockId;
+
 use super::*;
 
 impl EhrChain {
@@ -43,13 +45,7 @@ impl EhrChain {
     /// # Errors
     /// Transport errors.
     pub async fn patient_account(&self, addr: PatientAddr) -> Result<Option<Address>, ChainError> {
-        let a = self
-            .contract
-            .patientAccount(addr.key())
-            .call()
-            .await
-            .map_err(ChainError::from_contract)?;
-        Ok((a != Address::ZERO).then_some(a))
+        self.at(BlockId::latest()).patient_account(addr).await
     }
 
     /// A provider's status and denied-attempt counter.
@@ -80,8 +76,9 @@ impl EhrChain {
         addr: PatientAddr,
         provider: Address,
     ) -> Result<(DenyReason, bool), ChainError> {
-        let (reason, emergency) = self.check_access_raw(addr, provider).await?;
-        Ok((self.tell_revoked(addr, provider, reason).await?, emergency))
+        self.at(BlockId::latest())
+            .check_access(addr, provider)
+            .await
     }
 
     /// The contract's `checkAccess` as it answers: a revoked grant reads as `NoGrant` (see
@@ -94,15 +91,9 @@ impl EhrChain {
         addr: PatientAddr,
         provider: Address,
     ) -> Result<(DenyReason, bool), ChainError> {
-        let r = self
-            .contract
-            .checkAccess(addr.key(), provider)
-            .call()
+        self.at(BlockId::latest())
+            .check_access_raw(addr, provider)
             .await
-            .map_err(ChainError::from_contract)?;
-        let reason =
-            DenyReason::try_from(r.reason).map_err(|e| ChainError::Decode(e.to_string()))?;
-        Ok((reason, r.emergency))
     }
 
     /// `reason`, with `NoGrant` told apart as `Revoked` when the patient's events show a
@@ -166,11 +157,9 @@ impl EhrChain {
         block: u64,
         time: u64,
     ) -> Result<bool, ChainError> {
-        self.contract
-            .canRead(requester, sol_proof(proof), block, time)
-            .call()
+        self.at(BlockId::latest())
+            .can_read_at(requester, proof, block, time)
             .await
-            .map_err(ChainError::from_contract)
     }
 
     /// The block and time of transaction `tx`, when it holds this contract's `AccessAllowed`

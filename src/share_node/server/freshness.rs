@@ -6,9 +6,10 @@
 //! `max_chain_lag` set, the node refuses to judge (503) while its endpoint's latest block is
 //! older than that: what it decides is then at most the bound plus about a second old (the
 //! head's time is asked again once the last answer is half a second old). The head and the
-//! calls that judge are separate requests to one endpoint, whose head only moves forward;
-//! behind a load balancer over replicas they may reach different ones, so point the node at
-//! one endpoint (or a sticky one). A head ahead of the node's clock counts as fresh: keep the
+//! calls that judge are separate requests, which behind a load balancer over replicas may
+//! reach different ones: so the calls that judge name the checked head's number instead of
+//! "latest", and a replica that lags behind it has no such block and fails them (the node
+//! refuses) rather than answering from older state. A head ahead of the node's clock counts as fresh: keep the
 //! clock in time (NTP). Off by default: a chain that makes blocks only for transactions (anvil's automine,
 //! `geth --dev` without a period) has an old head whenever nobody writes, so the bound fits
 //! chains with a block time (a few block times).
@@ -16,15 +17,15 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::chain::{ChainError, EhrChain};
+use crate::chain::{ChainError, EhrChain, Head};
 
 /// How often the head's time is asked again (at most; only when a request needs it).
 const RECHECK: Duration = Duration::from_millis(500);
 
-/// The last head time seen, and when it was asked.
+/// The last head seen, and when it was asked.
 #[derive(Debug, Default)]
 pub(super) struct ChainView {
-    last: Mutex<Option<(u64, Instant)>>,
+    last: Mutex<Option<(Head, Instant)>>,
 }
 
 /// Why a node will not judge now.
@@ -46,31 +47,34 @@ pub(super) enum Stale {
 }
 
 impl ChainView {
-    /// `Ok` when `chain`'s latest block is at most `max` old at `now` (unix seconds); the head
-    /// is asked again when the last answer is older than half a second.
+    /// `chain`'s latest block, when it is at most `max` old at `now` (unix seconds), and
+    /// whether it is the one remembered from an earlier request (asked again when the last
+    /// answer is older than half a second, or when `again`).
     pub(super) async fn check(
         &self,
         chain: &EhrChain,
         max: Duration,
         now: u64,
-    ) -> Result<(), Stale> {
+        again: bool,
+    ) -> Result<(Head, bool), Stale> {
         let known = *self
             .last
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let head = match known {
-            Some((head, at)) if at.elapsed() < RECHECK => head,
+        let (head, remembered) = match known {
+            Some((head, at)) if !again && at.elapsed() < RECHECK => (head, true),
             _ => {
-                let head = chain.chain_time().await?;
+                let head = chain.head().await?;
                 *self
                     .last
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner) =
                     Some((head, Instant::now()));
-                head
+                (head, false)
             }
         };
-        fresh(head, now, max)
+        fresh(head.time, now, max)?;
+        Ok((head, remembered))
     }
 }
 

@@ -20,6 +20,11 @@ impl Refusal {
             retry_after: None,
         }
     }
+
+    /// A "no" on the merits (not an error, a bad request or a limit).
+    pub(super) fn is_denial(&self) -> bool {
+        self.kind == ErrorKind::Denied
+    }
 }
 
 /// A chain error while checking a request: a node that cannot reach its chain is unavailable
