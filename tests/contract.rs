@@ -783,3 +783,47 @@ async fn a_funded_account_sends_at_once() {
         done.unwrap();
     }
 }
+
+/// The calls a share node judges with, pinned to a block: at a block the endpoint has, the
+/// state then (an account registered later is not there yet); at one it does not have yet (a
+/// replica behind the head the node checked), an error that says the chain is unavailable
+/// (503 at a node), never an answer and never a revert. Runs on anvil and on geth, whose
+/// messages differ ("BlockOutOfRangeError", "header not found").
+#[tokio::test]
+async fn pinned_calls_answer_at_their_block_and_a_block_not_there_yet_is_unavailable() {
+    use alloy::eips::BlockId;
+    use alloy::providers::Provider as _;
+    use ehr_share::kind::{Classify as _, ErrorKind};
+    let office = office().await;
+    let p = funded().await;
+    let addr = unique_patient();
+    let before = office.provider().get_block_number().await.unwrap();
+    office.issue_patient(addr, p.address()).await.unwrap();
+    let after = office.head().await.unwrap().number;
+    assert!(after > before);
+    assert_eq!(
+        office
+            .at(BlockId::number(before))
+            .patient_account(addr)
+            .await
+            .unwrap(),
+        None,
+        "not registered yet at the block before"
+    );
+    assert_eq!(
+        office
+            .at(BlockId::number(after))
+            .patient_account(addr)
+            .await
+            .unwrap(),
+        Some(p.address())
+    );
+    let ahead = office.at(BlockId::number(after + 1_000));
+    for e in [
+        ahead.patient_account(addr).await.unwrap_err(),
+        ahead.check_access_raw(addr, p.address()).await.unwrap_err(),
+        ahead.may_ingest(p.address(), addr).await.unwrap_err(),
+    ] {
+        assert_eq!(e.kind(), ErrorKind::Unavailable, "{e:?}");
+    }
+}

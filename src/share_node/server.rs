@@ -169,49 +169,39 @@ async fn anchored(n: &Node, root: B256) -> Result<bool, crate::chain::ChainError
     Ok(yes)
 }
 
-/// Whether `requester` may have `proof`'s shares at block `at` on the strength of `access_tx`
-/// (none: as the patient), remembering where the access event is.
-async fn may_read(
+/// The block and time of `requester`'s access event for `proof`'s record in `access_tx`
+/// (none: the patient, who needs none: `(0, 0)`); `None` when the transaction holds no such
+/// event. Remembered per transaction, requester and record.
+async fn access_of(
     n: &Node,
-    at: BlockId,
     requester: Address,
     proof: &crate::chain::merkle::RecordProof,
     access_tx: Option<B256>,
-) -> Result<bool, crate::chain::ChainError> {
-    let (block, time) = match access_tx {
-        None => (0, 0),
-        Some(tx) => {
-            let key = (tx, requester, proof.record_id().0);
-            let known = n
-                .accesses
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .get(&key);
-            match known {
-                Some(at) => at,
-                None => match n
-                    .cfg
-                    .chain
-                    .access_in(tx, requester, proof.record_id(), proof.patient)
-                    .await?
-                {
-                    Some(at) => {
-                        n.accesses
-                            .lock()
-                            .unwrap_or_else(std::sync::PoisonError::into_inner)
-                            .put(key, at);
-                        at
-                    }
-                    None => return Ok(false),
-                },
-            }
-        }
+) -> Result<Option<(u64, u64)>, crate::chain::ChainError> {
+    let Some(tx) = access_tx else {
+        return Ok(Some((0, 0)));
     };
-    n.cfg
+    let key = (tx, requester, proof.record_id().0);
+    let known = n
+        .accesses
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .get(&key);
+    if known.is_some() {
+        return Ok(known);
+    }
+    let found = n
+        .cfg
         .chain
-        .at(at)
-        .can_read_at(requester, proof, block, time)
-        .await
+        .access_in(tx, requester, proof.record_id(), proof.patient)
+        .await?;
+    if let Some(at) = found {
+        n.accesses
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .put(key, at);
+    }
+    Ok(found)
 }
 
 /// The node's routes (without the background collector; see [`serve`]).
@@ -312,10 +302,11 @@ fn public_proof(p: &PublicRecord) -> Option<RecordProof> {
     })
 }
 
-/// Where a request is judged: at `at`, which is the head remembered from an earlier request
-/// when `remembered`.
+/// Where a request is judged: at `at`, which is `head` (with a bound) and was remembered
+/// from an earlier request when `remembered`.
 struct View {
     at: BlockId,
+    head: Option<u64>,
     remembered: bool,
 }
 
@@ -329,6 +320,7 @@ async fn fresh_view(n: &Node, again: bool) -> Result<View, Refusal> {
     let Some(max) = n.cfg.limits.max_chain_lag else {
         return Ok(View {
             at: BlockId::latest(),
+            head: None,
             remembered: false,
         });
     };
@@ -342,28 +334,54 @@ async fn fresh_view(n: &Node, again: bool) -> Result<View, Refusal> {
         })?;
     Ok(View {
         at: BlockId::number(head.number),
+        head: Some(head.number),
         remembered,
     })
 }
 
-/// [`may_read`] on a fresh view. A remembered head can be older than the grant or access
-/// transaction the request relies on, so a "no" there is asked once more on the head as it
-/// is now; a "yes" stands (the remembered head is within the bound).
+/// Whether `requester` may have `proof`'s shares now on the strength of `access_tx` (none:
+/// as the patient), judged by the contract's `canRead` on a fresh view. The view is moved
+/// to the current head when the access event is in a later block than the one remembered
+/// (or, when even the current head is behind it, the node cannot judge yet: 503), and a "no"
+/// on a remembered head is asked once more on the current one (the grant may be newer); a
+/// "yes" stands (the remembered head is within the bound).
 async fn may_read_now(
     n: &Node,
     requester: Address,
     proof: &crate::chain::merkle::RecordProof,
     access_tx: Option<B256>,
 ) -> Result<bool, Refusal> {
-    let view = fresh_view(n, false).await?;
-    if may_read(n, view.at, requester, proof, access_tx).await? {
+    let mut view = fresh_view(n, false).await?;
+    let Some((block, time)) = access_of(n, requester, proof, access_tx).await? else {
+        return Ok(false);
+    };
+    let behind = |v: &View| v.head.is_some_and(|h| h < block);
+    if behind(&view) {
+        view = fresh_view(n, true).await?;
+        if behind(&view) {
+            return Err(refusal::unavailable(
+                format!(
+                    "this share node's chain view has not reached block {block} of the access transaction yet"
+                ),
+                Duration::from_secs(1),
+            ));
+        }
+    }
+    let judge = |at: BlockId| async move {
+        n.cfg
+            .chain
+            .at(at)
+            .can_read_at(requester, proof, block, time)
+            .await
+    };
+    if judge(view.at).await? {
         return Ok(true);
     }
     if !view.remembered {
         return Ok(false);
     }
     let at = fresh_view(n, true).await?.at;
-    Ok(may_read(n, at, requester, proof, access_tx).await?)
+    Ok(judge(at).await?)
 }
 
 /// [`may_write`] on a fresh view, a denial on a remembered head asked again as in

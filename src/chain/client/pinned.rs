@@ -65,7 +65,7 @@ impl Pinned<'_> {
             .call()
             .block(self.block)
             .await
-            .map_err(ChainError::from_contract)?;
+            .map_err(pinned_error)?;
         Ok((a != Address::ZERO).then_some(a))
     }
 
@@ -86,7 +86,7 @@ impl Pinned<'_> {
             .call()
             .block(self.block)
             .await
-            .map_err(ChainError::from_contract)?;
+            .map_err(pinned_error)?;
         let reason =
             DenyReason::try_from(r.reason).map_err(|e| ChainError::Decode(e.to_string()))?;
         Ok((reason, r.emergency))
@@ -125,7 +125,7 @@ impl Pinned<'_> {
             .call()
             .block(self.block)
             .await
-            .map_err(ChainError::from_contract)
+            .map_err(pinned_error)
     }
 
     /// The contract's `canRead` for an access at `access_block` and `access_time` (0, 0:
@@ -151,6 +151,21 @@ impl Pinned<'_> {
             .call()
             .block(self.block)
             .await
-            .map_err(ChainError::from_contract)
+            .map_err(pinned_error)
+    }
+}
+
+/// An error answer that is no revert (a block this endpoint does not have yet, state it has
+/// pruned) means the endpoint cannot answer at that block now: unavailable, like a transport
+/// error, rather than an answer this server does not understand.
+fn pinned_error(e: alloy::contract::Error) -> ChainError {
+    match e {
+        alloy::contract::Error::TransportError(t)
+            if t.as_error_resp()
+                .is_some_and(|r| !r.message.contains("revert")) =>
+        {
+            ChainError::Rpc(t)
+        }
+        other => ChainError::from_contract(other),
     }
 }
