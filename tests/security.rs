@@ -1119,6 +1119,19 @@ async fn a_node_whose_head_check_and_calls_reach_different_replicas_judges_at_th
             && !t.contains("view of the chain")),
         "refused as the stuck replica failed, not judged: {refused:?}"
     );
+    // Deposits are judged the same way: the stuck replica still shows the doctor's grant,
+    // which would let them add to the chart.
+    for _ in 0..3 {
+        let (did, body) = deposit(&office, &refs[0], &doctor, addr, 60);
+        let r = put(&refs[0], did, &body).await;
+        let status = r.status().as_u16();
+        let text = r.text().await.unwrap();
+        assert!(
+            status == 503 && text.contains("not available"),
+            "deposit after the revoke: {status} {text}"
+        );
+        common::mine_block().await;
+    }
 
     // The replica catches up: the node judges again, on the revoke.
     *frozen.lock().unwrap() = None;
@@ -1132,4 +1145,6 @@ async fn a_node_whose_head_check_and_calls_reach_different_replicas_judges_at_th
         tokio::time::sleep(Duration::from_millis(600)).await;
     }
     assert_eq!(last.0, 403, "{}", last.1);
+    let (did, body) = deposit(&office, &refs[0], &doctor, addr, 60);
+    assert_eq!(put(&refs[0], did, &body).await.status().as_u16(), 403);
 }
