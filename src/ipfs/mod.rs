@@ -215,10 +215,8 @@ impl KuboClient {
             .send()
             .await;
         let resp = self.check("add", resp).await?;
-        let text = resp.text().await.map_err(|e| IpfsError::Protocol {
-            call: "add",
-            detail: e.to_string(),
-        })?;
+        let body = self.body(resp).await?;
+        let text = String::from_utf8_lossy(&body);
         // One JSON object per line; with `quieter` the last one is the file itself.
         let last = text
             .lines()
@@ -298,10 +296,13 @@ impl KuboClient {
             }
             other => other?,
         };
-        Ok(resp.bytes_stream().map_err(|e| IpfsError::Protocol {
-            call: "cat",
-            detail: e.to_string(),
-        }))
+        let url = self.base.clone();
+        Ok(resp
+            .bytes_stream()
+            .map_err(move |source| IpfsError::Unreachable {
+                url: url.clone(),
+                source,
+            }))
     }
 
     /// Reads the whole content of `cid` into memory.
@@ -395,10 +396,7 @@ impl KuboClient {
             .send()
             .await;
         let resp = self.check("pin/ls", resp).await?;
-        let pins: Pins = resp.json().await.map_err(|e| IpfsError::Protocol {
-            call: "pin/ls",
-            detail: e.to_string(),
-        })?;
+        let pins: Pins = parse("pin/ls", &self.body(resp).await?)?;
         Ok(pins
             .keys
             .unwrap_or_default()
@@ -419,9 +417,15 @@ impl KuboClient {
             .send()
             .await;
         let resp = self.check(call, resp).await?;
-        resp.json().await.map_err(|e| IpfsError::Protocol {
-            call,
-            detail: e.to_string(),
+        parse(call, &self.body(resp).await?)
+    }
+
+    /// An answer's body. Failing to read it means Kubo stopped or the connection broke while
+    /// it answered (reqwest reports that as a decode error): unavailable, worth another try.
+    async fn body(&self, resp: reqwest::Response) -> Result<bytes::Bytes, IpfsError> {
+        resp.bytes().await.map_err(|source| IpfsError::Unreachable {
+            url: self.base.clone(),
+            source,
         })
     }
 
@@ -457,6 +461,14 @@ impl KuboClient {
     }
 }
 
+/// A JSON answer of `call`; anything else is a protocol error.
+fn parse<T: serde::de::DeserializeOwned>(call: &'static str, body: &[u8]) -> Result<T, IpfsError> {
+    serde_json::from_slice(body).map_err(|e| IpfsError::Protocol {
+        call,
+        detail: e.to_string(),
+    })
+}
+
 fn is_not_found(message: &str) -> bool {
     message.contains("not found") || message.contains("block was not found locally")
 }
@@ -479,5 +491,49 @@ impl crate::kind::Classify for IpfsError {
             Self::NotFound { .. } => self.to_string(),
             _ => "the IPFS node is not available; try again shortly".to_owned(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kind::{Classify as _, ErrorKind};
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    /// A one-connection HTTP server that answers with `head` and `body`, then closes.
+    async fn answering(head: &'static str, body: &'static [u8]) -> String {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", l.local_addr().unwrap());
+        tokio::spawn(async move {
+            let (mut c, _) = l.accept().await.unwrap();
+            let mut buf = vec![0u8; 4096];
+            let _ = c.read(&mut buf).await;
+            c.write_all(head.as_bytes()).await.unwrap();
+            c.write_all(body).await.unwrap();
+        });
+        url
+    }
+
+    /// Kubo killed while it answers (the crash bench saw it): unavailable, worth another try,
+    /// not a server fault; an answer that is no JSON stays a protocol error.
+    #[tokio::test]
+    async fn an_answer_cut_off_is_unavailable_and_one_that_is_no_json_is_not() {
+        let cut = answering(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n",
+            b"{\"Version\":",
+        )
+        .await;
+        let e = KuboClient::new(&cut).version().await.unwrap_err();
+        assert!(matches!(e, IpfsError::Unreachable { .. }), "{e:?}");
+        assert_eq!(e.kind(), ErrorKind::Unavailable);
+
+        let garbled = answering(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 5\r\n\r\n",
+            b"hello",
+        )
+        .await;
+        let e = KuboClient::new(&garbled).version().await.unwrap_err();
+        assert!(matches!(e, IpfsError::Protocol { .. }), "{e:?}");
+        assert_eq!(e.kind(), ErrorKind::Internal);
     }
 }
