@@ -663,6 +663,25 @@ async fn uploads_close_together_share_one_anchor() {
             vec![*id]
         );
     }
+    // A patient's newest, newest first, with their count: three more records of the first
+    // patient, a second apart (the nodes order by the second a share arrived).
+    let (patient, addr) = &patients[0];
+    let c = common::nodes::client(&office, patient, &refs);
+    let mut mine = vec![stored[0].0];
+    for i in 0..3 {
+        tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
+        mine.push(
+            c.put(*addr, Bytes::from(format!("later {i}")), "text/plain", None)
+                .await
+                .unwrap(),
+        );
+    }
+    let (newest, total) = c.directory().newest(*addr, 3).await.unwrap();
+    assert_eq!(total, 4);
+    assert_eq!(
+        newest.iter().map(|r| r.record).collect::<Vec<_>>(),
+        mine.iter().rev().take(3).copied().collect::<Vec<_>>()
+    );
     assert!(roots.len() <= 2, "{} roots for 8 uploads", roots.len());
     let anchors: Vec<_> = office
         .audit_all(0, usize::MAX)
@@ -767,12 +786,24 @@ async fn one_lying_node_cannot_add_or_hide_a_record() {
     // A node that lists the made-up record three times and answers every locate with the copy.
     let listing = serde_json::to_string(&vec![fakes[0].clone(); 3]).unwrap();
     let copy_answer = serde_json::to_string(&fakes[1]).unwrap();
+    // Its newest: the made-up record on top, and a count of a million.
+    let newest = serde_json::to_string(&serde_json::json!({
+        "records": vec![fakes[0].clone(); 3], "total": 1_000_000,
+    }))
+    .unwrap();
     let app = axum::Router::new()
         .route(
             "/patients/{p}/records",
             axum::routing::get(move || {
                 let l = listing.clone();
                 async move { ([("content-type", "application/json")], l) }
+            }),
+        )
+        .route(
+            "/patients/{p}/records/newest",
+            axum::routing::get(move || {
+                let n = newest.clone();
+                async move { ([("content-type", "application/json")], n) }
             }),
         )
         .route(
@@ -802,6 +833,13 @@ async fn one_lying_node_cannot_add_or_hide_a_record() {
         .map(|r| r.record)
         .collect();
     assert_eq!(listed, vec![real], "a record one node made up was listed");
+    let (newest, total) = c.directory().newest(addr, 10).await.unwrap();
+    assert_eq!(
+        newest.iter().map(|r| r.record).collect::<Vec<_>>(),
+        vec![real],
+        "a record one node made up was among the newest"
+    );
+    assert_eq!(total, 1, "the count is the k-th largest, not the liar's");
     let found = c.directory().locate(real).await.unwrap();
     assert_eq!(found.proof.digest, real_proof.digest, "the liar's copy won");
     assert_eq!(c.get(real).await.unwrap().data, b"the real one");

@@ -16,6 +16,9 @@ use crate::share_node::{AnchoredRecord, NodeClient, PAGE};
 /// Pages of 500 read from each node when listing: 10,000 records per patient.
 const MAX_PAGES: usize = 20;
 
+/// How many more than asked for each node lists when asked for a patient's newest records.
+const NEWEST_SLACK: usize = 32;
+
 /// How long one node may take to answer one request: a hung node delays nothing beyond it.
 const NODE_DEADLINE: Duration = Duration::from_secs(20);
 
@@ -171,9 +174,65 @@ impl Directory {
                 all
             });
         }
+        let mut lists = Vec::new();
+        while let Some(records) = pending.next().await {
+            lists.push(records);
+        }
+        let mut out = self.agreed(patient, lists).await?;
+        out.sort_by_key(|r| (r.stored_at, r.record.0));
+        Ok(out)
+    }
+
+    /// The patient's newest `limit` anchored records, newest first, and about how many the
+    /// patient has: each node's newest (a range of its time index, however many records it
+    /// holds), of which those at least k nodes list with a proof to an anchored root. Each node
+    /// orders by the time the share reached it, so the nodes' orders can differ by a few places
+    /// around a second's boundary: each is asked for [`NEWEST_SLACK`] more than `limit`. The
+    /// count is the k-th largest of the nodes' counts (a record fewer than k nodes hold cannot be
+    /// read); 0 when fewer than k answer.
+    ///
+    /// # Errors
+    /// Chain errors.
+    pub async fn newest(
+        &self,
+        patient: PatientAddr,
+        limit: usize,
+    ) -> Result<(Vec<AnchoredRecord>, u64), RecordError> {
+        let ask = (limit + NEWEST_SLACK).min(PAGE);
+        let answers = futures::future::join_all(
+            self.nodes
+                .iter()
+                .map(|node| async move { self.client(node).newest(patient, ask).await }),
+        )
+        .await;
+        let mut totals = Vec::new();
+        let mut lists = Vec::new();
+        for a in answers.into_iter().flatten() {
+            totals.push(a.total);
+            lists.push(a.records);
+        }
+        totals.sort_unstable_by(|a, b| b.cmp(a));
+        let total = totals
+            .get(usize::from(self.k).saturating_sub(1))
+            .copied()
+            .unwrap_or(0);
+        let mut out = self.agreed(patient, lists).await?;
+        out.sort_by_key(|r| std::cmp::Reverse((r.stored_at, r.record.0)));
+        out.truncate(limit);
+        Ok((out, total))
+    }
+
+    /// Of the nodes' lists (one per node), the records at least k of them name, each checked
+    /// (its patient, its id from its leaf, its proof) and its root anchored on chain: one
+    /// node cannot make a record up, and fewer than k cannot be read.
+    async fn agreed(
+        &self,
+        patient: PatientAddr,
+        lists: Vec<Vec<AnchoredRecord>>,
+    ) -> Result<Vec<AnchoredRecord>, RecordError> {
         // Votes per leaf, each node counted once.
         let mut seen: HashMap<B256, (AnchoredRecord, usize)> = HashMap::new();
-        while let Some(records) = pending.next().await {
+        for records in lists {
             let mut mine = std::collections::HashSet::new();
             for r in records {
                 if r.proof.patient != patient || r.proof.record_id() != r.record || !r.proof.holds()
@@ -194,7 +253,6 @@ impl Directory {
                 out.push(r);
             }
         }
-        out.sort_by_key(|r| (r.stored_at, r.record.0));
         Ok(out)
     }
 }

@@ -8,7 +8,9 @@ use alloy::primitives::Address;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::wire::{AnchorBody, AnchoredRecord, DepositBody, ReleaseBody, ReleasedShare};
+use super::wire::{
+    AnchorBody, AnchoredRecord, DepositBody, NewestRecords, ReleaseBody, ReleasedShare,
+};
 use crate::chain::{PatientAddr, RecordId};
 
 /// Most records a node answers per page of a patient's listing.
@@ -219,6 +221,20 @@ impl NodeClient {
         if let Some(a) = after {
             url.push_str(&format!("?after={a}"));
         }
+        self.call(self.http.get(url)).await
+    }
+
+    /// `GET /patients/{patient}/records/newest?limit=`: the patient's newest anchored records
+    /// on this node (at most `limit`, up to 500) and how many it holds.
+    ///
+    /// # Errors
+    /// See [`NodeError`].
+    pub async fn newest(
+        &self,
+        patient: PatientAddr,
+        limit: usize,
+    ) -> Result<NewestRecords, NodeError> {
+        let url = self.url(&format!("/patients/{patient}/records/newest?limit={limit}"));
         self.call(self.http.get(url)).await
     }
 }

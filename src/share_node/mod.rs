@@ -13,8 +13,8 @@ pub use auth::{NodeRequest, ShareDeposit, ShareRelease, domain, sign};
 pub use client::{NodeClient, NodeError, PAGE, ShareNodeRef};
 pub use config::{ShareNodeConfigError, ShareNodeFile, ShareNodeSettings};
 pub use server::{
-    AnchorBody, AnchoredRecord, DepositBody, NodeConfig, NodeLimits, ReleaseBody, ReleasedShare,
-    open_store, router, serve,
+    AnchorBody, AnchoredRecord, DepositBody, NewestRecords, NodeConfig, NodeLimits, ReleaseBody,
+    ReleasedShare, open_store, router, serve,
 };
 pub use store::{Anchor, Binding, PublicRecord, ShareStore, StoreError, StoredShare};
 pub use wire::share_aad;

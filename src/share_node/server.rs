@@ -10,7 +10,8 @@
 //!   for a provider with the block and time of the `AccessAllowed` event found in the receipt
 //!   the request names.
 //! - `GET /records/{record}`, `GET /patients/{aid-pid}/records`: the public part (proof, time)
-//!   of anchored records held here.
+//!   of anchored records held here; `GET /patients/{aid-pid}/records/newest`: the newest of
+//!   them and their count.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -33,7 +34,9 @@ mod refusal;
 
 use super::auth::{NodeRequest, domain, signer_of};
 use super::store::{Anchor, Binding, PublicRecord, ShareStore, StoreError, StoredShare};
-pub use super::wire::{AnchorBody, AnchoredRecord, DepositBody, ReleaseBody, ReleasedShare};
+pub use super::wire::{
+    AnchorBody, AnchoredRecord, DepositBody, NewestRecords, ReleaseBody, ReleasedShare,
+};
 use crate::chain::merkle::RecordProof;
 use crate::chain::{DenyReason, EhrChain, PatientAddr, RecordId};
 use crate::kind::{Classify, ErrorKind};
@@ -238,6 +241,7 @@ fn routes(node: Arc<Node>) -> Router {
         .route("/shares/{record}/anchor", post(anchor))
         .route("/records/{record}", get(record_info))
         .route("/patients/{patient}/records", get(patient_records))
+        .route("/patients/{patient}/records/newest", get(newest_records))
         .layer(tower_http::limit::RequestBodyLimitLayer::new(BODY_LIMIT))
         .with_state(node)
 }
@@ -783,4 +787,45 @@ async fn patient_records(
             })
             .collect(),
     ))
+}
+
+/// Query of `GET /patients/{patient}/records/newest`.
+#[derive(Debug, Deserialize)]
+struct NewestQuery {
+    /// At most this many (default 50, at most 500).
+    limit: Option<usize>,
+}
+
+/// The newest anchored records of one patient held here (a range of the time index, however
+/// many the patient has), and how many there are.
+async fn newest_records(
+    State(n): State<Arc<Node>>,
+    client: Option<axum::Extension<ConnectInfo<std::net::SocketAddr>>>,
+    Path(patient): Path<String>,
+    axum::extract::Query(q): axum::extract::Query<NewestQuery>,
+) -> Result<Json<NewestRecords>, Refusal> {
+    halted(&n)?;
+    limit_client(&n, client.as_deref())?;
+    let patient: PatientAddr = patient
+        .parse()
+        .map_err(|_| bad(format!("{patient:?} is not a patient address (aid-pid)")))?;
+    let limit = q.limit.unwrap_or(50).clamp(1, 500);
+    let (rows, total) = n
+        .cfg
+        .store
+        .newest_of(patient.key(), limit)
+        .map_err(internal)?;
+    Ok(Json(NewestRecords {
+        records: rows
+            .into_iter()
+            .filter_map(|(record, s)| {
+                Some(AnchoredRecord {
+                    record: RecordId(B256::from(record)),
+                    proof: public_proof(&s)?,
+                    stored_at: s.stored_at,
+                })
+            })
+            .collect(),
+        total,
+    }))
 }

@@ -35,6 +35,12 @@ const NONCES: TableDefinition<&[u8; 52], u64> = TableDefinition::new("nonces");
 /// Anchored records per patient: patient key (u128 BE) || record -> its public part (JSON of
 /// [`PublicRecord`]), so listings never read the sealed shares.
 const BY_PATIENT: TableDefinition<&[u8; 48], &[u8]> = TableDefinition::new("by_patient");
+/// The same records in time order: patient key (u128 BE) || stored_at (u64 BE) || record, so
+/// that the newest of a patient with 10^5 records are a short range read, not a scan.
+const BY_PATIENT_TIME: TableDefinition<&[u8; 56], ()> = TableDefinition::new("by_patient_time");
+
+/// Records as a listing returns them: id and public part.
+pub(crate) type Listed = Vec<([u8; 32], PublicRecord)>;
 
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]
@@ -81,6 +87,14 @@ fn aad(record: &[u8; 32], patient: u128, uploader: Address, digest: B256) -> Vec
     a.extend_from_slice(uploader.as_slice());
     a.extend_from_slice(digest.as_slice());
     a
+}
+
+fn time_key(patient: u128, stored_at: u64, record: &[u8; 32]) -> [u8; 56] {
+    let mut k = [0u8; 56];
+    k[..16].copy_from_slice(&patient.to_be_bytes());
+    k[16..24].copy_from_slice(&stored_at.to_be_bytes());
+    k[24..].copy_from_slice(record);
+    k
 }
 
 fn patient_key(patient: u128, record: &[u8; 32]) -> [u8; 48] {
@@ -237,7 +251,32 @@ fn list_under_patient(
         .map_err(db)?
         .insert(&patient_key(public.patient, record), listed.as_slice())
         .map_err(db)?;
+    tx.open_table(BY_PATIENT_TIME)
+        .map_err(db)?
+        .insert(&time_key(public.patient, public.stored_at, record), ())
+        .map_err(db)?;
     Ok(())
+}
+
+/// Fills the time index from the per-patient one, for a store written before it existed;
+/// returns how many records it indexed. Runs inside the opening transaction.
+fn index_by_time(tx: &redb::WriteTransaction) -> Result<u64, StoreError> {
+    let by = tx.open_table(BY_PATIENT).map_err(db)?;
+    let mut time = tx.open_table(BY_PATIENT_TIME).map_err(db)?;
+    if !time.is_empty().map_err(db)? {
+        return Ok(0);
+    }
+    let mut n = 0;
+    for item in by.iter().map_err(db)? {
+        let (k, v) = item.map_err(db)?;
+        let mut record = [0u8; 32];
+        record.copy_from_slice(&k.value()[16..]);
+        let public = codec::get_public(v.value()).map_err(db)?.0;
+        time.insert(&time_key(public.patient, public.stored_at, &record), ())
+            .map_err(db)?;
+        n += 1;
+    }
+    Ok(n)
 }
 
 /// Rewrites the rows of a format-1 store (JSON, hex) in the binary layout, resealing each
@@ -361,6 +400,10 @@ impl ShareStore {
             tx.open_table(PENDING_BY_UPLOADER).map_err(db)?;
             tx.open_table(NONCES).map_err(db)?;
             tx.open_table(BY_PATIENT).map_err(db)?;
+            let indexed = index_by_time(&tx)?;
+            if indexed > 0 {
+                tracing::info!(records = indexed, "share store: records indexed by time");
+            }
         }
         tx.commit().map_err(db)?;
         Ok(Self {
@@ -676,6 +719,40 @@ impl ShareStore {
                 }
             }
             Ok(out)
+        })
+    }
+
+    /// The newest `limit` anchored records of `patient` held here, newest first (by the time
+    /// each was stored here, then record id), and how many this node holds in all (a count
+    /// of index keys: about 10 ms at 10^5 records).
+    ///
+    /// # Errors
+    /// Database errors.
+    pub fn newest_of(&self, patient: u128, limit: usize) -> Result<(Listed, u64), StoreError> {
+        self.guard(|| {
+            let tx = self.handle()?.begin_read().map_err(db)?;
+            let time = tx.open_table(BY_PATIENT_TIME).map_err(db)?;
+            let by = tx.open_table(BY_PATIENT).map_err(db)?;
+            let first = time_key(patient, 0, &[0; 32]);
+            let last = time_key(patient, u64::MAX, &[0xff; 32]);
+            let mut out = Vec::new();
+            for item in time.range::<&[u8; 56]>(&first..=&last).map_err(db)?.rev() {
+                if out.len() >= limit {
+                    break;
+                }
+                let (k, _) = item.map_err(db)?;
+                let mut record = [0u8; 32];
+                record.copy_from_slice(&k.value()[24..]);
+                if let Some(v) = by.get(&patient_key(patient, &record)).map_err(db)? {
+                    out.push((record, codec::get_public(v.value()).map_err(db)?.0));
+                }
+            }
+            let mut total = 0u64;
+            for item in time.range::<&[u8; 56]>(&first..=&last).map_err(db)? {
+                item.map_err(db)?;
+                total += 1;
+            }
+            Ok((out, total))
         })
     }
 

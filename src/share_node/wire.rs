@@ -67,6 +67,15 @@ pub struct AnchoredRecord {
     pub stored_at: u64,
 }
 
+/// The newest anchored records of a patient a node holds, and how many it holds in all.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct NewestRecords {
+    /// Newest first (by the time each was stored on this node, then record id).
+    pub records: Vec<AnchoredRecord>,
+    /// All anchored records of the patient on this node.
+    pub total: u64,
+}
+
 /// What a node releases.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct ReleasedShare {

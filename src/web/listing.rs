@@ -83,8 +83,9 @@ pub(super) async fn records(
     open_prefix: &str,
     listing: Option<(&RecordsClient, &ListingCache)>,
 ) -> Result<RecordsView> {
-    let all = dir.list(addr).await?;
-    let newest = &all[all.len().saturating_sub(LIST_LIMIT)..];
+    // The newest only, from each node's time index: a patient with a device has tens of
+    // thousands of records within months.
+    let (newest, count) = dir.newest(addr, LIST_LIMIT).await?;
     if let Some((rc, cache)) = listing {
         let missing: Vec<RecordId> = newest
             .iter()
@@ -108,7 +109,6 @@ pub(super) async fn records(
     }
     let rows = newest
         .iter()
-        .rev()
         .map(|r| {
             let id = r.record.to_string();
             let author = r.proof.author.to_string();
@@ -125,7 +125,7 @@ pub(super) async fn records(
         .collect();
     Ok(RecordsView {
         rows,
-        count: all.len(),
+        count: usize::try_from(count).unwrap_or(usize::MAX),
         listed: listing.is_some(),
     })
 }

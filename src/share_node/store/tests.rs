@@ -399,3 +399,74 @@ fn an_import_stores_anchored_records_as_deposits_and_proofs_do_or_nothing() {
     assert_eq!(s.count().unwrap(), 2);
     assert_eq!(s.get(&[3; 32]).unwrap(), None);
 }
+
+#[test]
+fn the_newest_records_of_a_patient_are_a_range_read_at_any_count_and_old_stores_get_the_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.redb");
+    let s = ShareStore::open(&path, key(), &binding(1)).unwrap();
+    let anchor = Anchor {
+        root: B256::repeat_byte(5),
+        proof: vec![],
+    };
+    // More records than a listing by id pages through (10,000), stored over time in an
+    // order unrelated to their ids; and another patient's, newer still.
+    let n: u64 = 12_000;
+    let id_of = |i: u64| {
+        let mut id = [0u8; 32];
+        id[..8].copy_from_slice(&(i.wrapping_mul(0x9e37_79b9_7f4a_7c15)).to_be_bytes());
+        id
+    };
+    let rows: Vec<([u8; 32], StoredShare)> = (0..n)
+        .map(|i| {
+            (
+                id_of(i),
+                StoredShare {
+                    anchor: Some(anchor.clone()),
+                    stored_at: 1_000 + i,
+                    ..share("a")
+                },
+            )
+        })
+        .collect();
+    for chunk in rows.chunks(1_000) {
+        s.import_anchored(chunk).unwrap();
+    }
+    s.import_anchored(&[(
+        [0xee; 32],
+        StoredShare {
+            patient: 2,
+            anchor: Some(anchor.clone()),
+            stored_at: 1_000_000,
+            ..share("b")
+        },
+    )])
+    .unwrap();
+    let expect: Vec<[u8; 32]> = (n - 50..n).rev().map(id_of).collect();
+    let check = |s: &ShareStore| {
+        let (newest, total) = s.newest_of(1, 50).unwrap();
+        assert_eq!(total, n);
+        assert_eq!(
+            newest.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
+            expect,
+            "the 50 stored last, newest first"
+        );
+        assert!(
+            newest
+                .iter()
+                .all(|(_, p)| p.patient == 1 && p.anchor.is_some())
+        );
+        assert_eq!(s.newest_of(2, 50).unwrap().1, 1);
+        assert_eq!(s.newest_of(3, 50).unwrap(), (vec![], 0));
+    };
+    check(&s);
+    // A store written before the time index: it is built when the store opens.
+    drop(s);
+    {
+        let database = Database::create(&path).unwrap();
+        let tx = database.begin_write().unwrap();
+        tx.delete_table(BY_PATIENT_TIME).unwrap();
+        tx.commit().unwrap();
+    }
+    check(&ShareStore::open(&path, key(), &binding(1)).unwrap());
+}
