@@ -897,6 +897,33 @@ async fn a_released_share_opens_only_for_its_requester_and_a_sniffer_sees_cipher
     }
 }
 
+/// An upload (3 of 3 nodes) where one node has a chain-lag bound of 2 s: it takes a deposit
+/// and a proof only on a head at most that old, and on a busy machine the chain may have been
+/// idle that long, so a fresh block comes first, and a refused upload is tried again.
+async fn upload_on_a_fresh_head(
+    office: &EhrChain,
+    patient: &PrivateKeySigner,
+    addr: PatientAddr,
+    refs: &[ShareNodeRef],
+) -> RecordId {
+    for _ in 0..5 {
+        common::mine_block().await;
+        match nodes::client(office, patient, refs)
+            .put(
+                addr,
+                Bytes::from_static(b"a bounded view"),
+                "text/plain",
+                None,
+            )
+            .await
+        {
+            Ok(id) => return id,
+            Err(e) => eprintln!("upload refused ({e}); again"),
+        }
+    }
+    panic!("no upload found the bounded node's view fresh in 5 tries");
+}
+
 /// A share node whose chain endpoint lags (a replica stuck at a block) would judge on a grant
 /// the patient has since revoked. The attack: the doctor keeps asking for the share after the
 /// revoke. A node on the stuck endpoint without a bound serves it; a node with
@@ -912,33 +939,9 @@ async fn a_node_on_a_lagging_chain_endpoint_stops_judging_within_its_bound() {
     let procs = [bounded, unbounded, direct];
     let refs = nodes::refs(&procs).await;
     let (patient, addr) = common::new_patient(&office).await;
-    // The bounded node takes a deposit and a proof only on a head at most 2 s old, and the
-    // upload needs all three nodes (3 of 3): on a busy machine the chain may have been idle
-    // that long, so a fresh block comes first, and a refused upload is tried again.
-    let mut id = None;
-    for _ in 0..5 {
-        common::mine_block().await;
-        match nodes::client(&office, &patient, &refs)
-            .put(
-                addr,
-                Bytes::from_static(b"lagging view"),
-                "text/plain",
-                None,
-            )
-            .await
-        {
-            Ok(r) => {
-                id = Some(r);
-                break;
-            }
-            Err(e) => eprintln!("upload refused ({e}); again"),
-        }
-    }
-    let id = id.expect("no upload found the bounded node's view fresh in 5 tries");
-    let doctor = common::funded().await;
+    let id = upload_on_a_fresh_head(&office, &patient, addr, &refs).await;
+    let doctor = common::verified_doctor(&office).await;
     let d = common::as_(&office, &doctor);
-    d.register_provider().await.unwrap();
-    office.verify_provider(doctor.address()).await.unwrap();
     let p = common::as_(&office, &patient);
     p.grant(doctor.address(), None).await.unwrap();
     let access = d.access(addr, &[id]).await.unwrap();
@@ -1040,32 +1043,9 @@ async fn a_node_whose_head_check_and_calls_reach_different_replicas_judges_at_th
     ];
     let refs = nodes::refs(&procs).await;
     let (patient, addr) = common::new_patient(&office).await;
-    // The bounded node takes the deposit and proof only on a head at most 2 s old (3 of 3
-    // nodes): a fresh block first, and again if refused.
-    let mut id = None;
-    for _ in 0..5 {
-        common::mine_block().await;
-        match nodes::client(&office, &patient, &refs)
-            .put(
-                addr,
-                Bytes::from_static(b"two replicas"),
-                "text/plain",
-                None,
-            )
-            .await
-        {
-            Ok(r) => {
-                id = Some(r);
-                break;
-            }
-            Err(e) => eprintln!("upload refused ({e}); again"),
-        }
-    }
-    let id = id.expect("no upload found the bounded node's view fresh in 5 tries");
-    let doctor = common::funded().await;
+    let id = upload_on_a_fresh_head(&office, &patient, addr, &refs).await;
+    let doctor = common::verified_doctor(&office).await;
     let d = common::as_(&office, &doctor);
-    d.register_provider().await.unwrap();
-    office.verify_provider(doctor.address()).await.unwrap();
     let p = common::as_(&office, &patient);
     p.grant(doctor.address(), None).await.unwrap();
     let access = d.access(addr, &[id]).await.unwrap();

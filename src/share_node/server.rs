@@ -776,17 +776,20 @@ async fn patient_records(
         .store
         .anchored_of(patient.key(), after.map(|a| a.0.0), limit)
         .map_err(internal)?;
-    Ok(Json(
-        rows.into_iter()
-            .filter_map(|(record, s)| {
-                Some(AnchoredRecord {
-                    record: RecordId(B256::from(record)),
-                    proof: public_proof(&s)?,
-                    stored_at: s.stored_at,
-                })
+    Ok(Json(listed(rows)))
+}
+
+/// Rows of a listing as the wire has them (those with their proof).
+fn listed(rows: Vec<([u8; 32], PublicRecord)>) -> Vec<AnchoredRecord> {
+    rows.into_iter()
+        .filter_map(|(record, s)| {
+            Some(AnchoredRecord {
+                record: RecordId(B256::from(record)),
+                proof: public_proof(&s)?,
+                stored_at: s.stored_at,
             })
-            .collect(),
-    ))
+        })
+        .collect()
 }
 
 /// Query of `GET /patients/{patient}/records/newest`.
@@ -816,16 +819,7 @@ async fn newest_records(
         .newest_of(patient.key(), limit)
         .map_err(internal)?;
     Ok(Json(NewestRecords {
-        records: rows
-            .into_iter()
-            .filter_map(|(record, s)| {
-                Some(AnchoredRecord {
-                    record: RecordId(B256::from(record)),
-                    proof: public_proof(&s)?,
-                    stored_at: s.stored_at,
-                })
-            })
-            .collect(),
+        records: listed(rows),
         total,
     }))
 }

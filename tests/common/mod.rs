@@ -264,5 +264,13 @@ pub async fn new_patient(office: &EhrChain) -> (PrivateKeySigner, PatientAddr) {
     (key, addr)
 }
 
+/// A fresh funded account registered as a provider and verified by the office.
+pub async fn verified_doctor(office: &EhrChain) -> PrivateKeySigner {
+    let key = funded().await;
+    as_(office, &key).register_provider().await.unwrap();
+    office.verify_provider(key.address()).await.unwrap();
+    key
+}
+
 #[allow(unused_imports)] // each test binary uses some
 pub use ports::{quiet_port, quiet_ports};
