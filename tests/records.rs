@@ -786,9 +786,15 @@ async fn one_lying_node_cannot_add_or_hide_a_record() {
     // A node that lists the made-up record three times and answers every locate with the copy.
     let listing = serde_json::to_string(&vec![fakes[0].clone(); 3]).unwrap();
     let copy_answer = serde_json::to_string(&fakes[1]).unwrap();
-    // Its newest: the made-up record on top, and a count of a million.
+    // Its newest: the made-up record on top, the real one dated 1970 (to push it out of the
+    // newest), and a count of a million.
+    let backdated = AnchoredRecord {
+        record: real,
+        proof: real_proof.clone(),
+        stored_at: 0,
+    };
     let newest = serde_json::to_string(&serde_json::json!({
-        "records": vec![fakes[0].clone(); 3], "total": 1_000_000,
+        "records": [fakes[0].clone(), fakes[0].clone(), backdated], "total": 1_000_000,
     }))
     .unwrap();
     let app = axum::Router::new()
@@ -840,6 +846,11 @@ async fn one_lying_node_cannot_add_or_hide_a_record() {
         "a record one node made up was among the newest"
     );
     assert_eq!(total, 1, "the count is the k-th largest, not the liar's");
+    assert!(
+        newest[0].stored_at > 1_000_000_000,
+        "the liar's date was taken: {}",
+        newest[0].stored_at
+    );
     let found = c.directory().locate(real).await.unwrap();
     assert_eq!(found.proof.digest, real_proof.digest, "the liar's copy won");
     assert_eq!(c.get(real).await.unwrap().data, b"the real one");

@@ -174,11 +174,11 @@ impl Directory {
                 all
             });
         }
-        let mut lists = Vec::new();
+        let mut tally = Tally::new(patient);
         while let Some(records) = pending.next().await {
-            lists.push(records);
+            tally.add(records);
         }
-        let mut out = self.agreed(patient, lists).await?;
+        let mut out = tally.agreed(&self.chain, self.k).await?;
         out.sort_by_key(|r| (r.stored_at, r.record.0));
         Ok(out)
     }
@@ -206,50 +206,74 @@ impl Directory {
         )
         .await;
         let mut totals = Vec::new();
-        let mut lists = Vec::new();
-        for a in answers.into_iter().flatten() {
-            totals.push(a.total);
-            lists.push(a.records);
+        let mut tally = Tally::new(patient);
+        for (node, a) in self.nodes.iter().zip(answers) {
+            match a {
+                Ok(mut a) => {
+                    totals.push(a.total);
+                    // More than asked for is not looked at.
+                    a.records.truncate(ask);
+                    tally.add(a.records);
+                }
+                Err(e) => tracing::warn!("share node {} did not list: {e}", node.url),
+            }
         }
         totals.sort_unstable_by(|a, b| b.cmp(a));
         let total = totals
             .get(usize::from(self.k).saturating_sub(1))
             .copied()
             .unwrap_or(0);
-        let mut out = self.agreed(patient, lists).await?;
+        let mut out = tally.agreed(&self.chain, self.k).await?;
         out.sort_by_key(|r| std::cmp::Reverse((r.stored_at, r.record.0)));
         out.truncate(limit);
         Ok((out, total))
     }
+}
 
-    /// Of the nodes' lists (one per node), the records at least k of them name, each checked
-    /// (its patient, its id from its leaf, its proof) and its root anchored on chain: one
-    /// node cannot make a record up, and fewer than k cannot be read.
-    async fn agreed(
-        &self,
-        patient: PatientAddr,
-        lists: Vec<Vec<AnchoredRecord>>,
-    ) -> Result<Vec<AnchoredRecord>, RecordError> {
-        // Votes per leaf, each node counted once.
-        let mut seen: HashMap<B256, (AnchoredRecord, usize)> = HashMap::new();
-        for records in lists {
-            let mut mine = std::collections::HashSet::new();
-            for r in records {
-                if r.proof.patient != patient || r.proof.record_id() != r.record || !r.proof.holds()
-                {
-                    continue;
-                }
-                let leaf = r.proof.leaf();
-                if mine.insert(leaf) {
-                    seen.entry(leaf).or_insert((r, 0)).1 += 1;
-                }
+/// The records the nodes list, counted as each node's list arrives (so that no more than
+/// one list is held at a time): of them, those at least k nodes name, each checked (its
+/// patient, its id from its leaf, its proof) and its root anchored on chain. One node cannot
+/// make a record up, and fewer than k cannot be read. A record's time is the median of the
+/// times the nodes that name it give (one lying node cannot move it).
+struct Tally {
+    patient: PatientAddr,
+    seen: HashMap<B256, (AnchoredRecord, Vec<u64>)>,
+}
+
+impl Tally {
+    fn new(patient: PatientAddr) -> Self {
+        Self {
+            patient,
+            seen: HashMap::new(),
+        }
+    }
+
+    /// One node's list.
+    fn add(&mut self, records: Vec<AnchoredRecord>) {
+        let mut mine = std::collections::HashSet::new();
+        for r in records {
+            if r.proof.patient != self.patient
+                || r.proof.record_id() != r.record
+                || !r.proof.holds()
+            {
+                continue;
+            }
+            let leaf = r.proof.leaf();
+            if mine.insert(leaf) {
+                let at = r.stored_at;
+                self.seen.entry(leaf).or_insert((r, Vec::new())).1.push(at);
             }
         }
-        let needed = usize::from(self.k);
+    }
+
+    /// The records at least `k` nodes named, under roots the chain has anchored.
+    async fn agreed(self, chain: &EhrChain, k: u8) -> Result<Vec<AnchoredRecord>, RecordError> {
         let mut roots = Roots::default();
         let mut out = Vec::new();
-        for (_, (r, count)) in seen {
-            if count >= needed && roots.anchored(&self.chain, r.proof.root).await? {
+        for (_, (mut r, mut times)) in self.seen {
+            if times.len() >= usize::from(k) && roots.anchored(chain, r.proof.root).await? {
+                times.sort_unstable();
+                r.stored_at = times[(times.len() - 1) / 2];
                 out.push(r);
             }
         }

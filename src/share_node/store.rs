@@ -38,6 +38,9 @@ const BY_PATIENT: TableDefinition<&[u8; 48], &[u8]> = TableDefinition::new("by_p
 /// The same records in time order: patient key (u128 BE) || stored_at (u64 BE) || record, so
 /// that the newest of a patient with 10^5 records are a short range read, not a scan.
 const BY_PATIENT_TIME: TableDefinition<&[u8; 56], ()> = TableDefinition::new("by_patient_time");
+/// How many anchored records each patient (u128 key) has here: a listing's count without
+/// counting.
+const PATIENT_COUNTS: TableDefinition<u128, u64> = TableDefinition::new("patient_counts");
 
 /// Records as a listing returns them: id and public part.
 pub(crate) type Listed = Vec<([u8; 32], PublicRecord)>;
@@ -247,36 +250,63 @@ fn list_under_patient(
 ) -> Result<(), StoreError> {
     let mut listed = Vec::new();
     codec::put_public(public, &mut listed);
-    tx.open_table(BY_PATIENT)
+    let new = tx
+        .open_table(BY_PATIENT)
         .map_err(db)?
         .insert(&patient_key(public.patient, record), listed.as_slice())
-        .map_err(db)?;
+        .map_err(db)?
+        .is_none();
+    if new {
+        index_in_time(tx, record, public)?;
+    }
+    Ok(())
+}
+
+/// Adds a newly listed record to the time index and its patient's count.
+fn index_in_time(
+    tx: &redb::WriteTransaction,
+    record: &[u8; 32],
+    public: &PublicRecord,
+) -> Result<(), StoreError> {
     tx.open_table(BY_PATIENT_TIME)
         .map_err(db)?
         .insert(&time_key(public.patient, public.stored_at, record), ())
         .map_err(db)?;
+    let mut counts = tx.open_table(PATIENT_COUNTS).map_err(db)?;
+    let n = counts
+        .get(public.patient)
+        .map_err(db)?
+        .map_or(0, |v| v.value());
+    counts.insert(public.patient, n + 1).map_err(db)?;
     Ok(())
 }
 
-/// Fills the time index from the per-patient one, for a store written before it existed;
-/// returns how many records it indexed. Runs inside the opening transaction.
+/// Rebuilds the time index and the counts from the per-patient index when they do not match
+/// it: a store written before they existed, or by such a version after them (it writes the
+/// per-patient index only); returns how many records it indexed. Runs inside the opening
+/// transaction.
 fn index_by_time(tx: &redb::WriteTransaction) -> Result<u64, StoreError> {
-    let by = tx.open_table(BY_PATIENT).map_err(db)?;
-    let mut time = tx.open_table(BY_PATIENT_TIME).map_err(db)?;
-    if !time.is_empty().map_err(db)? {
-        return Ok(0);
+    let rows: Vec<([u8; 32], PublicRecord)> = {
+        let by = tx.open_table(BY_PATIENT).map_err(db)?;
+        let time = tx.open_table(BY_PATIENT_TIME).map_err(db)?;
+        if by.len().map_err(db)? == time.len().map_err(db)? {
+            return Ok(0);
+        }
+        let mut rows = Vec::new();
+        for item in by.iter().map_err(db)? {
+            let (k, v) = item.map_err(db)?;
+            let mut record = [0u8; 32];
+            record.copy_from_slice(&k.value()[16..]);
+            rows.push((record, codec::get_public(v.value()).map_err(db)?.0));
+        }
+        rows
+    };
+    tx.delete_table(BY_PATIENT_TIME).map_err(db)?;
+    tx.delete_table(PATIENT_COUNTS).map_err(db)?;
+    for (record, public) in &rows {
+        index_in_time(tx, record, public)?;
     }
-    let mut n = 0;
-    for item in by.iter().map_err(db)? {
-        let (k, v) = item.map_err(db)?;
-        let mut record = [0u8; 32];
-        record.copy_from_slice(&k.value()[16..]);
-        let public = codec::get_public(v.value()).map_err(db)?.0;
-        time.insert(&time_key(public.patient, public.stored_at, &record), ())
-            .map_err(db)?;
-        n += 1;
-    }
-    Ok(n)
+    Ok(rows.len() as u64)
 }
 
 /// Rewrites the rows of a format-1 store (JSON, hex) in the binary layout, resealing each
@@ -400,6 +430,8 @@ impl ShareStore {
             tx.open_table(PENDING_BY_UPLOADER).map_err(db)?;
             tx.open_table(NONCES).map_err(db)?;
             tx.open_table(BY_PATIENT).map_err(db)?;
+            tx.open_table(BY_PATIENT_TIME).map_err(db)?;
+            tx.open_table(PATIENT_COUNTS).map_err(db)?;
             let indexed = index_by_time(&tx)?;
             if indexed > 0 {
                 tracing::info!(records = indexed, "share store: records indexed by time");
@@ -723,8 +755,7 @@ impl ShareStore {
     }
 
     /// The newest `limit` anchored records of `patient` held here, newest first (by the time
-    /// each was stored here, then record id), and how many this node holds in all (a count
-    /// of index keys: about 10 ms at 10^5 records).
+    /// each was stored here, then record id), and how many this node holds in all.
     ///
     /// # Errors
     /// Database errors.
@@ -747,11 +778,12 @@ impl ShareStore {
                     out.push((record, codec::get_public(v.value()).map_err(db)?.0));
                 }
             }
-            let mut total = 0u64;
-            for item in time.range::<&[u8; 56]>(&first..=&last).map_err(db)? {
-                item.map_err(db)?;
-                total += 1;
-            }
+            let total = tx
+                .open_table(PATIENT_COUNTS)
+                .map_err(db)?
+                .get(patient)
+                .map_err(db)?
+                .map_or(0, |v| v.value());
             Ok((out, total))
         })
     }

@@ -107,6 +107,7 @@ pub(super) async fn records(
             }
         }
     }
+    let rows_len = newest.len();
     let rows = newest
         .iter()
         .map(|r| {
@@ -125,7 +126,13 @@ pub(super) async fn records(
         .collect();
     Ok(RecordsView {
         rows,
-        count: usize::try_from(count).unwrap_or(usize::MAX),
+        // The nodes' own count (the k-th largest), unless fewer records than a page were
+        // found: then those are all the patient has that can be read.
+        count: if rows_len < LIST_LIMIT {
+            rows_len
+        } else {
+            usize::try_from(count).unwrap_or(usize::MAX).max(rows_len)
+        },
         listed: listing.is_some(),
     })
 }

@@ -466,7 +466,36 @@ fn the_newest_records_of_a_patient_are_a_range_read_at_any_count_and_old_stores_
         let database = Database::create(&path).unwrap();
         let tx = database.begin_write().unwrap();
         tx.delete_table(BY_PATIENT_TIME).unwrap();
+        tx.delete_table(PATIENT_COUNTS).unwrap();
         tx.commit().unwrap();
     }
-    check(&ShareStore::open(&path, key(), &binding(1)).unwrap());
+    let s = ShareStore::open(&path, key(), &binding(1)).unwrap();
+    check(&s);
+    // A record listed by a version without the index (it writes the per-patient index only):
+    // the next open indexes it too.
+    drop(s);
+    {
+        let database = Database::create(&path).unwrap();
+        let tx = database.begin_write().unwrap();
+        let public = StoredShare {
+            anchor: Some(anchor.clone()),
+            stored_at: 5_000_000,
+            ..share("c")
+        }
+        .public();
+        let mut listed = Vec::new();
+        codec::put_public(&public, &mut listed);
+        tx.open_table(BY_PATIENT)
+            .unwrap()
+            .insert(&patient_key(1, &[0xcc; 32]), listed.as_slice())
+            .unwrap();
+        tx.commit().unwrap();
+    }
+    let s = ShareStore::open(&path, key(), &binding(1)).unwrap();
+    let (newest, total) = s.newest_of(1, 2).unwrap();
+    assert_eq!(total, n + 1);
+    assert_eq!(
+        newest.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
+        vec![[0xcc; 32], id_of(n - 1)]
+    );
 }
