@@ -783,8 +783,30 @@ async fn one_lying_node_cannot_add_or_hide_a_record() {
             stored_at: 1,
         });
     }
-    // A node that lists the made-up record three times and answers every locate with the copy.
-    let listing = serde_json::to_string(&vec![fakes[0].clone(); 3]).unwrap();
+    // A node that lists the made-up record three times, and first the real record's leaf
+    // under a root of its own (never anchored: counted with the honest nodes' votes, it would
+    // hide the real record), and answers every locate with the copy.
+    let forged = merkle::Tree::new(&[
+        real_proof.leaf(),
+        alloy::primitives::B256::repeat_byte(0x99),
+    ]);
+    let rerooted = AnchoredRecord {
+        record: real,
+        proof: RecordProof {
+            root: forged.root,
+            proof: forged.proofs[0].clone(),
+            ..real_proof.clone()
+        },
+        stored_at: 5,
+    };
+    assert!(rerooted.proof.holds());
+    let listing = serde_json::to_string(&[
+        rerooted.clone(),
+        fakes[0].clone(),
+        fakes[0].clone(),
+        fakes[0].clone(),
+    ])
+    .unwrap();
     let copy_answer = serde_json::to_string(&fakes[1]).unwrap();
     // Its newest: the made-up record on top, the real one dated 1970 (to push it out of the
     // newest), and a count of a million.
@@ -794,7 +816,7 @@ async fn one_lying_node_cannot_add_or_hide_a_record() {
         stored_at: 0,
     };
     let newest = serde_json::to_string(&serde_json::json!({
-        "records": [fakes[0].clone(), fakes[0].clone(), backdated], "total": 1_000_000,
+        "records": [rerooted, fakes[0].clone(), backdated], "total": 1_000_000,
     }))
     .unwrap();
     let app = axum::Router::new()

@@ -230,14 +230,15 @@ impl Directory {
     }
 }
 
-/// The records the nodes list, counted as each node's list arrives (so that no more than
-/// one list is held at a time): of them, those at least k nodes name, each checked (its
-/// patient, its id from its leaf, its proof) and its root anchored on chain. One node cannot
-/// make a record up, and fewer than k cannot be read. A record's time is the median of the
-/// times the nodes that name it give (one lying node cannot move it).
+/// The records the nodes list, counted per node list as it comes: of them, those at least k
+/// nodes name with the same leaf and root, each checked (its patient, its id from its leaf,
+/// its proof) and its root anchored on chain. One node cannot make a record up, nor hide one
+/// by naming it first under a root of its own, and fewer than k cannot be read. A record's
+/// time is the lower median of the times the nodes that name it give: with three or more,
+/// one lying node cannot move it out of the honest ones' range.
 struct Tally {
     patient: PatientAddr,
-    seen: HashMap<B256, (AnchoredRecord, Vec<u64>)>,
+    seen: HashMap<(B256, B256), (AnchoredRecord, Vec<u64>)>,
 }
 
 impl Tally {
@@ -258,10 +259,10 @@ impl Tally {
             {
                 continue;
             }
-            let leaf = r.proof.leaf();
-            if mine.insert(leaf) {
+            let key = (r.proof.leaf(), r.proof.root);
+            if mine.insert(key) {
                 let at = r.stored_at;
-                self.seen.entry(leaf).or_insert((r, Vec::new())).1.push(at);
+                self.seen.entry(key).or_insert((r, Vec::new())).1.push(at);
             }
         }
     }

@@ -281,15 +281,25 @@ fn index_in_time(
     Ok(())
 }
 
-/// Rebuilds the time index and the counts from the per-patient index when they do not match
-/// it: a store written before they existed, or by such a version after them (it writes the
-/// per-patient index only); returns how many records it indexed. Runs inside the opening
+/// Rebuilds the time index and the counts from the per-patient index when either does not
+/// match it in size: a store written before they existed, or by such a version after them (it
+/// writes the per-patient index only); returns how many records it indexed. Runs inside the opening
 /// transaction.
 fn index_by_time(tx: &redb::WriteTransaction) -> Result<u64, StoreError> {
     let rows: Vec<([u8; 32], PublicRecord)> = {
         let by = tx.open_table(BY_PATIENT).map_err(db)?;
         let time = tx.open_table(BY_PATIENT_TIME).map_err(db)?;
-        if by.len().map_err(db)? == time.len().map_err(db)? {
+        let mut counted = 0u64;
+        for item in tx
+            .open_table(PATIENT_COUNTS)
+            .map_err(db)?
+            .iter()
+            .map_err(db)?
+        {
+            counted += item.map_err(db)?.1.value();
+        }
+        let listed = by.len().map_err(db)?;
+        if listed == time.len().map_err(db)? && listed == counted {
             return Ok(0);
         }
         let mut rows = Vec::new();

@@ -471,6 +471,16 @@ fn the_newest_records_of_a_patient_are_a_range_read_at_any_count_and_old_stores_
     }
     let s = ShareStore::open(&path, key(), &binding(1)).unwrap();
     check(&s);
+    // Counts lost alone are counted again.
+    drop(s);
+    {
+        let database = Database::create(&path).unwrap();
+        let tx = database.begin_write().unwrap();
+        tx.delete_table(PATIENT_COUNTS).unwrap();
+        tx.commit().unwrap();
+    }
+    let s = ShareStore::open(&path, key(), &binding(1)).unwrap();
+    check(&s);
     // A record listed by a version without the index (it writes the per-patient index only):
     // the next open indexes it too.
     drop(s);
