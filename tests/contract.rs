@@ -774,7 +774,10 @@ async fn a_funded_account_sends_at_once() {
             for round in 0..25 {
                 let d = as_(&office, &funded().await);
                 if let Err(e) = d.register_provider().await {
-                    panic!("task {task} round {round}: the funded account could not send: {e}");
+                    panic!(
+                        "task {task} round {round}: the funded account could not send: {}",
+                        ehr_share::kind::with_sources(&e)
+                    );
                 }
             }
         });
