@@ -878,8 +878,8 @@ async fn one_lying_node_cannot_add_or_hide_a_record() {
     assert_eq!(c.get(real).await.unwrap().data, b"the real one");
 }
 
-/// A proxy in front of a share node that passes everything on but drops the proof of an
-/// anchored record (as when the gateway dies, or the node is down, while the proof goes round).
+/// A proxy in front of a share node that passes everything on but drops the proofs of
+/// anchored records (alone or in a batch) (as when the gateway dies, or the node is down, while the proof goes round).
 async fn drops_proofs(target: String) -> String {
     use axum::extract::{Path as UrlPath, State};
     use axum::http::{Method, StatusCode};
@@ -889,7 +889,7 @@ async fn drops_proofs(target: String) -> String {
         UrlPath(path): UrlPath<String>,
         body: axum::body::Bytes,
     ) -> (StatusCode, String) {
-        if path.ends_with("/anchor") {
+        if path.ends_with("/anchor") || path == "anchors" {
             return (StatusCode::BAD_GATEWAY, String::new());
         }
         let r = http

@@ -80,6 +80,142 @@ async fn put(node: &ShareNodeRef, id: RecordId, body: &DepositBody) -> reqwest::
         .unwrap()
 }
 
+/// Sends a batch to a node (`POST /deposits` or `POST /anchors`); returns the status of the
+/// request and the status of each item.
+async fn batch(node: &ShareNodeRef, path: &str, items: &[String]) -> (u16, Vec<u16>) {
+    // Built as text: a patient key is a u128, which `serde_json::Value` cannot hold.
+    let r = reqwest::Client::new()
+        .post(format!("{}/{path}", node.url))
+        .header("content-type", "application/json")
+        .body(format!(r#"{{"{path}":[{}]}}"#, items.join(",")))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let answer: serde_json::Value = r.json().await.unwrap_or_default();
+    let items = answer["results"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|i| i["status"].as_u64().unwrap() as u16)
+                .collect()
+        })
+        .unwrap_or_default();
+    (status, items)
+}
+
+/// #12: deposits and proofs sent many to a request (`POST /deposits`, `POST /anchors`, what
+/// the records client sends under load) are no way around a single request's checks. An
+/// outsider mixes good items with a forged signature, a record id stolen from another
+/// uploader, a write without a grant, a replayed nonce, a proof that does not lead to the
+/// record, a root nobody anchored and a record the node never saw: each is refused with the
+/// status it gets alone, only the good ones are kept, and an oversized batch is refused whole.
+#[tokio::test]
+async fn a_batch_of_deposits_or_proofs_is_judged_item_by_item() {
+    let office = common::office().await;
+    let node = nodes::start(office.address(), &[]).await;
+    let r = nodes::refs(std::slice::from_ref(&node)).await.remove(0);
+    let (patient, addr) = common::new_patient(&office).await;
+    let stranger = PrivateKeySigner::random();
+    let dom = domain(office.chain_id(), office.address(), office.deployment_id());
+    let item = |id: RecordId, body: &DepositBody| {
+        format!(
+            r#"{{"record":"{id}","request":{}}}"#,
+            serde_json::to_string(body).unwrap()
+        )
+    };
+
+    let (good, good_body) = deposit(&office, &r, &patient, addr, 60);
+    let (second, second_body) = deposit(&office, &r, &patient, addr, 60);
+    let (forged, mut forged_body) = deposit(&office, &r, &patient, addr, 60);
+    forged_body.signature = sign(&stranger, &forged_body.deposit, &dom).unwrap();
+    // The stranger's own deposit under the id of the patient's record.
+    let (stolen, _) = deposit(&office, &r, &patient, addr, 60);
+    let (_, mut theft) = deposit(&office, &r, &stranger, addr, 60);
+    theft.deposit.recordId = stolen.0;
+    theft.signature = sign(&stranger, &theft.deposit, &dom).unwrap();
+    let (unallowed, unallowed_body) = deposit(&office, &r, &stranger, addr, 60);
+    let (status, items) = batch(
+        &r,
+        "deposits",
+        &[
+            item(good, &good_body),
+            item(forged, &forged_body),
+            item(stolen, &theft),
+            item(unallowed, &unallowed_body),
+            item(good, &good_body),
+            item(second, &second_body),
+        ],
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        items,
+        [200, 403, 400, 403, 403, 200],
+        "good, forged, stolen id, no grant, replayed, good"
+    );
+    for (id, kept) in [
+        (good, true),
+        (second, true),
+        (forged, false),
+        (stolen, false),
+        (unallowed, false),
+    ] {
+        assert_eq!(
+            nodes::present(&r, id, B256::ZERO, &[]).await.status() != 404,
+            kept,
+            "record {id} kept: {kept}"
+        );
+    }
+
+    // The patient anchors the good record alone; the second record's root is never anchored.
+    let leaf = ehr_share::chain::merkle::leaf(good, addr, patient.address(), B256::repeat_byte(9));
+    let other =
+        ehr_share::chain::merkle::leaf(second, addr, patient.address(), B256::repeat_byte(9));
+    common::as_(&office, &patient)
+        .anchor_root(leaf, 1)
+        .await
+        .unwrap();
+    let proof = |id: RecordId, root: B256, proof: Vec<B256>| {
+        serde_json::json!({ "record": id, "root": root, "proof": proof }).to_string()
+    };
+    let (status, items) = batch(
+        &r,
+        "anchors",
+        &[
+            proof(second, leaf, vec![]),
+            proof(second, other, vec![]),
+            proof(forged, leaf, vec![]),
+            proof(good, leaf, vec![]),
+            proof(good, leaf, vec![]),
+        ],
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        items,
+        [400, 409, 404, 200, 200],
+        "proof not from its leaf, root not anchored, unknown record, good, good again"
+    );
+    assert_eq!(
+        nodes::release(&office, &r, &patient, good).await.status(),
+        200
+    );
+    assert_eq!(
+        nodes::release(&office, &r, &patient, second).await.status(),
+        403,
+        "the record whose root is not anchored stays unreadable"
+    );
+
+    let many: Vec<_> = (0..=256).map(|_| proof(good, leaf, vec![])).collect();
+    let (status, items) = batch(&r, "anchors", &many).await;
+    assert_eq!(
+        (status, items.len()),
+        (400, 0),
+        "an oversized batch is refused whole"
+    );
+}
+
 /// #3: what a share node keeps on disk is private (0600 in 0700) and encrypted under the node's
 /// key: the store file holds no share, no sealed block, and a copy of it served by a node with
 /// another key releases nothing.

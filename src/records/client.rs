@@ -16,8 +16,8 @@ use crate::ipfs::{IpfsError, Replicas};
 use crate::shamir::{Secret, Threshold, split};
 pub use crate::share_node::ShareNodeRef;
 use crate::share_node::{
-    AnchorBody, AnchoredRecord, DepositBody, NodeClient, ReleaseBody, ShareDeposit, ShareRelease,
-    domain, sign,
+    AnchorBody, AnchoredRecord, BatchedAnchor, BatchedDeposit, DepositBody, NodeClient,
+    ReleaseBody, ShareDeposit, ShareRelease, domain, sign,
 };
 use alloy::primitives::{Address, B256, U256};
 use alloy::signers::local::PrivateKeySigner;
@@ -486,10 +486,16 @@ impl RecordsClient {
                 commitments: commitments.clone(),
                 sealed_block: sealed.clone(),
             };
-            let node = self.directory.client(node);
+            let url = node.url.clone();
+            let node = self.directory.batchers(node);
             pending.push(async move {
-                let r = node.deposit(id, &body).await;
-                (node.node().url.clone(), r.map_err(|e| e.to_string()))
+                let r = node
+                    .deposit(BatchedDeposit {
+                        record: id,
+                        request: body,
+                    })
+                    .await;
+                (url, r.map_err(|e| e.to_string()))
             });
         }
         let mut stored = 0;
@@ -535,17 +541,24 @@ impl RecordsClient {
     async fn present_proof(&self, id: RecordId, body: &AnchorBody) -> Result<bool, RecordError> {
         let mut pending = FuturesUnordered::new();
         for node in &self.nodes {
-            let node = self.directory.client(node);
+            let url = node.url.clone();
+            let node = self.directory.batchers(node);
             pending.push(async move {
                 let mut tries = 0;
                 loop {
-                    let r = node.present(id, body).await;
+                    let r = node
+                        .present(BatchedAnchor {
+                            record: id,
+                            root: body.root,
+                            proof: body.proof.clone(),
+                        })
+                        .await;
                     tries += 1;
                     if r.as_ref().is_err_and(|e| e.status() == Some(409)) && tries < 10 {
                         tokio::time::sleep(Duration::from_millis(200)).await;
                         continue;
                     }
-                    return (node.node().url.clone(), r.map_err(|e| e.to_string()));
+                    return (url, r.map_err(|e| e.to_string()));
                 }
             });
         }

@@ -10,6 +10,7 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 
 use super::client::{NodeFailure, RecordError, ShareNodeRef};
+use super::coalesce::NodeBatchers;
 use crate::chain::{EhrChain, PatientAddr, RecordId};
 use crate::share_node::{AnchoredRecord, NodeClient, PAGE};
 
@@ -68,6 +69,12 @@ impl Directory {
     /// calls too).
     pub(super) fn client(&self, node: &ShareNodeRef) -> NodeClient {
         NodeClient::new(self.http.clone(), node.clone()).with_deadline(NODE_DEADLINE)
+    }
+
+    /// The batchers of one node (shared by the process's records clients), each item bounded
+    /// by [`NODE_DEADLINE`] from the moment it is queued.
+    pub(super) fn batchers(&self, node: &ShareNodeRef) -> std::sync::Arc<NodeBatchers> {
+        super::coalesce::batchers(&self.client(node), NODE_DEADLINE)
     }
 
     /// Where a record sits: the leaf (so the digest) that at least k share nodes agree on,

@@ -15,6 +15,7 @@
 mod batcher;
 mod block;
 mod client;
+mod coalesce;
 mod config;
 mod directory;
 mod fhir;

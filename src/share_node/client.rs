@@ -9,7 +9,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::wire::{
-    AnchorBody, AnchoredRecord, DepositBody, NewestRecords, ReleaseBody, ReleasedShare,
+    AnchorBatch, AnchorBody, AnchoredRecord, BatchAnswer, DepositBatch, DepositBody, NewestRecords,
+    ReleaseBody, ReleasedShare,
 };
 use crate::chain::{PatientAddr, RecordId};
 
@@ -181,6 +182,36 @@ impl NodeClient {
         .map(drop)
     }
 
+    /// `POST /deposits`: several deposits at once; each one's outcome, in order, as its own
+    /// [`Self::deposit`] would have had it.
+    ///
+    /// # Errors
+    /// See [`NodeError`], for the request as a whole (404 or 405: a node without batches).
+    pub async fn deposit_many(
+        &self,
+        batch: &DepositBatch,
+    ) -> Result<Vec<Result<(), NodeError>>, NodeError> {
+        let a = self
+            .call(self.http.post(self.url("/deposits")).json(batch))
+            .await?;
+        outcomes(a, batch.deposits.len())
+    }
+
+    /// `POST /anchors`: several records' proofs at once; each one's outcome, in order, as its
+    /// own [`Self::present`] would have had it.
+    ///
+    /// # Errors
+    /// See [`NodeError`], for the request as a whole (404 or 405: a node without batches).
+    pub async fn present_many(
+        &self,
+        batch: &AnchorBatch,
+    ) -> Result<Vec<Result<(), NodeError>>, NodeError> {
+        let a = self
+            .call(self.http.post(self.url("/anchors")).json(batch))
+            .await?;
+        outcomes(a, batch.anchors.len())
+    }
+
     /// `POST /shares/{id}/release`: asks for the share under a signed request.
     ///
     /// # Errors
@@ -237,4 +268,27 @@ impl NodeClient {
         let url = self.url(&format!("/patients/{patient}/records/newest?limit={limit}"));
         self.call(self.http.get(url)).await
     }
+}
+
+/// A batch's answer as one outcome per item, refused items with their own status.
+fn outcomes(a: BatchAnswer, items: usize) -> Result<Vec<Result<(), NodeError>>, NodeError> {
+    if a.results.len() != items {
+        return Err(NodeError::BadAnswer(format!(
+            "{} outcomes for {items} items",
+            a.results.len()
+        )));
+    }
+    Ok(a.results
+        .into_iter()
+        .map(|r| {
+            if (200..300).contains(&r.status) {
+                Ok(())
+            } else {
+                Err(NodeError::Refused {
+                    status: r.status,
+                    message: r.error.unwrap_or_else(|| "no message".into()),
+                })
+            }
+        })
+        .collect())
 }

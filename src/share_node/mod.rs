@@ -17,4 +17,7 @@ pub use server::{
     ReleasedShare, open_store, router, serve,
 };
 pub use store::{Anchor, Binding, PublicRecord, ShareStore, StoreError, StoredShare};
-pub use wire::share_aad;
+pub use wire::{
+    ANCHORS_PER_BATCH, AnchorBatch, BatchAnswer, BatchedAnchor, BatchedDeposit, DEPOSITS_PER_BATCH,
+    DepositBatch, ItemAnswer, share_aad,
+};

@@ -5,6 +5,9 @@
 //! - `POST /shares/{record}/anchor`: the record's root and proof; kept when the proof leads from
 //!   the leaf of what was deposited to a root anchored on chain (then the record is readable,
 //!   listed, and never collected).
+//! - `POST /deposits`, `POST /anchors`: many deposits or proofs in one request, each judged as
+//!   alone, the chain asked once per patient, uploader and root, stored in one write (an
+//!   anchoring batch brings each node a proof per record at once).
 //! - `POST /shares/{record}/release`: release, signed by the requester; allowed only when the
 //!   contract's `canRead` is true at the latest block for the stored proof, for the patient, or
 //!   for a provider with the block and time of the `AccessAllowed` event found in the receipt
@@ -33,7 +36,12 @@ mod freshness;
 mod refusal;
 
 use super::auth::{NodeRequest, domain, signer_of};
-use super::store::{Anchor, Binding, PublicRecord, ShareStore, StoreError, StoredShare};
+use super::store::{
+    Anchor, Binding, OnceDeposit, PublicRecord, ShareStore, StoreError, StoredShare,
+};
+use super::wire::{
+    ANCHORS_PER_BATCH, AnchorBatch, BatchAnswer, DEPOSITS_PER_BATCH, DepositBatch, ItemAnswer,
+};
 pub use super::wire::{
     AnchorBody, AnchoredRecord, DepositBody, NewestRecords, ReleaseBody, ReleasedShare,
 };
@@ -49,6 +57,9 @@ use refusal::{Refusal, bad, denied, internal, not_allowed, too_many};
 const MAX_DEADLINE_SECS: u64 = 600;
 /// Largest deposit body (a share, commitments for k <= 255 and a sealed block of a few KiB).
 const BODY_LIMIT: usize = 64 * 1024;
+/// Largest batch body: [`DEPOSITS_PER_BATCH`] deposits of the largest size, or
+/// [`ANCHORS_PER_BATCH`] proofs of 64 hashes.
+const BATCH_BODY_LIMIT: usize = 2 * 1024 * 1024;
 
 /// Limits a share node enforces on whoever knocks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -243,6 +254,14 @@ fn routes(node: Arc<Node>) -> Router {
         .route("/patients/{patient}/records", get(patient_records))
         .route("/patients/{patient}/records/newest", get(newest_records))
         .layer(tower_http::limit::RequestBodyLimitLayer::new(BODY_LIMIT))
+        .merge(
+            Router::new()
+                .route("/deposits", post(deposits))
+                .route("/anchors", post(anchors))
+                .layer(tower_http::limit::RequestBodyLimitLayer::new(
+                    BATCH_BODY_LIMIT,
+                )),
+        )
         .with_state(node)
 }
 
@@ -542,17 +561,21 @@ async fn may_write(
     Ok(())
 }
 
-async fn deposit(
-    State(n): State<Arc<Node>>,
-    client: Option<axum::Extension<ConnectInfo<std::net::SocketAddr>>>,
-    Path(record): Path<String>,
-    Json(b): Json<DepositBody>,
-) -> Result<Json<serde_json::Value>, Refusal> {
-    halted(&n)?;
-    limit_client(&n, client.as_deref())?;
-    let id = record_id(&record)?;
+/// A deposit that passed every check needing no chain: what it stores, and for whom.
+struct CheckedDeposit {
+    id: RecordId,
+    patient: PatientAddr,
+    nonce: [u8; 32],
+    deadline: u64,
+    stored: StoredShare,
+}
+
+/// The checks of a deposit that need no chain: its signature (and the uploader's rate
+/// limit), its content against the signed hash, the share and commitments well formed, the
+/// id derived from its uploader.
+fn check_deposit(n: &Node, id: RecordId, b: DepositBody) -> Result<CheckedDeposit, Refusal> {
     let d = &b.deposit;
-    check_signed(&n, id, d, &b.signature)?;
+    check_signed(n, id, d, &b.signature)?;
     if DepositBody::content_hash(&b.share, &b.commitments, &b.sealed_block) != d.contentHash {
         return Err(bad("content does not match the signed content hash"));
     }
@@ -572,30 +595,30 @@ async fn deposit(
             "record id is not recordIdOf(uploader, patient, salt): it must be derived from its uploader",
         ));
     }
-    may_write_now(&n, patient, d.uploader, "may not").await?;
-    let stored = StoredShare {
-        patient: d.patient,
-        uploader: d.uploader,
-        salt: d.salt,
-        digest: d.digest,
-        anchor: None,
-        share: b.share,
-        commitments: b.commitments,
-        sealed_block: b.sealed_block,
-        stored_at: now(),
-    };
-    // The request's nonce and the share in one write.
-    match n.cfg.store.put_once(
-        &id.0.0,
-        &stored,
-        n.cfg.limits.deposit_quota,
-        &d.uploader.0.0,
-        &d.nonce.to_be_bytes(),
-        d.deadline,
-    ) {
-        Ok(true) => Ok(Json(
-            json!({ "stored": id, "node": n.cfg.identity.address() }),
-        )),
+    Ok(CheckedDeposit {
+        id,
+        patient,
+        nonce: d.nonce.to_be_bytes(),
+        deadline: d.deadline,
+        stored: StoredShare {
+            patient: d.patient,
+            uploader: d.uploader,
+            salt: d.salt,
+            digest: d.digest,
+            anchor: None,
+            share: b.share,
+            commitments: b.commitments,
+            sealed_block: b.sealed_block,
+            stored_at: now(),
+        },
+    })
+}
+
+/// The answer to a deposit the store took (`Ok(true)`), found replayed (`Ok(false)`) or
+/// refused.
+fn deposited(r: Result<bool, StoreError>, n: &Node) -> Result<(), Refusal> {
+    match r {
+        Ok(true) => Ok(()),
         Ok(false) => Err(denied("deposit nonce already used (replay)")),
         Err(StoreError::Conflict(m)) => Err(Refusal::new(
             ErrorKind::Conflict,
@@ -605,6 +628,130 @@ async fn deposit(
             Err(too_many(e.to_string(), n.cfg.limits.unanchored_ttl))
         }
         Err(e) => Err(internal(e)),
+    }
+}
+
+/// Whether uploaders may write for patients, judged once per (patient, uploader) for all the
+/// items of one request: a batch of uploads names a few patients and one uploader.
+struct WriteJudge<'a> {
+    n: &'a Node,
+    verb: &'static str,
+    judged: std::collections::HashMap<(PatientAddr, Address), Result<(), Refusal>>,
+}
+
+impl<'a> WriteJudge<'a> {
+    fn new(n: &'a Node, verb: &'static str) -> Self {
+        Self {
+            n,
+            verb,
+            judged: std::collections::HashMap::new(),
+        }
+    }
+
+    async fn may_write(&mut self, patient: PatientAddr, uploader: Address) -> Result<(), Refusal> {
+        if let Some(r) = self.judged.get(&(patient, uploader)) {
+            return r.clone();
+        }
+        let r = may_write_now(self.n, patient, uploader, self.verb).await;
+        self.judged.insert((patient, uploader), r.clone());
+        r
+    }
+}
+
+async fn deposit(
+    State(n): State<Arc<Node>>,
+    client: Option<axum::Extension<ConnectInfo<std::net::SocketAddr>>>,
+    Path(record): Path<String>,
+    Json(b): Json<DepositBody>,
+) -> Result<Json<serde_json::Value>, Refusal> {
+    halted(&n)?;
+    limit_client(&n, client.as_deref())?;
+    let id = record_id(&record)?;
+    let c = check_deposit(&n, id, b)?;
+    may_write_now(&n, c.patient, c.stored.uploader, "may not").await?;
+    // The request's nonce and the share in one write.
+    let r = n.cfg.store.put_once(
+        &id.0.0,
+        &c.stored,
+        n.cfg.limits.deposit_quota,
+        &c.stored.uploader.0.0,
+        &c.nonce,
+        c.deadline,
+    );
+    deposited(r, &n)?;
+    Ok(Json(
+        json!({ "stored": id, "node": n.cfg.identity.address() }),
+    ))
+}
+
+/// `POST /deposits`: each deposit judged as `PUT /shares/{record}` judges it (and counted
+/// against the same rate limits), the permission to write asked of the chain once per
+/// patient and uploader, and every accepted share stored with its nonce in one write.
+async fn deposits(
+    State(n): State<Arc<Node>>,
+    client: Option<axum::Extension<ConnectInfo<std::net::SocketAddr>>>,
+    Json(b): Json<DepositBatch>,
+) -> Result<Json<BatchAnswer>, Refusal> {
+    halted(&n)?;
+    if b.deposits.len() > DEPOSITS_PER_BATCH {
+        return Err(bad(format!(
+            "at most {DEPOSITS_PER_BATCH} deposits per request"
+        )));
+    }
+    let mut judge = WriteJudge::new(&n, "may not");
+    let mut results: Vec<Option<Result<(), Refusal>>> = Vec::with_capacity(b.deposits.len());
+    let mut ready = Vec::new();
+    for item in b.deposits {
+        let checked = match limit_client(&n, client.as_deref())
+            .and_then(|()| check_deposit(&n, item.record, item.request))
+        {
+            Ok(c) => judge
+                .may_write(c.patient, c.stored.uploader)
+                .await
+                .map(|()| c),
+            Err(r) => Err(r),
+        };
+        match checked {
+            Ok(c) => {
+                ready.push((results.len(), c));
+                results.push(None);
+            }
+            Err(r) => results.push(Some(Err(r))),
+        }
+    }
+    let quota = n.cfg.limits.deposit_quota;
+    let rows: Vec<_> = ready
+        .iter()
+        .map(|(_, c)| OnceDeposit {
+            record: &c.id.0.0,
+            share: &c.stored,
+            quota,
+            uploader: &c.stored.uploader.0.0,
+            nonce: &c.nonce,
+            deadline: c.deadline,
+        })
+        .collect();
+    let outcomes = n.cfg.store.put_once_many(&rows).map_err(internal)?;
+    for ((i, _), r) in ready.iter().zip(outcomes) {
+        results[*i] = Some(deposited(r, &n));
+    }
+    Ok(Json(answer(results)))
+}
+
+/// A batch's answer from its items' outcomes.
+fn answer(results: Vec<Option<Result<(), Refusal>>>) -> BatchAnswer {
+    BatchAnswer {
+        results: results
+            .into_iter()
+            .map(|r| match r {
+                Some(Ok(())) => ItemAnswer {
+                    status: 200,
+                    error: None,
+                },
+                Some(Err(refusal)) => refusal.into_item(),
+                None => internal("no outcome").into_item(),
+            })
+            .collect(),
     }
 }
 
@@ -660,20 +807,18 @@ async fn release(
     }))
 }
 
-/// The uploader (or anyone: a proof proves itself) says where the record was anchored. The
-/// node checks that the proof leads from the leaf of what was deposited here (its id, patient,
-/// uploader and digest) to a root that is anchored on chain, then keeps it with the share: the
-/// record is readable from now on and is never collected.
-async fn anchor(
-    State(n): State<Arc<Node>>,
-    client: Option<axum::Extension<ConnectInfo<std::net::SocketAddr>>>,
-    Path(record): Path<String>,
-    Json(b): Json<AnchorBody>,
-) -> Result<Json<serde_json::Value>, Refusal> {
-    halted(&n)?;
-    limit_client(&n, client.as_deref())?;
-    let id = record_id(&record)?;
-    if b.proof.len() > 64 {
+/// The checks of a record's proof: it leads from the leaf of what was deposited here (its
+/// id, patient, uploader and digest) to a root anchored on chain, and the uploader may still
+/// add records for the patient. `None` when the record was anchored already (the first anchor
+/// stays, and nothing more is asked or written).
+async fn check_anchor(
+    n: &Node,
+    judge: &mut WriteJudge<'_>,
+    id: RecordId,
+    root: B256,
+    proof: Vec<B256>,
+) -> Result<Option<Anchor>, Refusal> {
+    if proof.len() > 64 {
         return Err(bad("a proof has at most 64 hashes"));
     }
     let Some(stored) = n.cfg.store.public(&id.0.0).map_err(internal)? else {
@@ -684,42 +829,103 @@ async fn anchor(
     };
     let patient = PatientAddr::from_key(stored.patient)
         .ok_or_else(|| internal("stored share without a patient"))?;
-    let proof = RecordProof {
+    let leads = RecordProof {
         patient,
         author: stored.uploader,
         salt: stored.salt,
         digest: stored.digest,
-        root: b.root,
-        proof: b.proof.clone(),
+        root,
+        proof,
     };
-    if proof.record_id() != id || !proof.holds() {
+    if leads.record_id() != id || !leads.holds() {
         return Err(bad(format!(
-            "the proof does not lead from record {id}'s leaf (as deposited here) to root {}",
-            b.root
+            "the proof does not lead from record {id}'s leaf (as deposited here) to root {root}"
         )));
     }
-    // Anchored already: the first anchor stays, and nothing more is asked or written.
-    if let Some(a) = &stored.anchor {
-        return Ok(Json(json!({ "anchored": id, "root": a.root })));
+    if stored.anchor.is_some() {
+        return Ok(None);
     }
-    if !anchored(&n, b.root).await? {
+    if !anchored(n, root).await? {
         return Err(Refusal::new(
             ErrorKind::Conflict,
-            format!("root {} is not anchored on chain (anchor it first)", b.root),
+            format!("root {root} is not anchored on chain (anchor it first)"),
         ));
     }
     // The uploader may still add records for the patient (a provider revoked since the
     // deposit may not finish the upload).
-    may_write_now(&n, patient, stored.uploader, "may no longer").await?;
-    let anchor = Anchor {
-        root: b.root,
-        proof: b.proof,
-    };
-    n.cfg
-        .store
-        .mark_anchored(&id.0.0, &anchor)
-        .map_err(internal)?;
-    Ok(Json(json!({ "anchored": id, "root": b.root })))
+    judge.may_write(patient, stored.uploader).await?;
+    Ok(Some(Anchor {
+        root,
+        proof: leads.proof,
+    }))
+}
+
+/// The uploader (or anyone: a proof proves itself) says where the record was anchored. The
+/// node checks the proof ([`check_anchor`]), then keeps it with the share: the record is
+/// readable from now on and is never collected.
+async fn anchor(
+    State(n): State<Arc<Node>>,
+    client: Option<axum::Extension<ConnectInfo<std::net::SocketAddr>>>,
+    Path(record): Path<String>,
+    Json(b): Json<AnchorBody>,
+) -> Result<Json<serde_json::Value>, Refusal> {
+    halted(&n)?;
+    limit_client(&n, client.as_deref())?;
+    let id = record_id(&record)?;
+    let mut judge = WriteJudge::new(&n, "may no longer");
+    match check_anchor(&n, &mut judge, id, b.root, b.proof).await? {
+        Some(anchor) => {
+            n.cfg
+                .store
+                .mark_anchored(&id.0.0, &anchor)
+                .map_err(internal)?;
+            Ok(Json(json!({ "anchored": id, "root": b.root })))
+        }
+        None => {
+            let first = n.cfg.store.public(&id.0.0).map_err(internal)?;
+            let root = first.and_then(|p| p.anchor).map_or(b.root, |a| a.root);
+            Ok(Json(json!({ "anchored": id, "root": root })))
+        }
+    }
+}
+
+/// `POST /anchors`: each proof judged as `POST /shares/{record}/anchor` judges it (and
+/// counted against the same rate limit), each root and each (patient, uploader) asked of the
+/// chain once, and every accepted proof kept in one write.
+async fn anchors(
+    State(n): State<Arc<Node>>,
+    client: Option<axum::Extension<ConnectInfo<std::net::SocketAddr>>>,
+    Json(b): Json<AnchorBatch>,
+) -> Result<Json<BatchAnswer>, Refusal> {
+    halted(&n)?;
+    if b.anchors.len() > ANCHORS_PER_BATCH {
+        return Err(bad(format!(
+            "at most {ANCHORS_PER_BATCH} proofs per request"
+        )));
+    }
+    let mut judge = WriteJudge::new(&n, "may no longer");
+    let mut results: Vec<Option<Result<(), Refusal>>> = Vec::with_capacity(b.anchors.len());
+    let mut ready = Vec::new();
+    for item in b.anchors {
+        let checked = match limit_client(&n, client.as_deref()) {
+            Ok(()) => check_anchor(&n, &mut judge, item.record, item.root, item.proof).await,
+            Err(r) => Err(r),
+        };
+        match checked {
+            Ok(Some(a)) => {
+                ready.push((results.len(), (item.record.0.0, a)));
+                results.push(None);
+            }
+            Ok(None) => results.push(Some(Ok(()))),
+            Err(r) => results.push(Some(Err(r))),
+        }
+    }
+    let rows: Vec<_> = ready.iter().map(|(_, row)| row.clone()).collect();
+    n.cfg.store.mark_anchored_many(&rows).map_err(internal)?;
+    for (i, _) in &ready {
+        results[*i] = Some(Ok(()));
+    }
+    Ok(Json(answer(results)))
 }
 
 /// The public part of an anchored record held here.

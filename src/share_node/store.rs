@@ -563,6 +563,42 @@ impl ShareStore {
         })
     }
 
+    /// [`Self::put_once`] for many deposits in one transaction (one write to disk for the
+    /// lot). Each gets its own outcome, as `put_once` would give it alone and in this order:
+    /// `Ok(false)` for a used nonce, a conflict or quota error for a refused share; a refused
+    /// deposit leaves its nonce unused. A database error fails them all (nothing is stored).
+    ///
+    /// # Errors
+    /// Database errors.
+    pub fn put_once_many(
+        &self,
+        deposits: &[OnceDeposit<'_>],
+    ) -> Result<Vec<Result<bool, StoreError>>, StoreError> {
+        self.guard(|| {
+            let tx = self.handle()?.begin_write().map_err(db)?;
+            let mut outcomes = Vec::with_capacity(deposits.len());
+            for d in deposits {
+                if Self::nonce_seen(&tx, d.uploader, d.nonce)? {
+                    outcomes.push(Ok(false));
+                    continue;
+                }
+                // Refusals are found before `put_in` writes anything.
+                match self.put_in(&tx, d.record, d.share, d.quota) {
+                    Ok(()) => {}
+                    Err(e @ (StoreError::Conflict(_) | StoreError::QuotaExceeded { .. })) => {
+                        outcomes.push(Err(e));
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                }
+                Self::nonce_in(&tx, d.uploader, d.nonce, d.deadline)?;
+                outcomes.push(Ok(true));
+            }
+            tx.commit().map_err(db)?;
+            Ok(outcomes)
+        })
+    }
+
     fn put_in(
         &self,
         tx: &redb::WriteTransaction,
@@ -680,6 +716,23 @@ impl ShareStore {
             }
             tx.commit().map_err(db)?;
             Ok(true)
+        })
+    }
+
+    /// [`Self::mark_anchored`] for many records in one transaction (one write to disk for
+    /// the lot); `false` for each record not stored here.
+    ///
+    /// # Errors
+    /// Database errors (nothing is written then).
+    pub fn mark_anchored_many(&self, rows: &[([u8; 32], Anchor)]) -> Result<Vec<bool>, StoreError> {
+        self.guard(|| {
+            let tx = self.handle()?.begin_write().map_err(db)?;
+            let found = rows
+                .iter()
+                .map(|(record, anchor)| Self::anchor_in(&tx, record, anchor))
+                .collect::<Result<Vec<_>, _>>()?;
+            tx.commit().map_err(db)?;
+            Ok(found)
         })
     }
 
@@ -1003,6 +1056,16 @@ impl ShareStore {
         r.map(|()| true)
     }
 
+    /// Whether `requester` used `nonce` already (and it is not pruned yet).
+    fn nonce_seen(
+        tx: &redb::WriteTransaction,
+        requester: &[u8; 20],
+        nonce: &[u8; 32],
+    ) -> Result<bool, StoreError> {
+        let t = tx.open_table(NONCES).map_err(db)?;
+        Ok(t.get(&nonce_key(requester, nonce)).map_err(db)?.is_some())
+    }
+
     /// Records `nonce` of `requester` in `tx`; `false` when it was there already.
     fn nonce_in(
         tx: &redb::WriteTransaction,
@@ -1010,9 +1073,7 @@ impl ShareStore {
         nonce: &[u8; 32],
         deadline: u64,
     ) -> Result<bool, StoreError> {
-        let mut key = [0u8; 52];
-        key[..20].copy_from_slice(requester);
-        key[20..].copy_from_slice(nonce);
+        let key = nonce_key(requester, nonce);
         let mut t = tx.open_table(NONCES).map_err(db)?;
         if t.get(&key).map_err(db)?.is_some() {
             return Ok(false);
@@ -1038,6 +1099,31 @@ impl ShareStore {
             Ok(n)
         })
     }
+}
+
+/// A nonce's row key: its requester, then the nonce.
+fn nonce_key(requester: &[u8; 20], nonce: &[u8; 32]) -> [u8; 52] {
+    let mut key = [0u8; 52];
+    key[..20].copy_from_slice(requester);
+    key[20..].copy_from_slice(nonce);
+    key
+}
+
+/// One deposit of [`ShareStore::put_once_many`]: `put_once`'s arguments.
+#[derive(Debug)]
+pub struct OnceDeposit<'a> {
+    /// The record id.
+    pub record: &'a [u8; 32],
+    /// Its share, unanchored.
+    pub share: &'a StoredShare,
+    /// Most unanchored deposits of its uploader.
+    pub quota: u64,
+    /// The uploader (whose nonce it is).
+    pub uploader: &'a [u8; 20],
+    /// The request's nonce.
+    pub nonce: &'a [u8; 32],
+    /// The request's deadline (the nonce is kept until then).
+    pub deadline: u64,
 }
 
 #[cfg(test)]

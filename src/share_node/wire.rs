@@ -55,6 +55,65 @@ pub struct AnchorBody {
     pub proof: Vec<B256>,
 }
 
+/// Most deposits in one `POST /deposits`.
+pub const DEPOSITS_PER_BATCH: usize = 32;
+/// Most proofs in one `POST /anchors`.
+pub const ANCHORS_PER_BATCH: usize = 256;
+
+/// Body of `POST /deposits`: several deposits in one request, each judged as `PUT
+/// /shares/{record}` would judge it alone, stored in one write to disk.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct DepositBatch {
+    /// At most [`DEPOSITS_PER_BATCH`].
+    pub deposits: Vec<BatchedDeposit>,
+}
+
+/// One deposit of a [`DepositBatch`].
+#[derive(Debug, Serialize, Deserialize)]
+pub struct BatchedDeposit {
+    /// The record (the path of `PUT /shares/{record}`).
+    pub record: RecordId,
+    /// Its deposit, as `PUT /shares/{record}` takes it.
+    pub request: DepositBody,
+}
+
+/// Body of `POST /anchors`: several records' proofs in one request, each judged as `POST
+/// /shares/{record}/anchor` would judge it alone, kept in one write to disk.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AnchorBatch {
+    /// At most [`ANCHORS_PER_BATCH`].
+    pub anchors: Vec<BatchedAnchor>,
+}
+
+/// One proof of an [`AnchorBatch`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BatchedAnchor {
+    /// The record (the path of `POST /shares/{record}/anchor`).
+    pub record: RecordId,
+    /// The anchored root.
+    pub root: B256,
+    /// Sibling hashes from the record's leaf up.
+    pub proof: Vec<B256>,
+}
+
+/// A node's answer to a batch: one outcome per item, in order.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BatchAnswer {
+    /// One per item of the request.
+    pub results: Vec<ItemAnswer>,
+}
+
+/// What the single request would have answered: its HTTP status and, unless it succeeded,
+/// its error message.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ItemAnswer {
+    /// The status the item's own request would have had.
+    pub status: u16,
+    /// Why it was refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
 /// A record a node holds under an anchored root: public (the chain's `Anchored` events and
 /// the record ids were public in earlier versions too), no share.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

@@ -6,6 +6,7 @@ use super::*;
 /// A refusal: logged with its reason, answered with the status of its [`ErrorKind`] (the
 /// classification the gateway and the web pages render too) and a message (and a
 /// `Retry-After` for 429 and 503).
+#[derive(Clone)]
 pub(super) struct Refusal {
     kind: ErrorKind,
     message: String,
@@ -39,14 +40,30 @@ impl<E: Classify + 'static> From<E> for Refusal {
     }
 }
 
-impl IntoResponse for Refusal {
-    fn into_response(self) -> Response {
+impl Refusal {
+    fn log(&self) {
         let status = self.kind.status();
         if status.is_server_error() {
             tracing::error!("share node error: {}", self.message);
         } else {
             tracing::warn!(%status, "share node refused: {}", self.message);
         }
+    }
+
+    /// The refusal as one item's outcome in a batch's answer (logged as a response would be).
+    pub(super) fn into_item(self) -> ItemAnswer {
+        self.log();
+        ItemAnswer {
+            status: self.kind.status().as_u16(),
+            error: Some(self.message),
+        }
+    }
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        self.log();
+        let status = self.kind.status();
         let mut r = (status, Json(json!({ "error": self.message }))).into_response();
         if let Some(secs) = self.retry_after {
             r.headers_mut()

@@ -85,6 +85,92 @@ fn a_deposit_and_its_nonce_are_one_write() {
     assert_eq!((s.count().unwrap(), s.nonce_count().unwrap()), (1, 2));
 }
 
+/// A batch of deposits gives each one the outcome it would have alone, in one write: a
+/// replay, a conflicting share, an uploader over quota and a nonce used twice within the
+/// batch are refused one by one, and a refused deposit leaves its nonce unused.
+#[test]
+fn a_batch_of_deposits_judges_each_as_alone_in_one_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = ShareStore::open(&dir.path().join("s.redb"), key(), &binding(1)).unwrap();
+    let up = [7; 20];
+    assert!(
+        s.put_once(&[1; 32], &share("a"), 4, &up, &[1; 32], 9)
+            .unwrap()
+    );
+    fn d<'a>(record: &'a [u8; 32], share: &'a StoredShare, nonce: &'a [u8; 32]) -> OnceDeposit<'a> {
+        OnceDeposit {
+            record,
+            share,
+            quota: 4,
+            uploader: &[7; 20],
+            nonce,
+            deadline: 9,
+        }
+    }
+    let (a, b, c) = (&share("a"), &share("b"), &share("c"));
+    let outcomes = s
+        .put_once_many(&[
+            d(&[2; 32], a, &[1; 32]), // nonce used before the batch: replay
+            d(&[1; 32], b, &[2; 32]), // another share for record 1: conflict
+            d(&[3; 32], c, &[3; 32]), // stored
+            d(&[4; 32], c, &[3; 32]), // the nonce just used in this batch: replay
+            d(&[5; 32], c, &[4; 32]), // stored (the uploader's third of 4)
+            d(&[6; 32], c, &[5; 32]), // stored (fourth)
+            d(&[7; 32], c, &[6; 32]), // over quota
+        ])
+        .unwrap();
+    let kinds: Vec<&str> = outcomes
+        .iter()
+        .map(|o| match o {
+            Ok(true) => "stored",
+            Ok(false) => "replay",
+            Err(StoreError::Conflict(_)) => "conflict",
+            Err(StoreError::QuotaExceeded { .. }) => "quota",
+            Err(_) => "error",
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "replay", "conflict", "stored", "replay", "stored", "stored", "quota"
+        ]
+    );
+    assert_eq!(s.get(&[1; 32]).unwrap(), Some(share("a")), "kept");
+    assert_eq!(s.get(&[2; 32]).unwrap(), None);
+    assert_eq!(s.get(&[4; 32]).unwrap(), None);
+    assert_eq!(s.get(&[7; 32]).unwrap(), None);
+    assert_eq!(s.count().unwrap(), 4);
+    assert!(
+        s.use_nonce(&up, &[2; 32], 9).unwrap() && s.use_nonce(&up, &[6; 32], 9).unwrap(),
+        "refused deposits leave their nonces unused"
+    );
+    assert!(
+        !s.use_nonce(&up, &[4; 32], 9).unwrap(),
+        "a stored one's is used"
+    );
+
+    // Proofs in one write: each record stored here is anchored, one that is not is named.
+    let anchor = Anchor {
+        root: B256::repeat_byte(5),
+        proof: vec![B256::repeat_byte(6)],
+    };
+    let found = s
+        .mark_anchored_many(&[
+            ([3; 32], anchor.clone()),
+            ([9; 32], anchor.clone()),
+            ([5; 32], anchor.clone()),
+        ])
+        .unwrap();
+    assert_eq!(found, [true, false, true]);
+    assert_eq!(s.get(&[3; 32]).unwrap().unwrap().anchor, Some(anchor));
+    assert_eq!(s.pending_count().unwrap(), 2, "records 1 and 6 wait");
+    assert_eq!(
+        s.anchored_of(1, None, 10).unwrap().len(),
+        2,
+        "listed once anchored"
+    );
+}
+
 #[test]
 fn release_nonces_are_refused_at_once_and_written_with_the_next_flush() {
     let dir = tempfile::tempdir().unwrap();
