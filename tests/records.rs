@@ -878,19 +878,22 @@ async fn one_lying_node_cannot_add_or_hide_a_record() {
     assert_eq!(c.get(real).await.unwrap().data, b"the real one");
 }
 
-/// A proxy in front of a share node that passes everything on but drops the proofs of
-/// anchored records (alone or in a batch) (as when the gateway dies, or the node is down, while the proof goes round).
-async fn drops_proofs(target: String) -> String {
+/// What a proxy answers itself, by path.
+type Refuse = fn(&str) -> Option<u16>;
+
+/// A proxy in front of a share node: answers `refuse(path)`'s status itself when it names one
+/// (with an empty body, as a router or a proxy would), passes everything else on.
+async fn proxy(target: String, refuse: Refuse) -> String {
     use axum::extract::{Path as UrlPath, State};
     use axum::http::{Method, StatusCode};
     async fn forward(
-        State((target, http)): State<(String, reqwest::Client)>,
+        State((target, http, refuse)): State<(String, reqwest::Client, Refuse)>,
         method: Method,
         UrlPath(path): UrlPath<String>,
         body: axum::body::Bytes,
     ) -> (StatusCode, String) {
-        if path.ends_with("/anchor") || path == "anchors" {
-            return (StatusCode::BAD_GATEWAY, String::new());
+        if let Some(status) = refuse(&path) {
+            return (StatusCode::from_u16(status).unwrap(), String::new());
         }
         let r = http
             .request(method, format!("{target}/{path}"))
@@ -912,9 +915,52 @@ async fn drops_proofs(target: String) -> String {
     let url = format!("http://{}", l.local_addr().unwrap());
     let app = axum::Router::new()
         .route("/{*path}", axum::routing::any(forward))
-        .with_state((target, reqwest::Client::new()));
+        .with_state((target, reqwest::Client::new(), refuse));
     tokio::spawn(async move { axum::serve(l, app).await });
     url
+}
+
+/// A proxy in front of a share node that drops the proofs of anchored records (alone or in a
+/// batch), as when the gateway dies, or the node is down, while the proof goes round.
+async fn drops_proofs(target: String) -> String {
+    proxy(target, |path| {
+        (path.ends_with("/anchor") || path == "anchors").then_some(502)
+    })
+    .await
+}
+
+/// Performance issue: share nodes of an earlier version, without the batch routes (404 for
+/// them, or 413 for a batch over their single-request body limit), still take an upload's
+/// deposits and proofs, one request each.
+#[tokio::test]
+async fn nodes_without_batches_are_asked_one_item_at_a_time() {
+    let office = common::office().await;
+    let procs = common::nodes::start_many(office.address(), 3, &[]).await;
+    let mut refs = common::nodes::refs(&procs).await;
+    for (i, r) in refs.iter_mut().enumerate() {
+        r.url = if i == 0 {
+            proxy(r.url.clone(), |p| {
+                (p == "deposits" || p == "anchors").then_some(413)
+            })
+            .await
+        } else {
+            proxy(r.url.clone(), |p| {
+                (p == "deposits" || p == "anchors").then_some(404)
+            })
+            .await
+        };
+    }
+    let (patient, addr) = common::new_patient(&office).await;
+    let c = common::nodes::client(&office, &patient, &refs);
+    let data = Bytes::from_static(b"kept by nodes of an earlier version");
+    let id = c.put(addr, data.clone(), "text/plain", None).await.unwrap();
+    assert_eq!(c.get(id).await.unwrap().data, data);
+    for p in &procs {
+        let held = reqwest::get(format!("http://127.0.0.1:{}/records/{id}", p.port))
+            .await
+            .unwrap();
+        assert_eq!(held.status(), 200, "every node holds the anchored record");
+    }
 }
 
 /// Performance and reliability issue, crash consistency: an upload anchored on chain whose

@@ -214,6 +214,25 @@ async fn a_batch_of_deposits_or_proofs_is_judged_item_by_item() {
         (400, 0),
         "an oversized batch is refused whole"
     );
+    let many: Vec<_> = (0..33).map(|_| item(good, &good_body)).collect();
+    assert_eq!(batch(&r, "deposits", &many).await.0, 400);
+    // An empty batch would cost the node a write to disk and no rate limit.
+    assert_eq!(batch(&r, "deposits", &[]).await.0, 400);
+    assert_eq!(batch(&r, "anchors", &[]).await.0, 400);
+    // One deposit as large as a whole batch may be: refused as the single request would be.
+    let (big, mut big_body) = deposit(&office, &r, &patient, addr, 60);
+    big_body.sealed_block = "00".repeat(40 * 1024);
+    big_body.deposit.contentHash = DepositBody::content_hash(
+        &big_body.share,
+        &big_body.commitments,
+        &big_body.sealed_block,
+    );
+    big_body.signature = sign(&patient, &big_body.deposit, &dom).unwrap();
+    assert_eq!(put(&r, big, &big_body).await.status(), 413);
+    assert_eq!(
+        batch(&r, "deposits", &[item(big, &big_body)]).await,
+        (200, vec![413])
+    );
 }
 
 /// #3: what a share node keeps on disk is private (0600 in 0700) and encrypted under the node's

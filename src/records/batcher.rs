@@ -17,6 +17,11 @@ use crate::chain::merkle::Tree;
 
 type Reply = oneshot::Sender<Result<(B256, Vec<B256>), RecordError>>;
 
+/// Batches anchored at once: while one waits for its receipt and for the chain to be made
+/// durable, the next collects and sends (the sender's lock orders the transactions' nonces,
+/// and batches waiting for durability together share one dump).
+const BATCHES_IN_FLIGHT: usize = 4;
+
 /// What makes an anchored batch durable before its uploads are acknowledged, beyond the
 /// transaction's receipt: on a development chain that keeps its blocks in memory, writing the
 /// chain to disk (`stack::AnvilState`).
@@ -112,7 +117,15 @@ async fn run(
     mut rx: mpsc::Receiver<(B256, Reply)>,
 ) {
     let max = settings.max.max(1);
-    while let Some(first) = rx.recv().await {
+    let open = Arc::new(tokio::sync::Semaphore::new(BATCHES_IN_FLIGHT));
+    loop {
+        // With every slot taken, uploads queue and the next batch takes them all at once.
+        let Ok(slot) = open.clone().acquire_owned().await else {
+            return;
+        };
+        let Some(first) = rx.recv().await else {
+            return;
+        };
         let mut batch = vec![first];
         let deadline = tokio::time::Instant::now() + settings.window;
         while batch.len() < max {
@@ -121,43 +134,56 @@ async fn run(
                 Ok(None) | Err(_) => break,
             }
         }
-        let leaves: Vec<B256> = batch.iter().map(|(l, _)| *l).collect();
-        let tree = Tree::new(&leaves);
-        let count = u32::try_from(leaves.len()).unwrap_or(u32::MAX);
-        // Every upload of the batch gets the batch's outcome, typed: `NotAnchored` when the
-        // root surely is not on chain (not sent, or refused), `Anchoring` when it may be.
-        let mut sent = match source() {
-            Some(chain) => match anchor_root(&chain, tree.root, count).await {
-                Err(RecordError::Chain(c)) if c.is_rejection() => {
-                    Err(RecordError::NotAnchored(c.to_string()))
-                }
-                Err(RecordError::Chain(c)) => Err(RecordError::Anchoring(c.to_string())),
-                other => other,
-            },
-            None => Err(RecordError::NotAnchored(
-                "the chain is not reachable yet".into(),
-            )),
-        };
-        if let (Ok(()), Some(d)) = (&sent, &durable) {
-            // Not acknowledged before the chain keeps it: without the proofs (sent to nobody
-            // on failure) the root anchors nothing readable.
-            if let Err(e) = d.settle(std::time::Instant::now()).await {
-                sent = Err(RecordError::Anchoring(format!(
-                    "the chain did not make the anchor durable: {e}"
-                )));
+        let (source, durable) = (source.clone(), durable.clone());
+        tokio::spawn(async move {
+            anchor_batch(&source, durable.as_deref(), batch).await;
+            drop(slot);
+        });
+    }
+}
+
+/// Anchors one batch and answers each of its uploads.
+async fn anchor_batch(
+    source: &ChainSource,
+    durable: Option<&dyn Durability>,
+    batch: Vec<(B256, Reply)>,
+) {
+    let leaves: Vec<B256> = batch.iter().map(|(l, _)| *l).collect();
+    let tree = Tree::new(&leaves);
+    let count = u32::try_from(leaves.len()).unwrap_or(u32::MAX);
+    // Every upload of the batch gets the batch's outcome, typed: `NotAnchored` when the
+    // root surely is not on chain (not sent, or refused), `Anchoring` when it may be.
+    let mut sent = match source() {
+        Some(chain) => match anchor_root(&chain, tree.root, count).await {
+            Err(RecordError::Chain(c)) if c.is_rejection() => {
+                Err(RecordError::NotAnchored(c.to_string()))
             }
+            Err(RecordError::Chain(c)) => Err(RecordError::Anchoring(c.to_string())),
+            other => other,
+        },
+        None => Err(RecordError::NotAnchored(
+            "the chain is not reachable yet".into(),
+        )),
+    };
+    if let (Ok(()), Some(d)) = (&sent, durable) {
+        // Not acknowledged before the chain keeps it: without the proofs (sent to nobody
+        // on failure) the root anchors nothing readable.
+        if let Err(e) = d.settle(std::time::Instant::now()).await {
+            sent = Err(RecordError::Anchoring(format!(
+                "the chain did not make the anchor durable: {e}"
+            )));
         }
-        match &sent {
-            Ok(()) => tracing::info!(records = count, root = %tree.root, "anchored a batch"),
-            Err(e) => tracing::warn!(records = count, "anchoring a batch failed: {e}"),
-        }
-        for ((_, reply), proof) in batch.into_iter().zip(tree.proofs) {
-            let _ = reply.send(match &sent {
-                Ok(()) => Ok((tree.root, proof)),
-                Err(RecordError::NotAnchored(m)) => Err(RecordError::NotAnchored(m.clone())),
-                Err(e) => Err(RecordError::Anchoring(strip(e))),
-            });
-        }
+    }
+    match &sent {
+        Ok(()) => tracing::info!(records = count, root = %tree.root, "anchored a batch"),
+        Err(e) => tracing::warn!(records = count, "anchoring a batch failed: {e}"),
+    }
+    for ((_, reply), proof) in batch.into_iter().zip(tree.proofs) {
+        let _ = reply.send(match &sent {
+            Ok(()) => Ok((tree.root, proof)),
+            Err(RecordError::NotAnchored(m)) => Err(RecordError::NotAnchored(m.clone())),
+            Err(e) => Err(RecordError::Anchoring(strip(e))),
+        });
     }
 }
 

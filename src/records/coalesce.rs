@@ -10,7 +10,10 @@
 //! one that gives up (the caller's deadline passed) is left out of the next request.
 //!
 //! Batchers live per node and per tokio runtime, shared by every records client of the
-//! process (the gateway makes one per request).
+//! process (the gateway makes one per request; all use the runtime's one share-node HTTP
+//! client and the directory's deadline). An item's deadline runs from the moment it is
+//! queued: behind a request a node takes the whole deadline over, it fails as that node's
+//! failure (an upload needs k of n nodes), not later.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -163,9 +166,12 @@ impl NodeBatchers {
     }
 }
 
-/// A node of an earlier version, without the batch routes: asked one item at a time.
+/// A node of an earlier version, without the batch routes, asked one item at a time: it
+/// answers 404 (or 405) for the route, or 413 for a batch over its single-request body limit
+/// (which it applies before routing). A node with batches answers each item's 404 or 413
+/// inside its answer, never for the request.
 fn lacks_batches(e: &NodeError) -> bool {
-    matches!(e.status(), Some(404 | 405))
+    matches!(e.status(), Some(404 | 405 | 413))
 }
 
 type Registry = Arc<Mutex<HashMap<(String, alloy::primitives::Address), Arc<NodeBatchers>>>>;
@@ -263,10 +269,20 @@ mod tests {
             .collect();
         assert_eq!(outcomes, expect, "each item its own outcome");
         let sizes = sizes.lock().unwrap().clone();
-        assert_eq!(&sizes[..2], &[vec![0], vec![1]], "nothing waits for company");
+        assert_eq!(
+            &sizes[..2],
+            &[vec![0], vec![1]],
+            "nothing waits for company"
+        );
         let later: Vec<u32> = sizes[2..].iter().flatten().copied().collect();
         assert_eq!(later, (2..8).collect::<Vec<_>>(), "{sizes:?}");
-        assert!(sizes[2..].iter().all(|b| b.len() <= 4), "at most 4: {sizes:?}");
-        assert!(sizes.len() <= 4, "queued items went out together: {sizes:?}");
+        assert!(
+            sizes[2..].iter().all(|b| b.len() <= 4),
+            "at most 4: {sizes:?}"
+        );
+        assert!(
+            sizes.len() <= 4,
+            "queued items went out together: {sizes:?}"
+        );
     }
 }
