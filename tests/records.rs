@@ -626,11 +626,15 @@ async fn uploads_close_together_share_one_anchor() {
             max: 1000,
         },
     );
-    let mut uploads = Vec::new();
+    // The patients first: their transactions would spread the uploads over seconds.
     let mut patients = Vec::new();
-    for i in 0..8 {
-        let (patient, addr) = common::new_patient(&office).await;
-        let c = common::nodes::client(&office, &patient, &refs).with_anchoring(batcher.clone());
+    for _ in 0..8 {
+        patients.push(common::new_patient(&office).await);
+    }
+    let mut uploads = Vec::new();
+    for (i, (patient, addr)) in patients.iter().enumerate() {
+        let addr = *addr;
+        let c = common::nodes::client(&office, patient, &refs).with_anchoring(batcher.clone());
         let body = format!("reading {i}");
         uploads.push(tokio::spawn(async move {
             let id = c
@@ -639,7 +643,6 @@ async fn uploads_close_together_share_one_anchor() {
                 .unwrap();
             (id, body)
         }));
-        patients.push((patient, addr));
     }
     let mut stored = Vec::new();
     for u in uploads {

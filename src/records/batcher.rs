@@ -22,6 +22,10 @@ type Reply = oneshot::Sender<Result<(B256, Vec<B256>), RecordError>>;
 /// and batches waiting for durability together share one dump).
 const BATCHES_IN_FLIGHT: usize = 4;
 
+/// How long a batch waits for its anchor's receipt (a transaction the chain lost would hold
+/// its slot for ever).
+const RECEIPT_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
+
 /// What makes an anchored batch durable before its uploads are acknowledged, beyond the
 /// transaction's receipt: on a development chain that keeps its blocks in memory, writing the
 /// chain to disk (`stack::AnvilState`).
@@ -153,25 +157,40 @@ async fn anchor_batch(
     let count = u32::try_from(leaves.len()).unwrap_or(u32::MAX);
     // Every upload of the batch gets the batch's outcome, typed: `NotAnchored` when the
     // root surely is not on chain (not sent, or refused), `Anchoring` when it may be.
-    let mut sent = match source() {
-        Some(chain) => match anchor_root(&chain, tree.root, count).await {
-            Err(RecordError::Chain(c)) if c.is_rejection() => {
-                Err(RecordError::NotAnchored(c.to_string()))
+    let chain = source();
+    let mut sent = match &chain {
+        Some(chain) => {
+            match tokio::time::timeout(RECEIPT_WAIT, anchor_root(chain, tree.root, count)).await {
+                Ok(Err(RecordError::Chain(c))) if c.is_rejection() => {
+                    Err(RecordError::NotAnchored(c.to_string()))
+                }
+                Ok(Err(RecordError::Chain(c))) => Err(RecordError::Anchoring(c.to_string())),
+                Ok(other) => other,
+                Err(_) => Err(RecordError::Anchoring(format!(
+                    "no receipt within {} s",
+                    RECEIPT_WAIT.as_secs()
+                ))),
             }
-            Err(RecordError::Chain(c)) => Err(RecordError::Anchoring(c.to_string())),
-            other => other,
-        },
+        }
         None => Err(RecordError::NotAnchored(
             "the chain is not reachable yet".into(),
         )),
     };
-    if let (Ok(()), Some(d)) = (&sent, durable) {
+    if let (Ok(()), Some(d), Some(chain)) = (&sent, durable, &chain) {
         // Not acknowledged before the chain keeps it: without the proofs (sent to nobody
         // on failure) the root anchors nothing readable.
         if let Err(e) = d.settle(std::time::Instant::now()).await {
             sent = Err(RecordError::Anchoring(format!(
                 "the chain did not make the anchor durable: {e}"
             )));
+        } else if !matches!(chain.root(tree.root).await, Ok(Some(_))) {
+            // A chain restarted from an older state between the receipt and the dump saved
+            // a chain without the anchor (or cannot say): not acknowledged, the sweeper
+            // settles the uploads.
+            sent = Err(RecordError::Anchoring(
+                "the anchor is not on the chain that was made durable (restarted meanwhile?)"
+                    .into(),
+            ));
         }
     }
     match &sent {

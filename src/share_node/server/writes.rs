@@ -170,7 +170,8 @@ impl<T> Outcomes<T> {
     }
 }
 
-/// Deposits `items`; each one's outcome, in order.
+/// Deposits `items`; each one's outcome, in order. Each item is counted against `client`'s
+/// rate limit (`None`: counted by the caller).
 async fn deposit_items(
     n: &Node,
     client: Option<&ConnectInfo<std::net::SocketAddr>>,
@@ -219,8 +220,9 @@ pub(super) async fn deposit(
     Json(b): Json<DepositBody>,
 ) -> Result<Json<serde_json::Value>, Refusal> {
     halted(&n)?;
+    limit_client(&n, client.as_deref())?;
     let id = record_id(&record)?;
-    let mut out = deposit_items(&n, client.as_deref(), vec![(id, b)]).await?;
+    let mut out = deposit_items(&n, None, vec![(id, b)]).await?;
     out.pop().unwrap_or_else(|| Err(internal("no outcome")))?;
     Ok(Json(
         json!({ "stored": id, "node": n.cfg.identity.address() }),
@@ -400,10 +402,12 @@ pub(super) async fn anchor(
     Json(b): Json<AnchorBody>,
 ) -> Result<Json<serde_json::Value>, Refusal> {
     halted(&n)?;
+    limit_client(&n, client.as_deref())?;
     let id = record_id(&record)?;
-    let mut out = anchor_items(&n, client.as_deref(), vec![(id, b.root, b.proof)]).await?;
+    let mut out = anchor_items(&n, None, vec![(id, b.root, b.proof)]).await?;
     out.pop().unwrap_or_else(|| Err(internal("no outcome")))?;
-    let kept = n.cfg.store.public(&id.0.0).map_err(internal)?;
+    // The proof is kept: a failed re-read answers the root presented, not an error.
+    let kept = n.cfg.store.public(&id.0.0).ok().flatten();
     let root = kept.and_then(|p| p.anchor).map_or(b.root, |a| a.root);
     Ok(Json(json!({ "anchored": id, "root": root })))
 }
