@@ -379,12 +379,14 @@ impl RecordsClient {
         });
         // A marker first: from here on a crash leaves it for the sweeper, which finishes the
         // upload or collects what it left (`sweeper.rs`).
+        let started = std::time::Instant::now();
         let marker_name = sweeper::pending_name(id, now());
         let mut placed = self
             .ipfs
             .place(&marker_name, crate::ipfs::spread(id.0.as_slice()))
             .await?;
         // Added on one peer, pinned by CID on the others (they copy it over bitswap).
+        let placed_at = started.elapsed();
         let cid = self
             .ipfs
             .add_replicated(
@@ -397,6 +399,7 @@ impl RecordsClient {
         // On an error the ciphertext may be pinned all the same (Kubo stopped as it
         // answered): the markers stay for the sweeper.
         let _ = encrypt.await;
+        let added_at = started.elapsed();
 
         let block = RecordBlock {
             record_id: id,
@@ -415,11 +418,21 @@ impl RecordsClient {
         match self.share_and_anchor(&block, salt).await {
             // Every node holds the proof: the upload is finished.
             Ok(true) => {
+                let shared_at = started.elapsed();
                 if let Err(e) = self.ipfs.unpin(&placed.marker, &placed.peers).await {
                     tracing::warn!(
                         "record {id} stored; unpinning its marker failed ({e}): the sweeper will"
                     );
                 }
+                // Where an upload's time goes (the load bench reads these at debug level).
+                tracing::debug!(
+                    record = %id,
+                    marker_ms = placed_at.as_secs_f64() * 1e3,
+                    add_ms = (added_at - placed_at).as_secs_f64() * 1e3,
+                    shares_anchor_proofs_ms = (shared_at - added_at).as_secs_f64() * 1e3,
+                    unpin_ms = (started.elapsed() - shared_at).as_secs_f64() * 1e3,
+                    "upload phases"
+                );
                 Ok(id)
             }
             // Readable, but some node still waits for the proof: the sweeper gives it to it.
@@ -498,6 +511,7 @@ impl RecordsClient {
                 (url, r.map_err(|e| e.to_string()))
             });
         }
+        let started = std::time::Instant::now();
         let mut stored = 0;
         let mut failures = Vec::new();
         while let Some((node, r)) = pending.next().await {
@@ -521,6 +535,7 @@ impl RecordsClient {
                 f.reason
             );
         }
+        let deposited_at = started.elapsed();
         let leaf = merkle::leaf(id, patient, self.signer.address(), block.digest);
         let (root, proof) = self.anchoring.anchor(leaf).await.map_err(|e| match &e {
             // Not sent, or refused by the contract: nothing was anchored.
@@ -530,9 +545,16 @@ impl RecordsClient {
             // chain that did not make the anchor durable: it may be, or become, anchored.
             _ => Failed::MaybeAnchored(e),
         })?;
-        self.present_proof(id, &AnchorBody { root, proof })
-            .await
-            .map_err(Failed::MaybeAnchored)
+        let anchored_at = started.elapsed();
+        let r = self.present_proof(id, &AnchorBody { root, proof }).await;
+        tracing::debug!(
+            record = %id,
+            deposits_ms = deposited_at.as_secs_f64() * 1e3,
+            anchor_ms = (anchored_at - deposited_at).as_secs_f64() * 1e3,
+            proofs_ms = (started.elapsed() - anchored_at).as_secs_f64() * 1e3,
+            "upload phases on the share nodes"
+        );
+        r.map_err(Failed::MaybeAnchored)
     }
 
     /// Gives every share node the record's root and proof; k must accept them (`Ok(true)`:
