@@ -186,7 +186,7 @@ impl NodeClient {
     /// [`Self::deposit`] would have had it.
     ///
     /// # Errors
-    /// See [`NodeError`], for the request as a whole (404 or 405: a node without batches).
+    /// See [`NodeError`], for the request as a whole (404, 405 or 413: a node without batches).
     pub async fn deposit_many(
         &self,
         batch: &DepositBatch,
@@ -201,7 +201,7 @@ impl NodeClient {
     /// own [`Self::present`] would have had it.
     ///
     /// # Errors
-    /// See [`NodeError`], for the request as a whole (404 or 405: a node without batches).
+    /// See [`NodeError`], for the request as a whole (404, 405 or 413: a node without batches).
     pub async fn present_many(
         &self,
         batch: &AnchorBatch,
