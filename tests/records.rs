@@ -966,6 +966,17 @@ async fn nodes_without_batches_are_asked_one_item_at_a_time() {
     }
 }
 
+/// How many upload markers on `ipfs` name `record`.
+async fn marked(ipfs: &KuboClient, record: RecordId) -> usize {
+    let record = record.to_string();
+    ehr_share::ipfs::markers::pending_on(ipfs)
+        .await
+        .unwrap()
+        .iter()
+        .filter(|m| m.records.contains(&record))
+        .count()
+}
+
 /// Performance and reliability issue, crash consistency: an upload anchored on chain whose
 /// proof reached fewer than k share nodes keeps its ciphertext (it used to be unpinned,
 /// leaving a record two nodes list and nobody can read), and the sweeper gives the proof to
@@ -1015,25 +1026,29 @@ async fn uploads_cut_off_by_a_crash_are_finished_or_collected() {
         "the anchored record's ciphertext stays pinned"
     );
     assert_eq!(
-        pinned(format!("ehr-upload:{record}")).await.len(),
+        marked(&ipfs, record).await,
         1,
         "with the marker of an unfinished upload"
     );
 
-    // Two orphans: ciphertext and marker pinned by uploads that died before their anchor, one
-    // two hours ago and one just now.
+    // Three orphans: ciphertext and marker pinned by uploads that died before their anchor,
+    // two of them two hours ago (one with the one-upload marker of earlier versions, one with
+    // a group's) and one just now.
     let now = common::nodes::now();
     let mut orphans = Vec::new();
-    for created in [now - 7200, now] {
+    for (created, group) in [(now - 7200, false), (now - 7200, true), (now, true)] {
         let id = RecordId(ehr_share::chain::random_b256());
         let mut cids = Vec::new();
-        for (body, name) in [
-            (format!("orphan {id}"), format!("ehr-record:{id}")),
+        let marker = if group {
+            let m = ehr_share::ipfs::markers::Marker::group(&[id.to_string()], created);
+            (String::from_utf8(m.content.to_vec()).unwrap(), m.name)
+        } else {
             (
                 format!("ehr-upload:{id}:{created}"),
                 format!("ehr-upload:{id}:{created}"),
-            ),
-        ] {
+            )
+        };
+        for (body, name) in [(format!("orphan {id}"), format!("ehr-record:{id}")), marker] {
             let cid = ipfs
                 .add_stream_named(
                     futures::stream::once(async move { Ok(Bytes::from(body)) }),
@@ -1059,10 +1074,7 @@ async fn uploads_cut_off_by_a_crash_are_finished_or_collected() {
         ciphertext,
         "the finished record's ciphertext keeps its pin (never renamed)"
     );
-    assert!(
-        pinned(format!("ehr-upload:{record}")).await.is_empty(),
-        "its marker is gone"
-    );
+    assert_eq!(marked(&ipfs, record).await, 0, "its marker is gone");
     let all: Vec<String> = ipfs
         .pins_named("ehr-")
         .await
@@ -1070,12 +1082,14 @@ async fn uploads_cut_off_by_a_crash_are_finished_or_collected() {
         .into_iter()
         .map(|(cid, _)| cid)
         .collect();
+    for old in &orphans[..2] {
+        assert!(
+            !old.iter().any(|c| all.contains(c)),
+            "a two-hour-old orphan's ciphertext and marker are unpinned"
+        );
+    }
     assert!(
-        !orphans[0].iter().any(|c| all.contains(c)),
-        "the two-hour-old orphan's ciphertext and marker are unpinned"
-    );
-    assert!(
-        orphans[1].iter().all(|c| all.contains(c)),
+        orphans[2].iter().all(|c| all.contains(c)),
         "the recent one is left: its upload may still be running"
     );
 
@@ -1095,6 +1109,72 @@ async fn uploads_cut_off_by_a_crash_are_finished_or_collected() {
         .unwrap();
     assert_eq!(got.data, data);
     assert!(got.failures.is_empty(), "{:?}", got.failures);
+}
+
+/// Performance issue, uploads: uploads that start together pin one marker between them, not
+/// one each (Kubo's pinner serves pins one at a time: two per upload halved the upload rate).
+/// The marker names every one of them and stays while any is unsettled: here a node misses
+/// every proof, so each upload is readable (k = 3 of 5) but not finished. The sweeper then
+/// gives that node the proofs and unpins the marker.
+#[tokio::test]
+async fn uploads_that_start_together_share_one_marker() {
+    use ehr_share::ipfs::markers::pending_on;
+    use ehr_share::records::{RecordsConfig, SweepSettings};
+    let office = common::office().await;
+    let procs = common::nodes::start_many(office.address(), 5, &[]).await;
+    let real = common::nodes::refs(&procs).await;
+    let (patient, addr) = common::new_patient(&office).await;
+    let ipfs = KuboClient::new(&common::stack().kubo.api_url);
+    let mut cut = real.clone();
+    cut[0].url = drops_proofs(cut[0].url.clone()).await;
+    let client = common::nodes::client(&office, &patient, &cut);
+    let data: Vec<Bytes> = (0..8)
+        .map(|i| Bytes::from(format!("together {i} {MARKER}")))
+        .collect();
+    let ids: Vec<RecordId> = futures::future::join_all(
+        data.iter()
+            .map(|d| client.put(addr, d.clone(), "text/plain", None)),
+    )
+    .await
+    .into_iter()
+    .map(Result::unwrap)
+    .collect();
+    let mut ours: Vec<String> = ids.iter().map(ToString::to_string).collect();
+    ours.sort();
+    let naming_ours = || {
+        let (ipfs, ours) = (ipfs.clone(), ours.clone());
+        async move {
+            pending_on(&ipfs)
+                .await
+                .unwrap()
+                .into_iter()
+                .filter(|m| m.records.iter().any(|r| ours.contains(r)))
+                .collect::<Vec<_>>()
+        }
+    };
+    let markers = naming_ours().await;
+    assert_eq!(markers.len(), 1, "one marker for the eight: {markers:?}");
+    let mut named = markers[0].records.clone();
+    named.sort();
+    assert_eq!(named, ours, "it names each of them");
+
+    // The TTL is an hour: nothing of another test is collected.
+    let sweeper = RecordsConfig::new(real.clone(), 3).sweeper(
+        ipfs.clone(),
+        reqwest::Client::new(),
+        SweepSettings::for_ttl(Duration::from_secs(3600)),
+    );
+    let report = sweeper.sweep().await.unwrap();
+    assert!(report.finished >= 8, "{report:?}");
+    assert!(naming_ours().await.is_empty(), "the marker is unpinned");
+    let reader = common::nodes::client(&office, &patient, &real);
+    for (id, d) in ids.iter().zip(&data) {
+        let r = reqwest::get(format!("{}/records/{id}", real[0].url))
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "the node that missed the proof holds it");
+        assert_eq!(&reader.get(*id).await.unwrap().data, d);
+    }
 }
 
 /// The uploader's anchor went out and landed, but its client never learned it (the RPC failed
@@ -1143,17 +1223,12 @@ async fn an_anchor_of_unknown_outcome_keeps_the_ciphertext() {
     let markers = || {
         let ipfs = ipfs.clone();
         async move {
-            ipfs.pins_named("ehr-upload:")
+            ehr_share::ipfs::markers::pending_on(&ipfs)
                 .await
                 .unwrap()
                 .into_iter()
-                .filter_map(|(_, name)| {
-                    name.strip_prefix("ehr-upload:")?
-                        .split(':')
-                        .next()?
-                        .parse::<RecordId>()
-                        .ok()
-                })
+                .flat_map(|m| m.records)
+                .filter_map(|r| r.parse::<RecordId>().ok())
                 .collect::<std::collections::HashSet<RecordId>>()
         }
     };
@@ -1171,7 +1246,7 @@ async fn an_anchor_of_unknown_outcome_keeps_the_ciphertext() {
         "the root is on chain"
     );
 
-    // Anyone who knows the record's id (it is in its marker's name) and the root can present
+    // Anyone who knows the record's id (it is in its marker) and the root can present
     // the proof: for a record anchored alone, the empty one. Of the markers pinned since the
     // upload began (other tests upload beside this one), the record is the one whose proof a
     // node takes.

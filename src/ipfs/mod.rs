@@ -4,6 +4,7 @@
 //!
 //! Only ciphertext ever goes through here: IPFS content is public to anyone who knows the CID.
 
+pub mod markers;
 mod replicas;
 
 pub use replicas::{Placement, RepairReport, Replicas, spread};
@@ -14,8 +15,8 @@ use bytes::Bytes;
 use futures::{Stream, StreamExt, TryStreamExt};
 use serde::Deserialize;
 
-/// Errors talking to Kubo.
-#[derive(Debug, thiserror::Error)]
+/// Errors talking to Kubo. `Clone`: uploads that share one marker share its failure.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum IpfsError {
     /// The node could not be reached.
     #[error("IPFS node at {url} unreachable: {source}")]
@@ -23,7 +24,7 @@ pub enum IpfsError {
         /// The API base URL.
         url: String,
         /// Transport error.
-        source: reqwest::Error,
+        source: std::sync::Arc<reqwest::Error>,
     },
     /// Kubo answered with an error message.
     #[error("IPFS {call} failed: {message}")]
@@ -301,7 +302,7 @@ impl KuboClient {
             .bytes_stream()
             .map_err(move |source| IpfsError::Unreachable {
                 url: url.clone(),
-                source,
+                source: source.into(),
             }))
     }
 
@@ -425,7 +426,7 @@ impl KuboClient {
     async fn body(&self, resp: reqwest::Response) -> Result<bytes::Bytes, IpfsError> {
         resp.bytes().await.map_err(|source| IpfsError::Unreachable {
             url: self.base.clone(),
-            source,
+            source: source.into(),
         })
     }
 
@@ -447,7 +448,7 @@ impl KuboClient {
     ) -> Result<reqwest::Response, IpfsError> {
         let resp = resp.map_err(|source| IpfsError::Unreachable {
             url: self.base.clone(),
-            source,
+            source: source.into(),
         })?;
         if resp.status().is_success() {
             return Ok(resp);

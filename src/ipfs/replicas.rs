@@ -7,9 +7,10 @@
 //! once, whatever `r` is.
 //!
 //! Pins carry names, and the names are how the rest of the system finds its records
-//! (`ehr-record:<id>` for a ciphertext, `ehr-upload:<id>:<time>` for an upload not finished;
-//! see `records::sweeper`). Every peer that holds a replica also holds the upload's marker, so
-//! each peer's own sweep can finish or collect what an interrupted upload left on it.
+//! (`ehr-record:<id>` for a ciphertext, a marker named `ehr-upload:...` for uploads not
+//! finished; see [`super::markers`] and `records::sweeper`). Every peer that holds a replica
+//! also holds the upload's marker, so each peer's own sweep can finish or collect what an
+//! interrupted upload left on it.
 //!
 //! [`Replicas::repair`] brings records back to `r` copies after a peer was lost or replaced.
 
@@ -20,6 +21,7 @@ use bytes::Bytes;
 use futures::Stream;
 use futures::future::join_all;
 
+use super::markers::{Marker, pending_on};
 use super::{IpfsError, KuboClient};
 
 /// How long a peer may take to fetch and pin a replica over bitswap.
@@ -29,8 +31,6 @@ const PEER_READ_WAIT: Duration = Duration::from_secs(30);
 
 /// Prefix of the pin of a record's ciphertext (see `records::sweeper`).
 const STORED: &str = "ehr-record:";
-/// Prefix of the marker of an unfinished upload (see `records::sweeper`).
-const PENDING: &str = "ehr-upload:";
 
 /// Where a record's copies start among the peers: its id's first 8 bytes (ids are hashes, so
 /// records spread evenly). Uploads place copies, and repairs restore them, from there.
@@ -133,14 +133,14 @@ impl Replicas {
         join_all(self.peers.iter().map(KuboClient::version)).await
     }
 
-    /// Pins an upload's marker `name` (its content is the name) on `r` peers, trying them in
-    /// turn from peer `spread mod n` on (the record id's bits, so copies spread evenly over
-    /// the peers); those peers will hold the ciphertext.
+    /// Pins an upload's `marker` on `r` peers, trying them in turn from peer `spread mod n` on
+    /// (a record id's bits, so copies spread evenly over the peers); those peers will hold the
+    /// ciphertext.
     ///
     /// # Errors
     /// [`IpfsError::NotEnoughPeers`] when fewer than `r` took it (the markers that were pinned
     /// are left for the sweeper, which collects them), or the only peer's own error.
-    pub async fn place(&self, name: &str, spread: u64) -> Result<Placement, IpfsError> {
+    pub async fn place(&self, marker: &Marker, spread: u64) -> Result<Placement, IpfsError> {
         let mut placed = Placement::default();
         let mut last = None;
         // The record's turn order, peers that failed lately moved to the end.
@@ -151,7 +151,7 @@ impl Replicas {
             if placed.peers.len() == self.replication {
                 break;
             }
-            match self.add_marker(i, name).await {
+            match self.add_marker(i, marker).await {
                 Ok(cid) => {
                     placed.marker = cid;
                     placed.peers.push(i);
@@ -177,17 +177,23 @@ impl Replicas {
         }
     }
 
+    /// The peer a record of this `spread` starts its copies at: uploads with the same start
+    /// go to the same peers (while none fails), so they can share a marker.
+    pub fn start_of(&self, spread: u64) -> usize {
+        // `n` is at least 1 (`new` and `From` make sure), and fits in u64.
+        usize::try_from(spread % self.peers.len() as u64).unwrap_or(0)
+    }
+
     /// Every peer once, from `spread mod n` on.
     fn turns(&self, spread: u64) -> impl Iterator<Item = usize> + use<> {
         let n = self.peers.len();
-        // `n` is at least 1 (`new` and `From` make sure), and fits in u64.
-        let start = usize::try_from(spread % n as u64).unwrap_or(0);
+        let start = self.start_of(spread);
         (0..n).map(move |j| (start + j) % n)
     }
 
-    async fn add_marker(&self, peer: usize, name: &str) -> Result<String, IpfsError> {
+    async fn add_marker(&self, peer: usize, marker: &Marker) -> Result<String, IpfsError> {
         let r = self.peers[peer]
-            .add_bytes_named(Bytes::from(name.to_owned()), name)
+            .add_bytes_named(marker.content.clone(), &marker.name)
             .await;
         if let Ok(mut failed) = self.failed_at.lock() {
             failed[peer] = r.is_err().then(std::time::Instant::now);
@@ -212,7 +218,7 @@ impl Replicas {
 
     /// Adds `body` on the placement's first peer under the pin name `name`, then pins it by
     /// CID on the others (which fetch it over bitswap). A peer that fails is replaced by one
-    /// outside the placement, which gets the marker first.
+    /// outside the placement, which gets the placement's `marker` first.
     ///
     /// # Errors
     /// The first peer's error, or [`IpfsError::NotEnoughPeers`] when fewer than `r` peers pin
@@ -222,7 +228,7 @@ impl Replicas {
         placed: &mut Placement,
         body: S,
         name: &str,
-        marker_name: &str,
+        marker: &Marker,
     ) -> Result<String, IpfsError>
     where
         S: Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
@@ -258,7 +264,7 @@ impl Replicas {
             if tried.contains(&i) {
                 continue;
             }
-            let copied = match self.add_marker(i, marker_name).await {
+            let copied = match self.add_marker(i, marker).await {
                 Ok(_) => {
                     // Only a peer holding the marker joins the placement (whose markers the
                     // upload unpins at the end).
@@ -391,7 +397,7 @@ impl Replicas {
         let mut pending: Vec<String> = Vec::new();
         for (i, peer) in self.peers.iter().enumerate() {
             let listed = match peer.pins_named(STORED).await {
-                Ok(stored) => match peer.pins_named(PENDING).await {
+                Ok(stored) => match pending_on(peer).await {
                     Ok(markers) => Ok((stored, markers)),
                     Err(e) => Err(e),
                 },
@@ -403,11 +409,7 @@ impl Replicas {
                     for (cid, name) in stored.into_iter().filter(|(_, n)| n.starts_with(STORED)) {
                         copies.entry(cid).or_insert((name, Vec::new())).1.push(i);
                     }
-                    pending.extend(markers.into_iter().filter_map(|(_, n)| {
-                        n.strip_prefix(PENDING)
-                            .and_then(|rest| rest.split(':').next())
-                            .map(str::to_owned)
-                    }));
+                    pending.extend(markers.into_iter().flat_map(|m| m.records));
                 }
                 Err(e) => {
                     tracing::warn!("IPFS peer {} is down: {e}", peer.base_url());
@@ -418,12 +420,8 @@ impl Replicas {
         // Markers listed again after the copies: an upload that failed (or was collected)
         // between the two listings must not be revived as a record without a marker.
         for &i in &up {
-            if let Ok(markers) = self.peers[i].pins_named(PENDING).await {
-                pending.extend(markers.into_iter().filter_map(|(_, n)| {
-                    n.strip_prefix(PENDING)
-                        .and_then(|rest| rest.split(':').next())
-                        .map(str::to_owned)
-                }));
+            if let Ok(markers) = pending_on(&self.peers[i]).await {
+                pending.extend(markers.into_iter().flat_map(|m| m.records));
             }
         }
         report.peers_up = up.len();

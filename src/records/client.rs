@@ -377,27 +377,26 @@ impl RecordsClient {
                 let _ = tx.blocking_send(Ok(Bytes::from(seg)));
             });
         });
-        // A marker first: from here on a crash leaves it for the sweeper, which finishes the
-        // upload or collects what it left (`sweeper.rs`).
+        // A marker first (shared with the uploads that start with this one): from here on a
+        // crash leaves it for the sweeper, which finishes the upload or collects what it left
+        // (`sweeper.rs`, `markers.rs`).
         let started = std::time::Instant::now();
-        let marker_name = sweeper::pending_name(id, now());
-        let mut placed = self
-            .ipfs
-            .place(&marker_name, crate::ipfs::spread(id.0.as_slice()))
-            .await?;
+        let mut member = super::markers::join(&self.ipfs, id).await?;
         // Added on one peer, pinned by CID on the others (they copy it over bitswap).
         let placed_at = started.elapsed();
+        let (placement, marker) = member.parts();
+        let marker = marker.clone();
         let cid = self
             .ipfs
             .add_replicated(
-                &mut placed,
+                placement,
                 tokio_stream::wrappers::ReceiverStream::new(rx),
                 &sweeper::stored_name(id),
-                &marker_name,
+                &marker,
             )
             .await?;
         // On an error the ciphertext may be pinned all the same (Kubo stopped as it
-        // answered): the markers stay for the sweeper.
+        // answered): the member drops unsettled, and the marker stays for the sweeper.
         let _ = encrypt.await;
         let added_at = started.elapsed();
 
@@ -419,7 +418,7 @@ impl RecordsClient {
             // Every node holds the proof: the upload is finished.
             Ok(true) => {
                 let shared_at = started.elapsed();
-                if let Err(e) = self.ipfs.unpin(&placed.marker, &placed.peers).await {
+                if let Err(e) = member.finish().await {
                     tracing::warn!(
                         "record {id} stored; unpinning its marker failed ({e}): the sweeper will"
                     );
@@ -436,31 +435,39 @@ impl RecordsClient {
                 Ok(id)
             }
             // Readable, but some node still waits for the proof: the sweeper gives it to it.
-            Ok(false) => Ok(id),
+            Ok(false) => {
+                member.keep();
+                Ok(id)
+            }
             // The root may be on chain (anchored but fewer than k nodes took the proof, or an
             // anchor whose outcome is unknown): the ciphertext and the marker stay, and the
             // sweeper finishes the record if a node holds its proof, or collects both once
             // every node has dropped the deposit.
             Err(Failed::MaybeAnchored(e)) => {
+                member.keep();
                 tracing::warn!(
                     "upload of {id} failed after its anchor was sent ({e}): left for the sweeper"
                 );
                 Err(e)
             }
             // No half record: without the anchor nobody can read it; drop the ciphertext too,
-            // then the marker (a failure leaves the marker, and the sweeper does it).
+            // then this upload's part of the marker (a failure keeps the marker, and the
+            // sweeper does it).
             Err(Failed::Unanchored(e)) => {
-                match self.ipfs.unpin(&cid, &placed.peers).await {
+                match self.ipfs.unpin(&cid, member.peers()).await {
                     Ok(()) => {
-                        if let Err(u) = self.ipfs.unpin(&placed.marker, &placed.peers).await {
+                        if let Err(u) = member.finish().await {
                             tracing::warn!(
                                 "could not unpin the marker of {id} ({u}): the sweeper will"
                             );
                         }
                     }
-                    Err(u) => tracing::warn!(
-                        "could not unpin {cid} after a failed upload ({u}): the sweeper will"
-                    ),
+                    Err(u) => {
+                        member.keep();
+                        tracing::warn!(
+                            "could not unpin {cid} after a failed upload ({u}): the sweeper will"
+                        );
+                    }
                 }
                 Err(e)
             }

@@ -30,20 +30,48 @@ use crate::share_node::{
 /// Requests of one kind a node has open at once from this process.
 pub(super) const IN_FLIGHT: usize = 2;
 
-type Outcomes = Result<Vec<Result<(), NodeError>>, NodeError>;
-type Sender<I> = Arc<dyn Fn(Vec<I>) -> BoxFuture<'static, Outcomes> + Send + Sync>;
-type Queued<I> = (I, oneshot::Sender<Result<(), NodeError>>);
+/// Each item's outcome, or the whole batch's failure.
+pub(super) type Outcomes<O, E> = Result<Vec<Result<O, E>>, E>;
+/// Sends one batch.
+pub(super) type Sender<I, O, E> =
+    Arc<dyn Fn(Vec<I>) -> BoxFuture<'static, Outcomes<O, E>> + Send + Sync>;
+type Queued<I, O, E> = (I, oneshot::Sender<Result<O, E>>);
 
-/// Items of one kind to one node, sent in batches; see the module documentation.
-struct Coalescer<I> {
-    tx: mpsc::UnboundedSender<Queued<I>>,
+/// What an item gets when its batch does not answer it.
+pub(super) trait Unanswered: Clone + Send + 'static {
+    /// The batching task stopped (its runtime is ending).
+    fn stopped() -> Self;
+    /// The item's deadline passed first.
+    fn timed_out() -> Self;
+}
+
+impl Unanswered for NodeError {
+    fn stopped() -> Self {
+        NodeError::Transport("the node's batching task stopped".into())
+    }
+
+    fn timed_out() -> Self {
+        NodeError::TimedOut
+    }
+}
+
+/// Items of one kind to one destination, sent in batches; see the module documentation.
+/// An outcome its caller no longer waits for is dropped (a guard in it sees that).
+pub(super) struct Coalescer<I, O, E> {
+    tx: mpsc::UnboundedSender<Queued<I, O, E>>,
     deadline: Duration,
 }
 
-impl<I: Send + 'static> Coalescer<I> {
-    fn spawn(max: usize, deadline: Duration, send: Sender<I>) -> Self {
-        let (tx, mut rx) = mpsc::unbounded_channel::<Queued<I>>();
-        let open = Arc::new(Semaphore::new(IN_FLIGHT));
+impl<I: Send + 'static, O: Send + 'static, E: Unanswered> Coalescer<I, O, E> {
+    /// At most `in_flight` batches of at most `max` items open at once.
+    pub(super) fn spawn(
+        max: usize,
+        in_flight: usize,
+        deadline: Duration,
+        send: Sender<I, O, E>,
+    ) -> Self {
+        let (tx, mut rx) = mpsc::unbounded_channel::<Queued<I, O, E>>();
+        let open = Arc::new(Semaphore::new(in_flight));
         tokio::spawn(async move {
             loop {
                 let Ok(permit) = open.clone().acquire_owned().await else {
@@ -86,32 +114,28 @@ impl<I: Send + 'static> Coalescer<I> {
         Self { tx, deadline }
     }
 
-    /// Sends `item` with the next request; its outcome within the node's deadline.
-    async fn call(&self, item: I) -> Result<(), NodeError> {
+    /// Sends `item` with the next batch; its outcome within the deadline.
+    pub(super) async fn call(&self, item: I) -> Result<O, E> {
         let (reply, answer) = oneshot::channel();
-        self.tx
-            .send((item, reply))
-            .map_err(|_| NodeError::Transport("the node's batching task stopped".into()))?;
+        self.tx.send((item, reply)).map_err(|_| E::stopped())?;
         match tokio::time::timeout(self.deadline, answer).await {
             Ok(Ok(outcome)) => outcome,
-            Ok(Err(_)) => Err(NodeError::Transport(
-                "the node's batching task stopped".into(),
-            )),
-            Err(_) => Err(NodeError::TimedOut),
+            Ok(Err(_)) => Err(E::stopped()),
+            Err(_) => Err(E::timed_out()),
         }
     }
 }
 
 /// One node's batchers.
 pub(super) struct NodeBatchers {
-    deposits: Coalescer<BatchedDeposit>,
-    anchors: Coalescer<BatchedAnchor>,
+    deposits: Coalescer<BatchedDeposit, (), NodeError>,
+    anchors: Coalescer<BatchedAnchor, (), NodeError>,
 }
 
 impl NodeBatchers {
     fn new(node: NodeClient, deadline: Duration) -> Self {
         let n = node.clone();
-        let deposits: Sender<BatchedDeposit> = Arc::new(move |items| {
+        let deposits: Sender<BatchedDeposit, (), NodeError> = Arc::new(move |items| {
             let n = n.clone();
             Box::pin(async move {
                 let batch = DepositBatch { deposits: items };
@@ -128,7 +152,7 @@ impl NodeBatchers {
             })
         });
         let n = node;
-        let anchors: Sender<BatchedAnchor> = Arc::new(move |items| {
+        let anchors: Sender<BatchedAnchor, (), NodeError> = Arc::new(move |items| {
             let n = n.clone();
             Box::pin(async move {
                 let batch = AnchorBatch { anchors: items };
@@ -150,8 +174,8 @@ impl NodeBatchers {
             })
         });
         Self {
-            deposits: Coalescer::spawn(DEPOSITS_PER_BATCH, deadline, deposits),
-            anchors: Coalescer::spawn(ANCHORS_PER_BATCH, deadline, anchors),
+            deposits: Coalescer::spawn(DEPOSITS_PER_BATCH, IN_FLIGHT, deadline, deposits),
+            anchors: Coalescer::spawn(ANCHORS_PER_BATCH, IN_FLIGHT, deadline, anchors),
         }
     }
 
@@ -215,7 +239,7 @@ mod tests {
         let sizes = Arc::new(Mutex::new(Vec::new()));
         let gate = Arc::new(tokio::sync::Semaphore::new(0));
         let (s, g) = (sizes.clone(), gate.clone());
-        let send: Sender<u32> = Arc::new(move |items: Vec<u32>| {
+        let send: Sender<u32, (), NodeError> = Arc::new(move |items: Vec<u32>| {
             let (s, g) = (s.clone(), g.clone());
             Box::pin(async move {
                 s.lock().unwrap().push(items.clone());
@@ -235,7 +259,7 @@ mod tests {
                     .collect())
             })
         });
-        let c = Arc::new(Coalescer::spawn(4, Duration::from_secs(5), send));
+        let c = Arc::new(Coalescer::spawn(4, IN_FLIGHT, Duration::from_secs(5), send));
         let started = Arc::new(AtomicUsize::new(0));
         let call = |i: u32| {
             let (c, started) = (c.clone(), started.clone());

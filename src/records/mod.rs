@@ -20,6 +20,7 @@ mod config;
 mod directory;
 mod fhir;
 mod gather;
+mod markers;
 mod node_health;
 mod read_cache;
 mod sweeper;

@@ -1,21 +1,23 @@
 //! Finishing or collecting the uploads a crash interrupted.
 //!
-//! An upload first pins a marker, a tiny object of its own named
-//! `ehr-upload:<record>:<unix time>`, then its ciphertext under the name
-//! `ehr-record:<record>`, and unpins the marker only once every share node holds the
-//! record's proof. The ciphertext's pin is never renamed: Kubo renames a pin by removing it
-//! and pinning again, and a Kubo stopped between the two steps loses the pin (the crash
-//! harness found 5 of 990 records so). A gateway killed mid-upload (or a share node down while
-//! the proof went round) leaves a marker, which this sweeper settles:
+//! An upload first pins a marker (shared with the uploads that start with it: see
+//! `markers.rs` and [`crate::ipfs::markers`]), then its ciphertext under the name
+//! `ehr-record:<record>`; the marker is unpinned once every upload it names is over and every
+//! share node holds each one's proof. The ciphertext's pin is never renamed: Kubo renames a pin
+//! by removing it and pinning again, and a Kubo stopped between the two steps loses the pin
+//! (the crash harness found 5 of 990 records so). A gateway killed mid-upload (or a share node
+//! down while the proof went round) leaves a marker, which this sweeper settles record by
+//! record:
 //!
 //! - a node already holds the proof (the record was anchored): the proof is public, so it is
-//!   given to every node still waiting for it, and the marker is unpinned once they all have
-//!   it; the record is then as readable, and as widely shared, as if nothing had happened;
+//!   given to every node still waiting for it; the record is then as readable, and as widely
+//!   shared, as if nothing had happened;
 //! - every node answers that it holds no anchored record of that id, and the marker is older
 //!   than the orphan TTL, which is longer than the nodes' own TTL for unanchored deposits: they
-//!   have deleted the shares, nobody can ever read the record, so the ciphertext is unpinned,
-//!   then the marker;
+//!   have deleted the shares, nobody can ever read the record, so its ciphertext is unpinned;
 //! - otherwise (a node does not answer, or the upload may still be running) it waits.
+//!
+//! The marker is unpinned once each of its records is settled one way or the other.
 //!
 //! A minority of lying nodes cannot make it drop a record: unpinning needs all of them to say
 //! the record is not anchored, and a record acknowledged to its uploader is anchored at k.
@@ -26,29 +28,16 @@ use futures::future::join_all;
 
 use super::client::ShareNodeRef;
 use crate::chain::RecordId;
+use crate::ipfs::markers::pending_on;
 use crate::ipfs::{IpfsError, KuboClient, Replicas};
 use crate::share_node::{AnchorBody, NodeClient};
 
-/// Prefix of the marker of an upload not finished yet.
-pub(super) const PENDING: &str = "ehr-upload:";
 /// Prefix of the pin of a record's ciphertext.
 const STORED: &str = "ehr-record:";
-
-/// The name (and the content) of the marker of an upload of `id` begun at `created` (unix
-/// seconds). Unique per record, so no two markers share a CID (Kubo keeps one pin per CID).
-pub(super) fn pending_name(id: RecordId, created: u64) -> String {
-    format!("{PENDING}{id}:{created}")
-}
 
 /// The pin name of a record's ciphertext.
 pub(super) fn stored_name(id: RecordId) -> String {
     format!("{STORED}{id}")
-}
-
-/// The record and start time in a pending pin's name.
-fn parse_pending(name: &str) -> Option<(RecordId, u64)> {
-    let (id, created) = name.strip_prefix(PENDING)?.split_once(':')?;
-    Some((id.parse().ok()?, created.parse().ok()?))
 }
 
 /// How often the sweeper runs and when an unfinished upload counts as abandoned.
@@ -178,30 +167,36 @@ impl UploadSweeper {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        for (marker, name) in ipfs.pins_named(PENDING).await? {
-            let Some((id, created)) = parse_pending(&name) else {
-                continue;
-            };
-            match self.settle(id).await {
-                Settled::Finished => {
-                    ipfs.unpin(&marker).await?;
-                    report.finished += 1;
-                }
-                Settled::NotAnchored { all_answered: true }
-                    if now.saturating_sub(created) >= self.settings.orphan_ttl.as_secs() =>
-                {
-                    // The ciphertext first: a crash in between leaves the marker, and the
-                    // next pass does it again.
-                    let stored = stored_name(id);
-                    for (cid, n) in ipfs.pins_named(&stored).await? {
-                        if n == stored {
-                            ipfs.unpin(&cid).await?;
+        for marker in pending_on(ipfs).await? {
+            let old = now.saturating_sub(marker.created) >= self.settings.orphan_ttl.as_secs();
+            let (mut finished, mut collected, mut waiting) = (0, 0, 0);
+            for record in &marker.records {
+                let Ok(id) = record.parse::<RecordId>() else {
+                    tracing::warn!("marker {} names {record:?}, not a record id", marker.cid);
+                    continue;
+                };
+                match self.settle(id).await {
+                    Settled::Finished => finished += 1,
+                    Settled::NotAnchored { all_answered: true } if old => {
+                        // The ciphertext before the marker: a crash in between leaves the
+                        // marker, and the next pass finds nothing more to unpin.
+                        let stored = stored_name(id);
+                        for (cid, n) in ipfs.pins_named(&stored).await? {
+                            if n == stored {
+                                ipfs.unpin(&cid).await?;
+                            }
                         }
+                        collected += 1;
                     }
-                    ipfs.unpin(&marker).await?;
-                    report.collected += 1;
+                    _ => waiting += 1,
                 }
-                _ => report.waiting += 1,
+            }
+            if waiting == 0 {
+                ipfs.unpin(&marker.cid).await?;
+                report.finished += finished;
+                report.collected += collected;
+            } else {
+                report.waiting += waiting;
             }
         }
         Ok(())
@@ -249,15 +244,6 @@ impl UploadSweeper {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn pending_names_round_trip() {
-        let id = RecordId(alloy::primitives::B256::repeat_byte(7));
-        assert_eq!(parse_pending(&pending_name(id, 1234)), Some((id, 1234)));
-        assert_eq!(parse_pending(&stored_name(id)), None);
-        assert_eq!(parse_pending("ehr-upload:0x12:5"), None);
-        assert_eq!(parse_pending(&format!("{PENDING}{id}")), None);
-    }
 
     #[test]
     fn sweeps_often_enough_for_the_ttl() {
