@@ -1158,6 +1158,17 @@ async fn uploads_that_start_together_share_one_marker() {
     named.sort();
     assert_eq!(named, ours, "it names each of them");
 
+    // Another marker names one of them beside an upload still running (a record no node
+    // knows, begun just now): the record it shares the marker with must not stay pending.
+    let running = RecordId(ehr_share::chain::random_b256()).to_string();
+    let shared = ehr_share::ipfs::markers::Marker::group(
+        &[ours[0].clone(), running.clone()],
+        common::nodes::now(),
+    );
+    ipfs.add_bytes_named(shared.content.clone(), &shared.name)
+        .await
+        .unwrap();
+
     // The TTL is an hour: nothing of another test is collected.
     let sweeper = RecordsConfig::new(real.clone(), 3).sweeper(
         ipfs.clone(),
@@ -1166,7 +1177,16 @@ async fn uploads_that_start_together_share_one_marker() {
     );
     let report = sweeper.sweep().await.unwrap();
     assert!(report.finished >= 8, "{report:?}");
-    assert!(naming_ours().await.is_empty(), "the marker is unpinned");
+    assert!(naming_ours().await.is_empty(), "no marker names them");
+    let left: Vec<_> = pending_on(&ipfs)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|m| m.records.contains(&running))
+        .collect();
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert_eq!(left[0].records, vec![running], "only the running upload");
+    ipfs.unpin(&left[0].cid).await.unwrap();
     let reader = common::nodes::client(&office, &patient, &real);
     for (id, d) in ids.iter().zip(&data) {
         let r = reqwest::get(format!("{}/records/{id}", real[0].url))

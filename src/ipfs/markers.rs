@@ -92,7 +92,12 @@ pub async fn pending_on(peer: &KuboClient) -> Result<Vec<Pending>, IpfsError> {
             continue;
         };
         let records = if head.starts_with(GROUP) {
-            let content = peer.cat(&cid).await?;
+            let content = match peer.cat(&cid).await {
+                Ok(c) => c,
+                // Unpinned (and its blocks collected) since the listing: no longer pending.
+                Err(IpfsError::NotFound { .. }) if !peer.is_pinned(&cid).await? => continue,
+                Err(e) => return Err(e),
+            };
             match group_records(&name, &content) {
                 Some(r) => r,
                 None => {

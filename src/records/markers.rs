@@ -1,7 +1,7 @@
 //! One marker for the uploads that start together (why: [`crate::ipfs::markers`]).
 //!
-//! Uploads whose copies go to the same peers form a lane. While a lane has [`IN_FLIGHT`]
-//! markers being pinned, further uploads queue, and the next marker names them all (at most
+//! Uploads whose copies go to the same peers form a lane. While a lane has a marker being
+//! pinned, further uploads queue, and the next marker names them all (at most
 //! [`PER_MARKER`]); a lone upload gets its marker at once, as before. Each upload holds a
 //! [`Member`] of its group: the last one to finish unpins the marker. An upload that ends in a
 //! state the sweeper must settle, or whose caller gave up (the member is dropped unsettled),
@@ -14,13 +14,16 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::coalesce::{Coalescer, IN_FLIGHT, Sender, Unanswered};
+use super::coalesce::{Coalescer, Sender, Unanswered};
 use crate::chain::RecordId;
 use crate::ipfs::markers::Marker;
 use crate::ipfs::{IpfsError, Placement, Replicas};
 
 /// Records one marker names at most.
 const PER_MARKER: usize = 64;
+/// Markers of one lane being pinned at once: while one is, the uploads that arrive queue for
+/// the next (Kubo pins one at a time anyway).
+const IN_FLIGHT: usize = 1;
 /// How long an upload waits for its marker, from the moment it queues.
 const MARKER_DEADLINE: Duration = Duration::from_secs(60);
 
@@ -162,6 +165,7 @@ fn lane(ipfs: Replicas, start: usize) -> Coalescer<RecordId, Member, IpfsError> 
             let names: Vec<String> = ids.iter().map(ToString::to_string).collect();
             let marker = Marker::group(&names, crate::clock::unix_now());
             let placement = ipfs.place(&marker, start as u64).await?;
+            tracing::debug!(records = ids.len(), "upload marker pinned");
             let group = Arc::new(Group {
                 ipfs,
                 cid: placement.marker.clone(),

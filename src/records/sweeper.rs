@@ -17,7 +17,9 @@
 //!   have deleted the shares, nobody can ever read the record, so its ciphertext is unpinned;
 //! - otherwise (a node does not answer, or the upload may still be running) it waits.
 //!
-//! The marker is unpinned once each of its records is settled one way or the other.
+//! The marker is unpinned once each of its records is settled one way or the other; while
+//! some wait, it is replaced by one naming only those (so one upload cut off does not keep
+//! its finished neighbours counted as pending).
 //!
 //! A minority of lying nodes cannot make it drop a record: unpinning needs all of them to say
 //! the record is not anchored, and a record acknowledged to its uploader is anchored at k.
@@ -28,7 +30,7 @@ use futures::future::join_all;
 
 use super::client::ShareNodeRef;
 use crate::chain::RecordId;
-use crate::ipfs::markers::pending_on;
+use crate::ipfs::markers::{Marker, pending_on};
 use crate::ipfs::{IpfsError, KuboClient, Replicas};
 use crate::share_node::{AnchorBody, NodeClient};
 
@@ -71,7 +73,7 @@ impl SweepSettings {
 /// What one sweep did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct SweepReport {
-    /// Uploads whose proof now sits at every node (markers unpinned).
+    /// Uploads whose proof now sits at every node (no marker names them any more).
     pub finished: usize,
     /// Abandoned uploads whose ciphertext was unpinned.
     pub collected: usize,
@@ -169,7 +171,8 @@ impl UploadSweeper {
             .map_or(0, |d| d.as_secs());
         for marker in pending_on(ipfs).await? {
             let old = now.saturating_sub(marker.created) >= self.settings.orphan_ttl.as_secs();
-            let (mut finished, mut collected, mut waiting) = (0, 0, 0);
+            let (mut finished, mut collected) = (0, 0);
+            let mut waiting = Vec::new();
             for record in &marker.records {
                 let Ok(id) = record.parse::<RecordId>() else {
                     tracing::warn!("marker {} names {record:?}, not a record id", marker.cid);
@@ -188,16 +191,23 @@ impl UploadSweeper {
                         }
                         collected += 1;
                     }
-                    _ => waiting += 1,
+                    _ => waiting.push(record.clone()),
                 }
             }
-            if waiting == 0 {
+            if waiting.is_empty() {
                 ipfs.unpin(&marker.cid).await?;
-                report.finished += finished;
-                report.collected += collected;
-            } else {
-                report.waiting += waiting;
+            } else if finished + collected > 0 {
+                // A marker naming only the records still waiting, then this one unpinned: the
+                // settled ones stop counting as pending (the replica repair copies them again)
+                // and are not asked about on every pass. A crash in between leaves both,
+                // and the next pass settles the same records again.
+                let rest = Marker::group(&waiting, marker.created);
+                ipfs.add_bytes_named(rest.content, &rest.name).await?;
+                ipfs.unpin(&marker.cid).await?;
             }
+            report.finished += finished;
+            report.collected += collected;
+            report.waiting += waiting.len();
         }
         Ok(())
     }
