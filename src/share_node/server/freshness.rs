@@ -26,6 +26,9 @@ const RECHECK: Duration = Duration::from_millis(500);
 #[derive(Debug, Default)]
 pub(super) struct ChainView {
     last: Mutex<Option<(Head, Instant)>>,
+    /// One request asks for the head at a time; those that arrive meanwhile take its answer
+    /// (a burst of requests after a quiet half second costs one call, not one each).
+    asking: tokio::sync::Mutex<()>,
 }
 
 /// Why a node will not judge now.
@@ -57,24 +60,51 @@ impl ChainView {
         now: u64,
         again: bool,
     ) -> Result<(Head, bool), Stale> {
-        let known = *self
-            .last
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.check_with(|| chain.head(), max, now, again).await
+    }
+
+    /// [`Self::check`] with the head asked by `ask`.
+    async fn check_with<F, Fut>(
+        &self,
+        ask: F,
+        max: Duration,
+        now: u64,
+        again: bool,
+    ) -> Result<(Head, bool), Stale>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<Head, ChainError>>,
+    {
+        let known = self.remembered();
         let (head, remembered) = match known {
             Some((head, at)) if !again && at.elapsed() < RECHECK => (head, true),
             _ => {
-                let head = chain.head().await?;
-                *self
-                    .last
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner) =
-                    Some((head, Instant::now()));
-                (head, false)
+                let wanted = Instant::now();
+                let _one = self.asking.lock().await;
+                match self.remembered() {
+                    // Asked by another request after this one wanted it: as new as needed.
+                    Some((head, at)) if at >= wanted => (head, false),
+                    _ => {
+                        let head = ask().await?;
+                        *self
+                            .last
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner) =
+                            Some((head, Instant::now()));
+                        (head, false)
+                    }
+                }
             }
         };
         fresh(head.time, now, max)?;
         Ok((head, remembered))
+    }
+
+    fn remembered(&self) -> Option<(Head, Instant)> {
+        *self
+            .last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -94,6 +124,52 @@ fn fresh(head: u64, now: u64, max: Duration) -> Result<(), Stale> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Forty requests arrive together when the remembered head is stale: one asks the chain,
+    /// the others wait for its answer; a request that wants the head again after that answer
+    /// asks anew.
+    #[tokio::test]
+    async fn requests_that_arrive_together_ask_for_the_head_once() {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let view = Arc::new(ChainView::default());
+        let asked = Arc::new(AtomicUsize::new(0));
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let head = Head {
+            number: 7,
+            time: 1000,
+        };
+        let check = |again: bool| {
+            let (view, asked, gate) = (view.clone(), asked.clone(), gate.clone());
+            tokio::spawn(async move {
+                view.check_with(
+                    || async move {
+                        asked.fetch_add(1, Ordering::SeqCst);
+                        gate.acquire().await.unwrap().forget();
+                        Ok(head)
+                    },
+                    Duration::from_secs(30),
+                    1010,
+                    again,
+                )
+                .await
+                .map(|(h, remembered)| (h.number, remembered))
+                .map_err(|e| e.to_string())
+            })
+        };
+        let burst: Vec<_> = (0..40).map(|_| check(false)).collect();
+        for _ in 0..1000 {
+            tokio::task::yield_now().await;
+        }
+        gate.add_permits(100);
+        for h in burst {
+            assert_eq!(h.await.unwrap(), Ok((7, false)));
+        }
+        assert_eq!(asked.load(Ordering::SeqCst), 1, "one call for the burst");
+        assert_eq!(check(false).await.unwrap(), Ok((7, true)), "remembered");
+        assert_eq!(check(true).await.unwrap(), Ok((7, false)));
+        assert_eq!(asked.load(Ordering::SeqCst), 2, "asked again when told to");
+    }
 
     #[test]
     fn a_head_older_than_the_bound_is_stale_and_one_ahead_is_not() {
