@@ -200,27 +200,23 @@ async fn read(http: &reqwest::Client, gw: &str, token: &str, id: &str) -> Result
 
 async fn listed(http: &reqwest::Client, gw: &str, patient: &str) -> anyhow::Result<Vec<String>> {
     let mut out = Vec::new();
+    let mut next: Option<String> = None;
     loop {
-        let v: Value = http
-            .get(format!(
-                "{gw}/api/patients/{patient}/records?limit=200&offset={}",
-                out.len()
-            ))
-            .send()
-            .await?
-            .json()
-            .await?;
-        let page: Vec<String> = v["records"]
-            .as_array()
-            .ok_or_else(|| anyhow::anyhow!("no records list: {v}"))?
-            .iter()
-            .filter_map(|r| r["id"].as_str().map(str::to_owned))
-            .collect();
-        let total = v["total"].as_u64().unwrap_or(0) as usize;
-        let empty = page.is_empty();
-        out.extend(page);
-        if empty || out.len() >= total {
-            return Ok(out);
+        let mut url = format!("{gw}/api/patients/{patient}/records?limit=200");
+        if let Some(n) = &next {
+            url.push_str(&format!("&before={n}"));
+        }
+        let v: Value = http.get(url).send().await?.json().await?;
+        out.extend(
+            v["records"]
+                .as_array()
+                .ok_or_else(|| anyhow::anyhow!("no records list: {v}"))?
+                .iter()
+                .filter_map(|r| r["id"].as_str().map(str::to_owned)),
+        );
+        match v["next"].as_str() {
+            Some(n) => next = Some(n.to_owned()),
+            None => return Ok(out),
         }
     }
 }

@@ -177,6 +177,20 @@ async fn bad_input_gets_a_clear_4xx() {
         ),
         400
     );
+    // A patient's records: a cursor that is not one, or an offset beyond what is skipped.
+    for q in ["before=junk", "before=12-0xzz", "offset=10001"] {
+        let r = http
+            .get(format!("{url}/api/patients/1-2/records?{q}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{q}");
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert!(
+            body["error"].as_str().is_some_and(|e| !e.is_empty()),
+            "{q}: {body}"
+        );
+    }
     assert_eq!(
         status(
             http.post(format!("{url}/api/providers"))

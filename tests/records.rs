@@ -685,6 +685,20 @@ async fn uploads_close_together_share_one_anchor() {
         newest.iter().map(|r| r.record).collect::<Vec<_>>(),
         mine.iter().rev().take(3).copied().collect::<Vec<_>>()
     );
+    // The same by pages of one, each going on from the `next` of the page before.
+    let mut paged = Vec::new();
+    let mut before = None;
+    loop {
+        let page = c.directory().page(*addr, before, 1).await.unwrap();
+        assert_eq!(page.total, 4);
+        paged.extend(page.records.iter().map(|r| r.record));
+        match page.next {
+            Some(next) => before = Some(next),
+            None => break,
+        }
+        assert!(paged.len() <= 4, "the listing goes on: {paged:?}");
+    }
+    assert_eq!(paged, mine.iter().rev().copied().collect::<Vec<_>>());
     assert!(roots.len() <= 2, "{} roots for 8 uploads", roots.len());
     let anchors: Vec<_> = office
         .audit_all(0, usize::MAX)

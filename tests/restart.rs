@@ -160,18 +160,32 @@ async fn read(gw: &str, id: &str) -> Vec<u8> {
 /// The ids of patient 1-1001's records, as the gateway lists them (from the share nodes,
 /// proofs checked against the chain).
 async fn listed(gw: &str) -> Vec<String> {
-    let listed: Value = reqwest::get(format!("{gw}/api/patients/1-1001/records?limit=200"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    listed["records"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|e| e["id"].as_str().map(str::to_owned))
-        .collect()
+    let mut out = Vec::new();
+    let mut next: Option<String> = None;
+    // Pages of two, each from the `next` of the one before.
+    for _ in 0..100 {
+        let mut url = format!("{gw}/api/patients/1-1001/records?limit=2");
+        if let Some(n) = &next {
+            url.push_str(&format!("&before={n}"));
+        }
+        let page: Value = reqwest::get(url).await.unwrap().json().await.unwrap();
+        out.extend(
+            page["records"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(|e| e["id"].as_str().map(str::to_owned)),
+        );
+        match page["next"].as_str() {
+            Some(n) => next = Some(n.to_owned()),
+            None => {
+                let unique: std::collections::HashSet<&String> = out.iter().collect();
+                assert_eq!(unique.len(), out.len(), "listed twice: {out:?}");
+                return out;
+            }
+        }
+    }
+    panic!("the listing never ended: {out:?}");
 }
 
 /// Waits until the chain's state file holds every block the chain at `rpc` has now (`ehr dev`

@@ -11,6 +11,8 @@ use serde_json::{Value, json};
 
 use super::{ApiError, AppState};
 use crate::chain::{EhrChain, EmergencyReason, PatientAddr, RecordId, TxOutcome};
+use crate::records::ListCursor;
+use crate::share_node::PAGE;
 
 /// The contract client signing as the caller (from `Authorization: Bearer <token>`).
 pub(super) struct Actor(pub(super) EhrChain);
@@ -233,29 +235,79 @@ pub(super) async fn requests(
     Ok(Json(json!({ "requests": r })))
 }
 
+/// Paging of a patient's records: newest first, by cursor.
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(super) struct RecordsPaging {
+    /// Where to go on: the `next` of the page before (absent: the newest records).
+    before: Option<String>,
+    /// Records to skip after `before` (at most 10,000; paging by `before` costs nothing).
+    #[serde(default)]
+    offset: u64,
+    /// How many (1 to 200; 50 by default).
+    #[serde(default = "default_limit")]
+    #[param(minimum = 1, maximum = 200)]
+    limit: u64,
+}
+
+/// How many records `offset` may skip (each skipped page is read from every node).
+const MAX_RECORDS_OFFSET: u64 = 10_000;
+
 #[utoipa::path(
     get,
     path = "/api/patients/{addr}/records",
     tag = "records",
-    summary = "List a patient's anchored records (from the share nodes; each with its proof to an anchored root)",
-    params(("addr" = String, Path, description = "patient address AID-PID", example = "1-1001"), Page),
-    responses((status = 200, description = "records and their total", content_type = "application/json"), (status = 400, description = "bad input", body = ErrorBody), (status = 503, description = "a backing service is unavailable", body = ErrorBody))
+    summary = "List a patient's anchored records, newest first (from the share nodes; each with its proof to an anchored root); page on with `before` = the answer's `next`",
+    params(("addr" = String, Path, description = "patient address AID-PID", example = "1-1001"), RecordsPaging),
+    responses((status = 200, description = "records, about how many there are, and the cursor of the next page (null after the last)", content_type = "application/json"), (status = 400, description = "bad input", body = ErrorBody), (status = 503, description = "a backing service is unavailable", body = ErrorBody))
 )]
 pub(super) async fn records(
     State(state): State<AppState>,
     Path(p): Path<String>,
-    Query(page): Query<Page>,
+    Query(q): Query<RecordsPaging>,
 ) -> Result<Json<Value>, ApiError> {
-    let (o, l) = page.checked()?;
+    let (offset, limit) = Page {
+        offset: q.offset,
+        limit: q.limit,
+    }
+    .checked()?;
+    if offset > MAX_RECORDS_OFFSET {
+        return Err(ApiError::bad_request(format!(
+            "offset must be at most {MAX_RECORDS_OFFSET}; page with before=<next> instead"
+        )));
+    }
+    let mut before = q
+        .before
+        .as_deref()
+        .map(str::parse::<ListCursor>)
+        .transpose()
+        .map_err(ApiError::bad_request)?;
     let cfg = state
         .records()
         .ok_or_else(|| ApiError::unavailable("no share nodes configured on this gateway".into()))?;
     let dir = cfg.directory(deployed(&state)?.clone(), state.http().clone());
-    let all = dir.list(patient(&p)?).await?;
-    let out: Vec<Value> = all
+    let patient = patient(&p)?;
+    // Whole pages skipped, then the page asked for, cut to `limit` (its `next` then the last
+    // record kept).
+    let mut skip = usize::try_from(offset).unwrap_or(usize::MAX);
+    let limit = usize::try_from(limit).unwrap_or(1);
+    let page = loop {
+        let mut page = dir.page(patient, before, (skip + limit).min(PAGE)).await?;
+        if skip >= page.records.len() && page.next.is_some() && !page.records.is_empty() {
+            skip -= page.records.len();
+            before = page.next;
+            continue;
+        }
+        page.records.drain(..skip.min(page.records.len()));
+        if page.records.len() > limit {
+            page.records.truncate(limit);
+            page.next = page.records.last().map(ListCursor::of);
+        }
+        break page;
+    };
+    let out: Vec<Value> = page
+        .records
         .iter()
-        .skip(usize::try_from(o).unwrap_or(usize::MAX))
-        .take(usize::try_from(l).unwrap_or(usize::MAX))
         .map(|r| {
             json!({
                 "id": r.record, "patient": r.proof.patient, "author": r.proof.author,
@@ -264,7 +316,11 @@ pub(super) async fn records(
             })
         })
         .collect();
-    Ok(Json(json!({ "records": out, "total": all.len() })))
+    Ok(Json(json!({
+        "records": out,
+        "total": page.total,
+        "next": page.next.map(|c| c.to_string()),
+    })))
 }
 
 #[utoipa::path(

@@ -38,6 +38,60 @@ impl Roots {
     }
 }
 
+/// How far apart two honest nodes' times for one record may be (each stores its share when
+/// the deposit reaches it; an uploader gives each node 20 s): a page by time asks each node
+/// for this much more than the cursor, and keeps only what every node's answer surely covers.
+const NODE_SKEW_SECS: u64 = 30;
+
+/// Where a listing by time goes on: the time and id of the last record of the page before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListCursor {
+    /// The record's time (the lower median of the nodes' times).
+    pub time: u64,
+    /// Its id (breaks ties within a second).
+    pub record: RecordId,
+}
+
+impl std::fmt::Display for ListCursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.time, self.record)
+    }
+}
+
+impl std::str::FromStr for ListCursor {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || format!("{s:?} is not a listing cursor (the `next` of a page)");
+        let (time, record) = s.split_once('-').ok_or_else(bad)?;
+        Ok(Self {
+            time: time.parse().map_err(|_| bad())?,
+            record: record.parse().map_err(|_| bad())?,
+        })
+    }
+}
+
+impl ListCursor {
+    /// The cursor just past `r`.
+    pub fn of(r: &AnchoredRecord) -> Self {
+        Self {
+            time: r.stored_at,
+            record: r.record,
+        }
+    }
+}
+
+/// One page of a patient's records, newest first.
+#[derive(Debug, Clone)]
+pub struct RecordsPage {
+    /// The records, newest first.
+    pub records: Vec<AnchoredRecord>,
+    /// About how many the patient has (as [`Directory::newest`]).
+    pub total: u64,
+    /// Where the next page starts; `None` after the last.
+    pub next: Option<ListCursor>,
+}
+
 /// Locates records and lists a patient's, asking the share nodes and checking their proofs
 /// against the chain.
 #[derive(Debug, Clone)]
@@ -237,6 +291,175 @@ impl Directory {
     }
 }
 
+impl Directory {
+    /// A page of the patient's anchored records, newest first, from `before` on (the `next` of
+    /// the page before; `None`: the newest), at most `limit` (up to [`PAGE`]).
+    ///
+    /// Each node is asked for its newest records stored up to [`NODE_SKEW_SECS`] after the
+    /// cursor (a range of its time index). A record counts as in [`Self::newest`] (k nodes,
+    /// proof, anchored root), and is kept when it comes before the cursor and, if a node's
+    /// answer was cut off by the limit, is newer than that answer's oldest record by more than
+    /// the skew: then every node's answer holds it, and a record left out now comes on a later
+    /// page. Pages thus never skip a record the nodes agree on, as long as honest nodes stored
+    /// it within the skew of each other. Where more than [`PAGE`] records of one patient fall
+    /// within one skew, each node is asked exactly below the cursor instead.
+    ///
+    /// # Errors
+    /// Chain errors.
+    pub async fn page(
+        &self,
+        patient: PatientAddr,
+        before: Option<ListCursor>,
+        limit: usize,
+    ) -> Result<RecordsPage, RecordError> {
+        let limit = limit.clamp(1, PAGE);
+        in_rounds(
+            limit,
+            |ask, sure| self.page_asking(patient, before, limit, ask, sure),
+            |p: &RecordsPage| !p.records.is_empty() || p.next.is_none(),
+        )
+        .await
+    }
+
+    async fn page_asking(
+        &self,
+        patient: PatientAddr,
+        before: Option<ListCursor>,
+        limit: usize,
+        ask: usize,
+        sure: bool,
+    ) -> Result<RecordsPage, RecordError> {
+        // Sure: up to the skew after the cursor, so every node's copy of a record before it
+        // is in reach. Not sure (a window too dense for that): exactly below the cursor on
+        // each node, which always goes on.
+        let until = before.map(|c| {
+            if sure {
+                (c.time.saturating_add(NODE_SKEW_SECS), None)
+            } else {
+                (c.time, Some(c.record))
+            }
+        });
+        let answers =
+            futures::future::join_all(self.nodes.iter().map(|node| async move {
+                self.client(node).newest_until(patient, ask, until).await
+            }))
+            .await;
+        let mut totals = Vec::new();
+        let mut tally = Tally::new(patient);
+        // The oldest time a cut-off answer reached (the newest such, over the nodes).
+        let mut covered_after: Option<u64> = None;
+        for (node, a) in self.nodes.iter().zip(answers) {
+            match a {
+                Ok(mut a) => {
+                    totals.push(a.total);
+                    a.records.truncate(ask);
+                    if a.records.len() == ask {
+                        let oldest = a.records.iter().map(|r| r.stored_at).min().unwrap_or(0);
+                        covered_after = Some(covered_after.map_or(oldest, |c| c.max(oldest)));
+                    }
+                    tally.add(a.records);
+                }
+                Err(e) => tracing::warn!("share node {} did not list: {e}", node.url),
+            }
+        }
+        totals.sort_unstable_by(|a, b| b.cmp(a));
+        let total = totals
+            .get(usize::from(self.k).saturating_sub(1))
+            .copied()
+            .unwrap_or(0);
+        let agreed = tally.agreed(&self.chain, self.k).await?;
+        let (out, next) = select(
+            agreed,
+            |r| (r.stored_at, r.record),
+            before,
+            covered_after,
+            sure,
+            limit,
+        );
+        Ok(RecordsPage {
+            records: out,
+            total,
+            next,
+        })
+    }
+}
+
+/// A page in up to three rounds of asking the nodes (`round(ask, sure)`): for a little more
+/// than `limit` each; when that surely covered nothing while more is there (`done` is false),
+/// for as much as a node gives; when that did not either (more than [`PAGE`] records within
+/// one skew), exactly below the cursor, which always goes on.
+async fn in_rounds<P, E, F, Fut>(
+    limit: usize,
+    mut round: F,
+    done: impl Fn(&P) -> bool,
+) -> Result<P, E>
+where
+    F: FnMut(usize, bool) -> Fut,
+    Fut: std::future::Future<Output = Result<P, E>>,
+{
+    let page = round((limit + NEWEST_SLACK * 2).min(PAGE), true).await?;
+    if done(&page) {
+        return Ok(page);
+    }
+    let page = round(PAGE, true).await?;
+    if done(&page) {
+        return Ok(page);
+    }
+    tracing::warn!("listing: more than {PAGE} records within {NODE_SKEW_SECS} s");
+    round(PAGE, false).await
+}
+
+/// A page from the records the nodes agree on (`agreed`, each keyed by its time and id):
+/// those before `before`, newest first, at most `limit`; when some node's answer was cut off
+/// at `covered_after` (its oldest time) and `sure`, only those newer than that by more than
+/// the skew. Also where the next page starts: `None` when no node had more and nothing was
+/// left out; `Some` with nothing on the page when nothing was surely covered (the caller then
+/// asks for more).
+fn select<T>(
+    agreed: Vec<T>,
+    key: impl Fn(&T) -> (u64, RecordId),
+    before: Option<ListCursor>,
+    covered_after: Option<u64>,
+    sure: bool,
+    limit: usize,
+) -> (Vec<T>, Option<ListCursor>) {
+    let order = |r: &T| {
+        let (t, id) = key(r);
+        (t, id.0)
+    };
+    let mut out: Vec<T> = agreed
+        .into_iter()
+        .filter(|r| before.is_none_or(|c| order(r) < (c.time, c.record.0)))
+        .collect();
+    let found = out.len();
+    if let (Some(after), true) = (covered_after, sure) {
+        out.retain(|r| key(r).0 > after.saturating_add(NODE_SKEW_SECS));
+    }
+    // Some node had more than it gave, or more than `limit` are left: older records follow.
+    let more = covered_after.is_some() || out.len() > limit;
+    out.sort_by_key(|r| std::cmp::Reverse(order(r)));
+    out.truncate(limit);
+    // An empty page goes on only while a round may still ask for more (`sure`); after the last
+    // round it ends the listing, whatever a node claims to hold.
+    let next = if more && (found > 0 || sure) {
+        Some(out.last().map_or_else(
+            || {
+                before.unwrap_or(ListCursor {
+                    time: u64::MAX,
+                    record: RecordId(B256::repeat_byte(0xff)),
+                })
+            },
+            |r| {
+                let (time, record) = key(r);
+                ListCursor { time, record }
+            },
+        ))
+    } else {
+        None
+    };
+    (out, next)
+}
+
 /// The records the nodes list, counted per node list as it comes: of them, those at least k
 /// nodes name with the same leaf and root, each checked (its patient, its id from its leaf,
 /// its proof) and its root anchored on chain. One node cannot make a record up, nor hide one
@@ -286,5 +509,160 @@ impl Tally {
             }
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cmp::Reverse;
+
+    #[test]
+    fn cursors_round_trip_and_junk_is_refused() {
+        let c = ListCursor {
+            time: 1_795_785_116,
+            record: RecordId(B256::repeat_byte(0xab)),
+        };
+        assert_eq!(c.to_string().parse::<ListCursor>(), Ok(c));
+        assert!("12".parse::<ListCursor>().is_err());
+        assert!("x-0xab".parse::<ListCursor>().is_err());
+        assert!("12-0xzz".parse::<ListCursor>().is_err());
+    }
+
+    /// Nodes as lists of (time stored there, record): what `newest_until` answers, and the
+    /// pages `in_rounds` and `select` make of the answers (a record counts when `k` nodes
+    /// list it, at the lower median of their times).
+    struct Nodes {
+        held: Vec<Vec<(u64, RecordId)>>,
+        k: usize,
+    }
+
+    type Page = (Vec<(u64, RecordId)>, Option<ListCursor>);
+
+    impl Nodes {
+        fn answer(
+            &self,
+            node: usize,
+            ask: usize,
+            until: Option<(u64, Option<RecordId>)>,
+        ) -> Vec<(u64, RecordId)> {
+            let mut v: Vec<(u64, RecordId)> = self.held[node]
+                .iter()
+                .copied()
+                .filter(|(t, id)| match until {
+                    None => true,
+                    Some((u, None)) => *t <= u,
+                    Some((u, Some(b))) => (*t, id.0) < (u, b.0),
+                })
+                .collect();
+            v.sort_by_key(|(t, id)| Reverse((*t, id.0)));
+            v.truncate(ask);
+            v
+        }
+
+        fn round(&self, before: Option<ListCursor>, limit: usize, ask: usize, sure: bool) -> Page {
+            let until = before.map(|c| {
+                if sure {
+                    (c.time + NODE_SKEW_SECS, None)
+                } else {
+                    (c.time, Some(c.record))
+                }
+            });
+            let mut seen: HashMap<RecordId, Vec<u64>> = HashMap::new();
+            let mut covered_after: Option<u64> = None;
+            for node in 0..self.held.len() {
+                let a = self.answer(node, ask, until);
+                if a.len() == ask {
+                    let oldest = a.iter().map(|r| r.0).min().unwrap_or(0);
+                    covered_after = Some(covered_after.map_or(oldest, |c| c.max(oldest)));
+                }
+                for (t, id) in a {
+                    seen.entry(id).or_default().push(t);
+                }
+            }
+            let agreed = seen
+                .into_iter()
+                .filter(|(_, ts)| ts.len() >= self.k)
+                .map(|(id, mut ts)| {
+                    ts.sort_unstable();
+                    (ts[(ts.len() - 1) / 2], id)
+                })
+                .collect();
+            select(agreed, |r| *r, before, covered_after, sure, limit)
+        }
+
+        /// Every page from the newest on: the records in the order listed.
+        fn list(&self, limit: usize) -> Vec<(u64, RecordId)> {
+            let mut out = Vec::new();
+            let mut before = None;
+            for _ in 0..10_000 {
+                let page: Page = futures::executor::block_on(in_rounds(
+                    limit,
+                    |ask, sure| async move {
+                        Ok::<_, std::convert::Infallible>(self.round(before, limit, ask, sure))
+                    },
+                    |p: &Page| !p.0.is_empty() || p.1.is_none(),
+                ))
+                .unwrap();
+                assert!(page.0.len() <= limit);
+                out.extend(page.0);
+                match page.1 {
+                    Some(next) => before = Some(next),
+                    None => return out,
+                }
+            }
+            panic!("the listing never ended");
+        }
+    }
+
+    fn id(i: u64) -> RecordId {
+        let mut b = [0u8; 32];
+        b[..8].copy_from_slice(&i.wrapping_mul(0x9e37_79b9_7f4a_7c15).to_be_bytes());
+        RecordId(B256::from(b))
+    }
+
+    /// `count` records, `per_second` a second, each stored by three nodes up to `2 * jitter`
+    /// seconds apart (one node missed every tenth record); every record listed once, newest
+    /// first, at each page size of `limits`.
+    fn lists_each_record_once(count: u64, per_second: u64, jitter: u64, limits: &[usize]) {
+        let mut held = vec![Vec::new(); 3];
+        let mut expect = Vec::new();
+        for i in 0..count {
+            let base = 1_000_000 + i / per_second;
+            let mut times = Vec::new();
+            for (node, list) in held.iter_mut().enumerate() {
+                if node == 2 && i % 10 == 0 {
+                    continue;
+                }
+                let spread = (i * 7 + node as u64 * 13) % (2 * jitter + 1);
+                let t = base + spread - jitter;
+                times.push(t);
+                list.push((t, id(i)));
+            }
+            times.sort_unstable();
+            expect.push((times[(times.len() - 1) / 2], id(i)));
+        }
+        expect.sort_by_key(|(t, id)| Reverse((*t, id.0)));
+        let nodes = Nodes { held, k: 2 };
+        for &limit in limits {
+            assert_eq!(
+                nodes.list(limit),
+                expect,
+                "{count} records, {per_second}/s, page of {limit}"
+            );
+        }
+    }
+
+    #[test]
+    fn pages_by_time_list_each_record_once_newest_first() {
+        lists_each_record_once(1_200, 2, 12, &[7, 50, 200, 500]);
+        lists_each_record_once(300, 1, 12, &[1, 3]);
+    }
+
+    /// More than a node's page within one skew (1,100 records in 11 s): each node is asked
+    /// exactly below the cursor, and the listing still ends with every record once.
+    #[test]
+    fn a_window_denser_than_a_page_still_lists_every_record() {
+        lists_each_record_once(1_100, 100, 0, &[20, 500]);
     }
 }

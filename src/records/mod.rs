@@ -31,7 +31,7 @@ pub use client::{
     Anchoring, NodeFailure, RecordError, RecordsClient, Retrieved, ShareNodeRef, anchor_root,
 };
 pub use config::RecordsConfig;
-pub use directory::Directory;
+pub use directory::{Directory, ListCursor, RecordsPage};
 pub use fhir::{FHIR_JSON, validate_fhir};
 pub use node_health::NodeHealth;
 pub use read_cache::{DEFAULT_ACCESS_REUSE, MAX_ACCESS_REUSE, ReadCache};

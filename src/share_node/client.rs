@@ -265,7 +265,27 @@ impl NodeClient {
         patient: PatientAddr,
         limit: usize,
     ) -> Result<NewestRecords, NodeError> {
-        let url = self.url(&format!("/patients/{patient}/records/newest?limit={limit}"));
+        self.newest_until(patient, limit, None).await
+    }
+
+    /// [`Self::newest`] among the records stored on the node at or before `until` (unix
+    /// seconds and, with a record, below that record at that second; `None`: all).
+    ///
+    /// # Errors
+    /// See [`NodeError`].
+    pub async fn newest_until(
+        &self,
+        patient: PatientAddr,
+        limit: usize,
+        until: Option<(u64, Option<RecordId>)>,
+    ) -> Result<NewestRecords, NodeError> {
+        let mut url = self.url(&format!("/patients/{patient}/records/newest?limit={limit}"));
+        if let Some((u, before)) = until {
+            url.push_str(&format!("&until={u}"));
+            if let Some(b) = before {
+                url.push_str(&format!("&before={b}"));
+            }
+        }
         self.call(self.http.get(url)).await
     }
 }

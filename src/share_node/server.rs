@@ -13,8 +13,9 @@
 //!   for a provider with the block and time of the `AccessAllowed` event found in the receipt
 //!   the request names.
 //! - `GET /records/{record}`, `GET /patients/{aid-pid}/records`: the public part (proof, time)
-//!   of anchored records held here; `GET /patients/{aid-pid}/records/newest`: the newest of
-//!   them and their count.
+//!   of anchored records held here; `GET /patients/{aid-pid}/records/newest?until=&before=`:
+//!   the newest of them (stored at or before `until`, below record `before` at that time) and
+//!   their count.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -690,6 +691,10 @@ fn listed(rows: Vec<([u8; 32], PublicRecord)>) -> Vec<AnchoredRecord> {
 struct NewestQuery {
     /// At most this many (default 50, at most 500).
     limit: Option<usize>,
+    /// Only those stored here at or before this time (unix seconds).
+    until: Option<u64>,
+    /// With `until`: of those stored at `until`, only the ones whose id sorts below this.
+    before: Option<String>,
 }
 
 /// The newest anchored records of one patient held here (a range of the time index, however
@@ -706,10 +711,20 @@ async fn newest_records(
         .parse()
         .map_err(|_| bad(format!("{patient:?} is not a patient address (aid-pid)")))?;
     let limit = q.limit.unwrap_or(50).clamp(1, 500);
+    let before = match (&q.before, q.until) {
+        (None, _) => None,
+        (Some(b), Some(_)) => Some(
+            b.parse::<RecordId>()
+                .map_err(|_| bad(format!("before={b:?} is not a record id")))?
+                .0
+                .0,
+        ),
+        (Some(_), None) => return Err(bad("before= needs until=".to_owned())),
+    };
     let (rows, total) = n
         .cfg
         .store
-        .newest_of(patient.key(), limit)
+        .newest_until(patient.key(), q.until.unwrap_or(u64::MAX), before, limit)
         .map_err(internal)?;
     Ok(Json(NewestRecords {
         records: listed(rows),

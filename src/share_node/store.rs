@@ -823,14 +823,40 @@ impl ShareStore {
     /// # Errors
     /// Database errors.
     pub fn newest_of(&self, patient: u128, limit: usize) -> Result<(Listed, u64), StoreError> {
+        self.newest_until(patient, u64::MAX, None, limit)
+    }
+
+    /// [`Self::newest_of`] among those stored here at or before `until` (unix seconds), and
+    /// when `before` is given, of those stored at `until` only the ones whose id sorts below
+    /// it: the pages after the first of a listing by time.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub fn newest_until(
+        &self,
+        patient: u128,
+        until: u64,
+        before: Option<[u8; 32]>,
+        limit: usize,
+    ) -> Result<(Listed, u64), StoreError> {
+        use std::ops::Bound;
         self.guard(|| {
             let tx = self.handle()?.begin_read().map_err(db)?;
             let time = tx.open_table(BY_PATIENT_TIME).map_err(db)?;
             let by = tx.open_table(BY_PATIENT).map_err(db)?;
             let first = time_key(patient, 0, &[0; 32]);
-            let last = time_key(patient, u64::MAX, &[0xff; 32]);
+            let last = time_key(patient, until, &before.unwrap_or([0xff; 32]));
+            let end = if before.is_some() {
+                Bound::Excluded(&last)
+            } else {
+                Bound::Included(&last)
+            };
             let mut out = Vec::new();
-            for item in time.range::<&[u8; 56]>(&first..=&last).map_err(db)?.rev() {
+            for item in time
+                .range::<&[u8; 56]>((Bound::Included(&first), end))
+                .map_err(db)?
+                .rev()
+            {
                 if out.len() >= limit {
                     break;
                 }

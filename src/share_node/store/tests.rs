@@ -544,6 +544,22 @@ fn the_newest_records_of_a_patient_are_a_range_read_at_any_count_and_old_stores_
         );
         assert_eq!(s.newest_of(2, 50).unwrap().1, 1);
         assert_eq!(s.newest_of(3, 50).unwrap(), (vec![], 0));
+        // A later page: those stored at or before a time, newest first.
+        let (page, total) = s.newest_until(1, 1_000 + 5_000, None, 3).unwrap();
+        assert_eq!(total, n);
+        assert_eq!(
+            page.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
+            vec![id_of(5_000), id_of(4_999), id_of(4_998)]
+        );
+        assert!(s.newest_until(1, 999, None, 3).unwrap().0.is_empty());
+        // Below a record stored at that time: the ones before it.
+        let (page, _) = s
+            .newest_until(1, 1_000 + 5_000, Some(id_of(5_000)), 2)
+            .unwrap();
+        assert_eq!(
+            page.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
+            vec![id_of(4_999), id_of(4_998)]
+        );
     };
     check(&s);
     // A store written before the time index: it is built when the store opens.
