@@ -699,6 +699,24 @@ async fn uploads_close_together_share_one_anchor() {
         assert!(paged.len() <= 4, "the listing goes on: {paged:?}");
     }
     assert_eq!(paged, mine.iter().rev().copied().collect::<Vec<_>>());
+    // With one of the three nodes gone, fewer than k answer: an error, not an empty list.
+    let mut gone = refs.clone();
+    gone[2].url = format!("http://127.0.0.1:{}", free_port().unwrap());
+    let err = common::nodes::client(&office, patient, &gone)
+        .directory()
+        .page(*addr, None, 10)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            RecordError::NotEnoughListings {
+                answered: 2,
+                needed: 3
+            }
+        ),
+        "{err}"
+    );
     assert!(roots.len() <= 2, "{} roots for 8 uploads", roots.len());
     let anchors: Vec<_> = office
         .audit_all(0, usize::MAX)
@@ -889,6 +907,27 @@ async fn one_lying_node_cannot_add_or_hide_a_record() {
         newest[0].stored_at > 1_000_000_000,
         "the liar's date was taken: {}",
         newest[0].stored_at
+    );
+    // Paged by time: the liar's made-up and backdated records change nothing, and the page
+    // after the only record is empty and the last.
+    let page = c.directory().page(addr, None, 10).await.unwrap();
+    assert_eq!(
+        page.records.iter().map(|r| r.record).collect::<Vec<_>>(),
+        vec![real]
+    );
+    assert!(page.next.is_none(), "{:?}", page.next);
+    let after = c
+        .directory()
+        .page(
+            addr,
+            Some(ehr_share::records::ListCursor::of(&page.records[0])),
+            10,
+        )
+        .await
+        .unwrap();
+    assert!(
+        after.records.is_empty() && after.next.is_none(),
+        "{after:?}"
     );
     let found = c.directory().locate(real).await.unwrap();
     assert_eq!(found.proof.digest, real_proof.digest, "the liar's copy won");

@@ -163,7 +163,7 @@ async fn listed(gw: &str) -> Vec<String> {
     let mut out = Vec::new();
     let mut next: Option<String> = None;
     // Pages of two, each from the `next` of the one before.
-    for _ in 0..100 {
+    for _ in 0..10_000 {
         let mut url = format!("{gw}/api/patients/1-1001/records?limit=2");
         if let Some(n) = &next {
             url.push_str(&format!("&before={n}"));

@@ -241,7 +241,8 @@ pub(super) async fn requests(
 pub(super) struct RecordsPaging {
     /// Where to go on: the `next` of the page before (absent: the newest records).
     before: Option<String>,
-    /// Records to skip after `before` (at most 10,000; paging by `before` costs nothing).
+    /// Records to skip after `before` (at most 2,000; each skipped page is read from every
+    /// share node: page with `before` instead).
     #[serde(default)]
     offset: u64,
     /// How many (1 to 200; 50 by default).
@@ -251,7 +252,9 @@ pub(super) struct RecordsPaging {
 }
 
 /// How many records `offset` may skip (each skipped page is read from every node).
-const MAX_RECORDS_OFFSET: u64 = 10_000;
+const MAX_RECORDS_OFFSET: u64 = 2_000;
+/// Pages read for one answer at most (short pages, from a lying node, end it sooner).
+const MAX_SKIPPED_PAGES: usize = 16;
 
 #[utoipa::path(
     get,
@@ -291,9 +294,16 @@ pub(super) async fn records(
     // record kept).
     let mut skip = usize::try_from(offset).unwrap_or(usize::MAX);
     let limit = usize::try_from(limit).unwrap_or(1);
+    let mut pages = 0;
     let page = loop {
         let mut page = dir.page(patient, before, (skip + limit).min(PAGE)).await?;
+        pages += 1;
         if skip >= page.records.len() && page.next.is_some() && !page.records.is_empty() {
+            if pages >= MAX_SKIPPED_PAGES {
+                return Err(ApiError::unavailable(format!(
+                    "offset {offset} took more than {MAX_SKIPPED_PAGES} pages to skip; page with before=<next> instead"
+                )));
+            }
             skip -= page.records.len();
             before = page.next;
             continue;

@@ -74,6 +74,15 @@ pub enum RecordError {
         /// Each node that failed, and why.
         failures: Vec<NodeFailure>,
     },
+    /// Fewer than k share nodes answered a listing: what they hold cannot be told apart from
+    /// what one of them makes up, nor can it be complete.
+    #[error("only {answered} share nodes answered the listing, {needed} needed")]
+    NotEnoughListings {
+        /// Nodes that answered.
+        answered: usize,
+        /// Threshold.
+        needed: usize,
+    },
     /// Fewer than k nodes stored their share; nothing was anchored and the ciphertext was unpinned.
     #[error(
         "only {stored} share nodes stored their share, {needed} needed; the upload was rolled back; {}",
@@ -147,6 +156,7 @@ impl crate::kind::Classify for RecordError {
             Self::Denied(..) => K::Denied,
             Self::InvalidFhir(_) => K::BadInput,
             Self::NotEnoughShares { .. }
+            | Self::NotEnoughListings { .. }
             | Self::NotEnoughAcks { .. }
             | Self::NotEnoughProofs { .. }
             | Self::CiphertextMissing { .. }
@@ -185,6 +195,9 @@ impl crate::kind::Classify for RecordError {
             Self::Anchoring(_) => "anchoring on the chain did not complete; the upload was not acknowledged, upload it again".to_owned(),
             Self::NotAnchored(_) => "anchoring on the chain failed; nothing was stored".to_owned(),
             Self::Config(_) => "the records service is not configured right; it is logged for the operators".to_owned(),
+            Self::NotEnoughListings { answered, needed } => format!(
+                "only {answered} share nodes answered, {needed} needed to list records; try again shortly"
+            ),
             Self::DigestMismatch(_) | Self::Decrypt(..) => {
                 "the record failed its integrity check and is not shown; it is logged for the operators".to_owned()
             }

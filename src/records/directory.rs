@@ -301,11 +301,19 @@ impl Directory {
     /// answer was cut off by the limit, is newer than that answer's oldest record by more than
     /// the skew: then every node's answer holds it, and a record left out now comes on a later
     /// page. Pages thus never skip a record the nodes agree on, as long as honest nodes stored
-    /// it within the skew of each other. Where more than [`PAGE`] records of one patient fall
-    /// within one skew, each node is asked exactly below the cursor instead.
+    /// it within the skew of each other and the same nodes answer every page. Where more than
+    /// [`PAGE`] records of one patient fall within one skew, each node is asked exactly below
+    /// the cursor instead, by its own time.
+    ///
+    /// Known limits: a record's time is the median of the nodes that answer, so a node that
+    /// fails or comes back between two pages can move a record across the cursor (listed
+    /// twice, or left out of the listing); below the cursor by each node's own time, a record
+    /// whose copies straddle the cursor may be left out; a lying node can make pages short
+    /// (one record) by claiming times that cut its answer off. [`Self::newest`] (the web
+    /// pages) is not affected.
     ///
     /// # Errors
-    /// Chain errors.
+    /// [`RecordError::NotEnoughListings`] when fewer than k nodes answer; chain errors.
     pub async fn page(
         &self,
         patient: PatientAddr,
@@ -348,11 +356,21 @@ impl Directory {
         let mut tally = Tally::new(patient);
         // The oldest time a cut-off answer reached (the newest such, over the nodes).
         let mut covered_after: Option<u64> = None;
+        let bound = until.map(|(u, _)| u);
         for (node, a) in self.nodes.iter().zip(answers) {
             match a {
-                Ok(mut a) => {
+                // An answer beyond what was asked (more records, or later than `until`) is a
+                // faulty node's: it does not count, nor does it bound what the page covers.
+                Ok(a)
+                    if a.records.len() > ask
+                        || a.records
+                            .iter()
+                            .any(|r| bound.is_some_and(|u| r.stored_at > u)) =>
+                {
+                    tracing::warn!("share node {} listed beyond what was asked", node.url);
+                }
+                Ok(a) => {
                     totals.push(a.total);
-                    a.records.truncate(ask);
                     if a.records.len() == ask {
                         let oldest = a.records.iter().map(|r| r.stored_at).min().unwrap_or(0);
                         covered_after = Some(covered_after.map_or(oldest, |c| c.max(oldest)));
@@ -361,6 +379,12 @@ impl Directory {
                 }
                 Err(e) => tracing::warn!("share node {} did not list: {e}", node.url),
             }
+        }
+        if totals.len() < usize::from(self.k) {
+            return Err(RecordError::NotEnoughListings {
+                answered: totals.len(),
+                needed: usize::from(self.k),
+            });
         }
         totals.sort_unstable_by(|a, b| b.cmp(a));
         let total = totals
@@ -397,13 +421,16 @@ where
     F: FnMut(usize, bool) -> Fut,
     Fut: std::future::Future<Output = Result<P, E>>,
 {
-    let page = round((limit + NEWEST_SLACK * 2).min(PAGE), true).await?;
+    let first = (limit + NEWEST_SLACK * 2).min(PAGE);
+    let page = round(first, true).await?;
     if done(&page) {
         return Ok(page);
     }
-    let page = round(PAGE, true).await?;
-    if done(&page) {
-        return Ok(page);
+    if first < PAGE {
+        let page = round(PAGE, true).await?;
+        if done(&page) {
+            return Ok(page);
+        }
     }
     tracing::warn!("listing: more than {PAGE} records within {NODE_SKEW_SECS} s");
     round(PAGE, false).await
