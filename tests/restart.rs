@@ -158,34 +158,45 @@ async fn read(gw: &str, id: &str) -> Vec<u8> {
 }
 
 /// The ids of patient 1-1001's records, as the gateway lists them (from the share nodes,
-/// proofs checked against the chain).
+/// proofs checked against the chain), in pages of two, each from the `next` of the one before.
+/// A listing cut short (a page answered 503 while fewer than k nodes answer, or a record seen
+/// twice when a node came back between pages) is started again, up to 50 times.
 async fn listed(gw: &str) -> Vec<String> {
+    for _ in 0..50 {
+        if let Some(ids) = list_once(gw).await {
+            return ids;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("no complete listing of 1-1001's records in 50 tries");
+}
+
+async fn list_once(gw: &str) -> Option<Vec<String>> {
     let mut out = Vec::new();
     let mut next: Option<String> = None;
-    // Pages of two, each from the `next` of the one before.
-    for _ in 0..10_000 {
+    loop {
         let mut url = format!("{gw}/api/patients/1-1001/records?limit=2");
         if let Some(n) = &next {
             url.push_str(&format!("&before={n}"));
         }
-        let page: Value = reqwest::get(url).await.unwrap().json().await.unwrap();
+        let r = reqwest::get(url).await.ok()?;
+        if r.status() != 200 {
+            return None;
+        }
+        let page: Value = r.json().await.ok()?;
         out.extend(
             page["records"]
-                .as_array()
-                .unwrap()
+                .as_array()?
                 .iter()
                 .filter_map(|e| e["id"].as_str().map(str::to_owned)),
         );
         match page["next"].as_str() {
             Some(n) => next = Some(n.to_owned()),
-            None => {
-                let unique: std::collections::HashSet<&String> = out.iter().collect();
-                assert_eq!(unique.len(), out.len(), "listed twice: {out:?}");
-                return out;
-            }
+            None => break,
         }
     }
-    panic!("the listing never ended: {out:?}");
+    let unique: std::collections::HashSet<&String> = out.iter().collect();
+    (unique.len() == out.len()).then_some(out)
 }
 
 /// Waits until the chain's state file holds every block the chain at `rpc` has now (`ehr dev`
