@@ -315,6 +315,7 @@ async fn main() -> anyhow::Result<()> {
     let floor_big = kubo.add_bytes(random(1 << 20).into()).await?;
     let next = Arc::new(AtomicUsize::new(0));
     let floor_times = Arc::new(Mutex::new(Vec::new()));
+    let floor_cpu_before = cpu_split(root);
     let t0 = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..BIG_READERS {
@@ -340,10 +341,12 @@ async fn main() -> anyhow::Result<()> {
         t.await??;
     }
     let floor_secs = t0.elapsed().as_secs_f64();
+    let floor_cpu_after = cpu_split(root);
     let floor_big_times = std::mem::take(&mut *floor_times.lock().await);
     let next = Arc::new(AtomicUsize::new(0));
     let times = Arc::new(Mutex::new(Vec::new()));
     let failed = Arc::new(AtomicUsize::new(0));
+    let big_cpu_before = cpu_split(root);
     let t0 = Instant::now();
     let mut tasks = Vec::new();
     for r in 0..BIG_READERS {
@@ -376,6 +379,7 @@ async fn main() -> anyhow::Result<()> {
         t.await?;
     }
     let big_secs = t0.elapsed().as_secs_f64();
+    let big_cpu_after = cpu_split(root);
     let big_times = std::mem::take(&mut *times.lock().await);
     md.push_str(&format!("## 3. 1 MiB reads, {BIG_READERS} readers at once\n\nTwo granted doctors, {BIG_READS} reads of four 1 MiB records (after the first read of each, their access transactions are reused). Floor, measured just before with as many readers at once: Kubo `cat` of a 1 MiB object plus one `eth_call`. Targets: p50 <= 30 ms, p99 <= 100 ms.\n\n| path | reads | p50 | p95 | p99 |\n|---|---:|---:|---:|---:|\n"));
     md.push_str(&format!(
@@ -388,6 +392,19 @@ async fn main() -> anyhow::Result<()> {
         BIG_READS as f64 / floor_secs,
         pct_ms(&big_times, 0.5) / pct_ms(&floor_big_times, 0.5),
         pct_ms(&big_times, 0.99) / pct_ms(&floor_big_times, 0.99)
+    ));
+    md.push_str("CPU per 1 MiB read, by process (user + system time over those reads), and of the floor's reads (Kubo and anvil serve them; the load generator receives):\n\n");
+    md.push_str(&cpu_table(
+        &big_cpu_before,
+        &big_cpu_after,
+        BIG_READS,
+        "read",
+    ));
+    md.push_str(&cpu_table(
+        &floor_cpu_before,
+        &floor_cpu_after,
+        BIG_READS,
+        "floor read",
     ));
 
     // 4. Uploads, 64 clients.

@@ -29,7 +29,7 @@ use alloy::primitives::{Address, B256};
 use alloy::signers::local::PrivateKeySigner;
 use ehr_share::chain::merkle::{Tree, leaf};
 use ehr_share::chain::{Deployment, EhrChain, PatientAddr, RecordId, random_b256};
-use ehr_share::crypto::{AeadKey, derive_key, seal_segments};
+use ehr_share::crypto::{AeadKey, Scheme, derive_key, seal_segments};
 use ehr_share::ipfs::KuboClient;
 use ehr_share::records::{RecordBlock, keyed_digest};
 use ehr_share::shamir::{Secret, Threshold, split};
@@ -179,7 +179,9 @@ async fn main() -> anyhow::Result<()> {
     let payload = random(PAYLOAD);
     let key = AeadKey::random();
     let mut ciphertext = Vec::new();
-    seal_segments(&key, &payload, |seg| ciphertext.extend_from_slice(&seg));
+    seal_segments(&key, Scheme::CURRENT, &payload, |seg| {
+        ciphertext.extend_from_slice(&seg)
+    });
     let cid = KuboClient::new(ports.kubo_url())
         .add_bytes(ciphertext.into())
         .await?;
@@ -189,7 +191,7 @@ async fn main() -> anyhow::Result<()> {
         patient,
         cid,
         key: hex::encode(key.as_bytes()),
-        scheme: "chacha20poly1305-stream64k-v1".into(),
+        scheme: Scheme::CURRENT.name().into(),
         digest: keyed_digest(&digest_key.0, &payload),
         digest_key: hex::encode(digest_key),
         size: PAYLOAD as u64,

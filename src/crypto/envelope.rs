@@ -1,7 +1,7 @@
 //! The record envelope.
 //!
 //! Layout of the plaintext before encryption: `len (u64 LE) || payload || zero padding`, padded
-//! to [`padded_len`] so the ciphertext size reveals only a size bucket. That is cut into
+//! by the record's [`Scheme`] so the ciphertext size reveals only a size bucket. That is cut into
 //! [`SEGMENT`]-byte segments, each sealed with ChaCha20-Poly1305 under the record key with nonce
 //! `flag (1 byte: 1 on the last segment) || 0 0 0 || counter (u64 BE)`: segments cannot be
 //! reordered, dropped or truncated without failing authentication (the STREAM construction),
@@ -14,7 +14,7 @@
 //! sealing itself is the `chacha20poly1305` crate's, only the nonce layout is ours (tested
 //! against reordering, dropping and truncation below).
 
-use chacha20poly1305::aead::{Aead, KeyInit};
+use chacha20poly1305::aead::{Aead, AeadInPlace, KeyInit};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
 use rand_core::{OsRng, RngCore};
 use zeroize::{Zeroize, ZeroizeOnDrop};
@@ -38,6 +38,70 @@ pub enum CryptoError {
     /// A key of the wrong length.
     #[error("a record key must be 32 bytes, got {0}")]
     BadKey(usize),
+    /// A record sealed under an envelope scheme this version does not know.
+    #[error("unknown record envelope scheme {0:?} (written by a newer version?)")]
+    UnknownScheme(String),
+}
+
+/// How a record's plaintext is padded before it is sealed; named in its block (`scheme`), as
+/// the opener must pad alike to know the ciphertext's length. Records keep the scheme they
+/// were written with: both are read, new ones are written with [`Scheme::CURRENT`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scheme {
+    /// `chacha20poly1305-stream64k-v1`: the next power of two from 1 KiB to 1 MiB, then the
+    /// next MiB. Up to 100% larger: a payload of exactly 1 MiB (1 MiB + 8 framed) takes 2 MiB.
+    PowerOfTwo,
+    /// `chacha20poly1305-stream64k-padme-v2`: Padmé (Nikitin et al., "Reducing Metadata
+    /// Leakage from Encrypted Files and Communication with PURBs", PETS 2019), from 1 KiB.
+    /// The framed length `L` is rounded up to a multiple of `2^(E - S)` where
+    /// `E = floor(log2 L)` and `S = floor(log2 E) + 1`: at most about 12% larger (3% at 1 MiB), and
+    /// at most `2^S` sizes between two powers of two, so the size leaks `O(log log L)` bits,
+    /// as with powers of two.
+    Padme,
+}
+
+impl Scheme {
+    /// The scheme new records are written with.
+    pub const CURRENT: Self = Self::Padme;
+
+    /// The name stored in the record's block.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::PowerOfTwo => "chacha20poly1305-stream64k-v1",
+            Self::Padme => "chacha20poly1305-stream64k-padme-v2",
+        }
+    }
+
+    /// The scheme a block names.
+    ///
+    /// # Errors
+    /// [`CryptoError::UnknownScheme`] for any other name.
+    pub fn parse(name: &str) -> Result<Self, CryptoError> {
+        [Self::PowerOfTwo, Self::Padme]
+            .into_iter()
+            .find(|s| s.name() == name)
+            .ok_or_else(|| CryptoError::UnknownScheme(name.chars().take(80).collect()))
+    }
+
+    /// The padded plaintext length for a payload of `len` bytes (8-byte length prefix included).
+    pub fn padded_len(self, len: usize) -> usize {
+        let framed = len + 8;
+        match self {
+            Self::PowerOfTwo => padded_len(framed - 8),
+            Self::Padme => padme(framed).max(1024),
+        }
+    }
+}
+
+/// Padmé's length for `len` (see [`Scheme::Padme`]).
+fn padme(len: usize) -> usize {
+    if len < 2 {
+        return len;
+    }
+    let e = len.ilog2();
+    let s = e.ilog2() + 1;
+    let mask = (1usize << (e - s)) - 1;
+    (len + mask) & !mask
 }
 
 /// A 256-bit AEAD key; zeroized on drop, never printed.
@@ -92,43 +156,48 @@ fn nonce(counter: u64, last: bool) -> Nonce {
     Nonce::from(n)
 }
 
-/// Seals `payload` segment by segment; `emit` receives each sealed segment in order, so a
-/// caller can stream them to IPFS without holding the whole ciphertext.
-pub fn seal_segments(key: &AeadKey, payload: &[u8], mut emit: impl FnMut(Vec<u8>)) {
+/// Seals `payload` segment by segment, padded by `scheme`; `emit` receives each sealed segment
+/// in order, so a caller can stream them to IPFS without holding the whole ciphertext.
+pub fn seal_segments(key: &AeadKey, scheme: Scheme, payload: &[u8], mut emit: impl FnMut(Vec<u8>)) {
     let cipher = ChaCha20Poly1305::new(Key::from_slice(&key.0));
-    let total = padded_len(payload.len());
+    let total = scheme.padded_len(payload.len());
     let seg_len = SEGMENT.min(total);
     let segments = total.div_ceil(seg_len);
-    let mut buf = Vec::with_capacity(seg_len);
-    let mut pos = 0usize; // position in the framed plaintext
     let prefix = (payload.len() as u64).to_le_bytes();
+    let mut pos = 0usize; // position in the framed plaintext
     for i in 0..segments {
-        buf.clear();
         let end = (pos + seg_len).min(total);
-        for p in pos..end {
-            let b = if p < 8 {
-                prefix[p]
-            } else if p - 8 < payload.len() {
-                payload[p - 8]
-            } else {
-                0
-            };
-            buf.push(b);
+        // Each segment is built in the buffer it is emitted in (the tag appended), by slices:
+        // the length prefix, the payload's bytes in range, zeros for the padding.
+        let mut buf = Vec::with_capacity(end - pos + TAG);
+        if pos < 8 {
+            buf.extend_from_slice(&prefix[pos..8.min(end)]);
         }
+        let from = pos.max(8) - 8;
+        let to = (end.max(8) - 8).min(payload.len());
+        if from < to {
+            buf.extend_from_slice(&payload[from..to]);
+        }
+        buf.resize(end - pos, 0);
         pos = end;
         // Encryption with a valid key and nonce cannot fail for in-memory buffers of this size.
-        let ct = cipher
-            .encrypt(&nonce(i as u64, i + 1 == segments), buf.as_slice())
-            .unwrap_or_default();
-        emit(ct);
+        if cipher
+            .encrypt_in_place(&nonce(i as u64, i + 1 == segments), b"", &mut buf)
+            .is_err()
+        {
+            buf.clear();
+        }
+        emit(buf);
     }
 }
 
-/// Seals `payload` into one buffer.
+/// Seals `payload` into one buffer (padded as [`padded_len`]: the scheme of record blocks).
 pub fn seal(key: &AeadKey, payload: &[u8]) -> Vec<u8> {
     let mut out =
         Vec::with_capacity(padded_len(payload.len()) + 16 * (payload.len() / SEGMENT + 1));
-    seal_segments(key, payload, |s| out.extend_from_slice(&s));
+    seal_segments(key, Scheme::PowerOfTwo, payload, |s| {
+        out.extend_from_slice(&s)
+    });
     out
 }
 
@@ -163,8 +232,10 @@ pub fn open(key: &AeadKey, sealed: &[u8]) -> Result<Vec<u8>, CryptoError> {
 }
 
 /// Opens an envelope as its ciphertext streams in, one segment at a time, for a payload whose
-/// length is known beforehand (the record block carries it). Memory stays at the payload plus
-/// one segment, instead of ciphertext + padded plaintext + copies when opening in one piece.
+/// length and scheme are known beforehand (the record block carries them). Each segment's
+/// ciphertext is gathered right after the payload opened so far and opened there, in place:
+/// memory stays at the payload plus one segment, and each byte is copied once (from the
+/// network's chunk), not into a segment buffer, a fresh plaintext and the payload besides.
 pub struct Opener {
     cipher: ChaCha20Poly1305,
     payload_len: usize,
@@ -172,8 +243,9 @@ pub struct Opener {
     seg_len: usize,
     segments: usize,
     next: usize,
-    pending: Vec<u8>,
+    /// The payload opened so far, then the current segment's ciphertext from `seg_from`.
     plain: Vec<u8>,
+    seg_from: usize,
 }
 
 impl std::fmt::Debug for Opener {
@@ -186,9 +258,10 @@ impl std::fmt::Debug for Opener {
 }
 
 impl Opener {
-    /// An opener for the envelope of a `payload_len`-byte payload under `key`.
-    pub fn new(key: &AeadKey, payload_len: usize) -> Self {
-        let padded = padded_len(payload_len);
+    /// An opener for the envelope of a `payload_len`-byte payload sealed under `key` with
+    /// `scheme`.
+    pub fn new(key: &AeadKey, scheme: Scheme, payload_len: usize) -> Self {
+        let padded = scheme.padded_len(payload_len);
         let seg_len = SEGMENT.min(padded);
         Self {
             cipher: ChaCha20Poly1305::new(Key::from_slice(&key.0)),
@@ -197,9 +270,11 @@ impl Opener {
             seg_len,
             segments: padded.div_ceil(seg_len),
             next: 0,
-            pending: Vec::with_capacity(seg_len + TAG),
-            // Capacity up front for the usual case; bounded, as the length is the uploader's word.
-            plain: Vec::with_capacity(payload_len.min(64 << 20)),
+            // Capacity up front for the usual case (the payload, and the last segment's
+            // ciphertext behind it before its padding is cut); bounded, as the length is the
+            // uploader's word.
+            plain: Vec::with_capacity(payload_len.min(64 << 20) + seg_len + TAG),
+            seg_from: 0,
         }
     }
 
@@ -222,42 +297,44 @@ impl Opener {
             if self.next == self.segments {
                 return Err(CryptoError::BadLength(self.sealed_len() + data.len()));
             }
-            let want = self.segment_ct_len(self.next) - self.pending.len();
+            let want = self.segment_ct_len(self.next) - (self.plain.len() - self.seg_from);
             let take = want.min(data.len());
-            self.pending.extend_from_slice(&data[..take]);
+            self.plain.extend_from_slice(&data[..take]);
             data = &data[take..];
             if take == want {
-                self.open_pending()?;
+                self.open_segment()?;
             }
         }
         Ok(())
     }
 
-    fn open_pending(&mut self) -> Result<(), CryptoError> {
+    /// Authenticates and decrypts the segment gathered at `seg_from` in place, then keeps only
+    /// payload bytes: the length prefix is checked and cut, the padding dropped.
+    fn open_segment(&mut self) -> Result<(), CryptoError> {
         let i = self.next;
-        let mut pt = self
-            .cipher
-            .decrypt(
+        let ct_end = self.plain.len() - TAG;
+        let tag = chacha20poly1305::Tag::clone_from_slice(&self.plain[ct_end..]);
+        self.cipher
+            .decrypt_in_place_detached(
                 &nonce(i as u64, i + 1 == self.segments),
-                self.pending.as_slice(),
+                b"",
+                &mut self.plain[self.seg_from..ct_end],
+                &tag,
             )
             .map_err(|_| CryptoError::Tampered { segment: i })?;
-        self.pending.clear();
-        let start = i * self.seg_len; // offset of this segment in the framed plaintext
+        self.plain.truncate(ct_end);
         if i == 0 {
             let mut len = [0u8; 8];
-            len.copy_from_slice(&pt[..8]);
+            len.copy_from_slice(&self.plain[..8]);
             if u64::from_le_bytes(len) != self.payload_len as u64 {
+                self.plain.zeroize();
                 return Err(CryptoError::BadLength(self.sealed_len()));
             }
+            // At most one segment moves.
+            self.plain.drain(..8);
         }
-        // Keep only payload bytes: skip the length prefix, drop the padding.
-        let from = 8usize.saturating_sub(start).min(pt.len());
-        let to = (8 + self.payload_len).saturating_sub(start).min(pt.len());
-        if from < to {
-            self.plain.extend_from_slice(&pt[from..to]);
-        }
-        pt.zeroize();
+        self.plain.truncate(self.payload_len);
+        self.seg_from = self.plain.len();
         self.next += 1;
         Ok(())
     }
@@ -267,9 +344,10 @@ impl Opener {
     /// # Errors
     /// [`CryptoError::BadLength`] when the ciphertext ended early.
     pub fn finish(self) -> Result<Vec<u8>, CryptoError> {
-        if self.next != self.segments || !self.pending.is_empty() {
+        let pending = self.plain.len() - self.seg_from;
+        if self.next != self.segments || pending != 0 {
             return Err(CryptoError::BadLength(
-                self.next * (self.seg_len + TAG) + self.pending.len(),
+                self.next * (self.seg_len + TAG) + pending,
             ));
         }
         Ok(self.plain)
@@ -317,6 +395,40 @@ mod tests {
     }
 
     #[test]
+    fn padme_bounds_the_overhead_and_the_sizes() {
+        // Worked out by hand from the definition (framed length = payload + 8).
+        assert_eq!(Scheme::Padme.padded_len(0), 1024);
+        assert_eq!(Scheme::Padme.padded_len(1016), 1024);
+        // 1017 + 8 = 1025: E = 10, S = 4, multiples of 64.
+        assert_eq!(Scheme::Padme.padded_len(1017), 1088);
+        // 10,000 + 8: E = 13, S = 4, multiples of 512.
+        assert_eq!(Scheme::Padme.padded_len(10_000), 10_240);
+        // 1 MiB + 8: E = 20, S = 5, multiples of 32 KiB (powers of two: 2 MiB).
+        assert_eq!(Scheme::Padme.padded_len(1 << 20), (1 << 20) + (32 << 10));
+        assert_eq!(Scheme::PowerOfTwo.padded_len(1 << 20), 2 << 20);
+        let mut sizes = std::collections::BTreeSet::new();
+        for framed in (1 << 16)..(1 << 17) {
+            let p = Scheme::Padme.padded_len(framed - 8);
+            assert!(p >= framed && p <= framed + framed / 8, "{framed} -> {p}");
+            sizes.insert(p);
+        }
+        // Between 2^16 and 2^17: E = 16, S = 5, so at most 2^5 (+1, the next power) sizes.
+        assert!(sizes.len() <= 33, "{} sizes", sizes.len());
+    }
+
+    #[test]
+    fn schemes_go_by_their_stored_names() {
+        for s in [Scheme::PowerOfTwo, Scheme::Padme] {
+            assert_eq!(Scheme::parse(s.name()), Ok(s));
+        }
+        assert_eq!(Scheme::PowerOfTwo.name(), "chacha20poly1305-stream64k-v1");
+        assert!(matches!(
+            Scheme::parse("rot13"),
+            Err(CryptoError::UnknownScheme(_))
+        ));
+    }
+
+    #[test]
     fn streamed_opening_agrees_with_opening_whole() {
         let k = AeadKey::random();
         for len in [
@@ -331,7 +443,7 @@ mod tests {
         ] {
             let payload: Vec<u8> = (0..len).map(|i| (i % 253) as u8).collect();
             let sealed = seal(&k, &payload);
-            let mut o = Opener::new(&k, len);
+            let mut o = Opener::new(&k, Scheme::PowerOfTwo, len);
             assert_eq!(o.sealed_len(), sealed.len(), "len {len}");
             // Odd-sized pieces, crossing segment borders.
             for piece in sealed.chunks(7_919) {
@@ -341,27 +453,103 @@ mod tests {
         }
     }
 
+    /// Records on IPFS were sealed by a byte-at-a-time framing loop: the slice-built segments
+    /// must be the same bytes, or they would no longer open.
+    #[test]
+    fn sealing_by_slices_matches_the_byte_loop_it_replaced() {
+        let k = AeadKey::random();
+        let cipher = ChaCha20Poly1305::new(Key::from_slice(&k.0));
+        for len in [
+            0,
+            5,
+            1016,
+            1017,
+            SEGMENT - 8,
+            SEGMENT,
+            2 * SEGMENT + 3,
+            300_001,
+        ] {
+            let payload: Vec<u8> = (0..len).map(|i| (i % 241) as u8).collect();
+            for scheme in [Scheme::PowerOfTwo, Scheme::Padme] {
+                let total = scheme.padded_len(len);
+                let prefix = (len as u64).to_le_bytes();
+                let framed: Vec<u8> = (0..total)
+                    .map(|p| match p {
+                        p if p < 8 => prefix[p],
+                        p if p - 8 < len => payload[p - 8],
+                        _ => 0,
+                    })
+                    .collect();
+                let segments = framed.chunks(SEGMENT).count();
+                let mut expected = Vec::new();
+                for (i, seg) in framed.chunks(SEGMENT).enumerate() {
+                    let ct = cipher
+                        .encrypt(&nonce(i as u64, i + 1 == segments), seg)
+                        .unwrap();
+                    expected.extend_from_slice(&ct);
+                }
+                let mut got = Vec::new();
+                seal_segments(&k, scheme, &payload, |s| got.extend_from_slice(&s));
+                assert!(got == expected, "len {len}, {scheme:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn each_scheme_opens_what_it_sealed_and_not_the_others() {
+        let k = AeadKey::random();
+        for len in [
+            0,
+            1017,
+            SEGMENT - 8,
+            3 * SEGMENT + 5,
+            1 << 20,
+            (1 << 20) + 1,
+        ] {
+            let payload: Vec<u8> = (0..len).map(|i| (i % 249) as u8).collect();
+            for scheme in [Scheme::PowerOfTwo, Scheme::Padme] {
+                let mut sealed = Vec::new();
+                seal_segments(&k, scheme, &payload, |s| sealed.extend_from_slice(&s));
+                let mut o = Opener::new(&k, scheme, len);
+                assert_eq!(o.sealed_len(), sealed.len(), "len {len}, {scheme:?}");
+                for piece in sealed.chunks(65_551) {
+                    o.push(piece).unwrap();
+                }
+                assert_eq!(o.finish().unwrap(), payload, "len {len}, {scheme:?}");
+                let other = match scheme {
+                    Scheme::PowerOfTwo => Scheme::Padme,
+                    Scheme::Padme => Scheme::PowerOfTwo,
+                };
+                if scheme.padded_len(len) != other.padded_len(len) {
+                    let mut o = Opener::new(&k, other, len);
+                    let r = o.push(&sealed).and_then(|()| o.finish().map(drop));
+                    assert!(r.is_err(), "len {len} opened as {other:?}");
+                }
+            }
+        }
+    }
+
     #[test]
     fn streamed_opening_refuses_short_long_wrong_and_changed() {
         let k = AeadKey::random();
         let payload = vec![7u8; 2 * SEGMENT];
         let sealed = seal(&k, &payload);
-        let mut short = Opener::new(&k, payload.len());
+        let mut short = Opener::new(&k, Scheme::PowerOfTwo, payload.len());
         short.push(&sealed[..sealed.len() - 1]).unwrap();
         assert!(matches!(short.finish(), Err(CryptoError::BadLength(_))));
-        let mut long = Opener::new(&k, payload.len());
+        let mut long = Opener::new(&k, Scheme::PowerOfTwo, payload.len());
         let mut more = sealed.clone();
         more.push(0);
         assert!(matches!(long.push(&more), Err(CryptoError::BadLength(_))));
         // A block claiming another size: a different envelope length or a prefix mismatch.
-        let mut wrong = Opener::new(&k, payload.len() - 1);
+        let mut wrong = Opener::new(&k, Scheme::PowerOfTwo, payload.len() - 1);
         let r = wrong.push(&sealed).and_then(|()| wrong.finish().map(drop));
         assert!(r.is_err());
         let mut changed = sealed.clone();
         changed[SEGMENT + 40] ^= 1;
-        let mut o = Opener::new(&k, payload.len());
+        let mut o = Opener::new(&k, Scheme::PowerOfTwo, payload.len());
         assert_eq!(o.push(&changed), Err(CryptoError::Tampered { segment: 1 }));
-        let mut o = Opener::new(&AeadKey::random(), payload.len());
+        let mut o = Opener::new(&AeadKey::random(), Scheme::PowerOfTwo, payload.len());
         assert_eq!(o.push(&sealed), Err(CryptoError::Tampered { segment: 0 }));
     }
 

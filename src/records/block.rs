@@ -21,7 +21,7 @@ pub struct RecordBlock {
     pub cid: String,
     /// The payload key, hex.
     pub key: String,
-    /// Envelope scheme (nonces are derived per segment; see `crypto`).
+    /// Envelope scheme, by name (how the payload was padded; see `crypto::Scheme`).
     pub scheme: String,
     /// Keyed digest of the plaintext payload (anchored on chain): see [`keyed_digest`].
     pub digest: B256,

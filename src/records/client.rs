@@ -11,7 +11,7 @@ use super::read_cache::{Access, ReadCache};
 use super::sweeper;
 use crate::chain::merkle::{self, RecordProof};
 use crate::chain::{ChainError, DenyReason, EhrChain, PatientAddr, RecordId, random_b256};
-use crate::crypto::{AeadKey, Opener, seal_segments};
+use crate::crypto::{AeadKey, Opener, Scheme, seal_segments};
 use crate::ipfs::{IpfsError, Replicas};
 use crate::shamir::{Secret, Threshold, split};
 pub use crate::share_node::ShareNodeRef;
@@ -386,7 +386,7 @@ impl RecordsClient {
         let enc_key = key.clone();
         let body = payload.clone();
         let encrypt = tokio::task::spawn_blocking(move || {
-            seal_segments(&enc_key, &body, |seg| {
+            seal_segments(&enc_key, Scheme::CURRENT, &body, |seg| {
                 let _ = tx.blocking_send(Ok(Bytes::from(seg)));
             });
         });
@@ -418,7 +418,7 @@ impl RecordsClient {
             patient,
             cid: cid.clone(),
             key: hex::encode(key.as_bytes()),
-            scheme: "chacha20poly1305-stream64k-v1".into(),
+            scheme: Scheme::CURRENT.name().into(),
             digest,
             digest_key: hex::encode(digest_key),
             size: payload.len() as u64,
@@ -860,8 +860,10 @@ impl RecordsClient {
             .map_err(|e| RecordError::Decrypt(id, e.to_string()))?;
         let size = usize::try_from(block.size)
             .map_err(|_| RecordError::Decrypt(id, format!("size {} too large", block.size)))?;
+        let scheme =
+            Scheme::parse(&block.scheme).map_err(|e| RecordError::Decrypt(id, e.to_string()))?;
         // Decrypt as the ciphertext streams from Kubo: memory stays near the payload's size.
-        let mut opener = Opener::new(&key, size);
+        let mut opener = Opener::new(&key, scheme, size);
         let fetched = match early {
             Some((cid, mut task)) if cid == block.cid => match (&mut task.0).await {
                 Ok(Ok(chunks)) => Some(chunks),
