@@ -284,6 +284,9 @@ use crate::clock::unix_now as now;
 /// its CID is known from an earlier read (larger ones stream as they decrypt, to keep memory
 /// near one copy).
 const PREFETCH_MAX: u64 = 4 << 20;
+/// No record is larger (uploads are bounded far below): a block claiming more is refused
+/// before its size reaches the envelope's arithmetic.
+const MAX_RECORD_BYTES: u64 = 1 << 40;
 
 /// An access transaction younger than this (seconds) may not be in every node's view of the
 /// chain yet.
@@ -860,6 +863,14 @@ impl RecordsClient {
             .map_err(|e| RecordError::Decrypt(id, e.to_string()))?;
         let size = usize::try_from(block.size)
             .map_err(|_| RecordError::Decrypt(id, format!("size {} too large", block.size)))?;
+        // The size is the uploader's word: one no upload can have had would overflow the
+        // envelope's length arithmetic.
+        if block.size > MAX_RECORD_BYTES {
+            return Err(RecordError::Decrypt(
+                id,
+                format!("the block claims {} bytes", block.size),
+            ));
+        }
         let scheme =
             Scheme::parse(&block.scheme).map_err(|e| RecordError::Decrypt(id, e.to_string()))?;
         // Decrypt as the ciphertext streams from Kubo: memory stays near the payload's size.
