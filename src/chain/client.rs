@@ -25,6 +25,17 @@ use super::types::{
     ProviderStatus, RecordId, RootInfo,
 };
 
+/// Where an access transaction put its `AccessAllowed` event ([`EhrChain::access_event`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AccessEvent {
+    /// Its block's number.
+    pub block: u64,
+    /// Its block's time (unix seconds).
+    pub time: u64,
+    /// Its block's hash: a reorganisation that drops the block changes the hash at `block`.
+    pub block_hash: B256,
+}
+
 /// Where a deployed contract lives; written by `ehr deploy`, read by the other commands.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Deployment {

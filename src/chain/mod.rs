@@ -13,7 +13,9 @@ mod types;
 mod voucher;
 
 pub use bindings::EhrAccess;
-pub use client::{AccessOutcome, CONTRACT_VERSION, Deployment, EhrChain, Head, Pinned, TxOutcome};
+pub use client::{
+    AccessEvent, AccessOutcome, CONTRACT_VERSION, Deployment, EhrChain, Head, Pinned, TxOutcome,
+};
 pub use errors::ChainError;
 pub use events::{AuditEvent, AuditFilter, AuditKind, AuditPage};
 pub use index::{IndexStore, StoreError, StoredIndex};

@@ -144,10 +144,11 @@ struct Node {
     domain: Eip712Domain,
     limiter: RateLimiter<Address>,
     per_client: RateLimiter<std::net::IpAddr>,
-    /// Where each access transaction a requester named put its `AccessAllowed` event (block
-    /// and time), by (transaction, requester, record): a mined event does not move, and the
-    /// grant is judged anew by `canRead` on every request. Saves a re-read two of its three
-    /// calls to the chain.
+    /// Where each access transaction a requester named put its `AccessAllowed` event (block,
+    /// time and block hash), by (transaction, requester, record): the grant is judged anew by
+    /// `canRead` on every request. A mined event moves only with a reorganisation, so a
+    /// remembered one is trusted as it is once [`SETTLED_DEPTH`] blocks deep, and before that
+    /// only while its block is still the chain's (one call instead of three).
     accesses: std::sync::Mutex<KnownAccesses>,
     /// Roots the chain said are anchored: an anchor is never undone, and a batch of uploads
     /// brings each node one proof per record to the same root.
@@ -161,8 +162,14 @@ struct Node {
 
 use crate::clock::unix_now as now;
 
-/// (access transaction, requester, record) to the block and time of its `AccessAllowed` event.
-type KnownAccesses = crate::bounded::Bounded<(B256, Address, B256), (u64, u64)>;
+/// (access transaction, requester, record) to where its `AccessAllowed` event is.
+type KnownAccesses = crate::bounded::Bounded<(B256, Address, B256), crate::chain::AccessEvent>;
+
+/// Blocks after which a remembered access event is taken as final without asking: two epochs
+/// of 32 slots, when proof-of-stake Ethereum finalizes a block. A shallower event is checked
+/// to still be in the chain (its block's hash) before a share is released on it: a
+/// reorganisation can drop an access transaction, and with it the patient's audit entry.
+const SETTLED_DEPTH: u64 = 64;
 
 /// Access transactions a node remembers the block and time of (about 100 bytes each).
 const ACCESSES_REMEMBERED: usize = 65_536;
@@ -188,37 +195,46 @@ async fn anchored(n: &Node, root: B256) -> Result<bool, crate::chain::ChainError
 
 /// The block and time of `requester`'s access event for `proof`'s record in `access_tx`
 /// (none: the patient, who needs none: `(0, 0)`); `None` when the transaction holds no such
-/// event. Remembered per transaction, requester and record.
+/// event. Remembered per transaction, requester and record; a remembered event less than
+/// [`SETTLED_DEPTH`] blocks below `head` (or any, with no head known) counts only while its
+/// block is still on the chain, and is looked up anew when it is not.
 async fn access_of(
     n: &Node,
     requester: Address,
     proof: &crate::chain::merkle::RecordProof,
     access_tx: Option<B256>,
+    head: Option<u64>,
 ) -> Result<Option<(u64, u64)>, crate::chain::ChainError> {
     let Some(tx) = access_tx else {
         return Ok(Some((0, 0)));
     };
     let key = (tx, requester, proof.record_id().0);
-    let known = n
-        .accesses
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .get(&key);
-    if known.is_some() {
-        return Ok(known);
+    let lock = || {
+        n.accesses
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    };
+    let known = lock().get(&key);
+    if let Some(k) = known {
+        let settled = head.is_some_and(|h| h >= k.block.saturating_add(SETTLED_DEPTH));
+        if settled || n.cfg.chain.block_hash(k.block).await? == Some(k.block_hash) {
+            return Ok(Some((k.block, k.time)));
+        }
+        tracing::warn!(
+            "access transaction {tx}: its block {} left the chain; looking it up again",
+            k.block
+        );
+        lock().remove(&key);
     }
     let found = n
         .cfg
         .chain
-        .access_in(tx, requester, proof.record_id(), proof.patient)
+        .access_event(tx, requester, proof.record_id(), proof.patient)
         .await?;
     if let Some(at) = found {
-        n.accesses
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .put(key, at);
+        lock().put(key, at);
     }
-    Ok(found)
+    Ok(found.map(|a| (a.block, a.time)))
 }
 
 /// The node's routes (without the background collector; see [`serve`]).
@@ -378,7 +394,7 @@ async fn may_read_now(
     access_tx: Option<B256>,
 ) -> Result<bool, Refusal> {
     let mut view = fresh_view(n, false).await?;
-    let Some((block, time)) = access_of(n, requester, proof, access_tx).await? else {
+    let Some((block, time)) = access_of(n, requester, proof, access_tx, view.head).await? else {
         return Ok(false);
     };
     let behind = |v: &View| v.head.is_some_and(|h| h < block);

@@ -177,6 +177,24 @@ impl EhrChain {
         id: RecordId,
         patient: PatientAddr,
     ) -> Result<Option<(u64, u64)>, ChainError> {
+        Ok(self
+            .access_event(tx, requester, id, patient)
+            .await?
+            .map(|a| (a.block, a.time)))
+    }
+
+    /// [`Self::access_in`] with the hash of the block the event is in, for a caller that
+    /// remembers the event and must notice when a reorganisation drops that block.
+    ///
+    /// # Errors
+    /// Transport errors.
+    pub async fn access_event(
+        &self,
+        tx: B256,
+        requester: Address,
+        id: RecordId,
+        patient: PatientAddr,
+    ) -> Result<Option<AccessEvent>, ChainError> {
         use alloy::sol_types::SolEvent;
         // A node can answer for a transaction from its pool a moment after the block with
         // it exists (anvil did for 2 of 4,410 transactions asked right after their receipt,
@@ -217,7 +235,24 @@ impl EhrChain {
                 .map(|b| b.header.timestamp)
                 .ok_or_else(|| ChainError::Decode(format!("block {block} not found")))?,
         };
-        Ok(Some((block, time)))
+        Ok(Some(AccessEvent {
+            block,
+            time,
+            block_hash,
+        }))
+    }
+
+    /// The hash of the endpoint's block `number` on its current chain; `None` when it has no
+    /// such block (yet, or any more).
+    ///
+    /// # Errors
+    /// Transport errors.
+    pub async fn block_hash(&self, number: u64) -> Result<Option<B256>, ChainError> {
+        Ok(self
+            .provider
+            .get_block_by_number(alloy::eips::BlockNumberOrTag::Number(number))
+            .await?
+            .map(|b| b.header.hash))
     }
 
     /// All grants the patient ever gave, each as it stands now (first granted first); paged.

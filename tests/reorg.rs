@@ -1,0 +1,98 @@
+//! A reorganisation that drops a doctor's access transaction, on an anvil of its own (this
+//! binary replaces blocks with anvil's snapshot and revert, which would pull the chain from
+//! under any other test sharing it).
+
+mod common;
+
+use std::time::Duration;
+
+use alloy::providers::{Provider, ProviderBuilder};
+use bytes::Bytes;
+
+use common::nodes;
+
+/// A share node remembers where each access transaction put its event, to spare a re-read
+/// calls to the chain. The attack: a doctor reads a record once (the node now remembers the
+/// access), then the block with the access transaction is replaced (a reorganisation; here
+/// anvil's revert to a snapshot taken before it) and the transaction is gone, with the
+/// patient's audit entry for it. The doctor asks the node again naming that transaction. A
+/// node that trusted what it remembered released the share on an access that is on no chain
+/// (and so on no audit trail); it must refuse, as it does for a transaction it never saw.
+#[tokio::test]
+async fn a_share_is_not_released_on_an_access_transaction_a_reorganisation_dropped() {
+    let office = common::office().await;
+    let procs = nodes::start_many(office.address(), 3, &[]).await;
+    let refs = nodes::refs(&procs).await;
+    let (patient, addr) = common::new_patient(&office).await;
+    let id = nodes::client(&office, &patient, &refs)
+        .put(
+            addr,
+            Bytes::from_static(b"a record read before a reorganisation"),
+            "text/plain",
+            None,
+        )
+        .await
+        .unwrap();
+    let doctor = common::verified_doctor(&office).await;
+    common::as_(&office, &patient)
+        .grant(doctor.address(), None)
+        .await
+        .unwrap();
+
+    let p = ProviderBuilder::new().connect_http(common::rpc().parse().unwrap());
+    let snap: alloy::primitives::U256 = p.raw_request("evm_snapshot".into(), ()).await.unwrap();
+    let access = common::as_(&office, &doctor)
+        .access(addr, &[id])
+        .await
+        .unwrap();
+    let tx = access.tx.tx_hash;
+    let release = |i: usize| {
+        let (office, node, doctor) = (&office, &refs[i], &doctor);
+        async move {
+            let r = nodes::release_under(office, node, doctor, id, tx).await;
+            let status = r.status().as_u16();
+            (status, r.text().await.unwrap())
+        }
+    };
+    // Read once on every node: each remembers the access event.
+    for i in 0..refs.len() {
+        let (status, text) = release(i).await;
+        assert_eq!(status, 200, "node {i} before the reorganisation: {text}");
+    }
+
+    // The access transaction's block is replaced: another block takes its number, and then
+    // some (fewer than a node's settled depth).
+    let _: bool = p.raw_request("evm_revert".into(), (snap,)).await.unwrap();
+    assert!(
+        p.get_transaction_by_hash(tx).await.unwrap().is_none(),
+        "the revert dropped the access transaction"
+    );
+    for _ in 0..3 {
+        common::mine_block().await;
+    }
+
+    for i in 0..refs.len() {
+        let (status, text) = release(i).await;
+        assert_eq!(
+            status, 403,
+            "node {i} after the reorganisation dropped the access transaction: {text}"
+        );
+    }
+
+    // A new access transaction on the new chain reads again: the grant still stands.
+    let again = common::as_(&office, &doctor)
+        .access(addr, &[id])
+        .await
+        .unwrap();
+    let ok = nodes::wait_until(Duration::from_secs(10), || {
+        let (office, node, doctor) = (&office, &refs[0], &doctor);
+        async move {
+            nodes::release_under(office, node, doctor, id, again.tx.tx_hash)
+                .await
+                .status()
+                == 200
+        }
+    })
+    .await;
+    assert!(ok, "a new access transaction after the reorganisation reads");
+}
