@@ -72,7 +72,7 @@ pub enum ServeConfigError {
 /// Every key and the environment variable that overrides it (a container sets them instead of
 /// writing a file). `records.share_nodes` takes `URL=ADDRESS` pairs separated by commas,
 /// `proxy.trusted` addresses or CIDR ranges separated by commas.
-pub const ENV: [(&str, &str, Kind); 23] = [
+pub const ENV: [(&str, &str, Kind); 24] = [
     ("listen", "EHR_LISTEN", Kind::Str),
     ("chain.rpc_url", "EHR_CHAIN_RPC_URL", Kind::Str),
     ("chain.deployment", "EHR_CHAIN_DEPLOYMENT", Kind::Str),
@@ -113,6 +113,7 @@ pub const ENV: [(&str, &str, Kind); 23] = [
         "EHR_RECORDS_ACCESS_REUSE_SECS",
         Kind::Int,
     ),
+    ("records.padding", "EHR_RECORDS_PADDING", Kind::Str),
     ("database.url", "EHR_DATABASE_URL", Kind::Str),
     ("web.secure_cookies", "EHR_WEB_SECURE_COOKIES", Kind::Bool),
     ("proxy.trusted", "EHR_PROXY_TRUSTED", Kind::List),
@@ -346,6 +347,32 @@ pub struct RecordsSection {
     /// 600. Share nodes check the grant on every read, so a revoke takes effect at once.
     #[serde(default = "default_access_reuse_secs")]
     pub access_reuse_secs: u64,
+    /// How new records' ciphertext is padded: `padme` (default; at most 6.25% larger, up to 32
+    /// sizes per doubling) or `power-of-two` (one size per doubling, up to twice as large; the
+    /// only scheme gateways before 2026-11-27 read: keep it until every reader is upgraded).
+    #[serde(default)]
+    pub padding: Padding,
+}
+
+/// `records.padding`: the envelope schemes by their configuration names.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Padding {
+    /// [`crate::crypto::Scheme::Padme`].
+    #[default]
+    Padme,
+    /// [`crate::crypto::Scheme::PowerOfTwo`].
+    PowerOfTwo,
+}
+
+impl Padding {
+    /// The envelope scheme.
+    pub fn scheme(self) -> crate::crypto::Scheme {
+        match self {
+            Self::Padme => crate::crypto::Scheme::Padme,
+            Self::PowerOfTwo => crate::crypto::Scheme::PowerOfTwo,
+        }
+    }
 }
 
 fn default_access_reuse_secs() -> u64 {

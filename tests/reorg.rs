@@ -94,5 +94,8 @@ async fn a_share_is_not_released_on_an_access_transaction_a_reorganisation_dropp
         }
     })
     .await;
-    assert!(ok, "a new access transaction after the reorganisation reads");
+    assert!(
+        ok,
+        "a new access transaction after the reorganisation reads"
+    );
 }

@@ -290,7 +290,8 @@ pub async fn run(a: ServeArgs) -> anyhow::Result<()> {
             .collect(),
         c.records.threshold,
     )
-    .with_access_reuse(std::time::Duration::from_secs(c.records.access_reuse_secs));
+    .with_access_reuse(std::time::Duration::from_secs(c.records.access_reuse_secs))
+    .with_padding(c.records.padding.scheme());
     records.anchoring = match &c.records.batch_key_file {
         Some(path) => {
             let hex = std::fs::read_to_string(path).with_context(|| {

@@ -276,6 +276,8 @@ pub struct RecordsClient {
     directory: Directory,
     cache: std::sync::Arc<ReadCache>,
     health: std::sync::Arc<NodeHealth>,
+    /// How new records are padded ([`Scheme::CURRENT`] unless configured).
+    padding: Scheme,
 }
 
 use crate::clock::unix_now as now;
@@ -342,7 +344,16 @@ impl RecordsClient {
             domain,
             cache,
             health,
+            padding: Scheme::CURRENT,
         })
+    }
+
+    /// The same client, padding new records by `padding` (records keep the scheme they were
+    /// written with; every scheme is read).
+    #[must_use]
+    pub fn with_padding(mut self, padding: Scheme) -> Self {
+        self.padding = padding;
+        self
     }
 
     /// The account that signs this client's uploads (and reads).
@@ -388,8 +399,9 @@ impl RecordsClient {
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(8);
         let enc_key = key.clone();
         let body = payload.clone();
+        let padding = self.padding;
         let encrypt = tokio::task::spawn_blocking(move || {
-            seal_segments(&enc_key, Scheme::CURRENT, &body, |seg| {
+            seal_segments(&enc_key, padding, &body, |seg| {
                 let _ = tx.blocking_send(Ok(Bytes::from(seg)));
             });
         });
@@ -421,7 +433,7 @@ impl RecordsClient {
             patient,
             cid: cid.clone(),
             key: hex::encode(key.as_bytes()),
-            scheme: Scheme::CURRENT.name().into(),
+            scheme: self.padding.name().into(),
             digest,
             digest_key: hex::encode(digest_key),
             size: payload.len() as u64,

@@ -11,6 +11,7 @@ use super::node_health::NodeHealth;
 use super::read_cache::ReadCache;
 use super::sweeper::{SweepSettings, UploadSweeper};
 use crate::chain::EhrChain;
+use crate::crypto::Scheme;
 use crate::ipfs::Replicas;
 
 /// Where records go: the share nodes and the threshold (signed requests take their domain
@@ -29,6 +30,8 @@ pub struct RecordsConfig {
     cache: Arc<ReadCache>,
     /// Which share nodes readers ask first, shared likewise.
     health: Arc<NodeHealth>,
+    /// How new records are padded.
+    padding: Scheme,
 }
 
 impl RecordsConfig {
@@ -40,7 +43,17 @@ impl RecordsConfig {
             anchoring: None,
             cache: Arc::default(),
             health: Arc::default(),
+            padding: Scheme::CURRENT,
         }
+    }
+
+    /// The same, padding new records by `padding` instead of [`Scheme::CURRENT`]: powers of
+    /// two hide a record's size better (one size per doubling instead of up to 32) at up to
+    /// twice the storage, and are what versions before Padmé read, for a rolling upgrade.
+    #[must_use]
+    pub fn with_padding(mut self, padding: Scheme) -> Self {
+        self.padding = padding;
+        self
     }
 
     /// The same, reusing a reader's access transaction for a record for `reuse` (zero: one
@@ -97,7 +110,8 @@ impl RecordsConfig {
             self.threshold,
             self.cache.clone(),
             self.health.clone(),
-        )?;
+        )?
+        .with_padding(self.padding);
         Ok(match &self.anchoring {
             Some(a) => c.with_anchoring(a.clone()),
             None => c,

@@ -137,6 +137,24 @@ fn every_key_comes_from_the_environment_too() {
 }
 
 #[test]
+fn padding_defaults_to_padme_and_names_its_key_when_wrong() {
+    let p = Path::new("ehr.toml");
+    let c = ServeConfig::parse(GOOD, p).unwrap();
+    assert_eq!(c.records.padding, Padding::Padme);
+    assert_eq!(c.records.padding.scheme(), crate::crypto::Scheme::CURRENT);
+    let with = |v: &str| GOOD.replace("threshold = 2", &format!("threshold = 2\npadding = {v}"));
+    let c = ServeConfig::parse(&with("\"power-of-two\""), p).unwrap();
+    assert_eq!(
+        c.records.padding.scheme(),
+        crate::crypto::Scheme::PowerOfTwo
+    );
+    let e = ServeConfig::parse(&with("\"pow2\""), p)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("padding") && e.contains("power-of-two"), "{e}");
+}
+
+#[test]
 fn ipfs_peers_and_replication_are_checked() {
     let p = Path::new("ehr.toml");
     let one = ServeConfig::parse(GOOD, p).unwrap();

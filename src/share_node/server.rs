@@ -204,7 +204,7 @@ async fn access_of(
     proof: &crate::chain::merkle::RecordProof,
     access_tx: Option<B256>,
     head: Option<u64>,
-) -> Result<Option<(u64, u64)>, crate::chain::ChainError> {
+) -> Result<Option<(u64, u64)>, Refusal> {
     let Some(tx) = access_tx else {
         return Ok(Some((0, 0)));
     };
@@ -216,9 +216,23 @@ async fn access_of(
     };
     let known = lock().get(&key);
     if let Some(k) = known {
-        let settled = head.is_some_and(|h| h >= k.block.saturating_add(SETTLED_DEPTH));
-        if settled || n.cfg.chain.block_hash(k.block).await? == Some(k.block_hash) {
+        if head.is_some_and(|h| h >= k.block.saturating_add(SETTLED_DEPTH)) {
             return Ok(Some((k.block, k.time)));
+        }
+        match n.cfg.chain.block_hash(k.block).await? {
+            Some(h) if h == k.block_hash => return Ok(Some((k.block, k.time))),
+            Some(_) => {}
+            // A chain shorter than the event's block (a reorganisation to a shorter fork,
+            // or a replica behind): nothing to judge on until it has that block again.
+            None => {
+                return Err(refusal::unavailable(
+                    format!(
+                        "this share node's chain has no block {} (of the access transaction) now",
+                        k.block
+                    ),
+                    Duration::from_secs(1),
+                ));
+            }
         }
         tracing::warn!(
             "access transaction {tx}: its block {} left the chain; looking it up again",
