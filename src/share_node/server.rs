@@ -193,52 +193,51 @@ async fn anchored(n: &Node, root: B256) -> Result<bool, crate::chain::ChainError
     Ok(yes)
 }
 
-/// The block and time of `requester`'s access event for `proof`'s record in `access_tx`
-/// (none: the patient, who needs none: `(0, 0)`); `None` when the transaction holds no such
-/// event. Remembered per transaction, requester and record; a remembered event less than
-/// [`SETTLED_DEPTH`] blocks below `head` (or any, with no head known) counts only while its
-/// block is still on the chain, and is looked up anew when it is not.
+/// Where `requester`'s access event for a record is, as [`access_of`] found it.
+struct Found {
+    block: u64,
+    time: u64,
+    /// Remembered and not yet [`SETTLED_DEPTH`] deep: the block's hash it was seen in, to be
+    /// checked against the chain's ([`still_on_chain`]) before a share is released on it.
+    unconfirmed: Option<B256>,
+}
+
+/// Where `requester`'s access event for `proof`'s record in `access_tx` is (none: the
+/// patient, who needs none: block and time 0); `None` when the transaction holds no such
+/// event. Remembered per transaction, requester and record (`remembered`: whether to use what
+/// is remembered); a remembered event less than [`SETTLED_DEPTH`] blocks below `head` (or
+/// any, with no head known) comes back `unconfirmed`.
 async fn access_of(
     n: &Node,
     requester: Address,
     proof: &crate::chain::merkle::RecordProof,
     access_tx: Option<B256>,
     head: Option<u64>,
-) -> Result<Option<(u64, u64)>, Refusal> {
+    remembered: bool,
+) -> Result<Option<Found>, Refusal> {
     let Some(tx) = access_tx else {
-        return Ok(Some((0, 0)));
+        return Ok(Some(Found {
+            block: 0,
+            time: 0,
+            unconfirmed: None,
+        }));
     };
     let key = (tx, requester, proof.record_id().0);
-    let lock = || {
+    let known = if remembered {
         n.accesses
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&key)
+    } else {
+        None
     };
-    let known = lock().get(&key);
     if let Some(k) = known {
-        if head.is_some_and(|h| h >= k.block.saturating_add(SETTLED_DEPTH)) {
-            return Ok(Some((k.block, k.time)));
-        }
-        match n.cfg.chain.block_hash(k.block).await? {
-            Some(h) if h == k.block_hash => return Ok(Some((k.block, k.time))),
-            Some(_) => {}
-            // A chain shorter than the event's block (a reorganisation to a shorter fork,
-            // or a replica behind): nothing to judge on until it has that block again.
-            None => {
-                return Err(refusal::unavailable(
-                    format!(
-                        "this share node's chain has no block {} (of the access transaction) now",
-                        k.block
-                    ),
-                    Duration::from_secs(1),
-                ));
-            }
-        }
-        tracing::warn!(
-            "access transaction {tx}: its block {} left the chain; looking it up again",
-            k.block
-        );
-        lock().remove(&key);
+        let settled = head.is_some_and(|h| h >= k.block.saturating_add(SETTLED_DEPTH));
+        return Ok(Some(Found {
+            block: k.block,
+            time: k.time,
+            unconfirmed: (!settled).then_some(k.block_hash),
+        }));
     }
     let found = n
         .cfg
@@ -246,9 +245,30 @@ async fn access_of(
         .access_event(tx, requester, proof.record_id(), proof.patient)
         .await?;
     if let Some(at) = found {
-        lock().put(key, at);
+        n.accesses
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .put(key, at);
     }
-    Ok(found.map(|a| (a.block, a.time)))
+    Ok(found.map(|a| Found {
+        block: a.block,
+        time: a.time,
+        unconfirmed: None,
+    }))
+}
+
+/// Whether block `number` still has `hash` on the node's chain; 503 when the chain has no
+/// such block now (a reorganisation to a shorter fork, or a replica behind).
+async fn still_on_chain(n: &Node, number: u64, hash: B256) -> Result<bool, Refusal> {
+    match n.cfg.chain.block_hash(number).await? {
+        Some(h) => Ok(h == hash),
+        None => Err(refusal::unavailable(
+            format!(
+                "this share node's chain has no block {number} (of the access transaction) now"
+            ),
+            Duration::from_secs(1),
+        )),
+    }
 }
 
 /// The node's routes (without the background collector; see [`serve`]).
@@ -407,37 +427,71 @@ async fn may_read_now(
     proof: &crate::chain::merkle::RecordProof,
     access_tx: Option<B256>,
 ) -> Result<bool, Refusal> {
-    let mut view = fresh_view(n, false).await?;
-    let Some((block, time)) = access_of(n, requester, proof, access_tx, view.head).await? else {
-        return Ok(false);
-    };
-    let behind = |v: &View| v.head.is_some_and(|h| h < block);
-    if behind(&view) {
-        view = fresh_view(n, true).await?;
+    // A remembered access event whose block a reorganisation replaced is forgotten, and the
+    // transaction looked up again on the second pass.
+    for remembered in [true, false] {
+        let mut view = fresh_view(n, false).await?;
+        let Some(found) = access_of(n, requester, proof, access_tx, view.head, remembered).await?
+        else {
+            return Ok(false);
+        };
+        let (block, time) = (found.block, found.time);
+        let behind = |v: &View| v.head.is_some_and(|h| h < block);
         if behind(&view) {
-            return Err(refusal::unavailable(
-                format!(
-                    "this share node's chain view has not reached block {block} of the access transaction yet"
-                ),
-                Duration::from_secs(1),
-            ));
+            view = fresh_view(n, true).await?;
+            if behind(&view) {
+                return Err(refusal::unavailable(
+                    format!(
+                        "this share node's chain view has not reached block {block} of the access transaction yet"
+                    ),
+                    Duration::from_secs(1),
+                ));
+            }
         }
+        let judge = |at: BlockId| async move {
+            n.cfg
+                .chain
+                .at(at)
+                .can_read_at(requester, proof, block, time)
+                .await
+                .map_err(Refusal::from)
+        };
+        // The block check runs beside the judgement (one round trip, not two); a "yes"
+        // counts only when the block is still the chain's.
+        let first = match found.unconfirmed {
+            None => judge(view.at).await?,
+            Some(hash) => {
+                let (yes, still) =
+                    tokio::try_join!(judge(view.at), still_on_chain(n, block, hash))?;
+                if !still {
+                    tracing::warn!(
+                        "access transaction {:?}: its block {block} left the chain; looking it up again",
+                        access_tx
+                    );
+                    if let Some(tx) = access_tx {
+                        n.accesses
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .remove(&(tx, requester, proof.record_id().0));
+                    }
+                    continue;
+                }
+                yes
+            }
+        };
+        if first {
+            return Ok(true);
+        }
+        if !view.remembered {
+            return Ok(false);
+        }
+        let at = fresh_view(n, true).await?.at;
+        return judge(at).await;
     }
-    let judge = |at: BlockId| async move {
-        n.cfg
-            .chain
-            .at(at)
-            .can_read_at(requester, proof, block, time)
-            .await
-    };
-    if judge(view.at).await? {
-        return Ok(true);
-    }
-    if !view.remembered {
-        return Ok(false);
-    }
-    let at = fresh_view(n, true).await?.at;
-    Ok(judge(at).await?)
+    Err(refusal::unavailable(
+        "the access transaction's block changed twice while this request was judged".to_owned(),
+        Duration::from_secs(1),
+    ))
 }
 
 /// [`may_write`] on a fresh view, a denial on a remembered head asked again as in
