@@ -82,3 +82,128 @@ async fn a_second_anvil_on_a_busy_port_is_reported_with_its_log() {
         other => panic!("expected a crash report, got {other}"),
     }
 }
+
+fn random_address() -> alloy::primitives::Address {
+    let mut b = [0u8; 20];
+    rand_core::OsRng.fill_bytes(&mut b);
+    b.into()
+}
+
+/// The pid of the anvil listening on `port` (the managed child is the shell that tethers it).
+fn anvil_pid(port: u16) -> Option<i32> {
+    let want = format!("--port\0{port}\0");
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+        let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+        let cmd = String::from_utf8_lossy(&cmd);
+        // Not the shell that tethers it, whose arguments name anvil too.
+        let program = cmd.split('\0').next()?;
+        (program.ends_with("/bin/anvil") && cmd.contains(&want)).then_some(pid)
+    })
+}
+
+/// The development chain's journal (`stack::AnvilState`, what `ehr dev` acknowledges an
+/// upload on): transactions mined before a settle survive anvil's SIGKILL, with no dump of the
+/// chain written, by the replay before the next start; those mined after it are lost with the
+/// process (nothing acknowledged them); the restarted chain journals on from where it is.
+#[tokio::test]
+async fn a_chain_killed_after_a_settle_keeps_every_journaled_transaction() {
+    use alloy::network::TransactionBuilder;
+    use alloy::primitives::{Address, U256};
+    use alloy::rpc::types::TransactionRequest;
+    use ehr_share::records::Durability;
+    use ehr_share::stack::{AnvilState, free_port};
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings: AnvilSettings = common::stack()
+        .anvil
+        .as_ref()
+        .expect("on anvil")
+        .settings
+        .clone();
+    settings.port = free_port().unwrap();
+    settings.chain_id = 4343;
+    settings.block_time_secs = 0;
+    settings.state_interval_secs = 0;
+    let file = dir.path().join("anvil-state.json");
+    settings.state_file = file.display().to_string();
+    let tools = Tools::in_project(common::root());
+    let state = AnvilState::new(settings.rpc_url(), &file);
+
+    state.recover(&tools.anvil, &settings).await.unwrap();
+    let mut node = start_anvil(&tools.anvil, &settings, false).await.unwrap();
+    let p = ProviderBuilder::new().connect_http(settings.rpc_url().parse().unwrap());
+    let from = p.get_accounts().await.unwrap();
+    let pay = |from: Address, to: Address, wei: u64| {
+        let p = p.clone();
+        async move {
+            let tx = TransactionRequest::default()
+                .with_from(from)
+                .with_to(to)
+                .with_value(U256::from(wei));
+            p.send_transaction(tx)
+                .await
+                .unwrap()
+                .get_receipt()
+                .await
+                .unwrap();
+        }
+    };
+    let kept: Vec<(Address, u64)> = (1..=4).map(|i| (random_address(), i * 1000)).collect();
+    for (i, (to, wei)) in kept.iter().enumerate() {
+        pay(from[i % 2], *to, *wei).await;
+    }
+    state.settle(std::time::Instant::now()).await.unwrap();
+    assert!(!file.exists(), "settling wrote the whole chain");
+    let lost: Vec<Address> = (0..2).map(|_| random_address()).collect();
+    for to in &lost {
+        pay(from[0], *to, 7).await;
+    }
+
+    let pid = anvil_pid(settings.port).expect("anvil runs");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    node.child.wait_exit().await;
+    assert!(!file.exists(), "a SIGKILL dumps nothing");
+
+    state.recover(&tools.anvil, &settings).await.unwrap();
+    let mut node = start_anvil(&tools.anvil, &settings, false).await.unwrap();
+    for (to, wei) in &kept {
+        assert_eq!(
+            p.get_balance(*to).await.unwrap(),
+            U256::from(*wei),
+            "a journaled payment to {to}"
+        );
+    }
+    for to in &lost {
+        assert_eq!(
+            p.get_balance(*to).await.unwrap(),
+            U256::ZERO,
+            "a payment after the settle"
+        );
+    }
+
+    // The restarted chain journals on from its replayed head: a payment settled now survives
+    // the next SIGKILL too.
+    let later = random_address();
+    pay(from[1], later, 99).await;
+    state.settle(std::time::Instant::now()).await.unwrap();
+    let pid = anvil_pid(settings.port).expect("anvil runs");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    node.child.wait_exit().await;
+    state.recover(&tools.anvil, &settings).await.unwrap();
+    let mut node = start_anvil(&tools.anvil, &settings, false).await.unwrap();
+    assert_eq!(p.get_balance(later).await.unwrap(), U256::from(99u64));
+    assert_eq!(
+        p.get_balance(kept[0].0).await.unwrap(),
+        U256::from(kept[0].1)
+    );
+    node.child.stop(std::time::Duration::from_secs(5)).await;
+}

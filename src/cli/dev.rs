@@ -133,33 +133,36 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
     // ehr dev writes the state file itself (below): anvil only loads it and dumps on exit.
     let save_every = settings.state_interval_secs;
     settings.state_interval_secs = 0;
-    let anvil = start_anvil(&tools.anvil, &settings, true).await?;
-    // anvil keeps blocks in memory: an upload is acknowledged only once its anchor is on disk.
+    // anvil keeps blocks in memory: an upload is acknowledged only once its anchor is in the
+    // chain's journal on disk, and the journal is replayed before anvil starts.
     let durable = std::sync::Arc::new(crate::stack::AnvilState::new(
         settings.rpc_url(),
         &settings.state_file,
     ));
+    recover_chain(&durable, &tools.anvil, &settings).await;
+    let anvil = start_anvil(&tools.anvil, &settings, true).await?;
     if save_every > 0 {
         durable.clone().spawn_saver(Duration::from_secs(save_every));
     }
-    // Keep a recent good copy of the chain state, for a dump damaged by a kill mid-write.
-    let state_file = PathBuf::from(&settings.state_file);
+    // Keep a recent good copy of the chain state, for a dump damaged by a kill mid-write; the
+    // journal then holds only what came after that copy.
+    let saver = durable.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(10));
         loop {
             tick.tick().await;
-            let f = state_file.clone();
-            if let Ok(Err(e)) =
-                tokio::task::spawn_blocking(move || crate::stack::back_up_state(&f)).await
-            {
+            if let Err(e) = saver.back_up().await {
                 tracing::warn!("backing up the chain state: {e}");
             }
         }
     });
-    let (bin, s2) = (tools.anvil.clone(), settings.clone());
+    let (bin, s2, d2) = (tools.anvil.clone(), settings.clone(), durable.clone());
     supervisor.keep("anvil", anvil.child, move || {
-        let (bin, s2) = (bin.clone(), s2.clone());
-        async move { start_anvil(&bin, &s2, true).await.map(|n| n.child) }
+        let (bin, s2, d2) = (bin.clone(), s2.clone(), d2.clone());
+        async move {
+            recover_chain(&d2, &bin, &s2).await;
+            start_anvil(&bin, &s2, true).await.map(|n| n.child)
+        }
     });
     println!(
         "[dev] starting Kubo (offline, loopback) with repo {}",
@@ -298,6 +301,20 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
 
 /// Moves what belongs to the current chain out of the way, keeping it: the deployment file,
 /// the chain state (also when it lives outside the state folder), share stores and web users.
+/// Replays the chain's journal before anvil starts; a failure is logged and the chain starts
+/// from its state file (settling then writes the whole chain per batch, and the error names
+/// the journal kept aside).
+async fn recover_chain(
+    durable: &crate::stack::AnvilState,
+    bin: &std::path::Path,
+    settings: &AnvilSettings,
+) {
+    if let Err(e) = durable.recover(bin, settings).await {
+        tracing::error!("{e}");
+        eprintln!("[dev] {e}");
+    }
+}
+
 fn reset(state_dir: &std::path::Path, chain_state: &std::path::Path) -> anyhow::Result<()> {
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -337,6 +354,7 @@ fn reset(state_dir: &std::path::Path, chain_state: &std::path::Path) -> anyhow::
         for f in [
             chain_state.to_owned(),
             chain_state.with_extension("json.good"),
+            crate::stack::journal_path(chain_state),
         ] {
             if f.exists() {
                 let name = f.file_name().map_or_else(

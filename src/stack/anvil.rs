@@ -28,6 +28,36 @@ pub async fn start_anvil(
     settings: &AnvilSettings,
     echo: bool,
 ) -> Result<AnvilNode, StackError> {
+    let mut cmd = command(bin, settings);
+    if !settings.state_file.is_empty() {
+        // --state loads the file if present and dumps to it on exit (SIGTERM); the interval
+        // dumps it while running too, so even a kill -9 loses at most that many seconds
+        // (`ehr dev` passes 0 and saves it itself: `stack::AnvilState`).
+        keep_state_loadable(Path::new(&settings.state_file))?;
+        cmd.arg("--state").arg(&settings.state_file);
+        if settings.state_interval_secs > 0 {
+            cmd.arg("--state-interval")
+                .arg(settings.state_interval_secs.to_string());
+        }
+    }
+    spawn_healthy("anvil", cmd, settings, echo).await
+}
+
+/// Starts anvil from the state file, if there is one, without ever writing it (no dump on
+/// exit): a private chain to replay journaled transactions on (`stack::AnvilState::recover`).
+pub(super) async fn start_anvil_loading(
+    bin: &Path,
+    settings: &AnvilSettings,
+) -> Result<AnvilNode, StackError> {
+    let mut cmd = command(bin, settings);
+    if !settings.state_file.is_empty() && Path::new(&settings.state_file).exists() {
+        cmd.arg("--load-state").arg(&settings.state_file);
+    }
+    spawn_healthy("anvil (replaying its journal)", cmd, settings, false).await
+}
+
+/// The command line every anvil here shares: address, chain, accounts, mining.
+fn command(bin: &Path, settings: &AnvilSettings) -> Command {
     let mut cmd = Command::new(bin);
     cmd.arg("--host")
         .arg(&settings.host)
@@ -48,18 +78,16 @@ pub async fn start_anvil(
         cmd.arg("--block-time")
             .arg(settings.block_time_secs.to_string());
     }
-    if !settings.state_file.is_empty() {
-        // --state loads the file if present and dumps to it on exit (SIGTERM); the interval
-        // dumps it while running too, so even a kill -9 loses at most that many seconds
-        // (`ehr dev` passes 0 and saves it itself: `stack::AnvilState`).
-        keep_state_loadable(Path::new(&settings.state_file))?;
-        cmd.arg("--state").arg(&settings.state_file);
-        if settings.state_interval_secs > 0 {
-            cmd.arg("--state-interval")
-                .arg(settings.state_interval_secs.to_string());
-        }
-    }
-    let mut child = ManagedChild::spawn("anvil", cmd, echo)?;
+    cmd
+}
+
+async fn spawn_healthy(
+    name: &str,
+    cmd: Command,
+    settings: &AnvilSettings,
+    echo: bool,
+) -> Result<AnvilNode, StackError> {
+    let mut child = ManagedChild::spawn(name, cmd, echo)?;
     let rpc_url = settings.rpc_url();
     let http = reqwest::Client::new();
     let expected = settings.chain_id;
@@ -80,7 +108,7 @@ pub async fn start_anvil(
 /// Before anvil loads its state file: a file that parses is kept as `<file>.good`; one that
 /// does not (anvil was killed while writing it) is replaced by the last good copy, so a crash at
 /// the wrong moment costs seconds of chain, not the chain.
-fn keep_state_loadable(file: &Path) -> Result<(), StackError> {
+pub(super) fn keep_state_loadable(file: &Path) -> Result<(), StackError> {
     if !file.exists() {
         return Ok(());
     }
@@ -104,15 +132,40 @@ fn keep_state_loadable(file: &Path) -> Result<(), StackError> {
 /// # Errors
 /// When the copy cannot be written.
 pub fn back_up_state(file: &Path) -> Result<bool, StackError> {
-    let parses = std::fs::File::open(file)
-        .map(std::io::BufReader::new)
-        .ok()
-        .and_then(|r| serde_json::from_reader::<_, serde::de::IgnoredAny>(r).ok())
-        .is_some();
-    if parses {
+    back_up_state_head(file).map(|h| h.is_some())
+}
+
+/// [`back_up_state`], returning the last block of the chain copied (`None`: the file is
+/// missing or does not parse, and nothing was copied).
+///
+/// # Errors
+/// When the copy cannot be written.
+pub(super) fn back_up_state_head(file: &Path) -> Result<Option<u64>, StackError> {
+    let head = back_up_state_head_of(file);
+    if head.is_some() {
         copy_atomically(file, &file.with_extension("json.good"))?;
     }
-    Ok(parses)
+    Ok(head)
+}
+
+/// The last block of the chain in an anvil state file, read through the whole file (so a
+/// file that does not parse to its end gives `None`).
+pub(super) fn back_up_state_head_of(file: &Path) -> Option<u64> {
+    #[derive(serde::Deserialize)]
+    struct Head {
+        best_block_number: Option<serde_json::Value>,
+    }
+    let head: Head = std::fs::File::open(file)
+        .map(std::io::BufReader::new)
+        .ok()
+        .and_then(|r| serde_json::from_reader(r).ok())?;
+    Some(match head.best_block_number {
+        Some(serde_json::Value::Number(n)) => n.as_u64()?,
+        Some(serde_json::Value::String(h)) => {
+            u64::from_str_radix(h.trim_start_matches("0x"), 16).ok()?
+        }
+        _ => 0,
+    })
 }
 
 /// `from` to `to` through a temporary file and a rename: `to` is always whole.

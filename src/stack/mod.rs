@@ -2,6 +2,7 @@
 //! log capture, crash reports and clean shutdown. Used by `ehr dev` and by the test fixtures.
 
 mod anvil;
+mod anvil_journal;
 mod anvil_state;
 mod geth;
 mod kubo;
@@ -9,7 +10,7 @@ mod process;
 mod supervise;
 
 pub use anvil::{AnvilNode, back_up_state, start_anvil};
-pub use anvil_state::AnvilState;
+pub use anvil_state::{AnvilState, journal_path};
 pub use geth::{GETH_DEV_CHAIN_ID, GethNode, GethOptions, fund as geth_fund, geth_in, start_geth};
 pub use kubo::{KuboNetwork, KuboNode, KuboOptions, kubo_peer_id, start_kubo, swarm_key};
 pub use process::{ChildExit, ManagedChild};
@@ -68,6 +69,9 @@ pub enum StackError {
         /// Underlying error.
         source: std::io::Error,
     },
+    /// Replaying the development chain's journal failed (`AnvilState::recover`).
+    #[error("replaying the chain's journal: {0}")]
+    Replay(String),
 }
 
 /// Reserves a free loopback TCP port by binding port 0; tests use it to run services side by side.
