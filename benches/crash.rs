@@ -11,8 +11,9 @@
 //!
 //! anvil keeps its chain in memory and writes it to disk every second: a SIGKILL of anvil
 //! loses up to a second of blocks. `ehr dev` therefore acknowledges an upload only once its
-//! anchor is on disk (`stack::AnvilState`); an acknowledged upload lost within 1.5 s before an
-//! anvil kill is still counted apart, to show which defence failed.
+//! anchor is in the chain's journal on disk, which it replays before anvil starts again
+//! (`stack::AnvilState`); an acknowledged upload lost within 1.5 s before an anvil kill is
+//! still counted apart, to show which defence failed.
 //!
 //! `cargo bench --bench crash` prints the counts and writes `docs/crash-bench.md`.
 //! `CRASH_UPLOADS` changes the number of uploads (default 1,000).

@@ -309,9 +309,15 @@ async fn recover_chain(
     bin: &std::path::Path,
     settings: &AnvilSettings,
 ) {
-    if let Err(e) = durable.recover(bin, settings).await {
-        tracing::error!("{e}");
-        eprintln!("[dev] {e}");
+    match durable.recover(bin, settings).await {
+        Ok(0) => {}
+        Ok(n) => println!(
+            "[dev] replayed the chain's journal ({n} transactions since the state file was saved)"
+        ),
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("[dev] {e}");
+        }
     }
 }
 

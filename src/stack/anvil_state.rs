@@ -177,17 +177,17 @@ impl AnvilState {
     /// Before anvil starts: replays the journal onto the state file (on a private anvil, whose
     /// state then replaces the file) and empties it, and learns where the file's chain ends,
     /// so that [`Self::journaled_after`] journals from there. Also brings back the last good
-    /// copy of a damaged state file.
+    /// copy of a damaged state file. Returns how many transactions the journal held.
     ///
     /// # Errors
     /// When the state file cannot be restored, the private anvil does not start, or a
     /// journaled transaction is not on the replayed chain (the journal is then moved aside
     /// as `<journal>.unreplayed-<time>` and named in the error). Settling then dumps the
     /// whole chain, as before a replay.
-    pub async fn recover(&self, bin: &Path, settings: &AnvilSettings) -> Result<(), StackError> {
+    pub async fn recover(&self, bin: &Path, settings: &AnvilSettings) -> Result<usize, StackError> {
         let mut guard = self.journaled.lock().await;
         let Some(j) = guard.as_mut() else {
-            return Ok(());
+            return Ok(0);
         };
         j.head = None;
         j.began = None;
@@ -199,7 +199,7 @@ impl AnvilState {
             .map_err(io(format!("reading {}", self.journal_file.display())))?;
         if entries.is_empty() {
             j.head = Some(state_head(&self.file).unwrap_or(0));
-            return Ok(());
+            return Ok(0);
         }
         tracing::info!(
             transactions = entries.len(),
@@ -214,7 +214,7 @@ impl AnvilState {
         if let Some(s) = saved.as_mut() {
             *s = Saved::default();
         }
-        Ok(())
+        Ok(entries.len())
     }
 
     /// Loads the state file into a private anvil, sends it `entries` in order, checks that
