@@ -54,8 +54,10 @@ pub struct AnvilSettings {
     /// it in its state folder).
     #[serde(default)]
     pub state_file: String,
-    /// Seconds between state dumps while running (so a kill -9 loses at most this much);
-    /// 0 = only on exit.
+    /// At most how many seconds a change to the chain waits to be made durable while running
+    /// (so a kill -9 loses at most this much): `ehr dev` journals new transactions this often
+    /// and dumps the whole state every 30 s or this, if longer (`stack::AnvilState`); 0 = only
+    /// on exit and after upload batches.
     #[serde(default = "default_state_interval")]
     pub state_interval_secs: u64,
 }

@@ -121,7 +121,7 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
     }
     let mut supervisor = Supervisor::default();
     println!(
-        "[dev] starting anvil {} (chain id {}, state {} saved {}after each anchored upload batch and on exit)",
+        "[dev] starting anvil {} (chain id {}, state {}: its transactions journaled {}after each anchored upload batch, the whole chain saved every 30 s and on exit)",
         settings.rpc_url(),
         settings.chain_id,
         settings.state_file,
@@ -185,7 +185,7 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
     let ipfs_version = ipfs.version().await?;
 
     let deployment_file = a.state_dir.join("deployment.json");
-    let chain = deploy_or_reuse(&settings, &deployment_file).await?;
+    let chain = deploy_or_reuse(&settings, &deployment_file, &durable).await?;
     let keyring = seed_demo(&settings, &chain).await?;
 
     let node_refs = start_share_nodes(&a, &settings, &chain, &mut supervisor).await?;
@@ -483,6 +483,7 @@ async fn start_ingest(
 async fn deploy_or_reuse(
     settings: &AnvilSettings,
     file: &std::path::Path,
+    durable: &crate::stack::AnvilState,
 ) -> anyhow::Result<EhrChain> {
     let office = demo_signer(settings, OFFICE)?;
     let rpc = settings.rpc_url();
@@ -522,6 +523,11 @@ async fn deploy_or_reuse(
         );
     }
     let (chain, d) = EhrChain::deploy(&rpc, office.clone(), office.address()).await?;
+    // On disk before its file names it: a replayed deployment would be another one.
+    durable
+        .journaled_after(std::time::Instant::now())
+        .await
+        .map_err(|e| anyhow::anyhow!("saving the chain with the new contract: {e}"))?;
     d.save(file)
         .with_context(|| format!("writing {}", file.display()))?;
     println!(

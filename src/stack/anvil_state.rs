@@ -40,6 +40,9 @@ use crate::records::Durability;
 
 /// Blocks, or transactions, asked for in one JSON-RPC batch while journaling.
 const PER_BATCH: usize = 256;
+/// How often the periodic saver writes the whole chain into the state file (it journals the
+/// new blocks in between).
+const DUMP_EVERY: Duration = Duration::from_secs(30);
 /// How long a replay waits for its transactions to be mined.
 const REPLAY_WAIT: Duration = Duration::from_secs(30);
 
@@ -114,19 +117,27 @@ impl AnvilState {
                 "the chain's head block {head} is behind its journal (block {from}): restarted without a replay?"
             ));
         }
-        let entries = self.transactions(from + 1, head).await?;
+        let (entries, creates) = self.transactions(from + 1, head).await?;
         let path = self.journal_file.clone();
         tokio::task::spawn_blocking(move || journal::append(&path, &entries))
             .await
             .map_err(|e| e.to_string())?
             .map_err(|e| format!("appending to {}: {e}", self.journal_file.display()))?;
+        if creates {
+            // A contract's creation depends on its block (`EhrAccess` derives its deployment
+            // id from the block's number, time and parent hash): replayed, it would be
+            // another deployment. The whole chain goes to the state file instead.
+            self.saved_after(began).await?;
+        }
         j.head = Some(head);
         j.began = Some(began);
         Ok(())
     }
 
-    /// The signed transactions of blocks `from..=to`, in the order they were mined.
-    async fn transactions(&self, from: u64, to: u64) -> Result<Vec<Entry>, String> {
+    /// The signed transactions of blocks `from..=to`, in the order they were mined, and
+    /// whether one of them created a contract.
+    async fn transactions(&self, from: u64, to: u64) -> Result<(Vec<Entry>, bool), String> {
+        let mut creates = false;
         let mut hashes = Vec::new();
         let numbers: Vec<u64> = (from..=to).collect();
         for chunk in numbers.chunks(PER_BATCH) {
@@ -135,7 +146,7 @@ impl AnvilState {
                 .map(|n| {
                     (
                         "eth_getBlockByNumber",
-                        serde_json::json!([format!("{n:#x}"), false]),
+                        serde_json::json!([format!("{n:#x}"), true]),
                     )
                 })
                 .collect::<Vec<_>>();
@@ -146,10 +157,12 @@ impl AnvilState {
                 let txs = block["transactions"].as_array().ok_or_else(|| {
                     format!("block {n} is missing from the chain (restarted meanwhile?)")
                 })?;
-                for h in txs {
-                    let h = h
+                for tx in txs {
+                    let h = tx["hash"]
                         .as_str()
-                        .ok_or_else(|| format!("block {n}: {h} is no hash"))?;
+                        .ok_or_else(|| format!("block {n}: a transaction without a hash: {tx}"))?;
+                    // A contract creation has no recipient.
+                    creates |= tx["to"].is_null();
                     hashes.push((*n, h.to_owned()));
                 }
             }
@@ -171,7 +184,7 @@ impl AnvilState {
                 entries.push(Entry { block: *block, raw });
             }
         }
-        Ok(entries)
+        Ok((entries, creates))
     }
 
     /// Before anvil starts: replays the journal onto the state file (on a private anvil, whose
@@ -387,22 +400,31 @@ impl AnvilState {
         *self.journaled.lock().await = None;
     }
 
-    /// Saves the chain at most `every` after it changed: every half `every` it dumps, unless
-    /// a dump began within that half (one after an anchored batch, or its own) or the head
-    /// block is the one of the last dump. `ehr dev`'s periodic save, in place of anvil's own
+    /// Keeps the chain durable at most `every` after it changed: every half `every` it
+    /// journals the blocks mined since the last append (cheap: only new blocks are read), and
+    /// at most every [`DUMP_EVERY`] (or `every`, when longer) it dumps the whole chain into
+    /// the state file, unless the head block is the one of the last dump, so that the journal
+    /// and a replay stay short. `ehr dev`'s periodic save, in place of anvil's own
     /// `--state-interval`: the state file then has one writer while anvil runs, and every save
     /// replaces it whole (anvil's own dumps wrote it in place, and a kill mid-write left a
     /// file that does not parse).
     pub fn spawn_saver(self: std::sync::Arc<Self>, every: std::time::Duration) {
         let half = every / 2;
+        let dump_every = every.max(DUMP_EVERY);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(half);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut dumped: Option<Instant> = None;
             loop {
                 tick.tick().await;
                 let now = Instant::now();
                 let since = now.checked_sub(half).unwrap_or(now);
-                match self.save_if_changed(since).await {
+                let mut saved = self.journaled_after(since).await;
+                if saved.is_ok() && dumped.is_none_or(|t| t.elapsed() >= dump_every) {
+                    saved = self.save_if_changed(since).await;
+                    dumped = Some(now);
+                }
+                match saved {
                     Ok(()) => {}
                     Err(e) if self.last.lock().await.is_none() => {
                         tracing::debug!("chain saver stopped: {e}");
