@@ -169,7 +169,11 @@ async fn a_chain_killed_after_a_settle_keeps_every_journaled_transaction() {
     node.child.wait_exit().await;
     assert!(!file.exists(), "a SIGKILL dumps nothing");
 
-    state.recover(&tools.anvil, &settings).await.unwrap();
+    assert_eq!(
+        state.recover(&tools.anvil, &settings).await.unwrap(),
+        4,
+        "the four settled payments are replayed, and nothing after them"
+    );
     let mut node = start_anvil(&tools.anvil, &settings, false).await.unwrap();
     for (to, wei) in &kept {
         assert_eq!(
@@ -198,12 +202,21 @@ async fn a_chain_killed_after_a_settle_keeps_every_journaled_transaction() {
     )
     .unwrap();
     node.child.wait_exit().await;
-    state.recover(&tools.anvil, &settings).await.unwrap();
+    // The journal still holds the four (until a copy of the state file does), which the state
+    // file now holds too: only the one payment since is new to it.
+    assert_eq!(state.recover(&tools.anvil, &settings).await.unwrap(), 1);
     let mut node = start_anvil(&tools.anvil, &settings, false).await.unwrap();
     assert_eq!(p.get_balance(later).await.unwrap(), U256::from(99u64));
     assert_eq!(
         p.get_balance(kept[0].0).await.unwrap(),
         U256::from(kept[0].1)
     );
+
+    // A copy of the state file set aside holds every journaled block: the journal empties.
+    let journal = ehr_share::stack::journal_path(&file);
+    assert!(std::fs::metadata(&journal).unwrap().len() > 0);
+    state.back_up().await.unwrap();
+    assert_eq!(std::fs::metadata(&journal).unwrap().len(), 0);
+    assert!(file.with_extension("json.good").exists());
     node.child.stop(std::time::Duration::from_secs(5)).await;
 }

@@ -139,7 +139,7 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
         settings.rpc_url(),
         &settings.state_file,
     ));
-    recover_chain(&durable, &tools.anvil, &settings).await;
+    recover_chain(&durable, &tools.anvil, &settings).await?;
     let anvil = start_anvil(&tools.anvil, &settings, true).await?;
     if save_every > 0 {
         durable.clone().spawn_saver(Duration::from_secs(save_every));
@@ -160,7 +160,8 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
     supervisor.keep("anvil", anvil.child, move || {
         let (bin, s2, d2) = (bin.clone(), s2.clone(), d2.clone());
         async move {
-            recover_chain(&d2, &bin, &s2).await;
+            // No anvil before its journal is replayed: the supervisor tries again.
+            recover_chain(&d2, &bin, &s2).await?;
             start_anvil(&bin, &s2, true).await.map(|n| n.child)
         }
     });
@@ -301,24 +302,21 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
 
 /// Moves what belongs to the current chain out of the way, keeping it: the deployment file,
 /// the chain state (also when it lives outside the state folder), share stores and web users.
-/// Replays the chain's journal before anvil starts; a failure is logged and the chain starts
-/// from its state file (settling then writes the whole chain per batch, and the error names
-/// the journal kept aside).
+/// Replays the chain's journal before anvil starts. A failure leaves the journal in place and
+/// anvil unstarted: started without it, the chain would give the journal's nonces to new
+/// transactions, and the acknowledged ones could never be replayed.
 async fn recover_chain(
     durable: &crate::stack::AnvilState,
     bin: &std::path::Path,
     settings: &AnvilSettings,
-) {
-    match durable.recover(bin, settings).await {
-        Ok(0) => {}
-        Ok(n) => println!(
+) -> Result<(), crate::stack::StackError> {
+    let n = durable.recover(bin, settings).await?;
+    if n > 0 {
+        println!(
             "[dev] replayed the chain's journal ({n} transactions since the state file was saved)"
-        ),
-        Err(e) => {
-            tracing::error!("{e}");
-            eprintln!("[dev] {e}");
-        }
+        );
     }
+    Ok(())
 }
 
 fn reset(state_dir: &std::path::Path, chain_state: &std::path::Path) -> anyhow::Result<()> {

@@ -136,16 +136,38 @@ pub fn back_up_state(file: &Path) -> Result<bool, StackError> {
 }
 
 /// [`back_up_state`], returning the last block of the chain copied (`None`: the file is
-/// missing or does not parse, and nothing was copied).
+/// missing or does not parse, and nothing was copied). The copy is made first and the copy is
+/// parsed, so the head returned is the one of the bytes kept, whatever writes the file
+/// meanwhile.
 ///
 /// # Errors
 /// When the copy cannot be written.
 pub(super) fn back_up_state_head(file: &Path) -> Result<Option<u64>, StackError> {
-    let head = back_up_state_head_of(file);
-    if head.is_some() {
-        copy_atomically(file, &file.with_extension("json.good"))?;
+    let io = |context: String| move |source| StackError::Io { context, source };
+    if !file.exists() {
+        return Ok(None);
     }
-    Ok(head)
+    let good = file.with_extension("json.good");
+    let tmp = private_tmp(&good);
+    std::fs::copy(file, &tmp).map_err(io(format!("copying {}", file.display())))?;
+    let Some(head) = back_up_state_head_of(&tmp) else {
+        let _ = std::fs::remove_file(&tmp);
+        return Ok(None);
+    };
+    std::fs::File::open(&tmp)
+        .and_then(|f| f.sync_all())
+        .map_err(io(format!("syncing {}", tmp.display())))?;
+    std::fs::rename(&tmp, &good).map_err(io(format!("replacing {}", good.display())))?;
+    Ok(Some(head))
+}
+
+/// A temporary name beside `to` that no other copy uses at the same time.
+fn private_tmp(to: &Path) -> std::path::PathBuf {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut name = to.file_name().unwrap_or_default().to_owned();
+    name.push(format!(".{}-{n}.tmp", std::process::id()));
+    to.with_file_name(name)
 }
 
 /// The last block of the chain in an anvil state file, read through the whole file (so a
@@ -171,7 +193,7 @@ pub(super) fn back_up_state_head_of(file: &Path) -> Option<u64> {
 /// `from` to `to` through a temporary file and a rename: `to` is always whole.
 fn copy_atomically(from: &Path, to: &Path) -> Result<(), StackError> {
     let io = |context: String| move |source| StackError::Io { context, source };
-    let tmp = to.with_extension("tmp");
+    let tmp = private_tmp(to);
     std::fs::copy(from, &tmp).map_err(io(format!("copying {}", from.display())))?;
     std::fs::rename(&tmp, to).map_err(io(format!("replacing {}", to.display())))?;
     Ok(())

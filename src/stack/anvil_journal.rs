@@ -65,21 +65,41 @@ pub(super) fn read(path: &Path) -> std::io::Result<Vec<Entry>> {
     }
 }
 
-/// Appends `entries` and returns once they are on disk (the file's creation too).
+/// Appends `entries` and returns once they are on disk (the file's creation too). A failed
+/// append takes back what it wrote, so the next one does not follow a cut record.
 ///
 /// # Errors
-/// When the file cannot be opened, written or synced.
+/// When an entry is empty or larger than a record holds, or the file cannot be opened,
+/// written or synced.
 pub(super) fn append(path: &Path, entries: &[Entry]) -> std::io::Result<()> {
     if entries.is_empty() {
         return Ok(());
+    }
+    if let Some(e) = entries
+        .iter()
+        .find(|e| e.raw.is_empty() || e.raw.len() > MAX_TX_BYTES)
+    {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!(
+                "a transaction of {} bytes in block {} does not fit a journal record",
+                e.raw.len(),
+                e.block
+            ),
+        ));
     }
     let created = !path.exists();
     let mut f = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(path)?;
-    f.write_all(&encode(entries))?;
-    f.sync_data()?;
+    let before = f.metadata()?.len();
+    let written = f.write_all(&encode(entries)).and_then(|()| f.sync_data());
+    if let Err(e) = written {
+        // Best effort: if this fails too, the cut record ends what `read` returns.
+        let _ = f.set_len(before).and_then(|()| f.sync_data());
+        return Err(e);
+    }
     if created {
         sync_dir(path);
     }
@@ -162,6 +182,18 @@ mod tests {
         zeroed.extend_from_slice(&[0; 56]);
         std::fs::write(&path, &zeroed).unwrap();
         assert_eq!(read(&path).unwrap(), first);
+    }
+
+    #[test]
+    fn entries_no_record_can_hold_are_refused_and_nothing_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("chain.journal");
+        append(&path, &[entry(1, 10)]).unwrap();
+        for bad in [entry(2, 0), entry(2, MAX_TX_BYTES + 1)] {
+            let err = append(&path, &[entry(2, 5), bad]).unwrap_err();
+            assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
+        }
+        assert_eq!(read(&path).unwrap(), vec![entry(1, 10)]);
     }
 
     #[test]

@@ -11,7 +11,9 @@
 //! same time share one append. Before anvil starts (first, and after every crash), the journal
 //! is replayed: a private anvil loads the state file, takes the journaled transactions in
 //! their order (those the file holds already are refused as used nonces), and its state
-//! replaces the file; then the real anvil loads it.
+//! replaces the file; then the real anvil loads it. A contract creation is never left to a
+//! replay: its address is the same, but `EhrAccess` derives its deployment id from its block,
+//! so the chain is dumped whole when the journal meets one.
 //!
 //! The state file itself is still written whole (`anvil_dumpState`, gzip JSON, through a
 //! temporary file, `fsync` and a rename) every `state_interval_secs` by
@@ -58,6 +60,16 @@ pub struct AnvilState {
     journal_file: PathBuf,
     /// What the journal holds; `None` once stopped.
     journaled: tokio::sync::Mutex<Option<Journaled>>,
+}
+
+/// What a replay did.
+struct Replayed {
+    /// The replayed chain's head block.
+    head: u64,
+    /// Journaled transactions the state file did not hold.
+    new: usize,
+    /// Journaled transactions not mined on the replayed chain.
+    missing: Vec<alloy::primitives::B256>,
 }
 
 /// How far the journal reaches.
@@ -188,22 +200,26 @@ impl AnvilState {
     }
 
     /// Before anvil starts: replays the journal onto the state file (on a private anvil, whose
-    /// state then replaces the file) and empties it, and learns where the file's chain ends,
-    /// so that [`Self::journaled_after`] journals from there. Also brings back the last good
-    /// copy of a damaged state file. Returns how many transactions the journal held.
+    /// state then replaces the file), and learns where the file's chain ends, so that
+    /// [`Self::journaled_after`] journals from there. Also brings back the last good copy of a
+    /// damaged state file, and waits for an anvil of an earlier run to let go of the port.
+    /// Returns how many journaled transactions the state file did not hold.
     ///
     /// # Errors
-    /// When the state file cannot be restored, the private anvil does not start, or a
-    /// journaled transaction is not on the replayed chain (the journal is then moved aside
-    /// as `<journal>.unreplayed-<time>` and named in the error). Settling then dumps the
-    /// whole chain, as before a replay.
+    /// When the state file cannot be restored, the port stays taken, the private anvil does
+    /// not start or answer: the journal is kept, and anvil must not start (it would give the
+    /// journal's nonces to new transactions). Journaled transactions that do not mine on the
+    /// replayed chain are logged as an error and their journal kept aside as
+    /// `<journal>.unreplayed-<time>`; the others are kept.
     pub async fn recover(&self, bin: &Path, settings: &AnvilSettings) -> Result<usize, StackError> {
         let mut guard = self.journaled.lock().await;
         let Some(j) = guard.as_mut() else {
-            return Ok(0);
+            return Err(StackError::Replay("ehr dev is stopping".into()));
         };
         j.head = None;
         j.began = None;
+        // An anvil of an earlier run may still be writing the state file as it exits.
+        port_free(&settings.host, settings.port, Duration::from_secs(30)).await?;
         // No periodic dump while the file is rebuilt.
         let mut saved = self.last.lock().await;
         super::anvil::keep_state_loadable(&self.file)?;
@@ -211,7 +227,13 @@ impl AnvilState {
         let entries = journal::read(&self.journal_file)
             .map_err(io(format!("reading {}", self.journal_file.display())))?;
         if entries.is_empty() {
-            j.head = Some(state_head(&self.file).unwrap_or(0));
+            // No file: a new chain, from its genesis block. A file that does not parse
+            // (anvil will refuse it too): where it ends is unknown, and settling dumps.
+            j.head = if self.file.exists() {
+                state_head(&self.file)
+            } else {
+                Some(0)
+            };
             return Ok(0);
         }
         tracing::info!(
@@ -220,14 +242,34 @@ impl AnvilState {
             self.journal_file.display(),
             self.file.display()
         );
-        let head = self.replay(bin, settings, &entries).await?;
-        std::fs::remove_file(&self.journal_file)
-            .map_err(io(format!("removing {}", self.journal_file.display())))?;
+        let Replayed { head, new, missing } = self.replay(bin, settings, &entries).await?;
+        // The journal stays until a copy of the state file holds its blocks (`back_up`): an
+        // anvil of the crashed run still dumping as it exits could yet replace the file with
+        // one that is then cut, and `.good` would be older than the replay.
+        if !missing.is_empty() {
+            // Not mined on the replayed chain (a nonce gap, a damaged entry): kept for a human,
+            // out of the way of the next replay.
+            let aside = self.journal_file.with_extension(format!(
+                "journal.unreplayed-{}",
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs())
+            ));
+            std::fs::rename(&self.journal_file, &aside)
+                .map_err(io(format!("moving {} aside", self.journal_file.display())))?;
+            tracing::error!(
+                "{} of {} journaled transactions could not be replayed (the first: {}); the journal is kept as {}",
+                missing.len(),
+                entries.len(),
+                missing[0],
+                aside.display()
+            );
+        }
         j.head = Some(head);
         if let Some(s) = saved.as_mut() {
             *s = Saved::default();
         }
-        Ok(entries.len())
+        Ok(new)
     }
 
     /// Loads the state file into a private anvil, sends it `entries` in order, checks that
@@ -237,7 +279,7 @@ impl AnvilState {
         bin: &Path,
         settings: &AnvilSettings,
         entries: &[Entry],
-    ) -> Result<u64, StackError> {
+    ) -> Result<Replayed, StackError> {
         let replay_error = |m: String| StackError::Replay(m);
         let port = super::free_port().map_err(|e| replay_error(format!("no free port: {e}")))?;
         let private = AnvilSettings {
@@ -254,24 +296,38 @@ impl AnvilState {
             let mut refused = 0;
             for e in entries {
                 let raw = format!("0x{}", alloy::hex::encode(&e.raw));
-                let v = rpc_at(&self.http, &url, "eth_sendRawTransaction", serde_json::json!([raw]), 10)
-                    .await
-                    .map_err(replay_error)?;
+                let v = rpc_at(
+                    &self.http,
+                    &url,
+                    "eth_sendRawTransaction",
+                    serde_json::json!([raw]),
+                    10,
+                )
+                .await
+                .map_err(replay_error)?;
                 if let Some(err) = v.get("error") {
                     // Mostly "nonce too low": the state file holds it already.
                     tracing::debug!("replaying a journaled transaction: {err}");
                     refused += 1;
                 }
             }
-            let mut missing = Vec::new();
+            let (mut missing, mut reverted) = (Vec::new(), 0usize);
             let deadline = tokio::time::Instant::now() + REPLAY_WAIT;
             for e in entries {
                 let hash = alloy::primitives::keccak256(&e.raw);
                 loop {
-                    let v = rpc_at(&self.http, &url, "eth_getTransactionReceipt", serde_json::json!([hash]), 10)
-                        .await
-                        .map_err(replay_error)?;
+                    let v = rpc_at(
+                        &self.http,
+                        &url,
+                        "eth_getTransactionReceipt",
+                        serde_json::json!([hash]),
+                        10,
+                    )
+                    .await
+                    .map_err(replay_error)?;
                     if !v["result"].is_null() {
+                        // Mined, but failed this time (it depends on the time, say).
+                        reverted += usize::from(v["result"]["status"] == "0x0");
                         break;
                     }
                     if tokio::time::Instant::now() >= deadline {
@@ -281,31 +337,23 @@ impl AnvilState {
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
             }
-            if !missing.is_empty() {
-                let aside = self.journal_file.with_extension(format!(
-                    "journal.unreplayed-{}",
-                    std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map_or(0, |d| d.as_secs())
-                ));
-                let _ = std::fs::rename(&self.journal_file, &aside);
-                return Err(replay_error(format!(
-                    "{} of {} journaled transactions are not on the replayed chain ({}...); the journal is kept as {}",
-                    missing.len(),
-                    entries.len(),
-                    missing[0],
-                    aside.display()
-                )));
-            }
+            // What replayed is kept even when some did not: each is an acknowledged upload.
             let head = block_number(&self.http, &url).await.map_err(replay_error)?;
             self.dump_at(&url).await.map_err(replay_error)?;
+            if reverted > 0 {
+                tracing::warn!(reverted, "journaled transactions failed when replayed");
+            }
             tracing::info!(
                 replayed = entries.len() - refused,
                 held_already = refused,
                 head,
                 "replayed the chain's journal"
             );
-            Ok(head)
+            Ok(Replayed {
+                head,
+                new: entries.len() - refused,
+                missing,
+            })
         }
         .await;
         node.child.stop(Duration::from_secs(5)).await;
@@ -327,9 +375,10 @@ impl AnvilState {
         let Some(head) = head else {
             return Ok(());
         };
-        // Not while an append or a replay is under way.
+        // Not while an append or a replay is under way, nor while the journal was not
+        // replayed (its blocks are not this chain's).
         let guard = self.journaled.lock().await;
-        if guard.is_none() {
+        if guard.as_ref().is_none_or(|j| j.head.is_none()) {
             return Ok(());
         }
         let path = self.journal_file.clone();
@@ -591,6 +640,20 @@ async fn rpc_batch(
         .enumerate()
         .map(|(i, r)| r.ok_or_else(|| format!("{}: no answer to call {i}", calls[i].0)))
         .collect()
+}
+
+/// Waits until nothing listens on `host:port` any more (an anvil of an earlier run exiting).
+async fn port_free(host: &str, port: u16, wait: Duration) -> Result<(), StackError> {
+    let deadline = tokio::time::Instant::now() + wait;
+    while tokio::net::TcpStream::connect((host, port)).await.is_ok() {
+        if tokio::time::Instant::now() >= deadline {
+            return Err(StackError::Replay(format!(
+                "something still listens on {host}:{port} after {wait:?} (an anvil of an earlier run?); the journal is kept"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
 }
 
 /// The chain's head block number.
