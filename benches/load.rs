@@ -450,7 +450,7 @@ async fn main() -> anyhow::Result<()> {
     let cpu_after = cpu_split(root);
     let up_times = std::mem::take(&mut *times.lock().await);
     let up_errors = std::mem::take(&mut *errors.lock().await);
-    md.push_str(&format!("## 4. Uploads of 10 KB, {UPLOAD_CLIENTS} clients at once\n\nThree demo patients, {UPLOADS} uploads; each encrypted, added to Kubo, shared to five nodes, anchored in a batch (one transaction for the uploads that arrive within 50 ms), its proof given to every node, and written to anvil's disk before the acknowledgement. Target: >= 500 records per second, 0 errors.\n\n| path | uploads | p50 | p95 | p99 |\n|---|---:|---:|---:|---:|\n"));
+    md.push_str(&format!("## 4. Uploads of 10 KB, {UPLOAD_CLIENTS} clients at once\n\nThree demo patients, {UPLOADS} uploads; each encrypted, added to Kubo, shared to five nodes, anchored in a batch (one transaction for the uploads that arrive within 50 ms), its proof given to every node, and its anchor's transaction in the chain's journal on disk before the acknowledgement. Target: >= 500 records per second, 0 errors.\n\n| path | uploads | p50 | p95 | p99 |\n|---|---:|---:|---:|---:|\n"));
     md.push_str(&format!(
         "{}\n\n**{:.0} records per second**; {} errors; the gateway's upload budget said \"busy\" {} times (asked again after 20 ms).\n\n",
         row("`POST /records`", &up_times),
