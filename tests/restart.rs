@@ -199,8 +199,8 @@ async fn list_once(gw: &str) -> Option<Vec<String>> {
     (unique.len() == out.len()).then_some(out)
 }
 
-/// Waits until the chain's state file holds every block the chain at `rpc` has now (`ehr dev`
-/// saves it within about a second of a change).
+/// Waits until the chain's state file, or its journal, holds every block the chain at `rpc`
+/// has now (`ehr dev` journals within about a second of a change).
 async fn state_saved(state: &Path, rpc: &str) {
     use alloy::providers::Provider as _;
     let head = alloy::providers::ProviderBuilder::new()
@@ -210,18 +210,11 @@ async fn state_saved(state: &Path, rpc: &str) {
         .unwrap();
     let file: PathBuf = state.join("anvil-state.json");
     let ok = wait_until(Duration::from_secs(20), || {
-        let saved = std::fs::read(&file)
-            .ok()
-            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
-            .and_then(|v| match &v["best_block_number"] {
-                Value::Number(n) => n.as_u64(),
-                Value::String(h) => u64::from_str_radix(h.trim_start_matches("0x"), 16).ok(),
-                _ => None,
-            });
+        let saved = ehr_share::stack::durable_head(&file);
         async move { saved.is_some_and(|n| n >= head) }
     })
     .await;
-    assert!(ok, "the chain state was never saved with block {head}");
+    assert!(ok, "the chain was never saved with block {head}");
 }
 
 fn payload(i: u8, len: usize) -> Vec<u8> {

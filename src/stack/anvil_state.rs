@@ -572,6 +572,16 @@ pub fn journal_path(state_file: &Path) -> PathBuf {
     state_file.with_file_name(name)
 }
 
+/// The last block of the chain kept in `state_file` on disk: the file's head, or the last
+/// journaled block beside it if later (what a replay brings back); `None` when neither has
+/// one.
+pub fn durable_head(state_file: &Path) -> Option<u64> {
+    let journaled = journal::read(&journal_path(state_file))
+        .ok()
+        .and_then(|e| e.iter().map(|e| e.block).max());
+    state_head(state_file).max(journaled)
+}
+
 /// The last block of the chain in a state file; `None` when there is none or it does not
 /// parse.
 fn state_head(file: &Path) -> Option<u64> {

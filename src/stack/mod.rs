@@ -10,7 +10,7 @@ mod process;
 mod supervise;
 
 pub use anvil::{AnvilNode, back_up_state, start_anvil};
-pub use anvil_state::{AnvilState, journal_path};
+pub use anvil_state::{AnvilState, durable_head, journal_path};
 pub use geth::{GETH_DEV_CHAIN_ID, GethNode, GethOptions, fund as geth_fund, geth_in, start_geth};
 pub use kubo::{KuboNetwork, KuboNode, KuboOptions, kubo_peer_id, start_kubo, swarm_key};
 pub use process::{ChildExit, ManagedChild};
