@@ -174,20 +174,29 @@ fn private_tmp(to: &Path) -> std::path::PathBuf {
 /// file that does not parse to its end gives `None`).
 pub(super) fn back_up_state_head_of(file: &Path) -> Option<u64> {
     #[derive(serde::Deserialize)]
+    struct Block {
+        number: Option<serde_json::Value>,
+    }
+    #[derive(serde::Deserialize)]
     struct Head {
         best_block_number: Option<serde_json::Value>,
+        /// What anvil falls back on when the file has no `best_block_number`.
+        block: Option<Block>,
     }
     let head: Head = std::fs::File::open(file)
         .map(std::io::BufReader::new)
         .ok()
         .and_then(|r| serde_json::from_reader(r).ok())?;
-    Some(match head.best_block_number {
-        Some(serde_json::Value::Number(n)) => n.as_u64()?,
-        Some(serde_json::Value::String(h)) => {
-            u64::from_str_radix(h.trim_start_matches("0x"), 16).ok()?
-        }
-        _ => 0,
-    })
+    let number = |v: &serde_json::Value| match v {
+        serde_json::Value::Number(n) => n.as_u64(),
+        serde_json::Value::String(h) => u64::from_str_radix(h.trim_start_matches("0x"), 16).ok(),
+        _ => None,
+    };
+    head.best_block_number
+        .as_ref()
+        .and_then(number)
+        .or_else(|| head.block.as_ref()?.number.as_ref().and_then(number))
+        .or(Some(0))
 }
 
 /// `from` to `to` through a temporary file and a rename: `to` is always whole.
@@ -195,6 +204,9 @@ fn copy_atomically(from: &Path, to: &Path) -> Result<(), StackError> {
     let io = |context: String| move |source| StackError::Io { context, source };
     let tmp = private_tmp(to);
     std::fs::copy(from, &tmp).map_err(io(format!("copying {}", from.display())))?;
+    std::fs::File::open(&tmp)
+        .and_then(|f| f.sync_all())
+        .map_err(io(format!("syncing {}", tmp.display())))?;
     std::fs::rename(&tmp, to).map_err(io(format!("replacing {}", to.display())))?;
     Ok(())
 }

@@ -35,9 +35,11 @@ fn encode(entries: &[Entry]) -> Vec<u8> {
     out
 }
 
-/// Parses a journal's bytes: every whole record, up to the first cut or damaged one.
-fn decode(mut bytes: &[u8]) -> Vec<Entry> {
+/// Parses a journal's bytes: every whole record, up to the first cut or damaged one, and the
+/// length they take.
+fn decode(mut bytes: &[u8]) -> (Vec<Entry>, usize) {
     let mut out = Vec::new();
+    let mut whole = 0;
     while bytes.len() >= HEADER {
         let block = u64::from_be_bytes(bytes[..8].try_into().unwrap_or_default());
         let len = u32::from_be_bytes(bytes[8..HEADER].try_into().unwrap_or_default()) as usize;
@@ -49,8 +51,9 @@ fn decode(mut bytes: &[u8]) -> Vec<Entry> {
             raw: bytes[HEADER..HEADER + len].to_vec(),
         });
         bytes = &bytes[HEADER + len..];
+        whole += HEADER + len;
     }
-    out
+    (out, whole)
 }
 
 /// The entries of the journal at `path` (none when there is no file).
@@ -59,10 +62,32 @@ fn decode(mut bytes: &[u8]) -> Vec<Entry> {
 /// When the file exists but cannot be read.
 pub(super) fn read(path: &Path) -> std::io::Result<Vec<Entry>> {
     match std::fs::read(path) {
-        Ok(bytes) => Ok(decode(&bytes)),
+        Ok(bytes) => Ok(decode(&bytes).0),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
         Err(e) => Err(e),
     }
+}
+
+/// Cuts the journal after its last whole record (a crash in the middle of an append leaves a
+/// cut one, never acknowledged), so that appends go on where [`read`] can see them; returns
+/// how many bytes were cut.
+///
+/// # Errors
+/// When the file exists but cannot be read, cut or synced.
+pub(super) fn repair(path: &Path) -> std::io::Result<u64> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    let whole = decode(&bytes).1;
+    if whole == bytes.len() {
+        return Ok(0);
+    }
+    let f = std::fs::OpenOptions::new().write(true).open(path)?;
+    f.set_len(whole as u64)?;
+    f.sync_all()?;
+    Ok((bytes.len() - whole) as u64)
 }
 
 /// Appends `entries` and returns once they are on disk (the file's creation too). A failed
@@ -182,6 +207,14 @@ mod tests {
         zeroed.extend_from_slice(&[0; 56]);
         std::fs::write(&path, &zeroed).unwrap();
         assert_eq!(read(&path).unwrap(), first);
+
+        // Repaired, the next append follows the last whole record and reads back.
+        assert_eq!(repair(&path).unwrap(), 56);
+        assert_eq!(repair(&path).unwrap(), 0);
+        append(&path, &[entry(11, 7)]).unwrap();
+        let mut after = first.clone();
+        after.push(entry(11, 7));
+        assert_eq!(read(&path).unwrap(), after);
     }
 
     #[test]

@@ -138,8 +138,9 @@ impl AnvilState {
         if creates {
             // A contract's creation depends on its block (`EhrAccess` derives its deployment
             // id from the block's number, time and parent hash): replayed, it would be
-            // another deployment. The whole chain goes to the state file instead.
-            self.saved_after(began).await?;
+            // another deployment. The whole chain goes to the state file instead, in a dump
+            // begun after the creation was seen mined.
+            self.saved_after(Instant::now()).await?;
         }
         j.head = Some(head);
         j.began = Some(began);
@@ -224,6 +225,15 @@ impl AnvilState {
         let mut saved = self.last.lock().await;
         super::anvil::keep_state_loadable(&self.file)?;
         let io = |context: String| move |source| StackError::Io { context, source };
+        // A record cut by a crash mid-append would hide every one appended after it.
+        let cut = journal::repair(&self.journal_file)
+            .map_err(io(format!("repairing {}", self.journal_file.display())))?;
+        if cut > 0 {
+            tracing::warn!(
+                "cut {cut} bytes of an unfinished record off {}",
+                self.journal_file.display()
+            );
+        }
         let entries = journal::read(&self.journal_file)
             .map_err(io(format!("reading {}", self.journal_file.display())))?;
         if entries.is_empty() {
@@ -295,6 +305,16 @@ impl AnvilState {
         let outcome = async {
             let mut refused = 0;
             for e in entries {
+                // The fee market of the replayed blocks is not the original's: a transaction
+                // signed when the base fee was low must not be refused for its fee cap.
+                let _ = rpc_at(
+                    &self.http,
+                    &url,
+                    "anvil_setNextBlockBaseFeePerGas",
+                    serde_json::json!(["0x0"]),
+                    10,
+                )
+                .await;
                 let raw = format!("0x{}", alloy::hex::encode(&e.raw));
                 let v = rpc_at(
                     &self.http,
