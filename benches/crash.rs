@@ -16,7 +16,8 @@
 //! still counted apart, to show which defence failed.
 //!
 //! `cargo bench --bench crash` prints the counts and writes `docs/crash-bench.md`.
-//! `CRASH_UPLOADS` changes the number of uploads (default 1,000).
+//! `CRASH_UPLOADS` changes the number of uploads (default 1,000). The share nodes'
+//! per-requester rate limits are raised, as in the load bench.
 
 #[path = "support/dev.rs"]
 mod dev;
@@ -55,6 +56,11 @@ async fn start_dev(state: &std::path::Path, p: Ports) -> anyhow::Result<ManagedC
             ("EHR_SHARE_NODE_UNANCHORED_TTL", UNANCHORED_TTL.to_string()),
             ("EHR_SHARE_NODE_SWEEP_SECS", "2".into()),
             ("EHR_DEV_ORPHAN_TTL_SECS", ORPHAN_TTL.to_string()),
+            // Three demo patients read back thousands of records: at the product's
+            // per-requester limits (burst 120, 1,200 a minute) a 3,000-upload run is refused
+            // for rate, not for a lost share, which this harness is not measuring.
+            ("EHR_SHARE_NODE_PER_MINUTE", "10000000".into()),
+            ("EHR_SHARE_NODE_BURST", "100000".into()),
         ],
     )
     .await
