@@ -285,9 +285,13 @@ async fn main() -> anyhow::Result<()> {
         }
     };
     let trail_before = denials_on_trail().await?;
-    let mut denied = Vec::new();
+    let (mut denied, mut denied_floor) = (Vec::new(), Vec::new());
     let mut denied_ok = 0;
     for _ in 0..ROUNDS {
+        // The floor: the one question that settles a refusal, `checkAccess` as an eth_call.
+        let t = Instant::now();
+        chain.check_access_raw(p2, doctor1_addr).await?;
+        denied_floor.push(t.elapsed());
         let t = Instant::now();
         let (status, _) = read(&http, &gw, "demo-doctor1", &denied_id).await;
         denied.push(t.elapsed());
@@ -305,8 +309,24 @@ async fn main() -> anyhow::Result<()> {
     }
     md.push_str("## 2. A denied read\n\nA doctor whose grant the patient revoked; target p50 <= 5 ms. The gateway asks `checkAccess` (an `eth_call`), and on a refusal hands the doctor's `access` transaction to the node (the denial goes on the patient's trail) and answers 403 without waiting for it to be mined.\n\n| path | reads | p50 | p95 | p99 |\n|---|---:|---:|---:|---:|\n");
     md.push_str(&format!(
-        "{}\n\n{denied_ok} of {ROUNDS} answered 403; {on_trail} of {ROUNDS} denials on the patient's audit trail afterwards.\n\n",
-        row("denied `GET /records/{id}`", &denied)
+        "{}\n{}\n\n{denied_ok} of {ROUNDS} answered 403; {on_trail} of {ROUNDS} denials on the patient's audit trail afterwards. Ratio: p50 {:.1}x the floor.\n\n",
+        row("floor: `checkAccess` eth_call", &denied_floor),
+        row("denied `GET /records/{id}`", &denied),
+        pct_ms(&denied, 0.5) / pct_ms(&denied_floor, 0.5),
+    ));
+    let cpu_before = cpu_split(root);
+    for _ in 0..ROUNDS {
+        let (status, _) = read(&http, &gw, "demo-doctor1", &denied_id).await;
+        anyhow::ensure!(status == 403, "denied read answered {status}");
+    }
+    md.push_str(&format!(
+        "CPU per denied read, by process ({ROUNDS} more, one after another):\n\n"
+    ));
+    md.push_str(&cpu_table(
+        &cpu_before,
+        &cpu_split(root),
+        ROUNDS,
+        "denied read",
     ));
 
     // 3. 1 MiB reads, 32 at once; first their floor, as many at once: Kubo cat of a 1 MiB

@@ -182,7 +182,13 @@ fn rpc_client(url: reqwest::Url) -> alloy::rpc::client::RpcClient {
     }
 }
 
-fn connect(rpc_url: &str, signer: Option<PrivateKeySigner>) -> Result<DynProvider, ChainError> {
+/// A provider for `rpc_url`; a signing one fills the chain id in from `chain_id` when it is
+/// known (a client per gateway request asked the node for it again on its first send).
+fn connect(
+    rpc_url: &str,
+    signer: Option<PrivateKeySigner>,
+    chain_id: Option<u64>,
+) -> Result<DynProvider, ChainError> {
     let url: reqwest::Url =
         rpc_url
             .parse()
@@ -197,14 +203,19 @@ fn connect(rpc_url: &str, signer: Option<PrivateKeySigner>) -> Result<DynProvide
         // Simple nonce management asks the node for the pending nonce on every transaction:
         // several clients (CLI, gateway requests, tests) may sign for one account at once, and a
         // per-client nonce cache would hand out nonces with gaps that never mine.
-        Some(s) => ProviderBuilder::new()
-            .disable_recommended_fillers()
-            .with_gas_estimation()
-            .with_simple_nonce_management()
-            .fetch_chain_id()
-            .wallet(EthereumWallet::from(s))
-            .connect_client(client)
-            .erased(),
+        Some(s) => {
+            let b = ProviderBuilder::new()
+                .disable_recommended_fillers()
+                .with_gas_estimation()
+                .with_simple_nonce_management();
+            let b = match chain_id {
+                Some(id) => b.with_chain_id(id),
+                None => b.fetch_chain_id(),
+            };
+            b.wallet(EthereumWallet::from(s))
+                .connect_client(client)
+                .erased()
+        }
         None => ProviderBuilder::new().connect_client(client).erased(),
     })
 }
@@ -220,7 +231,7 @@ impl EhrChain {
         manager: Address,
     ) -> Result<(Self, Deployment), ChainError> {
         let from = signer.address();
-        let provider = connect(rpc_url, Some(signer))?;
+        let provider = connect(rpc_url, Some(signer), None)?;
         let chain_id = provider.get_chain_id().await?;
         let builder = EhrAccess::deploy_builder(provider.clone(), manager);
         let pending = {
@@ -275,7 +286,7 @@ impl EhrChain {
         let from = signer
             .as_ref()
             .map_or(Address::ZERO, PrivateKeySigner::address);
-        let provider = connect(rpc_url, signer)?;
+        let provider = connect(rpc_url, signer, None)?;
         let code = provider.get_code_at(deployment.address).await?;
         if code.is_empty() {
             return Err(ChainError::NoContract(deployment.address));
@@ -336,7 +347,7 @@ impl EhrChain {
     /// When the RPC URL is invalid.
     pub fn with_signer(&self, rpc_url: &str, signer: PrivateKeySigner) -> Result<Self, ChainError> {
         let from = signer.address();
-        let provider = connect(rpc_url, Some(signer))?;
+        let provider = connect(rpc_url, Some(signer), Some(self.chain_id))?;
         Ok(Self {
             contract: EhrAccess::new(*self.contract.address(), provider.clone()),
             provider,

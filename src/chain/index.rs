@@ -12,16 +12,18 @@
 //! starts from the deployment block again only when the stored position is no longer on the
 //! chain. A store that fails is logged and the index goes on in memory.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
-use alloy::primitives::B256;
+use alloy::primitives::{Address, B256};
 use alloy::providers::{DynProvider, Provider};
 use alloy::rpc::types::Filter;
 use futures::future::BoxFuture;
 use tokio::sync::Mutex;
 
 use super::errors::ChainError;
-use super::events::{self, AuditEvent, AuditPage};
+use super::events::{self, AuditEvent, AuditKind, AuditPage};
+use super::types::PatientAddr;
 
 /// Blocks per `eth_getLogs` call while catching up (nodes cap the range they answer).
 const RANGE: u64 = 5_000;
@@ -81,6 +83,9 @@ pub(crate) struct EventIndex {
     deployment_id: B256,
     store: Option<Arc<dyn IndexStore>>,
     state: Mutex<State>,
+    /// Every (patient, provider) revoke among the indexed events: see
+    /// [`EventIndex::revoked_already`].
+    revokes: std::sync::RwLock<HashSet<(PatientAddr, Address)>>,
 }
 
 impl EventIndex {
@@ -100,6 +105,7 @@ impl EventIndex {
                 loaded: false,
                 store_whole: true,
             }),
+            revokes: Default::default(),
         })
     }
 
@@ -117,6 +123,7 @@ impl EventIndex {
                     next_block = stored.next_block,
                     "event index loaded from the database"
                 );
+                self.note_revokes(Some(&stored.events));
                 st.events = stored.events;
                 st.next_block = stored.next_block;
                 st.last_hash = Some(stored.last_hash);
@@ -151,6 +158,46 @@ impl EventIndex {
         Ok(AuditPage { events, total })
     }
 
+    /// Whether `patient` ever revoked `provider`, as far as indexed (no catch-up, and not
+    /// behind the lock a catch-up holds across its round trips). A denied read asks it every
+    /// time, and a revoke in the past stays one: a hit settles it.
+    pub(crate) fn revoked_already(&self, patient: PatientAddr, provider: Address) -> bool {
+        self.revokes
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains(&(patient, provider))
+    }
+
+    /// Brings the index up to the chain head.
+    pub(crate) async fn catch_up_now(
+        &self,
+        provider: &DynProvider,
+        filter: &Filter,
+    ) -> Result<(), ChainError> {
+        let mut st = self.state.lock().await;
+        self.load(&mut st).await;
+        self.catch_up(&mut st, provider, filter).await
+    }
+
+    /// Keeps [`Self::revoked_already`] in step with the events: called with every batch
+    /// appended, and with `None` when the events are dropped.
+    fn note_revokes(&self, appended: Option<&[AuditEvent]>) {
+        let mut r = self
+            .revokes
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match appended {
+            None => r.clear(),
+            Some(events) => r.extend(events.iter().filter_map(|e| match e.kind {
+                AuditKind::GrantRevoked {
+                    patient: Some(patient),
+                    provider,
+                } => Some((patient, provider)),
+                _ => None,
+            })),
+        }
+    }
+
     /// Calls `visit` on every event, oldest first (after catching up), without copying them.
     pub(crate) async fn scan(
         &self,
@@ -183,6 +230,7 @@ impl EventIndex {
                     st.next_block - 1
                 );
                 st.events.clear();
+                self.note_revokes(None);
                 st.next_block = self.deploy_block;
                 st.last_hash = None;
                 if let Some(store) = self.store.as_ref().filter(|_| st.store_whole)
@@ -246,6 +294,7 @@ impl EventIndex {
                     }
                 }
             }
+            self.note_revokes(Some(&new));
             st.events.extend(new);
             st.next_block = to + 1;
             st.last_hash = hash;
@@ -271,4 +320,57 @@ pub(crate) async fn fill_times(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(block: u64, kind: AuditKind) -> AuditEvent {
+        AuditEvent {
+            block,
+            timestamp: Some(block),
+            tx_hash: None,
+            log_index: 0,
+            kind,
+        }
+    }
+
+    #[test]
+    fn revokes_follow_the_indexed_events_and_a_reset() {
+        let index = EventIndex::new(1, B256::ZERO, None);
+        let (p, q): (PatientAddr, PatientAddr) = ("1-1".parse().unwrap(), "1-2".parse().unwrap());
+        let (a, b) = (Address::repeat_byte(0xa), Address::repeat_byte(0xb));
+        index.note_revokes(Some(&[
+            ev(
+                2,
+                AuditKind::GrantIssued {
+                    patient: Some(p),
+                    provider: a,
+                    expires_at: None,
+                },
+            ),
+            ev(
+                3,
+                AuditKind::GrantIssued {
+                    patient: Some(p),
+                    provider: b,
+                    expires_at: None,
+                },
+            ),
+            ev(
+                4,
+                AuditKind::GrantRevoked {
+                    patient: Some(p),
+                    provider: a,
+                },
+            ),
+        ]));
+        assert!(index.revoked_already(p, a));
+        assert!(!index.revoked_already(p, b), "granted, never revoked");
+        assert!(!index.revoked_already(q, a), "another patient's");
+        // A reorganised or reset chain drops the events, and their revokes with them.
+        index.note_revokes(None);
+        assert!(!index.revoked_already(p, a));
+    }
 }

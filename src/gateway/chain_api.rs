@@ -31,7 +31,7 @@ impl FromRequestParts<AppState> for ActorKey {
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
         let signer = signer_for(parts, state).await?;
-        let chain = deployed(state)?.with_signer(state.rpc_url(), signer.clone())?;
+        let chain = signing(state, &signer)?;
         Ok(Self(signer, chain))
     }
 }
@@ -68,8 +68,19 @@ impl FromRequestParts<AppState> for Actor {
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
         let signer = signer_for(parts, state).await?;
-        Ok(Self(deployed(state)?.with_signer(state.rpc_url(), signer)?))
+        Ok(Self(signing(state, &signer)?))
     }
+}
+
+/// The deployed contract's client signing as `signer` (kept per account by the state).
+fn signing(
+    state: &AppState,
+    signer: &alloy::signers::local::PrivateKeySigner,
+) -> Result<EhrChain, ApiError> {
+    deployed(state)?;
+    state
+        .chain_as(signer)?
+        .ok_or_else(|| ApiError::unavailable("no contract deployed yet (run `ehr deploy`)".into()))
 }
 
 pub(super) fn deployed(state: &AppState) -> Result<&EhrChain, ApiError> {

@@ -70,7 +70,13 @@ struct Inner {
     uploads: super::UploadSlots,
     http: reqwest::Client,
     ingest: Option<crate::ingest::Ingest>,
+    /// Contract clients signing as an account, by account (see [`AppState::chain_as`]).
+    signing: std::sync::Mutex<HashMap<Address, EhrChain>>,
 }
+
+/// Accounts whose signing clients are kept; past it the map starts again (a client is cheap
+/// to build; what it learned is looked up again once).
+const SIGNING_CLIENTS: usize = 4096;
 
 /// Cheap-to-clone state handed to every handler.
 #[derive(Clone)]
@@ -108,6 +114,7 @@ impl AppState {
             uploads: super::UploadSlots::default(),
             http: crate::share_node::tls::http(),
             ingest: None,
+            signing: Default::default(),
         })))
     }
 
@@ -230,6 +237,38 @@ impl AppState {
     /// The read-only contract client, when deployed.
     pub fn chain(&self) -> Option<&EhrChain> {
         self.0.chain.get()
+    }
+
+    /// The contract client signing as `signer` (`None` before the contract is known), built
+    /// once per account and kept: what it learns stays learned. Above all the patient address
+    /// behind the account, which every patient request (a grant, a revoke) otherwise looked
+    /// up in the event index again, catching the index up to the head under the lock that
+    /// every audit query and denied read waits on.
+    ///
+    /// # Errors
+    /// When the RPC URL is not a URL.
+    pub fn chain_as(
+        &self,
+        signer: &PrivateKeySigner,
+    ) -> Result<Option<EhrChain>, crate::chain::ChainError> {
+        let Some(chain) = self.chain() else {
+            return Ok(None);
+        };
+        let who = signer.address();
+        let mut kept = self
+            .0
+            .signing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(c) = kept.get(&who) {
+            return Ok(Some(c.clone()));
+        }
+        let c = chain.with_signer(self.rpc_url(), signer.clone())?;
+        if kept.len() >= SIGNING_CLIENTS {
+            kept.clear();
+        }
+        kept.insert(who, c.clone());
+        Ok(Some(c))
     }
 
     /// The IPFS client.

@@ -736,19 +736,21 @@ impl RecordsClient {
                 | DenyReason::UnverifiedProvider
                 | DenyReason::SuspendedProvider
         ) {
-            // The refusal is certain without mining anything: log the attempt first (in the
-            // node's pool before this returns), then answer; a revoke is told apart from a
-            // grant never given by the patient's events, and reads as no grant when they
-            // cannot be read.
-            let tx = self.chain.log_denied_access(anchor.patient, &[id]).await?;
+            // The refusal is certain without mining anything: log the attempt (in the node's
+            // pool before this returns), then answer; a revoke is told apart from a grant
+            // never given by the patient's events (at the same time as the logging), and
+            // reads as no grant when they cannot be read.
+            let ids = [id];
+            let (logged, told) = tokio::join!(
+                self.chain.log_denied_access(anchor.patient, &ids),
+                self.chain.tell_revoked(anchor.patient, me, reason)
+            );
+            let tx = logged?;
             tracing::debug!(%tx, "denied access to {id} logged");
-            let reason = match self.chain.tell_revoked(anchor.patient, me, reason).await {
-                Ok(r) => r,
-                Err(e) => {
-                    tracing::warn!("telling a revoke apart for a denied read of {id}: {e}");
-                    reason
-                }
-            };
+            let reason = told.unwrap_or_else(|e| {
+                tracing::warn!("telling a revoke apart for a denied read of {id}: {e}");
+                reason
+            });
             return Err(RecordError::Denied(id, reason));
         }
         let sent_at = now();

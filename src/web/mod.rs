@@ -139,11 +139,13 @@ impl WebState {
             .ok_or_else(|| WebError::new(ErrorKind::Unavailable, "no contract deployed"))
     }
 
-    /// The chain client signing as the session's user.
+    /// The chain client signing as the session's user (kept per account by the gateway's
+    /// state, as for API tokens).
     fn chain_for(&self, s: &Session) -> Result<EhrChain, WebError> {
-        Ok(self
-            .chain()?
-            .with_signer(self.app.rpc_url(), s.signer.clone())?)
+        self.chain()?;
+        self.app
+            .chain_as(&s.signer)?
+            .ok_or_else(|| WebError::new(ErrorKind::Unavailable, "no contract deployed"))
     }
 
     /// Where records sit and which a patient has (no signer needed).

@@ -97,7 +97,13 @@ impl EhrChain {
     }
 
     /// `reason`, with `NoGrant` told apart as `Revoked` when the patient's events show a
-    /// revoke of `provider` (a revoked grant is cleared on chain).
+    /// revoke of `provider` (a revoked grant is cleared on chain). The label says that the
+    /// patient revoked this provider once (the contract revokes only a grant in force); it
+    /// decides nothing.
+    ///
+    /// A revoke indexed already answers without a catch-up: a denied read asks this every
+    /// time, and a catch-up (three round trips and a database write, under the index's lock,
+    /// behind any other catch-up) was most of a denied read's cost, and under load its queue.
     ///
     /// # Errors
     /// Transport errors reading the events.
@@ -107,14 +113,19 @@ impl EhrChain {
         provider: Address,
         reason: DenyReason,
     ) -> Result<DenyReason, ChainError> {
-        if reason == DenyReason::NoGrant
-            && crate::chain::fold::grants(&self.patient_events(addr).await?, 0)
-                .iter()
-                .any(|g| g.provider == provider && g.revoked_at.is_some())
-        {
-            return Ok(DenyReason::Revoked);
+        if reason != DenyReason::NoGrant {
+            return Ok(reason);
         }
-        Ok(reason)
+        if !self.index.revoked_already(addr, provider) {
+            self.index
+                .catch_up_now(&self.provider, &self.filter())
+                .await?;
+        }
+        Ok(if self.index.revoked_already(addr, provider) {
+            DenyReason::Revoked
+        } else {
+            reason
+        })
     }
 
     /// What share nodes ask: may `requester` read the record `proof` describes right now, on
