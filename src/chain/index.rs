@@ -144,9 +144,7 @@ impl EventIndex {
         offset: usize,
         limit: usize,
     ) -> Result<AuditPage, ChainError> {
-        let mut st = self.state.lock().await;
-        self.load(&mut st).await;
-        self.catch_up(&mut st, provider, filter).await?;
+        let st = self.caught_up(provider, filter).await?;
         let mut total = 0;
         let mut events = Vec::new();
         for e in st.events.iter().rev().filter(|e| keep(e)) {
@@ -174,9 +172,19 @@ impl EventIndex {
         provider: &DynProvider,
         filter: &Filter,
     ) -> Result<(), ChainError> {
+        self.caught_up(provider, filter).await.map(drop)
+    }
+
+    /// The state, loaded from the store once and brought up to the chain head; held locked.
+    async fn caught_up(
+        &self,
+        provider: &DynProvider,
+        filter: &Filter,
+    ) -> Result<tokio::sync::MutexGuard<'_, State>, ChainError> {
         let mut st = self.state.lock().await;
         self.load(&mut st).await;
-        self.catch_up(&mut st, provider, filter).await
+        self.catch_up(&mut st, provider, filter).await?;
+        Ok(st)
     }
 
     /// Keeps [`Self::revoked_already`] in step with the events: called with every batch
@@ -205,9 +213,7 @@ impl EventIndex {
         filter: &Filter,
         mut visit: impl FnMut(&AuditEvent),
     ) -> Result<(), ChainError> {
-        let mut st = self.state.lock().await;
-        self.load(&mut st).await;
-        self.catch_up(&mut st, provider, filter).await?;
+        let st = self.caught_up(provider, filter).await?;
         st.events.iter().for_each(&mut visit);
         Ok(())
     }
