@@ -42,15 +42,12 @@ fn key_of(shared_x: &[u8], ephemeral: &[u8], recipient: &[u8]) -> [u8; 32] {
 
 /// Seals `secret` to `recipient`, bound to `aad`.
 pub fn seal_to(recipient: &PublicKey, aad: &[u8], secret: &[u8]) -> Vec<u8> {
-    let eph = SecretKey::random(&mut rand_core::OsRng);
-    let eph_pub = eph.public_key().to_encoded_point(true);
-    let shared = k256::ecdh::diffie_hellman(eph.to_nonzero_scalar(), recipient.as_affine());
+    let (eph, eph_pub) = super::secp::ephemeral();
+    let eph_pub = eph_pub.to_encoded_point(true);
+    // Every k256 public key is a curve point and `eph` a valid scalar: this cannot fail.
+    let shared = super::secp::shared_x(&eph, recipient).unwrap_or_default();
     let rec = recipient.to_encoded_point(true);
-    let key = key_of(
-        shared.raw_secret_bytes(),
-        eph_pub.as_bytes(),
-        rec.as_bytes(),
-    );
+    let key = key_of(shared.as_slice(), eph_pub.as_bytes(), rec.as_bytes());
     let ct = ChaCha20Poly1305::new(Key::from_slice(&key))
         .encrypt(Nonce::from_slice(&[0u8; 12]), Payload { msg: secret, aad })
         .unwrap_or_default(); // encryption of a slice under a valid key cannot fail
@@ -71,9 +68,10 @@ pub fn open_with(recipient: &SecretKey, aad: &[u8], sealed: &[u8]) -> Result<Vec
     }
     let eph_bytes = &sealed[1..34];
     let eph = PublicKey::from_sec1_bytes(eph_bytes).map_err(|_| EciesError::Malformed)?;
-    let shared = k256::ecdh::diffie_hellman(recipient.to_nonzero_scalar(), eph.as_affine());
+    let secret = super::secp::secret_bytes(recipient);
+    let shared = super::secp::shared_x(&secret, &eph).ok_or(EciesError::Malformed)?;
     let rec = recipient.public_key().to_encoded_point(true);
-    let key = key_of(shared.raw_secret_bytes(), eph_bytes, rec.as_bytes());
+    let key = key_of(shared.as_slice(), eph_bytes, rec.as_bytes());
     ChaCha20Poly1305::new(Key::from_slice(&key))
         .decrypt(
             Nonce::from_slice(&[0u8; 12]),
@@ -120,5 +118,49 @@ mod tests {
         );
         let again = seal_to(&me.public_key(), b"record 1, node 2", b"a share");
         assert_ne!(again, sealed, "a fresh ephemeral key each time");
+    }
+
+    /// The layout did not change with the arithmetic: what is sealed here opens with the
+    /// construction written in k256 alone (as the first version was), and the other way round.
+    #[test]
+    fn sealed_boxes_open_with_the_k256_construction_and_back() {
+        fn k256_seal(recipient: &PublicKey, aad: &[u8], secret: &[u8]) -> Vec<u8> {
+            let eph = SecretKey::random(&mut rand_core::OsRng);
+            let eph_pub = eph.public_key().to_encoded_point(true);
+            let shared = k256::ecdh::diffie_hellman(eph.to_nonzero_scalar(), recipient.as_affine());
+            let rec = recipient.to_encoded_point(true);
+            let key = key_of(
+                shared.raw_secret_bytes(),
+                eph_pub.as_bytes(),
+                rec.as_bytes(),
+            );
+            let ct = ChaCha20Poly1305::new(Key::from_slice(&key))
+                .encrypt(Nonce::from_slice(&[0u8; 12]), Payload { msg: secret, aad })
+                .unwrap();
+            [&[VERSION][..], eph_pub.as_bytes(), &ct].concat()
+        }
+        fn k256_open(recipient: &SecretKey, aad: &[u8], sealed: &[u8]) -> Vec<u8> {
+            let eph = PublicKey::from_sec1_bytes(&sealed[1..34]).unwrap();
+            let shared = k256::ecdh::diffie_hellman(recipient.to_nonzero_scalar(), eph.as_affine());
+            let rec = recipient.public_key().to_encoded_point(true);
+            let key = key_of(shared.raw_secret_bytes(), &sealed[1..34], rec.as_bytes());
+            ChaCha20Poly1305::new(Key::from_slice(&key))
+                .decrypt(
+                    Nonce::from_slice(&[0u8; 12]),
+                    Payload {
+                        msg: &sealed[34..],
+                        aad,
+                    },
+                )
+                .unwrap()
+        }
+        for i in 0..20u8 {
+            let me = SecretKey::random(&mut rand_core::OsRng);
+            let secret = [i; 33];
+            let ours = seal_to(&me.public_key(), b"ctx", &secret);
+            assert_eq!(k256_open(&me, b"ctx", &ours), secret);
+            let theirs = k256_seal(&me.public_key(), b"ctx", &secret);
+            assert_eq!(open_with(&me, b"ctx", &theirs).unwrap(), secret);
+        }
     }
 }

@@ -6,9 +6,11 @@
 mod at_rest;
 mod ecies;
 mod envelope;
+mod secp;
 
 pub use at_rest::{derive_key, open_at_rest, seal_at_rest};
 pub use ecies::{ECIES_OVERHEAD, EciesError, open_with, seal_to};
 pub use envelope::{
     AeadKey, CryptoError, Opener, SEGMENT, Scheme, open, padded_len, seal, seal_segments,
 };
+pub use secp::{recover, recover_signer, sign_prehash};

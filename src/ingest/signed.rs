@@ -124,8 +124,8 @@ impl Envelope<'_> {
             self.time,
         )
         .eip712_signing_hash(domain);
-        match sig.recover_address_from_prehash(&hash) {
-            Ok(a) if a == self.device => Ok(()),
+        match crate::crypto::recover_signer(&sig, &hash) {
+            Some((_, a)) if a == self.device => Ok(()),
             _ => Err(SignatureError::WrongSigner(self.device)),
         }
     }

@@ -104,7 +104,8 @@ impl NodeRequest for ShareDeposit {
     }
 }
 
-/// Signs a request to a share node (a deposit or a release) under `domain`.
+/// Signs a request to a share node (a deposit or a release) under `domain`: the signature
+/// `signer` would make, through libsecp256k1 ([`crate::crypto::sign_prehash`]).
 ///
 /// # Errors
 /// When signing fails.
@@ -113,13 +114,17 @@ pub fn sign<R: NodeRequest>(
     msg: &R,
     domain: &Eip712Domain,
 ) -> Result<Signature, alloy::signers::Error> {
-    signer.sign_hash_sync(&msg.eip712_signing_hash(domain))
+    let hash = msg.eip712_signing_hash(domain);
+    match crate::crypto::sign_prehash(signer.credential(), &hash) {
+        Some(signature) => Ok(signature),
+        None => signer.sign_hash_sync(&hash),
+    }
 }
 
 /// The public key that signed `hash` and its address, if the signature is valid (one
 /// recovery: a release seals its share to that key, and recovering twice costs a node two
-/// scalar multiplications per read).
+/// scalar multiplications per read). Through libsecp256k1 ([`crate::crypto::recover_signer`]):
+/// a node recovers a key for every deposit and release.
 pub(crate) fn signer_of(sig: &Signature, hash: B256) -> Option<(k256::PublicKey, Address)> {
-    let vk = sig.recover_from_prehash(&hash).ok()?;
-    Some((k256::PublicKey::from(&vk), Address::from_public_key(&vk)))
+    crate::crypto::recover_signer(sig, &hash)
 }
