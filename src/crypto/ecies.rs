@@ -44,8 +44,10 @@ fn key_of(shared_x: &[u8], ephemeral: &[u8], recipient: &[u8]) -> [u8; 32] {
 pub fn seal_to(recipient: &PublicKey, aad: &[u8], secret: &[u8]) -> Vec<u8> {
     let (eph, eph_pub) = super::secp::ephemeral();
     let eph_pub = eph_pub.to_encoded_point(true);
-    // Every k256 public key is a curve point and `eph` a valid scalar: this cannot fail.
-    let shared = super::secp::shared_x(&eph, recipient).unwrap_or_default();
+    // Every k256 public key is a curve point and `eph` a valid scalar, so this cannot fail;
+    // were it to, no box goes out (a default secret would be a key anyone can derive).
+    let shared = super::secp::shared_x(&eph, recipient)
+        .expect("a k256 public key is a curve point and an ephemeral key a valid scalar");
     let rec = recipient.to_encoded_point(true);
     let key = key_of(shared.as_slice(), eph_pub.as_bytes(), rec.as_bytes());
     let ct = ChaCha20Poly1305::new(Key::from_slice(&key))
@@ -69,6 +71,7 @@ pub fn open_with(recipient: &SecretKey, aad: &[u8], sealed: &[u8]) -> Result<Vec
     let eph_bytes = &sealed[1..34];
     let eph = PublicKey::from_sec1_bytes(eph_bytes).map_err(|_| EciesError::Malformed)?;
     let secret = super::secp::secret_bytes(recipient);
+    // `eph` parsed as a point above and a k256 key is a valid scalar: this does not fail.
     let shared = super::secp::shared_x(&secret, &eph).ok_or(EciesError::Malformed)?;
     let rec = recipient.public_key().to_encoded_point(true);
     let key = key_of(shared.as_slice(), eph_bytes, rec.as_bytes());

@@ -14,10 +14,11 @@ use std::sync::LazyLock;
 use alloy::primitives::{Address, B256, Signature};
 use k256::{PublicKey, SecretKey};
 use secp256k1::{All, Secp256k1};
-use zeroize::Zeroizing;
+use zeroize::{Zeroize, Zeroizing};
 
 /// One context for the process: building one precomputes nothing (the tables are static), but
-/// its randomisation (blinding of signing and key generation) is done once.
+/// its randomisation (blinding of signing and key generation; ECDH and recovery need none) is
+/// done once.
 static CONTEXT: LazyLock<Secp256k1<All>> = LazyLock::new(|| {
     let mut ctx = Secp256k1::new();
     let mut seed = Zeroizing::new([0u8; 32]);
@@ -83,19 +84,27 @@ pub fn recover_signer(sig: &Signature, prehash: &B256) -> Option<(PublicKey, Add
 }
 
 /// `key`'s recoverable ECDSA signature over `prehash`: RFC 6979 nonces and a low s, so the
-/// very signature k256 (alloy's `sign_hash_sync`) makes, in less than half its time (a
-/// gateway signs one request per share node for every upload and read). `None` only for a
-/// key that is no valid scalar, which a k256 key never is.
+/// signature k256 (alloy's `sign_hash_sync`) makes, in less than half its time (a gateway
+/// signs one request per share node for every upload and read). The two differ only for a
+/// hash at or above the group order (about one in 2^128), which libsecp256k1 reduces before
+/// deriving the nonce: both signatures are then valid. `None` only for a key that is no valid
+/// scalar, which a k256 key never is.
 pub fn sign_prehash(key: &k256::ecdsa::SigningKey, prehash: &B256) -> Option<Signature> {
     let mut bytes = Zeroizing::new([0u8; 32]);
-    bytes.copy_from_slice(&key.to_bytes());
+    let mut field = key.to_bytes();
+    bytes.copy_from_slice(&field);
+    field.as_mut_slice().zeroize();
     let mut sk = secp256k1::SecretKey::from_byte_array(*bytes).ok()?;
     let sig = CONTEXT.sign_ecdsa_recoverable(secp256k1::Message::from_digest(prehash.0), &sk);
     sk.non_secure_erase();
     let (id, rs) = sig.serialize_compact();
     Some(Signature::from_bytes_and_parity(
         &rs,
-        matches!(id, secp256k1::ecdsa::RecoveryId::One),
+        // Ids 2 and 3 (an x of R at or above the group order) carry the parity as 0 and 1.
+        matches!(
+            id,
+            secp256k1::ecdsa::RecoveryId::One | secp256k1::ecdsa::RecoveryId::Three
+        ),
     ))
 }
 
@@ -129,7 +138,9 @@ pub(crate) fn shared_x(secret: &[u8; 32], public: &PublicKey) -> Option<Zeroizin
 /// The secret bytes of a k256 key, wiped when dropped.
 pub(crate) fn secret_bytes(key: &SecretKey) -> Zeroizing<[u8; 32]> {
     let mut out = Zeroizing::new([0u8; 32]);
-    out.copy_from_slice(&key.to_bytes());
+    let mut field = key.to_bytes();
+    out.copy_from_slice(&field);
+    field.as_mut_slice().zeroize();
     out
 }
 
