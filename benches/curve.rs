@@ -95,6 +95,7 @@ fn main() -> std::io::Result<()> {
     let hash: B256 = keccak256(b"a share-node request");
     let sig = signer.sign_hash_sync(&hash).expect("sign");
     let me = SecretKey::from(signer.credential());
+    let my_public = me.public_key();
     let share = [7u8; 33];
     let sealed = ehr_share::crypto::seal_to(&me.public_key(), b"aad", &share);
     assert_eq!(k256_open(&me, b"aad", &sealed), share, "one format");
@@ -131,10 +132,10 @@ fn main() -> std::io::Result<()> {
             "seal a share to the requester (share node, every release)",
             versus(
                 || {
-                    black_box(k256_seal(&me.public_key(), b"aad", &share));
+                    black_box(k256_seal(&my_public, b"aad", &share));
                 },
                 || {
-                    black_box(ehr_share::crypto::seal_to(&me.public_key(), b"aad", &share));
+                    black_box(ehr_share::crypto::seal_to(&my_public, b"aad", &share));
                 },
             ),
         ),

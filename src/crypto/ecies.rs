@@ -73,8 +73,8 @@ pub fn open_with(recipient: &SecretKey, aad: &[u8], sealed: &[u8]) -> Result<Vec
     let secret = super::secp::secret_bytes(recipient);
     // `eph` parsed as a point above and a k256 key is a valid scalar: this does not fail.
     let shared = super::secp::shared_x(&secret, &eph).ok_or(EciesError::Malformed)?;
-    let rec = recipient.public_key().to_encoded_point(true);
-    let key = key_of(shared.as_slice(), eph_bytes, rec.as_bytes());
+    let rec = super::secp::public_compressed(&secret).ok_or(EciesError::Malformed)?;
+    let key = key_of(shared.as_slice(), eph_bytes, &rec);
     ChaCha20Poly1305::new(Key::from_slice(&key))
         .decrypt(
             Nonce::from_slice(&[0u8; 12]),
