@@ -13,4 +13,4 @@ pub use ecies::{ECIES_OVERHEAD, EciesError, open_with, seal_to};
 pub use envelope::{
     AeadKey, CryptoError, Opener, SEGMENT, Scheme, open, padded_len, seal, seal_segments,
 };
-pub use secp::{recover, recover_signer, sign_prehash};
+pub use secp::{recover_signer, sign_prehash};

@@ -34,19 +34,14 @@ fn to_secp(key: &PublicKey) -> Option<secp256k1::PublicKey> {
 }
 
 /// k256's form of a public key.
-pub(crate) fn to_k256(key: &secp256k1::PublicKey) -> Option<PublicKey> {
+fn to_k256(key: &secp256k1::PublicKey) -> Option<PublicKey> {
     PublicKey::from_sec1_bytes(&key.serialize_uncompressed()).ok()
 }
 
 /// The public key that made the recoverable ECDSA signature `(r, s, y_parity)` over
 /// `prehash`; `None` when it is no valid signature. `s` must be low (callers normalise it, as
 /// alloy does before recovering), as k256 requires.
-pub fn recover(
-    prehash: &[u8; 32],
-    r: &[u8; 32],
-    s: &[u8; 32],
-    y_parity: bool,
-) -> Option<PublicKey> {
+fn recover(prehash: &[u8; 32], r: &[u8; 32], s: &[u8; 32], y_parity: bool) -> Option<PublicKey> {
     let mut compact = [0u8; 64];
     compact[..32].copy_from_slice(r);
     compact[32..].copy_from_slice(s);
@@ -90,11 +85,7 @@ pub fn recover_signer(sig: &Signature, prehash: &B256) -> Option<(PublicKey, Add
 /// deriving the nonce: both signatures are then valid. `None` only for a key that is no valid
 /// scalar, which a k256 key never is.
 pub fn sign_prehash(key: &k256::ecdsa::SigningKey, prehash: &B256) -> Option<Signature> {
-    let mut bytes = Zeroizing::new([0u8; 32]);
-    let mut field = key.to_bytes();
-    bytes.copy_from_slice(&field);
-    field.as_mut_slice().zeroize();
-    let mut sk = secp256k1::SecretKey::from_byte_array(*bytes).ok()?;
+    let mut sk = secp256k1::SecretKey::from_byte_array(*moved_out(key.to_bytes())).ok()?;
     let sig = CONTEXT.sign_ecdsa_recoverable(secp256k1::Message::from_digest(prehash.0), &sk);
     sk.non_secure_erase();
     let (id, rs) = sig.serialize_compact();
@@ -147,8 +138,13 @@ pub(crate) fn public_compressed(secret: &[u8; 32]) -> Option<[u8; 33]> {
 
 /// The secret bytes of a k256 key, wiped when dropped.
 pub(crate) fn secret_bytes(key: &SecretKey) -> Zeroizing<[u8; 32]> {
+    moved_out(key.to_bytes())
+}
+
+/// A secret's bytes moved out of k256's array into one wiped when dropped (the array is wiped
+/// here).
+fn moved_out(mut field: k256::FieldBytes) -> Zeroizing<[u8; 32]> {
     let mut out = Zeroizing::new([0u8; 32]);
-    let mut field = key.to_bytes();
     out.copy_from_slice(&field);
     field.as_mut_slice().zeroize();
     out
