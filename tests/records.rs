@@ -326,6 +326,67 @@ async fn denied_requesters_are_refused_by_the_contract_and_every_node() {
     }
 }
 
+/// Denied reads of one doctor that arrive together are each on the patient's trail with a
+/// running count of their own, however many transactions carried them (the gateway sends
+/// the attempts that wait behind one denial's transaction together in the next).
+#[tokio::test]
+async fn denials_that_arrive_together_are_each_on_the_trail() {
+    const READS: usize = 12;
+    let c = cast().await;
+    let me = c.never.address();
+    let reader = c.client(&c.never).await;
+    let reads = futures::future::join_all((0..READS).map(|_| reader.get(c.fhir_id))).await;
+    for r in reads {
+        match r {
+            Err(RecordError::Denied(id, why)) => {
+                assert_eq!((id, why), (c.fhir_id, DenyReason::NoGrant))
+            }
+            other => panic!("expected a denial, got {other:?}"),
+        }
+    }
+    // Each read returned once its attempt was in the node's pool; mined shortly after.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let denied: Vec<(u32, Option<alloy::primitives::B256>)> = c
+            .office
+            .audit_for_patient(c.addr, 0, 1000)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter_map(|e| match e.kind {
+                ehr_share::chain::AuditKind::AccessDenied {
+                    provider,
+                    record,
+                    denied_count,
+                    ..
+                } if provider == me => {
+                    assert_eq!(record, c.fhir_id);
+                    Some((denied_count, e.tx_hash))
+                }
+                _ => None,
+            })
+            .collect();
+        assert!(
+            denied.len() <= READS,
+            "more denials than attempts: {denied:?}"
+        );
+        if denied.len() == READS {
+            let mut counts: Vec<u32> = denied.iter().map(|(n, _)| *n).collect();
+            counts.sort_unstable();
+            assert_eq!(counts, (1..=READS as u32).collect::<Vec<_>>());
+            let txs: std::collections::HashSet<_> = denied.iter().map(|(_, tx)| *tx).collect();
+            eprintln!("{READS} denials in {} transactions", txs.len());
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} of {READS} denials on the trail",
+            denied.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// The doctor's access transaction for a record, reused for re-reads, stops opening it the
 /// moment the grant ends: the nodes judge it against the grant of now. The read after the
 /// revoke is denied (not a share failure) and the attempt is on the patient's trail; given

@@ -67,6 +67,29 @@ impl ChainError {
         }
     }
 
+    /// The same error for another caller of one shared request (a batch of denials): the
+    /// same variant and words; transport and receipt errors keep their words only.
+    pub(crate) fn shared(&self) -> Self {
+        match self {
+            Self::Rpc(_) | Self::Pending(_) => {
+                Self::Rpc(alloy::transports::TransportErrorKind::custom_str(&format!(
+                    "{self}: {}",
+                    source_words(self)
+                )))
+            }
+            Self::BadUrl { url, problem } => Self::BadUrl {
+                url: url.clone(),
+                problem: problem.clone(),
+            },
+            Self::Rejected(s) => Self::Rejected(s.clone()),
+            Self::NotPermitted(s) => Self::NotPermitted(s.clone()),
+            Self::Reverted(s) => Self::Reverted(s.clone()),
+            Self::NoContract(a) => Self::NoContract(*a),
+            Self::WrongDeployment(s) => Self::WrongDeployment(s.clone()),
+            Self::Decode(s) => Self::Decode(s.clone()),
+        }
+    }
+
     /// Whether this is the given kind of contract rejection (for tests and callers that branch).
     pub fn is_rejection(&self) -> bool {
         matches!(self, Self::Rejected(_) | Self::NotPermitted(_))
@@ -83,6 +106,11 @@ impl From<alloy::providers::PendingTransactionError> for ChainError {
     fn from(e: alloy::providers::PendingTransactionError) -> Self {
         Self::Pending(e)
     }
+}
+
+/// The words of an error's source, when it has one.
+fn source_words(e: &ChainError) -> String {
+    std::error::Error::source(e).map_or_else(String::new, ToString::to_string)
 }
 
 fn patient(key: u128) -> String {

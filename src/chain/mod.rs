@@ -3,6 +3,7 @@
 
 mod bindings;
 mod client;
+mod denials;
 mod errors;
 mod events;
 mod fold;

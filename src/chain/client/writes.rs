@@ -346,7 +346,9 @@ impl EhrChain {
     /// `access` transaction is signed and in the node's pool when this returns (so a denied
     /// reader is answered in milliseconds, and the attempt is logged even when the reader goes
     /// away); a task follows it to its receipt and reports a failure. Nothing is released on
-    /// a denial, so no caller needs the receipt.
+    /// a denial, so no caller needs the receipt. Attempts on the same patient that arrive
+    /// while one of this account's denials is being sent go out together in the next
+    /// transaction (`chain::denials`), each logged as its own event.
     ///
     /// Call it for a verified provider only (others cannot log: the contract reverts).
     ///
@@ -357,6 +359,21 @@ impl EhrChain {
         addr: PatientAddr,
         ids: &[RecordId],
     ) -> Result<B256, ChainError> {
+        if ids.is_empty() || ids.len() > crate::chain::MAX_ACCESS_BATCH {
+            // The contract refuses it: no reason to hold others up with it.
+            return self.send_denials(addr, ids).await;
+        }
+        let key = (*self.contract.address(), self.from, addr.key());
+        crate::chain::denials::DENIALS
+            .submit(key, ids, crate::chain::MAX_ACCESS_BATCH, |batch| {
+                let chain = self.clone();
+                async move { chain.send_denials(addr, &batch).await }
+            })
+            .await
+    }
+
+    /// One `access` transaction for denied `ids` (see [`Self::log_denied_access`]).
+    async fn send_denials(&self, addr: PatientAddr, ids: &[RecordId]) -> Result<B256, ChainError> {
         // A fixed gas limit instead of an estimate (one round trip less): a denial of one record
         // costs about 36,300 gas and about 3,000 per further record (`docs/gas.md`); the limit
         // leaves three times that.

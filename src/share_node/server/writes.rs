@@ -48,7 +48,7 @@ fn check_deposit(n: &Node, id: RecordId, b: DepositBody) -> Result<CheckedDeposi
     }
     crate::shamir::Share::from_bytes(&hex::decode(&b.share).map_err(|_| bad("share is not hex"))?)
         .map_err(|e| bad(e.to_string()))?;
-    crate::shamir::Commitments::from_bytes(
+    crate::shamir::Commitments::check_bytes(
         &hex::decode(&b.commitments).map_err(|_| bad("commitments are not hex"))?,
     )
     .map_err(|e| bad(e.to_string()))?;
