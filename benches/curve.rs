@@ -100,6 +100,13 @@ fn main() -> std::io::Result<()> {
     let sealed = ehr_share::crypto::seal_to(&me.public_key(), b"aad", &share);
     assert_eq!(k256_open(&me, b"aad", &sealed), share, "one format");
 
+    let commitments = ehr_share::shamir::split(
+        &ehr_share::shamir::Secret::random(),
+        ehr_share::shamir::Threshold::new(3, 5).expect("3-of-5"),
+    )
+    .1
+    .to_bytes();
+
     let rows = [
         (
             "recover a request's signer (share node, every deposit and release)",
@@ -140,6 +147,23 @@ fn main() -> std::io::Result<()> {
             ),
         ),
         (
+            "check a deposit's 3 commitments are points (share node, every deposit)",
+            versus(
+                || {
+                    black_box(
+                        ehr_share::shamir::Commitments::from_bytes(black_box(&commitments))
+                            .expect("points"),
+                    );
+                },
+                || {
+                    black_box(
+                        ehr_share::shamir::Commitments::check_bytes(black_box(&commitments))
+                            .expect("points"),
+                    );
+                },
+            ),
+        ),
+        (
             "open a sealed share (gateway, every share gathered)",
             versus(
                 || {
@@ -176,8 +200,9 @@ fn main() -> std::io::Result<()> {
     md.push_str(
         "\nWhy: k256's recovery verifies the key it recovered (a second double-scalar \
          multiplication) and its multiplications are written in portable Rust; libsecp256k1 \
-         recovers with one, in tuned field arithmetic. A deposit costs each of the five share \
-         nodes one recovery, and a read each of three nodes a recovery and a seal; the load \
+         recovers with one, in tuned field arithmetic; the same holds for the square root that \
+         decompresses a point. A deposit costs each of the five share nodes one recovery and \
+         three decompressions, and a read each of three nodes a recovery and a seal; the load \
          bench (`docs/load-bench.md`) has what this does to whole uploads and reads.\n",
     );
     std::fs::write(

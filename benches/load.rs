@@ -133,6 +133,7 @@ async fn main() -> anyhow::Result<()> {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(10_000);
+    rest_after_last_run().await;
     let tmp = tempfile::tempdir()?;
     let state = tmp.path().join("state");
     let ports = Ports::free();
@@ -271,19 +272,22 @@ async fn main() -> anyhow::Result<()> {
     // 2. Denied reads.
     println!("load: denied reads");
     let p2: PatientAddr = "1-1002".parse()?;
-    let denials_on_trail = || {
+    // The transaction of each denial of doctor 1 on the patient's trail, oldest first.
+    let denial_txs = || {
         let chain = chain.clone();
         async move {
             anyhow::Ok(
                 chain
                     .audit_for_patient(p2, 0, usize::MAX)
                     .await?
-                    .iter()
+                    .into_iter()
                     .filter(|e| matches!(e.kind, ehr_share::chain::AuditKind::AccessDenied { provider, .. } if provider == doctor1_addr))
-                    .count(),
+                    .map(|e| e.tx_hash)
+                    .collect::<Vec<_>>(),
             )
         }
     };
+    let denials_on_trail = || async { anyhow::Ok(denial_txs().await?.len()) };
     let trail_before = denials_on_trail().await?;
     let (mut denied, mut denied_floor) = (Vec::new(), Vec::new());
     let mut denied_ok = 0;
@@ -491,6 +495,7 @@ async fn main() -> anyhow::Result<()> {
 
     // 5. Mixed load.
     println!("load: {mixed_total} mixed requests at 64 concurrency");
+    let mixed_trail_before = denials_on_trail().await?;
     let kinds: Arc<Mutex<BTreeMap<&'static str, Kind>>> = Arc::new(Mutex::new(BTreeMap::new()));
     let next = Arc::new(AtomicUsize::new(0));
     let t0 = Instant::now();
@@ -593,6 +598,23 @@ async fn main() -> anyhow::Result<()> {
         "\n{mixed_total} requests in {mixed_secs:.1} s ({:.0} per second); **{server_errors} server errors**.\n\n",
         mixed_total as f64 / mixed_secs
     ));
+    // Every refused attempt is on the trail, and those that came together shared
+    // transactions (`chain::denials`).
+    let refused = kinds.get("read (denied)").map_or(0, |k| k.ok);
+    let waited = Instant::now();
+    let mut txs = denial_txs().await?;
+    while txs.len() < mixed_trail_before + refused && waited.elapsed() < Duration::from_secs(60) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        txs = denial_txs().await?;
+    }
+    let new = &txs[mixed_trail_before.min(txs.len())..];
+    let distinct: std::collections::HashSet<_> = new.iter().collect();
+    md.push_str(&format!(
+        "Denied reads: {refused} answered 403, {} denials on the patient's audit trail afterwards, in {} transactions ({:.1} attempts each).\n\n",
+        new.len(),
+        distinct.len(),
+        new.len() as f64 / distinct.len().max(1) as f64
+    ));
     if server_errors > 0 {
         eprintln!(
             "load: the last lines of ehr dev's log:\n{}",
@@ -619,5 +641,41 @@ async fn main() -> anyhow::Result<()> {
     println!("{md}");
     std::fs::write(dev::root().join("docs/load-bench.md"), &md)?;
     child.stop(Duration::from_secs(10)).await;
+    drop(tmp);
+    let _ = std::fs::write(ended_stamp(), b"");
     Ok(())
+}
+
+/// Where the end of the last run is noted: its state (tens of thousands of Kubo block files)
+/// was deleted then.
+fn ended_stamp() -> std::path::PathBuf {
+    std::env::temp_dir().join("ehr-load-bench.ended")
+}
+
+/// How long ext4 passes over freed inodes: one freed within the last 60 s (300 s while its
+/// inode table block is dirty) is not reused, so for minutes after the last run's files are
+/// deleted every file Kubo creates costs a longer search. That made Kubo's CPU per 10 KB add
+/// 1.0 ms in some runs and 3.0 to 4.2 ms in others of the same code (`docs/reliability.md`,
+/// "Why Kubo is sometimes slow").
+const REST: Duration = Duration::from_secs(300);
+
+/// Waits until the filesystem has come to rest after the last run (`LOAD_REST=0`: does not).
+async fn rest_after_last_run() {
+    if std::env::var("LOAD_REST").is_ok_and(|v| v == "0") {
+        return;
+    }
+    let Some(since) = std::fs::metadata(ended_stamp())
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+    else {
+        return;
+    };
+    if let Some(left) = REST.checked_sub(since) {
+        println!(
+            "load: waiting {} s for the filesystem to come to rest after the last run (LOAD_REST=0 does not)",
+            left.as_secs()
+        );
+        tokio::time::sleep(left).await;
+    }
 }

@@ -6,9 +6,9 @@
 //! and the base fee each: `docs/load-bench.md` measured 4.15 ms of anvil's CPU per denial.
 //! The contract takes up to `MAX_ACCESS_BATCH` ids per transaction and logs an `AccessDenied`
 //! event, with its own running count, for each one, duplicates included. So attempts that
-//! arrive while one transaction of the same (contract, account, patient) is being sent wait
-//! for it and then go out together in the next: nothing waits for company, a lone denial is
-//! sent at once as before.
+//! arrive while one transaction of the same (chain, contract, account, patient) is being
+//! sent wait for it and then go out together in the next: nothing waits for company, a lone
+//! denial is sent at once as before.
 //!
 //! Each caller returns once the transaction naming its ids is in the node's pool, as before.
 //! The sending runs in a task of its own, so a caller that goes away (a closed connection)
@@ -24,8 +24,9 @@ use tokio::sync::oneshot;
 use super::errors::ChainError;
 use super::types::RecordId;
 
-/// Whose attempts may share a transaction: the contract, the reader's account, the patient key.
-pub(super) type Key = (Address, Address, u128);
+/// Whose attempts may share a transaction: the chain id, the contract, the reader's account,
+/// the patient key.
+pub(super) type Key = (u64, Address, Address, u128);
 
 /// What one batch's transaction came to, for each caller in it.
 type Answer = Result<B256, ChainError>;
@@ -170,7 +171,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn attempts_during_a_send_share_the_next_transaction() {
         let combiner = Arc::new(Combiner::default());
-        let key = (Address::repeat_byte(1), Address::repeat_byte(2), 7);
+        let key = (1, Address::repeat_byte(1), Address::repeat_byte(2), 7);
         let sent: Arc<Mutex<Vec<Vec<RecordId>>>> = Arc::default();
         let gate = Arc::new(tokio::sync::Semaphore::new(0));
         let send = {
@@ -242,7 +243,7 @@ mod tests {
     #[tokio::test]
     async fn a_failed_send_fails_its_whole_batch() {
         let combiner = Combiner::default();
-        let key = (Address::repeat_byte(3), Address::repeat_byte(4), 9);
+        let key = (1, Address::repeat_byte(3), Address::repeat_byte(4), 9);
         let calls = Arc::new(AtomicUsize::new(0));
         let send = {
             let calls = calls.clone();

@@ -363,7 +363,12 @@ impl EhrChain {
             // The contract refuses it: no reason to hold others up with it.
             return self.send_denials(addr, ids).await;
         }
-        let key = (*self.contract.address(), self.from, addr.key());
+        let key = (
+            self.chain_id,
+            *self.contract.address(),
+            self.from,
+            addr.key(),
+        );
         crate::chain::denials::DENIALS
             .submit(key, ids, crate::chain::MAX_ACCESS_BATCH, |batch| {
                 let chain = self.clone();
