@@ -10,6 +10,10 @@
 //! sent wait for it and then go out together in the next: nothing waits for company, a lone
 //! denial is sent at once as before.
 //!
+//! The contract judges each attempt when its transaction is mined, so a grant given between
+//! the gateway's refusal and that block logs the attempt as allowed: the race a lone denial
+//! always had, over the few milliseconds a queued one waits more.
+//!
 //! Each caller returns once the transaction naming its ids is in the node's pool, as before.
 //! The sending runs in a task of its own, so a caller that goes away (a closed connection)
 //! neither loses its attempt nor those of the callers batched with it.
@@ -37,31 +41,69 @@ struct Waiter {
     answer: oneshot::Sender<Answer>,
 }
 
-/// The attempts of one key not sent yet, and the turn to send them.
+/// The attempts of one key not sent yet, and whether a task is sending them.
+#[derive(Default)]
+struct Pending {
+    waiting: VecDeque<Waiter>,
+    draining: bool,
+}
+
+/// One key's queue.
 #[derive(Default)]
 struct Queue {
-    waiting: Mutex<VecDeque<Waiter>>,
-    turn: tokio::sync::Mutex<()>,
+    pending: Mutex<Pending>,
 }
 
 impl Queue {
-    /// The oldest waiters whose ids fit one transaction of at most `max` ids (always at
-    /// least the oldest).
-    fn take(&self, max: usize) -> Vec<Waiter> {
-        let mut waiting = self
-            .waiting
+    fn lock(&self) -> std::sync::MutexGuard<'_, Pending> {
+        self.pending
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The oldest waiters whose ids fit one transaction of at most `max` ids (always at
+    /// least the oldest); none, and the queue marked idle, when nobody waits.
+    fn take(&self, max: usize) -> Vec<Waiter> {
+        let mut p = self.lock();
         let mut batch: Vec<Waiter> = Vec::new();
         let mut ids = 0;
-        while let Some(next) = waiting.front() {
+        while let Some(next) = p.waiting.front() {
             if !batch.is_empty() && ids + next.ids.len() > max {
                 break;
             }
             ids += next.ids.len();
-            batch.extend(waiting.pop_front());
+            batch.extend(p.waiting.pop_front());
+        }
+        if batch.is_empty() {
+            p.draining = false;
         }
         batch
+    }
+}
+
+/// Ends a draining task however it ends: a panic in a send or the end of its runtime drops
+/// the waiters still queued (their callers get an error, not a wait for ever) and lets the
+/// next caller start a new task.
+struct Draining {
+    queue: Arc<Queue>,
+    /// Set when the task found the queue empty (and marked it idle) itself.
+    finished: bool,
+}
+
+impl Draining {
+    /// The task found the queue empty and marked it idle: nothing to clean up.
+    fn finish(&mut self) {
+        self.finished = true;
+    }
+}
+
+impl Drop for Draining {
+    fn drop(&mut self) {
+        if !self.finished {
+            let mut p = self.queue.lock();
+            p.waiting.clear();
+            p.draining = false;
+        }
     }
 }
 
@@ -84,7 +126,7 @@ impl Combiner {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if queues.len() >= KEPT && !queues.contains_key(&key) {
-            // Only this map holds an idle queue: nobody waits in it or sends from it.
+            // A queue with waiters has a task holding it; only this map holds an idle one.
             queues.retain(|_, q| Arc::strong_count(q) > 1);
         }
         Arc::clone(queues.entry(key).or_default())
@@ -92,6 +134,8 @@ impl Combiner {
 
     /// Logs `ids` (at most `max`) with the other attempts of `key` waiting at the same time,
     /// `send` sending one transaction for a batch of ids; answers that transaction's hash.
+    /// The first caller of an idle key starts a task that sends batches until nobody waits:
+    /// a caller that goes away leaves its attempt queued, and it is sent all the same.
     ///
     /// # Errors
     /// `send`'s error, for every caller of the batch.
@@ -103,53 +147,57 @@ impl Combiner {
         send: F,
     ) -> Answer
     where
-        F: Fn(Vec<RecordId>) -> Fut,
+        F: Fn(Vec<RecordId>) -> Fut + Send + 'static,
         Fut: Future<Output = Answer> + Send + 'static,
     {
         let q = self.queue(key);
-        let (answer, mut mine) = oneshot::channel();
-        q.waiting
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .push_back(Waiter {
+        let (answer, mine) = oneshot::channel();
+        let start = {
+            let mut p = q.lock();
+            p.waiting.push_back(Waiter {
                 ids: ids.to_vec(),
                 answer,
             });
-        let _turn = q.turn.lock().await;
-        loop {
-            match mine.try_recv() {
-                Ok(answer) => return answer,
-                Err(oneshot::error::TryRecvError::Closed) => {
-                    return Err(ChainError::Decode(
-                        "the task logging this denial stopped before it was sent".into(),
-                    ));
-                }
-                Err(oneshot::error::TryRecvError::Empty) => {}
-            }
-            // Ours is still queued, so the batch is not empty; older waiters go first.
-            let batch = q.take(max);
-            let ids: Vec<RecordId> = batch.iter().flat_map(|w| w.ids.iter().copied()).collect();
-            let sending = send(ids);
-            let sent = tokio::spawn(async move {
-                let r = sending.await;
-                for w in batch {
-                    // A caller that went away is no longer listening; its attempt is logged.
-                    let _ = w.answer.send(match &r {
-                        Ok(tx) => Ok(*tx),
-                        Err(e) => Err(e.shared()),
-                    });
+            !std::mem::replace(&mut p.draining, true)
+        };
+        if start {
+            let mut guard = Draining {
+                queue: q,
+                finished: false,
+            };
+            tokio::spawn(async move {
+                loop {
+                    let batch = guard.queue.take(max);
+                    if batch.is_empty() {
+                        guard.finish();
+                        break;
+                    }
+                    let ids: Vec<RecordId> =
+                        batch.iter().flat_map(|w| w.ids.iter().copied()).collect();
+                    let r = send(ids).await;
+                    for w in batch {
+                        // A caller that went away is no longer listening; its attempt is
+                        // logged.
+                        let _ = w.answer.send(match &r {
+                            Ok(tx) => Ok(*tx),
+                            Err(e) => Err(e.shared()),
+                        });
+                    }
                 }
             });
-            // Holding the turn until the batch is in the pool lets the next one gather. A
-            // panic in the task dropped its answers: the loop reports it above.
-            let _ = sent.await;
         }
+        mine.await.unwrap_or_else(|_| {
+            Err(ChainError::Rpc(
+                alloy::transports::TransportErrorKind::custom_str(
+                    "the task logging this denial stopped before sending it",
+                ),
+            ))
+        })
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicUsize, Ordering};
     use std::time::Duration;
 
     use super::*;
@@ -165,68 +213,164 @@ mod tests {
         b
     }
 
-    /// The first attempt goes out alone; the seven that arrive while it is being sent go out
-    /// together in the next transaction, each caller answered with the hash of the one that
-    /// named its id.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn attempts_during_a_send_share_the_next_transaction() {
-        let combiner = Arc::new(Combiner::default());
-        let key = (1, Address::repeat_byte(1), Address::repeat_byte(2), 7);
-        let sent: Arc<Mutex<Vec<Vec<RecordId>>>> = Arc::default();
-        let gate = Arc::new(tokio::sync::Semaphore::new(0));
-        let send = {
-            let (sent, gate) = (sent.clone(), gate.clone());
-            move |ids: Vec<RecordId>| {
-                let (sent, gate) = (sent.clone(), gate.clone());
-                async move {
-                    gate.acquire().await.expect("gate").forget();
-                    let tx = tx_of(&ids);
-                    sent.lock().unwrap().push(ids);
-                    Ok(tx)
-                }
+    /// Batches sent, a gate each send waits at, and whether sends fail.
+    #[derive(Clone)]
+    struct Fake {
+        sent: Arc<Mutex<Vec<Vec<RecordId>>>>,
+        gate: Arc<tokio::sync::Semaphore>,
+        fail: bool,
+    }
+
+    impl Default for Fake {
+        fn default() -> Self {
+            Self {
+                sent: Arc::default(),
+                gate: Arc::new(tokio::sync::Semaphore::new(0)),
+                fail: false,
             }
-        };
+        }
+    }
+
+    impl Fake {
+        fn sender(
+            &self,
+        ) -> impl Fn(Vec<RecordId>) -> futures::future::BoxFuture<'static, Answer> + Send + 'static
+        {
+            let f = self.clone();
+            move |ids| {
+                let f = f.clone();
+                Box::pin(async move {
+                    f.gate.acquire().await.expect("gate").forget();
+                    f.sent.lock().unwrap().push(ids.clone());
+                    if f.fail {
+                        Err(ChainError::Rejected("patient 1-1 is unknown".into()))
+                    } else {
+                        Ok(tx_of(&ids))
+                    }
+                })
+            }
+        }
+
+        fn sent(&self) -> Vec<Vec<RecordId>> {
+            self.sent.lock().unwrap().clone()
+        }
+    }
+
+    /// Waits (at most 10 s) until `cond` holds of the key's queue.
+    async fn until(c: &Combiner, key: Key, cond: impl Fn(&Pending) -> bool) {
+        let q = c.queue(key);
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while !cond(&q.lock()) {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the queue never got there");
+    }
+
+    /// One caller submits, its send held at the gate; `others` more queue behind it.
+    async fn one_sending_and_queued(
+        c: &Arc<Combiner>,
+        key: Key,
+        fake: &Fake,
+        others: std::ops::RangeInclusive<u8>,
+    ) -> (
+        tokio::task::JoinHandle<Answer>,
+        Vec<tokio::task::JoinHandle<Answer>>,
+    ) {
         let first = tokio::spawn({
-            let (c, send) = (combiner.clone(), send.clone());
+            let (c, send) = (c.clone(), fake.sender());
             async move { c.submit(key, &[id(1)], 32, send).await }
         });
-        // The first holds the turn (its send waits at the gate) before the others come.
-        while combiner.queue(key).turn.try_lock().is_ok() {
-            tokio::task::yield_now().await;
-        }
-        let others: Vec<_> = (2..=8)
-            .map(|n| {
-                let (c, send) = (combiner.clone(), send.clone());
-                tokio::spawn(async move { c.submit(key, &[id(n)], 32, send).await })
+        // The first batch is taken (its send waits at the gate) before the others come.
+        until(c, key, |p| p.draining && p.waiting.is_empty()).await;
+        let n = others.clone().count();
+        let handles = others
+            .map(|i| {
+                let (c, send) = (c.clone(), fake.sender());
+                tokio::spawn(async move { c.submit(key, &[id(i)], 32, send).await })
             })
             .collect();
-        let q = combiner.queue(key);
-        while q.waiting.lock().unwrap().len() < 7 {
-            tokio::task::yield_now().await;
-        }
-        gate.add_permits(2);
+        until(c, key, |p| p.waiting.len() == n).await;
+        (first, handles)
+    }
+
+    /// The first attempt goes out alone; the seven that arrive while it is being sent go out
+    /// together in the next transaction, each caller answered with the hash of the one that
+    /// named its id; then the key is idle.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn attempts_during_a_send_share_the_next_transaction() {
+        let c = Arc::new(Combiner::default());
+        let key = (1, Address::repeat_byte(1), Address::repeat_byte(2), 7);
+        let fake = Fake::default();
+        let (first, others) = one_sending_and_queued(&c, key, &fake, 2..=8).await;
+        fake.gate.add_permits(2);
         assert_eq!(first.await.unwrap().unwrap(), tx_of(&[id(1)]));
         let answers: Vec<B256> = futures::future::join_all(others)
             .await
             .into_iter()
             .map(|o| o.unwrap().unwrap())
             .collect();
-        let sent = sent.lock().unwrap().clone();
+        let sent = fake.sent();
         assert_eq!(sent.len(), 2, "{sent:?}");
         assert_eq!(sent[0], vec![id(1)]);
         assert!(answers.iter().all(|a| *a == tx_of(&sent[1])), "{answers:?}");
         let mut second = sent[1].clone();
         second.sort_by_key(|r| r.0);
         assert_eq!(second, (2..=8).map(id).collect::<Vec<_>>());
+        until(&c, key, |p| !p.draining && p.waiting.is_empty()).await;
     }
 
-    /// A batch holds at most `max` ids: the next waiters go in the one after.
-    #[tokio::test]
-    async fn a_batch_holds_at_most_max_ids() {
+    /// A caller that goes away while queued (its connection closed) still has its attempt
+    /// sent; the others get their answers.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_attempt_whose_caller_went_away_is_sent_all_the_same() {
+        let c = Arc::new(Combiner::default());
+        let key = (1, Address::repeat_byte(5), Address::repeat_byte(6), 8);
+        let fake = Fake::default();
+        let (first, mut others) = one_sending_and_queued(&c, key, &fake, 2..=3).await;
+        let gone = others.remove(0);
+        gone.abort();
+        assert!(gone.await.unwrap_err().is_cancelled());
+        fake.gate.add_permits(2);
+        first.await.unwrap().unwrap();
+        others.remove(0).await.unwrap().unwrap();
+        assert_eq!(fake.sent()[1].len(), 2, "{:?}", fake.sent());
+        assert!(
+            fake.sent()[1].contains(&id(2)),
+            "the attempt of the caller that went away"
+        );
+    }
+
+    /// A failed send fails every caller of its batch, with the error's words.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_send_fails_its_whole_batch() {
+        let c = Arc::new(Combiner::default());
+        let key = (1, Address::repeat_byte(3), Address::repeat_byte(4), 9);
+        let fake = Fake {
+            fail: true,
+            ..Fake::default()
+        };
+        let (first, others) = one_sending_and_queued(&c, key, &fake, 2..=4).await;
+        fake.gate.add_permits(2);
+        assert!(first.await.unwrap().is_err());
+        for o in others {
+            let e = o.await.unwrap().unwrap_err();
+            assert!(e.is_rejection(), "{e:?}");
+            assert_eq!(e.to_string(), "patient 1-1 is unknown");
+        }
+        assert_eq!(fake.sent().len(), 2);
+    }
+
+    /// A batch holds at most `max` ids: the next waiters go in the one after; an empty queue
+    /// is marked idle.
+    #[test]
+    fn a_batch_holds_at_most_max_ids() {
         let q = Queue::default();
+        q.lock().draining = true;
         for n in 1..=4 {
             let (answer, _) = oneshot::channel();
-            q.waiting.lock().unwrap().push_back(Waiter {
+            q.lock().waiting.push_back(Waiter {
                 ids: vec![id(n), id(n)],
                 answer,
             });
@@ -235,30 +379,8 @@ mod tests {
         assert_eq!(sizes(q.take(5)), 4, "two waiters of two ids fit five");
         assert_eq!(sizes(q.take(1)), 2, "the oldest goes even when over");
         assert_eq!(sizes(q.take(5)), 2);
+        assert!(q.lock().draining);
         assert!(q.take(5).is_empty());
-    }
-
-    /// A failed send fails every caller of its batch, with the error's words; a caller that
-    /// went away does not stop the others' answers.
-    #[tokio::test]
-    async fn a_failed_send_fails_its_whole_batch() {
-        let combiner = Combiner::default();
-        let key = (1, Address::repeat_byte(3), Address::repeat_byte(4), 9);
-        let calls = Arc::new(AtomicUsize::new(0));
-        let send = {
-            let calls = calls.clone();
-            move |_ids: Vec<RecordId>| {
-                calls.fetch_add(1, Ordering::SeqCst);
-                async { Err(ChainError::Rejected("patient 1-1 is unknown".into())) }
-            }
-        };
-        let r = tokio::time::timeout(
-            Duration::from_secs(5),
-            combiner.submit(key, &[id(1)], 32, send),
-        )
-        .await
-        .expect("answered");
-        assert_eq!(r.unwrap_err().to_string(), "patient 1-1 is unknown");
-        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        assert!(!q.lock().draining, "idle once empty");
     }
 }

@@ -71,12 +71,9 @@ impl ChainError {
     /// same variant and words; transport and receipt errors keep their words only.
     pub(crate) fn shared(&self) -> Self {
         match self {
-            Self::Rpc(_) | Self::Pending(_) => {
-                Self::Rpc(alloy::transports::TransportErrorKind::custom_str(&format!(
-                    "{self}: {}",
-                    source_words(self)
-                )))
-            }
+            Self::Rpc(_) | Self::Pending(_) => Self::Rpc(
+                alloy::transports::TransportErrorKind::custom_str(&source_words(self)),
+            ),
             Self::BadUrl { url, problem } => Self::BadUrl {
                 url: url.clone(),
                 problem: problem.clone(),

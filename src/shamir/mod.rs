@@ -157,8 +157,9 @@ impl Commitments {
             .map(Self)
     }
 
-    /// Checks that `b` is what [`Commitments::from_bytes`] accepts, and answers k, without
-    /// building the points: through libsecp256k1, whose decompression (a square root in the
+    /// Checks that `b` is what [`Commitments::from_bytes`] accepts as compressed points (tags
+    /// 02 and 03: k256 also takes its compact tag 05 and the identity as 33 zero bytes, which
+    /// [`split`] never makes, and this refuses), and answers k, without building the points: through libsecp256k1, whose decompression (a square root in the
     /// field) is faster than k256's. A share node checks the commitments of every deposit it
     /// takes and never uses them itself (`benches/curve.rs`: 9.2 against 14.6 us for three).
     ///
@@ -387,9 +388,10 @@ mod tests {
                 b[at] = v;
             }
             b.truncate(b.len().saturating_sub(cut));
+            let compressed = b.chunks(33).all(|c| c[0] == 2 || c[0] == 3);
             prop_assert_eq!(
-                Commitments::check_bytes(&b),
-                Commitments::from_bytes(&b).map(|c| c.k())
+                Commitments::check_bytes(&b).ok(),
+                Commitments::from_bytes(&b).ok().filter(|_| compressed).map(|c| c.k())
             );
         }
 
@@ -402,6 +404,19 @@ mod tests {
                 prop_assert!(!c.verify(&bad));
             }
         }
+    }
+
+    #[test]
+    fn checking_commitments_refuses_what_split_never_makes() {
+        let (_, c) = split(&Secret::random(), Threshold::new(3, 5).unwrap());
+        let mut compact = c.to_bytes();
+        compact[0] = 5;
+        let mut identity = c.to_bytes();
+        identity[..33].fill(0);
+        for b in [compact, identity, Vec::new(), vec![2; 32]] {
+            assert!(Commitments::check_bytes(&b).is_err(), "{b:?}");
+        }
+        assert_eq!(Commitments::check_bytes(&c.to_bytes()), Ok(3));
     }
 
     #[test]
