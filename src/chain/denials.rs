@@ -189,7 +189,7 @@ impl Combiner {
         mine.await.unwrap_or_else(|_| {
             Err(ChainError::Rpc(
                 alloy::transports::TransportErrorKind::custom_str(
-                    "the task logging this denial stopped before sending it",
+                    "the task logging this denial ended before answering (a panic, or the end of its runtime); it may not have been sent",
                 ),
             ))
         })
@@ -261,11 +261,19 @@ mod tests {
         let q = c.queue(key);
         tokio::time::timeout(Duration::from_secs(10), async {
             while !cond(&q.lock()) {
-                tokio::task::yield_now().await;
+                tokio::time::sleep(Duration::from_millis(1)).await;
             }
         })
         .await
         .expect("the queue never got there");
+    }
+
+    /// A caller's answer, within 10 s.
+    async fn bounded(h: tokio::task::JoinHandle<Answer>) -> Answer {
+        tokio::time::timeout(Duration::from_secs(10), h)
+            .await
+            .expect("a caller was never answered")
+            .expect("the caller's task")
     }
 
     /// One caller submits, its send held at the gate; `others` more queue behind it.
@@ -305,11 +313,11 @@ mod tests {
         let fake = Fake::default();
         let (first, others) = one_sending_and_queued(&c, key, &fake, 2..=8).await;
         fake.gate.add_permits(2);
-        assert_eq!(first.await.unwrap().unwrap(), tx_of(&[id(1)]));
-        let answers: Vec<B256> = futures::future::join_all(others)
+        assert_eq!(bounded(first).await.unwrap(), tx_of(&[id(1)]));
+        let answers: Vec<B256> = futures::future::join_all(others.into_iter().map(bounded))
             .await
             .into_iter()
-            .map(|o| o.unwrap().unwrap())
+            .map(|o| o.unwrap())
             .collect();
         let sent = fake.sent();
         assert_eq!(sent.len(), 2, "{sent:?}");
@@ -333,8 +341,8 @@ mod tests {
         gone.abort();
         assert!(gone.await.unwrap_err().is_cancelled());
         fake.gate.add_permits(2);
-        first.await.unwrap().unwrap();
-        others.remove(0).await.unwrap().unwrap();
+        bounded(first).await.unwrap();
+        bounded(others.remove(0)).await.unwrap();
         assert_eq!(fake.sent()[1].len(), 2, "{:?}", fake.sent());
         assert!(
             fake.sent()[1].contains(&id(2)),
@@ -353,13 +361,59 @@ mod tests {
         };
         let (first, others) = one_sending_and_queued(&c, key, &fake, 2..=4).await;
         fake.gate.add_permits(2);
-        assert!(first.await.unwrap().is_err());
+        assert!(bounded(first).await.is_err());
         for o in others {
-            let e = o.await.unwrap().unwrap_err();
+            let e = bounded(o).await.unwrap_err();
             assert!(e.is_rejection(), "{e:?}");
             assert_eq!(e.to_string(), "patient 1-1 is unknown");
         }
         assert_eq!(fake.sent().len(), 2);
+    }
+
+    /// A send that panics fails the callers of its batch and those queued behind it (an
+    /// error, not a wait for ever), and the key works again for the next caller.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_panicking_send_fails_its_callers_and_the_key_recovers() {
+        let c = Arc::new(Combiner::default());
+        let key = (1, Address::repeat_byte(7), Address::repeat_byte(8), 10);
+        let panicking = Fake::default();
+        let send = {
+            let inner = panicking.sender();
+            move |ids: Vec<RecordId>| {
+                let sending = inner(ids);
+                Box::pin(async move {
+                    let answer = sending.await;
+                    if answer.is_ok() {
+                        panic!("a send panicked");
+                    }
+                    answer
+                }) as futures::future::BoxFuture<'static, Answer>
+            }
+        };
+        let first = tokio::spawn({
+            let (c, send) = (c.clone(), send);
+            async move { c.submit(key, &[id(1)], 32, send).await }
+        });
+        until(&c, key, |p| p.draining && p.waiting.is_empty()).await;
+        let queued = tokio::spawn({
+            let (c, send) = (c.clone(), panicking.sender());
+            async move { c.submit(key, &[id(2)], 32, send).await }
+        });
+        until(&c, key, |p| p.waiting.len() == 1).await;
+        panicking.gate.add_permits(1);
+        assert!(bounded(first).await.is_err(), "its batch's send panicked");
+        assert!(bounded(queued).await.is_err(), "queued behind the panic");
+        until(&c, key, |p| !p.draining && p.waiting.is_empty()).await;
+        let fine = Fake::default();
+        fine.gate.add_permits(1);
+        let third = [id(3)];
+        let again = tokio::time::timeout(
+            Duration::from_secs(10),
+            c.submit(key, &third, 32, fine.sender()),
+        )
+        .await
+        .expect("answered");
+        assert_eq!(again.unwrap(), tx_of(&[id(3)]));
     }
 
     /// A batch holds at most `max` ids: the next waiters go in the one after; an empty queue
