@@ -234,10 +234,9 @@ impl EhrChain {
         let provider = connect(rpc_url, Some(signer), None)?;
         let chain_id = provider.get_chain_id().await?;
         let builder = EhrAccess::deploy_builder(provider.clone(), manager);
-        let pending = {
-            let _turn = super::send_lock::lock(from).await;
-            builder.send().await.map_err(ChainError::from_contract)?
-        };
+        let pending = super::send_lock::submit(from, || builder.send())
+            .await
+            .map_err(ChainError::from_contract)?;
         let receipt = pending.get_receipt().await?;
         let address = receipt
             .contract_address
@@ -467,10 +466,7 @@ impl EhrChain {
     where
         C: Sendable,
     {
-        let pending = {
-            let _turn = super::send_lock::lock(self.from).await;
-            call.send_it().await?
-        };
+        let pending = call.send_it(self.from).await?;
         let receipt = pending
             .with_required_confirmations(self.confirmations)
             .get_receipt()
@@ -499,8 +495,10 @@ fn sol_proof(p: &RecordProof) -> EhrAccess::RecordProof {
 
 /// A prepared contract call that can be sent: lets `send` take any generated call builder.
 trait Sendable {
+    /// Estimates the gas, then fills and submits it from `from` (`send_lock::submit`).
     async fn send_it(
         self,
+        from: Address,
     ) -> Result<alloy::providers::PendingTransactionBuilder<alloy::network::Ethereum>, ChainError>;
 }
 
@@ -509,14 +507,15 @@ impl<D: alloy::contract::CallDecoder + Send> Sendable
 {
     async fn send_it(
         self,
+        from: Address,
     ) -> Result<alloy::providers::PendingTransactionBuilder<alloy::network::Ethereum>, ChainError>
     {
         let estimate = self
             .estimate_gas()
             .await
             .map_err(ChainError::from_contract)?;
-        self.gas(gas_limit(estimate))
-            .send()
+        let call = self.gas(gas_limit(estimate));
+        super::send_lock::submit(from, || call.send())
             .await
             .map_err(ChainError::from_contract)
     }

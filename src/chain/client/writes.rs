@@ -13,10 +13,10 @@ impl EhrChain {
         let tx = alloy::rpc::types::TransactionRequest::default()
             .to(to)
             .value(wei);
-        let pending = {
-            let _turn = crate::chain::send_lock::lock(self.from).await;
-            self.provider.send_transaction(tx).await?
-        };
+        let pending = crate::chain::send_lock::submit(self.from, || {
+            self.provider.send_transaction(tx.clone())
+        })
+        .await?;
         let receipt = pending
             .with_required_confirmations(self.confirmations)
             .get_receipt()
@@ -390,23 +390,9 @@ impl EhrChain {
             .contract
             .access(addr.key(), ids.iter().map(|r| r.0).collect())
             .gas(gas);
-        let pending = {
-            let _turn = crate::chain::send_lock::lock(self.from).await;
-            let mut tries: u64 = 0;
-            loop {
-                match call.send().await {
-                    Ok(p) => break p,
-                    // The account's last transaction was not counted yet: ask for the nonce
-                    // again in a moment (see `stale_nonce`).
-                    Err(e) if tries < 5 && stale_nonce(&e.to_string()) => {
-                        tracing::info!("a denial's nonce was taken ({e}); asking for it again");
-                        tries += 1;
-                        tokio::time::sleep(std::time::Duration::from_millis(10 * tries)).await;
-                    }
-                    Err(e) => return Err(ChainError::from_contract(e)),
-                }
-            }
-        };
+        let pending = crate::chain::send_lock::submit(self.from, || call.send())
+            .await
+            .map_err(ChainError::from_contract)?;
         let hash = *pending.tx_hash();
         tokio::spawn(async move {
             // Bounded: a transaction dropped from the pool must not keep a watcher forever.
@@ -481,46 +467,5 @@ impl EhrChain {
             .await
             .map_err(ChainError::from_contract)?;
         Ok((until > self.chain_time().await?).then_some(until))
-    }
-}
-
-/// Whether a node refused a transaction because its nonce was taken already: anvil's pending
-/// count can miss a transaction it is moving from its pool into a block, and the next send
-/// from the account is then filled with the same nonce. A denial naming the same record as
-/// the one before it is then the same transaction byte for byte ("transaction already
-/// imported"; geth says "already known"); another one is refused as "nonce too low" or as an
-/// underpriced replacement. The load bench's mixed run met the first 17 times in 1,539 denied
-/// reads, as 500s, once denials of one reader were sent back to back (`chain::denials`).
-fn stale_nonce(error: &str) -> bool {
-    let e = error.to_ascii_lowercase();
-    [
-        "already imported",
-        "already known",
-        "nonce too low",
-        "replacement transaction underpriced",
-    ]
-    .iter()
-    .any(|m| e.contains(m))
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn a_taken_nonce_is_told_from_other_refusals() {
-        for taken in [
-            "server returned an error response: error code -32003: transaction already imported",
-            "server returned an error response: error code -32000: already known",
-            "server returned an error response: error code -32003: Nonce too low",
-            "replacement transaction underpriced",
-        ] {
-            assert!(super::stale_nonce(taken), "{taken}");
-        }
-        for other in [
-            "server returned an error response: error code -32003: Insufficient funds for gas * price + value",
-            "execution reverted: ProviderNotVerified",
-            "error sending request for url",
-        ] {
-            assert!(!super::stale_nonce(other), "{other}");
-        }
     }
 }
