@@ -72,12 +72,17 @@ pub enum ServeConfigError {
 /// Every key and the environment variable that overrides it (a container sets them instead of
 /// writing a file). `records.share_nodes` takes `URL=ADDRESS` pairs separated by commas,
 /// `proxy.trusted` addresses or CIDR ranges separated by commas.
-pub const ENV: [(&str, &str, Kind); 24] = [
+pub const ENV: [(&str, &str, Kind); 25] = [
     ("listen", "EHR_LISTEN", Kind::Str),
     ("chain.rpc_url", "EHR_CHAIN_RPC_URL", Kind::Str),
     ("chain.deployment", "EHR_CHAIN_DEPLOYMENT", Kind::Str),
     ("chain.contract", "EHR_CHAIN_CONTRACT", Kind::Str),
     ("chain.confirmations", "EHR_CHAIN_CONFIRMATIONS", Kind::Int),
+    (
+        "chain.rpc_timeout_secs",
+        "EHR_CHAIN_RPC_TIMEOUT_SECS",
+        Kind::Int,
+    ),
     ("ipfs.api_url", "EHR_IPFS_API_URL", Kind::Str),
     ("ipfs.peers", "EHR_IPFS_PEERS", Kind::List),
     ("ipfs.replication", "EHR_IPFS_REPLICATION", Kind::Int),
@@ -243,10 +248,19 @@ pub struct ChainSection {
     /// accept. At most 64.
     #[serde(default = "default_confirmations")]
     pub confirmations: u64,
+    /// Seconds a JSON-RPC request to `rpc_url` may take before it fails (default 30, at most
+    /// 600). An endpoint that accepts and never answers would otherwise hold every request
+    /// that waits on the chain, and an account's transactions behind it, for ever.
+    #[serde(default = "default_rpc_timeout_secs")]
+    pub rpc_timeout_secs: u64,
 }
 
 fn default_confirmations() -> u64 {
     1
+}
+
+fn default_rpc_timeout_secs() -> u64 {
+    crate::chain::DEFAULT_RPC_DEADLINE.as_secs()
 }
 
 /// `[ipfs]`.
@@ -634,6 +648,13 @@ impl ServeConfig {
                 key: "chain.confirmations",
                 problem: format!("{} blocks", self.chain.confirmations),
                 fix: "set it between 1 (the default) and 64".into(),
+            });
+        }
+        if !(1..=600).contains(&self.chain.rpc_timeout_secs) {
+            return Err(Invalid {
+                key: "chain.rpc_timeout_secs",
+                problem: format!("{} seconds", self.chain.rpc_timeout_secs),
+                fix: "set it between 1 and 600 (the default is 30)".into(),
             });
         }
         let mut seen = std::collections::HashSet::new();

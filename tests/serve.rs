@@ -378,3 +378,77 @@ async fn a_chain_down_at_start_is_reported_then_picked_up() {
     }
     child.stop(Duration::from_secs(5)).await;
 }
+
+/// A loopback endpoint that accepts connections and reads nothing back: a wedged chain node
+/// or a proxy that holds requests. Its connections stay open while the task runs.
+async fn hung_endpoint() -> (String, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((sock, _)) = listener.accept().await {
+            held.push(sock);
+        }
+    });
+    (url, task)
+}
+
+/// A chain endpoint that accepts and never answers held `ehr serve` at start for ever (no
+/// chain request had a deadline). Now its check reports the chain failed at
+/// `chain.rpc_timeout_secs`, and exits.
+#[tokio::test]
+async fn a_chain_that_never_answers_fails_at_the_timeout() {
+    let (hung, _server) = hung_endpoint().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ehr.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "listen = \"127.0.0.1:{}\"\n[chain]\nrpc_url = \"{hung}\"\ncontract = \"0x5FbDB2315678afecb367f032d93F642f64180aa3\"\nrpc_timeout_secs = 1\n[ipfs]\napi_url = \"{}\"\n[records]\nthreshold = 1\n[[records.share_nodes]]\nurl = \"http://127.0.0.1:9\"\naddress = \"0x0000000000000000000000000000000000000001\"\n",
+            common::quiet_port(),
+            common::stack().kubo.api_url
+        ),
+    )
+    .unwrap();
+    let o = check(&path).await;
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains("chain   FAILED") && text(&o).contains("did not answer within 1000 ms"),
+        "{}",
+        text(&o)
+    );
+
+    // Out of range, the key is named.
+    let bad = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("rpc_timeout_secs = 1", "rpc_timeout_secs = 0");
+    std::fs::write(&path, bad).unwrap();
+    let o = check(&path).await;
+    assert!(
+        !o.status.success() && text(&o).contains("chain.rpc_timeout_secs"),
+        "{}",
+        text(&o)
+    );
+
+    // A share node on that endpoint stops at start with the same reason.
+    let node = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::process::Command::new(common::ehr_bin())
+            .args(["share-node", "--port", &common::quiet_port().to_string()])
+            .args(["--rpc-url", &hung, "--rpc-timeout-secs", "1"])
+            .args(["--contract", "0x5FbDB2315678afecb367f032d93F642f64180aa3"])
+            .arg("--data-dir")
+            .arg(dir.path().join("node"))
+            .env_remove("EHR_SHARE_NODE_RPC_TIMEOUT_SECS")
+            .output(),
+    )
+    .await
+    .expect("the share node gave up on the hung chain")
+    .unwrap();
+    assert!(!node.status.success(), "{}", text(&node));
+    assert!(
+        text(&node).contains("did not answer within 1000 ms"),
+        "{}",
+        text(&node)
+    );
+}

@@ -162,6 +162,14 @@ fn rpc_http() -> alloy::transports::http::reqwest::Client {
 }
 
 fn rpc_client(url: reqwest::Url) -> alloy::rpc::client::RpcClient {
+    rpc_client_with(url, super::deadline::rpc_deadline())
+}
+
+/// [`rpc_client`] with every request failing after `deadline` (see [`super::deadline`]).
+pub(super) fn rpc_client_with(
+    url: reqwest::Url,
+    deadline: std::time::Duration,
+) -> alloy::rpc::client::RpcClient {
     let near = url.host_str().is_some_and(|h| {
         h == "localhost"
             || h.trim_start_matches('[')
@@ -174,7 +182,12 @@ fn rpc_client(url: reqwest::Url) -> alloy::rpc::client::RpcClient {
                     std::net::IpAddr::V6(v6) => v6.is_loopback(),
                 })
     });
-    let client = alloy::rpc::client::RpcClient::new_http_with_client(rpc_http(), url);
+    let http = alloy::transports::http::Http::with_client(rpc_http(), url);
+    let is_local = http.guess_local();
+    let client = alloy::rpc::client::RpcClient::new(
+        super::deadline::Deadline::new(http, deadline),
+        is_local,
+    );
     if near {
         client.with_poll_interval(LOCAL_POLL)
     } else {

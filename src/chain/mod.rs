@@ -3,6 +3,7 @@
 
 mod bindings;
 mod client;
+mod deadline;
 mod denials;
 mod errors;
 mod events;
@@ -17,6 +18,7 @@ pub use bindings::EhrAccess;
 pub use client::{
     AccessEvent, AccessOutcome, CONTRACT_VERSION, Deployment, EhrChain, Head, Pinned, TxOutcome,
 };
+pub use deadline::{DEFAULT_RPC_DEADLINE, rpc_deadline, set_rpc_deadline};
 pub use errors::ChainError;
 pub use events::{AuditEvent, AuditFilter, AuditKind, AuditPage};
 pub use index::{IndexStore, StoreError, StoredIndex};

@@ -66,6 +66,10 @@ pub struct ShareNodeArgs {
     /// bound (for chains that mine only for transactions); set a few block times.
     #[arg(long, env = "EHR_SHARE_NODE_MAX_CHAIN_LAG_SECS")]
     max_chain_lag_secs: Option<u64>,
+    /// Seconds a JSON-RPC request to the chain may take before it fails (the request waiting
+    /// on it is answered 503), 1 to 600. Default: 30.
+    #[arg(long, env = "EHR_SHARE_NODE_RPC_TIMEOUT_SECS")]
+    rpc_timeout_secs: Option<u64>,
     /// PEM certificate chain to serve HTTPS with (needs --tls-key). Clients on other hosts
     /// reach the node over TLS only; without it the node speaks plain HTTP.
     #[arg(long, env = "EHR_SHARE_NODE_TLS_CERT", requires = "tls_key")]
@@ -95,6 +99,7 @@ impl ShareNodeArgs {
             unanchored_ttl_secs: self.unanchored_ttl_secs,
             sweep_secs: self.sweep_secs,
             max_chain_lag_secs: self.max_chain_lag_secs,
+            rpc_timeout_secs: self.rpc_timeout_secs,
             tls_cert: self.tls_cert.clone(),
             tls_key: self.tls_key.clone(),
         }
@@ -192,7 +197,10 @@ pub async fn share_node(a: ShareNodeArgs) -> anyhow::Result<()> {
         deployment: s.deployment.clone(),
         contract: s.contract,
     })?;
-    let chain = EhrChain::connect(&s.rpc_url, None, &deployment).await?;
+    crate::chain::set_rpc_deadline(s.rpc_timeout);
+    let chain = EhrChain::connect(&s.rpc_url, None, &deployment)
+        .await
+        .with_context(|| format!("connecting to the chain at {}", s.rpc_url))?;
     let store = open_store(&s.data_dir, &identity, &chain)
         .await
         .with_context(|| {

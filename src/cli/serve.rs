@@ -51,6 +51,7 @@ impl ServeArgs {
             c.listen.clone_from(v);
         }
         c.check()?;
+        crate::chain::set_rpc_deadline(std::time::Duration::from_secs(c.chain.rpc_timeout_secs));
         Ok(c)
     }
 }

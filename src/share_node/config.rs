@@ -44,6 +44,9 @@ pub struct ShareNodeFile {
     /// transactions have old heads when idle); set a few block times on a chain with a block
     /// time.
     pub max_chain_lag_secs: Option<u64>,
+    /// Seconds a JSON-RPC request to the chain may take before it fails and the request that
+    /// waits on it is answered 503. Default: 30.
+    pub rpc_timeout_secs: Option<u64>,
     /// PEM certificate chain to serve HTTPS with (with `tls_key`). Default: plain HTTP, for
     /// loopback only.
     pub tls_cert: Option<PathBuf>,
@@ -145,6 +148,8 @@ pub struct ShareNodeSettings {
     pub key_file: PathBuf,
     /// Chain RPC URL.
     pub rpc_url: String,
+    /// How long a chain request may take (see [`crate::chain::set_rpc_deadline`]).
+    pub rpc_timeout: Duration,
     /// Deployment file (unless `contract`).
     pub deployment: PathBuf,
     /// Contract address, instead of the deployment file.
@@ -174,6 +179,13 @@ impl ShareNodeSettings {
             port: pick!(port, 7001),
             key_file: pick!(key_file, data_dir.join("node.key")),
             rpc_url: pick!(rpc_url, "http://127.0.0.1:8545".to_owned()),
+            rpc_timeout: Duration::from_secs(
+                pick!(
+                    rpc_timeout_secs,
+                    crate::chain::DEFAULT_RPC_DEADLINE.as_secs()
+                )
+                .clamp(1, 600),
+            ),
             // Where the contract is comes from one place: a flag or variable naming either the
             // deployment file or the address overrides both keys of the file.
             deployment: if given.deployment.is_some() || given.contract.is_some() {
