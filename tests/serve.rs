@@ -379,8 +379,8 @@ async fn a_chain_down_at_start_is_reported_then_picked_up() {
     child.stop(Duration::from_secs(5)).await;
 }
 
-/// A loopback endpoint that accepts connections and reads nothing back: a wedged chain node
-/// or a proxy that holds requests. Its connections stay open while the task runs.
+/// A loopback endpoint that accepts connections and never answers: a wedged chain node or a
+/// proxy that holds requests. Its connections stay open while the task runs.
 async fn hung_endpoint() -> (String, tokio::task::JoinHandle<()>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
@@ -393,62 +393,123 @@ async fn hung_endpoint() -> (String, tokio::task::JoinHandle<()>) {
     (url, task)
 }
 
-/// A chain endpoint that accepts and never answers held `ehr serve` at start for ever (no
-/// chain request had a deadline). Now its check reports the chain failed at
-/// `chain.rpc_timeout_secs`, and exits.
-#[tokio::test]
-async fn a_chain_that_never_answers_fails_at_the_timeout() {
-    let (hung, _server) = hung_endpoint().await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("ehr.toml");
+/// A JSON-RPC endpoint that answers `eth_chainId` and `eth_getCode` (a contract is there) and
+/// never answers anything else: stuck half way, as an overloaded node can be.
+async fn half_hung_endpoint() -> (String, tokio::task::JoinHandle<()>) {
+    async fn answer(
+        axum::Json(req): axum::Json<serde_json::Value>,
+    ) -> axum::Json<serde_json::Value> {
+        let result = match req["method"].as_str() {
+            Some("eth_chainId") => serde_json::json!("0x7a69"),
+            Some("eth_getCode") => serde_json::json!("0x6001600155"),
+            _ => std::future::pending().await,
+        };
+        axum::Json(serde_json::json!({"jsonrpc": "2.0", "id": req["id"], "result": result}))
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let app = axum::Router::new().route("/", axum::routing::post(answer));
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app).await.unwrap();
+    });
+    (url, task)
+}
+
+fn serve_toml(dir: &Path, rpc_url: &str, port: u16, timeout_secs: u64) -> std::path::PathBuf {
+    let path = dir.join("ehr.toml");
     std::fs::write(
         &path,
         format!(
-            "listen = \"127.0.0.1:{}\"\n[chain]\nrpc_url = \"{hung}\"\ncontract = \"0x5FbDB2315678afecb367f032d93F642f64180aa3\"\nrpc_timeout_secs = 1\n[ipfs]\napi_url = \"{}\"\n[records]\nthreshold = 1\n[[records.share_nodes]]\nurl = \"http://127.0.0.1:9\"\naddress = \"0x0000000000000000000000000000000000000001\"\n",
-            common::quiet_port(),
+            "listen = \"127.0.0.1:{port}\"\n[chain]\nrpc_url = \"{rpc_url}\"\ncontract = \"0x5FbDB2315678afecb367f032d93F642f64180aa3\"\nrpc_timeout_secs = {timeout_secs}\n[ipfs]\napi_url = \"{}\"\n[records]\nthreshold = 1\n[[records.share_nodes]]\nurl = \"http://127.0.0.1:9\"\naddress = \"0x0000000000000000000000000000000000000001\"\n",
             common::stack().kubo.api_url
         ),
     )
     .unwrap();
-    let o = check(&path).await;
-    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
-    assert!(
-        text(&o).contains("chain   FAILED") && text(&o).contains("did not answer within 1000 ms"),
-        "{}",
-        text(&o)
-    );
+    path
+}
+
+/// A chain endpoint that accepts and never answers held `ehr serve` and `ehr share-node` at
+/// start for ever (no chain request had a deadline). Now each request fails at
+/// `rpc_timeout_secs`: the check reports the chain failed and exits, the gateway serves
+/// `/health` (503) while it retries, a share node stops with the reason, and an endpoint that
+/// hangs only on calls is a chain that failed, not a contract of another version.
+#[tokio::test]
+async fn a_chain_that_never_answers_fails_at_the_timeout() {
+    let (hung, _server) = hung_endpoint().await;
+    let (half, _half_server) = half_hung_endpoint().await;
+    let dir = tempfile::tempdir().unwrap();
+    for url in [&hung, &half] {
+        let o = check(&serve_toml(dir.path(), url, common::quiet_port(), 1)).await;
+        assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+        assert!(
+            text(&o).contains("chain   FAILED")
+                && text(&o).contains("did not answer within 1000 ms"),
+            "{url}: {}",
+            text(&o)
+        );
+    }
 
     // Out of range, the key is named.
-    let bad = std::fs::read_to_string(&path)
-        .unwrap()
-        .replace("rpc_timeout_secs = 1", "rpc_timeout_secs = 0");
-    std::fs::write(&path, bad).unwrap();
-    let o = check(&path).await;
+    let o = check(&serve_toml(dir.path(), &hung, common::quiet_port(), 0)).await;
     assert!(
         !o.status.success() && text(&o).contains("chain.rpc_timeout_secs"),
         "{}",
         text(&o)
     );
 
-    // A share node on that endpoint stops at start with the same reason.
-    let node = tokio::time::timeout(
-        Duration::from_secs(60),
-        tokio::process::Command::new(common::ehr_bin())
-            .args(["share-node", "--port", &common::quiet_port().to_string()])
-            .args(["--rpc-url", &hung, "--rpc-timeout-secs", "1"])
-            .args(["--contract", "0x5FbDB2315678afecb367f032d93F642f64180aa3"])
-            .arg("--data-dir")
-            .arg(dir.path().join("node"))
-            .env_remove("EHR_SHARE_NODE_RPC_TIMEOUT_SECS")
-            .output(),
-    )
-    .await
-    .expect("the share node gave up on the hung chain")
-    .unwrap();
-    assert!(!node.status.success(), "{}", text(&node));
-    assert!(
-        text(&node).contains("did not answer within 1000 ms"),
-        "{}",
-        text(&node)
-    );
+    // Serving, the gateway reports the chain down on /health instead of hanging on it.
+    let port = common::quiet_port();
+    let mut cmd = serve_cmd();
+    cmd.arg("--config")
+        .arg(serve_toml(dir.path(), &hung, port, 1));
+    let mut child = ManagedChild::spawn("ehr serve", cmd, false).unwrap();
+    let health = format!("http://127.0.0.1:{port}/health");
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let answered = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let (h, a) = (health.clone(), answered.clone());
+    child
+        .wait_healthy(Duration::from_secs(60), move || {
+            let (http, h, a) = (http.clone(), h.clone(), a.clone());
+            async move {
+                let Ok(r) = http.get(&h).send().await else {
+                    return false;
+                };
+                let status = r.status().as_u16();
+                let body: serde_json::Value = r.json().await.unwrap_or_default();
+                *a.lock().unwrap() = Some((status, body));
+                true
+            }
+        })
+        .await
+        .unwrap_or_else(|e| panic!("/health never answered with the chain hung: {e}"));
+    let (status, body) = answered.lock().unwrap().take().unwrap();
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["chain"]["ok"], false, "{body}");
+    child.stop(Duration::from_secs(5)).await;
+
+    // A share node on that endpoint stops at start with the same reason; 0 s is refused.
+    for (secs, says) in [
+        ("1", "did not answer within 1000 ms"),
+        ("0", "rpc_timeout_secs"),
+    ] {
+        let node = tokio::time::timeout(
+            Duration::from_secs(60),
+            tokio::process::Command::new(common::ehr_bin())
+                .args(["share-node", "--port", &common::quiet_port().to_string()])
+                .args(["--rpc-url", &hung, "--rpc-timeout-secs", secs])
+                .args(["--contract", "0x5FbDB2315678afecb367f032d93F642f64180aa3"])
+                .arg("--data-dir")
+                .arg(dir.path().join("node"))
+                .kill_on_drop(true)
+                .output(),
+        )
+        .await
+        .expect("the share node gave up on the hung chain")
+        .unwrap();
+        assert!(!node.status.success(), "{}", text(&node));
+        assert!(text(&node).contains(says), "{}", text(&node));
+    }
 }

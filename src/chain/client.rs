@@ -233,6 +233,16 @@ fn connect(
     })
 }
 
+/// A read-only provider for `rpc_url` with the process's request deadline and the shared
+/// HTTP client, for chain-level questions asked before (or without) a contract: the
+/// gateway's `/health` among them.
+///
+/// # Errors
+/// When `rpc_url` is not a URL.
+pub fn read_only_provider(rpc_url: &str) -> Result<DynProvider, ChainError> {
+    connect(rpc_url, None, None)
+}
+
 impl EhrChain {
     /// Deploys a new contract with `manager` as the records office, signed by `signer`.
     ///
@@ -311,7 +321,15 @@ impl EhrChain {
             )));
         }
         let contract = EhrAccess::new(deployment.address, provider.clone());
-        let version = contract.VERSION().call().await.unwrap_or(0);
+        // A contract without `VERSION` (another contract, an old build) reverts: version 0. A
+        // transport failure is no answer about the contract, and stays one.
+        let version = match contract.VERSION().call().await {
+            Ok(v) => v,
+            Err(e) => match pinned::pinned_error(e) {
+                e @ ChainError::Rpc(_) => return Err(e),
+                _ => 0,
+            },
+        };
         if version != CONTRACT_VERSION {
             return Err(ChainError::WrongDeployment(format!(
                 "the contract at {} is EhrAccess version {version}, this build needs version {CONTRACT_VERSION} (deploy it with `ehr deploy`)",
@@ -482,6 +500,7 @@ impl EhrChain {
         let pending = call.send_it(self.from).await?;
         let receipt = pending
             .with_required_confirmations(self.confirmations)
+            .with_timeout(Some(RECEIPT_WAIT))
             .get_receipt()
             .await?;
         if !receipt.status() {
@@ -493,6 +512,12 @@ impl EhrChain {
         Ok(receipt)
     }
 }
+
+/// The longest a write waits for its receipt (and confirmations). A transaction the pool
+/// dropped never gets one, and with more than one confirmation alloy waits on its block
+/// watcher, which retries an endpoint that stopped answering without end: either held the
+/// caller for ever.
+const RECEIPT_WAIT: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// The contract's form of a record proof.
 fn sol_proof(p: &RecordProof) -> EhrAccess::RecordProof {

@@ -197,6 +197,11 @@ pub async fn share_node(a: ShareNodeArgs) -> anyhow::Result<()> {
         deployment: s.deployment.clone(),
         contract: s.contract,
     })?;
+    anyhow::ensure!(
+        (1..=600).contains(&s.rpc_timeout.as_secs()),
+        "`rpc_timeout_secs` (--rpc-timeout-secs, EHR_SHARE_NODE_RPC_TIMEOUT_SECS) is {} s: set it between 1 and 600 (the default is 30)",
+        s.rpc_timeout.as_secs()
+    );
     crate::chain::set_rpc_deadline(s.rpc_timeout);
     let chain = EhrChain::connect(&s.rpc_url, None, &deployment)
         .await

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use alloy::primitives::Address;
-use alloy::providers::{DynProvider, Provider, ProviderBuilder};
+use alloy::providers::DynProvider;
 use alloy::signers::local::PrivateKeySigner;
 use sha2::{Digest, Sha256};
 
@@ -94,10 +94,8 @@ impl AppState {
         ipfs: impl Into<Replicas>,
         keyring: Keyring,
     ) -> Result<Self, String> {
-        let url = rpc_url
-            .parse()
+        let provider = crate::chain::read_only_provider(rpc_url)
             .map_err(|e| format!("bad RPC URL {rpc_url}: {e}"))?;
-        let provider = ProviderBuilder::new().connect_http(url).erased();
         let cell = std::sync::OnceLock::new();
         if let Some(c) = chain {
             let _ = cell.set(c);

@@ -179,13 +179,10 @@ impl ShareNodeSettings {
             port: pick!(port, 7001),
             key_file: pick!(key_file, data_dir.join("node.key")),
             rpc_url: pick!(rpc_url, "http://127.0.0.1:8545".to_owned()),
-            rpc_timeout: Duration::from_secs(
-                pick!(
-                    rpc_timeout_secs,
-                    crate::chain::DEFAULT_RPC_DEADLINE.as_secs()
-                )
-                .clamp(1, 600),
-            ),
+            rpc_timeout: Duration::from_secs(pick!(
+                rpc_timeout_secs,
+                crate::chain::DEFAULT_RPC_DEADLINE.as_secs()
+            )),
             // Where the contract is comes from one place: a flag or variable naming either the
             // deployment file or the address overrides both keys of the file.
             deployment: if given.deployment.is_some() || given.contract.is_some() {

@@ -158,7 +158,7 @@ impl Pinned<'_> {
 /// An error answer that is no revert (a block this endpoint does not have yet, state it has
 /// pruned) means the endpoint cannot answer at that block now: unavailable, like a transport
 /// error, rather than an answer this server does not understand.
-fn pinned_error(e: alloy::contract::Error) -> ChainError {
+pub(super) fn pinned_error(e: alloy::contract::Error) -> ChainError {
     match e {
         alloy::contract::Error::TransportError(t)
             if t.as_error_resp()
