@@ -35,4 +35,5 @@ pub mod serve_config;
 pub mod shamir;
 pub mod share_node;
 pub mod stack;
+pub mod strict_hex;
 pub mod web;

@@ -366,7 +366,7 @@ mod tests {
     fn rfc8439_known_answer() {
         let v: serde_json::Value =
             serde_json::from_str(include_str!("../../tests/data/rfc8439_aead.json")).unwrap();
-        let h = |k: &str| hex::decode(v[k].as_str().unwrap()).unwrap();
+        let h = |k: &str| crate::strict_hex::decode(v[k].as_str().unwrap()).unwrap();
         let cipher = ChaCha20Poly1305::new(Key::from_slice(&h("key")));
         let nonce = h("nonce");
         let pt = v["plaintext"].as_str().unwrap().as_bytes();

@@ -77,7 +77,7 @@ impl RecordBlock {
     /// # Errors
     /// When the stored digest key is malformed.
     pub fn digest_of(&self, payload: &[u8]) -> Result<B256, CryptoError> {
-        let k: [u8; 32] = hex::decode(&self.digest_key)
+        let k: [u8; 32] = crate::strict_hex::decode(&self.digest_key)
             .ok()
             .and_then(|v| v.try_into().ok())
             .ok_or(CryptoError::BadKey(0))?;
@@ -105,6 +105,8 @@ impl RecordBlock {
     /// # Errors
     /// When the stored key is malformed.
     pub fn payload_key(&self) -> Result<AeadKey, CryptoError> {
-        AeadKey::from_slice(&hex::decode(&self.key).map_err(|_| CryptoError::BadKey(0))?)
+        AeadKey::from_slice(
+            &crate::strict_hex::decode(&self.key).map_err(|_| CryptoError::BadKey(0))?,
+        )
     }
 }

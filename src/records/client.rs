@@ -432,10 +432,10 @@ impl RecordsClient {
             record_id: id,
             patient,
             cid: cid.clone(),
-            key: hex::encode(key.as_bytes()),
+            key: crate::strict_hex::encode(key.as_bytes()),
             scheme: self.padding.name().into(),
             digest,
-            digest_key: hex::encode(digest_key),
+            digest_key: crate::strict_hex::encode(digest_key),
             size: payload.len() as u64,
             media_type: media_type.to_owned(),
             file_name,
@@ -508,12 +508,12 @@ impl RecordsClient {
         let id = block.record_id;
         let patient = block.patient;
         let secret = Secret::random();
-        let sealed = hex::encode(block.seal(&secret));
+        let sealed = crate::strict_hex::encode(block.seal(&secret));
         let (shares, commitments) = split(&secret, self.threshold);
-        let commitments = hex::encode(commitments.to_bytes());
+        let commitments = crate::strict_hex::encode(commitments.to_bytes());
         let mut pending = FuturesUnordered::new();
         for (node, share) in self.nodes.iter().zip(shares) {
-            let body_share = hex::encode(share.to_bytes());
+            let body_share = crate::strict_hex::encode(share.to_bytes());
             let deposit = ShareDeposit {
                 recordId: id.0,
                 patient: patient.key(),

@@ -43,10 +43,11 @@ fn open_share(
 ) -> Result<ReleasedShare, String> {
     let r = &body.request;
     let aad = crate::share_node::share_aad(r.recordId, r.shareNode, r.nonce);
-    let sealed = hex::decode(&released.share).map_err(|_| "share is not hex".to_owned())?;
+    let sealed =
+        crate::strict_hex::decode(&released.share).map_err(|_| "share is not hex".to_owned())?;
     let plain = crate::crypto::open_with(key, &aad, &sealed)
         .map_err(|e| format!("share not sealed to this requester and request: {e}"))?;
-    released.share = hex::encode(plain);
+    released.share = crate::strict_hex::encode(plain);
     Ok(released)
 }
 
@@ -98,11 +99,11 @@ async fn ask(id: RecordId, node: NodeClient, body: ReleaseBody, key: &k256::Secr
 
 /// Parses and verifies a share against its own commitments.
 fn verified(released: &ReleasedShare) -> Result<(Commitments, Share), String> {
-    let parsed = hex::decode(&released.commitments)
+    let parsed = crate::strict_hex::decode(&released.commitments)
         .ok()
         .and_then(|b| Commitments::from_bytes(&b).ok())
         .zip(
-            hex::decode(&released.share)
+            crate::strict_hex::decode(&released.share)
                 .ok()
                 .and_then(|b| Share::from_bytes(&b).ok()),
         );
@@ -202,7 +203,8 @@ pub(super) async fn gather(
         let shares: Vec<Share> = entry.1.iter().map(|(_, s)| s.clone()).collect();
         let secret =
             combine(&shares, needed).map_err(|e| RecordError::Decrypt(id, e.to_string()))?;
-        let sealed = hex::decode(&key.1).map_err(|e| RecordError::Decrypt(id, e.to_string()))?;
+        let sealed = crate::strict_hex::decode(&key.1)
+            .map_err(|e| RecordError::Decrypt(id, e.to_string()))?;
         // Nodes in other groups disagree with k verified shares: name them.
         for (k2, (_, members)) in &groups {
             if *k2 != key {
@@ -233,7 +235,7 @@ pub(super) async fn gather(
                     }
                     Ok(r) => {
                         let ok = r.commitments == key.0
-                            && hex::decode(&r.share)
+                            && crate::strict_hex::decode(&r.share)
                                 .ok()
                                 .and_then(|b| Share::from_bytes(&b).ok())
                                 .is_some_and(|sh| agreed.verify(&sh));
@@ -450,7 +452,7 @@ mod tests {
                 Behaviour::Liar => (lie_shares[i].clone(), &lie_commitments, "bb"),
                 _ => (shares[i].clone(), &commitments, "aa"),
             };
-            let mut share = hex::encode(share.to_bytes());
+            let mut share = crate::strict_hex::encode(share.to_bytes());
             if matches!(b, Behaviour::Corrupt) {
                 let last = if share.ends_with('0') { "1" } else { "0" };
                 share.replace_range(share.len() - 1.., last);
@@ -464,15 +466,15 @@ mod tests {
                 Address::repeat_byte(i as u8 + 1),
                 alloy::primitives::U256::ZERO,
             );
-            let share = hex::encode(crate::crypto::seal_to(
+            let share = crate::strict_hex::encode(crate::crypto::seal_to(
                 &requester,
                 &aad,
-                &hex::decode(share).unwrap(),
+                &crate::strict_hex::decode(share).unwrap(),
             ));
             let answer = ReleasedShare {
                 proof: proof(),
                 share,
-                commitments: hex::encode(commitments.to_bytes()),
+                commitments: crate::strict_hex::encode(commitments.to_bytes()),
                 sealed_block: block.into(),
             };
             let count = Arc::new(AtomicUsize::new(0));

@@ -685,7 +685,8 @@ async fn release(
     }
     // Sealed to the key that signed the request (its signature was checked above to be the
     // requester's): whatever stands between this node and the requester sees ciphertext.
-    let plain = hex::decode(&share).map_err(|e| internal(format!("stored share: {e}")))?;
+    let plain =
+        crate::strict_hex::decode(&share).map_err(|e| internal(format!("stored share: {e}")))?;
     let sealed = crate::crypto::seal_to(
         &requester_key,
         &super::wire::share_aad(id.0, n.cfg.identity.address(), r.nonce),
@@ -694,7 +695,7 @@ async fn release(
     tracing::info!(record = %id, requester = %r.requester, "share released");
     Ok(Json(ReleasedShare {
         proof,
-        share: hex::encode(sealed),
+        share: crate::strict_hex::encode(sealed),
         commitments: stored.commitments,
         sealed_block: stored.sealed_block,
     }))

@@ -333,7 +333,7 @@ fn migrate(tx: &redb::WriteTransaction, key: &AeadKey) -> Result<u64, StoreError
         let old: LegacyRow = serde_json::from_slice(bytes).map_err(db)?;
         let bound = aad(record, old.patient, old.uploader, old.digest);
         let plain = open_at_rest(key, &bound, &old.sealed)
-            .map_err(|_| StoreError::Undecryptable(hex::encode(record)))?;
+            .map_err(|_| StoreError::Undecryptable(crate::strict_hex::encode(record)))?;
         let secret: LegacySecret = serde_json::from_slice(&plain).map_err(db)?;
         let plain = codec::put_secret(&secret.share, &secret.commitments, &secret.sealed_block)
             .map_err(db)?;
@@ -626,7 +626,7 @@ impl ShareStore {
                 || old.salt != s.salt
                 || old.digest != s.digest
             {
-                return Err(StoreError::Conflict(hex::encode(record)));
+                return Err(StoreError::Conflict(crate::strict_hex::encode(record)));
             }
             return Ok(());
         }
@@ -659,7 +659,7 @@ impl ShareStore {
             &aad(record, p.patient, p.uploader, p.digest),
             &bytes[n..],
         )
-        .map_err(|_| StoreError::Undecryptable(hex::encode(record)))?;
+        .map_err(|_| StoreError::Undecryptable(crate::strict_hex::encode(record)))?;
         let (share, commitments, sealed_block) = codec::get_secret(&plain).map_err(db)?;
         Ok(StoredShare {
             patient: p.patient,
@@ -774,7 +774,7 @@ impl ShareStore {
                 let anchor = s.anchor.as_ref().ok_or_else(|| {
                     StoreError::Db(format!(
                         "{}: imported without its anchor",
-                        hex::encode(record)
+                        crate::strict_hex::encode(record)
                     ))
                 })?;
                 self.put_in(&tx, record, s, u64::MAX)?;

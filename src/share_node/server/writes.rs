@@ -46,13 +46,15 @@ fn check_deposit(n: &Node, id: RecordId, b: DepositBody) -> Result<CheckedDeposi
     if DepositBody::content_hash(&b.share, &b.commitments, &b.sealed_block) != d.contentHash {
         return Err(bad("content does not match the signed content hash"));
     }
-    crate::shamir::Share::from_bytes(&hex::decode(&b.share).map_err(|_| bad("share is not hex"))?)
-        .map_err(|e| bad(e.to_string()))?;
-    crate::shamir::Commitments::check_bytes(
-        &hex::decode(&b.commitments).map_err(|_| bad("commitments are not hex"))?,
+    crate::shamir::Share::from_bytes(
+        &crate::strict_hex::decode(&b.share).map_err(|_| bad("share is not hex"))?,
     )
     .map_err(|e| bad(e.to_string()))?;
-    hex::decode(&b.sealed_block).map_err(|_| bad("sealed block is not hex"))?;
+    crate::shamir::Commitments::check_bytes(
+        &crate::strict_hex::decode(&b.commitments).map_err(|_| bad("commitments are not hex"))?,
+    )
+    .map_err(|e| bad(e.to_string()))?;
+    crate::strict_hex::decode(&b.sealed_block).map_err(|_| bad("sealed block is not hex"))?;
     let patient =
         PatientAddr::from_key(d.patient).ok_or_else(|| bad("patient key 0 is not a patient"))?;
     // The id must be the one the contract will give this uploader's record: then nobody else

@@ -77,7 +77,8 @@ pub(super) fn put_secret(
     commitments: &str,
     sealed_block: &str,
 ) -> Result<Vec<u8>, String> {
-    let bytes = |what: &str, h: &str| hex::decode(h).map_err(|e| format!("{what}: {e}"));
+    let bytes =
+        |what: &str, h: &str| crate::strict_hex::decode(h).map_err(|e| format!("{what}: {e}"));
     let (s, c, b) = (
         bytes("share", share)?,
         bytes("commitments", commitments)?,
@@ -111,9 +112,9 @@ pub(super) fn get_secret(b: &[u8]) -> Result<(String, String, String), String> {
         return Err("bytes after the sealed block".into());
     }
     Ok((
-        hex::encode(share),
-        hex::encode(commitments),
-        hex::encode(block),
+        crate::strict_hex::encode(share),
+        crate::strict_hex::encode(commitments),
+        crate::strict_hex::encode(block),
     ))
 }
 
