@@ -494,24 +494,6 @@ async fn may_read_now(
     ))
 }
 
-/// [`may_write`] on a fresh view, a denial on a remembered head asked again as in
-/// [`may_read_now`].
-async fn may_write_now(
-    n: &Node,
-    patient: PatientAddr,
-    uploader: Address,
-    verb: &str,
-) -> Result<(), Refusal> {
-    let view = fresh_view(n, false).await?;
-    match may_write(n, view.at, patient, uploader, verb).await {
-        Err(r) if r.is_denial() && view.remembered => {
-            let at = fresh_view(n, true).await?.at;
-            may_write(n, at, patient, uploader, verb).await
-        }
-        judged => judged,
-    }
-}
-
 fn halted(n: &Node) -> Result<(), Refusal> {
     if n.halted.load(Ordering::SeqCst) {
         return Err(Refusal::new(
@@ -608,41 +590,6 @@ fn check_deadline(deadline: u64) -> Result<(), Refusal> {
     if deadline > t + MAX_DEADLINE_SECS {
         return Err(bad(format!(
             "deadline more than {MAX_DEADLINE_SECS} s ahead"
-        )));
-    }
-    Ok(())
-}
-
-/// Whether `uploader` may add records for `patient` at block `at`: the patient themselves, a provider
-/// under a grant in force, or an ingestion service the records office allowed while the
-/// patient has an active device (the service seals the devices' signed readings; it can never
-/// read). Break-glass opens reading only: an emergency never lets a provider write into a
-/// chart the patient did not open to them.
-async fn may_write(
-    n: &Node,
-    at: BlockId,
-    patient: PatientAddr,
-    uploader: Address,
-    verb: &str,
-) -> Result<(), Refusal> {
-    let chain = n.cfg.chain.at(at);
-    if chain.patient_account(patient).await? == Some(uploader) {
-        return Ok(());
-    }
-    let (reason, emergency) = chain.check_access(patient, uploader).await?;
-    if reason != DenyReason::None {
-        // Asked only when the uploader is no provider with access: providers' uploads pay no
-        // extra call.
-        if chain.may_ingest(uploader, patient).await? {
-            return Ok(());
-        }
-        return Err(denied(format!(
-            "{uploader} {verb} add records for patient {patient}: {reason}"
-        )));
-    }
-    if emergency {
-        return Err(denied(format!(
-            "{uploader} {verb} add records for patient {patient}: break-glass access opens reading only, not writing"
         )));
     }
     Ok(())

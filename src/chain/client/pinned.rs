@@ -155,6 +155,95 @@ impl Pinned<'_> {
     }
 }
 
+/// What judging a write by `uploader` for `patient` takes from the chain (see
+/// [`Pinned::writers`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Writer {
+    /// The account registered for the patient, if any.
+    pub patient_account: Option<Address>,
+    /// `checkAccess(patient, uploader)` as the contract answers it (a revoked grant reads as
+    /// `NoGrant`).
+    pub reason: DenyReason,
+    /// Access through break-glass (which opens reading only).
+    pub emergency: bool,
+}
+
+/// Pairs asked in one JSON-RPC batch (two calls each): geth takes 1,000 calls per batch.
+const WRITERS_PER_BATCH: usize = 128;
+
+impl Pinned<'_> {
+    /// For each `(patient, uploader)`, the patient's account and `checkAccess(patient,
+    /// uploader)`, all asked at this block in one JSON-RPC batch request (per
+    /// [`WRITERS_PER_BATCH`] pairs): a share node judges a batch of deposits or proofs with
+    /// one request to its endpoint instead of two per pair, one after the other.
+    ///
+    /// # Errors
+    /// Transport errors (the whole batch), a revert or an answer that does not decode.
+    pub async fn writers(
+        &self,
+        pairs: &[(PatientAddr, Address)],
+    ) -> Result<Vec<Writer>, ChainError> {
+        let mut out = Vec::with_capacity(pairs.len());
+        for chunk in pairs.chunks(WRITERS_PER_BATCH) {
+            out.extend(self.writers_batch(chunk).await?);
+        }
+        Ok(out)
+    }
+
+    async fn writers_batch(
+        &self,
+        pairs: &[(PatientAddr, Address)],
+    ) -> Result<Vec<Writer>, ChainError> {
+        let contract = &self.chain.contract;
+        let to = *contract.address();
+        let call = |data: &alloy::primitives::Bytes| {
+            (
+                alloy::rpc::types::TransactionRequest::default()
+                    .to(to)
+                    .input(data.clone().into()),
+                self.block,
+            )
+        };
+        let client = self.chain.provider.client();
+        let mut batch = alloy::rpc::client::BatchRequest::new(client);
+        let mut waiters = Vec::with_capacity(pairs.len());
+        for (patient, uploader) in pairs {
+            let account = contract.patientAccount(patient.key());
+            let access = contract.checkAccess(patient.key(), *uploader);
+            waiters.push((
+                batch.add_call::<_, alloy::primitives::Bytes>(
+                    "eth_call",
+                    &call(account.calldata()),
+                )?,
+                batch.add_call::<_, alloy::primitives::Bytes>(
+                    "eth_call",
+                    &call(access.calldata()),
+                )?,
+            ));
+        }
+        batch.send().await?;
+        let answer = |e| pinned_error(alloy::contract::Error::TransportError(e));
+        let mut out = Vec::with_capacity(pairs.len());
+        for ((patient, uploader), (account, access)) in pairs.iter().zip(waiters) {
+            let account = contract
+                .patientAccount(patient.key())
+                .decode_output(account.await.map_err(answer)?)
+                .map_err(ChainError::from_contract)?;
+            let access = contract
+                .checkAccess(patient.key(), *uploader)
+                .decode_output(access.await.map_err(answer)?)
+                .map_err(ChainError::from_contract)?;
+            out.push(Writer {
+                patient_account: (account != Address::ZERO).then_some(account),
+                reason: DenyReason::try_from(access.reason)
+                    .map_err(|e| ChainError::Decode(e.to_string()))?,
+                emergency: access.emergency,
+            });
+        }
+        Ok(out)
+    }
+}
+
 /// An error answer that is no revert (a block this endpoint does not have yet, state it has
 /// pruned) means the endpoint cannot answer at that block now: unavailable, like a transport
 /// error, rather than an answer this server does not understand.

@@ -100,23 +100,107 @@ fn deposited(r: Result<bool, StoreError>, n: &Node) -> Result<(), Refusal> {
     }
 }
 
-/// Whether each uploader may write for each patient now, asked of the chain once per pair and
-/// all pairs at the same moment (a few at a time): a batch of uploads names a few patients
-/// and one uploader.
+/// Whether each uploader may write for each patient now, judged on a fresh view from one
+/// batch of chain calls for all pairs (see [`Pinned::writers`](crate::chain::Pinned::writers)):
+/// a batch of uploads names a few patients and one uploader. A denial on a remembered head is
+/// asked again on the current one (the grant may be newer), as in [`may_read_now`].
 async fn may_write_all(
     n: &Node,
     pairs: impl IntoIterator<Item = (PatientAddr, Address)>,
     verb: &'static str,
 ) -> HashMap<(PatientAddr, Address), Result<(), Refusal>> {
-    let distinct: HashSet<_> = pairs.into_iter().collect();
-    futures::stream::iter(distinct)
-        .map(|(patient, uploader)| async move {
-            let r = may_write_now(n, patient, uploader, verb).await;
+    let distinct: Vec<_> = pairs
+        .into_iter()
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
+    let every = |pairs: Vec<_>, r: Refusal| pairs.into_iter().map(move |p| (p, Err(r.clone())));
+    let view = match fresh_view(n, false).await {
+        Ok(v) => v,
+        Err(r) => return every(distinct, r).collect(),
+    };
+    let mut judged: HashMap<_, _> = may_write_at(n, view.at, &distinct, verb)
+        .await
+        .into_iter()
+        .collect();
+    if view.remembered {
+        let again: Vec<_> = judged
+            .iter()
+            .filter(|(_, r)| matches!(r, Err(r) if r.is_denial()))
+            .map(|(p, _)| *p)
+            .collect();
+        if !again.is_empty() {
+            match fresh_view(n, true).await {
+                Ok(v) => judged.extend(may_write_at(n, v.at, &again, verb).await),
+                Err(r) => judged.extend(every(again, r)),
+            }
+        }
+    }
+    judged
+}
+
+/// [`may_write`] for each pair at block `at`; a failed batch fails every pair.
+async fn may_write_at(
+    n: &Node,
+    at: BlockId,
+    pairs: &[(PatientAddr, Address)],
+    verb: &'static str,
+) -> Vec<((PatientAddr, Address), Result<(), Refusal>)> {
+    let writers = match n.cfg.chain.at(at).writers(pairs).await {
+        Ok(w) => w,
+        Err(e) => {
+            let r = Refusal::from(e);
+            return pairs.iter().map(|p| (*p, Err(r.clone()))).collect();
+        }
+    };
+    futures::stream::iter(pairs.iter().copied().zip(writers))
+        .map(|((patient, uploader), w)| async move {
+            let r = may_write(n, at, patient, uploader, w, verb).await;
             ((patient, uploader), r)
         })
         .buffer_unordered(ASKED_AT_ONCE)
         .collect()
         .await
+}
+
+/// Whether `uploader` may add records for `patient` from what the chain said at block `at` (`w`): the patient themselves, a provider
+/// under a grant in force, or an ingestion service the records office allowed while the
+/// patient has an active device (the service seals the devices' signed readings; it can never
+/// read). Break-glass opens reading only: an emergency never lets a provider write into a
+/// chart the patient did not open to them.
+///
+/// Only a refusal asks more: whether the uploader is an ingestion service, and, for the
+/// refusal's words, whether a grant was revoked.
+async fn may_write(
+    n: &Node,
+    at: BlockId,
+    patient: PatientAddr,
+    uploader: Address,
+    w: crate::chain::Writer,
+    verb: &str,
+) -> Result<(), Refusal> {
+    if w.patient_account == Some(uploader) {
+        return Ok(());
+    }
+    if w.reason != DenyReason::None {
+        if n.cfg.chain.at(at).may_ingest(uploader, patient).await? {
+            return Ok(());
+        }
+        let reason = n
+            .cfg
+            .chain
+            .tell_revoked(patient, uploader, w.reason)
+            .await?;
+        return Err(denied(format!(
+            "{uploader} {verb} add records for patient {patient}: {reason}"
+        )));
+    }
+    if w.emergency {
+        return Err(denied(format!(
+            "{uploader} {verb} add records for patient {patient}: break-glass access opens reading only, not writing"
+        )));
+    }
+    Ok(())
 }
 
 /// Items that passed the checks so far, by their place in the request, and the outcomes of
