@@ -257,10 +257,11 @@ async fn access_of(
     }))
 }
 
-/// Whether block `number` still has `hash` on the node's chain; 503 when the chain has no
-/// such block now (a reorganisation to a shorter fork, or a replica behind).
-async fn still_on_chain(n: &Node, number: u64, hash: B256) -> Result<bool, Refusal> {
-    match n.cfg.chain.block_hash(number).await? {
+/// Whether block `number`, whose hash the node's chain says is `now`, still has `hash`; 503
+/// when the chain has no such block now (a reorganisation to a shorter fork, or a replica
+/// behind).
+fn still_on_chain(number: u64, hash: B256, now: Option<B256>) -> Result<bool, Refusal> {
+    match now {
         Some(h) => Ok(h == hash),
         None => Err(refusal::unavailable(
             format!(
@@ -461,9 +462,13 @@ async fn may_read_now(
         let first = match found.unconfirmed {
             None => judge(view.at).await?,
             Some(hash) => {
-                let (yes, still) =
-                    tokio::try_join!(judge(view.at), still_on_chain(n, block, hash))?;
-                if !still {
+                let (yes, now) = n
+                    .cfg
+                    .chain
+                    .at(view.at)
+                    .can_read_and_block_hash(requester, proof, block, time, block)
+                    .await?;
+                if !still_on_chain(block, hash, now)? {
                     tracing::warn!(
                         "access transaction {:?}: its block {block} left the chain; looking it up again",
                         access_tx

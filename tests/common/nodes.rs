@@ -380,8 +380,8 @@ pub enum Stuck {
 /// A JSON-RPC endpoint in front of `target` that can lag: once frozen at a block, it answers
 /// as a replica stuck there would (the block number is that block's; "latest" and "pending"
 /// mean that block; a call at a later block number fails with geth's "header not found").
-/// Calls by hash (transactions, receipts, blocks) pass through unchanged; batches are not
-/// handled (alloy sends none here). Returns its URL and the switch (`Some(block)`: frozen
+/// Calls by hash (transactions, receipts, blocks) pass through unchanged; a batch's calls are
+/// each answered so, as if they came alone. Returns its URL and the switch (`Some(block)`: frozen
 /// there).
 pub async fn lagging_rpc(
     target: String,
@@ -412,15 +412,24 @@ pub async fn lagging_rpc(
         };
         u64::from_str_radix(n.strip_prefix("0x")?, 16).ok()
     }
+    /// A batch is answered element by element, each as if it came alone.
     async fn forward(
-        State((target, http, frozen, stuck)): State<Shared>,
-        axum::Json(mut req): axum::Json<Value>,
+        State(shared): State<Shared>,
+        axum::Json(req): axum::Json<Value>,
     ) -> axum::Json<Value> {
+        axum::Json(match req {
+            Value::Array(items) => Value::Array(
+                futures::future::join_all(items.into_iter().map(|r| one(&shared, r))).await,
+            ),
+            req => one(&shared, req).await,
+        })
+    }
+    async fn one((target, http, frozen, stuck): &Shared, mut req: Value) -> Value {
         let head = matches!(
             req["method"].as_str(),
             Some("eth_blockNumber" | "eth_getBlockByNumber")
         );
-        let at = (*frozen.lock().unwrap()).filter(|_| !(head && stuck == Stuck::AllButHead));
+        let at = (*frozen.lock().unwrap()).filter(|_| !(head && *stuck == Stuck::AllButHead));
         if let Some(block) = at {
             let later = req["params"]
                 .as_array()
@@ -428,29 +437,29 @@ pub async fn lagging_rpc(
                 .and_then(named_block)
                 .is_some_and(|n| n > block);
             if later && req["method"] != "eth_getBlockByNumber" {
-                return axum::Json(serde_json::json!({
+                return serde_json::json!({
                     "jsonrpc": "2.0", "id": req["id"].clone(),
                     "error": {"code": -32000, "message": "header not found"}
-                }));
+                });
             }
             let at = format!("{block:#x}");
             if req["method"] == "eth_blockNumber" {
-                return axum::Json(serde_json::json!({
+                return serde_json::json!({
                     "jsonrpc": "2.0", "id": req["id"].clone(), "result": at
-                }));
+                });
             }
             pin(&mut req["params"], &at);
         }
         // An upstream failure is answered as a JSON-RPC error (a panic here would look like
         // a refusal of the node's).
-        let upstream = async { http.post(&target).json(&req).send().await?.json().await };
-        axum::Json(match upstream.await {
+        let upstream = async { http.post(target).json(&req).send().await?.json().await };
+        match upstream.await {
             Ok(v) => v,
             Err(e) => serde_json::json!({
                 "jsonrpc": "2.0", "id": req["id"].clone(),
                 "error": {"code": -32603, "message": e.to_string()}
             }),
-        })
+        }
     }
     let frozen = std::sync::Arc::new(std::sync::Mutex::new(None));
     let app = axum::Router::new()

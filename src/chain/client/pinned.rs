@@ -155,6 +155,50 @@ impl Pinned<'_> {
     }
 }
 
+impl Pinned<'_> {
+    /// [`Self::can_read_at`] and the hash of block `number` as the endpoint has it now (none:
+    /// it has no such block), asked in one JSON-RPC batch request: a share node checks that
+    /// the block of a recent access event is still the chain's beside every judgement, and
+    /// two requests per release were twice the endpoint's work.
+    ///
+    /// # Errors
+    /// As [`Self::can_read_at`]; transport errors of the block lookup.
+    pub async fn can_read_and_block_hash(
+        &self,
+        requester: Address,
+        proof: &RecordProof,
+        access_block: u64,
+        access_time: u64,
+        number: u64,
+    ) -> Result<(bool, Option<B256>), ChainError> {
+        let contract = &self.chain.contract;
+        let judge = contract.canRead(
+            requester,
+            super::sol_proof(proof),
+            access_block,
+            access_time,
+        );
+        let call = alloy::rpc::types::TransactionRequest::default()
+            .to(*contract.address())
+            .input(judge.calldata().clone().into());
+        let mut batch = alloy::rpc::client::BatchRequest::new(self.chain.provider.client());
+        let yes = batch.add_call::<_, alloy::primitives::Bytes>("eth_call", &(call, self.block))?;
+        let block = batch.add_call::<_, Option<alloy::rpc::types::Block>>(
+            "eth_getBlockByNumber",
+            &(alloy::eips::BlockNumberOrTag::Number(number), false),
+        )?;
+        batch.send().await?;
+        let yes = judge
+            .decode_output(
+                yes.await
+                    .map_err(|e| pinned_error(alloy::contract::Error::TransportError(e)))?,
+            )
+            .map_err(ChainError::from_contract)?;
+        let hash = block.await?.map(|b| b.header.hash);
+        Ok((yes, hash))
+    }
+}
+
 /// What judging a write by `uploader` for `patient` takes from the chain (see
 /// [`Pinned::writers`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
