@@ -104,6 +104,73 @@ async fn batch(node: &ShareNodeRef, path: &str, items: &[String]) -> (u16, Vec<u
     (status, items)
 }
 
+/// A node judges a batch of deposits from one batch of chain calls for all its (patient,
+/// uploader) pairs: each item must get its own pair's answer. One doctor deposits for a
+/// patient who granted them, one who revoked the grant and one who never gave one, in one
+/// request and then in the opposite order: only the first is kept each time, and the
+/// refusals say why (a revoke told apart from no grant).
+#[tokio::test]
+async fn a_batch_for_several_patients_is_judged_per_patient() {
+    let office = common::office().await;
+    let node = nodes::start(office.address(), &[]).await;
+    let r = nodes::refs(std::slice::from_ref(&node)).await.remove(0);
+    let doctor = common::verified_doctor(&office).await;
+    let (granted, granted_addr) = common::new_patient(&office).await;
+    let (revoked, revoked_addr) = common::new_patient(&office).await;
+    let (_never, never_addr) = common::new_patient(&office).await;
+    common::as_(&office, &granted)
+        .grant(doctor.address(), None)
+        .await
+        .unwrap();
+    let p = common::as_(&office, &revoked);
+    p.grant(doctor.address(), None).await.unwrap();
+    p.revoke(doctor.address()).await.unwrap();
+    let item = |id: RecordId, body: &DepositBody| {
+        format!(
+            r#"{{"record":"{id}","request":{}}}"#,
+            serde_json::to_string(body).unwrap()
+        )
+    };
+    for reversed in [false, true] {
+        let mut items = [
+            (granted_addr, 200, ""),
+            (revoked_addr, 403, "revoked"),
+            (never_addr, 403, "no grant"),
+        ]
+        .map(|(addr, status, says)| {
+            let (id, body) = deposit(&office, &r, &doctor, addr, 60);
+            (id, body, status, says)
+        });
+        if reversed {
+            items.reverse();
+        }
+        let bodies: Vec<_> = items.iter().map(|(id, b, _, _)| item(*id, b)).collect();
+        let answer = reqwest::Client::new()
+            .post(format!("{}/deposits", r.url))
+            .header("content-type", "application/json")
+            .body(format!(r#"{{"deposits":[{}]}}"#, bodies.join(",")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 200);
+        let answer: serde_json::Value = answer.json().await.unwrap();
+        for (i, (id, _, status, says)) in items.iter().enumerate() {
+            let got = &answer["results"][i];
+            assert_eq!(
+                got["status"], *status,
+                "item {i} (reversed: {reversed}): {got}"
+            );
+            let words = got["error"].to_string().to_lowercase();
+            assert!(words.contains(says), "item {i}: {got}");
+            assert_eq!(
+                nodes::present(&r, *id, B256::ZERO, &[]).await.status() != 404,
+                *status == 200,
+                "record {id} kept only when granted"
+            );
+        }
+    }
+}
+
 /// #12: deposits and proofs sent many to a request (`POST /deposits`, `POST /anchors`, what
 /// the records client sends under load) are no way around a single request's checks. An
 /// outsider mixes good items with a forged signature, a record id stolen from another
