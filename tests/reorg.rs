@@ -1,6 +1,6 @@
 //! A reorganisation that drops a doctor's access transaction, on an anvil of its own (this
 //! binary replaces blocks with anvil's snapshot and revert, which would pull the chain from
-//! under any other test sharing it).
+//! under any other test sharing it). Its tests take turns ([`CHAIN`]) for the same reason.
 
 mod common;
 
@@ -11,6 +11,9 @@ use bytes::Bytes;
 
 use common::nodes;
 
+/// Held by each test for its whole run: one test's revert would drop the other's blocks.
+static CHAIN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// A share node remembers where each access transaction put its event, to spare a re-read
 /// calls to the chain. The attack: a doctor reads a record once (the node now remembers the
 /// access), then the block with the access transaction is replaced (a reorganisation; here
@@ -20,6 +23,7 @@ use common::nodes;
 /// (and so on no audit trail); it must refuse, as it does for a transaction it never saw.
 #[tokio::test]
 async fn a_share_is_not_released_on_an_access_transaction_a_reorganisation_dropped() {
+    let _turn = CHAIN.lock().await;
     let office = common::office().await;
     let procs = nodes::start_many(office.address(), 3, &[]).await;
     let refs = nodes::refs(&procs).await;
@@ -97,5 +101,69 @@ async fn a_share_is_not_released_on_an_access_transaction_a_reorganisation_dropp
     assert!(
         ok,
         "a new access transaction after the reorganisation reads"
+    );
+}
+
+/// The same attack where the reorganisation is deeper than 64 blocks, on a chain that has not
+/// finalized them (an L2 finalizes with its L1, many of its blocks later). A node with a lag
+/// bound took an access event 64 blocks deep as final and released on what it remembered
+/// without asking whether the block was still the chain's; it must go by the endpoint's
+/// `finalized` block instead, which here is still block 0.
+#[tokio::test]
+async fn a_deep_reorganisation_before_finality_is_caught() {
+    let _turn = CHAIN.lock().await;
+    let office = common::office().await;
+    let rpc = nodes::unfinalized_rpc(common::rpc()).await;
+    let node = nodes::start_on(&rpc, office.address(), &["--max-chain-lag-secs", "3600"]).await;
+    let refs = nodes::refs(std::slice::from_ref(&node)).await;
+    let (patient, addr) = common::new_patient(&office).await;
+    let id = nodes::client(&office, &patient, &refs)
+        .put(
+            addr,
+            Bytes::from_static(b"a record read before a deep reorganisation"),
+            "text/plain",
+            None,
+        )
+        .await
+        .unwrap();
+    let doctor = common::verified_doctor(&office).await;
+    common::as_(&office, &patient)
+        .grant(doctor.address(), None)
+        .await
+        .unwrap();
+
+    let p = ProviderBuilder::new().connect_http(common::rpc().parse().unwrap());
+    let snap: alloy::primitives::U256 = p.raw_request("evm_snapshot".into(), ()).await.unwrap();
+    let tx = common::as_(&office, &doctor)
+        .access(addr, &[id])
+        .await
+        .unwrap()
+        .tx
+        .tx_hash;
+    let release = || async {
+        let r = nodes::release_under(&office, &refs[0], &doctor, id, tx).await;
+        let status = r.status().as_u16();
+        (status, r.text().await.unwrap())
+    };
+    let (status, text) = release().await;
+    assert_eq!(status, 200, "before the reorganisation: {text}");
+
+    // The access transaction's block is replaced, and 70 blocks follow: deeper than 64.
+    let _: bool = p.raw_request("evm_revert".into(), (snap,)).await.unwrap();
+    assert!(p.get_transaction_by_hash(tx).await.unwrap().is_none());
+    for _ in 0..70 {
+        common::mine_block().await;
+    }
+    // The node remembers the head it last saw for half a second; a refused request makes it
+    // look again, so that the doctor's request below is judged with the chain 70 blocks on.
+    let stranger = alloy::signers::local::PrivateKeySigner::random();
+    let r = nodes::release(&office, &refs[0], &stranger, id).await;
+    assert_eq!(r.status(), 403);
+    let (status, text) = release().await;
+    assert_eq!(
+        status,
+        403,
+        "released on an access transaction a reorganisation dropped, 70 blocks deep on a chain that finalized none of them: {}",
+        &text[..text.len().min(200)]
     );
 }

@@ -155,6 +155,10 @@ struct Node {
     roots: std::sync::Mutex<crate::bounded::Bounded<B256, ()>>,
     /// The age of the chain endpoint's head, when `max_chain_lag` bounds it.
     view: freshness::ChainView,
+    /// The endpoint's `finalized` block as it last named it, plus one (0: it never named
+    /// one). Learnt with each head check ([`fresh_view`]) and beside each block check
+    /// ([`may_read_now`]); a remembered access event at or below it needs that check no more.
+    finalized: std::sync::atomic::AtomicU64,
 
     /// Set when the contract at our address turned out to be another deployment.
     halted: AtomicBool,
@@ -165,11 +169,24 @@ use crate::clock::unix_now as now;
 /// (access transaction, requester, record) to where its `AccessAllowed` event is.
 type KnownAccesses = crate::bounded::Bounded<(B256, Address, B256), crate::chain::AccessEvent>;
 
-/// Blocks after which a remembered access event is taken as final without asking: two epochs
-/// of 32 slots, when proof-of-stake Ethereum finalizes a block. A shallower event is checked
-/// to still be in the chain (its block's hash) before a share is released on it: a
-/// reorganisation can drop an access transaction, and with it the patient's audit entry.
+/// Blocks after which a remembered access event is taken as final without asking, on an
+/// endpoint that names no `finalized` block: two epochs of 32 slots, when proof-of-stake
+/// Ethereum finalizes a block. An event that is not final is checked to still be in the chain
+/// (its block's hash) before a share is released on it: a reorganisation can drop an access
+/// transaction, and with it the patient's audit entry. Where the endpoint names a finalized
+/// block, that alone decides ([`settled`]): an L2's blocks are final only once its L1 data is,
+/// which takes far more than 64 of its blocks.
 const SETTLED_DEPTH: u64 = 64;
+
+/// Whether an access event in block `block` is final: at or below the endpoint's finalized
+/// block when it names one (`finalized`: as [`Node::finalized`] keeps it, plus one), else at
+/// least [`SETTLED_DEPTH`] below `head` (none known: not final).
+fn settled(block: u64, finalized: u64, head: Option<u64>) -> bool {
+    match finalized.checked_sub(1) {
+        Some(f) => block <= f,
+        None => head.is_some_and(|h| h >= block.saturating_add(SETTLED_DEPTH)),
+    }
+}
 
 /// Access transactions a node remembers the block and time of (about 100 bytes each).
 const ACCESSES_REMEMBERED: usize = 65_536;
@@ -232,11 +249,11 @@ async fn access_of(
         None
     };
     if let Some(k) = known {
-        let settled = head.is_some_and(|h| h >= k.block.saturating_add(SETTLED_DEPTH));
+        let finalized = n.finalized.load(Ordering::Relaxed);
         return Ok(Some(Found {
             block: k.block,
             time: k.time,
-            unconfirmed: (!settled).then_some(k.block_hash),
+            unconfirmed: (!settled(k.block, finalized, head)).then_some(k.block_hash),
         }));
     }
     let found = n
@@ -293,6 +310,7 @@ fn node(cfg: NodeConfig) -> Arc<Node> {
         accesses: std::sync::Mutex::new(crate::bounded::Bounded::new(ACCESSES_REMEMBERED)),
         roots: std::sync::Mutex::new(crate::bounded::Bounded::new(ROOTS_REMEMBERED)),
         view: freshness::ChainView::default(),
+        finalized: std::sync::atomic::AtomicU64::new(0),
 
         halted: AtomicBool::new(false),
     })
@@ -409,6 +427,9 @@ async fn fresh_view(n: &Node, again: bool) -> Result<View, Refusal> {
             freshness::Stale::Chain(c) => Refusal::from(c),
             behind => refusal::unavailable(behind.to_string(), Duration::from_secs(1)),
         })?;
+    if let Some(f) = head.finalized {
+        n.finalized.store(f.saturating_add(1), Ordering::Relaxed);
+    }
     Ok(View {
         at: BlockId::number(head.number),
         head: Some(head.number),
@@ -462,13 +483,19 @@ async fn may_read_now(
         let first = match found.unconfirmed {
             None => judge(view.at).await?,
             Some(hash) => {
-                let (yes, now) = n
+                let judged = n
                     .cfg
                     .chain
                     .at(view.at)
-                    .can_read_and_block_hash(requester, proof, block, time, block)
+                    .can_read_and_blocks(requester, proof, block, time, block)
                     .await?;
-                if !still_on_chain(block, hash, now)? {
+                // The latest word, not the highest (a chain that was reset names a lower
+                // one); no word (a failed lookup) changes nothing.
+                if let Some(f) = judged.finalized {
+                    n.finalized.store(f.saturating_add(1), Ordering::Relaxed);
+                }
+                let yes = judged.yes;
+                if !still_on_chain(block, hash, judged.block_hash)? {
                     tracing::warn!(
                         "access transaction {:?}: its block {block} left the chain; looking it up again",
                         access_tx
@@ -767,4 +794,28 @@ async fn newest_records(
         records: listed(rows),
         total,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{SETTLED_DEPTH, settled};
+
+    #[test]
+    fn a_named_finalized_block_alone_decides_what_is_final() {
+        // The endpoint names finalized block 100 (kept as 101).
+        assert!(settled(100, 101, None));
+        assert!(!settled(101, 101, None));
+        // Far below the head is not final while the chain has not finalized it (an L2).
+        assert!(!settled(101, 101, Some(101 + 10 * SETTLED_DEPTH)));
+        // Finalized block 0 (a young chain): nothing after genesis is final.
+        assert!(!settled(1, 1, Some(1 + SETTLED_DEPTH)));
+    }
+
+    #[test]
+    fn without_a_finalized_block_depth_decides() {
+        assert!(settled(10, 0, Some(10 + SETTLED_DEPTH)));
+        assert!(!settled(10, 0, Some(10 + SETTLED_DEPTH - 1)));
+        // No head known (no lag bound): never final.
+        assert!(!settled(10, 0, None));
+    }
 }

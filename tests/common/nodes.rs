@@ -472,3 +472,44 @@ pub async fn lagging_rpc(
     });
     (url, frozen)
 }
+
+/// A JSON-RPC endpoint in front of `target` that names block 0 as its `finalized` block, as an
+/// L2 does while its L1 has not finalized its data (minutes to hours of its blocks); all else
+/// passes through, a batch's calls each as if alone. Returns its URL.
+pub async fn unfinalized_rpc(target: String) -> String {
+    use axum::extract::State;
+    use serde_json::Value;
+    type Shared = (String, reqwest::Client);
+    fn rewrite(mut req: Value) -> Value {
+        if req["method"] == "eth_getBlockByNumber" && req["params"][0] == "finalized" {
+            req["params"][0] = Value::String("earliest".into());
+        }
+        req
+    }
+    async fn forward(
+        State((target, http)): State<Shared>,
+        axum::Json(req): axum::Json<Value>,
+    ) -> axum::Json<Value> {
+        let req = match req {
+            Value::Array(items) => Value::Array(items.into_iter().map(rewrite).collect()),
+            one => rewrite(one),
+        };
+        let upstream = async { http.post(&target).json(&req).send().await?.json().await };
+        axum::Json(match upstream.await {
+            Ok(v) => v,
+            Err(e) => serde_json::json!({
+                "jsonrpc": "2.0", "id": req["id"].clone(),
+                "error": {"code": -32603, "message": e.to_string()}
+            }),
+        })
+    }
+    let app = axum::Router::new()
+        .route("/", axum::routing::post(forward))
+        .with_state((target, reqwest::Client::new()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    url
+}

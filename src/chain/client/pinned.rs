@@ -19,6 +19,9 @@ pub struct Head {
     pub number: u64,
     /// Block timestamp (unix seconds): the clock grants are judged by.
     pub time: u64,
+    /// The endpoint's `finalized` block at the same moment, when asked
+    /// ([`EhrChain::head_and_finalized`]) and the endpoint names one.
+    pub finalized: Option<u64>,
 }
 
 /// [`EhrChain`]'s permission calls, each made at `block`.
@@ -48,6 +51,33 @@ impl EhrChain {
         Ok(Head {
             number: block.header.number,
             time: block.header.timestamp,
+            finalized: None,
+        })
+    }
+
+    /// [`Self::head`] with the endpoint's `finalized` block, in one JSON-RPC batch request
+    /// (an endpoint that does not know the tag, or has no finalized block yet, answers none).
+    ///
+    /// # Errors
+    /// Transport errors of the latest block's lookup.
+    pub async fn head_and_finalized(&self) -> Result<Head, ChainError> {
+        let mut batch = alloy::rpc::client::BatchRequest::new(self.provider.client());
+        let latest = batch.add_call::<_, Option<alloy::rpc::types::Block>>(
+            "eth_getBlockByNumber",
+            &(alloy::eips::BlockNumberOrTag::Latest, false),
+        )?;
+        let finalized = batch.add_call::<_, Option<alloy::rpc::types::Block>>(
+            "eth_getBlockByNumber",
+            &(alloy::eips::BlockNumberOrTag::Finalized, false),
+        )?;
+        batch.send().await?;
+        let block = latest
+            .await?
+            .ok_or_else(|| ChainError::Decode("no latest block".into()))?;
+        Ok(Head {
+            number: block.header.number,
+            time: block.header.timestamp,
+            finalized: finalized.await.ok().flatten().map(|b| b.header.number),
         })
     }
 }
@@ -156,21 +186,24 @@ impl Pinned<'_> {
 }
 
 impl Pinned<'_> {
-    /// [`Self::can_read_at`] and the hash of block `number` as the endpoint has it now (none:
-    /// it has no such block), asked in one JSON-RPC batch request: a share node checks that
-    /// the block of a recent access event is still the chain's beside every judgement, and
-    /// two requests per release were twice the endpoint's work.
+    /// [`Self::can_read_at`], the hash of block `number` as the endpoint has it now (none: it
+    /// has no such block) and the number of the endpoint's `finalized` block (none: it has no
+    /// such tag, or no finalized block yet), asked in one JSON-RPC batch request: a share node
+    /// checks that the block of a recent access event is still the chain's beside every
+    /// judgement (two requests per release were twice the endpoint's work), and learns how
+    /// far the chain is final, which tells it when an event needs that check no more.
     ///
     /// # Errors
-    /// As [`Self::can_read_at`]; transport errors of the block lookup.
-    pub async fn can_read_and_block_hash(
+    /// As [`Self::can_read_at`]; transport errors of the block lookup. The finalized block's
+    /// lookup fails nothing: an endpoint that does not know the tag answers none.
+    pub async fn can_read_and_blocks(
         &self,
         requester: Address,
         proof: &RecordProof,
         access_block: u64,
         access_time: u64,
         number: u64,
-    ) -> Result<(bool, Option<B256>), ChainError> {
+    ) -> Result<JudgedAt, ChainError> {
         let contract = &self.chain.contract;
         let judge = contract.canRead(
             requester,
@@ -187,6 +220,10 @@ impl Pinned<'_> {
             "eth_getBlockByNumber",
             &(alloy::eips::BlockNumberOrTag::Number(number), false),
         )?;
+        let finalized = batch.add_call::<_, Option<alloy::rpc::types::Block>>(
+            "eth_getBlockByNumber",
+            &(alloy::eips::BlockNumberOrTag::Finalized, false),
+        )?;
         batch.send().await?;
         let yes = judge
             .decode_output(
@@ -194,9 +231,25 @@ impl Pinned<'_> {
                     .map_err(|e| pinned_error(alloy::contract::Error::TransportError(e)))?,
             )
             .map_err(ChainError::from_contract)?;
-        let hash = block.await?.map(|b| b.header.hash);
-        Ok((yes, hash))
+        let block_hash = block.await?.map(|b| b.header.hash);
+        let finalized = finalized.await.ok().flatten().map(|b| b.header.number);
+        Ok(JudgedAt {
+            yes,
+            block_hash,
+            finalized,
+        })
     }
+}
+
+/// What [`Pinned::can_read_and_blocks`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JudgedAt {
+    /// `canRead`'s answer.
+    pub yes: bool,
+    /// The hash of the block asked about, when the endpoint has that block.
+    pub block_hash: Option<B256>,
+    /// The endpoint's finalized block, when it names one.
+    pub finalized: Option<u64>,
 }
 
 /// What judging a write by `uploader` for `patient` takes from the chain (see

@@ -60,7 +60,7 @@ impl ChainView {
         now: u64,
         again: bool,
     ) -> Result<(Head, bool), Stale> {
-        self.check_with(|| chain.head(), RECHECK, max, now, again)
+        self.check_with(|| chain.head_and_finalized(), RECHECK, max, now, again)
             .await
     }
 
@@ -141,6 +141,7 @@ mod tests {
         let head = Head {
             number: 7,
             time: 1000,
+            finalized: None,
         };
         let check = |again: bool| {
             let (view, asked, gate) = (view.clone(), asked.clone(), gate.clone());
