@@ -169,6 +169,34 @@ async fn a_batch_for_several_patients_is_judged_per_patient() {
             );
         }
     }
+
+    // More patients than one batch of chain calls holds (25 pairs): the answers of every
+    // chunk stay with their items.
+    let mut others = Vec::new();
+    for _ in 0..27 {
+        others.push(common::new_patient(&office).await.1);
+    }
+    let mut items: Vec<_> = others
+        .iter()
+        .map(|a| (deposit(&office, &r, &doctor, *a, 60), 403))
+        .collect();
+    items.insert(13, (deposit(&office, &r, &doctor, granted_addr, 60), 200));
+    let bodies: Vec<_> = items.iter().map(|((id, b), _)| item(*id, b)).collect();
+    let answer: serde_json::Value = reqwest::Client::new()
+        .post(format!("{}/deposits", r.url))
+        .header("content-type", "application/json")
+        .body(format!(r#"{{"deposits":[{}]}}"#, bodies.join(",")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let got: Vec<_> = (0..items.len())
+        .map(|i| answer["results"][i]["status"].as_u64().unwrap_or(0))
+        .collect();
+    let want: Vec<_> = items.iter().map(|(_, s)| *s).collect();
+    assert_eq!(got, want, "{answer}");
 }
 
 /// #12: deposits and proofs sent many to a request (`POST /deposits`, `POST /anchors`, what

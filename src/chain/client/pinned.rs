@@ -265,8 +265,11 @@ pub struct Writer {
     pub emergency: bool,
 }
 
-/// Pairs asked in one JSON-RPC batch (two calls each): geth takes 1,000 calls per batch.
-const WRITERS_PER_BATCH: usize = 128;
+/// Pairs asked in one JSON-RPC batch (two calls each). geth takes 1,000 calls a batch; hosted
+/// endpoints cap batches lower, some at 50 calls, and a batch over the cap fails whole. A
+/// request names a few pairs (a batch of uploads: one uploader, a few patients), so this
+/// seldom splits one.
+const WRITERS_PER_BATCH: usize = 25;
 
 impl Pinned<'_> {
     /// For each `(patient, uploader)`, the patient's account and `checkAccess(patient,
