@@ -15,7 +15,7 @@ use alloy::rpc::types::{Filter, TransactionReceipt};
 use alloy::signers::local::PrivateKeySigner;
 use serde::{Deserialize, Serialize};
 
-pub use self::pinned::{Head, JudgedAt, Pinned, Writer};
+pub use self::pinned::{Head, Pinned, Writer};
 use super::bindings::EhrAccess;
 use super::errors::ChainError;
 use super::events::{self, AuditEvent, AuditFilter, AuditKind, AuditPage};

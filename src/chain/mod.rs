@@ -16,8 +16,8 @@ mod voucher;
 
 pub use bindings::EhrAccess;
 pub use client::{
-    AccessEvent, AccessOutcome, CONTRACT_VERSION, Deployment, EhrChain, Head, JudgedAt, Pinned,
-    TxOutcome, Writer, read_only_provider,
+    AccessEvent, AccessOutcome, CONTRACT_VERSION, Deployment, EhrChain, Head, Pinned, TxOutcome,
+    Writer, read_only_provider,
 };
 pub use deadline::{DEFAULT_RPC_DEADLINE, rpc_deadline, set_rpc_deadline};
 pub use errors::ChainError;

@@ -147,7 +147,7 @@ struct Node {
     /// Where each access transaction a requester named put its `AccessAllowed` event (block,
     /// time and block hash), by (transaction, requester, record): the grant is judged anew by
     /// `canRead` on every request. A mined event moves only with a reorganisation, so a
-    /// remembered one is trusted as it is once [`SETTLED_DEPTH`] blocks deep, and before that
+    /// remembered one is trusted as it is once final ([`settled`]), and before that
     /// only while its block is still the chain's (one call instead of three).
     accesses: std::sync::Mutex<KnownAccesses>,
     /// Roots the chain said are anchored: an anchor is never undone, and a batch of uploads
@@ -155,10 +155,6 @@ struct Node {
     roots: std::sync::Mutex<crate::bounded::Bounded<B256, ()>>,
     /// The age of the chain endpoint's head, when `max_chain_lag` bounds it.
     view: freshness::ChainView,
-    /// The endpoint's `finalized` block as it last named it, plus one (0: it never named
-    /// one). Learnt with each head check ([`fresh_view`]) and beside each block check
-    /// ([`may_read_now`]); a remembered access event at or below it needs that check no more.
-    finalized: std::sync::atomic::AtomicU64,
 
     /// Set when the contract at our address turned out to be another deployment.
     halted: AtomicBool,
@@ -169,23 +165,18 @@ use crate::clock::unix_now as now;
 /// (access transaction, requester, record) to where its `AccessAllowed` event is.
 type KnownAccesses = crate::bounded::Bounded<(B256, Address, B256), crate::chain::AccessEvent>;
 
-/// Blocks after which a remembered access event is taken as final without asking, on an
-/// endpoint that names no `finalized` block: two epochs of 32 slots, when proof-of-stake
-/// Ethereum finalizes a block. An event that is not final is checked to still be in the chain
-/// (its block's hash) before a share is released on it: a reorganisation can drop an access
-/// transaction, and with it the patient's audit entry. Where the endpoint names a finalized
-/// block, that alone decides ([`settled`]): an L2's blocks are final only once its L1 data is,
-/// which takes far more than 64 of its blocks.
-const SETTLED_DEPTH: u64 = 64;
-
-/// Whether an access event in block `block` is final: at or below the endpoint's finalized
-/// block when it names one (`finalized`: as [`Node::finalized`] keeps it, plus one), else at
-/// least [`SETTLED_DEPTH`] below `head` (none known: not final).
-fn settled(block: u64, finalized: u64, head: Option<u64>) -> bool {
-    match finalized.checked_sub(1) {
-        Some(f) => block <= f,
-        None => head.is_some_and(|h| h >= block.saturating_add(SETTLED_DEPTH)),
-    }
+/// Whether an access event in block `block` is final, so that a remembered one is trusted
+/// without asking whether its block is still the chain's: at or below the block the endpoint
+/// named `finalized` in the head check this request is judged by (`finalized`). Without a
+/// lag bound there is no head check and nothing is final; an endpoint that names no finalized
+/// block (an error, or no block yet) makes nothing final either. Either way each release on a
+/// remembered event checks its block's hash, in the same batch request as `canRead`: a
+/// reorganisation can drop an access transaction, and with it the patient's audit entry.
+/// Depth is no rule here: 64 blocks is proof-of-stake Ethereum's finality, not an L2's (its
+/// blocks are final once its L1 data is, far later), nor anvil's (which names head - 64 but
+/// reverts past it).
+fn settled(block: u64, finalized: Option<u64>) -> bool {
+    finalized.is_some_and(|f| block <= f)
 }
 
 /// Access transactions a node remembers the block and time of (about 100 bytes each).
@@ -214,7 +205,7 @@ async fn anchored(n: &Node, root: B256) -> Result<bool, crate::chain::ChainError
 struct Found {
     block: u64,
     time: u64,
-    /// Remembered and not yet [`SETTLED_DEPTH`] deep: the block's hash it was seen in, to be
+    /// Remembered and not yet final ([`settled`]): the block's hash it was seen in, to be
     /// checked against the chain's ([`still_on_chain`]) before a share is released on it.
     unconfirmed: Option<B256>,
 }
@@ -222,14 +213,14 @@ struct Found {
 /// Where `requester`'s access event for `proof`'s record in `access_tx` is (none: the
 /// patient, who needs none: block and time 0); `None` when the transaction holds no such
 /// event. Remembered per transaction, requester and record (`remembered`: whether to use what
-/// is remembered); a remembered event less than [`SETTLED_DEPTH`] blocks below `head` (or
-/// any, with no head known) comes back `unconfirmed`.
+/// is remembered); a remembered event that is not final by the `finalized` block of the
+/// request's head check ([`settled`]) comes back `unconfirmed`.
 async fn access_of(
     n: &Node,
     requester: Address,
     proof: &crate::chain::merkle::RecordProof,
     access_tx: Option<B256>,
-    head: Option<u64>,
+    finalized: Option<u64>,
     remembered: bool,
 ) -> Result<Option<Found>, Refusal> {
     let Some(tx) = access_tx else {
@@ -249,11 +240,10 @@ async fn access_of(
         None
     };
     if let Some(k) = known {
-        let finalized = n.finalized.load(Ordering::Relaxed);
         return Ok(Some(Found {
             block: k.block,
             time: k.time,
-            unconfirmed: (!settled(k.block, finalized, head)).then_some(k.block_hash),
+            unconfirmed: (!settled(k.block, finalized)).then_some(k.block_hash),
         }));
     }
     let found = n
@@ -310,7 +300,6 @@ fn node(cfg: NodeConfig) -> Arc<Node> {
         accesses: std::sync::Mutex::new(crate::bounded::Bounded::new(ACCESSES_REMEMBERED)),
         roots: std::sync::Mutex::new(crate::bounded::Bounded::new(ROOTS_REMEMBERED)),
         view: freshness::ChainView::default(),
-        finalized: std::sync::atomic::AtomicU64::new(0),
 
         halted: AtomicBool::new(false),
     })
@@ -402,6 +391,8 @@ fn public_proof(p: &PublicRecord) -> Option<RecordProof> {
 struct View {
     at: BlockId,
     head: Option<u64>,
+    /// The endpoint's `finalized` block as the head check found it (with the head).
+    finalized: Option<u64>,
     remembered: bool,
 }
 
@@ -416,6 +407,7 @@ async fn fresh_view(n: &Node, again: bool) -> Result<View, Refusal> {
         return Ok(View {
             at: BlockId::latest(),
             head: None,
+            finalized: None,
             remembered: false,
         });
     };
@@ -427,12 +419,12 @@ async fn fresh_view(n: &Node, again: bool) -> Result<View, Refusal> {
             freshness::Stale::Chain(c) => Refusal::from(c),
             behind => refusal::unavailable(behind.to_string(), Duration::from_secs(1)),
         })?;
-    if let Some(f) = head.finalized {
-        n.finalized.store(f.saturating_add(1), Ordering::Relaxed);
-    }
     Ok(View {
         at: BlockId::number(head.number),
         head: Some(head.number),
+        // A finalized block above the head (an answer from another replica) is no finer
+        // than the head itself.
+        finalized: head.finalized.map(|f| f.min(head.number)),
         remembered,
     })
 }
@@ -453,7 +445,8 @@ async fn may_read_now(
     // transaction looked up again on the second pass.
     for remembered in [true, false] {
         let mut view = fresh_view(n, false).await?;
-        let Some(found) = access_of(n, requester, proof, access_tx, view.head, remembered).await?
+        let Some(found) =
+            access_of(n, requester, proof, access_tx, view.finalized, remembered).await?
         else {
             return Ok(false);
         };
@@ -483,19 +476,13 @@ async fn may_read_now(
         let first = match found.unconfirmed {
             None => judge(view.at).await?,
             Some(hash) => {
-                let judged = n
+                let (yes, now) = n
                     .cfg
                     .chain
                     .at(view.at)
-                    .can_read_and_blocks(requester, proof, block, time, block)
+                    .can_read_and_block_hash(requester, proof, block, time, block)
                     .await?;
-                // The latest word, not the highest (a chain that was reset names a lower
-                // one); no word (a failed lookup) changes nothing.
-                if let Some(f) = judged.finalized {
-                    n.finalized.store(f.saturating_add(1), Ordering::Relaxed);
-                }
-                let yes = judged.yes;
-                if !still_on_chain(block, hash, judged.block_hash)? {
+                if !still_on_chain(block, hash, now)? {
                     tracing::warn!(
                         "access transaction {:?}: its block {block} left the chain; looking it up again",
                         access_tx
@@ -798,24 +785,17 @@ async fn newest_records(
 
 #[cfg(test)]
 mod tests {
-    use super::{SETTLED_DEPTH, settled};
+    use super::settled;
 
     #[test]
-    fn a_named_finalized_block_alone_decides_what_is_final() {
-        // The endpoint names finalized block 100 (kept as 101).
-        assert!(settled(100, 101, None));
-        assert!(!settled(101, 101, None));
-        // Far below the head is not final while the chain has not finalized it (an L2).
-        assert!(!settled(101, 101, Some(101 + 10 * SETTLED_DEPTH)));
-        // Finalized block 0 (a young chain): nothing after genesis is final.
-        assert!(!settled(1, 1, Some(1 + SETTLED_DEPTH)));
-    }
-
-    #[test]
-    fn without_a_finalized_block_depth_decides() {
-        assert!(settled(10, 0, Some(10 + SETTLED_DEPTH)));
-        assert!(!settled(10, 0, Some(10 + SETTLED_DEPTH - 1)));
-        // No head known (no lag bound): never final.
-        assert!(!settled(10, 0, None));
+    fn only_a_named_finalized_block_makes_an_event_final() {
+        assert!(settled(100, Some(100)));
+        assert!(settled(99, Some(100)));
+        assert!(!settled(101, Some(100)));
+        // Finalized block 0 (a young chain, an L2 whose L1 finalized nothing yet).
+        assert!(!settled(1, Some(0)));
+        // No head check (no lag bound), or an endpoint that names none: never final.
+        assert!(!settled(0, None));
+        assert!(!settled(10, None));
     }
 }

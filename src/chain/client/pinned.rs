@@ -186,24 +186,21 @@ impl Pinned<'_> {
 }
 
 impl Pinned<'_> {
-    /// [`Self::can_read_at`], the hash of block `number` as the endpoint has it now (none: it
-    /// has no such block) and the number of the endpoint's `finalized` block (none: it has no
-    /// such tag, or no finalized block yet), asked in one JSON-RPC batch request: a share node
-    /// checks that the block of a recent access event is still the chain's beside every
-    /// judgement (two requests per release were twice the endpoint's work), and learns how
-    /// far the chain is final, which tells it when an event needs that check no more.
+    /// [`Self::can_read_at`] and the hash of block `number` as the endpoint has it now (none:
+    /// it has no such block), asked in one JSON-RPC batch request: a share node checks that
+    /// the block of a recent access event is still the chain's beside every judgement, and
+    /// two requests per release were twice the endpoint's work.
     ///
     /// # Errors
-    /// As [`Self::can_read_at`]; transport errors of the block lookup. The finalized block's
-    /// lookup fails nothing: an endpoint that does not know the tag answers none.
-    pub async fn can_read_and_blocks(
+    /// As [`Self::can_read_at`]; transport errors of the block lookup.
+    pub async fn can_read_and_block_hash(
         &self,
         requester: Address,
         proof: &RecordProof,
         access_block: u64,
         access_time: u64,
         number: u64,
-    ) -> Result<JudgedAt, ChainError> {
+    ) -> Result<(bool, Option<B256>), ChainError> {
         let contract = &self.chain.contract;
         let judge = contract.canRead(
             requester,
@@ -220,10 +217,6 @@ impl Pinned<'_> {
             "eth_getBlockByNumber",
             &(alloy::eips::BlockNumberOrTag::Number(number), false),
         )?;
-        let finalized = batch.add_call::<_, Option<alloy::rpc::types::Block>>(
-            "eth_getBlockByNumber",
-            &(alloy::eips::BlockNumberOrTag::Finalized, false),
-        )?;
         batch.send().await?;
         let yes = judge
             .decode_output(
@@ -231,25 +224,9 @@ impl Pinned<'_> {
                     .map_err(|e| pinned_error(alloy::contract::Error::TransportError(e)))?,
             )
             .map_err(ChainError::from_contract)?;
-        let block_hash = block.await?.map(|b| b.header.hash);
-        let finalized = finalized.await.ok().flatten().map(|b| b.header.number);
-        Ok(JudgedAt {
-            yes,
-            block_hash,
-            finalized,
-        })
+        let hash = block.await?.map(|b| b.header.hash);
+        Ok((yes, hash))
     }
-}
-
-/// What [`Pinned::can_read_and_blocks`] found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct JudgedAt {
-    /// `canRead`'s answer.
-    pub yes: bool,
-    /// The hash of the block asked about, when the endpoint has that block.
-    pub block_hash: Option<B256>,
-    /// The endpoint's finalized block, when it names one.
-    pub finalized: Option<u64>,
 }
 
 /// What judging a write by `uploader` for `patient` takes from the chain (see
