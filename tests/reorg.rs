@@ -113,7 +113,7 @@ async fn a_share_is_not_released_on_an_access_transaction_a_reorganisation_dropp
 async fn a_deep_reorganisation_before_finality_is_caught() {
     let _turn = CHAIN.lock().await;
     let office = common::office().await;
-    let rpc = nodes::unfinalized_rpc(common::rpc()).await;
+    let (rpc, _) = nodes::unfinalized_rpc(common::rpc()).await;
     let node = nodes::start_on(&rpc, office.address(), &["--max-chain-lag-secs", "3600"]).await;
     let refs = nodes::refs(std::slice::from_ref(&node)).await;
     let (patient, addr) = common::new_patient(&office).await;
@@ -165,5 +165,68 @@ async fn a_deep_reorganisation_before_finality_is_caught() {
         403,
         "released on an access transaction a reorganisation dropped, 70 blocks deep on a chain that finalized none of them: {}",
         &text[..text.len().min(200)]
+    );
+}
+
+/// A height the chain finalizes after a reorganisation vouches for the block that holds it
+/// now, not for the one the node saw the access event in. A node with a lag bound read once
+/// on an access (remembering its block); a reorganisation replaces that block before the
+/// chain finalized it; then the chain finalizes that height, with the new block. A node that
+/// took "at or below finalized" as final released on the dropped access; it must check the
+/// block once at a moment the height is final, and then it finds the hash changed.
+#[tokio::test]
+async fn a_height_finalized_after_a_reorganisation_vouches_for_no_dropped_block() {
+    let _turn = CHAIN.lock().await;
+    let office = common::office().await;
+    let (rpc, all_final) = nodes::unfinalized_rpc(common::rpc()).await;
+    let node = nodes::start_on(&rpc, office.address(), &["--max-chain-lag-secs", "3600"]).await;
+    let refs = nodes::refs(std::slice::from_ref(&node)).await;
+    let (patient, addr) = common::new_patient(&office).await;
+    let id = nodes::client(&office, &patient, &refs)
+        .put(
+            addr,
+            Bytes::from_static(b"a record read before its height was final"),
+            "text/plain",
+            None,
+        )
+        .await
+        .unwrap();
+    let doctor = common::verified_doctor(&office).await;
+    common::as_(&office, &patient)
+        .grant(doctor.address(), None)
+        .await
+        .unwrap();
+    let p = ProviderBuilder::new().connect_http(common::rpc().parse().unwrap());
+    let snap: alloy::primitives::U256 = p.raw_request("evm_snapshot".into(), ()).await.unwrap();
+    let tx = common::as_(&office, &doctor)
+        .access(addr, &[id])
+        .await
+        .unwrap()
+        .tx
+        .tx_hash;
+    let release = || async {
+        let r = nodes::release_under(&office, &refs[0], &doctor, id, tx).await;
+        r.status().as_u16()
+    };
+    assert_eq!(release().await, 200, "before the reorganisation");
+
+    // The block is replaced (blocks follow at its height and after), then everything is final.
+    let _: bool = p.raw_request("evm_revert".into(), (snap,)).await.unwrap();
+    for _ in 0..3 {
+        common::mine_block().await;
+    }
+    all_final.store(true, std::sync::atomic::Ordering::SeqCst);
+    // A refused request makes the node look at the head (and the finalized block) again.
+    let stranger = alloy::signers::local::PrivateKeySigner::random();
+    assert_eq!(
+        nodes::release(&office, &refs[0], &stranger, id)
+            .await
+            .status(),
+        403
+    );
+    assert_eq!(
+        release().await,
+        403,
+        "released on an access whose block a reorganisation replaced before its height was final"
     );
 }

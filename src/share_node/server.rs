@@ -163,11 +163,22 @@ struct Node {
 use crate::clock::unix_now as now;
 
 /// (access transaction, requester, record) to where its `AccessAllowed` event is.
-type KnownAccesses = crate::bounded::Bounded<(B256, Address, B256), crate::chain::AccessEvent>;
+type KnownAccesses = crate::bounded::Bounded<(B256, Address, B256), Known>;
 
-/// Whether an access event in block `block` is final, so that a remembered one is trusted
-/// without asking whether its block is still the chain's: at or below the block the endpoint
-/// named `finalized` in the head check this request is judged by (`finalized`). Without a
+/// A remembered access event, and whether its block was seen to be the chain's at a moment
+/// when that block was final ([`settled`]): only then is it trusted without asking again. A
+/// block number that turns final says nothing of which block holds it: a reorganisation may
+/// have replaced the event's block before the chain finalized that height.
+#[derive(Debug, Clone, Copy)]
+struct Known {
+    event: crate::chain::AccessEvent,
+    final_here: bool,
+}
+
+/// Whether an access event's height `block` is final: at or below the block the endpoint
+/// named `finalized` in the head check this request is judged by (`finalized`). A remembered
+/// event whose block is seen to be the chain's while its height is final is trusted from then
+/// on without asking again ([`Known`]). Without a
 /// lag bound there is no head check and nothing is final; an endpoint that names no finalized
 /// block (an error, or no block yet) makes nothing final either. Either way each release on a
 /// remembered event checks its block's hash, in the same batch request as `canRead`: a
@@ -205,16 +216,19 @@ async fn anchored(n: &Node, root: B256) -> Result<bool, crate::chain::ChainError
 struct Found {
     block: u64,
     time: u64,
-    /// Remembered and not yet final ([`settled`]): the block's hash it was seen in, to be
+    /// Remembered and not yet seen final ([`Known`]): the block's hash it was seen in, to be
     /// checked against the chain's ([`still_on_chain`]) before a share is released on it.
     unconfirmed: Option<B256>,
+    /// Its block is final by the request's head check: a passing check makes it
+    /// [`Known::final_here`].
+    settled: bool,
 }
 
 /// Where `requester`'s access event for `proof`'s record in `access_tx` is (none: the
 /// patient, who needs none: block and time 0); `None` when the transaction holds no such
 /// event. Remembered per transaction, requester and record (`remembered`: whether to use what
-/// is remembered); a remembered event that is not final by the `finalized` block of the
-/// request's head check ([`settled`]) comes back `unconfirmed`.
+/// is remembered); a remembered event comes back `unconfirmed` until its block was checked at
+/// a moment it was final by a head check's `finalized` block ([`settled`], [`Known`]).
 async fn access_of(
     n: &Node,
     requester: Address,
@@ -228,6 +242,7 @@ async fn access_of(
             block: 0,
             time: 0,
             unconfirmed: None,
+            settled: false,
         }));
     };
     let key = (tx, requester, proof.record_id().0);
@@ -240,10 +255,12 @@ async fn access_of(
         None
     };
     if let Some(k) = known {
+        let e = k.event;
         return Ok(Some(Found {
-            block: k.block,
-            time: k.time,
-            unconfirmed: (!settled(k.block, finalized)).then_some(k.block_hash),
+            block: e.block,
+            time: e.time,
+            unconfirmed: (!k.final_here).then_some(e.block_hash),
+            settled: settled(e.block, finalized),
         }));
     }
     let found = n
@@ -255,12 +272,19 @@ async fn access_of(
         n.accesses
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .put(key, at);
+            .put(
+                key,
+                Known {
+                    event: at,
+                    final_here: false,
+                },
+            );
     }
     Ok(found.map(|a| Found {
         block: a.block,
         time: a.time,
         unconfirmed: None,
+        settled: false,
     }))
 }
 
@@ -494,6 +518,24 @@ async fn may_read_now(
                             .remove(&(tx, requester, proof.record_id().0));
                     }
                     continue;
+                }
+                if found.settled
+                    && let Some(tx) = access_tx
+                {
+                    let key = (tx, requester, proof.record_id().0);
+                    let mut known = n
+                        .accesses
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    if let Some(k) = known.get(&key).filter(|k| k.event.block_hash == hash) {
+                        known.put(
+                            key,
+                            Known {
+                                event: k.event,
+                                final_here: true,
+                            },
+                        );
+                    }
                 }
                 yes
             }

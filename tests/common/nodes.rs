@@ -474,25 +474,33 @@ pub async fn lagging_rpc(
 }
 
 /// A JSON-RPC endpoint in front of `target` that names block 0 as its `finalized` block, as an
-/// L2 does while its L1 has not finalized its data (minutes to hours of its blocks); all else
-/// passes through, a batch's calls each as if alone. Returns its URL.
-pub async fn unfinalized_rpc(target: String) -> String {
+/// L2 does while its L1 has not finalized its data (minutes to hours of its blocks), until
+/// the switch is set: then its latest block (everything is final). All else passes through, a
+/// batch's calls each as if alone. Returns its URL and the switch.
+pub async fn unfinalized_rpc(
+    target: String,
+) -> (String, std::sync::Arc<std::sync::atomic::AtomicBool>) {
     use axum::extract::State;
     use serde_json::Value;
-    type Shared = (String, reqwest::Client);
-    fn rewrite(mut req: Value) -> Value {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    type Shared = (String, reqwest::Client, std::sync::Arc<AtomicBool>);
+    fn rewrite(mut req: Value, all_final: bool) -> Value {
         if req["method"] == "eth_getBlockByNumber" && req["params"][0] == "finalized" {
-            req["params"][0] = Value::String("earliest".into());
+            let to = if all_final { "latest" } else { "earliest" };
+            req["params"][0] = Value::String(to.into());
         }
         req
     }
     async fn forward(
-        State((target, http)): State<Shared>,
+        State((target, http, all_final)): State<Shared>,
         axum::Json(req): axum::Json<Value>,
     ) -> axum::Json<Value> {
+        let all = all_final.load(Ordering::SeqCst);
         let req = match req {
-            Value::Array(items) => Value::Array(items.into_iter().map(rewrite).collect()),
-            one => rewrite(one),
+            Value::Array(items) => {
+                Value::Array(items.into_iter().map(|r| rewrite(r, all)).collect())
+            }
+            one => rewrite(one, all),
         };
         let upstream = async { http.post(&target).json(&req).send().await?.json().await };
         axum::Json(match upstream.await {
@@ -503,13 +511,14 @@ pub async fn unfinalized_rpc(target: String) -> String {
             }),
         })
     }
+    let all_final = std::sync::Arc::new(AtomicBool::new(false));
     let app = axum::Router::new()
         .route("/", axum::routing::post(forward))
-        .with_state((target, reqwest::Client::new()));
+        .with_state((target, reqwest::Client::new(), all_final.clone()));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
     });
-    url
+    (url, all_final)
 }
