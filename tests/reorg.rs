@@ -104,6 +104,86 @@ async fn a_share_is_not_released_on_an_access_transaction_a_reorganisation_dropp
     );
 }
 
+/// A node with a lag bound on an endpoint that names block 0 finalized until its switch is
+/// set (`nodes::unfinalized_rpc`), on which a doctor under a grant read a record once on an
+/// access transaction, and then a reorganisation dropped that transaction's block: anvil's
+/// revert to a snapshot taken just before it.
+struct Dropped {
+    office: ehr_share::chain::EhrChain,
+    refs: Vec<ehr_share::records::ShareNodeRef>,
+    doctor: alloy::signers::local::PrivateKeySigner,
+    id: ehr_share::chain::RecordId,
+    tx: alloy::primitives::B256,
+    all_final: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    _node: nodes::NodeProc,
+}
+
+impl Dropped {
+    async fn new() -> Self {
+        let office = common::office().await;
+        let (rpc, all_final) = nodes::unfinalized_rpc(common::rpc()).await;
+        let node = nodes::start_on(&rpc, office.address(), &["--max-chain-lag-secs", "3600"]).await;
+        let refs = nodes::refs(std::slice::from_ref(&node)).await;
+        let (patient, addr) = common::new_patient(&office).await;
+        let id = nodes::client(&office, &patient, &refs)
+            .put(
+                addr,
+                Bytes::from_static(b"a record read before a reorganisation"),
+                "text/plain",
+                None,
+            )
+            .await
+            .unwrap();
+        let doctor = common::verified_doctor(&office).await;
+        common::as_(&office, &patient)
+            .grant(doctor.address(), None)
+            .await
+            .unwrap();
+        let p = ProviderBuilder::new().connect_http(common::rpc().parse().unwrap());
+        let snap: alloy::primitives::U256 = p.raw_request("evm_snapshot".into(), ()).await.unwrap();
+        let tx = common::as_(&office, &doctor)
+            .access(addr, &[id])
+            .await
+            .unwrap()
+            .tx
+            .tx_hash;
+        let d = Self {
+            office,
+            refs,
+            doctor,
+            id,
+            tx,
+            all_final,
+            _node: node,
+        };
+        // Twice: the first looks the transaction up, the second is judged on what the node
+        // remembers, its block checked (not final yet), which must not make it trusted later.
+        for _ in 0..2 {
+            assert_eq!(d.release().await.0, 200, "before the reorganisation");
+        }
+        let _: bool = p.raw_request("evm_revert".into(), (snap,)).await.unwrap();
+        assert!(p.get_transaction_by_hash(tx).await.unwrap().is_none());
+        d
+    }
+
+    /// The doctor's release naming the dropped transaction: status and the start of the body.
+    async fn release(&self) -> (u16, String) {
+        let r =
+            nodes::release_under(&self.office, &self.refs[0], &self.doctor, self.id, self.tx).await;
+        let status = r.status().as_u16();
+        let text = r.text().await.unwrap();
+        (status, text.chars().take(200).collect())
+    }
+
+    /// A refused request makes the node look at the head (and the finalized block) again:
+    /// it remembers the head it last saw for half a second.
+    async fn refresh_head(&self) {
+        let stranger = alloy::signers::local::PrivateKeySigner::random();
+        let r = nodes::release(&self.office, &self.refs[0], &stranger, self.id).await;
+        assert_eq!(r.status(), 403);
+    }
+}
+
 /// The same attack where the reorganisation is deeper than 64 blocks, on a chain that has not
 /// finalized them (an L2 finalizes with its L1, many of its blocks later). A node with a lag
 /// bound took an access event 64 blocks deep as final and released on what it remembered
@@ -112,59 +192,15 @@ async fn a_share_is_not_released_on_an_access_transaction_a_reorganisation_dropp
 #[tokio::test]
 async fn a_deep_reorganisation_before_finality_is_caught() {
     let _turn = CHAIN.lock().await;
-    let office = common::office().await;
-    let (rpc, _) = nodes::unfinalized_rpc(common::rpc()).await;
-    let node = nodes::start_on(&rpc, office.address(), &["--max-chain-lag-secs", "3600"]).await;
-    let refs = nodes::refs(std::slice::from_ref(&node)).await;
-    let (patient, addr) = common::new_patient(&office).await;
-    let id = nodes::client(&office, &patient, &refs)
-        .put(
-            addr,
-            Bytes::from_static(b"a record read before a deep reorganisation"),
-            "text/plain",
-            None,
-        )
-        .await
-        .unwrap();
-    let doctor = common::verified_doctor(&office).await;
-    common::as_(&office, &patient)
-        .grant(doctor.address(), None)
-        .await
-        .unwrap();
-
-    let p = ProviderBuilder::new().connect_http(common::rpc().parse().unwrap());
-    let snap: alloy::primitives::U256 = p.raw_request("evm_snapshot".into(), ()).await.unwrap();
-    let tx = common::as_(&office, &doctor)
-        .access(addr, &[id])
-        .await
-        .unwrap()
-        .tx
-        .tx_hash;
-    let release = || async {
-        let r = nodes::release_under(&office, &refs[0], &doctor, id, tx).await;
-        let status = r.status().as_u16();
-        (status, r.text().await.unwrap())
-    };
-    let (status, text) = release().await;
-    assert_eq!(status, 200, "before the reorganisation: {text}");
-
-    // The access transaction's block is replaced, and 70 blocks follow: deeper than 64.
-    let _: bool = p.raw_request("evm_revert".into(), (snap,)).await.unwrap();
-    assert!(p.get_transaction_by_hash(tx).await.unwrap().is_none());
+    let d = Dropped::new().await;
     for _ in 0..70 {
         common::mine_block().await;
     }
-    // The node remembers the head it last saw for half a second; a refused request makes it
-    // look again, so that the doctor's request below is judged with the chain 70 blocks on.
-    let stranger = alloy::signers::local::PrivateKeySigner::random();
-    let r = nodes::release(&office, &refs[0], &stranger, id).await;
-    assert_eq!(r.status(), 403);
-    let (status, text) = release().await;
+    d.refresh_head().await;
+    let (status, text) = d.release().await;
     assert_eq!(
-        status,
-        403,
-        "released on an access transaction a reorganisation dropped, 70 blocks deep on a chain that finalized none of them: {}",
-        &text[..text.len().min(200)]
+        status, 403,
+        "released on an access transaction a reorganisation dropped, 70 blocks deep on a chain that finalized none of them: {text}"
     );
 }
 
@@ -177,56 +213,15 @@ async fn a_deep_reorganisation_before_finality_is_caught() {
 #[tokio::test]
 async fn a_height_finalized_after_a_reorganisation_vouches_for_no_dropped_block() {
     let _turn = CHAIN.lock().await;
-    let office = common::office().await;
-    let (rpc, all_final) = nodes::unfinalized_rpc(common::rpc()).await;
-    let node = nodes::start_on(&rpc, office.address(), &["--max-chain-lag-secs", "3600"]).await;
-    let refs = nodes::refs(std::slice::from_ref(&node)).await;
-    let (patient, addr) = common::new_patient(&office).await;
-    let id = nodes::client(&office, &patient, &refs)
-        .put(
-            addr,
-            Bytes::from_static(b"a record read before its height was final"),
-            "text/plain",
-            None,
-        )
-        .await
-        .unwrap();
-    let doctor = common::verified_doctor(&office).await;
-    common::as_(&office, &patient)
-        .grant(doctor.address(), None)
-        .await
-        .unwrap();
-    let p = ProviderBuilder::new().connect_http(common::rpc().parse().unwrap());
-    let snap: alloy::primitives::U256 = p.raw_request("evm_snapshot".into(), ()).await.unwrap();
-    let tx = common::as_(&office, &doctor)
-        .access(addr, &[id])
-        .await
-        .unwrap()
-        .tx
-        .tx_hash;
-    let release = || async {
-        let r = nodes::release_under(&office, &refs[0], &doctor, id, tx).await;
-        r.status().as_u16()
-    };
-    assert_eq!(release().await, 200, "before the reorganisation");
-
-    // The block is replaced (blocks follow at its height and after), then everything is final.
-    let _: bool = p.raw_request("evm_revert".into(), (snap,)).await.unwrap();
+    let d = Dropped::new().await;
     for _ in 0..3 {
         common::mine_block().await;
     }
-    all_final.store(true, std::sync::atomic::Ordering::SeqCst);
-    // A refused request makes the node look at the head (and the finalized block) again.
-    let stranger = alloy::signers::local::PrivateKeySigner::random();
+    d.all_final.store(true, std::sync::atomic::Ordering::SeqCst);
+    d.refresh_head().await;
+    let (status, text) = d.release().await;
     assert_eq!(
-        nodes::release(&office, &refs[0], &stranger, id)
-            .await
-            .status(),
-        403
-    );
-    assert_eq!(
-        release().await,
-        403,
-        "released on an access whose block a reorganisation replaced before its height was final"
+        status, 403,
+        "released on an access whose block a reorganisation replaced before its height was final: {text}"
     );
 }

@@ -182,21 +182,10 @@ async fn a_batch_for_several_patients_is_judged_per_patient() {
         .collect();
     items.insert(13, (deposit(&office, &r, &doctor, granted_addr, 60), 200));
     let bodies: Vec<_> = items.iter().map(|((id, b), _)| item(*id, b)).collect();
-    let answer: serde_json::Value = reqwest::Client::new()
-        .post(format!("{}/deposits", r.url))
-        .header("content-type", "application/json")
-        .body(format!(r#"{{"deposits":[{}]}}"#, bodies.join(",")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let got: Vec<_> = (0..items.len())
-        .map(|i| answer["results"][i]["status"].as_u64().unwrap_or(0))
-        .collect();
+    let (status, got) = batch(&r, "deposits", &bodies).await;
+    assert_eq!(status, 200);
     let want: Vec<_> = items.iter().map(|(_, s)| *s).collect();
-    assert_eq!(got, want, "{answer}");
+    assert_eq!(got, want);
 }
 
 /// #12: deposits and proofs sent many to a request (`POST /deposits`, `POST /anchors`, what
