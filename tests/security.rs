@@ -104,6 +104,51 @@ async fn batch(node: &ShareNodeRef, path: &str, items: &[String]) -> (u16, Vec<u
     (status, items)
 }
 
+/// A deposit spelled in capital hex is the same content as in small letters: an uploader that
+/// retries one (a new nonce, the same record and content) gets 200, not a conflict, and what
+/// the node releases is the content it was given.
+#[tokio::test]
+async fn a_retried_deposit_in_capital_hex_is_the_same_content() {
+    let office = common::office().await;
+    let node = nodes::start(office.address(), &[]).await;
+    let r = nodes::refs(std::slice::from_ref(&node)).await.remove(0);
+    let (patient, addr) = common::new_patient(&office).await;
+    let dom = domain(office.chain_id(), office.address(), office.deployment_id());
+    let (id, mut body) = deposit(&office, &r, &patient, addr, 60);
+    for text in [
+        &mut body.share,
+        &mut body.commitments,
+        &mut body.sealed_block,
+    ] {
+        text.make_ascii_uppercase();
+    }
+    // A copy through JSON text (the body is no Clone; a patient key is a u128).
+    let copy = |b: &DepositBody| {
+        serde_json::from_str::<DepositBody>(&serde_json::to_string(b).unwrap()).unwrap()
+    };
+    let signed = |mut b: DepositBody| {
+        b.deposit.nonce = U256::from(rand_core::OsRng.next_u64());
+        b.deposit.contentHash =
+            DepositBody::content_hash(&b.share, &b.commitments, &b.sealed_block);
+        b.signature = sign(&patient, &b.deposit, &dom).unwrap();
+        b
+    };
+    let first = put(&r, id, &signed(copy(&body))).await;
+    assert_eq!(first.status(), 200, "{}", first.text().await.unwrap());
+    let again = put(&r, id, &signed(copy(&body))).await;
+    assert_eq!(
+        again.status(),
+        200,
+        "the same content retried: {}",
+        again.text().await.unwrap()
+    );
+    // Different content under the record stays a conflict.
+    let mut other = copy(&body);
+    other.sealed_block = hex::encode([8u8; 64]);
+    let conflict = put(&r, id, &signed(other)).await;
+    assert_eq!(conflict.status(), 409);
+}
+
 /// A node judges a batch of deposits from one batch of chain calls for all its (patient,
 /// uploader) pairs: each item must get its own pair's answer. One doctor deposits for a
 /// patient who granted them, one who revoked the grant and one who never gave one, in one

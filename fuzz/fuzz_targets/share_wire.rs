@@ -15,10 +15,18 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
         let hash = d.deposit.eip712_signing_hash(&dom);
         let _ = d.signature.recover_address_from_prehash(&hash);
         let _ = DepositBody::content_hash(&d.share, &d.commitments, &d.sealed_block);
-        if let Ok(b) = hex::decode(&d.share) {
+        // The node's decoder (SIMD) must agree with the hex crate it replaced on every input.
+        for text in [&d.share, &d.commitments, &d.sealed_block] {
+            assert_eq!(
+                ehr_share::strict_hex::decode(text).ok(),
+                hex::decode(text).ok()
+            );
+        }
+        if let Ok(b) = ehr_share::strict_hex::decode(&d.share) {
             let _ = ehr_share::shamir::Share::from_bytes(&b);
         }
-        if let Ok(b) = hex::decode(&d.commitments) {
+        if let Ok(b) = ehr_share::strict_hex::decode(&d.commitments) {
+            let _ = ehr_share::shamir::Commitments::check_bytes(&b);
             let _ = ehr_share::shamir::Commitments::from_bytes(&b);
         }
     }

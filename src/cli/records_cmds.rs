@@ -67,7 +67,7 @@ pub struct ShareNodeArgs {
     #[arg(long, env = "EHR_SHARE_NODE_MAX_CHAIN_LAG_SECS")]
     max_chain_lag_secs: Option<u64>,
     /// Seconds a JSON-RPC request to the chain may take before it fails (the request waiting
-    /// on it is answered 503), 1 to 600. Default: 30.
+    /// on it is answered 503), 1 to 600. Default: 10.
     #[arg(long, env = "EHR_SHARE_NODE_RPC_TIMEOUT_SECS")]
     rpc_timeout_secs: Option<u64>,
     /// PEM certificate chain to serve HTTPS with (needs --tls-key). Clients on other hosts
@@ -199,7 +199,7 @@ pub async fn share_node(a: ShareNodeArgs) -> anyhow::Result<()> {
     })?;
     anyhow::ensure!(
         (1..=600).contains(&s.rpc_timeout.as_secs()),
-        "`rpc_timeout_secs` (--rpc-timeout-secs, EHR_SHARE_NODE_RPC_TIMEOUT_SECS) is {} s: set it between 1 and 600 (the default is 30)",
+        "`rpc_timeout_secs` (--rpc-timeout-secs, EHR_SHARE_NODE_RPC_TIMEOUT_SECS) is {} s: set it between 1 and 600 (the default is 10)",
         s.rpc_timeout.as_secs()
     );
     crate::chain::set_rpc_deadline(s.rpc_timeout);

@@ -11,6 +11,12 @@ use serde::Deserialize;
 
 use super::NodeLimits;
 
+/// A share node's default deadline for a chain request, seconds: under the 20 s a gateway
+/// waits for a node's answer, so that a node whose chain endpoint hangs answers 503 (and the
+/// gateway asks another) rather than being counted as a node that timed out. Its requests
+/// are view calls and block lookups, which take milliseconds on a healthy endpoint.
+pub(crate) const RPC_TIMEOUT_SECS: u64 = 10;
+
 /// The file's keys; every one optional.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -45,7 +51,7 @@ pub struct ShareNodeFile {
     /// time.
     pub max_chain_lag_secs: Option<u64>,
     /// Seconds a JSON-RPC request to the chain may take before it fails and the request that
-    /// waits on it is answered 503. Default: 30.
+    /// waits on it is answered 503. Default: [`RPC_TIMEOUT_SECS`].
     pub rpc_timeout_secs: Option<u64>,
     /// PEM certificate chain to serve HTTPS with (with `tls_key`). Default: plain HTTP, for
     /// loopback only.
@@ -179,10 +185,7 @@ impl ShareNodeSettings {
             port: pick!(port, 7001),
             key_file: pick!(key_file, data_dir.join("node.key")),
             rpc_url: pick!(rpc_url, "http://127.0.0.1:8545".to_owned()),
-            rpc_timeout: Duration::from_secs(pick!(
-                rpc_timeout_secs,
-                crate::chain::DEFAULT_RPC_DEADLINE.as_secs()
-            )),
+            rpc_timeout: Duration::from_secs(pick!(rpc_timeout_secs, RPC_TIMEOUT_SECS)),
             // Where the contract is comes from one place: a flag or variable naming either the
             // deployment file or the address overrides both keys of the file.
             deployment: if given.deployment.is_some() || given.contract.is_some() {

@@ -500,7 +500,7 @@ async fn may_read_now(
         let first = match found.unconfirmed {
             None => judge(view.at).await?,
             Some(hash) => {
-                let (yes, now) = n
+                let (yes, now, finalized_now) = n
                     .cfg
                     .chain
                     .at(view.at)
@@ -519,7 +519,10 @@ async fn may_read_now(
                     }
                     continue;
                 }
+                // Final by the request's head check, and by the answer that held the hash (the
+                // head check may have reached another replica than this request).
                 if found.settled
+                    && finalized_now.is_some_and(|f| f >= block)
                     && let Some(tx) = access_tx
                 {
                     let key = (tx, requester, proof.record_id().0);

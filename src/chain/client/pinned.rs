@@ -186,13 +186,16 @@ impl Pinned<'_> {
 }
 
 impl Pinned<'_> {
-    /// [`Self::can_read_at`] and the hash of block `number` as the endpoint has it now (none:
-    /// it has no such block), asked in one JSON-RPC batch request: a share node checks that
-    /// the block of a recent access event is still the chain's beside every judgement, and
-    /// two requests per release were twice the endpoint's work.
+    /// [`Self::can_read_at`], the hash of block `number` as the endpoint has it now (none: it
+    /// has no such block) and the endpoint's `finalized` block number (none: it names none),
+    /// asked in one JSON-RPC batch request: a share node checks that the block of a recent
+    /// access event is still the chain's beside every judgement (two requests per release were
+    /// twice the endpoint's work), and a hash seen in the same answer as a finalized block at
+    /// or above it is final (one request reaches one replica behind a load balancer).
     ///
     /// # Errors
-    /// As [`Self::can_read_at`]; transport errors of the block lookup.
+    /// As [`Self::can_read_at`]; transport errors of the block lookup. The finalized lookup
+    /// fails nothing: an endpoint that does not know the tag answers none.
     pub async fn can_read_and_block_hash(
         &self,
         requester: Address,
@@ -200,7 +203,7 @@ impl Pinned<'_> {
         access_block: u64,
         access_time: u64,
         number: u64,
-    ) -> Result<(bool, Option<B256>), ChainError> {
+    ) -> Result<(bool, Option<B256>, Option<u64>), ChainError> {
         let contract = &self.chain.contract;
         let judge = contract.canRead(
             requester,
@@ -217,6 +220,10 @@ impl Pinned<'_> {
             "eth_getBlockByNumber",
             &(alloy::eips::BlockNumberOrTag::Number(number), false),
         )?;
+        let finalized = batch.add_call::<_, Option<alloy::rpc::types::Block>>(
+            "eth_getBlockByNumber",
+            &(alloy::eips::BlockNumberOrTag::Finalized, false),
+        )?;
         batch.send().await?;
         let yes = judge
             .decode_output(
@@ -225,7 +232,8 @@ impl Pinned<'_> {
             )
             .map_err(ChainError::from_contract)?;
         let hash = block.await?.map(|b| b.header.hash);
-        Ok((yes, hash))
+        let finalized = finalized.await.ok().flatten().map(|b| b.header.number);
+        Ok((yes, hash, finalized))
     }
 }
 
@@ -251,7 +259,7 @@ const WRITERS_PER_BATCH: usize = 25;
 impl Pinned<'_> {
     /// For each `(patient, uploader)`, the patient's account and `checkAccess(patient,
     /// uploader)`, all asked at this block in one JSON-RPC batch request (per
-    /// [`WRITERS_PER_BATCH`] pairs): a share node judges a batch of deposits or proofs with
+    /// [`WRITERS_PER_BATCH`] pairs, the batches at once): a share node judges a batch of deposits or proofs with
     /// one request to its endpoint instead of two per pair, one after the other.
     ///
     /// # Errors
@@ -260,11 +268,15 @@ impl Pinned<'_> {
         &self,
         pairs: &[(PatientAddr, Address)],
     ) -> Result<Vec<Writer>, ChainError> {
-        let mut out = Vec::with_capacity(pairs.len());
-        for chunk in pairs.chunks(WRITERS_PER_BATCH) {
-            out.extend(self.writers_batch(chunk).await?);
-        }
-        Ok(out)
+        // The batches at once (in order): a request naming many pairs waits for one
+        // deadline at most, not one per batch.
+        let batches = futures::future::try_join_all(
+            pairs
+                .chunks(WRITERS_PER_BATCH)
+                .map(|chunk| self.writers_batch(chunk)),
+        )
+        .await?;
+        Ok(batches.into_iter().flatten().collect())
     }
 
     async fn writers_batch(

@@ -32,7 +32,7 @@ struct CheckedDeposit {
 /// The checks of a deposit that need no chain: its size, its signature (and the uploader's
 /// rate limit), its content against the signed hash, the share and commitments well formed,
 /// the id derived from its uploader.
-fn check_deposit(n: &Node, id: RecordId, b: DepositBody) -> Result<CheckedDeposit, Refusal> {
+fn check_deposit(n: &Node, id: RecordId, mut b: DepositBody) -> Result<CheckedDeposit, Refusal> {
     if b.share.len() + b.commitments.len() + b.sealed_block.len() > DEPOSIT_CONTENT_LIMIT {
         return Err(Refusal::new(
             ErrorKind::TooLarge,
@@ -45,6 +45,11 @@ fn check_deposit(n: &Node, id: RecordId, b: DepositBody) -> Result<CheckedDeposi
     check_signed(n, id, d, &b.signature)?;
     if DepositBody::content_hash(&b.share, &b.commitments, &b.sealed_block) != d.contentHash {
         return Err(bad("content does not match the signed content hash"));
+    }
+    // Hex in one spelling from here on: the store compares a retried deposit's strings with
+    // its own lowercase ones, and a retry spelled in capitals is the same content.
+    for text in [&mut b.share, &mut b.commitments, &mut b.sealed_block] {
+        text.make_ascii_lowercase();
     }
     crate::shamir::Share::from_bytes(
         &crate::strict_hex::decode(&b.share).map_err(|_| bad("share is not hex"))?,
