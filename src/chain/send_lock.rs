@@ -35,13 +35,13 @@ pub(super) async fn submit<T, E, F, Fut>(from: Address, send: F) -> Result<T, E>
 where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = Result<T, E>>,
-    E: std::error::Error,
+    E: std::error::Error + 'static,
 {
     let _turn = lock(from).await;
     let mut tries: u64 = 0;
     loop {
         match send().await {
-            Err(e) if tries < 5 && stale_nonce(&words(&e)) => {
+            Err(e) if tries < 5 && stale_nonce(&crate::kind::with_sources(&e)) => {
                 tracing::info!(
                     "{from}: the transaction's nonce was taken ({e}); asking for it again"
                 );
@@ -51,18 +51,6 @@ where
             sent => return sent,
         }
     }
-}
-
-/// An error's words and those of its sources.
-fn words(e: &dyn std::error::Error) -> String {
-    let mut all = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        all.push_str(": ");
-        all.push_str(&s.to_string());
-        source = s.source();
-    }
-    all
 }
 
 /// Whether a node refused a transaction because its nonce was taken already: anvil's pending

@@ -8,7 +8,9 @@
 //! replica has no such block and answers with an error, so the node refuses instead of
 //! releasing on the old state.
 
-use alloy::eips::BlockId;
+use alloy::eips::{BlockId, BlockNumberOrTag};
+use alloy::primitives::Bytes;
+use alloy::rpc::client::{BatchRequest, Waiter};
 
 use super::*;
 
@@ -48,11 +50,7 @@ impl EhrChain {
             .get_block_by_number(alloy::eips::BlockNumberOrTag::Latest)
             .await?
             .ok_or_else(|| ChainError::Decode("no latest block".into()))?;
-        Ok(Head {
-            number: block.header.number,
-            time: block.header.timestamp,
-            finalized: None,
-        })
+        Ok(head_of(&block, None))
     }
 
     /// [`Self::head`] with the endpoint's `finalized` block, in one JSON-RPC batch request
@@ -61,25 +59,59 @@ impl EhrChain {
     /// # Errors
     /// Transport errors of the latest block's lookup.
     pub async fn head_and_finalized(&self) -> Result<Head, ChainError> {
-        let mut batch = alloy::rpc::client::BatchRequest::new(self.provider.client());
-        let latest = batch.add_call::<_, Option<alloy::rpc::types::Block>>(
-            "eth_getBlockByNumber",
-            &(alloy::eips::BlockNumberOrTag::Latest, false),
-        )?;
-        let finalized = batch.add_call::<_, Option<alloy::rpc::types::Block>>(
-            "eth_getBlockByNumber",
-            &(alloy::eips::BlockNumberOrTag::Finalized, false),
-        )?;
+        let mut batch = BatchRequest::new(self.provider.client());
+        let latest = add_block(&mut batch, BlockNumberOrTag::Latest)?;
+        let finalized = add_block(&mut batch, BlockNumberOrTag::Finalized)?;
         batch.send().await?;
         let block = latest
             .await?
             .ok_or_else(|| ChainError::Decode("no latest block".into()))?;
-        Ok(Head {
-            number: block.header.number,
-            time: block.header.timestamp,
-            finalized: finalized.await.ok().flatten().map(|b| b.header.number),
-        })
+        Ok(head_of(&block, finalized_number(finalized).await))
     }
+}
+
+/// A block's number and time as a [`Head`].
+fn head_of(block: &alloy::rpc::types::Block, finalized: Option<u64>) -> Head {
+    Head {
+        number: block.header.number,
+        time: block.header.timestamp,
+        finalized,
+    }
+}
+
+type BlockWaiter = Waiter<Option<alloy::rpc::types::Block>>;
+
+/// Adds `eth_getBlockByNumber(tag)` (transaction hashes only) to `batch`.
+fn add_block(
+    batch: &mut BatchRequest<'_>,
+    tag: BlockNumberOrTag,
+) -> Result<BlockWaiter, ChainError> {
+    Ok(batch.add_call("eth_getBlockByNumber", &(tag, false))?)
+}
+
+/// The number of the block a `finalized` lookup found; none when the endpoint names none or
+/// does not know the tag (which fails nothing).
+async fn finalized_number(lookup: BlockWaiter) -> Option<u64> {
+    lookup.await.ok().flatten().map(|b| b.header.number)
+}
+
+/// Adds an `eth_call` of `data` to the contract at `to`, at `block`, to `batch`.
+fn add_eth_call(
+    batch: &mut BatchRequest<'_>,
+    to: Address,
+    data: &Bytes,
+    block: BlockId,
+) -> Result<Waiter<Bytes>, ChainError> {
+    let tx = alloy::rpc::types::TransactionRequest::default()
+        .to(to)
+        .input(data.clone().into());
+    Ok(batch.add_call("eth_call", &(tx, block))?)
+}
+
+/// A batched call's answer; an error answer is classified as [`pinned_error`] does.
+async fn call_answer(call: Waiter<Bytes>) -> Result<Bytes, ChainError> {
+    call.await
+        .map_err(|e| pinned_error(alloy::contract::Error::TransportError(e)))
 }
 
 impl Pinned<'_> {
@@ -211,29 +243,21 @@ impl Pinned<'_> {
             access_block,
             access_time,
         );
-        let call = alloy::rpc::types::TransactionRequest::default()
-            .to(*contract.address())
-            .input(judge.calldata().clone().into());
-        let mut batch = alloy::rpc::client::BatchRequest::new(self.chain.provider.client());
-        let yes = batch.add_call::<_, alloy::primitives::Bytes>("eth_call", &(call, self.block))?;
-        let block = batch.add_call::<_, Option<alloy::rpc::types::Block>>(
-            "eth_getBlockByNumber",
-            &(alloy::eips::BlockNumberOrTag::Number(number), false),
+        let mut batch = BatchRequest::new(self.chain.provider.client());
+        let yes = add_eth_call(
+            &mut batch,
+            *contract.address(),
+            judge.calldata(),
+            self.block,
         )?;
-        let finalized = batch.add_call::<_, Option<alloy::rpc::types::Block>>(
-            "eth_getBlockByNumber",
-            &(alloy::eips::BlockNumberOrTag::Finalized, false),
-        )?;
+        let block = add_block(&mut batch, BlockNumberOrTag::Number(number))?;
+        let finalized = add_block(&mut batch, BlockNumberOrTag::Finalized)?;
         batch.send().await?;
         let yes = judge
-            .decode_output(
-                yes.await
-                    .map_err(|e| pinned_error(alloy::contract::Error::TransportError(e)))?,
-            )
+            .decode_output(call_answer(yes).await?)
             .map_err(ChainError::from_contract)?;
         let hash = block.await?.map(|b| b.header.hash);
-        let finalized = finalized.await.ok().flatten().map(|b| b.header.number);
-        Ok((yes, hash, finalized))
+        Ok((yes, hash, finalized_number(finalized).await))
     }
 }
 
@@ -285,42 +309,26 @@ impl Pinned<'_> {
     ) -> Result<Vec<Writer>, ChainError> {
         let contract = &self.chain.contract;
         let to = *contract.address();
-        let call = |data: &alloy::primitives::Bytes| {
-            (
-                alloy::rpc::types::TransactionRequest::default()
-                    .to(to)
-                    .input(data.clone().into()),
-                self.block,
-            )
-        };
-        let client = self.chain.provider.client();
-        let mut batch = alloy::rpc::client::BatchRequest::new(client);
+        let mut batch = BatchRequest::new(self.chain.provider.client());
         let mut waiters = Vec::with_capacity(pairs.len());
         for (patient, uploader) in pairs {
             let account = contract.patientAccount(patient.key());
             let access = contract.checkAccess(patient.key(), *uploader);
             waiters.push((
-                batch.add_call::<_, alloy::primitives::Bytes>(
-                    "eth_call",
-                    &call(account.calldata()),
-                )?,
-                batch.add_call::<_, alloy::primitives::Bytes>(
-                    "eth_call",
-                    &call(access.calldata()),
-                )?,
+                add_eth_call(&mut batch, to, account.calldata(), self.block)?,
+                add_eth_call(&mut batch, to, access.calldata(), self.block)?,
             ));
         }
         batch.send().await?;
-        let answer = |e| pinned_error(alloy::contract::Error::TransportError(e));
         let mut out = Vec::with_capacity(pairs.len());
         for ((patient, uploader), (account, access)) in pairs.iter().zip(waiters) {
             let account = contract
                 .patientAccount(patient.key())
-                .decode_output(account.await.map_err(answer)?)
+                .decode_output(call_answer(account).await?)
                 .map_err(ChainError::from_contract)?;
             let access = contract
                 .checkAccess(patient.key(), *uploader)
-                .decode_output(access.await.map_err(answer)?)
+                .decode_output(call_answer(access).await?)
                 .map_err(ChainError::from_contract)?;
             out.push(Writer {
                 patient_account: (account != Address::ZERO).then_some(account),

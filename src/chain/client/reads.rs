@@ -253,19 +253,6 @@ impl EhrChain {
         }))
     }
 
-    /// The hash of the endpoint's block `number` on its current chain; `None` when it has no
-    /// such block (yet, or any more).
-    ///
-    /// # Errors
-    /// Transport errors.
-    pub async fn block_hash(&self, number: u64) -> Result<Option<B256>, ChainError> {
-        Ok(self
-            .provider
-            .get_block_by_number(alloy::eips::BlockNumberOrTag::Number(number))
-            .await?
-            .map(|b| b.header.hash))
-    }
-
     /// All grants the patient ever gave, each as it stands now (first granted first); paged.
     /// Folded from the event index: the contract stores only the current grant.
     ///
