@@ -1,9 +1,11 @@
-//! Transactions of one account sent while its earlier ones still wait in the pool, on an anvil
-//! of its own (this binary turns automatic mining off).
+//! Transactions that wait in the pool, on an anvil of this binary's own (its tests turn
+//! automatic mining off, one at a time).
 //!
-//! Gas is estimated against the latest block; a transaction still pending ahead of it can make
-//! it dearer. Found by the load bench (426 of 1,023 concurrent grants by one patient reverted,
-//! out of gas, with a 500); the chain client now leaves headroom above the estimate.
+//! - Gas is estimated against the latest block; a transaction still pending ahead of it can make
+//!   it dearer. Found by the load bench (426 of 1,023 concurrent grants by one patient reverted,
+//!   out of gas, with a 500); the chain client now leaves headroom above the estimate.
+//! - A caller who gives up while the transaction waits, and asks again, must not do the action
+//!   twice (`chain::sent`).
 
 mod common;
 
@@ -13,9 +15,15 @@ use alloy::providers::ext::AnvilApi;
 use alloy::providers::{Provider, ProviderBuilder};
 
 use common::{as_, funded, office, unique_patient};
+use ehr_share::chain::{AuditFilter, AuditKind, PatientAddr};
+use ehr_share::gateway::{AppState, Keyring};
+
+/// Each test here stops and starts the chain's mining: one at a time.
+static CHAIN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 #[tokio::test]
 async fn a_grant_estimated_behind_a_pending_change_is_mined() {
+    let _chain = CHAIN.lock().await;
     let office = office().await;
     let patient = as_(&office, &funded().await);
     let addr = unique_patient();
@@ -66,4 +74,235 @@ async fn a_grant_estimated_behind_a_pending_change_is_mined() {
             .any(|g| g.provider == doctor.from() && g.expires_at == Some(e1)),
         "the last grant wins: {grants:?}"
     );
+}
+
+/// A gateway whose tokens `tok-doctor` and `tok-patient` sign as `doctor` and `patient`.
+async fn gateway_for(
+    doctor: &alloy::signers::local::PrivateKeySigner,
+    patient: &alloy::signers::local::PrivateKeySigner,
+) -> String {
+    let office = office().await;
+    let chain = ehr_share::chain::EhrChain::connect(&common::rpc(), None, &office.deployment())
+        .await
+        .unwrap();
+    let mut keyring = Keyring::default();
+    keyring.insert("tok-doctor", doctor.clone());
+    keyring.insert("tok-patient", patient.clone());
+    let state = AppState::new(
+        &common::rpc(),
+        Some(chain),
+        ehr_share::ipfs::KuboClient::new(&common::stack().kubo.api_url),
+        keyring,
+    )
+    .unwrap();
+    common::serve_gateway(state).await
+}
+
+/// `POST {url}{path}` with `body` as `token`, as a task (aborting it is a client that gives
+/// up: its connection closes).
+fn post(
+    url: &str,
+    token: &'static str,
+    path: &str,
+    body: serde_json::Value,
+) -> tokio::task::JoinHandle<reqwest::Response> {
+    let url = format!("{url}{path}");
+    tokio::spawn(async move {
+        reqwest::Client::new()
+            .post(url)
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    })
+}
+
+/// The doctor's `POST /api/break-glass` for `addr` (see [`post`]).
+fn break_glass(url: &str, addr: PatientAddr) -> tokio::task::JoinHandle<reqwest::Response> {
+    post(
+        url,
+        "tok-doctor",
+        "/api/break-glass",
+        serde_json::json!({"addr": addr.to_string(), "reason": "ETREAT"}),
+    )
+}
+
+/// The chain's blocks stop until this is dropped (also when a test fails: the next test of
+/// this binary finds them going again).
+struct NoBlocks;
+
+impl NoBlocks {
+    async fn start() -> Self {
+        let node = ProviderBuilder::new().connect_http(common::rpc().parse().unwrap());
+        node.anvil_set_auto_mine(false).await.unwrap();
+        Self
+    }
+}
+
+impl Drop for NoBlocks {
+    fn drop(&mut self) {
+        // A thread and a client of its own: drop may run inside the test's runtime, which must
+        // not block on itself (a client made there is served by that runtime's tasks).
+        std::thread::spawn(|| {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(async {
+                    let node = ProviderBuilder::new().connect_http(common::rpc().parse().unwrap());
+                    node.anvil_set_auto_mine(true).await.unwrap();
+                    node.anvil_mine(Some(1), None).await.unwrap();
+                })
+        })
+        .join()
+        .unwrap();
+    }
+}
+
+/// Waits until `from` has `n` transactions in the pool.
+async fn until_pooled(node: &impl Provider, from: alloy::primitives::Address, n: u64) {
+    assert!(
+        common::nodes::wait_until(Duration::from_secs(10), || async move {
+            let latest = node.get_transaction_count(from).await.unwrap();
+            let pending = node.get_transaction_count(from).pending().await.unwrap();
+            pending == latest + n
+        })
+        .await,
+        "{n} transactions of {from} wait in the pool"
+    );
+}
+
+/// How many times emergency access to `addr` was opened.
+async fn openings(office: &ehr_share::chain::EhrChain, addr: PatientAddr) -> usize {
+    let page = office
+        .audit_page_for_patient(addr, AuditFilter::Emergency, 0, 50)
+        .await
+        .unwrap();
+    page.events
+        .iter()
+        .filter(|e| matches!(e.kind, AuditKind::BreakGlassOpened { .. }))
+        .count()
+}
+
+/// A doctor's break-glass is in the pool when the doctor's client gives up (no block came);
+/// the doctor asks again. The second ask is answered by the first transaction: emergency access
+/// opened once, one of the three a day used, one transaction from the doctor's account. Before,
+/// the second ask sent a second break-glass.
+#[tokio::test]
+async fn a_break_glass_asked_again_after_the_client_gave_up_opens_once() {
+    let _chain = CHAIN.lock().await;
+    let office = office().await;
+    let (patient, addr) = common::new_patient(&office).await;
+    let doctor = common::verified_doctor(&office).await;
+    let url = gateway_for(&doctor, &patient).await;
+    let node = ProviderBuilder::new().connect_http(common::rpc().parse().unwrap());
+    let nonce = node.get_transaction_count(doctor.address()).await.unwrap();
+
+    let no_blocks = NoBlocks::start().await;
+    let first = break_glass(&url, addr);
+    until_pooled(&node, doctor.address(), 1).await;
+    first.abort();
+    let again = break_glass(&url, addr);
+    // Its answer needs a block: blocks come back (a second transaction, had one been sent by
+    // now or later, is mined too).
+    drop(no_blocks);
+    let r = again.await.unwrap();
+    assert_eq!(r.status(), 200, "{:?}", r.text().await);
+
+    assert_eq!(
+        openings(&office, addr).await,
+        1,
+        "emergency access opened once"
+    );
+    assert_eq!(
+        node.get_transaction_count(doctor.address())
+            .pending()
+            .await
+            .unwrap(),
+        nonce + 1,
+        "one transaction from the doctor"
+    );
+}
+
+/// A patient's revoke waits in the pool when the patient's client gives up; the patient grants
+/// again (a new transaction), then revokes again. The second revoke is a new act, not a repeat
+/// of the first, although it is the same call: it is sent, and the doctor ends up without a
+/// grant. Joined to the first revoke, it would leave the grant standing.
+#[tokio::test]
+async fn a_revoke_after_a_grant_after_a_revoke_is_sent() {
+    let _chain = CHAIN.lock().await;
+    let office = office().await;
+    let (patient, addr) = common::new_patient(&office).await;
+    let doctor = common::verified_doctor(&office).await;
+    as_(&office, &patient)
+        .grant(doctor.address(), None)
+        .await
+        .unwrap();
+    let url = gateway_for(&doctor, &patient).await;
+    let node = ProviderBuilder::new().connect_http(common::rpc().parse().unwrap());
+    let revoke = || {
+        post(
+            &url,
+            "tok-patient",
+            &format!("/api/grants/{}/revoke", doctor.address()),
+            serde_json::json!({}),
+        )
+    };
+
+    let no_blocks = NoBlocks::start().await;
+    let first = revoke();
+    until_pooled(&node, patient.address(), 1).await;
+    first.abort();
+    let grant = post(
+        &url,
+        "tok-patient",
+        "/api/grants",
+        serde_json::json!({"provider": doctor.address().to_string()}),
+    );
+    until_pooled(&node, patient.address(), 2).await;
+    let again = revoke();
+    until_pooled(&node, patient.address(), 3).await;
+    drop(no_blocks);
+    for r in [grant.await.unwrap(), again.await.unwrap()] {
+        assert_eq!(r.status(), 200, "{:?}", r.text().await);
+    }
+    let (reason, _) = office
+        .at(alloy::eips::BlockId::latest())
+        .check_access_raw(addr, doctor.address())
+        .await
+        .unwrap();
+    assert_ne!(
+        reason,
+        ehr_share::chain::DenyReason::None,
+        "the last revoke took effect"
+    );
+}
+
+/// The first break-glass left the node's pool without being mined (evicted, or lost with a
+/// restarted node): asking again sends it anew instead of waiting for a transaction that will
+/// never come.
+#[tokio::test]
+async fn a_break_glass_the_node_dropped_is_sent_again() {
+    let _chain = CHAIN.lock().await;
+    let office = office().await;
+    let (patient, addr) = common::new_patient(&office).await;
+    let doctor = common::verified_doctor(&office).await;
+    let url = gateway_for(&doctor, &patient).await;
+    let node = ProviderBuilder::new().connect_http(common::rpc().parse().unwrap());
+
+    let no_blocks = NoBlocks::start().await;
+    let first = break_glass(&url, addr);
+    until_pooled(&node, doctor.address(), 1).await;
+    first.abort();
+    node.anvil_drop_all_transactions().await.unwrap();
+    drop(no_blocks);
+
+    // Bounded: waiting for the dropped transaction would take the whole receipt wait (10 min).
+    let r = tokio::time::timeout(Duration::from_secs(60), break_glass(&url, addr))
+        .await
+        .expect("answered, not waiting for the dropped transaction")
+        .unwrap();
+    assert_eq!(r.status(), 200, "{:?}", r.text().await);
+    assert_eq!(openings(&office, addr).await, 1, "emergency access opened");
 }

@@ -493,16 +493,36 @@ impl EhrChain {
         Ok(TxOutcome::from_receipt(&r))
     }
 
+    /// Sends `call` and waits for its receipt, or, when the same call from this account was
+    /// sent as its last transaction and nobody has seen its receipt, answers with that one
+    /// instead (`chain::sent`): a caller who gave up and asks again does not do it twice.
     async fn send_receipt<C>(&self, call: C) -> Result<TransactionReceipt, ChainError>
     where
         C: Sendable,
     {
-        let pending = call.send_it(self.from).await?;
-        let receipt = pending
-            .with_required_confirmations(self.confirmations)
-            .with_timeout(Some(RECEIPT_WAIT))
-            .get_receipt()
-            .await?;
+        let request = call.request();
+        let key = super::sent::Call {
+            chain_id: self.chain_id,
+            from: self.from,
+            to: self.address(),
+            input: request.input.input().cloned().unwrap_or_default(),
+        };
+        let slot = super::sent::slot(&key);
+        // In a task of its own: a caller dropped during the send (its client went away) would
+        // leave a transaction in the pool that the slot does not name, and the retry would
+        // send a second one.
+        let tx = {
+            let (chain, slot) = (self.clone(), std::sync::Arc::clone(&slot));
+            tokio::spawn(async move { chain.send_or_join(&slot, request).await })
+                .await
+                .map_err(|e| {
+                    ChainError::Rpc(alloy::transports::TransportErrorKind::custom_str(&format!(
+                        "sending the transaction failed: {e}"
+                    )))
+                })??
+        };
+        let receipt = self.receipt_of(tx).await?;
+        super::sent::seen(&key, &slot, tx);
         if !receipt.status() {
             return Err(ChainError::Reverted(format!(
                 "transaction {} reverted",
@@ -510,6 +530,105 @@ impl EhrChain {
             )));
         }
         Ok(receipt)
+    }
+
+    /// The transaction for the call in `slot`: the one in it when that still answers for the
+    /// call ([`Self::answers_for`]); otherwise `request` estimated, sent
+    /// (`send_lock::submit`) and put in the slot. Holds the slot meanwhile, so calls that come
+    /// at once send one transaction.
+    async fn send_or_join(
+        &self,
+        slot: &super::sent::Slot,
+        request: alloy::rpc::types::TransactionRequest,
+    ) -> Result<B256, ChainError> {
+        let mut held = slot.lock().await;
+        if let Some(u) = *held
+            && u.current()
+            && self.answers_for(u.tx).await?
+        {
+            tracing::info!(tx = %u.tx, "the same call was sent and not seen through; answering with it");
+            return Ok(u.tx);
+        }
+        let contract_error =
+            |e| ChainError::from_contract(alloy::contract::Error::TransportError(e));
+        let estimate = self
+            .provider
+            .estimate_gas(request.clone())
+            .await
+            .map_err(contract_error)?;
+        let request = request.gas_limit(gas_limit(estimate));
+        let pending = super::send_lock::submit(self.from, || {
+            self.provider.send_transaction(request.clone())
+        })
+        .await
+        .map_err(contract_error)?;
+        let tx = *pending.tx_hash();
+        super::sent::record(&mut held, tx);
+        Ok(tx)
+    }
+
+    /// Whether `tx` answers for a call the same as it: the node has it (in its pool, or mined
+    /// and not reverted) and nothing was sent from this account after it (by this process or
+    /// another). Once the account has done something since, the same call is a new act (a
+    /// revoke after a grant that followed an earlier revoke); one the node dropped will never
+    /// be mined; one that reverted is asked again to be tried again.
+    async fn answers_for(&self, tx: B256) -> Result<bool, ChainError> {
+        let Some(t) = self.provider.get_transaction_by_hash(tx).await? else {
+            return Ok(false);
+        };
+        let next = self
+            .provider
+            .get_transaction_count(self.from)
+            .pending()
+            .await?;
+        if next != alloy::consensus::Transaction::nonce(&t) + 1 {
+            return Ok(false);
+        }
+        if t.block_number.is_none() {
+            return Ok(true);
+        }
+        Ok(self
+            .provider
+            .get_transaction_receipt(tx)
+            .await?
+            .is_some_and(|r| r.status()))
+    }
+
+    /// `tx`'s receipt once it has [`Self::confirmations`] blocks (its own included), asked
+    /// every poll interval of the client (10 ms for a node nearby) for at most
+    /// [`RECEIPT_WAIT`]. alloy's watcher with more than one confirmation relies on blocks it
+    /// saw itself, so a transaction mined before it started (one a repeated call joins) was
+    /// never reported.
+    async fn receipt_of(&self, tx: B256) -> Result<TransactionReceipt, ChainError> {
+        let poll = self.provider.client().poll_interval();
+        let waited = async {
+            loop {
+                if let Some(r) = self.provider.get_transaction_receipt(tx).await? {
+                    let needed = r
+                        .block_number
+                        .unwrap_or_default()
+                        .saturating_add(self.confirmations - 1);
+                    if self.confirmations <= 1 || self.provider.get_block_number().await? >= needed
+                    {
+                        return Ok::<_, alloy::transports::TransportError>(r);
+                    }
+                }
+                tokio::time::sleep(poll).await;
+            }
+        };
+        match tokio::time::timeout(RECEIPT_WAIT, waited).await {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(e)) => Err(ChainError::Unconfirmed {
+                tx,
+                source: alloy::providers::PendingTransactionError::TransportError(e),
+            }),
+            Err(_) => Err(ChainError::Unconfirmed {
+                tx,
+                source: alloy::providers::PendingTransactionError::TxWatcher(
+                    alloy::providers::WatchTxError::Timeout,
+                ),
+            }),
+        }
     }
 }
 
@@ -533,29 +652,15 @@ fn sol_proof(p: &RecordProof) -> EhrAccess::RecordProof {
 
 /// A prepared contract call that can be sent: lets `send` take any generated call builder.
 trait Sendable {
-    /// Estimates the gas, then fills and submits it from `from` (`send_lock::submit`).
-    async fn send_it(
-        self,
-        from: Address,
-    ) -> Result<alloy::providers::PendingTransactionBuilder<alloy::network::Ethereum>, ChainError>;
+    /// The transaction it asks for (to, call data; the signer's provider fills the rest).
+    fn request(self) -> alloy::rpc::types::TransactionRequest;
 }
 
 impl<D: alloy::contract::CallDecoder + Send> Sendable
     for alloy::contract::CallBuilder<&DynProvider, D>
 {
-    async fn send_it(
-        self,
-        from: Address,
-    ) -> Result<alloy::providers::PendingTransactionBuilder<alloy::network::Ethereum>, ChainError>
-    {
-        let estimate = self
-            .estimate_gas()
-            .await
-            .map_err(ChainError::from_contract)?;
-        let call = self.gas(gas_limit(estimate));
-        super::send_lock::submit(from, || call.send())
-            .await
-            .map_err(ChainError::from_contract)
+    fn request(self) -> alloy::rpc::types::TransactionRequest {
+        self.into_transaction_request()
     }
 }
 

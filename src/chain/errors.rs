@@ -14,6 +14,17 @@ pub enum ChainError {
     /// Waiting for a transaction's receipt failed (transport, or the wait timed out).
     #[error("waiting for the transaction failed")]
     Pending(#[source] alloy::providers::PendingTransactionError),
+    /// A transaction was sent (it is in the node's pool, or mined) and its receipt did not come
+    /// within the wait. The same call again is answered by it while it is the account's last
+    /// transaction (`chain::sent`).
+    #[error("transaction {tx} was sent and is not confirmed yet")]
+    Unconfirmed {
+        /// The transaction's hash.
+        tx: alloy::primitives::B256,
+        /// Why the wait ended.
+        #[source]
+        source: alloy::providers::PendingTransactionError,
+    },
     /// The RPC URL does not parse.
     #[error("bad RPC URL {url}: {problem}")]
     BadUrl {
@@ -74,6 +85,12 @@ impl ChainError {
             Self::Rpc(_) | Self::Pending(_) => Self::Rpc(
                 alloy::transports::TransportErrorKind::custom_str(&source_words(self)),
             ),
+            Self::Unconfirmed { tx, .. } => Self::Unconfirmed {
+                tx: *tx,
+                source: alloy::providers::PendingTransactionError::TransportError(
+                    alloy::transports::TransportErrorKind::custom_str(&source_words(self)),
+                ),
+            },
             Self::BadUrl { url, problem } => Self::BadUrl {
                 url: url.clone(),
                 problem: problem.clone(),
@@ -194,9 +211,11 @@ impl crate::kind::Classify for ChainError {
     fn kind(&self) -> crate::kind::ErrorKind {
         use crate::kind::ErrorKind as K;
         match self {
-            Self::Rpc(_) | Self::Pending(_) | Self::NoContract(_) | Self::WrongDeployment(_) => {
-                K::Unavailable
-            }
+            Self::Rpc(_)
+            | Self::Pending(_)
+            | Self::Unconfirmed { .. }
+            | Self::NoContract(_)
+            | Self::WrongDeployment(_) => K::Unavailable,
             Self::BadUrl { .. } => K::BadInput,
             Self::Rejected(_) => K::Conflict,
             Self::NotPermitted(_) => K::Denied,
@@ -211,6 +230,10 @@ impl crate::kind::Classify for ChainError {
             Self::Rpc(_) | Self::Pending(_) => {
                 "the chain node is not available; try again shortly".to_owned()
             }
+            Self::Unconfirmed { tx, .. } => format!(
+                "transaction {tx} was sent and is not confirmed yet; asking this server again for \
+                 the same thing waits for this transaction instead of sending another"
+            ),
             // The URL may hold an API key.
             Self::BadUrl { .. } => "the chain node's URL is not valid; see the log".to_owned(),
             Self::Reverted(_) | Self::Decode(_) => {

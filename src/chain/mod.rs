@@ -11,6 +11,7 @@ mod fold;
 mod index;
 pub mod merkle;
 mod send_lock;
+mod sent;
 mod types;
 mod voucher;
 
