@@ -1209,6 +1209,46 @@ async fn upload_on_a_fresh_head(
     panic!("no upload found the bounded node's view fresh in 5 tries");
 }
 
+/// A share node whose chain endpoint refuses JSON-RPC batch requests (some hosted endpoints
+/// and proxies do) asks the same calls one at a time: it takes the deposits and proofs of an
+/// upload (3 of 3 nodes, two of them on that endpoint, one with a lag bound, which asks for
+/// the head and the finalized block together), releases to a granted doctor, and refuses a
+/// stranger. Before, such a node answered 503 to every deposit and release it judged in a
+/// batch.
+#[tokio::test]
+async fn a_node_on_an_endpoint_that_refuses_batches_judges_call_by_call() {
+    let office = common::office().await;
+    let (rpc, refused) = nodes::unbatched_rpc(common::rpc()).await;
+    let procs = [
+        nodes::start_on(&rpc, office.address(), &["--max-chain-lag-secs", "60"]).await,
+        nodes::start_on(&rpc, office.address(), &[]).await,
+        nodes::start(office.address(), &[]).await,
+    ];
+    let refs = nodes::refs(&procs).await;
+    let (patient, addr) = common::new_patient(&office).await;
+    let id = upload_on_a_fresh_head(&office, &patient, addr, &refs).await;
+    let doctor = common::verified_doctor(&office).await;
+    common::as_(&office, &patient)
+        .grant(doctor.address(), None)
+        .await
+        .unwrap();
+    let access = common::as_(&office, &doctor)
+        .access(addr, &[id])
+        .await
+        .unwrap();
+    let stranger = common::verified_doctor(&office).await;
+    for node in &refs[..2] {
+        let r = nodes::release_under(&office, node, &doctor, id, access.tx.tx_hash).await;
+        assert_eq!(r.status(), 200, "{:?}", r.text().await);
+        let r = nodes::release_under(&office, node, &stranger, id, access.tx.tx_hash).await;
+        assert_eq!(r.status(), 403, "{:?}", r.text().await);
+    }
+    assert!(
+        refused.load(std::sync::atomic::Ordering::SeqCst) >= 1,
+        "the nodes tried a batch"
+    );
+}
+
 /// A share node whose chain endpoint lags (a replica stuck at a block) would judge on a grant
 /// the patient has since revoked. The attack: the doctor keeps asking for the share after the
 /// revoke. A node on the stuck endpoint without a bound serves it; a node with

@@ -182,10 +182,11 @@ pub(super) fn rpc_client_with(
                     std::net::IpAddr::V6(v6) => v6.is_loopback(),
                 })
     });
-    let http = alloy::transports::http::Http::with_client(rpc_http(), url);
+    let http = alloy::transports::http::Http::with_client(rpc_http(), url.clone());
     let is_local = http.guess_local();
+    // Outside the deadline: a refused batch's single requests each get theirs.
     let client = alloy::rpc::client::RpcClient::new(
-        super::deadline::Deadline::new(http, deadline),
+        super::unbatch::Unbatch::new(super::deadline::Deadline::new(http, deadline), url.as_str()),
         is_local,
     );
     if near {

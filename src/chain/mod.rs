@@ -13,6 +13,7 @@ pub mod merkle;
 mod send_lock;
 mod sent;
 mod types;
+mod unbatch;
 mod voucher;
 
 pub use bindings::EhrAccess;

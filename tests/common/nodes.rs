@@ -522,3 +522,45 @@ pub async fn unfinalized_rpc(
     });
     (url, all_final)
 }
+
+/// A JSON-RPC endpoint in front of `target` that refuses batch requests, as some hosted
+/// endpoints and proxies do: one error object (HTTP 200) where an array was asked for. Single
+/// requests pass through. Returns its URL and the count of batches it refused.
+pub async fn unbatched_rpc(
+    target: String,
+) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use axum::extract::State;
+    use serde_json::Value;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    type Shared = (String, reqwest::Client, std::sync::Arc<AtomicUsize>);
+    async fn forward(
+        State((target, http, refused)): State<Shared>,
+        axum::Json(req): axum::Json<Value>,
+    ) -> axum::Json<Value> {
+        if req.is_array() {
+            refused.fetch_add(1, Ordering::SeqCst);
+            return axum::Json(serde_json::json!({
+                "jsonrpc": "2.0", "id": null,
+                "error": {"code": -32600, "message": "batch requests are not supported"}
+            }));
+        }
+        let upstream = async { http.post(&target).json(&req).send().await?.json().await };
+        axum::Json(match upstream.await {
+            Ok(v) => v,
+            Err(e) => serde_json::json!({
+                "jsonrpc": "2.0", "id": req["id"].clone(),
+                "error": {"code": -32603, "message": e.to_string()}
+            }),
+        })
+    }
+    let refused = std::sync::Arc::new(AtomicUsize::new(0));
+    let app = axum::Router::new()
+        .route("/", axum::routing::post(forward))
+        .with_state((target, reqwest::Client::new(), refused.clone()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (url, refused)
+}
