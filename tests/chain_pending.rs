@@ -76,7 +76,8 @@ async fn a_grant_estimated_behind_a_pending_change_is_mined() {
     );
 }
 
-/// A gateway whose tokens `tok-doctor` and `tok-patient` sign as `doctor` and `patient`.
+/// A gateway (with a database) whose tokens `tok-doctor` and `tok-patient` sign as `doctor`
+/// and `patient`.
 async fn gateway_for(
     doctor: &alloy::signers::local::PrivateKeySigner,
     patient: &alloy::signers::local::PrivateKeySigner,
@@ -88,13 +89,19 @@ async fn gateway_for(
     let mut keyring = Keyring::default();
     keyring.insert("tok-doctor", doctor.clone());
     keyring.insert("tok-patient", patient.clone());
+    // The Idempotency-Key store; the folder lives as long as the test binary.
+    let dir = Box::leak(Box::new(tempfile::tempdir().unwrap()));
+    let db = ehr_share::db::Database::open(&ehr_share::db::sqlite_in(dir.path()))
+        .await
+        .unwrap();
     let state = AppState::new(
         &common::rpc(),
         Some(chain),
         ehr_share::ipfs::KuboClient::new(&common::stack().kubo.api_url),
         keyring,
     )
-    .unwrap();
+    .unwrap()
+    .with_database(db);
     common::serve_gateway(state).await
 }
 
@@ -106,25 +113,46 @@ fn post(
     path: &str,
     body: serde_json::Value,
 ) -> tokio::task::JoinHandle<reqwest::Response> {
+    post_keyed(url, token, path, body, None)
+}
+
+/// [`post`] with an `Idempotency-Key`.
+fn post_keyed(
+    url: &str,
+    token: &'static str,
+    path: &str,
+    body: serde_json::Value,
+    key: Option<&'static str>,
+) -> tokio::task::JoinHandle<reqwest::Response> {
     let url = format!("{url}{path}");
     tokio::spawn(async move {
-        reqwest::Client::new()
+        let mut r = reqwest::Client::new()
             .post(url)
             .bearer_auth(token)
-            .json(&body)
-            .send()
-            .await
-            .unwrap()
+            .json(&body);
+        if let Some(k) = key {
+            r = r.header("Idempotency-Key", k);
+        }
+        r.send().await.unwrap()
     })
 }
 
 /// The doctor's `POST /api/break-glass` for `addr` (see [`post`]).
 fn break_glass(url: &str, addr: PatientAddr) -> tokio::task::JoinHandle<reqwest::Response> {
-    post(
+    break_glass_keyed(url, addr, None)
+}
+
+fn break_glass_keyed(
+    url: &str,
+    addr: PatientAddr,
+    key: Option<&'static str>,
+) -> tokio::task::JoinHandle<reqwest::Response> {
+    post_keyed(
         url,
         "tok-doctor",
         "/api/break-glass",
         serde_json::json!({"addr": addr.to_string(), "reason": "ETREAT"}),
+        key,
     )
 }
 
@@ -185,30 +213,43 @@ async fn openings(office: &ehr_share::chain::EhrChain, addr: PatientAddr) -> usi
         .count()
 }
 
-/// A doctor's break-glass is in the pool when the doctor's client gives up (no block came);
-/// the doctor asks again. The second ask is answered by the first transaction: emergency access
-/// opened once, one of the three a day used, one transaction from the doctor's account. Before,
-/// the second ask sent a second break-glass.
+/// A doctor's break-glass, sent with an `Idempotency-Key`, is in the pool when the doctor's
+/// client gives up (no block came); the doctor requests access to another patient meanwhile,
+/// then asks again with the same key. The second ask is answered by the first transaction:
+/// emergency access opened once, one of the three a day used. Without the key the account's
+/// request in between makes the same call a new one (it would be sent); before, the second
+/// ask sent a second break-glass either way.
 #[tokio::test]
-async fn a_break_glass_asked_again_after_the_client_gave_up_opens_once() {
+async fn a_break_glass_asked_again_with_its_key_after_the_client_gave_up_opens_once() {
     let _chain = CHAIN.lock().await;
     let office = office().await;
     let (patient, addr) = common::new_patient(&office).await;
     let doctor = common::verified_doctor(&office).await;
+    let (_, elsewhere) = common::new_patient(&office).await;
     let url = gateway_for(&doctor, &patient).await;
     let node = ProviderBuilder::new().connect_http(common::rpc().parse().unwrap());
     let nonce = node.get_transaction_count(doctor.address()).await.unwrap();
 
     let no_blocks = NoBlocks::start().await;
-    let first = break_glass(&url, addr);
+    let first = break_glass_keyed(&url, addr, Some("bg-1"));
     until_pooled(&node, doctor.address(), 1).await;
     first.abort();
-    let again = break_glass(&url, addr);
+    assert!(first.await.unwrap_err().is_cancelled());
+    let between = post(
+        &url,
+        "tok-doctor",
+        "/api/requests",
+        serde_json::json!({"addr": elsewhere.to_string()}),
+    );
+    until_pooled(&node, doctor.address(), 2).await;
+    let again = break_glass_keyed(&url, addr, Some("bg-1"));
     // Its answer needs a block: blocks come back (a second transaction, had one been sent by
     // now or later, is mined too).
     drop(no_blocks);
     let r = again.await.unwrap();
     assert_eq!(r.status(), 200, "{:?}", r.text().await);
+    assert_eq!(r.headers()["idempotent-replayed"], "true");
+    assert_eq!(between.await.unwrap().status(), 200);
 
     assert_eq!(
         openings(&office, addr).await,
@@ -217,6 +258,49 @@ async fn a_break_glass_asked_again_after_the_client_gave_up_opens_once() {
     );
     assert_eq!(
         node.get_transaction_count(doctor.address())
+            .pending()
+            .await
+            .unwrap(),
+        nonce + 2,
+        "the break-glass and the request from the doctor"
+    );
+}
+
+/// Without a key: a caller of the chain client that went away while its break-glass waited in
+/// the pool (a dropped request handler), and the same call again, are one transaction: the
+/// second is answered by the first while it is the doctor's last.
+#[tokio::test]
+async fn a_break_glass_called_again_after_its_caller_went_away_opens_once() {
+    let _chain = CHAIN.lock().await;
+    let office = office().await;
+    let (_, addr) = common::new_patient(&office).await;
+    let doctor = as_(&office, &common::verified_doctor(&office).await);
+    let node = ProviderBuilder::new().connect_http(common::rpc().parse().unwrap());
+    let nonce = node.get_transaction_count(doctor.from()).await.unwrap();
+    let call = || {
+        let d = doctor.clone();
+        tokio::spawn(async move {
+            d.break_glass(addr, ehr_share::chain::EmergencyReason::Etreat)
+                .await
+        })
+    };
+
+    let no_blocks = NoBlocks::start().await;
+    let first = call();
+    until_pooled(&node, doctor.from(), 1).await;
+    first.abort();
+    assert!(first.await.unwrap_err().is_cancelled());
+    let again = call();
+    drop(no_blocks);
+    again.await.unwrap().expect("answered");
+
+    assert_eq!(
+        openings(&office, addr).await,
+        1,
+        "emergency access opened once"
+    );
+    assert_eq!(
+        node.get_transaction_count(doctor.from())
             .pending()
             .await
             .unwrap(),

@@ -68,9 +68,57 @@ async fn readings(db: &Database) {
     assert_eq!(sealed[0].record.as_deref(), Some("0xrecord"));
 }
 
+/// Idempotency keys: claimed, recorded, scoped, refused for another request, freed, expired.
+async fn idempotency_keys(db: &Database) {
+    use ehr_share::db::{Claim, IDEMPOTENCY_TTL_SECS};
+    let (scope, other_scope) = ("a".repeat(64), "b".repeat(64));
+    let (fp, other_fp) = ("1".repeat(64), "2".repeat(64));
+    let key = "8e03978e-40d5-43e8-bc93-6894a57f9324";
+    let tx = format!("0x{}", "ab".repeat(32));
+    let now = 1_800_000_000;
+    let claim = |scope: &str, fp: &str, at: u64| {
+        let (scope, fp) = (scope.to_owned(), fp.to_owned());
+        async move {
+            db.claim_idempotency_key(&scope, key, &fp, at)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(claim(&scope, &fp, now).await, Claim::Same { tx: None });
+    // A second try before anything was sent: nothing to answer with yet.
+    assert_eq!(claim(&scope, &fp, now + 1).await, Claim::Same { tx: None });
+    db.idempotency_key_sent(&scope, key, &tx).await.unwrap();
+    assert_eq!(
+        claim(&scope, &fp, now + 2).await,
+        Claim::Same {
+            tx: Some(tx.clone())
+        }
+    );
+    assert_eq!(claim(&scope, &other_fp, now + 2).await, Claim::Other);
+    // Another caller's key of the same name is its own.
+    assert_eq!(
+        claim(&other_scope, &other_fp, now).await,
+        Claim::Same { tx: None }
+    );
+    // Freed only when nothing was sent.
+    db.release_idempotency_key(&scope, key).await.unwrap();
+    assert_eq!(claim(&scope, &other_fp, now + 3).await, Claim::Other);
+    db.release_idempotency_key(&other_scope, key).await.unwrap();
+    assert_eq!(
+        claim(&other_scope, &fp, now + 3).await,
+        Claim::Same { tx: None }
+    );
+    // A day later the key names a new request.
+    assert_eq!(
+        claim(&scope, &other_fp, now + IDEMPOTENCY_TTL_SECS + 1).await,
+        Claim::Same { tx: None }
+    );
+}
+
 async fn exercise(url: &str, backend: Backend) {
     let db = Database::open(url).await.unwrap();
     readings(&db).await;
+    idempotency_keys(&db).await;
     assert_eq!(db.backend(), backend);
     // Opening again runs no migration twice.
     Database::open(url).await.unwrap().ping().await.unwrap();

@@ -49,6 +49,14 @@ async fn health_names_the_chain_and_the_ipfs_node() {
         .unwrap();
     assert_eq!(spec["openapi"], "3.1.0");
     assert!(spec["paths"]["/api/grants"]["post"].is_object());
+    assert!(
+        spec["paths"]["/api/grants"]["post"]["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["name"] == "Idempotency-Key" && p["in"] == "header"),
+        "writes name their Idempotency-Key header"
+    );
 }
 
 #[tokio::test]
@@ -370,4 +378,102 @@ async fn one_role_cannot_use_another_roles_api() {
     // Nothing changed on chain.
     let (status, _) = office.provider_status(doctor.address()).await.unwrap();
     assert_eq!(status, ehr_share::chain::ProviderStatus::Verified);
+}
+
+/// A gateway with a database (the `Idempotency-Key` store) in `dir`.
+async fn gateway_with_database(keyring: Keyring, dir: &std::path::Path) -> String {
+    let office = common::office().await;
+    let d = office.deployment();
+    let chain = ehr_share::chain::EhrChain::connect(&common::rpc(), None, &d)
+        .await
+        .unwrap();
+    let db = ehr_share::db::Database::open(&ehr_share::db::sqlite_in(dir))
+        .await
+        .unwrap();
+    let state = AppState::new(
+        &common::rpc(),
+        Some(chain),
+        KuboClient::new(&common::stack().kubo.api_url),
+        keyring,
+    )
+    .unwrap()
+    .with_database(db);
+    common::serve_gateway(state).await
+}
+
+/// A patient's client sends a revoke with an `Idempotency-Key`, and sends it again (as after a
+/// lost answer): the retry is answered by the first revoke's transaction, marked as a replay,
+/// instead of a second revoke (which the contract refuses: 409). After the patient grants
+/// again, the key still names the first revoke: the retry does not undo the new grant. The
+/// same key for another request is refused (422); a request that failed before sending
+/// anything frees its key.
+#[tokio::test]
+async fn a_request_retried_with_its_idempotency_key_is_answered_by_the_first_transaction() {
+    let office = common::office().await;
+    let (patient, addr) = common::new_patient(&office).await;
+    let doctor = common::verified_doctor(&office).await;
+    let other = common::verified_doctor(&office).await;
+    let p = common::as_(&office, &patient);
+    p.grant(doctor.address(), None).await.unwrap();
+    let mut keyring = Keyring::default();
+    keyring.insert("tok-patient", patient.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let url = gateway_with_database(keyring, dir.path()).await;
+    let http = reqwest::Client::new();
+    let post = |path: String, key: &str, body: Value| {
+        http.post(format!("{url}{path}"))
+            .bearer_auth("tok-patient")
+            .header("Idempotency-Key", key)
+            .json(&body)
+            .send()
+    };
+    let revoke = |who: alloy::primitives::Address, key: &str| {
+        post(format!("/api/grants/{who}/revoke"), key, json!({}))
+    };
+    let tx_of = |v: &Value| v["tx_hash"].as_str().unwrap().to_owned();
+
+    let r = revoke(doctor.address(), "k-1").await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers().get("idempotent-replayed").is_none());
+    let first: Value = r.json().await.unwrap();
+
+    let r = revoke(doctor.address(), "k-1").await.unwrap();
+    assert_eq!(r.status(), 200, "a retry, not a second revoke");
+    assert_eq!(r.headers()["idempotent-replayed"], "true");
+    assert_eq!(tx_of(&r.json().await.unwrap()), tx_of(&first));
+
+    p.grant(doctor.address(), None).await.unwrap();
+    let r = revoke(doctor.address(), "\"k-1\"").await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(tx_of(&r.json().await.unwrap()), tx_of(&first));
+    let (reason, _) = office
+        .at(alloy::eips::BlockId::latest())
+        .check_access_raw(addr, doctor.address())
+        .await
+        .unwrap();
+    assert_eq!(
+        reason,
+        ehr_share::chain::DenyReason::None,
+        "the grant after the revoke stands"
+    );
+
+    // The key names the first request only.
+    let r = revoke(other.address(), "k-1").await.unwrap();
+    assert_eq!(r.status(), 422, "{:?}", r.text().await);
+
+    // A revoke the contract refuses sends nothing: its key is free for another request.
+    let r = revoke(other.address(), "k-2").await.unwrap();
+    assert_eq!(r.status(), 409, "{:?}", r.text().await);
+    let r = post(
+        "/api/grants".into(),
+        "k-2",
+        json!({"provider": other.address()}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200, "{:?}", r.text().await);
+
+    // Keys are the caller's: malformed ones are refused before anything is sent.
+    let r = revoke(doctor.address(), "").await.unwrap();
+    assert_eq!(r.status(), 400);
 }

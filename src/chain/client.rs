@@ -134,6 +134,10 @@ pub struct EhrChain {
     /// Blocks a write waits for before it counts as done (1: its own block). More guards
     /// against a reorganisation dropping it on a chain whose blocks are not final at once.
     confirmations: u64,
+    /// The request its caller named, for the next write (see [`Self::with_ticket`]).
+    ticket: Option<super::sent::Ticket>,
+    /// When the endpoint last refused a batch request (`chain::unbatch`).
+    refused: super::unbatch::Refused,
 }
 
 /// How often a nearby node is asked for a transaction's receipt. alloy's default for local
@@ -234,6 +238,15 @@ fn connect(
     })
 }
 
+/// When the endpoint at `rpc_url` last refused a batch: the record its transport keeps (by
+/// the URL as parsed, as `rpc_client_with` names it).
+fn refusals_of(rpc_url: &str) -> super::unbatch::Refused {
+    rpc_url.parse::<reqwest::Url>().map_or_else(
+        |_| std::sync::Arc::default(),
+        |u| super::unbatch::refusals(u.as_str()),
+    )
+}
+
 /// A read-only provider for `rpc_url` with the process's request deadline and the shared
 /// HTTP client, for chain-level questions asked before (or without) a contract: the
 /// gateway's `/health` among them.
@@ -290,6 +303,8 @@ impl EhrChain {
                 index: super::index::EventIndex::new(block, deployment_id, None),
                 own_patient: Default::default(),
                 confirmations: 1,
+                ticket: None,
+                refused: refusals_of(rpc_url),
             },
             deployment,
         ))
@@ -358,6 +373,8 @@ impl EhrChain {
             index: super::index::EventIndex::new(deployment.block, deployment_id, None),
             own_patient: Default::default(),
             confirmations: 1,
+            ticket: None,
+            refused: refusals_of(rpc_url),
         })
     }
 
@@ -389,7 +406,20 @@ impl EhrChain {
             index: self.index.clone(),
             own_patient: Default::default(),
             confirmations: self.confirmations,
+            ticket: None,
+            refused: refusals_of(rpc_url),
         })
+    }
+
+    /// The same client, whose next write belongs to the request `ticket` names: answered by
+    /// the transaction an earlier try of it sent (when the node knows it), else sent and
+    /// recorded for the next try (`chain::sent`).
+    #[must_use]
+    pub fn with_ticket(&self, ticket: super::sent::Ticket) -> Self {
+        Self {
+            ticket: Some(ticket),
+            ..self.clone()
+        }
     }
 
     /// The same client, counting a write done only once `n` blocks hold it (its own and
@@ -398,6 +428,12 @@ impl EhrChain {
     pub fn with_confirmations(mut self, n: u64) -> Self {
         self.confirmations = n.max(1);
         self
+    }
+
+    /// Whether this client's batch requests go out as single requests now (its endpoint
+    /// refused one): their answers may come from several replicas (`chain::unbatch`).
+    pub fn batches_split(&self) -> bool {
+        super::unbatch::split(&self.refused)
     }
 
     /// Blocks a write waits for (see [`EhrChain::with_confirmations`]).
@@ -502,11 +538,19 @@ impl EhrChain {
         C: Sendable,
     {
         let request = call.request();
+        let ticket = self
+            .ticket
+            .as_ref()
+            .and_then(super::sent::Ticket::take)
+            .cloned();
         let key = super::sent::Call {
             chain_id: self.chain_id,
             from: self.from,
             to: self.address(),
-            input: request.input.input().cloned().unwrap_or_default(),
+            input: match &ticket {
+                Some(t) => t.name(),
+                None => request.input.input().cloned().unwrap_or_default(),
+            },
         };
         let slot = super::sent::slot(&key);
         // In a task of its own: a caller dropped during the send (its client went away) would
@@ -514,7 +558,7 @@ impl EhrChain {
         // send a second one.
         let tx = {
             let (chain, slot) = (self.clone(), std::sync::Arc::clone(&slot));
-            tokio::spawn(async move { chain.send_or_join(&slot, request).await })
+            tokio::spawn(async move { chain.send_or_join(&slot, request, ticket).await })
                 .await
                 .map_err(|e| {
                     ChainError::Rpc(alloy::transports::TransportErrorKind::custom_str(&format!(
@@ -541,11 +585,21 @@ impl EhrChain {
         &self,
         slot: &super::sent::Slot,
         request: alloy::rpc::types::TransactionRequest,
+        ticket: Option<super::sent::Ticket>,
     ) -> Result<B256, ChainError> {
         let mut held = slot.lock().await;
-        if let Some(u) = *held
-            && u.current()
-            && self.answers_for(u.tx).await?
+        if let Some(t) = &ticket {
+            // A named request: its tries are one request, whatever happened between them.
+            // Answered by the transaction a try sent while the node knows it.
+            if let Some(tx) = held.map(|u| u.tx).or(t.earlier())
+                && self.provider.get_transaction_by_hash(tx).await?.is_some()
+            {
+                tracing::info!(%tx, "a retried request; answering with its transaction");
+                t.answered_by_earlier();
+                return Ok(tx);
+            }
+        } else if let Some(u) = *held
+            && self.answers_for(u).await?
         {
             tracing::info!(tx = %u.tx, "the same call was sent and not seen through; answering with it");
             return Ok(u.tx);
@@ -555,6 +609,7 @@ impl EhrChain {
         let estimate = self
             .provider
             .estimate_gas(request.clone())
+            .block(alloy::eips::BlockId::latest())
             .await
             .map_err(contract_error)?;
         let request = request.gas_limit(gas_limit(estimate));
@@ -565,16 +620,21 @@ impl EhrChain {
         .map_err(contract_error)?;
         let tx = *pending.tx_hash();
         super::sent::record(&mut held, tx);
+        if let Some(t) = &ticket {
+            t.record(tx).await;
+        }
         Ok(tx)
     }
 
-    /// Whether `tx` answers for a call the same as it: the node has it (in its pool, or mined
-    /// and not reverted) and nothing was sent from this account after it (by this process or
-    /// another). Once the account has done something since, the same call is a new act (a
-    /// revoke after a grant that followed an earlier revoke); one the node dropped will never
-    /// be mined; one that reverted is asked again to be tried again.
-    async fn answers_for(&self, tx: B256) -> Result<bool, ChainError> {
-        let Some(t) = self.provider.get_transaction_by_hash(tx).await? else {
+    /// Whether the unseen transaction `u` answers for a call the same as it: the node has it,
+    /// and nothing was sent from this account after it (by this process or another); once
+    /// mined, it did not revert and was sent less than [`super::sent::WINDOW`] ago. After the
+    /// account did something else, the same call is a new act (a revoke after a grant that
+    /// followed an earlier revoke); one the node dropped will never be mined; one that reverted
+    /// is asked again to be tried again; one still in the pool answers however long it waits
+    /// (a second would queue behind it).
+    async fn answers_for(&self, u: super::sent::Unseen) -> Result<bool, ChainError> {
+        let Some(t) = self.provider.get_transaction_by_hash(u.tx).await? else {
             return Ok(false);
         };
         let next = self
@@ -582,17 +642,20 @@ impl EhrChain {
             .get_transaction_count(self.from)
             .pending()
             .await?;
-        if next != alloy::consensus::Transaction::nonce(&t) + 1 {
+        // At most one past it (the node's pending count can miss a transaction it is moving
+        // into a block: `send_lock`).
+        if next > alloy::consensus::Transaction::nonce(&t) + 1 {
             return Ok(false);
         }
         if t.block_number.is_none() {
             return Ok(true);
         }
-        Ok(self
-            .provider
-            .get_transaction_receipt(tx)
-            .await?
-            .is_some_and(|r| r.status()))
+        Ok(u.current()
+            && self
+                .provider
+                .get_transaction_receipt(u.tx)
+                .await?
+                .is_some_and(|r| r.status()))
     }
 
     /// `tx`'s receipt once it has [`Self::confirmations`] blocks (its own included), asked
@@ -603,15 +666,18 @@ impl EhrChain {
     async fn receipt_of(&self, tx: B256) -> Result<TransactionReceipt, ChainError> {
         let poll = self.provider.client().poll_interval();
         let waited = async {
+            // Failed polls are asked again for a while (a node restarting, a replica behind a
+            // load balancer without the transaction yet), then the wait fails.
+            let mut failing_since = None;
             loop {
-                if let Some(r) = self.provider.get_transaction_receipt(tx).await? {
-                    let needed = r
-                        .block_number
-                        .unwrap_or_default()
-                        .saturating_add(self.confirmations - 1);
-                    if self.confirmations <= 1 || self.provider.get_block_number().await? >= needed
-                    {
-                        return Ok::<_, alloy::transports::TransportError>(r);
+                match self.confirmed_receipt(tx).await {
+                    Ok(Some(r)) => return Ok(r),
+                    Ok(None) => failing_since = None,
+                    Err(e) => {
+                        let since = *failing_since.get_or_insert_with(std::time::Instant::now);
+                        if since.elapsed() >= RECEIPT_POLL_FAILURES {
+                            return Err(e);
+                        }
                     }
                 }
                 tokio::time::sleep(poll).await;
@@ -631,6 +697,24 @@ impl EhrChain {
             }),
         }
     }
+
+    /// `tx`'s receipt when it has [`Self::confirmations`] blocks now.
+    async fn confirmed_receipt(
+        &self,
+        tx: B256,
+    ) -> Result<Option<TransactionReceipt>, alloy::transports::TransportError> {
+        let Some(r) = self.provider.get_transaction_receipt(tx).await? else {
+            return Ok(None);
+        };
+        if self.confirmations <= 1 {
+            return Ok(Some(r));
+        }
+        let needed = r
+            .block_number
+            .unwrap_or_default()
+            .saturating_add(self.confirmations - 1);
+        Ok((self.provider.get_block_number().await? >= needed).then_some(r))
+    }
 }
 
 /// The longest a write waits for its receipt (and confirmations). A transaction the pool
@@ -638,6 +722,9 @@ impl EhrChain {
 /// watcher, which retries an endpoint that stopped answering without end: either held the
 /// caller for ever.
 const RECEIPT_WAIT: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// How long polls for a receipt may fail one after another before the wait gives up.
+const RECEIPT_POLL_FAILURES: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The contract's form of a record proof.
 fn sol_proof(p: &RecordProof) -> EhrAccess::RecordProof {

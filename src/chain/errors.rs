@@ -231,8 +231,9 @@ impl crate::kind::Classify for ChainError {
                 "the chain node is not available; try again shortly".to_owned()
             }
             Self::Unconfirmed { tx, .. } => format!(
-                "transaction {tx} was sent and is not confirmed yet; asking this server again for \
-                 the same thing waits for this transaction instead of sending another"
+                "transaction {tx} was sent and is not confirmed yet; look it up before repeating \
+                 the request (this server answers the same request, soon, with this transaction \
+                 while it is the account's last; send an Idempotency-Key to be sure)"
             ),
             // The URL may hold an API key.
             Self::BadUrl { .. } => "the chain node's URL is not valid; see the log".to_owned(),

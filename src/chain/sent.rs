@@ -52,7 +52,7 @@ pub(super) struct Unseen {
 }
 
 impl Unseen {
-    /// Whether it still answers for its call.
+    /// Whether it is recent enough to answer for its call once mined.
     pub(super) fn current(&self) -> bool {
         self.at.elapsed() < WINDOW
     }
@@ -121,6 +121,85 @@ pub(super) fn seen(call: &Call, slot: &Slot, tx: B256) {
     {
         drop(held);
         t.slots.remove(call);
+    }
+}
+
+/// Records a named request's transaction where its retries will look (a database row).
+pub type RecordSent =
+    Arc<dyn Fn(B256) -> futures::future::BoxFuture<'static, Result<(), String>> + Send + Sync>;
+
+/// A request its caller named (an `Idempotency-Key`): every try of it is answered by one
+/// transaction, whatever the account did between the tries, since the caller says they are
+/// one request. Only the first write of a client carrying it uses it.
+#[derive(Clone)]
+pub struct Ticket {
+    /// Tells the request apart in this process's table (the caller's scope and key).
+    name: Bytes,
+    /// The transaction an earlier try sent, as its record says.
+    earlier: Option<B256>,
+    record: RecordSent,
+    /// Whether a write took it (the first does).
+    taken: Arc<std::sync::atomic::AtomicBool>,
+    /// Whether a transaction belongs to it (sent by this try, or the earlier one answering).
+    bound: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl std::fmt::Debug for Ticket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ticket")
+            .field("earlier", &self.earlier)
+            .field("used", &self.used())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Ticket {
+    /// A ticket for the request called `name`, whose earlier try sent `earlier` (if any);
+    /// `record` keeps the transaction this try sends.
+    pub fn new(name: impl Into<Bytes>, earlier: Option<B256>, record: RecordSent) -> Self {
+        Self {
+            name: name.into(),
+            earlier,
+            record,
+            taken: Arc::default(),
+            bound: Arc::default(),
+        }
+    }
+
+    /// Whether a transaction belongs to the request (one was sent, or an earlier try's
+    /// answered); a try that failed before either holds none.
+    pub fn used(&self) -> bool {
+        self.bound.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Takes it for a write (`None` once taken: a later write of the same client is its own).
+    pub(super) fn take(&self) -> Option<&Self> {
+        (!self.taken.swap(true, std::sync::atomic::Ordering::SeqCst)).then_some(self)
+    }
+
+    /// An earlier try's transaction answers the request.
+    pub(super) fn answered_by_earlier(&self) {
+        self.bound.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// This process's table key part for it.
+    pub(super) fn name(&self) -> Bytes {
+        let mut n = b"idempotency-key:".to_vec();
+        n.extend_from_slice(&self.name);
+        n.into()
+    }
+
+    /// The earlier try's transaction.
+    pub(super) fn earlier(&self) -> Option<B256> {
+        self.earlier
+    }
+
+    /// Keeps `tx` as the request's (a failure is logged: the transaction is sent either way).
+    pub(super) async fn record(&self, tx: B256) {
+        self.bound.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Err(e) = (self.record)(tx).await {
+            tracing::warn!(%tx, "a named request's transaction was not recorded: {e}");
+        }
     }
 }
 

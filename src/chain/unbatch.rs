@@ -7,37 +7,64 @@
 //! or one error object where an array was asked for), others cap their size and refuse a
 //! larger one whole. A node on such an endpoint refused every write and most releases with
 //! 503. Now a refused batch is sent again as single requests side by side, and the endpoint
-//! is remembered (per process, by URL) as one that takes none, so later batches go singly at
-//! once. The answer is the batch's, assembled: callers do not see the difference.
+//! is remembered (per process, by URL, for [`FORGET_AFTER`]) as one that takes none, so later
+//! batches go singly at once. The answer is the batch's, assembled.
 //!
-//! Given up: the single calls may reach different replicas behind a load balancer, as any two
-//! requests may (`Pinned` names blocks by number, so a lagging replica still fails its call
-//! instead of answering on old state).
+//! What callers lose: the calls may now reach different replicas behind a load balancer, as
+//! any two requests may. `Pinned` names blocks by number, so a lagging replica still fails its
+//! call instead of answering on old state; but "the hash and the finalized block came in one
+//! answer" no longer holds, so a share node asks [`split`] and trusts no access event as final
+//! on such an endpoint (it checks the event's block on every release).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::task::{Context, Poll};
+use std::time::Instant;
 
 use alloy::rpc::json_rpc::{RequestPacket, Response, ResponsePacket};
 use alloy::transports::{TransportError, TransportFut};
 
-/// The endpoints (by URL) that refused a batch in this process.
-static REFUSING: LazyLock<Mutex<HashMap<String, Arc<AtomicBool>>>> = LazyLock::new(Mutex::default);
+/// How long an endpoint that refused a batch is sent none: then one is tried again (an
+/// endpoint that began to take them, or a refusal that was not one).
+pub(crate) const FORGET_AFTER: std::time::Duration = std::time::Duration::from_secs(600);
 
-/// Whether the endpoint at `url` refused a batch: shared by every client of the URL.
-fn refuses(url: &str) -> Arc<AtomicBool> {
+/// When an endpoint last refused a batch (milliseconds since [`EPOCH`]; 0: never).
+pub(crate) type Refused = Arc<AtomicU64>;
+
+/// The instant refusal times count from.
+static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
+
+/// The endpoints (by URL) that refused a batch in this process.
+static REFUSING: LazyLock<Mutex<HashMap<String, Refused>>> = LazyLock::new(Mutex::default);
+
+fn now_ms() -> u64 {
+    // Never 0, which means "never refused".
+    u64::try_from(EPOCH.elapsed().as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1)
+}
+
+/// When the endpoint at `url` refused a batch: shared by every client of the URL.
+pub(crate) fn refusals(url: &str) -> Refused {
     let mut map = REFUSING
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     Arc::clone(map.entry(url.to_owned()).or_default())
 }
 
+/// Whether batches to an endpoint are sent as single requests now (it refused one less than
+/// [`FORGET_AFTER`] ago): answers of one batch may come from several replicas.
+pub(crate) fn split(refused: &Refused) -> bool {
+    let at = refused.load(Ordering::Relaxed);
+    at != 0 && now_ms().saturating_sub(at) < FORGET_AFTER.as_millis() as u64
+}
+
 /// A transport that sends a batch its endpoint refuses as single requests.
 #[derive(Debug, Clone)]
 pub(crate) struct Unbatch<S> {
     inner: S,
-    refuses: Arc<AtomicBool>,
+    refused: Refused,
 }
 
 impl<S> Unbatch<S> {
@@ -45,30 +72,35 @@ impl<S> Unbatch<S> {
     pub(crate) fn new(inner: S, url: &str) -> Self {
         Self {
             inner,
-            refuses: refuses(url),
+            refused: refusals(url),
         }
     }
 }
 
 /// Whether `answer` to a batch of `asked` requests is the endpoint's refusal of batches
-/// (rather than answers, or a failure that single requests would meet too).
+/// (rather than answers, or a failure that single requests would meet too: a rate limit, an
+/// overloaded or unreachable node).
 fn refused(asked: usize, answer: &Result<ResponsePacket, TransportError>) -> bool {
+    let about_batches =
+        |e: &alloy::rpc::json_rpc::ErrorPayload| e.message.to_ascii_lowercase().contains("batch");
     match answer {
-        // One error object where an array was asked for (alloy hands a JSON-RPC error body
-        // of an HTTP error status over as such an answer too).
-        Ok(ResponsePacket::Single(_)) => true,
-        // A cap: errors only, saying so. (A node answers an array of errors for calls that
-        // each fail; those are answers.)
+        // One error object where an array was asked for (alloy hands the JSON-RPC error body
+        // of an HTTP error status over as such an answer too, a 429's among them): "invalid
+        // request" (a server that takes no arrays) or words about batches.
+        Ok(ResponsePacket::Single(r)) => r
+            .payload()
+            .as_error()
+            .is_some_and(|e| e.code == -32600 || about_batches(e)),
+        // A cap: errors only, each saying so. (A node answers an array of errors for calls
+        // that each fail; those are answers.)
         Ok(ResponsePacket::Batch(rs)) => {
             rs.len() != asked
-                || rs.iter().all(|r| {
-                    r.payload()
-                        .as_error()
-                        .is_some_and(|e| e.message.to_ascii_lowercase().contains("batch"))
-                })
+                || rs
+                    .iter()
+                    .all(|r| r.payload().as_error().is_some_and(about_batches))
         }
-        // An HTTP status that refuses the request itself (not "too many requests", "timed
-        // out", or the server's own failure, which singles would meet too).
+        // An HTTP status that refuses the request itself, without a JSON-RPC body (not "too
+        // many requests" or "timed out", which single requests would meet too).
         Err(e) => e
             .as_transport_err()
             .and_then(|k| k.as_http_error())
@@ -100,19 +132,20 @@ where
             return self.inner.call(req);
         };
         let mut inner = self.inner.clone();
-        let refuses = Arc::clone(&self.refuses);
+        let refused_at = Arc::clone(&self.refused);
         Box::pin(async move {
-            if !refuses.load(Ordering::Relaxed) {
+            if !split(&refused_at) {
                 let answer = inner.call(RequestPacket::Batch(calls.clone())).await;
                 if !refused(calls.len(), &answer) {
                     return answer;
                 }
                 tracing::warn!(
                     "the chain endpoint refused a batch of {} requests; sending single requests \
-                     to it from now on",
-                    calls.len()
+                     to it for the next {} s",
+                    calls.len(),
+                    FORGET_AFTER.as_secs()
                 );
-                refuses.store(true, Ordering::Relaxed);
+                refused_at.store(now_ms(), Ordering::Relaxed);
             }
             singly(inner, calls).await
         })
@@ -162,6 +195,8 @@ mod tests {
         Status,
         /// An array of "batch too large" errors above two calls.
         Cap,
+        /// HTTP 429 with a JSON-RPC error body: a rate limit, no refusal of batches.
+        RateLimit,
         /// Takes batches.
         None,
     }
@@ -174,8 +209,9 @@ mod tests {
         let batches = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let seen = Arc::clone(&batches);
         let answer = |r: &Value| json!({"jsonrpc": "2.0", "id": r["id"], "result": "0x7"});
-        let app = axum::Router::new().route(
-            "/",
+        // Any path: each endpoint gets a URL of its own (refusals are remembered by URL, and a
+        // port may be used again by a later test).
+        let app = axum::Router::new().fallback(
             axum::routing::post(move |axum::Json(req): axum::Json<Value>| {
                 let seen = Arc::clone(&seen);
                 async move {
@@ -190,6 +226,12 @@ mod tests {
                         Refusal::Status => {
                             (StatusCode::BAD_REQUEST, "batches not allowed").into_response()
                         }
+                        Refusal::RateLimit => (
+                            StatusCode::TOO_MANY_REQUESTS,
+                            axum::Json(json!({"jsonrpc": "2.0", "id": null,
+                                "error": {"code": -32005, "message": "rate limit exceeded"}})),
+                        )
+                            .into_response(),
                         Refusal::Cap if items.len() > 2 => axum::Json(Value::Array(
                             items
                                 .iter()
@@ -205,7 +247,11 @@ mod tests {
             }),
         );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
+        let url = format!(
+            "http://{}/{}",
+            listener.local_addr().unwrap(),
+            crate::chain::random_b256()
+        );
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
@@ -242,6 +288,18 @@ mod tests {
                 "once refused, the endpoint is sent no more batches"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn a_rate_limited_batch_is_no_refusal() {
+        let (url, batches) = endpoint(Refusal::RateLimit).await;
+        assert!(three(&url).await.is_err(), "the rate limit is the answer");
+        assert!(three(&url).await.is_err());
+        assert_eq!(
+            batches.load(Ordering::SeqCst),
+            2,
+            "the endpoint is still sent batches"
+        );
     }
 
     #[tokio::test]

@@ -9,6 +9,7 @@
 mod accounts;
 mod events;
 mod exports;
+mod idempotency;
 mod readings;
 mod sessions;
 mod tokens;
@@ -16,6 +17,7 @@ mod tokens;
 pub use accounts::AccountRow;
 pub use events::EventStore;
 pub use exports::ExportRow;
+pub use idempotency::{Claim, IDEMPOTENCY_TTL_SECS};
 pub use readings::{IngestStats, NewReading, SealRow, Waiting};
 pub use sessions::SessionRow;
 pub use tokens::TokenRow;

@@ -68,7 +68,12 @@ impl FromRequestParts<AppState> for Actor {
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
         let signer = signer_for(parts, state).await?;
-        Ok(Self(signing(state, &signer)?))
+        let chain = signing(state, &signer)?;
+        // A request the caller named (`Idempotency-Key`): its write is the ticket's.
+        Ok(Self(match parts.extensions.get::<crate::chain::Ticket>() {
+            Some(t) => chain.with_ticket(t.clone()),
+            None => chain,
+        }))
     }
 }
 

@@ -5,6 +5,7 @@
 mod chain_api;
 mod error;
 mod health;
+mod idempotency;
 mod ingest_api;
 mod openapi;
 mod proxy;
@@ -57,6 +58,10 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(chain_api::access))
         .routes(routes!(chain_api::break_glass))
         .routes(routes!(records_api::download))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            idempotency::idempotency,
+        ))
         .layer(RequestBodyLimitLayer::new(JSON_BODY_LIMIT));
     let upload = OpenApiRouter::new()
         .routes(routes!(records_api::upload))
@@ -78,7 +83,8 @@ pub fn router(state: AppState) -> Router {
                 .routes(routes!(ingest_api::stream))
                 .layer(axum::extract::DefaultBodyLimit::disable()),
         );
-    let (routes, doc) = api.merge(upload).merge(devices).split_for_parts();
+    let (routes, mut doc) = api.merge(upload).merge(devices).split_for_parts();
+    openapi::idempotency_header(&mut doc);
     let doc = std::sync::Arc::new(doc);
     routes
         .route(

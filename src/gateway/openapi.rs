@@ -40,3 +40,34 @@ impl Modify for Bearer {
             );
     }
 }
+
+/// Adds the optional `Idempotency-Key` header to every contract write of the API (its POSTs
+/// under `/api/`), once the router has put the paths in.
+pub(super) fn idempotency_header(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::path::{ParameterBuilder, ParameterIn};
+    use utoipa::openapi::{ObjectBuilder, RefOr, Required, Type};
+    for (path, item) in &mut doc.paths.paths {
+        let Some(post) = item.post.as_mut().filter(|_| path.starts_with("/api/")) else {
+            continue;
+        };
+        post.parameters.get_or_insert_with(Vec::new).push(RefOr::T(
+            ParameterBuilder::new()
+                .name("Idempotency-Key")
+                .parameter_in(ParameterIn::Header)
+                .required(Required::False)
+                .description(Some(
+                    "Names this request (1 to 255 printable ASCII characters, a UUID say) for a \
+                     day: sent again with the same key, it is answered by the transaction the \
+                     first try sent (`Idempotent-Replayed: true`), not sent twice; the same key \
+                     with another path or body is refused with 422. Needs the gateway's database.",
+                ))
+                .schema(Some(
+                    ObjectBuilder::new()
+                        .schema_type(Type::String)
+                        .min_length(Some(1))
+                        .max_length(Some(255)),
+                ))
+                .build(),
+        ));
+    }
+}

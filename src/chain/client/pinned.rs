@@ -225,6 +225,9 @@ impl Pinned<'_> {
     /// twice the endpoint's work), and a hash seen in the same answer as a finalized block at
     /// or above it is final (one request reaches one replica behind a load balancer).
     ///
+    /// The finalized block is none also when the endpoint refuses batches (the calls then go
+    /// one by one, maybe to several replicas: `chain::unbatch`).
+    ///
     /// # Errors
     /// As [`Self::can_read_at`]; transport errors of the block lookup. The finalized lookup
     /// fails nothing: an endpoint that does not know the tag answers none.
@@ -253,11 +256,15 @@ impl Pinned<'_> {
         let block = add_block(&mut batch, BlockNumberOrTag::Number(number))?;
         let finalized = add_block(&mut batch, BlockNumberOrTag::Finalized)?;
         batch.send().await?;
+        // Sent as single requests (the endpoint refuses batches), the finalized block may come
+        // from another replica than the hash: it vouches for nothing then.
+        let whole = !self.chain.batches_split();
         let yes = judge
             .decode_output(call_answer(yes).await?)
             .map_err(ChainError::from_contract)?;
         let hash = block.await?.map(|b| b.header.hash);
-        Ok((yes, hash, finalized_number(finalized).await))
+        let finalized = finalized_number(finalized).await.filter(|_| whole);
+        Ok((yes, hash, finalized))
     }
 }
 

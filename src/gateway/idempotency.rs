@@ -1,0 +1,189 @@
+//! `Idempotency-Key` on the REST API's writes (the IETF httpapi draft's header, as payment APIs
+//! use it): a client that did not get an answer (a timeout, a dropped connection, a 503 naming
+//! a transaction) sends the same request again with the same key, and it is answered by the
+//! transaction the first try sent instead of a second one: a break-glass is not counted twice,
+//! a revoke retried after a grant does not undo the grant. Without a key the chain client's
+//! own rules apply (`chain::sent`), which cannot tell a retry from a new request once the
+//! account did something in between.
+//!
+//! The key is scoped to the caller's API token (its sha256) and names one request (method,
+//! path and body, as a sha256 fingerprint) for a day; the same key with another request is
+//! refused (422). Which transaction a key's request sent is kept in the gateway's database,
+//! so a retry after a restart is answered by it too. A try that failed before sending anything
+//! frees its key. A replay carries `Idempotent-Replayed: true`.
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use sha2::{Digest, Sha256};
+
+use super::{ApiError, AppState};
+use crate::chain::Ticket;
+use crate::db::Claim;
+
+/// The request header.
+pub(super) const HEADER: &str = "idempotency-key";
+
+/// The longest key taken (a UUID is 36 characters).
+const MAX_KEY: usize = 255;
+
+/// A key from its header: 1 to 255 printable ASCII characters, bare or as a structured-field
+/// string (`"..."`, as the draft writes it).
+fn key_of(v: &HeaderValue) -> Result<String, ApiError> {
+    let bad = || {
+        ApiError::bad_request(format!(
+            "Idempotency-Key must be 1 to {MAX_KEY} printable ASCII characters (a UUID, say)"
+        ))
+    };
+    let s = v.to_str().map_err(|_| bad())?.trim();
+    let s = s
+        .strip_prefix('"')
+        .and_then(|s| s.strip_suffix('"'))
+        .unwrap_or(s);
+    if s.is_empty()
+        || s.len() > MAX_KEY
+        || !s.bytes().all(|b| b.is_ascii_graphic() || b == b' ')
+        || s.contains('"')
+    {
+        return Err(bad());
+    }
+    Ok(s.to_owned())
+}
+
+fn hex_sha256(parts: &[&[u8]]) -> String {
+    let mut h = Sha256::new();
+    for p in parts {
+        // Length-prefixed: no two lists of parts hash alike.
+        h.update((p.len() as u64).to_be_bytes());
+        h.update(p);
+    }
+    crate::strict_hex::encode(h.finalize())
+}
+
+/// The middleware: POSTs with the header get a [`Ticket`] in their extensions (the `Actor`
+/// extractor hands it to the chain client); the rest pass as they are.
+pub(super) async fn idempotency(
+    State(state): State<AppState>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let Some(value) = req.headers().get(HEADER).cloned() else {
+        return next.run(req).await;
+    };
+    if req.method() != Method::POST {
+        // Reads are idempotent already.
+        return next.run(req).await;
+    }
+    match named(&state, req, value, next).await {
+        Ok(r) | Err(r) => r,
+    }
+}
+
+async fn named(
+    state: &AppState,
+    req: Request,
+    value: HeaderValue,
+    next: Next,
+) -> Result<Response, Response> {
+    let key = key_of(&value).map_err(IntoResponse::into_response)?;
+    let Some(token) = req
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|t| t.trim().to_owned())
+    else {
+        // No caller to scope the key to: the handler answers 401.
+        return Ok(next.run(req).await);
+    };
+    let Some(db) = state.database().cloned() else {
+        return Err(ApiError::bad_request(
+            "this gateway keeps no Idempotency-Key (it runs without a database); send the request without one".into(),
+        )
+        .into_response());
+    };
+    let scope = hex_sha256(&[token.as_bytes()]);
+    let (parts, body) = req.into_parts();
+    let bytes = axum::body::to_bytes(body, super::JSON_BODY_LIMIT)
+        .await
+        .map_err(|_| {
+            (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                axum::Json(serde_json::json!({"error": "the request body is too large", "kind": "BadInput"})),
+            )
+                .into_response()
+        })?;
+    let target = parts
+        .uri
+        .path_and_query()
+        .map_or("", axum::http::uri::PathAndQuery::as_str);
+    let fingerprint = hex_sha256(&[parts.method.as_str().as_bytes(), target.as_bytes(), &bytes]);
+    let now = crate::clock::unix_now();
+    let claim = db
+        .claim_idempotency_key(&scope, &key, &fingerprint, now)
+        .await
+        .map_err(|e| ApiError::from(e).into_response())?;
+    let earlier = match claim {
+        Claim::Other => {
+            return Err(ApiError::new(
+                crate::kind::ErrorKind::Unprocessable,
+                "this Idempotency-Key was used for another request (another path or body); use a new key for a new request".into(),
+            )
+            .into_response());
+        }
+        Claim::Same { tx } => tx.and_then(|t| t.parse::<alloy::primitives::B256>().ok()),
+    };
+    let record: crate::chain::RecordSent = {
+        let (db, scope, key) = (db.clone(), scope.clone(), key.clone());
+        std::sync::Arc::new(move |tx| {
+            let (db, scope, key) = (db.clone(), scope.clone(), key.clone());
+            Box::pin(async move {
+                db.idempotency_key_sent(&scope, &key, &tx.to_string())
+                    .await
+                    .map_err(|e| crate::kind::with_sources(&e))
+            })
+        })
+    };
+    let ticket = Ticket::new(format!("{scope}:{key}").into_bytes(), earlier, record);
+    let mut req = Request::from_parts(parts, Body::from(bytes));
+    req.extensions_mut().insert(ticket.clone());
+    let mut resp = next.run(req).await;
+    if earlier.is_some() && ticket.used() {
+        resp.headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    if !ticket.used()
+        && let Err(e) = db.release_idempotency_key(&scope, &key).await
+    {
+        tracing::warn!("an Idempotency-Key whose request sent nothing was not freed: {e}");
+    }
+    Ok(resp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_printable_ascii_bare_or_quoted() {
+        let ok = |s: &str| key_of(&HeaderValue::from_str(s).unwrap());
+        assert_eq!(ok("abc-123").unwrap(), "abc-123");
+        assert_eq!(
+            ok("\"8e03978e-40d5-43e8-bc93-6894a57f9324\"").unwrap(),
+            "8e03978e-40d5-43e8-bc93-6894a57f9324"
+        );
+        assert!(ok("").is_err());
+        assert!(ok("\"\"").is_err());
+        assert!(ok(&"x".repeat(256)).is_err());
+        assert!(ok("a\"b").is_err());
+        assert!(key_of(&HeaderValue::from_bytes(b"caf\xc3\xa9").unwrap()).is_err());
+    }
+
+    #[test]
+    fn fingerprints_tell_parts_apart() {
+        assert_ne!(hex_sha256(&[b"ab", b"c"]), hex_sha256(&[b"a", b"bc"]));
+        assert_eq!(hex_sha256(&[b"x"]).len(), 64);
+    }
+}
