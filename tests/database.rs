@@ -68,50 +68,79 @@ async fn readings(db: &Database) {
     assert_eq!(sealed[0].record.as_deref(), Some("0xrecord"));
 }
 
-/// Idempotency keys: claimed, recorded, scoped, refused for another request, freed, expired.
+/// Idempotency keys: claimed, recorded, scoped, refused for another request, freed (only by
+/// the try that made the row), expired and taken over.
 async fn idempotency_keys(db: &Database) {
     use ehr_share::db::{Claim, IDEMPOTENCY_TTL_SECS};
     let (scope, other_scope) = ("a".repeat(64), "b".repeat(64));
     let (fp, other_fp) = ("1".repeat(64), "2".repeat(64));
-    let key = "8e03978e-40d5-43e8-bc93-6894a57f9324";
+    let key = "c".repeat(64);
     let tx = format!("0x{}", "ab".repeat(32));
-    let now = 1_800_000_000;
+    // Far from the clock of other tests' rows; expired rows are swept at most hourly.
+    let now = 1_900_000_000
+        + u64::from(u16::from_be_bytes([
+            ehr_share::chain::random_b256()[0],
+            ehr_share::chain::random_b256()[0],
+        ])) * 100_000;
     let claim = |scope: &str, fp: &str, at: u64| {
-        let (scope, fp) = (scope.to_owned(), fp.to_owned());
+        let (scope, fp, key) = (scope.to_owned(), fp.to_owned(), key.clone());
         async move {
-            db.claim_idempotency_key(&scope, key, &fp, at)
+            db.claim_idempotency_key(&scope, &key, &fp, at)
                 .await
                 .unwrap()
         }
     };
-    assert_eq!(claim(&scope, &fp, now).await, Claim::Same { tx: None });
-    // A second try before anything was sent: nothing to answer with yet.
-    assert_eq!(claim(&scope, &fp, now + 1).await, Claim::Same { tx: None });
-    db.idempotency_key_sent(&scope, key, &tx).await.unwrap();
+    let fresh = Claim::Same {
+        tx: None,
+        fresh: true,
+    };
+    assert_eq!(claim(&scope, &fp, now).await, fresh);
+    // A second try before anything was sent: nothing to answer with yet, and not its row.
+    assert_eq!(
+        claim(&scope, &fp, now + 1).await,
+        Claim::Same {
+            tx: None,
+            fresh: false
+        }
+    );
+    db.idempotency_key_sent(&scope, &key, &fp, &tx, now + 1)
+        .await
+        .unwrap();
     assert_eq!(
         claim(&scope, &fp, now + 2).await,
         Claim::Same {
-            tx: Some(tx.clone())
+            tx: Some(tx.clone()),
+            fresh: false
         }
     );
     assert_eq!(claim(&scope, &other_fp, now + 2).await, Claim::Other);
     // Another caller's key of the same name is its own.
-    assert_eq!(
-        claim(&other_scope, &other_fp, now).await,
-        Claim::Same { tx: None }
-    );
+    assert_eq!(claim(&other_scope, &other_fp, now).await, fresh);
     // Freed only when nothing was sent.
-    db.release_idempotency_key(&scope, key).await.unwrap();
+    db.release_idempotency_key(&scope, &key).await.unwrap();
     assert_eq!(claim(&scope, &other_fp, now + 3).await, Claim::Other);
-    db.release_idempotency_key(&other_scope, key).await.unwrap();
+    db.release_idempotency_key(&other_scope, &key)
+        .await
+        .unwrap();
+    assert_eq!(claim(&other_scope, &fp, now + 3).await, fresh);
+    // A row gone before its transaction is recorded is made again.
+    db.release_idempotency_key(&other_scope, &key)
+        .await
+        .unwrap();
+    db.idempotency_key_sent(&other_scope, &key, &fp, &tx, now + 4)
+        .await
+        .unwrap();
     assert_eq!(
-        claim(&other_scope, &fp, now + 3).await,
-        Claim::Same { tx: None }
+        claim(&other_scope, &fp, now + 5).await,
+        Claim::Same {
+            tx: Some(tx.clone()),
+            fresh: false
+        }
     );
-    // A day later the key names a new request.
+    // A day later the key names a new request (taken over, or swept and made anew).
     assert_eq!(
-        claim(&scope, &other_fp, now + IDEMPOTENCY_TTL_SECS + 1).await,
-        Claim::Same { tx: None }
+        claim(&scope, &other_fp, now + IDEMPOTENCY_TTL_SECS + 10).await,
+        fresh
     );
 }
 

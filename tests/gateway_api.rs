@@ -477,3 +477,40 @@ async fn a_request_retried_with_its_idempotency_key_is_answered_by_the_first_tra
     let r = revoke(doctor.address(), "").await.unwrap();
     assert_eq!(r.status(), 400);
 }
+
+/// A doctor's access request sent twice at once with one key is one transaction; sent again
+/// after it was mined, it is answered by it, although a second request would be refused (one
+/// is pending): the check made before a send does not refuse a replay.
+#[tokio::test]
+async fn a_keyed_request_sent_twice_at_once_and_again_later_is_one_transaction() {
+    let office = common::office().await;
+    let (_, addr) = common::new_patient(&office).await;
+    let doctor = common::verified_doctor(&office).await;
+    let mut keyring = Keyring::default();
+    keyring.insert("tok-doctor", doctor.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let url = gateway_with_database(keyring, dir.path()).await;
+    let http = reqwest::Client::new();
+    let ask = |key: &'static str| {
+        http.post(format!("{url}/api/requests"))
+            .bearer_auth("tok-doctor")
+            .header("Idempotency-Key", key)
+            .json(&json!({"addr": addr.to_string()}))
+            .send()
+    };
+    let answer = |r: reqwest::Response| async move {
+        let status = r.status();
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(status, 200, "{body}");
+        body["tx_hash"].as_str().unwrap().to_owned()
+    };
+    let (a, b) = tokio::join!(ask("rq-1"), ask("rq-1"));
+    let (a, b) = (answer(a.unwrap()).await, answer(b.unwrap()).await);
+    assert_eq!(a, b, "one transaction for both tries");
+    let again = ask("rq-1").await.unwrap();
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    assert_eq!(answer(again).await, a);
+    // A new request (another key) is refused: one is pending.
+    let r = ask("rq-2").await.unwrap();
+    assert_eq!(r.status(), 409, "{:?}", r.text().await);
+}

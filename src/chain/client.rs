@@ -543,6 +543,7 @@ impl EhrChain {
             .as_ref()
             .and_then(super::sent::Ticket::take)
             .cloned();
+        let named = ticket.is_some();
         let key = super::sent::Call {
             chain_id: self.chain_id,
             from: self.from,
@@ -567,7 +568,11 @@ impl EhrChain {
                 })??
         };
         let receipt = self.receipt_of(tx).await?;
-        super::sent::seen(&key, &slot, tx);
+        if !named {
+            // A named request's transaction stays in its slot: a try of it that comes at once
+            // but reaches the slot later is answered by it too.
+            super::sent::seen(&key, &slot, tx);
+        }
         if !receipt.status() {
             return Err(ChainError::Reverted(format!(
                 "transaction {} reverted",
@@ -592,7 +597,11 @@ impl EhrChain {
             // A named request: its tries are one request, whatever happened between them.
             // Answered by the transaction a try sent while the node knows it.
             if let Some(tx) = held.map(|u| u.tx).or(t.earlier())
-                && self.provider.get_transaction_by_hash(tx).await?.is_some()
+                && self
+                    .provider
+                    .get_transaction_by_hash(tx)
+                    .await?
+                    .is_some_and(|t| self.is_ours(&t))
             {
                 tracing::info!(%tx, "a retried request; answering with its transaction");
                 t.answered_by_earlier();
@@ -626,6 +635,35 @@ impl EhrChain {
         Ok(tx)
     }
 
+    /// Whether `t` was sent by this client's account to its contract.
+    fn is_ours(&self, t: &alloy::rpc::types::Transaction) -> bool {
+        t.inner.signer() == self.from
+            && alloy::consensus::Transaction::to(t) == Some(self.address())
+    }
+
+    /// Whether this client's next write is the retry of a named request whose earlier try's
+    /// transaction the node knows (see [`Self::with_ticket`]): it will be answered by that
+    /// transaction, so checks made before a send (of state the first try changed: a request
+    /// now pending, a patient now issued) would refuse what is a replay.
+    ///
+    /// # Errors
+    /// Transport errors.
+    pub(super) async fn retrying(&self) -> Result<bool, ChainError> {
+        let Some(tx) = self
+            .ticket
+            .as_ref()
+            .filter(|t| t.untaken())
+            .and_then(super::sent::Ticket::earlier)
+        else {
+            return Ok(false);
+        };
+        Ok(self
+            .provider
+            .get_transaction_by_hash(tx)
+            .await?
+            .is_some_and(|t| self.is_ours(&t)))
+    }
+
     /// Whether the unseen transaction `u` answers for a call the same as it: the node has it,
     /// and nothing was sent from this account after it (by this process or another); once
     /// mined, it did not revert and was sent less than [`super::sent::WINDOW`] ago. After the
@@ -634,7 +672,12 @@ impl EhrChain {
     /// is asked again to be tried again; one still in the pool answers however long it waits
     /// (a second would queue behind it).
     async fn answers_for(&self, u: super::sent::Unseen) -> Result<bool, ChainError> {
-        let Some(t) = self.provider.get_transaction_by_hash(u.tx).await? else {
+        let Some(t) = self
+            .provider
+            .get_transaction_by_hash(u.tx)
+            .await?
+            .filter(|t| self.is_ours(t))
+        else {
             return Ok(false);
         };
         let next = self

@@ -142,6 +142,8 @@ pub struct Ticket {
     taken: Arc<std::sync::atomic::AtomicBool>,
     /// Whether a transaction belongs to it (sent by this try, or the earlier one answering).
     bound: Arc<std::sync::atomic::AtomicBool>,
+    /// Whether an earlier try's transaction answered it.
+    replayed: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl std::fmt::Debug for Ticket {
@@ -163,6 +165,7 @@ impl Ticket {
             record,
             taken: Arc::default(),
             bound: Arc::default(),
+            replayed: Arc::default(),
         }
     }
 
@@ -180,6 +183,18 @@ impl Ticket {
     /// An earlier try's transaction answers the request.
     pub(super) fn answered_by_earlier(&self) {
         self.bound.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.replayed
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Whether an earlier try's transaction answered the request (a replay).
+    pub fn replayed(&self) -> bool {
+        self.replayed.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Whether no write took it yet.
+    pub(super) fn untaken(&self) -> bool {
+        !self.taken.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// This process's table key part for it.

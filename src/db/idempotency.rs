@@ -1,5 +1,6 @@
 //! Rows of `idempotency_keys`: the requests callers named with an `Idempotency-Key`, and the
-//! transaction each sent.
+//! transaction each sent. The caller passes the scope and the key as hex digests
+//! (`gateway::idempotency`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -14,11 +15,14 @@ pub const IDEMPOTENCY_TTL_SECS: u64 = 86_400;
 /// What a key is to a request that names it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Claim {
-    /// The first try (or one after a try that sent nothing), or a retry: the transaction an
-    /// earlier try sent, if any.
+    /// This request's key: the transaction an earlier try sent, if any, and whether this try
+    /// made the row (only such a try frees it when it sends nothing: another try may be
+    /// sending).
     Same {
         /// The earlier try's transaction (`0x` + 64 hex digits).
         tx: Option<String>,
+        /// This try made the row.
+        fresh: bool,
     },
     /// The key named another request (another path or body).
     Other,
@@ -28,16 +32,16 @@ pub enum Claim {
 static SWEPT_AT: AtomicU64 = AtomicU64::new(0);
 
 impl Database {
-    /// Claims `key` in `scope` for a request of `fingerprint` at `now`: a new row, or what an
-    /// unexpired row says (an expired one is taken over). Expired rows are removed at most
-    /// once an hour.
+    /// Claims the key `key_hash` in `scope` for a request of `fingerprint` at `now`: a new row,
+    /// or what an unexpired row says (an expired one is taken over). Expired rows are removed at
+    /// most once an hour.
     ///
     /// # Errors
     /// Query failures.
     pub async fn claim_idempotency_key(
         &self,
         scope: &str,
-        key: &str,
+        key_hash: &str,
         fingerprint: &str,
         now: u64,
     ) -> Result<Claim, DbError> {
@@ -53,85 +57,130 @@ impl Database {
                 .execute(self.pool())
                 .await?;
         }
-        let insert = sqlx::query(
-            "INSERT INTO idempotency_keys (scope, idem_key, fingerprint, tx, created_at) \
-             VALUES (?, ?, ?, NULL, ?)",
-        )
-        .bind(scope)
-        .bind(key)
-        .bind(fingerprint)
-        .bind(to_i64(now))
-        .execute(self.pool())
-        .await;
-        match inserted(insert, "idempotency key") {
-            Ok(()) => return Ok(Claim::Same { tx: None }),
-            Err(DbError::Conflict(_)) => {}
-            Err(e) => return Err(e),
-        }
-        let row = sqlx::query(
-            "SELECT fingerprint, tx, created_at FROM idempotency_keys \
-             WHERE scope = ? AND idem_key = ?",
-        )
-        .bind(scope)
-        .bind(key)
-        .fetch_optional(self.pool())
-        .await?;
-        let Some(row) = row else {
-            // Released between the two statements: the key is free again.
-            return Box::pin(self.claim_idempotency_key(scope, key, fingerprint, now)).await;
-        };
-        let created: i64 = row.try_get("created_at")?;
-        if created < oldest {
-            // Expired: the key names this request from now on.
-            sqlx::query(
-                "UPDATE idempotency_keys SET fingerprint = ?, tx = NULL, created_at = ? \
-                 WHERE scope = ? AND idem_key = ? AND created_at = ?",
+        // A row deleted or taken over between the statements below: look again (a few times).
+        for _ in 0..4 {
+            let insert = sqlx::query(
+                "INSERT INTO idempotency_keys (scope, key_hash, fingerprint, tx, created_at) \
+                 VALUES (?, ?, ?, NULL, ?)",
             )
+            .bind(scope)
+            .bind(key_hash)
             .bind(fingerprint)
             .bind(to_i64(now))
-            .bind(scope)
-            .bind(key)
-            .bind(created)
             .execute(self.pool())
-            .await?;
-            return Ok(Claim::Same { tx: None });
+            .await;
+            match inserted(insert, "idempotency key") {
+                Ok(()) => {
+                    return Ok(Claim::Same {
+                        tx: None,
+                        fresh: true,
+                    });
+                }
+                Err(DbError::Conflict(_)) => {}
+                Err(e) => return Err(e),
+            }
+            let Some(row) = sqlx::query(
+                "SELECT fingerprint, tx, created_at FROM idempotency_keys \
+                 WHERE scope = ? AND key_hash = ?",
+            )
+            .bind(scope)
+            .bind(key_hash)
+            .fetch_optional(self.pool())
+            .await?
+            else {
+                continue;
+            };
+            let created: i64 = row.try_get("created_at")?;
+            if created < oldest {
+                // Expired: the key names this request from now on, unless another try took
+                // it over first.
+                let took = sqlx::query(
+                    "UPDATE idempotency_keys SET fingerprint = ?, tx = NULL, created_at = ? \
+                     WHERE scope = ? AND key_hash = ? AND created_at = ?",
+                )
+                .bind(fingerprint)
+                .bind(to_i64(now))
+                .bind(scope)
+                .bind(key_hash)
+                .bind(created)
+                .execute(self.pool())
+                .await?;
+                if took.rows_affected() == 1 {
+                    return Ok(Claim::Same {
+                        tx: None,
+                        fresh: true,
+                    });
+                }
+                continue;
+            }
+            let stored: String = row.try_get("fingerprint")?;
+            if stored != fingerprint {
+                return Ok(Claim::Other);
+            }
+            return Ok(Claim::Same {
+                tx: row.try_get("tx")?,
+                fresh: false,
+            });
         }
-        let stored: String = row.try_get("fingerprint")?;
-        if stored != fingerprint {
-            return Ok(Claim::Other);
-        }
-        Ok(Claim::Same {
-            tx: row.try_get("tx")?,
-        })
+        Err(DbError::Conflict(
+            "idempotency key (changed by other requests while it was claimed)",
+        ))
     }
 
-    /// Records that the request `key` names sent `tx`.
+    /// Records that the request the key names sent `tx` (the row made again if it is gone).
     ///
     /// # Errors
     /// Query failures.
     pub async fn idempotency_key_sent(
         &self,
         scope: &str,
-        key: &str,
+        key_hash: &str,
+        fingerprint: &str,
         tx: &str,
+        now: u64,
     ) -> Result<(), DbError> {
-        sqlx::query("UPDATE idempotency_keys SET tx = ? WHERE scope = ? AND idem_key = ?")
-            .bind(tx)
+        let r = sqlx::query(
+            "UPDATE idempotency_keys SET tx = ? WHERE scope = ? AND key_hash = ? AND fingerprint = ?",
+        )
+        .bind(tx)
+        .bind(scope)
+        .bind(key_hash)
+        .bind(fingerprint)
+        .execute(self.pool())
+        .await?;
+        if r.rows_affected() == 0 {
+            let insert = sqlx::query(
+                "INSERT INTO idempotency_keys (scope, key_hash, fingerprint, tx, created_at) \
+                 VALUES (?, ?, ?, ?, ?)",
+            )
             .bind(scope)
-            .bind(key)
+            .bind(key_hash)
+            .bind(fingerprint)
+            .bind(tx)
+            .bind(to_i64(now))
             .execute(self.pool())
-            .await?;
+            .await;
+            match inserted(insert, "idempotency key") {
+                // MySQL counts a row set to the value it had as not affected: it holds `tx`.
+                Ok(()) | Err(DbError::Conflict(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
         Ok(())
     }
 
-    /// Frees `key` when its request sent nothing (it failed before): a retry runs anew.
+    /// Frees the key when its request sent nothing (it failed before): a retry runs anew.
     ///
     /// # Errors
     /// Query failures.
-    pub async fn release_idempotency_key(&self, scope: &str, key: &str) -> Result<(), DbError> {
-        sqlx::query("DELETE FROM idempotency_keys WHERE scope = ? AND idem_key = ? AND tx IS NULL")
+    pub async fn release_idempotency_key(
+        &self,
+        scope: &str,
+        key_hash: &str,
+    ) -> Result<(), DbError> {
+        sqlx::query("DELETE FROM idempotency_keys WHERE scope = ? AND key_hash = ? AND tx IS NULL")
             .bind(scope)
-            .bind(key)
+            .bind(key_hash)
             .execute(self.pool())
             .await?;
         Ok(())

@@ -36,10 +36,17 @@ impl FromRequestParts<AppState> for ActorKey {
     }
 }
 
+/// The caller's signer as a middleware resolved it already (`gateway::idempotency`).
+#[derive(Clone)]
+pub(super) struct Caller(pub(super) alloy::signers::local::PrivateKeySigner);
+
 async fn signer_for(
     parts: &Parts,
     state: &AppState,
 ) -> Result<alloy::signers::local::PrivateKeySigner, ApiError> {
+    if let Some(Caller(s)) = parts.extensions.get::<Caller>() {
+        return Ok(s.clone());
+    }
     let header = parts
         .headers
         .get(axum::http::header::AUTHORIZATION)

@@ -6,15 +6,15 @@
 //! own rules apply (`chain::sent`), which cannot tell a retry from a new request once the
 //! account did something in between.
 //!
-//! The key is scoped to the caller's API token (its sha256) and names one request (method,
-//! path and body, as a sha256 fingerprint) for a day; the same key with another request is
+//! The key is scoped to the caller's account (the one its API token signs as) and names one
+//! request (method, path and body, as a sha256 fingerprint) for a day; the same key with another request is
 //! refused (422). Which transaction a key's request sent is kept in the gateway's database,
 //! so a retry after a restart is answered by it too. A try that failed before sending anything
 //! frees its key. A replay carries `Idempotent-Replayed: true`.
 
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{HeaderValue, Method, StatusCode};
+use axum::http::{HeaderValue, Method};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
@@ -88,44 +88,51 @@ async fn named(
     next: Next,
 ) -> Result<Response, Response> {
     let key = key_of(&value).map_err(IntoResponse::into_response)?;
-    let Some(token) = req
+    // The caller first: a request without a known token is answered by the handler (401) and
+    // claims nothing.
+    let token = req
         .headers()
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .map(|t| t.trim().to_owned())
-    else {
-        // No caller to scope the key to: the handler answers 401.
+        .map(|t| t.trim().to_owned());
+    let signer = match token {
+        Some(t) => state.signer_for_token(&t).await.ok().flatten(),
+        None => None,
+    };
+    let Some(signer) = signer else {
         return Ok(next.run(req).await);
     };
+    let account = signer.address();
     let Some(db) = state.database().cloned() else {
         return Err(ApiError::bad_request(
             "this gateway keeps no Idempotency-Key (it runs without a database); send the request without one".into(),
         )
         .into_response());
     };
-    let scope = hex_sha256(&[token.as_bytes()]);
+    // Digests: fixed length and plain hex, compared alike by every database's collation.
+    let scope = hex_sha256(&[account.as_slice()]);
+    let key_hash = hex_sha256(&[key.as_bytes()]);
     let (parts, body) = req.into_parts();
     let bytes = axum::body::to_bytes(body, super::JSON_BODY_LIMIT)
         .await
         .map_err(|_| {
-            (
-                StatusCode::PAYLOAD_TOO_LARGE,
-                axum::Json(serde_json::json!({"error": "the request body is too large", "kind": "BadInput"})),
+            ApiError::new(
+                crate::kind::ErrorKind::TooLarge,
+                "the request body is too large".into(),
             )
-                .into_response()
+            .into_response()
         })?;
     let target = parts
         .uri
         .path_and_query()
         .map_or("", axum::http::uri::PathAndQuery::as_str);
     let fingerprint = hex_sha256(&[parts.method.as_str().as_bytes(), target.as_bytes(), &bytes]);
-    let now = crate::clock::unix_now();
     let claim = db
-        .claim_idempotency_key(&scope, &key, &fingerprint, now)
+        .claim_idempotency_key(&scope, &key_hash, &fingerprint, crate::clock::unix_now())
         .await
         .map_err(|e| ApiError::from(e).into_response())?;
-    let earlier = match claim {
+    let (earlier, fresh) = match claim {
         Claim::Other => {
             return Err(ApiError::new(
                 crate::kind::ErrorKind::Unprocessable,
@@ -133,29 +140,53 @@ async fn named(
             )
             .into_response());
         }
-        Claim::Same { tx } => tx.and_then(|t| t.parse::<alloy::primitives::B256>().ok()),
+        Claim::Same { tx, fresh } => (
+            tx.and_then(|t| t.parse::<alloy::primitives::B256>().ok()),
+            fresh,
+        ),
     };
     let record: crate::chain::RecordSent = {
-        let (db, scope, key) = (db.clone(), scope.clone(), key.clone());
+        let (db, scope, key_hash, fingerprint) = (
+            db.clone(),
+            scope.clone(),
+            key_hash.clone(),
+            fingerprint.clone(),
+        );
         std::sync::Arc::new(move |tx| {
-            let (db, scope, key) = (db.clone(), scope.clone(), key.clone());
+            let (db, scope, key_hash, fingerprint) = (
+                db.clone(),
+                scope.clone(),
+                key_hash.clone(),
+                fingerprint.clone(),
+            );
             Box::pin(async move {
-                db.idempotency_key_sent(&scope, &key, &tx.to_string())
-                    .await
-                    .map_err(|e| crate::kind::with_sources(&e))
+                db.idempotency_key_sent(
+                    &scope,
+                    &key_hash,
+                    &fingerprint,
+                    &tx.to_string(),
+                    crate::clock::unix_now(),
+                )
+                .await
+                .map_err(|e| crate::kind::with_sources(&e))
             })
         })
     };
-    let ticket = Ticket::new(format!("{scope}:{key}").into_bytes(), earlier, record);
+    let ticket = Ticket::new(format!("{scope}:{key_hash}").into_bytes(), earlier, record);
     let mut req = Request::from_parts(parts, Body::from(bytes));
     req.extensions_mut().insert(ticket.clone());
+    // The handler's extractor takes the caller from here instead of resolving the token again.
+    req.extensions_mut()
+        .insert(super::chain_api::Caller(signer));
     let mut resp = next.run(req).await;
-    if earlier.is_some() && ticket.used() {
+    if ticket.replayed() {
         resp.headers_mut()
             .insert("idempotent-replayed", HeaderValue::from_static("true"));
     }
-    if !ticket.used()
-        && let Err(e) = db.release_idempotency_key(&scope, &key).await
+    // Only the try that made the row frees it: another may be sending meanwhile.
+    if fresh
+        && !ticket.used()
+        && let Err(e) = db.release_idempotency_key(&scope, &key_hash).await
     {
         tracing::warn!("an Idempotency-Key whose request sent nothing was not freed: {e}");
     }

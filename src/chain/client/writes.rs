@@ -39,7 +39,9 @@ impl EhrChain {
         addr: PatientAddr,
         account: Address,
     ) -> Result<TxOutcome, ChainError> {
-        self.check_issuable(account).await?;
+        if !self.retrying().await? {
+            self.check_issuable(account).await?;
+        }
         self.send(self.contract.issuePatient(addr.aid(), addr.pid(), account))
             .await
     }
@@ -181,7 +183,7 @@ impl EhrChain {
     /// Contract rejections and transport errors.
     pub async fn request_access(&self, addr: PatientAddr) -> Result<TxOutcome, ChainError> {
         // Nothing is stored per request; the index tells whether one is pending already.
-        if self.is_pending(addr, self.from).await? {
+        if !self.retrying().await? && self.is_pending(addr, self.from).await? {
             return Err(ChainError::Rejected(format!(
                 "provider {} already has a pending request to patient {addr}",
                 self.from
@@ -201,7 +203,7 @@ impl EhrChain {
         expires_at: Option<u64>,
     ) -> Result<TxOutcome, ChainError> {
         let me = self.own_patient().await?;
-        if !self.is_pending(me, provider).await? {
+        if !self.retrying().await? && !self.is_pending(me, provider).await? {
             return Err(ChainError::Rejected(format!(
                 "no pending request from provider {provider} to patient {me}"
             )));
@@ -228,7 +230,7 @@ impl EhrChain {
     /// Contract rejections and transport errors.
     pub async fn decline_request(&self, provider: Address) -> Result<TxOutcome, ChainError> {
         let me = self.own_patient().await?;
-        if !self.is_pending(me, provider).await? {
+        if !self.retrying().await? && !self.is_pending(me, provider).await? {
             return Err(ChainError::Rejected(format!(
                 "no pending request from provider {provider} to patient {me}"
             )));
