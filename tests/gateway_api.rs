@@ -9,19 +9,23 @@ use ehr_share::ipfs::KuboClient;
 use serde_json::{Value, json};
 
 async fn gateway(keyring: Keyring) -> String {
+    common::serve_gateway(state(keyring).await).await
+}
+
+/// A gateway's state over the shared chain and Kubo, signing with `keyring`.
+async fn state(keyring: Keyring) -> AppState {
     let office = common::office().await;
     let d = office.deployment();
     let chain = ehr_share::chain::EhrChain::connect(&common::rpc(), None, &d)
         .await
         .unwrap();
-    let state = AppState::new(
+    AppState::new(
         &common::rpc(),
         Some(chain),
         KuboClient::new(&common::stack().kubo.api_url),
         keyring,
     )
-    .unwrap();
-    common::serve_gateway(state).await
+    .unwrap()
 }
 
 #[tokio::test]
@@ -382,23 +386,10 @@ async fn one_role_cannot_use_another_roles_api() {
 
 /// A gateway with a database (the `Idempotency-Key` store) in `dir`.
 async fn gateway_with_database(keyring: Keyring, dir: &std::path::Path) -> String {
-    let office = common::office().await;
-    let d = office.deployment();
-    let chain = ehr_share::chain::EhrChain::connect(&common::rpc(), None, &d)
-        .await
-        .unwrap();
     let db = ehr_share::db::Database::open(&ehr_share::db::sqlite_in(dir))
         .await
         .unwrap();
-    let state = AppState::new(
-        &common::rpc(),
-        Some(chain),
-        KuboClient::new(&common::stack().kubo.api_url),
-        keyring,
-    )
-    .unwrap()
-    .with_database(db);
-    common::serve_gateway(state).await
+    common::serve_gateway(state(keyring).await.with_database(db)).await
 }
 
 /// A patient's client sends a revoke with an `Idempotency-Key`, and sends it again (as after a

@@ -450,26 +450,13 @@ pub async fn lagging_rpc(
             }
             pin(&mut req["params"], &at);
         }
-        // An upstream failure is answered as a JSON-RPC error (a panic here would look like
-        // a refusal of the node's).
-        let upstream = async { http.post(target).json(&req).send().await?.json().await };
-        match upstream.await {
-            Ok(v) => v,
-            Err(e) => serde_json::json!({
-                "jsonrpc": "2.0", "id": req["id"].clone(),
-                "error": {"code": -32603, "message": e.to_string()}
-            }),
-        }
+        upstream(http, target, &req).await
     }
     let frozen = std::sync::Arc::new(std::sync::Mutex::new(None));
     let app = axum::Router::new()
         .route("/", axum::routing::post(forward))
         .with_state((target, reqwest::Client::new(), frozen.clone(), stuck));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
+    let url = serve_local(app).await;
     (url, frozen)
 }
 
@@ -502,24 +489,13 @@ pub async fn unfinalized_rpc(
             }
             one => rewrite(one, all),
         };
-        let upstream = async { http.post(&target).json(&req).send().await?.json().await };
-        axum::Json(match upstream.await {
-            Ok(v) => v,
-            Err(e) => serde_json::json!({
-                "jsonrpc": "2.0", "id": req["id"].clone(),
-                "error": {"code": -32603, "message": e.to_string()}
-            }),
-        })
+        axum::Json(upstream(&http, &target, &req).await)
     }
     let all_final = std::sync::Arc::new(AtomicBool::new(false));
     let app = axum::Router::new()
         .route("/", axum::routing::post(forward))
         .with_state((target, reqwest::Client::new(), all_final.clone()));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
+    let url = serve_local(app).await;
     (url, all_final)
 }
 
@@ -544,23 +520,39 @@ pub async fn unbatched_rpc(
                 "error": {"code": -32600, "message": "batch requests are not supported"}
             }));
         }
-        let upstream = async { http.post(&target).json(&req).send().await?.json().await };
-        axum::Json(match upstream.await {
-            Ok(v) => v,
-            Err(e) => serde_json::json!({
-                "jsonrpc": "2.0", "id": req["id"].clone(),
-                "error": {"code": -32603, "message": e.to_string()}
-            }),
-        })
+        axum::Json(upstream(&http, &target, &req).await)
     }
     let refused = std::sync::Arc::new(AtomicUsize::new(0));
     let app = axum::Router::new()
         .route("/", axum::routing::post(forward))
         .with_state((target, reqwest::Client::new(), refused.clone()));
+    let url = serve_local(app).await;
+    (url, refused)
+}
+
+/// `req` sent on to the JSON-RPC endpoint at `target`; its answer, or a JSON-RPC error for a
+/// failure on the way (a panic in a test proxy would look like a refusal of the node's).
+async fn upstream(
+    http: &reqwest::Client,
+    target: &str,
+    req: &serde_json::Value,
+) -> serde_json::Value {
+    let answer = async { http.post(target).json(req).send().await?.json().await };
+    match answer.await {
+        Ok(v) => v,
+        Err(e) => serde_json::json!({
+            "jsonrpc": "2.0", "id": req["id"].clone(),
+            "error": {"code": -32603, "message": e.to_string()}
+        }),
+    }
+}
+
+/// Serves `app` on a free loopback port for the rest of the test; its URL.
+async fn serve_local(app: axum::Router) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
     });
-    (url, refused)
+    url
 }
