@@ -712,6 +712,10 @@ impl EhrChain {
             // Failed polls are asked again for a while (a node restarting, a replica behind a
             // load balancer without the transaction yet), then the wait fails.
             let mut failing_since = None;
+            // The first looks come soon and then less often, up to the poll interval: a node
+            // that mines on arrival (anvil, `geth --dev`) has the receipt a millisecond or two
+            // after the send, and a first miss cost a whole interval (10 ms of a 7 ms read).
+            let mut pause = poll / 8;
             loop {
                 match self.confirmed_receipt(tx).await {
                     Ok(Some(r)) => return Ok(r),
@@ -723,7 +727,8 @@ impl EhrChain {
                         }
                     }
                 }
-                tokio::time::sleep(poll).await;
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(poll);
             }
         };
         match tokio::time::timeout(RECEIPT_WAIT, waited).await {
