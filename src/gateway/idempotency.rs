@@ -193,6 +193,124 @@ async fn named(
     Ok(resp)
 }
 
+/// An upload (`POST /records`) its caller named: the record an earlier try stored answers it
+/// ([`Upload::earlier`]), or this try stores one and [`Upload::made`] keeps its id. Held
+/// while the try runs: a second try of the key in this process waits for the first (a
+/// client's timeout shorter than the upload), then gets its record.
+pub(super) struct Upload {
+    db: crate::db::Database,
+    scope: String,
+    key_hash: String,
+    fingerprint: String,
+    fresh: bool,
+    earlier: Option<String>,
+    stored: bool,
+    _turn: tokio::sync::OwnedMutexGuard<()>,
+}
+
+/// Per key, the try of an upload running in this process.
+static UPLOADS: std::sync::LazyLock<
+    std::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<tokio::sync::Mutex<()>>>>,
+> = std::sync::LazyLock::new(Default::default);
+
+impl Upload {
+    /// The named upload for `key` (the header's value) by `account` of `body` with
+    /// `media_type` to `target` (path and query); `None` without the header.
+    ///
+    /// # Errors
+    /// A malformed key (400), no database (400), the key used for another request (422), the
+    /// database failing (503).
+    pub(super) async fn claim(
+        state: &AppState,
+        headers: &axum::http::HeaderMap,
+        account: alloy::primitives::Address,
+        target: &str,
+        media_type: &str,
+        body: &[u8],
+    ) -> Result<Option<Self>, ApiError> {
+        let Some(value) = headers.get(HEADER) else {
+            return Ok(None);
+        };
+        let key = key_of(value)?;
+        let db = state.database().cloned().ok_or_else(|| {
+            ApiError::bad_request(
+                "this gateway keeps no Idempotency-Key (it runs without a database); send the request without one".into(),
+            )
+        })?;
+        let scope = hex_sha256(&[account.as_slice()]);
+        let key_hash = hex_sha256(&[key.as_bytes()]);
+        let turn = {
+            let lock = {
+                let mut map = UPLOADS
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                map.retain(|_, m| std::sync::Arc::strong_count(m) > 1);
+                std::sync::Arc::clone(map.entry(format!("{scope}:{key_hash}")).or_default())
+            };
+            lock.lock_owned().await
+        };
+        let fingerprint = hex_sha256(&[b"POST", target.as_bytes(), media_type.as_bytes(), body]);
+        let (earlier, fresh) = match db
+            .claim_idempotency_key(&scope, &key_hash, &fingerprint, crate::clock::unix_now())
+            .await?
+        {
+            Claim::Other => {
+                return Err(ApiError::new(
+                    crate::kind::ErrorKind::Unprocessable,
+                    "this Idempotency-Key was used for another request (another path, media type or body); use a new key for a new request".into(),
+                ));
+            }
+            Claim::Same { tx, fresh } => (tx, fresh),
+        };
+        Ok(Some(Self {
+            db,
+            scope,
+            key_hash,
+            fingerprint,
+            fresh,
+            earlier,
+            stored: false,
+            _turn: turn,
+        }))
+    }
+
+    /// The record an earlier try of this upload stored.
+    pub(super) fn earlier(&self) -> Option<&str> {
+        self.earlier.as_deref()
+    }
+
+    /// This try stored `record`: a retry is answered by it.
+    pub(super) async fn made(&mut self, record: &str) {
+        self.stored = true;
+        if let Err(e) = self
+            .db
+            .idempotency_key_sent(
+                &self.scope,
+                &self.key_hash,
+                &self.fingerprint,
+                record,
+                crate::clock::unix_now(),
+            )
+            .await
+        {
+            tracing::warn!(%record, "a named upload's record was not kept with its key: {e}");
+        }
+    }
+
+    /// Frees the key when this try made its row and stored nothing (it failed).
+    pub(super) async fn done(self) {
+        if self.fresh
+            && !self.stored
+            && let Err(e) = self
+                .db
+                .release_idempotency_key(&self.scope, &self.key_hash)
+                .await
+        {
+            tracing::warn!("an Idempotency-Key whose upload stored nothing was not freed: {e}");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
