@@ -694,64 +694,6 @@ async fn downloads_never_render_in_the_gateway_origin() {
     }
 }
 
-/// A client that lost the answer to an upload sends it again with its `Idempotency-Key`: it is
-/// answered by the record the first try stored (marked a replay), and the patient has one
-/// record, not two. Two tries at once are one record too. The key with another body is
-/// refused (422).
-#[tokio::test]
-async fn an_upload_retried_with_its_idempotency_key_stores_one_record() {
-    let office = common::office().await;
-    let procs = nodes::start_many(office.address(), 3, &[]).await;
-    let refs = nodes::refs(&procs).await;
-    let (patient, addr) = common::new_patient(&office).await;
-    let mut keyring = Keyring::default();
-    keyring.insert("tok-p", patient.clone());
-    let dir = tempfile::tempdir().unwrap();
-    let db = ehr_share::db::Database::open(&ehr_share::db::sqlite_in(dir.path()))
-        .await
-        .unwrap();
-    let url = nodes::gateway_with_records_in(&office, keyring, refs, Some(db)).await;
-    let http = reqwest::Client::new();
-    let upload = |key: &'static str, body: &'static str| {
-        http.post(format!("{url}/records?patient={addr}"))
-            .bearer_auth("tok-p")
-            .header("content-type", "text/plain")
-            .header("Idempotency-Key", key)
-            .body(body)
-            .send()
-    };
-    let record = |r: reqwest::Response| async move {
-        let status = r.status();
-        let replayed = r.headers().contains_key("idempotent-replayed");
-        let v: serde_json::Value = r.json().await.unwrap();
-        assert_eq!(status, 200, "{v}");
-        (v["record"].as_str().unwrap().to_owned(), replayed)
-    };
-    let (first, replayed) = record(upload("up-1", "a lab result").await.unwrap()).await;
-    assert!(!replayed);
-    let (again, replayed) = record(upload("up-1", "a lab result").await.unwrap()).await;
-    assert_eq!(again, first, "the retry is answered by the first record");
-    assert!(replayed);
-    let (a, b) = tokio::join!(upload("up-2", "another"), upload("up-2", "another"));
-    let ((a, _), (b, _)) = (record(a.unwrap()).await, record(b.unwrap()).await);
-    assert_eq!(a, b, "two tries at once store one record");
-    let r = upload("up-1", "something else").await.unwrap();
-    assert_eq!(r.status(), 422);
-    let listed: serde_json::Value = http
-        .get(format!("{url}/api/patients/{addr}/records?limit=50"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(
-        listed["records"].as_array().unwrap().len(),
-        2,
-        "one record per key: {listed}"
-    );
-}
-
 /// #9: the dev chain answers no cross-origin browser calls (a page the developer visits cannot
 /// use anvil's admin RPC).
 #[tokio::test]

@@ -8,7 +8,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
-use serde_json::json;
+use serde_json::{Value, json};
 
 use super::chain_api::{ActorKey, patient};
 use super::{ApiError, AppState};
@@ -52,9 +52,8 @@ pub(super) async fn upload(
     key: ActorKey,
     Query(q): Query<UploadQuery>,
     headers: HeaderMap,
-    uri: axum::http::Uri,
     body: Bytes,
-) -> Result<Response, ApiError> {
+) -> Result<Json<Value>, ApiError> {
     let addr = patient(&q.patient)?;
     if body.is_empty() {
         return Err(ApiError::bad_request("empty record".into()));
@@ -69,29 +68,12 @@ pub(super) async fn upload(
         .trim()
         .to_owned();
     let size = body.len();
-    let answer = |record: &str| json!({ "record": record, "patient": addr, "size": size, "media_type": media });
-    // Named with an Idempotency-Key: a retry is answered by the record the first try stored.
-    let target = uri.path_and_query().map_or("", |p| p.as_str());
-    let named =
-        super::idempotency::Upload::claim(&state, &headers, key.0.address(), target, &media, &body)
-            .await?;
-    if let Some(record) = named.as_ref().and_then(|n| n.earlier()) {
-        let mut r = Json(answer(record)).into_response();
-        r.headers_mut()
-            .insert("idempotent-replayed", HeaderValue::from_static("true"));
-        return Ok(r);
-    }
-    let stored = client(&state, key)?
-        .put(addr, body, &media, q.file_name.clone())
-        .await;
-    let Some(mut named) = named else {
-        return Ok(Json(answer(&stored?.to_string())).into_response());
-    };
-    if let Ok(id) = &stored {
-        named.made(&id.to_string()).await;
-    }
-    named.done().await;
-    Ok(Json(answer(&stored?.to_string())).into_response())
+    let id = client(&state, key)?
+        .put(addr, body, &media, q.file_name)
+        .await?;
+    Ok(Json(
+        json!({ "record": id, "patient": addr, "size": size, "media_type": media }),
+    ))
 }
 
 /// Reads a record (access transaction, shares, decryption) and returns its content.

@@ -291,16 +291,6 @@ pub async fn gateway_with_records(
     keyring: ehr_share::gateway::Keyring,
     refs: Vec<ShareNodeRef>,
 ) -> String {
-    gateway_with_records_in(office, keyring, refs, None).await
-}
-
-/// [`gateway_with_records`] with a database (`Idempotency-Key`s), when given.
-pub async fn gateway_with_records_in(
-    office: &EhrChain,
-    keyring: ehr_share::gateway::Keyring,
-    refs: Vec<ShareNodeRef>,
-    db: Option<ehr_share::db::Database>,
-) -> String {
     let state = ehr_share::gateway::AppState::new(
         &super::rpc(),
         Some(
@@ -313,10 +303,6 @@ pub async fn gateway_with_records_in(
     )
     .unwrap()
     .with_records(ehr_share::gateway::RecordsConfig::new(refs, 3));
-    let state = match db {
-        Some(db) => state.with_database(db),
-        None => state,
-    };
     super::serve_gateway(state).await
 }
 
