@@ -597,11 +597,7 @@ impl EhrChain {
             // A named request: its tries are one request, whatever happened between them.
             // Answered by the transaction a try sent while the node knows it.
             if let Some(tx) = held.map(|u| u.tx).or(t.earlier())
-                && self
-                    .provider
-                    .get_transaction_by_hash(tx)
-                    .await?
-                    .is_some_and(|t| self.is_ours(&t))
+                && self.ours(tx).await?.is_some()
             {
                 tracing::info!(%tx, "a retried request; answering with its transaction");
                 t.answered_by_earlier();
@@ -635,10 +631,17 @@ impl EhrChain {
         Ok(tx)
     }
 
-    /// Whether `t` was sent by this client's account to its contract.
-    fn is_ours(&self, t: &alloy::rpc::types::Transaction) -> bool {
-        t.inner.signer() == self.from
-            && alloy::consensus::Transaction::to(t) == Some(self.address())
+    /// The transaction `tx` as the node has it (in its pool or mined), when it was sent by this
+    /// client's account to its contract.
+    async fn ours(&self, tx: B256) -> Result<Option<alloy::rpc::types::Transaction>, ChainError> {
+        Ok(self
+            .provider
+            .get_transaction_by_hash(tx)
+            .await?
+            .filter(|t| {
+                t.inner.signer() == self.from
+                    && alloy::consensus::Transaction::to(t) == Some(self.address())
+            }))
     }
 
     /// Whether this client's next write is the retry of a named request whose earlier try's
@@ -657,11 +660,7 @@ impl EhrChain {
         else {
             return Ok(false);
         };
-        Ok(self
-            .provider
-            .get_transaction_by_hash(tx)
-            .await?
-            .is_some_and(|t| self.is_ours(&t)))
+        Ok(self.ours(tx).await?.is_some())
     }
 
     /// Whether the unseen transaction `u` answers for a call the same as it: the node has it,
@@ -672,12 +671,7 @@ impl EhrChain {
     /// is asked again to be tried again; one still in the pool answers however long it waits
     /// (a second would queue behind it).
     async fn answers_for(&self, u: super::sent::Unseen) -> Result<bool, ChainError> {
-        let Some(t) = self
-            .provider
-            .get_transaction_by_hash(u.tx)
-            .await?
-            .filter(|t| self.is_ours(t))
-        else {
+        let Some(t) = self.ours(u.tx).await? else {
             return Ok(false);
         };
         let next = self

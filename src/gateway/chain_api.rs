@@ -40,7 +40,7 @@ impl FromRequestParts<AppState> for ActorKey {
 #[derive(Clone)]
 pub(super) struct Caller(pub(super) alloy::signers::local::PrivateKeySigner);
 
-async fn signer_for(
+pub(super) async fn signer_for(
     parts: &Parts,
     state: &AppState,
 ) -> Result<alloy::signers::local::PrivateKeySigner, ApiError> {

@@ -88,20 +88,11 @@ async fn named(
     next: Next,
 ) -> Result<Response, Response> {
     let key = key_of(&value).map_err(IntoResponse::into_response)?;
+    let (parts, body) = req.into_parts();
     // The caller first: a request without a known token is answered by the handler (401) and
     // claims nothing.
-    let token = req
-        .headers()
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(|t| t.trim().to_owned());
-    let signer = match token {
-        Some(t) => state.signer_for_token(&t).await.ok().flatten(),
-        None => None,
-    };
-    let Some(signer) = signer else {
-        return Ok(next.run(req).await);
+    let Ok(signer) = super::chain_api::signer_for(&parts, state).await else {
+        return Ok(next.run(Request::from_parts(parts, body)).await);
     };
     let account = signer.address();
     let Some(db) = state.database().cloned() else {
@@ -113,7 +104,6 @@ async fn named(
     // Digests: fixed length and plain hex, compared alike by every database's collation.
     let scope = hex_sha256(&[account.as_slice()]);
     let key_hash = hex_sha256(&[key.as_bytes()]);
-    let (parts, body) = req.into_parts();
     let bytes = axum::body::to_bytes(body, super::JSON_BODY_LIMIT)
         .await
         .map_err(|_| {
@@ -146,24 +136,15 @@ async fn named(
         ),
     };
     let record: crate::chain::RecordSent = {
-        let (db, scope, key_hash, fingerprint) = (
-            db.clone(),
-            scope.clone(),
-            key_hash.clone(),
-            fingerprint.clone(),
-        );
+        let row = std::sync::Arc::new((db.clone(), scope.clone(), key_hash.clone(), fingerprint));
         std::sync::Arc::new(move |tx| {
-            let (db, scope, key_hash, fingerprint) = (
-                db.clone(),
-                scope.clone(),
-                key_hash.clone(),
-                fingerprint.clone(),
-            );
+            let row = std::sync::Arc::clone(&row);
             Box::pin(async move {
+                let (db, scope, key_hash, fingerprint) = &*row;
                 db.idempotency_key_sent(
-                    &scope,
-                    &key_hash,
-                    &fingerprint,
+                    scope,
+                    key_hash,
+                    fingerprint,
                     &tx.to_string(),
                     crate::clock::unix_now(),
                 )
