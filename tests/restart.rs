@@ -146,6 +146,24 @@ async fn upload(gw: &str, body: Vec<u8>) -> String {
         .to_owned()
 }
 
+/// Patient 1 grants demo doctor 1 with `Idempotency-Key: key`: the transaction, and whether
+/// the answer is a replay.
+async fn keyed_grant(gw: &str, key: &str) -> (String, bool) {
+    let r = reqwest::Client::new()
+        .post(format!("{gw}/api/grants"))
+        .bearer_auth("demo-patient1")
+        .header("Idempotency-Key", key)
+        .json(&serde_json::json!({"provider": "0x976EA74026E726554dB657fA54763abd0C3a0aa9"}))
+        .send()
+        .await
+        .unwrap();
+    let replayed = r.headers().contains_key("idempotent-replayed");
+    let status = r.status();
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    (body["tx_hash"].as_str().unwrap().to_owned(), replayed)
+}
+
 async fn read(gw: &str, id: &str) -> Vec<u8> {
     let r = reqwest::Client::new()
         .get(format!("{gw}/records/{id}"))
@@ -329,6 +347,9 @@ async fn every_record_survives_kill_9_of_each_part_and_of_ehr_dev() {
             as_patient.deployment_id(),
         ),
     );
+    // A grant named with an Idempotency-Key (kept in ehr dev's database).
+    let (grant_tx, replayed) = keyed_grant(&gw, "restart-grant").await;
+    assert!(!replayed);
     let http = reqwest::Client::new();
     let acked_at = SystemTime::now();
     let mut nonces = Vec::new();
@@ -377,6 +398,13 @@ async fn every_record_survives_kill_9_of_each_part_and_of_ehr_dev() {
     for (id, data) in &records {
         assert_eq!(&read(&gw, id).await, data, "record {id}");
     }
+    // The grant asked again with its key is answered by the first try's transaction, which
+    // the restarted process knows only from the database.
+    assert_eq!(
+        keyed_grant(&gw, "restart-grant").await,
+        (grant_tx, true),
+        "a retry after kill -9 of ehr dev is the first grant"
+    );
     // The patient's records list (from the share nodes, proofs checked against the chain)
     // names every record.
     let ids = listed(&gw).await;

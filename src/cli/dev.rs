@@ -240,6 +240,7 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
         .map_err(anyhow::Error::msg)?
         .with_records(records)
         .with_ingest(ingest)
+        .with_database(db.clone())
         .with_tokens(std::sync::Arc::new(tokens.clone()));
     let web = WebState::new(state.clone(), accounts)
         .with_tokens(tokens)

@@ -130,7 +130,7 @@ impl AppState {
         }
     }
 
-    /// The same state reporting `db` in `/health`.
+    /// The same state reporting `db` in `/health` and keeping `Idempotency-Key`s in it.
     pub fn with_database(self, db: crate::db::Database) -> Self {
         match Arc::try_unwrap(self.0) {
             Ok(mut inner) => {
