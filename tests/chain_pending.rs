@@ -390,3 +390,54 @@ async fn a_break_glass_the_node_dropped_is_sent_again() {
     assert_eq!(r.status(), 200, "{:?}", r.text().await);
     assert_eq!(openings(&office, addr).await, 1, "emergency access opened");
 }
+
+/// Two tries of one named request (an `Idempotency-Key` sent twice at once): the second read
+/// the key's record before the first sent anything, and comes to its checks after the first
+/// was mined. A doctor's access request is then pending, which the check before a send refuses
+/// (409), although the first try's transaction answers this one. Found by CI (a gateway test
+/// that sends the two at once failed on one run in ten or so); here the order is forced.
+#[tokio::test]
+async fn a_named_request_whose_other_try_was_mined_meanwhile_is_answered_by_it() {
+    let _chain = CHAIN.lock().await;
+    let office = office().await;
+    let (_, addr) = common::new_patient(&office).await;
+    let doctor = as_(&office, &common::verified_doctor(&office).await);
+    let recorded = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let ticket = || {
+        let recorded = std::sync::Arc::clone(&recorded);
+        let record: ehr_share::chain::RecordSent = std::sync::Arc::new(move |tx| {
+            recorded.lock().unwrap().push(tx);
+            Box::pin(async { Ok(()) })
+        });
+        // Both tries found the key's record without a transaction.
+        ehr_share::chain::Ticket::new(
+            format!("{}:rq-race", doctor.from()).into_bytes(),
+            None,
+            record,
+        )
+    };
+    let (first, second) = (ticket(), ticket());
+    let a = doctor
+        .with_ticket(first.clone())
+        .request_access(addr)
+        .await
+        .expect("the first try is sent");
+    let b = doctor
+        .with_ticket(second.clone())
+        .request_access(addr)
+        .await
+        .expect("the second try is answered by the first, not refused");
+    assert_eq!(a.tx_hash, b.tx_hash, "one transaction");
+    assert!(second.replayed() && !first.replayed());
+    assert_eq!(
+        recorded.lock().unwrap().len(),
+        1,
+        "one transaction recorded"
+    );
+    // Without the name, the same request is refused: one is pending.
+    let e = doctor.request_access(addr).await.unwrap_err();
+    assert!(
+        matches!(e, ehr_share::chain::ChainError::Rejected(_)),
+        "{e}"
+    );
+}

@@ -544,15 +544,10 @@ impl EhrChain {
             .and_then(super::sent::Ticket::take)
             .cloned();
         let named = ticket.is_some();
-        let key = super::sent::Call {
-            chain_id: self.chain_id,
-            from: self.from,
-            to: self.address(),
-            input: match &ticket {
-                Some(t) => t.name(),
-                None => request.input.input().cloned().unwrap_or_default(),
-            },
-        };
+        let key = self.call_key(match &ticket {
+            Some(t) => t.name(),
+            None => request.input.input().cloned().unwrap_or_default(),
+        });
         let slot = super::sent::slot(&key);
         // In a task of its own: a caller dropped during the send (its client went away) would
         // leave a transaction in the pool that the slot does not name, and the retry would
@@ -652,15 +647,50 @@ impl EhrChain {
     /// # Errors
     /// Transport errors.
     pub(super) async fn retrying(&self) -> Result<bool, ChainError> {
-        let Some(tx) = self
-            .ticket
-            .as_ref()
-            .filter(|t| t.untaken())
-            .and_then(super::sent::Ticket::earlier)
-        else {
+        let Some(t) = self.ticket.as_ref().filter(|t| t.untaken()) else {
+            return Ok(false);
+        };
+        // A try of the same request in this process may have sent since this one's record was
+        // read (two tries at once): its transaction is in the request's slot. Locking the slot
+        // waits for a send under way.
+        let slot = super::sent::slot(&self.call_key(t.name()));
+        let held = slot.lock().await.map(|u| u.tx);
+        let Some(tx) = held.or(t.earlier()) else {
             return Ok(false);
         };
         Ok(self.ours(tx).await?.is_some())
+    }
+
+    /// Runs `check`, a check made before a send that refuses what the contract would refuse
+    /// (with a clearer reason) or what a replay must not be refused for, unless this write is
+    /// the retry of a named request ([`Self::retrying`]). A refusal is looked at again: a try
+    /// of the same request that runs at once may have sent, and been mined, while this one
+    /// looked (its transaction then answers this one too).
+    ///
+    /// # Errors
+    /// The check's refusal; transport errors.
+    pub(super) async fn check_unless_retrying<F>(&self, check: F) -> Result<(), ChainError>
+    where
+        F: std::future::Future<Output = Result<(), ChainError>>,
+    {
+        if self.retrying().await? {
+            return Ok(());
+        }
+        match check.await {
+            Err(e @ ChainError::Rejected(_)) if !self.retrying().await? => Err(e),
+            Err(ChainError::Rejected(_)) => Ok(()),
+            r => r,
+        }
+    }
+
+    /// The `chain::sent` table's key of a call from this client's account to its contract.
+    fn call_key(&self, input: alloy::primitives::Bytes) -> super::sent::Call {
+        super::sent::Call {
+            chain_id: self.chain_id,
+            from: self.from,
+            to: self.address(),
+            input,
+        }
     }
 
     /// Whether the unseen transaction `u` answers for a call the same as it: the node has it,

@@ -39,9 +39,8 @@ impl EhrChain {
         addr: PatientAddr,
         account: Address,
     ) -> Result<TxOutcome, ChainError> {
-        if !self.retrying().await? {
-            self.check_issuable(account).await?;
-        }
+        self.check_unless_retrying(self.check_issuable(account))
+            .await?;
         self.send(self.contract.issuePatient(addr.aid(), addr.pid(), account))
             .await
     }
@@ -183,12 +182,16 @@ impl EhrChain {
     /// Contract rejections and transport errors.
     pub async fn request_access(&self, addr: PatientAddr) -> Result<TxOutcome, ChainError> {
         // Nothing is stored per request; the index tells whether one is pending already.
-        if !self.retrying().await? && self.is_pending(addr, self.from).await? {
-            return Err(ChainError::Rejected(format!(
-                "provider {} already has a pending request to patient {addr}",
-                self.from
-            )));
-        }
+        self.check_unless_retrying(async {
+            if self.is_pending(addr, self.from).await? {
+                return Err(ChainError::Rejected(format!(
+                    "provider {} already has a pending request to patient {addr}",
+                    self.from
+                )));
+            }
+            Ok(())
+        })
+        .await?;
         self.send(self.contract.requestAccess(addr.key())).await
     }
 
@@ -203,12 +206,22 @@ impl EhrChain {
         expires_at: Option<u64>,
     ) -> Result<TxOutcome, ChainError> {
         let me = self.own_patient().await?;
-        if !self.retrying().await? && !self.is_pending(me, provider).await? {
-            return Err(ChainError::Rejected(format!(
-                "no pending request from provider {provider} to patient {me}"
-            )));
-        }
+        self.check_pending(me, provider).await?;
         self.grant(provider, expires_at).await
+    }
+
+    /// Refuses when no request from `provider` to the patient at `me` is pending (unless
+    /// retrying: the first try settled it).
+    async fn check_pending(&self, me: PatientAddr, provider: Address) -> Result<(), ChainError> {
+        self.check_unless_retrying(async {
+            if !self.is_pending(me, provider).await? {
+                return Err(ChainError::Rejected(format!(
+                    "no pending request from provider {provider} to patient {me}"
+                )));
+            }
+            Ok(())
+        })
+        .await
     }
 
     /// Whether `provider` has a request to the patient at `addr` that is still pending.
@@ -230,11 +243,7 @@ impl EhrChain {
     /// Contract rejections and transport errors.
     pub async fn decline_request(&self, provider: Address) -> Result<TxOutcome, ChainError> {
         let me = self.own_patient().await?;
-        if !self.retrying().await? && !self.is_pending(me, provider).await? {
-            return Err(ChainError::Rejected(format!(
-                "no pending request from provider {provider} to patient {me}"
-            )));
-        }
+        self.check_pending(me, provider).await?;
         self.send(self.contract.declineRequest(me.key(), provider))
             .await
     }
