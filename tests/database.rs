@@ -90,39 +90,37 @@ async fn idempotency_keys(db: &Database) {
                 .unwrap()
         }
     };
-    let fresh = Claim::Same {
-        tx: None,
-        fresh: true,
+    let same = |tx: Option<&str>, fresh: bool, created_at: u64| Claim::Same {
+        tx: tx.map(str::to_owned),
+        fresh,
+        created_at,
     };
-    assert_eq!(claim(&scope, &fp, now).await, fresh);
+    assert_eq!(claim(&scope, &fp, now).await, same(None, true, now));
     // A second try before anything was sent: nothing to answer with yet, and not its row.
-    assert_eq!(
-        claim(&scope, &fp, now + 1).await,
-        Claim::Same {
-            tx: None,
-            fresh: false
-        }
-    );
+    assert_eq!(claim(&scope, &fp, now + 1).await, same(None, false, now));
     db.idempotency_key_sent(&scope, &key, &fp, &tx, now + 1)
         .await
         .unwrap();
     assert_eq!(
         claim(&scope, &fp, now + 2).await,
-        Claim::Same {
-            tx: Some(tx.clone()),
-            fresh: false
-        }
+        same(Some(&tx), false, now)
     );
     assert_eq!(claim(&scope, &other_fp, now + 2).await, Claim::Other);
     // Another caller's key of the same name is its own.
-    assert_eq!(claim(&other_scope, &other_fp, now).await, fresh);
+    assert_eq!(
+        claim(&other_scope, &other_fp, now).await,
+        same(None, true, now)
+    );
     // Freed only when nothing was sent.
     db.release_idempotency_key(&scope, &key).await.unwrap();
     assert_eq!(claim(&scope, &other_fp, now + 3).await, Claim::Other);
     db.release_idempotency_key(&other_scope, &key)
         .await
         .unwrap();
-    assert_eq!(claim(&other_scope, &fp, now + 3).await, fresh);
+    assert_eq!(
+        claim(&other_scope, &fp, now + 3).await,
+        same(None, true, now + 3)
+    );
     // A row gone before its transaction is recorded is made again.
     db.release_idempotency_key(&other_scope, &key)
         .await
@@ -132,15 +130,59 @@ async fn idempotency_keys(db: &Database) {
         .unwrap();
     assert_eq!(
         claim(&other_scope, &fp, now + 5).await,
-        Claim::Same {
-            tx: Some(tx.clone()),
-            fresh: false
-        }
+        same(Some(&tx), false, now + 4)
+    );
+    // What a try made (an upload's record) is replaced only while the row names it, and the
+    // key is freed only of what it names.
+    let other_tx = format!("0x{}", "cd".repeat(32));
+    assert!(
+        !db.idempotency_key_replaced(&other_scope, &key, Some(&other_tx), &other_tx, now + 6)
+            .await
+            .unwrap()
+    );
+    assert!(
+        db.idempotency_key_replaced(&other_scope, &key, Some(&tx), &other_tx, now + 6)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        claim(&other_scope, &fp, now + 7).await,
+        same(Some(&other_tx), false, now + 6)
+    );
+    db.release_idempotency_key_made(&other_scope, &key, &tx)
+        .await
+        .unwrap();
+    assert_eq!(
+        claim(&other_scope, &fp, now + 8).await,
+        same(Some(&other_tx), false, now + 6)
+    );
+    db.release_idempotency_key_made(&other_scope, &key, &other_tx)
+        .await
+        .unwrap();
+    assert_eq!(
+        claim(&other_scope, &fp, now + 9).await,
+        same(None, true, now + 9)
+    );
+    // A row that names nothing yet is set once.
+    assert!(
+        db.idempotency_key_replaced(&other_scope, &key, None, &tx, now + 10)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !db.idempotency_key_replaced(&other_scope, &key, None, &other_tx, now + 10)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        claim(&other_scope, &fp, now + 11).await,
+        same(Some(&tx), false, now + 10)
     );
     // A day later the key names a new request (taken over, or swept and made anew).
+    let later = now + IDEMPOTENCY_TTL_SECS + 10;
     assert_eq!(
-        claim(&scope, &other_fp, now + IDEMPOTENCY_TTL_SECS + 10).await,
-        fresh
+        claim(&scope, &other_fp, later).await,
+        same(None, true, later)
     );
 }
 

@@ -1446,3 +1446,303 @@ async fn an_anchor_of_unknown_outcome_keeps_the_ciphertext() {
         .unwrap();
     assert_eq!(got.data, data);
 }
+
+/// A gateway keeping `Idempotency-Key`s in the database at `db_url` (gateways on one database
+/// stand for replicas, or for one gateway restarted), its records on `refs` (3 needed),
+/// anchored by `anchoring` (each uploader alone when `None`), counting an unfinished upload
+/// abandoned after `orphan_ttl`. `tok-p` is `patient`'s token.
+async fn keyed_gateway(
+    office: &EhrChain,
+    patient: &PrivateKeySigner,
+    refs: Vec<ShareNodeRef>,
+    anchoring: Option<std::sync::Arc<dyn ehr_share::records::Anchoring>>,
+    db_url: &str,
+    orphan_ttl: Duration,
+) -> String {
+    let mut keyring = ehr_share::gateway::Keyring::default();
+    keyring.insert("tok-p", patient.clone());
+    let mut records = ehr_share::records::RecordsConfig::new(refs, 3)
+        .with_sweep(ehr_share::records::SweepSettings::for_ttl(orphan_ttl));
+    if let Some(a) = anchoring {
+        records = records.with_anchoring(a);
+    }
+    let db = ehr_share::db::Database::open(db_url).await.unwrap();
+    let state = ehr_share::gateway::AppState::new(
+        &common::rpc(),
+        Some(
+            EhrChain::connect(&common::rpc(), None, &office.deployment())
+                .await
+                .unwrap(),
+        ),
+        KuboClient::new(&common::stack().kubo.api_url),
+        keyring,
+    )
+    .unwrap()
+    .with_records(records)
+    .with_database(db);
+    common::serve_gateway(state).await
+}
+
+/// `POST /records` of `body` for `addr` with the key `key`, as `tok-p`.
+fn upload_keyed(
+    url: &str,
+    addr: ehr_share::chain::PatientAddr,
+    key: &str,
+    body: &'static str,
+) -> impl std::future::Future<Output = reqwest::Result<reqwest::Response>> + use<> {
+    reqwest::Client::new()
+        .post(format!("{url}/records?patient={addr}"))
+        .bearer_auth("tok-p")
+        .header("content-type", "text/plain")
+        .header("Idempotency-Key", key)
+        .body(body)
+        .send()
+}
+
+/// An upload's status, whether it was a replay, and its record (if any).
+async fn uploaded(r: reqwest::Response) -> (u16, bool, Option<String>, serde_json::Value) {
+    let status = r.status().as_u16();
+    let replayed = r.headers().contains_key("idempotent-replayed");
+    let v: serde_json::Value = r.json().await.unwrap();
+    let record = v["record"].as_str().map(str::to_owned);
+    (status, replayed, record, v)
+}
+
+/// How many records the gateway lists for `addr`.
+async fn listed(url: &str, addr: ehr_share::chain::PatientAddr) -> usize {
+    let v: serde_json::Value = reqwest::get(format!("{url}/api/patients/{addr}/records?limit=50"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    v["records"].as_array().expect("a listing").len()
+}
+
+/// Anchors as a test says: refusing before anything is sent, losing the answer of an anchor
+/// never sent ("outcome unknown"), or waiting for the test's go-ahead before anchoring for
+/// real.
+#[derive(Debug)]
+enum TestAnchor {
+    Refused,
+    Unknown,
+    Gated {
+        chain: Box<EhrChain>,
+        entered: std::sync::Arc<tokio::sync::Notify>,
+        go: std::sync::Arc<tokio::sync::Semaphore>,
+    },
+}
+
+impl ehr_share::records::Anchoring for TestAnchor {
+    fn anchor(
+        &self,
+        leaf: alloy::primitives::B256,
+    ) -> futures::future::BoxFuture<
+        '_,
+        Result<(alloy::primitives::B256, Vec<alloy::primitives::B256>), RecordError>,
+    > {
+        Box::pin(async move {
+            match self {
+                Self::Refused => Err(RecordError::NotAnchored("refused before sending".into())),
+                Self::Unknown => Err(RecordError::Anchoring(
+                    "connection reset after the transaction was sent".into(),
+                )),
+                Self::Gated { chain, entered, go } => {
+                    entered.notify_one();
+                    let _permit = go.acquire().await.unwrap();
+                    ehr_share::records::anchor_root(chain, leaf, 1).await?;
+                    // One leaf: the root is the leaf, the proof empty.
+                    Ok((leaf, Vec::new()))
+                }
+            }
+        })
+    }
+}
+
+/// A client that lost the answer to an upload sends it again with its `Idempotency-Key`: it is
+/// answered by the record the first try stored (marked a replay), and the patient has one
+/// record, not two; two tries at once are one record too; the key with another body is
+/// refused (422).
+#[tokio::test]
+async fn an_upload_retried_with_its_idempotency_key_stores_one_record() {
+    let office = common::office().await;
+    let procs = common::nodes::start_many(office.address(), 3, &[]).await;
+    let refs = common::nodes::refs(&procs).await;
+    let (patient, addr) = common::new_patient(&office).await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = ehr_share::db::sqlite_in(dir.path());
+    let url = keyed_gateway(
+        &office,
+        &patient,
+        refs,
+        None,
+        &db,
+        Duration::from_secs(4200),
+    )
+    .await;
+
+    let (status, replayed, first, v) = uploaded(
+        upload_keyed(&url, addr, "up-1", "a lab result")
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((status, replayed), (200, false), "{v}");
+    let (status, replayed, again, v) = uploaded(
+        upload_keyed(&url, addr, "up-1", "a lab result")
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((status, replayed), (200, true), "{v}");
+    assert_eq!(again, first, "the retry is answered by the first record");
+    let (a, b) = tokio::join!(
+        upload_keyed(&url, addr, "up-2", "another"),
+        upload_keyed(&url, addr, "up-2", "another")
+    );
+    let (a, b) = (uploaded(a.unwrap()).await, uploaded(b.unwrap()).await);
+    assert_eq!((a.0, b.0), (200, 200), "{} {}", a.3, b.3);
+    assert_eq!(a.2, b.2, "two tries at once store one record");
+    let r = upload_keyed(&url, addr, "up-1", "something else")
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422);
+    assert_eq!(listed(&url, addr).await, 2, "one record per key");
+}
+
+/// The client gives up while its upload is still being anchored (its timeout, a dropped
+/// connection) and asks again with the key: the upload was not cut short with the connection,
+/// and the retry is answered by its record once it is stored. Before, the retry found an
+/// upload cut off mid-way (or stored a second record).
+#[tokio::test]
+async fn an_upload_whose_client_gave_up_is_finished_and_answers_the_retry() {
+    let office = common::office().await;
+    let procs = common::nodes::start_many(office.address(), 3, &[]).await;
+    let refs = common::nodes::refs(&procs).await;
+    let (patient, addr) = common::new_patient(&office).await;
+    let entered = std::sync::Arc::new(tokio::sync::Notify::new());
+    let go = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+    let anchoring = std::sync::Arc::new(TestAnchor::Gated {
+        chain: Box::new(common::as_(&office, &patient)),
+        entered: entered.clone(),
+        go: go.clone(),
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let db = ehr_share::db::sqlite_in(dir.path());
+    let url = keyed_gateway(
+        &office,
+        &patient,
+        refs,
+        Some(anchoring),
+        &db,
+        Duration::from_secs(4200),
+    )
+    .await;
+
+    let first = tokio::spawn(upload_keyed(&url, addr, "up-cut", "a scan"));
+    tokio::time::timeout(Duration::from_secs(30), entered.notified())
+        .await
+        .expect("the upload reaches its anchor");
+    // The client goes away.
+    first.abort();
+    assert!(first.await.unwrap_err().is_cancelled());
+    let again = tokio::spawn(upload_keyed(&url, addr, "up-cut", "a scan"));
+    go.add_permits(8);
+    let (status, replayed, record, v) = uploaded(again.await.unwrap().unwrap()).await;
+    assert_eq!((status, replayed), (200, true), "{v}");
+    assert!(record.is_some());
+    assert_eq!(listed(&url, addr).await, 1, "one record");
+}
+
+/// An upload whose anchor was refused before anything was sent stored nothing: its key is
+/// free, and the retry stores the record (on another gateway of the same database, as after a
+/// restart). One whose anchor's outcome is unknown keeps its key: a retry is answered 409
+/// with `Retry-After` while its record may still be anchored, and runs anew (a new record)
+/// once the record is older than the orphan TTL, when no share node can take it any more.
+#[tokio::test]
+async fn a_retried_upload_whose_first_try_failed_runs_once_it_is_safe() {
+    let office = common::office().await;
+    let procs = common::nodes::start_many(office.address(), 3, &[]).await;
+    let refs = common::nodes::refs(&procs).await;
+    let (patient, addr) = common::new_patient(&office).await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = ehr_share::db::sqlite_in(dir.path());
+    let long = Duration::from_secs(4200);
+    let gateway = |anchoring: Option<TestAnchor>, ttl| {
+        let (office, patient, refs, db) = (&office, &patient, refs.clone(), db.clone());
+        async move {
+            let anchoring = anchoring.map(|a| {
+                std::sync::Arc::new(a) as std::sync::Arc<dyn ehr_share::records::Anchoring>
+            });
+            keyed_gateway(office, patient, refs, anchoring, &db, ttl).await
+        }
+    };
+    let refusing = gateway(Some(TestAnchor::Refused), long).await;
+    let unknown = gateway(Some(TestAnchor::Unknown), long).await;
+    let working = gateway(None, long).await;
+    let impatient = gateway(None, Duration::from_secs(1)).await;
+
+    let (status, _, _, v) = uploaded(
+        upload_keyed(&refusing, addr, "up-a", "a letter")
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 503, "{v}");
+    let (status, replayed, _, v) = uploaded(
+        upload_keyed(&working, addr, "up-a", "a letter")
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((status, replayed), (200, false), "the key was freed: {v}");
+
+    let (status, _, _, v) = uploaded(
+        upload_keyed(&unknown, addr, "up-b", "a report")
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 503, "{v}");
+    let r = upload_keyed(&working, addr, "up-b", "a report")
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["retry-after"], "60");
+    let (status, _, _, v) = uploaded(r).await;
+    assert_eq!(
+        status, 409,
+        "the first try's record may still be anchored: {v}"
+    );
+    // Past the orphan TTL: run anew.
+    let done = std::sync::Arc::new(std::sync::Mutex::new(None));
+    assert!(
+        common::nodes::wait_until(Duration::from_secs(20), || {
+            let (done, impatient) = (done.clone(), impatient.clone());
+            async move {
+                let (status, replayed, record, v) = uploaded(
+                    upload_keyed(&impatient, addr, "up-b", "a report")
+                        .await
+                        .unwrap(),
+                )
+                .await;
+                assert!(status == 200 || status == 409, "{v}");
+                if status == 200 {
+                    assert!(!replayed, "a new record: {v}");
+                    *done.lock().unwrap() = record;
+                }
+                status == 200
+            }
+        })
+        .await,
+        "taken over"
+    );
+    let (status, replayed, record, v) = uploaded(
+        upload_keyed(&working, addr, "up-b", "a report")
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((status, replayed), (200, true), "{v}");
+    assert_eq!(record, *done.lock().unwrap());
+    assert_eq!(listed(&working, addr).await, 2, "one record per key");
+}

@@ -23,6 +23,8 @@ pub enum Claim {
         tx: Option<String>,
         /// This try made the row.
         fresh: bool,
+        /// When the row was made (unix seconds): how long ago the earlier try began.
+        created_at: u64,
     },
     /// The key named another request (another path or body).
     Other,
@@ -74,6 +76,7 @@ impl Database {
                     return Ok(Claim::Same {
                         tx: None,
                         fresh: true,
+                        created_at: now,
                     });
                 }
                 Err(DbError::Conflict(_)) => {}
@@ -109,6 +112,7 @@ impl Database {
                     return Ok(Claim::Same {
                         tx: None,
                         fresh: true,
+                        created_at: now,
                     });
                 }
                 continue;
@@ -120,6 +124,7 @@ impl Database {
             return Ok(Claim::Same {
                 tx: row.try_get("tx")?,
                 fresh: false,
+                created_at: u64::try_from(created).unwrap_or(0),
             });
         }
         Err(DbError::Conflict(
@@ -166,6 +171,58 @@ impl Database {
                 Err(e) => return Err(e),
             }
         }
+        Ok(())
+    }
+
+    /// Makes the key name `to` as of `now`, where it names `from` (nothing yet, or what an
+    /// earlier try made that will never come to anything): a compare-and-set, so of two tries
+    /// that do it at once one does; `false` when the row names something else by now.
+    ///
+    /// # Errors
+    /// Query failures.
+    pub async fn idempotency_key_replaced(
+        &self,
+        scope: &str,
+        key_hash: &str,
+        from: Option<&str>,
+        to: &str,
+        now: u64,
+    ) -> Result<bool, DbError> {
+        let q = match from {
+            Some(_) => sqlx::query(
+                "UPDATE idempotency_keys SET tx = ?, created_at = ? \
+                 WHERE scope = ? AND key_hash = ? AND tx = ?",
+            ),
+            None => sqlx::query(
+                "UPDATE idempotency_keys SET tx = ?, created_at = ? \
+                 WHERE scope = ? AND key_hash = ? AND tx IS NULL",
+            ),
+        };
+        let mut q = q.bind(to).bind(to_i64(now)).bind(scope).bind(key_hash);
+        if let Some(from) = from {
+            q = q.bind(from);
+        }
+        let r = q.execute(self.pool()).await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// Frees the key whose request made `made` when that came to nothing (an upload that
+    /// failed before its anchor was sent): a retry runs anew.
+    ///
+    /// # Errors
+    /// Query failures.
+    pub async fn release_idempotency_key_made(
+        &self,
+        scope: &str,
+        key_hash: &str,
+        made: &str,
+    ) -> Result<(), DbError> {
+        sqlx::query("DELETE FROM idempotency_keys WHERE scope = ? AND key_hash = ? AND tx = ?")
+            .bind(scope)
+            .bind(key_hash)
+            .bind(made)
+            .execute(self.pool())
+            .await?;
         Ok(())
     }
 

@@ -31,7 +31,7 @@ const MAX_KEY: usize = 255;
 
 /// A key from its header: 1 to 255 printable ASCII characters, bare or as a structured-field
 /// string (`"..."`, as the draft writes it).
-fn key_of(v: &HeaderValue) -> Result<String, ApiError> {
+pub(super) fn key_of(v: &HeaderValue) -> Result<String, ApiError> {
     let bad = || {
         ApiError::bad_request(format!(
             "Idempotency-Key must be 1 to {MAX_KEY} printable ASCII characters (a UUID, say)"
@@ -52,7 +52,7 @@ fn key_of(v: &HeaderValue) -> Result<String, ApiError> {
     Ok(s.to_owned())
 }
 
-fn hex_sha256(parts: &[&[u8]]) -> String {
+pub(super) fn hex_sha256(parts: &[&[u8]]) -> String {
     let mut h = Sha256::new();
     for p in parts {
         // Length-prefixed: no two lists of parts hash alike.
@@ -130,7 +130,7 @@ async fn named(
             )
             .into_response());
         }
-        Claim::Same { tx, fresh } => (
+        Claim::Same { tx, fresh, .. } => (
             tx.and_then(|t| t.parse::<alloy::primitives::B256>().ok()),
             fresh,
         ),

@@ -7,6 +7,7 @@ mod error;
 mod health;
 mod idempotency;
 mod ingest_api;
+mod named_upload;
 mod openapi;
 mod proxy;
 mod records_api;

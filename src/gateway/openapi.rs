@@ -41,13 +41,14 @@ impl Modify for Bearer {
     }
 }
 
-/// Adds the optional `Idempotency-Key` header to every contract write of the API (its POSTs
-/// under `/api/`), once the router has put the paths in.
+/// Adds the optional `Idempotency-Key` header to every write of the API (its POSTs under
+/// `/api/`, and uploads), once the router has put the paths in.
 pub(super) fn idempotency_header(doc: &mut utoipa::openapi::OpenApi) {
     use utoipa::openapi::path::{ParameterBuilder, ParameterIn};
     use utoipa::openapi::{ObjectBuilder, RefOr, Required, Type};
     for (path, item) in &mut doc.paths.paths {
-        let Some(post) = item.post.as_mut().filter(|_| path.starts_with("/api/")) else {
+        let writes = path.starts_with("/api/") || path == "/records";
+        let Some(post) = item.post.as_mut().filter(|_| writes) else {
             continue;
         };
         post.parameters.get_or_insert_with(Vec::new).push(RefOr::T(
@@ -57,9 +58,12 @@ pub(super) fn idempotency_header(doc: &mut utoipa::openapi::OpenApi) {
                 .required(Required::False)
                 .description(Some(
                     "Names this request (1 to 255 printable ASCII characters, a UUID say) for a \
-                     day: sent again with the same key, it is answered by the transaction the \
-                     first try sent (`Idempotent-Replayed: true`), not sent twice; the same key \
-                     with another path or body is refused with 422. Needs the gateway's database.",
+                     day: sent again with the same key, it is answered by what the first try \
+                     made (its transaction; for an upload, its record), marked \
+                     `Idempotent-Replayed: true`, not done twice; the same key with another \
+                     path, media type or body is refused with 422; an upload whose earlier try \
+                     has not settled is answered 409 with `Retry-After`. Needs the gateway's \
+                     database.",
                 ))
                 .schema(Some(
                     ObjectBuilder::new()

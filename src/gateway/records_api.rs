@@ -2,15 +2,14 @@
 //! encryption and share handling for them (the CLI's `ehr record` does it client-side instead).
 
 use super::openapi::ErrorBody;
-use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
-use serde_json::{Value, json};
 
 use super::chain_api::{ActorKey, patient};
+use super::named_upload::{NamedUpload, Upload};
 use super::{ApiError, AppState};
 use crate::chain::RecordId;
 use crate::records::RecordsClient;
@@ -45,15 +44,16 @@ pub(super) struct UploadQuery {
     params(UploadQuery),
     request_body(content = String, description = "the record's content; its media type in Content-Type", content_type = "*/*"),
     security(("bearer" = [])),
-    responses((status = 200, description = "stored and anchored", content_type = "application/json"), (status = 400, description = "bad input", body = ErrorBody), (status = 401, description = "no or unknown API token", body = ErrorBody), (status = 403, description = "not allowed", body = ErrorBody), (status = 409, description = "the contract refused", body = ErrorBody), (status = 413, description = "too large", body = ErrorBody), (status = 503, description = "a backing service is unavailable", body = ErrorBody))
+    responses((status = 200, description = "stored and anchored", content_type = "application/json"), (status = 400, description = "bad input", body = ErrorBody), (status = 401, description = "no or unknown API token", body = ErrorBody), (status = 403, description = "not allowed", body = ErrorBody), (status = 409, description = "the contract refused, or an earlier try of this Idempotency-Key's upload has not settled (Retry-After)", body = ErrorBody), (status = 413, description = "too large", body = ErrorBody), (status = 422, description = "the Idempotency-Key was used for another request", body = ErrorBody), (status = 503, description = "a backing service is unavailable", body = ErrorBody))
 )]
 pub(super) async fn upload(
     State(state): State<AppState>,
     key: ActorKey,
     Query(q): Query<UploadQuery>,
     headers: HeaderMap,
+    uri: axum::http::Uri,
     body: Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let addr = patient(&q.patient)?;
     if body.is_empty() {
         return Err(ApiError::bad_request("empty record".into()));
@@ -67,13 +67,32 @@ pub(super) async fn upload(
         .unwrap_or_default()
         .trim()
         .to_owned();
-    let size = body.len();
-    let id = client(&state, key)?
-        .put(addr, body, &media, q.file_name)
+    let account = key.0.address();
+    let client = client(&state, key)?;
+    let upload = Upload {
+        patient: addr,
+        body,
+        media_type: media,
+        file_name: q.file_name,
+    };
+    // Named with an Idempotency-Key: a retry is answered by the record the first try stored.
+    let target = uri.path_and_query().map_or("", |p| p.as_str());
+    if let Some(named) = NamedUpload::claim(&state, &headers, account, target, &upload).await? {
+        let orphan_ttl = state
+            .records()
+            .map(|r| r.sweep().orphan_ttl)
+            .unwrap_or_default();
+        return named.run(client, orphan_ttl, upload).await;
+    }
+    let id = client
+        .put(
+            upload.patient,
+            upload.body.clone(),
+            &upload.media_type,
+            upload.file_name.clone(),
+        )
         .await?;
-    Ok(Json(
-        json!({ "record": id, "patient": addr, "size": size, "media_type": media }),
-    ))
+    Ok(upload.answer(id, false))
 }
 
 /// Reads a record (access transaction, shares, decryption) and returns its content.

@@ -263,6 +263,19 @@ enum Failed {
     MaybeAnchored(RecordError),
 }
 
+/// A failed upload ([`RecordsClient::put_salted`]).
+#[derive(Debug, thiserror::Error)]
+#[error("{error}")]
+pub struct UploadError {
+    /// Why it failed.
+    #[source]
+    pub error: RecordError,
+    /// Its anchor was sent, or may have been: the record may be, or become, readable (the
+    /// sweeper finishes it, or collects it once the share nodes dropped its shares). Otherwise
+    /// nothing of it will ever be read.
+    pub maybe_anchored: bool,
+}
+
 /// Put and get records as one account.
 #[derive(Debug, Clone)]
 pub struct RecordsClient {
@@ -383,14 +396,44 @@ impl RecordsClient {
         media_type: &str,
         file_name: Option<String>,
     ) -> Result<RecordId, RecordError> {
+        self.put_salted(random_b256(), patient, payload, media_type, file_name)
+            .await
+            .map_err(|e| e.error)
+    }
+
+    /// The id an upload of a record for `patient` with `salt` gets: bound to this client's
+    /// account (the uploader) and the patient (`recordIdOf(uploader, patient, salt)`), and
+    /// share nodes take a deposit for it only signed by the uploader, so nobody else can claim
+    /// it, whoever anchors a root with its leaf. Known before anything is stored: a caller
+    /// that names the upload (an `Idempotency-Key`) records it first.
+    pub fn upload_id(&self, patient: PatientAddr, salt: B256) -> RecordId {
+        RecordId::derive(self.signer.address(), patient, salt)
+    }
+
+    /// [`Self::put`] with the salt of [`Self::upload_id`] (fresh and random for each upload:
+    /// a salt used twice makes a second upload of the id, which the nodes and the contract
+    /// refuse), telling on a failure whether the record may still become readable.
+    ///
+    /// # Errors
+    /// As [`Self::put`], in an [`UploadError`].
+    pub async fn put_salted(
+        &self,
+        salt: B256,
+        patient: PatientAddr,
+        payload: Bytes,
+        media_type: &str,
+        file_name: Option<String>,
+    ) -> Result<RecordId, UploadError> {
+        let unanchored = |error| UploadError {
+            error,
+            maybe_anchored: false,
+        };
         if media_type == FHIR_JSON {
-            validate_fhir(&payload).map_err(RecordError::InvalidFhir)?;
+            validate_fhir(&payload)
+                .map_err(RecordError::InvalidFhir)
+                .map_err(unanchored)?;
         }
-        // The id is bound to this uploader and patient (recordIdOf(uploader, patient, salt)), and
-        // share nodes take a deposit for it only signed by the uploader: nobody else can claim
-        // it, whoever anchors a root with its leaf.
-        let salt = random_b256();
-        let id = RecordId::derive(self.signer.address(), patient, salt);
+        let id = self.upload_id(patient, salt);
         let digest_key = random_b256();
         let digest = keyed_digest(&digest_key.0, &payload);
         let key = AeadKey::random();
@@ -409,7 +452,9 @@ impl RecordsClient {
         // crash leaves it for the sweeper, which finishes the upload or collects what it left
         // (`sweeper.rs`, `markers.rs`).
         let started = std::time::Instant::now();
-        let mut member = super::markers::join(&self.ipfs, id).await?;
+        let mut member = super::markers::join(&self.ipfs, id)
+            .await
+            .map_err(|e| unanchored(e.into()))?;
         // Added on one peer, pinned by CID on the others (they copy it over bitswap).
         let placed_at = started.elapsed();
         let (placement, marker) = member.parts();
@@ -422,7 +467,8 @@ impl RecordsClient {
                 &sweeper::stored_name(id),
                 &marker,
             )
-            .await?;
+            .await
+            .map_err(|e| unanchored(e.into()))?;
         // On an error the ciphertext may be pinned all the same (Kubo stopped as it
         // answered): the member drops unsettled, and the marker stays for the sweeper.
         let _ = encrypt.await;
@@ -476,7 +522,10 @@ impl RecordsClient {
                 tracing::warn!(
                     "upload of {id} failed after its anchor was sent ({e}): left for the sweeper"
                 );
-                Err(e)
+                Err(UploadError {
+                    error: e,
+                    maybe_anchored: true,
+                })
             }
             // No half record: without the anchor nobody can read it; drop the ciphertext too,
             // then this upload's part of the marker (a failure keeps the marker, and the
@@ -497,7 +546,7 @@ impl RecordsClient {
                         );
                     }
                 }
-                Err(e)
+                Err(unanchored(e))
             }
         }
     }

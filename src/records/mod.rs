@@ -28,7 +28,8 @@ mod sweeper;
 pub use batcher::{BatchSettings, Batcher, ChainSource, Durability};
 pub use block::{RecordBlock, keyed_digest};
 pub use client::{
-    Anchoring, NodeFailure, RecordError, RecordsClient, Retrieved, ShareNodeRef, anchor_root,
+    Anchoring, NodeFailure, RecordError, RecordsClient, Retrieved, ShareNodeRef, UploadError,
+    anchor_root,
 };
 pub use config::RecordsConfig;
 pub use directory::{Directory, ListCursor, RecordsPage};
