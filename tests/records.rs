@@ -1449,20 +1449,19 @@ async fn an_anchor_of_unknown_outcome_keeps_the_ciphertext() {
 
 /// A gateway keeping `Idempotency-Key`s in the database at `db_url` (gateways on one database
 /// stand for replicas, or for one gateway restarted), its records on `refs` (3 needed),
-/// anchored by `anchoring` (each uploader alone when `None`), counting an unfinished upload
-/// abandoned after `orphan_ttl`. `tok-p` is `patient`'s token.
+/// anchored by `anchoring` (each uploader alone when `None`), with an upload budget of `slots`
+/// full-size uploads. `tok-p` is `patient`'s token.
 async fn keyed_gateway(
     office: &EhrChain,
     patient: &PrivateKeySigner,
     refs: Vec<ShareNodeRef>,
     anchoring: Option<std::sync::Arc<dyn ehr_share::records::Anchoring>>,
     db_url: &str,
-    orphan_ttl: Duration,
+    slots: usize,
 ) -> String {
     let mut keyring = ehr_share::gateway::Keyring::default();
     keyring.insert("tok-p", patient.clone());
-    let mut records = ehr_share::records::RecordsConfig::new(refs, 3)
-        .with_sweep(ehr_share::records::SweepSettings::for_ttl(orphan_ttl));
+    let mut records = ehr_share::records::RecordsConfig::new(refs, 3);
     if let Some(a) = anchoring {
         records = records.with_anchoring(a);
     }
@@ -1478,6 +1477,7 @@ async fn keyed_gateway(
         keyring,
     )
     .unwrap()
+    .with_upload_slots(slots)
     .with_records(records)
     .with_database(db);
     common::serve_gateway(state).await
@@ -1571,15 +1571,7 @@ async fn an_upload_retried_with_its_idempotency_key_stores_one_record() {
     let (patient, addr) = common::new_patient(&office).await;
     let dir = tempfile::tempdir().unwrap();
     let db = ehr_share::db::sqlite_in(dir.path());
-    let url = keyed_gateway(
-        &office,
-        &patient,
-        refs,
-        None,
-        &db,
-        Duration::from_secs(4200),
-    )
-    .await;
+    let url = keyed_gateway(&office, &patient, refs, None, &db, 4).await;
 
     let (status, replayed, first, v) = uploaded(
         upload_keyed(&url, addr, "up-1", "a lab result")
@@ -1629,26 +1621,56 @@ async fn an_upload_whose_client_gave_up_is_finished_and_answers_the_retry() {
     });
     let dir = tempfile::tempdir().unwrap();
     let db = ehr_share::db::sqlite_in(dir.path());
-    let url = keyed_gateway(
-        &office,
-        &patient,
-        refs,
-        Some(anchoring),
-        &db,
-        Duration::from_secs(4200),
-    )
-    .await;
+    // A budget of one full-size upload, which an upload of undeclared size takes whole.
+    let url = keyed_gateway(&office, &patient, refs, Some(anchoring), &db, 1).await;
+    let chunked = reqwest::Client::new()
+        .post(format!("{url}/records?patient={addr}"))
+        .bearer_auth("tok-p")
+        .header("content-type", "text/plain")
+        .header("Idempotency-Key", "up-cut")
+        .body(reqwest::Body::wrap_stream(futures::stream::once(async {
+            Ok::<_, std::io::Error>(Bytes::from_static(b"a scan"))
+        })))
+        .send();
 
-    let first = tokio::spawn(upload_keyed(&url, addr, "up-cut", "a scan"));
+    let first = tokio::spawn(chunked);
     tokio::time::timeout(Duration::from_secs(30), entered.notified())
         .await
         .expect("the upload reaches its anchor");
     // The client goes away.
     first.abort();
     assert!(first.await.unwrap_err().is_cancelled());
-    let again = tokio::spawn(upload_keyed(&url, addr, "up-cut", "a scan"));
+    // Its upload still holds its share of the budget: another upload is refused for now.
+    let other = reqwest::Client::new()
+        .post(format!("{url}/records?patient={addr}"))
+        .bearer_auth("tok-p")
+        .header("content-type", "text/plain")
+        .body("another")
+        .send();
+    let r = tokio::time::timeout(Duration::from_secs(30), other)
+        .await
+        .expect("answered at once")
+        .unwrap();
+    assert_eq!(r.status(), 503, "the budget is taken");
+    // The upload goes on; the retry is answered once the budget lets it in.
     go.add_permits(8);
-    let (status, replayed, record, v) = uploaded(again.await.unwrap().unwrap()).await;
+    let answer = std::sync::Arc::new(std::sync::Mutex::new(None));
+    assert!(
+        common::nodes::wait_until(Duration::from_secs(60), || {
+            let (answer, url) = (answer.clone(), url.clone());
+            async move {
+                let r = upload_keyed(&url, addr, "up-cut", "a scan").await.unwrap();
+                if r.status() == 503 && r.headers().contains_key("retry-after") {
+                    return false;
+                }
+                *answer.lock().unwrap() = Some(uploaded(r).await);
+                true
+            }
+        })
+        .await,
+        "the budget frees once the upload is over"
+    );
+    let (status, replayed, record, v) = answer.lock().unwrap().take().unwrap();
     assert_eq!((status, replayed), (200, true), "{v}");
     assert!(record.is_some());
     assert_eq!(listed(&url, addr).await, 1, "one record");
@@ -1656,9 +1678,9 @@ async fn an_upload_whose_client_gave_up_is_finished_and_answers_the_retry() {
 
 /// An upload whose anchor was refused before anything was sent stored nothing: its key is
 /// free, and the retry stores the record (on another gateway of the same database, as after a
-/// restart). One whose anchor's outcome is unknown keeps its key: a retry is answered 409
-/// with `Retry-After` while its record may still be anchored, and runs anew (a new record)
-/// once the record is older than the orphan TTL, when no share node can take it any more.
+/// restart). One whose anchor's outcome is unknown keeps its key: a retry is answered 409 with
+/// `Retry-After` while that try may still give its record's proof to a node, and runs anew
+/// (a new record) once it surely cannot (its bound passed: the row's clock is set back here).
 #[tokio::test]
 async fn a_retried_upload_whose_first_try_failed_runs_once_it_is_safe() {
     let office = common::office().await;
@@ -1667,82 +1689,57 @@ async fn a_retried_upload_whose_first_try_failed_runs_once_it_is_safe() {
     let (patient, addr) = common::new_patient(&office).await;
     let dir = tempfile::tempdir().unwrap();
     let db = ehr_share::db::sqlite_in(dir.path());
-    let long = Duration::from_secs(4200);
-    let gateway = |anchoring: Option<TestAnchor>, ttl| {
+    let gateway = |anchoring: Option<TestAnchor>| {
         let (office, patient, refs, db) = (&office, &patient, refs.clone(), db.clone());
         async move {
             let anchoring = anchoring.map(|a| {
                 std::sync::Arc::new(a) as std::sync::Arc<dyn ehr_share::records::Anchoring>
             });
-            keyed_gateway(office, patient, refs, anchoring, &db, ttl).await
+            keyed_gateway(office, patient, refs, anchoring, &db, 4).await
         }
     };
-    let refusing = gateway(Some(TestAnchor::Refused), long).await;
-    let unknown = gateway(Some(TestAnchor::Unknown), long).await;
-    let working = gateway(None, long).await;
-    let impatient = gateway(None, Duration::from_secs(1)).await;
+    let refusing = gateway(Some(TestAnchor::Refused)).await;
+    let unknown = gateway(Some(TestAnchor::Unknown)).await;
+    let working = gateway(None).await;
+    let upload = |url: &str, key: &str, body: &'static str| {
+        let r = upload_keyed(url, addr, key, body);
+        async move { uploaded(r.await.unwrap()).await }
+    };
 
-    let (status, _, _, v) = uploaded(
-        upload_keyed(&refusing, addr, "up-a", "a letter")
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, _, _, v) = upload(&refusing, "up-a", "a letter").await;
     assert_eq!(status, 503, "{v}");
-    let (status, replayed, _, v) = uploaded(
-        upload_keyed(&working, addr, "up-a", "a letter")
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, replayed, _, v) = upload(&working, "up-a", "a letter").await;
     assert_eq!((status, replayed), (200, false), "the key was freed: {v}");
 
-    let (status, _, _, v) = uploaded(
-        upload_keyed(&unknown, addr, "up-b", "a report")
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, _, _, v) = upload(&unknown, "up-b", "a report").await;
     assert_eq!(status, 503, "{v}");
     let r = upload_keyed(&working, addr, "up-b", "a report")
         .await
         .unwrap();
-    assert_eq!(r.headers()["retry-after"], "60");
+    let wait: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        (60..=170).contains(&wait),
+        "asked again once the first try's bound passed: {wait} s"
+    );
     let (status, _, _, v) = uploaded(r).await;
     assert_eq!(
         status, 409,
         "the first try's record may still be anchored: {v}"
     );
-    // Past the orphan TTL: run anew.
-    let done = std::sync::Arc::new(std::sync::Mutex::new(None));
-    assert!(
-        common::nodes::wait_until(Duration::from_secs(20), || {
-            let (done, impatient) = (done.clone(), impatient.clone());
-            async move {
-                let (status, replayed, record, v) = uploaded(
-                    upload_keyed(&impatient, addr, "up-b", "a report")
-                        .await
-                        .unwrap(),
-                )
-                .await;
-                assert!(status == 200 || status == 409, "{v}");
-                if status == 200 {
-                    assert!(!replayed, "a new record: {v}");
-                    *done.lock().unwrap() = record;
-                }
-                status == 200
-            }
-        })
-        .await,
-        "taken over"
-    );
-    let (status, replayed, record, v) = uploaded(
-        upload_keyed(&working, addr, "up-b", "a report")
-            .await
-            .unwrap(),
-    )
-    .await;
+    // The clock moves past the bound (the row's, set back an hour).
+    let pool = sqlx::SqlitePool::connect(&db).await.unwrap();
+    sqlx::query("UPDATE idempotency_keys SET created_at = created_at - 3600")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let (status, replayed, taken, v) = upload(&working, "up-b", "a report").await;
+    assert_eq!((status, replayed), (200, false), "run anew: {v}");
+    let (status, replayed, record, v) = upload(&working, "up-b", "a report").await;
     assert_eq!((status, replayed), (200, true), "{v}");
-    assert_eq!(record, *done.lock().unwrap());
+    assert_eq!(record, taken);
     assert_eq!(listed(&working, addr).await, 2, "one record per key");
 }

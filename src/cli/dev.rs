@@ -201,14 +201,14 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
             },
             durable.clone(),
         );
-    let records = RecordsConfig::new(node_refs.clone(), a.threshold)
-        .with_anchoring(batcher)
-        .with_sweep(crate::records::SweepSettings::for_ttl(Duration::from_secs(
-            a.orphan_ttl_secs,
-        )));
+    let records = RecordsConfig::new(node_refs.clone(), a.threshold).with_anchoring(batcher);
     seed_demo_record(&settings, &chain, &ipfs, &records).await?;
     records
-        .sweeper(ipfs.clone(), reqwest::Client::new(), records.sweep())
+        .sweeper(
+            ipfs.clone(),
+            reqwest::Client::new(),
+            crate::records::SweepSettings::for_ttl(Duration::from_secs(a.orphan_ttl_secs)),
+        )
         .spawn();
     let db_url = a
         .database_url

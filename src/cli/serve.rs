@@ -292,10 +292,7 @@ pub async fn run(a: ServeArgs) -> anyhow::Result<()> {
         c.records.threshold,
     )
     .with_access_reuse(std::time::Duration::from_secs(c.records.access_reuse_secs))
-    .with_padding(c.records.padding.scheme())
-    .with_sweep(crate::records::SweepSettings::for_ttl(
-        std::time::Duration::from_secs(c.records.orphan_ttl_secs),
-    ));
+    .with_padding(c.records.padding.scheme());
     records.anchoring = match &c.records.batch_key_file {
         Some(path) => {
             let hex = std::fs::read_to_string(path).with_context(|| {
@@ -340,7 +337,9 @@ pub async fn run(a: ServeArgs) -> anyhow::Result<()> {
         .sweeper(
             c.ipfs.replicas()?,
             crate::share_node::tls::http(),
-            records.sweep(),
+            crate::records::SweepSettings::for_ttl(std::time::Duration::from_secs(
+                c.records.orphan_ttl_secs,
+            )),
         )
         .spawn();
     let ingest = match (&c.ingest, &chain) {

@@ -166,7 +166,7 @@ impl Database {
             .execute(self.pool())
             .await;
             match inserted(insert, "idempotency key") {
-                // MySQL counts a row set to the value it had as not affected: it holds `tx`.
+                // Made again meanwhile by another try of the key (a conflict): it holds its own.
                 Ok(()) | Err(DbError::Conflict(_)) => {}
                 Err(e) => return Err(e),
             }

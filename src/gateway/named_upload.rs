@@ -5,17 +5,19 @@
 //!
 //! Unlike a contract write, an upload's outcome is known before anything is done: its record
 //! id (`recordIdOf(uploader, patient, salt)`) is fixed by a fresh salt. So the key's row names
-//! the record before the upload starts, and the upload runs in a task of its own that a
-//! dropped connection does not cut short. A retry of the key then finds, by asking the share
-//! nodes for the record ([`crate::records::Directory::locate`]):
+//! the record (a compare-and-set: of two tries in two gateways, one does) before anything is
+//! stored, in a task of its own that a dropped connection does not cut short and that holds
+//! the upload's share of the upload budget until it ends. A retry of the key then finds, by
+//! asking the share nodes for the record ([`crate::records::Directory::locate`]):
 //! - the record anchored at k nodes: answered by it;
-//! - while a try of the key runs in this process: waits for it first (a client's timeout
+//! - while a try of the key runs in this gateway: waits for it first (a client's timeout
 //!   shorter than the upload);
-//! - no node holding it, and the row older than the orphan TTL (the sweeper's: by then the
-//!   nodes have dropped any share of it, so it can never be read): the key is taken over and
-//!   the upload runs anew, under a new record id;
-//! - otherwise (an earlier try in another process, or one cut by a crash, may still anchor it):
-//!   409 with `Retry-After`, the IETF draft's answer for a request still being processed.
+//! - every node saying it holds no proof of the record, and its try surely over
+//!   ([`TRY_BOUND`]: only that try ever gives the proof to a node): the record can never be
+//!   read, so the key is taken over and the upload runs anew under a new record id;
+//! - otherwise (its try may still be running, in another gateway or cut off by a crash a
+//!   moment ago; or the record is anchored and its proof is still spreading): 409 with
+//!   `Retry-After`, the IETF draft's answer for a request still being processed.
 //!
 //! An upload that fails before its anchor is sent frees the key (nothing of it will be read);
 //! one whose anchor may have gone out keeps it, and the record settles as above.
@@ -34,8 +36,18 @@ use crate::chain::{PatientAddr, RecordId};
 use crate::db::{Claim, Database};
 use crate::records::{RecordError, RecordsClient};
 
-/// Seconds a client is asked to wait before asking about an unsettled upload again.
+/// Seconds a client is asked to wait before asking about an anchored upload whose proof is
+/// still spreading.
 const RETRY_SECS: u64 = 60;
+
+/// How long after its record was named a try of an upload may still give the record's proof
+/// to a share node: its task's bound, then a node request it made at the end (each is
+/// bounded by the node deadline), and a margin for a node still working on one. Only that try
+/// ever sends the proof (the sweeper spreads one only from a node that holds it already), so a
+/// record that no node holds a proof of past this can never be read.
+const TRY_BOUND: std::time::Duration = std::time::Duration::from_secs(
+    super::uploads::UPLOAD_TIMEOUT.as_secs() + crate::records::NODE_DEADLINE.as_secs() + 30,
+);
 
 /// Per key, the try of an upload running in this process.
 type Running = Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>;
@@ -143,17 +155,17 @@ impl NamedUpload {
         }))
     }
 
-    /// Answers with the earlier try's record, or stores `upload` with `client` under the key.
+    /// Answers with the earlier try's record, or stores `upload` with `client` under the key
+    /// (holding `charge`, its share of the upload budget, until the upload ends).
     ///
     /// # Errors
     /// As an upload's; 409 (with `Retry-After`) while an earlier try's record is unsettled.
     pub(super) async fn run(
         self,
         client: RecordsClient,
-        orphan_ttl: std::time::Duration,
         upload: Upload,
+        charge: Option<tokio::sync::OwnedSemaphorePermit>,
     ) -> Result<Response, ApiError> {
-        let now = crate::clock::unix_now();
         if let Some(earlier) = &self.earlier {
             // Only an upload's try writes a record id under an upload's fingerprint.
             let record = earlier.parse::<RecordId>().map_err(|_| {
@@ -164,65 +176,66 @@ impl NamedUpload {
             })?;
             match client.directory().locate(record).await {
                 Ok(_) => return Ok(upload.answer(record, true)),
-                Err(RecordError::NotFound(_))
-                    if now.saturating_sub(self.since) > orphan_ttl.as_secs() => {}
-                // Not readable, and it may still be: anchored (some node holds its proof),
-                // or anchoring in another process, or cut off a moment ago.
-                Err(RecordError::NotFound(_)) => return Ok(unsettled(Some(record))),
+                // Every node says it holds no proof of it: once its try is surely over, nothing
+                // can give one any more, and it can never be read.
+                Err(RecordError::NotFound(_)) => {
+                    let over = self.since.saturating_add(TRY_BOUND.as_secs());
+                    let wait = over.saturating_sub(crate::clock::unix_now());
+                    if wait > 0 {
+                        return Ok(unsettled(Some(record), wait));
+                    }
+                }
+                // Anchored, its proof not yet at k nodes: the sweeper spreads it.
                 Err(RecordError::NotEnoughShares { valid, .. }) if valid > 0 => {
-                    return Ok(unsettled(Some(record)));
+                    return Ok(unsettled(Some(record), RETRY_SECS));
                 }
                 Err(e) => return Err(e.into()),
             }
-        }
-        // A fresh record id, named by the key before anything is stored.
-        let salt = crate::chain::random_b256();
-        let record = client.upload_id(upload.patient, salt);
-        let made = record.to_string();
-        let named = self
-            .db
-            .idempotency_key_replaced(
-                &self.scope,
-                &self.key_hash,
-                self.earlier.as_deref(),
-                &made,
-                now,
-            )
-            .await?;
-        if !named {
-            // Another process's try of the key got there first.
-            return Ok(unsettled(None));
         }
         let Self {
             db,
             scope,
             key_hash,
+            earlier,
             turn,
             ..
         } = self;
-        let Upload {
-            patient,
-            body,
-            media_type,
-            file_name,
-        } = &upload;
         let (patient, body, media, file_name) = (
-            *patient,
-            body.clone(),
-            media_type.clone(),
-            file_name.clone(),
+            upload.patient,
+            upload.body.clone(),
+            upload.media_type.clone(),
+            upload.file_name.clone(),
         );
-        // In a task of its own: a client that goes away does not cut the upload short, and the
-        // next try of the key here waits for it (`turn`).
+        // In a task of its own: a client that goes away does not cut the upload short (nor
+        // leave the key naming a record nobody stores), and the next try of the key here waits
+        // for it (`turn`). The task holds the upload's share of the budget.
         let work = async move {
-            let _turn = turn;
+            let (_turn, _charge) = (turn, charge);
+            // A fresh record id, named by the key before anything is stored, as of now: the
+            // try's bound counts from here.
+            let salt = crate::chain::random_b256();
+            let record = client.upload_id(patient, salt);
+            let made = record.to_string();
+            let named = db
+                .idempotency_key_replaced(
+                    &scope,
+                    &key_hash,
+                    earlier.as_deref(),
+                    &made,
+                    crate::clock::unix_now(),
+                )
+                .await?;
+            if !named {
+                // Another gateway's try of the key changed the row first.
+                return Ok(None);
+            }
             let stored = tokio::time::timeout(
                 super::uploads::UPLOAD_TIMEOUT,
                 client.put_salted(salt, patient, body, &media, file_name),
             )
             .await;
             match stored {
-                Ok(Ok(id)) => Ok(id),
+                Ok(Ok(id)) => Ok(Some(id)),
                 Ok(Err(e)) => {
                     if !e.maybe_anchored
                         && let Err(f) = db
@@ -235,29 +248,30 @@ impl NamedUpload {
                     }
                     Err(ApiError::from(e.error))
                 }
-                // Cut wherever it was: the sweeper settles it, and the key with it.
-                Err(_) => Err(ApiError::new(
-                    crate::kind::ErrorKind::Unavailable,
-                    format!(
-                        "the upload of record {made} took longer than {} s; ask again with the same key later",
-                        super::uploads::UPLOAD_TIMEOUT.as_secs()
-                    ),
-                )),
+                // Cut wherever it was (its client had its 408 already): the key's rule and the
+                // sweeper settle it.
+                Err(_) => Err(ApiError::unavailable(format!(
+                    "the upload of record {made} took longer than {} s; ask again with the same key later",
+                    super::uploads::UPLOAD_TIMEOUT.as_secs()
+                ))),
             }
         };
-        let id = tokio::spawn(work).await.map_err(|e| {
+        let stored = tokio::spawn(work).await.map_err(|e| {
             ApiError::new(
                 crate::kind::ErrorKind::Internal,
                 format!("the upload stopped: {e}"),
             )
         })??;
-        Ok(upload.answer(id, false))
+        Ok(match stored {
+            Some(id) => upload.answer(id, false),
+            None => unsettled(None, 1),
+        })
     }
 }
 
 /// 409: an earlier try's `record` is neither readable nor abandoned yet (`None`: another
-/// try is under way).
-fn unsettled(record: Option<RecordId>) -> Response {
+/// try is under way); asked again in `retry_secs`.
+fn unsettled(record: Option<RecordId>, retry_secs: u64) -> Response {
     let which = record.map_or_else(String::new, |r| format!(" (record {r})"));
     let mut r = ApiError::new(
         crate::kind::ErrorKind::Conflict,
@@ -267,6 +281,6 @@ fn unsettled(record: Option<RecordId>) -> Response {
     )
     .into_response();
     r.headers_mut()
-        .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_SECS));
+        .insert(header::RETRY_AFTER, HeaderValue::from(retry_secs.max(1)));
     r
 }

@@ -52,6 +52,7 @@ pub(super) async fn upload(
     Query(q): Query<UploadQuery>,
     headers: HeaderMap,
     uri: axum::http::Uri,
+    charge: Option<axum::Extension<super::uploads::Charge>>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let addr = patient(&q.patient)?;
@@ -78,11 +79,9 @@ pub(super) async fn upload(
     // Named with an Idempotency-Key: a retry is answered by the record the first try stored.
     let target = uri.path_and_query().map_or("", |p| p.as_str());
     if let Some(named) = NamedUpload::claim(&state, &headers, account, target, &upload).await? {
-        let orphan_ttl = state
-            .records()
-            .map(|r| r.sweep().orphan_ttl)
-            .unwrap_or_default();
-        return named.run(client, orphan_ttl, upload).await;
+        return named
+            .run(client, upload, charge.and_then(|c| c.take()))
+            .await;
     }
     let id = client
         .put(

@@ -25,10 +25,12 @@ const FULL_KIB: u32 = 32 * 1024;
 const MIN_CHARGE: u32 = 256;
 
 /// Longest an upload may take, body included: a client trickling its body cannot hold a slot
-/// for longer (408 after that).
+/// for longer (408 after that). An upload named by an `Idempotency-Key` goes on in a task of
+/// its own after its client left, for at most as long again (`named_upload`).
 pub(super) const UPLOAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 
-/// The timeout layer for upload routes (inside the slot, so a timed-out upload frees it).
+/// The timeout layer for upload routes (inside the slot, so a timed-out upload frees it; a
+/// named upload's task keeps its charge until it ends).
 pub fn timeout() -> tower_http::timeout::TimeoutLayer {
     tower_http::timeout::TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, UPLOAD_TIMEOUT)
 }
@@ -70,6 +72,22 @@ fn charge(req: &Request) -> u32 {
         })
 }
 
+/// An upload's share of the budget, in its request's extensions: a handler that hands the
+/// upload to a task of its own (one a dropped connection does not cut short) takes it along,
+/// so the budget counts the upload until it ends, not until its client leaves.
+#[derive(Clone)]
+pub(super) struct Charge(Arc<std::sync::Mutex<Option<tokio::sync::OwnedSemaphorePermit>>>);
+
+impl Charge {
+    /// The permit, for the task that does the upload's work.
+    pub(super) fn take(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+    }
+}
+
 /// Middleware for JSON clients.
 pub async fn gate_json(State(slots): State<UploadSlots>, req: Request, next: Next) -> Response {
     gate(slots, req, next, |m| {
@@ -97,8 +115,12 @@ async fn gate(
 ) -> Response {
     match slots.0.clone().try_acquire_many_owned(charge(&req)) {
         Ok(permit) => {
+            let mut req = req;
+            let charge = Charge(Arc::new(std::sync::Mutex::new(Some(permit))));
+            req.extensions_mut().insert(charge.clone());
             let resp = next.run(req).await;
-            drop(permit);
+            // Freed here unless the handler took it for a task that outlives it.
+            drop(charge);
             resp
         }
         Err(_) => {

@@ -32,9 +32,6 @@ pub struct RecordsConfig {
     health: Arc<NodeHealth>,
     /// How new records are padded.
     padding: Scheme,
-    /// When an unfinished upload counts as abandoned (its sweeper's, and what a retried named
-    /// upload goes by).
-    sweep: SweepSettings,
 }
 
 impl RecordsConfig {
@@ -47,22 +44,7 @@ impl RecordsConfig {
             cache: Arc::default(),
             health: Arc::default(),
             padding: Scheme::CURRENT,
-            sweep: SweepSettings::default(),
         }
-    }
-
-    /// The same, counting an unfinished upload abandoned by `sweep` (the sweeper the
-    /// process runs with it): a retried upload whose earlier try left a record that no share
-    /// node holds is run anew only once that record is older than `sweep.orphan_ttl`.
-    #[must_use]
-    pub fn with_sweep(mut self, sweep: SweepSettings) -> Self {
-        self.sweep = sweep;
-        self
-    }
-
-    /// See [`Self::with_sweep`].
-    pub fn sweep(&self) -> SweepSettings {
-        self.sweep
     }
 
     /// The same, padding new records by `padding` instead of [`Scheme::CURRENT`]: powers of

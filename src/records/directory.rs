@@ -21,7 +21,7 @@ const MAX_PAGES: usize = 20;
 const NEWEST_SLACK: usize = 32;
 
 /// How long one node may take to answer one request: a hung node delays nothing beyond it.
-const NODE_DEADLINE: Duration = Duration::from_secs(20);
+pub(crate) const NODE_DEADLINE: Duration = Duration::from_secs(20);
 
 /// Which roots the chain says are anchored, each asked once.
 #[derive(Default)]

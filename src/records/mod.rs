@@ -32,6 +32,7 @@ pub use client::{
     anchor_root,
 };
 pub use config::RecordsConfig;
+pub(crate) use directory::NODE_DEADLINE;
 pub use directory::{Directory, ListCursor, RecordsPage};
 pub use fhir::{FHIR_JSON, validate_fhir};
 pub use node_health::NodeHealth;
