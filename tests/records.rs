@@ -1447,40 +1447,64 @@ async fn an_anchor_of_unknown_outcome_keeps_the_ciphertext() {
     assert_eq!(got.data, data);
 }
 
-/// A gateway keeping `Idempotency-Key`s in the database at `db_url` (gateways on one database
-/// stand for replicas, or for one gateway restarted), its records on `refs` (3 needed),
-/// anchored by `anchoring` (each uploader alone when `None`), with an upload budget of `slots`
-/// full-size uploads. `tok-p` is `patient`'s token.
-async fn keyed_gateway(
-    office: &EhrChain,
-    patient: &PrivateKeySigner,
+/// A patient, three share nodes and a database of `Idempotency-Key`s, for gateways that
+/// take named uploads (gateways on one database stand for replicas, or for one gateway
+/// restarted). `tok-p` is the patient's token on each.
+struct Keyed {
+    office: EhrChain,
+    _nodes: Vec<common::nodes::NodeProc>,
     refs: Vec<ShareNodeRef>,
-    anchoring: Option<std::sync::Arc<dyn ehr_share::records::Anchoring>>,
-    db_url: &str,
-    slots: usize,
-) -> String {
-    let mut keyring = ehr_share::gateway::Keyring::default();
-    keyring.insert("tok-p", patient.clone());
-    let mut records = ehr_share::records::RecordsConfig::new(refs, 3);
-    if let Some(a) = anchoring {
-        records = records.with_anchoring(a);
+    patient: PrivateKeySigner,
+    addr: ehr_share::chain::PatientAddr,
+    _dir: tempfile::TempDir,
+    db: String,
+}
+
+impl Keyed {
+    async fn new() -> Self {
+        let office = common::office().await;
+        let nodes = common::nodes::start_many(office.address(), 3, &[]).await;
+        let refs = common::nodes::refs(&nodes).await;
+        let (patient, addr) = common::new_patient(&office).await;
+        let dir = tempfile::tempdir().unwrap();
+        let db = ehr_share::db::sqlite_in(dir.path());
+        Self {
+            office,
+            _nodes: nodes,
+            refs,
+            patient,
+            addr,
+            _dir: dir,
+            db,
+        }
     }
-    let db = ehr_share::db::Database::open(db_url).await.unwrap();
-    let state = ehr_share::gateway::AppState::new(
-        &common::rpc(),
-        Some(
-            EhrChain::connect(&common::rpc(), None, &office.deployment())
-                .await
-                .unwrap(),
-        ),
-        KuboClient::new(&common::stack().kubo.api_url),
-        keyring,
-    )
-    .unwrap()
-    .with_upload_slots(slots)
-    .with_records(records)
-    .with_database(db);
-    common::serve_gateway(state).await
+
+    /// A gateway whose records are anchored by `anchoring` (each uploader alone when `None`),
+    /// with an upload budget of `slots` full-size uploads.
+    async fn gateway(&self, anchoring: Option<TestAnchor>, slots: usize) -> String {
+        let mut keyring = ehr_share::gateway::Keyring::default();
+        keyring.insert("tok-p", self.patient.clone());
+        let mut records = ehr_share::records::RecordsConfig::new(self.refs.clone(), 3);
+        if let Some(a) = anchoring {
+            records = records.with_anchoring(std::sync::Arc::new(a));
+        }
+        let db = ehr_share::db::Database::open(&self.db).await.unwrap();
+        let state = ehr_share::gateway::AppState::new(
+            &common::rpc(),
+            Some(
+                EhrChain::connect(&common::rpc(), None, &self.office.deployment())
+                    .await
+                    .unwrap(),
+            ),
+            KuboClient::new(&common::stack().kubo.api_url),
+            keyring,
+        )
+        .unwrap()
+        .with_upload_slots(slots)
+        .with_records(records)
+        .with_database(db);
+        common::serve_gateway(state).await
+    }
 }
 
 /// `POST /records` of `body` for `addr` with the key `key`, as `tok-p`.
@@ -1565,13 +1589,9 @@ impl ehr_share::records::Anchoring for TestAnchor {
 /// refused (422).
 #[tokio::test]
 async fn an_upload_retried_with_its_idempotency_key_stores_one_record() {
-    let office = common::office().await;
-    let procs = common::nodes::start_many(office.address(), 3, &[]).await;
-    let refs = common::nodes::refs(&procs).await;
-    let (patient, addr) = common::new_patient(&office).await;
-    let dir = tempfile::tempdir().unwrap();
-    let db = ehr_share::db::sqlite_in(dir.path());
-    let url = keyed_gateway(&office, &patient, refs, None, &db, 4).await;
+    let k = Keyed::new().await;
+    let addr = k.addr;
+    let url = k.gateway(None, 4).await;
 
     let (status, replayed, first, v) = uploaded(
         upload_keyed(&url, addr, "up-1", "a lab result")
@@ -1608,21 +1628,17 @@ async fn an_upload_retried_with_its_idempotency_key_stores_one_record() {
 /// upload cut off mid-way (or stored a second record).
 #[tokio::test]
 async fn an_upload_whose_client_gave_up_is_finished_and_answers_the_retry() {
-    let office = common::office().await;
-    let procs = common::nodes::start_many(office.address(), 3, &[]).await;
-    let refs = common::nodes::refs(&procs).await;
-    let (patient, addr) = common::new_patient(&office).await;
+    let k = Keyed::new().await;
+    let addr = k.addr;
     let entered = std::sync::Arc::new(tokio::sync::Notify::new());
     let go = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
-    let anchoring = std::sync::Arc::new(TestAnchor::Gated {
-        chain: Box::new(common::as_(&office, &patient)),
+    let anchoring = TestAnchor::Gated {
+        chain: Box::new(common::as_(&k.office, &k.patient)),
         entered: entered.clone(),
         go: go.clone(),
-    });
-    let dir = tempfile::tempdir().unwrap();
-    let db = ehr_share::db::sqlite_in(dir.path());
+    };
     // A budget of one full-size upload, which an upload of undeclared size takes whole.
-    let url = keyed_gateway(&office, &patient, refs, Some(anchoring), &db, 1).await;
+    let url = k.gateway(Some(anchoring), 1).await;
     let chunked = reqwest::Client::new()
         .post(format!("{url}/records?patient={addr}"))
         .bearer_auth("tok-p")
@@ -1683,24 +1699,11 @@ async fn an_upload_whose_client_gave_up_is_finished_and_answers_the_retry() {
 /// (a new record) once it surely cannot (its bound passed: the row's clock is set back here).
 #[tokio::test]
 async fn a_retried_upload_whose_first_try_failed_runs_once_it_is_safe() {
-    let office = common::office().await;
-    let procs = common::nodes::start_many(office.address(), 3, &[]).await;
-    let refs = common::nodes::refs(&procs).await;
-    let (patient, addr) = common::new_patient(&office).await;
-    let dir = tempfile::tempdir().unwrap();
-    let db = ehr_share::db::sqlite_in(dir.path());
-    let gateway = |anchoring: Option<TestAnchor>| {
-        let (office, patient, refs, db) = (&office, &patient, refs.clone(), db.clone());
-        async move {
-            let anchoring = anchoring.map(|a| {
-                std::sync::Arc::new(a) as std::sync::Arc<dyn ehr_share::records::Anchoring>
-            });
-            keyed_gateway(office, patient, refs, anchoring, &db, 4).await
-        }
-    };
-    let refusing = gateway(Some(TestAnchor::Refused)).await;
-    let unknown = gateway(Some(TestAnchor::Unknown)).await;
-    let working = gateway(None).await;
+    let k = Keyed::new().await;
+    let (addr, db) = (k.addr, k.db.clone());
+    let refusing = k.gateway(Some(TestAnchor::Refused), 4).await;
+    let unknown = k.gateway(Some(TestAnchor::Unknown), 4).await;
+    let working = k.gateway(None, 4).await;
     let upload = |url: &str, key: &str, body: &'static str| {
         let r = upload_keyed(url, addr, key, body);
         async move { uploaded(r.await.unwrap()).await }
