@@ -12,9 +12,9 @@
 //! - the record anchored at k nodes: answered by it;
 //! - while a try of the key runs in this gateway: waits for it first (a client's timeout
 //!   shorter than the upload);
-//! - every node saying it holds no proof of the record, and its try surely over
-//!   ([`TRY_BOUND`]: only that try ever gives the proof to a node): the record can never be
-//!   read, so the key is taken over and the upload runs anew under a new record id;
+//! - its try surely over ([`TRY_BOUND`]: only that try ever gives the proof to a node), and
+//!   every node answering that it holds no proof of the record: it can never be read, so the
+//!   key is taken over and the upload runs anew under a new record id;
 //! - otherwise (its try may still be running, in another gateway or cut off by a crash a
 //!   moment ago; or the record is anchored and its proof is still spreading): 409 with
 //!   `Retry-After`, the IETF draft's answer for a request still being processed.
@@ -36,17 +36,20 @@ use crate::chain::{PatientAddr, RecordId};
 use crate::db::{Claim, Database};
 use crate::records::{RecordError, RecordsClient};
 
-/// Seconds a client is asked to wait before asking about an anchored upload whose proof is
-/// still spreading.
+/// Seconds a client is asked to wait before asking again about an upload whose try is over but
+/// whose record some node still holds a proof of (or a node did not answer).
 const RETRY_SECS: u64 = 60;
 
 /// How long after its record was named a try of an upload may still give the record's proof
-/// to a share node: its task's bound, then a node request it made at the end (each is
-/// bounded by the node deadline), and a margin for a node still working on one. Only that try
-/// ever sends the proof (the sweeper spreads one only from a node that holds it already), so a
-/// record that no node holds a proof of past this can never be read.
+/// to a share node: its task's bound; then a batch of proofs queued before the task ended,
+/// which its sender sends on (a node request, and for a node without the batch route each
+/// item again, each bounded by the node deadline); and a minute for a node still working on
+/// one and for the clocks of two gateways (the naming one's writes the row's time, the
+/// asking one's reads it). Only that try ever sends the proof (the sweeper spreads one only
+/// from a node that holds it already), so a record that no node holds a proof of past this
+/// can never be read.
 const TRY_BOUND: std::time::Duration = std::time::Duration::from_secs(
-    super::uploads::UPLOAD_TIMEOUT.as_secs() + crate::records::NODE_DEADLINE.as_secs() + 30,
+    super::uploads::UPLOAD_TIMEOUT.as_secs() + 2 * crate::records::NODE_DEADLINE.as_secs() + 60,
 );
 
 /// Per key, the try of an upload running in this process.
@@ -176,18 +179,19 @@ impl NamedUpload {
             })?;
             match client.directory().locate(record).await {
                 Ok(_) => return Ok(upload.answer(record, true)),
-                // Every node says it holds no proof of it: once its try is surely over, nothing
-                // can give one any more, and it can never be read.
-                Err(RecordError::NotFound(_)) => {
+                // Not readable (yet). Once its try is surely over, and every node says it
+                // holds no proof of it, nothing can give one any more: it can never be read.
+                // Until then it may still be (a try under way, a proof spreading, a chain view
+                // behind the nodes').
+                Err(RecordError::NotFound(_) | RecordError::NotEnoughShares { .. }) => {
                     let over = self.since.saturating_add(TRY_BOUND.as_secs());
                     let wait = over.saturating_sub(crate::clock::unix_now());
                     if wait > 0 {
                         return Ok(unsettled(Some(record), wait));
                     }
-                }
-                // Anchored, its proof not yet at k nodes: the sweeper spreads it.
-                Err(RecordError::NotEnoughShares { valid, .. }) if valid > 0 => {
-                    return Ok(unsettled(Some(record), RETRY_SECS));
+                    if !client.directory().held_nowhere(record).await {
+                        return Ok(unsettled(Some(record), RETRY_SECS));
+                    }
                 }
                 Err(e) => return Err(e.into()),
             }

@@ -195,6 +195,23 @@ impl Directory {
         })
     }
 
+    /// Whether every share node answers that it holds no proof of `id` (a 404 each, whatever
+    /// this reader's view of the chain): then no node can give the proof to another, and no
+    /// reader can find the record. A node that answers anything else, or not at all, makes it
+    /// `false`. ([`Self::locate`] also says "not found" when a node's proof is to a root this
+    /// reader's chain view does not show anchored yet.)
+    pub async fn held_nowhere(&self, id: RecordId) -> bool {
+        let answers = futures::future::join_all(
+            self.nodes
+                .iter()
+                .map(|node| async move { self.client(node).locate(id).await }),
+        )
+        .await;
+        answers
+            .iter()
+            .all(|r| r.as_ref().is_err_and(|e| e.status() == Some(404)))
+    }
+
     /// The patient's anchored records, oldest first: those whose leaf at least k distinct share
     /// nodes list with a proof to an anchored root (fewer cannot be read, and one node cannot
     /// make a record up). At most [`MAX_PAGES`] pages are read from each node.
