@@ -82,8 +82,17 @@ async fn gateway_for(
     doctor: &alloy::signers::local::PrivateKeySigner,
     patient: &alloy::signers::local::PrivateKeySigner,
 ) -> String {
+    gateway_on(&common::rpc(), doctor, patient).await
+}
+
+/// [`gateway_for`] on the chain endpoint `rpc`.
+async fn gateway_on(
+    rpc: &str,
+    doctor: &alloy::signers::local::PrivateKeySigner,
+    patient: &alloy::signers::local::PrivateKeySigner,
+) -> String {
     let office = office().await;
-    let chain = ehr_share::chain::EhrChain::connect(&common::rpc(), None, &office.deployment())
+    let chain = ehr_share::chain::EhrChain::connect(rpc, None, &office.deployment())
         .await
         .unwrap();
     let mut keyring = Keyring::default();
@@ -95,7 +104,7 @@ async fn gateway_for(
         .await
         .unwrap();
     let state = AppState::new(
-        &common::rpc(),
+        rpc,
         Some(chain),
         ehr_share::ipfs::KuboClient::new(&common::stack().kubo.api_url),
         keyring,
@@ -439,5 +448,70 @@ async fn a_named_request_whose_other_try_was_mined_meanwhile_is_answered_by_it()
     assert!(
         matches!(e, ehr_share::chain::ChainError::Rejected(_)),
         "{e}"
+    );
+}
+
+/// The endpoint (or a proxy in front of it) takes a doctor's break-glass and loses the answer:
+/// the gateway answers 503 naming the transaction, which the node has. Asked again with its
+/// `Idempotency-Key`, the break-glass is answered by that transaction (emergency access opened
+/// once); without a key, the same call from the chain client joins it too. Before, the hash
+/// was known only from the node's answer: nothing was recorded, and the retry opened
+/// emergency access a second time.
+#[tokio::test]
+async fn a_send_whose_answer_was_lost_is_answered_by_its_transaction_when_asked_again() {
+    let _chain = CHAIN.lock().await;
+    let office = office().await;
+    let (patient, addr) = common::new_patient(&office).await;
+    let (_, other) = common::new_patient(&office).await;
+    let doctor = common::verified_doctor(&office).await;
+    let (rpc, lossy) = common::nodes::lossy_rpc(common::rpc()).await;
+    let url = gateway_on(&rpc, &doctor, &patient).await;
+    let node = ProviderBuilder::new().connect_http(common::rpc().parse().unwrap());
+    let nonce = node.get_transaction_count(doctor.address()).await.unwrap();
+
+    // With a key, through the gateway.
+    lossy.store(true, std::sync::atomic::Ordering::SeqCst);
+    let r = break_glass_keyed(&url, addr, Some("bg-lost"))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503, "{:?}", r.text().await);
+    lossy.store(false, std::sync::atomic::Ordering::SeqCst);
+    let r = break_glass_keyed(&url, addr, Some("bg-lost"))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{:?}", r.headers());
+    assert_eq!(r.headers()["idempotent-replayed"], "true");
+    assert_eq!(
+        openings(&office, addr).await,
+        1,
+        "emergency access opened once"
+    );
+
+    // Without a key, from the chain client.
+    let d = ehr_share::chain::EhrChain::connect(&rpc, Some(doctor.clone()), &office.deployment())
+        .await
+        .unwrap();
+    lossy.store(true, std::sync::atomic::Ordering::SeqCst);
+    let e = d
+        .break_glass(other, ehr_share::chain::EmergencyReason::Etreat)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, ehr_share::chain::ChainError::Unconfirmed { .. }),
+        "{e}"
+    );
+    lossy.store(false, std::sync::atomic::Ordering::SeqCst);
+    d.break_glass(other, ehr_share::chain::EmergencyReason::Etreat)
+        .await
+        .expect("answered by the first");
+    assert_eq!(
+        openings(&office, other).await,
+        1,
+        "emergency access opened once"
+    );
+    assert_eq!(
+        node.get_transaction_count(doctor.address()).await.unwrap(),
+        nonce + 2,
+        "two break-glasses from the doctor, one per patient"
     );
 }

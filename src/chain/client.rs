@@ -118,6 +118,16 @@ type Contract = EhrAccess::EhrAccessInstance<DynProvider>;
 /// The contract interface version this build speaks (`EhrAccess.VERSION`).
 pub const CONTRACT_VERSION: u16 = 5;
 
+/// How a send failed: before the transaction went to the node (filling, signing), or when it
+/// was handed over.
+#[derive(Debug, thiserror::Error)]
+enum SendFailure {
+    #[error("{0}")]
+    Before(ChainError),
+    #[error("{0}")]
+    Broadcast(alloy::transports::TransportError),
+}
+
 /// A client of one deployed EhrAccess contract, signing as one account (or read-only).
 #[derive(Debug, Clone)]
 pub struct EhrChain {
@@ -138,6 +148,8 @@ pub struct EhrChain {
     ticket: Option<super::sent::Ticket>,
     /// When the endpoint last refused a batch request (`chain::unbatch`).
     refused: super::unbatch::Refused,
+    /// The signer's wallet, which signs writes before they are sent (`chain::sign`).
+    wallet: Option<alloy::network::EthereumWallet>,
 }
 
 /// How often a nearby node is asked for a transaction's receipt. alloy's default for local
@@ -268,6 +280,7 @@ impl EhrChain {
         manager: Address,
     ) -> Result<(Self, Deployment), ChainError> {
         let from = signer.address();
+        let wallet = alloy::network::EthereumWallet::from(signer.clone());
         let provider = connect(rpc_url, Some(signer), None)?;
         let chain_id = provider.get_chain_id().await?;
         let builder = EhrAccess::deploy_builder(provider.clone(), manager);
@@ -305,6 +318,7 @@ impl EhrChain {
                 confirmations: 1,
                 ticket: None,
                 refused: refusals_of(rpc_url),
+                wallet: Some(wallet),
             },
             deployment,
         ))
@@ -324,6 +338,7 @@ impl EhrChain {
         let from = signer
             .as_ref()
             .map_or(Address::ZERO, PrivateKeySigner::address);
+        let wallet = signer.clone().map(alloy::network::EthereumWallet::from);
         let provider = connect(rpc_url, signer, None)?;
         let code = provider.get_code_at(deployment.address).await?;
         if code.is_empty() {
@@ -375,6 +390,7 @@ impl EhrChain {
             confirmations: 1,
             ticket: None,
             refused: refusals_of(rpc_url),
+            wallet,
         })
     }
 
@@ -395,6 +411,7 @@ impl EhrChain {
     /// When the RPC URL is invalid.
     pub fn with_signer(&self, rpc_url: &str, signer: PrivateKeySigner) -> Result<Self, ChainError> {
         let from = signer.address();
+        let wallet = alloy::network::EthereumWallet::from(signer.clone());
         let provider = connect(rpc_url, Some(signer), Some(self.chain_id))?;
         Ok(Self {
             contract: EhrAccess::new(*self.contract.address(), provider.clone()),
@@ -408,6 +425,7 @@ impl EhrChain {
             confirmations: self.confirmations,
             ticket: None,
             refused: refusals_of(rpc_url),
+            wallet: Some(wallet),
         })
     }
 
@@ -613,17 +631,59 @@ impl EhrChain {
             .await
             .map_err(contract_error)?;
         let request = request.gas_limit(gas_limit(estimate));
-        let pending = super::send_lock::submit(self.from, || {
-            self.provider.send_transaction(request.clone())
+        let wallet = self.wallet.as_ref().ok_or_else(|| {
+            ChainError::Rpc(alloy::transports::TransportErrorKind::custom_str(
+                "this chain client has no signer",
+            ))
+        })?;
+        // Signed here, so its hash is named (in the request's record) before the node sees
+        // it: a send cut off after the node took it still leaves it named (`chain::sign`).
+        let last = std::sync::Mutex::new(None::<B256>);
+        let sent = super::send_lock::submit(self.from, || async {
+            let signed = super::sign::sign(
+                &self.provider,
+                wallet,
+                self.from,
+                self.chain_id,
+                request.clone(),
+            )
+            .await
+            .map_err(SendFailure::Before)?;
+            *last
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(signed.hash);
+            if let Some(t) = &ticket {
+                t.record(signed.hash).await;
+            }
+            self.provider
+                .send_raw_transaction(&signed.raw)
+                .await
+                .map(|p| *p.tx_hash())
+                .map_err(SendFailure::Broadcast)
         })
-        .await
-        .map_err(contract_error)?;
-        let tx = *pending.tx_hash();
-        super::sent::record(&mut held, tx);
-        if let Some(t) = &ticket {
-            t.record(tx).await;
+        .await;
+        let signed = *last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match sent {
+            Ok(tx) => {
+                super::sent::record(&mut held, tx);
+                Ok(tx)
+            }
+            // The node may hold it: named in the slot, a repeat of the call joins it while the
+            // node knows it; the caller is told which transaction to look for.
+            Err(SendFailure::Broadcast(e)) if super::sign::maybe_sent(&e) => {
+                let tx = signed.unwrap_or_default();
+                tracing::warn!(%tx, "sending a transaction failed on the way ({e}); it may be mined");
+                super::sent::record(&mut held, tx);
+                Err(ChainError::Unconfirmed {
+                    tx,
+                    source: alloy::providers::PendingTransactionError::TransportError(e),
+                })
+            }
+            Err(SendFailure::Broadcast(e)) => Err(contract_error(e)),
+            Err(SendFailure::Before(e)) => Err(e),
         }
-        Ok(tx)
     }
 
     /// The transaction `tx` as the node has it (in its pool or mined), when it was sent by this

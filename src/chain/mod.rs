@@ -12,6 +12,7 @@ mod index;
 pub mod merkle;
 mod send_lock;
 mod sent;
+mod sign;
 pub use sent::{RecordSent, Ticket};
 mod types;
 mod unbatch;

@@ -530,6 +530,33 @@ pub async fn unbatched_rpc(
     (url, refused)
 }
 
+/// A JSON-RPC endpoint in front of `target` whose answers to `eth_sendRawTransaction` are lost
+/// while the switch is on: the transaction goes on to `target` (the node takes it), and the
+/// client gets a 502 without a body, as from a proxy whose upstream timed out after
+/// forwarding. Everything else passes through. Returns its URL and the switch.
+pub async fn lossy_rpc(target: String) -> (String, std::sync::Arc<std::sync::atomic::AtomicBool>) {
+    use axum::extract::State;
+    use serde_json::Value;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    type Shared = (String, reqwest::Client, std::sync::Arc<AtomicBool>);
+    async fn forward(
+        State((target, http, lossy)): State<Shared>,
+        axum::Json(req): axum::Json<Value>,
+    ) -> Result<axum::Json<Value>, axum::http::StatusCode> {
+        let answer = upstream(&http, &target, &req).await;
+        if req["method"] == "eth_sendRawTransaction" && lossy.load(Ordering::SeqCst) {
+            return Err(axum::http::StatusCode::BAD_GATEWAY);
+        }
+        Ok(axum::Json(answer))
+    }
+    let lossy = std::sync::Arc::new(AtomicBool::new(false));
+    let app = axum::Router::new()
+        .route("/", axum::routing::post(forward))
+        .with_state((target, reqwest::Client::new(), lossy.clone()));
+    let url = serve_local(app).await;
+    (url, lossy)
+}
+
 /// `req` sent on to the JSON-RPC endpoint at `target`; its answer, or a JSON-RPC error for a
 /// failure on the way (a panic in a test proxy would look like a refusal of the node's).
 async fn upstream(

@@ -1,0 +1,74 @@
+//! Transactions filled and signed here, before the node sees them: their hash is known before
+//! they are sent. A send that fails on the way (the endpoint, or a proxy in front of it, cut
+//! the connection or timed out after the node took the transaction) leaves a transaction that
+//! may be mined; with its hash named first (`chain::sent`, and an `Idempotency-Key`'s row), a
+//! retry is answered by it instead of doing the act twice.
+//!
+//! What alloy's fillers did for the same request: the nonce from the node's pending count (as
+//! `send_lock` expects), the chain id, EIP-1559 fees from the node's fee history (a legacy gas
+//! price where the node has none). The gas limit is the caller's (`gas_limit`).
+
+use alloy::consensus::TxEnvelope;
+use alloy::eips::eip2718::Encodable2718;
+use alloy::network::{EthereumWallet, NetworkTransactionBuilder, TransactionBuilder};
+use alloy::primitives::{Address, B256, Bytes};
+use alloy::providers::{DynProvider, Provider};
+use alloy::rpc::types::TransactionRequest;
+use alloy::transports::RpcError;
+
+use super::ChainError;
+
+/// A signed transaction: its hash and its bytes for `eth_sendRawTransaction`.
+#[derive(Debug, Clone)]
+pub(super) struct Signed {
+    pub(super) hash: B256,
+    pub(super) raw: Bytes,
+}
+
+/// Fills `request` from `from` on chain `chain_id` and signs it with `wallet`.
+///
+/// # Errors
+/// Transport errors; a request that cannot be built (a missing field).
+pub(super) async fn sign(
+    provider: &DynProvider,
+    wallet: &EthereumWallet,
+    from: Address,
+    chain_id: u64,
+    request: TransactionRequest,
+) -> Result<Signed, ChainError> {
+    let nonce = provider.get_transaction_count(from).pending().await?;
+    let mut request = request
+        .with_from(from)
+        .with_chain_id(chain_id)
+        .with_nonce(nonce);
+    if request.gas_price.is_none()
+        && (request.max_fee_per_gas.is_none() || request.max_priority_fee_per_gas.is_none())
+    {
+        match provider.estimate_eip1559_fees().await {
+            Ok(fees) => {
+                request.set_max_fee_per_gas(fees.max_fee_per_gas);
+                request.set_max_priority_fee_per_gas(fees.max_priority_fee_per_gas);
+            }
+            Err(RpcError::UnsupportedFeature(_)) => {
+                request.set_gas_price(provider.get_gas_price().await?);
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let envelope: TxEnvelope = request.build(wallet).await.map_err(|e| {
+        ChainError::Rpc(alloy::transports::TransportErrorKind::custom_str(&format!(
+            "the transaction could not be signed: {e}"
+        )))
+    })?;
+    Ok(Signed {
+        hash: *envelope.tx_hash(),
+        raw: envelope.encoded_2718().into(),
+    })
+}
+
+/// Whether a failed `eth_sendRawTransaction` may have left the transaction with the node: the
+/// node's own refusal (an error answer) says it did not; anything else (no answer, a cut
+/// connection, a timeout, an answer that is not JSON-RPC) may have come after it took it.
+pub(super) fn maybe_sent(e: &alloy::transports::TransportError) -> bool {
+    !matches!(e, RpcError::ErrorResp(_))
+}
