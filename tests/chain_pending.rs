@@ -82,12 +82,21 @@ async fn gateway_for(
     doctor: &alloy::signers::local::PrivateKeySigner,
     patient: &alloy::signers::local::PrivateKeySigner,
 ) -> String {
-    gateway_on(&common::rpc(), doctor, patient).await
+    // The Idempotency-Key store; the folder lives as long as the test binary.
+    let dir = Box::leak(Box::new(tempfile::tempdir().unwrap()));
+    gateway_on(
+        &common::rpc(),
+        &ehr_share::db::sqlite_in(dir.path()),
+        doctor,
+        patient,
+    )
+    .await
 }
 
-/// [`gateway_for`] on the chain endpoint `rpc`.
+/// [`gateway_for`] on the chain endpoint `rpc`, keeping keys in the database at `db`.
 async fn gateway_on(
     rpc: &str,
+    db: &str,
     doctor: &alloy::signers::local::PrivateKeySigner,
     patient: &alloy::signers::local::PrivateKeySigner,
 ) -> String {
@@ -98,11 +107,7 @@ async fn gateway_on(
     let mut keyring = Keyring::default();
     keyring.insert("tok-doctor", doctor.clone());
     keyring.insert("tok-patient", patient.clone());
-    // The Idempotency-Key store; the folder lives as long as the test binary.
-    let dir = Box::leak(Box::new(tempfile::tempdir().unwrap()));
-    let db = ehr_share::db::Database::open(&ehr_share::db::sqlite_in(dir.path()))
-        .await
-        .unwrap();
+    let db = ehr_share::db::Database::open(db).await.unwrap();
     let state = AppState::new(
         rpc,
         Some(chain),
@@ -414,8 +419,8 @@ async fn a_named_request_whose_other_try_was_mined_meanwhile_is_answered_by_it()
     let recorded = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let ticket = || {
         let recorded = std::sync::Arc::clone(&recorded);
-        let record: ehr_share::chain::RecordSent = std::sync::Arc::new(move |tx| {
-            recorded.lock().unwrap().push(tx);
+        let record: ehr_share::chain::RecordSent = std::sync::Arc::new(move |what| {
+            recorded.lock().unwrap().push(what);
             Box::pin(async { Ok(()) })
         });
         // Both tries found the key's record without a transaction.
@@ -452,46 +457,88 @@ async fn a_named_request_whose_other_try_was_mined_meanwhile_is_answered_by_it()
 }
 
 /// The endpoint (or a proxy in front of it) takes a doctor's break-glass and loses the answer:
-/// the gateway answers 503 naming the transaction, which the node has. Asked again with its
-/// `Idempotency-Key`, the break-glass is answered by that transaction (emergency access opened
-/// once); without a key, the same call from the chain client joins it too. Before, the hash
-/// was known only from the node's answer: nothing was recorded, and the retry opened
-/// emergency access a second time.
+/// the gateway answers 503 naming the transaction, which the node has, and the key's row names
+/// it already. Asked again with its `Idempotency-Key`, the break-glass is answered by that
+/// transaction (emergency access opened once); without a key, the same call from the chain
+/// client joins it too. Before, the hash was known only from the node's answer: nothing was
+/// recorded, and the retry opened emergency access a second time. A send the node refuses
+/// (here the proxy, as a node without the funds would) names nothing: its key is free for
+/// another request.
 #[tokio::test]
 async fn a_send_whose_answer_was_lost_is_answered_by_its_transaction_when_asked_again() {
+    use common::nodes::Sends;
+    use std::sync::atomic::Ordering;
     let _chain = CHAIN.lock().await;
     let office = office().await;
     let (patient, addr) = common::new_patient(&office).await;
     let (_, other) = common::new_patient(&office).await;
+    let (_, third) = common::new_patient(&office).await;
     let doctor = common::verified_doctor(&office).await;
-    let (rpc, lossy) = common::nodes::lossy_rpc(common::rpc()).await;
-    let url = gateway_on(&rpc, &doctor, &patient).await;
+    let (rpc, sends) = common::nodes::lossy_rpc(common::rpc()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = ehr_share::db::sqlite_in(dir.path());
+    let url = gateway_on(&rpc, &db, &doctor, &patient).await;
     let node = ProviderBuilder::new().connect_http(common::rpc().parse().unwrap());
     let nonce = node.get_transaction_count(doctor.address()).await.unwrap();
+    let rows = || {
+        let db = db.clone();
+        async move {
+            let pool = sqlx::SqlitePool::connect(&db).await.unwrap();
+            sqlx::query_scalar::<_, Option<String>>("SELECT tx FROM idempotency_keys")
+                .fetch_all(&pool)
+                .await
+                .unwrap()
+        }
+    };
 
     // With a key, through the gateway.
-    lossy.store(true, std::sync::atomic::Ordering::SeqCst);
+    sends.store(Sends::LoseAnswer as u8, Ordering::SeqCst);
     let r = break_glass_keyed(&url, addr, Some("bg-lost"))
         .await
         .unwrap();
     assert_eq!(r.status(), 503, "{:?}", r.text().await);
-    lossy.store(false, std::sync::atomic::Ordering::SeqCst);
+    let named = rows().await;
+    assert_eq!(named.len(), 1);
+    let tx: alloy::primitives::B256 = named[0]
+        .as_deref()
+        .expect("the row names it")
+        .parse()
+        .unwrap();
+    assert!(
+        node.get_transaction_by_hash(tx).await.unwrap().is_some(),
+        "the node has the transaction the row names"
+    );
+    sends.store(Sends::Pass as u8, Ordering::SeqCst);
     let r = break_glass_keyed(&url, addr, Some("bg-lost"))
         .await
         .unwrap();
     assert_eq!(r.status(), 200, "{:?}", r.headers());
-    assert_eq!(r.headers()["idempotent-replayed"], "true");
+    assert_eq!(
+        r.headers()
+            .get("idempotent-replayed")
+            .map(|v| v.to_str().unwrap()),
+        Some("true")
+    );
     assert_eq!(
         openings(&office, addr).await,
         1,
         "emergency access opened once"
     );
 
+    // Refused by the node: the key names nothing and is free.
+    sends.store(Sends::Refuse as u8, Ordering::SeqCst);
+    let r = break_glass_keyed(&url, third, Some("bg-refused"))
+        .await
+        .unwrap();
+    assert!(r.status().is_server_error(), "{:?}", r.text().await);
+    assert_eq!(rows().await.len(), 1, "the refused request's key was freed");
+    sends.store(Sends::Pass as u8, Ordering::SeqCst);
+
     // Without a key, from the chain client.
     let d = ehr_share::chain::EhrChain::connect(&rpc, Some(doctor.clone()), &office.deployment())
         .await
         .unwrap();
-    lossy.store(true, std::sync::atomic::Ordering::SeqCst);
+    sends.store(Sends::LoseAnswer as u8, Ordering::SeqCst);
     let e = d
         .break_glass(other, ehr_share::chain::EmergencyReason::Etreat)
         .await
@@ -500,7 +547,7 @@ async fn a_send_whose_answer_was_lost_is_answered_by_its_transaction_when_asked_
         matches!(e, ehr_share::chain::ChainError::Unconfirmed { .. }),
         "{e}"
     );
-    lossy.store(false, std::sync::atomic::Ordering::SeqCst);
+    sends.store(Sends::Pass as u8, Ordering::SeqCst);
     d.break_glass(other, ehr_share::chain::EmergencyReason::Etreat)
         .await
         .expect("answered by the first");

@@ -653,36 +653,55 @@ impl EhrChain {
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(signed.hash);
             if let Some(t) = &ticket {
-                t.record(signed.hash).await;
+                t.record(signed.hash).await.map_err(|e| {
+                    SendFailure::Before(ChainError::Rpc(
+                        alloy::transports::TransportErrorKind::custom_str(&format!(
+                            "the request's record could not be kept, so nothing was sent: {e}"
+                        )),
+                    ))
+                })?;
             }
             self.provider
                 .send_raw_transaction(&signed.raw)
                 .await
-                .map(|p| *p.tx_hash())
+                .map(|_| signed.hash)
                 .map_err(SendFailure::Broadcast)
         })
         .await;
         let signed = *last
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        match sent {
-            Ok(tx) => {
+        match (sent, signed) {
+            (Ok(tx), _) => {
                 super::sent::record(&mut held, tx);
                 Ok(tx)
             }
-            // The node may hold it: named in the slot, a repeat of the call joins it while the
-            // node knows it; the caller is told which transaction to look for.
-            Err(SendFailure::Broadcast(e)) if super::sign::maybe_sent(&e) => {
-                let tx = signed.unwrap_or_default();
-                tracing::warn!(%tx, "sending a transaction failed on the way ({e}); it may be mined");
-                super::sent::record(&mut held, tx);
-                Err(ChainError::Unconfirmed {
-                    tx,
-                    source: alloy::providers::PendingTransactionError::TransportError(e),
-                })
+            (Err(SendFailure::Broadcast(e)), Some(tx)) => {
+                // The node's word first: a proxy may answer an error after passing it on.
+                let known = matches!(self.ours(tx).await, Ok(Some(_)));
+                if known || super::sign::maybe_sent(&e) {
+                    // Named in the slot, a repeat of the call joins it while the node knows
+                    // it; the caller is told which transaction to look for.
+                    tracing::warn!(%tx, "sending a transaction failed on the way ({e}); it may be mined");
+                    super::sent::record(&mut held, tx);
+                    return Err(ChainError::Unconfirmed {
+                        tx,
+                        source: alloy::providers::PendingTransactionError::TransportError(e),
+                    });
+                }
+                if let Some(t) = &ticket {
+                    t.withdraw(tx).await;
+                }
+                Err(contract_error(e))
             }
-            Err(SendFailure::Broadcast(e)) => Err(contract_error(e)),
-            Err(SendFailure::Before(e)) => Err(e),
+            (Err(SendFailure::Broadcast(e)), None) => Err(contract_error(e)),
+            (Err(SendFailure::Before(e)), signed) => {
+                // A pass that signed and was refused, then one that failed before sending.
+                if let (Some(t), Some(tx)) = (&ticket, signed) {
+                    t.withdraw(tx).await;
+                }
+                Err(e)
+            }
         }
     }
 

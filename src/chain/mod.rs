@@ -13,7 +13,7 @@ pub mod merkle;
 mod send_lock;
 mod sent;
 mod sign;
-pub use sent::{RecordSent, Ticket};
+pub use sent::{RecordSent, Recorded, Ticket};
 mod types;
 mod unbatch;
 mod voucher;

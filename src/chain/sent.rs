@@ -124,9 +124,21 @@ pub(super) fn seen(call: &Call, slot: &Slot, tx: B256) {
     }
 }
 
-/// Records a named request's transaction where its retries will look (a database row).
+/// What a named request's record is told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recorded {
+    /// The transaction is about to go to the node: a retry is answered by it.
+    Sent(B256),
+    /// The node refused it (or it was never handed over): it names nothing any more.
+    Withdrawn(B256),
+}
+
+/// Keeps a named request's transaction where its retries will look (a database row).
 pub type RecordSent =
-    Arc<dyn Fn(B256) -> futures::future::BoxFuture<'static, Result<(), String>> + Send + Sync>;
+    Arc<dyn Fn(Recorded) -> futures::future::BoxFuture<'static, Result<(), String>> + Send + Sync>;
+
+/// The longest a record is waited for: it is written while the account's send turn is held.
+const RECORD_WAIT: Duration = Duration::from_secs(10);
 
 /// A request its caller named (an `Idempotency-Key`): every try of it is answered by one
 /// transaction, whatever the account did between the tries, since the caller says they are
@@ -209,11 +221,31 @@ impl Ticket {
         self.earlier
     }
 
-    /// Keeps `tx` as the request's (a failure is logged: the transaction is sent either way).
-    pub(super) async fn record(&self, tx: B256) {
+    /// Keeps `tx` as the request's, before it is sent.
+    ///
+    /// # Errors
+    /// The record failing or taking longer than [`RECORD_WAIT`]: the transaction must not be
+    /// sent (a retry would not find it).
+    pub(super) async fn record(&self, tx: B256) -> Result<(), String> {
         self.bound.store(true, std::sync::atomic::Ordering::SeqCst);
-        if let Err(e) = (self.record)(tx).await {
-            tracing::warn!(%tx, "a named request's transaction was not recorded: {e}");
+        let r = tokio::time::timeout(RECORD_WAIT, (self.record)(Recorded::Sent(tx)))
+            .await
+            .unwrap_or_else(|_| Err(format!("no answer within {RECORD_WAIT:?}")));
+        if r.is_err() {
+            self.bound.store(false, std::sync::atomic::Ordering::SeqCst);
+        }
+        r
+    }
+
+    /// `tx`, recorded, never reached the node (refused, or not handed over): the request
+    /// names no transaction again, and a try that made the key's row frees it.
+    pub(super) async fn withdraw(&self, tx: B256) {
+        self.bound.store(false, std::sync::atomic::Ordering::SeqCst);
+        let r = tokio::time::timeout(RECORD_WAIT, (self.record)(Recorded::Withdrawn(tx)))
+            .await
+            .unwrap_or_else(|_| Err(format!("no answer within {RECORD_WAIT:?}")));
+        if let Err(e) = r {
+            tracing::warn!(%tx, "a named request's refused transaction is still recorded: {e}");
         }
     }
 }

@@ -66,9 +66,21 @@ pub(super) async fn sign(
     })
 }
 
-/// Whether a failed `eth_sendRawTransaction` may have left the transaction with the node: the
-/// node's own refusal (an error answer) says it did not; anything else (no answer, a cut
-/// connection, a timeout, an answer that is not JSON-RPC) may have come after it took it.
+/// Whether a failed `eth_sendRawTransaction` may have left the transaction with the node
+/// (asked when the node does not know it yet). Not when the request never got there or was
+/// refused as a request: no connection made, a body that could not be written, an HTTP 4xx
+/// other than a timeout (a proxy's or a server's refusal of the request), or a JSON-RPC error
+/// answer (the node's refusal; one a proxy answers after passing the request on is caught by
+/// asking the node first). Anything else (a cut connection, a timeout, a 5xx, an answer that
+/// is not JSON-RPC) may have come after the node took it.
 pub(super) fn maybe_sent(e: &alloy::transports::TransportError) -> bool {
-    !matches!(e, RpcError::ErrorResp(_))
+    use alloy::transports::TransportErrorKind;
+    match e {
+        RpcError::ErrorResp(_) | RpcError::SerError(_) => false,
+        RpcError::Transport(TransportErrorKind::HttpError(h)) => h.status == 408 || h.status >= 500,
+        RpcError::Transport(TransportErrorKind::Custom(c)) => !c
+            .downcast_ref::<alloy::transports::http::reqwest::Error>()
+            .is_some_and(alloy::transports::http::reqwest::Error::is_connect),
+        _ => true,
+    }
 }

@@ -137,18 +137,26 @@ async fn named(
     };
     let record: crate::chain::RecordSent = {
         let row = std::sync::Arc::new((db.clone(), scope.clone(), key_hash.clone(), fingerprint));
-        std::sync::Arc::new(move |tx| {
+        std::sync::Arc::new(move |what| {
             let row = std::sync::Arc::clone(&row);
             Box::pin(async move {
                 let (db, scope, key_hash, fingerprint) = &*row;
-                db.idempotency_key_sent(
-                    scope,
-                    key_hash,
-                    fingerprint,
-                    &tx.to_string(),
-                    crate::clock::unix_now(),
-                )
-                .await
+                match what {
+                    crate::chain::Recorded::Sent(tx) => {
+                        db.idempotency_key_sent(
+                            scope,
+                            key_hash,
+                            fingerprint,
+                            &tx.to_string(),
+                            crate::clock::unix_now(),
+                        )
+                        .await
+                    }
+                    crate::chain::Recorded::Withdrawn(tx) => {
+                        db.release_idempotency_key_made(scope, key_hash, &tx.to_string())
+                            .await
+                    }
+                }
                 .map_err(|e| crate::kind::with_sources(&e))
             })
         })

@@ -530,31 +530,53 @@ pub async fn unbatched_rpc(
     (url, refused)
 }
 
-/// A JSON-RPC endpoint in front of `target` whose answers to `eth_sendRawTransaction` are lost
-/// while the switch is on: the transaction goes on to `target` (the node takes it), and the
-/// client gets a 502 without a body, as from a proxy whose upstream timed out after
-/// forwarding. Everything else passes through. Returns its URL and the switch.
-pub async fn lossy_rpc(target: String) -> (String, std::sync::Arc<std::sync::atomic::AtomicBool>) {
+/// What [`lossy_rpc`] does with `eth_sendRawTransaction`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Sends {
+    /// Passes it on and back.
+    Pass = 0,
+    /// Passes it on (the node takes it) and answers a 502 without a body, as a proxy whose
+    /// upstream timed out after forwarding.
+    LoseAnswer = 1,
+    /// Refuses it as the node would (a JSON-RPC error), without passing it on.
+    Refuse = 2,
+}
+
+/// A JSON-RPC endpoint in front of `target` that handles `eth_sendRawTransaction` as its switch
+/// says ([`Sends`]); everything else passes through. Returns its URL and the switch.
+pub async fn lossy_rpc(target: String) -> (String, std::sync::Arc<std::sync::atomic::AtomicU8>) {
     use axum::extract::State;
     use serde_json::Value;
-    use std::sync::atomic::{AtomicBool, Ordering};
-    type Shared = (String, reqwest::Client, std::sync::Arc<AtomicBool>);
+    use std::sync::atomic::{AtomicU8, Ordering};
+    type Shared = (String, reqwest::Client, std::sync::Arc<AtomicU8>);
     async fn forward(
-        State((target, http, lossy)): State<Shared>,
+        State((target, http, mode)): State<Shared>,
         axum::Json(req): axum::Json<Value>,
     ) -> Result<axum::Json<Value>, axum::http::StatusCode> {
+        let mode = if req["method"] == "eth_sendRawTransaction" {
+            mode.load(Ordering::SeqCst)
+        } else {
+            Sends::Pass as u8
+        };
+        if mode == Sends::Refuse as u8 {
+            return Ok(axum::Json(serde_json::json!({
+                "jsonrpc": "2.0", "id": req["id"].clone(),
+                "error": {"code": -32000, "message": "insufficient funds for gas * price + value"}
+            })));
+        }
         let answer = upstream(&http, &target, &req).await;
-        if req["method"] == "eth_sendRawTransaction" && lossy.load(Ordering::SeqCst) {
+        if mode == Sends::LoseAnswer as u8 {
             return Err(axum::http::StatusCode::BAD_GATEWAY);
         }
         Ok(axum::Json(answer))
     }
-    let lossy = std::sync::Arc::new(AtomicBool::new(false));
+    let mode = std::sync::Arc::new(AtomicU8::new(Sends::Pass as u8));
     let app = axum::Router::new()
         .route("/", axum::routing::post(forward))
-        .with_state((target, reqwest::Client::new(), lossy.clone()));
+        .with_state((target, reqwest::Client::new(), mode.clone()));
     let url = serve_local(app).await;
-    (url, lossy)
+    (url, mode)
 }
 
 /// `req` sent on to the JSON-RPC endpoint at `target`; its answer, or a JSON-RPC error for a
