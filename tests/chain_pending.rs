@@ -461,18 +461,18 @@ async fn a_named_request_whose_other_try_was_mined_meanwhile_is_answered_by_it()
 /// it already. Asked again with its `Idempotency-Key`, the break-glass is answered by that
 /// transaction (emergency access opened once); without a key, the same call from the chain
 /// client joins it too. Before, the hash was known only from the node's answer: nothing was
-/// recorded, and the retry opened emergency access a second time. A send the node refuses
-/// (here the proxy, as a node without the funds would) names nothing: its key is free for
-/// another request.
+/// recorded, and the retry opened emergency access a second time. A proxy that answers a
+/// JSON-RPC error after passing the send on is caught by asking the node. A send the node
+/// refuses (here the proxy, as a node without the funds would) names nothing: its key is free.
 #[tokio::test]
 async fn a_send_whose_answer_was_lost_is_answered_by_its_transaction_when_asked_again() {
     use common::nodes::Sends;
-    use std::sync::atomic::Ordering;
     let _chain = CHAIN.lock().await;
     let office = office().await;
     let (patient, addr) = common::new_patient(&office).await;
     let (_, other) = common::new_patient(&office).await;
     let (_, third) = common::new_patient(&office).await;
+    let (_, fourth) = common::new_patient(&office).await;
     let doctor = common::verified_doctor(&office).await;
     let (rpc, sends) = common::nodes::lossy_rpc(common::rpc()).await;
     let dir = tempfile::tempdir().unwrap();
@@ -480,65 +480,80 @@ async fn a_send_whose_answer_was_lost_is_answered_by_its_transaction_when_asked_
     let url = gateway_on(&rpc, &db, &doctor, &patient).await;
     let node = ProviderBuilder::new().connect_http(common::rpc().parse().unwrap());
     let nonce = node.get_transaction_count(doctor.address()).await.unwrap();
-    let rows = || {
+    // What the key's row names (`None`: no row).
+    let named = |key: &'static str| {
         let db = db.clone();
         async move {
+            use sha2::Digest;
+            let mut h = sha2::Sha256::new();
+            h.update((key.len() as u64).to_be_bytes());
+            h.update(key.as_bytes());
             let pool = sqlx::SqlitePool::connect(&db).await.unwrap();
-            sqlx::query_scalar::<_, Option<String>>("SELECT tx FROM idempotency_keys")
-                .fetch_all(&pool)
-                .await
-                .unwrap()
+            sqlx::query_scalar::<_, Option<String>>(
+                "SELECT tx FROM idempotency_keys WHERE key_hash = ?",
+            )
+            .bind(hex::encode(h.finalize()))
+            .fetch_optional(&pool)
+            .await
+            .unwrap()
         }
     };
-
-    // With a key, through the gateway.
-    sends.store(Sends::LoseAnswer as u8, Ordering::SeqCst);
-    let r = break_glass_keyed(&url, addr, Some("bg-lost"))
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 503, "{:?}", r.text().await);
-    let named = rows().await;
-    assert_eq!(named.len(), 1);
-    let tx: alloy::primitives::B256 = named[0]
-        .as_deref()
-        .expect("the row names it")
-        .parse()
-        .unwrap();
-    assert!(
-        node.get_transaction_by_hash(tx).await.unwrap().is_some(),
-        "the node has the transaction the row names"
-    );
-    sends.store(Sends::Pass as u8, Ordering::SeqCst);
-    let r = break_glass_keyed(&url, addr, Some("bg-lost"))
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200, "{:?}", r.headers());
-    assert_eq!(
-        r.headers()
-            .get("idempotent-replayed")
-            .map(|v| v.to_str().unwrap()),
-        Some("true")
-    );
-    assert_eq!(
-        openings(&office, addr).await,
-        1,
-        "emergency access opened once"
-    );
+    // Through the gateway with a key: the send's answer is lost `how`, then it is asked again.
+    let lost_then_retried = |patient: PatientAddr, key: &'static str, how: Sends| {
+        let (url, sends, node, office) = (url.clone(), sends.clone(), &node, &office);
+        async move {
+            sends.set(how);
+            let r = break_glass_keyed(&url, patient, Some(key)).await.unwrap();
+            assert_eq!(r.status(), 503, "{:?}", r.text().await);
+            let tx: alloy::primitives::B256 = named(key)
+                .await
+                .flatten()
+                .expect("the row names the transaction")
+                .parse()
+                .unwrap();
+            assert!(
+                node.get_transaction_by_hash(tx).await.unwrap().is_some(),
+                "the node has the transaction the row names"
+            );
+            sends.set(Sends::Pass);
+            let r = break_glass_keyed(&url, patient, Some(key)).await.unwrap();
+            assert_eq!(r.status(), 200, "{:?}", r.headers());
+            assert_eq!(
+                r.headers()
+                    .get("idempotent-replayed")
+                    .map(|v| v.to_str().unwrap().to_owned()),
+                Some("true".to_owned())
+            );
+            assert_eq!(
+                openings(office, patient).await,
+                1,
+                "emergency access opened once"
+            );
+        }
+    };
+    lost_then_retried(addr, "bg-lost", Sends::LoseAnswer).await;
+    lost_then_retried(fourth, "bg-error", Sends::ErrorAfterPassing).await;
 
     // Refused by the node: the key names nothing and is free.
-    sends.store(Sends::Refuse as u8, Ordering::SeqCst);
+    sends.set(Sends::Refuse);
+    let asked = sends.asked();
     let r = break_glass_keyed(&url, third, Some("bg-refused"))
         .await
         .unwrap();
     assert!(r.status().is_server_error(), "{:?}", r.text().await);
-    assert_eq!(rows().await.len(), 1, "the refused request's key was freed");
-    sends.store(Sends::Pass as u8, Ordering::SeqCst);
+    assert_eq!(sends.asked(), asked + 1, "the send reached the endpoint");
+    assert_eq!(
+        named("bg-refused").await,
+        None,
+        "the refused request's key was freed"
+    );
+    sends.set(Sends::Pass);
 
     // Without a key, from the chain client.
     let d = ehr_share::chain::EhrChain::connect(&rpc, Some(doctor.clone()), &office.deployment())
         .await
         .unwrap();
-    sends.store(Sends::LoseAnswer as u8, Ordering::SeqCst);
+    sends.set(Sends::LoseAnswer);
     let e = d
         .break_glass(other, ehr_share::chain::EmergencyReason::Etreat)
         .await
@@ -547,7 +562,7 @@ async fn a_send_whose_answer_was_lost_is_answered_by_its_transaction_when_asked_
         matches!(e, ehr_share::chain::ChainError::Unconfirmed { .. }),
         "{e}"
     );
-    sends.store(Sends::Pass as u8, Ordering::SeqCst);
+    sends.set(Sends::Pass);
     d.break_glass(other, ehr_share::chain::EmergencyReason::Etreat)
         .await
         .expect("answered by the first");
@@ -558,7 +573,7 @@ async fn a_send_whose_answer_was_lost_is_answered_by_its_transaction_when_asked_
     );
     assert_eq!(
         node.get_transaction_count(doctor.address()).await.unwrap(),
-        nonce + 2,
-        "two break-glasses from the doctor, one per patient"
+        nonce + 3,
+        "three break-glasses from the doctor, one per patient"
     );
 }

@@ -178,6 +178,26 @@ async fn idempotency_keys(db: &Database) {
         claim(&other_scope, &fp, now + 11).await,
         same(Some(&tx), false, now + 10)
     );
+    // Withdrawn: names nothing again, only where it named that transaction; still claimed.
+    db.idempotency_key_withdrawn(&other_scope, &key, &other_tx)
+        .await
+        .unwrap();
+    assert_eq!(
+        claim(&other_scope, &fp, now + 12).await,
+        same(Some(&tx), false, now + 10)
+    );
+    db.idempotency_key_withdrawn(&other_scope, &key, &tx)
+        .await
+        .unwrap();
+    assert_eq!(
+        claim(&other_scope, &fp, now + 12).await,
+        same(None, false, now + 10)
+    );
+    assert!(
+        db.idempotency_key_replaced(&other_scope, &key, None, &tx, now + 10)
+            .await
+            .unwrap()
+    );
     // A day later the key names a new request (taken over, or swept and made anew).
     let later = now + IDEMPOTENCY_TTL_SECS + 10;
     assert_eq!(

@@ -638,7 +638,8 @@ impl EhrChain {
         })?;
         // Signed here, so its hash is named (in the request's record) before the node sees
         // it: a send cut off after the node took it still leaves it named (`chain::sign`).
-        let last = std::sync::Mutex::new(None::<B256>);
+        // Every hash signed by this call, the last one last (a stale nonce signs again).
+        let signed_all = std::sync::Mutex::new(Vec::<B256>::new());
         let sent = super::send_lock::submit(self.from, || async {
             let signed = super::sign::sign(
                 &self.provider,
@@ -649,9 +650,10 @@ impl EhrChain {
             )
             .await
             .map_err(SendFailure::Before)?;
-            *last
+            signed_all
                 .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(signed.hash);
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push(signed.hash);
             if let Some(t) = &ticket {
                 t.record(signed.hash).await.map_err(|e| {
                     SendFailure::Before(ChainError::Rpc(
@@ -668,17 +670,27 @@ impl EhrChain {
                 .map_err(SendFailure::Broadcast)
         })
         .await;
-        let signed = *last
-            .lock()
+        let signed_all = signed_all
+            .into_inner()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        match (sent, signed) {
+        // A failed send names none of its hashes in the request's record (an earlier pass's
+        // may still be there when a later pass's record failed).
+        let withdraw_all = async {
+            if let Some(t) = &ticket {
+                for tx in &signed_all {
+                    t.withdraw(*tx).await;
+                }
+            }
+        };
+        match (sent, signed_all.last().copied()) {
             (Ok(tx), _) => {
                 super::sent::record(&mut held, tx);
                 Ok(tx)
             }
             (Err(SendFailure::Broadcast(e)), Some(tx)) => {
-                // The node's word first: a proxy may answer an error after passing it on.
-                let known = matches!(self.ours(tx).await, Ok(Some(_)));
+                // The node's word first: a proxy may answer an error after passing it on (a
+                // node that cannot be asked cannot say it does not have it).
+                let known = !matches!(self.ours(tx).await, Ok(None));
                 if known || super::sign::maybe_sent(&e) {
                     // Named in the slot, a repeat of the call joins it while the node knows
                     // it; the caller is told which transaction to look for.
@@ -689,17 +701,12 @@ impl EhrChain {
                         source: alloy::providers::PendingTransactionError::TransportError(e),
                     });
                 }
-                if let Some(t) = &ticket {
-                    t.withdraw(tx).await;
-                }
+                withdraw_all.await;
                 Err(contract_error(e))
             }
             (Err(SendFailure::Broadcast(e)), None) => Err(contract_error(e)),
-            (Err(SendFailure::Before(e)), signed) => {
-                // A pass that signed and was refused, then one that failed before sending.
-                if let (Some(t), Some(tx)) = (&ticket, signed) {
-                    t.withdraw(tx).await;
-                }
+            (Err(SendFailure::Before(e)), _) => {
+                withdraw_all.await;
                 Err(e)
             }
         }

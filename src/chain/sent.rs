@@ -238,7 +238,8 @@ impl Ticket {
     }
 
     /// `tx`, recorded, never reached the node (refused, or not handed over): the request
-    /// names no transaction again, and a try that made the key's row frees it.
+    /// names no transaction again (where its record still names `tx`), and the try that made
+    /// the key's row frees it.
     pub(super) async fn withdraw(&self, tx: B256) {
         self.bound.store(false, std::sync::atomic::Ordering::SeqCst);
         let r = tokio::time::timeout(RECORD_WAIT, (self.record)(Recorded::Withdrawn(tx)))

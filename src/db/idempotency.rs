@@ -206,6 +206,28 @@ impl Database {
         Ok(r.rows_affected() == 1)
     }
 
+    /// Makes the key name nothing again where it names `tx` (a transaction the node refused):
+    /// the key stays claimed by the try that made the row, which frees it when it ends.
+    ///
+    /// # Errors
+    /// Query failures.
+    pub async fn idempotency_key_withdrawn(
+        &self,
+        scope: &str,
+        key_hash: &str,
+        tx: &str,
+    ) -> Result<(), DbError> {
+        sqlx::query(
+            "UPDATE idempotency_keys SET tx = NULL WHERE scope = ? AND key_hash = ? AND tx = ?",
+        )
+        .bind(scope)
+        .bind(key_hash)
+        .bind(tx)
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
     /// Frees the key whose request made `made` when that came to nothing (an upload that
     /// failed before its anchor was sent): a retry runs anew.
     ///

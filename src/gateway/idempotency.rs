@@ -153,7 +153,7 @@ async fn named(
                         .await
                     }
                     crate::chain::Recorded::Withdrawn(tx) => {
-                        db.release_idempotency_key_made(scope, key_hash, &tx.to_string())
+                        db.idempotency_key_withdrawn(scope, key_hash, &tx.to_string())
                             .await
                     }
                 }

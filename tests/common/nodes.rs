@@ -541,42 +541,72 @@ pub enum Sends {
     LoseAnswer = 1,
     /// Refuses it as the node would (a JSON-RPC error), without passing it on.
     Refuse = 2,
+    /// Passes it on, then answers a JSON-RPC error, as a proxy that knows JSON-RPC and whose
+    /// upstream timed out.
+    ErrorAfterPassing = 3,
+}
+
+/// The switch of a [`lossy_rpc`], and how many `eth_sendRawTransaction` it was asked.
+#[derive(Debug, Default)]
+pub struct SendSwitch {
+    mode: std::sync::atomic::AtomicU8,
+    asked: std::sync::atomic::AtomicUsize,
+}
+
+impl SendSwitch {
+    /// From now on, sends are handled so.
+    pub fn set(&self, sends: Sends) {
+        self.mode
+            .store(sends as u8, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// `eth_sendRawTransaction` requests so far.
+    pub fn asked(&self) -> usize {
+        self.asked.load(std::sync::atomic::Ordering::SeqCst)
+    }
 }
 
 /// A JSON-RPC endpoint in front of `target` that handles `eth_sendRawTransaction` as its switch
 /// says ([`Sends`]); everything else passes through. Returns its URL and the switch.
-pub async fn lossy_rpc(target: String) -> (String, std::sync::Arc<std::sync::atomic::AtomicU8>) {
+pub async fn lossy_rpc(target: String) -> (String, std::sync::Arc<SendSwitch>) {
     use axum::extract::State;
     use serde_json::Value;
-    use std::sync::atomic::{AtomicU8, Ordering};
-    type Shared = (String, reqwest::Client, std::sync::Arc<AtomicU8>);
+    use std::sync::atomic::Ordering;
+    type Shared = (String, reqwest::Client, std::sync::Arc<SendSwitch>);
     async fn forward(
-        State((target, http, mode)): State<Shared>,
+        State((target, http, switch)): State<Shared>,
         axum::Json(req): axum::Json<Value>,
     ) -> Result<axum::Json<Value>, axum::http::StatusCode> {
         let mode = if req["method"] == "eth_sendRawTransaction" {
-            mode.load(Ordering::SeqCst)
+            switch.asked.fetch_add(1, Ordering::SeqCst);
+            switch.mode.load(Ordering::SeqCst)
         } else {
             Sends::Pass as u8
         };
-        if mode == Sends::Refuse as u8 {
-            return Ok(axum::Json(serde_json::json!({
+        let error = |message: &str| {
+            axum::Json(serde_json::json!({
                 "jsonrpc": "2.0", "id": req["id"].clone(),
-                "error": {"code": -32000, "message": "insufficient funds for gas * price + value"}
-            })));
+                "error": {"code": -32000, "message": message}
+            }))
+        };
+        if mode == Sends::Refuse as u8 {
+            return Ok(error("insufficient funds for gas * price + value"));
         }
         let answer = upstream(&http, &target, &req).await;
         if mode == Sends::LoseAnswer as u8 {
             return Err(axum::http::StatusCode::BAD_GATEWAY);
         }
+        if mode == Sends::ErrorAfterPassing as u8 {
+            return Ok(error("upstream request timed out"));
+        }
         Ok(axum::Json(answer))
     }
-    let mode = std::sync::Arc::new(AtomicU8::new(Sends::Pass as u8));
+    let switch = std::sync::Arc::new(SendSwitch::default());
     let app = axum::Router::new()
         .route("/", axum::routing::post(forward))
-        .with_state((target, reqwest::Client::new(), mode.clone()));
+        .with_state((target, reqwest::Client::new(), switch.clone()));
     let url = serve_local(app).await;
-    (url, mode)
+    (url, switch)
 }
 
 /// `req` sent on to the JSON-RPC endpoint at `target`; its answer, or a JSON-RPC error for a
