@@ -73,5 +73,36 @@ pub(super) fn idempotency_header(doc: &mut utoipa::openapi::OpenApi) {
                 ))
                 .build(),
         ));
+        // What an answer carries for the key.
+        let header = |description: &str, kind: Type| {
+            let mut h =
+                utoipa::openapi::header::Header::new(ObjectBuilder::new().schema_type(kind));
+            h.description = Some(description.to_owned());
+            RefOr::T(h)
+        };
+        for (status, resp) in &mut post.responses.responses {
+            let RefOr::T(resp) = resp else { continue };
+            match status.as_str() {
+                "200" => {
+                    resp.headers.insert(
+                        "Idempotent-Replayed".into(),
+                        header(
+                            "`true` when the answer is what an earlier try with the same Idempotency-Key made",
+                            Type::String,
+                        ),
+                    );
+                }
+                "409" if path == "/records" => {
+                    resp.headers.insert(
+                        "Retry-After".into(),
+                        header(
+                            "seconds to wait before asking again about an upload whose earlier try has not settled",
+                            Type::Integer,
+                        ),
+                    );
+                }
+                _ => {}
+            }
+        }
     }
 }

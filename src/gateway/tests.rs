@@ -112,6 +112,21 @@ async fn bad_input_is_refused_before_any_work() {
     }
     let grant = &v["paths"]["/api/grants"]["post"];
     assert_eq!(grant["security"][0]["bearer"], serde_json::json!([]));
+    // Writes name their Idempotency-Key and what answers to one carry.
+    assert!(
+        grant["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["name"] == "Idempotency-Key" && p["in"] == "header")
+    );
+    assert!(grant["responses"]["200"]["headers"]["Idempotent-Replayed"].is_object());
+    let upload = &v["paths"]["/records"]["post"];
+    assert!(upload["responses"]["200"]["headers"]["Idempotent-Replayed"].is_object());
+    assert_eq!(
+        upload["responses"]["409"]["headers"]["Retry-After"]["schema"]["type"],
+        "integer"
+    );
     assert_eq!(
         grant["requestBody"]["content"]["application/json"]["schema"]["$ref"],
         "#/components/schemas/GrantBody"
