@@ -84,3 +84,46 @@ pub(super) fn maybe_sent(e: &alloy::transports::TransportError) -> bool {
         _ => true,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloy::transports::TransportErrorKind;
+
+    #[test]
+    fn a_refusal_is_told_from_a_send_that_may_have_arrived() {
+        // The node's own refusal, and a request refused as a request: not sent.
+        assert!(!maybe_sent(&RpcError::ErrorResp(
+            alloy::rpc::json_rpc::ErrorPayload::internal_error_message("insufficient funds".into())
+        )));
+        for status in [400, 401, 403, 413, 429] {
+            assert!(
+                !maybe_sent(&TransportErrorKind::http_error(status, String::new())),
+                "{status}"
+            );
+        }
+        // After the request may have reached the node: a timeout, a gateway error, a cut
+        // connection or a deadline of our own.
+        for status in [408, 500, 502, 503, 504] {
+            assert!(
+                maybe_sent(&TransportErrorKind::http_error(status, String::new())),
+                "{status}"
+            );
+        }
+        assert!(maybe_sent(&TransportErrorKind::custom_str(
+            "request timed out after 30s"
+        )));
+        assert!(maybe_sent(&RpcError::NullResp));
+    }
+
+    #[tokio::test]
+    async fn no_connection_is_not_sent() {
+        // TCP port 1 (tcpmux): nothing listens on it here, so the connection is refused.
+        let e = alloy::transports::http::reqwest::Client::new()
+            .post("http://127.0.0.1:1")
+            .send()
+            .await
+            .unwrap_err();
+        assert!(!maybe_sent(&TransportErrorKind::custom(e)));
+    }
+}
