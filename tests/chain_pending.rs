@@ -421,7 +421,7 @@ async fn a_named_request_whose_other_try_was_mined_meanwhile_is_answered_by_it()
         let recorded = std::sync::Arc::clone(&recorded);
         let record: ehr_share::chain::RecordSent = std::sync::Arc::new(move |what| {
             recorded.lock().unwrap().push(what);
-            Box::pin(async { Ok(()) })
+            Box::pin(async { Ok(None) })
         });
         // Both tries found the key's record without a transaction.
         ehr_share::chain::Ticket::new(
@@ -575,5 +575,76 @@ async fn a_send_whose_answer_was_lost_is_answered_by_its_transaction_when_asked_
         node.get_transaction_count(doctor.address()).await.unwrap(),
         nonce + 3,
         "three break-glasses from the doctor, one per patient"
+    );
+}
+
+/// Two tries of one named request in two gateways (two processes: each its own table of
+/// calls, one database of keys) that both read the key's row before either sent, and send at
+/// once. One records its transaction; the other's, signed but not recorded, is never sent,
+/// and it answers with the first's. Before, each recorded over the other and both sent:
+/// emergency access opened twice.
+#[tokio::test]
+async fn two_gateways_sending_one_named_request_at_once_send_one_transaction() {
+    let _chain = CHAIN.lock().await;
+    let office = office().await;
+    let (_, addr) = common::new_patient(&office).await;
+    let doctor = as_(&office, &common::verified_doctor(&office).await);
+    let dir = tempfile::tempdir().unwrap();
+    let db = ehr_share::db::Database::open(&ehr_share::db::sqlite_in(dir.path()))
+        .await
+        .unwrap();
+    let (scope, key, fp) = ("a1".repeat(32), "b2".repeat(32), "c3".repeat(32));
+    for _ in 0..2 {
+        db.claim_idempotency_key(&scope, &key, &fp, common::nodes::now())
+            .await
+            .unwrap();
+    }
+    // Each gateway's ticket for the key, as its middleware makes it.
+    let ticket = |gateway: &str| {
+        let (db, scope, key, fp) = (db.clone(), scope.clone(), key.clone(), fp.clone());
+        let record: ehr_share::chain::RecordSent = std::sync::Arc::new(move |what| {
+            let (db, scope, key, fp) = (db.clone(), scope.clone(), key.clone(), fp.clone());
+            Box::pin(async move {
+                match what {
+                    ehr_share::chain::Recorded::Sent { from, tx } => db
+                        .idempotency_key_sent(
+                            &scope,
+                            &key,
+                            &fp,
+                            from.map(|f| f.to_string()).as_deref(),
+                            &tx.to_string(),
+                            common::nodes::now(),
+                        )
+                        .await
+                        .map(|other| other.map(|o| o.parse().unwrap())),
+                    ehr_share::chain::Recorded::Withdrawn(tx) => db
+                        .idempotency_key_withdrawn(&scope, &key, &tx.to_string())
+                        .await
+                        .map(|()| None),
+                }
+                .map_err(|e| e.to_string())
+            })
+        });
+        ehr_share::chain::Ticket::new(format!("{gateway}:key").into_bytes(), None, record)
+    };
+    let (a, b) = (ticket("gateway-a"), ticket("gateway-b"));
+    let (ca, cb) = (doctor.with_ticket(a.clone()), doctor.with_ticket(b.clone()));
+    let (ra, rb) = tokio::join!(
+        ca.break_glass(addr, ehr_share::chain::EmergencyReason::Etreat),
+        cb.break_glass(addr, ehr_share::chain::EmergencyReason::Etreat),
+    );
+    let (ra, rb) = (
+        ra.expect("the first answered"),
+        rb.expect("the second answered"),
+    );
+    assert_eq!(ra.tx_hash, rb.tx_hash, "one transaction for both");
+    assert!(
+        a.replayed() != b.replayed(),
+        "one sent, the other was answered by it"
+    );
+    assert_eq!(
+        openings(&office, addr).await,
+        1,
+        "emergency access opened once"
     );
 }

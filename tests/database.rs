@@ -98,12 +98,28 @@ async fn idempotency_keys(db: &Database) {
     assert_eq!(claim(&scope, &fp, now).await, same(None, true, now));
     // A second try before anything was sent: nothing to answer with yet, and not its row.
     assert_eq!(claim(&scope, &fp, now + 1).await, same(None, false, now));
-    db.idempotency_key_sent(&scope, &key, &fp, &tx, now + 1)
-        .await
-        .unwrap();
+    assert_eq!(
+        db.idempotency_key_sent(&scope, &key, &fp, None, &tx, now + 1)
+            .await
+            .unwrap(),
+        None
+    );
     assert_eq!(
         claim(&scope, &fp, now + 2).await,
-        same(Some(&tx), false, now)
+        same(Some(&tx), false, now + 1)
+    );
+    // Another try (another gateway) that read the row before: its transaction is not
+    // recorded, and it learns which one is.
+    let late = format!("0x{}", "ef".repeat(32));
+    assert_eq!(
+        db.idempotency_key_sent(&scope, &key, &fp, None, &late, now + 2)
+            .await
+            .unwrap(),
+        Some(tx.clone())
+    );
+    assert_eq!(
+        claim(&scope, &fp, now + 2).await,
+        same(Some(&tx), false, now + 1)
     );
     assert_eq!(claim(&scope, &other_fp, now + 2).await, Claim::Other);
     // Another caller's key of the same name is its own.
@@ -125,9 +141,12 @@ async fn idempotency_keys(db: &Database) {
     db.release_idempotency_key(&other_scope, &key)
         .await
         .unwrap();
-    db.idempotency_key_sent(&other_scope, &key, &fp, &tx, now + 4)
-        .await
-        .unwrap();
+    assert_eq!(
+        db.idempotency_key_sent(&other_scope, &key, &fp, None, &tx, now + 4)
+            .await
+            .unwrap(),
+        None
+    );
     assert_eq!(
         claim(&other_scope, &fp, now + 5).await,
         same(Some(&tx), false, now + 4)

@@ -126,7 +126,15 @@ enum SendFailure {
     Before(ChainError),
     #[error("{0}")]
     Broadcast(alloy::transports::TransportError),
+    /// Another try of the named request recorded this transaction first.
+    #[error("another try of the request recorded transaction {0}")]
+    Lost(B256),
 }
+
+/// How long a try that lost its request's record to another try (in another process) waits
+/// for the node to have that try's transaction: the other signed it just before recording it,
+/// and sends it at once.
+const OTHER_TRY_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// A client of one deployed EhrAccess contract, signing as one account (or read-only).
 #[derive(Debug, Clone)]
@@ -655,13 +663,16 @@ impl EhrChain {
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .push(signed.hash);
             if let Some(t) = &ticket {
-                t.record(signed.hash).await.map_err(|e| {
+                let recorded = t.record(signed.hash).await.map_err(|e| {
                     SendFailure::Before(ChainError::Rpc(
                         alloy::transports::TransportErrorKind::custom_str(&format!(
                             "the request's record could not be kept, so nothing was sent: {e}"
                         )),
                     ))
                 })?;
+                if let Some(other) = recorded {
+                    return Err(SendFailure::Lost(other));
+                }
             }
             self.provider
                 .send_raw_transaction(&signed.raw)
@@ -705,6 +716,29 @@ impl EhrChain {
                 Err(contract_error(e))
             }
             (Err(SendFailure::Broadcast(e)), None) => Err(contract_error(e)),
+            // Another try of the request, in another process, recorded its transaction first:
+            // this one answers with it once the node has it.
+            (Err(SendFailure::Lost(other)), _) => {
+                withdraw_all.await;
+                let Some(t) = &ticket else {
+                    return Err(ChainError::Rejected("a send lost to another".into()));
+                };
+                let until = std::time::Instant::now() + OTHER_TRY_WAIT;
+                loop {
+                    if self.ours(other).await?.is_some() {
+                        tracing::info!(tx = %other, "another try of this request sent it; answering with its transaction");
+                        t.answered_by_earlier();
+                        super::sent::record(&mut held, other);
+                        return Ok(other);
+                    }
+                    if std::time::Instant::now() >= until {
+                        return Err(ChainError::Rejected(format!(
+                            "another try of this request is sending transaction {other}; ask again with the same key"
+                        )));
+                    }
+                    tokio::time::sleep(self.provider.client().poll_interval()).await;
+                }
+            }
             (Err(SendFailure::Before(e)), _) => {
                 withdraw_all.await;
                 Err(e)

@@ -127,15 +127,27 @@ pub(super) fn seen(call: &Call, slot: &Slot, tx: B256) {
 /// What a named request's record is told.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Recorded {
-    /// The transaction is about to go to the node: a retry is answered by it.
-    Sent(B256),
-    /// The node refused it (or it was never handed over): it names nothing any more.
+    /// The transaction `tx` is about to go to the node, where the record names `from` (nothing,
+    /// or what this try found or recorded before): a retry is answered by it. A record that
+    /// names another transaction by now (another try's, in another process) keeps it and
+    /// answers with it.
+    Sent {
+        /// What the record names as far as this try knows.
+        from: Option<B256>,
+        /// The transaction.
+        tx: B256,
+    },
+    /// The node refused `tx` (or it was never handed over): it names nothing any more.
     Withdrawn(B256),
 }
 
-/// Keeps a named request's transaction where its retries will look (a database row).
-pub type RecordSent =
-    Arc<dyn Fn(Recorded) -> futures::future::BoxFuture<'static, Result<(), String>> + Send + Sync>;
+/// Keeps a named request's transaction where its retries will look (a database row): `Ok(None)`
+/// when kept, `Ok(Some(other))` when the record names another try's transaction `other`.
+pub type RecordSent = Arc<
+    dyn Fn(Recorded) -> futures::future::BoxFuture<'static, Result<Option<B256>, String>>
+        + Send
+        + Sync,
+>;
 
 /// The longest a record is waited for: it is written while the account's send turn is held.
 const RECORD_WAIT: Duration = Duration::from_secs(10);
@@ -156,6 +168,8 @@ pub struct Ticket {
     bound: Arc<std::sync::atomic::AtomicBool>,
     /// Whether an earlier try's transaction answered it.
     replayed: Arc<std::sync::atomic::AtomicBool>,
+    /// What the record names as far as this try knows.
+    names: Arc<std::sync::Mutex<Option<B256>>>,
 }
 
 impl std::fmt::Debug for Ticket {
@@ -178,6 +192,7 @@ impl Ticket {
             taken: Arc::default(),
             bound: Arc::default(),
             replayed: Arc::default(),
+            names: Arc::new(std::sync::Mutex::new(earlier)),
         }
     }
 
@@ -221,20 +236,28 @@ impl Ticket {
         self.earlier
     }
 
-    /// Keeps `tx` as the request's, before it is sent.
+    /// Keeps `tx` as the request's, before it is sent; `Ok(Some(other))`: another try of the
+    /// request (in another process) recorded `other` first, and `tx` must not be sent.
     ///
     /// # Errors
     /// The record failing or taking longer than [`RECORD_WAIT`]: the transaction must not be
     /// sent (a retry would not find it).
-    pub(super) async fn record(&self, tx: B256) -> Result<(), String> {
-        self.bound.store(true, std::sync::atomic::Ordering::SeqCst);
-        let r = tokio::time::timeout(RECORD_WAIT, (self.record)(Recorded::Sent(tx)))
+    pub(super) async fn record(&self, tx: B256) -> Result<Option<B256>, String> {
+        let from = *self.names();
+        let r = tokio::time::timeout(RECORD_WAIT, (self.record)(Recorded::Sent { from, tx }))
             .await
             .unwrap_or_else(|_| Err(format!("no answer within {RECORD_WAIT:?}")));
-        if r.is_err() {
-            self.bound.store(false, std::sync::atomic::Ordering::SeqCst);
+        if let Ok(None) = r {
+            *self.names() = Some(tx);
+            self.bound.store(true, std::sync::atomic::Ordering::SeqCst);
         }
         r
+    }
+
+    fn names(&self) -> std::sync::MutexGuard<'_, Option<B256>> {
+        self.names
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// `tx`, recorded, never reached the node (refused, or not handed over): the request
@@ -242,6 +265,12 @@ impl Ticket {
     /// the key's row frees it.
     pub(super) async fn withdraw(&self, tx: B256) {
         self.bound.store(false, std::sync::atomic::Ordering::SeqCst);
+        {
+            let mut names = self.names();
+            if *names == Some(tx) {
+                *names = None;
+            }
+        }
         let r = tokio::time::timeout(RECORD_WAIT, (self.record)(Recorded::Withdrawn(tx)))
             .await
             .unwrap_or_else(|_| Err(format!("no answer within {RECORD_WAIT:?}")));

@@ -132,7 +132,11 @@ impl Database {
         ))
     }
 
-    /// Records that the request the key names sent `tx` (the row made again if it is gone).
+    /// Records that the request the key names is sending `tx`, where the row names `from`
+    /// (nothing, or what this try found or recorded before): a compare-and-set, so of two
+    /// tries of the key that send at once (in two gateways) one records. The row is made again
+    /// if it is gone. `Some(other)`: the row names `other`, another try's transaction, and
+    /// `tx` was not recorded (must not be sent).
     ///
     /// # Errors
     /// Query failures.
@@ -141,37 +145,55 @@ impl Database {
         scope: &str,
         key_hash: &str,
         fingerprint: &str,
+        from: Option<&str>,
         tx: &str,
         now: u64,
-    ) -> Result<(), DbError> {
-        let r = sqlx::query(
-            "UPDATE idempotency_keys SET tx = ? WHERE scope = ? AND key_hash = ? AND fingerprint = ?",
-        )
-        .bind(tx)
-        .bind(scope)
-        .bind(key_hash)
-        .bind(fingerprint)
-        .execute(self.pool())
-        .await?;
-        if r.rows_affected() == 0 {
-            let insert = sqlx::query(
-                "INSERT INTO idempotency_keys (scope, key_hash, fingerprint, tx, created_at) \
-                 VALUES (?, ?, ?, ?, ?)",
-            )
-            .bind(scope)
-            .bind(key_hash)
-            .bind(fingerprint)
-            .bind(tx)
-            .bind(to_i64(now))
-            .execute(self.pool())
-            .await;
-            match inserted(insert, "idempotency key") {
-                // Made again meanwhile by another try of the key (a conflict): it holds its own.
-                Ok(()) | Err(DbError::Conflict(_)) => {}
-                Err(e) => return Err(e),
+    ) -> Result<Option<String>, DbError> {
+        let mut from = from.map(str::to_owned);
+        for _ in 0..4 {
+            if self
+                .idempotency_key_replaced(scope, key_hash, from.as_deref(), tx, now)
+                .await?
+            {
+                return Ok(None);
+            }
+            let row =
+                sqlx::query("SELECT tx FROM idempotency_keys WHERE scope = ? AND key_hash = ?")
+                    .bind(scope)
+                    .bind(key_hash)
+                    .fetch_optional(self.pool())
+                    .await?;
+            let Some(row) = row else {
+                // Gone (freed, or swept): made again, naming `tx`.
+                let insert = sqlx::query(
+                    "INSERT INTO idempotency_keys (scope, key_hash, fingerprint, tx, created_at) \
+                     VALUES (?, ?, ?, ?, ?)",
+                )
+                .bind(scope)
+                .bind(key_hash)
+                .bind(fingerprint)
+                .bind(tx)
+                .bind(to_i64(now))
+                .execute(self.pool())
+                .await;
+                match inserted(insert, "idempotency key") {
+                    Ok(()) => return Ok(None),
+                    // Made again meanwhile by another try: look again.
+                    Err(DbError::Conflict(_)) => continue,
+                    Err(e) => return Err(e),
+                }
+            };
+            match row.try_get::<Option<String>, _>("tx")? {
+                Some(t) if t == tx => return Ok(None),
+                // Changed between the statements: try again from what it names now.
+                Some(t) if from.as_deref() == Some(t.as_str()) => {}
+                Some(other) => return Ok(Some(other)),
+                None => from = None,
             }
         }
-        Ok(())
+        Err(DbError::Conflict(
+            "idempotency key (changed by other requests while it was recorded)",
+        ))
     }
 
     /// Makes the key name `to` as of `now`, where it names `from` (nothing yet, or what an

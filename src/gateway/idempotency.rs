@@ -142,20 +142,21 @@ async fn named(
             Box::pin(async move {
                 let (db, scope, key_hash, fingerprint) = &*row;
                 match what {
-                    crate::chain::Recorded::Sent(tx) => {
-                        db.idempotency_key_sent(
+                    crate::chain::Recorded::Sent { from, tx } => db
+                        .idempotency_key_sent(
                             scope,
                             key_hash,
                             fingerprint,
+                            from.map(|f| f.to_string()).as_deref(),
                             &tx.to_string(),
                             crate::clock::unix_now(),
                         )
                         .await
-                    }
-                    crate::chain::Recorded::Withdrawn(tx) => {
-                        db.idempotency_key_withdrawn(scope, key_hash, &tx.to_string())
-                            .await
-                    }
+                        .map(|other| other.and_then(|o| o.parse().ok())),
+                    crate::chain::Recorded::Withdrawn(tx) => db
+                        .idempotency_key_withdrawn(scope, key_hash, &tx.to_string())
+                        .await
+                        .map(|()| None),
                 }
                 .map_err(|e| crate::kind::with_sources(&e))
             })
