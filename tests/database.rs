@@ -121,6 +121,19 @@ async fn idempotency_keys(db: &Database) {
         claim(&scope, &fp, now + 2).await,
         same(Some(&tx), false, now + 1)
     );
+    // Signed alike by another try (the same nonce, fees and call): that try's to send.
+    assert_eq!(
+        db.idempotency_key_sent(&scope, &key, &fp, None, &tx, now + 2)
+            .await
+            .unwrap(),
+        Some(tx.clone())
+    );
+    // Another request's row (freed and claimed again meanwhile) is not written.
+    assert!(
+        db.idempotency_key_sent(&scope, &key, &other_fp, None, &late, now + 2)
+            .await
+            .is_err()
+    );
     assert_eq!(claim(&scope, &other_fp, now + 2).await, Claim::Other);
     // Another caller's key of the same name is its own.
     assert_eq!(
@@ -155,12 +168,12 @@ async fn idempotency_keys(db: &Database) {
     // key is freed only of what it names.
     let other_tx = format!("0x{}", "cd".repeat(32));
     assert!(
-        !db.idempotency_key_replaced(&other_scope, &key, Some(&other_tx), &other_tx, now + 6)
+        !db.idempotency_key_replaced(&other_scope, &key, &fp, Some(&other_tx), &other_tx, now + 6)
             .await
             .unwrap()
     );
     assert!(
-        db.idempotency_key_replaced(&other_scope, &key, Some(&tx), &other_tx, now + 6)
+        db.idempotency_key_replaced(&other_scope, &key, &fp, Some(&tx), &other_tx, now + 6)
             .await
             .unwrap()
     );
@@ -184,12 +197,12 @@ async fn idempotency_keys(db: &Database) {
     );
     // A row that names nothing yet is set once.
     assert!(
-        db.idempotency_key_replaced(&other_scope, &key, None, &tx, now + 10)
+        db.idempotency_key_replaced(&other_scope, &key, &fp, None, &tx, now + 10)
             .await
             .unwrap()
     );
     assert!(
-        !db.idempotency_key_replaced(&other_scope, &key, None, &other_tx, now + 10)
+        !db.idempotency_key_replaced(&other_scope, &key, &fp, None, &other_tx, now + 10)
             .await
             .unwrap()
     );
@@ -213,7 +226,7 @@ async fn idempotency_keys(db: &Database) {
         same(None, false, now + 10)
     );
     assert!(
-        db.idempotency_key_replaced(&other_scope, &key, None, &tx, now + 10)
+        db.idempotency_key_replaced(&other_scope, &key, &fp, None, &tx, now + 10)
             .await
             .unwrap()
     );

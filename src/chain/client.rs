@@ -686,10 +686,13 @@ impl EhrChain {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         // A failed send names none of its hashes in the request's record (an earlier pass's
         // may still be there when a later pass's record failed).
-        let withdraw_all = async {
-            if let Some(t) = &ticket {
-                for tx in &signed_all {
-                    t.withdraw(*tx).await;
+        let withdraw_all = |keep: Option<B256>| {
+            let (ticket, signed_all) = (&ticket, &signed_all);
+            async move {
+                if let Some(t) = ticket {
+                    for tx in signed_all.iter().filter(|tx| Some(**tx) != keep) {
+                        t.withdraw(*tx).await;
+                    }
                 }
             }
         };
@@ -712,14 +715,16 @@ impl EhrChain {
                         source: alloy::providers::PendingTransactionError::TransportError(e),
                     });
                 }
-                withdraw_all.await;
+                withdraw_all(None).await;
                 Err(contract_error(e))
             }
             (Err(SendFailure::Broadcast(e)), None) => Err(contract_error(e)),
             // Another try of the request, in another process, recorded its transaction first:
             // this one answers with it once the node has it.
             (Err(SendFailure::Lost(other)), _) => {
-                withdraw_all.await;
+                // The other's transaction is the other's to keep named (it may be this one's
+                // too: signed alike).
+                withdraw_all(Some(other)).await;
                 let Some(t) = &ticket else {
                     return Err(ChainError::Rejected("a send lost to another".into()));
                 };
@@ -732,15 +737,22 @@ impl EhrChain {
                         return Ok(other);
                     }
                     if std::time::Instant::now() >= until {
-                        return Err(ChainError::Rejected(format!(
-                            "another try of this request is sending transaction {other}; ask again with the same key"
-                        )));
+                        // Asked again with the key, the request is answered by it once the
+                        // node has it (or sent anew when it never will).
+                        return Err(ChainError::Unconfirmed {
+                            tx: other,
+                            source: alloy::providers::PendingTransactionError::TransportError(
+                                alloy::transports::TransportErrorKind::custom_str(
+                                    "another try of this request is sending it",
+                                ),
+                            ),
+                        });
                     }
                     tokio::time::sleep(self.provider.client().poll_interval()).await;
                 }
             }
             (Err(SendFailure::Before(e)), _) => {
-                withdraw_all.await;
+                withdraw_all(None).await;
                 Err(e)
             }
         }

@@ -152,17 +152,18 @@ impl Database {
         let mut from = from.map(str::to_owned);
         for _ in 0..4 {
             if self
-                .idempotency_key_replaced(scope, key_hash, from.as_deref(), tx, now)
+                .idempotency_key_replaced(scope, key_hash, fingerprint, from.as_deref(), tx, now)
                 .await?
             {
                 return Ok(None);
             }
-            let row =
-                sqlx::query("SELECT tx FROM idempotency_keys WHERE scope = ? AND key_hash = ?")
-                    .bind(scope)
-                    .bind(key_hash)
-                    .fetch_optional(self.pool())
-                    .await?;
+            let row = sqlx::query(
+                "SELECT fingerprint, tx FROM idempotency_keys WHERE scope = ? AND key_hash = ?",
+            )
+            .bind(scope)
+            .bind(key_hash)
+            .fetch_optional(self.pool())
+            .await?;
             let Some(row) = row else {
                 // Gone (freed, or swept): made again, naming `tx`.
                 let insert = sqlx::query(
@@ -183,10 +184,16 @@ impl Database {
                     Err(e) => return Err(e),
                 }
             };
+            if row.try_get::<String, _>("fingerprint")? != fingerprint {
+                return Err(DbError::Conflict(
+                    "idempotency key (freed and claimed by another request meanwhile)",
+                ));
+            }
             match row.try_get::<Option<String>, _>("tx")? {
-                Some(t) if t == tx => return Ok(None),
                 // Changed between the statements: try again from what it names now.
                 Some(t) if from.as_deref() == Some(t.as_str()) => {}
+                // Another try's, this one's own signed alike (the same nonce, fees and call
+                // give the same bytes) included: that try sends it.
                 Some(other) => return Ok(Some(other)),
                 None => from = None,
             }
@@ -197,8 +204,9 @@ impl Database {
     }
 
     /// Makes the key name `to` as of `now`, where it names `from` (nothing yet, or what an
-    /// earlier try made that will never come to anything): a compare-and-set, so of two tries
-    /// that do it at once one does; `false` when the row names something else by now.
+    /// earlier try made that will never come to anything) for the request of `fingerprint`: a
+    /// compare-and-set, so of two tries that do it at once one does; `false` when the row
+    /// names something else by now (or is another request's: freed and claimed again).
     ///
     /// # Errors
     /// Query failures.
@@ -206,6 +214,7 @@ impl Database {
         &self,
         scope: &str,
         key_hash: &str,
+        fingerprint: &str,
         from: Option<&str>,
         to: &str,
         now: u64,
@@ -213,14 +222,19 @@ impl Database {
         let q = match from {
             Some(_) => sqlx::query(
                 "UPDATE idempotency_keys SET tx = ?, created_at = ? \
-                 WHERE scope = ? AND key_hash = ? AND tx = ?",
+                 WHERE scope = ? AND key_hash = ? AND fingerprint = ? AND tx = ?",
             ),
             None => sqlx::query(
                 "UPDATE idempotency_keys SET tx = ?, created_at = ? \
-                 WHERE scope = ? AND key_hash = ? AND tx IS NULL",
+                 WHERE scope = ? AND key_hash = ? AND fingerprint = ? AND tx IS NULL",
             ),
         };
-        let mut q = q.bind(to).bind(to_i64(now)).bind(scope).bind(key_hash);
+        let mut q = q
+            .bind(to)
+            .bind(to_i64(now))
+            .bind(scope)
+            .bind(key_hash)
+            .bind(fingerprint);
         if let Some(from) = from {
             q = q.bind(from);
         }

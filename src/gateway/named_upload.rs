@@ -61,6 +61,7 @@ pub(super) struct NamedUpload {
     db: Database,
     scope: String,
     key_hash: String,
+    fingerprint: String,
     /// What the key's row names (an earlier try's record), and since when.
     earlier: Option<String>,
     since: u64,
@@ -152,6 +153,7 @@ impl NamedUpload {
             db,
             scope,
             key_hash,
+            fingerprint,
             earlier,
             since,
             turn,
@@ -200,6 +202,7 @@ impl NamedUpload {
             db,
             scope,
             key_hash,
+            fingerprint,
             earlier,
             turn,
             ..
@@ -224,6 +227,7 @@ impl NamedUpload {
                 .idempotency_key_replaced(
                     &scope,
                     &key_hash,
+                    &fingerprint,
                     earlier.as_deref(),
                     &made,
                     crate::clock::unix_now(),
