@@ -601,31 +601,11 @@ async fn two_gateways_sending_one_named_request_at_once_send_one_transaction() {
     }
     // Each gateway's ticket for the key, as its middleware makes it.
     let ticket = |gateway: &str| {
-        let (db, scope, key, fp) = (db.clone(), scope.clone(), key.clone(), fp.clone());
-        let record: ehr_share::chain::RecordSent = std::sync::Arc::new(move |what| {
-            let (db, scope, key, fp) = (db.clone(), scope.clone(), key.clone(), fp.clone());
-            Box::pin(async move {
-                match what {
-                    ehr_share::chain::Recorded::Sent { from, tx } => db
-                        .idempotency_key_sent(
-                            &scope,
-                            &key,
-                            &fp,
-                            from.map(|f| f.to_string()).as_deref(),
-                            &tx.to_string(),
-                            common::nodes::now(),
-                        )
-                        .await
-                        .map(|other| other.map(|o| o.parse().unwrap())),
-                    ehr_share::chain::Recorded::Withdrawn(tx) => db
-                        .idempotency_key_withdrawn(&scope, &key, &tx.to_string())
-                        .await
-                        .map(|()| None),
-                }
-                .map_err(|e| e.to_string())
-            })
-        });
-        ehr_share::chain::Ticket::new(format!("{gateway}:key").into_bytes(), None, record)
+        ehr_share::chain::Ticket::new(
+            format!("{gateway}:key").into_bytes(),
+            None,
+            db.idempotency_record(&scope, &key, &fp),
+        )
     };
     let (a, b) = (ticket("gateway-a"), ticket("gateway-b"));
     let (ca, cb) = (doctor.with_ticket(a.clone()), doctor.with_ticket(b.clone()));

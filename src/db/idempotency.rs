@@ -242,6 +242,47 @@ impl Database {
         Ok(r.rows_affected() == 1)
     }
 
+    /// Where a chain write's `chain::Ticket` keeps its transaction: the row of `key_hash` in
+    /// `scope` for the request of `fingerprint` ([`Self::idempotency_key_sent`] and
+    /// [`Self::idempotency_key_withdrawn`]).
+    pub fn idempotency_record(
+        &self,
+        scope: &str,
+        key_hash: &str,
+        fingerprint: &str,
+    ) -> crate::chain::RecordSent {
+        let row = std::sync::Arc::new((
+            self.clone(),
+            scope.to_owned(),
+            key_hash.to_owned(),
+            fingerprint.to_owned(),
+        ));
+        std::sync::Arc::new(move |what| {
+            let row = std::sync::Arc::clone(&row);
+            Box::pin(async move {
+                let (db, scope, key_hash, fingerprint) = &*row;
+                match what {
+                    crate::chain::Recorded::Sent { from, tx } => db
+                        .idempotency_key_sent(
+                            scope,
+                            key_hash,
+                            fingerprint,
+                            from.map(|f| f.to_string()).as_deref(),
+                            &tx.to_string(),
+                            crate::clock::unix_now(),
+                        )
+                        .await
+                        .map(|other| other.and_then(|o| o.parse().ok())),
+                    crate::chain::Recorded::Withdrawn(tx) => db
+                        .idempotency_key_withdrawn(scope, key_hash, &tx.to_string())
+                        .await
+                        .map(|()| None),
+                }
+                .map_err(|e| crate::kind::with_sources(&e))
+            })
+        })
+    }
+
     /// Makes the key name nothing again where it names `tx` (a transaction the node refused):
     /// the key stays claimed by the try that made the row, which frees it when it ends.
     ///

@@ -135,33 +135,7 @@ async fn named(
             fresh,
         ),
     };
-    let record: crate::chain::RecordSent = {
-        let row = std::sync::Arc::new((db.clone(), scope.clone(), key_hash.clone(), fingerprint));
-        std::sync::Arc::new(move |what| {
-            let row = std::sync::Arc::clone(&row);
-            Box::pin(async move {
-                let (db, scope, key_hash, fingerprint) = &*row;
-                match what {
-                    crate::chain::Recorded::Sent { from, tx } => db
-                        .idempotency_key_sent(
-                            scope,
-                            key_hash,
-                            fingerprint,
-                            from.map(|f| f.to_string()).as_deref(),
-                            &tx.to_string(),
-                            crate::clock::unix_now(),
-                        )
-                        .await
-                        .map(|other| other.and_then(|o| o.parse().ok())),
-                    crate::chain::Recorded::Withdrawn(tx) => db
-                        .idempotency_key_withdrawn(scope, key_hash, &tx.to_string())
-                        .await
-                        .map(|()| None),
-                }
-                .map_err(|e| crate::kind::with_sources(&e))
-            })
-        })
-    };
+    let record = db.idempotency_record(&scope, &key_hash, &fingerprint);
     let ticket = Ticket::new(format!("{scope}:{key_hash}").into_bytes(), earlier, record);
     let mut req = Request::from_parts(parts, Body::from(bytes));
     req.extensions_mut().insert(ticket.clone());
