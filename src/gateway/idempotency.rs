@@ -62,6 +62,84 @@ pub(super) fn hex_sha256(parts: &[&[u8]]) -> String {
     crate::strict_hex::encode(h.finalize())
 }
 
+/// A caller's key in the gateway's database: the row its tries are claimed by (the
+/// middleware of contract writes and named uploads alike). Scope and key are stored as
+/// digests: fixed length and plain hex, compared alike by every database's collation.
+pub(super) struct KeyRow {
+    pub(super) db: crate::db::Database,
+    pub(super) scope: String,
+    pub(super) key_hash: String,
+}
+
+/// What a claim found in a key's row for a request of its own.
+pub(super) struct Claimed {
+    /// What an earlier try made (a transaction, or an upload's record).
+    pub(super) made: Option<String>,
+    /// This try made the row.
+    pub(super) fresh: bool,
+    /// When the row was made or last named something (unix seconds).
+    pub(super) since: u64,
+}
+
+impl KeyRow {
+    /// The row of `key` for `account`.
+    ///
+    /// # Errors
+    /// 400 without a database.
+    pub(super) fn new(
+        state: &AppState,
+        key: &str,
+        account: alloy::primitives::Address,
+    ) -> Result<Self, ApiError> {
+        let db = state.database().cloned().ok_or_else(|| {
+            ApiError::bad_request(
+                "this gateway keeps no Idempotency-Key (it runs without a database); send the request without one".into(),
+            )
+        })?;
+        Ok(Self {
+            db,
+            scope: hex_sha256(&[account.as_slice()]),
+            key_hash: hex_sha256(&[key.as_bytes()]),
+        })
+    }
+
+    /// The key's name in this process (its tries' table and locks).
+    pub(super) fn name(&self) -> String {
+        format!("{}:{}", self.scope, self.key_hash)
+    }
+
+    /// Claims the key for the request of `fingerprint`.
+    ///
+    /// # Errors
+    /// 422 when the key names another request; the database failing (503).
+    pub(super) async fn claim(&self, fingerprint: &str) -> Result<Claimed, ApiError> {
+        match self
+            .db
+            .claim_idempotency_key(
+                &self.scope,
+                &self.key_hash,
+                fingerprint,
+                crate::clock::unix_now(),
+            )
+            .await?
+        {
+            Claim::Other => Err(ApiError::new(
+                crate::kind::ErrorKind::Unprocessable,
+                "this Idempotency-Key was used for another request (another path, media type or body); use a new key for a new request".into(),
+            )),
+            Claim::Same {
+                tx,
+                fresh,
+                created_at,
+            } => Ok(Claimed {
+                made: tx,
+                fresh,
+                since: created_at,
+            }),
+        }
+    }
+}
+
 /// The middleware: POSTs with the header get a [`Ticket`] in their extensions (the `Actor`
 /// extractor hands it to the chain client); the rest pass as they are.
 pub(super) async fn idempotency(
@@ -94,16 +172,7 @@ async fn named(
     let Ok(signer) = super::chain_api::signer_for(&parts, state).await else {
         return Ok(next.run(Request::from_parts(parts, body)).await);
     };
-    let account = signer.address();
-    let Some(db) = state.database().cloned() else {
-        return Err(ApiError::bad_request(
-            "this gateway keeps no Idempotency-Key (it runs without a database); send the request without one".into(),
-        )
-        .into_response());
-    };
-    // Digests: fixed length and plain hex, compared alike by every database's collation.
-    let scope = hex_sha256(&[account.as_slice()]);
-    let key_hash = hex_sha256(&[key.as_bytes()]);
+    let row = KeyRow::new(state, &key, signer.address()).map_err(IntoResponse::into_response)?;
     let bytes = axum::body::to_bytes(body, super::JSON_BODY_LIMIT)
         .await
         .map_err(|_| {
@@ -118,25 +187,17 @@ async fn named(
         .path_and_query()
         .map_or("", axum::http::uri::PathAndQuery::as_str);
     let fingerprint = hex_sha256(&[parts.method.as_str().as_bytes(), target.as_bytes(), &bytes]);
-    let claim = db
-        .claim_idempotency_key(&scope, &key_hash, &fingerprint, crate::clock::unix_now())
+    let claimed = row
+        .claim(&fingerprint)
         .await
-        .map_err(|e| ApiError::from(e).into_response())?;
-    let (earlier, fresh) = match claim {
-        Claim::Other => {
-            return Err(ApiError::new(
-                crate::kind::ErrorKind::Unprocessable,
-                "this Idempotency-Key was used for another request (another path or body); use a new key for a new request".into(),
-            )
-            .into_response());
-        }
-        Claim::Same { tx, fresh, .. } => (
-            tx.and_then(|t| t.parse::<alloy::primitives::B256>().ok()),
-            fresh,
-        ),
-    };
-    let record = db.idempotency_record(&scope, &key_hash, &fingerprint);
-    let ticket = Ticket::new(format!("{scope}:{key_hash}").into_bytes(), earlier, record);
+        .map_err(IntoResponse::into_response)?;
+    let earlier = claimed
+        .made
+        .and_then(|t| t.parse::<alloy::primitives::B256>().ok());
+    let record = row
+        .db
+        .idempotency_record(&row.scope, &row.key_hash, &fingerprint);
+    let ticket = Ticket::new(row.name().into_bytes(), earlier, record);
     let mut req = Request::from_parts(parts, Body::from(bytes));
     req.extensions_mut().insert(ticket.clone());
     // The handler's extractor takes the caller from here instead of resolving the token again.
@@ -148,9 +209,12 @@ async fn named(
             .insert("idempotent-replayed", HeaderValue::from_static("true"));
     }
     // Only the try that made the row frees it: another may be sending meanwhile.
-    if fresh
+    if claimed.fresh
         && !ticket.used()
-        && let Err(e) = db.release_idempotency_key(&scope, &key_hash).await
+        && let Err(e) = row
+            .db
+            .release_idempotency_key(&row.scope, &row.key_hash)
+            .await
     {
         tracing::warn!("an Idempotency-Key whose request sent nothing was not freed: {e}");
     }

@@ -30,10 +30,9 @@ use axum::body::Bytes;
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 
-use super::idempotency::{HEADER, hex_sha256, key_of};
+use super::idempotency::{HEADER, KeyRow, hex_sha256, key_of};
 use super::{ApiError, AppState};
 use crate::chain::{PatientAddr, RecordId};
-use crate::db::{Claim, Database};
 use crate::records::{RecordError, RecordsClient};
 
 /// Seconds a client is asked to wait before asking again about an upload whose try is over but
@@ -58,9 +57,7 @@ static RUNNING: LazyLock<Running> = LazyLock::new(Default::default);
 
 /// An upload its caller named, its key claimed.
 pub(super) struct NamedUpload {
-    db: Database,
-    scope: String,
-    key_hash: String,
+    row: KeyRow,
     fingerprint: String,
     /// What the key's row names (an earlier try's record), and since when.
     earlier: Option<String>,
@@ -112,21 +109,14 @@ impl NamedUpload {
         let Some(value) = headers.get(HEADER) else {
             return Ok(None);
         };
-        let key = key_of(value)?;
-        let db = state.database().cloned().ok_or_else(|| {
-            ApiError::bad_request(
-                "this gateway keeps no Idempotency-Key (it runs without a database); send the request without one".into(),
-            )
-        })?;
-        let scope = hex_sha256(&[account.as_slice()]);
-        let key_hash = hex_sha256(&[key.as_bytes()]);
+        let row = KeyRow::new(state, &key_of(value)?, account)?;
         let turn = {
             let lock = {
                 let mut map = RUNNING
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
                 map.retain(|_, m| Arc::strong_count(m) > 1);
-                Arc::clone(map.entry(format!("{scope}:{key_hash}")).or_default())
+                Arc::clone(map.entry(row.name()).or_default())
             };
             lock.lock_owned().await
         };
@@ -136,26 +126,12 @@ impl NamedUpload {
             upload.media_type.as_bytes(),
             &upload.body,
         ]);
-        let now = crate::clock::unix_now();
-        let (earlier, since) = match db
-            .claim_idempotency_key(&scope, &key_hash, &fingerprint, now)
-            .await?
-        {
-            Claim::Other => {
-                return Err(ApiError::new(
-                    crate::kind::ErrorKind::Unprocessable,
-                    "this Idempotency-Key was used for another request (another path, media type or body); use a new key for a new request".into(),
-                ));
-            }
-            Claim::Same { tx, created_at, .. } => (tx, created_at),
-        };
+        let claimed = row.claim(&fingerprint).await?;
         Ok(Some(Self {
-            db,
-            scope,
-            key_hash,
+            row,
             fingerprint,
-            earlier,
-            since,
+            earlier: claimed.made,
+            since: claimed.since,
             turn,
         }))
     }
@@ -199,9 +175,12 @@ impl NamedUpload {
             }
         }
         let Self {
-            db,
-            scope,
-            key_hash,
+            row:
+                KeyRow {
+                    db,
+                    scope,
+                    key_hash,
+                },
             fingerprint,
             earlier,
             turn,
