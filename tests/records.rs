@@ -1510,7 +1510,59 @@ impl Keyed {
         .with_database(db);
         common::serve_gateway(state).await
     }
+
+    /// A gateway with the web app (anchoring as [`Self::gateway`]'s), and the web account
+    /// `user` (password `PASSWORD`) of the patient.
+    async fn web(&self, anchoring: Option<TestAnchor>, user: &str) -> String {
+        let mut records = ehr_share::records::RecordsConfig::new(self.refs.clone(), 3);
+        if let Some(a) = anchoring {
+            records = records.with_anchoring(std::sync::Arc::new(a));
+        }
+        let db = ehr_share::db::Database::open(&self.db).await.unwrap();
+        let accounts = ehr_share::web::AccountStore::new(db.clone()).await.unwrap();
+        accounts
+            .create(
+                user,
+                PASSWORD,
+                ehr_share::web::Role::Patient,
+                Some(self.addr),
+                Some(self.patient.clone()),
+            )
+            .await
+            .unwrap();
+        let rpc = common::rpc();
+        let app = ehr_share::gateway::AppState::new(
+            &rpc,
+            Some(
+                EhrChain::connect(&rpc, None, &self.office.deployment())
+                    .await
+                    .unwrap(),
+            ),
+            KuboClient::new(&common::stack().kubo.api_url),
+            ehr_share::gateway::Keyring::default(),
+        )
+        .unwrap()
+        .with_upload_slots(4)
+        .with_records(records)
+        .with_database(db);
+        let web = ehr_share::web::WebState::new(app.clone(), accounts);
+        let router = ehr_share::gateway::router(app).merge(ehr_share::web::router(web));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            axum::serve(
+                listener,
+                router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+            )
+            .await
+            .unwrap();
+        });
+        url
+    }
 }
+
+/// The web account's password in [`Keyed::web`].
+const PASSWORD: &str = "a patient's long password";
 
 /// `POST /records` of `body` for `addr` with the key `key`, as `tok-p`.
 fn upload_keyed(
@@ -1814,4 +1866,123 @@ async fn a_retry_seen_from_a_lagging_chain_view_does_not_store_a_second_record()
     assert_eq!((status, replayed), (200, true), "{v}");
     assert_eq!(record, first);
     assert_eq!(listed(&working, addr).await, 1, "one record");
+}
+
+/// The patient's upload form, as the page `html` has it: its CSRF token and its key.
+fn upload_form(html: &str) -> (String, String) {
+    let value = |name: &str| {
+        let marker = format!(r#"name="{name}" value=""#);
+        let at = html
+            .find(&marker)
+            .unwrap_or_else(|| panic!("no {name} field: {html}"))
+            + marker.len();
+        html[at..].split('"').next().unwrap().to_owned()
+    };
+    (value("csrf"), value("idempotency_key"))
+}
+
+/// Posts the upload form (`csrf`, `key`) with a file, as the browser `c`.
+fn post_form(
+    c: &reqwest::Client,
+    url: &str,
+    (csrf, key): &(String, String),
+) -> impl std::future::Future<Output = reqwest::Result<reqwest::Response>> + use<> {
+    let form = reqwest::multipart::Form::new()
+        .text("csrf", csrf.clone())
+        .text("idempotency_key", key.clone())
+        .part(
+            "file",
+            reqwest::multipart::Part::bytes(b"a lab result".to_vec())
+                .file_name("lab.txt")
+                .mime_str("text/plain")
+                .unwrap(),
+        );
+    c.post(format!("{url}/patient/upload"))
+        .multipart(form)
+        .send()
+}
+
+/// Where a form's answer sends the browser, decoded, and the record it names (if any).
+fn sent_to(r: &reqwest::Response) -> (String, Option<String>) {
+    assert_eq!(r.status(), 303, "{r:?}");
+    let to = percent_encoding::percent_decode_str(r.headers()["location"].to_str().unwrap())
+        .decode_utf8()
+        .unwrap()
+        .into_owned();
+    let record = to
+        .find("as record 0x")
+        .map(|at| to[at + 10..at + 76].to_owned());
+    (to, record)
+}
+
+/// The web app's upload form sent again stores one record: a browser that posts the form a
+/// second time while the first send is still being stored (the user reloads a page whose
+/// answer is slow; the browser drops the first connection) and once more later (the answer
+/// was lost) is answered by the first send's record each time. The upload was not cut short
+/// with the dropped connection. A form from a fresh page is a new upload. Before, each send
+/// stored a record of its own.
+#[tokio::test]
+async fn an_upload_form_sent_again_stores_one_record() {
+    let k = Keyed::new().await;
+    let addr = k.addr;
+    let entered = std::sync::Arc::new(tokio::sync::Notify::new());
+    let go = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+    let anchoring = TestAnchor::Gated {
+        chain: Box::new(common::as_(&k.office, &k.patient)),
+        entered: entered.clone(),
+        go: go.clone(),
+    };
+    let user = format!("pat{}", rand_core::OsRng.next_u32());
+    let url = k.web(Some(anchoring), &user).await;
+    let c = common::web::browser();
+    let token = common::web::form_token(&c, &url, "/").await;
+    let r = common::web::login(&c, &url, &token, &user, PASSWORD).await;
+    assert_eq!(r.status(), 303);
+    let page = |c: reqwest::Client, url: String| async move {
+        c.get(format!("{url}/patient"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    let form = upload_form(&page(c.clone(), url.clone()).await);
+
+    let first = tokio::spawn(post_form(&c, &url, &form));
+    tokio::time::timeout(Duration::from_secs(30), entered.notified())
+        .await
+        .expect("the first send reaches its anchor");
+    first.abort();
+    assert!(first.await.unwrap_err().is_cancelled());
+    let again = tokio::spawn(post_form(&c, &url, &form));
+    go.add_permits(8);
+    let (to, record) = sent_to(&again.await.unwrap().unwrap());
+    let record = record.unwrap_or_else(|| panic!("no record named: {to}"));
+    assert!(to.starts_with("/patient?ok="), "{to}");
+
+    let (to, later) = sent_to(&post_form(&c, &url, &form).await.unwrap());
+    assert_eq!(later.as_deref(), Some(record.as_str()), "{to}");
+    assert_eq!(listed(&url, addr).await, 1, "one record for one form");
+    let read = ehr_share::records::RecordsConfig::new(k.refs.clone(), 3)
+        .client(
+            common::as_(&k.office, &k.patient),
+            k.patient.clone(),
+            KuboClient::new(&common::stack().kubo.api_url),
+        )
+        .unwrap()
+        .get(record.parse().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(read.data, b"a lab result");
+
+    // A fresh page's form is a new upload.
+    let fresh = upload_form(&page(c.clone(), url.clone()).await);
+    assert_ne!(
+        fresh.1, form.1,
+        "each rendering of the form has its own key"
+    );
+    let (to, other) = sent_to(&post_form(&c, &url, &fresh).await.unwrap());
+    assert!(other.is_some_and(|o| o != record), "{to}");
+    assert_eq!(listed(&url, addr).await, 2);
 }

@@ -42,6 +42,11 @@ impl ApiError {
     pub fn kind(&self) -> ErrorKind {
         self.kind
     }
+
+    /// The message for the caller.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
 }
 
 impl<E: Classify + 'static> From<E> for ApiError {

@@ -37,7 +37,20 @@ pub(super) fn key_of(v: &HeaderValue) -> Result<String, ApiError> {
             "Idempotency-Key must be 1 to {MAX_KEY} printable ASCII characters (a UUID, say)"
         ))
     };
-    let s = v.to_str().map_err(|_| bad())?.trim();
+    key_from_text(v.to_str().map_err(|_| bad())?)
+}
+
+/// A key from text (a header's, or a form field's): as [`key_of`].
+///
+/// # Errors
+/// 400 for a malformed key.
+pub(crate) fn key_from_text(s: &str) -> Result<String, ApiError> {
+    let bad = || {
+        ApiError::bad_request(format!(
+            "Idempotency-Key must be 1 to {MAX_KEY} printable ASCII characters (a UUID, say)"
+        ))
+    };
+    let s = s.trim();
     let s = s
         .strip_prefix('"')
         .and_then(|s| s.strip_suffix('"'))

@@ -19,8 +19,11 @@ mod uploads;
 pub use crate::records::RecordsConfig;
 pub use error::ApiError;
 pub use health::{NodeHealth, share_node_health};
+pub(crate) use idempotency::key_from_text;
+pub(crate) use named_upload::{NamedUpload, Settled, Upload as NamedRequest};
 pub use proxy::{TrustedProxies, real_client};
 pub use state::{AppState, Keyring, TokenResolver};
+pub(crate) use uploads::Charge;
 pub use uploads::{MAX_UPLOADS, UploadSlots, gate_html, gate_json, timeout as upload_timeout};
 
 use axum::Router;

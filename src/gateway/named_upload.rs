@@ -56,7 +56,7 @@ type Running = Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>;
 static RUNNING: LazyLock<Running> = LazyLock::new(Default::default);
 
 /// An upload its caller named, its key claimed.
-pub(super) struct NamedUpload {
+pub(crate) struct NamedUpload {
     row: KeyRow,
     fingerprint: String,
     /// What the key's row names (an earlier try's record), and since when.
@@ -67,14 +67,35 @@ pub(super) struct NamedUpload {
 }
 
 /// What the request asked for: the answer repeats it.
-pub(super) struct Upload {
-    pub(super) patient: PatientAddr,
-    pub(super) body: Bytes,
-    pub(super) media_type: String,
-    pub(super) file_name: Option<String>,
+pub(crate) struct Upload {
+    pub(crate) patient: PatientAddr,
+    pub(crate) body: Bytes,
+    pub(crate) media_type: String,
+    pub(crate) file_name: Option<String>,
+}
+
+/// How a named upload ended, when it did not fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Settled {
+    /// Stored as `record`: by this try, or by an earlier one (`replayed`).
+    Stored { record: RecordId, replayed: bool },
+    /// An earlier try's `record` is neither readable nor abandoned yet (`None`: another try
+    /// is under way); to be asked again in `retry_secs`.
+    Unsettled {
+        record: Option<RecordId>,
+        retry_secs: u64,
+    },
 }
 
 impl Upload {
+    /// The REST answer to a named upload's end.
+    pub(super) fn respond(&self, settled: Settled) -> Response {
+        match settled {
+            Settled::Stored { record, replayed } => self.answer(record, replayed),
+            Settled::Unsettled { record, retry_secs } => unsettled(record, retry_secs),
+        }
+    }
+
     /// The answer naming `record` (the same for a try and its replays).
     pub(super) fn answer(&self, record: RecordId, replayed: bool) -> Response {
         let mut r = Json(serde_json::json!({
@@ -109,7 +130,24 @@ impl NamedUpload {
         let Some(value) = headers.get(HEADER) else {
             return Ok(None);
         };
-        let row = KeyRow::new(state, &key_of(value)?, account)?;
+        Self::claim_key(state, &key_of(value)?, account, target, upload)
+            .await
+            .map(Some)
+    }
+
+    /// Claims `key` (checked as [`key_of`] checks a header's) for an upload by `account` to
+    /// `target` of `upload`: after an earlier try of the key in this process has ended.
+    ///
+    /// # Errors
+    /// As [`Self::claim`]'s.
+    pub(crate) async fn claim_key(
+        state: &AppState,
+        key: &str,
+        account: alloy::primitives::Address,
+        target: &str,
+        upload: &Upload,
+    ) -> Result<Self, ApiError> {
+        let row = KeyRow::new(state, key, account)?;
         let turn = {
             let lock = {
                 let mut map = RUNNING
@@ -127,13 +165,13 @@ impl NamedUpload {
             &upload.body,
         ]);
         let claimed = row.claim(&fingerprint).await?;
-        Ok(Some(Self {
+        Ok(Self {
             row,
             fingerprint,
             earlier: claimed.made,
             since: claimed.since,
             turn,
-        }))
+        })
     }
 
     /// Answers with the earlier try's record, or stores `upload` with `client` under the key
@@ -141,12 +179,12 @@ impl NamedUpload {
     ///
     /// # Errors
     /// As an upload's; 409 (with `Retry-After`) while an earlier try's record is unsettled.
-    pub(super) async fn run(
+    pub(crate) async fn run(
         self,
         client: RecordsClient,
-        upload: Upload,
+        upload: &Upload,
         charge: Option<tokio::sync::OwnedSemaphorePermit>,
-    ) -> Result<Response, ApiError> {
+    ) -> Result<Settled, ApiError> {
         if let Some(earlier) = &self.earlier {
             // Only an upload's try writes a record id under an upload's fingerprint.
             let record = earlier.parse::<RecordId>().map_err(|_| {
@@ -156,7 +194,12 @@ impl NamedUpload {
                 )
             })?;
             match client.directory().locate(record).await {
-                Ok(_) => return Ok(upload.answer(record, true)),
+                Ok(_) => {
+                    return Ok(Settled::Stored {
+                        record,
+                        replayed: true,
+                    });
+                }
                 // Not readable (yet). Once its try is surely over, and every node says it
                 // holds no proof of it, nothing can give one any more: it can never be read.
                 // Until then it may still be (a try under way, a proof spreading, a chain view
@@ -165,10 +208,16 @@ impl NamedUpload {
                     let over = self.since.saturating_add(TRY_BOUND.as_secs());
                     let wait = over.saturating_sub(crate::clock::unix_now());
                     if wait > 0 {
-                        return Ok(unsettled(Some(record), wait));
+                        return Ok(Settled::Unsettled {
+                            record: Some(record),
+                            retry_secs: wait,
+                        });
                     }
                     if !client.directory().held_nowhere(record).await {
-                        return Ok(unsettled(Some(record), RETRY_SECS));
+                        return Ok(Settled::Unsettled {
+                            record: Some(record),
+                            retry_secs: RETRY_SECS,
+                        });
                     }
                 }
                 Err(e) => return Err(e.into()),
@@ -250,8 +299,14 @@ impl NamedUpload {
             )
         })??;
         Ok(match stored {
-            Some(id) => upload.answer(id, false),
-            None => unsettled(None, 1),
+            Some(record) => Settled::Stored {
+                record,
+                replayed: false,
+            },
+            None => Settled::Unsettled {
+                record: None,
+                retry_secs: 1,
+            },
         })
     }
 }

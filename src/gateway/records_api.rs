@@ -79,9 +79,10 @@ pub(super) async fn upload(
     // Named with an Idempotency-Key: a retry is answered by the record the first try stored.
     let target = uri.path_and_query().map_or("", |p| p.as_str());
     if let Some(named) = NamedUpload::claim(&state, &headers, account, target, &upload).await? {
-        return named
-            .run(client, upload, charge.and_then(|c| c.take()))
-            .await;
+        let settled = named
+            .run(client, &upload, charge.and_then(|c| c.take()))
+            .await?;
+        return Ok(upload.respond(settled));
     }
     let id = client
         .put(

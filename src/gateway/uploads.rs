@@ -76,11 +76,11 @@ fn charge(req: &Request) -> u32 {
 /// upload to a task of its own (one a dropped connection does not cut short) takes it along,
 /// so the budget counts the upload until it ends, not until its client leaves.
 #[derive(Clone)]
-pub(super) struct Charge(Arc<std::sync::Mutex<Option<tokio::sync::OwnedSemaphorePermit>>>);
+pub(crate) struct Charge(Arc<std::sync::Mutex<Option<tokio::sync::OwnedSemaphorePermit>>>);
 
 impl Charge {
     /// The permit, for the task that does the upload's work.
-    pub(super) fn take(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    pub(crate) fn take(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
         self.0
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)

@@ -18,7 +18,6 @@ use super::view::{Flash, Layout, back, patient_addr, time, words};
 use super::vitals::{Span, VitalsView};
 use crate::chain::{AuditKind, DenyReason, EmergencyReason, PatientAddr, ProviderStatus};
 use crate::kind::ErrorKind;
-use crate::records::RecordError;
 
 /// A patient who granted this doctor.
 struct PatientRow {
@@ -42,6 +41,8 @@ struct PatientPage {
     layout: Layout,
     notice: Option<Flash>,
     csrf: String,
+    /// The upload form's key (see `upload`).
+    upload_key: String,
     addr: PatientAddr,
     access: String,
     may_add: bool,
@@ -151,6 +152,7 @@ pub(super) async fn patient(
         layout: Layout::user(&s, "Doctor"),
         notice,
         csrf: s.csrf.clone(),
+        upload_key: upload::new_key(),
         addr,
         access,
         // Adding needs a grant: break-glass opens reading only.
@@ -233,6 +235,7 @@ pub(super) async fn upload(
     State(state): State<WebState>,
     s: DoctorSession,
     Query(q): Query<UploadQuery>,
+    charge: Option<axum::Extension<crate::gateway::Charge>>,
     mp: Multipart,
 ) -> Result<Redirect> {
     let addr = patient_addr(&q.addr)?;
@@ -254,20 +257,19 @@ pub(super) async fn upload(
     let Some(u) = upload::read(&s, mp).await? else {
         return Ok(back(&to, false, "the file is empty"));
     };
-    match state
-        .records_for(&s)?
-        .put(addr, u.data, &u.media_type, Some(u.name.clone()))
-        .await
-    {
-        Ok(id) => Ok(back(
-            &to,
-            true,
-            &format!("added {} as record {id} for patient {addr}", u.name),
-        )),
-        Err(e @ (RecordError::InvalidFhir(_) | RecordError::Denied(..))) => {
-            Ok(back(&to, false, &words(&e)))
-        }
-        Err(RecordError::Chain(e)) if e.is_rejection() => Ok(back(&to, false, &words(&e))),
-        Err(e) => Err(e.into()),
-    }
+    let name = u.name.clone();
+    let client = state.records_for(&s)?;
+    let stored = upload::store(
+        &state,
+        &s,
+        client,
+        addr,
+        u,
+        "/doctor/upload",
+        charge.as_deref(),
+    )
+    .await;
+    upload::outcome(&to, stored, |id| {
+        format!("added {name} as record {id} for patient {addr}")
+    })
 }

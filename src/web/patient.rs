@@ -24,7 +24,6 @@ use super::vitals::{Span, VitalsView};
 use crate::chain::{AuditFilter, AuditKind, DeviceKind, EhrChain, GrantState, PatientAddr};
 use crate::db::ExportRow;
 use crate::kind::ErrorKind;
-use crate::records::RecordError;
 
 /// An open emergency access, with the button that ends it.
 struct Emergency {
@@ -79,6 +78,8 @@ struct PatientPage {
     layout: Layout,
     notice: Option<Flash>,
     csrf: String,
+    /// The upload form's key (see `upload`).
+    upload_key: String,
     addr: PatientAddr,
     emergencies: Vec<Emergency>,
     records: RecordsView,
@@ -195,6 +196,7 @@ pub(super) async fn home(
         layout: Layout::user(&s, "Patient"),
         notice: n.flash(),
         csrf: s.csrf.clone(),
+        upload_key: upload::new_key(),
         addr,
         emergencies: open_emergencies(&c, addr).await?,
         records,
@@ -264,25 +266,28 @@ pub(super) async fn end_emergency(
 pub(super) async fn upload(
     State(state): State<WebState>,
     s: PatientSession,
+    charge: Option<axum::Extension<crate::gateway::Charge>>,
     mp: Multipart,
 ) -> Result<Redirect> {
     let addr = s.addr()?;
     let Some(u) = upload::read(&s, mp).await? else {
         return Ok(back("/patient", false, "the file is empty"));
     };
-    match state
-        .records_for(&s)?
-        .put(addr, u.data, &u.media_type, Some(u.name.clone()))
-        .await
-    {
-        Ok(id) => Ok(back(
-            "/patient",
-            true,
-            &format!("stored {} as record {id}", u.name),
-        )),
-        Err(e @ RecordError::InvalidFhir(_)) => Ok(back("/patient", false, &words(&e))),
-        Err(e) => Err(e.into()),
-    }
+    let name = u.name.clone();
+    let client = state.records_for(&s)?;
+    let stored = upload::store(
+        &state,
+        &s,
+        client,
+        addr,
+        u,
+        "/patient/upload",
+        charge.as_deref(),
+    )
+    .await;
+    upload::outcome("/patient", stored, |id| {
+        format!("stored {name} as record {id}")
+    })
 }
 
 /// Grant form.

@@ -1,14 +1,32 @@
-//! The upload form, for a patient's own records and a granted doctor's additions: one file and
-//! the session's CSRF token, as multipart.
+//! The upload form, for a patient's own records and a granted doctor's additions: one file,
+//! the session's CSRF token and the form's own key, as multipart.
+//!
+//! A form sent twice stores one record. Each rendering of the form carries a fresh key (the
+//! REST API's `Idempotency-Key`, see `gateway::named_upload`), so a browser that posts the same
+//! form again (the user reloads a page whose answer never came, or goes back and sends it
+//! again) is answered by the record the first send stored, or told it is still being stored,
+//! instead of storing the same lab result twice. The upload runs in a task of its own that a
+//! closed tab does not cut short, as the REST API's named uploads do.
 
 use axum::extract::Multipart;
 use axum::http::StatusCode;
 
+use super::WebState;
 use super::error::{Result, WebError};
 use super::extract::check_csrf;
 use super::session::Session;
+use crate::chain::{PatientAddr, RecordId};
+use crate::gateway::{ApiError, Charge, NamedRequest, NamedUpload, Settled};
 use crate::kind::ErrorKind;
-use crate::records::FHIR_JSON;
+use crate::records::{FHIR_JSON, RecordsClient};
+
+/// The form field that carries the form's key.
+pub(super) const KEY_FIELD: &str = "idempotency_key";
+
+/// A fresh key for a rendering of the upload form.
+pub(super) fn new_key() -> String {
+    crate::chain::random_b256().to_string()
+}
 
 /// Largest file the web upload takes (the form around it gets a little more; see `web::router`).
 pub(super) const UPLOAD_LIMIT: usize = 32 * 1024 * 1024;
@@ -21,6 +39,8 @@ pub(super) struct Upload {
     pub(super) media_type: String,
     /// The bytes.
     pub(super) data: bytes::Bytes,
+    /// The form's key (none from a form rendered before forms had one).
+    pub(super) key: Option<String>,
 }
 
 fn too_large() -> WebError {
@@ -47,10 +67,12 @@ fn failed(e: axum::extract::multipart::MultipartError) -> WebError {
 /// Reads the form: checks its CSRF token, then returns the file (`Ok(None)` for an empty one).
 pub(super) async fn read(s: &Session, mut mp: Multipart) -> Result<Option<Upload>> {
     let mut csrf = String::new();
+    let mut key = None;
     let mut file = None;
     while let Some(field) = mp.next_field().await.map_err(failed)? {
         match field.name() {
             Some("csrf") => csrf = field.text().await.map_err(failed)?,
+            Some(KEY_FIELD) => key = Some(field.text().await.map_err(failed)?),
             Some("file") => {
                 let name = field.file_name().unwrap_or("record").to_owned();
                 let ct = field
@@ -64,6 +86,10 @@ pub(super) async fn read(s: &Session, mut mp: Multipart) -> Result<Option<Upload
         }
     }
     check_csrf(s, &csrf)?;
+    let key = key
+        .map(|k| crate::gateway::key_from_text(&k))
+        .transpose()
+        .map_err(|e| WebError::bad(e.message()))?;
     let (name, ct, data) = file.ok_or_else(|| WebError::bad("choose a file"))?;
     if data.is_empty() {
         return Ok(None);
@@ -80,5 +106,96 @@ pub(super) async fn read(s: &Session, mut mp: Multipart) -> Result<Option<Upload
         name,
         media_type,
         data,
+        key,
     }))
+}
+
+/// What storing a form's file came to.
+pub(super) enum Stored {
+    /// Stored as this record (by this send of the form, or an earlier one).
+    Record(RecordId),
+    /// An earlier send of the form is still being stored; look again in `retry_secs`.
+    Unsettled { retry_secs: u64 },
+}
+
+/// Stores `u` for `patient` with `client`, as `s`'s account, the form sent to `path`: under
+/// the form's key when it has one (and the gateway keeps a database), holding `charge` (the
+/// upload's share of the budget) until the upload ends.
+///
+/// # Errors
+/// The upload's, and the key's (another file sent with a form's key: 422), as the REST API
+/// answers them.
+pub(super) async fn store(
+    state: &WebState,
+    s: &Session,
+    client: RecordsClient,
+    patient: PatientAddr,
+    u: Upload,
+    path: &str,
+    charge: Option<&Charge>,
+) -> std::result::Result<Stored, ApiError> {
+    let request = NamedRequest {
+        patient,
+        body: u.data,
+        media_type: u.media_type,
+        file_name: Some(u.name),
+    };
+    let named = match u.key {
+        Some(key) if state.app.database().is_some() => {
+            // The file's name is part of what the key names, as the REST API's query is.
+            let target = format!(
+                "{path}?patient={patient}&file_name={}",
+                super::view::query_value(request.file_name.as_deref().unwrap_or_default())
+            );
+            Some(
+                NamedUpload::claim_key(&state.app, &key, s.account.address, &target, &request)
+                    .await?,
+            )
+        }
+        _ => None,
+    };
+    let Some(named) = named else {
+        let id = client
+            .put(
+                patient,
+                request.body.clone(),
+                &request.media_type,
+                request.file_name.clone(),
+            )
+            .await?;
+        return Ok(Stored::Record(id));
+    };
+    Ok(
+        match named
+            .run(client, &request, charge.and_then(Charge::take))
+            .await?
+        {
+            Settled::Stored { record, .. } => Stored::Record(record),
+            Settled::Unsettled { retry_secs, .. } => Stored::Unsettled { retry_secs },
+        },
+    )
+}
+
+/// Where a form's upload leaves its user: back on `to` with what became of it (a record, a
+/// send still being stored, or the caller's mistake in words), or an error page for a fault
+/// of ours or of a service.
+pub(super) fn outcome(
+    to: &str,
+    stored: std::result::Result<Stored, ApiError>,
+    done: impl FnOnce(RecordId) -> String,
+) -> Result<axum::response::Redirect> {
+    match stored {
+        Ok(Stored::Record(id)) => Ok(super::view::back(to, true, &done(id))),
+        Ok(Stored::Unsettled { retry_secs }) => Ok(super::view::back(
+            to,
+            false,
+            &format!(
+                "this form was sent before and that upload is still being stored: it shows in the records list once stored (look again in {retry_secs} s); nothing was stored twice"
+            ),
+        )),
+        Err(e) if e.kind().status().is_client_error() => {
+            Ok(super::view::back(to, false, e.message()))
+        }
+        Err(e) => Err(WebError::new(e.kind(), e.message())),
+    }
 }
