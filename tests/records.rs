@@ -1512,8 +1512,12 @@ impl Keyed {
     }
 
     /// A gateway with the web app (anchoring as [`Self::gateway`]'s), and the web account
-    /// `user` (password `PASSWORD`) of the patient.
-    async fn web(&self, anchoring: Option<TestAnchor>, user: &str) -> String {
+    /// `user` (password `PASSWORD`) of the patient; the web app's accounts.
+    async fn web(
+        &self,
+        anchoring: Option<TestAnchor>,
+        user: &str,
+    ) -> (String, ehr_share::web::AccountStore) {
         let mut records = ehr_share::records::RecordsConfig::new(self.refs.clone(), 3);
         if let Some(a) = anchoring {
             records = records.with_anchoring(std::sync::Arc::new(a));
@@ -1545,7 +1549,7 @@ impl Keyed {
         .with_upload_slots(4)
         .with_records(records)
         .with_database(db);
-        let web = ehr_share::web::WebState::new(app.clone(), accounts);
+        let web = ehr_share::web::WebState::new(app.clone(), accounts.clone());
         let router = ehr_share::gateway::router(app).merge(ehr_share::web::router(web));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
@@ -1557,7 +1561,7 @@ impl Keyed {
             .await
             .unwrap();
         });
-        url
+        (url, accounts)
     }
 }
 
@@ -1881,18 +1885,19 @@ fn upload_form(html: &str) -> (String, String) {
     (value("csrf"), value("idempotency_key"))
 }
 
-/// Posts the upload form (`csrf`, `key`) with a file, as the browser `c`.
+/// Posts the upload form (`csrf`, `key`) with the file `file`, as the browser `c`.
 fn post_form(
     c: &reqwest::Client,
     url: &str,
     (csrf, key): &(String, String),
+    file: &'static [u8],
 ) -> impl std::future::Future<Output = reqwest::Result<reqwest::Response>> + use<> {
     let form = reqwest::multipart::Form::new()
         .text("csrf", csrf.clone())
         .text("idempotency_key", key.clone())
         .part(
             "file",
-            reqwest::multipart::Part::bytes(b"a lab result".to_vec())
+            reqwest::multipart::Part::bytes(file)
                 .file_name("lab.txt")
                 .mime_str("text/plain")
                 .unwrap(),
@@ -1901,6 +1906,9 @@ fn post_form(
         .multipart(form)
         .send()
 }
+
+/// The file the upload tests send.
+const LAB: &[u8] = b"a lab result";
 
 /// Where a form's answer sends the browser, decoded, and the record it names (if any).
 fn sent_to(r: &reqwest::Response) -> (String, Option<String>) {
@@ -1933,7 +1941,7 @@ async fn an_upload_form_sent_again_stores_one_record() {
         go: go.clone(),
     };
     let user = format!("pat{}", rand_core::OsRng.next_u32());
-    let url = k.web(Some(anchoring), &user).await;
+    let (url, _) = k.web(Some(anchoring), &user).await;
     let c = common::web::browser();
     let token = common::web::form_token(&c, &url, "/").await;
     let r = common::web::login(&c, &url, &token, &user, PASSWORD).await;
@@ -1949,20 +1957,27 @@ async fn an_upload_form_sent_again_stores_one_record() {
     };
     let form = upload_form(&page(c.clone(), url.clone()).await);
 
-    let first = tokio::spawn(post_form(&c, &url, &form));
+    let first = tokio::spawn(post_form(&c, &url, &form, LAB));
     tokio::time::timeout(Duration::from_secs(30), entered.notified())
         .await
         .expect("the first send reaches its anchor");
     first.abort();
     assert!(first.await.unwrap_err().is_cancelled());
-    let again = tokio::spawn(post_form(&c, &url, &form));
+    let again = tokio::spawn(post_form(&c, &url, &form, LAB));
     go.add_permits(8);
     let (to, record) = sent_to(&again.await.unwrap().unwrap());
     let record = record.unwrap_or_else(|| panic!("no record named: {to}"));
     assert!(to.starts_with("/patient?ok="), "{to}");
 
-    let (to, later) = sent_to(&post_form(&c, &url, &form).await.unwrap());
+    let (to, later) = sent_to(&post_form(&c, &url, &form, LAB).await.unwrap());
     assert_eq!(later.as_deref(), Some(record.as_str()), "{to}");
+    assert!(to.contains("by an earlier send of this form"), "{to}");
+    // The same form (a page from the browser's history) with another file: refused in words.
+    let (to, none) = sent_to(&post_form(&c, &url, &form, b"another file").await.unwrap());
+    assert!(
+        none.is_none() && to.contains("err=this form was sent before"),
+        "{to}"
+    );
     assert_eq!(listed(&url, addr).await, 1, "one record for one form");
     let read = ehr_share::records::RecordsConfig::new(k.refs.clone(), 3)
         .client(
@@ -1982,7 +1997,79 @@ async fn an_upload_form_sent_again_stores_one_record() {
         fresh.1, form.1,
         "each rendering of the form has its own key"
     );
-    let (to, other) = sent_to(&post_form(&c, &url, &fresh).await.unwrap());
+    let (to, other) = sent_to(&post_form(&c, &url, &fresh, LAB).await.unwrap());
     assert!(other.is_some_and(|o| o != record), "{to}");
     assert_eq!(listed(&url, addr).await, 2);
+}
+
+/// The doctor's break-glass form sent again (its answer was slow and the user reloaded, or it
+/// was lost) opens the emergency once: one opening on the patient's trail, counted once
+/// against the doctor's three a day. Before, each send opened it anew.
+#[tokio::test]
+async fn a_break_glass_form_sent_again_opens_once() {
+    let k = Keyed::new().await;
+    let addr = k.addr;
+    let n = rand_core::OsRng.next_u32();
+    let (url, accounts) = k.web(None, &format!("pat{n}")).await;
+    let doctor = common::verified_doctor(&k.office).await;
+    let user = format!("doc{n}");
+    accounts
+        .create(
+            &user,
+            PASSWORD,
+            ehr_share::web::Role::Provider,
+            None,
+            Some(doctor.clone()),
+        )
+        .await
+        .unwrap();
+    let c = common::web::browser();
+    let token = common::web::form_token(&c, &url, "/").await;
+    assert_eq!(
+        common::web::login(&c, &url, &token, &user, PASSWORD)
+            .await
+            .status(),
+        303
+    );
+    let html = c
+        .get(format!("{url}/doctor/patient?addr={addr}"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let glass = &html[html
+        .find(r#"action="/doctor/break-glass""#)
+        .unwrap_or_else(|| panic!("no break-glass form: {html}"))..];
+    let (csrf, key) = upload_form(glass);
+    let send = || {
+        c.post(format!("{url}/doctor/break-glass"))
+            .form(&[
+                ("csrf", csrf.as_str()),
+                ("idempotency_key", key.as_str()),
+                ("addr", &addr.to_string()),
+                ("reason", "ETREAT"),
+            ])
+            .send()
+    };
+    for _ in 0..2 {
+        let (to, _) = sent_to(&send().await.unwrap());
+        assert!(
+            to.contains("?addr=") && to.contains("&ok=emergency access open"),
+            "{to}"
+        );
+    }
+    let opened = k
+        .office
+        .audit_page_for_patient(addr, ehr_share::chain::AuditFilter::Emergency, 0, 50)
+        .await
+        .unwrap()
+        .events
+        .iter()
+        .filter(|e| {
+            matches!(e.kind, ehr_share::chain::AuditKind::BreakGlassOpened { provider, .. } if provider == doctor.address())
+        })
+        .count();
+    assert_eq!(opened, 1, "the form sent twice opened the emergency once");
 }

@@ -65,7 +65,7 @@ pub(crate) fn key_from_text(s: &str) -> Result<String, ApiError> {
     Ok(s.to_owned())
 }
 
-pub(super) fn hex_sha256(parts: &[&[u8]]) -> String {
+pub(crate) fn hex_sha256(parts: &[&[u8]]) -> String {
     let mut h = Sha256::new();
     for p in parts {
         // Length-prefixed: no two lists of parts hash alike.
@@ -153,6 +153,76 @@ impl KeyRow {
     }
 }
 
+/// A contract write its caller named, its key claimed: a chain client made
+/// [`crate::chain::EhrChain::with_ticket`] of its ticket sends the write, or answers it with
+/// the transaction an earlier try sent.
+pub(crate) struct NamedWrite {
+    row: KeyRow,
+    /// This try made the key's row.
+    fresh: bool,
+    ticket: Ticket,
+}
+
+impl NamedWrite {
+    /// Claims `key` (checked as [`key_of`] checks a header's) of `account` for the request of
+    /// `fingerprint`.
+    ///
+    /// # Errors
+    /// A malformed key or no database (400), the key used for another request (422), the
+    /// database failing (503).
+    pub(crate) async fn claim_key(
+        state: &AppState,
+        key: &str,
+        account: alloy::primitives::Address,
+        fingerprint: &str,
+    ) -> Result<Self, ApiError> {
+        Self::claim(
+            KeyRow::new(state, &key_from_text(key)?, account)?,
+            fingerprint,
+        )
+        .await
+    }
+
+    /// Claims `row` for the request of `fingerprint`.
+    async fn claim(row: KeyRow, fingerprint: &str) -> Result<Self, ApiError> {
+        let claimed = row.claim(fingerprint).await?;
+        let earlier = claimed
+            .made
+            .and_then(|t| t.parse::<alloy::primitives::B256>().ok());
+        let record = row
+            .db
+            .idempotency_record(&row.scope, &row.key_hash, fingerprint);
+        let ticket = Ticket::new(row.name().into_bytes(), earlier, record);
+        Ok(Self {
+            row,
+            fresh: claimed.fresh,
+            ticket,
+        })
+    }
+
+    /// The ticket the request's write goes out under.
+    pub(crate) fn ticket(&self) -> Ticket {
+        self.ticket.clone()
+    }
+
+    /// After the request's handler: frees the key when this try made its row and sent
+    /// nothing (another try may be sending meanwhile otherwise). Whether the write was
+    /// answered by an earlier try's transaction.
+    pub(crate) async fn finish(self) -> bool {
+        if self.fresh
+            && !self.ticket.used()
+            && let Err(e) = self
+                .row
+                .db
+                .release_idempotency_key(&self.row.scope, &self.row.key_hash)
+                .await
+        {
+            tracing::warn!("an Idempotency-Key whose request sent nothing was not freed: {e}");
+        }
+        self.ticket.replayed()
+    }
+}
+
 /// The middleware: POSTs with the header get a [`Ticket`] in their extensions (the `Actor`
 /// extractor hands it to the chain client); the rest pass as they are.
 pub(super) async fn idempotency(
@@ -200,36 +270,18 @@ async fn named(
         .path_and_query()
         .map_or("", axum::http::uri::PathAndQuery::as_str);
     let fingerprint = hex_sha256(&[parts.method.as_str().as_bytes(), target.as_bytes(), &bytes]);
-    let claimed = row
-        .claim(&fingerprint)
+    let named = NamedWrite::claim(row, &fingerprint)
         .await
         .map_err(IntoResponse::into_response)?;
-    let earlier = claimed
-        .made
-        .and_then(|t| t.parse::<alloy::primitives::B256>().ok());
-    let record = row
-        .db
-        .idempotency_record(&row.scope, &row.key_hash, &fingerprint);
-    let ticket = Ticket::new(row.name().into_bytes(), earlier, record);
     let mut req = Request::from_parts(parts, Body::from(bytes));
-    req.extensions_mut().insert(ticket.clone());
+    req.extensions_mut().insert(named.ticket());
     // The handler's extractor takes the caller from here instead of resolving the token again.
     req.extensions_mut()
         .insert(super::chain_api::Caller(signer));
     let mut resp = next.run(req).await;
-    if ticket.replayed() {
+    if named.finish().await {
         resp.headers_mut()
             .insert("idempotent-replayed", HeaderValue::from_static("true"));
-    }
-    // Only the try that made the row frees it: another may be sending meanwhile.
-    if claimed.fresh
-        && !ticket.used()
-        && let Err(e) = row
-            .db
-            .release_idempotency_key(&row.scope, &row.key_hash)
-            .await
-    {
-        tracing::warn!("an Idempotency-Key whose request sent nothing was not freed: {e}");
     }
     Ok(resp)
 }

@@ -41,8 +41,10 @@ struct PatientPage {
     layout: Layout,
     notice: Option<Flash>,
     csrf: String,
-    /// The upload form's key (see `upload`).
+    /// The upload form's key (see `form_key`).
     upload_key: String,
+    /// The break-glass form's key.
+    glass_key: String,
     addr: PatientAddr,
     access: String,
     may_add: bool,
@@ -152,7 +154,8 @@ pub(super) async fn patient(
         layout: Layout::user(&s, "Doctor"),
         notice,
         csrf: s.csrf.clone(),
-        upload_key: upload::new_key(),
+        upload_key: super::form_key::new(),
+        glass_key: super::form_key::new(),
         addr,
         access,
         // Adding needs a grant: break-glass opens reading only.
@@ -198,6 +201,9 @@ pub(super) async fn request(
 pub(super) struct BreakGlassForm {
     addr: String,
     reason: String,
+    /// The form's key (`form_key`).
+    #[serde(default)]
+    idempotency_key: Option<String>,
 }
 
 /// `POST /doctor/break-glass`.
@@ -212,11 +218,49 @@ pub(super) async fn break_glass(
         .reason
         .parse()
         .map_err(|e: crate::chain::UnknownEmergencyReason| WebError::bad(e.to_string()))?;
-    Ok(match state.chain_for(&s)?.break_glass(addr, reason).await {
+    let chain = state.chain_for(&s)?;
+    // The form sent again (a reload of a slow answer) is answered by the first send's
+    // transaction: counted once against the three a day, logged once for the patient.
+    let named = match super::form_key::named_write(
+        &state,
+        &s,
+        f.idempotency_key.as_deref(),
+        &[
+            b"/doctor/break-glass",
+            addr.to_string().as_bytes(),
+            &[reason.code()],
+        ],
+    )
+    .await
+    {
+        Ok(n) => n,
+        Err(e) if e.kind().status().is_client_error() => {
+            return Ok(back(&to, false, e.message()));
+        }
+        Err(e) => return Err(upload::web_error(&e)),
+    };
+    let sent = match &named {
+        Some(n) => {
+            chain
+                .with_ticket(n.ticket())
+                .break_glass(addr, reason)
+                .await
+        }
+        None => chain.break_glass(addr, reason).await,
+    };
+    let replayed = match named {
+        Some(n) => n.finish().await,
+        None => false,
+    };
+    Ok(match sent {
         Ok(_) => back(
             &to,
             true,
-            "emergency access open for one hour; this is logged for the patient",
+            if replayed {
+                "emergency access open for one hour (this form was sent before: opened once); this is logged for the patient"
+            } else {
+                "emergency access open for one hour; this is logged for the patient"
+            },
         ),
         Err(e) => back(&to, false, &words(&e)),
     })

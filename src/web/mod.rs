@@ -16,6 +16,7 @@ mod doctor;
 mod error;
 mod export;
 mod extract;
+mod form_key;
 mod guard;
 mod keystore;
 mod legacy;

@@ -196,7 +196,7 @@ pub(super) async fn home(
         layout: Layout::user(&s, "Patient"),
         notice: n.flash(),
         csrf: s.csrf.clone(),
-        upload_key: upload::new_key(),
+        upload_key: super::form_key::new(),
         addr,
         emergencies: open_emergencies(&c, addr).await?,
         records,

@@ -27,7 +27,8 @@ const TOUCH_EVERY: u64 = 30;
 pub struct Session {
     /// The account.
     pub account: Account,
-    /// The unlocked key (held in memory only while a request runs).
+    /// The unlocked key (held in memory only while a request runs, and an upload it started:
+    /// at most the upload's bound, `gateway::upload_timeout`).
     pub signer: PrivateKeySigner,
     /// The CSRF token forms must echo.
     pub csrf: String,

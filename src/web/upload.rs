@@ -1,12 +1,11 @@
 //! The upload form, for a patient's own records and a granted doctor's additions: one file,
 //! the session's CSRF token and the form's own key, as multipart.
 //!
-//! A form sent twice stores one record. Each rendering of the form carries a fresh key (the
-//! REST API's `Idempotency-Key`, see `gateway::named_upload`), so a browser that posts the same
-//! form again (the user reloads a page whose answer never came, or goes back and sends it
-//! again) is answered by the record the first send stored, or told it is still being stored,
-//! instead of storing the same lab result twice. The upload runs in a task of its own that a
-//! closed tab does not cut short, as the REST API's named uploads do.
+//! A form sent twice stores one record: the form's key (`form_key`) names the upload as the
+//! REST API's `Idempotency-Key` does (`gateway::named_upload`), so a browser that posts the
+//! same form again is answered by the record the first send stored, or told it is still being
+//! stored, instead of storing the same lab result twice. The upload runs in a task of its own
+//! that a closed tab does not cut short, as the REST API's named uploads do.
 
 use axum::extract::Multipart;
 use axum::http::StatusCode;
@@ -19,14 +18,6 @@ use crate::chain::{PatientAddr, RecordId};
 use crate::gateway::{ApiError, Charge, NamedRequest, NamedUpload, Settled};
 use crate::kind::ErrorKind;
 use crate::records::{FHIR_JSON, RecordsClient};
-
-/// The form field that carries the form's key.
-pub(super) const KEY_FIELD: &str = "idempotency_key";
-
-/// A fresh key for a rendering of the upload form.
-pub(super) fn new_key() -> String {
-    crate::chain::random_b256().to_string()
-}
 
 /// Largest file the web upload takes (the form around it gets a little more; see `web::router`).
 pub(super) const UPLOAD_LIMIT: usize = 32 * 1024 * 1024;
@@ -72,7 +63,7 @@ pub(super) async fn read(s: &Session, mut mp: Multipart) -> Result<Option<Upload
     while let Some(field) = mp.next_field().await.map_err(failed)? {
         match field.name() {
             Some("csrf") => csrf = field.text().await.map_err(failed)?,
-            Some(KEY_FIELD) => key = Some(field.text().await.map_err(failed)?),
+            Some(super::form_key::FIELD) => key = Some(field.text().await.map_err(failed)?),
             Some("file") => {
                 let name = field.file_name().unwrap_or("record").to_owned();
                 let ct = field
@@ -112,8 +103,8 @@ pub(super) async fn read(s: &Session, mut mp: Multipart) -> Result<Option<Upload
 
 /// What storing a form's file came to.
 pub(super) enum Stored {
-    /// Stored as this record (by this send of the form, or an earlier one).
-    Record(RecordId),
+    /// Stored as this record, by this send of the form or an earlier one (`replayed`).
+    Record { record: RecordId, replayed: bool },
     /// An earlier send of the form is still being stored; look again in `retry_secs`.
     Unsettled { retry_secs: u64 },
 }
@@ -163,14 +154,17 @@ pub(super) async fn store(
                 request.file_name.clone(),
             )
             .await?;
-        return Ok(Stored::Record(id));
+        return Ok(Stored::Record {
+            record: id,
+            replayed: false,
+        });
     };
     Ok(
         match named
             .run(client, &request, charge.and_then(Charge::take))
             .await?
         {
-            Settled::Stored { record, .. } => Stored::Record(record),
+            Settled::Stored { record, replayed } => Stored::Record { record, replayed },
             Settled::Unsettled { retry_secs, .. } => Stored::Unsettled { retry_secs },
         },
     )
@@ -185,7 +179,13 @@ pub(super) fn outcome(
     done: impl FnOnce(RecordId) -> String,
 ) -> Result<axum::response::Redirect> {
     match stored {
-        Ok(Stored::Record(id)) => Ok(super::view::back(to, true, &done(id))),
+        Ok(Stored::Record { record, replayed }) => {
+            let mut text = done(record);
+            if replayed {
+                text.push_str(" (by an earlier send of this form: stored once)");
+            }
+            Ok(super::view::back(to, true, &text))
+        }
         Ok(Stored::Unsettled { retry_secs }) => Ok(super::view::back(
             to,
             false,
@@ -193,9 +193,25 @@ pub(super) fn outcome(
                 "this form was sent before and that upload is still being stored: it shows in the records list once stored (look again in {retry_secs} s); nothing was stored twice"
             ),
         )),
+        // A page from the browser's history, sent again with another file.
+        Err(e) if e.kind() == ErrorKind::Unprocessable => Ok(super::view::back(
+            to,
+            false,
+            "this form was sent before with another file; choose the file again on this page",
+        )),
         Err(e) if e.kind().status().is_client_error() => {
             Ok(super::view::back(to, false, e.message()))
         }
-        Err(e) => Err(WebError::new(e.kind(), e.message())),
+        Err(e) => Err(web_error(&e)),
+    }
+}
+
+/// The web's error for an API error: the caller's mistakes in the API's words, our faults as
+/// the plain sentence every error page has (the API logged the detail).
+pub(super) fn web_error(e: &ApiError) -> WebError {
+    if e.kind() == ErrorKind::Internal {
+        WebError::new(e.kind(), "internal error; it is logged for the operators")
+    } else {
+        WebError::new(e.kind(), e.message())
     }
 }
