@@ -2002,11 +2002,13 @@ async fn an_upload_form_sent_again_stores_one_record() {
     assert_eq!(listed(&url, addr).await, 2);
 }
 
-/// The doctor's break-glass form sent again (its answer was slow and the user reloaded, or it
-/// was lost) opens the emergency once: one opening on the patient's trail, counted once
-/// against the doctor's three a day. Before, each send opened it anew.
+/// The doctor's forms that send a transaction, sent again (the answer was slow and the user
+/// reloaded, or it was lost), are answered by the first send's transaction: the break-glass
+/// opens the emergency once (one opening on the patient's trail, counted once against the
+/// doctor's three a day), and the access request is "sent", not refused as pending already.
+/// Before, each break-glass send opened it anew, and the second request was refused.
 #[tokio::test]
-async fn a_break_glass_form_sent_again_opens_once() {
+async fn a_doctors_forms_sent_again_act_once() {
     let k = Keyed::new().await;
     let addr = k.addr;
     let n = rand_core::OsRng.next_u32();
@@ -2039,10 +2041,29 @@ async fn a_break_glass_form_sent_again_opens_once() {
         .text()
         .await
         .unwrap();
-    let glass = &html[html
-        .find(r#"action="/doctor/break-glass""#)
-        .unwrap_or_else(|| panic!("no break-glass form: {html}"))..];
-    let (csrf, key) = upload_form(glass);
+    let form = |action: &str| {
+        upload_form(
+            &html[html
+                .find(&format!(r#"action="{action}""#))
+                .unwrap_or_else(|| panic!("no {action} form: {html}"))..],
+        )
+    };
+    let (csrf, key) = form("/doctor/request");
+    for _ in 0..2 {
+        let r = c
+            .post(format!("{url}/doctor/request"))
+            .form(&[
+                ("csrf", csrf.as_str()),
+                ("idempotency_key", key.as_str()),
+                ("addr", &addr.to_string()),
+            ])
+            .send()
+            .await
+            .unwrap();
+        let (to, _) = sent_to(&r);
+        assert!(to.contains("&ok=request sent"), "{to}");
+    }
+    let (csrf, key) = form("/doctor/break-glass");
     let send = || {
         c.post(format!("{url}/doctor/break-glass"))
             .form(&[

@@ -41,10 +41,6 @@ struct PatientPage {
     layout: Layout,
     notice: Option<Flash>,
     csrf: String,
-    /// The upload form's key (see `form_key`).
-    upload_key: String,
-    /// The break-glass form's key.
-    glass_key: String,
     addr: PatientAddr,
     access: String,
     may_add: bool,
@@ -154,8 +150,6 @@ pub(super) async fn patient(
         layout: Layout::user(&s, "Doctor"),
         notice,
         csrf: s.csrf.clone(),
-        upload_key: super::form_key::new(),
-        glass_key: super::form_key::new(),
         addr,
         access,
         // Adding needs a grant: break-glass opens reading only.
@@ -201,9 +195,6 @@ pub(super) async fn request(
 pub(super) struct BreakGlassForm {
     addr: String,
     reason: String,
-    /// The form's key (`form_key`).
-    #[serde(default)]
-    idempotency_key: Option<String>,
 }
 
 /// `POST /doctor/break-glass`.
@@ -218,49 +209,13 @@ pub(super) async fn break_glass(
         .reason
         .parse()
         .map_err(|e: crate::chain::UnknownEmergencyReason| WebError::bad(e.to_string()))?;
-    let chain = state.chain_for(&s)?;
-    // The form sent again (a reload of a slow answer) is answered by the first send's
-    // transaction: counted once against the three a day, logged once for the patient.
-    let named = match super::form_key::named_write(
-        &state,
-        &s,
-        f.idempotency_key.as_deref(),
-        &[
-            b"/doctor/break-glass",
-            addr.to_string().as_bytes(),
-            &[reason.code()],
-        ],
-    )
-    .await
-    {
-        Ok(n) => n,
-        Err(e) if e.kind().status().is_client_error() => {
-            return Ok(back(&to, false, e.message()));
-        }
-        Err(e) => return Err(upload::web_error(&e)),
-    };
-    let sent = match &named {
-        Some(n) => {
-            chain
-                .with_ticket(n.ticket())
-                .break_glass(addr, reason)
-                .await
-        }
-        None => chain.break_glass(addr, reason).await,
-    };
-    let replayed = match named {
-        Some(n) => n.finish().await,
-        None => false,
-    };
-    Ok(match sent {
+    // The form sent again (`form_key`) is answered by the first send's transaction: counted
+    // once against the three a day, logged once for the patient.
+    Ok(match state.chain_for(&s)?.break_glass(addr, reason).await {
         Ok(_) => back(
             &to,
             true,
-            if replayed {
-                "emergency access open for one hour (this form was sent before: opened once); this is logged for the patient"
-            } else {
-                "emergency access open for one hour; this is logged for the patient"
-            },
+            "emergency access open for one hour; this is logged for the patient",
         ),
         Err(e) => back(&to, false, &words(&e)),
     })

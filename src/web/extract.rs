@@ -104,7 +104,9 @@ impl<R: PageRole> FromRequestParts<WebState> for InRole<R> {
     ) -> Result<Self, Self::Rejection> {
         let s = Signed::from_request_parts(parts, state).await?;
         if s.session.account.role == R::ROLE {
-            Ok(Self(s.session, PhantomData))
+            let mut session = s.session;
+            session.ticket = parts.extensions.get::<crate::chain::Ticket>().cloned();
+            Ok(Self(session, PhantomData))
         } else {
             Err(WebError::new(ErrorKind::Denied, "this page is for another role").into_response())
         }

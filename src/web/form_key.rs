@@ -1,44 +1,100 @@
 //! A key per rendering of a form whose send must not be done twice: the REST API's
-//! `Idempotency-Key` (`gateway::idempotency`), carried in a hidden field. A browser that posts
-//! the same form again (the user reloads a page whose answer is slow or never came, and the
-//! browser sends the form once more; or goes back and sends it again) is answered by what the
-//! first send did: the upload form's record (`upload`), the break-glass form's transaction
-//! (counted once against the doctor's three a day, on the patient's trail once). A form
-//! rendered anew has a new key: a new request.
+//! `Idempotency-Key` (`gateway::idempotency`), carried in a hidden field that the forms' macro
+//! `csrf_keyed` writes. A browser that posts the same form again (the user reloads a page
+//! whose answer is slow or never came, and the browser sends the form once more; or goes back
+//! and sends it again) is answered by what the first send did:
+//! - a form that sends a transaction (a grant, a revoke, a break-glass, the office's
+//!   decisions, ...): by the first send's transaction ([`name_writes`], the chain client's
+//!   ticket), so a break-glass counts once against the doctor's three a day and shows once on
+//!   the patient's trail, and a second "issue" or "approve" is not refused as done already;
+//! - the upload form: by the first send's record (`upload`).
+//!
+//! A form rendered anew has a new key: a new request.
+
+use axum::body::Body;
+use axum::extract::{FromRequestParts, Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
 
 use super::WebState;
-use super::session::Session;
-use crate::gateway::{ApiError, NamedWrite};
+use super::error::WebError;
+use super::extract::{Signed, check_csrf};
+use crate::gateway::NamedWrite;
+use crate::kind::ErrorKind;
 
 /// The hidden field that carries a form's key.
 pub(super) const FIELD: &str = "idempotency_key";
 
-/// A fresh key for one rendering of a form.
+/// A fresh key for one rendering of a form (the templates call it).
 pub(super) fn new() -> String {
     crate::chain::random_b256().to_string()
 }
 
-/// Claims `key` (a form's, if it has one) of `s`'s account for the contract write that
-/// `parts` describe (the form's path first, then its fields); `None` without a key, or when
-/// the gateway keeps no database (the form then works as it did before it had a key).
-///
-/// # Errors
-/// A malformed key (400), the key used for another request (422), the database failing (503).
-pub(super) async fn named_write(
-    state: &WebState,
-    s: &Session,
-    key: Option<&str>,
-    parts: &[&[u8]],
-) -> Result<Option<NamedWrite>, ApiError> {
-    match key {
-        Some(key) if state.app.database().is_some() => {
-            let mut all: Vec<&[u8]> = vec![b"POST"];
-            all.extend_from_slice(parts);
-            let fingerprint = crate::gateway::hex_sha256(&all);
-            NamedWrite::claim_key(&state.app, key, s.account.address, &fingerprint)
-                .await
-                .map(Some)
-        }
-        _ => Ok(None),
+/// The middleware of the forms that send a transaction: a form with a key (and the session's
+/// CSRF token; without it nothing is claimed and the handler refuses it) gets its key claimed
+/// for the caller's account and the form (its path and fields), and its session the ticket
+/// the chain client's write goes out under (`Session::ticket`). Without a database, or
+/// without a key, the form passes as it is.
+pub(super) async fn name_writes(
+    State(state): State<WebState>,
+    req: Request,
+    next: Next,
+) -> Response {
+    #[derive(Deserialize)]
+    struct Fields {
+        #[serde(default)]
+        csrf: String,
+        #[serde(default)]
+        idempotency_key: Option<String>,
     }
+    if state.app.database().is_none() {
+        return next.run(req).await;
+    }
+    let (mut parts, body) = req.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, super::FORM_LIMIT).await else {
+        return WebError::new(ErrorKind::TooLarge, "the form is too large").into_response();
+    };
+    let key = serde_urlencoded::from_bytes::<Fields>(&bytes)
+        .ok()
+        .and_then(|f| f.idempotency_key.map(|k| (f.csrf, k)));
+    let mut named = None;
+    if let Some((csrf, key)) = key
+        && let Ok(signed) = Signed::from_request_parts(&mut parts, &state).await
+        && check_csrf(&signed.session, &csrf).is_ok()
+    {
+        let target = parts
+            .uri
+            .path_and_query()
+            .map_or("", axum::http::uri::PathAndQuery::as_str);
+        let fingerprint = crate::gateway::hex_sha256(&[b"POST", target.as_bytes(), &bytes]);
+        match NamedWrite::claim_key(
+            &state.app,
+            &key,
+            signed.session.account.address,
+            &fingerprint,
+        )
+        .await
+        {
+            Ok(n) => {
+                parts.extensions.insert(n.ticket());
+                named = Some(n);
+            }
+            Err(e) if e.kind() == ErrorKind::Unprocessable => {
+                return WebError::new(
+                    ErrorKind::Unprocessable,
+                    "this form was sent before with other values; reload the page and fill it in again",
+                )
+                .into_response();
+            }
+            Err(e) => return super::upload::web_error(&e).into_response(),
+        }
+    }
+    let resp = next
+        .run(Request::from_parts(parts, Body::from(bytes)))
+        .await;
+    if let Some(n) = named {
+        n.finish().await;
+    }
+    resp
 }

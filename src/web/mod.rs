@@ -73,6 +73,7 @@ pub async fn fuzz_upload(mp: axum::extract::Multipart) -> bool {
         },
         signer,
         csrf: "0".repeat(64),
+        ticket: None,
     };
     upload::read(&s, mp).await.is_ok()
 }
@@ -142,7 +143,17 @@ impl WebState {
 
     /// The chain client signing as the session's user (kept per account by the gateway's
     /// state, as for API tokens).
+    /// A form sent with its key (`form_key`) makes its write under the key's ticket.
     fn chain_for(&self, s: &Session) -> Result<EhrChain, WebError> {
+        let c = self.signing(s)?;
+        Ok(match &s.ticket {
+            Some(t) => c.with_ticket(t.clone()),
+            None => c,
+        })
+    }
+
+    /// [`Self::chain_for`] without the form's ticket.
+    fn signing(&self, s: &Session) -> Result<EhrChain, WebError> {
         self.app
             .chain_as(&s.signer)?
             .map_or_else(|| self.chain().cloned(), Ok)
@@ -163,11 +174,7 @@ impl WebState {
             .app
             .records()
             .ok_or_else(|| WebError::new(ErrorKind::Unavailable, "no share nodes configured"))?;
-        Ok(cfg.client(
-            self.chain_for(s)?,
-            s.signer.clone(),
-            self.app.ipfs().clone(),
-        )?)
+        Ok(cfg.client(self.signing(s)?, s.signer.clone(), self.app.ipfs().clone())?)
     }
 }
 
@@ -198,6 +205,23 @@ pub fn router(state: WebState) -> Router {
             state.app.upload_slots().clone(),
             crate::gateway::gate_html,
         ));
+    // The forms that send a transaction: sent again with their key, they are answered by the
+    // first send's transaction (`form_key`).
+    let writes = Router::new()
+        .route("/patient/grant", post(patient::grant))
+        .route("/patient/revoke", post(patient::revoke))
+        .route("/patient/request", post(patient::decide))
+        .route("/patient/end-emergency", post(patient::end_emergency))
+        .route("/patient/devices", post(patient::add_device))
+        .route("/patient/devices/revoke", post(patient::revoke_device))
+        .route("/doctor/request", post(doctor::request))
+        .route("/doctor/break-glass", post(doctor::break_glass))
+        .route("/office/provider", post(office::decide_provider))
+        .route("/office/patient", post(office::issue_patient))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            form_key::name_writes,
+        ));
     Router::new()
         .route("/", get(login::home))
         .route(
@@ -217,12 +241,6 @@ pub fn router(state: WebState) -> Router {
         .route("/signup", get(login::signup_form).post(login::signup))
         .route("/logout", post(login::logout))
         .route("/patient", get(patient::home))
-        .route("/patient/grant", post(patient::grant))
-        .route("/patient/revoke", post(patient::revoke))
-        .route("/patient/request", post(patient::decide))
-        .route("/patient/end-emergency", post(patient::end_emergency))
-        .route("/patient/devices", post(patient::add_device))
-        .route("/patient/devices/revoke", post(patient::revoke_device))
         .route("/patient/audit.fhir.json", get(patient::audit_fhir))
         .route("/patient/audit.csv", get(patient::audit_csv))
         .route("/patient/records/{id}", get(record::patient_record))
@@ -232,18 +250,15 @@ pub fn router(state: WebState) -> Router {
         )
         .route("/doctor", get(doctor::home))
         .route("/doctor/patient", get(doctor::patient))
-        .route("/doctor/request", post(doctor::request))
-        .route("/doctor/break-glass", post(doctor::break_glass))
         .route("/doctor/records/{id}", get(record::doctor_record))
         .route(
             "/doctor/records/{id}/download",
             get(record::doctor_download),
         )
         .route("/office", get(office::home))
-        .route("/office/provider", post(office::decide_provider))
-        .route("/office/patient", post(office::issue_patient))
         .route("/tokens", get(api_tokens::list).post(api_tokens::create))
         .route("/tokens/revoke", post(api_tokens::revoke))
+        .merge(writes)
         .layer(axum::extract::DefaultBodyLimit::max(FORM_LIMIT))
         .merge(uploads)
         .with_state(state)

@@ -78,8 +78,6 @@ struct PatientPage {
     layout: Layout,
     notice: Option<Flash>,
     csrf: String,
-    /// The upload form's key (see `upload`).
-    upload_key: String,
     addr: PatientAddr,
     emergencies: Vec<Emergency>,
     records: RecordsView,
@@ -196,7 +194,6 @@ pub(super) async fn home(
         layout: Layout::user(&s, "Patient"),
         notice: n.flash(),
         csrf: s.csrf.clone(),
-        upload_key: super::form_key::new(),
         addr,
         emergencies: open_emergencies(&c, addr).await?,
         records,

@@ -32,6 +32,9 @@ pub struct Session {
     pub signer: PrivateKeySigner,
     /// The CSRF token forms must echo.
     pub csrf: String,
+    /// The ticket of a form sent with its key (`form_key`): the session's chain client's
+    /// next write goes out under it.
+    pub(crate) ticket: Option<crate::chain::Ticket>,
 }
 
 impl std::fmt::Debug for Session {
@@ -139,6 +142,7 @@ impl Sessions {
             account,
             signer,
             csrf: row.csrf,
+            ticket: None,
         }))
     }
 
