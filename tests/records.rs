@@ -2033,14 +2033,14 @@ async fn a_doctors_forms_sent_again_act_once() {
             .status(),
         303
     );
-    let html = c
+    let page = c
         .get(format!("{url}/doctor/patient?addr={addr}"))
         .send()
         .await
-        .unwrap()
-        .text()
-        .await
         .unwrap();
+    // Not kept by the browser: Back fetches the page anew, with new keys.
+    assert_eq!(page.headers()["cache-control"], "no-store");
+    let html = page.text().await.unwrap();
     let form = |action: &str| {
         upload_form(
             &html[html
@@ -2049,7 +2049,20 @@ async fn a_doctors_forms_sent_again_act_once() {
         )
     };
     let (csrf, key) = form("/doctor/request");
-    for _ in 0..2 {
+    // A form refused for its CSRF token leaves its key free: sent next with the token, it is
+    // a fresh request, not a 422 (another body).
+    let r = c
+        .post(format!("{url}/doctor/request"))
+        .form(&[
+            ("csrf", "not the token"),
+            ("idempotency_key", key.as_str()),
+            ("addr", &addr.to_string()),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    for again in [false, true] {
         let r = c
             .post(format!("{url}/doctor/request"))
             .form(&[
@@ -2062,6 +2075,7 @@ async fn a_doctors_forms_sent_again_act_once() {
             .unwrap();
         let (to, _) = sent_to(&r);
         assert!(to.contains("&ok=request sent"), "{to}");
+        assert_eq!(to.contains("done by an earlier send"), again, "{to}");
     }
     let (csrf, key) = form("/doctor/break-glass");
     let send = || {
@@ -2074,12 +2088,13 @@ async fn a_doctors_forms_sent_again_act_once() {
             ])
             .send()
     };
-    for _ in 0..2 {
+    for again in [false, true] {
         let (to, _) = sent_to(&send().await.unwrap());
         assert!(
             to.contains("?addr=") && to.contains("&ok=emergency access open"),
             "{to}"
         );
+        assert_eq!(to.contains("done by an earlier send"), again, "{to}");
     }
     let opened = k
         .office

@@ -90,11 +90,32 @@ pub(super) async fn name_writes(
             Err(e) => return super::upload::web_error(&e).into_response(),
         }
     }
-    let resp = next
+    let mut resp = next
         .run(Request::from_parts(parts, Body::from(bytes)))
         .await;
-    if let Some(n) = named {
-        n.finish().await;
+    if let Some(n) = named
+        && n.finish().await
+    {
+        say_replayed(&mut resp);
     }
     resp
+}
+
+/// Adds to a handler's "done" message (the `ok=` of its redirect) that an earlier send of the
+/// form did it: the user sees that what is reported is that send, not one just made.
+fn say_replayed(resp: &mut Response) {
+    let Some(to) = resp
+        .headers()
+        .get(axum::http::header::LOCATION)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return;
+    };
+    if !(to.contains("?ok=") || to.contains("&ok=")) {
+        return;
+    }
+    let note = super::view::query_value(" (done by an earlier send of this form)");
+    if let Ok(v) = axum::http::HeaderValue::from_str(&format!("{to}{note}")) {
+        resp.headers_mut().insert(axum::http::header::LOCATION, v);
+    }
 }

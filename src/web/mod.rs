@@ -261,7 +261,18 @@ pub fn router(state: WebState) -> Router {
         .merge(writes)
         .layer(axum::extract::DefaultBodyLimit::max(FORM_LIMIT))
         .merge(uploads)
+        .layer(axum::middleware::map_response(no_store))
         .with_state(state)
+}
+
+/// Pages are not kept by the browser (`no-store`; static assets set their own caching): a
+/// patient's data stays off a shared computer's disk, and the Back button fetches a page anew
+/// instead of showing an old one whose forms (and their keys, `form_key`) were sent already.
+async fn no_store(mut r: axum::response::Response) -> axum::response::Response {
+    r.headers_mut()
+        .entry(header::CACHE_CONTROL)
+        .or_insert(HeaderValue::from_static("no-store"));
+    r
 }
 
 /// Largest form body outside uploads.
