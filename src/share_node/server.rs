@@ -500,11 +500,14 @@ async fn may_read_now(
         let first = match found.unconfirmed {
             None => judge(view.at).await?,
             Some(hash) => {
+                // The finalized block counts only for an event whose height the request's
+                // head check found final (below): not asked otherwise (every release of a node
+                // without a lag bound), which spares the endpoint a block lookup each.
                 let (yes, now, finalized_now) = n
                     .cfg
                     .chain
                     .at(view.at)
-                    .can_read_and_block_hash(requester, proof, block, time, block)
+                    .can_read_and_block_hash(requester, proof, block, time, block, found.settled)
                     .await?;
                 if !still_on_chain(block, hash, now)? {
                     tracing::warn!(

@@ -226,7 +226,8 @@ impl Pinned<'_> {
     /// or above it is final (one request reaches one replica behind a load balancer).
     ///
     /// The finalized block is none also when the endpoint refuses batches (the calls then go
-    /// one by one, maybe to several replicas: `chain::unbatch`).
+    /// one by one, maybe to several replicas: `chain::unbatch`), and when not `asked` (a
+    /// caller that could not use it spares the endpoint a block lookup per call).
     ///
     /// # Errors
     /// As [`Self::can_read_at`]; transport errors of the block lookup. The finalized lookup
@@ -238,6 +239,7 @@ impl Pinned<'_> {
         access_block: u64,
         access_time: u64,
         number: u64,
+        asked: bool,
     ) -> Result<(bool, Option<B256>, Option<u64>), ChainError> {
         let contract = &self.chain.contract;
         let judge = contract.canRead(
@@ -254,7 +256,11 @@ impl Pinned<'_> {
             self.block,
         )?;
         let block = add_block(&mut batch, BlockNumberOrTag::Number(number))?;
-        let finalized = add_block(&mut batch, BlockNumberOrTag::Finalized)?;
+        let finalized = if asked {
+            Some(add_block(&mut batch, BlockNumberOrTag::Finalized)?)
+        } else {
+            None
+        };
         batch.send().await?;
         // Sent as single requests (the endpoint refuses batches), the finalized block may come
         // from another replica than the hash: it vouches for nothing then.
@@ -263,7 +269,10 @@ impl Pinned<'_> {
             .decode_output(call_answer(yes).await?)
             .map_err(ChainError::from_contract)?;
         let hash = block.await?.map(|b| b.header.hash);
-        let finalized = finalized_number(finalized).await.filter(|_| whole);
+        let finalized = match finalized {
+            Some(f) => finalized_number(f).await.filter(|_| whole),
+            None => None,
+        };
         Ok((yes, hash, finalized))
     }
 }
