@@ -38,6 +38,19 @@ impl ApiError {
         Self::new(ErrorKind::Unavailable, message)
     }
 
+    /// A request body that could not be read whole: too large (413) when it passed the
+    /// limit, else malformed (400: a client that went away mid-body, a broken chunked
+    /// encoding).
+    pub(crate) fn unread_body(e: &axum::Error) -> Self {
+        let too_large = std::error::Error::source(e)
+            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+        if too_large {
+            Self::new(ErrorKind::TooLarge, "the request body is too large".into())
+        } else {
+            Self::bad_request(format!("the request body could not be read: {e}"))
+        }
+    }
+
     /// What kind of failure.
     pub fn kind(&self) -> ErrorKind {
         self.kind
@@ -71,5 +84,26 @@ impl IntoResponse for ApiError {
             Json(json!({ "error": self.message, "kind": kind })),
         )
             .into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A body over the limit is too large (413); one whose stream fails is malformed (400),
+    /// not "too large" as both were before.
+    #[tokio::test]
+    async fn an_unread_body_is_too_large_only_past_the_limit() {
+        let big = axum::body::Body::from(vec![b'x'; 64]);
+        let e = axum::body::to_bytes(big, 16).await.unwrap_err();
+        assert_eq!(ApiError::unread_body(&e).kind(), ErrorKind::TooLarge);
+        let broken = axum::body::Body::from_stream(futures::stream::iter([
+            Ok::<_, std::io::Error>(bytes::Bytes::from_static(b"x")),
+            Err(std::io::Error::other("connection reset")),
+        ]));
+        let e = axum::body::to_bytes(broken, 16).await.unwrap_err();
+        let read = ApiError::unread_body(&e);
+        assert_eq!(read.kind(), ErrorKind::BadInput, "{}", read.message());
     }
 }

@@ -258,13 +258,7 @@ async fn named(
     let row = KeyRow::new(state, &key, signer.address()).map_err(IntoResponse::into_response)?;
     let bytes = axum::body::to_bytes(body, super::JSON_BODY_LIMIT)
         .await
-        .map_err(|_| {
-            ApiError::new(
-                crate::kind::ErrorKind::TooLarge,
-                "the request body is too large".into(),
-            )
-            .into_response()
-        })?;
+        .map_err(|e| ApiError::unread_body(&e).into_response())?;
     let target = parts
         .uri
         .path_and_query()

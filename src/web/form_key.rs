@@ -20,7 +20,7 @@ use serde::Deserialize;
 use super::WebState;
 use super::error::WebError;
 use super::extract::{Signed, check_csrf};
-use crate::gateway::NamedWrite;
+use crate::gateway::{ApiError, NamedWrite};
 use crate::kind::ErrorKind;
 
 /// The hidden field that carries a form's key.
@@ -52,8 +52,9 @@ pub(super) async fn name_writes(
         return next.run(req).await;
     }
     let (mut parts, body) = req.into_parts();
-    let Ok(bytes) = axum::body::to_bytes(body, super::FORM_LIMIT).await else {
-        return WebError::new(ErrorKind::TooLarge, "the form is too large").into_response();
+    let bytes = match axum::body::to_bytes(body, super::FORM_LIMIT).await {
+        Ok(b) => b,
+        Err(e) => return super::upload::web_error(&ApiError::unread_body(&e)).into_response(),
     };
     let key = serde_urlencoded::from_bytes::<Fields>(&bytes)
         .ok()
