@@ -1479,6 +1479,25 @@ impl Keyed {
         }
     }
 
+    /// Anchoring that waits for the test's go-ahead (its permits) before each anchor, the
+    /// patient's account sending it; `entered` is told when an upload reaches it.
+    fn gated(
+        &self,
+    ) -> (
+        TestAnchor,
+        std::sync::Arc<tokio::sync::Notify>,
+        std::sync::Arc<tokio::sync::Semaphore>,
+    ) {
+        let entered = std::sync::Arc::new(tokio::sync::Notify::new());
+        let go = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+        let anchoring = TestAnchor::Gated {
+            chain: Box::new(common::as_(&self.office, &self.patient)),
+            entered: entered.clone(),
+            go: go.clone(),
+        };
+        (anchoring, entered, go)
+    }
+
     /// A gateway whose records are anchored by `anchoring` (each uploader alone when `None`),
     /// with an upload budget of `slots` full-size uploads.
     async fn gateway(&self, anchoring: Option<TestAnchor>, slots: usize) -> String {
@@ -1691,13 +1710,7 @@ async fn an_upload_retried_with_its_idempotency_key_stores_one_record() {
 async fn an_upload_whose_client_gave_up_is_finished_and_answers_the_retry() {
     let k = Keyed::new().await;
     let addr = k.addr;
-    let entered = std::sync::Arc::new(tokio::sync::Notify::new());
-    let go = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
-    let anchoring = TestAnchor::Gated {
-        chain: Box::new(common::as_(&k.office, &k.patient)),
-        entered: entered.clone(),
-        go: go.clone(),
-    };
+    let (anchoring, entered, go) = k.gated();
     // A budget of one full-size upload, which an upload of undeclared size takes whole.
     let url = k.gateway(Some(anchoring), 1).await;
     let chunked = reqwest::Client::new()
@@ -1933,13 +1946,7 @@ fn sent_to(r: &reqwest::Response) -> (String, Option<String>) {
 async fn an_upload_form_sent_again_stores_one_record() {
     let k = Keyed::new().await;
     let addr = k.addr;
-    let entered = std::sync::Arc::new(tokio::sync::Notify::new());
-    let go = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
-    let anchoring = TestAnchor::Gated {
-        chain: Box::new(common::as_(&k.office, &k.patient)),
-        entered: entered.clone(),
-        go: go.clone(),
-    };
+    let (anchoring, entered, go) = k.gated();
     let user = format!("pat{}", rand_core::OsRng.next_u32());
     let (url, _) = k.web(Some(anchoring), &user).await;
     let c = common::web::browser();
