@@ -256,19 +256,18 @@ pub(super) async fn upload(
     let Some(u) = upload::read(&s, mp).await? else {
         return Ok(back(&to, false, "the file is empty"));
     };
-    let name = u.name.clone();
-    let client = state.records_for(&s)?;
-    let stored = upload::store(
+    let target = upload::Target {
+        path: "/doctor/upload",
+        back_to: &to,
+    };
+    upload::save(
         &state,
         &s,
-        client,
         addr,
         u,
-        "/doctor/upload",
+        target,
         charge.as_deref(),
+        |name, id| format!("added {name} as record {id} for patient {addr}"),
     )
-    .await;
-    upload::outcome(&to, stored, |id| {
-        format!("added {name} as record {id} for patient {addr}")
-    })
+    .await
 }

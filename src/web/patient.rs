@@ -270,21 +270,20 @@ pub(super) async fn upload(
     let Some(u) = upload::read(&s, mp).await? else {
         return Ok(back("/patient", false, "the file is empty"));
     };
-    let name = u.name.clone();
-    let client = state.records_for(&s)?;
-    let stored = upload::store(
+    let target = upload::Target {
+        path: "/patient/upload",
+        back_to: "/patient",
+    };
+    upload::save(
         &state,
         &s,
-        client,
         addr,
         u,
-        "/patient/upload",
+        target,
         charge.as_deref(),
+        |name, id| format!("stored {name} as record {id}"),
     )
-    .await;
-    upload::outcome("/patient", stored, |id| {
-        format!("stored {name} as record {id}")
-    })
+    .await
 }
 
 /// Grant form.

@@ -109,6 +109,33 @@ pub(super) enum Stored {
     Unsettled { retry_secs: u64 },
 }
 
+/// Where a form's upload goes: the path its form posts to (part of what the form's key names)
+/// and the page its user goes back to.
+pub(super) struct Target<'a> {
+    pub(super) path: &'a str,
+    pub(super) back_to: &'a str,
+}
+
+/// Stores the form's file `u` for `patient` as `s` ([`store`]) and takes the user back with
+/// what became of it ([`outcome`]); `done` words a stored record, given the file's name.
+///
+/// # Errors
+/// The session's records client failing (no share nodes); as [`outcome`].
+pub(super) async fn save(
+    state: &WebState,
+    s: &Session,
+    patient: PatientAddr,
+    u: Upload,
+    target: Target<'_>,
+    charge: Option<&Charge>,
+    done: impl FnOnce(&str, RecordId) -> String,
+) -> Result<axum::response::Redirect> {
+    let name = u.name.clone();
+    let client = state.records_for(s)?;
+    let stored = store(state, s, client, patient, u, target.path, charge).await;
+    outcome(target.back_to, stored, |id| done(&name, id))
+}
+
 /// Stores `u` for `patient` with `client`, as `s`'s account, the form sent to `path`: under
 /// the form's key when it has one (and the gateway keeps a database), holding `charge` (the
 /// upload's share of the budget) until the upload ends.
@@ -116,7 +143,7 @@ pub(super) enum Stored {
 /// # Errors
 /// The upload's, and the key's (another file sent with a form's key: 422), as the REST API
 /// answers them.
-pub(super) async fn store(
+async fn store(
     state: &WebState,
     s: &Session,
     client: RecordsClient,
@@ -173,7 +200,7 @@ pub(super) async fn store(
 /// Where a form's upload leaves its user: back on `to` with what became of it (a record, a
 /// send still being stored, or the caller's mistake in words), or an error page for a fault
 /// of ours or of a service.
-pub(super) fn outcome(
+fn outcome(
     to: &str,
     stored: std::result::Result<Stored, ApiError>,
     done: impl FnOnce(RecordId) -> String,
