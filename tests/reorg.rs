@@ -118,10 +118,28 @@ struct Dropped {
     _node: nodes::NodeProc,
 }
 
+/// The endpoint a [`Dropped`] node asks.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Endpoint {
+    /// Names block 0 finalized until the switch is set.
+    Unfinalized,
+    /// Names every block finalized from the start, and refuses batch requests: the node sends
+    /// its calls one by one, which a load balancer may route to different replicas.
+    SplitAllFinal,
+}
+
 impl Dropped {
     async fn new() -> Self {
+        Self::on(Endpoint::Unfinalized).await
+    }
+
+    async fn on(endpoint: Endpoint) -> Self {
         let office = common::office().await;
-        let (rpc, all_final) = nodes::unfinalized_rpc(common::rpc()).await;
+        let (mut rpc, all_final) = nodes::unfinalized_rpc(common::rpc()).await;
+        if endpoint == Endpoint::SplitAllFinal {
+            all_final.store(true, std::sync::atomic::Ordering::SeqCst);
+            rpc = nodes::unbatched_rpc(rpc).await.0;
+        }
         let node = nodes::start_on(&rpc, office.address(), &["--max-chain-lag-secs", "3600"]).await;
         let refs = nodes::refs(std::slice::from_ref(&node)).await;
         let (patient, addr) = common::new_patient(&office).await;
@@ -223,5 +241,29 @@ async fn a_height_finalized_after_a_reorganisation_vouches_for_no_dropped_block(
     assert_eq!(
         status, 403,
         "released on an access whose block a reorganisation replaced before its height was final: {text}"
+    );
+}
+
+/// The attack on an endpoint that refuses batch requests, so that the node sends a judgement's
+/// calls one by one: behind a load balancer that routes per request, the access block's hash
+/// and the finalized block may then come from two replicas, one on a fork that holds the
+/// access block, the other having finalized that height on the chain that does not. Here the
+/// endpoint names every block final from the start, and the doctor's reads before the
+/// reorganisation see the block's hash beside a finalized block above it. A node that took
+/// that as final released on the dropped access after the reorganisation; on such an
+/// endpoint it must take no access as final, and check the block on every release.
+#[tokio::test]
+async fn on_an_endpoint_that_splits_batches_no_access_is_taken_as_final() {
+    let _turn = CHAIN.lock().await;
+    let d = Dropped::on(Endpoint::SplitAllFinal).await;
+    // The chain goes on past the height the node last judged at.
+    for _ in 0..3 {
+        common::mine_block().await;
+    }
+    d.refresh_head().await;
+    let (status, text) = d.release().await;
+    assert_eq!(
+        status, 403,
+        "released on a dropped access whose block a split batch's finalized block vouched for: {text}"
     );
 }
