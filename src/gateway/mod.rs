@@ -24,7 +24,9 @@ pub(crate) use named_upload::{NamedUpload, Settled, Upload as NamedRequest};
 pub use proxy::{TrustedProxies, real_client};
 pub use state::{AppState, Keyring, TokenResolver};
 pub(crate) use uploads::Charge;
-pub use uploads::{MAX_UPLOADS, UploadSlots, gate_html, gate_json, timeout as upload_timeout};
+pub use uploads::{
+    MAX_UPLOADS, UPLOAD_TIMEOUT_SECS, UploadSlots, gate_html, gate_json, timeout as upload_timeout,
+};
 
 use axum::Router;
 use axum::routing::get;

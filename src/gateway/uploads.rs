@@ -27,7 +27,11 @@ const MIN_CHARGE: u32 = 256;
 /// Longest an upload may take, body included: a client trickling its body cannot hold a slot
 /// for longer (408 after that). An upload named by an `Idempotency-Key` goes on in a task of
 /// its own after its client left, for at most as long again (`named_upload`).
-pub(super) const UPLOAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+pub(super) const UPLOAD_TIMEOUT: std::time::Duration =
+    std::time::Duration::from_secs(UPLOAD_TIMEOUT_SECS);
+
+/// [`UPLOAD_TIMEOUT`] in seconds, for pages that name it.
+pub const UPLOAD_TIMEOUT_SECS: u64 = 120;
 
 /// The timeout layer for upload routes (inside the slot, so a timed-out upload frees it; a
 /// named upload's task keeps its charge until it ends).

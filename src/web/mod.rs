@@ -201,6 +201,7 @@ pub fn router(state: WebState) -> Router {
             upload::UPLOAD_LIMIT + 64 * 1024,
         ))
         .layer(crate::gateway::upload_timeout())
+        .layer(axum::middleware::map_response(upload_timed_out))
         .layer(axum::middleware::from_fn_with_state(
             state.app.upload_slots().clone(),
             crate::gateway::gate_html,
@@ -263,6 +264,25 @@ pub fn router(state: WebState) -> Router {
         .merge(uploads)
         .layer(axum::middleware::map_response(no_store))
         .with_state(state)
+}
+
+/// An upload form's answer once the upload's time ran out (the timeout layer's empty 408): a
+/// page in words. A form with its key goes on storing in its own task (`upload`), so the
+/// page says where the record will show and that sending the form again stores nothing twice.
+async fn upload_timed_out(r: axum::response::Response) -> axum::response::Response {
+    if r.status() != axum::http::StatusCode::REQUEST_TIMEOUT {
+        return r;
+    }
+    let mut page = WebError::new(
+        ErrorKind::Unavailable,
+        format!(
+            "the upload took longer than {} s. If the whole file reached the server it is still being stored: look at the records list in a minute; sending the form again (reload) does not store it twice",
+            crate::gateway::UPLOAD_TIMEOUT_SECS
+        ),
+    )
+    .into_response();
+    *page.status_mut() = axum::http::StatusCode::REQUEST_TIMEOUT;
+    page
 }
 
 /// Pages are not kept by the browser (`no-store`; static assets set their own caching): a

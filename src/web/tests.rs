@@ -206,3 +206,22 @@ async fn what_users_type_comes_back_escaped() {
         .await;
     assert_eq!(h[header::CONTENT_TYPE], "text/css; charset=utf-8");
 }
+
+/// An upload whose time ran out gets a page in words with its 408 (the timeout layer's own
+/// answer is empty), which says the form can be sent again; other answers pass unchanged.
+#[tokio::test]
+async fn a_timed_out_upload_is_told_in_words() {
+    use axum::response::IntoResponse as _;
+    let timed_out = super::upload_timed_out(StatusCode::REQUEST_TIMEOUT.into_response()).await;
+    assert_eq!(timed_out.status(), StatusCode::REQUEST_TIMEOUT);
+    let body = axum::body::to_bytes(timed_out.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    let page = String::from_utf8_lossy(&body);
+    assert!(
+        page.contains("took longer than 120 s") && page.contains("does not store it twice"),
+        "{page}"
+    );
+    let other = super::upload_timed_out(StatusCode::SEE_OTHER.into_response()).await;
+    assert_eq!(other.status(), StatusCode::SEE_OTHER);
+}
