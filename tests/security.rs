@@ -868,6 +868,41 @@ async fn sign_ups_and_forms_are_bounded() {
     assert_eq!(r.status(), 413);
 }
 
+/// A sign-up the browser sends again (its answer was lost) finds its name taken, and the page
+/// says the account was made and to log in, rather than only that the name is taken.
+#[tokio::test]
+async fn a_sign_up_sent_again_points_to_the_login() {
+    let w = web(4).await;
+    let c = browser();
+    let token = form_token(&c, &w.url, "/signup").await;
+    let pid = (rand_core::OsRng.next_u64() >> 2).to_string();
+    let user = format!("again-{}", &pid[..6]);
+    let form = [
+        ("form_token", token.as_str()),
+        ("username", user.as_str()),
+        ("password", "a long enough password"),
+        ("role", "patient"),
+        ("aid", "78"),
+        ("pid", pid.as_str()),
+    ];
+    let first = c
+        .post(format!("{}/signup", w.url))
+        .form(&form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(first.status(), 303);
+    let again = c
+        .post(format!("{}/signup", w.url))
+        .form(&form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 409);
+    let page = again.text().await.unwrap();
+    assert!(page.contains("your account was made: log in"), "{page}");
+}
+
 /// #5: uploads in flight are capped by a memory budget (of declared sizes; an upload that
 /// declares none is charged the full limit); one more gets 503 with Retry-After instead of more
 /// memory.

@@ -308,9 +308,13 @@ async fn do_signup(state: &WebState, headers: &HeaderMap, f: SignupForm) -> Resu
         ));
     }
     if state.accounts.exists(&f.username).await? {
+        // Also the answer to a sign-up the browser sent again after its answer was lost.
         return Err(WebError::new(
             ErrorKind::Conflict,
-            format!("username {:?} is taken", f.username),
+            format!(
+                "username {:?} is taken; if you just signed up under it, your account was made: log in",
+                f.username
+            ),
         ));
     }
     // A KDF slot only for the keystore's encryption, not for the chain calls after it.
