@@ -332,6 +332,22 @@ async fn exercise(url: &str, backend: Backend) {
     );
     assert!(tokens.revoke("rio", &ok[0][4..12]).await.unwrap());
     assert!(tokens.resolve_at(ok[0], 0).await.unwrap().is_none());
+    // One live token per name (a form sent twice must not leave an unseen one beside it),
+    // also for two creations at once.
+    let (a, b) = futures::join!(
+        tokens.create(&rio, &key, "twice", 30),
+        tokens.create(&rio, &key, "twice", 30),
+    );
+    assert_eq!(
+        usize::from(a.is_ok()) + usize::from(b.is_ok()),
+        1,
+        "{backend}: {a:?} {b:?}"
+    );
+    let refused = a.err().or(b.err()).unwrap().to_string();
+    assert!(
+        refused.contains("a token named \"twice\" already"),
+        "{refused}"
+    );
 
     // Removing an account removes its sessions and tokens with it.
     let s = sessions.start(&rio, &key).await.unwrap();

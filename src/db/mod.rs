@@ -20,7 +20,7 @@ pub use exports::ExportRow;
 pub use idempotency::{Claim, IDEMPOTENCY_TTL_SECS};
 pub use readings::{IngestStats, NewReading, SealRow, Waiting};
 pub use sessions::SessionRow;
-pub use tokens::TokenRow;
+pub use tokens::{TokenInsert, TokenRow};
 
 use std::path::Path;
 use std::time::Duration;

@@ -60,14 +60,30 @@ fn row(r: &AnyRow) -> Result<TokenRow, DbError> {
     })
 }
 
+/// What [`Database::insert_token`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenInsert {
+    /// The token was added.
+    Added,
+    /// The user holds the most unexpired tokens allowed.
+    AtLimit,
+    /// The user holds an unexpired token of that name.
+    NameTaken,
+}
+
 impl Database {
-    /// Adds a token unless the user already holds `max` unexpired ones at `now`, in one
-    /// transaction so that racing creations cannot pass the limit together; the user's
-    /// expired tokens are removed afterwards.
+    /// Adds a token unless the user already holds `max` unexpired ones at `now`, or one of
+    /// the same name, in one transaction so that racing creations cannot pass either check
+    /// together; the user's expired tokens are removed afterwards.
     ///
     /// # Errors
-    /// [`DbError::Conflict`] for a taken id, `Ok(false)` at the limit; query failures.
-    pub async fn insert_token(&self, t: &TokenRow, max: usize, now: u64) -> Result<bool, DbError> {
+    /// [`DbError::Conflict`] for a taken id; query failures.
+    pub async fn insert_token(
+        &self,
+        t: &TokenRow,
+        max: usize,
+        now: u64,
+    ) -> Result<TokenInsert, DbError> {
         let mut tx = self.pool().begin().await?;
         // Touch the user's account row first: on MySQL/MariaDB this locks it, so creations for
         // one user run one after the other; SQLite runs writers one at a time anyway. Nothing
@@ -77,6 +93,20 @@ impl Database {
             .bind(&t.username)
             .execute(&mut *tx)
             .await?;
+        // The name first: a form sent twice is told so, also when its first send took the
+        // last place.
+        let named: i64 = sqlx::query(
+            "SELECT COUNT(*) FROM api_tokens WHERE username = ? AND name = ? AND expires_at > ?",
+        )
+        .bind(&t.username)
+        .bind(&t.name)
+        .bind(to_i64(now))
+        .fetch_one(&mut *tx)
+        .await?
+        .try_get(0)?;
+        if named > 0 {
+            return Ok(TokenInsert::NameTaken);
+        }
         let held: i64 =
             sqlx::query("SELECT COUNT(*) FROM api_tokens WHERE username = ? AND expires_at > ?")
                 .bind(&t.username)
@@ -85,7 +115,7 @@ impl Database {
                 .await?
                 .try_get(0)?;
         if usize::try_from(held).unwrap_or(usize::MAX) >= max {
-            return Ok(false);
+            return Ok(TokenInsert::AtLimit);
         }
         inserted(insert(t).execute(&mut *tx).await, "token id")?;
         tx.commit().await?;
@@ -95,7 +125,7 @@ impl Database {
             .bind(to_i64(now))
             .execute(self.pool())
             .await;
-        Ok(true)
+        Ok(TokenInsert::Added)
     }
 
     /// The token with public id `id`.

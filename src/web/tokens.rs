@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 use super::accounts::{Account, AccountError, AccountStore};
 use super::now;
 use crate::crypto::{derive_key, open_at_rest, seal_at_rest};
-use crate::db::{DbError, TokenRow};
+use crate::db::{DbError, TokenInsert, TokenRow};
 
 /// Tokens one user may hold at once.
 pub const MAX_TOKENS: usize = 20;
@@ -115,10 +115,17 @@ impl TokenStore {
                 wrapped_key: seal_at_rest(&key, &aad(user, &id), &signer.to_bytes().0),
             };
             match self.accounts.db().insert_token(&row, MAX_TOKENS, t).await {
-                Ok(true) => return Ok(token),
-                Ok(false) => {
+                Ok(TokenInsert::Added) => return Ok(token),
+                Ok(TokenInsert::AtLimit) => {
                     return Err(AccountError::Invalid(format!(
                         "at most {MAX_TOKENS} tokens; revoke one first"
+                    )));
+                }
+                // Also what the form sent again (its answer lost) meets: the token it made is
+                // never shown again, and must not stay live unseen beside a second one.
+                Ok(TokenInsert::NameTaken) => {
+                    return Err(AccountError::Invalid(format!(
+                        "you have a token named {name:?} already (if this form was sent twice, the first send made it: revoke it below if you did not copy it); choose another name"
                     )));
                 }
                 Err(DbError::Conflict(_)) => {}
@@ -241,6 +248,10 @@ mod tests {
             "no key in clear"
         );
         assert!(tokens.create(&a, &key, "", 30).await.is_err());
+        assert!(
+            tokens.create(&a, &key, "ci script", 30).await.is_err(),
+            "one live token per name"
+        );
         assert!(tokens.create(&a, &key, "x", 366).await.is_err());
         for i in 1..MAX_TOKENS {
             tokens.create(&a, &key, &format!("t{i}"), 1).await.unwrap();
