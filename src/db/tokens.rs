@@ -93,28 +93,23 @@ impl Database {
             .bind(&t.username)
             .execute(&mut *tx)
             .await?;
-        // The name first: a form sent twice is told so, also when its first send took the
-        // last place.
-        let named: i64 = sqlx::query(
-            "SELECT COUNT(*) FROM api_tokens WHERE username = ? AND name = ? AND expires_at > ?",
-        )
-        .bind(&t.username)
-        .bind(&t.name)
-        .bind(to_i64(now))
-        .fetch_one(&mut *tx)
-        .await?
-        .try_get(0)?;
-        if named > 0 {
-            return Ok(TokenInsert::NameTaken);
-        }
-        let held: i64 =
-            sqlx::query("SELECT COUNT(*) FROM api_tokens WHERE username = ? AND expires_at > ?")
+        // The user's live names, compared here byte for byte: a database's collation may take
+        // "CI" and "ci" (or "café" and "cafe") for one name.
+        let held: Vec<String> =
+            sqlx::query("SELECT name FROM api_tokens WHERE username = ? AND expires_at > ?")
                 .bind(&t.username)
                 .bind(to_i64(now))
-                .fetch_one(&mut *tx)
+                .fetch_all(&mut *tx)
                 .await?
-                .try_get(0)?;
-        if usize::try_from(held).unwrap_or(usize::MAX) >= max {
+                .iter()
+                .map(|r| r.try_get::<String, _>(0))
+                .collect::<Result<_, _>>()?;
+        // The name first: a form sent twice is told so, also when its first send took the
+        // last place.
+        if held.contains(&t.name) {
+            return Ok(TokenInsert::NameTaken);
+        }
+        if held.len() >= max {
             return Ok(TokenInsert::AtLimit);
         }
         inserted(insert(t).execute(&mut *tx).await, "token id")?;

@@ -42,8 +42,11 @@ impl ApiError {
     /// limit, else malformed (400: a client that went away mid-body, a broken chunked
     /// encoding).
     pub(crate) fn unread_body(e: &axum::Error) -> Self {
-        let too_large = std::error::Error::source(e)
-            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+        // Anywhere in the chain: a body limit layer's error comes wrapped once more.
+        let too_large = std::iter::successors(Some(e as &(dyn std::error::Error + 'static)), |s| {
+            s.source()
+        })
+        .any(|s| s.is::<http_body_util::LengthLimitError>());
         if too_large {
             Self::new(ErrorKind::TooLarge, "the request body is too large".into())
         } else {
@@ -97,6 +100,13 @@ mod tests {
     async fn an_unread_body_is_too_large_only_past_the_limit() {
         let big = axum::body::Body::from(vec![b'x'; 64]);
         let e = axum::body::to_bytes(big, 16).await.unwrap_err();
+        assert_eq!(ApiError::unread_body(&e).kind(), ErrorKind::TooLarge);
+        // Behind a body limit layer (the REST API's), wrapped once more.
+        let limited = axum::body::Body::new(http_body_util::Limited::new(
+            axum::body::Body::from(vec![b'x'; 64]),
+            16,
+        ));
+        let e = axum::body::to_bytes(limited, 1 << 20).await.unwrap_err();
         assert_eq!(ApiError::unread_body(&e).kind(), ErrorKind::TooLarge);
         let broken = axum::body::Body::from_stream(futures::stream::iter([
             Ok::<_, std::io::Error>(bytes::Bytes::from_static(b"x")),

@@ -276,6 +276,17 @@ pub(super) async fn signup(
     }
 }
 
+/// A sign-up's name taken: also the answer to a sign-up the browser sent again after its
+/// answer was lost, so it says where that user goes.
+fn taken(username: &str) -> WebError {
+    WebError::new(
+        ErrorKind::Conflict,
+        format!(
+            "username {username:?} is taken; if you just signed up under it, your account was made: log in"
+        ),
+    )
+}
+
 async fn do_signup(state: &WebState, headers: &HeaderMap, f: SignupForm) -> Result<Response> {
     let role = match f.role {
         Some(r @ (Role::Patient | Role::Provider)) => r,
@@ -308,14 +319,7 @@ async fn do_signup(state: &WebState, headers: &HeaderMap, f: SignupForm) -> Resu
         ));
     }
     if state.accounts.exists(&f.username).await? {
-        // Also the answer to a sign-up the browser sent again after its answer was lost.
-        return Err(WebError::new(
-            ErrorKind::Conflict,
-            format!(
-                "username {:?} is taken; if you just signed up under it, your account was made: log in",
-                f.username
-            ),
-        ));
+        return Err(taken(&f.username));
     }
     // A KDF slot only for the keystore's encryption, not for the chain calls after it.
     let slot = state.guard.kdf().await.map_err(refusal_error)?;
@@ -324,7 +328,11 @@ async fn do_signup(state: &WebState, headers: &HeaderMap, f: SignupForm) -> Resu
         .create(&f.username, &f.password, role, patient, None)
         .await;
     drop(slot);
-    let (account, signer) = created?;
+    // Taken between the look above and here: a sign-up sent again while the first still ran.
+    let (account, signer) = created.map_err(|e| match e {
+        crate::web::AccountError::Taken(name) => taken(&name),
+        e => e.into(),
+    })?;
     // The account exists on disk only if its chain registration landed: a failure here removes
     // it again, so no half-made user is left behind.
     let registered = async {

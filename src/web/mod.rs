@@ -201,7 +201,10 @@ pub fn router(state: WebState) -> Router {
             upload::UPLOAD_LIMIT + 64 * 1024,
         ))
         .layer(crate::gateway::upload_timeout())
-        .layer(axum::middleware::map_response(upload_timed_out))
+        .layer(axum::middleware::map_response_with_state(
+            state.clone(),
+            upload_timed_out,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.app.upload_slots().clone(),
             crate::gateway::gate_html,
@@ -269,18 +272,25 @@ pub fn router(state: WebState) -> Router {
 /// An upload form's answer once the upload's time ran out (the timeout layer's empty 408): a
 /// page in words. A form with its key goes on storing in its own task (`upload`), so the
 /// page says where the record will show and that sending the form again stores nothing twice.
-async fn upload_timed_out(r: axum::response::Response) -> axum::response::Response {
+async fn upload_timed_out(
+    axum::extract::State(state): axum::extract::State<WebState>,
+    r: axum::response::Response,
+) -> axum::response::Response {
     if r.status() != axum::http::StatusCode::REQUEST_TIMEOUT {
         return r;
     }
-    let mut page = WebError::new(
-        ErrorKind::Unavailable,
+    let secs = crate::gateway::UPLOAD_TIMEOUT_SECS;
+    // Without a database the form's key is not kept: the upload was cut where it was.
+    let text = if state.app.database().is_some() {
         format!(
-            "the upload took longer than {} s. If the whole file reached the server it is still being stored: look at the records list in a minute; sending the form again (reload) does not store it twice",
-            crate::gateway::UPLOAD_TIMEOUT_SECS
-        ),
-    )
-    .into_response();
+            "the upload took longer than {secs} s. If the whole file reached the server it is still being stored: look at the records list in a minute; sending the form again (reload) does not store it twice"
+        )
+    } else {
+        format!(
+            "the upload took longer than {secs} s and was stopped; nothing of it will be shown. Try again, with a smaller file or a faster connection"
+        )
+    };
+    let mut page = WebError::new(ErrorKind::Unavailable, text).into_response();
     *page.status_mut() = axum::http::StatusCode::REQUEST_TIMEOUT;
     page
 }

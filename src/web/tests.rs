@@ -208,20 +208,47 @@ async fn what_users_type_comes_back_escaped() {
 }
 
 /// An upload whose time ran out gets a page in words with its 408 (the timeout layer's own
-/// answer is empty), which says the form can be sent again; other answers pass unchanged.
+/// answer is empty): with a database (the form's key kept) that it may still be stored and
+/// the form can be sent again, without one that it was stopped; other answers pass unchanged.
 #[tokio::test]
 async fn a_timed_out_upload_is_told_in_words() {
+    use axum::extract::State;
     use axum::response::IntoResponse as _;
-    let timed_out = super::upload_timed_out(StatusCode::REQUEST_TIMEOUT.into_response()).await;
-    assert_eq!(timed_out.status(), StatusCode::REQUEST_TIMEOUT);
-    let body = axum::body::to_bytes(timed_out.into_body(), 1 << 20)
-        .await
-        .unwrap();
-    let page = String::from_utf8_lossy(&body);
+    async fn page(state: &WebState) -> String {
+        let r = super::upload_timed_out(
+            State(state.clone()),
+            StatusCode::REQUEST_TIMEOUT.into_response(),
+        )
+        .await;
+        assert_eq!(r.status(), StatusCode::REQUEST_TIMEOUT);
+        let body = axum::body::to_bytes(r.into_body(), 1 << 20).await.unwrap();
+        String::from_utf8_lossy(&body).into_owned()
+    }
+    let f = fixture().await;
+    let without = page(&f.state).await;
     assert!(
-        page.contains("took longer than 120 s") && page.contains("does not store it twice"),
-        "{page}"
+        without.contains("took longer than 120 s and was stopped"),
+        "{without}"
     );
-    let other = super::upload_timed_out(StatusCode::SEE_OTHER.into_response()).await;
+    let (_dir, db) = crate::db::testing::sqlite().await;
+    let app = AppState::new(
+        "http://127.0.0.1:9",
+        None,
+        KuboClient::new("http://127.0.0.1:9"),
+        Keyring::default(),
+    )
+    .unwrap()
+    .with_database(db.clone());
+    let kept = WebState::new(app, AccountStore::new(db).await.unwrap());
+    let with = page(&kept).await;
+    assert!(
+        with.contains("took longer than 120 s") && with.contains("does not store it twice"),
+        "{with}"
+    );
+    let other = super::upload_timed_out(
+        State(f.state.clone()),
+        StatusCode::SEE_OTHER.into_response(),
+    )
+    .await;
     assert_eq!(other.status(), StatusCode::SEE_OTHER);
 }
