@@ -68,6 +68,9 @@ impl ErrorKind {
     }
 }
 
+/// What a caller is told of a fault of ours (its detail goes to the log only).
+pub const INTERNAL: &str = "internal error; it is logged for the operators";
+
 /// An error that knows its [`ErrorKind`] and what may be shown to the caller.
 pub trait Classify: std::error::Error {
     /// What kind of failure this is.
@@ -78,7 +81,7 @@ pub trait Classify: std::error::Error {
     /// to the log only).
     fn public_message(&self) -> String {
         match self.kind() {
-            ErrorKind::Internal => "internal error; it is logged for the operators".to_owned(),
+            ErrorKind::Internal => INTERNAL.to_owned(),
             _ => self.to_string(),
         }
     }

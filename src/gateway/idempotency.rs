@@ -32,12 +32,8 @@ const MAX_KEY: usize = 255;
 /// A key from its header: 1 to 255 printable ASCII characters, bare or as a structured-field
 /// string (`"..."`, as the draft writes it).
 pub(super) fn key_of(v: &HeaderValue) -> Result<String, ApiError> {
-    let bad = || {
-        ApiError::bad_request(format!(
-            "Idempotency-Key must be 1 to {MAX_KEY} printable ASCII characters (a UUID, say)"
-        ))
-    };
-    key_from_text(v.to_str().map_err(|_| bad())?)
+    // A value that is not visible ASCII is refused as an empty one is.
+    key_from_text(v.to_str().unwrap_or_default())
 }
 
 /// A key from text (a header's, or a form field's): as [`key_of`].
@@ -63,6 +59,15 @@ pub(crate) fn key_from_text(s: &str) -> Result<String, ApiError> {
         return Err(bad());
     }
     Ok(s.to_owned())
+}
+
+/// What a key names of a request: its method, path with query, and body.
+pub(crate) fn request_fingerprint(parts: &axum::http::request::Parts, body: &[u8]) -> String {
+    let target = parts
+        .uri
+        .path_and_query()
+        .map_or("", axum::http::uri::PathAndQuery::as_str);
+    hex_sha256(&[parts.method.as_str().as_bytes(), target.as_bytes(), body])
 }
 
 pub(crate) fn hex_sha256(parts: &[&[u8]]) -> String {
@@ -259,12 +264,7 @@ async fn named(
     let bytes = axum::body::to_bytes(body, super::JSON_BODY_LIMIT)
         .await
         .map_err(|e| ApiError::unread_body(&e).into_response())?;
-    let target = parts
-        .uri
-        .path_and_query()
-        .map_or("", axum::http::uri::PathAndQuery::as_str);
-    let fingerprint = hex_sha256(&[parts.method.as_str().as_bytes(), target.as_bytes(), &bytes]);
-    let named = NamedWrite::claim(row, &fingerprint)
+    let named = NamedWrite::claim(row, &request_fingerprint(&parts, &bytes))
         .await
         .map_err(IntoResponse::into_response)?;
     let mut req = Request::from_parts(parts, Body::from(bytes));

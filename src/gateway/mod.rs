@@ -19,7 +19,7 @@ mod uploads;
 pub use crate::records::RecordsConfig;
 pub use error::ApiError;
 pub use health::{NodeHealth, share_node_health};
-pub(crate) use idempotency::{NamedWrite, hex_sha256, key_from_text};
+pub(crate) use idempotency::{NamedWrite, key_from_text, request_fingerprint};
 pub(crate) use named_upload::{NamedUpload, Settled, Upload as NamedRequest};
 pub use proxy::{TrustedProxies, real_client};
 pub use state::{AppState, Keyring, TokenResolver};

@@ -75,6 +75,18 @@ impl<E: Classify + Send + Sync + 'static> From<E> for WebError {
     }
 }
 
+/// The API's error as a page: the caller's mistakes in the API's words, our faults as the
+/// plain sentence (the API logged their detail).
+impl From<crate::gateway::ApiError> for WebError {
+    fn from(e: crate::gateway::ApiError) -> Self {
+        let message = match e.kind() {
+            ErrorKind::Internal => crate::kind::INTERNAL,
+            _ => e.message(),
+        };
+        Self::new(e.kind(), message)
+    }
+}
+
 /// The error page.
 #[derive(Template)]
 #[template(path = "error.html")]

@@ -54,7 +54,7 @@ pub(super) async fn name_writes(
     let (mut parts, body) = req.into_parts();
     let bytes = match axum::body::to_bytes(body, super::FORM_LIMIT).await {
         Ok(b) => b,
-        Err(e) => return super::upload::web_error(&ApiError::unread_body(&e)).into_response(),
+        Err(e) => return WebError::from(ApiError::unread_body(&e)).into_response(),
     };
     let key = serde_urlencoded::from_bytes::<Fields>(&bytes)
         .ok()
@@ -64,11 +64,7 @@ pub(super) async fn name_writes(
         && let Ok(signed) = Signed::from_request_parts(&mut parts, &state).await
         && check_csrf(&signed.session, &csrf).is_ok()
     {
-        let target = parts
-            .uri
-            .path_and_query()
-            .map_or("", axum::http::uri::PathAndQuery::as_str);
-        let fingerprint = crate::gateway::hex_sha256(&[b"POST", target.as_bytes(), &bytes]);
+        let fingerprint = crate::gateway::request_fingerprint(&parts, &bytes);
         match NamedWrite::claim_key(
             &state.app,
             &key,
@@ -88,7 +84,7 @@ pub(super) async fn name_writes(
                 )
                 .into_response();
             }
-            Err(e) => return super::upload::web_error(&e).into_response(),
+            Err(e) => return WebError::from(e).into_response(),
         }
     }
     let mut resp = next

@@ -101,14 +101,6 @@ pub(super) async fn read(s: &Session, mut mp: Multipart) -> Result<Option<Upload
     }))
 }
 
-/// What storing a form's file came to.
-pub(super) enum Stored {
-    /// Stored as this record, by this send of the form or an earlier one (`replayed`).
-    Record { record: RecordId, replayed: bool },
-    /// An earlier send of the form is still being stored; look again in `retry_secs`.
-    Unsettled { retry_secs: u64 },
-}
-
 /// Where a form's upload goes: the path its form posts to (part of what the form's key names)
 /// and the page its user goes back to.
 pub(super) struct Target<'a> {
@@ -151,7 +143,7 @@ async fn store(
     u: Upload,
     path: &str,
     charge: Option<&Charge>,
-) -> std::result::Result<Stored, ApiError> {
+) -> std::result::Result<Settled, ApiError> {
     let request = NamedRequest {
         patient,
         body: u.data,
@@ -181,20 +173,14 @@ async fn store(
                 request.file_name.clone(),
             )
             .await?;
-        return Ok(Stored::Record {
+        return Ok(Settled::Stored {
             record: id,
             replayed: false,
         });
     };
-    Ok(
-        match named
-            .run(client, &request, charge.and_then(Charge::take))
-            .await?
-        {
-            Settled::Stored { record, replayed } => Stored::Record { record, replayed },
-            Settled::Unsettled { retry_secs, .. } => Stored::Unsettled { retry_secs },
-        },
-    )
+    named
+        .run(client, &request, charge.and_then(Charge::take))
+        .await
 }
 
 /// Where a form's upload leaves its user: back on `to` with what became of it (a record, a
@@ -202,18 +188,18 @@ async fn store(
 /// of ours or of a service.
 fn outcome(
     to: &str,
-    stored: std::result::Result<Stored, ApiError>,
+    stored: std::result::Result<Settled, ApiError>,
     done: impl FnOnce(RecordId) -> String,
 ) -> Result<axum::response::Redirect> {
     match stored {
-        Ok(Stored::Record { record, replayed }) => {
+        Ok(Settled::Stored { record, replayed }) => {
             let mut text = done(record);
             if replayed {
                 text.push_str(" (by an earlier send of this form: stored once)");
             }
             Ok(super::view::back(to, true, &text))
         }
-        Ok(Stored::Unsettled { retry_secs }) => Ok(super::view::back(
+        Ok(Settled::Unsettled { retry_secs, .. }) => Ok(super::view::back(
             to,
             false,
             &format!(
@@ -229,16 +215,6 @@ fn outcome(
         Err(e) if e.kind().status().is_client_error() => {
             Ok(super::view::back(to, false, e.message()))
         }
-        Err(e) => Err(web_error(&e)),
-    }
-}
-
-/// The web's error for an API error: the caller's mistakes in the API's words, our faults as
-/// the plain sentence every error page has (the API logged the detail).
-pub(super) fn web_error(e: &ApiError) -> WebError {
-    if e.kind() == ErrorKind::Internal {
-        WebError::new(e.kind(), "internal error; it is logged for the operators")
-    } else {
-        WebError::new(e.kind(), e.message())
+        Err(e) => Err(e.into()),
     }
 }
