@@ -32,6 +32,8 @@ use tokio::sync::Mutex;
 use dev::{Ports, account, cpu_secs, pct_ms, pids_of, random, read, upload};
 
 const ROUNDS: usize = 200;
+/// The demo chain's mnemonic (anvil.toml): demo doctor 1 is its account 1.
+const MNEMONIC: &str = "test test test test test test test test test test test junk";
 /// 100 KB records, each read once first (its access transaction), then again and again.
 const FIRST_READS: usize = 40;
 const UPLOADS: usize = 2000;
@@ -117,6 +119,196 @@ fn cpu_table(
         2.0 * count / total.max(1e-9)
     ));
     md
+}
+
+/// Reads by the command, each against the command-line floor.
+const COMMAND_READS: usize = 40;
+
+/// Section 1's client-side half: demo doctor 1 reads `ids` (100 KB records of patient 1) the
+/// way `ehr record get` does, talking to the share nodes, Kubo and the chain itself (no
+/// gateway). In process, with one access transaction per read (the command's way) and with
+/// access reuse (a client that keeps running), against the same floors as the gateway; and
+/// as the command itself, a process per read, against the same work done by the command-line
+/// tools a reader would use without ehr-share (Kubo's `ipfs cat`, Foundry's `cast`).
+async fn client_side(
+    ports: &Ports,
+    state: &std::path::Path,
+    ids: &[String],
+    floor_cid: &str,
+    patient: PatientAddr,
+    chain: &EhrChain,
+) -> anyhow::Result<String> {
+    use ehr_share::records::{RecordsConfig, ShareNodeRef};
+
+    let deployment = Deployment::load(&state.join("deployment.json"))?;
+    let doctor = ehr_share::cli::keys::dev_signer(MNEMONIC, 1)?;
+    let doctor_chain =
+        EhrChain::connect(&ports.rpc_url(), Some(doctor.clone()), &deployment).await?;
+    let urls: Vec<String> = (0..5)
+        .map(|i| format!("http://127.0.0.1:{}", ports.share_base + i))
+        .collect();
+    let mut nodes = Vec::new();
+    for url in &urls {
+        nodes.push(ShareNodeRef::discover(url).await?);
+    }
+    let replicas = || ehr_share::ipfs::Replicas::new(vec![KuboClient::new(ports.kubo_url())], 1);
+    let each = RecordsConfig::new(nodes.clone(), 3).client(
+        doctor_chain.clone(),
+        doctor.clone(),
+        replicas()?,
+    )?;
+    let reusing = RecordsConfig::new(nodes, 3)
+        .with_access_reuse(Duration::from_secs(600))
+        .client(doctor_chain, doctor.clone(), replicas()?)?;
+    let kubo = KuboClient::new(ports.kubo_url());
+    let payer_key = dev::funded_key(chain).await?;
+    let payer = EhrChain::connect(&ports.rpc_url(), Some(payer_key.clone()), &deployment).await?;
+    let doctor_addr = doctor.address();
+    let floor = |mined: bool| {
+        let (kubo, chain, payer) = (kubo.clone(), chain.clone(), payer.clone());
+        async move {
+            let t = Instant::now();
+            let bytes = kubo.cat(floor_cid).await?;
+            chain.check_access(patient, doctor_addr).await?;
+            if mined {
+                payer
+                    .send_value(
+                        alloy::primitives::Address::ZERO,
+                        alloy::primitives::U256::ZERO,
+                    )
+                    .await?;
+            }
+            anyhow::ensure!(bytes.len() == 100_000);
+            anyhow::Ok(t.elapsed())
+        }
+    };
+    let timed_get = |client: &ehr_share::records::RecordsClient, id: &str| {
+        let (client, id) = (client.clone(), id.to_owned());
+        async move {
+            let t = Instant::now();
+            let got = client.get(id.parse()?).await?;
+            anyhow::ensure!(got.data.len() == 100_000);
+            anyhow::Ok(t.elapsed())
+        }
+    };
+
+    // In process: a transaction per read, then reuse.
+    let (mut floor_tx, mut once) = (Vec::new(), Vec::new());
+    for id in ids {
+        floor_tx.push(floor(true).await?);
+        once.push(timed_get(&each, id).await?);
+    }
+    for id in ids {
+        timed_get(&reusing, id).await?;
+    }
+    let (mut floor_plain, mut again) = (Vec::new(), Vec::new());
+    for i in 0..ROUNDS {
+        floor_plain.push(floor(false).await?);
+        again.push(timed_get(&reusing, &ids[i % ids.len()]).await?);
+    }
+
+    // The command, a process per read, against the command-line tools.
+    let out_dir = tempfile::tempdir()?;
+    let out = out_dir.path().join("record.bin");
+    let ehr = || {
+        let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_ehr"));
+        c.env("EHR_SHARE_NODES", urls.join(","))
+            .env("EHR_THRESHOLD", "3")
+            .env("EHR_IPFS_API", ports.kubo_url())
+            .env("EHR_RPC_URL", ports.rpc_url())
+            .env("EHR_DEPLOYMENT", state.join("deployment.json"))
+            .env("EHR_DEV_ACCOUNT", "1")
+            .env("EHR_ANVIL_CONFIG", dev::root().join("anvil.toml"))
+            .env("RUST_LOG", "warn");
+        c
+    };
+    let ipfs = dev::root().join(".tools/bin/ipfs");
+    let cast = dev::root().join("tools/node/node_modules/@foundry-rs/cast-linux-amd64/bin/cast");
+    let api = format!("/ip4/127.0.0.1/tcp/{}", ports.kubo_api);
+    let contract = deployment.address.to_string();
+    let payer_hex = format!("0x{}", alloy::hex::encode(payer_key.to_bytes()));
+    let ipfs_repo = tempfile::tempdir()?;
+    let run = |mut c: tokio::process::Command| async move {
+        let t = Instant::now();
+        let o = c.stdin(std::process::Stdio::null()).output().await?;
+        let took = t.elapsed();
+        anyhow::ensure!(
+            o.status.success(),
+            "{:?}: {}",
+            c.as_std().get_program(),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        anyhow::Ok((took, o.stdout))
+    };
+    let (mut cmd_floor, mut cmd) = (Vec::new(), Vec::new());
+    for id in ids.iter().cycle().take(COMMAND_READS) {
+        let mut cat = tokio::process::Command::new(&ipfs);
+        cat.env("IPFS_PATH", ipfs_repo.path())
+            .args(["--api", &api, "cat", floor_cid]);
+        let mut call = tokio::process::Command::new(&cast);
+        call.args([
+            "call",
+            "--rpc-url",
+            &ports.rpc_url(),
+            &contract,
+            "checkAccess(uint128,address)(uint8,bool)",
+            &patient.key().to_string(),
+            &doctor_addr.to_string(),
+        ]);
+        let mut send = tokio::process::Command::new(&cast);
+        send.args([
+            "send",
+            "--rpc-url",
+            &ports.rpc_url(),
+            "--private-key",
+            &payer_hex,
+            "0x0000000000000000000000000000000000000000",
+            "--value",
+            "0",
+        ]);
+        let (a, bytes) = run(cat).await?;
+        anyhow::ensure!(
+            bytes.len() == 100_000,
+            "ipfs cat gave {} bytes",
+            bytes.len()
+        );
+        let (b, _) = run(call).await?;
+        let (c, _) = run(send).await?;
+        cmd_floor.push(a + b + c);
+        let mut get = ehr();
+        get.args(["record", "get", id, "--out"]).arg(&out);
+        cmd.push(run(get).await?.0);
+        anyhow::ensure!(std::fs::metadata(&out)?.len() == 100_000);
+    }
+
+    let mut md = format!("### Client-side reads: what `ehr record get` does
+
+Demo doctor 1 reads the same records on their own machine: the access transaction, shares from three of the five nodes, Kubo, decryption, digest check, with no gateway in between. In process ({} reads, each with its own access transaction, as the command sends; then {ROUNDS} reads by a client that reuses its access transactions, as a program that keeps running can), against the gateway's floors, alternating with them; and as the command itself, a process per read ({COMMAND_READS} reads: start, key, connections, the read, the file written), against the command-line floor, the same work by the tools a reader would use without ehr-share: `ipfs cat` of a 100 KB object (Kubo's command against the same daemon), `cast call` of `checkAccess` and `cast send` of a transfer (Foundry's), one after another.\n\n| path | reads | p50 | p95 | p99 |\n|---|---:|---:|---:|---:|\n", ids.len());
+    md.push_str(&format!(
+        "{}\n{}\n{}\n{}\n{}\n{}\n",
+        row(
+            "floor: Kubo cat + eth_call + a mined transaction",
+            &floor_tx
+        ),
+        row("client-side read, its own access transaction", &once),
+        row("floor: Kubo cat + eth_call", &floor_plain),
+        row("client-side re-read, access reused", &again),
+        row(
+            "command-line floor: `ipfs cat` + `cast call` + `cast send`",
+            &cmd_floor
+        ),
+        row("`ehr record get`", &cmd),
+    ));
+    md.push_str(&format!(
+        "\nRatio, in process: p50 {:.1}x, p95 {:.1}x the floor with a transaction; re-reads p50 {:.1}x, p95 {:.1}x theirs. The command: p50 {:.2}x, p95 {:.2}x the command-line floor.\n\n",
+        pct_ms(&once, 0.5) / pct_ms(&floor_tx, 0.5),
+        pct_ms(&once, 0.95) / pct_ms(&floor_tx, 0.95),
+        pct_ms(&again, 0.5) / pct_ms(&floor_plain, 0.5),
+        pct_ms(&again, 0.95) / pct_ms(&floor_plain, 0.95),
+        pct_ms(&cmd, 0.5) / pct_ms(&cmd_floor, 0.5),
+        pct_ms(&cmd, 0.95) / pct_ms(&cmd_floor, 0.95),
+    ));
+    Ok(md)
 }
 
 #[derive(Default)]
@@ -268,6 +460,10 @@ async fn main() -> anyhow::Result<()> {
     }
     md.push_str(&format!("CPU per re-read, by process ({ROUNDS} more re-reads one after another, user + system time divided by the reads):\n\n"));
     md.push_str(&cpu_table(&cpu_before, &cpu_split(root), ROUNDS, "read"));
+
+    // The same reads client-side, on the doctor's own machine: what `ehr record get` does.
+    println!("load: client-side reads");
+    md.push_str(&client_side(&ports, &state, &big, &floor_cid, p1, &chain).await?);
 
     // 2. Denied reads.
     println!("load: denied reads");

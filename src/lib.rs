@@ -36,4 +36,5 @@ pub mod shamir;
 pub mod share_node;
 pub mod stack;
 pub mod strict_hex;
+pub mod tls;
 pub mod web;

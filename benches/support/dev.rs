@@ -355,6 +355,14 @@ pub async fn funded(
     ports: &Ports,
     deployment: &ehr_share::chain::Deployment,
 ) -> anyhow::Result<ehr_share::chain::EhrChain> {
+    let key = funded_key(chain).await?;
+    Ok(ehr_share::chain::EhrChain::connect(&ports.rpc_url(), Some(key), deployment).await?)
+}
+
+/// A fresh key of the bench's own, given 100 ether.
+pub async fn funded_key(
+    chain: &ehr_share::chain::EhrChain,
+) -> anyhow::Result<alloy::signers::local::PrivateKeySigner> {
     use alloy::providers::Provider as _;
     let key = alloy::signers::local::PrivateKeySigner::random();
     chain
@@ -364,5 +372,5 @@ pub async fn funded(
             (key.address(), "0x56BC75E2D63100000"),
         )
         .await?;
-    Ok(ehr_share::chain::EhrChain::connect(&ports.rpc_url(), Some(key), deployment).await?)
+    Ok(key)
 }

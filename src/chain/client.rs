@@ -178,7 +178,7 @@ fn rpc_http() -> alloy::transports::http::reqwest::Client {
     static HTTP: crate::per_runtime::PerRuntime<alloy::transports::http::reqwest::Client> =
         crate::per_runtime::PerRuntime::new();
     HTTP.get(|| {
-        alloy::transports::http::reqwest::Client::builder()
+        crate::tls::builder()
             .pool_max_idle_per_host(64)
             .build()
             .unwrap_or_default()

@@ -206,7 +206,7 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
     records
         .sweeper(
             ipfs.clone(),
-            reqwest::Client::new(),
+            crate::tls::client(),
             crate::records::SweepSettings::for_ttl(Duration::from_secs(a.orphan_ttl_secs)),
         )
         .spawn();
@@ -411,7 +411,7 @@ async fn start_share_nodes(
                 async move {
                     let mut child = ManagedChild::spawn(&name, cmd, true)?;
                     let url = format!("http://127.0.0.1:{port}/health");
-                    let http = reqwest::Client::new();
+                    let http = crate::tls::client();
                     child
                         .wait_healthy(Duration::from_secs(30), || {
                             let (http, url) = (http.clone(), url.clone());
@@ -659,7 +659,7 @@ async fn seed_demo_record(
 ) -> anyhow::Result<()> {
     let (index, aid, pid) = PATIENTS[0];
     let addr = PatientAddr::new(aid, pid)?;
-    let dir = records.directory(chain.clone(), reqwest::Client::new());
+    let dir = records.directory(chain.clone(), crate::tls::client());
     // One page per node is enough to know: the patient may have many records.
     if !dir.list_pages(addr, 1).await?.is_empty() {
         return Ok(());

@@ -252,7 +252,7 @@ async fn simulate(a: SimulateArgs) -> anyhow::Result<()> {
         a.gateway
     );
     let counts = Arc::new(Counts::default());
-    let http = reqwest::Client::new();
+    let http = crate::tls::client();
     let stop_at = a
         .duration_secs
         .map(|s| Instant::now() + Duration::from_secs(s));

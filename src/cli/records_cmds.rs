@@ -280,9 +280,12 @@ async fn client(t: &RecordTargets) -> anyhow::Result<RecordsClient> {
     let signer = t.key.signer()?;
     let deployment = super::chain_cmds::deployment(&t.chain)?;
     let chain = EhrChain::connect(&t.chain.rpc_url, Some(signer.clone()), &deployment).await?;
+    // All nodes at once: one at a time cost a round trip each before the first byte of work.
+    let found =
+        futures::future::join_all(t.share_nodes.iter().map(|u| ShareNodeRef::discover(u))).await;
     let mut nodes = Vec::new();
-    for url in &t.share_nodes {
-        match ShareNodeRef::discover(url).await {
+    for (url, n) in t.share_nodes.iter().zip(found) {
+        match n {
             Ok(n) => nodes.push(n),
             // An unreachable node still counts as one of n: its share is simply missing.
             Err(e) => {

@@ -26,8 +26,8 @@ pub enum TlsError {
     TooLate,
 }
 
-/// Extra trust roots for share-node certificates, set once.
-static ROOTS: OnceLock<Vec<reqwest::Certificate>> = OnceLock::new();
+/// The client configuration trusting the extra roots besides the system's, set once.
+static ROOTS: OnceLock<rustls::ClientConfig> = OnceLock::new();
 /// The one HTTP client for share nodes (per runtime), built on first use.
 static HTTP: crate::per_runtime::PerRuntime<reqwest::Client> =
     crate::per_runtime::PerRuntime::new();
@@ -38,39 +38,36 @@ static BUILT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new
 /// the system's roots; returns how many it read.
 ///
 /// # Errors
-/// [`TlsError::Pem`] for an unreadable file or one without certificates;
+/// [`TlsError::Pem`] for an unreadable file or one without usable certificates;
 /// [`TlsError::TooLate`] once a client exists, or when roots were set already.
 pub fn trust_pem(path: &Path) -> Result<usize, TlsError> {
-    let pem = std::fs::read(path).map_err(|e| TlsError::Pem {
+    use rustls::pki_types::{CertificateDer, pem::PemObject};
+    let pem_error = |detail: String| TlsError::Pem {
         path: path.to_owned(),
-        detail: e.to_string(),
-    })?;
-    let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| TlsError::Pem {
-        path: path.to_owned(),
-        detail: e.to_string(),
-    })?;
+        detail,
+    };
+    let pem = std::fs::read(path).map_err(|e| pem_error(e.to_string()))?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| pem_error(e.to_string()))?;
     if certs.is_empty() {
-        return Err(TlsError::Pem {
-            path: path.to_owned(),
-            detail: "no PEM certificate in it".into(),
-        });
+        return Err(pem_error("no PEM certificate in it".into()));
     }
     let n = certs.len();
+    let config = crate::tls::trusting(certs).map_err(|e| pem_error(e.to_string()))?;
     if BUILT.load(std::sync::atomic::Ordering::SeqCst) {
         return Err(TlsError::TooLate);
     }
-    ROOTS.set(certs).map_err(|_| TlsError::TooLate)?;
+    ROOTS.set(config).map_err(|_| TlsError::TooLate)?;
     Ok(n)
 }
 
 /// A client builder that trusts the system's roots and those given to [`trust_pem`].
 pub fn http_builder() -> reqwest::ClientBuilder {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     BUILT.store(true, std::sync::atomic::Ordering::SeqCst);
-    let builder = reqwest::Client::builder();
     match ROOTS.get() {
-        Some(roots) => builder.tls_certs_merge(roots.iter().cloned()),
-        None => builder,
+        Some(roots) => crate::tls::builder_trusting(roots),
+        None => crate::tls::builder(),
     }
 }
 
@@ -80,7 +77,7 @@ pub fn http() -> reqwest::Client {
         http_builder().build().unwrap_or_else(|e| {
             // Only a broken TLS setup fails here; plain HTTP still works without it.
             tracing::error!("share-node HTTP client with extra roots failed ({e}); using defaults");
-            reqwest::Client::new()
+            crate::tls::client()
         })
     })
 }

@@ -89,7 +89,7 @@ async fn spawn_healthy(
 ) -> Result<AnvilNode, StackError> {
     let mut child = ManagedChild::spawn(name, cmd, echo)?;
     let rpc_url = settings.rpc_url();
-    let http = reqwest::Client::new();
+    let http = crate::tls::client();
     let expected = settings.chain_id;
     child
         .wait_healthy(Duration::from_secs(30), || {

@@ -98,7 +98,7 @@ impl AnvilState {
             rpc_url: rpc_url.into(),
             journal_file: journal_path(&file),
             file,
-            http: reqwest::Client::new(),
+            http: crate::tls::client(),
             last: tokio::sync::Mutex::new(Some(Saved::default())),
             journaled: tokio::sync::Mutex::new(Some(Journaled::default())),
         }

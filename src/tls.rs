@@ -1,0 +1,210 @@
+//! TLS for the process's outgoing HTTPS: every HTTP client it builds (chain, Kubo, share
+//! nodes) shares one client configuration, which reads the system's root certificates the
+//! first time a server's certificate is checked, once per process.
+//!
+//! Why: reqwest reads every root certificate of the system when a client is built (about 150
+//! files parsed, a few milliseconds of CPU), whether or not the client ever speaks HTTPS. An
+//! `ehr record get` builds three clients (chain, Kubo, share nodes), all to `http://` on a
+//! development machine, and read the roots three times for nothing.
+
+use std::sync::{Arc, LazyLock, OnceLock};
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+
+/// The configuration of clients that trust the system's roots.
+static SYSTEM: LazyLock<rustls::ClientConfig> = LazyLock::new(|| config(Vec::new()));
+
+/// A client builder whose HTTPS trusts the system's roots (read on its first use).
+pub fn builder() -> reqwest::ClientBuilder {
+    reqwest::Client::builder().tls_backend_preconfigured(SYSTEM.clone())
+}
+
+/// A client from [`builder`] with reqwest's other defaults.
+pub fn client() -> reqwest::Client {
+    builder().build().unwrap_or_else(|e| {
+        // A preconfigured TLS backend leaves nothing to fail but the system's resolver setup.
+        tracing::error!("HTTP client: {e}; using reqwest's defaults");
+        reqwest::Client::new()
+    })
+}
+
+/// A client builder whose HTTPS trusts `extra` besides the system's roots.
+pub fn builder_trusting(extra: &rustls::ClientConfig) -> reqwest::ClientBuilder {
+    reqwest::Client::builder().tls_backend_preconfigured(extra.clone())
+}
+
+/// A client configuration trusting the system's roots and `extra` (checked here: a malformed
+/// certificate is refused now, not at the first connection).
+///
+/// # Errors
+/// When one of `extra` is not a usable root certificate.
+pub fn trusting(
+    extra: Vec<CertificateDer<'static>>,
+) -> Result<rustls::ClientConfig, rustls::Error> {
+    let mut store = rustls::RootCertStore::empty();
+    for cert in &extra {
+        store.add(cert.clone())?;
+    }
+    Ok(config(extra))
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+fn config(extra: Vec<CertificateDer<'static>>) -> rustls::ClientConfig {
+    // The process default too, for the libraries that build their own configuration.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let provider = provider();
+    let verifier = Arc::new(LazyRoots {
+        provider: provider.clone(),
+        extra,
+        inner: OnceLock::new(),
+    });
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap_or_else(|_| unreachable!("aws-lc-rs supports TLS 1.2 and 1.3"))
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    // What reqwest offers when it builds the configuration itself.
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config
+}
+
+/// reqwest's own verifier on Linux (the platform verifier: the system's roots through
+/// WebPKI, plus extra roots), built on the first certificate it is asked to check.
+#[derive(Debug)]
+struct LazyRoots {
+    provider: Arc<CryptoProvider>,
+    extra: Vec<CertificateDer<'static>>,
+    inner: OnceLock<Result<rustls_platform_verifier::Verifier, String>>,
+}
+
+impl LazyRoots {
+    fn verifier(&self) -> Result<&rustls_platform_verifier::Verifier, rustls::Error> {
+        self.inner
+            .get_or_init(|| {
+                rustls_platform_verifier::Verifier::new_with_extra_roots(
+                    self.extra.iter().cloned(),
+                    self.provider.clone(),
+                )
+                .map_err(|e| format!("loading the system's root certificates: {e}"))
+            })
+            .as_ref()
+            .map_err(|e| rustls::Error::General(e.clone()))
+    }
+}
+
+impl ServerCertVerifier for LazyRoots {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        self.verifier()?.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        )
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.verifier()?.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.verifier()?.verify_tls13_signature(message, cert, dss)
+    }
+
+    /// The provider's schemes, which are what the platform verifier answers, without reading
+    /// the roots (a client offers them in every hello).
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_malformed_extra_root_is_refused_at_once() {
+        assert!(trusting(vec![CertificateDer::from(vec![0x30, 0x03, 1, 2, 3])]).is_err());
+    }
+
+    /// A server on loopback with a certificate for 127.0.0.1 from a CA of its own; the CA.
+    async fn server() -> (String, CertificateDer<'static>) {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::new(ca, ca_key);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
+            .unwrap()
+            .signed_by(&key, &issuer)
+            .unwrap();
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        let tls = axum_server::tls_rustls::RustlsConfig::from_pem(
+            leaf.pem().into_bytes(),
+            key.serialize_pem().into_bytes(),
+        )
+        .await
+        .unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = axum::Router::new().route("/", axum::routing::get(|| async { "ok" }));
+        let server = axum_server::tls_rustls::from_tcp_rustls(listener, tls).unwrap();
+        tokio::spawn(server.serve(app.into_make_service()));
+        (format!("https://{addr}/"), ca_cert.der().clone())
+    }
+
+    #[tokio::test]
+    async fn certificates_are_still_checked_when_the_roots_are_read_late() {
+        let (url, ca) = server().await;
+        // The system's roots do not vouch for the server's CA: refused.
+        let refused = client().get(&url).send().await.unwrap_err();
+        assert!(
+            format!("{refused:?}").contains("UnknownIssuer"),
+            "{refused:?}"
+        );
+        // Trusting its CA besides them: answered.
+        let config = trusting(vec![ca]).unwrap();
+        let client = builder_trusting(&config).build().unwrap();
+        let answer = client.get(&url).send().await.unwrap();
+        assert_eq!(answer.text().await.unwrap(), "ok");
+    }
+
+    #[test]
+    fn no_root_is_read_before_a_certificate_is_checked() {
+        let roots = LazyRoots {
+            provider: provider(),
+            extra: Vec::new(),
+            inner: OnceLock::new(),
+        };
+        assert!(!roots.supported_verify_schemes().is_empty());
+        assert!(roots.inner.get().is_none());
+    }
+}
