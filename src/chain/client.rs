@@ -871,7 +871,10 @@ impl EhrChain {
             // The first looks come soon and then less often, up to the poll interval: a node
             // that mines on arrival (anvil, `geth --dev`) has the receipt a millisecond or two
             // after the send, and a first miss cost a whole interval (10 ms of a 7 ms read).
-            let mut pause = poll / 8;
+            // The first pause is at most half a millisecond (tokio's timer rounds it up to its
+            // next millisecond): after 1.25 ms, the second look came 3 ms after the send,
+            // about half of a client-side first read's time past its floor.
+            let mut pause = (poll / 8).min(FIRST_RECEIPT_PAUSE);
             loop {
                 match self.confirmed_receipt(tx).await {
                     Ok(Some(r)) => return Ok(r),
@@ -926,6 +929,8 @@ impl EhrChain {
 /// watcher, which retries an endpoint that stopped answering without end: either held the
 /// caller for ever.
 const RECEIPT_WAIT: std::time::Duration = std::time::Duration::from_secs(600);
+/// The longest wait before the second look for a receipt (see [`EhrChain::receipt_of`]).
+const FIRST_RECEIPT_PAUSE: std::time::Duration = std::time::Duration::from_micros(500);
 
 /// How long polls for a receipt may fail one after another before the wait gives up.
 const RECEIPT_POLL_FAILURES: std::time::Duration = std::time::Duration::from_secs(30);

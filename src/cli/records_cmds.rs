@@ -279,10 +279,13 @@ async fn client(t: &RecordTargets) -> anyhow::Result<RecordsClient> {
         .context("--replication must be between 1 and the number of IPFS peers")?;
     let signer = t.key.signer()?;
     let deployment = super::chain_cmds::deployment(&t.chain)?;
-    let chain = EhrChain::connect(&t.chain.rpc_url, Some(signer.clone()), &deployment).await?;
-    // All nodes at once: one at a time cost a round trip each before the first byte of work.
-    let found =
-        futures::future::join_all(t.share_nodes.iter().map(|u| ShareNodeRef::discover(u))).await;
+    // The nodes all at once, while the chain client connects: one after another, they cost a
+    // round trip each before the first byte of work.
+    let (chain, found) = tokio::join!(
+        EhrChain::connect(&t.chain.rpc_url, Some(signer.clone()), &deployment),
+        futures::future::join_all(t.share_nodes.iter().map(|u| ShareNodeRef::discover(u)))
+    );
+    let chain = chain?;
     let mut nodes = Vec::new();
     for (url, n) in t.share_nodes.iter().zip(found) {
         match n {
