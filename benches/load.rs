@@ -461,9 +461,9 @@ async fn main() -> anyhow::Result<()> {
     md.push_str(&format!("CPU per re-read, by process ({ROUNDS} more re-reads one after another, user + system time divided by the reads):\n\n"));
     md.push_str(&cpu_table(&cpu_before, &cpu_split(root), ROUNDS, "read"));
 
-    // The same reads client-side, on the doctor's own machine: what `ehr record get` does.
-    println!("load: client-side reads");
-    md.push_str(&client_side(&ports, &state, &big, &floor_cid, p1, &chain).await?);
+    // The same reads client-side come here in the report; they run after the denied reads,
+    // which come before them as in runs before they were measured.
+    let client_side_at = md.len();
 
     // 2. Denied reads.
     println!("load: denied reads");
@@ -528,6 +528,11 @@ async fn main() -> anyhow::Result<()> {
         ROUNDS,
         "denied read",
     ));
+
+    // The same reads client-side, on the doctor's own machine: what `ehr record get` does.
+    println!("load: client-side reads");
+    let text = client_side(&ports, &state, &big, &floor_cid, p1, &chain).await?;
+    md.insert_str(client_side_at, &text);
 
     // 3. 1 MiB reads, 32 at once; first their floor, as many at once: Kubo cat of a 1 MiB
     // object and one eth_call each.

@@ -7,7 +7,7 @@
 //! `ehr record get` builds three clients (chain, Kubo, share nodes), all to `http://` on a
 //! development machine, and read the roots three times for nothing.
 
-use std::sync::{Arc, LazyLock, OnceLock};
+use std::sync::{Arc, LazyLock, Mutex};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
@@ -18,6 +18,10 @@ use rustls::{DigitallySignedStruct, SignatureScheme};
 static SYSTEM: LazyLock<rustls::ClientConfig> = LazyLock::new(|| config(Vec::new()));
 
 /// A client builder whose HTTPS trusts the system's roots (read on its first use).
+///
+/// Its TLS is set: the builder's own TLS options (`tls_*`, `danger_accept_invalid_*`,
+/// minimum versions, extra roots, client identities, `http1_only`'s ALPN) have no effect on
+/// it. Extra roots go through [`trusting`] and [`builder_trusting`].
 pub fn builder() -> reqwest::ClientBuilder {
     reqwest::Client::builder().tls_backend_preconfigured(SYSTEM.clone())
 }
@@ -62,7 +66,7 @@ fn config(extra: Vec<CertificateDer<'static>>) -> rustls::ClientConfig {
     let verifier = Arc::new(LazyRoots {
         provider: provider.clone(),
         extra,
-        inner: OnceLock::new(),
+        inner: Mutex::new(None),
     });
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -76,26 +80,39 @@ fn config(extra: Vec<CertificateDer<'static>>) -> rustls::ClientConfig {
 }
 
 /// reqwest's own verifier on Linux (the platform verifier: the system's roots through
-/// WebPKI, plus extra roots), built on the first certificate it is asked to check.
+/// WebPKI, plus extra roots), built on the first certificate it is asked to check. A failed
+/// build (no root certificates found, no file handle left) is not kept: that handshake fails,
+/// the failure is logged, and the next one tries again.
 #[derive(Debug)]
 struct LazyRoots {
     provider: Arc<CryptoProvider>,
     extra: Vec<CertificateDer<'static>>,
-    inner: OnceLock<Result<rustls_platform_verifier::Verifier, String>>,
+    inner: Mutex<Option<Arc<rustls_platform_verifier::Verifier>>>,
 }
 
 impl LazyRoots {
-    fn verifier(&self) -> Result<&rustls_platform_verifier::Verifier, rustls::Error> {
-        self.inner
-            .get_or_init(|| {
-                rustls_platform_verifier::Verifier::new_with_extra_roots(
-                    self.extra.iter().cloned(),
-                    self.provider.clone(),
-                )
-                .map_err(|e| format!("loading the system's root certificates: {e}"))
-            })
-            .as_ref()
-            .map_err(|e| rustls::Error::General(e.clone()))
+    fn verifier(&self) -> Result<Arc<rustls_platform_verifier::Verifier>, rustls::Error> {
+        let mut inner = self
+            .inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(v) = inner.as_ref() {
+            return Ok(v.clone());
+        }
+        let built = rustls_platform_verifier::Verifier::new_with_extra_roots(
+            self.extra.iter().cloned(),
+            self.provider.clone(),
+        )
+        .map(Arc::new)
+        .map_err(|e| {
+            let e = rustls::Error::General(format!(
+                "no HTTPS server can be trusted: loading the system's root certificates failed ({e})"
+            ));
+            tracing::error!("{e}");
+            e
+        })?;
+        *inner = Some(built.clone());
+        Ok(built)
     }
 }
 
@@ -202,9 +219,9 @@ mod tests {
         let roots = LazyRoots {
             provider: provider(),
             extra: Vec::new(),
-            inner: OnceLock::new(),
+            inner: Mutex::new(None),
         };
         assert!(!roots.supported_verify_schemes().is_empty());
-        assert!(roots.inner.get().is_none());
+        assert!(roots.inner.lock().unwrap().is_none());
     }
 }

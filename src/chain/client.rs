@@ -871,10 +871,16 @@ impl EhrChain {
             // The first looks come soon and then less often, up to the poll interval: a node
             // that mines on arrival (anvil, `geth --dev`) has the receipt a millisecond or two
             // after the send, and a first miss cost a whole interval (10 ms of a 7 ms read).
-            // The first pause is at most half a millisecond (tokio's timer rounds it up to its
-            // next millisecond): after 1.25 ms, the second look came 3 ms after the send,
-            // about half of a client-side first read's time past its floor.
-            let mut pause = (poll / 8).min(FIRST_RECEIPT_PAUSE);
+            // On a nearby node the first pause is at most half a millisecond (tokio's timer
+            // rounds it up to its next millisecond): after 1.25 ms, the second look came 3 ms
+            // after the send, about half of a client-side first read's time past its floor.
+            // A distant node keeps alloy's pace (its blocks take seconds; metered endpoints
+            // bill each look).
+            let mut pause = if poll <= LOCAL_POLL {
+                (poll / 8).min(FIRST_RECEIPT_PAUSE)
+            } else {
+                poll / 8
+            };
             loop {
                 match self.confirmed_receipt(tx).await {
                     Ok(Some(r)) => return Ok(r),

@@ -281,11 +281,16 @@ async fn client(t: &RecordTargets) -> anyhow::Result<RecordsClient> {
     let deployment = super::chain_cmds::deployment(&t.chain)?;
     // The nodes all at once, while the chain client connects: one after another, they cost a
     // round trip each before the first byte of work.
-    let (chain, found) = tokio::join!(
+    // A chain that cannot be reached is said at once, without waiting for the nodes.
+    let (chain, found) = tokio::try_join!(
         EhrChain::connect(&t.chain.rpc_url, Some(signer.clone()), &deployment),
-        futures::future::join_all(t.share_nodes.iter().map(|u| ShareNodeRef::discover(u)))
-    );
-    let chain = chain?;
+        async {
+            Ok(
+                futures::future::join_all(t.share_nodes.iter().map(|u| ShareNodeRef::discover(u)))
+                    .await,
+            )
+        }
+    )?;
     let mut nodes = Vec::new();
     for (url, n) in t.share_nodes.iter().zip(found) {
         match n {

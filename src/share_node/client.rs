@@ -50,6 +50,22 @@ impl ShareNodeRef {
     }
 }
 
+/// The TLS error under `e`, when a handshake failed. rustls's error sits inside I/O errors
+/// (two, nested), whose `source` skips the error they wrap: they are opened with `get_ref`.
+fn tls_failure(e: &reqwest::Error) -> Option<&rustls::Error> {
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = next {
+        if let Some(tls) = err.downcast_ref::<rustls::Error>() {
+            return Some(tls);
+        }
+        next = match err.downcast_ref::<std::io::Error>() {
+            Some(io) => io.get_ref().map(|inner| inner as _),
+            None => err.source(),
+        };
+    }
+    None
+}
+
 /// Why a node did not do what it was asked.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NodeError {
@@ -129,7 +145,11 @@ impl NodeClient {
             None => req,
         };
         let r = req.send().await.map_err(|e| {
-            if e.is_connect() {
+            if let Some(tls) = tls_failure(&e) {
+                // reqwest counts a refused certificate as a failed connection; it is not
+                // "connection refused", and the cause is what the operator needs.
+                NodeError::Transport(format!("TLS: {tls}"))
+            } else if e.is_connect() {
                 NodeError::Unreachable
             } else if e.is_timeout() {
                 NodeError::TimedOut
