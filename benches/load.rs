@@ -71,6 +71,16 @@ fn row(name: &str, v: &[Duration]) -> String {
     )
 }
 
+/// A table of latency percentiles, a row per path.
+fn table(rows: &[(&str, &[Duration])]) -> String {
+    let mut md = String::from("| path | reads | p50 | p95 | p99 |\n|---|---:|---:|---:|---:|\n");
+    for (name, v) in rows {
+        md.push_str(&row(name, v));
+        md.push('\n');
+    }
+    md
+}
+
 /// CPU seconds per part of the stack, and of this process (the load generator).
 fn cpu_split(root: u32) -> BTreeMap<&'static str, f64> {
     let mut m = BTreeMap::new();
@@ -281,24 +291,24 @@ async fn client_side(
         anyhow::ensure!(std::fs::metadata(&out)?.len() == 100_000);
     }
 
-    let mut md = format!("### Client-side reads: what `ehr record get` does
-
-Demo doctor 1 reads the same records on their own machine: the access transaction, shares from three of the five nodes, Kubo, decryption, digest check, with no gateway in between. In process ({} reads, each with its own access transaction, as the command sends; then {ROUNDS} reads by a client that reuses its access transactions, as a program that keeps running can), against the gateway's floors, alternating with them; and as the command itself, a process per read ({COMMAND_READS} reads: start, key, connections, the read, the file written), against the command-line floor, the same work by the tools a reader would use without ehr-share: `ipfs cat` of a 100 KB object (Kubo's command against the same daemon), `cast call` of `checkAccess` and `cast send` of a transfer (Foundry's), one after another.\n\n| path | reads | p50 | p95 | p99 |\n|---|---:|---:|---:|---:|\n", ids.len());
-    md.push_str(&format!(
-        "{}\n{}\n{}\n{}\n{}\n{}\n",
-        row(
+    let mut md = format!(
+        "### Client-side reads: what `ehr record get` does\n\nDemo doctor 1 reads the same records on their own machine: the access transaction, shares from three of the five nodes, Kubo, decryption, digest check, with no gateway in between. In process ({} reads, each with its own access transaction, as the command sends; then {ROUNDS} reads by a client that reuses its access transactions, as a program that keeps running can), against the gateway's floors, alternating with them; and as the command itself, a process per read ({COMMAND_READS} reads: start, key, connections, the read, the file written), against the command-line floor, the same work by the tools a reader would use without ehr-share: `ipfs cat` of a 100 KB object (Kubo's command against the same daemon), `cast call` of `checkAccess` and `cast send` of a transfer (Foundry's), one after another.\n\n",
+        ids.len()
+    );
+    md.push_str(&table(&[
+        (
             "floor: Kubo cat + eth_call + a mined transaction",
-            &floor_tx
+            &floor_tx,
         ),
-        row("client-side read, its own access transaction", &once),
-        row("floor: Kubo cat + eth_call", &floor_plain),
-        row("client-side re-read, access reused", &again),
-        row(
+        ("client-side read, its own access transaction", &once),
+        ("floor: Kubo cat + eth_call", &floor_plain),
+        ("client-side re-read, access reused", &again),
+        (
             "command-line floor: `ipfs cat` + `cast call` + `cast send`",
-            &cmd_floor
+            &cmd_floor,
         ),
-        row("`ehr record get`", &cmd),
-    ));
+        ("`ehr record get`", &cmd),
+    ]));
     md.push_str(&format!(
         "\nRatio, in process: p50 {:.1}x, p95 {:.1}x the floor with a transaction; re-reads p50 {:.1}x, p95 {:.1}x theirs. The command: p50 {:.2}x, p95 {:.2}x the command-line floor.\n\n",
         pct_ms(&once, 0.5) / pct_ms(&floor_tx, 0.5),
@@ -434,17 +444,15 @@ async fn main() -> anyhow::Result<()> {
     }
     md.push_str("## 1. A granted read of 100 KB against its floor\n\n");
     md.push_str(&format!("A doctor reads {FIRST_READS} records of 100 KB once each, then {ROUNDS} times more in turn; each read alternates with its floor. A first read sends the doctor's access transaction (on the patient's audit trail, mined before any share is released); the gateway reuses it for re-reads of that record for `records.access_reuse_secs` (600 s here; the share nodes honour it for 30 minutes and check the grant on every read, so a revoke ends it at once). Floors: Kubo `cat` of a 100 KB object plus one `eth_call` (`checkAccess`), what a reader needs at least without ehr-share; for a first read, that plus one mined transaction (a transfer from the bench's own account). Targets: p50 <= 1.5x and p95 <= 3x the floor.\n\n"));
-    md.push_str("| path | reads | p50 | p95 | p99 |\n|---|---:|---:|---:|---:|\n");
-    md.push_str(&format!(
-        "{}\n{}\n{}\n{}\n",
-        row(
+    md.push_str(&table(&[
+        (
             "floor: Kubo cat + eth_call + a mined transaction",
-            &floor_tx
+            &floor_tx,
         ),
-        row("gateway `GET /records/{id}`, first read", &first),
-        row("floor: Kubo cat + eth_call", &floor),
-        row("gateway `GET /records/{id}`, re-read", &gateway)
-    ));
+        ("gateway `GET /records/{id}`, first read", &first),
+        ("floor: Kubo cat + eth_call", &floor),
+        ("gateway `GET /records/{id}`, re-read", &gateway),
+    ]));
     md.push_str(&format!(
         "\nRatio, first reads: p50 {:.1}x, p95 {:.1}x their floor. Re-reads: p50 {:.1}x, p95 {:.1}x theirs.\n\n",
         pct_ms(&first, 0.5) / pct_ms(&floor_tx, 0.5),
