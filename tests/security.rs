@@ -1116,6 +1116,24 @@ async fn a_deployment_of_another_contract_version_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let said = nodes::refusal_to_start(dir.path(), old).await;
     assert!(said.contains("version 3"), "{said}");
+    // An address without code is said to be no contract (the client asks its four questions
+    // at once; the first still decides), and a deployment on another chain id is refused.
+    let mut empty = office.deployment();
+    empty.address = alloy::primitives::Address::repeat_byte(0x3f);
+    let e = EhrChain::connect(&common::rpc(), None, &empty)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, ehr_share::chain::ChainError::NoContract(a) if a == empty.address),
+        "{e}"
+    );
+    let mut elsewhere = office.deployment();
+    elsewhere.chain_id = 5;
+    let words = EhrChain::connect(&common::rpc(), None, &elsewhere)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(words.contains("chain id"), "{words}");
 }
 
 /// Break-glass opens a chart for reading only: a provider who broke the glass (after the

@@ -348,21 +348,29 @@ impl EhrChain {
             .map_or(Address::ZERO, PrivateKeySigner::address);
         let wallet = signer.clone().map(alloy::network::EthereumWallet::from);
         let provider = connect(rpc_url, signer, None)?;
-        let code = provider.get_code_at(deployment.address).await?;
-        if code.is_empty() {
+        let contract = EhrAccess::new(deployment.address, provider.clone());
+        // The four questions at once (one after another they were a third of a short
+        // command's time before its own work); judged in the order they were asked before.
+        let (version_call, id_call) = (contract.VERSION(), contract.deploymentId());
+        let (code, chain_id, version, deployment_id) = tokio::join!(
+            provider.get_code_at(deployment.address),
+            provider.get_chain_id(),
+            version_call.call(),
+            id_call.call()
+        );
+        if code?.is_empty() {
             return Err(ChainError::NoContract(deployment.address));
         }
-        let chain_id = provider.get_chain_id().await?;
+        let chain_id = chain_id?;
         if deployment.chain_id != 0 && chain_id != deployment.chain_id {
             return Err(ChainError::WrongDeployment(format!(
                 "the chain at {rpc_url} has chain id {chain_id}, the deployment is on {}",
                 deployment.chain_id
             )));
         }
-        let contract = EhrAccess::new(deployment.address, provider.clone());
         // A contract without `VERSION` (another contract, an old build) reverts: version 0. A
         // transport failure is no answer about the contract, and stays one.
-        let version = match contract.VERSION().call().await {
+        let version = match version {
             Ok(v) => v,
             Err(e) => match pinned::pinned_error(e) {
                 e @ ChainError::Rpc(_) => return Err(e),
@@ -375,11 +383,7 @@ impl EhrChain {
                 deployment.address
             )));
         }
-        let deployment_id = contract
-            .deploymentId()
-            .call()
-            .await
-            .map_err(ChainError::from_contract)?;
+        let deployment_id = deployment_id.map_err(ChainError::from_contract)?;
         if !deployment.deployment_id.is_zero() && deployment.deployment_id != deployment_id {
             return Err(ChainError::WrongDeployment(format!(
                 "the contract at {} is another deployment (id {deployment_id}) than the one recorded ({}): was the chain reset?",
