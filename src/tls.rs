@@ -1,6 +1,7 @@
 //! TLS for the process's outgoing HTTPS: every HTTP client it builds (chain, Kubo, share
 //! nodes) shares one client configuration, which reads the system's root certificates the
-//! first time a server's certificate is checked, once per process.
+//! first time a server's certificate is checked, once per configuration (the system's, and
+//! the share nodes' when they have a private CA).
 //!
 //! Why: reqwest reads every root certificate of the system when a client is built (about 150
 //! files parsed, a few milliseconds of CPU), whether or not the client ever speaks HTTPS. An
@@ -28,9 +29,15 @@ pub fn builder() -> reqwest::ClientBuilder {
 
 /// A client from [`builder`] with reqwest's other defaults.
 pub fn client() -> reqwest::Client {
-    builder().build().unwrap_or_else(|e| {
-        // A preconfigured TLS backend leaves nothing to fail but the system's resolver setup.
-        tracing::error!("HTTP client: {e}; using reqwest's defaults");
+    built(builder(), "HTTP client")
+}
+
+/// The client `builder` builds; when it cannot (a preconfigured TLS backend leaves nothing
+/// to fail but the system's resolver setup), said in the log and replaced by reqwest's
+/// defaults, which read the roots when built.
+pub fn built(builder: reqwest::ClientBuilder, what: &str) -> reqwest::Client {
+    builder.build().unwrap_or_else(|e| {
+        tracing::error!("{what}: {e}; using reqwest's defaults");
         reqwest::Client::new()
     })
 }
@@ -40,14 +47,17 @@ pub fn builder_trusting(extra: &rustls::ClientConfig) -> reqwest::ClientBuilder 
     reqwest::Client::builder().tls_backend_preconfigured(extra.clone())
 }
 
+/// An extra root certificate that cannot be trusted.
+#[derive(Debug, thiserror::Error)]
+#[error("not a usable CA certificate: {0}")]
+pub struct UnusableRoot(#[from] rustls::Error);
+
 /// A client configuration trusting the system's roots and `extra` (checked here: a malformed
 /// certificate is refused now, not at the first connection).
 ///
 /// # Errors
-/// When one of `extra` is not a usable root certificate.
-pub fn trusting(
-    extra: Vec<CertificateDer<'static>>,
-) -> Result<rustls::ClientConfig, rustls::Error> {
+/// [`UnusableRoot`] when one of `extra` is not a usable root certificate.
+pub fn trusting(extra: Vec<CertificateDer<'static>>) -> Result<rustls::ClientConfig, UnusableRoot> {
     let mut store = rustls::RootCertStore::empty();
     for cert in &extra {
         store.add(cert.clone())?;
@@ -60,14 +70,13 @@ fn provider() -> Arc<CryptoProvider> {
 }
 
 fn config(extra: Vec<CertificateDer<'static>>) -> rustls::ClientConfig {
+    config_with(Arc::new(LazyRoots::new(provider(), extra)))
+}
+
+fn config_with(verifier: Arc<LazyRoots>) -> rustls::ClientConfig {
     // The process default too, for the libraries that build their own configuration.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let provider = provider();
-    let verifier = Arc::new(LazyRoots {
-        provider: provider.clone(),
-        extra,
-        inner: Mutex::new(None),
-    });
+    let provider = verifier.provider.clone();
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .unwrap_or_else(|_| unreachable!("aws-lc-rs supports TLS 1.2 and 1.3"))
@@ -91,6 +100,23 @@ struct LazyRoots {
 }
 
 impl LazyRoots {
+    fn new(provider: Arc<CryptoProvider>, extra: Vec<CertificateDer<'static>>) -> Self {
+        Self {
+            provider,
+            extra,
+            inner: Mutex::new(None),
+        }
+    }
+
+    /// Whether the roots were read.
+    #[cfg(test)]
+    fn read(&self) -> bool {
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .is_some()
+    }
+
     fn verifier(&self) -> Result<Arc<rustls_platform_verifier::Verifier>, rustls::Error> {
         let mut inner = self
             .inner
@@ -214,14 +240,27 @@ mod tests {
         assert_eq!(answer.text().await.unwrap(), "ok");
     }
 
-    #[test]
-    fn no_root_is_read_before_a_certificate_is_checked() {
-        let roots = LazyRoots {
-            provider: provider(),
-            extra: Vec::new(),
-            inner: Mutex::new(None),
-        };
-        assert!(!roots.supported_verify_schemes().is_empty());
-        assert!(roots.inner.lock().unwrap().is_none());
+    #[tokio::test]
+    async fn the_roots_are_read_at_the_first_certificate_not_before() {
+        let roots = Arc::new(LazyRoots::new(provider(), Vec::new()));
+        let client = builder_trusting(&config_with(roots.clone()))
+            .build()
+            .unwrap();
+        assert!(!roots.read(), "read when the client was built");
+        // Plain HTTP reads none.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = axum::Router::new().route("/", axum::routing::get(|| async { "plain" }));
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let plain = client.get(format!("http://{addr}/")).send().await.unwrap();
+        assert_eq!(plain.text().await.unwrap(), "plain");
+        assert!(!roots.read(), "read for a plain HTTP request");
+        // The first certificate checked reads them (and refuses this one).
+        let (url, _) = server().await;
+        assert!(client.get(&url).send().await.is_err());
+        assert!(
+            roots.read(),
+            "not read for an HTTPS request: another verifier checked it"
+        );
     }
 }

@@ -178,10 +178,10 @@ fn rpc_http() -> alloy::transports::http::reqwest::Client {
     static HTTP: crate::per_runtime::PerRuntime<alloy::transports::http::reqwest::Client> =
         crate::per_runtime::PerRuntime::new();
     HTTP.get(|| {
-        crate::tls::builder()
-            .pool_max_idle_per_host(64)
-            .build()
-            .unwrap_or_default()
+        crate::tls::built(
+            crate::tls::builder().pool_max_idle_per_host(64),
+            "chain HTTP client",
+        )
     })
 }
 

@@ -132,10 +132,10 @@ impl KuboClient {
             base: base.into().trim_end_matches('/').to_owned(),
             // A peer whose host is gone (packets dropped, no reset) must not hold a call for
             // the kernel's two minutes of SYN retries: the next peer is tried instead.
-            http: crate::tls::builder()
-                .connect_timeout(Duration::from_secs(3))
-                .build()
-                .unwrap_or_default(),
+            http: crate::tls::built(
+                crate::tls::builder().connect_timeout(Duration::from_secs(3)),
+                "Kubo HTTP client",
+            ),
             token: None,
         }
     }

@@ -54,8 +54,7 @@ pub fn trust_pem(path: &Path) -> Result<usize, TlsError> {
         return Err(pem_error("no PEM certificate in it".into()));
     }
     let n = certs.len();
-    let config = crate::tls::trusting(certs)
-        .map_err(|e| pem_error(format!("not a usable CA certificate: {e}")))?;
+    let config = crate::tls::trusting(certs).map_err(|e| pem_error(e.to_string()))?;
     if BUILT.load(std::sync::atomic::Ordering::SeqCst) {
         return Err(TlsError::TooLate);
     }

@@ -74,12 +74,20 @@ pub async fn start_geth(o: &GethOptions, echo: bool) -> Result<GethNode, StackEr
             let url = url.clone();
             async move {
                 let Ok(u) = url.parse() else { return false };
-                let p = ProviderBuilder::new().connect_http(u);
+                let p = ProviderBuilder::new().connect_client(rpc(u));
                 matches!(p.get_chain_id().await, Ok(GETH_DEV_CHAIN_ID))
             }
         })
         .await?;
     Ok(GethNode { child, rpc_url })
+}
+
+/// A JSON-RPC client for the dev node at `url`, through the process's one TLS configuration
+/// (see `crate::tls`: a default HTTP client reads the system's roots on every build, here on
+/// every health poll).
+fn rpc(url: reqwest::Url) -> alloy::rpc::client::RpcClient {
+    let http = alloy::transports::http::Http::with_client(crate::tls::client(), url);
+    alloy::rpc::client::RpcClient::new(http, true)
 }
 
 impl GethNode {
@@ -104,8 +112,7 @@ pub async fn fund(rpc_url: &str, to: Address, wei: U256) -> Result<(), String> {
     let _turn = ONE_AT_A_TIME.lock().await;
     let url: reqwest::Url = rpc_url.parse().map_err(|e| format!("{e}"))?;
     // Poll for the receipt every 10 ms (alloy's default is 250 ms; a dev block is instant).
-    let client =
-        alloy::rpc::client::RpcClient::new_http(url).with_poll_interval(Duration::from_millis(10));
+    let client = rpc(url).with_poll_interval(Duration::from_millis(10));
     let p = ProviderBuilder::new().connect_client(client);
     let dev = *p
         .get_accounts()
