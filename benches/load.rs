@@ -71,6 +71,37 @@ fn row(name: &str, v: &[Duration]) -> String {
     )
 }
 
+/// One read of section 1's floor, timed: Kubo `cat` of the 100 KB floor object and the
+/// `checkAccess` of `(patient, reader)`, then a transfer mined from `payer` when given (the
+/// floor of a first read).
+async fn floor_read(
+    kubo: &KuboClient,
+    chain: &EhrChain,
+    cid: &str,
+    (patient, reader): (PatientAddr, alloy::primitives::Address),
+    payer: Option<&EhrChain>,
+) -> anyhow::Result<Duration> {
+    let t = Instant::now();
+    let bytes = kubo.cat(cid).await?;
+    chain.check_access(patient, reader).await?;
+    if let Some(payer) = payer {
+        payer
+            .send_value(
+                alloy::primitives::Address::ZERO,
+                alloy::primitives::U256::ZERO,
+            )
+            .await?;
+    }
+    let took = t.elapsed();
+    anyhow::ensure!(bytes.len() == 100_000);
+    Ok(took)
+}
+
+/// `ours` over `floor` at percentile `p`.
+fn ratio(ours: &[Duration], floor: &[Duration], p: f64) -> f64 {
+    pct_ms(ours, p) / pct_ms(floor, p)
+}
+
 /// A table of latency percentiles, a row per path.
 fn table(rows: &[(&str, &[Duration])]) -> String {
     let mut md = String::from("| path | reads | p50 | p95 | p99 |\n|---|---:|---:|---:|---:|\n");
@@ -176,22 +207,13 @@ async fn client_side(
     let payer = EhrChain::connect(&ports.rpc_url(), Some(payer_key.clone()), &deployment).await?;
     let doctor_addr = doctor.address();
     let floor = |mined: bool| {
-        let (kubo, chain, payer) = (kubo.clone(), chain.clone(), payer.clone());
-        async move {
-            let t = Instant::now();
-            let bytes = kubo.cat(floor_cid).await?;
-            chain.check_access(patient, doctor_addr).await?;
-            if mined {
-                payer
-                    .send_value(
-                        alloy::primitives::Address::ZERO,
-                        alloy::primitives::U256::ZERO,
-                    )
-                    .await?;
-            }
-            anyhow::ensure!(bytes.len() == 100_000);
-            anyhow::Ok(t.elapsed())
-        }
+        floor_read(
+            &kubo,
+            chain,
+            floor_cid,
+            (patient, doctor_addr),
+            mined.then_some(&payer),
+        )
     };
     let timed_get = |client: &ehr_share::records::RecordsClient, id: &str| {
         let (client, id) = (client.clone(), id.to_owned());
@@ -312,12 +334,12 @@ async fn client_side(
     ]));
     md.push_str(&format!(
         "\nRatio, in process: p50 {:.1}x, p95 {:.1}x the floor with a transaction; re-reads p50 {:.1}x, p95 {:.1}x theirs. The command: p50 {:.2}x, p95 {:.2}x the command-line baseline.\n\n",
-        pct_ms(&once, 0.5) / pct_ms(&floor_tx, 0.5),
-        pct_ms(&once, 0.95) / pct_ms(&floor_tx, 0.95),
-        pct_ms(&again, 0.5) / pct_ms(&floor_plain, 0.5),
-        pct_ms(&again, 0.95) / pct_ms(&floor_plain, 0.95),
-        pct_ms(&cmd, 0.5) / pct_ms(&cmd_floor, 0.5),
-        pct_ms(&cmd, 0.95) / pct_ms(&cmd_floor, 0.95),
+        ratio(&once, &floor_tx, 0.5),
+        ratio(&once, &floor_tx, 0.95),
+        ratio(&again, &floor_plain, 0.5),
+        ratio(&again, &floor_plain, 0.95),
+        ratio(&cmd, &cmd_floor, 0.5),
+        ratio(&cmd, &cmd_floor, 0.95),
     ));
     Ok(md)
 }
@@ -415,17 +437,8 @@ async fn main() -> anyhow::Result<()> {
     let doctor1_addr = doctor1.parse()?;
     let (mut floor_tx, mut first) = (Vec::new(), Vec::new());
     for id in &big {
-        let t = Instant::now();
-        let bytes = kubo.cat(&floor_cid).await?;
-        chain.check_access(p1, doctor1_addr).await?;
-        payer
-            .send_value(
-                alloy::primitives::Address::ZERO,
-                alloy::primitives::U256::ZERO,
-            )
-            .await?;
-        floor_tx.push(t.elapsed());
-        anyhow::ensure!(bytes.len() == 100_000);
+        floor_tx
+            .push(floor_read(&kubo, &chain, &floor_cid, (p1, doctor1_addr), Some(&payer)).await?);
         let t = Instant::now();
         let (status, n) = read(&http, &gw, "demo-doctor1", id).await;
         first.push(t.elapsed());
@@ -433,11 +446,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let (mut floor, mut gateway) = (Vec::new(), Vec::new());
     for i in 0..ROUNDS {
-        let t = Instant::now();
-        let bytes = kubo.cat(&floor_cid).await?;
-        chain.check_access(p1, doctor1_addr).await?;
-        floor.push(t.elapsed());
-        anyhow::ensure!(bytes.len() == 100_000);
+        floor.push(floor_read(&kubo, &chain, &floor_cid, (p1, doctor1_addr), None).await?);
         let t = Instant::now();
         let (status, n) = read(&http, &gw, "demo-doctor1", &big[i % big.len()]).await;
         gateway.push(t.elapsed());
@@ -456,10 +465,10 @@ async fn main() -> anyhow::Result<()> {
     ]));
     md.push_str(&format!(
         "\nRatio, first reads: p50 {:.1}x, p95 {:.1}x their floor. Re-reads: p50 {:.1}x, p95 {:.1}x theirs.\n\n",
-        pct_ms(&first, 0.5) / pct_ms(&floor_tx, 0.5),
-        pct_ms(&first, 0.95) / pct_ms(&floor_tx, 0.95),
-        pct_ms(&gateway, 0.5) / pct_ms(&floor, 0.5),
-        pct_ms(&gateway, 0.95) / pct_ms(&floor, 0.95)
+        ratio(&first, &floor_tx, 0.5),
+        ratio(&first, &floor_tx, 0.95),
+        ratio(&gateway, &floor, 0.5),
+        ratio(&gateway, &floor, 0.95)
     ));
     // Where a re-read's time goes: CPU by process over re-reads alone (no floor between them).
     let cpu_before = cpu_split(root);
@@ -521,7 +530,7 @@ async fn main() -> anyhow::Result<()> {
         "{}\n{}\n\n{denied_ok} of {ROUNDS} answered 403; {on_trail} of {ROUNDS} denials on the patient's audit trail afterwards. Ratio: p50 {:.1}x the floor.\n\n",
         row("floor: `checkAccess` eth_call", &denied_floor),
         row("denied `GET /records/{id}`", &denied),
-        pct_ms(&denied, 0.5) / pct_ms(&denied_floor, 0.5),
+        ratio(&denied, &denied_floor, 0.5),
     ));
     let cpu_before = cpu_split(root);
     for _ in 0..ROUNDS {
@@ -640,8 +649,8 @@ async fn main() -> anyhow::Result<()> {
         BIG_READS as f64 / big_secs,
         BIG_READS as f64 / big_secs,
         BIG_READS as f64 / floor_secs,
-        pct_ms(&big_times, 0.5) / pct_ms(&floor_big_times, 0.5),
-        pct_ms(&big_times, 0.99) / pct_ms(&floor_big_times, 0.99)
+        ratio(&big_times, &floor_big_times, 0.5),
+        ratio(&big_times, &floor_big_times, 0.99)
     ));
     md.push_str("CPU per 1 MiB read, by process (user + system time over those reads), and of the floor's reads (Kubo and anvil serve them; the load generator receives):\n\n");
     md.push_str(&cpu_table(

@@ -24,7 +24,7 @@ static SYSTEM: LazyLock<rustls::ClientConfig> = LazyLock::new(|| config(Vec::new
 /// minimum versions, extra roots, client identities, `http1_only`'s ALPN) have no effect on
 /// it. Extra roots go through [`trusting`] and [`builder_trusting`].
 pub fn builder() -> reqwest::ClientBuilder {
-    reqwest::Client::builder().tls_backend_preconfigured(SYSTEM.clone())
+    builder_trusting(&SYSTEM)
 }
 
 /// A client from [`builder`] with reqwest's other defaults.
@@ -42,9 +42,10 @@ pub fn built(builder: reqwest::ClientBuilder, what: &str) -> reqwest::Client {
     })
 }
 
-/// A client builder whose HTTPS trusts `extra` besides the system's roots.
-pub fn builder_trusting(extra: &rustls::ClientConfig) -> reqwest::ClientBuilder {
-    reqwest::Client::builder().tls_backend_preconfigured(extra.clone())
+/// A client builder whose HTTPS goes by `config` (one of [`trusting`]'s: the system's roots
+/// and extra ones).
+pub fn builder_trusting(config: &rustls::ClientConfig) -> reqwest::ClientBuilder {
+    reqwest::Client::builder().tls_backend_preconfigured(config.clone())
 }
 
 /// An extra root certificate that cannot be trusted.

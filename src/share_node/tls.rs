@@ -73,13 +73,7 @@ pub fn http_builder() -> reqwest::ClientBuilder {
 
 /// The share-node HTTP client (a clone of one built once per runtime).
 pub fn http() -> reqwest::Client {
-    HTTP.get(|| {
-        http_builder().build().unwrap_or_else(|e| {
-            // Only a broken TLS setup fails here; plain HTTP still works without it.
-            tracing::error!("share-node HTTP client with extra roots failed ({e}); using defaults");
-            crate::tls::client()
-        })
-    })
+    HTTP.get(|| crate::tls::built(http_builder(), "share-node HTTP client"))
 }
 
 /// The server side: the certificate chain and key in PEM files.
