@@ -65,25 +65,59 @@ pub fn seal_to(recipient: &PublicKey, aad: &[u8], secret: &[u8]) -> Vec<u8> {
 /// # Errors
 /// [`EciesError`] when it is malformed, for another key or context, or tampered.
 pub fn open_with(recipient: &SecretKey, aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>, EciesError> {
-    if sealed.len() < ECIES_OVERHEAD || sealed[0] != VERSION {
-        return Err(EciesError::Malformed);
+    Recipient::new(recipient).open(aad, sealed)
+}
+
+/// A recipient's key made ready to open several sealed secrets: its public key (part of each
+/// box's key derivation) is a generator multiplication, done once here rather than per box,
+/// and a reader opens a share from each of k nodes per read.
+pub struct Recipient {
+    secret: zeroize::Zeroizing<[u8; 32]>,
+    public: [u8; 33],
+}
+
+impl std::fmt::Debug for Recipient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Recipient").finish_non_exhaustive()
     }
-    let eph_bytes = &sealed[1..34];
-    let eph = PublicKey::from_sec1_bytes(eph_bytes).map_err(|_| EciesError::Malformed)?;
-    let secret = super::secp::secret_bytes(recipient);
-    // `eph` parsed as a point above and a k256 key is a valid scalar: this does not fail.
-    let shared = super::secp::shared_x(&secret, &eph).ok_or(EciesError::Malformed)?;
-    let rec = super::secp::public_compressed(&secret).ok_or(EciesError::Malformed)?;
-    let key = key_of(shared.as_slice(), eph_bytes, &rec);
-    ChaCha20Poly1305::new(Key::from_slice(&key))
-        .decrypt(
-            Nonce::from_slice(&[0u8; 12]),
-            Payload {
-                msg: &sealed[34..],
-                aad,
-            },
-        )
-        .map_err(|_| EciesError::Tampered)
+}
+
+impl Recipient {
+    /// `key` with its public key.
+    pub fn new(key: &SecretKey) -> Self {
+        let secret = super::secp::secret_bytes(key);
+        // A k256 key is a valid scalar, so libsecp256k1 computes it; k256 would all the same.
+        let public = super::secp::public_compressed(&secret).unwrap_or_else(|| {
+            let mut p = [0u8; 33];
+            p.copy_from_slice(key.public_key().to_encoded_point(true).as_bytes());
+            p
+        });
+        Self { secret, public }
+    }
+
+    /// Opens what [`seal_to`] sealed to this recipient's public key, with the same `aad`.
+    ///
+    /// # Errors
+    /// [`EciesError`] when it is malformed, for another key or context, or tampered.
+    pub fn open(&self, aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>, EciesError> {
+        if sealed.len() < ECIES_OVERHEAD || sealed[0] != VERSION {
+            return Err(EciesError::Malformed);
+        }
+        let eph_bytes = &sealed[1..34];
+        // The ephemeral key is parsed here: `None` only when it is no compressed point.
+        let shared =
+            super::secp::shared_x_sec1(&self.secret, eph_bytes).ok_or(EciesError::Malformed)?;
+        let key = key_of(shared.as_slice(), eph_bytes, &self.public);
+        ChaCha20Poly1305::new(Key::from_slice(&key))
+            .decrypt(
+                Nonce::from_slice(&[0u8; 12]),
+                Payload {
+                    msg: &sealed[34..],
+                    aad,
+                },
+            )
+            .map_err(|_| EciesError::Tampered)
+    }
 }
 
 #[cfg(test)]
@@ -119,6 +153,17 @@ mod tests {
             open_with(&me, b"", &sealed[..20]),
             Err(EciesError::Malformed)
         );
+        // An ephemeral key that is no compressed point: another tag, an x at or above p.
+        let mut tag = sealed.clone();
+        tag[1] = 0x04;
+        let mut x = sealed.clone();
+        x[2..34].fill(0xff);
+        for bad in [tag, x] {
+            assert_eq!(
+                open_with(&me, b"record 1, node 2", &bad),
+                Err(EciesError::Malformed)
+            );
+        }
         let again = seal_to(&me.public_key(), b"record 1, node 2", b"a share");
         assert_ne!(again, sealed, "a fresh ephemeral key each time");
     }
@@ -164,6 +209,13 @@ mod tests {
             assert_eq!(k256_open(&me, b"ctx", &ours), secret);
             let theirs = k256_seal(&me.public_key(), b"ctx", &secret);
             assert_eq!(open_with(&me, b"ctx", &theirs).unwrap(), secret);
+            // One recipient made ready once opens box after box.
+            let ready = Recipient::new(&me);
+            for _ in 0..3 {
+                let theirs = k256_seal(&me.public_key(), b"ctx", &secret);
+                assert_eq!(ready.open(b"ctx", &theirs).unwrap(), secret);
+            }
+            assert_eq!(ready.open(b"ctx", &ours).unwrap(), secret);
         }
     }
 }

@@ -9,8 +9,9 @@ mod envelope;
 mod secp;
 
 pub use at_rest::{derive_key, open_at_rest, seal_at_rest};
-pub use ecies::{ECIES_OVERHEAD, EciesError, open_with, seal_to};
+pub use ecies::{ECIES_OVERHEAD, EciesError, Recipient, open_with, seal_to};
 pub use envelope::{
     AeadKey, CryptoError, Opener, SEGMENT, Scheme, open, padded_len, seal, seal_segments,
 };
+pub(crate) use secp::public_compressed;
 pub use secp::{recover_signer, sign_prehash};

@@ -118,8 +118,18 @@ pub(crate) fn ephemeral() -> (Zeroizing<[u8; 32]>, PublicKey) {
 /// The x coordinate of `secret · public` (what k256's `diffie_hellman` gives as the raw
 /// shared secret), wiped when dropped; `None` for a secret that is no valid scalar.
 pub(crate) fn shared_x(secret: &[u8; 32], public: &PublicKey) -> Option<Zeroizing<[u8; 32]>> {
+    shared_x_with(secret, &to_secp(public)?)
+}
+
+/// [`shared_x`] with the public key as SEC1 bytes, parsed by libsecp256k1 (whose square root
+/// decompresses a point faster than k256's); `None` when they are no curve point.
+pub(crate) fn shared_x_sec1(secret: &[u8; 32], public: &[u8]) -> Option<Zeroizing<[u8; 32]>> {
+    shared_x_with(secret, &secp256k1::PublicKey::from_slice(public).ok()?)
+}
+
+fn shared_x_with(secret: &[u8; 32], public: &secp256k1::PublicKey) -> Option<Zeroizing<[u8; 32]>> {
     let mut sk = secp256k1::SecretKey::from_byte_array(*secret).ok()?;
-    let point = Zeroizing::new(secp256k1::ecdh::shared_secret_point(&to_secp(public)?, &sk));
+    let point = Zeroizing::new(secp256k1::ecdh::shared_secret_point(public, &sk));
     sk.non_secure_erase();
     let mut x = Zeroizing::new([0u8; 32]);
     x.copy_from_slice(&point[..32]);
