@@ -54,9 +54,11 @@ fn threshold_of(commitments: &[u8]) -> usize {
 /// Shares that all verify against the commitments recombine to the committed secret, so k
 /// shares that do not are not all of the committed polynomial: only then is each share
 /// verified alone, to name the bad ones. Shares that do recombine to it may still hold errors
-/// that cancel out (from two or more nodes in collusion, who know the recombination's
-/// weights), but they give the committed secret all the same, which is all a reader needs of
-/// them. One blinded generator multiplication through libsecp256k1, where verifying k shares
+/// that cancel out, but they give the committed secret all the same, which is all a reader
+/// needs of them. Making errors cancel takes two or more nodes in collusion that also know
+/// which other nodes the reader asked (the recombination's weights depend on every index in
+/// the quorum); the reader picks its nodes in random order, so colluders who guess wrong fail
+/// the check and are both named. One blinded generator multiplication through libsecp256k1, where verifying k shares
 /// with k256 took a decompression per commitment and a generator multiplication per share
 /// (a seventh of a gateway's CPU per 100 KB read). False for malformed commitments and for a
 /// zero secret (no point to compare; a split of a random secret makes one with probability
@@ -134,8 +136,8 @@ async fn ask(id: RecordId, node: NodeClient, body: ReleaseBody, key: &Recipient)
 }
 
 /// Parses a released share and its commitments' bytes: a whole number of 33-byte points.
-/// Whether they are points, and the share one of theirs, is judged when k shares of the group
-/// are in ([`commits_to`]).
+/// Whether they are points is checked for a group's first answer, and whether the share is
+/// one of theirs when k shares of the group are in ([`commits_to`]).
 fn parsed(released: &ReleasedShare) -> Result<(Vec<u8>, Share), String> {
     let commitments = crate::strict_hex::decode(&released.commitments)
         .ok()
@@ -221,8 +223,18 @@ pub(super) async fn gather(
             }
         };
         let (released, (commitments, share)) = released;
-        answered.push((a.node.clone(), a.took));
         let key = (released.commitments, released.sealed_block);
+        // A group's first answer has its commitments checked as points (libsecp256k1, as a
+        // node checks a deposit's); the group's other answers repeat the same bytes.
+        if !groups.contains_key(&key) && Commitments::check_bytes(&commitments).is_err() {
+            declined.push((a.node.clone(), Declined::Fault));
+            failures.push(NodeFailure {
+                node: a.node,
+                reason: "malformed share or commitments".into(),
+            });
+            continue;
+        }
+        answered.push((a.node.clone(), a.took));
         let entry = groups
             .entry(key.clone())
             .or_insert_with(|| (commitments, Vec::new()));
@@ -235,30 +247,30 @@ pub(super) async fn gather(
             continue;
         }
         let shares: Vec<Share> = entry.1.iter().map(|m| m.share.clone()).collect();
-        let secret =
-            combine(&shares, needed).map_err(|e| RecordError::Decrypt(id, e.to_string()))?;
-        if !commits_to(&entry.0, &secret) {
-            // Not all of them are shares of the committed polynomial: verify each alone,
-            // name the bad ones, and ask on.
-            let agreed = Commitments::from_bytes(&entry.0).ok();
-            let (good, bad): (Vec<_>, Vec<_>) = std::mem::take(&mut entry.1)
-                .into_iter()
-                .partition(|m| m.verified || agreed.as_ref().is_some_and(|c| c.verify(&m.share)));
-            entry.1 = good
-                .into_iter()
-                .map(|m| Member {
-                    verified: true,
-                    ..m
-                })
-                .collect();
-            if !bad.is_empty() {
-                for m in bad {
-                    reject(id, m, &mut answered, &mut declined, &mut failures);
+        let secret = match combine(&shares, needed) {
+            // The usual case: one multiplication vouches for all k.
+            Ok(secret) if commits_to(&entry.0, &secret) => secret,
+            _ => {
+                // An index given twice, or not all of them shares of the committed
+                // polynomial: verify each alone, keep one share per index, name the rest,
+                // and ask on.
+                entry.1 = sift(
+                    id,
+                    std::mem::take(&mut entry.1),
+                    &entry.0,
+                    &mut answered,
+                    &mut declined,
+                    &mut failures,
+                );
+                if entry.1.len() < needed {
+                    continue;
                 }
-                continue;
+                // Every share verified alone, each index once: a zero secret, which has no
+                // point to compare.
+                let shares: Vec<Share> = entry.1.iter().map(|m| m.share.clone()).collect();
+                combine(&shares, needed).map_err(|e| RecordError::Decrypt(id, e.to_string()))?
             }
-            // Every share verified alone: a zero secret, which has no point to compare.
-        }
+        };
         let sealed = crate::strict_hex::decode(&key.1)
             .map_err(|e| RecordError::Decrypt(id, e.to_string()))?;
         // Nodes in other groups disagree with k verified shares: name them.
@@ -326,14 +338,14 @@ pub(super) async fn gather(
     // No quorum: the shares that came are verified alone, to count the good ones and name
     // the bad.
     for (commitments, members) in groups.values_mut() {
-        let agreed = Commitments::from_bytes(commitments).ok();
-        for m in std::mem::take(members) {
-            if m.verified || agreed.as_ref().is_some_and(|c| c.verify(&m.share)) {
-                members.push(m);
-            } else {
-                reject(id, m, &mut answered, &mut declined, &mut failures);
-            }
-        }
+        *members = sift(
+            id,
+            std::mem::take(members),
+            commitments,
+            &mut answered,
+            &mut declined,
+            &mut failures,
+        );
     }
     let read = Read {
         asked: &asked,
@@ -351,21 +363,43 @@ pub(super) async fn gather(
     })
 }
 
-/// Names `m`'s node for a share that failed verification against its group's commitments.
-fn reject(
+/// The members whose shares verify alone against `commitments`, one per index (the first to
+/// come). A share that does not verify names its node as a fault. A second valid share of an
+/// index is dropped without naming either node: one of the two replayed the other's share,
+/// and the reader cannot tell which (the faster one may be the copy), so it asks on instead
+/// of failing the read or blaming a node that may be honest.
+fn sift(
     id: RecordId,
-    m: Member,
+    members: Vec<Member>,
+    commitments: &[u8],
     answered: &mut Vec<(String, Duration)>,
     declined: &mut Vec<(String, Declined)>,
     failures: &mut Vec<NodeFailure>,
-) {
-    tracing::error!(record = %id, node = %m.node, "share failed verification against the commitments");
-    answered.retain(|(n, _)| *n != m.node);
-    declined.push((m.node.clone(), Declined::Fault));
-    failures.push(NodeFailure {
-        node: m.node,
-        reason: format!("share {} failed verification", m.share.index),
-    });
+) -> Vec<Member> {
+    let agreed = Commitments::from_bytes(commitments).ok();
+    let mut kept: Vec<Member> = Vec::with_capacity(members.len());
+    for m in members {
+        let reason = if !m.verified && !agreed.as_ref().is_some_and(|c| c.verify(&m.share)) {
+            tracing::error!(record = %id, node = %m.node, "share failed verification against the commitments");
+            format!("share {} failed verification", m.share.index)
+        } else if let Some(first) = kept.iter().find(|k| k.share.index == m.share.index) {
+            tracing::error!(record = %id, node = %m.node, other = %first.node, index = m.share.index, "two share nodes gave the same share; one of them replayed the other's");
+            continue;
+        } else {
+            kept.push(Member {
+                verified: true,
+                ..m
+            });
+            continue;
+        };
+        answered.retain(|(n, _)| *n != m.node);
+        declined.push((m.node.clone(), Declined::Fault));
+        failures.push(NodeFailure {
+            node: m.node,
+            reason,
+        });
+    }
+    kept
 }
 
 /// The most shares any group of threshold `needed` holds (no other group can count): shares
@@ -454,6 +488,13 @@ mod tests {
         Liar,
         /// A share that fails verification.
         Corrupt,
+        /// Its own share's value under the first node's index: fails verification.
+        Misindexed,
+        /// A replay of the first node's share (its index, its value): verifies, but the
+        /// index is given twice.
+        Copycat,
+        /// Its own share, with commitments whose second point is no curve point.
+        Unpointed,
         /// 403.
         Refuse,
         /// 429.
@@ -541,9 +582,14 @@ mod tests {
         for (i, b) in bs.into_iter().enumerate() {
             let (share, commitments, block) = match b {
                 Behaviour::Liar => (lie_shares[i].clone(), &lie_commitments, "bb"),
+                Behaviour::Copycat => (shares[0].clone(), &commitments, "aa"),
                 _ => (shares[i].clone(), &commitments, "aa"),
             };
-            let mut share = crate::strict_hex::encode(share.to_bytes());
+            let mut bytes = share.to_bytes();
+            if matches!(b, Behaviour::Misindexed) {
+                bytes[0] = shares[0].index;
+            }
+            let mut share = crate::strict_hex::encode(bytes);
             if matches!(b, Behaviour::Corrupt) {
                 let last = if share.ends_with('0') { "1" } else { "0" };
                 share.replace_range(share.len() - 1.., last);
@@ -562,10 +608,15 @@ mod tests {
                 &aad,
                 &crate::strict_hex::decode(share).unwrap(),
             ));
+            let mut commitments = commitments.to_bytes();
+            if matches!(b, Behaviour::Unpointed) {
+                // An x at or above the field's prime.
+                commitments[34..66].fill(0xff);
+            }
             let answer = ReleasedShare {
                 proof: proof(),
                 share,
-                commitments: crate::strict_hex::encode(commitments.to_bytes()),
+                commitments: crate::strict_hex::encode(commitments),
                 sealed_block: block.into(),
             };
             let count = Arc::new(AtomicUsize::new(0));
@@ -594,7 +645,7 @@ mod tests {
         }
     }
 
-    use Behaviour::{Busy, Corrupt, Hang, Honest, Liar, Refuse};
+    use Behaviour::{Busy, Copycat, Corrupt, Hang, Honest, Liar, Misindexed, Refuse, Unpointed};
 
     /// A hedge that never fires within a test: the counts below must not depend on timing.
     fn no_hedge() -> NodeHealth {
@@ -608,6 +659,12 @@ mod tests {
             // The two liars agree with each other: two more honest nodes settle it.
             ([Liar, Honest, Liar, Honest, Honest], 5),
             ([Honest, Corrupt, Honest, Corrupt, Honest], 5),
+            // Another node's index, with its own value or the other's: one more node either
+            // way; the first is named, the replay is not (either of the two may be the copy).
+            ([Honest, Misindexed, Honest, Honest, Honest], 4),
+            ([Honest, Copycat, Honest, Honest, Honest], 4),
+            // Commitments that are no points are malformed, not a disagreeing group.
+            ([Unpointed, Honest, Honest, Honest, Honest], 4),
             // The refusal brings in the fourth; so does a busy node.
             ([Refuse, Honest, Honest, Honest, Honest], 4),
             ([Honest, Busy, Honest, Honest, Honest], 4),
@@ -632,8 +689,13 @@ mod tests {
             );
             assert_eq!(
                 named("failed verification"),
-                count(|b| matches!(b, Corrupt)),
+                count(|b| matches!(b, Corrupt | Misindexed)),
                 "corrupt shares named"
+            );
+            assert_eq!(
+                named("malformed"),
+                count(|b| matches!(b, Unpointed)),
+                "malformed commitments named"
             );
             assert_eq!(
                 named("HTTP 403"),
@@ -644,7 +706,7 @@ mod tests {
             // honest and busy ones are not.
             let faulty = bs
                 .iter()
-                .filter(|b| matches!(b, Liar | Corrupt | Refuse))
+                .filter(|b| matches!(b, Liar | Corrupt | Misindexed | Unpointed | Refuse))
                 .count();
             assert_eq!(health.suspects().len(), faulty, "{:?}", health.suspects());
         }
