@@ -57,12 +57,12 @@ fn threshold_of(commitments: &[u8]) -> usize {
 /// that cancel out, but they give the committed secret all the same, which is all a reader
 /// needs of them. Making errors cancel takes two or more nodes in collusion that also know
 /// which other nodes the reader asked (the recombination's weights depend on every index in
-/// the quorum); the reader picks its nodes in random order, so colluders who guess wrong fail
-/// the check and are both named. One blinded generator multiplication through libsecp256k1, where verifying k shares
-/// with k256 took a decompression per commitment and a generator multiplication per share
-/// (a seventh of a gateway's CPU per 100 KB read). False for malformed commitments and for a
-/// zero secret (no point to compare; a split of a random secret makes one with probability
-/// 2^-256, and the shares are then verified alone).
+/// the quorum); the reader orders its healthy nodes at random, so colluders who guess wrong
+/// fail the check and are both named. One blinded generator multiplication through
+/// libsecp256k1, where verifying k shares with k256 took a decompression per commitment and a
+/// generator multiplication per share (a seventh of a gateway's CPU per 100 KB read). False
+/// for malformed commitments and for a zero secret (no point to compare; its first commitment
+/// would be the identity, which a group's point check refuses).
 fn commits_to(commitments: &[u8], secret: &Secret) -> bool {
     let Some(first) = commitments.get(..33) else {
         return false;
@@ -265,8 +265,10 @@ pub(super) async fn gather(
                 if entry.1.len() < needed {
                     continue;
                 }
-                // Every share verified alone, each index once: a zero secret, which has no
-                // point to compare.
+                // k shares that verify alone, each index once, recombine to the committed
+                // secret, so this is not reached while groups' commitments are checked as
+                // points (only a zero secret, whose commitment is the identity, would be).
+                // Kept so that the per-share way stands on its own.
                 let shares: Vec<Share> = entry.1.iter().map(|m| m.share.clone()).collect();
                 combine(&shares, needed).map_err(|e| RecordError::Decrypt(id, e.to_string()))?
             }
