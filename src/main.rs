@@ -38,6 +38,14 @@ fn tune_allocator(cli: &Cli) {
     eprintln!("ehr: running without allocator tuning ({err})");
 }
 
+/// Colours in the log only for a person at a terminal: logs that go to a file, a pipe or a
+/// journal (`ehr serve` under systemd, the share nodes under `ehr dev`) stay plain text,
+/// without escape sequences in every line. `NO_COLOR` (no-color.org) turns them off anywhere.
+fn colour_logs() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     tune_allocator(&cli);
@@ -51,6 +59,7 @@ fn main() -> anyhow::Result<()> {
                         .unwrap_or_else(|_| "info,ehr::child=warn".into()),
                 )
                 .with_writer(std::io::stderr)
+                .with_ansi(colour_logs())
                 .init();
             ehr_share::cli::run(cli).await
         })

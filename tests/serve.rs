@@ -295,6 +295,49 @@ async fn a_share_node_runs_from_its_config_file() {
     assert!(text(&o).contains("tests only"), "{}", text(&o));
 }
 
+/// A server's log that goes to a pipe (a file, systemd's journal, `ehr dev`'s collector) is
+/// plain text: no terminal colour codes around every field, which a reader of the file or a
+/// log shipper would see as garbage. A share node's refusal is logged and read back from its
+/// stderr pipe.
+#[tokio::test]
+async fn a_log_written_to_a_pipe_has_no_colour_codes() {
+    let office = common::office().await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port().unwrap();
+    let mut cmd = nodes::command(dir.path(), office.address(), port, &[]);
+    cmd.env_remove("NO_COLOR").env_remove("EHR_LOG");
+    let mut child = ManagedChild::spawn("share-node", cmd, false).unwrap();
+    let url = format!("http://127.0.0.1:{port}");
+    let health = format!("{url}/health");
+    child
+        .wait_healthy(Duration::from_secs(30), || {
+            let h = health.clone();
+            async move { matches!(reqwest::get(h).await, Ok(r) if r.status().is_success()) }
+        })
+        .await
+        .unwrap_or_else(|e| panic!("share node did not start: {e}"));
+    let r = reqwest::Client::new()
+        .post(format!("{url}/anchors"))
+        .json(&serde_json::json!({ "anchors": [] }))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_client_error(), "{}", r.status());
+    // The log line is written after the answer: wait for it (bounded).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !child.last_log().contains("share node refused") {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the refusal was not logged: {}",
+            child.last_log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let log = child.last_log();
+    assert!(!log.contains('\u{1b}'), "escape codes in the log: {log:?}");
+    child.stop(Duration::from_secs(5)).await;
+}
+
 /// A chain that does not answer at start: `ehr serve` starts anyway, `/health` says 503 with
 /// the chain down and no contract, and once the chain is up (here: a new anvil on that port
 /// with the contract deployed) the gateway picks it up without a restart.
