@@ -46,21 +46,46 @@ fn colour_logs() -> bool {
     std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
+/// How the log is written (`EHR_LOG_FORMAT`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LogFormat {
+    /// One readable line per event (the default).
+    Text,
+    /// One JSON object per line (timestamp, level, target, the event's fields), for a log
+    /// shipper or a journal that indexes fields.
+    Json,
+}
+
+/// `EHR_LOG_FORMAT`: `text` (or unset) or `json`; anything else stops the command with its
+/// name, rather than logging in a format the operator did not ask for.
+fn log_format() -> anyhow::Result<LogFormat> {
+    match std::env::var("EHR_LOG_FORMAT") {
+        Err(std::env::VarError::NotPresent) => Ok(LogFormat::Text),
+        Ok(v) if v.is_empty() || v == "text" => Ok(LogFormat::Text),
+        Ok(v) if v == "json" => Ok(LogFormat::Json),
+        Ok(other) => anyhow::bail!("EHR_LOG_FORMAT is `text` or `json`, not `{other}`"),
+        Err(e) => anyhow::bail!("EHR_LOG_FORMAT: {e}"),
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    let format = log_format()?;
     tune_allocator(&cli);
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?
         .block_on(async {
-            tracing_subscriber::fmt()
+            let log = tracing_subscriber::fmt()
                 .with_env_filter(
                     tracing_subscriber::EnvFilter::try_from_env("EHR_LOG")
                         .unwrap_or_else(|_| "info,ehr::child=warn".into()),
                 )
-                .with_writer(std::io::stderr)
-                .with_ansi(colour_logs())
-                .init();
+                .with_writer(std::io::stderr);
+            match format {
+                LogFormat::Text => log.with_ansi(colour_logs()).init(),
+                LogFormat::Json => log.json().init(),
+            }
             ehr_share::cli::run(cli).await
         })
 }

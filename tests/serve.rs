@@ -297,45 +297,82 @@ async fn a_share_node_runs_from_its_config_file() {
 
 /// A server's log that goes to a pipe (a file, systemd's journal, `ehr dev`'s collector) is
 /// plain text: no terminal colour codes around every field, which a reader of the file or a
-/// log shipper would see as garbage. A share node's refusal is logged and read back from its
-/// stderr pipe.
+/// log shipper would see as garbage. With `EHR_LOG_FORMAT=json` each line is one JSON object
+/// with the event's level and fields; another format is refused by name. A share node's
+/// refusal is logged and read back from its stderr pipe.
 #[tokio::test]
-async fn a_log_written_to_a_pipe_has_no_colour_codes() {
+async fn a_log_written_to_a_pipe_is_plain_text_or_json() {
     let office = common::office().await;
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port().unwrap();
-    let mut cmd = nodes::command(dir.path(), office.address(), port, &[]);
-    cmd.env_remove("NO_COLOR").env_remove("EHR_LOG");
-    let mut child = ManagedChild::spawn("share-node", cmd, false).unwrap();
-    let url = format!("http://127.0.0.1:{port}");
-    let health = format!("{url}/health");
-    child
-        .wait_healthy(Duration::from_secs(30), || {
-            let h = health.clone();
-            async move { matches!(reqwest::get(h).await, Ok(r) if r.status().is_success()) }
-        })
-        .await
-        .unwrap_or_else(|e| panic!("share node did not start: {e}"));
-    let r = reqwest::Client::new()
-        .post(format!("{url}/anchors"))
-        .json(&serde_json::json!({ "anchors": [] }))
-        .send()
-        .await
-        .unwrap();
-    assert!(r.status().is_client_error(), "{}", r.status());
-    // The log line is written after the answer: wait for it (bounded).
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !child.last_log().contains("share node refused") {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the refusal was not logged: {}",
-            child.last_log()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    for format in ["", "json"] {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port().unwrap();
+        let mut cmd = nodes::command(dir.path(), office.address(), port, &[]);
+        cmd.env_remove("NO_COLOR")
+            .env_remove("EHR_LOG")
+            .env("EHR_LOG_FORMAT", format);
+        let mut child = ManagedChild::spawn("share-node", cmd, false).unwrap();
+        let url = format!("http://127.0.0.1:{port}");
+        let health = format!("{url}/health");
+        child
+            .wait_healthy(Duration::from_secs(30), || {
+                let h = health.clone();
+                async move { matches!(reqwest::get(h).await, Ok(r) if r.status().is_success()) }
+            })
+            .await
+            .unwrap_or_else(|e| panic!("share node did not start: {e}"));
+        let r = reqwest::Client::new()
+            .post(format!("{url}/anchors"))
+            .json(&serde_json::json!({ "anchors": [] }))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_client_error(), "{}", r.status());
+        // The log line is written after the answer: wait for it (bounded).
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !child.last_log().contains("share node refused") {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the refusal was not logged: {}",
+                child.last_log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let log = child.last_log();
+        assert!(!log.contains('\u{1b}'), "escape codes in the log: {log:?}");
+        if format == "json" {
+            let line = log
+                .lines()
+                .find(|l| l.contains("share node refused"))
+                .unwrap();
+            let v: serde_json::Value =
+                serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+            assert_eq!(v["level"], "WARN", "{line}");
+            assert_eq!(v["fields"]["status"], "400 Bad Request", "{line}");
+            assert!(
+                v["fields"]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with("share node refused")),
+                "{line}"
+            );
+        }
+        child.stop(Duration::from_secs(5)).await;
     }
-    let log = child.last_log();
-    assert!(!log.contains('\u{1b}'), "escape codes in the log: {log:?}");
-    child.stop(Duration::from_secs(5)).await;
+    let o = nodes::command(
+        tempfile::tempdir().unwrap().path(),
+        office.address(),
+        1,
+        &[],
+    )
+    .env("EHR_LOG_FORMAT", "yaml")
+    .output()
+    .await
+    .unwrap();
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains("EHR_LOG_FORMAT is `text` or `json`, not `yaml`"),
+        "{}",
+        text(&o)
+    );
 }
 
 /// A chain that does not answer at start: `ehr serve` starts anyway, `/health` says 503 with
