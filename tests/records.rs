@@ -43,16 +43,7 @@ async fn start_node(
     if corrupt {
         cmd.arg("--danger-corrupt-shares");
     }
-    let mut child = ManagedChild::spawn("share-node", cmd, false).unwrap();
-    let url = format!("http://127.0.0.1:{port}/health");
-    child
-        .wait_healthy(Duration::from_secs(20), || {
-            let url = url.clone();
-            async move { matches!(reqwest::get(url).await, Ok(r) if r.status().is_success()) }
-        })
-        .await
-        .unwrap();
-    child
+    common::nodes::spawn_healthy(cmd, port).await
 }
 
 async fn client(office: &EhrChain, signer: &PrivateKeySigner, nodes: &[Node]) -> RecordsClient {

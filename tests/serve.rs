@@ -256,16 +256,8 @@ async fn a_share_node_runs_from_its_config_file() {
         .env_remove("EHR_RPC_URL")
         .env_remove("EHR_DEPLOYMENT")
         .env_remove("EHR_CONTRACT");
-    let mut child = ManagedChild::spawn("share-node", cmd, false).unwrap();
+    let mut child = nodes::spawn_healthy(cmd, port).await;
     let url = format!("http://127.0.0.1:{port}");
-    let health = format!("{url}/health");
-    child
-        .wait_healthy(Duration::from_secs(30), || {
-            let h = health.clone();
-            async move { matches!(reqwest::get(h).await, Ok(r) if r.status().is_success()) }
-        })
-        .await
-        .unwrap_or_else(|e| panic!("share node from its file did not start: {e}"));
     assert!(
         dir.path().join("keys/node.key").exists(),
         "key where the file says"
@@ -310,16 +302,8 @@ async fn a_log_written_to_a_pipe_is_plain_text_or_json() {
         cmd.env_remove("NO_COLOR")
             .env_remove("EHR_LOG")
             .env("EHR_LOG_FORMAT", format);
-        let mut child = ManagedChild::spawn("share-node", cmd, false).unwrap();
+        let mut child = nodes::spawn_healthy(cmd, port).await;
         let url = format!("http://127.0.0.1:{port}");
-        let health = format!("{url}/health");
-        child
-            .wait_healthy(Duration::from_secs(30), || {
-                let h = health.clone();
-                async move { matches!(reqwest::get(h).await, Ok(r) if r.status().is_success()) }
-            })
-            .await
-            .unwrap_or_else(|e| panic!("share node did not start: {e}"));
         let r = reqwest::Client::new()
             .post(format!("{url}/anchors"))
             .json(&serde_json::json!({ "anchors": [] }))

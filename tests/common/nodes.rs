@@ -78,12 +78,14 @@ pub async fn start_in_on(
     extra: &[&str],
 ) -> (ManagedChild, u16) {
     let port = free_port().unwrap();
-    let mut child = ManagedChild::spawn(
-        "share-node",
-        command_on(rpc, dir, contract, port, extra),
-        false,
-    )
-    .unwrap();
+    let child = spawn_healthy(command_on(rpc, dir, contract, port, extra), port).await;
+    (child, port)
+}
+
+/// Runs `cmd`, a share node listening on `port`, and waits (30 s at most) until it answers
+/// `/health`; its output is kept (`ManagedChild::last_log`).
+pub async fn spawn_healthy(cmd: tokio::process::Command, port: u16) -> ManagedChild {
+    let mut child = ManagedChild::spawn("share-node", cmd, false).unwrap();
     let url = format!("http://127.0.0.1:{port}/health");
     child
         .wait_healthy(Duration::from_secs(30), || {
@@ -92,7 +94,7 @@ pub async fn start_in_on(
         })
         .await
         .unwrap_or_else(|e| panic!("share node did not start: {e}"));
-    (child, port)
+    child
 }
 
 /// A node in a fresh folder.
